@@ -1,0 +1,184 @@
+//! The contract between a runtime and the instance manager (`stator instance`):
+//! the configuration file a runtime writes for each instance, and the `/status` report the
+//! instance manager serves. Both runtimes (local supervisor, pod entrypoint) and the decision core
+//! speak only through these types.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::Database;
+use crate::status::Role;
+
+/// Everything `stator instance --config FILE` needs. Holds no secret: secrets are files in
+/// `secrets_dir` (mode 0600), one per key of [`crate::names::secret_keys`].
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// The database this instance belongs to (validated).
+    pub database: Database,
+    /// Ordinal N of `NAME-N`.
+    pub ordinal: u32,
+    /// Data directory (`data-NAME-N`); created by the instance manager when absent.
+    pub data_dir: PathBuf,
+    /// Directory for the Unix socket, pid and lock files of this instance.
+    pub run_dir: PathBuf,
+    /// Directory holding one 0600 file per credential key.
+    pub secrets_dir: PathBuf,
+    /// Where the server's log goes (appended).
+    pub log_file: PathBuf,
+    /// Address the server and the HTTP endpoints bind.
+    pub listen_address: String,
+    /// The server's TCP port.
+    pub port: u16,
+    /// The instance manager's HTTP port.
+    pub http_port: u16,
+    /// How to create the data directory when it does not exist yet.
+    pub bootstrap: Bootstrap,
+    /// OS user the server runs as when the instance manager runs as root (PostgreSQL refuses
+    /// root). `None` runs it as the current user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_user: Option<String>,
+    /// Directory of the engine's binaries (`/usr/lib/postgresql/15/bin`); `None` searches PATH
+    /// and the distribution's usual places.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// How an empty data directory is filled.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Bootstrap {
+    /// A new primary: `initdb` / `mariadb-install-db`, then users and the application database.
+    InitPrimary,
+    /// A replica cloned from `upstream` (`pg_basebackup` / `mariadb-backup`), then following it.
+    CloneFrom { upstream: Endpoint },
+}
+
+/// A server reachable over TCP, named by its instance.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// `NAME-N` of the instance behind the address.
+    pub instance: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Lifecycle state of the server an instance manager supervises.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum ServerState {
+    /// Creating the data directory (initdb, clone).
+    Initializing,
+    /// Started, not yet accepting connections.
+    Starting,
+    /// Accepting connections.
+    Running,
+    /// Stopped on purpose (fenced, or shutting down).
+    Stopped,
+    /// Exited unexpectedly; the manager restarts it.
+    Crashed,
+    /// Cannot run until something changes; `message` says what.
+    Failed,
+}
+
+/// What `GET /status` returns.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceReport {
+    /// `NAME-N`.
+    pub name: String,
+    pub state: ServerState,
+    /// `None` while the server is not running or its role is not yet known.
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// Ready for traffic: running, and for a replica, replicating without error and within lag.
+    pub ready: bool,
+    /// Pid of the server process (postmaster / mariadbd).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Pid of the instance manager itself.
+    pub manager_pid: u32,
+    /// Server version string, e.g. `15.18`.
+    #[serde(default)]
+    pub server_version: Option<String>,
+    /// Seconds since the server was last started.
+    #[serde(default)]
+    pub uptime_seconds: Option<u64>,
+    /// PostgreSQL timeline.
+    #[serde(default)]
+    pub timeline: Option<u32>,
+    /// The primary's current write position, or the replica's replay position: an LSN such as
+    /// `0/3000060`, or a GTID set.
+    #[serde(default)]
+    pub position: Option<String>,
+    /// A replica's received (flushed) position: LSN or retrieved GTID set.
+    #[serde(default)]
+    pub received_position: Option<String>,
+    /// Bytes (PostgreSQL) behind the primary; transactions for the MySQL family.
+    #[serde(default)]
+    pub lag: Option<u64>,
+    /// A replica's lag in seconds, when the engine reports it.
+    #[serde(default)]
+    pub lag_seconds: Option<f64>,
+    /// The instance a replica follows.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Why the instance is not ready, or the last error, in words.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Times the server was restarted by this manager after a crash.
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+/// Body of `POST /demote`: follow `upstream` as a replica.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DemoteRequest {
+    pub upstream: Endpoint,
+}
+
+/// Local port layout from `spec.local.portBase`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalPorts {
+    pub base: u16,
+}
+
+impl LocalPorts {
+    pub fn of(db: &Database) -> LocalPorts {
+        LocalPorts {
+            base: db
+                .spec
+                .local
+                .port_base
+                .unwrap_or_else(|| crate::validate::default_port_base(db.spec.engine)),
+        }
+    }
+
+    /// The `rw` proxy: the current primary.
+    pub fn rw(self) -> u16 {
+        self.base
+    }
+
+    /// The `ro` proxy: the ready replicas.
+    pub fn ro(self) -> u16 {
+        self.base + 1
+    }
+
+    /// The supervisor's own HTTP endpoint (status, switchover).
+    pub fn supervisor(self) -> u16 {
+        self.base + 2
+    }
+
+    /// Instance N's server.
+    pub fn server(self, ordinal: u32) -> u16 {
+        self.base + 10 + ordinal as u16
+    }
+
+    /// Instance N's instance manager.
+    pub fn manager(self, ordinal: u32) -> u16 {
+        self.base + 30 + ordinal as u16
+    }
+}

@@ -1,0 +1,433 @@
+//! The `Database` custom resource: what a user asks for.
+//!
+//! Every field has a default that matches the guide (`seed/`) or is safer than it, so the smallest
+//! valid spec is `engine:` alone. Field docs become the CRD's descriptions and `kubectl explain`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::parameters::ParameterValue;
+use crate::status::DatabaseStatus;
+
+/// A PostgreSQL or MySQL-family database: one primary and `instances - 1` replicas.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "stator.dev",
+    version = "v1alpha1",
+    kind = "Database",
+    plural = "databases",
+    shortname = "db",
+    namespaced,
+    status = "DatabaseStatus",
+    printcolumn = r#"{"name":"Engine","type":"string","jsonPath":".spec.engine"}"#,
+    printcolumn = r#"{"name":"Instances","type":"integer","jsonPath":".spec.instances"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyInstances"}"#,
+    printcolumn = r#"{"name":"Primary","type":"string","jsonPath":".status.currentPrimary"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// Database engine: `postgres`, `mysql` (MySQL 8) or `mariadb`.
+    pub engine: Engine,
+
+    /// Major version of the engine: `15` for PostgreSQL, `8.0`/`8.4` for MySQL, `10.11`/`11.4`
+    /// for MariaDB. Defaults to the version Stator is tested with (15, 8.0, 10.11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+
+    /// Container image override. Must carry an explicit tag or digest (never `latest`).
+    /// Defaults to the official image of the engine and version (`postgres:15`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// Number of instances: 1 is a single primary; N is one primary and N-1 replicas.
+    #[serde(default = "default_instances")]
+    #[schemars(range(min = 1, max = 16))]
+    pub instances: u32,
+
+    /// Per-instance persistent storage (one ReadWriteOnce volume per instance).
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// CPU and memory for each database container. Defaults to the guide's
+    /// requests 250m/512Mi and limits 1/1Gi.
+    #[serde(default)]
+    pub resources: ResourcesSpec,
+
+    /// Engine configuration.
+    #[serde(default)]
+    pub config: ConfigSpec,
+
+    /// The initial database, its owner and where credentials come from.
+    #[serde(default)]
+    pub bootstrap: BootstrapSpec,
+
+    /// How replicas follow the primary.
+    #[serde(default)]
+    pub replication: ReplicationSpec,
+
+    /// How a lost primary is detected and replaced.
+    #[serde(default)]
+    pub failover: FailoverSpec,
+
+    /// Where instances may run relative to each other and to nodes.
+    #[serde(default)]
+    pub scheduling: SchedulingSpec,
+
+    /// The disruption budget: how many instances voluntary disruptions (drains) may take at once.
+    #[serde(default)]
+    pub disruption: DisruptionSpec,
+
+    /// Who may connect to the database.
+    #[serde(default)]
+    pub network: NetworkSpec,
+
+    /// Settings of the local runtime (`stator up`); ignored on Kubernetes.
+    #[serde(default)]
+    pub local: LocalSpec,
+}
+
+fn default_instances() -> u32 {
+    1
+}
+
+/// The database engine.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL 8.
+    Mysql,
+    /// MariaDB.
+    Mariadb,
+}
+
+impl Engine {
+    pub const ALL: [Engine; 3] = [Engine::Postgres, Engine::Mysql, Engine::Mariadb];
+
+    /// The spelling used in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+            Engine::Mysql => "mysql",
+            Engine::Mariadb => "mariadb",
+        }
+    }
+
+    /// Major versions Stator knows how to run, the default first.
+    pub fn supported_versions(self) -> &'static [&'static str] {
+        match self {
+            Engine::Postgres => &["15", "16", "17"],
+            Engine::Mysql => &["8.0", "8.4"],
+            Engine::Mariadb => &["10.11", "11.4"],
+        }
+    }
+
+    pub fn default_version(self) -> &'static str {
+        self.supported_versions()[0]
+    }
+
+    /// The port the server listens on inside a pod.
+    pub fn port(self) -> u16 {
+        match self {
+            Engine::Postgres => 5432,
+            Engine::Mysql | Engine::Mariadb => 3306,
+        }
+    }
+
+    /// Official image repository of the engine.
+    pub fn image_repository(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+            Engine::Mysql => "mysql",
+            Engine::Mariadb => "mariadb",
+        }
+    }
+
+    /// The MySQL family shares configuration, users and replication concepts.
+    pub fn is_mysql_family(self) -> bool {
+        matches!(self, Engine::Mysql | Engine::Mariadb)
+    }
+
+    /// User and group id the official image runs the server as.
+    pub fn uid(self) -> i64 {
+        999
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Per-instance storage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Volume size as a Kubernetes quantity, e.g. `10Gi`.
+    #[serde(default = "default_storage_size")]
+    pub size: String,
+    /// StorageClass of the volumes. Unset uses the cluster's default class. Prefer a class with
+    /// `volumeBindingMode: WaitForFirstConsumer`, `reclaimPolicy: Retain` and
+    /// `allowVolumeExpansion: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+fn default_storage_size() -> String {
+    "10Gi".to_string()
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// CPU and memory requests and limits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcesSpec {
+    #[serde(default = "default_requests")]
+    pub requests: ResourceAmounts,
+    #[serde(default = "default_limits")]
+    pub limits: ResourceAmounts,
+}
+
+impl Default for ResourcesSpec {
+    fn default() -> Self {
+        ResourcesSpec {
+            requests: default_requests(),
+            limits: default_limits(),
+        }
+    }
+}
+
+fn default_requests() -> ResourceAmounts {
+    ResourceAmounts {
+        cpu: "250m".into(),
+        memory: "512Mi".into(),
+    }
+}
+
+fn default_limits() -> ResourceAmounts {
+    ResourceAmounts {
+        cpu: "1".into(),
+        memory: "1Gi".into(),
+    }
+}
+
+/// A CPU and a memory quantity.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceAmounts {
+    /// CPU, e.g. `250m` or `1`.
+    pub cpu: String,
+    /// Memory, e.g. `512Mi`.
+    pub memory: String,
+}
+
+/// Engine configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigSpec {
+    /// Server settings (`postgresql.conf` / `my.cnf` keys). They override Stator's defaults;
+    /// settings Stator manages itself (ports, data directory, replication) are refused.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ParameterValue>,
+}
+
+/// The initial database and its credentials.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// Name of the database created at initialisation.
+    #[serde(default = "default_app_name")]
+    pub database: String,
+    /// The user that owns it (the application's user).
+    #[serde(default = "default_app_name")]
+    pub owner: String,
+    /// An existing Secret holding the credentials (keys `superuser-password`, `app-password`,
+    /// `replication-password`, `monitor-password`, `api-token`). Unset: Stator generates random
+    /// ones in the Secret `NAME-credentials`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+}
+
+fn default_app_name() -> String {
+    "app".to_string()
+}
+
+impl Default for BootstrapSpec {
+    fn default() -> Self {
+        BootstrapSpec {
+            database: default_app_name(),
+            owner: default_app_name(),
+            secret_name: None,
+        }
+    }
+}
+
+/// Replication between the primary and its replicas.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationSpec {
+    /// Commit only once a replica holds the write (RPO 0). Writes wait while no replica is
+    /// connected rather than silently falling back to asynchronous replication.
+    #[serde(default)]
+    pub synchronous: bool,
+}
+
+/// Failure detection.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverSpec {
+    /// Fail over automatically when the primary is lost.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How long the primary may be unreachable, hung or refusing connections before a replica
+    /// is promoted, as a duration (`2s`, `1500ms`, `1m`). Between 1s and 5m.
+    #[serde(default = "default_detection_timeout")]
+    pub detection_timeout: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_detection_timeout() -> String {
+    "2s".to_string()
+}
+
+impl Default for FailoverSpec {
+    fn default() -> Self {
+        FailoverSpec {
+            enabled: true,
+            detection_timeout: default_detection_timeout(),
+        }
+    }
+}
+
+/// Placement of instances.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulingSpec {
+    /// Keep instances off each other's nodes: `required` (never share a node), `preferred`
+    /// (the default: share only when there is no other choice) or `none`.
+    #[serde(default)]
+    pub anti_affinity: AntiAffinity,
+    /// Spread instances over a topology domain (e.g. `topology.kubernetes.io/zone`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread: Vec<TopologySpread>,
+    /// Run only on nodes with these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerate these node taints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+}
+
+/// Pod anti-affinity between the instances of one database.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AntiAffinity {
+    Required,
+    #[default]
+    Preferred,
+    None,
+}
+
+/// One topology spread constraint over the instances of this database.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopologySpread {
+    /// Node label that names the domain, e.g. `topology.kubernetes.io/zone`.
+    pub topology_key: String,
+    /// Largest allowed difference in instance count between two domains.
+    #[serde(default = "default_max_skew")]
+    pub max_skew: i32,
+    /// `ScheduleAnyway` (default) or `DoNotSchedule`.
+    #[serde(default)]
+    pub when_unsatisfiable: WhenUnsatisfiable,
+}
+
+fn default_max_skew() -> i32 {
+    1
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum WhenUnsatisfiable {
+    #[default]
+    ScheduleAnyway,
+    DoNotSchedule,
+}
+
+impl WhenUnsatisfiable {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WhenUnsatisfiable::ScheduleAnyway => "ScheduleAnyway",
+            WhenUnsatisfiable::DoNotSchedule => "DoNotSchedule",
+        }
+    }
+}
+
+/// The PodDisruptionBudget. Give at most one of the two fields; the default is
+/// `maxUnavailable: 1`, which lets a drain take one instance at a time.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DisruptionSpec {
+    /// At most this many instances may be down for voluntary disruptions. At least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<u32>,
+    /// At least this many instances must stay up. Lower than `instances`, or every drain blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<u32>,
+}
+
+/// Network access.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// Peers allowed to connect to the database port (NetworkPolicy `from` entries). Empty:
+    /// only pods in the database's own namespace. The instances always reach each other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<NetworkPolicyPeer>,
+}
+
+/// The local runtime (`stator up`). Ignored on Kubernetes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalSpec {
+    /// Address every server, proxy and endpoint listens on.
+    #[serde(default = "default_listen_address")]
+    pub listen_address: String,
+    /// First of the ports the database uses: `rw` proxy = base, `ro` proxy = base+1, instance N's
+    /// server = base+10+N, its instance manager = base+30+N. Default: 15400 for PostgreSQL,
+    /// 13300 for the MySQL family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_base: Option<u16>,
+}
+
+fn default_listen_address() -> String {
+    "127.0.0.1".to_string()
+}
+
+impl Default for LocalSpec {
+    fn default() -> Self {
+        LocalSpec {
+            listen_address: default_listen_address(),
+            port_base: None,
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! Semantic validation of a parsed `Database`: every problem at once, each naming its field path
+//! and what would be valid. Structural problems (unknown fields, wrong types) are found by
+//! [`crate::load`]; this module sees a well-typed value.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::duration::parse_duration;
+use crate::names::{MAX_NAME_LEN, dns1035_label_problem, dns1123_label_problem, sql_identifier_problem};
+use crate::parameters::managed_reason;
+use crate::quantity::Quantity;
+use crate::spec::{AntiAffinity, Database, Engine};
+
+/// One problem with a spec, at a field path such as `spec.storage.size`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// The outcome of validation: errors make the spec unusable, warnings are worth a look.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub errors: Vec<FieldError>,
+    pub warnings: Vec<FieldError>,
+}
+
+impl Report {
+    pub fn is_valid(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError::new(path, message));
+    }
+
+    fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(FieldError::new(path, message));
+    }
+}
+
+/// Detection timeouts outside this range are refused.
+pub const DETECTION_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(300));
+
+/// Users Stator creates itself; the application owner may not take these names.
+pub const RESERVED_USERS: &[&str] = &[
+    "postgres",
+    "root",
+    "mysql",
+    "mariadb.sys",
+    "stator_replication",
+    "stator_monitor",
+    "pg_monitor",
+    "public",
+];
+
+/// The smallest memory limit a database server is given.
+const MIN_MEMORY: u64 = 256 << 20;
+
+/// Validates everything about `db` that its types cannot express.
+pub fn validate(db: &Database) -> Report {
+    let mut r = Report::default();
+    validate_metadata(db, &mut r);
+    validate_engine(db, &mut r);
+    validate_storage_and_resources(db, &mut r);
+    validate_parameters(db, &mut r);
+    validate_bootstrap(db, &mut r);
+    validate_availability(db, &mut r);
+    validate_network(db, &mut r);
+    validate_local(db, &mut r);
+    r
+}
+
+fn validate_metadata(db: &Database, r: &mut Report) {
+    let spec = &db.spec;
+    match db.metadata.name.as_deref() {
+        None => r.error("metadata.name", "is required (a lowercase DNS label, e.g. shop-db)"),
+        Some(name) => {
+            if let Some(problem) = dns1035_label_problem(name) {
+                r.error("metadata.name", format!("{name:?} {problem} (e.g. shop-db)"));
+            } else if name.len() > MAX_NAME_LEN {
+                r.error(
+                    "metadata.name",
+                    format!(
+                        "{name:?} is {} characters long; at most {MAX_NAME_LEN} fit, because pods are \
+                         labelled NAME-<revision hash> and labels hold 63 characters",
+                        name.len()
+                    ),
+                );
+            } else {
+                let longest = db.instance_name(spec.instances.saturating_sub(1));
+                if longest.len() > 63 {
+                    r.error(
+                        "metadata.name",
+                        format!("instance name {longest:?} would exceed 63 characters"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(ns) = db.metadata.namespace.as_deref()
+        && let Some(problem) = dns1123_label_problem(ns)
+    {
+        r.error("metadata.namespace", format!("{ns:?} {problem}"));
+    }
+}
+
+fn validate_engine(db: &Database, r: &mut Report) {
+    let spec = &db.spec;
+    if let Some(v) = &spec.version
+        && !spec.engine.supported_versions().contains(&v.as_str())
+    {
+        r.error(
+            "spec.version",
+            format!(
+                "{v:?} is not a supported {} version (one of: {})",
+                spec.engine,
+                spec.engine.supported_versions().join(", ")
+            ),
+        );
+    }
+    if let Some(image) = &spec.image
+        && let Some(problem) = image_problem(image)
+    {
+        r.error("spec.image", format!("{image:?} {problem}"));
+    }
+    if !(1..=16).contains(&spec.instances) {
+        r.error(
+            "spec.instances",
+            format!("{} is out of range (1 to 16)", spec.instances),
+        );
+    }
+}
+
+/// Why an image reference is unacceptable: it must name an explicit tag or digest, not `latest`.
+pub fn image_problem(image: &str) -> Option<&'static str> {
+    if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("is not an image reference (e.g. postgres:15.8)");
+    }
+    if image.contains("@sha256:") {
+        return None;
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        None => Some("has no tag; name one explicitly (e.g. postgres:15.8), never rely on latest"),
+        Some((_, "")) => Some("has an empty tag (e.g. postgres:15.8)"),
+        Some((_, "latest")) => {
+            Some("uses the latest tag, which changes under you; pin a version (e.g. postgres:15.8)")
+        }
+        Some(_) => None,
+    }
+}
+
+fn quantity(r: &mut Report, path: &str, text: &str, example: &str) -> Option<Quantity> {
+    match Quantity::parse(text) {
+        Some(q) if q.0 > 0.0 => Some(q),
+        Some(_) => {
+            r.error(path, format!("{text:?} must be greater than zero (e.g. {example})"));
+            None
+        }
+        None => {
+            r.error(path, format!("{text:?} is not a quantity (e.g. {example})"));
+            None
+        }
+    }
+}
+
+fn validate_storage_and_resources(db: &Database, r: &mut Report) {
+    let spec = &db.spec;
+    quantity(r, "spec.storage.size", &spec.storage.size, "10Gi");
+    if let Some(class) = &spec.storage.storage_class_name
+        && let Some(problem) = dns1123_subdomain_problem(class)
+    {
+        r.error("spec.storage.storageClassName", format!("{class:?} {problem}"));
+    }
+    let res = &spec.resources;
+    let req_cpu = quantity(r, "spec.resources.requests.cpu", &res.requests.cpu, "250m");
+    let lim_cpu = quantity(r, "spec.resources.limits.cpu", &res.limits.cpu, "1");
+    let req_mem = quantity(r, "spec.resources.requests.memory", &res.requests.memory, "512Mi");
+    let lim_mem = quantity(r, "spec.resources.limits.memory", &res.limits.memory, "1Gi");
+    if let (Some(req), Some(lim)) = (req_cpu, lim_cpu)
+        && req.0 > lim.0
+    {
+        r.error(
+            "spec.resources.requests.cpu",
+            format!(
+                "{:?} is more than the limit {:?}; a request may not exceed its limit",
+                res.requests.cpu, res.limits.cpu
+            ),
+        );
+    }
+    if let (Some(req), Some(lim)) = (req_mem, lim_mem)
+        && req.0 > lim.0
+    {
+        r.error(
+            "spec.resources.requests.memory",
+            format!(
+                "{:?} is more than the limit {:?}; a request may not exceed its limit",
+                res.requests.memory, res.limits.memory
+            ),
+        );
+    }
+    if let Some(lim) = lim_mem
+        && lim.bytes() < MIN_MEMORY
+    {
+        r.error(
+            "spec.resources.limits.memory",
+            format!(
+                "{:?} is too small for a {} server (at least 256Mi)",
+                res.limits.memory, spec.engine
+            ),
+        );
+    }
+}
+
+fn validate_parameters(db: &Database, r: &mut Report) {
+    let engine = db.spec.engine;
+    for (key, value) in &db.spec.config.parameters {
+        let path = format!("spec.config.parameters.{key}");
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            r.error(
+                path,
+                "is not a parameter name (letters, digits, '_', '-' and '.' only)",
+            );
+            continue;
+        }
+        if let Some(why) = managed_reason(engine, key) {
+            r.error(path, format!("is managed by Stator and cannot be set: {why}"));
+            continue;
+        }
+        if value.0.chars().any(|c| c.is_control()) {
+            r.error(path, "must be one line without control characters");
+        }
+    }
+}
+
+fn validate_bootstrap(db: &Database, r: &mut Report) {
+    let b = &db.spec.bootstrap;
+    if let Some(problem) = sql_identifier_problem(&b.database) {
+        r.error("spec.bootstrap.database", format!("{:?} {problem}", b.database));
+    }
+    if let Some(problem) = sql_identifier_problem(&b.owner) {
+        r.error("spec.bootstrap.owner", format!("{:?} {problem}", b.owner));
+    } else if RESERVED_USERS.contains(&b.owner.as_str()) {
+        r.error(
+            "spec.bootstrap.owner",
+            format!(
+                "{:?} is reserved for the server or Stator itself; pick an application user name (e.g. app)",
+                b.owner
+            ),
+        );
+    }
+    if let Some(secret) = &b.secret_name
+        && let Some(problem) = dns1123_subdomain_problem(secret)
+    {
+        r.error("spec.bootstrap.secretName", format!("{secret:?} {problem}"));
+    }
+}
+
+fn validate_availability(db: &Database, r: &mut Report) {
+    let spec = &db.spec;
+    let n = spec.instances;
+    if spec.replication.synchronous && n < 2 {
+        r.error(
+            "spec.replication.synchronous",
+            "needs at least 2 instances: with one, no replica could ever confirm a write",
+        );
+    }
+    match parse_duration(&spec.failover.detection_timeout) {
+        None => r.error(
+            "spec.failover.detectionTimeout",
+            format!(
+                "{:?} is not a duration (e.g. 2s, 1500ms, 1m)",
+                spec.failover.detection_timeout
+            ),
+        ),
+        Some(d) if d < DETECTION_TIMEOUT_RANGE.0 || d > DETECTION_TIMEOUT_RANGE.1 => r.error(
+            "spec.failover.detectionTimeout",
+            format!(
+                "{:?} is out of range (1s to 5m)",
+                spec.failover.detection_timeout
+            ),
+        ),
+        Some(_) => {}
+    }
+    let d = &spec.disruption;
+    match (d.max_unavailable, d.min_available) {
+        (Some(_), Some(_)) => r.error(
+            "spec.disruption",
+            "set maxUnavailable or minAvailable, not both",
+        ),
+        (Some(0), None) => r.error(
+            "spec.disruption.maxUnavailable",
+            "0 blocks every drain forever; use 1 or more",
+        ),
+        (None, Some(min)) if min >= n => r.error(
+            "spec.disruption.minAvailable",
+            format!(
+                "{min} with {n} instance(s) blocks every drain forever; use at most {}",
+                n.saturating_sub(1)
+            ),
+        ),
+        _ => {}
+    }
+    if n == 1 {
+        r.warn(
+            "spec.instances",
+            "a 1-instance database is unavailable while its node is drained or its pod restarts; \
+             use 2 or more instances for availability",
+        );
+    }
+    if spec.scheduling.anti_affinity == AntiAffinity::Required && n > 1 {
+        r.warn(
+            "spec.scheduling.antiAffinity",
+            format!("required anti-affinity needs at least {n} schedulable nodes"),
+        );
+    }
+    for (i, t) in spec.scheduling.topology_spread.iter().enumerate() {
+        if t.max_skew < 1 {
+            r.error(
+                format!("spec.scheduling.topologySpread[{i}].maxSkew"),
+                format!("{} must be 1 or more", t.max_skew),
+            );
+        }
+        if let Some(problem) = label_key_problem(&t.topology_key) {
+            r.error(
+                format!("spec.scheduling.topologySpread[{i}].topologyKey"),
+                format!("{:?} {problem} (e.g. topology.kubernetes.io/zone)", t.topology_key),
+            );
+        }
+    }
+    for key in spec.scheduling.node_selector.keys() {
+        if let Some(problem) = label_key_problem(key) {
+            r.error(
+                format!("spec.scheduling.nodeSelector.{key}"),
+                format!("{key:?} {problem}"),
+            );
+        }
+    }
+}
+
+fn validate_network(db: &Database, r: &mut Report) {
+    for (i, peer) in db.spec.network.allow_from.iter().enumerate() {
+        let path = format!("spec.network.allowFrom[{i}]");
+        if peer.pod_selector.is_none() && peer.namespace_selector.is_none() && peer.ip_block.is_none()
+        {
+            r.error(
+                path.clone(),
+                "names no peer; give podSelector, namespaceSelector or ipBlock",
+            );
+        }
+        if let Some(block) = &peer.ip_block
+            && !is_cidr(&block.cidr)
+        {
+            r.error(
+                format!("{path}.ipBlock.cidr"),
+                format!("{:?} is not a CIDR (e.g. 10.0.0.0/8)", block.cidr),
+            );
+        }
+    }
+}
+
+fn validate_local(db: &Database, r: &mut Report) {
+    let local = &db.spec.local;
+    match local.listen_address.parse::<IpAddr>() {
+        Err(_) => r.error(
+            "spec.local.listenAddress",
+            format!(
+                "{:?} is not an IP address (e.g. 127.0.0.1)",
+                local.listen_address
+            ),
+        ),
+        Ok(ip) if !ip.is_loopback() => r.warn(
+            "spec.local.listenAddress",
+            format!(
+                "{ip} is reachable from other machines; the default 127.0.0.1 is not"
+            ),
+        ),
+        Ok(_) => {}
+    }
+    if let Some(base) = local.port_base
+        && !(1024..=65535 - PORT_SPAN).contains(&base)
+    {
+        r.error(
+            "spec.local.portBase",
+            format!(
+                "{base} is out of range (1024 to {}; the database uses {PORT_SPAN} ports from it)",
+                65535 - PORT_SPAN
+            ),
+        );
+    }
+}
+
+/// How many ports from `local.portBase` a database may use.
+pub const PORT_SPAN: u16 = 50;
+
+/// The default `local.portBase` for an engine.
+pub fn default_port_base(engine: Engine) -> u16 {
+    match engine {
+        Engine::Postgres => 15400,
+        Engine::Mysql | Engine::Mariadb => 13300,
+    }
+}
+
+fn dns1123_subdomain_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 253 {
+        return Some("must be 1 to 253 characters".into());
+    }
+    name.split('.').find_map(dns1123_label_problem)
+}
+
+fn label_key_problem(key: &str) -> Option<String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix
+        && dns1123_subdomain_problem(p).is_some()
+    {
+        return Some("has an invalid prefix (a DNS subdomain)".into());
+    }
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    (!ok).then(|| "is not a label key".into())
+}
+
+fn is_cidr(text: &str) -> bool {
+    let Some((ip, bits)) = text.split_once('/') else {
+        return false;
+    };
+    let Ok(ip) = ip.parse::<IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    bits.parse::<u8>().is_ok_and(|b| b <= max)
+}

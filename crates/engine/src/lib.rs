@@ -1,0 +1,1 @@
+//! stator-engine (skeleton; see DESIGN.md).

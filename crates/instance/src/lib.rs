@@ -1,0 +1,1 @@
+//! stator-instance (skeleton; see DESIGN.md).

@@ -1,0 +1,1 @@
+//! Kubernetes objects for a `Database`.

@@ -1,0 +1,1 @@
+//! stator-local (skeleton; see DESIGN.md).
