@@ -27,7 +27,16 @@ mod tests {
         assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
-        for bad in ["", "2", "s", "2 s", "1.5s", "-1s", "2d", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "2",
+            "s",
+            "2 s",
+            "1.5s",
+            "-1s",
+            "2d",
+            "99999999999999999999h",
+        ] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }

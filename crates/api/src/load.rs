@@ -156,7 +156,10 @@ fn check_envelope(value: &Value) -> Result<Vec<FieldError>, InvalidSpec> {
         None => errors.push(FieldError::new("kind", format!("is required ({KIND})"))),
     }
     if field("spec").is_none() {
-        errors.push(FieldError::new("spec", "is required (at least spec.engine)"));
+        errors.push(FieldError::new(
+            "spec",
+            "is required (at least spec.engine)",
+        ));
     }
     unknown_keys(map, "", &TOP_LEVEL, &mut errors);
     if let Some(Value::Mapping(meta)) = field("metadata") {
@@ -165,7 +168,12 @@ fn check_envelope(value: &Value) -> Result<Vec<FieldError>, InvalidSpec> {
     Ok(errors)
 }
 
-fn unknown_keys(map: &serde_norway::Mapping, prefix: &str, known: &[&str], errors: &mut Vec<FieldError>) {
+fn unknown_keys(
+    map: &serde_norway::Mapping,
+    prefix: &str,
+    known: &[&str],
+    errors: &mut Vec<FieldError>,
+) {
     for key in map.keys() {
         let name = match key {
             Value::String(s) => s.clone(),
@@ -174,7 +182,10 @@ fn unknown_keys(map: &serde_norway::Mapping, prefix: &str, known: &[&str], error
         if !known.contains(&name.as_str()) {
             errors.push(FieldError::new(
                 format!("{prefix}{name}"),
-                format!("is not a known field (expected one of: {})", known.join(", ")),
+                format!(
+                    "is not a known field (expected one of: {})",
+                    known.join(", ")
+                ),
             ));
         }
     }
@@ -183,7 +194,11 @@ fn unknown_keys(map: &serde_norway::Mapping, prefix: &str, known: &[&str], error
 /// `serde_path_to_error` writes `.` for the root and `spec.tolerations[0]`-style paths; the root
 /// becomes the empty path.
 fn display_path(path: &str) -> String {
-    if path == "." { String::new() } else { path.to_string() }
+    if path == "." {
+        String::new()
+    } else {
+        path.to_string()
+    }
 }
 
 /// serde's messages name Rust types (`u32`); say what a user writes instead.
@@ -193,5 +208,8 @@ fn clean_message(message: &str) -> String {
         .replace("expected i32", "expected a whole number")
         .replace("expected u16", "expected a port number (0 to 65535)")
         .replace("expected a boolean", "expected true or false")
-        .replace("expected a string", "expected text (quote numbers, e.g. \"15\")")
+        .replace(
+            "expected a string",
+            "expected text (quote numbers, e.g. \"15\")",
+        )
 }

@@ -78,10 +78,9 @@ impl Database {
 
     /// The container image, defaulted to the official one for engine and version.
     pub fn image(&self) -> String {
-        self.spec
-            .image
-            .clone()
-            .unwrap_or_else(|| format!("{}:{}", self.spec.engine.image_repository(), self.version()))
+        self.spec.image.clone().unwrap_or_else(|| {
+            format!("{}:{}", self.spec.engine.image_repository(), self.version())
+        })
     }
 }
 
@@ -108,7 +107,10 @@ pub fn dns1035_label_problem(name: &str) -> Option<String> {
         return Some("must not be empty".into());
     }
     if name.len() > 63 {
-        return Some(format!("is {} characters long; at most 63 are allowed", name.len()));
+        return Some(format!(
+            "is {} characters long; at most 63 are allowed",
+            name.len()
+        ));
     }
     if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
         return Some("must start with a lowercase letter".into());
@@ -122,7 +124,10 @@ pub fn dns1123_label_problem(name: &str) -> Option<String> {
         return Some("must not be empty".into());
     }
     if name.len() > 63 {
-        return Some(format!("is {} characters long; at most 63 are allowed", name.len()));
+        return Some(format!(
+            "is {} characters long; at most 63 are allowed",
+            name.len()
+        ));
     }
     if let Some(c) = name
         .chars()
@@ -145,7 +150,10 @@ pub fn sql_identifier_problem(name: &str) -> Option<String> {
         return Some("must not be empty".into());
     }
     if name.len() > 32 {
-        return Some(format!("is {} characters long; at most 32 are allowed", name.len()));
+        return Some(format!(
+            "is {} characters long; at most 32 are allowed",
+            name.len()
+        ));
     }
     if !name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') {
         return Some("must start with a lowercase letter or '_'".into());

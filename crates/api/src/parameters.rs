@@ -69,55 +69,193 @@ pub struct ManagedKey {
 }
 
 const PG_MANAGED: &[ManagedKey] = &[
-    ManagedKey { key: "port", why: "the port is fixed per runtime (5432 in pods, local.portBase locally)" },
-    ManagedKey { key: "listen_addresses", why: "Stator binds the server (local.listenAddress locally, the pod IP on Kubernetes)" },
-    ManagedKey { key: "unix_socket_directories", why: "the instance manager owns the socket directory" },
-    ManagedKey { key: "data_directory", why: "the data directory is the instance's volume" },
-    ManagedKey { key: "config_file", why: "Stator writes the configuration file" },
-    ManagedKey { key: "hba_file", why: "Stator writes pg_hba.conf (scram-sha-256 only)" },
-    ManagedKey { key: "ident_file", why: "Stator writes the ident file" },
-    ManagedKey { key: "external_pid_file", why: "the instance manager tracks the postmaster" },
-    ManagedKey { key: "wal_level", why: "replication needs wal_level=replica" },
-    ManagedKey { key: "hot_standby", why: "replicas serve reads; Stator sets it" },
-    ManagedKey { key: "wal_log_hints", why: "pg_rewind after a failover needs it on" },
-    ManagedKey { key: "primary_conninfo", why: "replication is set up by Stator" },
-    ManagedKey { key: "primary_slot_name", why: "replication slots are managed by Stator" },
-    ManagedKey { key: "synchronous_standby_names", why: "use spec.replication.synchronous" },
-    ManagedKey { key: "synchronous_commit", why: "use spec.replication.synchronous" },
-    ManagedKey { key: "archive_mode", why: "WAL archiving is managed by Stator" },
-    ManagedKey { key: "archive_command", why: "WAL archiving is managed by Stator" },
-    ManagedKey { key: "restore_command", why: "recovery is managed by Stator" },
-    ManagedKey { key: "recovery_target_time", why: "point-in-time recovery is managed by Stator" },
-    ManagedKey { key: "promote_trigger_file", why: "promotion is decided by Stator" },
-    ManagedKey { key: "password_encryption", why: "Stator requires scram-sha-256" },
+    ManagedKey {
+        key: "port",
+        why: "the port is fixed per runtime (5432 in pods, local.portBase locally)",
+    },
+    ManagedKey {
+        key: "listen_addresses",
+        why: "Stator binds the server (local.listenAddress locally, the pod IP on Kubernetes)",
+    },
+    ManagedKey {
+        key: "unix_socket_directories",
+        why: "the instance manager owns the socket directory",
+    },
+    ManagedKey {
+        key: "data_directory",
+        why: "the data directory is the instance's volume",
+    },
+    ManagedKey {
+        key: "config_file",
+        why: "Stator writes the configuration file",
+    },
+    ManagedKey {
+        key: "hba_file",
+        why: "Stator writes pg_hba.conf (scram-sha-256 only)",
+    },
+    ManagedKey {
+        key: "ident_file",
+        why: "Stator writes the ident file",
+    },
+    ManagedKey {
+        key: "external_pid_file",
+        why: "the instance manager tracks the postmaster",
+    },
+    ManagedKey {
+        key: "wal_level",
+        why: "replication needs wal_level=replica",
+    },
+    ManagedKey {
+        key: "hot_standby",
+        why: "replicas serve reads; Stator sets it",
+    },
+    ManagedKey {
+        key: "wal_log_hints",
+        why: "pg_rewind after a failover needs it on",
+    },
+    ManagedKey {
+        key: "primary_conninfo",
+        why: "replication is set up by Stator",
+    },
+    ManagedKey {
+        key: "primary_slot_name",
+        why: "replication slots are managed by Stator",
+    },
+    ManagedKey {
+        key: "synchronous_standby_names",
+        why: "use spec.replication.synchronous",
+    },
+    ManagedKey {
+        key: "synchronous_commit",
+        why: "use spec.replication.synchronous",
+    },
+    ManagedKey {
+        key: "archive_mode",
+        why: "WAL archiving is managed by Stator",
+    },
+    ManagedKey {
+        key: "archive_command",
+        why: "WAL archiving is managed by Stator",
+    },
+    ManagedKey {
+        key: "restore_command",
+        why: "recovery is managed by Stator",
+    },
+    ManagedKey {
+        key: "recovery_target_time",
+        why: "point-in-time recovery is managed by Stator",
+    },
+    ManagedKey {
+        key: "promote_trigger_file",
+        why: "promotion is decided by Stator",
+    },
+    ManagedKey {
+        key: "password_encryption",
+        why: "Stator requires scram-sha-256",
+    },
 ];
 
 const MYSQL_MANAGED: &[ManagedKey] = &[
-    ManagedKey { key: "port", why: "the port is fixed per runtime (3306 in pods, local.portBase locally)" },
-    ManagedKey { key: "bind_address", why: "Stator binds the server (local.listenAddress locally, the pod IP on Kubernetes)" },
-    ManagedKey { key: "socket", why: "the instance manager owns the socket" },
-    ManagedKey { key: "datadir", why: "the data directory is the instance's volume" },
-    ManagedKey { key: "pid_file", why: "the instance manager tracks the server" },
-    ManagedKey { key: "user", why: "the server runs as the image's (or system's) mysql user" },
-    ManagedKey { key: "skip_networking", why: "replication and the proxies need TCP" },
-    ManagedKey { key: "server_id", why: "each instance gets a unique server_id from its ordinal" },
-    ManagedKey { key: "log_bin", why: "replication needs the binary log" },
-    ManagedKey { key: "binlog_format", why: "replication needs binlog_format=ROW" },
-    ManagedKey { key: "gtid_mode", why: "replication uses GTIDs" },
-    ManagedKey { key: "enforce_gtid_consistency", why: "replication uses GTIDs" },
-    ManagedKey { key: "gtid_strict_mode", why: "replication uses strict GTIDs" },
-    ManagedKey { key: "gtid_domain_id", why: "GTID domains are managed by Stator" },
-    ManagedKey { key: "log_slave_updates", why: "every instance must be able to become primary" },
-    ManagedKey { key: "log_replica_updates", why: "every instance must be able to become primary" },
-    ManagedKey { key: "relay_log", why: "replication is set up by Stator" },
-    ManagedKey { key: "read_only", why: "Stator sets it from the instance's role" },
-    ManagedKey { key: "super_read_only", why: "Stator sets it from the instance's role" },
-    ManagedKey { key: "rpl_semi_sync_master_enabled", why: "use spec.replication.synchronous" },
-    ManagedKey { key: "rpl_semi_sync_slave_enabled", why: "use spec.replication.synchronous" },
-    ManagedKey { key: "rpl_semi_sync_source_enabled", why: "use spec.replication.synchronous" },
-    ManagedKey { key: "rpl_semi_sync_replica_enabled", why: "use spec.replication.synchronous" },
-    ManagedKey { key: "rpl_semi_sync_master_wait_point", why: "use spec.replication.synchronous" },
-    ManagedKey { key: "rpl_semi_sync_master_timeout", why: "use spec.replication.synchronous" },
+    ManagedKey {
+        key: "port",
+        why: "the port is fixed per runtime (3306 in pods, local.portBase locally)",
+    },
+    ManagedKey {
+        key: "bind_address",
+        why: "Stator binds the server (local.listenAddress locally, the pod IP on Kubernetes)",
+    },
+    ManagedKey {
+        key: "socket",
+        why: "the instance manager owns the socket",
+    },
+    ManagedKey {
+        key: "datadir",
+        why: "the data directory is the instance's volume",
+    },
+    ManagedKey {
+        key: "pid_file",
+        why: "the instance manager tracks the server",
+    },
+    ManagedKey {
+        key: "user",
+        why: "the server runs as the image's (or system's) mysql user",
+    },
+    ManagedKey {
+        key: "skip_networking",
+        why: "replication and the proxies need TCP",
+    },
+    ManagedKey {
+        key: "server_id",
+        why: "each instance gets a unique server_id from its ordinal",
+    },
+    ManagedKey {
+        key: "log_bin",
+        why: "replication needs the binary log",
+    },
+    ManagedKey {
+        key: "binlog_format",
+        why: "replication needs binlog_format=ROW",
+    },
+    ManagedKey {
+        key: "gtid_mode",
+        why: "replication uses GTIDs",
+    },
+    ManagedKey {
+        key: "enforce_gtid_consistency",
+        why: "replication uses GTIDs",
+    },
+    ManagedKey {
+        key: "gtid_strict_mode",
+        why: "replication uses strict GTIDs",
+    },
+    ManagedKey {
+        key: "gtid_domain_id",
+        why: "GTID domains are managed by Stator",
+    },
+    ManagedKey {
+        key: "log_slave_updates",
+        why: "every instance must be able to become primary",
+    },
+    ManagedKey {
+        key: "log_replica_updates",
+        why: "every instance must be able to become primary",
+    },
+    ManagedKey {
+        key: "relay_log",
+        why: "replication is set up by Stator",
+    },
+    ManagedKey {
+        key: "read_only",
+        why: "Stator sets it from the instance's role",
+    },
+    ManagedKey {
+        key: "super_read_only",
+        why: "Stator sets it from the instance's role",
+    },
+    ManagedKey {
+        key: "rpl_semi_sync_master_enabled",
+        why: "use spec.replication.synchronous",
+    },
+    ManagedKey {
+        key: "rpl_semi_sync_slave_enabled",
+        why: "use spec.replication.synchronous",
+    },
+    ManagedKey {
+        key: "rpl_semi_sync_source_enabled",
+        why: "use spec.replication.synchronous",
+    },
+    ManagedKey {
+        key: "rpl_semi_sync_replica_enabled",
+        why: "use spec.replication.synchronous",
+    },
+    ManagedKey {
+        key: "rpl_semi_sync_master_wait_point",
+        why: "use spec.replication.synchronous",
+    },
+    ManagedKey {
+        key: "rpl_semi_sync_master_timeout",
+        why: "use spec.replication.synchronous",
+    },
 ];
 
 /// How a user-written key is compared: MySQL accepts `-` and `_` alike.
@@ -144,7 +282,10 @@ pub fn managed_reason(engine: Engine, key: &str) -> Option<&'static str> {
     let key = normalize_key(engine, key);
     managed_keys(engine)
         .iter()
-        .find(|m| m.key == key || (key.starts_with("recovery_target") && m.key.starts_with("recovery_target")))
+        .find(|m| {
+            m.key == key
+                || (key.starts_with("recovery_target") && m.key.starts_with("recovery_target"))
+        })
         .map(|m| m.why)
 }
 

@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::duration::parse_duration;
-use crate::names::{MAX_NAME_LEN, dns1035_label_problem, dns1123_label_problem, sql_identifier_problem};
+use crate::names::{
+    MAX_NAME_LEN, dns1035_label_problem, dns1123_label_problem, sql_identifier_problem,
+};
 use crate::parameters::managed_reason;
 use crate::quantity::Quantity;
 use crate::spec::{AntiAffinity, Database, Engine};
@@ -95,10 +97,16 @@ pub fn validate(db: &Database) -> Report {
 fn validate_metadata(db: &Database, r: &mut Report) {
     let spec = &db.spec;
     match db.metadata.name.as_deref() {
-        None => r.error("metadata.name", "is required (a lowercase DNS label, e.g. shop-db)"),
+        None => r.error(
+            "metadata.name",
+            "is required (a lowercase DNS label, e.g. shop-db)",
+        ),
         Some(name) => {
             if let Some(problem) = dns1035_label_problem(name) {
-                r.error("metadata.name", format!("{name:?} {problem} (e.g. shop-db)"));
+                r.error(
+                    "metadata.name",
+                    format!("{name:?} {problem} (e.g. shop-db)"),
+                );
             } else if name.len() > MAX_NAME_LEN {
                 r.error(
                     "metadata.name",
@@ -176,7 +184,10 @@ fn quantity(r: &mut Report, path: &str, text: &str, example: &str) -> Option<Qua
     match Quantity::parse(text) {
         Some(q) if q.0 > 0.0 => Some(q),
         Some(_) => {
-            r.error(path, format!("{text:?} must be greater than zero (e.g. {example})"));
+            r.error(
+                path,
+                format!("{text:?} must be greater than zero (e.g. {example})"),
+            );
             None
         }
         None => {
@@ -192,12 +203,20 @@ fn validate_storage_and_resources(db: &Database, r: &mut Report) {
     if let Some(class) = &spec.storage.storage_class_name
         && let Some(problem) = dns1123_subdomain_problem(class)
     {
-        r.error("spec.storage.storageClassName", format!("{class:?} {problem}"));
+        r.error(
+            "spec.storage.storageClassName",
+            format!("{class:?} {problem}"),
+        );
     }
     let res = &spec.resources;
     let req_cpu = quantity(r, "spec.resources.requests.cpu", &res.requests.cpu, "250m");
     let lim_cpu = quantity(r, "spec.resources.limits.cpu", &res.limits.cpu, "1");
-    let req_mem = quantity(r, "spec.resources.requests.memory", &res.requests.memory, "512Mi");
+    let req_mem = quantity(
+        r,
+        "spec.resources.requests.memory",
+        &res.requests.memory,
+        "512Mi",
+    );
     let lim_mem = quantity(r, "spec.resources.limits.memory", &res.limits.memory, "1Gi");
     if let (Some(req), Some(lim)) = (req_cpu, lim_cpu)
         && req.0 > lim.0
@@ -250,7 +269,10 @@ fn validate_parameters(db: &Database, r: &mut Report) {
             continue;
         }
         if let Some(why) = managed_reason(engine, key) {
-            r.error(path, format!("is managed by Stator and cannot be set: {why}"));
+            r.error(
+                path,
+                format!("is managed by Stator and cannot be set: {why}"),
+            );
             continue;
         }
         if value.0.chars().any(|c| c.is_control()) {
@@ -262,7 +284,10 @@ fn validate_parameters(db: &Database, r: &mut Report) {
 fn validate_bootstrap(db: &Database, r: &mut Report) {
     let b = &db.spec.bootstrap;
     if let Some(problem) = sql_identifier_problem(&b.database) {
-        r.error("spec.bootstrap.database", format!("{:?} {problem}", b.database));
+        r.error(
+            "spec.bootstrap.database",
+            format!("{:?} {problem}", b.database),
+        );
     }
     if let Some(problem) = sql_identifier_problem(&b.owner) {
         r.error("spec.bootstrap.owner", format!("{:?} {problem}", b.owner));
@@ -350,7 +375,10 @@ fn validate_availability(db: &Database, r: &mut Report) {
         if let Some(problem) = label_key_problem(&t.topology_key) {
             r.error(
                 format!("spec.scheduling.topologySpread[{i}].topologyKey"),
-                format!("{:?} {problem} (e.g. topology.kubernetes.io/zone)", t.topology_key),
+                format!(
+                    "{:?} {problem} (e.g. topology.kubernetes.io/zone)",
+                    t.topology_key
+                ),
             );
         }
     }
@@ -367,7 +395,9 @@ fn validate_availability(db: &Database, r: &mut Report) {
 fn validate_network(db: &Database, r: &mut Report) {
     for (i, peer) in db.spec.network.allow_from.iter().enumerate() {
         let path = format!("spec.network.allowFrom[{i}]");
-        if peer.pod_selector.is_none() && peer.namespace_selector.is_none() && peer.ip_block.is_none()
+        if peer.pod_selector.is_none()
+            && peer.namespace_selector.is_none()
+            && peer.ip_block.is_none()
         {
             r.error(
                 path.clone(),
@@ -397,9 +427,7 @@ fn validate_local(db: &Database, r: &mut Report) {
         ),
         Ok(ip) if !ip.is_loopback() => r.warn(
             "spec.local.listenAddress",
-            format!(
-                "{ip} is reachable from other machines; the default 127.0.0.1 is not"
-            ),
+            format!("{ip} is reachable from other machines; the default 127.0.0.1 is not"),
         ),
         Ok(_) => {}
     }

@@ -31,8 +31,16 @@ fn every_unknown_field_is_reported_with_its_path() {
     let e = errors(
         "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: shop}\nspec:\n  engine: postgres\n  instnaces: 3\n  storage: {size: 1Gi, clas: fast}\n",
     );
-    assert!(e.iter().any(|m| m.starts_with("spec.instnaces: is not a known field")), "{e:?}");
-    assert!(e.iter().any(|m| m.starts_with("spec.storage.clas: is not a known field")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("spec.instnaces: is not a known field")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("spec.storage.clas: is not a known field")),
+        "{e:?}"
+    );
 }
 
 #[test]
