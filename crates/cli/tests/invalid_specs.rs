@@ -1,0 +1,165 @@
+//! Invalid specs, one per row: `stator render` and `stator validate` exit 2, name the field path
+//! in the message, and write nothing.
+
+use std::path::Path;
+use std::process::Command;
+
+const STATOR: &str = env!("CARGO_BIN_EXE_stator");
+
+/// A document with the usual envelope around `spec` (indented lines under `spec:`).
+fn with_spec(spec: &str) -> String {
+    let body: String = spec.lines().map(|l| format!("  {l}\n")).collect();
+    format!(
+        "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: shop\nspec:\n{body}"
+    )
+}
+
+/// (row name, file content, the path the message must name, a word the message must contain)
+fn rows() -> Vec<(&'static str, String, &'static str, &'static str)> {
+    let long_name = "a".repeat(53);
+    vec![
+        ("unknown engine", with_spec("engine: oracle"), "spec.engine", "unknown variant"),
+        ("engine missing", with_spec("instances: 1"), "spec", "engine"),
+        ("zero instances", with_spec("engine: postgres\ninstances: 0"), "spec.instances", "1 to 16"),
+        ("too many instances", with_spec("engine: postgres\ninstances: 17"), "spec.instances", "1 to 16"),
+        ("negative instances", with_spec("engine: postgres\ninstances: -1"), "spec.instances", "whole number"),
+        ("instances not a number", with_spec("engine: postgres\ninstances: three"), "spec.instances", "whole number"),
+        ("storage size not a quantity", with_spec("engine: postgres\nstorage: {size: 10Q}"), "spec.storage.size", "not a quantity"),
+        ("storage size zero", with_spec("engine: postgres\nstorage: {size: \"0\"}"), "spec.storage.size", "greater than zero"),
+        ("storage class not a DNS name", with_spec("engine: postgres\nstorage: {size: 1Gi, storageClassName: Fast_SSD}"), "spec.storage.storageClassName", "only lowercase"),
+        ("cpu request above limit", with_spec("engine: postgres\nresources:\n  requests: {cpu: \"2\", memory: 512Mi}\n  limits: {cpu: \"1\", memory: 1Gi}"), "spec.resources.requests.cpu", "exceed its limit"),
+        ("memory limit too small", with_spec("engine: postgres\nresources:\n  requests: {cpu: 100m, memory: 64Mi}\n  limits: {cpu: \"1\", memory: 64Mi}"), "spec.resources.limits.memory", "at least 256Mi"),
+        ("memory not a quantity", with_spec("engine: postgres\nresources:\n  requests: {cpu: 100m, memory: lots}"), "spec.resources.requests.memory", "not a quantity"),
+        ("managed postgres parameter", with_spec("engine: postgres\nconfig: {parameters: {port: 5433}}"), "spec.config.parameters.port", "managed by Stator"),
+        ("managed mysql parameter with dashes", with_spec("engine: mysql\nconfig: {parameters: {server-id: 7}}"), "spec.config.parameters.server-id", "managed by Stator"),
+        ("parameter value with a newline", with_spec("engine: postgres\nconfig: {parameters: {work_mem: \"4MB\\nport = 1\"}}"), "spec.config.parameters.work_mem", "one line"),
+        ("parameter value is a list", with_spec("engine: postgres\nconfig: {parameters: {work_mem: [1, 2]}}"), "spec.config.parameters.work_mem", "scalar"),
+        ("reserved owner", with_spec("engine: postgres\nbootstrap: {owner: postgres}"), "spec.bootstrap.owner", "reserved"),
+        ("database name with a dash", with_spec("engine: postgres\nbootstrap: {database: my-db}"), "spec.bootstrap.database", "only lowercase"),
+        ("secret name invalid", with_spec("engine: postgres\nbootstrap: {secretName: Bad_Secret}"), "spec.bootstrap.secretName", "only lowercase"),
+        ("synchronous with one instance", with_spec("engine: postgres\nreplication: {synchronous: true}"), "spec.replication.synchronous", "at least 2"),
+        ("detection timeout without unit", with_spec("engine: postgres\nfailover: {detectionTimeout: \"2\"}"), "spec.failover.detectionTimeout", "not a duration"),
+        ("detection timeout too long", with_spec("engine: postgres\nfailover: {detectionTimeout: 10m}"), "spec.failover.detectionTimeout", "1s to 5m"),
+        ("budget that blocks drains", with_spec("engine: postgres\ndisruption: {maxUnavailable: 0}"), "spec.disruption.maxUnavailable", "blocks every drain"),
+        ("minAvailable equal to instances", with_spec("engine: postgres\ninstances: 3\ndisruption: {minAvailable: 3}"), "spec.disruption.minAvailable", "blocks every drain"),
+        ("both budget fields", with_spec("engine: postgres\ninstances: 3\ndisruption: {minAvailable: 1, maxUnavailable: 1}"), "spec.disruption", "not both"),
+        ("unknown anti-affinity", with_spec("engine: postgres\nscheduling: {antiAffinity: always}"), "spec.scheduling.antiAffinity", "unknown variant"),
+        ("topology skew zero", with_spec("engine: postgres\nscheduling:\n  topologySpread: [{topologyKey: topology.kubernetes.io/zone, maxSkew: 0}]"), "spec.scheduling.topologySpread[0].maxSkew", "1 or more"),
+        ("node selector key invalid", with_spec("engine: postgres\nscheduling: {nodeSelector: {\"-bad\": x}}"), "spec.scheduling.nodeSelector.-bad", "label key"),
+        ("empty network peer", with_spec("engine: postgres\nnetwork: {allowFrom: [{}]}"), "spec.network.allowFrom[0]", "names no peer"),
+        ("CIDR out of range", with_spec("engine: postgres\nnetwork: {allowFrom: [{ipBlock: {cidr: 10.0.0.0/40}}]}"), "spec.network.allowFrom[0].ipBlock.cidr", "not a CIDR"),
+        ("listen address not an IP", with_spec("engine: postgres\nlocal: {listenAddress: localhost}"), "spec.local.listenAddress", "not an IP"),
+        ("privileged port base", with_spec("engine: postgres\nlocal: {portBase: 80}"), "spec.local.portBase", "out of range"),
+        ("unsupported version", with_spec("engine: postgres\nversion: \"9.6\""), "spec.version", "15"),
+        ("image with latest tag", with_spec("engine: postgres\nimage: postgres:latest"), "spec.image", "latest"),
+        ("image without tag", with_spec("engine: postgres\nimage: registry.local:5000/postgres"), "spec.image", "no tag"),
+        ("unknown spec field", with_spec("engine: postgres\nreplicas: 3"), "spec.replicas", "not a known field"),
+        ("unknown nested field", with_spec("engine: postgres\nstorage: {sizee: 1Gi}"), "spec.storage.sizee", "not a known field"),
+        ("uppercase name", "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: Shop}\nspec: {engine: postgres}\n".into(), "metadata.name", "lowercase"),
+        ("name too long for pod labels", format!("apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {{name: {long_name}}}\nspec: {{engine: postgres}}\n"), "metadata.name", "at most 52"),
+        ("name missing", "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {}\nspec: {engine: postgres}\n".into(), "metadata.name", "required"),
+        ("namespace invalid", "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: shop, namespace: Prod}\nspec: {engine: postgres}\n".into(), "metadata.namespace", "only lowercase"),
+        ("metadata typo", "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: shop, lables: {a: b}}\nspec: {engine: postgres}\n".into(), "metadata.lables", "not a known field"),
+        ("wrong apiVersion", "apiVersion: stator.dev/v1\nkind: Database\nmetadata: {name: shop}\nspec: {engine: postgres}\n".into(), "apiVersion", "stator.dev/v1alpha1"),
+        ("wrong kind", "apiVersion: stator.dev/v1alpha1\nkind: Cluster\nmetadata: {name: shop}\nspec: {engine: postgres}\n".into(), "kind", "Database"),
+        ("top-level typo", "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: shop}\nspec: {engine: postgres}\nspecs: {}\n".into(), "specs", "not a known field"),
+        ("two documents", format!("{}---\n{}", with_spec("engine: postgres"), with_spec("engine: mysql")), "", "2 documents"),
+        ("not YAML", "spec: [engine: postgres\n".into(), "", "not valid YAML"),
+    ]
+}
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(STATOR)
+        .args(args)
+        .output()
+        .expect("stator runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_rejects(name: &str, stderr: &str, code: i32, path: &str, word: &str) {
+    assert_eq!(code, 2, "{name}: exit code, stderr:\n{stderr}");
+    let wanted = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    };
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(&wanted) && l.contains(word))
+        .unwrap_or_else(|| panic!("{name}: no line with {wanted:?} and {word:?} in:\n{stderr}"));
+    assert!(
+        line.contains("spec.yaml"),
+        "{name}: the message names the file: {line}"
+    );
+}
+
+#[test]
+fn at_least_25_invalid_specs_are_covered() {
+    assert!(rows().len() >= 25);
+}
+
+#[test]
+fn validate_rejects_each_invalid_spec_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content, path, word) in rows() {
+        let file = dir.path().join("spec.yaml");
+        std::fs::write(&file, &content).unwrap();
+        let (code, stderr) = run(&["validate", "-f", file.to_str().unwrap()]);
+        assert_rejects(name, &stderr, code, path, word);
+    }
+}
+
+#[test]
+fn render_rejects_each_invalid_spec_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content, path, word) in rows() {
+        let file = dir.path().join("spec.yaml");
+        std::fs::write(&file, &content).unwrap();
+        let out = dir.path().join("out");
+        let (code, stderr) = run(&[
+            "render",
+            "-f",
+            file.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert_rejects(name, &stderr, code, path, word);
+        assert!(!out.exists(), "{name}: render wrote {}", out.display());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "{name}: only the spec file is in the directory"
+        );
+    }
+}
+
+#[test]
+fn every_problem_of_a_spec_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("spec.yaml");
+    std::fs::write(
+        &file,
+        with_spec("engine: postgres\ninstances: 0\nstorage: {size: 10Q}\nfailover: {detectionTimeout: soon}"),
+    )
+    .unwrap();
+    let (code, stderr) = run(&["validate", "-f", file.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    for path in [
+        "spec.instances: ",
+        "spec.storage.size: ",
+        "spec.failover.detectionTimeout: ",
+    ] {
+        assert!(stderr.contains(path), "{path} missing from:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let (code, stderr) = run(&["validate", "-f", "/nonexistent/db.yaml"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("/nonexistent/db.yaml"), "{stderr}");
+    assert!(!Path::new("/nonexistent").exists());
+}
