@@ -1,0 +1,102 @@
+//! The PodDisruptionBudget (how many instances a drain may take at once) and the NetworkPolicy
+//! (who may connect to what).
+
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use stator_api::Database;
+use stator_api::names::INSTANCE_MANAGER_PORT;
+
+use super::meta::{object_meta, pod_selector};
+
+/// `spec.disruption`, defaulting to `maxUnavailable: 1`: a drain takes one instance at a time and
+/// never blocks forever, not even for a 1-instance database (validation warns about that one).
+pub fn render_pod_disruption_budget(db: &Database) -> PodDisruptionBudget {
+    let d = &db.spec.disruption;
+    let (max_unavailable, min_available) = match (d.max_unavailable, d.min_available) {
+        (_, Some(min)) => (None, Some(IntOrString::Int(min as i32))),
+        (max, None) => (Some(IntOrString::Int(max.unwrap_or(1) as i32)), None),
+    };
+    PodDisruptionBudget {
+        metadata: object_meta(db, db.name()),
+        spec: Some(PodDisruptionBudgetSpec {
+            selector: Some(pod_selector(db)),
+            max_unavailable,
+            min_available,
+            // A pod that is not ready serves nothing the budget protects; evicting it must not
+            // block a drain.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
+        }),
+        status: None,
+    }
+}
+
+fn tcp(port: u16) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(i32::from(port))),
+        protocol: Some("TCP".into()),
+        end_port: None,
+    }
+}
+
+fn own_pods(db: &Database) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        pod_selector: Some(pod_selector(db)),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+/// Ingress: clients (`spec.network.allowFrom`, default every pod of the namespace) to the
+/// database port; the database's own pods to the database port and the instance manager (for
+/// replication and cloning). Egress: DNS, and the database's own pods on those two ports.
+pub fn render_network_policy(db: &Database) -> NetworkPolicy {
+    let port = db.spec.engine.port();
+    let clients = if db.spec.network.allow_from.is_empty() {
+        vec![NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector::default()),
+            ..NetworkPolicyPeer::default()
+        }]
+    } else {
+        db.spec.network.allow_from.clone()
+    };
+    let peer_ports = vec![tcp(port), tcp(INSTANCE_MANAGER_PORT)];
+    let dns = ["UDP", "TCP"]
+        .into_iter()
+        .map(|protocol| NetworkPolicyPort {
+            port: Some(IntOrString::Int(53)),
+            protocol: Some(protocol.into()),
+            end_port: None,
+        })
+        .collect();
+    NetworkPolicy {
+        metadata: object_meta(db, db.name()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pod_selector(db)),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(clients),
+                    ports: Some(vec![tcp(port)]),
+                },
+                NetworkPolicyIngressRule {
+                    from: Some(vec![own_pods(db)]),
+                    ports: Some(peer_ports.clone()),
+                },
+            ]),
+            egress: Some(vec![
+                NetworkPolicyEgressRule {
+                    to: None,
+                    ports: Some(dns),
+                },
+                NetworkPolicyEgressRule {
+                    to: Some(vec![own_pods(db)]),
+                    ports: Some(peer_ports),
+                },
+            ]),
+        }),
+    }
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Renders every spec in examples/ and checks the output the way a cluster and a security scanner
+# would: kubernetes-validate --strict (the built-in kinds, and the CRD in deploy/crd.yaml, against
+# the Kubernetes OpenAPI schemas) and checkov (0 failed checks; the only skips are listed, with
+# reasons, in ci/checkov-skips.yaml). Builds nothing: it runs the binary in $STATOR
+# (default target/debug/stator). Exits non-zero on any failure.
+#
+#   cargo build -p stator && scripts/check-render.sh
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+stator="${STATOR:-$root/target/debug/stator}"
+# The Kubernetes version k8s-openapi is built for (K8S_OPENAPI_ENABLED_VERSION in .cargo/config.toml).
+kubernetes_version="${KUBERNETES_VERSION:-1.35.0}"
+
+if [ ! -x "$stator" ]; then
+    echo "check-render: no stator binary at $stator; run 'cargo build -p stator' or set STATOR" >&2
+    exit 2
+fi
+bin="$("$root/scripts/python-tools.sh")"
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+mkdir "$work/out" "$work/log"
+
+failed=0
+specs=("$root"/examples/*.yaml)
+for spec in "${specs[@]}"; do
+    name="$(basename "$spec" .yaml)"
+    if ! "$stator" render -f "$spec" -o "$work/out/$name" 2>"$work/log/$name"; then
+        echo "check-render: FAIL: stator render -f $spec" >&2
+        cat "$work/log/$name" >&2
+        failed=1
+    fi
+done
+[ "$failed" -eq 0 ] || exit 1
+rendered=("$work"/out/*/*.yaml)
+echo "check-render: rendered ${#specs[@]} examples into ${#rendered[@]} files"
+
+echo "check-render: kubernetes-validate --strict --kubernetes-version $kubernetes_version"
+if "$bin/kubernetes-validate" --strict --quiet --kubernetes-version "$kubernetes_version" \
+    "${rendered[@]}" "$root/deploy/crd.yaml"; then
+    echo "check-render: kubernetes-validate: all $((${#rendered[@]} + 1)) files valid"
+else
+    echo "check-render: FAIL: kubernetes-validate found invalid objects (above)" >&2
+    failed=1
+fi
+
+echo "check-render: checkov --framework kubernetes (skips: ci/checkov-skips.yaml)"
+# Offline: no platform API key, no download of external checks or guidelines.
+export BC_SKIP_MAPPING=TRUE CHECKOV_RUN_SCA_PACKAGE_SCAN_V2=false
+if "$bin/checkov" --framework kubernetes -d "$work/out" --quiet --compact \
+    --config-file "$root/ci/checkov-skips.yaml" --skip-download --output cli \
+    >"$work/log/checkov" 2>"$work/log/checkov.err"; then
+    grep -E "Passed checks|Failed checks" "$work/log/checkov" || true
+else
+    cat "$work/log/checkov" "$work/log/checkov.err" >&2
+    echo "check-render: FAIL: checkov reports failed checks (above)" >&2
+    failed=1
+fi
+
+exit "$failed"
