@@ -1,0 +1,82 @@
+//! What can go wrong in an engine, each variant naming the file, binary, user or field involved.
+
+use std::path::PathBuf;
+
+/// An engine failure. Messages never contain a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A binary of the engine is not installed.
+    #[error(
+        "{binary} not found (looked in {searched}); install PostgreSQL {version}: apt-get install postgresql-{version}, or set binDir in the instance config"
+    )]
+    MissingBinary {
+        binary: String,
+        searched: String,
+        version: String,
+    },
+    /// The data directory holds something this instance must not touch.
+    #[error("{}: {message}; nothing was changed", path.display())]
+    ForeignDataDir { path: PathBuf, message: String },
+    /// A file or directory operation failed.
+    #[error("{}: cannot {action}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+    /// A credential file is missing, unreadable or too open.
+    #[error("{}: {message}", path.display())]
+    Secret { path: PathBuf, message: String },
+    /// The OS user the server runs as is unusable.
+    #[error("server user {user:?}: {message}")]
+    ServerUser { user: String, message: String },
+    /// An engine tool exited with an error.
+    #[error("{command} failed ({status}); its output is in {}", log.display())]
+    Command {
+        command: String,
+        status: String,
+        log: PathBuf,
+    },
+    /// The server does not accept connections (yet).
+    #[error("cannot connect to the server: {0}")]
+    Connect(String),
+    /// A statement failed.
+    #[error("{what}: {message}")]
+    Sql { what: &'static str, message: String },
+    /// A configuration value cannot be written (the field path names it).
+    #[error("{field}: {message}")]
+    Config { field: String, message: String },
+    /// A replication position could not be read.
+    #[error("position {text:?}: {message}")]
+    Position { text: String, message: String },
+    /// The operation does not fit the server's current state.
+    #[error("{0}")]
+    State(String),
+}
+
+impl EngineError {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: &'static str,
+        source: std::io::Error,
+    ) -> Self {
+        EngineError::Io {
+            path: path.into(),
+            action,
+            source,
+        }
+    }
+
+    pub(crate) fn sql(what: &'static str, e: &tokio_postgres::Error) -> Self {
+        let message = match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        };
+        EngineError::Sql { what, message }
+    }
+
+    /// True when the failure only means "not accepting connections yet".
+    pub fn is_connect(&self) -> bool {
+        matches!(self, EngineError::Connect(_))
+    }
+}

@@ -1,0 +1,710 @@
+//! PostgreSQL (15 and later) behind [`ServerEngine`]: initdb, pg_basebackup, pg_rewind and
+//! `postgres` run as the server user; SQL over the instance's Unix socket with scram-sha-256.
+//!
+//! # Layout
+//! - [`config`]: `postgresql.conf`, `pg_hba.conf`, conninfo and password file, as text.
+//! - [`binaries`]: finding the programs.
+
+pub mod binaries;
+pub mod config;
+
+use std::cmp::Ordering;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use stator_api::instance::{Endpoint, InstanceConfig};
+use stator_api::parameters::effective_parameters;
+use stator_api::{DatabaseSpec, Engine, Role};
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
+
+use crate::credentials::{Credentials, Secret};
+use crate::data_dir::{
+    DataDirMarker, DataDirState, is_empty_dir, marker_mismatch, read_marker, write_marker,
+};
+use crate::error::EngineError;
+use crate::position::{Lsn, Position, compare_wal};
+use crate::process::{Invocation, ServerProcess, process_serves_data_dir};
+use crate::server_engine::{Observation, ServerEngine};
+use crate::server_user::ServerUser;
+
+use self::binaries::Binaries;
+use self::config::{
+    MONITOR_USER, REPLICATION_USER, SUPERUSER, ServerSettings, render_passfile, render_pg_hba,
+    render_postgresql_conf, upstream_conninfo,
+};
+
+/// Name of the password file (in the run directory) replication and pg_rewind read.
+pub const PASSFILE: &str = "replication.pgpass";
+/// Longest Unix socket path the kernel accepts, less the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// One PostgreSQL instance.
+pub struct Postgres {
+    spec: DatabaseSpec,
+    database: String,
+    instance: String,
+    major: String,
+    data_dir: PathBuf,
+    run_dir: PathBuf,
+    log_file: PathBuf,
+    listen_address: String,
+    port: u16,
+    user: ServerUser,
+    binaries: Binaries,
+    session: Mutex<Option<Client>>,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres")
+            .field("instance", &self.instance)
+            .field("data_dir", &self.data_dir)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Postgres {
+    /// Checks the configuration, the server user and the binaries; touches nothing.
+    pub fn new(config: &InstanceConfig) -> Result<Postgres, EngineError> {
+        let db = &config.database;
+        if db.spec.engine != Engine::Postgres {
+            return Err(EngineError::Config {
+                field: "database.spec.engine".into(),
+                message: format!("is {}, this engine runs postgres", db.spec.engine),
+            });
+        }
+        let major = db.version().to_string();
+        let user = ServerUser::resolve(config.server_user.as_deref())?;
+        let binaries = Binaries::find(config.bin_dir.as_deref(), &major)?;
+        let found = binaries.major_version()?;
+        if found != major {
+            return Err(EngineError::Config {
+                field: "database.spec.version".into(),
+                message: format!(
+                    "is {major}, but {} is PostgreSQL {found}; install postgresql-{major} or set binDir",
+                    binaries.dir.display()
+                ),
+            });
+        }
+        let socket = config.run_dir.join(format!(".s.PGSQL.{}", config.port));
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(EngineError::Config {
+                field: "runDir".into(),
+                message: format!(
+                    "{} is too long for a Unix socket path ({} bytes at most); use a shorter run directory",
+                    socket.display(),
+                    MAX_SOCKET_PATH
+                ),
+            });
+        }
+        user.check_reachable(&config.data_dir)?;
+        user.check_reachable(&config.run_dir)?;
+        Ok(Postgres {
+            spec: db.spec.clone(),
+            database: db.name().to_string(),
+            instance: db.instance_name(config.ordinal),
+            major,
+            data_dir: config.data_dir.clone(),
+            run_dir: config.run_dir.clone(),
+            log_file: config.log_file.clone(),
+            listen_address: config.listen_address.clone(),
+            port: config.port,
+            user,
+            binaries,
+            session: Mutex::new(None),
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn user(&self) -> &ServerUser {
+        &self.user
+    }
+
+    fn passfile(&self) -> PathBuf {
+        self.run_dir.join(PASSFILE)
+    }
+
+    fn invocation(&self, program: &str, args: Vec<OsString>) -> Invocation {
+        Invocation {
+            program: self.binaries.program(program),
+            args,
+            env: Vec::new(),
+            user: self.user.clone(),
+            log_file: self.log_file.clone(),
+            cwd: Some(self.run_dir.clone()),
+        }
+    }
+
+    fn marker(&self, follows: Option<Endpoint>) -> DataDirMarker {
+        DataDirMarker {
+            engine: Engine::Postgres.as_str().into(),
+            major_version: self.major.clone(),
+            database: self.database.clone(),
+            follows,
+        }
+    }
+
+    fn prepare_dirs(&self) -> Result<(), EngineError> {
+        self.user.create_private_dir(&self.run_dir)?;
+        self.user.create_private_dir(&self.data_dir)?;
+        if let Some(parent) = self.log_file.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, "create", e))?;
+        }
+        Ok(())
+    }
+
+    fn write_passfile(&self, creds: &Credentials) -> Result<(), EngineError> {
+        self.user.write_file(
+            &self.passfile(),
+            &render_passfile(REPLICATION_USER, creds.replication.expose()),
+            0o600,
+        )
+    }
+
+    fn write_standby_signal(&self) -> Result<(), EngineError> {
+        self.user
+            .write_file(&self.data_dir.join("standby.signal"), "", 0o600)
+    }
+
+    /// Empties the data directory after a failed bootstrap, keeping the directory itself.
+    fn empty_data_dir(&self) {
+        if let Ok(entries) = std::fs::read_dir(&self.data_dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+    }
+
+    /// The cached superuser session over the Unix socket, (re)connected when needed.
+    async fn with_session<T>(
+        &self,
+        creds: &Credentials,
+        work: impl AsyncFnOnce(&Client) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let mut guard = self.session.lock().await;
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            *guard = Some(self.connect(&creds.superuser).await?);
+        }
+        let client = guard
+            .as_ref()
+            .ok_or_else(|| EngineError::Connect("no session".into()))?;
+        let result = work(client).await;
+        if result.is_err() && client.is_closed() {
+            *guard = None;
+        }
+        result
+    }
+
+    async fn connect(&self, password: &Secret) -> Result<Client, EngineError> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host_path(&self.run_dir)
+            .port(self.port)
+            .user(SUPERUSER)
+            .password(password.expose())
+            .dbname("postgres")
+            .application_name("stator-instance")
+            .connect_timeout(Duration::from_secs(3));
+        let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
+            EngineError::Connect(match e.as_db_error() {
+                Some(db) => db.message().to_string(),
+                None => e.to_string(),
+            })
+        })?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    async fn drop_session(&self) {
+        *self.session.lock().await = None;
+    }
+}
+
+/// `"name"` with embedded quotes doubled.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'` with embedded quotes doubled.
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The SCRAM verifier of `password`: what the server stores, so the password itself never
+/// travels in a statement (nor in a statement the server might log).
+fn scram_verifier(password: &Secret) -> String {
+    postgres_protocol::password::scram_sha_256(password.expose().as_bytes())
+}
+
+/// The timeline in a WAL file name (`000000020000000000000003` → 2).
+fn timeline_of_walfile(name: &str) -> Option<u32> {
+    name.get(0..8).and_then(|t| u32::from_str_radix(t, 16).ok())
+}
+
+impl ServerEngine for Postgres {
+    fn kind(&self) -> Engine {
+        Engine::Postgres
+    }
+
+    fn inspect_data_dir(&self) -> Result<DataDirState, EngineError> {
+        if is_empty_dir(&self.data_dir)? {
+            return Ok(DataDirState::Empty);
+        }
+        let foreign = |message: String| EngineError::ForeignDataDir {
+            path: self.data_dir.clone(),
+            message,
+        };
+        let pg_version = std::fs::read_to_string(self.data_dir.join("PG_VERSION"))
+            .ok()
+            .map(|v| v.trim().to_string());
+        let marker = read_marker(&self.data_dir)?;
+        let marker = match (marker, pg_version) {
+            (None, None) => {
+                return Err(foreign(
+                    "is not empty and is not a PostgreSQL data directory; give the instance an empty or absent directory".into(),
+                ));
+            }
+            (None, Some(v)) => {
+                return Err(foreign(format!(
+                    "is a PostgreSQL {v} data directory that Stator did not create (no {} marker); it may belong to another server",
+                    crate::data_dir::MARKER_FILE
+                )));
+            }
+            (Some(m), v) => {
+                if let Some(why) = marker_mismatch(&m, "postgres", &self.major, &self.database) {
+                    return Err(foreign(why));
+                }
+                match v {
+                    Some(v) if v == self.major => m,
+                    Some(v) => {
+                        return Err(foreign(format!(
+                            "holds PostgreSQL {v} files (PG_VERSION), this instance runs PostgreSQL {}",
+                            self.major
+                        )));
+                    }
+                    None => {
+                        return Err(foreign(
+                            "has a Stator marker but no PG_VERSION; the directory is incomplete"
+                                .into(),
+                        ));
+                    }
+                }
+            }
+        };
+        Ok(DataDirState::Ready(marker))
+    }
+
+    async fn initialize(&self, creds: &Credentials) -> Result<(), EngineError> {
+        self.prepare_dirs()?;
+        let pwfile = self.run_dir.join("initdb.pw");
+        self.user
+            .write_file(&pwfile, creds.superuser.expose(), 0o600)?;
+        let mut args: Vec<OsString> = vec![
+            "-D".into(),
+            self.data_dir.clone().into(),
+            "-U".into(),
+            SUPERUSER.into(),
+        ];
+        let mut pw_arg = OsString::from("--pwfile=");
+        pw_arg.push(&pwfile);
+        args.push(pw_arg);
+        for a in [
+            "--auth-local=scram-sha-256",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--data-checksums",
+        ] {
+            args.push(a.into());
+        }
+        let result = self.invocation("initdb", args).run().await;
+        let _ = std::fs::remove_file(&pwfile);
+        if let Err(e) = result {
+            self.empty_data_dir();
+            return Err(e);
+        }
+        write_marker(&self.data_dir, &self.marker(None), &self.user)
+    }
+
+    async fn clone_from(
+        &self,
+        upstream: &Endpoint,
+        creds: &Credentials,
+    ) -> Result<(), EngineError> {
+        self.prepare_dirs()?;
+        self.write_passfile(creds)?;
+        let conninfo = upstream_conninfo(upstream, &self.passfile(), &self.instance, None);
+        let args: Vec<OsString> = vec![
+            "-D".into(),
+            self.data_dir.clone().into(),
+            format!("--dbname={conninfo}").into(),
+            "-X".into(),
+            "stream".into(),
+            "-c".into(),
+            "fast".into(),
+            "--no-password".into(),
+        ];
+        let mut inv = self.invocation("pg_basebackup", args);
+        inv.env.push(("PGPASSFILE".into(), self.passfile().into()));
+        if let Err(e) = inv.run().await {
+            self.empty_data_dir();
+            return Err(e);
+        }
+        // The copy carries the upstream's marker and config; this instance's replace them.
+        self.write_standby_signal()?;
+        write_marker(
+            &self.data_dir,
+            &self.marker(Some(upstream.clone())),
+            &self.user,
+        )
+    }
+
+    fn write_config(&self, creds: &Credentials) -> Result<(), EngineError> {
+        self.user.create_private_dir(&self.run_dir)?;
+        self.user.own(&self.data_dir, 0o700)?;
+        self.write_passfile(creds)?;
+        let follows = read_marker(&self.data_dir)?.and_then(|m| m.follows);
+        let primary_conninfo = match &follows {
+            Some(upstream) => {
+                self.write_standby_signal()?;
+                Some(upstream_conninfo(
+                    upstream,
+                    &self.passfile(),
+                    &self.instance,
+                    None,
+                ))
+            }
+            None => None,
+        };
+        let settings = ServerSettings {
+            parameters: effective_parameters(&self.spec),
+            port: self.port,
+            listen_address: self.listen_address.clone(),
+            socket_dir: self.run_dir.to_string_lossy().into_owned(),
+            cluster_name: self.instance.clone(),
+            synchronous: self.spec.replication.synchronous,
+            primary_conninfo,
+        };
+        self.user.write_file(
+            &self.data_dir.join("postgresql.conf"),
+            &render_postgresql_conf(&settings)?,
+            0o600,
+        )?;
+        self.user
+            .write_file(&self.data_dir.join("pg_hba.conf"), &render_pg_hba(), 0o600)
+    }
+
+    fn find_running(&self) -> Result<Option<ServerProcess>, EngineError> {
+        let pidfile = self.data_dir.join("postmaster.pid");
+        let text = match std::fs::read_to_string(&pidfile) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(EngineError::io(pidfile, "read", e)),
+        };
+        let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<u32>().ok())
+        else {
+            return Ok(None);
+        };
+        if pid > 0 && process_serves_data_dir(pid, &self.data_dir) {
+            Ok(Some(ServerProcess::adopt(pid, &self.data_dir)))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn start(&self) -> Result<ServerProcess, EngineError> {
+        if let Some(running) = self.find_running()? {
+            return Err(EngineError::State(format!(
+                "a postmaster (pid {}) already runs on {}; refusing to start a second one",
+                running.pid(),
+                self.data_dir.display()
+            )));
+        }
+        let args: Vec<OsString> = vec!["-D".into(), self.data_dir.clone().into()];
+        self.invocation("postgres", args)
+            .spawn_server(&self.data_dir)
+    }
+
+    async fn stop(&self, server: &mut ServerProcess, timeout: Duration) -> String {
+        self.drop_session().await;
+        server.stop(Signal::SIGINT, Signal::SIGQUIT, timeout).await
+    }
+
+    async fn probe(&self, creds: &Credentials) -> Result<(), EngineError> {
+        self.with_session(creds, async |c: &Client| {
+            c.simple_query("SELECT 1")
+                .await
+                .map(|_| ())
+                .map_err(|e| EngineError::Connect(e.to_string()))
+        })
+        .await
+    }
+
+    async fn ensure_users(&self, creds: &Credentials) -> Result<(), EngineError> {
+        let owner = self.spec.bootstrap.owner.clone();
+        let dbname = self.spec.bootstrap.database.clone();
+        let roles = [
+            (
+                REPLICATION_USER.to_string(),
+                "LOGIN REPLICATION",
+                &creds.replication,
+            ),
+            (MONITOR_USER.to_string(), "LOGIN", &creds.monitor),
+            (owner.clone(), "LOGIN", &creds.app),
+        ];
+        self.with_session(creds, async |c: &Client| {
+            for (role, attrs, password) in &roles {
+                let exists = c
+                    .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role])
+                    .await
+                    .map_err(|e| EngineError::sql("looking up a role", &e))?
+                    .is_some();
+                let verb = if exists { "ALTER" } else { "CREATE" };
+                let sql = format!(
+                    "{verb} ROLE {} {attrs} PASSWORD {}",
+                    quote_ident(role),
+                    quote_literal(&scram_verifier(password))
+                );
+                c.batch_execute(&sql)
+                    .await
+                    .map_err(|e| EngineError::sql("creating a role", &e))?;
+            }
+            let grants = format!(
+                "GRANT pg_monitor TO {m};
+                 GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {r};
+                 GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO {r};
+                 GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO {r};
+                 GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {r};",
+                m = quote_ident(MONITOR_USER),
+                r = quote_ident(REPLICATION_USER)
+            );
+            c.batch_execute(&grants)
+                .await
+                .map_err(|e| EngineError::sql("granting the monitoring and rewind rights", &e))?;
+            let db_exists = c
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname])
+                .await
+                .map_err(|e| EngineError::sql("looking up the database", &e))?
+                .is_some();
+            if !db_exists {
+                c.batch_execute(&format!(
+                    "CREATE DATABASE {} OWNER {}",
+                    quote_ident(&dbname),
+                    quote_ident(&owner)
+                ))
+                .await
+                .map_err(|e| EngineError::sql("creating the application database", &e))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn observe(&self, creds: &Credentials) -> Result<Observation, EngineError> {
+        let upstream = read_marker(&self.data_dir)
+            .ok()
+            .flatten()
+            .and_then(|m| m.follows)
+            .map(|e| e.instance);
+        self.with_session(creds, async |c: &Client| {
+            let row = c
+                .query_one(
+                    "SELECT pg_is_in_recovery(), current_setting('server_version'),
+                            EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())::float8",
+                    &[],
+                )
+                .await
+                .map_err(|e| EngineError::sql("reading the server state", &e))?;
+            let in_recovery: bool = row.get(0);
+            let version: String = row.get(1);
+            let uptime: f64 = row.get(2);
+            let mut o = Observation {
+                server_version: version.split_whitespace().next().map(str::to_string),
+                uptime_seconds: Some(uptime.max(0.0) as u64),
+                ..Observation::default()
+            };
+            if !in_recovery {
+                let row = c
+                    .query_one(
+                        "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| EngineError::sql("reading the WAL position", &e))?;
+                let lsn: String = row.get(0);
+                let walfile: String = row.get(1);
+                o.role = Some(Role::Primary);
+                o.timeline = timeline_of_walfile(&walfile);
+                o.position_bytes = lsn.parse::<Lsn>().ok().map(|l| l.0);
+                o.position = Some(lsn);
+                o.lag = Some(0);
+                return Ok(o);
+            }
+            let row = c
+                .query_one(
+                    "SELECT pg_last_wal_replay_lsn()::text, pg_last_wal_receive_lsn()::text,
+                            r.status, r.latest_end_lsn::text, r.received_tli,
+                            EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())::float8,
+                            (SELECT timeline_id FROM pg_control_checkpoint())
+                     FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver r ON true",
+                    &[],
+                )
+                .await
+                .map_err(|e| EngineError::sql("reading the replication state", &e))?;
+            let replay: Option<String> = row.get(0);
+            let receive: Option<String> = row.get(1);
+            let status: Option<String> = row.get(2);
+            let latest_end: Option<String> = row.get(3);
+            let received_tli: Option<i32> = row.get(4);
+            let since_replay: Option<f64> = row.get(5);
+            let checkpoint_tli: Option<i32> = row.get(6);
+            let parse = |t: &Option<String>| t.as_deref().and_then(|t| t.parse::<Lsn>().ok());
+            let (replay_lsn, receive_lsn, end_lsn) =
+                (parse(&replay), parse(&receive), parse(&latest_end));
+            o.role = Some(Role::Replica);
+            o.streaming = status.as_deref() == Some("streaming");
+            o.timeline = received_tli
+                .or(checkpoint_tli)
+                .and_then(|t| u32::try_from(t).ok());
+            o.position_bytes = replay_lsn.map(|l| l.0);
+            o.position = replay;
+            o.received_position = receive;
+            if let Some(replay_lsn) = replay_lsn {
+                let head = receive_lsn.max(end_lsn).unwrap_or(replay_lsn);
+                let lag = head.bytes_after(replay_lsn);
+                o.lag = Some(lag);
+                o.lag_seconds = Some(if lag == 0 {
+                    0.0
+                } else {
+                    since_replay.unwrap_or(0.0).max(0.0)
+                });
+            }
+            o.upstream = upstream.clone();
+            Ok(o)
+        })
+        .await
+    }
+
+    async fn promote(&self, creds: &Credentials) -> Result<(), EngineError> {
+        let promoted = self
+            .with_session(creds, async |c: &Client| {
+                let in_recovery: bool = c
+                    .query_one("SELECT pg_is_in_recovery()", &[])
+                    .await
+                    .map_err(|e| EngineError::sql("reading the role", &e))?
+                    .get(0);
+                if !in_recovery {
+                    return Ok(false);
+                }
+                let done: bool = c
+                    .query_one("SELECT pg_promote(true, 60)", &[])
+                    .await
+                    .map_err(|e| EngineError::sql("promoting", &e))?
+                    .get(0);
+                if done {
+                    Ok(true)
+                } else {
+                    Err(EngineError::State(
+                        "pg_promote did not finish within 60 seconds".into(),
+                    ))
+                }
+            })
+            .await?;
+        if promoted {
+            tracing::info!(instance = %self.instance, "promoted to primary");
+        }
+        write_marker(&self.data_dir, &self.marker(None), &self.user)?;
+        self.write_config(creds)
+    }
+
+    async fn rejoin(&self, upstream: &Endpoint, creds: &Credentials) -> Result<(), EngineError> {
+        if self.find_running()?.is_some() {
+            return Err(EngineError::State(
+                "the server still runs; stop it before rejoining".into(),
+            ));
+        }
+        self.write_passfile(creds)?;
+        let conninfo =
+            upstream_conninfo(upstream, &self.passfile(), &self.instance, Some("postgres"));
+        let mut inv = self.invocation(
+            "pg_rewind",
+            vec![
+                "--target-pgdata".into(),
+                self.data_dir.clone().into(),
+                format!("--source-server={conninfo}").into(),
+            ],
+        );
+        inv.env.push(("PGPASSFILE".into(), self.passfile().into()));
+        inv.run().await?;
+        self.write_standby_signal()?;
+        write_marker(
+            &self.data_dir,
+            &self.marker(Some(upstream.clone())),
+            &self.user,
+        )?;
+        self.write_config(creds)
+    }
+
+    fn parse_position(&self, timeline: Option<u32>, text: &str) -> Result<Position, EngineError> {
+        Ok(Position::Wal {
+            timeline,
+            lsn: text.parse()?,
+        })
+    }
+
+    fn compare_positions(&self, a: &Position, b: &Position) -> Option<Ordering> {
+        match (a, b) {
+            (
+                Position::Wal {
+                    timeline: ta,
+                    lsn: la,
+                },
+                Position::Wal {
+                    timeline: tb,
+                    lsn: lb,
+                },
+            ) => Some(compare_wal((*ta, *la), (*tb, *lb))),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_is_read_from_a_wal_file_name() {
+        assert_eq!(timeline_of_walfile("000000020000000000000003"), Some(2));
+        assert_eq!(timeline_of_walfile("zz"), None);
+    }
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn a_verifier_does_not_contain_the_password() {
+        let v = scram_verifier(&Secret::new("hunter2-hunter2"));
+        assert!(v.starts_with("SCRAM-SHA-256$4096:"), "{v}");
+        assert!(!v.contains("hunter2"));
+    }
+}

@@ -1,0 +1,241 @@
+//! Processes an engine starts: the server itself (in its own process group, so it outlives a
+//! killed instance manager and can be adopted by the next one) and the engine's tools (initdb,
+//! pg_basebackup, pg_rewind). Both run as the server user, with a minimal environment, stdin
+//! closed and output appended to the instance's log file. Arguments never carry a secret.
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::error::EngineError;
+use crate::server_user::ServerUser;
+
+/// How to run one program: what, with which arguments and extra environment, as whom, and
+/// where its output goes.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// Extra environment (no secrets: a password file's path, never a password).
+    pub env: Vec<(String, OsString)>,
+    pub user: ServerUser,
+    pub log_file: PathBuf,
+    /// Working directory (the server user must be able to enter it).
+    pub cwd: Option<PathBuf>,
+}
+
+impl Invocation {
+    fn command(&self) -> Result<Command, EngineError> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_file)
+            .map_err(|e| EngineError::io(&self.log_file, "open the log file", e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| EngineError::io(&self.log_file, "open the log file", e))?;
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("LC_ALL", "C.UTF-8")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .kill_on_drop(false);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if let Some(dir) = &self.cwd {
+            cmd.current_dir(dir);
+        } else {
+            cmd.current_dir("/");
+        }
+        if self.user.switch {
+            // std clears supplementary groups when root sets a uid.
+            cmd.uid(self.user.uid).gid(self.user.gid);
+        }
+        Ok(cmd)
+    }
+
+    /// The command for messages: program name and arguments (which hold no secret).
+    pub fn describe(&self) -> String {
+        let name = self
+            .program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let args: Vec<String> = self
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        format!("{name} {}", args.join(" "))
+    }
+
+    /// Runs a tool to completion; an error when it exits non-zero.
+    pub async fn run(&self) -> Result<(), EngineError> {
+        tracing::info!(command = %self.describe(), user = %self.user.name, "running");
+        let mut cmd = self.command()?;
+        cmd.process_group(0).kill_on_drop(true);
+        let status = cmd
+            .status()
+            .await
+            .map_err(|e| EngineError::io(&self.program, "run", e))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(EngineError::Command {
+                command: self.describe(),
+                status: status.to_string(),
+                log: self.log_file.clone(),
+            })
+        }
+    }
+
+    /// Starts a server in its own process group and returns without waiting.
+    pub fn spawn_server(&self, data_dir: &Path) -> Result<ServerProcess, EngineError> {
+        tracing::info!(command = %self.describe(), user = %self.user.name, "starting the server");
+        let mut cmd = self.command()?;
+        cmd.process_group(0);
+        let child = cmd
+            .spawn()
+            .map_err(|e| EngineError::io(&self.program, "start", e))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| EngineError::State("the server exited as it started".into()))?;
+        Ok(ServerProcess {
+            pid,
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+}
+
+/// A running server: either our child, or one adopted from a previous instance manager.
+#[derive(Debug)]
+pub struct ServerProcess {
+    pid: u32,
+    child: Option<Child>,
+    data_dir: PathBuf,
+}
+
+impl ServerProcess {
+    /// A server this manager did not start, found running on `data_dir`.
+    pub fn adopt(pid: u32, data_dir: &Path) -> ServerProcess {
+        ServerProcess {
+            pid,
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// True when adopted rather than started by this manager.
+    pub fn is_adopted(&self) -> bool {
+        self.child.is_none()
+    }
+
+    /// Still running (for an adopted server: a live, non-zombie process whose working
+    /// directory is the data directory — the server chdirs there, which tells it from a
+    /// process that reused the pid).
+    pub fn is_alive(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => process_serves_data_dir(self.pid, &self.data_dir),
+        }
+    }
+
+    /// Waits until the server is gone; says how it ended.
+    pub async fn exited(&mut self) -> String {
+        match &mut self.child {
+            Some(child) => match child.wait().await {
+                Ok(status) => status.to_string(),
+                Err(e) => format!("unknown exit ({e})"),
+            },
+            None => {
+                while process_serves_data_dir(self.pid, &self.data_dir) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                "exited (adopted process, status unknown)".into()
+            }
+        }
+    }
+
+    /// Sends `signal` to the server process.
+    pub fn signal(&self, signal: Signal) -> Result<(), EngineError> {
+        let pid = i32::try_from(self.pid)
+            .map_err(|_| EngineError::State(format!("pid {} out of range", self.pid)))?;
+        match kill(Pid::from_raw(pid), signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(EngineError::State(format!(
+                "cannot send {signal} to the server (pid {pid}): {e}"
+            ))),
+        }
+    }
+
+    /// Stops the server: `gentle` first, then `hard` after `timeout`, then SIGKILL.
+    pub async fn stop(&mut self, gentle: Signal, hard: Signal, timeout: Duration) -> String {
+        for (sig, wait) in [
+            (gentle, timeout),
+            (hard, timeout),
+            (Signal::SIGKILL, timeout),
+        ] {
+            if !self.is_alive() {
+                break;
+            }
+            tracing::info!(pid = self.pid, signal = %sig, "stopping the server");
+            if self.signal(sig).is_err() {
+                continue;
+            }
+            if let Ok(how) = tokio::time::timeout(wait, self.exited()).await {
+                return how;
+            }
+        }
+        self.exited().await
+    }
+}
+
+/// True when `pid` is a live (non-zombie) process whose working directory is `data_dir`.
+pub fn process_serves_data_dir(pid: u32, data_dir: &Path) -> bool {
+    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(_) => return false,
+    };
+    // The state follows the command name in parentheses.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    if matches!(state, Some('Z') | Some('X') | None) {
+        return false;
+    }
+    let cwd = match std::fs::read_link(format!("/proc/{pid}/cwd")) {
+        Ok(p) => p,
+        Err(_) => return false,
+    };
+    let wanted = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    cwd == wanted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_process_serves_its_cwd_only() {
+        let me = std::process::id();
+        let cwd = std::env::current_dir().unwrap();
+        assert!(process_serves_data_dir(me, &cwd));
+        assert!(!process_serves_data_dir(me, Path::new("/nonexistent-dir")));
+        assert!(!process_serves_data_dir(u32::MAX, &cwd));
+    }
+}

@@ -1,0 +1,122 @@
+//! The one trait both engine families implement. The instance manager drives a server only
+//! through it: what to do with an empty data directory, which files to write, how to start,
+//! probe, observe, promote and demote, and how positions compare. Everything engine-specific
+//! (initdb vs mariadb-install-db, LSN vs GTID set, pg_rewind vs a GTID re-point) lives behind it.
+
+use std::cmp::Ordering;
+use std::future::Future;
+use std::time::Duration;
+
+use stator_api::Role;
+use stator_api::instance::Endpoint;
+
+use crate::credentials::Credentials;
+use crate::data_dir::DataDirState;
+use crate::error::EngineError;
+use crate::position::Position;
+use crate::process::ServerProcess;
+
+/// What one observation of a running server found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observation {
+    pub role: Option<Role>,
+    /// e.g. `15.14`.
+    pub server_version: Option<String>,
+    /// Seconds since the server started.
+    pub uptime_seconds: Option<u64>,
+    pub timeline: Option<u32>,
+    /// Primary: current write position; replica: replay position.
+    pub position: Option<String>,
+    /// The same as a number, for metrics (PostgreSQL: the LSN in bytes).
+    pub position_bytes: Option<u64>,
+    /// Replica: received (flushed) position.
+    pub received_position: Option<String>,
+    /// Replica: bytes (PostgreSQL) or transactions behind its upstream.
+    pub lag: Option<u64>,
+    pub lag_seconds: Option<f64>,
+    /// Replica: connected to its upstream and receiving (PostgreSQL: walreceiver `streaming`).
+    pub streaming: bool,
+    /// Replica: the instance it follows.
+    pub upstream: Option<String>,
+}
+
+/// A database engine driving one instance's server. Implemented by [`crate::postgres::Postgres`];
+/// the MySQL family implements the same operations with its own tools.
+///
+/// Life of an instance: [`inspect_data_dir`](Self::inspect_data_dir) → when empty,
+/// [`initialize`](Self::initialize) or [`clone_from`](Self::clone_from) →
+/// [`write_config`](Self::write_config) → [`find_running`](Self::find_running) (adopt) or
+/// [`start`](Self::start) → [`probe`](Self::probe) until it answers → on a primary
+/// [`ensure_users`](Self::ensure_users) → [`observe`](Self::observe) periodically.
+pub trait ServerEngine: Send + Sync + 'static {
+    /// The engine family.
+    fn kind(&self) -> stator_api::Engine;
+
+    /// What the data directory holds. An error (changing nothing) when it belongs to another
+    /// database, engine or major version.
+    fn inspect_data_dir(&self) -> Result<DataDirState, EngineError>;
+
+    /// Creates a new primary's data directory (initdb / mariadb-install-db) and its marker.
+    fn initialize(
+        &self,
+        creds: &Credentials,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Fills an empty data directory with a copy of `upstream` (pg_basebackup / mariadb-backup)
+    /// and records that this instance follows it.
+    fn clone_from(
+        &self,
+        upstream: &Endpoint,
+        creds: &Credentials,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Writes the server's configuration files (from the spec, the managed keys and the role
+    /// recorded in the data directory) and the 0600 password file replication uses.
+    fn write_config(&self, creds: &Credentials) -> Result<(), EngineError>;
+
+    /// A server already running on this data directory (left by a killed instance manager).
+    fn find_running(&self) -> Result<Option<ServerProcess>, EngineError>;
+
+    /// Starts the server; returns at once.
+    fn start(&self) -> Result<ServerProcess, EngineError>;
+
+    /// Stops the server: a clean fast shutdown, an immediate one after `timeout`.
+    fn stop(
+        &self,
+        server: &mut ServerProcess,
+        timeout: Duration,
+    ) -> impl Future<Output = String> + Send;
+
+    /// Ok when the server accepts connections; [`EngineError::Connect`] while it does not.
+    fn probe(&self, creds: &Credentials) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// On a primary: creates (or updates the passwords of) the replication, monitoring and
+    /// application roles and the application database. Idempotent.
+    fn ensure_users(
+        &self,
+        creds: &Credentials,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Role, positions, lag.
+    fn observe(
+        &self,
+        creds: &Credentials,
+    ) -> impl Future<Output = Result<Observation, EngineError>> + Send;
+
+    /// Makes a running replica the primary and records it in the data directory.
+    fn promote(&self, creds: &Credentials) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// With the server stopped: makes this data directory follow `upstream`, rewinding it first
+    /// when its history diverged (pg_rewind).
+    fn rejoin(
+        &self,
+        upstream: &Endpoint,
+        creds: &Credentials,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Reads a position as the engine reports it.
+    fn parse_position(&self, timeline: Option<u32>, text: &str) -> Result<Position, EngineError>;
+
+    /// Orders two positions; `None` when they are not comparable (diverged GTID sets).
+    fn compare_positions(&self, a: &Position, b: &Position) -> Option<Ordering>;
+}
