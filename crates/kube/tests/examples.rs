@@ -1,0 +1,101 @@
+//! Snapshot tests: the rendered objects of every spec in `examples/`, pinned with `insta`. The
+//! generated passwords are masked, so the snapshots hold no secret and stay stable.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::ByteString;
+use serde::Serialize;
+use stator_api::load_database;
+use stator_kube::render::{Credentials, RenderOptions, render};
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+/// The stream of `examples/NAME.yaml` with each generated value replaced by `<masked>`.
+fn rendered_example(name: &str) -> String {
+    let path = examples_dir().join(format!("{name}.yaml"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let db = load_database(&text)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .database;
+    let credentials = Credentials::random();
+    let manifests = render(&db, &RenderOptions::default(), Some(&credentials)).unwrap();
+    let mut stream = manifests.to_yaml_stream().unwrap();
+    for (_, value) in credentials.iter() {
+        let encoded = base64_of(value);
+        assert!(
+            db.spec.bootstrap.secret_name.is_some() || stream.contains(&encoded),
+            "the Secret holds the generated value"
+        );
+        stream = stream.replace(&encoded, "<masked>");
+    }
+    stream
+}
+
+/// Base64 as Kubernetes (and k8s-openapi's `ByteString`) writes it.
+fn base64_of(value: &str) -> String {
+    #[derive(Serialize)]
+    struct Holder(ByteString);
+    serde_json::to_value(Holder(ByteString(value.as_bytes().to_vec())))
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn every_example_has_a_snapshot_test() {
+    let mut names: Vec<String> = std::fs::read_dir(examples_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names, EXAMPLES,
+        "add a snapshot test below for each file in examples/"
+    );
+}
+
+const EXAMPLES: [&str; 5] = [
+    "mariadb",
+    "mysql",
+    "postgres-1",
+    "postgres-3",
+    "postgres-sync",
+];
+
+#[test]
+fn postgres_1_renders_as_pinned() {
+    insta::assert_snapshot!("postgres-1", rendered_example("postgres-1"));
+}
+
+#[test]
+fn postgres_3_renders_as_pinned() {
+    insta::assert_snapshot!("postgres-3", rendered_example("postgres-3"));
+}
+
+#[test]
+fn postgres_sync_renders_as_pinned_without_a_secret() {
+    let stream = rendered_example("postgres-sync");
+    assert!(!stream.contains("kind: Secret\n"));
+    insta::assert_snapshot!("postgres-sync", stream);
+}
+
+#[test]
+fn mysql_renders_as_pinned() {
+    insta::assert_snapshot!("mysql", rendered_example("mysql"));
+}
+
+#[test]
+fn mariadb_renders_as_pinned() {
+    insta::assert_snapshot!("mariadb", rendered_example("mariadb"));
+}
+
+#[test]
+fn masked_snapshots_hold_no_generated_value() {
+    let stream = rendered_example("postgres-3");
+    assert_eq!(stream.matches("<masked>").count(), 5);
+}
