@@ -1,1 +1,43 @@
-//! stator-local (skeleton; see DESIGN.md).
+//! The local runtime: runs a `Database` on this machine with real database processes — the
+//! StatefulSet's ordered instances, its PVCs, its `-rw`/`-ro` Services — and the commands
+//! `up`, `status`, `uri`, `logs`, `down` and `delete` behind them.
+//!
+//! It owns the state dir (one directory per database: spec, 0600 secrets, data dirs, logs, pid
+//! files), the supervisor process (`stator supervise`) that starts instance managers
+//! (`stator instance --config FILE`) in ordinal order, restarts and adopts them, and the TCP
+//! proxies. It must not decide a failover (the primary is what the state dir records; the
+//! decision core will change it), must not touch a data dir itself (the instance manager does),
+//! and never puts a secret on a command line or in a log.
+//!
+//! # Layout
+//! - [`state`]: the state dir's layout, the applied spec, the primary record, atomic writes.
+//! - [`secrets`]: generated credentials, 0600 files, created once.
+//! - [`plan`]: pure: instance configs, ports, which spec changes may be applied.
+//! - [`preflight`]: checks before anything changes: binaries, OS user, ports, foreign data dirs.
+//! - [`process`]: pid files, liveness, detached spawning, stopping.
+//! - [`probe`]: a small HTTP client for `/status` endpoints.
+//! - [`proxy`]: the `rw` / `ro` TCP proxies.
+//! - [`report`]: the supervisor's report and the `status` table.
+//! - [`supervisor`]: the background process that runs it all.
+//! - [`runtime`]: finding and asking the running supervisor and instance managers.
+//! - [`up`], [`stop`], [`inspect`]: the commands.
+//! - [`bench`]: `stator bench local`, the benchmark against the same steps by hand and HAProxy.
+
+pub mod bench;
+pub mod error;
+pub mod inspect;
+pub mod plan;
+pub mod preflight;
+pub mod probe;
+pub mod process;
+pub mod proxy;
+pub mod report;
+pub mod runtime;
+pub mod secrets;
+pub mod state;
+pub mod stop;
+pub mod supervisor;
+pub mod up;
+
+pub use error::LocalError;
+pub use state::{DatabaseDir, StateDir};

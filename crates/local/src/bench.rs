@@ -1,0 +1,1 @@
+//! `stator bench local` (below).

@@ -1,0 +1,66 @@
+//! What can go wrong in the local runtime, each error naming the object, file or port.
+
+use std::path::PathBuf;
+
+/// An error of the local runtime. [`LocalError::is_invalid`] tells the command line whether the
+/// input was at fault (exit 2) or the work failed (exit 1). Every error raised before the state
+/// dir is written leaves everything as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// The spec asks for something that cannot be applied to the existing database.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{path}: {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render_ports(.0))]
+    PortsInUse(Vec<PortUse>),
+    #[error("{0}")]
+    BinariesMissing(String),
+    #[error("{0}")]
+    ServerUserMissing(String),
+    #[error("{0}")]
+    DataDirForeign(String),
+    #[error("database {0} does not exist here (no `stator up` was run for it in this state dir)")]
+    NotFound(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A port the database needs and another program holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortUse {
+    pub port: u16,
+    /// What the database would use it for, e.g. `pg-1's server`.
+    pub purpose: String,
+}
+
+fn render_ports(ports: &[PortUse]) -> String {
+    let list: Vec<String> = ports
+        .iter()
+        .map(|p| format!("port {} ({}) is already in use", p.port, p.purpose))
+        .collect();
+    format!(
+        "{}; stop the program holding it or choose another spec.local.portBase (the database uses 50 ports from it)",
+        list.join(", ")
+    )
+}
+
+impl LocalError {
+    /// The input (spec, arguments) was at fault, not the machine.
+    pub fn is_invalid(&self) -> bool {
+        matches!(self, LocalError::Invalid(_) | LocalError::NotFound(_))
+    }
+
+    pub fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
+        LocalError::Io {
+            path: path.into(),
+            action,
+            source,
+        }
+    }
+}

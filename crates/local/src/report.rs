@@ -1,0 +1,300 @@
+//! What the supervisor reports (`GET /status` on its port, and `supervisor.json`) and how
+//! `stator status` shows it: a table like kubectl's and patronictl's, or JSON / YAML.
+
+use serde::{Deserialize, Serialize};
+use stator_api::Phase;
+use stator_api::instance::{InstanceReport, ServerState};
+
+/// The state of one local database as its supervisor sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SupervisorReport {
+    /// `NAMESPACE/NAME`.
+    pub database: String,
+    pub engine: String,
+    pub version: String,
+    pub phase: Phase,
+    /// Generation of the applied spec and the one the supervisor has acted on.
+    pub generation: u64,
+    pub observed_generation: u64,
+    /// `None` when no supervisor runs.
+    #[serde(default)]
+    pub supervisor_pid: Option<u32>,
+    /// `NAME-N` recorded as primary.
+    pub primary: String,
+    pub instances: Vec<InstanceRow>,
+    pub proxies: Proxies,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One instance: what the supervisor did with it and what its manager last reported.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceRow {
+    pub name: String,
+    pub ordinal: u32,
+    /// The server's port.
+    pub port: u16,
+    /// The instance manager's HTTP port.
+    pub manager_port: u16,
+    #[serde(default)]
+    pub manager_pid: Option<u32>,
+    /// `pending`, `starting`, `stopping`, `stopped`, `removed`, or the server state the
+    /// manager reports (`initializing`, `running`, `crashed`, …).
+    pub state: String,
+    /// Beyond `spec.instances`: being stopped, its data dir kept.
+    #[serde(default)]
+    pub excess: bool,
+    /// Times the supervisor restarted this instance's manager.
+    pub manager_restarts: u32,
+    #[serde(default)]
+    pub report: Option<InstanceReport>,
+}
+
+impl InstanceRow {
+    pub fn ready(&self) -> bool {
+        self.report.as_ref().is_some_and(|r| r.ready)
+    }
+}
+
+/// Where the proxies send connections.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Proxies {
+    pub host: String,
+    pub rw: ProxyRoute,
+    pub ro: ProxyRoute,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyRoute {
+    pub port: u16,
+    /// `NAME-N` of every target, in round-robin order.
+    pub targets: Vec<String>,
+    /// `ro` only: no replica is ready, so reads go to the primary.
+    #[serde(default)]
+    pub fallback_to_primary: bool,
+}
+
+impl SupervisorReport {
+    /// Every desired instance ready, nothing beyond `spec.instances` left running, and the
+    /// latest spec seen.
+    pub fn is_settled(&self) -> bool {
+        self.generation == self.observed_generation && self.phase == Phase::Ready
+    }
+}
+
+/// Short text for a server state.
+pub fn state_word(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Initializing => "initializing",
+        ServerState::Starting => "starting",
+        ServerState::Running => "running",
+        ServerState::Stopped => "stopped",
+        ServerState::Crashed => "crashed",
+        ServerState::Failed => "failed",
+    }
+}
+
+/// The table `stator status` prints.
+pub fn render_table(report: &SupervisorReport) -> String {
+    let mut rows = vec![[
+        "INSTANCE", "ROLE", "STATE", "PID", "PORT", "LSN", "LAG", "READY", "RESTARTS",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for i in &report.instances {
+        let r = i.report.as_ref();
+        let role = r
+            .and_then(|r| r.role)
+            .map(|role| role.to_string())
+            .unwrap_or_else(|| "-".into());
+        let pid = r
+            .and_then(|r| r.pid)
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into());
+        let lag = r
+            .and_then(|r| r.lag)
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "-".into());
+        let restarts = r.map(|r| r.restarts).unwrap_or(0) + i.manager_restarts;
+        let mut state = i.state.clone();
+        if i.excess {
+            state.push_str(" (removed)");
+        }
+        rows.push(vec![
+            i.name.clone(),
+            role,
+            state,
+            pid,
+            i.port.to_string(),
+            r.and_then(|r| r.position.clone())
+                .unwrap_or_else(|| "-".into()),
+            lag,
+            if i.ready() { "yes" } else { "no" }.into(),
+            restarts.to_string(),
+        ]);
+    }
+    let mut out = format!(
+        "Database {} ({} {}): {:?}, primary {}, spec generation {}{}\n\n",
+        report.database,
+        report.engine,
+        report.version,
+        report.phase,
+        report.primary,
+        report.generation,
+        match report.supervisor_pid {
+            Some(pid) => format!(", supervisor pid {pid}"),
+            None => ", no supervisor running".into(),
+        }
+    );
+    out.push_str(&align(&rows));
+    let p = &report.proxies;
+    out.push('\n');
+    out.push_str(&align(&[
+        vec!["PROXY".into(), "ADDRESS".into(), "TARGETS".into()],
+        vec![
+            "rw".into(),
+            format!("{}:{}", p.host, p.rw.port),
+            list_or_none(&p.rw.targets),
+        ],
+        vec![
+            "ro".into(),
+            format!("{}:{}", p.host, p.ro.port),
+            if p.ro.fallback_to_primary && !p.ro.targets.is_empty() {
+                format!(
+                    "{} (no replica is ready: reads go to the primary)",
+                    list_or_none(&p.ro.targets)
+                )
+            } else {
+                list_or_none(&p.ro.targets)
+            },
+        ],
+    ]));
+    if let Some(message) = &report.message {
+        out.push_str(&format!("\n{message}\n"));
+    }
+    for i in &report.instances {
+        if let Some(message) = i.report.as_ref().and_then(|r| r.message.as_ref())
+            && !i.ready()
+        {
+            out.push_str(&format!("{}: {message}\n", i.name));
+        }
+    }
+    out
+}
+
+fn list_or_none(targets: &[String]) -> String {
+    if targets.is_empty() {
+        "none (connections are refused)".into()
+    } else {
+        targets.join(", ")
+    }
+}
+
+fn align(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if c + 1 < row.len() {
+                let pad = widths[c].saturating_sub(cell.chars().count()) + 3;
+                line.push_str(&" ".repeat(pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stator_api::Role;
+
+    fn sample() -> SupervisorReport {
+        SupervisorReport {
+            database: "default/pg".into(),
+            engine: "postgres".into(),
+            version: "15".into(),
+            phase: Phase::Ready,
+            generation: 1,
+            observed_generation: 1,
+            supervisor_pid: Some(42),
+            primary: "pg-0".into(),
+            instances: vec![InstanceRow {
+                name: "pg-0".into(),
+                ordinal: 0,
+                port: 15410,
+                manager_port: 15430,
+                manager_pid: Some(7),
+                state: "running".into(),
+                excess: false,
+                manager_restarts: 0,
+                report: Some(InstanceReport {
+                    name: "pg-0".into(),
+                    state: ServerState::Running,
+                    role: Some(Role::Primary),
+                    ready: true,
+                    pid: Some(8),
+                    manager_pid: 7,
+                    server_version: Some("15.8".into()),
+                    uptime_seconds: Some(3),
+                    timeline: Some(1),
+                    position: Some("0/3000060".into()),
+                    received_position: None,
+                    lag: None,
+                    lag_seconds: None,
+                    upstream: None,
+                    message: None,
+                    restarts: 0,
+                }),
+            }],
+            proxies: Proxies {
+                host: "127.0.0.1".into(),
+                rw: ProxyRoute {
+                    port: 15400,
+                    targets: vec!["pg-0".into()],
+                    fallback_to_primary: false,
+                },
+                ro: ProxyRoute {
+                    port: 15401,
+                    targets: vec!["pg-0".into()],
+                    fallback_to_primary: true,
+                },
+            },
+            message: None,
+        }
+    }
+
+    #[test]
+    fn table_shows_role_position_and_routes() {
+        let table = render_table(&sample());
+        assert!(table.contains("pg-0       primary   running"), "{table}");
+        assert!(table.contains("0/3000060"), "{table}");
+        assert!(table.contains("no replica is ready"), "{table}");
+    }
+
+    #[test]
+    fn report_round_trips_through_json() {
+        let report = sample();
+        let text = serde_json::to_string(&report).unwrap();
+        let back: SupervisorReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, report);
+        assert!(back.is_settled());
+    }
+}

@@ -1,0 +1,130 @@
+//! Finding a database's running processes from the state dir and asking them how they are:
+//! the supervisor (its lock and `/status`) and, without one, the instance managers directly.
+
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use stator_api::instance::{InstanceReport, LocalPorts};
+use stator_api::{Database, Phase};
+
+use crate::error::LocalError;
+use crate::probe;
+use crate::process;
+use crate::report::{InstanceRow, Proxies, ProxyRoute, SupervisorReport, state_word};
+use crate::state::DatabaseDir;
+
+/// The pid of the supervisor holding `dir`'s lock, if one does.
+pub fn running_supervisor(dir: &DatabaseDir) -> Option<u32> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.supervisor_lock())
+        .ok()?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(_free) => None, // released when dropped
+        Err(_) => Some(process::read_pid_file(&dir.supervisor_pid_file()).unwrap_or(0)),
+    }
+}
+
+/// Runs `future` on a small runtime of its own (the commands are otherwise synchronous).
+pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, LocalError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|rt| rt.block_on(future))
+        .map_err(|e| LocalError::Failed(format!("cannot start the async runtime: {e}")))
+}
+
+/// The running supervisor's report.
+pub fn fetch_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorReport, LocalError> {
+    let port = LocalPorts::of(db).supervisor();
+    let address = db.spec.local.listen_address.clone();
+    block_on(async move {
+        probe::get_json::<SupervisorReport>(&address, port, "/status", Duration::from_secs(3)).await
+    })?
+    .map_err(|e| LocalError::Failed(format!("the supervisor of {} does not answer: {e}", dir.key())))
+}
+
+/// The database's state whether or not a supervisor runs. Without one, each instance manager
+/// that still runs is asked directly.
+pub fn current_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorReport, LocalError> {
+    if running_supervisor(dir).is_some()
+        && let Ok(report) = fetch_report(dir, db)
+    {
+        return Ok(report);
+    }
+    let applied = dir
+        .read_applied()?
+        .ok_or_else(|| LocalError::NotFound(dir.key()))?;
+    let db = &applied.database;
+    let ports = LocalPorts::of(db);
+    let address = db.spec.local.listen_address.clone();
+    let mut ordinals = dir.known_ordinals();
+    ordinals.retain(|o| *o < db.spec.instances);
+    let mut rows = Vec::new();
+    let mut alive = 0;
+    for ordinal in 0..db.spec.instances {
+        let marker = dir.config_file(ordinal).display().to_string();
+        let pid = process::live_pid_from_file(&dir.manager_pid_file(ordinal), &marker);
+        let report: Option<InstanceReport> = match pid {
+            Some(_) => {
+                let port = ports.manager(ordinal);
+                let address = address.clone();
+                block_on(async move {
+                    probe::get_json(&address, port, "/status", Duration::from_secs(2)).await
+                })?
+                .ok()
+            }
+            None => None,
+        };
+        if pid.is_some() {
+            alive += 1;
+        }
+        rows.push(InstanceRow {
+            name: dir.instance_name(ordinal),
+            ordinal,
+            port: ports.server(ordinal),
+            manager_port: ports.manager(ordinal),
+            manager_pid: pid,
+            state: match (&report, pid) {
+                (Some(r), _) => state_word(r.state).to_string(),
+                (None, Some(_)) => "starting".into(),
+                (None, None) => "stopped".into(),
+            },
+            excess: false,
+            manager_restarts: 0,
+            report,
+        });
+    }
+    let primary = dir.read_primary();
+    Ok(SupervisorReport {
+        database: dir.key(),
+        engine: db.spec.engine.to_string(),
+        version: db.version().to_string(),
+        phase: if alive == 0 { Phase::Stopped } else { Phase::Unavailable },
+        generation: applied.generation,
+        observed_generation: applied.generation,
+        supervisor_pid: None,
+        primary,
+        instances: rows,
+        proxies: Proxies {
+            host: address,
+            rw: ProxyRoute {
+                port: ports.rw(),
+                targets: Vec::new(),
+                fallback_to_primary: false,
+            },
+            ro: ProxyRoute {
+                port: ports.ro(),
+                targets: Vec::new(),
+                fallback_to_primary: false,
+            },
+        },
+        message: Some(if alive == 0 {
+            "stopped: `stator up -f FILE` starts it again with the same data".into()
+        } else {
+            format!(
+                "no supervisor runs, so the proxies are down; {alive} instance(s) still run: `stator up -f FILE` adopts them"
+            )
+        }),
+    })
+}

@@ -1,0 +1,729 @@
+//! The supervisor (`stator supervise`, started in the background by `stator up`): one process per
+//! local database that runs its instance managers in ordinal order, restarts them when they die,
+//! polls their `/status`, serves the `rw` / `ro` proxies and reports on its own port.
+//!
+//! It holds `supervisor.lock` (flock) for its whole life, so a second one for the same database
+//! exits at once. Instance managers run in their own sessions: when the supervisor is killed
+//! they keep running, and the next supervisor adopts them (pid file + command line, or an answer
+//! on their port naming the instance) instead of starting duplicates.
+//!
+//! It never decides a failover: the primary is whatever `primary` in the state dir records.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::Signal;
+use stator_api::instance::{InstanceReport, LocalPorts};
+use stator_api::{Database, Phase, Role};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::error::LocalError;
+use crate::plan::{Host, instance_config, ordinal_of};
+use crate::preflight;
+use crate::process;
+use crate::probe;
+use crate::proxy::{self, ProxyKind, Routes};
+use crate::report::{InstanceRow, Proxies, ProxyRoute, SupervisorReport, state_word};
+use crate::state::{AppliedSpec, DatabaseDir, Marker, create_dir, write_json};
+
+/// How often instances are checked.
+const TICK: Duration = Duration::from_millis(500);
+/// How long a `/status` request may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long instance managers get to stop their servers cleanly (fast shutdown) before the
+/// servers are stopped immediately.
+pub const FAST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs the supervisor of `dir` until SIGTERM or SIGINT, then stops every instance cleanly.
+/// Returns at once when another supervisor holds the lock.
+pub fn run(dir: DatabaseDir, exe: PathBuf) -> Result<(), LocalError> {
+    let lock_path = dir.supervisor_lock();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| LocalError::io(&lock_path, "cannot open lock", e))?;
+    let _lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err(_) => {
+            let pid = process::read_pid_file(&dir.supervisor_pid_file());
+            tracing::info!(
+                "a supervisor already runs for {} (pid {}); leaving it in charge",
+                dir.key(),
+                pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+            );
+            return Ok(());
+        }
+    };
+    process::write_pid_file(&dir.supervisor_pid_file(), std::process::id())?;
+    let threads = std::env::var("STATOR_SUPERVISOR_THREADS")
+        .ok()
+        .and_then(|t| t.parse::<usize>().ok())
+        .unwrap_or(2);
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .max_blocking_threads(4)
+            .enable_all()
+            .build()
+    }
+    .map_err(|e| LocalError::Failed(format!("cannot start the async runtime: {e}")))?;
+    let result = runtime.block_on(supervise(&dir, &exe));
+    let _ = std::fs::remove_file(dir.supervisor_pid_file());
+    result
+}
+
+/// One instance as the supervisor tracks it.
+struct Slot {
+    ordinal: u32,
+    name: String,
+    pid: Option<u32>,
+    /// Set when this supervisor started the manager (so it reaps it); adopted ones have none.
+    child: Option<Child>,
+    report: Option<InstanceReport>,
+    restarts: u32,
+    not_before: Instant,
+    /// When a stop (scale-down) was asked.
+    stopping: Option<Instant>,
+}
+
+impl Slot {
+    fn new(ordinal: u32, name: String) -> Slot {
+        Slot {
+            ordinal,
+            name,
+            pid: None,
+            child: None,
+            report: None,
+            restarts: 0,
+            not_before: Instant::now(),
+            stopping: None,
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.pid.is_some() && self.report.as_ref().is_some_and(|r| r.ready)
+    }
+
+    /// Whether the manager process still runs; reaps it when it was our child.
+    fn alive(&mut self) -> bool {
+        let Some(pid) = self.pid else {
+            return false;
+        };
+        if let Some(child) = &mut self.child {
+            return matches!(child.try_wait(), Ok(None));
+        }
+        process::is_alive(pid)
+    }
+}
+
+struct Supervisor<'a> {
+    dir: &'a DatabaseDir,
+    exe: &'a Path,
+    applied: AppliedSpec,
+    host: Host,
+    slots: BTreeMap<u32, Slot>,
+    routes: Arc<Routes>,
+    report: Arc<Mutex<SupervisorReport>>,
+    last_written: String,
+    ever_ready: bool,
+}
+
+async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
+    let applied = dir
+        .read_applied()?
+        .ok_or_else(|| LocalError::NotFound(dir.key()))?;
+    let db = applied.database.clone();
+    let ports = LocalPorts::of(&db);
+    let address = db.spec.local.listen_address.clone();
+    let host = Host {
+        server_user: preflight::server_user(db.spec.engine)?.map(|u| u.name),
+        bin_dir: Some(preflight::find_bin_dir(db.spec.engine, db.version())?),
+    };
+    let bind = |port: u16, purpose: &'static str| {
+        let address = address.clone();
+        async move {
+            TcpListener::bind((address.as_str(), port))
+                .await
+                .map_err(|e| LocalError::Failed(format!("cannot listen on {address}:{port} for {purpose}: {e}")))
+        }
+    };
+    let rw = bind(ports.rw(), "the rw proxy").await?;
+    let ro = bind(ports.ro(), "the ro proxy").await?;
+    let status = bind(ports.supervisor(), "the supervisor's status").await?;
+    let routes = Arc::new(Routes::default());
+    let report = Arc::new(Mutex::new(initial_report(&applied, dir)));
+    let tasks = vec![
+        tokio::spawn(proxy::serve(rw, routes.clone(), ProxyKind::Rw)),
+        tokio::spawn(proxy::serve(ro, routes.clone(), ProxyKind::Ro)),
+        tokio::spawn(serve_status(status, report.clone())),
+    ];
+    tracing::info!(
+        "supervising {} (pid {}): rw on {address}:{}, ro on {address}:{}",
+        dir.key(),
+        std::process::id(),
+        ports.rw(),
+        ports.ro()
+    );
+    let mut supervisor = Supervisor {
+        dir,
+        exe,
+        applied,
+        host,
+        slots: BTreeMap::new(),
+        routes,
+        report,
+        last_written: String::new(),
+        ever_ready: false,
+    };
+    supervisor.adopt().await;
+    let mut sigterm = signal(SignalKind::terminate())
+        .map_err(|e| LocalError::Failed(format!("cannot watch SIGTERM: {e}")))?;
+    let mut sigint = signal(SignalKind::interrupt())
+        .map_err(|e| LocalError::Failed(format!("cannot watch SIGINT: {e}")))?;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => supervisor.step().await,
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    tracing::info!("stopping {}", dir.key());
+    for task in &tasks {
+        task.abort();
+    }
+    supervisor.shutdown().await;
+    Ok(())
+}
+
+fn initial_report(applied: &AppliedSpec, dir: &DatabaseDir) -> SupervisorReport {
+    let db = &applied.database;
+    let ports = LocalPorts::of(db);
+    SupervisorReport {
+        database: dir.key(),
+        engine: db.spec.engine.to_string(),
+        version: db.version().to_string(),
+        phase: Phase::Creating,
+        generation: applied.generation,
+        observed_generation: 0,
+        supervisor_pid: Some(std::process::id()),
+        primary: dir.read_primary(),
+        instances: Vec::new(),
+        proxies: Proxies {
+            host: db.spec.local.listen_address.clone(),
+            rw: ProxyRoute {
+                port: ports.rw(),
+                targets: Vec::new(),
+                fallback_to_primary: false,
+            },
+            ro: ProxyRoute {
+                port: ports.ro(),
+                targets: Vec::new(),
+                fallback_to_primary: false,
+            },
+        },
+        message: None,
+    }
+}
+
+impl Supervisor<'_> {
+    fn db(&self) -> &Database {
+        &self.applied.database
+    }
+
+    fn address(&self) -> String {
+        self.db().spec.local.listen_address.clone()
+    }
+
+    /// Takes over instance managers that survived a previous supervisor.
+    async fn adopt(&mut self) {
+        let desired = self.db().spec.instances;
+        let mut ordinals: Vec<u32> = self.dir.known_ordinals();
+        ordinals.extend(0..desired);
+        ordinals.sort_unstable();
+        ordinals.dedup();
+        let ports = LocalPorts::of(self.db());
+        for ordinal in ordinals {
+            let name = self.dir.instance_name(ordinal);
+            let marker = self.dir.config_file(ordinal).display().to_string();
+            let mut pid = process::live_pid_from_file(&self.dir.manager_pid_file(ordinal), &marker);
+            if pid.is_none() {
+                let answer: Result<InstanceReport, _> = probe::get_json(
+                    &self.address(),
+                    ports.manager(ordinal),
+                    "/status",
+                    PROBE_TIMEOUT,
+                )
+                .await;
+                if let Ok(report) = answer
+                    && report.name == name
+                    && process::is_alive(report.manager_pid)
+                {
+                    pid = Some(report.manager_pid);
+                }
+            }
+            if let Some(pid) = pid {
+                tracing::info!("{name}: adopting the running instance manager (pid {pid})");
+                let mut slot = Slot::new(ordinal, name);
+                slot.pid = Some(pid);
+                self.slots.insert(ordinal, slot);
+            }
+        }
+    }
+
+    async fn step(&mut self) {
+        match self.dir.read_applied() {
+            Ok(Some(applied)) => self.applied = applied,
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e}; keeping the spec read before"),
+        }
+        let desired = self.db().spec.instances;
+        let primary = self.dir.read_primary();
+        self.reap();
+        self.probe_all().await;
+        self.stop_excess(desired);
+        self.start_in_order(desired, &primary);
+        self.route(desired, &primary);
+        self.record_system_identifier(&primary);
+        self.publish(desired, &primary);
+    }
+
+    fn reap(&mut self) {
+        let mut gone = Vec::new();
+        for slot in self.slots.values_mut() {
+            if slot.pid.is_some() && !slot.alive() {
+                let pid = slot.pid.take().unwrap_or_default();
+                let status = slot
+                    .child
+                    .take()
+                    .and_then(|mut c| c.try_wait().ok().flatten())
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default();
+                slot.report = None;
+                if slot.stopping.is_some() {
+                    tracing::info!("{}: stopped (pid {pid}){status}; data dir kept", slot.name);
+                    gone.push(slot.ordinal);
+                } else {
+                    slot.restarts += 1;
+                    let delay = Duration::from_secs(u64::from(slot.restarts.min(10)));
+                    slot.not_before = Instant::now() + delay;
+                    tracing::warn!(
+                        "{}: instance manager (pid {pid}) exited{status}; restarting in {delay:?}",
+                        slot.name
+                    );
+                }
+            }
+        }
+        for ordinal in gone {
+            self.slots.remove(&ordinal);
+        }
+    }
+
+    async fn probe_all(&mut self) {
+        let ports = LocalPorts::of(self.db());
+        let mut probes = tokio::task::JoinSet::new();
+        for slot in self.slots.values() {
+            if slot.pid.is_some() {
+                let address = self.address();
+                let port = ports.manager(slot.ordinal);
+                let ordinal = slot.ordinal;
+                probes.spawn(async move {
+                    let answer: Result<InstanceReport, _> =
+                        probe::get_json(&address, port, "/status", PROBE_TIMEOUT).await;
+                    (ordinal, answer)
+                });
+            }
+        }
+        while let Some(Ok((ordinal, answer))) = probes.join_next().await {
+            if let Some(slot) = self.slots.get_mut(&ordinal) {
+                match answer {
+                    Ok(report) if report.name == slot.name => slot.report = Some(report),
+                    Ok(report) => {
+                        tracing::warn!(
+                            "{}: port {} answers as {}; ignoring it",
+                            slot.name,
+                            ports.manager(ordinal),
+                            report.name
+                        );
+                        slot.report = None;
+                    }
+                    Err(e) => {
+                        tracing::debug!("{}: {e}", slot.name);
+                        slot.report = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Scale-down: stops the highest ordinal beyond `desired`, one at a time (a StatefulSet
+    /// removes pods in reverse order). Its data dir stays.
+    fn stop_excess(&mut self, desired: u32) {
+        let Some(slot) = self
+            .slots
+            .values_mut()
+            .rev()
+            .find(|s| s.ordinal >= desired && s.pid.is_some())
+        else {
+            return;
+        };
+        let Some(pid) = slot.pid else { return };
+        match slot.stopping {
+            None => {
+                tracing::info!("{}: beyond spec.instances={desired}; stopping it", slot.name);
+                process::signal(pid, Signal::SIGTERM);
+                slot.stopping = Some(Instant::now());
+            }
+            Some(since) if since.elapsed() > FAST_SHUTDOWN_TIMEOUT => {
+                tracing::warn!("{}: not stopped after {FAST_SHUTDOWN_TIMEOUT:?}; stopping immediately", slot.name);
+                if let Some(server) = process::live_postmaster(&self.dir.data_dir(slot.ordinal)) {
+                    process::signal(server, Signal::SIGQUIT);
+                }
+                process::signal(pid, Signal::SIGKILL);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// OrderedReady: starts the first missing instance only when every lower ordinal is ready.
+    fn start_in_order(&mut self, desired: u32, primary: &str) {
+        for ordinal in 0..desired {
+            let name = self.dir.instance_name(ordinal);
+            let slot = self
+                .slots
+                .entry(ordinal)
+                .or_insert_with(|| Slot::new(ordinal, name));
+            if slot.stopping.is_some() {
+                // Scaled down and up again before it stopped: let the stop finish first.
+                return;
+            }
+            if slot.pid.is_none() {
+                if Instant::now() >= slot.not_before {
+                    let started = start_manager(
+                        self.dir,
+                        self.exe,
+                        &self.applied.database,
+                        ordinal,
+                        primary,
+                        &self.host,
+                    );
+                    match started {
+                        Ok(child) => {
+                            tracing::info!("{}: started its instance manager (pid {})", slot.name, child.id());
+                            slot.pid = Some(child.id());
+                            slot.child = Some(child);
+                        }
+                        Err(e) => {
+                            tracing::error!("{}: {e}", slot.name);
+                            slot.restarts += 1;
+                            slot.not_before = Instant::now() + Duration::from_secs(5);
+                        }
+                    }
+                }
+                return;
+            }
+            if !slot.ready() {
+                return;
+            }
+        }
+    }
+
+    fn route(&mut self, desired: u32, primary: &str) {
+        let ports = LocalPorts::of(self.db());
+        let addr = |ordinal: u32| -> Option<SocketAddr> {
+            format!("{}:{}", self.address(), ports.server(ordinal))
+                .parse()
+                .ok()
+        };
+        let primary_ordinal = ordinal_of(primary).unwrap_or(0);
+        self.routes.set_rw(addr(primary_ordinal));
+        let replicas: Vec<u32> = self
+            .slots
+            .values()
+            .filter(|s| s.ordinal < desired && s.name != primary && s.ready())
+            .filter(|s| s.report.as_ref().and_then(|r| r.role) != Some(Role::Primary))
+            .map(|s| s.ordinal)
+            .collect();
+        let ro: Vec<u32> = if replicas.is_empty() {
+            vec![primary_ordinal]
+        } else {
+            replicas
+        };
+        self.routes.set_ro(ro.iter().filter_map(|o| addr(*o)).collect());
+    }
+
+    /// Remembers the primary's system identifier, so data dirs of another database are refused.
+    fn record_system_identifier(&mut self, primary: &str) {
+        let Some(ordinal) = ordinal_of(primary) else { return };
+        if !self.slots.get(&ordinal).is_some_and(Slot::ready) {
+            return;
+        }
+        let Ok(Some(mut marker)) = self.dir.read_marker() else {
+            return;
+        };
+        if marker.system_identifier.is_some() {
+            return;
+        }
+        if let Some(id) = preflight::system_identifier(&self.dir.data_dir(ordinal)) {
+            marker.system_identifier = Some(id);
+            if let Err(e) = self.dir.write_marker(&Marker { ..marker }) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    fn publish(&mut self, desired: u32, primary: &str) {
+        let db = self.db().clone();
+        let ports = LocalPorts::of(&db);
+        let mut rows = Vec::new();
+        for slot in self.slots.values() {
+            if slot.ordinal >= desired && slot.pid.is_none() {
+                continue;
+            }
+            let state = if slot.stopping.is_some() {
+                "stopping".to_string()
+            } else if slot.pid.is_none() {
+                if slot.restarts > 0 { "restarting" } else { "pending" }.to_string()
+            } else {
+                match &slot.report {
+                    Some(r) => state_word(r.state).to_string(),
+                    None => "starting".to_string(),
+                }
+            };
+            rows.push(InstanceRow {
+                name: slot.name.clone(),
+                ordinal: slot.ordinal,
+                port: ports.server(slot.ordinal),
+                manager_port: ports.manager(slot.ordinal),
+                manager_pid: slot.pid,
+                state,
+                excess: slot.ordinal >= desired,
+                manager_restarts: slot.restarts,
+                report: slot.report.clone(),
+            });
+        }
+        let primary_ordinal = ordinal_of(primary).unwrap_or(0);
+        let primary_ready = self.slots.get(&primary_ordinal).is_some_and(Slot::ready);
+        let all_ready = (0..desired).all(|o| self.slots.get(&o).is_some_and(Slot::ready));
+        let excess_running = self.slots.values().any(|s| s.ordinal >= desired && s.pid.is_some());
+        if primary_ready {
+            self.ever_ready = true;
+        }
+        let phase = if all_ready && !excess_running {
+            Phase::Ready
+        } else if primary_ready {
+            Phase::Degraded
+        } else if self.ever_ready {
+            Phase::Unavailable
+        } else {
+            Phase::Creating
+        };
+        let ready_replicas: Vec<String> = rows
+            .iter()
+            .filter(|r| !r.excess && r.name != primary && r.ready())
+            .map(|r| r.name.clone())
+            .collect();
+        let fallback = ready_replicas.is_empty();
+        let failed: Vec<String> = rows
+            .iter()
+            .filter(|r| r.report.as_ref().is_some_and(|x| x.state == stator_api::instance::ServerState::Failed))
+            .map(|r| r.name.clone())
+            .collect();
+        let report = SupervisorReport {
+            database: self.dir.key(),
+            engine: db.spec.engine.to_string(),
+            version: db.version().to_string(),
+            phase,
+            generation: self.applied.generation,
+            observed_generation: self.applied.generation,
+            supervisor_pid: Some(std::process::id()),
+            primary: primary.to_string(),
+            instances: rows,
+            proxies: Proxies {
+                host: db.spec.local.listen_address.clone(),
+                rw: ProxyRoute {
+                    port: ports.rw(),
+                    targets: vec![primary.to_string()],
+                    fallback_to_primary: false,
+                },
+                ro: ProxyRoute {
+                    port: ports.ro(),
+                    targets: if fallback { vec![primary.to_string()] } else { ready_replicas },
+                    fallback_to_primary: fallback,
+                },
+            },
+            message: (!failed.is_empty()).then(|| {
+                format!("{} failed; see `stator logs -f FILE {}`", failed.join(", "), failed[0])
+            }),
+        };
+        self.write_snapshot(&report);
+        if let Ok(mut shared) = self.report.lock() {
+            *shared = report;
+        }
+    }
+
+    fn write_snapshot(&mut self, report: &SupervisorReport) {
+        let text = serde_json::to_string(report).unwrap_or_default();
+        if text != self.last_written {
+            if let Err(e) = write_json(&self.dir.supervisor_report(), report) {
+                tracing::warn!("{e}");
+            }
+            self.last_written = text;
+        }
+    }
+
+    /// Stops every instance manager (their servers with a fast shutdown), immediately after
+    /// [`FAST_SHUTDOWN_TIMEOUT`], and records the database as stopped.
+    async fn shutdown(&mut self) {
+        let targets: Vec<(u32, PathBuf)> = self
+            .slots
+            .values()
+            .filter_map(|s| s.pid.map(|pid| (pid, self.dir.data_dir(s.ordinal))))
+            .collect();
+        let _ = tokio::task::spawn_blocking(move || stop_instances(&targets, FAST_SHUTDOWN_TIMEOUT)).await;
+        for slot in self.slots.values_mut() {
+            if let Some(mut child) = slot.child.take() {
+                let _ = child.try_wait();
+            }
+            slot.pid = None;
+            slot.report = None;
+        }
+        let snapshot = self.report.lock().map(|r| r.clone()).ok();
+        if let Some(mut report) = snapshot {
+            report.phase = Phase::Stopped;
+            report.supervisor_pid = None;
+            for row in &mut report.instances {
+                row.state = "stopped".into();
+                row.manager_pid = None;
+                row.report = None;
+            }
+            report.proxies.rw.targets.clear();
+            report.proxies.ro.targets.clear();
+            self.last_written.clear();
+            self.write_snapshot(&report);
+        }
+        tracing::info!("{} stopped; data kept", self.dir.key());
+    }
+}
+
+/// Sends SIGTERM to each instance manager (it stops its server with a fast shutdown), waits up
+/// to `timeout`, then stops what is left immediately (SIGQUIT to the server, SIGKILL to the
+/// manager). `targets` are (manager pid, data dir).
+pub fn stop_instances(targets: &[(u32, PathBuf)], timeout: Duration) {
+    for (pid, _) in targets {
+        process::signal(*pid, Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + timeout;
+    for (pid, _) in targets {
+        process::wait_gone(*pid, deadline.saturating_duration_since(Instant::now()));
+    }
+    for (pid, data_dir) in targets {
+        if process::is_alive(*pid) {
+            tracing::warn!("instance manager {pid} did not stop in {timeout:?}; stopping its server immediately");
+            if let Some(server) = process::live_postmaster(data_dir) {
+                process::signal(server, Signal::SIGQUIT);
+                process::wait_gone(server, Duration::from_secs(10));
+            }
+            process::signal(*pid, Signal::SIGKILL);
+            process::wait_gone(*pid, Duration::from_secs(5));
+        }
+    }
+}
+
+/// Writes instance `ordinal`'s config and starts `stator instance --config FILE` for it.
+fn start_manager(
+    dir: &DatabaseDir,
+    exe: &Path,
+    db: &Database,
+    ordinal: u32,
+    primary: &str,
+    host: &Host,
+) -> Result<Child, LocalError> {
+    let config = instance_config(db, dir, ordinal, primary, host);
+    create_dir(&dir.instance_dir(ordinal), 0o755)?;
+    create_dir(&config.run_dir, 0o700)?;
+    let server_log = &config.log_file;
+    if !server_log.exists() {
+        std::fs::File::create(server_log).map_err(|e| LocalError::io(server_log, "cannot create", e))?;
+    }
+    if let Some(user) = &host.server_user
+        && let Ok(Some(user)) = nix::unistd::User::from_name(user)
+    {
+        for path in [config.run_dir.as_path(), server_log.as_path()] {
+            nix::unistd::chown(path, Some(user.uid), Some(user.gid)).map_err(|e| {
+                LocalError::io(path, "cannot hand over to the server user", e.into())
+            })?;
+        }
+    }
+    let config_path = dir.config_file(ordinal);
+    write_json(&config_path, &config)?;
+    let config_arg = config_path.display().to_string();
+    let child = process::spawn_detached(
+        exe,
+        &["instance", "--config", &config_arg],
+        &dir.manager_log(ordinal),
+    )?;
+    process::write_pid_file(&dir.manager_pid_file(ordinal), child.id())?;
+    Ok(child)
+}
+
+/// The supervisor's HTTP endpoint: `GET /status` (JSON [`SupervisorReport`]), `GET /healthz`.
+async fn serve_status(listener: TcpListener, report: Arc<Mutex<SupervisorReport>>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let report = report.clone();
+        tokio::spawn(async move {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            let read = tokio::time::timeout(Duration::from_secs(2), async {
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+            })
+            .await;
+            if read.is_err() {
+                return;
+            }
+            let line = String::from_utf8_lossy(&request);
+            let mut parts = line.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let (code, body) = match (method, path) {
+                ("GET", "/status") => {
+                    let body = report
+                        .lock()
+                        .ok()
+                        .and_then(|r| serde_json::to_string(&*r).ok())
+                        .unwrap_or_else(|| "{}".into());
+                    ("200 OK", body)
+                }
+                ("GET", "/healthz") => ("200 OK", "\"ok\"".into()),
+                _ => ("404 Not Found", "\"not found\"".into()),
+            };
+            let response = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,366 @@
+//! `stator up`: check everything, write the state dir, start (or reuse) the supervisor, and wait,
+//! showing progress, until the database matches the spec.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use stator_api::Database;
+use stator_api::instance::{LocalPorts, ServerState};
+
+use crate::error::LocalError;
+use crate::plan::{immutable_changes, instance_ports, shared_ports};
+use crate::preflight;
+use crate::process;
+use crate::report::SupervisorReport;
+use crate::runtime::{fetch_report, running_supervisor};
+use crate::secrets::ensure_secrets;
+use crate::state::{AppliedSpec, DatabaseDir, Marker, StateDir, create_dir};
+
+/// How `up` runs.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    pub state: StateDir,
+    /// Stay attached: the supervisor runs as a child; Ctrl-C stops the database.
+    pub foreground: bool,
+    /// The `stator` binary the supervisor and instance managers are started from.
+    pub exe: PathBuf,
+    /// How long to wait for the database to become ready.
+    pub timeout: Duration,
+}
+
+/// What `up` leaves behind.
+pub struct UpOutcome {
+    pub report: SupervisorReport,
+    /// In `--foreground` mode, the supervisor to wait for.
+    pub foreground: Option<Child>,
+}
+
+/// Creates or resumes `db` and waits until it is ready. Every check runs before anything is
+/// written, so a failed `up` changes nothing.
+pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
+    let dir = options.state.database_of(db);
+    let progress = Progress::new();
+    let previous = dir.read_applied()?;
+    if let Some(previous) = &previous {
+        let problems = immutable_changes(&previous.database, db);
+        if !problems.is_empty() {
+            return Err(LocalError::Invalid(format!(
+                "cannot apply this spec to {} (nothing was changed):\n  {}",
+                dir.key(),
+                problems.join("\n  ")
+            )));
+        }
+    }
+    let marker = dir.read_marker()?;
+    if let Some(m) = &marker
+        && (m.engine != db.spec.engine.as_str() || m.version != db.version())
+    {
+        return Err(LocalError::DataDirForeign(format!(
+            "{}: holds {} {} data of {}; this spec asks for {} {} (delete it with `stator delete --purge`, or keep {} {})",
+            dir.root.display(),
+            m.engine,
+            m.version,
+            dir.key(),
+            db.spec.engine,
+            db.version(),
+            m.engine,
+            m.version
+        )));
+    }
+    let bin_dir = preflight::find_bin_dir(db.spec.engine, db.version())?;
+    let server_user = preflight::server_user(db.spec.engine)?;
+    if let Some(user) = &server_user {
+        preflight::check_reachable(&dir.root, user)?;
+    }
+    let supervisor = running_supervisor(&dir);
+    let report = match supervisor {
+        Some(_) => fetch_report(&dir, db).ok(),
+        None => None,
+    };
+    check_ports(db, &dir, supervisor.is_some(), report.as_ref())?;
+    let system_id = marker.as_ref().and_then(|m| m.system_identifier);
+    for ordinal in 0..db.spec.instances {
+        preflight::check_data_dir(
+            &dir.data_dir(ordinal),
+            &db.instance_name(ordinal),
+            db.spec.engine,
+            db.version(),
+            system_id,
+        )?;
+    }
+    tracing::debug!("{} binaries in {}", db.spec.engine, bin_dir.display());
+
+    // Everything checked: write the state dir.
+    for ancestor in [&options.state.root, &options.state.root.join(&dir.namespace)] {
+        if !ancestor.exists() {
+            create_dir(ancestor, 0o755)?;
+        }
+    }
+    create_dir(&dir.root, 0o755)?;
+    if marker.is_none() {
+        dir.write_marker(&Marker {
+            namespace: dir.namespace.clone(),
+            name: dir.name.clone(),
+            engine: db.spec.engine.to_string(),
+            version: db.version().to_string(),
+            system_identifier: None,
+        })?;
+    }
+    let generated = ensure_secrets(&dir.secrets_dir())?;
+    if !generated.is_empty() {
+        progress.line(&format!(
+            "generated credentials in {} (mode 0600)",
+            dir.secrets_dir().display()
+        ));
+    }
+    let generation = match &previous {
+        Some(p) if same_spec(&p.database, db) => p.generation,
+        Some(p) => p.generation + 1,
+        None => 1,
+    };
+    if previous.as_ref().is_none_or(|p| p.generation != generation) {
+        dir.write_applied(&AppliedSpec {
+            generation,
+            database: db.clone(),
+        })?;
+    }
+    if !dir.primary_file().exists() {
+        dir.write_primary(&db.instance_name(0))?;
+    }
+    let mut foreground = None;
+    match supervisor {
+        Some(pid) => progress.line(&format!("supervisor already running (pid {pid}); applying spec generation {generation}")),
+        None => {
+            let child = start_supervisor(&options.state, &dir, &options.exe, options.foreground)?;
+            progress.line(&format!("started the supervisor (pid {})", child.id()));
+            if options.foreground {
+                foreground = Some(child);
+            }
+        }
+    }
+    let report = wait_settled(db, &dir, generation, options.timeout, &progress, &mut foreground)?;
+    progress.finish();
+    Ok(UpOutcome { report, foreground })
+}
+
+fn same_spec(a: &Database, b: &Database) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+}
+
+/// Ports that must be free: the proxies' (unless the supervisor runs) and every instance's that
+/// does not run yet (neither supervised, nor a surviving manager or server).
+fn check_ports(
+    db: &Database,
+    dir: &DatabaseDir,
+    supervisor_runs: bool,
+    report: Option<&SupervisorReport>,
+) -> Result<(), LocalError> {
+    let mut wanted = Vec::new();
+    if !supervisor_runs {
+        wanted.extend(shared_ports(db));
+    }
+    for ordinal in 0..db.spec.instances {
+        let supervised = report.is_some_and(|r| {
+            r.instances
+                .iter()
+                .any(|i| i.ordinal == ordinal && i.manager_pid.is_some())
+        });
+        let marker = dir.config_file(ordinal).display().to_string();
+        let survivor = process::live_pid_from_file(&dir.manager_pid_file(ordinal), &marker)
+            .is_some()
+            || process::live_postmaster(&dir.data_dir(ordinal)).is_some();
+        if !supervised && !survivor {
+            wanted.extend(instance_ports(db, ordinal));
+        }
+    }
+    preflight::check_ports(&db.spec.local.listen_address, &wanted)
+}
+
+fn start_supervisor(
+    state: &StateDir,
+    dir: &DatabaseDir,
+    exe: &std::path::Path,
+    foreground: bool,
+) -> Result<Child, LocalError> {
+    let state_arg = state.root.display().to_string();
+    let key = dir.key();
+    let args = ["supervise", "--state-dir", &state_arg, "--database", &key];
+    if foreground {
+        // Same session and terminal: Ctrl-C reaches it, and it stops the database.
+        std::process::Command::new(exe)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| LocalError::io(exe, "cannot start the supervisor", e))
+    } else {
+        process::spawn_detached(exe, &args, &dir.supervisor_log())
+    }
+}
+
+/// Polls the supervisor until it has acted on `generation` and every instance is ready.
+fn wait_settled(
+    db: &Database,
+    dir: &DatabaseDir,
+    generation: u64,
+    timeout: Duration,
+    progress: &Progress,
+    foreground: &mut Option<Child>,
+) -> Result<SupervisorReport, LocalError> {
+    let started = Instant::now();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut last_error = String::new();
+    loop {
+        if started.elapsed() > timeout {
+            return Err(LocalError::Failed(format!(
+                "{} is not ready after {timeout:?}{}; it keeps trying in the background: see `stator status` and `stator logs`",
+                dir.key(),
+                if last_error.is_empty() { String::new() } else { format!(" ({last_error})") }
+            )));
+        }
+        let exited = match foreground {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => false,
+        };
+        match fetch_report(dir, db) {
+            Ok(report) => {
+                for row in &report.instances {
+                    let text = describe(row, &report.primary);
+                    if seen.get(&row.name) != Some(&text) {
+                        progress.line(&format!("{}: {text}", row.name));
+                        seen.insert(row.name.clone(), text);
+                    }
+                    if let Some(r) = &row.report
+                        && r.state == ServerState::Failed
+                    {
+                        return Err(LocalError::Failed(format!(
+                            "{} failed: {}; see `stator logs -f FILE {}`",
+                            row.name,
+                            r.message.clone().unwrap_or_else(|| "no reason given".into()),
+                            row.name
+                        )));
+                    }
+                }
+                progress.waiting(&report);
+                if report.generation == generation && report.is_settled() {
+                    return Ok(report);
+                }
+            }
+            Err(e) => {
+                last_error = e.to_string();
+                if running_supervisor(dir).is_none() && (exited || started.elapsed() > Duration::from_secs(3)) {
+                    return Err(LocalError::Failed(format!(
+                        "the supervisor of {} exited; the end of {}:\n{}",
+                        dir.key(),
+                        dir.supervisor_log().display(),
+                        tail(&dir.supervisor_log(), 15)
+                    )));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn describe(row: &crate::report::InstanceRow, primary: &str) -> String {
+    let Some(r) = &row.report else {
+        return row.state.clone();
+    };
+    let role = r.role.map(|r| r.to_string());
+    let mut text = crate::report::state_word(r.state).to_string();
+    if r.state == ServerState::Initializing {
+        text = if row.name == primary {
+            "initializing (initdb)".into()
+        } else {
+            format!("cloning from {primary}")
+        };
+    }
+    if let Some(role) = role {
+        text.push_str(&format!(", {role}"));
+    }
+    if r.ready {
+        text.push_str(", ready");
+    }
+    text
+}
+
+/// The last `lines` lines of a file, for error messages.
+pub fn tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Steps on stderr: a spinner on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner();
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} [{elapsed}]") {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Progress { bar }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("  {text}")),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn waiting(&self, report: &SupervisorReport) {
+        if let Some(bar) = &self.bar {
+            let pending: Vec<&str> = report
+                .instances
+                .iter()
+                .filter(|i| !i.ready() || i.excess)
+                .map(|i| i.name.as_str())
+                .collect();
+            bar.set_message(if pending.is_empty() {
+                "settling".to_string()
+            } else {
+                format!("waiting for {}", pending.join(", "))
+            });
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Connection details `up` prints after the table (no password).
+pub fn connection_help(db: &Database, file: &str) -> String {
+    let ports = LocalPorts::of(db);
+    let host = &db.spec.local.listen_address;
+    let user = &db.spec.bootstrap.owner;
+    let database = &db.spec.bootstrap.database;
+    let (tool, uri_tool) = match db.spec.engine {
+        stator_api::Engine::Postgres => (
+            format!("psql \"host={host} port={} user={user} dbname={database}\"", ports.rw()),
+            format!("psql \"$(stator uri -f {file})\""),
+        ),
+        _ => (
+            format!("mariadb -h {host} -P {} -u {user} -p {database}", ports.rw()),
+            format!("stator uri -f {file}"),
+        ),
+    };
+    format!(
+        "Connect:\n  rw (primary):  host={host} port={} user={user} database={database}\n  ro (replicas): host={host} port={} user={user} database={database}\n  {tool}\n  The password is not shown here: `stator uri -f {file} [rw|ro]` prints a URI with it, e.g.\n  {uri_tool}\n",
+        ports.rw(),
+        ports.ro(),
+    )
+}
