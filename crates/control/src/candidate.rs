@@ -1,0 +1,229 @@
+//! Choosing the replica to promote, and the checks that make a promotion safe.
+//!
+//! The rules, in order:
+//! - A candidate is a running replica that reports its position, is not fenced, is not being
+//!   removed (ordinal beyond `spec.instances`) and has not diverged (no errant GTID set, no WAL
+//!   past the primary's timeline fork).
+//! - The candidate is the most advanced of them: it holds everything every other candidate
+//!   holds (PostgreSQL: newest timeline, then highest received/replayed LSN; MySQL family: a
+//!   GTID superset of the others' received and executed sets). Ties go to the requested target,
+//!   then to the lowest ordinal. When no candidate holds what all others hold (incomparable
+//!   GTID sets), nobody is promoted and the status says so.
+//! - MySQL family: the candidate is promoted only once it has applied its relay log (its
+//!   executed set holds its retrieved set), or it would lose transactions it already received.
+//! - Synchronous mode: the candidate must hold every write that may have been acknowledged:
+//!   either it holds the old primary's final position, or it holds what each synchronous
+//!   standby of the term holds, and every one of them is reporting. A standby that may hold an
+//!   acknowledged write and cannot be asked blocks the failover: unavailable beats lost.
+
+use std::collections::BTreeSet;
+
+use stator_api::instance::ServerState;
+use stator_api::position::ReplicationPosition;
+use stator_api::{Engine, Role};
+
+use crate::input::{Input, state_name};
+use crate::memory::Memory;
+
+/// Every ordinal the core may have to think about: the spec's, the observed, the remembered.
+pub(crate) fn ordinals(input: &Input, memory: &Memory) -> BTreeSet<u32> {
+    let mut all: BTreeSet<u32> = (0..input.spec.instances).collect();
+    all.extend(input.observed.keys().copied());
+    all.extend(memory.fenced.keys().copied());
+    all.extend(memory.primary);
+    all
+}
+
+/// Why `ordinal` cannot be promoted, or `None` when it can.
+pub fn ineligibility(
+    input: &Input,
+    memory: &Memory,
+    ordinal: u32,
+    from: Option<u32>,
+) -> Option<String> {
+    if ordinal >= input.spec.instances {
+        return Some("is being removed (beyond spec.instances)".into());
+    }
+    if from == Some(ordinal) {
+        return Some("is the primary being replaced".into());
+    }
+    if memory.fenced.contains_key(&ordinal) {
+        return Some("is fenced".into());
+    }
+    let presence = input.presence(ordinal);
+    let Some(facts) = presence.facts() else {
+        return Some(format!("is {}", presence.describe()));
+    };
+    if facts.state != ServerState::Running {
+        return Some(format!("is {}", state_name(facts.state)));
+    }
+    if facts.role != Some(Role::Replica) {
+        return Some("is not a replica".into());
+    }
+    if facts.diverged || diverged_past_fork(memory, facts.held().as_ref()) {
+        return Some("has diverged from the primary's history".into());
+    }
+    if facts.held().is_none() {
+        return Some("reports no replication position".into());
+    }
+    None
+}
+
+/// PostgreSQL: on the old timeline beyond the point where the current primary's timeline
+/// forked from it.
+pub(crate) fn diverged_past_fork(memory: &Memory, held: Option<&ReplicationPosition>) -> bool {
+    match (&memory.fork, held) {
+        (Some(ReplicationPosition::Wal(fork)), Some(ReplicationPosition::Wal(held))) => {
+            held.timeline == fork.timeline && held.lsn > fork.lsn
+        }
+        _ => false,
+    }
+}
+
+/// The most advanced eligible replica and what it holds, or why there is none.
+/// `prefer` wins ties.
+pub fn choose_promotion_candidate(
+    input: &Input,
+    memory: &Memory,
+    from: Option<u32>,
+    prefer: Option<u32>,
+) -> Result<(u32, ReplicationPosition), String> {
+    let spec = &input.spec;
+    let mut eligible: Vec<(u32, ReplicationPosition)> = Vec::new();
+    let mut excuses: Vec<String> = Vec::new();
+    for ordinal in ordinals(input, memory) {
+        if from == Some(ordinal) {
+            continue;
+        }
+        match ineligibility(input, memory, ordinal, from) {
+            None => {
+                if let Some(held) = input.facts(ordinal).and_then(|f| f.held()) {
+                    eligible.push((ordinal, held));
+                }
+            }
+            Some(why) => {
+                if ordinal < spec.instances {
+                    excuses.push(format!("{} {why}", spec.instance_name(ordinal)));
+                }
+            }
+        }
+    }
+    if eligible.is_empty() {
+        let detail = if excuses.is_empty() {
+            "there are no replicas".to_string()
+        } else {
+            excuses.join("; ")
+        };
+        return Err(format!("no replica can be promoted: {detail}"));
+    }
+    let tops: Vec<&(u32, ReplicationPosition)> = eligible
+        .iter()
+        .filter(|(_, held)| eligible.iter().all(|(_, other)| held.includes(other)))
+        .collect();
+    let chosen = tops
+        .iter()
+        .find(|(o, _)| Some(*o) == prefer)
+        .or_else(|| tops.first());
+    match chosen {
+        Some((ordinal, held)) => Ok((*ordinal, held.clone())),
+        None => Err(format!(
+            "no replica holds every transaction the others hold ({}); \
+             promoting any would lose transactions another replica has",
+            eligible
+                .iter()
+                .map(|(o, held)| format!("{}: {held}", spec.instance_name(*o)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+    }
+}
+
+/// MySQL family: how many received transactions `ordinal` has not applied yet (0 when it
+/// applied its whole relay log). PostgreSQL replays everything received while promoting: 0.
+pub fn relay_log_backlog(input: &Input, ordinal: u32) -> u64 {
+    if input.spec.engine == Engine::Postgres {
+        return 0;
+    }
+    let Some(facts) = input.facts(ordinal) else {
+        return 0;
+    };
+    match (&facts.position, &facts.received_position) {
+        (Some(applied), Some(received)) => received.ahead_of(applied).unwrap_or(0),
+        (None, Some(received)) => received.ahead_of(&empty_like(received)).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn empty_like(position: &ReplicationPosition) -> ReplicationPosition {
+    match position {
+        ReplicationPosition::Mariadb { .. } => ReplicationPosition::Mariadb {
+            gtid: Default::default(),
+        },
+        ReplicationPosition::Mysql { .. } => ReplicationPosition::Mysql {
+            gtid: Default::default(),
+        },
+        ReplicationPosition::Wal(w) => ReplicationPosition::Wal(*w),
+    }
+}
+
+/// Synchronous mode: why promoting `candidate` (holding `held`) could lose an acknowledged
+/// write, or `None` when it cannot (or the mode is asynchronous).
+pub fn may_lack_acknowledged_writes(
+    input: &Input,
+    memory: &Memory,
+    candidate: u32,
+    held: &ReplicationPosition,
+    from: Option<u32>,
+) -> Option<String> {
+    let spec = &input.spec;
+    if !spec.synchronous {
+        return None;
+    }
+    let name = |o: u32| spec.instance_name(o);
+    // Holding the old primary's final position covers everything it ever acknowledged.
+    if let Some(old) = from {
+        let fenced = memory.fenced.get(&old).is_some_and(|f| f.confirmed);
+        let final_position = input.facts(old).and_then(|f| f.held());
+        if fenced && final_position.as_ref().is_some_and(|p| held.includes(p)) {
+            return None;
+        }
+    }
+    for &standby in &memory.sync_standbys {
+        if standby == candidate || Some(standby) == from {
+            continue;
+        }
+        let presence = input.presence(standby);
+        match presence.facts() {
+            _ if matches!(presence, crate::input::Presence::Absent) => continue,
+            Some(f) if f.diverged => continue,
+            Some(f) => match f.held() {
+                Some(theirs) if held.includes(&theirs) => continue,
+                Some(theirs) => {
+                    return Some(format!(
+                        "synchronous replication: {} holds {theirs}, which {} ({held}) lacks, \
+                         and may hold acknowledged writes; waiting until it can be promoted",
+                        name(standby),
+                        name(candidate)
+                    ));
+                }
+                None => {
+                    return Some(format!(
+                        "synchronous replication: {} may hold acknowledged writes and reports no \
+                         position; staying unavailable rather than losing them",
+                        name(standby)
+                    ));
+                }
+            },
+            None => {
+                return Some(format!(
+                    "synchronous replication: {} may hold acknowledged writes that {} lacks and \
+                     is {}; staying unavailable rather than losing them",
+                    name(standby),
+                    name(candidate),
+                    presence.describe()
+                ));
+            }
+        }
+    }
+    None
+}

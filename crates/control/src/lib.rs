@@ -1,0 +1,43 @@
+//! The decision core: from the spec, the observed instances, the time now and what it decided
+//! before, the next actions — create, wait, fence, promote, repoint, rejoin, rebuild, remove —
+//! plus the status a person reads. Failover and switchover are decided here and nowhere else;
+//! the local runtime and the Kubernetes operator only observe and execute.
+//!
+//! It must not do I/O: no clock (time is an argument), no sleeps, no files, sockets, processes
+//! or randomness. [`decide`] is a pure, deterministic function, tested on tables of situations
+//! and on properties over random situations and sequences of observations.
+//!
+//! The rules it keeps:
+//! - Never two writable primaries: an instance is promoted only when every other instance that
+//!   could accept writes has been seen fenced (stopped, down or read-only) after being ordered
+//!   fenced; any other writable instance is fenced at once.
+//! - A primary is failed over only after it looked unhealthy (unreachable, down, hung, not
+//!   ready, refusing writes) for the whole detection timeout; one healthy observation resets the
+//!   clock. With failover disabled the loss is reported, nothing is done.
+//! - The most advanced eligible replica is promoted (see [`candidate`]); in synchronous mode
+//!   only one known to hold every acknowledged write, else the database stays unavailable and
+//!   the status says why. A failover that cannot finish keeps trying and says why each time.
+//! - A planned switchover fences the primary's writes, waits until the target holds the
+//!   primary's final position, then promotes it: no write is lost.
+//! - A former primary rejoins as a replica (after `pg_rewind` when it may have diverged; a
+//!   MySQL-family one with errant GTIDs is rebuilt). Diverged replicas are never candidates.
+//!
+//! # Layout
+//! - [`input`]: what `decide` is given: [`ClusterSpec`], [`Presence`] and [`InstanceFacts`] per
+//!   instance, the time, the [`Memory`], an optional [`Request`].
+//! - [`memory`]: what the core remembers between decisions: primary, term, detection clock,
+//!   fences, the transition in progress, synchronous standbys, the timeline fork.
+//! - [`action`]: what it returns: [`Action`]s, the new memory and a [`Status`].
+//! - [`candidate`]: choosing the replica to promote and the checks that make it safe.
+//! - [`decide`](mod@decide): the pipeline of one decision.
+
+pub mod action;
+pub mod candidate;
+pub mod decide;
+pub mod input;
+pub mod memory;
+
+pub use action::{Action, Bootstrap, Decision, Reason, Status};
+pub use decide::decide;
+pub use input::{ClusterSpec, InstanceFacts, Input, Presence, Request, SpecError};
+pub use memory::{Fence, FenceMethod, Memory, Transition, TransitionKind, TransitionPhase};

@@ -1,0 +1,113 @@
+//! What the core decided before: handed back in every [`Decision`](crate::Decision) and passed
+//! into the next [`decide`](crate::decide) call. The shells persist it (the local runtime in its
+//! state directory, the operator in the `Database` status) so a restarted shell continues a
+//! failover where it was instead of starting a second one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use stator_api::position::ReplicationPosition;
+
+/// The core's memory between decisions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Memory {
+    /// Counts promotions; each `Promote` carries the term it starts. The shells may use it as a
+    /// fencing token.
+    #[serde(default)]
+    pub term: u64,
+    /// The instance that holds the writer role (or last held it, during a transition).
+    #[serde(default)]
+    pub primary: Option<u32>,
+    /// The primary has been seen healthy since it became primary. Before that (a primary still
+    /// initializing, a promotion not yet confirmed) it is not failed over.
+    #[serde(default)]
+    pub primary_confirmed: bool,
+    /// Since when the primary has looked unhealthy without interruption; `None` while healthy.
+    #[serde(default)]
+    pub primary_unhealthy_since_ms: Option<u64>,
+    /// A failover or switchover in progress.
+    #[serde(default)]
+    pub transition: Option<Transition>,
+    /// Instances ordered fenced that have not rejoined yet, by ordinal.
+    #[serde(default)]
+    pub fenced: BTreeMap<u32, Fence>,
+    /// Synchronous mode: replicas that may have acknowledged a write of the current term (every
+    /// replica that existed during it: the shells configure `ANY 1 (all replicas)` and
+    /// semi-sync on every replica). A candidate must hold everything each of them holds.
+    #[serde(default)]
+    pub sync_standbys: BTreeSet<u32>,
+    /// What the current primary held when it was promoted: the point where its history left the
+    /// previous primary's. An instance past it on the old history has diverged.
+    #[serde(default)]
+    pub fork: Option<ReplicationPosition>,
+}
+
+/// A fence the core ordered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fence {
+    pub method: FenceMethod,
+    /// Seen unable to write in an observation made after the order. A confirmed fence is held
+    /// by the shell until the core orders `Unfence`, `Rejoin` or `Rebuild`.
+    pub confirmed: bool,
+}
+
+/// How an instance is kept from accepting writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FenceMethod {
+    /// Kill the server at once (SIGKILL works on a hung, SIGSTOPped process too; on Kubernetes
+    /// delete the pod) and keep it stopped. Used by failover.
+    Kill,
+    /// Stop the server cleanly (PostgreSQL `pg_ctl stop -m fast`: connected standbys receive
+    /// every WAL record, including the shutdown checkpoint) and keep it stopped; the instance
+    /// manager keeps reporting its final position. Planned PostgreSQL switchover.
+    Shutdown,
+    /// Keep the server running but refusing writes (`super_read_only`, `read_only`), so replicas
+    /// can fetch the rest of its binary log. Planned MySQL/MariaDB switchover.
+    ReadOnly,
+}
+
+/// A change of primary in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transition {
+    pub kind: TransitionKind,
+    /// The primary being replaced; `None` when the memory of it was lost.
+    pub from: Option<u32>,
+    /// The replica asked for (switchover `--to`) or chosen when the switchover started.
+    #[serde(default)]
+    pub target: Option<u32>,
+    pub started_ms: u64,
+    pub phase: TransitionPhase,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TransitionKind {
+    /// Unplanned: the primary was unhealthy for the detection timeout.
+    Failover,
+    /// Planned: requested, with the primary healthy; loses no write.
+    Switchover,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "phase")]
+pub enum TransitionPhase {
+    /// Fencing every instance that may accept writes; then choosing the candidate.
+    Fencing,
+    /// Switchover: the old primary is fenced; the target is catching up with its final position.
+    CatchingUp,
+    /// `Promote` (or `Unfence`, when the old primary is restored) was ordered at `since_ms`;
+    /// waiting for `candidate` to report itself writable.
+    Promoting {
+        candidate: u32,
+        since_ms: u64,
+        /// Restoring the old primary rather than promoting a replica.
+        restore: bool,
+        /// What the candidate held when it was ordered promoted.
+        #[serde(default)]
+        fork: Option<ReplicationPosition>,
+    },
+}
