@@ -107,6 +107,8 @@ pub struct Workload<'a> {
     pub pod_metadata: Option<&'a Node>,
     /// The pod spec.
     pub pod: &'a Node,
+    /// The line of the pod spec's `spec:` key: where findings about a missing pod field point.
+    pub pod_line: usize,
 }
 
 impl<'a> Workload<'a> {
@@ -118,6 +120,7 @@ impl<'a> Workload<'a> {
                     object,
                     pod_metadata: node.get("metadata"),
                     pod: node.get("spec")?,
+                    pod_line: node.line_of("spec"),
                 });
             }
             "Deployment"
@@ -133,6 +136,7 @@ impl<'a> Workload<'a> {
             object,
             pod_metadata: template.get("metadata"),
             pod: template.get("spec")?,
+            pod_line: template.line_of("spec"),
         })
     }
 
@@ -206,9 +210,9 @@ impl<'a> Workload<'a> {
         }
     }
 
-    /// The line of the pod spec key `key`, or of the pod spec itself.
-    pub fn pod_line(&self, key: &str) -> usize {
-        self.pod.line_of(key)
+    /// The line of the pod spec key `key`, or of the pod spec's `spec:` key.
+    pub fn pod_line_of(&self, key: &str) -> usize {
+        self.pod.entry(key).map_or(self.pod_line, |e| e.key_line)
     }
 }
 

@@ -223,7 +223,7 @@ fn check_fs_group(workload: &Workload<'_>, out: &mut Vec<Finding>) {
     if ctx.and_then(|c| c.get("fsGroup")).is_none() {
         out.push(NO_FS_GROUP.at(
             workload.object,
-            workload.pod.line_of("securityContext"),
+            workload.pod_line_of("securityContext"),
             "the pod mounts persistent volumes but sets no fsGroup".into(),
         ));
     }
@@ -240,7 +240,7 @@ fn check_token(manifests: &Manifests, workload: &Workload<'_>, out: &mut Vec<Fin
             out.push(
                 SERVICE_ACCOUNT_TOKEN.at(
                     workload.object,
-                    pod.line_of("automountServiceAccountToken"),
+                    workload.pod_line_of("automountServiceAccountToken"),
                     "the pod asks for a Kubernetes API token (automountServiceAccountToken: true)"
                         .into(),
                 ),
@@ -265,7 +265,7 @@ fn check_token(manifests: &Manifests, workload: &Workload<'_>, out: &mut Vec<Fin
     if !account_opts_out {
         out.push(SERVICE_ACCOUNT_TOKEN.at(
             workload.object,
-            pod.line_of("serviceAccountName"),
+            workload.pod_line_of("serviceAccountName"),
             format!("the pod mounts the API token of ServiceAccount \"{account}\""),
         ));
     }

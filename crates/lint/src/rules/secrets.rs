@@ -153,6 +153,7 @@ const MYSQL_CLIENTS: [&str; 12] = [
 
 fn mentions_mysql_client(text: &str) -> bool {
     shell_words(text).any(|w| {
+        let w = w.trim_start_matches(['(', '"', '\'']);
         let base = w.rsplit('/').next().unwrap_or(w);
         MYSQL_CLIENTS.contains(&base) || base == "mariabackup"
     })
