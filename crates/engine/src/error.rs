@@ -47,8 +47,8 @@ pub enum EngineError {
     #[error("{field}: {message}")]
     Config { field: String, message: String },
     /// A replication position could not be read.
-    #[error("position {text:?}: {message}")]
-    Position { text: String, message: String },
+    #[error(transparent)]
+    Position(#[from] stator_api::position::PositionError),
     /// The operation does not fit the server's current state.
     #[error("{0}")]
     State(String),

@@ -12,7 +12,6 @@
 //! # Layout
 //! - [`server_engine`]: the [`ServerEngine`] trait and the [`Observation`] it returns.
 //! - [`postgres`]: PostgreSQL's implementation, its config files and binaries.
-//! - [`position`]: LSNs, positions and their order.
 //! - [`data_dir`]: the marker naming the database a data directory belongs to.
 //! - [`credentials`]: passwords read from the secrets directory, redacted in `Debug`.
 //! - [`server_user`]: the unprivileged OS user a server runs as, and file ownership.
@@ -22,7 +21,6 @@
 pub mod credentials;
 pub mod data_dir;
 pub mod error;
-pub mod position;
 pub mod postgres;
 pub mod process;
 pub mod server_engine;
@@ -31,7 +29,7 @@ pub mod server_user;
 pub use credentials::{Credentials, Secret};
 pub use data_dir::{DataDirMarker, DataDirState};
 pub use error::EngineError;
-pub use position::{Lsn, Position};
+pub use stator_api::position::{Lsn, ReplicationPosition};
 pub use postgres::Postgres;
 pub use process::ServerProcess;
 pub use server_engine::{Observation, ServerEngine};

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use stator_api::Role;
 use stator_api::instance::Endpoint;
+use stator_api::position::ReplicationPosition;
 
 use crate::credentials::Credentials;
 use crate::data_dir::DataDirState;
 use crate::error::EngineError;
-use crate::position::Position;
 use crate::process::ServerProcess;
 
 /// What one observation of a running server found.
@@ -44,7 +44,7 @@ pub struct Observation {
 /// the MySQL family implements the same operations with its own tools.
 ///
 /// Life of an instance: [`inspect_data_dir`](Self::inspect_data_dir) → when empty,
-/// [`initialize`](Self::initialize) or [`clone_from`](Self::clone_from) →
+/// [`initialize`](Self::initialize) or [`clone_upstream`](Self::clone_upstream) →
 /// [`write_config`](Self::write_config) → [`find_running`](Self::find_running) (adopt) or
 /// [`start`](Self::start) → [`probe`](Self::probe) until it answers → on a primary
 /// [`ensure_users`](Self::ensure_users) → [`observe`](Self::observe) periodically.
@@ -64,7 +64,7 @@ pub trait ServerEngine: Send + Sync + 'static {
 
     /// Fills an empty data directory with a copy of `upstream` (pg_basebackup / mariadb-backup)
     /// and records that this instance follows it.
-    fn clone_from(
+    fn clone_upstream(
         &self,
         upstream: &Endpoint,
         creds: &Credentials,
@@ -114,9 +114,17 @@ pub trait ServerEngine: Send + Sync + 'static {
         creds: &Credentials,
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
 
-    /// Reads a position as the engine reports it.
-    fn parse_position(&self, timeline: Option<u32>, text: &str) -> Result<Position, EngineError>;
+    /// Reads a position as this engine reports it (PostgreSQL needs the timeline).
+    fn parse_position(
+        &self,
+        text: &str,
+        timeline: Option<u32>,
+    ) -> Result<ReplicationPosition, EngineError> {
+        Ok(ReplicationPosition::parse(self.kind(), text, timeline)?)
+    }
 
     /// Orders two positions; `None` when they are not comparable (diverged GTID sets).
-    fn compare_positions(&self, a: &Position, b: &Position) -> Option<Ordering>;
+    fn compare_positions(&self, a: &ReplicationPosition, b: &ReplicationPosition) -> Option<Ordering> {
+        a.compare(b)
+    }
 }

@@ -8,7 +8,6 @@
 pub mod binaries;
 pub mod config;
 
-use std::cmp::Ordering;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +15,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use stator_api::instance::{Endpoint, InstanceConfig};
 use stator_api::parameters::effective_parameters;
+use stator_api::position::Lsn;
 use stator_api::{DatabaseSpec, Engine, Role};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
@@ -25,7 +25,6 @@ use crate::data_dir::{
     DataDirMarker, DataDirState, is_empty_dir, marker_mismatch, read_marker, write_marker,
 };
 use crate::error::EngineError;
-use crate::position::{Lsn, Position, compare_wal};
 use crate::process::{Invocation, ServerProcess, process_serves_data_dir};
 use crate::server_engine::{Observation, ServerEngine};
 use crate::server_user::ServerUser;
@@ -339,7 +338,7 @@ impl ServerEngine for Postgres {
         write_marker(&self.data_dir, &self.marker(None), &self.user)
     }
 
-    async fn clone_from(
+    async fn clone_upstream(
         &self,
         upstream: &Endpoint,
         creds: &Credentials,
@@ -618,6 +617,11 @@ impl ServerEngine for Postgres {
                     .map_err(|e| EngineError::sql("promoting", &e))?
                     .get(0);
                 if done {
+                    // pg_rewind reads the source's timeline from its control file, which only
+                    // shows the new timeline after a checkpoint.
+                    c.batch_execute("CHECKPOINT")
+                        .await
+                        .map_err(|e| EngineError::sql("checkpointing after promotion", &e))?;
                     Ok(true)
                 } else {
                     Err(EngineError::State(
@@ -659,29 +663,6 @@ impl ServerEngine for Postgres {
             &self.user,
         )?;
         self.write_config(creds)
-    }
-
-    fn parse_position(&self, timeline: Option<u32>, text: &str) -> Result<Position, EngineError> {
-        Ok(Position::Wal {
-            timeline,
-            lsn: text.parse()?,
-        })
-    }
-
-    fn compare_positions(&self, a: &Position, b: &Position) -> Option<Ordering> {
-        match (a, b) {
-            (
-                Position::Wal {
-                    timeline: ta,
-                    lsn: la,
-                },
-                Position::Wal {
-                    timeline: tb,
-                    lsn: lb,
-                },
-            ) => Some(compare_wal((*ta, *la), (*tb, *lb))),
-            _ => None,
-        }
     }
 }
 
