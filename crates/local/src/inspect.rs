@@ -35,7 +35,11 @@ pub fn uri(db: &Database, dir: &DatabaseDir, endpoint: Endpoint) -> Result<Strin
         Engine::Mysql | Engine::Mariadb => "mysql",
     };
     let host = &db.spec.local.listen_address;
-    let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
     Ok(format!(
         "{scheme}://{}:{}@{host}:{port}/{}",
         percent_encode(&db.spec.bootstrap.owner),
@@ -66,7 +70,12 @@ pub enum LogKind {
 }
 
 /// The log file of `instance` (`NAME-N`).
-pub fn log_path(dir: &DatabaseDir, db: &Database, instance: &str, kind: LogKind) -> Result<PathBuf, LocalError> {
+pub fn log_path(
+    dir: &DatabaseDir,
+    db: &Database,
+    instance: &str,
+    kind: LogKind,
+) -> Result<PathBuf, LocalError> {
     let ordinal = instance
         .strip_prefix(&format!("{}-", db.name()))
         .and_then(|n| n.parse::<u32>().ok())
@@ -97,7 +106,9 @@ pub fn copy_log(path: &Path, follow: bool, out: &mut dyn Write) -> Result<(), Lo
     let mut position = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = file.read(&mut buf).map_err(|e| LocalError::io(path, "cannot read", e))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| LocalError::io(path, "cannot read", e))?;
         if n > 0 {
             position += n as u64;
             if out.write_all(&buf[..n]).is_err() {
@@ -114,7 +125,8 @@ pub fn copy_log(path: &Path, follow: bool, out: &mut dyn Write) -> Result<(), Lo
         let length = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         if length < position {
             file = std::fs::File::open(path).map_err(|e| LocalError::io(path, "cannot open", e))?;
-            file.seek(SeekFrom::Start(0)).map_err(|e| LocalError::io(path, "cannot read", e))?;
+            file.seek(SeekFrom::Start(0))
+                .map_err(|e| LocalError::io(path, "cannot read", e))?;
             position = 0;
         }
     }
@@ -142,7 +154,10 @@ mod tests {
             root: tmp.path().to_path_buf(),
         }
         .database_of(&db);
-        assert!(matches!(uri(&db, &dir, Endpoint::Rw), Err(LocalError::NotFound(_))));
+        assert!(matches!(
+            uri(&db, &dir, Endpoint::Rw),
+            Err(LocalError::NotFound(_))
+        ));
         crate::secrets::ensure_secrets(&dir.secrets_dir()).unwrap();
         let password = read_secret(&dir.secrets_dir(), secret_keys::APP_PASSWORD).unwrap();
         assert_eq!(
@@ -158,8 +173,13 @@ mod tests {
         )
         .unwrap()
         .database;
-        let dir = crate::state::StateDir { root: "/nonexistent".into() }.database_of(&db);
-        let err = log_path(&dir, &db, "other-0", LogKind::Server).unwrap_err().to_string();
+        let dir = crate::state::StateDir {
+            root: "/nonexistent".into(),
+        }
+        .database_of(&db);
+        let err = log_path(&dir, &db, "other-0", LogKind::Server)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expected pg-N"), "{err}");
     }
 }

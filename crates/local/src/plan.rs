@@ -151,10 +151,7 @@ mod tests {
     #[test]
     fn the_primary_initialises_and_replicas_clone_from_it() {
         let db = db(PG3);
-        let dir = StateDir {
-            root: "/s".into(),
-        }
-        .database_of(&db);
+        let dir = StateDir { root: "/s".into() }.database_of(&db);
         let host = Host::default();
         let first = instance_config(&db, &dir, 0, "pg-0", &host);
         assert_eq!(first.bootstrap, Bootstrap::InitPrimary);
@@ -170,10 +167,15 @@ mod tests {
                 }
             }
         );
-        assert_eq!(second.data_dir, std::path::PathBuf::from("/s/default/pg/data-pg-2"));
+        assert_eq!(
+            second.data_dir,
+            std::path::PathBuf::from("/s/default/pg/data-pg-2")
+        );
         // After a promotion recorded elsewhere, NAME-0 clones from the new primary.
         let demoted = instance_config(&db, &dir, 0, "pg-1", &host);
-        assert!(matches!(demoted.bootstrap, Bootstrap::CloneFrom { upstream } if upstream.port == 20011));
+        assert!(
+            matches!(demoted.bootstrap, Bootstrap::CloneFrom { upstream } if upstream.port == 20011)
+        );
     }
 
     #[test]

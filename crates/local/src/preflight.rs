@@ -51,7 +51,8 @@ pub fn find_bin_dir(engine: Engine, version: &str) -> Result<PathBuf, LocalError
         for dir in std::env::split_paths(&path) {
             let candidate = dir.join(program);
             if is_executable(&candidate)
-                && (engine != Engine::Postgres || postgres_major(&candidate).as_deref() == Some(version))
+                && (engine != Engine::Postgres
+                    || postgres_major(&candidate).as_deref() == Some(version))
             {
                 return Ok(dir);
             }
@@ -202,6 +203,21 @@ pub fn check_data_dir(
             data_dir.display()
         )));
     }
+    // The instance manager's own marker names the database that made the directory.
+    let marker = fs::read(data_dir.join("stator.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    if let Some(owner) = marker
+        .as_ref()
+        .and_then(|m| m.get("database"))
+        .and_then(|d| d.as_str())
+        && Some(owner) != instance.rsplit_once('-').map(|(name, _)| name)
+    {
+        return Err(LocalError::DataDirForeign(format!(
+            "{}: {instance}'s data dir belongs to the database {owner:?}; move it away or delete it",
+            data_dir.display()
+        )));
+    }
     if let (Some(expected), Some(found)) = (system_id, system_identifier(data_dir))
         && expected != found
     {
@@ -219,7 +235,9 @@ mod tests {
 
     #[test]
     fn missing_binaries_say_how_to_install() {
-        let err = find_bin_dir(Engine::Postgres, "99").unwrap_err().to_string();
+        let err = find_bin_dir(Engine::Postgres, "99")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("PostgreSQL 99 binaries not found"), "{err}");
         assert!(err.contains("apt-get install postgresql-99"), "{err}");
     }

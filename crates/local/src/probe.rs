@@ -164,7 +164,9 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         assert!(parse_response(b"nonsense").is_err());
         assert!(parse_response(b"HTTP/1.1 abc\r\n\r\n").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").is_err());
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").is_err()
+        );
     }
 
     #[tokio::test]

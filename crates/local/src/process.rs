@@ -47,7 +47,13 @@ pub fn cmdline(pid: u32) -> Option<Vec<String>> {
 
 /// The pid in `path`, when the file holds one.
 pub fn read_pid_file(path: &Path) -> Option<u32> {
-    fs::read_to_string(path).ok()?.lines().next()?.trim().parse().ok()
+    fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 pub fn write_pid_file(path: &Path, pid: u32) -> Result<(), LocalError> {
@@ -79,6 +85,7 @@ pub fn spawn_detached(program: &Path, args: &[&str], log: &Path) -> Result<Child
     let mut command = Command::new(program);
     command
         .args(args)
+        .env("NO_COLOR", "1") // logs go to a file: no terminal colour codes
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
@@ -113,6 +120,14 @@ pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
     !is_alive(pid)
 }
 
+/// Ignores Ctrl-C (SIGINT) in this process from now on: `up --foreground` waits for its
+/// supervisor, which gets the Ctrl-C itself and stops the database.
+pub fn ignore_interrupts() {
+    // SAFETY: SIG_IGN installs no handler code.
+    let _ =
+        unsafe { nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn) };
+}
+
 /// The pid a PostgreSQL postmaster recorded in its data dir, when that process still runs.
 pub fn live_postmaster(data_dir: &Path) -> Option<u32> {
     let pid = read_pid_file(&data_dir.join("postmaster.pid"))?;
@@ -145,10 +160,7 @@ mod tests {
         write_pid_file(&file, std::process::id()).unwrap();
         let me = cmdline(std::process::id()).unwrap();
         let marker = me[0].rsplit('/').next().unwrap().to_string();
-        assert_eq!(
-            live_pid_from_file(&file, &marker),
-            Some(std::process::id())
-        );
+        assert_eq!(live_pid_from_file(&file, &marker), Some(std::process::id()));
         assert_eq!(live_pid_from_file(&file, "no-such-marker-here"), None);
     }
 
@@ -156,8 +168,7 @@ mod tests {
     fn detached_child_runs_in_its_own_session() {
         let tmp = tempfile::tempdir().unwrap();
         let log = tmp.path().join("log");
-        let mut child =
-            spawn_detached(Path::new("/bin/sh"), &["-c", "echo hello"], &log).unwrap();
+        let mut child = spawn_detached(Path::new("/bin/sh"), &["-c", "echo hello"], &log).unwrap();
         child.wait().unwrap();
         assert_eq!(fs::read_to_string(&log).unwrap(), "hello\n");
     }

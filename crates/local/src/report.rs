@@ -100,11 +100,13 @@ pub fn state_word(state: ServerState) -> &'static str {
 
 /// The table `stator status` prints.
 pub fn render_table(report: &SupervisorReport) -> String {
-    let mut rows = vec![[
-        "INSTANCE", "ROLE", "STATE", "PID", "PORT", "LSN", "LAG", "READY", "RESTARTS",
-    ]
-    .map(String::from)
-    .to_vec()];
+    let mut rows = vec![
+        [
+            "INSTANCE", "ROLE", "STATE", "PID", "PORT", "LSN", "LAG", "READY", "RESTARTS",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
     for i in &report.instances {
         let r = i.report.as_ref();
         let role = r

@@ -41,7 +41,12 @@ pub fn fetch_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorReport
     block_on(async move {
         probe::get_json::<SupervisorReport>(&address, port, "/status", Duration::from_secs(3)).await
     })?
-    .map_err(|e| LocalError::Failed(format!("the supervisor of {} does not answer: {e}", dir.key())))
+    .map_err(|e| {
+        LocalError::Failed(format!(
+            "the supervisor of {} does not answer: {e}",
+            dir.key()
+        ))
+    })
 }
 
 /// The database's state whether or not a supervisor runs. Without one, each instance manager
@@ -100,7 +105,11 @@ pub fn current_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorRepo
         database: dir.key(),
         engine: db.spec.engine.to_string(),
         version: db.version().to_string(),
-        phase: if alive == 0 { Phase::Stopped } else { Phase::Unavailable },
+        phase: if alive == 0 {
+            Phase::Stopped
+        } else {
+            Phase::Unavailable
+        },
         generation: applied.generation,
         observed_generation: applied.generation,
         supervisor_pid: None,

@@ -115,10 +115,13 @@ impl DatabaseDir {
         self.root.join("secrets")
     }
     pub fn data_dir(&self, ordinal: u32) -> PathBuf {
-        self.root.join(format!("data-{}", self.instance_name(ordinal)))
+        self.root
+            .join(format!("data-{}", self.instance_name(ordinal)))
     }
     pub fn instance_dir(&self, ordinal: u32) -> PathBuf {
-        self.root.join("instances").join(self.instance_name(ordinal))
+        self.root
+            .join("instances")
+            .join(self.instance_name(ordinal))
     }
     pub fn config_file(&self, ordinal: u32) -> PathBuf {
         self.instance_dir(ordinal).join("config.json")
@@ -179,7 +182,11 @@ impl DatabaseDir {
     }
 
     pub fn write_primary(&self, instance: &str) -> Result<(), LocalError> {
-        write_atomic(&self.primary_file(), format!("{instance}\n").as_bytes(), 0o644)
+        write_atomic(
+            &self.primary_file(),
+            format!("{instance}\n").as_bytes(),
+            0o644,
+        )
     }
 
     /// Ordinals that have an instance directory or a data directory, ascending.

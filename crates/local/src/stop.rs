@@ -49,7 +49,10 @@ fn stop_everything(dir: &DatabaseDir) -> Result<Stopped, LocalError> {
     for ordinal in dir.known_ordinals() {
         let marker = dir.config_file(ordinal).display().to_string();
         if let Some(pid) = process::live_pid_from_file(&dir.manager_pid_file(ordinal), &marker) {
-            stopped.orphans.push(format!("{}'s instance manager (pid {pid})", dir.instance_name(ordinal)));
+            stopped.orphans.push(format!(
+                "{}'s instance manager (pid {pid})",
+                dir.instance_name(ordinal)
+            ));
             managers.push((pid, dir.data_dir(ordinal)));
         }
     }
@@ -59,7 +62,10 @@ fn stop_everything(dir: &DatabaseDir) -> Result<Stopped, LocalError> {
         if let Some(pid) = process::live_postmaster(&data_dir)
             && process::cmdline(pid).is_some_and(|a| a.iter().any(|x| x.contains("postgres")))
         {
-            stopped.orphans.push(format!("{}'s server (pid {pid})", dir.instance_name(ordinal)));
+            stopped.orphans.push(format!(
+                "{}'s server (pid {pid})",
+                dir.instance_name(ordinal)
+            ));
             process::signal(pid, Signal::SIGINT); // fast shutdown
             if !process::wait_gone(pid, FAST_SHUTDOWN_TIMEOUT) {
                 process::signal(pid, Signal::SIGQUIT); // immediate shutdown
@@ -116,8 +122,8 @@ pub fn delete(dir: &DatabaseDir, purge: bool) -> Result<Deleted, LocalError> {
         }
         return Ok(deleted);
     }
-    let entries = std::fs::read_dir(&dir.root)
-        .map_err(|e| LocalError::io(&dir.root, "cannot read", e))?;
+    let entries =
+        std::fs::read_dir(&dir.root).map_err(|e| LocalError::io(&dir.root, "cannot read", e))?;
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();

@@ -27,8 +27,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::error::LocalError;
 use crate::plan::{Host, instance_config, ordinal_of};
 use crate::preflight;
-use crate::process;
 use crate::probe;
+use crate::process;
 use crate::proxy::{self, ProxyKind, Routes};
 use crate::report::{InstanceRow, Proxies, ProxyRoute, SupervisorReport, state_word};
 use crate::state::{AppliedSpec, DatabaseDir, Marker, create_dir, write_json};
@@ -157,7 +157,11 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         async move {
             TcpListener::bind((address.as_str(), port))
                 .await
-                .map_err(|e| LocalError::Failed(format!("cannot listen on {address}:{port} for {purpose}: {e}")))
+                .map_err(|e| {
+                    LocalError::Failed(format!(
+                        "cannot listen on {address}:{port} for {purpose}: {e}"
+                    ))
+                })
         }
     };
     let rw = bind(ports.rw(), "the rw proxy").await?;
@@ -384,12 +388,18 @@ impl Supervisor<'_> {
         let Some(pid) = slot.pid else { return };
         match slot.stopping {
             None => {
-                tracing::info!("{}: beyond spec.instances={desired}; stopping it", slot.name);
+                tracing::info!(
+                    "{}: beyond spec.instances={desired}; stopping it",
+                    slot.name
+                );
                 process::signal(pid, Signal::SIGTERM);
                 slot.stopping = Some(Instant::now());
             }
             Some(since) if since.elapsed() > FAST_SHUTDOWN_TIMEOUT => {
-                tracing::warn!("{}: not stopped after {FAST_SHUTDOWN_TIMEOUT:?}; stopping immediately", slot.name);
+                tracing::warn!(
+                    "{}: not stopped after {FAST_SHUTDOWN_TIMEOUT:?}; stopping immediately",
+                    slot.name
+                );
                 if let Some(server) = process::live_postmaster(&self.dir.data_dir(slot.ordinal)) {
                     process::signal(server, Signal::SIGQUIT);
                 }
@@ -423,7 +433,11 @@ impl Supervisor<'_> {
                     );
                     match started {
                         Ok(child) => {
-                            tracing::info!("{}: started its instance manager (pid {})", slot.name, child.id());
+                            tracing::info!(
+                                "{}: started its instance manager (pid {})",
+                                slot.name,
+                                child.id()
+                            );
                             slot.pid = Some(child.id());
                             slot.child = Some(child);
                         }
@@ -463,12 +477,15 @@ impl Supervisor<'_> {
         } else {
             replicas
         };
-        self.routes.set_ro(ro.iter().filter_map(|o| addr(*o)).collect());
+        self.routes
+            .set_ro(ro.iter().filter_map(|o| addr(*o)).collect());
     }
 
     /// Remembers the primary's system identifier, so data dirs of another database are refused.
     fn record_system_identifier(&mut self, primary: &str) {
-        let Some(ordinal) = ordinal_of(primary) else { return };
+        let Some(ordinal) = ordinal_of(primary) else {
+            return;
+        };
         if !self.slots.get(&ordinal).is_some_and(Slot::ready) {
             return;
         }
@@ -497,7 +514,12 @@ impl Supervisor<'_> {
             let state = if slot.stopping.is_some() {
                 "stopping".to_string()
             } else if slot.pid.is_none() {
-                if slot.restarts > 0 { "restarting" } else { "pending" }.to_string()
+                if slot.restarts > 0 {
+                    "restarting"
+                } else {
+                    "pending"
+                }
+                .to_string()
             } else {
                 match &slot.report {
                     Some(r) => state_word(r.state).to_string(),
@@ -519,7 +541,10 @@ impl Supervisor<'_> {
         let primary_ordinal = ordinal_of(primary).unwrap_or(0);
         let primary_ready = self.slots.get(&primary_ordinal).is_some_and(Slot::ready);
         let all_ready = (0..desired).all(|o| self.slots.get(&o).is_some_and(Slot::ready));
-        let excess_running = self.slots.values().any(|s| s.ordinal >= desired && s.pid.is_some());
+        let excess_running = self
+            .slots
+            .values()
+            .any(|s| s.ordinal >= desired && s.pid.is_some());
         if primary_ready {
             self.ever_ready = true;
         }
@@ -540,7 +565,11 @@ impl Supervisor<'_> {
         let fallback = ready_replicas.is_empty();
         let failed: Vec<String> = rows
             .iter()
-            .filter(|r| r.report.as_ref().is_some_and(|x| x.state == stator_api::instance::ServerState::Failed))
+            .filter(|r| {
+                r.report
+                    .as_ref()
+                    .is_some_and(|x| x.state == stator_api::instance::ServerState::Failed)
+            })
             .map(|r| r.name.clone())
             .collect();
         let report = SupervisorReport {
@@ -562,12 +591,20 @@ impl Supervisor<'_> {
                 },
                 ro: ProxyRoute {
                     port: ports.ro(),
-                    targets: if fallback { vec![primary.to_string()] } else { ready_replicas },
+                    targets: if fallback {
+                        vec![primary.to_string()]
+                    } else {
+                        ready_replicas
+                    },
                     fallback_to_primary: fallback,
                 },
             },
             message: (!failed.is_empty()).then(|| {
-                format!("{} failed; see `stator logs -f FILE {}`", failed.join(", "), failed[0])
+                format!(
+                    "{} failed; see `stator logs -f FILE {}`",
+                    failed.join(", "),
+                    failed[0]
+                )
             }),
         };
         self.write_snapshot(&report);
@@ -594,7 +631,9 @@ impl Supervisor<'_> {
             .values()
             .filter_map(|s| s.pid.map(|pid| (pid, self.dir.data_dir(s.ordinal))))
             .collect();
-        let _ = tokio::task::spawn_blocking(move || stop_instances(&targets, FAST_SHUTDOWN_TIMEOUT)).await;
+        let _ =
+            tokio::task::spawn_blocking(move || stop_instances(&targets, FAST_SHUTDOWN_TIMEOUT))
+                .await;
         for slot in self.slots.values_mut() {
             if let Some(mut child) = slot.child.take() {
                 let _ = child.try_wait();
@@ -633,7 +672,9 @@ pub fn stop_instances(targets: &[(u32, PathBuf)], timeout: Duration) {
     }
     for (pid, data_dir) in targets {
         if process::is_alive(*pid) {
-            tracing::warn!("instance manager {pid} did not stop in {timeout:?}; stopping its server immediately");
+            tracing::warn!(
+                "instance manager {pid} did not stop in {timeout:?}; stopping its server immediately"
+            );
             if let Some(server) = process::live_postmaster(data_dir) {
                 process::signal(server, Signal::SIGQUIT);
                 process::wait_gone(server, Duration::from_secs(10));
@@ -658,7 +699,8 @@ fn start_manager(
     create_dir(&config.run_dir, 0o700)?;
     let server_log = &config.log_file;
     if !server_log.exists() {
-        std::fs::File::create(server_log).map_err(|e| LocalError::io(server_log, "cannot create", e))?;
+        std::fs::File::create(server_log)
+            .map_err(|e| LocalError::io(server_log, "cannot create", e))?;
     }
     if let Some(user) = &host.server_user
         && let Ok(Some(user)) = nix::unistd::User::from_name(user)

@@ -95,7 +95,10 @@ pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
     tracing::debug!("{} binaries in {}", db.spec.engine, bin_dir.display());
 
     // Everything checked: write the state dir.
-    for ancestor in [&options.state.root, &options.state.root.join(&dir.namespace)] {
+    for ancestor in [
+        &options.state.root,
+        &options.state.root.join(&dir.namespace),
+    ] {
         if !ancestor.exists() {
             create_dir(ancestor, 0o755)?;
         }
@@ -133,7 +136,9 @@ pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
     }
     let mut foreground = None;
     match supervisor {
-        Some(pid) => progress.line(&format!("supervisor already running (pid {pid}); applying spec generation {generation}")),
+        Some(pid) => progress.line(&format!(
+            "supervisor already running (pid {pid}); applying spec generation {generation}"
+        )),
         None => {
             let child = start_supervisor(&options.state, &dir, &options.exe, options.foreground)?;
             progress.line(&format!("started the supervisor (pid {})", child.id()));
@@ -142,7 +147,14 @@ pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
             }
         }
     }
-    let report = wait_settled(db, &dir, generation, options.timeout, &progress, &mut foreground)?;
+    let report = wait_settled(
+        db,
+        &dir,
+        generation,
+        options.timeout,
+        &progress,
+        &mut foreground,
+    )?;
     progress.finish();
     Ok(UpOutcome { report, foreground })
 }
@@ -218,7 +230,11 @@ fn wait_settled(
             return Err(LocalError::Failed(format!(
                 "{} is not ready after {timeout:?}{}; it keeps trying in the background: see `stator status` and `stator logs`",
                 dir.key(),
-                if last_error.is_empty() { String::new() } else { format!(" ({last_error})") }
+                if last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({last_error})")
+                }
             )));
         }
         let exited = match foreground {
@@ -227,11 +243,21 @@ fn wait_settled(
         };
         match fetch_report(dir, db) {
             Ok(report) => {
+                last_error.clear();
                 for row in &report.instances {
                     let text = describe(row, &report.primary);
                     if seen.get(&row.name) != Some(&text) {
                         progress.line(&format!("{}: {text}", row.name));
                         seen.insert(row.name.clone(), text);
+                    }
+                    if row.manager_restarts >= 3 && row.report.is_none() && !row.excess {
+                        return Err(LocalError::Failed(format!(
+                            "{}'s instance manager keeps exiting ({} restarts); the supervisor keeps retrying. The end of {}:\n{}",
+                            row.name,
+                            row.manager_restarts,
+                            dir.manager_log(row.ordinal).display(),
+                            tail(&dir.manager_log(row.ordinal), 15)
+                        )));
                     }
                     if let Some(r) = &row.report
                         && r.state == ServerState::Failed
@@ -239,7 +265,9 @@ fn wait_settled(
                         return Err(LocalError::Failed(format!(
                             "{} failed: {}; see `stator logs -f FILE {}`",
                             row.name,
-                            r.message.clone().unwrap_or_else(|| "no reason given".into()),
+                            r.message
+                                .clone()
+                                .unwrap_or_else(|| "no reason given".into()),
                             row.name
                         )));
                     }
@@ -251,7 +279,9 @@ fn wait_settled(
             }
             Err(e) => {
                 last_error = e.to_string();
-                if running_supervisor(dir).is_none() && (exited || started.elapsed() > Duration::from_secs(3)) {
+                if running_supervisor(dir).is_none()
+                    && (exited || started.elapsed() > Duration::from_secs(3))
+                {
                     return Err(LocalError::Failed(format!(
                         "the supervisor of {} exited; the end of {}:\n{}",
                         dir.key(),
@@ -350,11 +380,17 @@ pub fn connection_help(db: &Database, file: &str) -> String {
     let database = &db.spec.bootstrap.database;
     let (tool, uri_tool) = match db.spec.engine {
         stator_api::Engine::Postgres => (
-            format!("psql \"host={host} port={} user={user} dbname={database}\"", ports.rw()),
+            format!(
+                "psql \"host={host} port={} user={user} dbname={database}\"",
+                ports.rw()
+            ),
             format!("psql \"$(stator uri -f {file})\""),
         ),
         _ => (
-            format!("mariadb -h {host} -P {} -u {user} -p {database}", ports.rw()),
+            format!(
+                "mariadb -h {host} -P {} -u {user} -p {database}",
+                ports.rw()
+            ),
             format!("stator uri -f {file}"),
         ),
     };

@@ -1,15 +1,342 @@
-//! The local runtime's commands: `up`, `status`, `uri`, `logs`, `down`, `delete` (being built).
+//! The local runtime's commands: `up`, `status`, `uri`, `logs`, `down`, `delete`, the hidden
+//! `supervise` that `up` starts in the background, and `bench local`. Arguments and output only;
+//! the work is in `stator_local`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use stator_local::inspect::{Endpoint, LogKind};
+use stator_local::{LocalError, StateDir};
 
 use crate::error::{CliError, CliResult};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum LocalCommand {
-    /// Create or resume a database on this machine (not built yet).
-    Up {},
+    Up(UpArgs),
+    Status(StatusArgs),
+    Uri(UriArgs),
+    Logs(LogsArgs),
+    Down(DownArgs),
+    Delete(DeleteArgs),
+    #[command(hide = true)]
+    Supervise(SuperviseArgs),
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
-pub fn run(_command: LocalCommand) -> CliResult {
-    Err(CliError::Failed(
-        "the local runtime is not built yet".into(),
-    ))
+/// Where local databases keep their state.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StateDirArg {
+    /// State directory (default: /var/lib/stator as root, else $XDG_STATE_HOME/stator or
+    /// ~/.local/state/stator). One subdirectory per database: NAMESPACE/NAME.
+    #[arg(long, env = "STATOR_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl StateDirArg {
+    fn resolve(&self) -> StateDir {
+        StateDir::resolve(self.state_dir.clone())
+    }
+}
+
+/// Create or resume a database on this machine and wait until it is ready.
+///
+/// Runs the instances in ordinal order (NAME-1 starts once NAME-0 is ready), then prints a
+/// status table and how to connect. A supervisor keeps running in the background; run `up`
+/// again with a changed file to apply it (more instances add replicas, fewer stop the highest
+/// ordinals and keep their data dirs).
+///
+/// Example: stator up -f examples/postgres-3.yaml
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// The Database spec file (`-` for stdin).
+    /// The Database spec file (`-` for stdin).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub state: StateDirArg,
+    /// Stay attached: the supervisor runs in this terminal; Ctrl-C stops the database.
+    #[arg(long)]
+    pub foreground: bool,
+    /// How long to wait for the database to become ready, in seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+/// Output format for machines.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Show the instances (role, state, pid, port, LSN, lag, ready) and where the proxies point.
+///
+/// Example: stator status -f examples/postgres-3.yaml -o json
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// The Database spec file (`-` for stdin).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub state: StateDirArg,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UriEndpoint {
+    /// The primary, through the rw proxy.
+    Rw,
+    /// The ready replicas, through the ro proxy.
+    Ro,
+}
+
+/// Print a connection URI for the application user, WITH ITS PASSWORD.
+///
+/// This is the one command that shows a secret: do not paste its output where others can see
+/// it. Example: psql "$(stator uri -f db.yaml ro)"
+#[derive(clap::Args, Debug)]
+pub struct UriArgs {
+    /// The Database spec file (`-` for stdin).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub state: StateDirArg,
+    /// Which proxy the URI points at.
+    #[arg(value_enum, default_value_t = UriEndpoint::Rw)]
+    pub endpoint: UriEndpoint,
+}
+
+/// Print an instance's server log (with --manager: its instance manager's log).
+///
+/// Example: stator logs -f db.yaml pg-1 --follow
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    /// The Database spec file (`-` for stdin).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub state: StateDirArg,
+    /// The instance, NAME-N.
+    pub instance: String,
+    /// Keep printing what is appended.
+    #[arg(long)]
+    pub follow: bool,
+    /// The instance manager's log instead of the server's.
+    #[arg(long)]
+    pub manager: bool,
+}
+
+/// Stop every instance cleanly (fast shutdown, immediate after a timeout), keeping all data.
+///
+/// `stator up` afterwards brings back the same data and the same primary.
+#[derive(clap::Args, Debug)]
+pub struct DownArgs {
+    /// The Database spec file (`-` for stdin).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub state: StateDirArg,
+}
+
+/// Stop and remove a database. Its data dirs (and the credentials they need) are kept unless
+/// --purge is given.
+#[derive(clap::Args, Debug)]
+pub struct DeleteArgs {
+    /// The Database spec file (`-` for stdin).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub state: StateDirArg,
+    /// Also remove the data dirs and credentials: the data is gone for good.
+    #[arg(long)]
+    pub purge: bool,
+}
+
+/// The supervisor of one database (started by `stator up`).
+#[derive(clap::Args, Debug)]
+pub struct SuperviseArgs {
+    #[command(flatten)]
+    pub state: StateDirArg,
+    /// NAMESPACE/NAME.
+    #[arg(long)]
+    pub database: String,
+}
+
+/// Benchmarks that print ratios against a peer run side by side (not tests).
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// The local runtime vs the same steps by hand, and its proxy vs direct and vs HAProxy.
+    Local(stator_local::bench::BenchArgs),
+}
+
+pub fn run(command: LocalCommand) -> CliResult {
+    match command {
+        LocalCommand::Up(args) => up(args),
+        LocalCommand::Status(args) => status(args),
+        LocalCommand::Uri(args) => uri(args),
+        LocalCommand::Logs(args) => logs(args),
+        LocalCommand::Down(args) => down(args),
+        LocalCommand::Delete(args) => delete(args),
+        LocalCommand::Supervise(args) => supervise(args),
+        LocalCommand::Bench(BenchCommand::Local(args)) => {
+            stator_local::bench::run(&args, &current_exe()?).map_err(failed)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn failed(e: LocalError) -> CliError {
+    if e.is_invalid() {
+        CliError::Invalid(e.to_string())
+    } else {
+        CliError::Failed(e.to_string())
+    }
+}
+
+fn current_exe() -> Result<PathBuf, CliError> {
+    std::env::current_exe()
+        .map_err(|e| CliError::Failed(format!("cannot find the stator binary itself: {e}")))
+}
+
+fn up(args: UpArgs) -> CliResult {
+    let loaded = crate::spec_file::load(&args.file)?;
+    let db = loaded.database;
+    let options = stator_local::up::UpOptions {
+        state: args.state.resolve(),
+        foreground: args.foreground,
+        exe: current_exe()?,
+        timeout: Duration::from_secs(args.timeout),
+    };
+    let outcome = stator_local::up::up(&db, &options).map_err(failed)?;
+    let file = args.file.display().to_string();
+    println!("{}", stator_local::report::render_table(&outcome.report));
+    println!("{}", stator_local::up::connection_help(&db, &file));
+    if let Some(mut child) = outcome.foreground {
+        let _ = std::io::stdout().flush();
+        eprintln!("running in the foreground; Ctrl-C stops the database (its data is kept)");
+        // The supervisor shares our terminal and gets Ctrl-C itself; we wait for it to finish.
+        stator_local::process::ignore_interrupts();
+        let status = child
+            .wait()
+            .map_err(|e| CliError::Failed(format!("cannot wait for the supervisor: {e}")))?;
+        if !status.success() {
+            return Err(CliError::Failed(format!(
+                "the supervisor exited with {status}"
+            )));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(args: StatusArgs) -> CliResult {
+    let db = crate::spec_file::load(&args.file)?.database;
+    let dir = args.state.resolve().database_of(&db);
+    let report = stator_local::runtime::current_report(&dir, &db).map_err(failed)?;
+    match args.output {
+        Output::Table => print!("{}", stator_local::report::render_table(&report)),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report)
+                .map_err(|e| CliError::Failed(format!("cannot encode the status: {e}")))?
+        ),
+        Output::Yaml => print!(
+            "{}",
+            serde_norway::to_string(&report)
+                .map_err(|e| CliError::Failed(format!("cannot encode the status: {e}")))?
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn uri(args: UriArgs) -> CliResult {
+    let db = crate::spec_file::load(&args.file)?.database;
+    let dir = args.state.resolve().database_of(&db);
+    let endpoint = match args.endpoint {
+        UriEndpoint::Rw => Endpoint::Rw,
+        UriEndpoint::Ro => Endpoint::Ro,
+    };
+    println!(
+        "{}",
+        stator_local::inspect::uri(&db, &dir, endpoint).map_err(failed)?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn logs(args: LogsArgs) -> CliResult {
+    let db = crate::spec_file::load(&args.file)?.database;
+    let dir = args.state.resolve().database_of(&db);
+    let kind = if args.manager {
+        LogKind::Manager
+    } else {
+        LogKind::Server
+    };
+    let path = stator_local::inspect::log_path(&dir, &db, &args.instance, kind).map_err(failed)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    stator_local::inspect::copy_log(&path, args.follow, &mut out).map_err(failed)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn down(args: DownArgs) -> CliResult {
+    let db = crate::spec_file::load(&args.file)?.database;
+    let dir = args.state.resolve().database_of(&db);
+    eprintln!("stopping {} (fast shutdown)…", dir.key());
+    let stopped = stator_local::stop::down(&dir).map_err(failed)?;
+    for orphan in &stopped.orphans {
+        eprintln!("stopped {orphan}, which ran without a supervisor");
+    }
+    println!(
+        "{} stopped; all data kept in {} (`stator up -f {}` starts it again)",
+        dir.key(),
+        dir.root.display(),
+        args.file.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn delete(args: DeleteArgs) -> CliResult {
+    let db = crate::spec_file::load(&args.file)?.database;
+    let dir = args.state.resolve().database_of(&db);
+    let deleted = stator_local::stop::delete(&dir, args.purge).map_err(failed)?;
+    if args.purge {
+        println!(
+            "{} deleted with its data ({} removed)",
+            dir.key(),
+            dir.root.display()
+        );
+    } else {
+        let kept: Vec<String> = deleted
+            .kept
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        println!(
+            "{} deleted; kept its data dirs ({}) and credentials in {} — `stator up` reuses them, `stator delete --purge` removes them",
+            dir.key(),
+            if kept.is_empty() {
+                "none".into()
+            } else {
+                kept.join(", ")
+            },
+            dir.root.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn supervise(args: SuperviseArgs) -> CliResult {
+    let Some((namespace, name)) = args.database.split_once('/') else {
+        return Err(CliError::Invalid(format!(
+            "--database {:?}: expected NAMESPACE/NAME",
+            args.database
+        )));
+    };
+    let dir = args.state.resolve().database(namespace, name);
+    stator_local::supervisor::run(dir, current_exe()?).map_err(failed)?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,164 @@
+//! The lifecycle of a local database with real PostgreSQL 15: down/up keeps rows, roles and the
+//! primary; scaling adds replicas and stops the highest ordinals; delete with and without purge.
+
+mod local_support;
+
+use std::time::Duration;
+
+use local_support::Cluster;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+#[test]
+fn down_then_up_gives_back_the_same_rows_roles_and_primary() {
+    let cluster = Cluster::new("du", 2);
+    cluster.up();
+    cluster
+        .psql(
+            cluster.rw(),
+            "CREATE TABLE kept (id int); INSERT INTO kept SELECT generate_series(1, 1234)",
+        )
+        .unwrap();
+    cluster
+        .psql(cluster.rw(), "CREATE ROLE reader LOGIN")
+        .unwrap();
+    let password = cluster.password();
+    let out = cluster.ok(&["down"]);
+    assert!(out.contains("stopped"), "{out}");
+    assert!(
+        cluster.own_processes().is_empty(),
+        "processes left after down: {:?}",
+        cluster.own_processes()
+    );
+    assert_eq!(cluster.status()["phase"], "Stopped");
+    assert!(cluster.psql(cluster.rw(), "SELECT 1").is_err());
+
+    cluster.up();
+    let status = cluster.status();
+    assert_eq!(status["primary"], "du-0");
+    assert_eq!(cluster.row("du-0")["report"]["role"], "primary");
+    assert_eq!(cluster.row("du-1")["report"]["role"], "replica");
+    assert_eq!(
+        cluster.password(),
+        password,
+        "credentials are generated once"
+    );
+    assert_eq!(
+        cluster
+            .psql(cluster.rw(), "SELECT count(*) FROM kept")
+            .unwrap(),
+        "1234"
+    );
+    assert_eq!(
+        cluster
+            .psql(
+                cluster.rw(),
+                "SELECT count(*) FROM pg_roles WHERE rolname = 'reader'"
+            )
+            .unwrap(),
+        "1"
+    );
+    cluster.eventually("replica has the rows", WAIT, || {
+        (cluster
+            .psql(cluster.ro(), "SELECT count(*) FROM kept")
+            .ok()?
+            == "1234")
+            .then_some(())
+    });
+}
+
+#[test]
+fn scaling_three_to_five_to_two_adds_clones_and_stops_the_highest_ordinals_keeping_their_data() {
+    let cluster = Cluster::new("sc", 3);
+    cluster.up();
+    cluster
+        .psql(
+            cluster.rw(),
+            "CREATE TABLE s (id int); INSERT INTO s SELECT generate_series(1, 300)",
+        )
+        .unwrap();
+
+    cluster.write_spec(5, "");
+    cluster.up();
+    let rows = cluster.instances();
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r["report"]["ready"] == true));
+    for ordinal in [3, 4] {
+        assert_eq!(rows[ordinal]["report"]["role"], "replica");
+        cluster.eventually("new replica has the rows", WAIT, || {
+            (cluster
+                .psql(
+                    cluster.server_port(ordinal as u32),
+                    "SELECT count(*) FROM s",
+                )
+                .ok()?
+                == "300")
+                .then_some(())
+        });
+    }
+
+    cluster.write_spec(2, "");
+    cluster.up();
+    let status = cluster.status();
+    let names: Vec<&str> = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["sc-0", "sc-1"]);
+    assert_eq!(
+        status["proxies"]["ro"]["targets"],
+        serde_json::json!(["sc-1"])
+    );
+    for ordinal in [2, 3, 4] {
+        assert!(
+            cluster.postmasters(ordinal).is_empty(),
+            "sc-{ordinal} still runs"
+        );
+        assert!(
+            cluster
+                .db_dir()
+                .join(format!("data-sc-{ordinal}"))
+                .join("PG_VERSION")
+                .exists(),
+            "data-sc-{ordinal} kept"
+        );
+    }
+    assert_eq!(
+        cluster
+            .psql(cluster.rw(), "SELECT count(*) FROM s")
+            .unwrap(),
+        "300"
+    );
+}
+
+#[test]
+fn delete_keeps_data_dirs_for_the_next_up_and_purge_removes_everything() {
+    let cluster = Cluster::new("dl", 1);
+    cluster.up();
+    cluster
+        .psql(
+            cluster.rw(),
+            "CREATE TABLE d (id int); INSERT INTO d VALUES (7)",
+        )
+        .unwrap();
+    let out = cluster.ok(&["delete"]);
+    assert!(out.contains("data-dl-0"), "{out}");
+    assert!(cluster.own_processes().is_empty());
+    assert!(cluster.db_dir().join("data-dl-0/PG_VERSION").exists());
+    let missing = cluster.stator(&["status"]);
+    assert_eq!(
+        missing.status.code(),
+        Some(2),
+        "status of a deleted database"
+    );
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
+
+    cluster.up();
+    assert_eq!(cluster.psql(cluster.rw(), "SELECT id FROM d").unwrap(), "7");
+
+    cluster.ok(&["delete", "--purge"]);
+    assert!(!cluster.db_dir().exists());
+    assert!(cluster.own_processes().is_empty());
+}

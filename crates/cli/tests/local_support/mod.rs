@@ -1,0 +1,305 @@
+//! Shared by the `local_*` integration tests: a database in a temporary state dir on a free port
+//! range, driven through the real `stator` binary, with real PostgreSQL 15 servers. Dropping a
+//! [`Cluster`] runs `stator delete --purge` and kills anything left that mentions its state dir.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+pub const STATOR: &str = env!("CARGO_BIN_EXE_stator");
+
+static NEXT_BASE: AtomicU16 = AtomicU16::new(0);
+
+/// A base port whose 50 ports are all free now (ranges are handed out once per process, and
+/// start at a pid-dependent place so parallel test binaries rarely meet).
+pub fn free_port_base() -> u16 {
+    let start = 20000 + (std::process::id() % 400) as u16 * 100;
+    loop {
+        let offset = NEXT_BASE.fetch_add(50, Ordering::SeqCst);
+        let base = 20000 + (start - 20000 + offset) % 40000;
+        if (base..base + 50).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+    pub base: u16,
+    pub spec: PathBuf,
+}
+
+impl Cluster {
+    /// A database `name` with `instances` instances, not started yet.
+    pub fn new(name: &str, instances: u32) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("stl")
+            .tempdir()
+            .expect("temp dir");
+        // The servers run as `postgres` and must be able to enter the state dir.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cluster = Cluster {
+            spec: dir.path().join(format!("{name}.yaml")),
+            dir,
+            name: name.to_string(),
+            base: free_port_base(),
+        };
+        cluster.write_spec(instances, "");
+        cluster
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn db_dir(&self) -> PathBuf {
+        self.state_dir().join("default").join(&self.name)
+    }
+
+    /// Writes the spec with `instances` and `extra` lines under `spec:`.
+    pub fn write_spec(&self, instances: u32, extra: &str) {
+        let text = format!(
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: {}\nspec:\n  engine: postgres\n  instances: {instances}\n  local:\n    portBase: {}\n{extra}",
+            self.name, self.base
+        );
+        std::fs::write(&self.spec, text).unwrap();
+    }
+
+    /// Runs `stator ARGS -f SPEC --state-dir STATE`.
+    pub fn stator(&self, args: &[&str]) -> Output {
+        Command::new(STATOR)
+            .args(args)
+            .arg("-f")
+            .arg(&self.spec)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .output()
+            .expect("run stator")
+    }
+
+    /// `stator ARGS`, which must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.stator(args);
+        assert!(
+            out.status.success(),
+            "stator {args:?} failed ({}):\n{}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.logs_for_failure()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn up(&self) -> String {
+        self.ok(&["up"])
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["status", "-o", "json"])).expect("status JSON")
+    }
+
+    /// The instances' rows in `stator status -o json`.
+    pub fn instances(&self) -> Vec<serde_json::Value> {
+        self.status()["instances"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn row(&self, instance: &str) -> serde_json::Value {
+        self.instances()
+            .into_iter()
+            .find(|r| r["name"] == instance)
+            .unwrap_or_else(|| panic!("{instance} not in status"))
+    }
+
+    /// The application password, from `stator uri`.
+    pub fn password(&self) -> String {
+        let uri = self.ok(&["uri"]);
+        let after_user = uri.split_once("://").unwrap().1;
+        let credentials = after_user.rsplit_once('@').unwrap().0;
+        credentials.split_once(':').unwrap().1.to_string()
+    }
+
+    pub fn rw(&self) -> u16 {
+        self.base
+    }
+    pub fn ro(&self) -> u16 {
+        self.base + 1
+    }
+    pub fn server_port(&self, ordinal: u32) -> u16 {
+        self.base + 10 + ordinal as u16
+    }
+
+    /// Runs SQL through `psql` on `port` as the application user; the password goes through
+    /// the environment, never the command line.
+    pub fn psql(&self, port: u16, sql: &str) -> Result<String, String> {
+        let out = Command::new("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .arg("-p")
+            .arg(port.to_string())
+            .args(["-U", "app", "-d", "app", "-c", sql])
+            .env("PGPASSWORD", self.password())
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Retries `check` until it returns Some or `timeout` passes.
+    pub fn eventually<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let started = Instant::now();
+        loop {
+            if let Some(v) = check() {
+                return v;
+            }
+            if started.elapsed() > timeout {
+                panic!(
+                    "{what}: not reached within {timeout:?}\n{}",
+                    self.logs_for_failure()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn logs_for_failure(&self) -> String {
+        let mut out = String::new();
+        for file in walk(&self.db_dir()) {
+            let name = file.display().to_string();
+            if name.ends_with(".log") {
+                let text = std::fs::read_to_string(&file).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                out.push_str(&format!(
+                    "--- {name}\n{}\n",
+                    lines[lines.len().saturating_sub(20)..].join("\n")
+                ));
+            }
+        }
+        out
+    }
+
+    /// Pids of processes whose command line or working directory is inside this state dir.
+    pub fn own_processes(&self) -> Vec<u32> {
+        let root = self.dir.path().display().to_string();
+        all_pids()
+            .into_iter()
+            .filter(|pid| *pid != std::process::id())
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+                String::from_utf8_lossy(&cmdline).contains(&root) || cwd.starts_with(&root)
+            })
+            .collect()
+    }
+
+    /// Postmasters serving `data-NAME-N`: processes working in that directory whose parent
+    /// does not.
+    pub fn postmasters(&self, ordinal: u32) -> Vec<u32> {
+        let data_dir = self.db_dir().join(format!("data-{}-{ordinal}", self.name));
+        let in_dir =
+            |pid: u32| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == data_dir);
+        all_pids()
+            .into_iter()
+            .filter(|pid| in_dir(*pid) && !parent(*pid).is_some_and(in_dir))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(STATOR)
+            .args(["delete", "--purge", "-f"])
+            .arg(&self.spec)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .output();
+        for pid in self.own_processes() {
+            unsafe_kill(pid);
+        }
+    }
+}
+
+pub fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+pub fn kill9(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -9 {pid}");
+}
+
+fn unsafe_kill(pid: u32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
+
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("data-"))
+            {
+                stack.push(p);
+            } else if p.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Every distinct pid seen.
+pub fn pid_set(values: &[serde_json::Value], field: &str) -> BTreeSet<u64> {
+    values.iter().filter_map(|v| v[field].as_u64()).collect()
+}
