@@ -1,1 +1,162 @@
-//! stator-instance (skeleton; see DESIGN.md).
+//! The instance manager (`stator instance`): runs next to one database server — locally under
+//! the supervisor of `stator up`, and as the entrypoint of every pod. From an
+//! [`InstanceConfig`] it initializes or clones the data directory, writes the configuration,
+//! starts (or adopts) and supervises the server, and serves its HTTP endpoints.
+//!
+//! It must not decide anything about the cluster: promotion and demotion happen only when asked
+//! over HTTP (with the token), by the `control` decisions a runtime carries out. It never starts
+//! a second server on a data directory that already has one, and never logs a secret.
+//!
+//! # Layout
+//! - [`supervisor`]: the life of the server: bootstrap, start or adopt, restart, promote, demote.
+//! - [`status`]: the shared facts and the `/status` report, readiness.
+//! - [`http`]: the endpoints.
+//! - [`metrics`]: `/metrics` in the Prometheus text format.
+//! - [`api_token`]: the bearer token of the mutating endpoints.
+//! - [`error`]: [`InstanceError`].
+
+pub mod api_token;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod status;
+pub mod supervisor;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use stator_api::Engine;
+use stator_api::instance::InstanceConfig;
+use stator_api::names::secret_keys;
+use stator_engine::credentials::read_secret;
+use stator_engine::{Credentials, Postgres};
+use tokio::sync::mpsc;
+
+pub use error::InstanceError;
+
+use crate::http::Endpoints;
+use crate::status::InstanceStatus;
+use crate::supervisor::{Command, Supervisor};
+
+/// How long a fast shutdown may take before an immediate one.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Checks what can be checked before anything is touched.
+fn check_config(config: &InstanceConfig) -> Result<(), InstanceError> {
+    let report = stator_api::validate(&config.database);
+    if let Some(first) = report.errors.first() {
+        return Err(InstanceError::Config {
+            field: format!("database.{}", first.path),
+            message: first.message.clone(),
+        });
+    }
+    if config.port == config.http_port {
+        return Err(InstanceError::Config {
+            field: "httpPort".into(),
+            message: format!("is the server's port {}; give it another", config.port),
+        });
+    }
+    if config.database.spec.engine != Engine::Postgres {
+        return Err(InstanceError::Config {
+            field: "database.spec.engine".into(),
+            message: format!(
+                "is {}; this instance manager runs postgres only so far",
+                config.database.spec.engine
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Runs the instance manager until SIGTERM or SIGINT (Ok, server stopped cleanly) or until the
+/// server cannot run (Err, naming why).
+pub async fn run(config: InstanceConfig) -> Result<(), InstanceError> {
+    check_config(&config)?;
+    let name = config.database.instance_name(config.ordinal);
+    let engine_error = |source| InstanceError::Engine {
+        instance: name.clone(),
+        source,
+    };
+    let engine = Arc::new(Postgres::new(&config).map_err(engine_error)?);
+    let creds = Credentials::read(&config.secrets_dir).map_err(engine_error)?;
+    read_secret(&config.secrets_dir, secret_keys::API_TOKEN).map_err(engine_error)?;
+
+    let address = format!("{}:{}", config.listen_address, config.http_port);
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .map_err(|source| InstanceError::Listen {
+            instance: name.clone(),
+            address: address.clone(),
+            source,
+        })?;
+    tracing::info!(instance = %name, address = %address, "instance manager listening");
+
+    let status = Arc::new(InstanceStatus::new(name.clone()));
+    let (commands_tx, commands_rx) = mpsc::channel(8);
+
+    let observer = tokio::spawn(supervisor::observe_forever(
+        engine.clone(),
+        creds.clone(),
+        status.clone(),
+        Duration::from_secs(1),
+    ));
+
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = http::router(Endpoints {
+        status: status.clone(),
+        commands: commands_tx.clone(),
+        secrets_dir: config.secrets_dir.clone(),
+    });
+    let http = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop_rx.await;
+            })
+            .await;
+    });
+
+    let signals = tokio::spawn(forward_signals(commands_tx));
+
+    let result = Supervisor {
+        engine,
+        creds,
+        bootstrap: config.bootstrap.clone(),
+        status,
+        commands: commands_rx,
+        stop_timeout: STOP_TIMEOUT,
+    }
+    .run()
+    .await;
+
+    signals.abort();
+    observer.abort();
+    let _ = http_stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    match &result {
+        Ok(()) => tracing::info!(instance = %name, "instance manager stopped"),
+        Err(e) => tracing::error!(error = %e, "instance manager failed"),
+    }
+    result
+}
+
+/// Turns SIGTERM and SIGINT into a shutdown request.
+async fn forward_signals(commands: mpsc::Sender<Command>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping the server"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping the server"),
+    }
+    let _ = commands.send(Command::Shutdown).await;
+}
+
+/// True when this process runs as root (and so must run the server as another user).
+pub fn running_as_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}

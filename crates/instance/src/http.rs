@@ -1,0 +1,143 @@
+//! The HTTP endpoints: `/healthz`, `/readyz`, `/status`, `/metrics` for anyone who can reach the
+//! port, `/promote` and `/demote` only with the bearer token.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use stator_api::instance::{DemoteRequest, ServerState};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api_token::{Refusal, authorize};
+use crate::metrics::{MetricFacts, render_metrics};
+use crate::status::{InstanceStatus, unready_reason};
+use crate::supervisor::Command;
+
+/// How long a mutating request waits for the supervisor.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Endpoints {
+    pub status: Arc<InstanceStatus>,
+    pub commands: mpsc::Sender<Command>,
+    pub secrets_dir: PathBuf,
+}
+
+/// The router of all endpoints.
+pub fn router(endpoints: Endpoints) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/promote", post(promote))
+        .route("/demote", post(demote))
+        .with_state(endpoints)
+}
+
+async fn healthz(State(e): State<Endpoints>) -> Response {
+    let s = e.status.snapshot();
+    if s.state == ServerState::Failed {
+        let why = s.message.unwrap_or_else(|| "failed".into());
+        (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {why}\n")).into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
+}
+
+async fn readyz(State(e): State<Endpoints>) -> Response {
+    match unready_reason(&e.status.snapshot(), Instant::now()) {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+    }
+}
+
+async fn status(State(e): State<Endpoints>) -> Response {
+    axum::Json(e.status.report()).into_response()
+}
+
+async fn metrics(State(e): State<Endpoints>) -> Response {
+    let snapshot = e.status.snapshot();
+    let report = e.status.report();
+    let facts = MetricFacts {
+        position_bytes: snapshot.observation.as_ref().and_then(|o| o.position_bytes),
+        manager_uptime_seconds: e.status.started.elapsed().as_secs(),
+    };
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        render_metrics(&report, facts),
+    )
+        .into_response()
+}
+
+fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn check_token(e: &Endpoints, headers: &HeaderMap) -> Result<(), Response> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    authorize(&e.secrets_dir, header).map_err(|refusal| match refusal {
+        Refusal::Missing => error(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs Authorization: Bearer <api-token>",
+        ),
+        Refusal::Wrong => error(StatusCode::UNAUTHORIZED, "wrong token"),
+        Refusal::Unavailable(why) => {
+            tracing::error!(error = %why, "the API token cannot be read; refusing mutating requests");
+            error(StatusCode::UNAUTHORIZED, "the API token is not available")
+        }
+    })
+}
+
+async fn ask(
+    e: &Endpoints,
+    make: impl FnOnce(oneshot::Sender<Result<String, String>>) -> Command,
+) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if e.commands.send(make(tx)).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the instance manager is shutting down");
+    }
+    match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+        Ok(Ok(Ok(done))) => (StatusCode::OK, axum::Json(json!({ "result": done }))).into_response(),
+        Ok(Ok(Err(why))) => error(StatusCode::CONFLICT, why),
+        Ok(Err(_)) => error(StatusCode::SERVICE_UNAVAILABLE, "the instance manager is shutting down"),
+        Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "the request did not finish in time; see /status"),
+    }
+}
+
+async fn promote(State(e): State<Endpoints>, headers: HeaderMap) -> Response {
+    if let Err(refused) = check_token(&e, &headers) {
+        return refused;
+    }
+    tracing::info!("promotion requested");
+    ask(&e, Command::Promote).await
+}
+
+async fn demote(State(e): State<Endpoints>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refused) = check_token(&e, &headers) {
+        return refused;
+    }
+    let request: DemoteRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(err) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "body: {err}; expected {{\"upstream\": {{\"instance\": \"NAME-N\", \"host\": \"…\", \"port\": N}}}}"
+                ),
+            );
+        }
+    };
+    tracing::info!(upstream = %request.upstream.instance, "demotion requested");
+    ask(&e, |r| Command::Demote(request.upstream, r)).await
+}

@@ -1,0 +1,205 @@
+//! `/metrics`: the report in the Prometheus text exposition format (checked by
+//! `promtool check metrics`). Every sample carries the `instance_name` label.
+
+use std::fmt::Write;
+
+use stator_api::Role;
+use stator_api::instance::InstanceReport;
+
+/// Extra facts the report does not carry.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MetricFacts {
+    /// The position as a number (PostgreSQL: LSN bytes).
+    pub position_bytes: Option<u64>,
+    pub manager_uptime_seconds: u64,
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Renders the metrics of one instance.
+pub fn render_metrics(r: &InstanceReport, facts: MetricFacts) -> String {
+    let label = format!("instance_name=\"{}\"", escape_label(&r.name));
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (extra, value) in samples {
+            let labels = if extra.is_empty() {
+                label.clone()
+            } else {
+                format!("{label},{extra}")
+            };
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    };
+    let b = |v: bool| if v { 1.0 } else { 0.0 };
+    let running = r.state == stator_api::instance::ServerState::Running;
+    metric(
+        "stator_up",
+        "gauge",
+        "1 when the server accepts connections.",
+        vec![(String::new(), b(running && r.role.is_some()))],
+    );
+    metric(
+        "stator_ready",
+        "gauge",
+        "1 when the instance is ready for traffic (a replica: streaming from its upstream).",
+        vec![(String::new(), b(r.ready))],
+    );
+    metric(
+        "stator_is_primary",
+        "gauge",
+        "1 when the server is the primary.",
+        vec![(String::new(), b(r.role == Some(Role::Primary)))],
+    );
+    metric(
+        "stator_role",
+        "gauge",
+        "The server's role: 1 on the label of the current role.",
+        [Role::Primary, Role::Replica]
+            .into_iter()
+            .map(|role| (format!("role=\"{role}\""), b(r.role == Some(role))))
+            .collect(),
+    );
+    metric(
+        "stator_server_restarts_total",
+        "counter",
+        "Times the instance manager restarted the server after it died.",
+        vec![(String::new(), f64::from(r.restarts))],
+    );
+    metric(
+        "stator_manager_uptime_seconds",
+        "gauge",
+        "Seconds since the instance manager started.",
+        vec![(String::new(), facts.manager_uptime_seconds as f64)],
+    );
+    if let Some(up) = r.uptime_seconds {
+        metric(
+            "stator_server_uptime_seconds",
+            "gauge",
+            "Seconds since the server started.",
+            vec![(String::new(), up as f64)],
+        );
+    }
+    if let Some(pos) = facts.position_bytes {
+        metric(
+            "stator_wal_position_bytes",
+            "gauge",
+            "The primary's write position or the replica's replay position, as a byte offset (LSN).",
+            vec![(String::new(), pos as f64)],
+        );
+    }
+    if let Some(tl) = r.timeline {
+        metric(
+            "stator_timeline",
+            "gauge",
+            "The server's timeline.",
+            vec![(String::new(), f64::from(tl))],
+        );
+    }
+    if let Some(lag) = r.lag {
+        metric(
+            "stator_replication_lag_bytes",
+            "gauge",
+            "Bytes of WAL the replica has not replayed yet (0 on the primary).",
+            vec![(String::new(), lag as f64)],
+        );
+    }
+    if let Some(lag) = r.lag_seconds {
+        metric(
+            "stator_replication_lag_seconds",
+            "gauge",
+            "Seconds since the replica last replayed a transaction while behind.",
+            vec![(String::new(), lag)],
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stator_api::instance::ServerState;
+
+    fn report() -> InstanceReport {
+        InstanceReport {
+            name: "db-1".into(),
+            state: ServerState::Running,
+            role: Some(Role::Replica),
+            ready: true,
+            pid: Some(10),
+            manager_pid: 9,
+            server_version: Some("15.14".into()),
+            uptime_seconds: Some(12),
+            timeline: Some(1),
+            position: Some("0/3000060".into()),
+            received_position: Some("0/3000060".into()),
+            lag: Some(0),
+            lag_seconds: Some(0.0),
+            upstream: Some("db-0".into()),
+            message: None,
+            restarts: 2,
+        }
+    }
+
+    #[test]
+    fn metrics_name_role_restarts_and_position() {
+        let text = render_metrics(
+            &report(),
+            MetricFacts {
+                position_bytes: Some(0x300_0060),
+                manager_uptime_seconds: 5,
+            },
+        );
+        assert!(text.contains("stator_is_primary{instance_name=\"db-1\"} 0\n"), "{text}");
+        assert!(text.contains("stator_role{instance_name=\"db-1\",role=\"replica\"} 1\n"));
+        assert!(text.contains("stator_server_restarts_total{instance_name=\"db-1\"} 2\n"));
+        assert!(text.contains("stator_wal_position_bytes{instance_name=\"db-1\"} 50331744\n"));
+        assert!(text.contains("# TYPE stator_server_restarts_total counter\n"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut r = report();
+        r.name = "a\"b".into();
+        let text = render_metrics(&r, MetricFacts::default());
+        assert!(text.contains("instance_name=\"a\\\"b\""), "{text}");
+    }
+
+    #[test]
+    fn metrics_pass_promtool_when_it_is_installed() {
+        let Ok(mut child) = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        else {
+            eprintln!("promtool not installed; skipped");
+            return;
+        };
+        use std::io::Write as _;
+        let text = render_metrics(
+            &report(),
+            MetricFacts {
+                position_bytes: Some(1),
+                manager_uptime_seconds: 1,
+            },
+        );
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

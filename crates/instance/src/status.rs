@@ -1,0 +1,204 @@
+//! What the instance manager knows about its server, shared between the supervisor (which
+//! writes the lifecycle), the observer (which writes the last observation) and the HTTP
+//! endpoints (which read it). Turned into the `/status` report and the readiness verdict.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use stator_api::Role;
+use stator_api::instance::{InstanceReport, ServerState};
+use stator_engine::Observation;
+
+/// An observation older than this does not count for readiness.
+pub const OBSERVATION_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// The mutable facts.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub state: ServerState,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub message: Option<String>,
+    pub observation: Option<Observation>,
+    pub observed_at: Option<Instant>,
+    /// The last observation failed (why, in words).
+    pub observe_error: Option<String>,
+    pub adopted: bool,
+}
+
+/// The facts behind a lock, plus what never changes.
+#[derive(Debug)]
+pub struct InstanceStatus {
+    pub name: String,
+    pub manager_pid: u32,
+    pub started: Instant,
+    inner: Mutex<Snapshot>,
+}
+
+impl InstanceStatus {
+    pub fn new(name: String) -> InstanceStatus {
+        InstanceStatus {
+            name,
+            manager_pid: std::process::id(),
+            started: Instant::now(),
+            inner: Mutex::new(Snapshot {
+                state: ServerState::Initializing,
+                pid: None,
+                restarts: 0,
+                message: None,
+                observation: None,
+                observed_at: None,
+                observe_error: None,
+                adopted: false,
+            }),
+        }
+    }
+
+    /// A copy of the facts.
+    pub fn snapshot(&self) -> Snapshot {
+        match self.inner.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Changes the facts under the lock.
+    pub fn update(&self, change: impl FnOnce(&mut Snapshot)) {
+        let mut g = match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        change(&mut g);
+    }
+
+    /// Sets the lifecycle state and its message.
+    pub fn set_state(&self, state: ServerState, message: Option<String>) {
+        self.update(|s| {
+            s.state = state;
+            s.message = message;
+            if !matches!(state, ServerState::Running | ServerState::Starting) {
+                s.observation = None;
+                s.observed_at = None;
+            }
+        });
+    }
+
+    /// The `/status` report.
+    pub fn report(&self) -> InstanceReport {
+        build_report(&self.name, self.manager_pid, &self.snapshot(), Instant::now())
+    }
+}
+
+/// Why the server is not ready, or `None` when it is: running, freshly observed, and for a
+/// replica, streaming from its upstream.
+pub fn unready_reason(s: &Snapshot, now: Instant) -> Option<String> {
+    if s.state != ServerState::Running {
+        return Some(format!("server is {:?}", s.state).to_lowercase());
+    }
+    let fresh = s
+        .observed_at
+        .is_some_and(|t| now.saturating_duration_since(t) <= OBSERVATION_MAX_AGE);
+    let Some(o) = s.observation.as_ref().filter(|_| fresh) else {
+        return Some(
+            s.observe_error
+                .clone()
+                .unwrap_or_else(|| "no recent observation of the server".into()),
+        );
+    };
+    match o.role {
+        Some(Role::Primary) => None,
+        Some(Role::Replica) if o.streaming => None,
+        Some(Role::Replica) => Some(format!(
+            "replica is not streaming from its upstream{}",
+            o.upstream
+                .as_deref()
+                .map(|u| format!(" {u}"))
+                .unwrap_or_default()
+        )),
+        None => Some("role not known yet".into()),
+    }
+}
+
+/// Builds the report from a snapshot.
+pub fn build_report(name: &str, manager_pid: u32, s: &Snapshot, now: Instant) -> InstanceReport {
+    let reason = unready_reason(s, now);
+    let o = s.observation.clone().unwrap_or_default();
+    InstanceReport {
+        name: name.to_string(),
+        state: s.state,
+        role: o.role,
+        ready: reason.is_none(),
+        pid: s.pid,
+        manager_pid,
+        server_version: o.server_version,
+        uptime_seconds: o.uptime_seconds,
+        timeline: o.timeline,
+        position: o.position,
+        received_position: o.received_position,
+        lag: o.lag,
+        lag_seconds: o.lag_seconds,
+        upstream: o.upstream,
+        message: s.message.clone().or(reason),
+        restarts: s.restarts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(o: Observation) -> Snapshot {
+        Snapshot {
+            state: ServerState::Running,
+            pid: Some(42),
+            restarts: 0,
+            message: None,
+            observation: Some(o),
+            observed_at: Some(Instant::now()),
+            observe_error: None,
+            adopted: false,
+        }
+    }
+
+    #[test]
+    fn a_running_primary_is_ready() {
+        let s = running(Observation {
+            role: Some(Role::Primary),
+            ..Default::default()
+        });
+        assert_eq!(unready_reason(&s, Instant::now()), None);
+        assert!(build_report("db-0", 1, &s, Instant::now()).ready);
+    }
+
+    #[test]
+    fn a_replica_that_does_not_stream_is_not_ready() {
+        let s = running(Observation {
+            role: Some(Role::Replica),
+            streaming: false,
+            upstream: Some("db-0".into()),
+            ..Default::default()
+        });
+        let why = unready_reason(&s, Instant::now()).unwrap();
+        assert!(why.contains("not streaming") && why.contains("db-0"), "{why}");
+    }
+
+    #[test]
+    fn a_stale_observation_is_not_ready() {
+        let mut s = running(Observation {
+            role: Some(Role::Primary),
+            ..Default::default()
+        });
+        s.observed_at = Some(Instant::now());
+        let later = Instant::now() + OBSERVATION_MAX_AGE + Duration::from_secs(1);
+        assert!(unready_reason(&s, later).is_some());
+    }
+
+    #[test]
+    fn a_starting_server_is_not_ready_and_says_so() {
+        let mut s = running(Observation::default());
+        s.state = ServerState::Starting;
+        let r = build_report("db-0", 1, &s, Instant::now());
+        assert!(!r.ready);
+        assert_eq!(r.message.as_deref(), Some("server is starting"));
+    }
+}

@@ -1,0 +1,357 @@
+//! The supervisor: fills an empty data directory (initdb or a clone of the upstream), writes the
+//! configuration, adopts a server still running on the data directory or starts one, waits until
+//! it accepts connections, creates the roles on a primary, restarts the server with backoff when
+//! it dies, and carries out promote, demote and shutdown one at a time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stator_api::Role;
+use stator_api::instance::{Bootstrap, Endpoint, ServerState};
+use stator_engine::{Credentials, DataDirState, EngineError, ServerEngine, ServerProcess};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::InstanceError;
+use crate::status::InstanceStatus;
+
+/// A reply to a mutating request: `Ok` with what was done, or why not.
+pub type Reply = oneshot::Sender<Result<String, String>>;
+
+/// What the HTTP endpoints and the signal handler ask of the supervisor.
+#[derive(Debug)]
+pub enum Command {
+    Promote(Reply),
+    Demote(Endpoint, Reply),
+    Shutdown,
+}
+
+/// Restart delays: 1s, 2s, 4s … 30s; back to 1s after the server ran for a minute.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    pub const MAX: Duration = Duration::from_secs(30);
+    pub const STABLE_AFTER: Duration = Duration::from_secs(60);
+
+    /// The delay before the next attempt, given how long the last run lasted.
+    pub fn next_delay(&mut self, ran_for: Duration) -> Duration {
+        if ran_for >= Self::STABLE_AFTER {
+            self.failures = 0;
+        }
+        let delay = Duration::from_secs(1u64 << self.failures.min(5)).min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+}
+
+/// How serving a started server ended.
+enum Served {
+    Shutdown,
+    Exited(String),
+    Rejoin(Endpoint, Reply),
+}
+
+/// Drives one server through its life.
+pub struct Supervisor<E: ServerEngine> {
+    pub engine: Arc<E>,
+    pub creds: Credentials,
+    pub bootstrap: Bootstrap,
+    pub status: Arc<InstanceStatus>,
+    pub commands: mpsc::Receiver<Command>,
+    /// How long a fast shutdown may take before an immediate one.
+    pub stop_timeout: Duration,
+}
+
+impl<E: ServerEngine> Supervisor<E> {
+    fn fail(&self, source: EngineError) -> InstanceError {
+        self.status
+            .set_state(ServerState::Failed, Some(source.to_string()));
+        InstanceError::Engine {
+            instance: self.status.name.clone(),
+            source,
+        }
+    }
+
+    /// Runs until shut down (Ok) or until the server cannot run (Err).
+    pub async fn run(mut self) -> Result<(), InstanceError> {
+        let state = self.engine.inspect_data_dir().map_err(|e| self.fail(e))?;
+        if state == DataDirState::Empty && !self.fill_data_dir().await? {
+            self.status.set_state(ServerState::Stopped, None);
+            return Ok(());
+        }
+        let mut backoff = Backoff::default();
+        let mut pending_reply: Option<Reply> = None;
+        loop {
+            self.engine
+                .write_config(&self.creds)
+                .map_err(|e| self.fail(e))?;
+            let mut server = match self.engine.find_running().map_err(|e| self.fail(e))? {
+                Some(running) => {
+                    tracing::info!(pid = running.pid(), "adopting the server already running on the data directory");
+                    running
+                }
+                None => self.engine.start().map_err(|e| self.fail(e))?,
+            };
+            let adopted = server.is_adopted();
+            self.status.update(|s| {
+                s.pid = Some(server.pid());
+                s.adopted = adopted;
+                s.state = ServerState::Starting;
+                s.message = None;
+            });
+            if let Some(reply) = pending_reply.take() {
+                let _ = reply.send(Ok("rejoined; the server is starting as a replica".into()));
+            }
+            let started = Instant::now();
+            match self.serve(&mut server).await {
+                Served::Shutdown => {
+                    self.status.set_state(ServerState::Stopped, Some("shutting down".into()));
+                    let how = self.engine.stop(&mut server, self.stop_timeout).await;
+                    tracing::info!(how = %how, "server stopped");
+                    self.status.update(|s| s.pid = None);
+                    return Ok(());
+                }
+                Served::Exited(how) => {
+                    let delay = backoff.next_delay(started.elapsed());
+                    tracing::warn!(how = %how, delay_ms = delay.as_millis() as u64, "the server died; restarting it");
+                    self.status.update(|s| {
+                        s.restarts = s.restarts.saturating_add(1);
+                        s.pid = None;
+                    });
+                    self.status.set_state(
+                        ServerState::Crashed,
+                        Some(format!("server {how}; restarting in {}s", delay.as_secs())),
+                    );
+                    if !self.pause(delay).await {
+                        self.status.set_state(ServerState::Stopped, None);
+                        return Ok(());
+                    }
+                }
+                Served::Rejoin(upstream, reply) => {
+                    self.status.set_state(
+                        ServerState::Stopped,
+                        Some(format!("demoting: rejoining as a replica of {}", upstream.instance)),
+                    );
+                    let how = self.engine.stop(&mut server, self.stop_timeout).await;
+                    tracing::info!(how = %how, upstream = %upstream.instance, "stopped for demotion");
+                    self.status.update(|s| s.pid = None);
+                    match self.rejoin_until_done(upstream, reply).await {
+                        Some(reply) => pending_reply = Some(reply),
+                        None => {
+                            self.status.set_state(ServerState::Stopped, None);
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rejoins `upstream` with the server stopped. A failed rejoin leaves the server stopped
+    /// (never back as a primary that was asked to step down) until another demotion succeeds;
+    /// `None` when asked to shut down meanwhile.
+    async fn rejoin_until_done(&mut self, mut upstream: Endpoint, mut reply: Reply) -> Option<Reply> {
+        loop {
+            match self.engine.rejoin(&upstream, &self.creds).await {
+                Ok(()) => return Some(reply),
+                Err(e) => {
+                    tracing::error!(error = %e, "rejoin failed; the server stays stopped");
+                    self.status.set_state(
+                        ServerState::Failed,
+                        Some(format!(
+                            "demotion to a replica of {} failed, the server stays stopped until a demotion succeeds: {e}",
+                            upstream.instance
+                        )),
+                    );
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+            loop {
+                match self.commands.recv().await {
+                    None | Some(Command::Shutdown) => return None,
+                    Some(Command::Promote(r)) => {
+                        let _ = r.send(Err("the server is stopped after a failed demotion; demote it again".into()));
+                    }
+                    Some(Command::Demote(u, r)) => {
+                        upstream = u;
+                        reply = r;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Initializes or clones the empty data directory. False when shut down meanwhile.
+    async fn fill_data_dir(&mut self) -> Result<bool, InstanceError> {
+        self.status.set_state(ServerState::Initializing, None);
+        match self.bootstrap.clone() {
+            Bootstrap::InitPrimary => {
+                tracing::info!("initializing a new primary");
+                self.engine
+                    .initialize(&self.creds)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                Ok(true)
+            }
+            Bootstrap::CloneFrom { upstream } => {
+                let mut backoff = Backoff::default();
+                loop {
+                    tracing::info!(upstream = %upstream.instance, "cloning the upstream");
+                    match self.engine.clone_upstream(&upstream, &self.creds).await {
+                        Ok(()) => return Ok(true),
+                        Err(e) => {
+                            let delay = backoff.next_delay(Duration::ZERO);
+                            tracing::warn!(error = %e, "clone failed; retrying");
+                            self.status.set_state(
+                                ServerState::Initializing,
+                                Some(format!(
+                                    "cloning {} failed, retrying in {}s: {e}",
+                                    upstream.instance,
+                                    delay.as_secs()
+                                )),
+                            );
+                            if !self.pause(delay).await {
+                                return Ok(false);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits `delay`, answering commands; false when asked to shut down.
+    async fn pause(&mut self, delay: Duration) -> bool {
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                cmd = self.commands.recv() => match cmd {
+                    None | Some(Command::Shutdown) => return false,
+                    Some(Command::Promote(r)) | Some(Command::Demote(_, r)) => {
+                        let _ = r.send(Err("the server is not running".into()));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Serves a started server until it exits, a shutdown, or a demotion.
+    async fn serve(&mut self, server: &mut ServerProcess) -> Served {
+        let mut running = false;
+        let mut users_ready = false;
+        loop {
+            let tick = if running {
+                Duration::from_secs(2)
+            } else {
+                Duration::from_millis(200)
+            };
+            tokio::select! {
+                how = server.exited() => return Served::Exited(how),
+                cmd = self.commands.recv() => match cmd {
+                    None | Some(Command::Shutdown) => return Served::Shutdown,
+                    Some(Command::Demote(upstream, reply)) => return Served::Rejoin(upstream, reply),
+                    Some(Command::Promote(reply)) => {
+                        if !running {
+                            let _ = reply.send(Err("the server is not accepting connections yet".into()));
+                            continue;
+                        }
+                        let result = self.engine.promote(&self.creds).await;
+                        users_ready = false;
+                        let _ = reply.send(match result {
+                            Ok(()) => Ok("promoted".into()),
+                            Err(e) => Err(e.to_string()),
+                        });
+                    }
+                },
+                _ = tokio::time::sleep(tick) => {
+                    if !running {
+                        match self.engine.probe(&self.creds).await {
+                            Ok(()) => {
+                                running = true;
+                                tracing::info!(pid = server.pid(), "the server accepts connections");
+                                self.status.set_state(ServerState::Running, None);
+                            }
+                            Err(e) if e.is_connect() => continue,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "probing the server");
+                                continue;
+                            }
+                        }
+                    }
+                    if !users_ready {
+                        users_ready = self.ensure_users_on_primary().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Creates the roles and database when the server is a primary. True when done or not
+    /// needed (a replica gets them from its primary).
+    async fn ensure_users_on_primary(&self) -> bool {
+        match self.engine.observe(&self.creds).await {
+            Ok(o) if o.role == Some(Role::Primary) => {
+                match self.engine.ensure_users(&self.creds).await {
+                    Ok(()) => {
+                        tracing::info!("roles and application database are in place");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "creating roles");
+                        self.status.update(|s| s.message = Some(e.to_string()));
+                        false
+                    }
+                }
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        }
+    }
+}
+
+/// Observes the server every `period` while it runs, for `/status`, `/readyz` and `/metrics`.
+pub async fn observe_forever<E: ServerEngine>(
+    engine: Arc<E>,
+    creds: Credentials,
+    status: Arc<InstanceStatus>,
+    period: Duration,
+) {
+    loop {
+        if status.snapshot().state == ServerState::Running {
+            let result = engine.observe(&creds).await;
+            status.update(|s| {
+                if s.state != ServerState::Running {
+                    return;
+                }
+                match result {
+                    Ok(o) => {
+                        s.observation = Some(o);
+                        s.observed_at = Some(Instant::now());
+                        s.observe_error = None;
+                    }
+                    Err(e) => s.observe_error = Some(e.to_string()),
+                }
+            });
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets_after_a_stable_run() {
+        let mut b = Backoff::default();
+        let delays: Vec<u64> = (0..7)
+            .map(|_| b.next_delay(Duration::ZERO).as_secs())
+            .collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(b.next_delay(Backoff::STABLE_AFTER).as_secs(), 1);
+    }
+}

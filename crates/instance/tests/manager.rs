@@ -1,0 +1,253 @@
+//! The instance manager with real PostgreSQL 15: bootstrap, endpoints, replication, restarts,
+//! adoption, promotion, demotion, refusals, and no secret on any command line.
+
+mod common;
+
+use common::{Cluster, CmdlineWatch, Manager, postmasters_on, sql};
+use stator_api::instance::{Bootstrap, DemoteRequest};
+use stator_api::names::secret_keys;
+
+fn token(c: &Cluster) -> String {
+    c.secret(secret_keys::API_TOKEN)
+}
+
+#[test]
+fn a_primary_initializes_serves_status_and_its_application_database() {
+    let c = Cluster::new("solo");
+    let cfg = c.config(0, Bootstrap::InitPrimary);
+    let m = c.start(&cfg);
+    let status = m.wait_ready();
+    eprintln!("/status of a primary: {status:#}");
+    assert_eq!(status["name"], "solo-0");
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["role"], "primary");
+    assert_eq!(status["ready"], true);
+    assert_eq!(status["timeline"], 1);
+    assert!(status["position"].as_str().is_some_and(|p| p.contains('/')));
+    assert!(status["serverVersion"].as_str().is_some_and(|v| v.starts_with("15.")));
+    assert_eq!(status["restarts"], 0);
+    assert_eq!(m.get("/healthz").0, 200);
+
+    // The application owner and database from spec.bootstrap, over TCP with scram.
+    let app = c.secret(secret_keys::APP_PASSWORD);
+    m.wait_status("the roles to exist", |_| {
+        sql(cfg.port, "app", &app, "app", "SELECT 1").is_ok()
+    });
+    let owner = sql(cfg.port, "app", &app, "app", "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'").unwrap();
+    assert_eq!(owner, vec!["app".to_string()]);
+    assert!(sql(cfg.port, "app", "wrong-password", "app", "SELECT 1").is_err());
+    // The superuser is refused without its password, and no trust anywhere.
+    let hba = std::fs::read_to_string(cfg.data_dir.join("pg_hba.conf")).unwrap();
+    assert!(hba.lines().filter(|l| !l.starts_with('#')).all(|l| !l.contains("trust")));
+
+    // Data dir belongs to postgres, mode 0700.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&cfg.data_dir).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o700);
+    let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    assert_eq!(meta.uid(), postgres.uid.as_raw());
+}
+
+#[test]
+fn metrics_are_prometheus_text_and_pass_promtool() {
+    let c = Cluster::new("metrics");
+    let cfg = c.config(0, Bootstrap::InitPrimary);
+    let m = c.start(&cfg);
+    m.wait_ready();
+    let (code, text) = m.get("/metrics");
+    assert_eq!(code, 200);
+    for name in [
+        "stator_up{instance_name=\"metrics-0\"} 1",
+        "stator_is_primary{instance_name=\"metrics-0\"} 1",
+        "stator_server_restarts_total{instance_name=\"metrics-0\"} 0",
+        "stator_replication_lag_bytes{instance_name=\"metrics-0\"} 0",
+        "stator_wal_position_bytes{instance_name=\"metrics-0\"}",
+        "stator_server_uptime_seconds{instance_name=\"metrics-0\"}",
+    ] {
+        assert!(text.contains(name), "missing {name} in\n{text}");
+    }
+    if let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("promtool not installed (apt-get install prometheus); format check skipped");
+    }
+}
+
+#[test]
+fn mutating_endpoints_refuse_requests_without_the_right_token() {
+    let c = Cluster::new("auth");
+    let cfg = c.config(0, Bootstrap::InitPrimary);
+    let m = c.start(&cfg);
+    m.wait_ready();
+    let body = serde_json::to_string(&DemoteRequest { upstream: m.endpoint() }).unwrap();
+    assert_eq!(m.post("/promote", None, "").0, 401);
+    assert_eq!(m.post("/promote", Some("not-the-token"), "").0, 401);
+    assert_eq!(m.post("/demote", None, &body).0, 401);
+    assert_eq!(m.post("/demote", Some("x"), &body).0, 401);
+    // Refused requests changed nothing.
+    let status = m.status();
+    assert_eq!(status["role"], "primary");
+    assert_eq!(status["state"], "running");
+    // With the token, promoting a primary is a no-op that succeeds.
+    let (code, body) = m.post("/promote", Some(&token(&c)), "");
+    assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn a_replica_clones_streams_is_promoted_and_the_old_primary_rejoins() {
+    let c = Cluster::new("repl");
+    let watch = CmdlineWatch::start(c.secrets());
+    let p_cfg = c.config(0, Bootstrap::InitPrimary);
+    let primary = c.start(&p_cfg);
+    primary.wait_ready();
+    let su = c.secret(secret_keys::SUPERUSER_PASSWORD);
+    sql(p_cfg.port, "postgres", &su, "app", "CREATE TABLE t (v int); INSERT INTO t VALUES (1)").unwrap();
+
+    let r_cfg = c.config(1, Bootstrap::CloneFrom { upstream: primary.endpoint() });
+    let replica = c.start(&r_cfg);
+    let status = replica.wait_ready();
+    eprintln!("/status of a replica: {status:#}");
+    assert_eq!(status["role"], "replica");
+    assert_eq!(status["upstream"], "repl-0");
+    sql(p_cfg.port, "postgres", &su, "app", "INSERT INTO t VALUES (2)").unwrap();
+    replica.wait_status("row 2 on the replica", |_| {
+        sql(r_cfg.port, "postgres", &su, "app", "SELECT count(*) FROM t").ok() == Some(vec!["2".into()])
+    });
+    assert!(sql(r_cfg.port, "postgres", &su, "app", "INSERT INTO t VALUES (3)").is_err(), "a replica is read-only");
+    // No password in what pg_basebackup or the server wrote.
+    for file in ["postgresql.auto.conf", "postgresql.conf"] {
+        let text = std::fs::read_to_string(r_cfg.data_dir.join(file)).unwrap_or_default();
+        for secret in c.secrets() {
+            assert!(!text.contains(&secret), "{file} holds a secret");
+        }
+    }
+
+    // Promote the replica.
+    let (code, body) = replica.post("/promote", Some(&token(&c)), "");
+    assert_eq!(code, 200, "{body}\n{}", replica.logs());
+    let promoted = replica.wait_status("the replica to be primary", |s| s["role"] == "primary" && s["ready"] == true);
+    assert_eq!(promoted["timeline"], 2);
+    sql(r_cfg.port, "postgres", &su, "app", "INSERT INTO t VALUES (3)").unwrap();
+
+    // The old primary (which took a write of its own meanwhile) rejoins with pg_rewind.
+    sql(p_cfg.port, "postgres", &su, "app", "INSERT INTO t VALUES (99)").unwrap();
+    let body = serde_json::to_string(&DemoteRequest { upstream: replica.endpoint() }).unwrap();
+    let (code, text) = primary.post("/demote", Some(&token(&c)), &body);
+    assert_eq!(code, 200, "{text}\n{}", primary.logs());
+    let rejoined = primary.wait_status("the old primary to stream from the new one", |s| {
+        s["role"] == "replica" && s["ready"] == true
+    });
+    assert_eq!(rejoined["upstream"], "repl-1");
+    sql(r_cfg.port, "postgres", &su, "app", "INSERT INTO t VALUES (4)").unwrap();
+    primary.wait_status("the old primary to have the new primary's rows only", |_| {
+        sql(p_cfg.port, "postgres", &su, "app", "SELECT string_agg(v::text, ',' ORDER BY v) FROM t").ok()
+            == Some(vec!["1,2,3,4".into()])
+    });
+
+    let hits = watch.finish();
+    assert!(hits.is_empty(), "secrets on command lines: {hits:#?}");
+}
+
+#[test]
+fn a_killed_postmaster_is_restarted_and_counted() {
+    let c = Cluster::new("crash");
+    let cfg = c.config(0, Bootstrap::InitPrimary);
+    let m = c.start(&cfg);
+    let before = m.wait_ready();
+    let pid = before["pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let after = m.wait_status("a restarted, ready server", |s| {
+        s["restarts"] == 1 && s["ready"] == true
+    });
+    assert_ne!(after["pid"], before["pid"]);
+    assert_eq!(postmasters_on(&cfg.data_dir).len(), 1);
+}
+
+#[test]
+fn a_new_manager_adopts_the_postmaster_of_a_killed_one() {
+    let c = Cluster::new("adopt");
+    let cfg = c.config(0, Bootstrap::InitPrimary);
+    let mut first = c.start(&cfg);
+    let before = first.wait_ready();
+    first.kill9();
+    let postmaster = before["pid"].as_u64().unwrap() as u32;
+    assert_eq!(postmasters_on(&cfg.data_dir), vec![postmaster], "the server outlives its manager");
+
+    let mut second = Manager::start(cfg.clone(), c.dir.path());
+    let after = second.wait_ready();
+    assert_eq!(after["pid"].as_u64(), Some(u64::from(postmaster)), "adopted, not restarted");
+    assert_eq!(after["restarts"], 0);
+    assert_eq!(postmasters_on(&cfg.data_dir), vec![postmaster], "never two postmasters");
+
+    // SIGTERM stops the adopted server cleanly and exits 0.
+    assert_eq!(second.terminate(), Some(0), "{}", second.logs());
+    assert!(postmasters_on(&cfg.data_dir).is_empty());
+    drop(first);
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly_and_exits_zero() {
+    let c = Cluster::new("term");
+    let cfg = c.config(0, Bootstrap::InitPrimary);
+    let mut m = c.start(&cfg);
+    m.wait_ready();
+    assert_eq!(m.terminate(), Some(0), "{}", m.logs());
+    assert!(postmasters_on(&cfg.data_dir).is_empty());
+    let log = std::fs::read_to_string(&cfg.log_file).unwrap();
+    assert!(log.contains("database system is shut down"), "{log}");
+}
+
+#[test]
+fn a_data_dir_of_another_database_is_refused_and_left_unchanged() {
+    let c = Cluster::new("mine");
+    let cfg = c.config(0, Bootstrap::InitPrimary);
+    std::fs::create_dir_all(&cfg.data_dir).unwrap();
+    std::fs::write(cfg.data_dir.join("PG_VERSION"), "15\n").unwrap();
+    std::fs::write(
+        cfg.data_dir.join("stator.json"),
+        r#"{"engine":"postgres","majorVersion":"15","database":"theirs"}"#,
+    )
+    .unwrap();
+    let listing = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing(&cfg.data_dir);
+    let mut m = c.start(&cfg);
+    assert_ne!(m.wait_exit(), Some(0));
+    let log = std::fs::read_to_string(&m.stderr_path).unwrap();
+    assert!(log.contains("belongs to the database \"theirs\""), "{log}");
+    assert!(log.contains("nothing was changed"), "{log}");
+    assert_eq!(listing(&cfg.data_dir), before);
+    assert!(postmasters_on(&cfg.data_dir).is_empty());
+}
+
+#[test]
+fn a_data_dir_of_another_major_version_is_refused() {
+    let c = Cluster::new("major");
+    let cfg = c.config(0, Bootstrap::InitPrimary);
+    std::fs::create_dir_all(&cfg.data_dir).unwrap();
+    std::fs::write(cfg.data_dir.join("PG_VERSION"), "14\n").unwrap();
+    let mut m = c.start(&cfg);
+    assert_ne!(m.wait_exit(), Some(0));
+    let log = std::fs::read_to_string(&m.stderr_path).unwrap();
+    assert!(log.contains("PostgreSQL 14 data directory"), "{log}");
+}
