@@ -124,7 +124,11 @@ pub trait ServerEngine: Send + Sync + 'static {
     }
 
     /// Orders two positions; `None` when they are not comparable (diverged GTID sets).
-    fn compare_positions(&self, a: &ReplicationPosition, b: &ReplicationPosition) -> Option<Ordering> {
+    fn compare_positions(
+        &self,
+        a: &ReplicationPosition,
+        b: &ReplicationPosition,
+    ) -> Option<Ordering> {
         a.compare(b)
     }
 }

@@ -21,13 +21,19 @@ fn free_port() -> u16 {
 fn random_hex() -> String {
     use std::io::Read;
     let mut buf = [0u8; 16];
-    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut buf).unwrap();
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut buf)
+        .unwrap();
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A temp dir the postgres user can traverse, with secrets and an instance config.
 fn setup(name: &str) -> (tempfile::TempDir, InstanceConfig) {
-    let dir = tempfile::Builder::new().prefix("stator-engine-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("stator-engine-")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let secrets = dir.path().join("secrets");
     std::fs::create_dir(&secrets).unwrap();
@@ -107,9 +113,16 @@ async fn a_primary_is_initialized_started_observed_and_stopped() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(ready, "{}", std::fs::read_to_string(&config.log_file).unwrap_or_default());
+    assert!(
+        ready,
+        "{}",
+        std::fs::read_to_string(&config.log_file).unwrap_or_default()
+    );
     assert!(pg.start().is_err(), "a second postmaster is refused");
-    let found = pg.find_running().unwrap().expect("the running server is found");
+    let found = pg
+        .find_running()
+        .unwrap()
+        .expect("the running server is found");
     assert_eq!(found.pid(), guard.0.as_ref().unwrap().pid());
 
     pg.ensure_users(&creds).await.unwrap();

@@ -69,9 +69,18 @@ mod tests {
     fn a_missing_or_wrong_token_is_refused() {
         let dir = dir_with_token("abc123");
         assert_eq!(authorize(dir.path(), None), Err(Refusal::Missing));
-        assert_eq!(authorize(dir.path(), Some("Basic abc123")), Err(Refusal::Missing));
-        assert_eq!(authorize(dir.path(), Some("Bearer abc12")), Err(Refusal::Wrong));
-        assert_eq!(authorize(dir.path(), Some("Bearer abc1234")), Err(Refusal::Wrong));
+        assert_eq!(
+            authorize(dir.path(), Some("Basic abc123")),
+            Err(Refusal::Missing)
+        );
+        assert_eq!(
+            authorize(dir.path(), Some("Bearer abc12")),
+            Err(Refusal::Wrong)
+        );
+        assert_eq!(
+            authorize(dir.path(), Some("Bearer abc1234")),
+            Err(Refusal::Wrong)
+        );
     }
 
     #[test]

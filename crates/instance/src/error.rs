@@ -12,7 +12,9 @@ pub enum InstanceError {
         source: EngineError,
     },
     /// The HTTP endpoint could not be served.
-    #[error("instance {instance}: cannot listen on {address} (the instance manager's httpPort): {source}")]
+    #[error(
+        "instance {instance}: cannot listen on {address} (the instance manager's httpPort): {source}"
+    )]
     Listen {
         instance: String,
         address: String,

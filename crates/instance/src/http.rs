@@ -56,7 +56,11 @@ async fn healthz(State(e): State<Endpoints>) -> Response {
 async fn readyz(State(e): State<Endpoints>) -> Response {
     match unready_reason(&e.status.snapshot(), Instant::now()) {
         None => (StatusCode::OK, "ready\n").into_response(),
-        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -72,7 +76,10 @@ async fn metrics(State(e): State<Endpoints>) -> Response {
         manager_uptime_seconds: e.status.started.elapsed().as_secs(),
     };
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         render_metrics(&report, facts),
     )
         .into_response()
@@ -82,11 +89,12 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
     (code, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn check_token(e: &Endpoints, headers: &HeaderMap) -> Result<(), Response> {
+/// The refusal to send, when the request does not carry the token.
+fn check_token(e: &Endpoints, headers: &HeaderMap) -> Option<Response> {
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    authorize(&e.secrets_dir, header).map_err(|refusal| match refusal {
+    authorize(&e.secrets_dir, header).err().map(|refusal| match refusal {
         Refusal::Missing => error(
             StatusCode::UNAUTHORIZED,
             "this endpoint needs Authorization: Bearer <api-token>",
@@ -105,18 +113,27 @@ async fn ask(
 ) -> Response {
     let (tx, rx) = oneshot::channel();
     if e.commands.send(make(tx)).await.is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the instance manager is shutting down");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the instance manager is shutting down",
+        );
     }
     match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
         Ok(Ok(Ok(done))) => (StatusCode::OK, axum::Json(json!({ "result": done }))).into_response(),
         Ok(Ok(Err(why))) => error(StatusCode::CONFLICT, why),
-        Ok(Err(_)) => error(StatusCode::SERVICE_UNAVAILABLE, "the instance manager is shutting down"),
-        Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "the request did not finish in time; see /status"),
+        Ok(Err(_)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the instance manager is shutting down",
+        ),
+        Err(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the request did not finish in time; see /status",
+        ),
     }
 }
 
 async fn promote(State(e): State<Endpoints>, headers: HeaderMap) -> Response {
-    if let Err(refused) = check_token(&e, &headers) {
+    if let Some(refused) = check_token(&e, &headers) {
         return refused;
     }
     tracing::info!("promotion requested");
@@ -124,7 +141,7 @@ async fn promote(State(e): State<Endpoints>, headers: HeaderMap) -> Response {
 }
 
 async fn demote(State(e): State<Endpoints>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refused) = check_token(&e, &headers) {
+    if let Some(refused) = check_token(&e, &headers) {
         return refused;
     }
     let request: DemoteRequest = match serde_json::from_slice(&body) {

@@ -13,7 +13,7 @@
 //! - [`http`]: the endpoints.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - [`api_token`]: the bearer token of the mutating endpoints.
-//! - [`error`]: [`InstanceError`].
+//! - [`error`]: why the manager stopped.
 
 pub mod api_token;
 pub mod error;

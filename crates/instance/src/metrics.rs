@@ -15,7 +15,9 @@ pub struct MetricFacts {
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Renders the metrics of one instance.
@@ -153,7 +155,10 @@ mod tests {
                 manager_uptime_seconds: 5,
             },
         );
-        assert!(text.contains("stator_is_primary{instance_name=\"db-1\"} 0\n"), "{text}");
+        assert!(
+            text.contains("stator_is_primary{instance_name=\"db-1\"} 0\n"),
+            "{text}"
+        );
         assert!(text.contains("stator_role{instance_name=\"db-1\",role=\"replica\"} 1\n"));
         assert!(text.contains("stator_server_restarts_total{instance_name=\"db-1\"} 2\n"));
         assert!(text.contains("stator_wal_position_bytes{instance_name=\"db-1\"} 50331744\n"));

@@ -85,7 +85,12 @@ impl InstanceStatus {
 
     /// The `/status` report.
     pub fn report(&self) -> InstanceReport {
-        build_report(&self.name, self.manager_pid, &self.snapshot(), Instant::now())
+        build_report(
+            &self.name,
+            self.manager_pid,
+            &self.snapshot(),
+            Instant::now(),
+        )
     }
 }
 
@@ -179,7 +184,10 @@ mod tests {
             ..Default::default()
         });
         let why = unready_reason(&s, Instant::now()).unwrap();
-        assert!(why.contains("not streaming") && why.contains("db-0"), "{why}");
+        assert!(
+            why.contains("not streaming") && why.contains("db-0"),
+            "{why}"
+        );
     }
 
     #[test]

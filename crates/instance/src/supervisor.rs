@@ -89,7 +89,10 @@ impl<E: ServerEngine> Supervisor<E> {
                 .map_err(|e| self.fail(e))?;
             let mut server = match self.engine.find_running().map_err(|e| self.fail(e))? {
                 Some(running) => {
-                    tracing::info!(pid = running.pid(), "adopting the server already running on the data directory");
+                    tracing::info!(
+                        pid = running.pid(),
+                        "adopting the server already running on the data directory"
+                    );
                     running
                 }
                 None => self.engine.start().map_err(|e| self.fail(e))?,
@@ -107,7 +110,8 @@ impl<E: ServerEngine> Supervisor<E> {
             let started = Instant::now();
             match self.serve(&mut server).await {
                 Served::Shutdown => {
-                    self.status.set_state(ServerState::Stopped, Some("shutting down".into()));
+                    self.status
+                        .set_state(ServerState::Stopped, Some("shutting down".into()));
                     let how = self.engine.stop(&mut server, self.stop_timeout).await;
                     tracing::info!(how = %how, "server stopped");
                     self.status.update(|s| s.pid = None);
@@ -132,7 +136,10 @@ impl<E: ServerEngine> Supervisor<E> {
                 Served::Rejoin(upstream, reply) => {
                     self.status.set_state(
                         ServerState::Stopped,
-                        Some(format!("demoting: rejoining as a replica of {}", upstream.instance)),
+                        Some(format!(
+                            "demoting: rejoining as a replica of {}",
+                            upstream.instance
+                        )),
                     );
                     let how = self.engine.stop(&mut server, self.stop_timeout).await;
                     tracing::info!(how = %how, upstream = %upstream.instance, "stopped for demotion");
@@ -152,7 +159,11 @@ impl<E: ServerEngine> Supervisor<E> {
     /// Rejoins `upstream` with the server stopped. A failed rejoin leaves the server stopped
     /// (never back as a primary that was asked to step down) until another demotion succeeds;
     /// `None` when asked to shut down meanwhile.
-    async fn rejoin_until_done(&mut self, mut upstream: Endpoint, mut reply: Reply) -> Option<Reply> {
+    async fn rejoin_until_done(
+        &mut self,
+        mut upstream: Endpoint,
+        mut reply: Reply,
+    ) -> Option<Reply> {
         loop {
             match self.engine.rejoin(&upstream, &self.creds).await {
                 Ok(()) => return Some(reply),
@@ -172,7 +183,9 @@ impl<E: ServerEngine> Supervisor<E> {
                 match self.commands.recv().await {
                     None | Some(Command::Shutdown) => return None,
                     Some(Command::Promote(r)) => {
-                        let _ = r.send(Err("the server is stopped after a failed demotion; demote it again".into()));
+                        let _ = r.send(Err(
+                            "the server is stopped after a failed demotion; demote it again".into(),
+                        ));
                     }
                     Some(Command::Demote(u, r)) => {
                         upstream = u;

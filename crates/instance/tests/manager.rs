@@ -24,7 +24,11 @@ fn a_primary_initializes_serves_status_and_its_application_database() {
     assert_eq!(status["ready"], true);
     assert_eq!(status["timeline"], 1);
     assert!(status["position"].as_str().is_some_and(|p| p.contains('/')));
-    assert!(status["serverVersion"].as_str().is_some_and(|v| v.starts_with("15.")));
+    assert!(
+        status["serverVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("15."))
+    );
     assert_eq!(status["restarts"], 0);
     assert_eq!(m.get("/healthz").0, 200);
 
@@ -33,12 +37,23 @@ fn a_primary_initializes_serves_status_and_its_application_database() {
     m.wait_status("the roles to exist", |_| {
         sql(cfg.port, "app", &app, "app", "SELECT 1").is_ok()
     });
-    let owner = sql(cfg.port, "app", &app, "app", "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'").unwrap();
+    let owner = sql(
+        cfg.port,
+        "app",
+        &app,
+        "app",
+        "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'",
+    )
+    .unwrap();
     assert_eq!(owner, vec!["app".to_string()]);
     assert!(sql(cfg.port, "app", "wrong-password", "app", "SELECT 1").is_err());
     // The superuser is refused without its password, and no trust anywhere.
     let hba = std::fs::read_to_string(cfg.data_dir.join("pg_hba.conf")).unwrap();
-    assert!(hba.lines().filter(|l| !l.starts_with('#')).all(|l| !l.contains("trust")));
+    assert!(
+        hba.lines()
+            .filter(|l| !l.starts_with('#'))
+            .all(|l| !l.contains("trust"))
+    );
 
     // Data dir belongs to postgres, mode 0700.
     use std::os::unix::fs::MetadataExt;
@@ -74,7 +89,12 @@ fn metrics_are_prometheus_text_and_pass_promtool() {
         .spawn()
     {
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
@@ -93,7 +113,10 @@ fn mutating_endpoints_refuse_requests_without_the_right_token() {
     let cfg = c.config(0, Bootstrap::InitPrimary);
     let m = c.start(&cfg);
     m.wait_ready();
-    let body = serde_json::to_string(&DemoteRequest { upstream: m.endpoint() }).unwrap();
+    let body = serde_json::to_string(&DemoteRequest {
+        upstream: m.endpoint(),
+    })
+    .unwrap();
     assert_eq!(m.post("/promote", None, "").0, 401);
     assert_eq!(m.post("/promote", Some("not-the-token"), "").0, 401);
     assert_eq!(m.post("/demote", None, &body).0, 401);
@@ -115,19 +138,49 @@ fn a_replica_clones_streams_is_promoted_and_the_old_primary_rejoins() {
     let primary = c.start(&p_cfg);
     primary.wait_ready();
     let su = c.secret(secret_keys::SUPERUSER_PASSWORD);
-    sql(p_cfg.port, "postgres", &su, "app", "CREATE TABLE t (v int); INSERT INTO t VALUES (1)").unwrap();
+    sql(
+        p_cfg.port,
+        "postgres",
+        &su,
+        "app",
+        "CREATE TABLE t (v int); INSERT INTO t VALUES (1)",
+    )
+    .unwrap();
 
-    let r_cfg = c.config(1, Bootstrap::CloneFrom { upstream: primary.endpoint() });
+    let r_cfg = c.config(
+        1,
+        Bootstrap::CloneFrom {
+            upstream: primary.endpoint(),
+        },
+    );
     let replica = c.start(&r_cfg);
     let status = replica.wait_ready();
     eprintln!("/status of a replica: {status:#}");
     assert_eq!(status["role"], "replica");
     assert_eq!(status["upstream"], "repl-0");
-    sql(p_cfg.port, "postgres", &su, "app", "INSERT INTO t VALUES (2)").unwrap();
+    sql(
+        p_cfg.port,
+        "postgres",
+        &su,
+        "app",
+        "INSERT INTO t VALUES (2)",
+    )
+    .unwrap();
     replica.wait_status("row 2 on the replica", |_| {
-        sql(r_cfg.port, "postgres", &su, "app", "SELECT count(*) FROM t").ok() == Some(vec!["2".into()])
+        sql(r_cfg.port, "postgres", &su, "app", "SELECT count(*) FROM t").ok()
+            == Some(vec!["2".into()])
     });
-    assert!(sql(r_cfg.port, "postgres", &su, "app", "INSERT INTO t VALUES (3)").is_err(), "a replica is read-only");
+    assert!(
+        sql(
+            r_cfg.port,
+            "postgres",
+            &su,
+            "app",
+            "INSERT INTO t VALUES (3)"
+        )
+        .is_err(),
+        "a replica is read-only"
+    );
     // No password in what pg_basebackup or the server wrote.
     for file in ["postgresql.auto.conf", "postgresql.conf"] {
         let text = std::fs::read_to_string(r_cfg.data_dir.join(file)).unwrap_or_default();
@@ -139,24 +192,60 @@ fn a_replica_clones_streams_is_promoted_and_the_old_primary_rejoins() {
     // Promote the replica.
     let (code, body) = replica.post("/promote", Some(&token(&c)), "");
     assert_eq!(code, 200, "{body}\n{}", replica.logs());
-    let promoted = replica.wait_status("the replica to be primary", |s| s["role"] == "primary" && s["ready"] == true);
+    let promoted = replica.wait_status("the replica to be primary", |s| {
+        s["role"] == "primary" && s["ready"] == true
+    });
     assert_eq!(promoted["timeline"], 2);
-    sql(r_cfg.port, "postgres", &su, "app", "INSERT INTO t VALUES (3)").unwrap();
+    sql(
+        r_cfg.port,
+        "postgres",
+        &su,
+        "app",
+        "INSERT INTO t VALUES (3)",
+    )
+    .unwrap();
 
     // The old primary (which took a write of its own meanwhile) rejoins with pg_rewind.
-    sql(p_cfg.port, "postgres", &su, "app", "INSERT INTO t VALUES (99)").unwrap();
-    let body = serde_json::to_string(&DemoteRequest { upstream: replica.endpoint() }).unwrap();
+    sql(
+        p_cfg.port,
+        "postgres",
+        &su,
+        "app",
+        "INSERT INTO t VALUES (99)",
+    )
+    .unwrap();
+    let body = serde_json::to_string(&DemoteRequest {
+        upstream: replica.endpoint(),
+    })
+    .unwrap();
     let (code, text) = primary.post("/demote", Some(&token(&c)), &body);
     assert_eq!(code, 200, "{text}\n{}", primary.logs());
     let rejoined = primary.wait_status("the old primary to stream from the new one", |s| {
         s["role"] == "replica" && s["ready"] == true
     });
     assert_eq!(rejoined["upstream"], "repl-1");
-    sql(r_cfg.port, "postgres", &su, "app", "INSERT INTO t VALUES (4)").unwrap();
-    primary.wait_status("the old primary to have the new primary's rows only", |_| {
-        sql(p_cfg.port, "postgres", &su, "app", "SELECT string_agg(v::text, ',' ORDER BY v) FROM t").ok()
-            == Some(vec!["1,2,3,4".into()])
-    });
+    sql(
+        r_cfg.port,
+        "postgres",
+        &su,
+        "app",
+        "INSERT INTO t VALUES (4)",
+    )
+    .unwrap();
+    primary.wait_status(
+        "the old primary to have the new primary's rows only",
+        |_| {
+            sql(
+                p_cfg.port,
+                "postgres",
+                &su,
+                "app",
+                "SELECT string_agg(v::text, ',' ORDER BY v) FROM t",
+            )
+            .ok()
+                == Some(vec!["1,2,3,4".into()])
+        },
+    );
 
     let hits = watch.finish();
     assert!(hits.is_empty(), "secrets on command lines: {hits:#?}");
@@ -169,7 +258,11 @@ fn a_killed_postmaster_is_restarted_and_counted() {
     let m = c.start(&cfg);
     let before = m.wait_ready();
     let pid = before["pid"].as_u64().unwrap() as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let after = m.wait_status("a restarted, ready server", |s| {
         s["restarts"] == 1 && s["ready"] == true
     });
@@ -185,13 +278,25 @@ fn a_new_manager_adopts_the_postmaster_of_a_killed_one() {
     let before = first.wait_ready();
     first.kill9();
     let postmaster = before["pid"].as_u64().unwrap() as u32;
-    assert_eq!(postmasters_on(&cfg.data_dir), vec![postmaster], "the server outlives its manager");
+    assert_eq!(
+        postmasters_on(&cfg.data_dir),
+        vec![postmaster],
+        "the server outlives its manager"
+    );
 
     let mut second = Manager::start(cfg.clone(), c.dir.path());
     let after = second.wait_ready();
-    assert_eq!(after["pid"].as_u64(), Some(u64::from(postmaster)), "adopted, not restarted");
+    assert_eq!(
+        after["pid"].as_u64(),
+        Some(u64::from(postmaster)),
+        "adopted, not restarted"
+    );
     assert_eq!(after["restarts"], 0);
-    assert_eq!(postmasters_on(&cfg.data_dir), vec![postmaster], "never two postmasters");
+    assert_eq!(
+        postmasters_on(&cfg.data_dir),
+        vec![postmaster],
+        "never two postmasters"
+    );
 
     // SIGTERM stops the adopted server cleanly and exits 0.
     assert_eq!(second.terminate(), Some(0), "{}", second.logs());

@@ -1,11 +1,214 @@
-//! `stator instance` (being built; see its issue).
+//! `stator instance`: the instance manager, from a config file (local runtime) or derived from a
+//! Database file and the pod's environment (Kubernetes).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use stator_api::Database;
+use stator_api::instance::{Bootstrap, Endpoint, InstanceConfig};
+use stator_api::names::INSTANCE_MANAGER_PORT;
 
 use crate::error::{CliError, CliResult};
 
-/// Not yet available.
+/// Run the instance manager of one database server: initialize or clone its data directory,
+/// start and supervise the server, and serve /healthz, /readyz, /status, /metrics, /promote and
+/// /demote over HTTP (/promote and /demote need `Authorization: Bearer` with the api-token
+/// secret). Stops the server cleanly on SIGTERM or SIGINT.
 #[derive(clap::Args, Debug)]
-pub struct InstanceArgs {}
+#[command(
+    group(clap::ArgGroup::new("source").required(true).args(["config", "pod"])),
+    after_help = "Examples:\n  stator instance --config /var/lib/stator/default/db/db-0.json\n  POD_NAME=db-1 POD_NAMESPACE=prod stator instance --pod --database /etc/stator/database.json"
+)]
+pub struct InstanceArgs {
+    /// The instance config (JSON `InstanceConfig`), as the local runtime writes it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Run as a pod's entrypoint: derive the config from --database and the env POD_NAME
+    /// (NAME-N) and POD_NAMESPACE.
+    #[arg(long, requires = "database")]
+    pub pod: bool,
+    /// The Database (JSON or YAML) the pod belongs to; used with --pod.
+    #[arg(long, value_name = "FILE")]
+    pub database: Option<PathBuf>,
+    /// Where the server's output goes in a pod (`/dev/stderr` for `kubectl logs`).
+    #[arg(long, value_name = "FILE", default_value = "/run/stator/server.log")]
+    pub server_log: PathBuf,
+}
 
-pub fn run(_args: InstanceArgs) -> CliResult {
-    Err(CliError::Failed("stator instance is not built yet".into()))
+/// Paths inside a pod.
+pub const POD_DATA_DIR: &str = "/var/lib/stator/data";
+pub const POD_RUN_DIR: &str = "/run/stator";
+pub const POD_SECRETS_DIR: &str = "/etc/stator/secrets";
+
+pub fn run(args: InstanceArgs) -> CliResult {
+    let config = if let Some(path) = &args.config {
+        read_config(path)?
+    } else {
+        let path = args
+            .database
+            .as_deref()
+            .ok_or_else(|| CliError::Invalid("--pod needs --database FILE".into()))?;
+        let database = crate::spec_file::load(path)?.database;
+        let pod_name = std::env::var("POD_NAME").map_err(|_| {
+            CliError::Invalid(
+                "--pod: the environment variable POD_NAME (NAME-N, from the downward API) is not set"
+                    .into(),
+            )
+        })?;
+        let namespace = std::env::var("POD_NAMESPACE").ok();
+        pod_instance_config(
+            database,
+            &pod_name,
+            namespace.as_deref(),
+            stator_instance::running_as_root(),
+            &args.server_log,
+        )?
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
+    match runtime.block_on(stator_instance::run(config)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e @ stator_instance::InstanceError::Config { .. }) => {
+            Err(CliError::Invalid(e.to_string()))
+        }
+        Err(e) => Err(CliError::Failed(e.to_string())),
+    }
+}
+
+fn read_config(path: &Path) -> Result<InstanceConfig, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Invalid(format!("{}: cannot read: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| {
+        CliError::Invalid(format!(
+            "{}: not a valid instance config (JSON InstanceConfig): {e}",
+            path.display()
+        ))
+    })
+}
+
+/// The instance config of pod `pod_name` (`NAME-N`) of `database`: ordinal 0 starts as the
+/// primary, every other ordinal clones `NAME-0` through the headless Service.
+pub fn pod_instance_config(
+    database: Database,
+    pod_name: &str,
+    namespace: Option<&str>,
+    running_as_root: bool,
+    server_log: &Path,
+) -> Result<InstanceConfig, CliError> {
+    let name = database.name().to_string();
+    let ordinal = pod_name
+        .rsplit_once('-')
+        .filter(|(prefix, _)| *prefix == name)
+        .and_then(|(_, n)| n.parse::<u32>().ok())
+        .ok_or_else(|| {
+            CliError::Invalid(format!(
+                "POD_NAME {pod_name:?} is not {name}-N (the StatefulSet pod name of the Database {name:?})"
+            ))
+        })?;
+    let namespace = namespace
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| database.namespace())
+        .to_string();
+    let port = database.spec.engine.port();
+    let bootstrap = if ordinal == 0 {
+        Bootstrap::InitPrimary
+    } else {
+        Bootstrap::CloneFrom {
+            upstream: Endpoint {
+                instance: database.instance_name(0),
+                host: format!(
+                    "{}.{}.{namespace}.svc",
+                    database.instance_name(0),
+                    database.headless_service_name()
+                ),
+                port,
+            },
+        }
+    };
+    Ok(InstanceConfig {
+        ordinal,
+        data_dir: PathBuf::from(POD_DATA_DIR),
+        run_dir: PathBuf::from(POD_RUN_DIR),
+        secrets_dir: PathBuf::from(POD_SECRETS_DIR),
+        log_file: server_log.to_path_buf(),
+        listen_address: "0.0.0.0".into(),
+        port,
+        http_port: INSTANCE_MANAGER_PORT,
+        bootstrap,
+        server_user: running_as_root.then(|| "postgres".to_string()),
+        bin_dir: None,
+        database,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database() -> Database {
+        stator_api::load_database(
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: orders\n  namespace: shop\nspec:\n  engine: postgres\n  instances: 3\n",
+        )
+        .unwrap()
+        .database
+    }
+
+    fn log() -> PathBuf {
+        PathBuf::from("/run/stator/server.log")
+    }
+
+    #[test]
+    fn ordinal_zero_initializes_the_primary() {
+        let c = pod_instance_config(database(), "orders-0", Some("shop"), false, &log()).unwrap();
+        assert_eq!(c.ordinal, 0);
+        assert_eq!(c.bootstrap, Bootstrap::InitPrimary);
+        assert_eq!(c.port, 5432);
+        assert_eq!(c.http_port, 8008);
+        assert_eq!(c.listen_address, "0.0.0.0");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/stator/data"));
+        assert_eq!(c.secrets_dir, PathBuf::from("/etc/stator/secrets"));
+        assert_eq!(c.server_user, None);
+    }
+
+    #[test]
+    fn other_ordinals_clone_ordinal_zero_through_the_headless_service() {
+        let c = pod_instance_config(database(), "orders-2", Some("prod"), false, &log()).unwrap();
+        assert_eq!(c.ordinal, 2);
+        assert_eq!(
+            c.bootstrap,
+            Bootstrap::CloneFrom {
+                upstream: Endpoint {
+                    instance: "orders-0".into(),
+                    host: "orders-0.orders-headless.prod.svc".into(),
+                    port: 5432,
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn the_namespace_defaults_to_the_database_one() {
+        let c = pod_instance_config(database(), "orders-1", None, false, &log()).unwrap();
+        let Bootstrap::CloneFrom { upstream } = c.bootstrap else {
+            panic!("expected a clone");
+        };
+        assert_eq!(upstream.host, "orders-0.orders-headless.shop.svc");
+    }
+
+    #[test]
+    fn a_root_pod_runs_the_server_as_postgres() {
+        let c = pod_instance_config(database(), "orders-0", None, true, &log()).unwrap();
+        assert_eq!(c.server_user.as_deref(), Some("postgres"));
+    }
+
+    #[test]
+    fn a_pod_name_of_another_database_or_without_ordinal_is_refused() {
+        for bad in ["users-0", "orders", "orders-x", "orders-", "orders-0-1"] {
+            let e = pod_instance_config(database(), bad, None, false, &log()).unwrap_err();
+            assert!(e.to_string().contains("POD_NAME"), "{bad}: {e}");
+        }
+    }
 }

@@ -93,7 +93,9 @@ impl Cluster {
             "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: {}\nspec:\n  engine: postgres\n  instances: 2\n  resources:\n    requests: {{cpu: 100m, memory: 128Mi}}\n    limits: {{cpu: '1', memory: 256Mi}}\n  config:\n    parameters:\n      max_connections: 30\n      wal_keep_size: 64MB\n",
             self.name
         );
-        let database = stator_api::load_database(&yaml).expect("valid spec").database;
+        let database = stator_api::load_database(&yaml)
+            .expect("valid spec")
+            .database;
         let inst = self.dir.path().join(format!("{}-{ordinal}", self.name));
         InstanceConfig {
             database,
@@ -201,12 +203,11 @@ impl Manager {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let (code, body) = self.get("/status");
-            if code == 200 {
-                if let Ok(v) = serde_json::from_str::<Value>(&body) {
-                    if check(&v) {
-                        return v;
-                    }
-                }
+            if code == 200
+                && let Ok(v) = serde_json::from_str::<Value>(&body)
+                && check(&v)
+            {
+                return v;
             }
             assert!(
                 Instant::now() < deadline,
@@ -284,10 +285,10 @@ impl Drop for Manager {
     fn drop(&mut self) {
         self.kill9();
         // Then the server, with its whole process group (backends, walsender…).
-        if let Some(pid) = self.postmaster_pid() {
-            if stator_engine::process::process_serves_data_dir(pid, &self.config.data_dir) {
-                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
+        if let Some(pid) = self.postmaster_pid()
+            && stator_engine::process::process_serves_data_dir(pid, &self.config.data_dir)
+        {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
     }
 }
@@ -323,7 +324,13 @@ pub fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str
 }
 
 /// Runs SQL over TCP as `user`; returns the first column of every row as text.
-pub fn sql(port: u16, user: &str, password: &str, db: &str, query: &str) -> Result<Vec<String>, String> {
+pub fn sql(
+    port: u16,
+    user: &str,
+    password: &str,
+    db: &str,
+    query: &str,
+) -> Result<Vec<String>, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -336,10 +343,15 @@ pub fn sql(port: u16, user: &str, password: &str, db: &str, query: &str) -> Resu
             .password(password)
             .dbname(db)
             .connect_timeout(Duration::from_secs(5));
-        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+        let (client, conn) = cfg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let msgs = client.simple_query(query).await.map_err(|e| {
-            e.as_db_error().map(|d| d.message().to_string()).unwrap_or(e.to_string())
+            e.as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or(e.to_string())
         })?;
         Ok(msgs
             .into_iter()
@@ -368,7 +380,9 @@ pub fn postmasters_on(data_dir: &Path) -> Vec<u32> {
             .collect();
         let is_postmaster = args.first().is_some_and(|a| a.ends_with("/postgres"))
             && args.iter().any(|a| a == "-D");
-        if is_postmaster && std::fs::read_link(format!("/proc/{pid}/cwd")).ok() == Some(wanted.clone()) {
+        if is_postmaster
+            && std::fs::read_link(format!("/proc/{pid}/cwd")).ok() == Some(wanted.clone())
+        {
             found.push(pid);
         }
     }
@@ -412,7 +426,10 @@ impl CmdlineWatch {
     /// Stops scanning; the command lines that held a secret.
     pub fn finish(mut self) -> Vec<String> {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+        self.handle
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default()
     }
 }
 
