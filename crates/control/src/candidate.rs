@@ -60,7 +60,8 @@ pub fn ineligibility(
     if facts.role != Some(Role::Replica) {
         return Some("is not a replica".into());
     }
-    if facts.diverged || diverged_past_fork(memory, facts.held().as_ref()) {
+    let follows_primary = facts.upstream.is_some() && facts.upstream == memory.primary;
+    if facts.diverged || diverged_past_fork(memory, facts.held().as_ref(), follows_primary) {
         return Some("has diverged from the primary's history".into());
     }
     if facts.held().is_none() {
@@ -69,13 +70,21 @@ pub fn ineligibility(
     None
 }
 
-/// PostgreSQL: on the old timeline beyond the point where the current primary's timeline
-/// forked from it.
-pub(crate) fn diverged_past_fork(memory: &Memory, held: Option<&ReplicationPosition>) -> bool {
+/// Holds history the current primary's line does not, judged from the fork recorded at the
+/// last promotion: PostgreSQL WAL on the old timeline past the fork point; for the MySQL family,
+/// transactions beyond the fork while not following the current primary (a replica that follows
+/// it legitimately holds newer transactions).
+pub(crate) fn diverged_past_fork(
+    memory: &Memory,
+    held: Option<&ReplicationPosition>,
+    follows_primary: bool,
+) -> bool {
     match (&memory.fork, held) {
         (Some(ReplicationPosition::Wal(fork)), Some(ReplicationPosition::Wal(held))) => {
             held.timeline == fork.timeline && held.lsn > fork.lsn
         }
+        (Some(ReplicationPosition::Wal(_)), _) => false,
+        (Some(fork), Some(held)) => !follows_primary && !fork.includes(held),
         _ => false,
     }
 }

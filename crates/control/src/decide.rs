@@ -33,14 +33,15 @@ pub fn decide(input: &Input) -> Decision {
         refusal: None,
     };
     run.confirm_fences();
+    let mut created = false;
     if run.memory.primary.is_none() && run.memory.transition.is_none() {
-        run.adopt_or_bootstrap();
+        created = run.adopt_or_bootstrap();
     }
     run.fence_stray_writers();
     run.take_request();
     if run.memory.transition.is_some() {
         run.step_transition();
-    } else if run.memory.primary.is_some() {
+    } else if run.memory.primary.is_some() && !created {
         run.watch_primary();
     }
     if run.memory.transition.is_none() && run.primary_serving() {
@@ -191,8 +192,8 @@ impl Run<'_> {
     // ----------------------------------------------------------------------------- primary
 
     /// No primary remembered: create the first one, or adopt the one the instances report
-    /// (the memory was lost).
-    fn adopt_or_bootstrap(&mut self) {
+    /// (the memory was lost). True when the first primary was just ordered created.
+    fn adopt_or_bootstrap(&mut self) -> bool {
         let input = self.input;
         let existing: Vec<u32> = input
             .observed
@@ -202,7 +203,7 @@ impl Run<'_> {
             .collect();
         if existing.is_empty() {
             if input.spec.instances == 0 {
-                return;
+                return false;
             }
             self.actions.push(Action::Create {
                 ordinal: 0,
@@ -216,7 +217,7 @@ impl Run<'_> {
                 Reason::Creating,
                 format!("creating {} as the first primary", self.name(0)),
             );
-            return;
+            return true;
         }
         let most_advanced = |candidates: Vec<u32>| -> Option<u32> {
             candidates.iter().copied().find(|o| {
@@ -238,7 +239,11 @@ impl Run<'_> {
         let reported_primary: Vec<u32> = existing
             .iter()
             .copied()
-            .filter(|o| input.facts(*o).is_some_and(|f| f.role == Some(Role::Primary)))
+            .filter(|o| {
+                input
+                    .facts(*o)
+                    .is_some_and(|f| f.role == Some(Role::Primary))
+            })
             .collect();
         let adopted = if !writable.is_empty() {
             most_advanced(writable.clone()).or(writable.first().copied())
@@ -276,6 +281,7 @@ impl Run<'_> {
                 self.say(Phase::Unavailable, Reason::NoPrimary, reason);
             }
         }
+        false
     }
 
     /// The primary is serving: remembered, confirmed, writable and ready, and no transition.
@@ -488,7 +494,9 @@ impl Run<'_> {
     }
 
     fn transition_title(&self, t: &Transition) -> String {
-        let from = t.from.map_or("an unknown primary".to_string(), |f| self.name(f));
+        let from = t
+            .from
+            .map_or("an unknown primary".to_string(), |f| self.name(f));
         match t.kind {
             TransitionKind::Failover => format!("failover from {from}"),
             TransitionKind::Switchover => match t.target {
@@ -807,7 +815,9 @@ impl Run<'_> {
         let existing: Vec<u32> = input
             .observed
             .iter()
-            .filter(|(o, p)| **o != primary && **o < spec.instances && !matches!(p, Presence::Absent))
+            .filter(|(o, p)| {
+                **o != primary && **o < spec.instances && !matches!(p, Presence::Absent)
+            })
             .map(|(o, _)| *o)
             .collect();
         self.memory.sync_standbys.extend(existing);
@@ -836,8 +846,7 @@ impl Run<'_> {
             }
             match presence {
                 Presence::Absent => {
-                    let lower_ready = (0..ordinal)
-                        .all(|o| input.facts(o).is_some_and(|f| f.ready));
+                    let lower_ready = (0..ordinal).all(|o| input.facts(o).is_some_and(|f| f.ready));
                     if !creating && lower_ready {
                         self.actions.push(Action::Create {
                             ordinal,
@@ -851,7 +860,10 @@ impl Run<'_> {
                 Presence::Reported(facts)
                     if facts.role == Some(Role::Replica) && facts.state == ServerState::Running =>
                 {
-                    if facts.diverged || diverged_past_fork(&self.memory, facts.held().as_ref()) {
+                    let follows = facts.upstream == Some(primary);
+                    if facts.diverged
+                        || diverged_past_fork(&self.memory, facts.held().as_ref(), follows)
+                    {
                         self.repair(ordinal, primary);
                         not_ready.push(format!(
                             "{} diverged from the primary's history and is being repaired",
@@ -868,7 +880,11 @@ impl Run<'_> {
                             self.name(primary)
                         ));
                     } else if !facts.ready {
-                        not_ready.push(format!("{} is {}", self.name(ordinal), presence.describe()));
+                        not_ready.push(format!(
+                            "{} is {}",
+                            self.name(ordinal),
+                            presence.describe()
+                        ));
                     }
                 }
                 other => {
@@ -882,11 +898,22 @@ impl Run<'_> {
                 self.say(
                     Phase::Ready,
                     Reason::Healthy,
-                    format!("{p} is the primary; all {} instances are ready", spec.instances),
+                    format!(
+                        "{p} is the primary; all {} instances are ready",
+                        spec.instances
+                    ),
                 );
             } else {
-                let phase = if creating { Phase::Creating } else { Phase::Degraded };
-                let reason = if creating { Reason::Creating } else { Reason::Degraded };
+                let phase = if creating {
+                    Phase::Creating
+                } else {
+                    Phase::Degraded
+                };
+                let reason = if creating {
+                    Reason::Creating
+                } else {
+                    Reason::Degraded
+                };
                 self.say(
                     phase,
                     reason,
@@ -917,8 +944,16 @@ impl Run<'_> {
             self.memory.fenced.remove(&ordinal);
             return None;
         }
-        let confirmed = self.memory.fenced.get(&ordinal).is_some_and(|f| f.confirmed);
-        if !confirmed || matches!(facts.state, ServerState::Initializing | ServerState::Starting)
+        let confirmed = self
+            .memory
+            .fenced
+            .get(&ordinal)
+            .is_some_and(|f| f.confirmed);
+        if !confirmed
+            || matches!(
+                facts.state,
+                ServerState::Initializing | ServerState::Starting
+            )
         {
             return Some(format!("{name} is fenced and {}", presence.describe()));
         }
@@ -941,17 +976,25 @@ impl Run<'_> {
                     rewind,
                 });
                 Some(if rewind {
-                    format!("{name} rejoins as a replica after pg_rewind (its WAL may have diverged)")
+                    format!(
+                        "{name} rejoins as a replica after pg_rewind (its WAL may have diverged)"
+                    )
                 } else {
                     format!("{name} rejoins as a replica")
                 })
             }
             Engine::Mysql | Engine::Mariadb => {
-                let errant = match (&held, &primary_held) {
-                    _ if facts.diverged => Some(true),
-                    (Some(h), Some(p)) => Some(!p.includes(h)),
-                    (None, _) => Some(true),
-                    (Some(_), None) => None,
+                // Per-domain sequence numbers cannot tell the old primary's transactions from
+                // the new primary's with the same numbers, so the fork is asked first.
+                let errant = if facts.diverged {
+                    Some(true)
+                } else {
+                    match (&held, &self.memory.fork, &primary_held) {
+                        (None, _, _) => Some(true),
+                        (Some(h), Some(fork), _) => Some(!fork.includes(h)),
+                        (Some(h), None, Some(p)) => Some(!p.includes(h)),
+                        (Some(_), None, None) => None,
+                    }
                 };
                 match errant {
                     Some(true) => {
@@ -999,21 +1042,25 @@ impl Run<'_> {
 
     fn finish(mut self) -> Decision {
         let input = self.input;
-        let (phase, reason, mut message) = self.said.take().unwrap_or_else(|| match self
-            .memory
-            .primary
-        {
-            Some(p) => (
-                Phase::Unavailable,
-                Reason::PrimaryUnhealthy,
-                format!("primary {} is {}", self.name(p), self.presence(p).describe()),
-            ),
-            None => (
-                Phase::Unavailable,
-                Reason::NoPrimary,
-                "no primary".to_string(),
-            ),
-        });
+        let (phase, reason, mut message) =
+            self.said
+                .take()
+                .unwrap_or_else(|| match self.memory.primary {
+                    Some(p) => (
+                        Phase::Unavailable,
+                        Reason::PrimaryUnhealthy,
+                        format!(
+                            "primary {} is {}",
+                            self.name(p),
+                            self.presence(p).describe()
+                        ),
+                    ),
+                    None => (
+                        Phase::Unavailable,
+                        Reason::NoPrimary,
+                        "no primary".to_string(),
+                    ),
+                });
         let mut reason = reason;
         if let Some(refusal) = self.refusal.take() {
             message = format!("{refusal}; {message}");

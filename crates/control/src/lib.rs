@@ -39,5 +39,5 @@ pub mod memory;
 
 pub use action::{Action, Bootstrap, Decision, Reason, Status};
 pub use decide::decide;
-pub use input::{ClusterSpec, InstanceFacts, Input, Presence, Request, SpecError};
+pub use input::{ClusterSpec, Input, InstanceFacts, Presence, Request, SpecError};
 pub use memory::{Fence, FenceMethod, Memory, Transition, TransitionKind, TransitionPhase};
