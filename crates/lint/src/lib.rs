@@ -49,7 +49,18 @@ pub fn lint_sources(sources: &[Source]) -> Result<Vec<Finding>, Vec<LoadError>> 
 /// [`IGNORE_ANNOTATION`] silences, and sorts the rest.
 pub fn lint_manifests(manifests: &Manifests) -> Vec<Finding> {
     let mut findings = rules::check_all(manifests);
-    findings.retain(|f| !ignored(manifests, f));
+    let silenced = silenced_rules(manifests);
+    if !silenced.is_empty() {
+        findings.retain(|f| {
+            !silenced.iter().any(|(file, object, ids)| {
+                *file == f.file
+                    && *object == f.object
+                    && ids
+                        .iter()
+                        .any(|id| id.eq_ignore_ascii_case(f.rule) || *id == f.name)
+            })
+        });
+    }
     findings.sort_by(|a, b| {
         (&a.file, a.line, a.rule, &a.object, &a.message)
             .cmp(&(&b.file, b.line, b.rule, &b.object, &b.message))
@@ -58,19 +69,24 @@ pub fn lint_manifests(manifests: &Manifests) -> Vec<Finding> {
     findings
 }
 
-fn ignored(manifests: &Manifests, finding: &Finding) -> bool {
-    manifests.objects.iter().any(|o| {
-        o.file == finding.file
-            && o.display() == finding.object
-            && o.node
+/// (file, `Kind/name`, rule ids) for every object carrying [`IGNORE_ANNOTATION`].
+fn silenced_rules(manifests: &Manifests) -> Vec<(&std::path::Path, String, Vec<&str>)> {
+    manifests
+        .objects
+        .iter()
+        .filter_map(|o| {
+            let list = o
+                .node
                 .path(&["metadata", "annotations", IGNORE_ANNOTATION])
-                .and_then(node::Node::as_str)
-                .is_some_and(|list| {
-                    list.split([',', ' '])
-                        .map(str::trim)
-                        .any(|id| id.eq_ignore_ascii_case(finding.rule) || id == finding.name)
-                })
-    })
+                .and_then(node::Node::as_str)?;
+            let ids = list
+                .split([',', ' '])
+                .map(str::trim)
+                .filter(|id| !id.is_empty())
+                .collect();
+            Some((o.file.as_path(), o.display(), ids))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -117,14 +117,12 @@ fn check_command_lines(object: &Object, container: &Node, who: &str, out: &mut V
             .iter()
             .filter_map(|item| item.text().map(|t| (t, item.line)))
             .collect();
-        let joined = words
+        // A direct exec (no shell) of a MySQL client: every argument belongs to it.
+        let argv_is_mysql = words
             .iter()
-            .map(|(t, _)| t.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let mysql_client = mentions_mysql_client(&joined);
+            .any(|(t, _)| !t.contains(char::is_whitespace) && is_mysql_client(t));
         for (text, line) in &words {
-            if let Some(why) = command_line_leak(text, mysql_client) {
+            if let Some(why) = command_line_leak(text, argv_is_mysql) {
                 out.push(SECRET_ON_COMMAND_LINE.at(
                     object,
                     *line,
@@ -151,12 +149,10 @@ const MYSQL_CLIENTS: [&str; 12] = [
     "xtrabackup",
 ];
 
-fn mentions_mysql_client(text: &str) -> bool {
-    shell_words(text).any(|w| {
-        let w = w.trim_start_matches(['(', '"', '\'']);
-        let base = w.rsplit('/').next().unwrap_or(w);
-        MYSQL_CLIENTS.contains(&base) || base == "mariabackup"
-    })
+fn is_mysql_client(word: &str) -> bool {
+    let word = word.trim_start_matches(['(', '"', '\'']);
+    let base = word.rsplit('/').next().unwrap_or(word);
+    MYSQL_CLIENTS.contains(&base) || base == "mariabackup"
 }
 
 fn shell_words(text: &str) -> impl Iterator<Item = &str> {
@@ -164,10 +160,23 @@ fn shell_words(text: &str) -> impl Iterator<Item = &str> {
         .filter(|w| !w.is_empty())
 }
 
+/// The simple commands of a shell script, split at `;`, `&&`, `||`, `|` and newlines, so that
+/// `cp -pR a b; mysql …` does not read cp's `-pR` as a MySQL password.
+fn shell_commands(text: &str) -> impl Iterator<Item = &str> {
+    text.split([';', '&', '|', '\n'])
+}
+
 /// Why `text` (one argv element, or a whole `sh -c` script) would put a secret on some
 /// process's command line, if it would.
-fn command_line_leak(text: &str, mysql_client: bool) -> Option<String> {
-    let words: Vec<&str> = shell_words(text).collect();
+fn command_line_leak(text: &str, argv_is_mysql: bool) -> Option<String> {
+    shell_commands(text).find_map(|command| {
+        let words: Vec<&str> = shell_words(command).collect();
+        let mysql_client = argv_is_mysql || words.iter().any(|w| is_mysql_client(w));
+        leak_in_command(&words, mysql_client)
+    })
+}
+
+fn leak_in_command(words: &[&str], mysql_client: bool) -> Option<String> {
     for (i, word) in words.iter().enumerate() {
         let bare = word.trim_matches(|c| c == '"' || c == '\'');
         // MySQL-family clients take the password glued to -p; PostgreSQL's -p is a port.
@@ -211,8 +220,29 @@ fn command_line_leak(text: &str, mysql_client: bool) -> Option<String> {
         if let Some(uri) = uri_with_password(bare) {
             return Some(format!("a connection URI with a password (`{uri}`)"));
         }
+        if let Some(value) = conninfo_password(bare) {
+            return Some(format!("`password={value}…` in a connection string"));
+        }
     }
     None
+}
+
+/// The start of a literal `password=` value in a libpq conninfo (`"host=db password=x"`) or a
+/// URI query (`?password=x`), if there is one.
+fn conninfo_password(word: &str) -> Option<String> {
+    let at = word.find("password=")?;
+    if at > 0 && !matches!(word.as_bytes()[at - 1], b'?' | b'&' | b' ' | b'"' | b'\'') {
+        return None;
+    }
+    let value = word[at + "password=".len()..]
+        .split('&')
+        .next()
+        .unwrap_or("");
+    let value = value.trim_matches(|c| c == '"' || c == '\'');
+    if value.is_empty() || value.starts_with('$') {
+        return None;
+    }
+    Some(value.chars().take(2).collect())
 }
 
 /// `VAR` from a Kubernetes `$(VAR)` reference inside `word`.
@@ -564,12 +594,16 @@ mod tests {
             ("mysqldump --password=hunter2 app", "--password="),
             ("mysql -uroot -phunter2", "-p"),
         ] {
-            assert!(
-                command_line_leak(line, mentions_mysql_client(line)).is_some(),
-                "{why}"
-            );
+            assert!(command_line_leak(line, false).is_some(), "{why}");
         }
         assert!(command_line_leak("mysql -uroot -p", true).is_none());
+        assert!(command_line_leak("cp -pR /a /b; mysqld --user=mysql", false).is_none());
+        assert!(command_line_leak("cp -pR /a /b && mysql -p\"$P\" -e 'select 1'", false).is_some());
+        assert!(command_line_leak("psql 'host=db password=hunter2'", false).is_some());
+        assert!(
+            command_line_leak("jdbc:postgresql://db/app?user=a&password=hunter2", false).is_some()
+        );
+        assert!(command_line_leak("psql \"password=$PGPASS host=db\"", false).is_none());
         assert!(command_line_leak("pg_isready -p5432", false).is_none());
         let yaml = pod(
             "  - name: x\n    image: busybox:1.36\n    args:\n    - --user=app\n    - --pw=$(DB_PASSWORD)\n",
