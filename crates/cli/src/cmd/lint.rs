@@ -3,7 +3,7 @@
 //! chooses the exit code.
 
 use std::collections::BTreeSet;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -27,11 +27,11 @@ use crate::error::{CliError, CliResult, EXIT_FAILED};
 /// `lint.stator.dev/ignore: "STATOR-AVL-004"`; for a whole run, use --ignore.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
-    stator lint out/                                   lint rendered manifests\n  \
-    stator lint db/mysql/ db/postgres/pg-statefulset.yaml\n  \
-    stator render -f db.yaml -o - | stator lint -     lint a render without writing it\n  \
-    stator lint -o json k8s/ | jq '.findings[] | select(.severity == \"error\")'\n  \
-    stator lint --list-rules                           what is checked, and why")]
+    stator lint out/                                        rendered manifests\n  \
+    stator lint db/mysql/ db/postgres/pg-statefulset.yaml   files and directories\n  \
+    stator render -f db.yaml -o - | stator lint -           a render, without writing it\n  \
+    stator lint -o json k8s/ > findings.json                for machines\n  \
+    stator lint --list-rules                                what is checked, and why")]
 pub struct LintArgs {
     /// Manifest files or directories to check; `-` for stdin.
     #[arg(value_name = "PATH", required_unless_present = "list_rules")]
@@ -69,7 +69,7 @@ pub fn run(args: LintArgs) -> CliResult {
         )));
     }
     if args.list_rules {
-        print_rules(args.output)?;
+        print(&rules_text(args.output)?)?;
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -83,13 +83,14 @@ pub fn run(args: LintArgs) -> CliResult {
             .any(|i| i.eq_ignore_ascii_case(f.rule) || i == f.name)
     });
     let summary = Summary::of(&findings, sources.len(), manifests.objects.len());
-    match args.output {
-        Format::Human => print_human(&findings, &summary),
+    let text = match args.output {
+        Format::Human => human(&findings, &summary),
         Format::Json => {
             let doc = serde_json::json!({ "findings": findings, "summary": summary });
-            println!("{}", to_json(&doc)?);
+            format!("{}\n", to_json(&doc)?)
         }
-    }
+    };
+    print(&text)?;
     Ok(if summary.errors > 0 {
         ExitCode::from(EXIT_FAILED)
     } else {
@@ -167,14 +168,29 @@ fn plural(n: usize, word: &str) -> String {
     }
 }
 
-fn print_human(findings: &[Finding], summary: &Summary) {
+/// Writes to stdout; a closed pipe (`stator lint … | head`) is not an error.
+fn print(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::Failed(format!("cannot write to stdout: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn human(findings: &[Finding], summary: &Summary) -> String {
+    let mut out = String::new();
     let mut last_file = None;
     for finding in findings {
         if last_file.is_some_and(|f| f != &finding.file) {
-            println!();
+            out.push('\n');
         }
         last_file = Some(&finding.file);
-        println!("{finding}");
+        out.push_str(&format!("{finding}\n"));
     }
     let checked = format!(
         "{} in {}",
@@ -182,36 +198,34 @@ fn print_human(findings: &[Finding], summary: &Summary) {
         plural(summary.files, "file")
     );
     if findings.is_empty() {
-        println!("no findings ({checked})");
+        out.push_str(&format!("no findings ({checked})\n"));
     } else {
-        println!();
-        println!(
-            "{}, {}, {} info ({checked})",
+        out.push_str(&format!(
+            "\n{}, {}, {} info ({checked})\n",
             plural(summary.errors, "error"),
             plural(summary.warnings, "warning"),
             summary.info
-        );
+        ));
     }
+    out
 }
 
-fn print_rules(format: Format) -> Result<(), CliError> {
+fn rules_text(format: Format) -> Result<String, CliError> {
     let rules = stator_lint::rules();
-    match format {
-        Format::Json => println!("{}", to_json(&rules)?),
-        Format::Human => {
-            for rule in rules {
-                println!(
-                    "{}  {:<7}  {}",
-                    rule.id,
-                    rule.severity.to_string(),
-                    rule.name
-                );
-                println!("    {}", rule.summary);
-                println!("    why: {}", rule.rationale);
-                println!("    fix: {}", rule.fix);
-                println!();
-            }
-        }
+    if format == Format::Json {
+        return Ok(format!("{}\n", to_json(&rules)?));
     }
-    Ok(())
+    let mut out = String::new();
+    for rule in rules {
+        out.push_str(&format!(
+            "{}  {:<7}  {}\n    {}\n    why: {}\n    fix: {}\n\n",
+            rule.id,
+            rule.severity.to_string(),
+            rule.name,
+            rule.summary,
+            rule.rationale,
+            rule.fix
+        ));
+    }
+    Ok(out)
 }
