@@ -87,12 +87,17 @@ fn listing(dir: &Path) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_primary_is_initialized_started_observed_and_stopped() {
+async fn a_primary_is_initialized_over_a_leftover_started_observed_and_stopped() {
     let (_dir, config) = setup("eng");
     let pg = Postgres::new(&config).unwrap();
     let creds = Credentials::read(&config.secrets_dir).unwrap();
     assert_eq!(pg.inspect_data_dir().unwrap(), DataDirState::Empty);
+    // What a manager killed during initdb leaves: a half-built staging directory.
+    let leftover = config.data_dir.with_file_name(".data.stator-new");
+    std::fs::create_dir_all(leftover.join("base")).unwrap();
+    std::fs::write(leftover.join("PG_VERSION"), "15\n").unwrap();
     pg.initialize(&creds).await.unwrap();
+    assert!(!leftover.exists(), "the staging directory was moved into place");
     let DataDirState::Ready(marker) = pg.inspect_data_dir().unwrap() else {
         panic!("initialized data dir not recognized");
     };

@@ -152,11 +152,71 @@ impl Postgres {
 
     fn prepare_dirs(&self) -> Result<(), EngineError> {
         self.user.create_private_dir(&self.run_dir)?;
-        self.user.create_private_dir(&self.data_dir)?;
         if let Some(parent) = self.log_file.parent() {
             std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, "create", e))?;
         }
         Ok(())
+    }
+
+    /// Where a bootstrap builds the data directory: a hidden sibling, moved into place (one
+    /// rename) only once complete with its marker, so an instance manager killed during initdb
+    /// or pg_basebackup leaves an empty data directory, never a half-made one. A data directory
+    /// that is a mount point cannot be replaced; it is built in place.
+    fn staging_dir(&self) -> Result<PathBuf, EngineError> {
+        let (Some(parent), Some(name)) = (self.data_dir.parent(), self.data_dir.file_name()) else {
+            return Err(EngineError::Config {
+                field: "dataDir".into(),
+                message: format!("{} has no parent directory", self.data_dir.display()),
+            });
+        };
+        let in_place = match (std::fs::metadata(&self.data_dir), std::fs::metadata(parent)) {
+            (Ok(dir), Ok(up)) => {
+                use std::os::unix::fs::MetadataExt;
+                dir.dev() != up.dev()
+            }
+            _ => false,
+        };
+        if in_place {
+            self.user.create_private_dir(&self.data_dir)?;
+            return Ok(self.data_dir.clone());
+        }
+        std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, "create", e))?;
+        let staging = parent.join(format!(".{}.stator-new", name.to_string_lossy()));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)
+                .map_err(|e| EngineError::io(&staging, "remove the leftover", e))?;
+        }
+        self.user.create_private_dir(&staging)?;
+        Ok(staging)
+    }
+
+    /// Moves a complete staging directory into place.
+    fn install_staging(&self, staging: &Path) -> Result<(), EngineError> {
+        if staging == self.data_dir {
+            return Ok(());
+        }
+        // rename(2) replaces an empty directory.
+        std::fs::rename(staging, &self.data_dir)
+            .map_err(|e| EngineError::io(&self.data_dir, "move the new data directory into", e))?;
+        self.user.own(&self.data_dir, 0o700)
+    }
+
+    /// Removes what a failed bootstrap left.
+    fn discard_staging(&self, staging: &Path) {
+        if staging != self.data_dir {
+            let _ = std::fs::remove_dir_all(staging);
+            return;
+        }
+        if let Ok(entries) = std::fs::read_dir(staging) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
     }
 
     fn write_passfile(&self, creds: &Credentials) -> Result<(), EngineError> {
@@ -167,23 +227,9 @@ impl Postgres {
         )
     }
 
-    fn write_standby_signal(&self) -> Result<(), EngineError> {
+    fn write_standby_signal(&self, data_dir: &Path) -> Result<(), EngineError> {
         self.user
-            .write_file(&self.data_dir.join("standby.signal"), "", 0o600)
-    }
-
-    /// Empties the data directory after a failed bootstrap, keeping the directory itself.
-    fn empty_data_dir(&self) {
-        if let Ok(entries) = std::fs::read_dir(&self.data_dir) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let _ = if path.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-            }
-        }
+            .write_file(&data_dir.join("standby.signal"), "", 0o600)
     }
 
     /// The cached superuser session over the Unix socket, (re)connected when needed.
@@ -308,12 +354,13 @@ impl ServerEngine for Postgres {
 
     async fn initialize(&self, creds: &Credentials) -> Result<(), EngineError> {
         self.prepare_dirs()?;
+        let staging = self.staging_dir()?;
         let pwfile = self.run_dir.join("initdb.pw");
         self.user
             .write_file(&pwfile, creds.superuser.expose(), 0o600)?;
         let mut args: Vec<OsString> = vec![
             "-D".into(),
-            self.data_dir.clone().into(),
+            staging.clone().into(),
             "-U".into(),
             SUPERUSER.into(),
         ];
@@ -331,11 +378,13 @@ impl ServerEngine for Postgres {
         }
         let result = self.invocation("initdb", args).run().await;
         let _ = std::fs::remove_file(&pwfile);
-        if let Err(e) = result {
-            self.empty_data_dir();
-            return Err(e);
+        let result = result
+            .and_then(|()| write_marker(&staging, &self.marker(None), &self.user))
+            .and_then(|()| self.install_staging(&staging));
+        if result.is_err() {
+            self.discard_staging(&staging);
         }
-        write_marker(&self.data_dir, &self.marker(None), &self.user)
+        result
     }
 
     async fn clone_upstream(
@@ -344,11 +393,12 @@ impl ServerEngine for Postgres {
         creds: &Credentials,
     ) -> Result<(), EngineError> {
         self.prepare_dirs()?;
+        let staging = self.staging_dir()?;
         self.write_passfile(creds)?;
         let conninfo = upstream_conninfo(upstream, &self.passfile(), &self.instance, None);
         let args: Vec<OsString> = vec![
             "-D".into(),
-            self.data_dir.clone().into(),
+            staging.clone().into(),
             format!("--dbname={conninfo}").into(),
             "-X".into(),
             "stream".into(),
@@ -358,17 +408,17 @@ impl ServerEngine for Postgres {
         ];
         let mut inv = self.invocation("pg_basebackup", args);
         inv.env.push(("PGPASSFILE".into(), self.passfile().into()));
-        if let Err(e) = inv.run().await {
-            self.empty_data_dir();
-            return Err(e);
-        }
         // The copy carries the upstream's marker and config; this instance's replace them.
-        self.write_standby_signal()?;
-        write_marker(
-            &self.data_dir,
-            &self.marker(Some(upstream.clone())),
-            &self.user,
-        )
+        let result = inv
+            .run()
+            .await
+            .and_then(|()| self.write_standby_signal(&staging))
+            .and_then(|()| write_marker(&staging, &self.marker(Some(upstream.clone())), &self.user))
+            .and_then(|()| self.install_staging(&staging));
+        if result.is_err() {
+            self.discard_staging(&staging);
+        }
+        result
     }
 
     fn write_config(&self, creds: &Credentials) -> Result<(), EngineError> {
@@ -378,7 +428,7 @@ impl ServerEngine for Postgres {
         let follows = read_marker(&self.data_dir)?.and_then(|m| m.follows);
         let primary_conninfo = match &follows {
             Some(upstream) => {
-                self.write_standby_signal()?;
+                self.write_standby_signal(&self.data_dir)?;
                 Some(upstream_conninfo(
                     upstream,
                     &self.passfile(),
@@ -656,7 +706,7 @@ impl ServerEngine for Postgres {
         );
         inv.env.push(("PGPASSFILE".into(), self.passfile().into()));
         inv.run().await?;
-        self.write_standby_signal()?;
+        self.write_standby_signal(&self.data_dir)?;
         write_marker(
             &self.data_dir,
             &self.marker(Some(upstream.clone())),
