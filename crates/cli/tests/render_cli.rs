@@ -65,6 +65,11 @@ fn render_to_a_directory_writes_one_file_per_kind_and_the_secret_0600() {
     assert_eq!(entries(&out_dir), ALL_FILES);
     assert_eq!(mode(&out_dir.join("secret.yaml")), 0o600);
     assert_eq!(mode(&out_dir.join("statefulset.yaml")), 0o644);
+    assert_eq!(
+        mode(&out_dir),
+        0o700,
+        "a directory holding secrets is private"
+    );
     assert!(
         stderr(&out).contains("secret.yaml holds generated passwords"),
         "{}",
@@ -92,6 +97,7 @@ fn an_existing_secret_renders_no_secret_file_and_no_warning() {
     let files = entries(&out_dir);
     assert!(!files.contains(&"secret.yaml".to_string()), "{files:?}");
     assert_eq!(files.len(), ALL_FILES.len() - 1);
+    assert_eq!(mode(&out_dir), 0o755);
     assert!(!stderr(&out).contains("passwords"), "{}", stderr(&out));
     let statefulset = fs::read_to_string(out_dir.join("statefulset.yaml")).unwrap();
     assert!(statefulset.contains("secretName: ledger-credentials"));
@@ -254,6 +260,19 @@ fn an_earlier_render_is_replaced_whole() {
     let statefulset = fs::read_to_string(out_dir.join("statefulset.yaml")).unwrap();
     assert!(statefulset.contains("name: ledger-db"));
     assert_eq!(entries(tmp.path()), ["out"]);
+}
+
+#[test]
+fn a_relative_output_with_a_trailing_slash_is_written_in_the_working_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stator"))
+        .args(["render", "-f", &example("postgres-1.yaml"), "-o", "out/"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(entries(tmp.path()), ["out"]);
+    assert_eq!(entries(&tmp.path().join("out")), ALL_FILES);
 }
 
 #[test]
