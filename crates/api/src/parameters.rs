@@ -57,8 +57,15 @@ impl JsonSchema for ParameterValue {
         true
     }
 
+    /// Any scalar, as in a YAML file: the API server then accepts exactly what the local
+    /// runtime accepts (`200`, `"8MB"`, `on`, `true`, `1.1`). A structural schema allows an
+    /// untyped node only with `x-kubernetes-preserve-unknown-fields`; lists and maps are refused
+    /// by Stator's own validation with the field's path.
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({ "x-kubernetes-int-or-string": true })
+        json_schema!({
+            "description": "A parameter value: a string, number or boolean.",
+            "x-kubernetes-preserve-unknown-fields": true
+        })
     }
 }
 
