@@ -355,8 +355,9 @@ fn bring_up_by_hand(
                     "postgres",
                     "--auth-local=peer",
                     "--auth-host=scram-sha-256",
-                    "-E",
-                    "UTF8",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                    "--data-checksums",
                     "--pwfile",
                 ])
                 .arg(&pwfile)

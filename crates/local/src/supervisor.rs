@@ -33,8 +33,11 @@ use crate::proxy::{self, ProxyKind, Routes};
 use crate::report::{InstanceRow, Proxies, ProxyRoute, SupervisorReport, state_word};
 use crate::state::{AppliedSpec, DatabaseDir, Marker, create_dir, write_json};
 
-/// How often instances are checked.
-const TICK: Duration = Duration::from_millis(500);
+/// How often instances are checked while everything is as the spec asks.
+const TICK_STEADY: Duration = Duration::from_millis(500);
+/// How often while something is starting, stopping or not ready: every step of an ordered
+/// start waits for one check, so this bounds what the supervisor adds to a bring-up.
+const TICK_BUSY: Duration = Duration::from_millis(100);
 /// How long a `/status` request may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long instance managers get to stop their servers cleanly (fast shutdown) before the
@@ -97,6 +100,8 @@ struct Slot {
     not_before: Instant,
     /// When a stop (scale-down) was asked.
     stopping: Option<Instant>,
+    /// Stopped to be started again with a changed spec (a rolling update), not crashed.
+    updating: bool,
 }
 
 impl Slot {
@@ -110,6 +115,7 @@ impl Slot {
             restarts: 0,
             not_before: Instant::now(),
             stopping: None,
+            updating: false,
         }
     }
 
@@ -139,6 +145,10 @@ struct Supervisor<'a> {
     report: Arc<Mutex<SupervisorReport>>,
     last_written: String,
     ever_ready: bool,
+    /// The last report said Ready.
+    settled: bool,
+    /// Instances whose running config differs from the spec in what needs a restart.
+    outdated: usize,
 }
 
 async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
@@ -191,17 +201,22 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         report,
         last_written: String::new(),
         ever_ready: false,
+        settled: false,
+        outdated: 0,
     };
     supervisor.adopt().await;
     let mut sigterm = signal(SignalKind::terminate())
         .map_err(|e| LocalError::Failed(format!("cannot watch SIGTERM: {e}")))?;
     let mut sigint = signal(SignalKind::interrupt())
         .map_err(|e| LocalError::Failed(format!("cannot watch SIGINT: {e}")))?;
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let pause = if supervisor.settled {
+            TICK_STEADY
+        } else {
+            TICK_BUSY
+        };
         tokio::select! {
-            _ = tick.tick() => supervisor.step().await,
+            _ = tokio::time::sleep(pause) => supervisor.step().await,
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -301,6 +316,7 @@ impl Supervisor<'_> {
         self.probe_all().await;
         self.stop_excess(desired);
         self.start_in_order(desired, &primary);
+        self.roll_out(desired, &primary);
         self.route(desired, &primary);
         self.record_system_identifier(&primary);
         self.publish(desired, &primary);
@@ -321,6 +337,13 @@ impl Supervisor<'_> {
                 if slot.stopping.is_some() {
                     tracing::info!("{}: stopped (pid {pid}){status}; data dir kept", slot.name);
                     gone.push(slot.ordinal);
+                } else if slot.updating {
+                    tracing::info!(
+                        "{}: stopped (pid {pid}); starting it with the new spec",
+                        slot.name
+                    );
+                    slot.updating = false;
+                    slot.not_before = Instant::now();
                 } else {
                     slot.restarts += 1;
                     let delay = Duration::from_secs(u64::from(slot.restarts.min(10)));
@@ -456,6 +479,54 @@ impl Supervisor<'_> {
         }
     }
 
+    /// A rolling update, as a StatefulSet does when its pod template changes: once every
+    /// instance is ready, restarts the first one whose server settings (`spec.config`,
+    /// `spec.replication`) differ from the running config, replicas from the highest ordinal
+    /// down, the primary last.
+    fn roll_out(&mut self, desired: u32, primary: &str) {
+        let all_ready = (0..desired).all(|o| self.slots.get(&o).is_some_and(Slot::ready));
+        let busy = self.slots.values().any(|s| {
+            s.updating || s.stopping.is_some() || (s.ordinal >= desired && s.pid.is_some())
+        });
+        if !all_ready || busy {
+            return;
+        }
+        let primary_ordinal = ordinal_of(primary).unwrap_or(0);
+        let mut order: Vec<u32> = (0..desired)
+            .rev()
+            .filter(|o| *o != primary_ordinal)
+            .collect();
+        order.push(primary_ordinal);
+        let outdated: Vec<u32> = order
+            .into_iter()
+            .filter(|o| {
+                let wanted = instance_config(self.db(), self.dir, *o, primary, &self.host);
+                let running =
+                    crate::state::read_json::<serde_json::Value>(&self.dir.config_file(*o))
+                        .ok()
+                        .flatten();
+                running.is_some_and(|r| {
+                    server_settings(&r)
+                        != serde_json::to_value(&wanted)
+                            .map(|w| server_settings(&w))
+                            .unwrap_or_default()
+                })
+            })
+            .collect();
+        self.outdated = outdated.len();
+        if let Some(first) = outdated.first()
+            && let Some(slot) = self.slots.get_mut(first)
+            && let Some(pid) = slot.pid
+        {
+            tracing::info!(
+                "{}: its server settings changed; restarting it (rolling update)",
+                slot.name
+            );
+            process::signal(pid, Signal::SIGTERM);
+            slot.updating = true;
+        }
+    }
+
     fn route(&mut self, desired: u32, primary: &str) {
         let ports = LocalPorts::of(self.db());
         let addr = |ordinal: u32| -> Option<SocketAddr> {
@@ -513,6 +584,8 @@ impl Supervisor<'_> {
             }
             let state = if slot.stopping.is_some() {
                 "stopping".to_string()
+            } else if slot.updating {
+                "updating".to_string()
             } else if slot.pid.is_none() {
                 if slot.restarts > 0 {
                     "restarting"
@@ -548,7 +621,8 @@ impl Supervisor<'_> {
         if primary_ready {
             self.ever_ready = true;
         }
-        let phase = if all_ready && !excess_running {
+        let updating = self.outdated > 0 || self.slots.values().any(|s| s.updating);
+        let phase = if all_ready && !excess_running && !updating {
             Phase::Ready
         } else if primary_ready {
             Phase::Degraded
@@ -607,6 +681,7 @@ impl Supervisor<'_> {
                 )
             }),
         };
+        self.settled = report.phase == Phase::Ready;
         self.write_snapshot(&report);
         if let Ok(mut shared) = self.report.lock() {
             *shared = report;
@@ -657,6 +732,15 @@ impl Supervisor<'_> {
         }
         tracing::info!("{} stopped; data kept", self.dir.key());
     }
+}
+
+/// What of an instance config needs a restart when it changes: the server settings.
+fn server_settings(config: &serde_json::Value) -> serde_json::Value {
+    let spec = &config["database"]["spec"];
+    serde_json::json!({
+        "config": spec.get("config"),
+        "replication": spec.get("replication"),
+    })
 }
 
 /// Sends SIGTERM to each instance manager (it stops its server with a fast shutdown), waits up

@@ -245,7 +245,8 @@ fn wait_settled(
             Ok(report) => {
                 last_error.clear();
                 for row in &report.instances {
-                    let text = describe(row, &report.primary);
+                    let has_data = dir.data_dir(row.ordinal).is_dir();
+                    let text = describe(row, &report.primary, has_data);
                     if seen.get(&row.name) != Some(&text) {
                         progress.line(&format!("{}: {text}", row.name));
                         seen.insert(row.name.clone(), text);
@@ -291,17 +292,17 @@ fn wait_settled(
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-fn describe(row: &crate::report::InstanceRow, primary: &str) -> String {
+fn describe(row: &crate::report::InstanceRow, primary: &str, has_data: bool) -> String {
     let Some(r) = &row.report else {
         return row.state.clone();
     };
     let role = r.role.map(|r| r.to_string());
     let mut text = crate::report::state_word(r.state).to_string();
-    if r.state == ServerState::Initializing {
+    if r.state == ServerState::Initializing && !has_data {
         text = if row.name == primary {
             "initializing (initdb)".into()
         } else {
