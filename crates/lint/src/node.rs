@@ -11,6 +11,8 @@ const MAX_DEPTH: usize = 256;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub line: usize,
+    /// The line where the node ends (for a block scalar, the last line of its text or after).
+    pub end_line: usize,
     pub value: Value,
 }
 
@@ -83,7 +85,12 @@ fn convert(yaml: &MarkedYaml<'_>, depth: usize) -> Result<Node, ParseError> {
         YamlData::Tagged(_, inner) => return convert(inner, depth + 1),
         YamlData::Alias(_) | YamlData::BadValue => Value::Null,
     };
-    Ok(Node { line, value })
+    let end_line = yaml.span.end.line().max(line);
+    Ok(Node {
+        line,
+        end_line,
+        value,
+    })
 }
 
 fn scalar_value(scalar: &Scalar<'_>) -> Value {
@@ -184,6 +191,15 @@ mod tests {
         let item = &doc.path(&["b", "d"]).unwrap().items()[0];
         assert_eq!(item.line, 5);
         assert_eq!(item.line_of("v"), 6);
+    }
+
+    #[test]
+    fn block_scalars_know_where_they_end() {
+        let docs = parse_documents("a: |\n  one\n  two\nb: 1\n").unwrap();
+        let a = docs[0].get("a").unwrap();
+        // A block scalar starts at its first line of text, not at the `|`.
+        assert_eq!(a.line, 2);
+        assert!(a.end_line >= 3, "{a:?}");
     }
 
     #[test]

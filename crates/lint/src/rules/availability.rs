@@ -66,7 +66,7 @@ pub fn check(manifests: &Manifests, out: &mut Vec<Finding>) {
         if object.kind != "StatefulSet" {
             out.push(NOT_A_STATEFULSET.at(
                 object,
-                object.node.line_of("kind"),
+                object.line,
                 format!("a database runs as a {}", object.kind),
             ));
         }
@@ -208,7 +208,7 @@ mod tests {
     #[test]
     fn databases_in_deployments_are_reported() {
         let yaml = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: db}\nspec:\n  template:\n    spec:\n      containers:\n      - {name: db, image: postgres:16}\n";
-        assert_eq!(lines_of(&lint(yaml), NOT_A_STATEFULSET.id), vec![2]);
+        assert_eq!(lines_of(&lint(yaml), NOT_A_STATEFULSET.id), vec![3]);
     }
 
     #[test]

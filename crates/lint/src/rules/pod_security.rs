@@ -79,6 +79,15 @@ pub const SERVICE_ACCOUNT_TOKEN: Rule = Rule {
     fix: "set automountServiceAccountToken: false on the pod spec or its ServiceAccount",
 };
 
+pub const HOST_NAMESPACES: Rule = Rule {
+    id: "STATOR-CTX-009",
+    name: "host-namespaces",
+    severity: Severity::Error,
+    summary: "A database pod shares the node's network, process or IPC namespace (hostNetwork, hostPID, hostIPC).",
+    rationale: "Guide: NetworkPolicy limits who reaches the database; on the host network no NetworkPolicy applies and the port is open on the node.",
+    fix: "remove hostNetwork / hostPID / hostIPC and reach the database through its Services",
+};
+
 pub const RULES: &[&Rule] = &[
     &RUNS_AS_ROOT,
     &PRIVILEGE_ESCALATION,
@@ -88,6 +97,7 @@ pub const RULES: &[&Rule] = &[
     &WRITABLE_ROOT_FILESYSTEM,
     &NO_FS_GROUP,
     &SERVICE_ACCOUNT_TOKEN,
+    &HOST_NAMESPACES,
 ];
 
 pub fn check(manifests: &Manifests, out: &mut Vec<Finding>) {
@@ -97,6 +107,15 @@ pub fn check(manifests: &Manifests, out: &mut Vec<Finding>) {
         }
         check_fs_group(&workload, out);
         check_token(manifests, &workload, out);
+        for key in ["hostNetwork", "hostPID", "hostIPC"] {
+            if workload.pod.get(key).and_then(Node::as_bool) == Some(true) {
+                out.push(HOST_NAMESPACES.at(
+                    workload.object,
+                    workload.pod_line_of(key),
+                    format!("the pod sets {key}: true"),
+                ));
+            }
+        }
     }
 }
 
@@ -358,6 +377,15 @@ mod tests {
             lines_of(&lint(&with_account), SERVICE_ACCOUNT_TOKEN.id),
             Vec::<usize>::new()
         );
+    }
+
+    #[test]
+    fn host_namespaces_are_errors() {
+        let yaml = without(
+            "      automountServiceAccountToken: false\n",
+            "      automountServiceAccountToken: false\n      hostNetwork: true\n      hostPID: false\n",
+        );
+        assert_eq!(lines_of(&lint(&yaml), HOST_NAMESPACES.id), vec![16]);
     }
 
     #[test]

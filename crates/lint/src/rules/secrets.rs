@@ -112,26 +112,42 @@ fn check_command_lines(object: &Object, container: &Node, who: &str, out: &mut V
         }
     }
     for (place, node) in lines {
-        let words: Vec<(String, usize)> = node
+        let items: Vec<(String, &Node)> = node
             .items()
             .iter()
-            .filter_map(|item| item.text().map(|t| (t, item.line)))
+            .filter_map(|item| item.text().map(|t| (t, item)))
             .collect();
         // A direct exec (no shell) of a MySQL client: every argument belongs to it.
-        let argv_is_mysql = words
+        let argv_is_mysql = items
             .iter()
             .any(|(t, _)| !t.contains(char::is_whitespace) && is_mysql_client(t));
-        for (text, line) in &words {
-            if let Some(why) = command_line_leak(text, argv_is_mysql) {
+        for (text, item) in &items {
+            if let Some(leak) = command_line_leak(text, argv_is_mysql) {
                 out.push(SECRET_ON_COMMAND_LINE.at(
                     object,
-                    *line,
-                    format!("{place} puts a password on the command line: {why}"),
+                    leak_line(text, item, &leak.word),
+                    format!("{place} puts a password on the command line: {}", leak.why),
                 ));
                 break;
             }
         }
     }
+}
+
+/// The source line of `word` inside a scalar: the scalar's own line, or for a multi-line
+/// script (a `|` block, whose node starts at its first text line) the line that holds it.
+fn leak_line(text: &str, item: &Node, word: &str) -> usize {
+    if !text.contains('\n') {
+        return item.line;
+    }
+    let index = text.lines().position(|l| l.contains(word)).unwrap_or(0);
+    (item.line + index).min(item.end_line.max(item.line))
+}
+
+/// What puts a secret on a command line, and the word that does it.
+struct Leak {
+    why: String,
+    word: String,
 }
 
 const MYSQL_CLIENTS: [&str; 12] = [
@@ -168,15 +184,21 @@ fn shell_commands(text: &str) -> impl Iterator<Item = &str> {
 
 /// Why `text` (one argv element, or a whole `sh -c` script) would put a secret on some
 /// process's command line, if it would.
-fn command_line_leak(text: &str, argv_is_mysql: bool) -> Option<String> {
-    shell_commands(text).find_map(|command| {
+fn command_line_leak(text: &str, argv_is_mysql: bool) -> Option<Leak> {
+    // A backslash-newline continues the command on the next line.
+    let joined = text.replace("\\\n", " ");
+    shell_commands(&joined).find_map(|command| {
         let words: Vec<&str> = shell_words(command).collect();
         let mysql_client = argv_is_mysql || words.iter().any(|w| is_mysql_client(w));
-        leak_in_command(&words, mysql_client)
+        let (index, why) = leak_in_command(&words, mysql_client)?;
+        Some(Leak {
+            why,
+            word: words[index].to_string(),
+        })
     })
 }
 
-fn leak_in_command(words: &[&str], mysql_client: bool) -> Option<String> {
+fn leak_in_command(words: &[&str], mysql_client: bool) -> Option<(usize, String)> {
     for (i, word) in words.iter().enumerate() {
         let bare = word.trim_matches(|c| c == '"' || c == '\'');
         // MySQL-family clients take the password glued to -p; PostgreSQL's -p is a port.
@@ -186,63 +208,73 @@ fn leak_in_command(words: &[&str], mysql_client: bool) -> Option<String> {
             let password_var = rest.contains('$') && is_secret_name(rest);
             let not_a_port = !rest.chars().all(|c| c.is_ascii_digit());
             if (mysql_client && not_a_port) || password_var {
-                return Some(format!("`{bare}`"));
+                return Some((i, format!("`-p{}`", masked(rest))));
             }
         }
         if let Some(rest) = bare.strip_prefix("--password=")
             && !rest.is_empty()
         {
-            return Some(format!("`--password={rest}`"));
+            return Some((i, format!("`--password={}`", masked(rest))));
         }
         if bare == "--password"
             && let Some(next) = words.get(i + 1)
             && !next.starts_with('-')
             && (next.contains('$') || !mysql_client)
         {
-            return Some(format!("`--password {next}`"));
+            return Some((i, format!("`--password {}`", masked(next))));
         }
         for var in ["PGPASSWORD=", "MYSQL_PWD="] {
             if let Some(rest) = bare.strip_prefix(var) {
                 let value = rest.trim_matches(|c| c == '"' || c == '\'');
                 // `PGPASSWORD="$X" psql` hands the value over in the environment: fine.
                 if !value.is_empty() && !value.starts_with('$') {
-                    return Some(format!("a literal `{var}…`"));
+                    return Some((i, format!("a literal `{var}…`")));
                 }
             }
         }
         if let Some(var) = kubernetes_reference(bare)
             && is_secret_name(var)
         {
-            return Some(format!(
-                "`$({var})` is expanded by Kubernetes into the argument list"
+            return Some((
+                i,
+                format!("`$({var})` is expanded by Kubernetes into the argument list"),
             ));
         }
         if let Some(uri) = uri_with_password(bare) {
-            return Some(format!("a connection URI with a password (`{uri}`)"));
+            return Some((i, format!("a connection URI with a password (`{uri}`)")));
         }
-        if let Some(value) = conninfo_password(bare) {
-            return Some(format!("`password={value}…` in a connection string"));
+        if conninfo_password(bare) {
+            return Some((i, "a literal `password=` in a connection string".into()));
         }
     }
     None
 }
 
-/// The start of a literal `password=` value in a libpq conninfo (`"host=db password=x"`) or a
-/// URI query (`?password=x`), if there is one.
-fn conninfo_password(word: &str) -> Option<String> {
-    let at = word.find("password=")?;
+/// Whether `word` holds a literal `password=` value of a libpq conninfo
+/// (`"host=db password=x"`) or a URI query (`?password=x`).
+fn conninfo_password(word: &str) -> bool {
+    let Some(at) = word.find("password=") else {
+        return false;
+    };
     if at > 0 && !matches!(word.as_bytes()[at - 1], b'?' | b'&' | b' ' | b'"' | b'\'') {
-        return None;
+        return false;
     }
     let value = word[at + "password=".len()..]
         .split('&')
         .next()
         .unwrap_or("");
     let value = value.trim_matches(|c| c == '"' || c == '\'');
-    if value.is_empty() || value.starts_with('$') {
-        return None;
+    !value.is_empty() && !value.starts_with('$')
+}
+
+/// A command-line value as findings may show it: variable references as written (they are
+/// names, not secrets), literal values never.
+fn masked(value: &str) -> String {
+    if value.trim_start_matches(['"', '\'']).starts_with('$') {
+        value.to_string()
+    } else {
+        "***".to_string()
     }
-    Some(value.chars().take(2).collect())
 }
 
 /// `VAR` from a Kubernetes `$(VAR)` reference inside `word`.
@@ -515,14 +547,16 @@ fn check_config_map(object: &Object, out: &mut Vec<Finding>) {
                 format!("key \"{}\" holds a secret in a ConfigMap", e.key),
             ));
         } else if let Some((offset, what)) = password_line(&value) {
+            // In a `|` block the value's node starts at its first line of text.
+            let line = if value.contains('\n') {
+                (e.value.line + offset).min(e.value.end_line.max(e.value.line))
+            } else {
+                e.key_line
+            };
             out.push(SECRET_IN_CONFIG_MAP.at(
                 object,
-                e.key_line,
-                format!(
-                    "key \"{}\" (line {} of the value) sets {what}",
-                    e.key,
-                    offset + 1
-                ),
+                line,
+                format!("key \"{}\" sets {what}", e.key),
             ));
         }
     }
@@ -612,6 +646,24 @@ mod tests {
     }
 
     #[test]
+    fn a_leak_in_a_block_script_points_at_its_own_line_and_hides_literals() {
+        let yaml = pod(
+            "  - name: db\n    image: mariadb:11\n    livenessProbe:\n      exec:\n        command:\n        - /bin/bash\n        - -ec\n        - |\n          p=\"$(cat /secret)\"\n          mysqladmin status \\\n            -uroot -p\"${p}\"\n",
+        );
+        let findings = lint(&yaml);
+        assert_eq!(lines_of(&findings, SECRET_ON_COMMAND_LINE.id), vec![16]);
+        let literal = pod(
+            "  - name: db\n    image: mariadb:11\n    command: [mysqldump, --password=hunter2]\n",
+        );
+        let findings = lint(&literal);
+        assert_eq!(lines_of(&findings, SECRET_ON_COMMAND_LINE.id), vec![8]);
+        assert!(
+            findings.iter().all(|f| !f.message.contains("hunter2")),
+            "{findings:?}"
+        );
+    }
+
+    #[test]
     fn placeholder_and_dictionary_secrets_are_errors_at_the_key_line() {
         let yaml = "kind: Secret\nmetadata: {name: s}\nstringData:\n  username: admin\n  MYSQL_ROOT_PASSWORD: \"changeme-root\"\n  app-password: password\ndata:\n  other-password: MTIzNDU2\n";
         let findings = lint(yaml);
@@ -638,9 +690,9 @@ mod tests {
     fn secrets_in_config_maps_are_found_by_key_and_in_config_files() {
         let yaml = "kind: ConfigMap\nmetadata: {name: c}\ndata:\n  MYSQL_USER: app\n  MYSQL_PASSWORD: x9\n  POSTGRES_PASSWORD_FILE: /run/secrets/pw\n  password_encryption: scram-sha-256\n  my.cnf: |\n    [client]\n    password=hunter2\n  ok.cnf: |\n    [mysqld]\n    disconnect_on_expired_password = ON\n";
         let findings = lint(yaml);
-        assert_eq!(lines_of(&findings, SECRET_IN_CONFIG_MAP.id), vec![5, 8]);
+        assert_eq!(lines_of(&findings, SECRET_IN_CONFIG_MAP.id), vec![5, 10]);
         assert!(
-            findings[1].message.contains("line 2 of the value"),
+            findings[1].message.contains("my.cnf"),
             "{}",
             findings[1].message
         );

@@ -59,6 +59,15 @@ pub const SNAPSHOT_DELETION_POLICY: Rule = Rule {
     fix: "set deletionPolicy: Retain and expire snapshots by policy",
 };
 
+pub const HOST_PATH_VOLUME: Rule = Rule {
+    id: "STATOR-STO-007",
+    name: "host-path-volume",
+    severity: Severity::Warning,
+    summary: "A database pod mounts a hostPath volume: the data is tied to one node, outside any PersistentVolume, snapshot or reclaim policy.",
+    rationale: "Guide (storage design): StorageClass + dynamic provisioning; PVCs keep data across rescheduling.",
+    fix: "use a PersistentVolumeClaim (a local PersistentVolume if the disk must be node-local)",
+};
+
 pub const RULES: &[&Rule] = &[
     &SHARED_ACCESS_MODE,
     &NO_VOLUME_EXPANSION,
@@ -66,12 +75,23 @@ pub const RULES: &[&Rule] = &[
     &IMMEDIATE_BINDING,
     &EPHEMERAL_DATA,
     &SNAPSHOT_DELETION_POLICY,
+    &HOST_PATH_VOLUME,
 ];
 
 pub fn check(manifests: &Manifests, out: &mut Vec<Finding>) {
     for workload in manifests.databases() {
         check_access_modes(manifests, &workload, out);
         check_persistence(&workload, out);
+        for volume in workload.pod.get("volumes").map(Node::items).unwrap_or(&[]) {
+            if volume.get("hostPath").is_some() {
+                let name = volume.get("name").and_then(Node::text).unwrap_or_default();
+                out.push(HOST_PATH_VOLUME.at(
+                    workload.object,
+                    volume.line_of("hostPath"),
+                    format!("volume \"{name}\" is a hostPath"),
+                ));
+            }
+        }
     }
     for class in manifests.of_kind("StorageClass") {
         check_storage_class(class, out);
@@ -258,6 +278,15 @@ mod tests {
     fn a_database_without_persistent_volume_loses_its_data() {
         let yaml = GOOD_DATABASE.replace("{name: data, mountPath", "{name: scratch, mountPath");
         assert_eq!(lines_of(&lint(&yaml), EPHEMERAL_DATA.id), vec![46]);
+    }
+
+    #[test]
+    fn host_path_volumes_are_reported() {
+        let yaml = GOOD_DATABASE.replace(
+            "      containers:\n",
+            "      volumes:\n      - name: logs\n        hostPath: {path: /var/log/db}\n      containers:\n",
+        );
+        assert_eq!(lines_of(&lint(&yaml), HOST_PATH_VOLUME.id), vec![28]);
     }
 
     #[test]
