@@ -97,7 +97,10 @@ async fn a_primary_is_initialized_over_a_leftover_started_observed_and_stopped()
     std::fs::create_dir_all(leftover.join("base")).unwrap();
     std::fs::write(leftover.join("PG_VERSION"), "15\n").unwrap();
     pg.initialize(&creds).await.unwrap();
-    assert!(!leftover.exists(), "the staging directory was moved into place");
+    assert!(
+        !leftover.exists(),
+        "the staging directory was moved into place"
+    );
     let DataDirState::Ready(marker) = pg.inspect_data_dir().unwrap() else {
         panic!("initialized data dir not recognized");
     };

@@ -356,3 +356,44 @@ fn a_data_dir_of_another_major_version_is_refused() {
     let log = std::fs::read_to_string(&m.stderr_path).unwrap();
     assert!(log.contains("PostgreSQL 14 data directory"), "{log}");
 }
+
+#[test]
+fn a_synchronous_primary_creates_its_roles_before_any_replica_and_then_commits_through_one() {
+    let c = Cluster::new("sync");
+    let extra = "  replication:\n    synchronous: true\n";
+    let p_cfg = c.config_with(0, Bootstrap::InitPrimary, extra);
+    let primary = c.start(&p_cfg);
+    primary.wait_ready();
+    let app = c.secret(secret_keys::APP_PASSWORD);
+    primary.wait_status("the roles to exist without a replica", |_| {
+        sql(p_cfg.port, "app", &app, "app", "SELECT 1").is_ok()
+    });
+    let r_cfg = c.config_with(
+        1,
+        Bootstrap::CloneFrom {
+            upstream: primary.endpoint(),
+        },
+        extra,
+    );
+    let replica = c.start(&r_cfg);
+    replica.wait_ready();
+    // This commit waits for the replica: it returns once the replica holds it.
+    sql(
+        p_cfg.port,
+        "app",
+        &app,
+        "app",
+        "CREATE TABLE s (v int); INSERT INTO s VALUES (1)",
+    )
+    .unwrap();
+    let su = c.secret(secret_keys::SUPERUSER_PASSWORD);
+    let sync = sql(
+        p_cfg.port,
+        "postgres",
+        &su,
+        "postgres",
+        "SELECT sync_state FROM pg_stat_replication",
+    )
+    .unwrap();
+    assert_eq!(sync, vec!["quorum".to_string()]);
+}

@@ -518,6 +518,11 @@ impl ServerEngine for Postgres {
             (owner.clone(), "LOGIN", &creds.app),
         ];
         self.with_session(creds, async |c: &Client| {
+            // With synchronous replication, a commit waits for a replica; the replicas need the
+            // replication role first, so these commits must not wait.
+            c.batch_execute("SET synchronous_commit TO local")
+                .await
+                .map_err(|e| EngineError::sql("setting synchronous_commit", &e))?;
             for (role, attrs, password) in &roles {
                 let exists = c
                     .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[role])

@@ -36,17 +36,10 @@ pub fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The path of the instance manager program (the crate's example, built by `cargo test`).
+/// The path of the instance manager program (this crate's `instance_manager` binary, which
+/// cargo builds for the integration tests).
 pub fn manager_program() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join("examples").join("instance_manager");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with cargo test -p stator-instance",
-        path.display()
-    );
-    path
+    PathBuf::from(env!("CARGO_BIN_EXE_instance_manager"))
 }
 
 /// One database's shared secrets and a place for its instances.
@@ -89,8 +82,14 @@ impl Cluster {
 
     /// The config of instance `ordinal`, with fresh ports.
     pub fn config(&self, ordinal: u32, bootstrap: Bootstrap) -> InstanceConfig {
+        self.config_with(ordinal, bootstrap, "")
+    }
+
+    /// The config of instance `ordinal`, with `extra` appended to the spec (YAML, indented
+    /// by two spaces).
+    pub fn config_with(&self, ordinal: u32, bootstrap: Bootstrap, extra: &str) -> InstanceConfig {
         let yaml = format!(
-            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: {}\nspec:\n  engine: postgres\n  instances: 2\n  resources:\n    requests: {{cpu: 100m, memory: 128Mi}}\n    limits: {{cpu: '1', memory: 256Mi}}\n  config:\n    parameters:\n      max_connections: 30\n      wal_keep_size: 64MB\n",
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: {}\nspec:\n  engine: postgres\n  instances: 2\n  resources:\n    requests: {{cpu: 100m, memory: 128Mi}}\n    limits: {{cpu: '1', memory: 256Mi}}\n  config:\n    parameters:\n      max_connections: 30\n      wal_keep_size: 64MB\n{extra}",
             self.name
         );
         let database = stator_api::load_database(&yaml)
