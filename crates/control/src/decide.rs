@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 
 use stator_api::instance::ServerState;
-use stator_api::position::ReplicationPosition;
+use stator_api::position::{MariadbGtidPosition, ReplicationPosition};
 use stator_api::{Engine, Phase, Role};
 
 use crate::action::{Action, Bootstrap, Decision, Reason, Status};
@@ -114,6 +114,7 @@ impl Run<'_> {
         let fence = self.memory.fenced.entry(ordinal).or_insert(Fence {
             method,
             confirmed: false,
+            floor: None,
         });
         if !fence.confirmed && self.fences_ordered.insert(ordinal) {
             let method = fence.method;
@@ -136,22 +137,24 @@ impl Run<'_> {
         }
     }
 
-    /// Any writable instance other than the authorised writer is fenced at once (killed), and
-    /// fences not yet confirmed are ordered again.
+    /// Any instance other than the authorised writer that accepts writes, or reports itself a
+    /// primary that may start accepting them, is fenced at once (killed); fences not yet
+    /// confirmed are ordered again.
     fn fence_stray_writers(&mut self) {
         let authorised = self.authorised_writer();
         let strays: Vec<u32> = self
             .input
             .observed
             .iter()
-            .filter(|(o, p)| p.writable() && Some(**o) != authorised)
+            .filter(|(o, p)| Some(**o) != authorised && claims_primary(p))
             .map(|(o, _)| *o)
             .collect();
         for ordinal in strays {
             if !self.memory.fenced.contains_key(&ordinal) {
                 self.notes.push(format!(
-                    "{} accepts writes but is not the primary: fencing it",
-                    self.name(ordinal)
+                    "{} is {} but not the primary: fencing it",
+                    self.name(ordinal),
+                    self.presence(ordinal).describe()
                 ));
             }
             self.order_fence(ordinal, FenceMethod::Kill);
@@ -168,16 +171,30 @@ impl Run<'_> {
         }
     }
 
-    /// Instances other than `except` that block a promotion: fenced but not yet seen unable to
-    /// write, or seen writable.
+    /// `ordinal` may accept writes, as far as anyone can tell: it is not seen unable to, its
+    /// fence (if any) is not confirmed, and it was ordered fenced, is or was the primary, or
+    /// reports itself a primary. A replica that cannot be reached cannot write: only the core
+    /// promotes.
+    fn may_write(&self, ordinal: u32) -> bool {
+        let presence = self.presence(ordinal);
+        if let Some(fence) = self.memory.fenced.get(&ordinal) {
+            // Only a sighting after the order counts (`confirm_fences`).
+            return !fence.confirmed;
+        }
+        let was_writer = self.memory.primary == Some(ordinal)
+            || self.memory.transition.as_ref().and_then(|t| t.from) == Some(ordinal);
+        if was_writer {
+            // Never ordered fenced: whatever it looks like now, it may be restarted writable.
+            return !matches!(presence, Presence::Absent);
+        }
+        claims_primary(presence)
+    }
+
+    /// Instances other than `except` that block a promotion because they may accept writes.
     fn blocking_writers(&self, except: Option<u32>) -> Vec<u32> {
         ordinals(self.input, &self.memory)
             .into_iter()
-            .filter(|o| Some(*o) != except)
-            .filter(|o| {
-                self.presence(*o).writable()
-                    || self.memory.fenced.get(o).is_some_and(|f| !f.confirmed)
-            })
+            .filter(|o| Some(*o) != except && self.may_write(*o))
             .collect()
     }
 
@@ -463,6 +480,16 @@ impl Run<'_> {
         };
         match t.phase {
             TransitionPhase::Fencing => {
+                let method = match (t.kind, self.engine()) {
+                    (TransitionKind::Failover, _) => FenceMethod::Kill,
+                    (TransitionKind::Switchover, Engine::Postgres) => FenceMethod::Shutdown,
+                    (TransitionKind::Switchover, _) => FenceMethod::ReadOnly,
+                };
+                for old in [t.from, self.memory.primary].into_iter().flatten() {
+                    if self.may_write(old) {
+                        self.order_fence(old, method);
+                    }
+                }
                 let blocking = self.blocking_writers(None);
                 if !blocking.is_empty() {
                     let message = format!(
@@ -736,6 +763,14 @@ impl Run<'_> {
             self.memory.fenced.remove(&candidate);
             if !restore {
                 self.memory.term += 1;
+                if let Some(fork) = &fork {
+                    for fence in self.memory.fenced.values_mut() {
+                        fence.floor = Some(match &fence.floor {
+                            Some(floor) => lowest(floor, fork),
+                            None => fork.clone(),
+                        });
+                    }
+                }
                 self.memory.fork = fork;
                 self.memory.sync_standbys = self
                     .input
@@ -784,9 +819,12 @@ impl Run<'_> {
             self.say(Phase::FailingOver, Reason::FailoverBlocked, message);
             return;
         }
+        let running_replica = presence
+            .facts()
+            .is_some_and(|f| f.state == ServerState::Running && f.role == Some(Role::Replica));
         if restore {
             self.actions.push(Action::Unfence { ordinal: candidate });
-        } else {
+        } else if running_replica {
             self.actions.push(Action::Promote {
                 ordinal: candidate,
                 term: self.memory.term + 1,
@@ -959,17 +997,18 @@ impl Run<'_> {
         }
         let held = facts.held();
         let primary_held = input.facts(primary).and_then(|f| f.held());
+        let floor = self
+            .memory
+            .fenced
+            .get(&ordinal)
+            .and_then(|f| f.floor.clone());
         match self.engine() {
             Engine::Postgres => {
-                let behind_fork = match (&held, &self.memory.fork) {
-                    (Some(h), Some(fork)) => fork.includes(h) && h.timeline() == fork.timeline(),
+                let same_line = |line: &Option<ReplicationPosition>| match (&held, line) {
+                    (Some(h), Some(l)) => l.includes(h) && h.timeline() == l.timeline(),
                     _ => false,
                 };
-                let behind_primary = match (&held, &primary_held) {
-                    (Some(h), Some(p)) => p.includes(h) && h.timeline() == p.timeline(),
-                    _ => false,
-                };
-                let rewind = facts.diverged || !(behind_fork || behind_primary);
+                let rewind = facts.diverged || !(same_line(&floor) || same_line(&primary_held));
                 self.actions.push(Action::Rejoin {
                     ordinal,
                     upstream: primary,
@@ -985,13 +1024,13 @@ impl Run<'_> {
             }
             Engine::Mysql | Engine::Mariadb => {
                 // Per-domain sequence numbers cannot tell the old primary's transactions from
-                // the new primary's with the same numbers, so the fork is asked first.
+                // the new line's with the same numbers, so the floor of the line is asked first.
                 let errant = if facts.diverged {
                     Some(true)
                 } else {
-                    match (&held, &self.memory.fork, &primary_held) {
+                    match (&held, &floor, &primary_held) {
                         (None, _, _) => Some(true),
-                        (Some(h), Some(fork), _) => Some(!fork.includes(h)),
+                        (Some(h), Some(floor), _) => Some(!floor.includes(h)),
                         (Some(h), None, Some(p)) => Some(!p.includes(h)),
                         (Some(_), None, None) => None,
                     }
@@ -1109,5 +1148,44 @@ impl Run<'_> {
                 ro,
             },
         }
+    }
+}
+
+/// Reported as a primary that accepts writes or may soon (running, starting, crashed and about
+/// to be restarted), and not read-only.
+fn claims_primary(presence: &Presence) -> bool {
+    presence.writable()
+        || (!presence.cannot_write()
+            && presence
+                .facts()
+                .is_some_and(|f| f.role == Some(Role::Primary)))
+}
+
+/// The position held by both: the earlier WAL position, the intersection of GTID sets (per
+/// domain the lower sequence for MariaDB).
+fn lowest(a: &ReplicationPosition, b: &ReplicationPosition) -> ReplicationPosition {
+    match (a, b) {
+        (ReplicationPosition::Wal(x), ReplicationPosition::Wal(y)) => {
+            ReplicationPosition::Wal(*x.min(y))
+        }
+        (ReplicationPosition::Mysql { gtid: x }, ReplicationPosition::Mysql { gtid: y }) => {
+            ReplicationPosition::Mysql {
+                gtid: x.difference(&x.difference(y)),
+            }
+        }
+        (ReplicationPosition::Mariadb { gtid: x }, ReplicationPosition::Mariadb { gtid: y }) => {
+            let gtids = x.gtids().filter_map(|g| {
+                let theirs = y.gtids().find(|t| t.domain == g.domain)?;
+                Some(if theirs.sequence < g.sequence {
+                    theirs
+                } else {
+                    g
+                })
+            });
+            ReplicationPosition::Mariadb {
+                gtid: MariadbGtidPosition::from_gtids(gtids.collect::<Vec<_>>()),
+            }
+        }
+        _ => a.clone(),
     }
 }

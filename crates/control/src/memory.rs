@@ -51,6 +51,11 @@ pub struct Fence {
     /// Seen unable to write in an observation made after the order. A confirmed fence is held
     /// by the shell until the core orders `Unfence`, `Rejoin` or `Rebuild`.
     pub confirmed: bool,
+    /// The lowest point the primary's line went back to since the fence: the least of the
+    /// positions new primaries were promoted at. Whatever the fenced instance holds beyond it
+    /// is not on the line (a diverged timeline, errant GTIDs). `None`: no promotion since.
+    #[serde(default)]
+    pub floor: Option<ReplicationPosition>,
 }
 
 /// How an instance is kept from accepting writes.

@@ -113,7 +113,14 @@ fn serving(p: u32, instances: u32) -> Memory {
 }
 
 fn fenced(memory: &mut Memory, ordinal: u32, method: FenceMethod, confirmed: bool) {
-    memory.fenced.insert(ordinal, Fence { method, confirmed });
+    memory.fenced.insert(
+        ordinal,
+        Fence {
+            method,
+            confirmed,
+            floor: None,
+        },
+    );
 }
 
 /// Memory in the middle of a failover from `from`, its fence ordered (and confirmed or not).
@@ -762,6 +769,7 @@ fn rows() -> Vec<Row> {
                 assert_eq!(d.memory.primary, Some(2));
                 assert_eq!(d.memory.term, 2);
                 assert_eq!(d.memory.fork, Some(wal(1, 200)));
+                assert_eq!(d.memory.fenced[&0].floor, Some(wal(1, 200)));
                 assert_eq!(d.status.rw, Some(2));
                 assert!(!d.status.ro.contains(&2));
                 assert!(d.memory.transition.is_none());
@@ -823,6 +831,7 @@ fn rows() -> Vec<Row> {
                     m.term = 2;
                     m.fork = Some(wal(1, 200));
                     fenced(&mut m, 0, FenceMethod::Kill, true);
+                    m.fenced.get_mut(&0).unwrap().floor = m.fork.clone();
                     m
                 },
             ),
@@ -848,6 +857,7 @@ fn rows() -> Vec<Row> {
                     let mut m = serving(2, 3);
                     m.fork = Some(wal(1, 200));
                     fenced(&mut m, 0, FenceMethod::Kill, true);
+                    m.fenced.get_mut(&0).unwrap().floor = m.fork.clone();
                     m
                 },
             ),
@@ -873,6 +883,7 @@ fn rows() -> Vec<Row> {
                     let mut m = serving(2, 3);
                     m.fork = Some(wal(1, 200));
                     fenced(&mut m, 0, FenceMethod::Kill, true);
+                    m.fenced.get_mut(&0).unwrap().floor = m.fork.clone();
                     m
                 },
             ),
@@ -897,6 +908,7 @@ fn rows() -> Vec<Row> {
                     let mut m = serving(2, 3);
                     m.fork = Some(mariadb("0-1-100"));
                     fenced(&mut m, 0, FenceMethod::Kill, true);
+                    m.fenced.get_mut(&0).unwrap().floor = m.fork.clone();
                     m
                 },
             ),
@@ -921,6 +933,7 @@ fn rows() -> Vec<Row> {
                     let mut m = serving(2, 3);
                     m.fork = Some(mariadb("0-1-100"));
                     fenced(&mut m, 0, FenceMethod::Kill, true);
+                    m.fenced.get_mut(&0).unwrap().floor = m.fork.clone();
                     m
                 },
             ),
@@ -1009,7 +1022,7 @@ fn rows() -> Vec<Row> {
             ),
             actions: vec![fence(2, FenceMethod::Kill)],
             reason: Reason::Degraded,
-            says: "demo-2 accepts writes but is not the primary",
+            says: "demo-2 is running primary but not the primary: fencing it",
             then: |d| assert_eq!(d.status.rw, Some(0)),
         },
         Row {
@@ -1195,7 +1208,7 @@ fn rows() -> Vec<Row> {
             ),
             actions: vec![fence(0, FenceMethod::Kill)],
             reason: Reason::Degraded,
-            says: "demo-0 accepts writes but is not the primary",
+            says: "demo-0 is running primary but not the primary: fencing it",
             then: |d| assert_eq!(d.memory.primary, Some(1)),
         },
     ]
