@@ -20,6 +20,10 @@ fn down_then_up_gives_back_the_same_rows_roles_and_primary() {
         )
         .unwrap();
     let password = cluster.password();
+    let log = cluster.ok(&["logs", "du-0"]);
+    assert!(log.contains("ready to accept connections"), "{log}");
+    let unknown = cluster.stator(&["logs", "other-0"]);
+    assert_eq!(unknown.status.code(), Some(2));
     let out = cluster.ok(&["down"]);
     assert!(out.contains("stopped"), "{out}");
     assert!(

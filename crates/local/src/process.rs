@@ -86,6 +86,7 @@ pub fn spawn_detached(program: &Path, args: &[&str], log: &Path) -> Result<Child
     command
         .args(args)
         .env("NO_COLOR", "1") // logs go to a file: no terminal colour codes
+        .current_dir("/") // hold no directory of whoever started it
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);

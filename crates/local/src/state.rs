@@ -30,9 +30,11 @@ pub struct StateDir {
 
 impl StateDir {
     /// `explicit` (the `--state-dir` flag or `STATOR_STATE_DIR`), else the per-user default.
+    /// The path is made absolute: the supervisor and instance managers run from `/`.
     pub fn resolve(explicit: Option<PathBuf>) -> StateDir {
+        let root = explicit.unwrap_or_else(default_root);
         StateDir {
-            root: explicit.unwrap_or_else(default_root),
+            root: std::path::absolute(&root).unwrap_or(root),
         }
     }
 

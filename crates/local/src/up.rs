@@ -245,7 +245,7 @@ fn wait_settled(
             Ok(report) => {
                 last_error.clear();
                 for row in &report.instances {
-                    let has_data = dir.data_dir(row.ordinal).is_dir();
+                    let has_data = dir.data_dir(row.ordinal).join("PG_VERSION").exists();
                     let text = describe(row, &report.primary, has_data);
                     if seen.get(&row.name) != Some(&text) {
                         progress.line(&format!("{}: {text}", row.name));
