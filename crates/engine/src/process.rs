@@ -3,13 +3,16 @@
 //! pg_basebackup, pg_rewind). Both run as the server user, with a minimal environment, stdin
 //! closed and output appended to the instance's log file. Arguments never carry a secret.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
@@ -84,10 +87,14 @@ impl Invocation {
         tracing::info!(command = %self.describe(), user = %self.user.name, "running");
         let mut cmd = self.command()?;
         cmd.process_group(0).kill_on_drop(true);
-        let status = cmd
-            .status()
-            .await
-            .map_err(|e| EngineError::io(&self.program, "run", e))?;
+        let mut child =
+            spawn_owned(&mut cmd).map_err(|e| EngineError::io(&self.program, "run", e))?;
+        let pid = child.id();
+        let status = child.wait().await;
+        if let Some(pid) = pid {
+            forget_owned(pid);
+        }
+        let status = status.map_err(|e| EngineError::io(&self.program, "run", e))?;
         if status.success() {
             Ok(())
         } else {
@@ -104,9 +111,8 @@ impl Invocation {
         tracing::info!(command = %self.describe(), user = %self.user.name, "starting the server");
         let mut cmd = self.command()?;
         cmd.process_group(0);
-        let child = cmd
-            .spawn()
-            .map_err(|e| EngineError::io(&self.program, "start", e))?;
+        let child =
+            spawn_owned(&mut cmd).map_err(|e| EngineError::io(&self.program, "start", e))?;
         let pid = child
             .id()
             .ok_or_else(|| EngineError::State("the server exited as it started".into()))?;
@@ -158,10 +164,14 @@ impl ServerProcess {
     /// Waits until the server is gone; says how it ended.
     pub async fn exited(&mut self) -> String {
         match &mut self.child {
-            Some(child) => match child.wait().await {
-                Ok(status) => status.to_string(),
-                Err(e) => format!("unknown exit ({e})"),
-            },
+            Some(child) => {
+                let how = match child.wait().await {
+                    Ok(status) => status.to_string(),
+                    Err(e) => format!("unknown exit ({e})"),
+                };
+                forget_owned(self.pid);
+                how
+            }
             None => {
                 while process_serves_data_dir(self.pid, &self.data_dir) {
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -205,6 +215,67 @@ impl ServerProcess {
     }
 }
 
+/// Pids of the children this process spawned and waits for itself; [`reap_orphans`] leaves
+/// them alone.
+static OWN_CHILDREN: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+fn own_children() -> MutexGuard<'static, BTreeSet<u32>> {
+    OWN_CHILDREN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Spawns and records the child under one lock, so the reaper never takes it for an orphan.
+fn spawn_owned(cmd: &mut Command) -> std::io::Result<Child> {
+    let mut own = own_children();
+    let child = cmd.spawn()?;
+    if let Some(pid) = child.id() {
+        own.insert(pid);
+    }
+    Ok(child)
+}
+
+fn forget_owned(pid: u32) {
+    own_children().remove(&pid);
+}
+
+/// Waits for exited children this process did not spawn: the orphans a PID 1 inherits (the
+/// backends of a killed postmaster, for instance). Returns how many were reaped.
+pub fn reap_orphans() -> usize {
+    let me = std::process::id();
+    let own = own_children();
+    let mut reaped = 0;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if own.contains(&pid) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let mut fields = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace())
+            .into_iter()
+            .flatten();
+        let state = fields.next();
+        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+        if state == Some("Z")
+            && ppid == Some(me)
+            && let Ok(pid) = i32::try_from(pid)
+            && waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).is_ok()
+        {
+            reaped += 1;
+        }
+    }
+    reaped
+}
+
 /// True when `pid` is a live (non-zombie) process whose working directory is `data_dir`.
 pub fn process_serves_data_dir(pid: u32, data_dir: &Path) -> bool {
     let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -229,6 +300,37 @@ pub fn process_serves_data_dir(pid: u32, data_dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_orphan_is_reaped_but_an_own_child_is_left_to_its_waiter() {
+        // A child spawned outside spawn_owned stands for an inherited orphan.
+        let orphan = std::process::Command::new("true").spawn().unwrap();
+        let orphan_pid = orphan.id();
+        std::mem::forget(orphan);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = rt.enter();
+        let mut own = spawn_owned(Command::new("true").kill_on_drop(false)).unwrap();
+        let own_pid = own.id().unwrap();
+        let zombie = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(false)
+        };
+        for _ in 0..200 {
+            if zombie(orphan_pid) && zombie(own_pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(reap_orphans() >= 1);
+        assert!(!zombie(orphan_pid), "the orphan was reaped");
+        assert!(zombie(own_pid), "the own child is left for its waiter");
+        assert!(rt.block_on(own.wait()).unwrap().success());
+        forget_owned(own_pid);
+    }
 
     #[test]
     fn our_own_process_serves_its_cwd_only() {

@@ -116,6 +116,7 @@ pub async fn run(config: InstanceConfig) -> Result<(), InstanceError> {
     });
 
     let signals = tokio::spawn(forward_signals(commands_tx));
+    let reaper = (std::process::id() == 1).then(|| tokio::spawn(reap_orphans_forever()));
 
     let result = Supervisor {
         engine,
@@ -129,6 +130,9 @@ pub async fn run(config: InstanceConfig) -> Result<(), InstanceError> {
     .await;
 
     signals.abort();
+    if let Some(reaper) = reaper {
+        reaper.abort();
+    }
     observer.abort();
     let _ = http_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
@@ -137,6 +141,25 @@ pub async fn run(config: InstanceConfig) -> Result<(), InstanceError> {
         Err(e) => tracing::error!(error = %e, "instance manager failed"),
     }
     result
+}
+
+/// As PID 1 (a pod's entrypoint), waits for the orphans the kernel hands over, on every
+/// SIGCHLD and every few seconds.
+async fn reap_orphans_forever() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut child = signal(SignalKind::child()).ok();
+    loop {
+        match &mut child {
+            Some(sig) => {
+                let _ = tokio::time::timeout(Duration::from_secs(5), sig.recv()).await;
+            }
+            None => tokio::time::sleep(Duration::from_secs(5)).await,
+        }
+        let n = stator_engine::process::reap_orphans();
+        if n > 0 {
+            tracing::debug!(reaped = n, "reaped orphaned processes");
+        }
+    }
 }
 
 /// Turns SIGTERM and SIGINT into a shutdown request.

@@ -249,6 +249,16 @@ fn a_replica_clones_streams_is_promoted_and_the_old_primary_rejoins() {
 
     let hits = watch.finish();
     assert!(hits.is_empty(), "secrets on command lines: {hits:#?}");
+    // Nor in any log.
+    for m in [&primary, &replica] {
+        for log in [&m.stderr_path, &m.config.log_file] {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            assert!(!text.is_empty(), "{} is empty", log.display());
+            for secret in c.secrets() {
+                assert!(!text.contains(&secret), "{} holds a secret", log.display());
+            }
+        }
+    }
 }
 
 #[test]
