@@ -236,3 +236,118 @@ pub fn may_lack_acknowledged_writes(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use stator_api::position::{Lsn, WalPosition};
+
+    use super::*;
+    use crate::input::{ClusterSpec, InstanceFacts, Presence};
+
+    fn replica(timeline: u32, lsn: u64) -> Presence {
+        let position = ReplicationPosition::Wal(WalPosition {
+            timeline,
+            lsn: Lsn(lsn),
+        });
+        Presence::Reported(InstanceFacts {
+            state: ServerState::Running,
+            role: Some(Role::Replica),
+            ready: true,
+            read_only: false,
+            position: Some(position.clone()),
+            received_position: Some(position),
+            upstream: Some(0),
+            replication_error: None,
+            diverged: false,
+            message: None,
+        })
+    }
+
+    fn input(observed: Vec<(u32, Presence)>) -> Input {
+        Input {
+            spec: ClusterSpec {
+                name: "demo".into(),
+                engine: Engine::Postgres,
+                instances: 4,
+                synchronous: false,
+                failover_enabled: true,
+                detection_timeout_ms: 2_000,
+                switchover_timeout_ms: 30_000,
+            },
+            observed: observed.into_iter().collect::<BTreeMap<_, _>>(),
+            now_ms: 0,
+            memory: Memory::default(),
+            request: None,
+        }
+    }
+
+    #[test]
+    fn the_most_advanced_wins_and_a_preferred_replica_wins_ties() {
+        let i = input(vec![
+            (1, replica(1, 5)),
+            (2, replica(1, 9)),
+            (3, replica(1, 9)),
+        ]);
+        let m = Memory::default();
+        assert_eq!(
+            choose_promotion_candidate(&i, &m, Some(0), None).unwrap().0,
+            2
+        );
+        assert_eq!(
+            choose_promotion_candidate(&i, &m, Some(0), Some(3))
+                .unwrap()
+                .0,
+            3
+        );
+        assert_eq!(
+            choose_promotion_candidate(&i, &m, Some(0), Some(1))
+                .unwrap()
+                .0,
+            2
+        );
+    }
+
+    #[test]
+    fn without_candidates_the_reason_names_every_replica() {
+        let i = input(vec![
+            (
+                1,
+                Presence::Down {
+                    reason: "exited".into(),
+                },
+            ),
+            (
+                2,
+                Presence::Unreachable {
+                    reason: "timeout".into(),
+                },
+            ),
+        ]);
+        let why = choose_promotion_candidate(&i, &Memory::default(), Some(0), None).unwrap_err();
+        assert!(why.contains("demo-1 is down (exited)"), "{why}");
+        assert!(why.contains("demo-2 is unreachable (timeout)"), "{why}");
+        assert!(why.contains("demo-3 is absent"), "{why}");
+    }
+
+    #[test]
+    fn wal_past_the_fork_on_the_old_timeline_has_diverged() {
+        let memory = Memory {
+            fork: Some(ReplicationPosition::Wal(WalPosition {
+                timeline: 1,
+                lsn: Lsn(100),
+            })),
+            ..Memory::default()
+        };
+        let at = |timeline, lsn| {
+            ReplicationPosition::Wal(WalPosition {
+                timeline,
+                lsn: Lsn(lsn),
+            })
+        };
+        assert!(diverged_past_fork(&memory, Some(&at(1, 101)), false));
+        assert!(!diverged_past_fork(&memory, Some(&at(1, 100)), false));
+        assert!(!diverged_past_fork(&memory, Some(&at(2, 900)), true));
+    }
+}

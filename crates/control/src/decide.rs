@@ -876,6 +876,10 @@ impl Run<'_> {
                 }
                 continue;
             }
+            if matches!(presence, Presence::Absent) {
+                // Its data is gone: nothing left to fence or rejoin; it is created again.
+                self.memory.fenced.remove(&ordinal);
+            }
             if self.memory.fenced.contains_key(&ordinal) {
                 if let Some(note) = self.rejoin(ordinal, primary) {
                     not_ready.push(note);
@@ -899,7 +903,17 @@ impl Run<'_> {
                     if facts.role == Some(Role::Replica) && facts.state == ServerState::Running =>
                 {
                     let follows = facts.upstream == Some(primary);
+                    // PostgreSQL: a replica that cannot follow because it is on another
+                    // timeline than the primary is rewound onto the primary's.
+                    let off_timeline = self.engine() == Engine::Postgres
+                        && facts.replication_error.is_some()
+                        && facts.held().and_then(|h| h.timeline())
+                            != input
+                                .facts(primary)
+                                .and_then(|f| f.held())
+                                .and_then(|h| h.timeline());
                     if facts.diverged
+                        || off_timeline
                         || diverged_past_fork(&self.memory, facts.held().as_ref(), follows)
                     {
                         self.repair(ordinal, primary);
@@ -1132,7 +1146,10 @@ impl Run<'_> {
                     && Some(**o) != candidate
                     && !self.memory.fenced.contains_key(o)
                     && p.facts().is_some_and(|f| {
-                        f.ready && f.role == Some(Role::Replica) && f.state == ServerState::Running
+                        f.ready
+                            && f.role == Some(Role::Replica)
+                            && f.state == ServerState::Running
+                            && (rw.is_none() || f.upstream == rw)
                     })
             })
             .map(|(o, _)| *o)

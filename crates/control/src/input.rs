@@ -289,3 +289,82 @@ impl Input {
         self.presence(ordinal).facts()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(engine: Engine) -> ClusterSpec {
+        ClusterSpec {
+            name: "demo".into(),
+            engine,
+            instances: 3,
+            synchronous: false,
+            failover_enabled: true,
+            detection_timeout_ms: 2_000,
+            switchover_timeout_ms: ClusterSpec::DEFAULT_SWITCHOVER_TIMEOUT_MS,
+        }
+    }
+
+    fn report() -> InstanceReport {
+        InstanceReport {
+            name: "demo-1".into(),
+            state: ServerState::Running,
+            role: Some(Role::Replica),
+            ready: true,
+            pid: Some(10),
+            manager_pid: 9,
+            server_version: None,
+            uptime_seconds: None,
+            timeline: Some(2),
+            position: Some("0/3000060".into()),
+            received_position: Some("0/3000100".into()),
+            lag: None,
+            lag_seconds: None,
+            upstream: Some("demo-0".into()),
+            message: None,
+            restarts: 0,
+        }
+    }
+
+    #[test]
+    fn a_report_becomes_facts_with_parsed_positions_and_upstream_ordinal() {
+        let facts = InstanceFacts::from_report(&spec(Engine::Postgres), &report()).unwrap();
+        assert_eq!(facts.upstream, Some(0));
+        assert_eq!(
+            facts.held().map(|p| p.to_string()),
+            Some("0/3000100 on timeline 2".to_string())
+        );
+        assert!(!facts.writable());
+    }
+
+    #[test]
+    fn a_report_with_an_unparseable_position_is_refused_naming_the_text() {
+        let mut bad = report();
+        bad.position = Some("3000060".into());
+        let error = InstanceFacts::from_report(&spec(Engine::Postgres), &bad).unwrap_err();
+        assert!(error.to_string().contains("\"3000060\""), "{error}");
+        let mut foreign = report();
+        foreign.upstream = Some("other-0".into());
+        let facts = InstanceFacts::from_report(&spec(Engine::Postgres), &foreign).unwrap();
+        assert_eq!(facts.upstream, None);
+    }
+
+    #[test]
+    fn only_a_running_writable_primary_is_writable_and_unreachable_is_never_known_safe() {
+        let mut facts = InstanceFacts::from_report(&spec(Engine::Postgres), &report()).unwrap();
+        facts.role = Some(Role::Primary);
+        assert!(Presence::Reported(facts.clone()).writable());
+        facts.read_only = true;
+        assert!(Presence::Reported(facts.clone()).cannot_write());
+        facts.read_only = false;
+        facts.state = ServerState::Starting;
+        assert!(!Presence::Reported(facts.clone()).cannot_write());
+        facts.state = ServerState::Stopped;
+        assert!(Presence::Reported(facts).cannot_write());
+        let unreachable = Presence::Unreachable {
+            reason: "timeout".into(),
+        };
+        assert!(!unreachable.cannot_write() && !unreachable.writable());
+    }
+}

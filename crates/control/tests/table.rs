@@ -989,6 +989,75 @@ fn rows() -> Vec<Row> {
             then: nothing,
         },
         Row {
+            name: "a PostgreSQL replica that cannot follow across timelines is rewound",
+            input: input(
+                pg(3),
+                vec![
+                    (0, replica(2, wal(3, 500))),
+                    (
+                        1,
+                        with(replica(2, wal(1, 150)), |f| {
+                            f.replication_error = Some(
+                                "requested timeline 3 is not a child of this server's history"
+                                    .into(),
+                            )
+                        }),
+                    ),
+                    (2, primary(wal(3, 500))),
+                ],
+                Memory {
+                    fork: Some(wal(2, 400)),
+                    ..serving(2, 3)
+                },
+            ),
+            actions: vec![Action::Rejoin {
+                ordinal: 1,
+                upstream: 2,
+                rewind: true,
+            }],
+            reason: Reason::Degraded,
+            says: "demo-1 diverged",
+            then: nothing,
+        },
+        Row {
+            name: "a fenced instance whose data is gone is created again",
+            input: input(
+                pg(3),
+                vec![(1, replica(2, wal(2, 400))), (2, primary(wal(2, 400)))],
+                {
+                    let mut m = serving(2, 3);
+                    fenced(&mut m, 0, FenceMethod::Kill, true);
+                    m
+                },
+            ),
+            actions: vec![Action::Create {
+                ordinal: 0,
+                bootstrap: Bootstrap::CloneFrom { upstream: 2 },
+            }],
+            reason: Reason::Creating,
+            says: "demo-0 is being created",
+            then: |d| assert!(d.memory.fenced.is_empty()),
+        },
+        Row {
+            name: "ro leaves out a ready replica that follows someone other than the primary",
+            input: input(
+                pg(3),
+                vec![
+                    (0, primary(wal(1, 300))),
+                    (1, replica(0, wal(1, 300))),
+                    (2, replica(1, wal(1, 300))),
+                ],
+                serving(0, 3),
+            ),
+            actions: vec![Action::Repoint {
+                ordinal: 2,
+                upstream: 0,
+            }],
+            reason: Reason::Degraded,
+            says: "demo-2 is being repointed",
+            then: |d| assert_eq!(d.status.ro, vec![1]),
+        },
+        Row {
             name: "a MariaDB replica flagged errant is rebuilt",
             input: input(
                 maria(2),
