@@ -407,3 +407,33 @@ fn a_synchronous_primary_creates_its_roles_before_any_replica_and_then_commits_t
     .unwrap();
     assert_eq!(sync, vec!["quorum".to_string()]);
 }
+
+#[test]
+fn a_failed_demotion_leaves_the_server_stopped_never_back_as_primary() {
+    let c = Cluster::new("fence");
+    let cfg = c.config(0, Bootstrap::InitPrimary);
+    let mut m = c.start(&cfg);
+    m.wait_ready();
+    let nowhere = stator_api::instance::Endpoint {
+        instance: "fence-9".into(),
+        host: "127.0.0.1".into(),
+        port: common::free_port(),
+    };
+    let body = serde_json::to_string(&DemoteRequest { upstream: nowhere }).unwrap();
+    let (code, text) = m.post("/demote", Some(&token(&c)), &body);
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("pg_rewind"), "{text}");
+    let status = m.wait_status("the failed state", |s| s["state"] == "failed");
+    assert!(
+        status["message"].as_str().unwrap_or("").contains("fence-9"),
+        "{status}"
+    );
+    assert_eq!(status["pid"], serde_json::Value::Null);
+    assert!(
+        postmasters_on(&cfg.data_dir).is_empty(),
+        "the old primary stays down"
+    );
+    assert_eq!(m.get("/healthz").0, 503);
+    assert_eq!(m.get("/readyz").0, 503);
+    assert_eq!(m.terminate(), Some(0), "{}", m.logs());
+}
