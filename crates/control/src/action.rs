@@ -12,7 +12,7 @@ use crate::memory::{FenceMethod, Memory};
 
 /// One thing the shell must do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "action")]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "action")]
 pub enum Action {
     /// Nothing can be done yet; decide again when something changes, and at the latest at
     /// `recheck_at_ms` when given.
@@ -126,7 +126,7 @@ pub struct Status {
     pub ro: Vec<u32>,
 }
 
-/// The outcome of one [`decide`](crate::decide).
+/// The outcome of one [`decide`](crate::decide()).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Decision {

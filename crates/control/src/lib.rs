@@ -4,7 +4,7 @@
 //! the local runtime and the Kubernetes operator only observe and execute.
 //!
 //! It must not do I/O: no clock (time is an argument), no sleeps, no files, sockets, processes
-//! or randomness. [`decide`] is a pure, deterministic function, tested on tables of situations
+//! or randomness. [`decide()`] is a pure, deterministic function, tested on tables of situations
 //! and on properties over random situations and sequences of observations.
 //!
 //! The rules it keeps:

@@ -1,5 +1,5 @@
 //! What the core decided before: handed back in every [`Decision`](crate::Decision) and passed
-//! into the next [`decide`](crate::decide) call. The shells persist it (the local runtime in its
+//! into the next [`decide`](crate::decide()) call. The shells persist it (the local runtime in its
 //! state directory, the operator in the `Database` status) so a restarted shell continues a
 //! failover where it was instead of starting a second one.
 
@@ -98,7 +98,7 @@ pub enum TransitionKind {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "phase")]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "phase")]
 pub enum TransitionPhase {
     /// Fencing every instance that may accept writes; then choosing the candidate.
     Fencing,
