@@ -12,7 +12,11 @@ use crate::memory::{FenceMethod, Memory};
 
 /// One thing the shell must do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "action")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "action"
+)]
 pub enum Action {
     /// Nothing can be done yet; decide again when something changes, and at the latest at
     /// `recheck_at_ms` when given.

@@ -22,6 +22,21 @@
 //! - A former primary rejoins as a replica (after `pg_rewind` when it may have diverged; a
 //!   MySQL-family one with errant GTIDs is rebuilt). Diverged replicas are never candidates.
 //!
+//! # What the shells must do
+//! - Call [`decide()`] after every observation round (a few times a second), passing the
+//!   previous decision's [`Memory`] back and persisting it; honour `Wait::recheck_at_ms`.
+//! - Apply a decision's actions in order before taking the next observation. Actions are
+//!   level-triggered: an order is repeated until its effect is observed, so each must be
+//!   idempotent and must not restart work in progress.
+//! - `Fence` is recorded by the shell even when the instance cannot be reached, and held: a
+//!   fenced instance is never started as a writable server again until `Unfence`, `Rejoin` or
+//!   `Rebuild`. Report [`Presence::Down`] only when the server is known not to run.
+//! - Fill [`InstanceFacts`] truthfully: `read_only` for a read-only primary, `diverged` when the
+//!   instance manager sees errant GTIDs or a timeline it cannot follow, and for a stopped,
+//!   fenced primary its final position (PostgreSQL: the latest checkpoint location from
+//!   `pg_controldata`, with its timeline).
+//! - Route `rw` and `ro` by [`Status::rw`] and [`Status::ro`].
+//!
 //! # Layout
 //! - [`input`]: what `decide` is given: [`ClusterSpec`], [`Presence`] and [`InstanceFacts`] per
 //!   instance, the time, the [`Memory`], an optional [`Request`].

@@ -98,7 +98,11 @@ pub enum TransitionKind {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "phase")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "phase"
+)]
 pub enum TransitionPhase {
     /// Fencing every instance that may accept writes; then choosing the candidate.
     Fencing,
