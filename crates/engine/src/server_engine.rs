@@ -77,6 +77,10 @@ pub trait ServerEngine: Send + Sync + 'static {
     /// A server already running on this data directory (left by a killed instance manager).
     fn find_running(&self) -> Result<Option<ServerProcess>, EngineError>;
 
+    /// Makes a running server read the configuration files again (settings that need a
+    /// restart apply at the next one).
+    fn reload_config(&self, server: &ServerProcess) -> Result<(), EngineError>;
+
     /// Starts the server; returns at once.
     fn start(&self) -> Result<ServerProcess, EngineError>;
 

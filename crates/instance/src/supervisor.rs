@@ -93,6 +93,10 @@ impl<E: ServerEngine> Supervisor<E> {
                         pid = running.pid(),
                         "adopting the server already running on the data directory"
                     );
+                    // The configuration just written may differ from the one it started with.
+                    if let Err(e) = self.engine.reload_config(&running) {
+                        tracing::warn!(error = %e, "reloading the adopted server's configuration");
+                    }
                     running
                 }
                 None => self.engine.start().map_err(|e| self.fail(e))?,

@@ -281,7 +281,7 @@ fn a_killed_postmaster_is_restarted_and_counted() {
 }
 
 #[test]
-fn a_new_manager_adopts_the_postmaster_of_a_killed_one() {
+fn a_new_manager_adopts_the_postmaster_of_a_killed_one_and_reloads_its_config() {
     let c = Cluster::new("adopt");
     let cfg = c.config(0, Bootstrap::InitPrimary);
     let mut first = c.start(&cfg);
@@ -294,7 +294,13 @@ fn a_new_manager_adopts_the_postmaster_of_a_killed_one() {
         "the server outlives its manager"
     );
 
-    let mut second = Manager::start(cfg.clone(), c.dir.path());
+    // The new manager comes with a changed parameter, which the adopted server reloads.
+    let mut changed = cfg.clone();
+    changed.database.spec.config.parameters.insert(
+        "log_min_duration_statement".into(),
+        stator_api::parameters::ParameterValue("4321".into()),
+    );
+    let mut second = Manager::start(changed, c.dir.path());
     let after = second.wait_ready();
     assert_eq!(
         after["pid"].as_u64(),
@@ -307,6 +313,18 @@ fn a_new_manager_adopts_the_postmaster_of_a_killed_one() {
         vec![postmaster],
         "never two postmasters"
     );
+    let su = c.secret(secret_keys::SUPERUSER_PASSWORD);
+    second.wait_status("the changed parameter to be reloaded", |_| {
+        sql(
+            cfg.port,
+            "postgres",
+            &su,
+            "postgres",
+            "SHOW log_min_duration_statement",
+        )
+        .ok()
+            == Some(vec!["4321ms".into()])
+    });
 
     // SIGTERM stops the adopted server cleanly and exits 0.
     assert_eq!(second.terminate(), Some(0), "{}", second.logs());

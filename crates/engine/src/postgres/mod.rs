@@ -477,6 +477,10 @@ impl ServerEngine for Postgres {
         }
     }
 
+    fn reload_config(&self, server: &ServerProcess) -> Result<(), EngineError> {
+        server.signal(Signal::SIGHUP)
+    }
+
     fn start(&self) -> Result<ServerProcess, EngineError> {
         if let Some(running) = self.find_running()? {
             return Err(EngineError::State(format!(
