@@ -81,14 +81,19 @@ pub async fn run(config: InstanceConfig) -> Result<(), InstanceError> {
     let creds = Credentials::read(&config.secrets_dir).map_err(engine_error)?;
     read_secret(&config.secrets_dir, secret_keys::API_TOKEN).map_err(engine_error)?;
 
-    let address = format!("{}:{}", config.listen_address, config.http_port);
-    let listener = tokio::net::TcpListener::bind(&address)
-        .await
-        .map_err(|source| InstanceError::Listen {
-            instance: name.clone(),
-            address: address.clone(),
-            source,
-        })?;
+    let address = if config.listen_address.contains(':') {
+        format!("[{}]:{}", config.listen_address, config.http_port)
+    } else {
+        format!("{}:{}", config.listen_address, config.http_port)
+    };
+    let listener =
+        tokio::net::TcpListener::bind((config.listen_address.as_str(), config.http_port))
+            .await
+            .map_err(|source| InstanceError::Listen {
+                instance: name.clone(),
+                address: address.clone(),
+                source,
+            })?;
     tracing::info!(instance = %name, address = %address, "instance manager listening");
 
     let status = Arc::new(InstanceStatus::new(name.clone()));

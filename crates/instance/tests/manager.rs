@@ -455,3 +455,16 @@ fn a_failed_demotion_leaves_the_server_stopped_never_back_as_primary() {
     assert_eq!(m.get("/readyz").0, 503);
     assert_eq!(m.terminate(), Some(0), "{}", m.logs());
 }
+
+#[test]
+fn an_http_port_in_use_is_named_and_nothing_is_created() {
+    let c = Cluster::new("busy");
+    let cfg = c.config(0, Bootstrap::InitPrimary);
+    let _holder = std::net::TcpListener::bind(("127.0.0.1", cfg.http_port)).unwrap();
+    let mut m = c.start(&cfg);
+    assert_ne!(m.wait_exit(), Some(0));
+    let log = std::fs::read_to_string(&m.stderr_path).unwrap();
+    let address = format!("127.0.0.1:{}", cfg.http_port);
+    assert!(log.contains(&address) && log.contains("busy-0"), "{log}");
+    assert!(!cfg.data_dir.exists(), "nothing was created");
+}
