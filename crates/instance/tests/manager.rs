@@ -468,3 +468,32 @@ fn an_http_port_in_use_is_named_and_nothing_is_created() {
     assert!(log.contains(&address) && log.contains("busy-0"), "{log}");
     assert!(!cfg.data_dir.exists(), "nothing was created");
 }
+
+#[test]
+fn a_replica_whose_upstream_stops_is_alive_but_not_ready() {
+    let c = Cluster::new("orphan");
+    let p_cfg = c.config(0, Bootstrap::InitPrimary);
+    let mut primary = c.start(&p_cfg);
+    primary.wait_ready();
+    let r_cfg = c.config(
+        1,
+        Bootstrap::CloneFrom {
+            upstream: primary.endpoint(),
+        },
+    );
+    let replica = c.start(&r_cfg);
+    replica.wait_ready();
+    assert_eq!(primary.terminate(), Some(0));
+    let status = replica.wait_status("the replica to notice", |s| s["ready"] == false);
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["role"], "replica");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not streaming") && m.contains("orphan-0")),
+        "{status}"
+    );
+    let (code, body) = replica.get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(replica.get("/healthz").0, 200);
+}
