@@ -38,7 +38,12 @@ pub struct InstanceArgs {
 /// Paths inside a pod.
 pub const POD_DATA_DIR: &str = "/var/lib/stator/data";
 pub const POD_RUN_DIR: &str = "/run/stator";
-pub const POD_SECRETS_DIR: &str = "/etc/stator/secrets";
+/// Where Kubernetes mounts the credentials Secret. Its files are root-owned and group-readable
+/// by the pod's fsGroup (the kubelet always adds group read), so they are staged, 0600, into
+/// [`POD_SECRETS_DIR`] on the memory-backed run volume before the manager reads them.
+pub const POD_MOUNTED_SECRETS_DIR: &str = "/etc/stator/secrets";
+/// The staged copy the instance manager reads (owner-only, as everywhere else).
+pub const POD_SECRETS_DIR: &str = "/run/stator/secrets";
 
 pub fn run(args: InstanceArgs) -> CliResult {
     let config = if let Some(path) = &args.config {
@@ -56,13 +61,15 @@ pub fn run(args: InstanceArgs) -> CliResult {
             )
         })?;
         let namespace = std::env::var("POD_NAMESPACE").ok();
-        pod_instance_config(
+        let config = pod_instance_config(
             database,
             &pod_name,
             namespace.as_deref(),
             stator_instance::running_as_root(),
             &args.server_log,
-        )?
+        )?;
+        stage_secrets(Path::new(POD_MOUNTED_SECRETS_DIR), &config.secrets_dir)?;
+        config
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -76,6 +83,45 @@ pub fn run(args: InstanceArgs) -> CliResult {
         }
         Err(e) => Err(CliError::Failed(e.to_string())),
     }
+}
+
+/// Copies every credential file from the Secret mount `from` into `to` (created 0700), each file
+/// written 0600 through a temporary name and renamed, so a reader never sees a partial secret.
+pub fn stage_secrets(from: &Path, to: &Path) -> Result<(), CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+
+    let failed = |what: String| CliError::Failed(format!("staging the pod's secrets: {what}"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(to)
+        .map_err(|e| failed(format!("cannot create {}: {e}", to.display())))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| failed(format!("cannot restrict {}: {e}", to.display())))?;
+    for key in stator_api::names::secret_keys::ALL {
+        let source = from.join(key);
+        let value = std::fs::read(&source).map_err(|e| {
+            failed(format!(
+                "cannot read {} ({e}); the credentials Secret must hold the key {key:?}",
+                source.display()
+            ))
+        })?;
+        let staged = to.join(format!(".{key}.new"));
+        let _ = std::fs::remove_file(&staged);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&staged)
+            .map_err(|e| failed(format!("cannot write {}: {e}", staged.display())))?;
+        file.write_all(&value)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| failed(format!("cannot write {}: {e}", staged.display())))?;
+        std::fs::rename(&staged, to.join(key))
+            .map_err(|e| failed(format!("cannot place {}: {e}", to.join(key).display())))?;
+    }
+    Ok(())
 }
 
 fn read_config(path: &Path) -> Result<InstanceConfig, CliError> {
@@ -169,7 +215,7 @@ mod tests {
         assert_eq!(c.http_port, 8008);
         assert_eq!(c.listen_address, "0.0.0.0");
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/stator/data"));
-        assert_eq!(c.secrets_dir, PathBuf::from("/etc/stator/secrets"));
+        assert_eq!(c.secrets_dir, PathBuf::from("/run/stator/secrets"));
         assert_eq!(c.server_user, None);
     }
 
@@ -210,5 +256,49 @@ mod tests {
             let e = pod_instance_config(database(), bad, None, false, &log()).unwrap_err();
             assert!(e.to_string().contains("POD_NAME"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn mounted_secrets_are_staged_owner_only_for_the_manager() {
+        use stator_api::names::secret_keys;
+        use std::os::unix::fs::PermissionsExt;
+
+        let mount = tempfile::tempdir().unwrap();
+        for key in secret_keys::ALL {
+            let p = mount.path().join(key);
+            std::fs::write(&p, format!("value-of-{key}")).unwrap();
+            // What the kubelet produces with fsGroup: group-readable, read-only.
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o440)).unwrap();
+        }
+        let run = tempfile::tempdir().unwrap();
+        let staged = run.path().join("secrets");
+        stage_secrets(mount.path(), &staged).unwrap();
+        let dir_mode = std::fs::metadata(&staged).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        for key in secret_keys::ALL {
+            let p = staged.join(key);
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            assert_eq!(
+                std::fs::read_to_string(&p).unwrap(),
+                format!("value-of-{key}")
+            );
+        }
+        // The engine's strict reader accepts the staged copy.
+        stator_engine::credentials::Credentials::read(&staged).unwrap();
+        // Staging again (a restarted container) replaces the files in place.
+        stage_secrets(mount.path(), &staged).unwrap();
+    }
+
+    #[test]
+    fn a_secret_missing_from_the_mount_is_named() {
+        let mount = tempfile::tempdir().unwrap();
+        let run = tempfile::tempdir().unwrap();
+        let e = stage_secrets(mount.path(), &run.path().join("s"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("superuser-password"), "{e}");
     }
 }

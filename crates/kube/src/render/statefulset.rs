@@ -303,10 +303,15 @@ fn database_container(db: &Database) -> Container {
 }
 
 fn empty_dir(name: &str, size_limit: &str) -> Volume {
+    empty_dir_on(name, size_limit, None)
+}
+
+/// `medium: Some("Memory")` keeps the contents off the node's disk (tmpfs).
+fn empty_dir_on(name: &str, size_limit: &str, medium: Option<&str>) -> Volume {
     Volume {
         name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource {
-            medium: None,
+            medium: medium.map(String::from),
             size_limit: Some(Quantity(size_limit.into())),
         }),
         ..Volume::default()
@@ -334,7 +339,8 @@ fn volumes(db: &Database) -> Vec<Volume> {
             }),
             ..Volume::default()
         },
-        empty_dir("run", "16Mi"),
+        // Sockets, pid files and the staged 0600 copy of the credentials: memory only.
+        empty_dir_on("run", "16Mi", Some("Memory")),
         empty_dir("sockets", "16Mi"),
         empty_dir("tmp", "1Gi"),
     ]
