@@ -30,14 +30,17 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 25000)]
     pub port_base: u16,
     /// Seconds per pgbench run.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 10)]
     pub seconds: u32,
     /// pgbench clients.
     #[arg(long, default_value_t = 8)]
     pub clients: u32,
-    /// Bring-ups of each kind (the median is compared).
+    /// Rounds of each measurement (bring-ups, pgbench runs); medians are compared.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// Measure only the proxies and memory (one `stator up`, no bring-up comparison).
+    #[arg(long)]
+    pub skip_bring_up: bool,
     /// Work directory (default: a new one under /tmp, removed afterwards).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
@@ -129,14 +132,20 @@ pub fn run(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
     );
     let mut ours = Vec::new();
     let mut by_hand = Vec::new();
-    for round in 0..args.rounds.max(1) {
+    let bring_up_rounds = if args.skip_bring_up {
+        stator(&["up"])?;
+        0
+    } else {
+        args.rounds.max(1)
+    };
+    for round in 0..bring_up_rounds {
         let hand_dir = work.root.join(format!("hand-{round}"));
         let took = bring_up_by_hand(&bin, &hand_dir, hand_base, user.as_ref(), &mut cleanup)?;
         stop_by_hand(&bin, &hand_dir, user.as_ref(), &mut cleanup);
         by_hand.push(took);
         let took = stator(&["up"])?;
         ours.push(took);
-        if round + 1 < args.rounds.max(1) {
+        if round + 1 < bring_up_rounds {
             stator(&["delete", "--purge"])?;
         }
         println!(
@@ -147,12 +156,14 @@ pub fn run(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
         );
     }
     let (ours_median, hand_median) = (median(&ours), median(&by_hand));
-    println!(
-        "  bring-up ratio stator/by-hand = {:.2}x (median {:.2}s vs {:.2}s; target <= 1.5x)",
-        ours_median / hand_median,
-        ours_median,
-        hand_median
-    );
+    if !args.skip_bring_up {
+        println!(
+            "  bring-up ratio stator/by-hand = {:.2}x (median {:.2}s vs {:.2}s; target <= 1.5x)",
+            ours_median / hand_median,
+            ours_median,
+            hand_median
+        );
+    }
 
     // 2. Throughput through the proxy, directly and through HAProxy, on the cluster `up` left.
     let dir = crate::state::StateDir {
@@ -211,10 +222,23 @@ pub fn run(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
     ] {
         let mut run_args: Vec<&str> = vec!["-c", &clients, "-j", "2", "-T", &seconds];
         run_args.extend(mode.iter().copied());
-        println!("== {label}, {clients} clients, {seconds}s each");
-        let direct = pgbench(primary, &run_args)?;
-        let proxied = pgbench(rw, &run_args)?;
-        let haproxy = pgbench(haproxy_port, &run_args)?;
+        println!(
+            "== {label}, {clients} clients, {seconds}s per run, {} rounds (order rotated; medians)",
+            args.rounds.max(1)
+        );
+        // Rotating the order each round spreads drift (checkpoints, other load) over all three.
+        let targets = [primary, rw, haproxy_port];
+        let mut samples: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for round in 0..args.rounds.max(1) as usize {
+            for k in 0..3 {
+                let which = (round + k) % 3;
+                samples[which].push(pgbench(targets[which], &run_args)?);
+            }
+        }
+        let [direct, proxied, haproxy] = samples.map(|mut v| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        });
         println!("  direct to the primary  {direct:>10.0} tps");
         println!("  stator rw proxy        {proxied:>10.0} tps");
         println!("  HAProxy (TCP mode)     {haproxy:>10.0} tps");
