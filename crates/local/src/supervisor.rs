@@ -205,6 +205,7 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         outdated: 0,
     };
     supervisor.adopt().await;
+    supervisor.step().await;
     let mut sigterm = signal(SignalKind::terminate())
         .map_err(|e| LocalError::Failed(format!("cannot watch SIGTERM: {e}")))?;
     let mut sigint = signal(SignalKind::interrupt())
