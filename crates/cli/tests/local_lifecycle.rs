@@ -128,7 +128,24 @@ fn scaling_three_to_five_to_two_adds_clones_and_stops_the_highest_ordinals_keepi
 #[test]
 fn delete_keeps_data_dirs_for_the_next_up_and_purge_removes_everything() {
     let cluster = Cluster::new("dl", 1);
-    cluster.up();
+    let out = cluster.up();
+    // With no replica, reads go to the primary, and status says so.
+    assert!(
+        out.contains("no replica is ready: reads go to the primary"),
+        "{out}"
+    );
+    let status = cluster.status();
+    assert_eq!(status["proxies"]["ro"]["fallbackToPrimary"], true);
+    assert_eq!(
+        status["proxies"]["ro"]["targets"],
+        serde_json::json!(["dl-0"])
+    );
+    assert_eq!(
+        cluster
+            .psql(cluster.ro(), "SELECT pg_is_in_recovery()")
+            .unwrap(),
+        "f"
+    );
     cluster
         .psql(
             cluster.rw(),
