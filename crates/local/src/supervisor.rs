@@ -205,19 +205,19 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         outdated: 0,
     };
     supervisor.adopt().await;
-    supervisor.step().await;
+    let mut keep_going = supervisor.step().await;
     let mut sigterm = signal(SignalKind::terminate())
         .map_err(|e| LocalError::Failed(format!("cannot watch SIGTERM: {e}")))?;
     let mut sigint = signal(SignalKind::interrupt())
         .map_err(|e| LocalError::Failed(format!("cannot watch SIGINT: {e}")))?;
-    loop {
+    while keep_going {
         let pause = if supervisor.settled {
             TICK_STEADY
         } else {
             TICK_BUSY
         };
         tokio::select! {
-            _ = tokio::time::sleep(pause) => supervisor.step().await,
+            _ = tokio::time::sleep(pause) => keep_going = supervisor.step().await,
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -305,10 +305,19 @@ impl Supervisor<'_> {
         }
     }
 
-    async fn step(&mut self) {
+    /// One round of checks and actions; false when the database is gone from the state dir
+    /// (its spec removed behind the supervisor's back), which stops everything.
+    async fn step(&mut self) -> bool {
         match self.dir.read_applied() {
             Ok(Some(applied)) => self.applied = applied,
-            Ok(None) => {}
+            Ok(None) => {
+                tracing::warn!(
+                    "{} no longer exists (its spec file {} is gone); stopping every instance",
+                    self.dir.key(),
+                    self.dir.spec_file().display()
+                );
+                return false;
+            }
             Err(e) => tracing::warn!("{e}; keeping the spec read before"),
         }
         let desired = self.db().spec.instances;
@@ -321,6 +330,7 @@ impl Supervisor<'_> {
         self.route(desired, &primary);
         self.record_system_identifier(&primary);
         self.publish(desired, &primary);
+        true
     }
 
     fn reap(&mut self) {
