@@ -6,9 +6,41 @@ use stator_api::{Loaded, load_database};
 
 use crate::error::CliError;
 
+/// Which warnings a command shows: those about the runtime it acts on, once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Warnings {
+    /// Everything (`validate`).
+    All,
+    /// Kubernetes placement, budgets and storage; not `spec.local` (`render`).
+    Kubernetes,
+    /// The local runtime's; not scheduling, disruption or storage, which only a cluster uses (`up`).
+    Local,
+    /// None: commands that read a spec already applied (`status`, `uri`, `down`, …).
+    Quiet,
+}
+
+impl Warnings {
+    fn shows(self, path: &str) -> bool {
+        let kubernetes_only = ["spec.scheduling", "spec.disruption", "spec.storage"]
+            .iter()
+            .any(|p| path.starts_with(p));
+        match self {
+            Warnings::All => true,
+            Warnings::Kubernetes => !path.starts_with("spec.local"),
+            Warnings::Local => !kubernetes_only,
+            Warnings::Quiet => false,
+        }
+    }
+}
+
 /// Reads and validates the spec at `path` (`-` for stdin). Every problem is reported at once,
-/// prefixed by the file name; warnings go to stderr.
+/// prefixed by the file name; every warning goes to stderr.
 pub fn load(path: &Path) -> Result<Loaded, CliError> {
+    load_for(path, Warnings::All)
+}
+
+/// As [`load`], showing only the warnings `warnings` selects.
+pub fn load_for(path: &Path, warnings: Warnings) -> Result<Loaded, CliError> {
     let text = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin())
             .map_err(|e| CliError::Invalid(format!("cannot read the spec from stdin: {e}")))?
@@ -19,7 +51,7 @@ pub fn load(path: &Path) -> Result<Loaded, CliError> {
     let shown = path.display();
     match load_database(&text) {
         Ok(loaded) => {
-            for w in &loaded.warnings {
+            for w in loaded.warnings.iter().filter(|w| warnings.shows(&w.path)) {
                 eprintln!("warning: {shown}: {w}");
             }
             Ok(loaded)
@@ -36,5 +68,22 @@ pub fn load(path: &Path) -> Result<Loaded, CliError> {
                 lines.join("\n  ")
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Warnings;
+
+    #[test]
+    fn each_runtime_shows_only_the_warnings_about_itself() {
+        let scheduling = "spec.scheduling.antiAffinity";
+        let local = "spec.local.listenAddress";
+        let both = "spec.instances";
+        assert!(Warnings::All.shows(scheduling) && Warnings::All.shows(local));
+        assert!(!Warnings::Local.shows(scheduling) && Warnings::Local.shows(local));
+        assert!(Warnings::Kubernetes.shows(scheduling) && !Warnings::Kubernetes.shows(local));
+        assert!(Warnings::Local.shows(both) && Warnings::Kubernetes.shows(both));
+        assert!(!Warnings::Quiet.shows(both));
     }
 }

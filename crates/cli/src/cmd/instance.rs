@@ -53,7 +53,8 @@ pub fn run(args: InstanceArgs) -> CliResult {
             .database
             .as_deref()
             .ok_or_else(|| CliError::Invalid("--pod needs --database FILE".into()))?;
-        let database = crate::spec_file::load(path)?.database;
+        let database =
+            crate::spec_file::load_for(path, crate::spec_file::Warnings::Quiet)?.database;
         let pod_name = std::env::var("POD_NAME").map_err(|_| {
             CliError::Invalid(
                 "--pod: the environment variable POD_NAME (NAME-N, from the downward API) is not set"

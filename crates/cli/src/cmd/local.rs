@@ -204,7 +204,7 @@ fn current_exe() -> Result<PathBuf, CliError> {
 }
 
 fn up(args: UpArgs) -> CliResult {
-    let loaded = crate::spec_file::load(&args.file)?;
+    let loaded = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Local)?;
     let db = loaded.database;
     let options = stator_local::up::UpOptions {
         state: args.state.resolve(),
@@ -234,7 +234,7 @@ fn up(args: UpArgs) -> CliResult {
 }
 
 fn status(args: StatusArgs) -> CliResult {
-    let db = crate::spec_file::load(&args.file)?.database;
+    let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
     let dir = args.state.resolve().database_of(&db);
     let report = stator_local::runtime::current_report(&dir, &db).map_err(failed)?;
     match args.output {
@@ -254,7 +254,7 @@ fn status(args: StatusArgs) -> CliResult {
 }
 
 fn uri(args: UriArgs) -> CliResult {
-    let db = crate::spec_file::load(&args.file)?.database;
+    let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
     let dir = args.state.resolve().database_of(&db);
     let endpoint = match args.endpoint {
         UriEndpoint::Rw => Endpoint::Rw,
@@ -268,7 +268,7 @@ fn uri(args: UriArgs) -> CliResult {
 }
 
 fn logs(args: LogsArgs) -> CliResult {
-    let db = crate::spec_file::load(&args.file)?.database;
+    let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
     let dir = args.state.resolve().database_of(&db);
     let kind = if args.manager {
         LogKind::Manager
@@ -283,7 +283,7 @@ fn logs(args: LogsArgs) -> CliResult {
 }
 
 fn down(args: DownArgs) -> CliResult {
-    let db = crate::spec_file::load(&args.file)?.database;
+    let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
     let dir = args.state.resolve().database_of(&db);
     eprintln!("stopping {} (fast shutdown)…", dir.key());
     let stopped = stator_local::stop::down(&dir).map_err(failed)?;
@@ -300,7 +300,7 @@ fn down(args: DownArgs) -> CliResult {
 }
 
 fn delete(args: DeleteArgs) -> CliResult {
-    let db = crate::spec_file::load(&args.file)?.database;
+    let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
     let dir = args.state.resolve().database_of(&db);
     let deleted = stator_local::stop::delete(&dir, args.purge).map_err(failed)?;
     if args.purge {

@@ -40,7 +40,7 @@ pub struct RenderArgs {
 }
 
 pub fn run(args: RenderArgs) -> CliResult {
-    let loaded = crate::spec_file::load(&args.file)?;
+    let loaded = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Kubernetes)?;
     let db = &loaded.database;
     let options = RenderOptions {
         stator_image: args.stator_image.clone(),
