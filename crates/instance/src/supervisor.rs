@@ -264,7 +264,7 @@ impl<E: ServerEngine> Supervisor<E> {
             let tick = if running {
                 Duration::from_secs(2)
             } else {
-                Duration::from_millis(200)
+                OBSERVE_UNTIL_READY
             };
             tokio::select! {
                 how = server.exited() => return Served::Exited(how),
@@ -330,7 +330,13 @@ impl<E: ServerEngine> Supervisor<E> {
     }
 }
 
-/// Observes the server every `period` while it runs, for `/status`, `/readyz` and `/metrics`.
+/// How often an instance that is not ready yet is observed: a replica becomes ready the moment
+/// it streams, and the runtime starts the next instance only then (OrderedReady), so this pace
+/// bounds how long bring-up waits on each instance.
+pub const OBSERVE_UNTIL_READY: Duration = Duration::from_millis(100);
+
+/// Observes the server while it runs, for `/status`, `/readyz` and `/metrics`: every
+/// [`OBSERVE_UNTIL_READY`] until it is ready, then every `period`.
 pub async fn observe_forever<E: ServerEngine>(
     engine: Arc<E>,
     creds: Credentials,
@@ -354,7 +360,8 @@ pub async fn observe_forever<E: ServerEngine>(
                 }
             });
         }
-        tokio::time::sleep(period).await;
+        let ready = crate::status::unready_reason(&status.snapshot(), Instant::now()).is_none();
+        tokio::time::sleep(if ready { period } else { OBSERVE_UNTIL_READY }).await;
     }
 }
 
