@@ -134,6 +134,8 @@ pub struct LogsArgs {
 /// Stop every instance cleanly (fast shutdown, immediate after a timeout), keeping all data.
 ///
 /// `stator up` afterwards brings back the same data and the same primary.
+///
+/// Example: stator down -f examples/postgres-3.yaml
 #[derive(clap::Args, Debug)]
 pub struct DownArgs {
     /// The Database spec file (`-` for stdin).
@@ -146,6 +148,9 @@ pub struct DownArgs {
 /// Stop and remove a database. Its data dirs (and the credentials they need) are kept unless
 /// --purge is given.
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  stator delete -f examples/postgres-3.yaml           keep the data for a later `up`\n  stator delete -f examples/postgres-3.yaml --purge   remove the data for good"
+)]
 pub struct DeleteArgs {
     /// The Database spec file (`-` for stdin).
     #[arg(short = 'f', long = "file")]
@@ -168,6 +173,8 @@ pub struct SuperviseArgs {
 }
 
 /// Benchmarks that print ratios against a peer run side by side (not tests).
+///
+/// Example: cargo build --release -p stator && ./target/release/stator bench local
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
     /// The local runtime vs the same steps by hand, and its proxy vs direct and vs HAProxy.
