@@ -67,6 +67,22 @@ pub struct Proxies {
     pub ro: ProxyRoute,
 }
 
+impl Proxies {
+    /// The two proxies on `host` with no target yet.
+    pub fn unrouted(host: String, ports: stator_api::instance::LocalPorts) -> Proxies {
+        let route = |port| ProxyRoute {
+            port,
+            targets: Vec::new(),
+            fallback_to_primary: false,
+        };
+        Proxies {
+            host,
+            rw: route(ports.rw()),
+            ro: route(ports.ro()),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyRoute {

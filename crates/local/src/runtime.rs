@@ -10,7 +10,7 @@ use stator_api::{Database, Phase};
 use crate::error::LocalError;
 use crate::probe;
 use crate::process;
-use crate::report::{InstanceRow, Proxies, ProxyRoute, SupervisorReport, state_word};
+use crate::report::{InstanceRow, Proxies, SupervisorReport, state_word};
 use crate::state::DatabaseDir;
 
 /// The pid of the supervisor holding `dir`'s lock, if one does.
@@ -115,19 +115,7 @@ pub fn current_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorRepo
         supervisor_pid: None,
         primary,
         instances: rows,
-        proxies: Proxies {
-            host: address,
-            rw: ProxyRoute {
-                port: ports.rw(),
-                targets: Vec::new(),
-                fallback_to_primary: false,
-            },
-            ro: ProxyRoute {
-                port: ports.ro(),
-                targets: Vec::new(),
-                fallback_to_primary: false,
-            },
-        },
+        proxies: Proxies::unrouted(address, ports),
         message: Some(if alive == 0 {
             "stopped: `stator up -f FILE` starts it again with the same data".into()
         } else {

@@ -42,12 +42,12 @@ pub fn ensure_secrets(dir: &Path) -> Result<Vec<&'static str>, LocalError> {
     Ok(generated)
 }
 
-/// Reads one secret (trailing newline trimmed).
+/// Reads one secret with the instance manager's own rules (a 0600 file holding one line), so
+/// the runtime never hands out a password from a file others could have read or changed.
 pub fn read_secret(dir: &Path, key: &str) -> Result<String, LocalError> {
-    let path = dir.join(key);
-    fs::read_to_string(&path)
-        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-        .map_err(|e| LocalError::io(&path, "cannot read secret", e))
+    stator_engine::credentials::read_secret(dir, key)
+        .map(|secret| secret.expose().to_string())
+        .map_err(|e| LocalError::Failed(e.to_string()))
 }
 
 /// A random alphanumeric secret from the thread-local CSPRNG (ChaCha, seeded by the OS).

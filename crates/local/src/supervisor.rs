@@ -243,19 +243,7 @@ fn initial_report(applied: &AppliedSpec, dir: &DatabaseDir) -> SupervisorReport 
         supervisor_pid: Some(std::process::id()),
         primary: dir.read_primary(),
         instances: Vec::new(),
-        proxies: Proxies {
-            host: db.spec.local.listen_address.clone(),
-            rw: ProxyRoute {
-                port: ports.rw(),
-                targets: Vec::new(),
-                fallback_to_primary: false,
-            },
-            ro: ProxyRoute {
-                port: ports.ro(),
-                targets: Vec::new(),
-                fallback_to_primary: false,
-            },
-        },
+        proxies: Proxies::unrouted(db.spec.local.listen_address.clone(), ports),
         message: None,
     }
 }
