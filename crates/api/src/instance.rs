@@ -83,6 +83,26 @@ pub enum ServerState {
     Failed,
 }
 
+impl ServerState {
+    /// The word `stator status` and decision messages use, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Initializing => "initializing",
+            ServerState::Starting => "starting",
+            ServerState::Running => "running",
+            ServerState::Stopped => "stopped",
+            ServerState::Crashed => "crashed",
+            ServerState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What `GET /status` returns.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -22,7 +22,7 @@ use stator_api::instance::ServerState;
 use stator_api::position::ReplicationPosition;
 use stator_api::{Engine, Role};
 
-use crate::input::{Input, state_name};
+use crate::input::Input;
 use crate::memory::Memory;
 
 /// Every ordinal the core may have to think about: the spec's, the observed, the remembered.
@@ -55,7 +55,7 @@ pub fn ineligibility(
         return Some(format!("is {}", presence.describe()));
     };
     if facts.state != ServerState::Running {
-        return Some(format!("is {}", state_name(facts.state)));
+        return Some(format!("is {}", facts.state.as_str()));
     }
     if facts.role != Some(Role::Replica) {
         return Some("is not a replica".into());

@@ -224,7 +224,7 @@ impl Presence {
             Presence::Unreachable { reason } => format!("unreachable ({reason})"),
             Presence::Reported(f) => {
                 let role = f.role.map_or("unknown role", |r| r.as_str());
-                let mut text = format!("{} {role}", state_name(f.state));
+                let mut text = format!("{} {role}", f.state.as_str());
                 if f.read_only {
                     text.push_str(", read-only");
                 }
@@ -234,17 +234,6 @@ impl Presence {
                 text
             }
         }
-    }
-}
-
-pub(crate) fn state_name(state: ServerState) -> &'static str {
-    match state {
-        ServerState::Initializing => "initializing",
-        ServerState::Starting => "starting",
-        ServerState::Running => "running",
-        ServerState::Stopped => "stopped",
-        ServerState::Crashed => "crashed",
-        ServerState::Failed => "failed",
     }
 }
 

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use stator_api::Phase;
-use stator_api::instance::{InstanceReport, ServerState};
+use stator_api::instance::InstanceReport;
 
 /// The state of one local database as its supervisor sees it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -99,18 +99,6 @@ impl SupervisorReport {
     /// latest spec seen.
     pub fn is_settled(&self) -> bool {
         self.generation == self.observed_generation && self.phase == Phase::Ready
-    }
-}
-
-/// Short text for a server state.
-pub fn state_word(state: ServerState) -> &'static str {
-    match state {
-        ServerState::Initializing => "initializing",
-        ServerState::Starting => "starting",
-        ServerState::Running => "running",
-        ServerState::Stopped => "stopped",
-        ServerState::Crashed => "crashed",
-        ServerState::Failed => "failed",
     }
 }
 
@@ -243,6 +231,7 @@ fn align(rows: &[Vec<String>]) -> String {
 mod tests {
     use super::*;
     use stator_api::Role;
+    use stator_api::instance::ServerState;
 
     fn sample() -> SupervisorReport {
         SupervisorReport {

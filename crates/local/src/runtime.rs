@@ -10,7 +10,7 @@ use stator_api::{Database, Phase};
 use crate::error::LocalError;
 use crate::probe;
 use crate::process;
-use crate::report::{InstanceRow, Proxies, SupervisorReport, state_word};
+use crate::report::{InstanceRow, Proxies, SupervisorReport};
 use crate::state::DatabaseDir;
 
 /// The pid of the supervisor holding `dir`'s lock, if one does.
@@ -91,7 +91,7 @@ pub fn current_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorRepo
             manager_port: ports.manager(ordinal),
             manager_pid: pid,
             state: match (&report, pid) {
-                (Some(r), _) => state_word(r.state).to_string(),
+                (Some(r), _) => r.state.to_string(),
                 (None, Some(_)) => "starting".into(),
                 (None, None) => "stopped".into(),
             },

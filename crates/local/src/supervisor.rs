@@ -30,7 +30,7 @@ use crate::preflight;
 use crate::probe;
 use crate::process;
 use crate::proxy::{self, ProxyKind, Routes};
-use crate::report::{InstanceRow, Proxies, ProxyRoute, SupervisorReport, state_word};
+use crate::report::{InstanceRow, Proxies, ProxyRoute, SupervisorReport};
 use crate::state::{AppliedSpec, DatabaseDir, Marker, create_dir, write_json};
 
 /// How often instances are checked while everything is as the spec asks.
@@ -594,7 +594,7 @@ impl Supervisor<'_> {
                 .to_string()
             } else {
                 match &slot.report {
-                    Some(r) => state_word(r.state).to_string(),
+                    Some(r) => r.state.to_string(),
                     None => "starting".to_string(),
                 }
             };

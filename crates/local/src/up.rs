@@ -301,7 +301,7 @@ fn describe(row: &crate::report::InstanceRow, primary: &str, has_data: bool) -> 
         return row.state.clone();
     };
     let role = r.role.map(|r| r.to_string());
-    let mut text = crate::report::state_word(r.state).to_string();
+    let mut text = r.state.to_string();
     if r.state == ServerState::Initializing && !has_data {
         text = if row.name == primary {
             "initializing (initdb)".into()
