@@ -33,11 +33,15 @@ ensure_packages() {
 # the default ports and waste memory).
 ensure_database_servers() {
   ensure_packages postgresql-15 postgresql-client-15 mariadb-server mariadb-backup
-  for svc in postgresql mariadb; do
-    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
-      as_root systemctl stop "$svc" || true
-    fi
-  done
+  stop_service postgresql
+  stop_service mariadb
+}
+
+# stop_service NAME: stop a system service a Debian package started, if systemd runs one.
+stop_service() {
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$1" 2>/dev/null; then
+    as_root systemctl stop "$1" || true
+  fi
 }
 
 # A Rust toolchain with rustfmt and clippy (Debian's own rustc is too old for edition 2024).
