@@ -151,6 +151,24 @@ pub struct InstanceReport {
     /// Times the server was restarted by this manager after a crash.
     #[serde(default)]
     pub restarts: u32,
+    /// The server refuses writes: a replica, or a primary made read-only (`read_only` /
+    /// `super_read_only`, PostgreSQL `default_transaction_read_only`).
+    #[serde(default)]
+    pub read_only: bool,
+    /// A replica's receiver (MySQL family: the IO thread; PostgreSQL: the walreceiver) runs.
+    #[serde(default)]
+    pub receiver_running: Option<bool>,
+    /// A replica's applier (MySQL family: the SQL thread; PostgreSQL: replay) runs.
+    #[serde(default)]
+    pub applier_running: Option<bool>,
+    /// A replica's last replication error (IO or SQL thread, walreceiver), in the server's words.
+    #[serde(default)]
+    pub replication_error: Option<String>,
+    /// Transactions this instance holds that its upstream does not (an errant GTID set, or
+    /// WAL past the point where the upstream's timeline forked). Such an instance is never
+    /// ready, never a failover candidate, and is rebuilt rather than replicated over.
+    #[serde(default)]
+    pub errant: Option<String>,
 }
 
 /// Body of `POST /demote`: follow `upstream` as a replica.

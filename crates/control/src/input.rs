@@ -145,12 +145,12 @@ impl InstanceFacts {
             state: report.state,
             role: report.role,
             ready: report.ready,
-            read_only: false,
+            read_only: report.read_only,
             position: parse(&report.position)?,
             received_position: parse(&report.received_position)?,
             upstream: report.upstream.as_deref().and_then(|u| spec.ordinal_of(u)),
-            replication_error: None,
-            diverged: false,
+            replication_error: report.replication_error.clone(),
+            diverged: report.errant.is_some(),
             message: report.message.clone(),
         })
     }
@@ -313,6 +313,11 @@ mod tests {
             upstream: Some("demo-0".into()),
             message: None,
             restarts: 0,
+            read_only: false,
+            receiver_running: None,
+            applier_running: None,
+            replication_error: None,
+            errant: None,
         }
     }
 

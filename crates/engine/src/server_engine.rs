@@ -38,6 +38,17 @@ pub struct Observation {
     pub streaming: bool,
     /// Replica: the instance it follows.
     pub upstream: Option<String>,
+    /// The server refuses writes (a replica, or a read-only primary).
+    pub read_only: bool,
+    /// Replica: the receiver (IO thread / walreceiver) runs.
+    pub receiver_running: Option<bool>,
+    /// Replica: the applier (SQL thread / replay) runs.
+    pub applier_running: Option<bool>,
+    /// Replica: the last replication error, in the server's words.
+    pub replication_error: Option<String>,
+    /// Transactions held here that the upstream does not have (errant GTIDs, a forked
+    /// timeline), in words; such a replica is not ready.
+    pub errant: Option<String>,
 }
 
 /// A database engine driving one instance's server. Implemented by [`crate::postgres::Postgres`];

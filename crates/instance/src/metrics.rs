@@ -143,6 +143,11 @@ mod tests {
             upstream: Some("db-0".into()),
             message: None,
             restarts: 2,
+            read_only: false,
+            receiver_running: None,
+            applier_running: None,
+            replication_error: None,
+            errant: None,
         }
     }
 

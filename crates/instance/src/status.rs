@@ -145,6 +145,11 @@ pub fn build_report(name: &str, manager_pid: u32, s: &Snapshot, now: Instant) ->
         upstream: o.upstream,
         message: s.message.clone().or(reason),
         restarts: s.restarts,
+        read_only: o.read_only,
+        receiver_running: o.receiver_running,
+        applier_running: o.applier_running,
+        replication_error: o.replication_error,
+        errant: o.errant,
     }
 }
 

@@ -269,6 +269,11 @@ mod tests {
                     upstream: None,
                     message: None,
                     restarts: 0,
+                    read_only: false,
+                    receiver_running: None,
+                    applier_running: None,
+                    replication_error: None,
+                    errant: None,
                 }),
             }],
             proxies: Proxies {
