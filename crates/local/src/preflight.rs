@@ -11,59 +11,161 @@ use stator_api::Engine;
 
 use crate::error::{LocalError, PortUse};
 
-/// The directory of the engine's server binaries for `version`.
-pub fn find_bin_dir(engine: Engine, version: &str) -> Result<PathBuf, LocalError> {
-    let (program, candidates, install): (&str, Vec<PathBuf>, String) = match engine {
-        Engine::Postgres => (
-            "postgres",
-            vec![
+/// What the local runtime needs of an engine's installation: the server program, where the
+/// distributions put it, the tools the instance manager runs next to it, and how to install them.
+/// The one place that knows these differences.
+struct Installation {
+    /// The server program whose directory is the instance's `bin_dir`.
+    program: &'static str,
+    /// Where distributions install it, searched before PATH.
+    candidates: Vec<PathBuf>,
+    /// Tools looked up in the bin dir, then `BIN_DIR/../bin`, then PATH.
+    tools: &'static [&'static str],
+    install: String,
+}
+
+fn installation(engine: Engine, version: &str) -> Installation {
+    match engine {
+        Engine::Postgres => Installation {
+            program: "postgres",
+            candidates: vec![
                 PathBuf::from(format!("/usr/lib/postgresql/{version}/bin")),
                 PathBuf::from(format!("/usr/pgsql-{version}/bin")),
                 PathBuf::from(format!("/opt/homebrew/opt/postgresql@{version}/bin")),
                 PathBuf::from(format!("/usr/local/opt/postgresql@{version}/bin")),
             ],
-            format!(
+            tools: &["initdb", "pg_basebackup", "pg_rewind"],
+            install: format!(
                 "install them: Debian/Ubuntu `apt-get install postgresql-{version}`, Fedora/RHEL `dnf install postgresql{version}-server`, macOS `brew install postgresql@{version}`"
             ),
-        ),
-        Engine::Mariadb => (
-            "mariadbd",
-            vec![PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")],
-            format!(
-                "install them: Debian/Ubuntu `apt-get install mariadb-server` (MariaDB {version}), Fedora/RHEL `dnf install mariadb-server`"
+        },
+        Engine::Mariadb => Installation {
+            program: "mariadbd",
+            candidates: vec![PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")],
+            tools: &["mariadb-install-db", "mariadb-backup", "mariadb"],
+            install: format!(
+                "install them: Debian/Ubuntu `apt-get install mariadb-server mariadb-backup` (MariaDB {version}), Fedora/RHEL `dnf install mariadb-server mariadb-backup`"
             ),
-        ),
-        Engine::Mysql => (
-            "mysqld",
-            vec![PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")],
-            format!(
+        },
+        Engine::Mysql => Installation {
+            program: "mysqld",
+            candidates: vec![PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")],
+            tools: &["mysql"],
+            install: format!(
                 "install them: MySQL {version} from https://dev.mysql.com/downloads/ (package `mysql-server`)"
             ),
-        ),
-    };
-    for dir in &candidates {
-        if is_executable(&dir.join(program)) {
-            return Ok(dir.clone());
-        }
+        },
     }
-    // On PATH, PostgreSQL only counts when its major version matches.
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join(program);
-            if is_executable(&candidate)
-                && (engine != Engine::Postgres
-                    || postgres_major(&candidate).as_deref() == Some(version))
-            {
-                return Ok(dir);
+}
+
+/// The directory of the engine's server binaries for `version`, after checking that the tools
+/// the instance manager needs are there too.
+pub fn find_bin_dir(engine: Engine, version: &str) -> Result<PathBuf, LocalError> {
+    let path: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    let wanted = installation(engine, version);
+    find_bin_dir_in(engine, version, &wanted.candidates, &path)
+}
+
+fn find_bin_dir_in(
+    engine: Engine,
+    version: &str,
+    candidates: &[PathBuf],
+    path: &[PathBuf],
+) -> Result<PathBuf, LocalError> {
+    let wanted = installation(engine, version);
+    let program = wanted.program;
+    // Programs found whose version is not the one asked for, for the error.
+    let mut others: Vec<String> = Vec::new();
+    let mut found = None;
+    for (dir, on_path) in candidates
+        .iter()
+        .map(|d| (d, false))
+        .chain(path.iter().map(|d| (d, true)))
+    {
+        let candidate = dir.join(program);
+        if !is_executable(&candidate) {
+            continue;
+        }
+        match server_version_of(engine, &candidate) {
+            Some(full) if version_in_major(&full, version) => {}
+            Some(full) => {
+                others.push(format!("{} is {full}", candidate.display()));
+                continue;
+            }
+            // PostgreSQL's own directories carry the major version in their name.
+            None if engine == Engine::Postgres && !on_path => {}
+            None => {
+                others.push(format!("{} (version unknown)", candidate.display()));
+                continue;
             }
         }
+        found = Some(dir.clone());
+        break;
     }
-    let looked: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
-    Err(LocalError::BinariesMissing(format!(
-        "{} {version} binaries not found (looked for `{program}` in {} and on PATH); {install}",
-        engine_title(engine),
-        looked.join(", ")
-    )))
+    let Some(bin_dir) = found else {
+        let looked: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
+        let others = if others.is_empty() {
+            String::new()
+        } else {
+            format!(" (found only other versions: {})", others.join(", "))
+        };
+        return Err(LocalError::BinariesMissing(format!(
+            "{} {version} binaries not found (looked for `{program}` in {} and on PATH){others}; {}",
+            engine_title(engine),
+            looked.join(", "),
+            wanted.install
+        )));
+    };
+    let missing: Vec<&str> = wanted
+        .tools
+        .iter()
+        .copied()
+        .filter(|tool| find_tool_in(&bin_dir, tool, path).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return Err(LocalError::BinariesMissing(format!(
+            "{} {version}: found `{program}` in {}, but not {} (looked there, in its ../bin and on PATH); {}",
+            engine_title(engine),
+            bin_dir.display(),
+            missing
+                .iter()
+                .map(|t| format!("`{t}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            wanted.install
+        )));
+    }
+    Ok(bin_dir)
+}
+
+/// A tool of the engine: in `bin_dir`, then `bin_dir/../bin` (Debian keeps `mariadbd` in
+/// /usr/sbin and the tools in /usr/bin), then PATH.
+pub fn find_tool(bin_dir: &Path, tool: &str) -> Option<PathBuf> {
+    let path: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    find_tool_in(bin_dir, tool, &path)
+}
+
+fn find_tool_in(bin_dir: &Path, tool: &str, path: &[PathBuf]) -> Option<PathBuf> {
+    let sibling = bin_dir.parent().map(|p| p.join("bin"));
+    std::iter::once(bin_dir.to_path_buf())
+        .chain(sibling)
+        .chain(path.iter().cloned())
+        .map(|d| d.join(tool))
+        .find(|p| is_executable(p))
+}
+
+/// The engine's tools that create a data dir: a new primary's, and a replica's copy of its
+/// upstream (for progress lines).
+pub fn bootstrap_tools(engine: Engine) -> (&'static str, &'static str) {
+    match engine {
+        Engine::Postgres => ("initdb", "pg_basebackup"),
+        Engine::Mariadb => ("mariadb-install-db", "mariadb-backup"),
+        Engine::Mysql => ("mysqld --initialize", "the clone plugin"),
+    }
 }
 
 pub fn engine_title(engine: Engine) -> &'static str {
@@ -79,15 +181,42 @@ fn is_executable(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// `postgres --version` → its major version (`15`).
-fn postgres_major(program: &Path) -> Option<String> {
+/// The full version a server program reports with `--version` (`15.8`, `10.11.19`).
+fn server_version_of(engine: Engine, program: &Path) -> Option<String> {
     let out = std::process::Command::new(program)
         .arg("--version")
+        .stdin(std::process::Stdio::null())
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let version = text.split_whitespace().last()?;
-    Some(version.split('.').next()?.to_string())
+    match engine {
+        // `postgres (PostgreSQL) 15.8 (Debian 15.8-1)` → the first word that starts with a digit.
+        Engine::Postgres => text
+            .split_whitespace()
+            .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+            .map(str::to_string),
+        Engine::Mariadb | Engine::Mysql => parse_mysql_family_version(&text),
+    }
+}
+
+/// `15.8` is in `15`; `10.11.19` is in `10.11` but not in `10.1`.
+pub fn version_in_major(full: &str, major: &str) -> bool {
+    full == major
+        || full
+            .strip_prefix(major)
+            .is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// `mariadbd  Ver 10.11.19-MariaDB-0+deb12u1 for …` or `mysqld  Ver 8.0.36 for …` → `10.11.19`.
+pub fn parse_mysql_family_version(text: &str) -> Option<String> {
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "Ver")?;
+    let version = words.next()?;
+    let number: String = version
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    (!number.is_empty() && number.contains('.')).then_some(number)
 }
 
 /// The OS user the server runs as: `None` when we are not root (the server runs as us);
@@ -169,22 +298,72 @@ pub fn check_ports(address: &str, wanted: &[PortUse]) -> Result<(), LocalError> 
     }
 }
 
-/// The major version a PostgreSQL data dir was made by (`PG_VERSION`), when it has one.
-pub fn data_dir_version(data_dir: &Path) -> Option<String> {
-    fs::read_to_string(data_dir.join("PG_VERSION"))
-        .ok()
-        .map(|s| s.trim().to_string())
+/// What the files of a data dir say about the server that made them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataFiles {
+    pub engine: Engine,
+    /// The version the files record: PostgreSQL's major (`PG_VERSION`), MariaDB's full
+    /// version (`mysql_upgrade_info` holds e.g. `10.11.19-MariaDB`; this is `10.11.19`).
+    pub version: String,
+}
+
+impl DataFiles {
+    /// Whether these files can run under `engine` `major` without an upgrade.
+    fn fit(&self, engine: Engine, major: &str) -> bool {
+        self.engine == engine && version_in_major(&self.version, major)
+    }
+}
+
+/// The engine and version a data dir's own files name, when they do: PostgreSQL's
+/// `PG_VERSION`, MariaDB's `mysql_upgrade_info` (written by mariadb-install-db and
+/// mariadb-upgrade). MySQL 8 records its version in no plain file.
+pub fn data_files(data_dir: &Path) -> Option<DataFiles> {
+    let read = |name: &str| {
+        fs::read_to_string(data_dir.join(name))
+            .ok()
+            .map(|s| s.trim().trim_end_matches('\0').to_string())
+    };
+    if let Some(version) = read("PG_VERSION") {
+        return Some(DataFiles {
+            engine: Engine::Postgres,
+            version,
+        });
+    }
+    let text = read("mysql_upgrade_info")?;
+    let engine = if text.contains("MariaDB") {
+        Engine::Mariadb
+    } else {
+        Engine::Mysql
+    };
+    let version = text
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    Some(DataFiles { engine, version })
 }
 
 /// PostgreSQL's database system identifier: the first 8 bytes of `global/pg_control`, shared
-/// by a primary and every replica cloned from it.
+/// by a primary and every replica cloned from it. MariaDB has no such identifier in its files
+/// (`server_id` differs per instance, and a clone copies no cluster id): for it this is `None`,
+/// and the data dir's `stator.json` marker, naming its database, is what identifies it.
 pub fn system_identifier(data_dir: &Path) -> Option<u64> {
     let bytes = fs::read(data_dir.join("global/pg_control")).ok()?;
     let first: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
     Some(u64::from_ne_bytes(first))
 }
 
-/// A data dir that exists must hold data of this engine version and of this database.
+/// How a data dir of an older or newer version is brought to this one.
+fn upgrade_hint(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Postgres => "upgrade it with pg_upgrade",
+        Engine::Mariadb | Engine::Mysql => {
+            "upgrade it by starting that version and then this one with mariadb-upgrade / mysql_upgrade"
+        }
+    }
+}
+
+/// A data dir that exists must hold data of this engine, of this major version and of this
+/// database (its `stator.json` marker, and for PostgreSQL the system identifier).
 pub fn check_data_dir(
     data_dir: &Path,
     instance: &str,
@@ -192,21 +371,44 @@ pub fn check_data_dir(
     version: &str,
     system_id: Option<u64>,
 ) -> Result<(), LocalError> {
-    if engine != Engine::Postgres || !data_dir.is_dir() {
+    if !data_dir.is_dir() {
         return Ok(());
     }
-    if let Some(found) = data_dir_version(data_dir)
-        && found != version
+    if let Some(found) = data_files(data_dir)
+        && !found.fit(engine, version)
     {
+        let hint = if found.engine == engine {
+            format!(
+                "{}, set spec.version to its version, or move the directory away",
+                upgrade_hint(engine)
+            )
+        } else {
+            "move the directory away or choose another database name".to_string()
+        };
         return Err(LocalError::DataDirForeign(format!(
-            "{}: {instance}'s data dir holds PostgreSQL {found} data, but this database is PostgreSQL {version}; upgrade it with pg_upgrade, set spec.version to {found:?}, or move the directory away",
-            data_dir.display()
+            "{}: {instance}'s data dir holds {} {} data, but this database is {} {version}; {hint}",
+            data_dir.display(),
+            engine_title(found.engine),
+            found.version,
+            engine_title(engine),
         )));
     }
-    // The instance manager's own marker names the database that made the directory.
+    // The instance manager's own marker names the engine and database that made the directory.
     let marker = fs::read(data_dir.join("stator.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    if let Some(owner) = marker
+        .as_ref()
+        .and_then(|m| m.get("engine"))
+        .and_then(|e| e.as_str())
+        && owner != engine.as_str()
+    {
+        return Err(LocalError::DataDirForeign(format!(
+            "{}: {instance}'s data dir was made by a {owner} instance, but this database is {}; move it away or delete it",
+            data_dir.display(),
+            engine_title(engine)
+        )));
+    }
     if let Some(owner) = marker
         .as_ref()
         .and_then(|m| m.get("database"))
@@ -283,6 +485,157 @@ mod tests {
             .to_string();
         assert!(err.contains("belongs to another database"), "{err}");
         check_data_dir(tmp.path(), "pg-1", Engine::Postgres, "15", Some(7)).unwrap();
+    }
+
+    /// A bin dir holding a fake `mariadbd` that reports `version`, and the tools named.
+    fn fake_mariadb(version: &str, tools: &[&str]) -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let sbin = tmp.path().join("sbin");
+        fs::create_dir_all(&sbin).unwrap();
+        fs::create_dir_all(tmp.path().join("bin")).unwrap();
+        let script = format!(
+            "#!/bin/sh\necho \"$0  Ver {version}-MariaDB-0+deb12u1 for debian-linux-gnu on x86_64\"\n"
+        );
+        let server = sbin.join("mariadbd");
+        fs::write(&server, script).unwrap();
+        fs::set_permissions(&server, fs::Permissions::from_mode(0o755)).unwrap();
+        for tool in tools {
+            let path = tmp.path().join("bin").join(tool);
+            fs::write(&path, "#!/bin/sh\n").unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        tmp
+    }
+
+    const MARIADB_TOOLS: [&str; 3] = ["mariadb-install-db", "mariadb-backup", "mariadb"];
+
+    #[test]
+    fn mariadb_is_found_with_its_tools_in_the_sibling_bin_dir() {
+        let fake = fake_mariadb("10.11.19", &MARIADB_TOOLS);
+        let sbin = fake.path().join("sbin");
+        let found =
+            find_bin_dir_in(Engine::Mariadb, "10.11", std::slice::from_ref(&sbin), &[]).unwrap();
+        assert_eq!(found, sbin);
+        assert_eq!(
+            find_tool_in(&sbin, "mariadb-backup", &[]),
+            Some(fake.path().join("bin/mariadb-backup"))
+        );
+    }
+
+    #[test]
+    fn a_mariadbd_of_another_version_is_named_and_not_used() {
+        let fake = fake_mariadb("11.4.2", &MARIADB_TOOLS);
+        let sbin = fake.path().join("sbin");
+        let err = find_bin_dir_in(Engine::Mariadb, "10.11", std::slice::from_ref(&sbin), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MariaDB 10.11 binaries not found"), "{err}");
+        assert!(err.contains("mariadbd is 11.4.2"), "{err}");
+        assert!(
+            err.contains("apt-get install mariadb-server mariadb-backup"),
+            "{err}"
+        );
+        // 10.1 is not 10.11.
+        let old = fake_mariadb("10.11.19", &MARIADB_TOOLS);
+        assert!(find_bin_dir_in(Engine::Mariadb, "10.1", &[old.path().join("sbin")], &[]).is_err());
+    }
+
+    #[test]
+    fn missing_mariadb_tools_are_named_with_the_install_hint() {
+        let fake = fake_mariadb("10.11.19", &["mariadb"]);
+        let err = find_bin_dir_in(Engine::Mariadb, "10.11", &[fake.path().join("sbin")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`mariadb-install-db`, `mariadb-backup`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("apt-get install mariadb-server mariadb-backup"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn no_mariadbd_anywhere_says_how_to_install_it() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = find_bin_dir_in(
+            Engine::Mariadb,
+            "10.11",
+            &[empty.path().to_path_buf()],
+            &[empty.path().to_path_buf()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("looked for `mariadbd`"), "{err}");
+        assert!(err.contains("apt-get install mariadb-server"), "{err}");
+    }
+
+    #[test]
+    fn mysql_family_versions_are_read_from_the_version_line() {
+        assert_eq!(
+            parse_mysql_family_version(
+                "/usr/sbin/mariadbd  Ver 10.11.19-MariaDB-0+deb12u1 for debian-linux-gnu on x86_64 (Debian 12)"
+            )
+            .as_deref(),
+            Some("10.11.19")
+        );
+        assert_eq!(
+            parse_mysql_family_version("/usr/sbin/mysqld  Ver 8.0.36 for Linux on x86_64")
+                .as_deref(),
+            Some("8.0.36")
+        );
+        assert_eq!(parse_mysql_family_version("garbage"), None);
+        assert_eq!(parse_mysql_family_version("Ver"), None);
+        assert!(version_in_major("10.11.19", "10.11"));
+        assert!(version_in_major("15", "15"));
+        assert!(!version_in_major("10.11.19", "10.1"));
+        assert!(!version_in_major("150.1", "15"));
+    }
+
+    #[test]
+    fn a_mariadb_data_dir_of_another_version_or_engine_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("mysql_upgrade_info"), "10.6.12-MariaDB\0").unwrap();
+        let err = check_data_dir(tmp.path(), "m-0", Engine::Mariadb, "10.11", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds MariaDB 10.6.12 data"), "{err}");
+        assert!(err.contains("mariadb-upgrade"), "{err}");
+        fs::write(tmp.path().join("mysql_upgrade_info"), "10.11.19-MariaDB").unwrap();
+        check_data_dir(tmp.path(), "m-0", Engine::Mariadb, "10.11", None).unwrap();
+
+        let pg = tempfile::tempdir().unwrap();
+        fs::write(pg.path().join("PG_VERSION"), "15\n").unwrap();
+        let err = check_data_dir(pg.path(), "m-0", Engine::Mariadb, "10.11", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds PostgreSQL 15 data"), "{err}");
+    }
+
+    #[test]
+    fn a_data_dir_marked_by_another_engine_or_database_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(
+            tmp.path().join("stator.json"),
+            r#"{"engine":"postgres","majorVersion":"15","database":"m"}"#,
+        )
+        .unwrap();
+        let err = check_data_dir(tmp.path(), "m-0", Engine::Mariadb, "10.11", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("made by a postgres instance"), "{err}");
+        fs::write(
+            tmp.path().join("stator.json"),
+            r#"{"engine":"mariadb","majorVersion":"10.11","database":"other"}"#,
+        )
+        .unwrap();
+        let err = check_data_dir(tmp.path(), "m-0", Engine::Mariadb, "10.11", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("belongs to the database \"other\""), "{err}");
+        assert_eq!(system_identifier(tmp.path()), None);
     }
 
     #[test]

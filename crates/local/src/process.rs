@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use stator_api::Engine;
+
 use crate::error::LocalError;
 
 /// Whether `pid` names a live process (not a zombie).
@@ -129,10 +131,84 @@ pub fn ignore_interrupts() {
         unsafe { nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn) };
 }
 
-/// The pid a PostgreSQL postmaster recorded in its data dir, when that process still runs.
+/// A database server program as the runtime finds and stops it without its instance manager:
+/// the pid file it writes in its data dir, the name on its command line, and the signals of a
+/// clean and of an immediate shutdown. The one place these engine differences live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerProgram {
+    pub engine: Engine,
+    /// The pid file, relative to the data dir.
+    pub pid_file: &'static str,
+    /// Appears in the server's command line (so a recycled pid is not taken for it).
+    pub name: &'static str,
+    /// PostgreSQL: SIGINT (fast shutdown). MariaDB: SIGTERM (clean shutdown).
+    pub stop_signal: Signal,
+    /// PostgreSQL: SIGQUIT (immediate shutdown, recovery at the next start). MariaDB has no
+    /// immediate mode (SIGQUIT is a clean shutdown too): SIGKILL, InnoDB recovers at the next start.
+    pub immediate_signal: Signal,
+}
+
+impl ServerProgram {
+    pub fn of(engine: Engine) -> ServerProgram {
+        match engine {
+            Engine::Postgres => ServerProgram {
+                engine,
+                pid_file: "postmaster.pid",
+                name: "postgres",
+                stop_signal: Signal::SIGINT,
+                immediate_signal: Signal::SIGQUIT,
+            },
+            Engine::Mariadb => ServerProgram {
+                engine,
+                pid_file: "mariadb.pid",
+                name: "mariadbd",
+                stop_signal: Signal::SIGTERM,
+                immediate_signal: Signal::SIGKILL,
+            },
+            Engine::Mysql => ServerProgram {
+                engine,
+                pid_file: "mysqld.pid",
+                name: "mysqld",
+                stop_signal: Signal::SIGTERM,
+                immediate_signal: Signal::SIGKILL,
+            },
+        }
+    }
+}
+
+/// A server found running on a data dir.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveServer {
+    pub pid: u32,
+    pub program: ServerProgram,
+}
+
+/// The server (postmaster, mariadbd, mysqld) whose pid file in `data_dir` names a live process
+/// with that program's name on its command line.
+pub fn live_server(data_dir: &Path) -> Option<LiveServer> {
+    Engine::ALL.into_iter().find_map(|engine| {
+        let program = ServerProgram::of(engine);
+        let pid = read_pid_file(&data_dir.join(program.pid_file))?;
+        let runs = is_alive(pid)
+            && cmdline(pid)?
+                .first()
+                .is_some_and(|arg0| arg0.contains(program.name));
+        runs.then_some(LiveServer { pid, program })
+    })
+}
+
+/// The pid of the server running on `data_dir`, of any engine (the name is PostgreSQL's; it
+/// finds a `mariadbd` through `DATA_DIR/mariadb.pid` too).
 pub fn live_postmaster(data_dir: &Path) -> Option<u32> {
-    let pid = read_pid_file(&data_dir.join("postmaster.pid"))?;
-    is_alive(pid).then_some(pid)
+    live_server(data_dir).map(|s| s.pid)
+}
+
+/// Stops the server on `data_dir` at once, with its engine's immediate signal (PostgreSQL
+/// SIGQUIT, MariaDB SIGKILL); the pid it signalled, if any.
+pub fn stop_server_immediately(data_dir: &Path) -> Option<u32> {
+    let server = live_server(data_dir)?;
+    signal(server.pid, server.program.immediate_signal);
+    Some(server.pid)
 }
 
 #[cfg(test)]
@@ -163,6 +239,31 @@ mod tests {
         let marker = me[0].rsplit('/').next().unwrap().to_string();
         assert_eq!(live_pid_from_file(&file, &marker), Some(std::process::id()));
         assert_eq!(live_pid_from_file(&file, "no-such-marker-here"), None);
+    }
+
+    #[test]
+    fn a_server_is_found_by_its_engines_pid_file_and_command_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        // A pid file naming a live process that is not a server does not count.
+        write_pid_file(&tmp.path().join("mariadb.pid"), child.id()).unwrap();
+        assert_eq!(live_server(tmp.path()), None);
+        assert_eq!(live_postmaster(tmp.path()), None);
+        // Our own process, named like a server through a symlink.
+        let link = tmp.path().join("mariadbd");
+        std::os::unix::fs::symlink("/bin/sleep", &link).unwrap();
+        let mut server = Command::new(&link).arg("30").spawn().unwrap();
+        write_pid_file(&tmp.path().join("mariadb.pid"), server.id()).unwrap();
+        let found = live_server(tmp.path()).unwrap();
+        assert_eq!(found.pid, server.id());
+        assert_eq!(found.program.engine, Engine::Mariadb);
+        assert_eq!(found.program.immediate_signal, Signal::SIGKILL);
+        assert_eq!(live_postmaster(tmp.path()), Some(server.id()));
+        assert_eq!(stop_server_immediately(tmp.path()), Some(server.id()));
+        server.wait().unwrap();
+        assert_eq!(live_server(tmp.path()), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

@@ -104,9 +104,15 @@ impl SupervisorReport {
 
 /// The table `stator status` prints.
 pub fn render_table(report: &SupervisorReport) -> String {
+    // PostgreSQL positions are LSNs, the MySQL family's GTID sets; lag is bytes or transactions.
+    let position = if report.engine == "postgres" {
+        "LSN"
+    } else {
+        "GTID"
+    };
     let mut rows = vec![
         [
-            "INSTANCE", "ROLE", "STATE", "PID", "PORT", "LSN", "LAG", "READY", "RESTARTS",
+            "INSTANCE", "ROLE", "STATE", "PID", "PORT", position, "LAG", "READY", "RESTARTS",
         ]
         .map(String::from)
         .to_vec(),
@@ -139,7 +145,12 @@ pub fn render_table(report: &SupervisorReport) -> String {
             r.and_then(|r| r.position.clone())
                 .unwrap_or_else(|| "-".into()),
             lag,
-            if i.ready() { "yes" } else { "no" }.into(),
+            match (i.ready(), r.and_then(|r| r.errant.as_ref())) {
+                (_, Some(_)) => "no (errant)",
+                (true, None) => "yes",
+                (false, None) => "no",
+            }
+            .into(),
             restarts.to_string(),
         ]);
     }
@@ -183,10 +194,26 @@ pub fn render_table(report: &SupervisorReport) -> String {
         out.push_str(&format!("\n{message}\n"));
     }
     for i in &report.instances {
-        if let Some(message) = i.report.as_ref().and_then(|r| r.message.as_ref())
+        let Some(r) = i.report.as_ref() else {
+            continue;
+        };
+        if let Some(message) = &r.message
             && !i.ready()
         {
             out.push_str(&format!("{}: {message}\n", i.name));
+        }
+        if let Some(error) = &r.replication_error
+            && r.message
+                .as_ref()
+                .is_none_or(|m| !m.contains(error.as_str()))
+        {
+            out.push_str(&format!("{}: replication error: {error}\n", i.name));
+        }
+        if let Some(errant) = &r.errant {
+            out.push_str(&format!(
+                "{}: ERRANT transactions its upstream does not have: {errant}\n  it is out of the ro proxy and never a failover candidate; rebuild it from the primary (its data dir would be replaced)\n",
+                i.name
+            ));
         }
     }
     out
@@ -299,6 +326,32 @@ mod tests {
         assert!(table.contains("pg-0       primary   running"), "{table}");
         assert!(table.contains("0/3000060"), "{table}");
         assert!(table.contains("no replica is ready"), "{table}");
+    }
+
+    #[test]
+    fn an_errant_replica_is_shown_as_such_with_its_gtids() {
+        let mut report = sample();
+        report.engine = "mariadb".into();
+        let mut replica = report.instances[0].clone();
+        replica.name = "pg-1".into();
+        if let Some(r) = replica.report.as_mut() {
+            r.role = Some(Role::Replica);
+            r.ready = false;
+            r.position = Some("0-1-12,0-2-1".into());
+            r.errant = Some("0-2-1".into());
+            r.message = Some("errant transactions: 0-2-1".into());
+        }
+        report.instances.push(replica);
+        let table = render_table(&report);
+        assert!(table.contains("GTID"), "{table}");
+        assert!(!table.contains("LSN"), "{table}");
+        assert!(table.contains("no (errant)"), "{table}");
+        assert!(
+            table.contains("pg-1: ERRANT transactions its upstream does not have: 0-2-1"),
+            "{table}"
+        );
+        // The healthy primary is not flagged.
+        assert!(!table.contains("pg-0: ERRANT"), "{table}");
     }
 
     #[test]

@@ -59,16 +59,16 @@ fn stop_everything(dir: &DatabaseDir) -> Result<Stopped, LocalError> {
     stop_instances(&managers, FAST_SHUTDOWN_TIMEOUT);
     for ordinal in dir.known_ordinals() {
         let data_dir = dir.data_dir(ordinal);
-        if let Some(pid) = process::live_postmaster(&data_dir)
-            && process::cmdline(pid).is_some_and(|a| a.iter().any(|x| x.contains("postgres")))
-        {
+        // Its engine's clean shutdown (PostgreSQL fast, MariaDB normal), immediate after a timeout.
+        if let Some(server) = process::live_server(&data_dir) {
+            let pid = server.pid;
             stopped.orphans.push(format!(
                 "{}'s server (pid {pid})",
                 dir.instance_name(ordinal)
             ));
-            process::signal(pid, Signal::SIGINT); // fast shutdown
+            process::signal(pid, server.program.stop_signal);
             if !process::wait_gone(pid, FAST_SHUTDOWN_TIMEOUT) {
-                process::signal(pid, Signal::SIGQUIT); // immediate shutdown
+                process::signal(pid, server.program.immediate_signal);
                 process::wait_gone(pid, Duration::from_secs(10));
             }
         }

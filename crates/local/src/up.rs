@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use stator_api::Database;
 use stator_api::instance::{LocalPorts, ServerState};
+use stator_api::names::secret_keys;
 
 use crate::error::LocalError;
 use crate::plan::{immutable_changes, instance_ports, shared_ports};
@@ -245,8 +246,8 @@ fn wait_settled(
             Ok(report) => {
                 last_error.clear();
                 for row in &report.instances {
-                    let has_data = dir.data_dir(row.ordinal).join("PG_VERSION").exists();
-                    let text = describe(row, &report.primary, has_data);
+                    let has_data = preflight::data_files(&dir.data_dir(row.ordinal)).is_some();
+                    let text = describe(db, row, &report.primary, has_data);
                     if seen.get(&row.name) != Some(&text) {
                         progress.line(&format!("{}: {text}", row.name));
                         seen.insert(row.name.clone(), text);
@@ -296,17 +297,23 @@ fn wait_settled(
     }
 }
 
-fn describe(row: &crate::report::InstanceRow, primary: &str, has_data: bool) -> String {
+fn describe(
+    db: &Database,
+    row: &crate::report::InstanceRow,
+    primary: &str,
+    has_data: bool,
+) -> String {
     let Some(r) = &row.report else {
         return row.state.clone();
     };
     let role = r.role.map(|r| r.to_string());
     let mut text = r.state.to_string();
     if r.state == ServerState::Initializing && !has_data {
+        let (init, clone) = preflight::bootstrap_tools(db.spec.engine);
         text = if row.name == primary {
-            "initializing (initdb)".into()
+            format!("initializing ({init})")
         } else {
-            format!("cloning from {primary}")
+            format!("cloning from {primary} ({clone})")
         };
     }
     if let Some(role) = role {
@@ -373,31 +380,75 @@ impl Progress {
     }
 }
 
-/// Connection details `up` prints after the table (no password).
-pub fn connection_help(db: &Database, file: &str) -> String {
+/// Connection details `up` prints after the table. Never the password: PostgreSQL's hint uses
+/// `stator uri`, MariaDB's client (which takes no URI) reads it at its prompt or from the 0600
+/// secret file through the environment, never from its command line.
+pub fn connection_help(db: &Database, dir: &DatabaseDir, file: &str) -> String {
     let ports = LocalPorts::of(db);
     let host = &db.spec.local.listen_address;
     let user = &db.spec.bootstrap.owner;
     let database = &db.spec.bootstrap.database;
-    let (tool, uri_tool) = match db.spec.engine {
-        stator_api::Engine::Postgres => (
-            format!(
-                "psql \"host={host} port={} user={user} dbname={database}\"",
-                ports.rw()
-            ),
-            format!("psql \"$(stator uri -f {file})\""),
+    let rw = ports.rw();
+    let how = match db.spec.engine {
+        stator_api::Engine::Postgres => format!(
+            "  psql \"host={host} port={rw} user={user} dbname={database}\"\n  The password is not shown here: `stator uri -f {file} [rw|ro]` prints a URI with it, e.g.\n  psql \"$(stator uri -f {file})\"\n"
         ),
-        _ => (
+        stator_api::Engine::Mariadb | stator_api::Engine::Mysql => {
+            let client = match db.spec.engine {
+                stator_api::Engine::Mysql => "mysql",
+                _ => "mariadb",
+            };
+            let secret = dir.secrets_dir().join(secret_keys::APP_PASSWORD);
+            let secret = secret.display();
             format!(
-                "mariadb -h {host} -P {} -u {user} -p {database}",
-                ports.rw()
-            ),
-            format!("stator uri -f {file}"),
-        ),
+                "  {client} -h {host} -P {rw} -u {user} -p {database}\n  The password is not shown here: {client} asks for it; it is in {secret} (mode 0600).\n  Without the prompt (the password goes through the environment, not the command line):\n  MYSQL_PWD=\"$(cat {secret})\" {client} -h {host} -P {rw} -u {user} {database}\n  `stator uri -f {file} [rw|ro]` prints a mysql:// URI with the password.\n"
+            )
+        }
     };
     format!(
-        "Connect:\n  rw (primary):  host={host} port={} user={user} database={database}\n  ro (replicas): host={host} port={} user={user} database={database}\n  {tool}\n  The password is not shown here: `stator uri -f {file} [rw|ro]` prints a URI with it, e.g.\n  {uri_tool}\n",
-        ports.rw(),
+        "Connect:\n  rw (primary):  host={host} port={rw} user={user} database={database}\n  ro (replicas): host={host} port={} user={user} database={database}\n{how}",
         ports.ro(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(engine: &str) -> Database {
+        stator_api::load_database(&format!(
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {{name: m}}\nspec: {{engine: {engine}, local: {{portBase: 20000}}}}\n"
+        ))
+        .unwrap()
+        .database
+    }
+
+    #[test]
+    fn the_mariadb_connect_hint_names_the_secret_file_and_puts_no_password_on_a_command_line() {
+        let db = db("mariadb");
+        let dir = StateDir { root: "/s".into() }.database_of(&db);
+        let help = connection_help(&db, &dir, "m.yaml");
+        assert!(
+            help.contains("mariadb -h 127.0.0.1 -P 20000 -u app -p app\n"),
+            "{help}"
+        );
+        assert!(
+            help.contains("MYSQL_PWD=\"$(cat /s/default/m/secrets/app-password)\" mariadb -h 127.0.0.1 -P 20000 -u app app"),
+            "{help}"
+        );
+        assert!(help.contains("port=20001"), "{help}");
+        assert!(!help.contains("psql"), "{help}");
+    }
+
+    #[test]
+    fn the_postgres_connect_hint_uses_psql_and_stator_uri() {
+        let db = db("postgres");
+        let dir = StateDir { root: "/s".into() }.database_of(&db);
+        let help = connection_help(&db, &dir, "p.yaml");
+        assert!(
+            help.contains("psql \"host=127.0.0.1 port=20000 user=app dbname=app\""),
+            "{help}"
+        );
+        assert!(help.contains("psql \"$(stator uri -f p.yaml)\""), "{help}");
+    }
 }

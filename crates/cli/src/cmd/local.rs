@@ -219,10 +219,11 @@ fn up(args: UpArgs) -> CliResult {
         exe: current_exe()?,
         timeout: Duration::from_secs(args.timeout),
     };
+    let dir = options.state.database_of(&db);
     let outcome = stator_local::up::up(&db, &options).map_err(failed)?;
     let file = args.file.display().to_string();
     println!("{}", stator_local::report::render_table(&outcome.report));
-    println!("{}", stator_local::up::connection_help(&db, &file));
+    println!("{}", stator_local::up::connection_help(&db, &dir, &file));
     if let Some(mut child) = outcome.foreground {
         let _ = std::io::stdout().flush();
         eprintln!("running in the foreground; Ctrl-C stops the database (its data is kept)");
