@@ -89,6 +89,71 @@ pub fn write_marker(
     user.write_file(&marker_path(data_dir), &(text + "\n"), 0o600)
 }
 
+/// Where a bootstrap builds `data_dir`: a hidden sibling, moved into place (one rename) only
+/// once complete with its marker, so an instance manager killed during initdb, mariadb-install-db
+/// or a clone leaves an empty data directory, never a half-made one. A data directory that is a
+/// mount point cannot be replaced; it is built in place.
+pub fn staging_dir(data_dir: &Path, user: &ServerUser) -> Result<PathBuf, EngineError> {
+    let (Some(parent), Some(name)) = (data_dir.parent(), data_dir.file_name()) else {
+        return Err(EngineError::Config {
+            field: "dataDir".into(),
+            message: format!("{} has no parent directory", data_dir.display()),
+        });
+    };
+    let in_place = match (std::fs::metadata(data_dir), std::fs::metadata(parent)) {
+        (Ok(dir), Ok(up)) => {
+            use std::os::unix::fs::MetadataExt;
+            dir.dev() != up.dev()
+        }
+        _ => false,
+    };
+    if in_place {
+        user.create_private_dir(data_dir)?;
+        return Ok(data_dir.to_path_buf());
+    }
+    std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, "create", e))?;
+    let staging = parent.join(format!(".{}.stator-new", name.to_string_lossy()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .map_err(|e| EngineError::io(&staging, "remove the leftover", e))?;
+    }
+    user.create_private_dir(&staging)?;
+    Ok(staging)
+}
+
+/// Moves a complete staging directory into place.
+pub fn install_staging(
+    staging: &Path,
+    data_dir: &Path,
+    user: &ServerUser,
+) -> Result<(), EngineError> {
+    if staging == data_dir {
+        return Ok(());
+    }
+    // rename(2) replaces an empty directory.
+    std::fs::rename(staging, data_dir)
+        .map_err(|e| EngineError::io(data_dir, "move the new data directory into", e))?;
+    user.own(data_dir, 0o700)
+}
+
+/// Removes what a failed bootstrap left.
+pub fn discard_staging(staging: &Path, data_dir: &Path) {
+    if staging != data_dir {
+        let _ = std::fs::remove_dir_all(staging);
+        return;
+    }
+    if let Ok(entries) = std::fs::read_dir(staging) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    }
+}
+
 /// Compares a marker with what this instance expects; the reason it does not belong, if not.
 pub fn marker_mismatch(
     found: &DataDirMarker,
@@ -104,7 +169,7 @@ pub fn marker_mismatch(
     }
     if found.major_version != major {
         return Some(format!(
-            "holds {} {} files, this instance runs {engine} {major} (upgrade the directory with pg_upgrade, or use another one)",
+            "holds {} {} files, this instance runs {engine} {major} (upgrade the directory, or use another one)",
             found.engine, found.major_version
         ));
     }

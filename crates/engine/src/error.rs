@@ -14,6 +14,15 @@ pub enum EngineError {
         searched: String,
         version: String,
     },
+    /// A program of the MySQL family is not installed.
+    #[error(
+        "{program} not found (looked in {searched}); install {package}, or set binDir in the instance config"
+    )]
+    MissingProgram {
+        program: String,
+        searched: String,
+        package: String,
+    },
     /// The data directory holds something this instance must not touch.
     #[error("{}: {message}; nothing was changed", path.display())]
     ForeignDataDir { path: PathBuf, message: String },
@@ -73,6 +82,21 @@ impl EngineError {
             None => e.to_string(),
         };
         EngineError::Sql { what, message }
+    }
+
+    pub(crate) fn mysql(what: &'static str, e: mysql_async::Error) -> Self {
+        match e {
+            mysql_async::Error::Server(s) => EngineError::Sql {
+                what,
+                message: format!("{} ({})", s.message, s.code),
+            },
+            mysql_async::Error::Io(e) => EngineError::Connect(e.to_string()),
+            mysql_async::Error::Driver(e) => EngineError::Connect(e.to_string()),
+            other => EngineError::Sql {
+                what,
+                message: other.to_string(),
+            },
+        }
     }
 
     /// True when the failure only means "not accepting connections yet".

@@ -1,17 +1,21 @@
 //! What differs between PostgreSQL and the MySQL family, behind one trait ([`ServerEngine`]):
-//! creating a data directory (initdb, pg_basebackup), writing the server's configuration,
-//! starting, probing, observing roles and replication positions, promoting, rejoining after a
-//! failover (pg_rewind), and ordering positions. The instance manager drives a server only
-//! through this trait.
+//! creating a data directory (initdb, pg_basebackup; mariadb-install-db, mariadb-backup),
+//! writing the server's configuration, starting, probing, observing roles, replication positions
+//! and errant transactions, promoting, rejoining after a failover (pg_rewind; a GTID check and
+//! re-point), and ordering positions. The instance manager drives a server only through this
+//! trait.
 //!
 //! It must not know anything of Kubernetes, decide anything (failover is the `control` crate's
 //! decision), or let a secret reach a command line or a log: passwords come from 0600 files and go
-//! to the server as SCRAM verifiers, to initdb through a 0600 `--pwfile`, and to replication
-//! through a 0600 libpq password file.
+//! to PostgreSQL as SCRAM verifiers, to initdb through a 0600 `--pwfile`, to replication through
+//! a 0600 libpq password file; to the MySQL family as password hashes (MariaDB) or inside
+//! statements over the Unix socket, where the manager authenticates by its OS user.
 //!
 //! # Layout
 //! - [`server_engine`]: the [`ServerEngine`] trait and the [`Observation`] it returns.
 //! - [`postgres`]: PostgreSQL's implementation, its config files and binaries.
+//! - [`mysql_family`]: the MySQL family's implementation, shared by its flavors.
+//! - [`mariadb`], [`mysql`]: what is MariaDB's and MySQL 8's own (the [`mysql_family::Dialect`]s).
 //! - [`data_dir`]: the marker naming the database a data directory belongs to.
 //! - [`credentials`]: passwords read from the secrets directory, redacted in `Debug`.
 //! - [`server_user`]: the unprivileged OS user a server runs as, and file ownership.
@@ -21,6 +25,9 @@
 pub mod credentials;
 pub mod data_dir;
 pub mod error;
+pub mod mariadb;
+pub mod mysql;
+pub mod mysql_family;
 pub mod postgres;
 pub mod process;
 pub mod server_engine;
@@ -29,6 +36,7 @@ pub mod server_user;
 pub use credentials::{Credentials, Secret};
 pub use data_dir::{DataDirMarker, DataDirState};
 pub use error::EngineError;
+pub use mysql_family::MysqlFamily;
 pub use postgres::Postgres;
 pub use process::ServerProcess;
 pub use server_engine::{Observation, ServerEngine};

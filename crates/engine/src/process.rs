@@ -106,6 +106,26 @@ impl Invocation {
         }
     }
 
+    /// Starts a tool whose standard input and/or output are pipes the caller feeds or drains
+    /// (a backup stream); wait for it with [`PipedTool::finish`]. Its stderr goes to the log.
+    pub fn spawn_piped(&self, stdin: bool, stdout: bool) -> Result<PipedTool, EngineError> {
+        tracing::info!(command = %self.describe(), user = %self.user.name, "running");
+        let mut cmd = self.command()?;
+        if stdin {
+            cmd.stdin(Stdio::piped());
+        }
+        if stdout {
+            cmd.stdout(Stdio::piped());
+        }
+        cmd.process_group(0).kill_on_drop(true);
+        let child = spawn_owned(&mut cmd).map_err(|e| EngineError::io(&self.program, "run", e))?;
+        Ok(PipedTool {
+            pid: child.id(),
+            child,
+            invocation: self.clone(),
+        })
+    }
+
     /// Starts a server in its own process group and returns without waiting.
     pub fn spawn_server(&self, data_dir: &Path) -> Result<ServerProcess, EngineError> {
         tracing::info!(command = %self.describe(), user = %self.user.name, "starting the server");
@@ -121,6 +141,45 @@ impl Invocation {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
         })
+    }
+}
+
+/// A tool started with pipes ([`Invocation::spawn_piped`]). Dropping it kills the tool.
+#[derive(Debug)]
+pub struct PipedTool {
+    pub child: Child,
+    pid: Option<u32>,
+    invocation: Invocation,
+}
+
+impl PipedTool {
+    /// Waits for the tool; an error naming it when it exits non-zero.
+    pub async fn finish(mut self) -> Result<(), EngineError> {
+        drop(self.child.stdin.take());
+        let status = self.child.wait().await;
+        if let Some(pid) = self.pid.take() {
+            forget_owned(pid);
+        }
+        let inv = &self.invocation;
+        let status = status.map_err(|e| EngineError::io(&inv.program, "run", e))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(EngineError::Command {
+                command: inv.describe(),
+                status: status.to_string(),
+                log: inv.log_file.clone(),
+            })
+        }
+    }
+}
+
+impl Drop for PipedTool {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = self.child.start_kill();
+            forget_owned(pid);
+        }
     }
 }
 

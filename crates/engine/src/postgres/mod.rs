@@ -21,8 +21,10 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
 use crate::credentials::{Credentials, Secret};
+use crate::data_dir::staging_dir;
 use crate::data_dir::{
-    DataDirMarker, DataDirState, is_empty_dir, marker_mismatch, read_marker, write_marker,
+    DataDirMarker, DataDirState, discard_staging, install_staging, is_empty_dir, marker_mismatch,
+    read_marker, write_marker,
 };
 use crate::error::EngineError;
 use crate::process::{Invocation, ServerProcess, process_serves_data_dir};
@@ -158,65 +160,16 @@ impl Postgres {
         Ok(())
     }
 
-    /// Where a bootstrap builds the data directory: a hidden sibling, moved into place (one
-    /// rename) only once complete with its marker, so an instance manager killed during initdb
-    /// or pg_basebackup leaves an empty data directory, never a half-made one. A data directory
-    /// that is a mount point cannot be replaced; it is built in place.
     fn staging_dir(&self) -> Result<PathBuf, EngineError> {
-        let (Some(parent), Some(name)) = (self.data_dir.parent(), self.data_dir.file_name()) else {
-            return Err(EngineError::Config {
-                field: "dataDir".into(),
-                message: format!("{} has no parent directory", self.data_dir.display()),
-            });
-        };
-        let in_place = match (std::fs::metadata(&self.data_dir), std::fs::metadata(parent)) {
-            (Ok(dir), Ok(up)) => {
-                use std::os::unix::fs::MetadataExt;
-                dir.dev() != up.dev()
-            }
-            _ => false,
-        };
-        if in_place {
-            self.user.create_private_dir(&self.data_dir)?;
-            return Ok(self.data_dir.clone());
-        }
-        std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, "create", e))?;
-        let staging = parent.join(format!(".{}.stator-new", name.to_string_lossy()));
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging)
-                .map_err(|e| EngineError::io(&staging, "remove the leftover", e))?;
-        }
-        self.user.create_private_dir(&staging)?;
-        Ok(staging)
+        staging_dir(&self.data_dir, &self.user)
     }
 
-    /// Moves a complete staging directory into place.
     fn install_staging(&self, staging: &Path) -> Result<(), EngineError> {
-        if staging == self.data_dir {
-            return Ok(());
-        }
-        // rename(2) replaces an empty directory.
-        std::fs::rename(staging, &self.data_dir)
-            .map_err(|e| EngineError::io(&self.data_dir, "move the new data directory into", e))?;
-        self.user.own(&self.data_dir, 0o700)
+        install_staging(staging, &self.data_dir, &self.user)
     }
 
-    /// Removes what a failed bootstrap left.
     fn discard_staging(&self, staging: &Path) {
-        if staging != self.data_dir {
-            let _ = std::fs::remove_dir_all(staging);
-            return;
-        }
-        if let Ok(entries) = std::fs::read_dir(staging) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let _ = if path.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-            }
-        }
+        discard_staging(staging, &self.data_dir)
     }
 
     fn write_passfile(&self, creds: &Credentials) -> Result<(), EngineError> {

@@ -1,0 +1,276 @@
+//! Seeding a replica with a physical copy of its upstream.
+//!
+//! MariaDB: `mariadb-backup` reads the data files, so it must run where the upstream's data
+//! directory is. The upstream's instance manager serves `GET /backup` (bearer token): it runs
+//! `mariadb-backup --backup --stream=xbstream` on its own data directory, connected to its own
+//! server over the socket as the server's OS user (unix_socket, no password), and streams the
+//! output. The cloning side ([`MysqlFamily::receive_backup`]) pipes the response into
+//! `mbstream -x`, runs `mariadb-backup --prepare`, and reads the GTID position of the copy from
+//! its binlog info. The same works locally and between pods; no data directory is ever read
+//! across instances.
+//!
+//! MySQL 8: the clone plugin pulls the copy through the upstream server itself
+//! ([`MysqlFamily::clone_with_plugin`]).
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use mysql_async::Conn;
+use stator_api::instance::Endpoint;
+use tokio::io::AsyncWriteExt;
+
+use crate::credentials::Credentials;
+use crate::error::EngineError;
+use crate::mysql_family::MysqlFamily;
+use crate::mysql_family::config::REPLICATION_USER;
+use crate::process::PipedTool;
+
+/// The path of the backup endpoint on an instance manager.
+pub const BACKUP_PATH: &str = "/backup";
+
+/// A backup being streamed out: read `stdout` to the end, then [`BackupStream::finish`].
+#[derive(Debug)]
+pub struct BackupStream {
+    pub stdout: tokio::process::ChildStdout,
+    tool: PipedTool,
+}
+
+impl BackupStream {
+    /// Waits for mariadb-backup; an error when it failed (the stream is then incomplete).
+    pub async fn finish(self) -> Result<(), EngineError> {
+        self.tool.finish().await
+    }
+}
+
+impl MysqlFamily {
+    /// Starts `mariadb-backup --backup --stream=xbstream` of this instance's data directory.
+    pub fn start_backup_stream(&self) -> Result<BackupStream, EngineError> {
+        if self.dialect.engine != stator_api::Engine::Mariadb {
+            return Err(EngineError::State(
+                "a MySQL replica clones with the clone plugin, not from /backup".into(),
+            ));
+        }
+        let mut datadir = OsString::from("--datadir=");
+        datadir.push(&self.data_dir);
+        let mut socket = OsString::from("--socket=");
+        socket.push(self.socket());
+        let mut target = OsString::from("--target-dir=");
+        target.push(self.run_dir.join("backup-tmp"));
+        let mut tmpdir = OsString::from("--tmpdir=");
+        tmpdir.push(&self.run_dir);
+        let args: Vec<OsString> = vec![
+            "--no-defaults".into(),
+            "--backup".into(),
+            "--stream=xbstream".into(),
+            datadir,
+            socket,
+            format!("--user={}", self.user.name).into(),
+            target,
+            tmpdir,
+        ];
+        let mut tool = self
+            .invocation(self.binaries.tool("mariadb-backup")?, args)
+            .spawn_piped(false, true)?;
+        let stdout = tool
+            .child
+            .stdout
+            .take()
+            .ok_or_else(|| EngineError::State("mariadb-backup has no output pipe".into()))?;
+        Ok(BackupStream { stdout, tool })
+    }
+
+    /// Fills `staging` with a prepared copy of `upstream`, streamed from its instance manager,
+    /// and records the copy's GTID position as where replication starts.
+    pub(crate) async fn receive_backup(
+        &self,
+        upstream: &Endpoint,
+        staging: &Path,
+    ) -> Result<(), EngineError> {
+        let port = self.upstream_manager_port(upstream)?;
+        let token = self.api_token()?;
+        let mut target = OsString::from("--directory=");
+        target.push(staging);
+        let mut unpack = self
+            .invocation(self.binaries.tool("mbstream")?, vec!["-x".into(), target])
+            .spawn_piped(true, false)?;
+        let sink = unpack
+            .child
+            .stdin
+            .take()
+            .ok_or_else(|| EngineError::State("mbstream has no input pipe".into()))?;
+        tracing::info!(upstream = %upstream.instance, host = %upstream.host, port, "receiving a backup stream");
+        let fetched = fetch_backup(&upstream.host, port, token.expose(), sink).await;
+        let unpacked = unpack.finish().await;
+        fetched?;
+        unpacked?;
+        let mut target = OsString::from("--target-dir=");
+        target.push(staging);
+        self.invocation(
+            self.binaries.tool("mariadb-backup")?,
+            vec!["--no-defaults".into(), "--prepare".into(), target],
+        )
+        .run()
+        .await?;
+        let mut gtid = String::new();
+        for name in crate::mariadb::BACKUP_BINLOG_INFO {
+            if let Ok(text) = std::fs::read_to_string(staging.join(name)) {
+                gtid = crate::mariadb::gtid_of_backup(&text);
+                break;
+            }
+        }
+        // Validate: it goes into SET GLOBAL gtid_slave_pos at the first start.
+        let position: stator_api::position::MariadbGtidPosition = gtid.parse()?;
+        self.user.write_file(
+            &staging.join(super::START_POSITION_FILE),
+            &position.to_string(),
+            0o600,
+        )?;
+        tracing::info!(upstream = %upstream.instance, gtid = %position, "backup prepared");
+        Ok(())
+    }
+
+    /// MySQL: initializes `staging`, starts it privately and pulls the upstream's data into it
+    /// with `CLONE INSTANCE FROM`; the server stops itself when the copy is in place.
+    pub(crate) async fn clone_with_plugin(
+        &self,
+        upstream: &Endpoint,
+        creds: &Credentials,
+        staging: &Path,
+    ) -> Result<(), EngineError> {
+        let mut datadir = OsString::from("--datadir=");
+        datadir.push(staging);
+        self.invocation(
+            self.binaries.server.clone(),
+            vec![
+                "--no-defaults".into(),
+                "--initialize-insecure".into(),
+                format!("--user={}", self.user.name).into(),
+                datadir.clone(),
+            ],
+        )
+        .run()
+        .await?;
+        let mut socket = OsString::from("--socket=");
+        socket.push(self.socket());
+        let mut server = self
+            .invocation(
+                self.binaries.server.clone(),
+                vec![
+                    "--no-defaults".into(),
+                    datadir,
+                    socket,
+                    "--skip-networking".into(),
+                    "--plugin-load-add=clone.so".into(),
+                ],
+            )
+            .spawn_server(staging)?;
+        let mut conn: Option<Conn> = None;
+        for _ in 0..600 {
+            if let Ok(c) = self.connect_admin().await {
+                conn = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let Some(mut conn) = conn else {
+            server
+                .stop(
+                    nix::sys::signal::Signal::SIGTERM,
+                    nix::sys::signal::Signal::SIGKILL,
+                    Duration::from_secs(30),
+                )
+                .await;
+            return Err(EngineError::State(
+                "the recipient server did not start for the clone".into(),
+            ));
+        };
+        let mut result = Ok(());
+        for statement in
+            crate::mysql::clone_statements(upstream, REPLICATION_USER, &creds.replication)
+        {
+            if let Err(e) = Self::exec(&mut conn, "cloning the upstream", &statement).await {
+                // The server restarts (here: exits) once CLONE is done; its connection ends.
+                if !matches!(e, EngineError::Connect(_)) {
+                    result = Err(e);
+                }
+                break;
+            }
+        }
+        drop(conn);
+        server
+            .stop(
+                nix::sys::signal::Signal::SIGTERM,
+                nix::sys::signal::Signal::SIGKILL,
+                Duration::from_secs(60),
+            )
+            .await;
+        result
+    }
+}
+
+/// GETs the backup stream from an instance manager and writes it into `sink`.
+async fn fetch_backup(
+    host: &str,
+    port: u16,
+    token: &str,
+    mut sink: tokio::process::ChildStdin,
+) -> Result<(), EngineError> {
+    let failed = |message: String| {
+        EngineError::Connect(format!(
+            "backup stream from {host}:{port}{BACKUP_PATH}: {message}"
+        ))
+    };
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    .map_err(|_| failed("connection timed out".into()))?
+    .map_err(|e| failed(e.to_string()))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = hyper::Request::get(BACKUP_PATH)
+        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| failed(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let status = response.status();
+    let mut body = response.into_body();
+    if !status.is_success() {
+        let text = body
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        driver.abort();
+        return Err(failed(format!("{status}: {}", text.trim())));
+    }
+    let mut received: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| failed(format!("interrupted after {received} bytes: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            received += data.len() as u64;
+            sink.write_all(&data)
+                .await
+                .map_err(|e| failed(format!("mbstream stopped reading: {e}")))?;
+        }
+    }
+    sink.shutdown().await.ok();
+    drop(sink);
+    driver.abort();
+    tracing::info!(bytes = received, "backup stream received");
+    Ok(())
+}
