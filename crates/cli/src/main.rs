@@ -44,6 +44,7 @@ enum Command {
     #[command(flatten)]
     Local(cmd::local::LocalCommand),
     Instance(cmd::instance::InstanceArgs),
+    Chaos(cmd::chaos::ChaosArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => cmd::validate::run(args),
         Command::Local(command) => cmd::local::run(command),
         Command::Instance(args) => cmd::instance::run(args),
+        Command::Chaos(args) => cmd::chaos::run(args),
     };
     match result {
         Ok(code) => code,

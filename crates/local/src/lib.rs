@@ -21,9 +21,13 @@
 //! - [`supervisor`]: the background process that runs it all.
 //! - [`runtime`]: finding and asking the running supervisor and instance managers.
 //! - [`up`], [`stop`], [`inspect`]: the commands.
+//! - [`chaos`]: fault injection (`stator chaos kill|stop|resume`): kill -9, SIGSTOP/SIGCONT.
+//! - [`checker`]: the consistency checker (`stator chaos run`): writer, chaos loop, watcher.
 //! - [`bench`]: `stator bench local`, the benchmark against the same steps by hand and HAProxy.
 
 pub mod bench;
+pub mod chaos;
+pub mod checker;
 pub mod error;
 pub mod inspect;
 pub mod plan;

@@ -1,0 +1,1190 @@
+//! The consistency checker behind `stator chaos run`: real writes, real faults, and an account
+//! of what the database promised and what it kept.
+//!
+//! Three things run at once against a running local database:
+//! - a **writer** inserts numbered rows through `rw` (one every 20 ms while it can; on any error
+//!   it drops the connection and reconnects, with a 500 ms connect timeout and a 1 s statement
+//!   timeout) and records every number the server acknowledged, with the server that did;
+//! - a **chaos loop** waits until the cluster is Ready and writes flow, fails the current
+//!   primary with a [`Fault`], waits for the first write sent after the fault to be
+//!   acknowledged (the write outage: fault → that acknowledgement), resumes
+//!   a held fault, and waits until the cluster is Ready again; then the next round;
+//! - a **watcher** probes every instance directly, all at once, five times a second, each probe
+//!   on a fresh connection that must answer within 500 ms.
+//!
+//! **Writable**, as the watcher judges it: the instance accepts a new connection from the
+//! application user and, in that session, PostgreSQL says `NOT pg_is_in_recovery()` and
+//! `transaction_read_only = off` (what an ordinary client gets: not a standby, and not fenced
+//! with `default_transaction_read_only`). A probe round in which two or more instances were
+//! writable is a **moment with two writable instances** (split brain). Rounds in which two
+//! instances were out of recovery, one of them read-only, are counted apart: fenced, not split.
+//!
+//! At the end every row is read back from the final primary: acknowledged numbers missing there
+//! are **lost writes**. This module owns no database and no process: it only drives the
+//! running database through its ports and [`crate::chaos`].
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use stator_api::instance::LocalPorts;
+use stator_api::names::secret_keys;
+use stator_api::{Database, Engine, Phase, Role};
+
+use crate::chaos::{self, Fault};
+use crate::error::LocalError;
+use crate::probe;
+use crate::report::SupervisorReport;
+use crate::secrets::read_secret;
+use crate::state::DatabaseDir;
+
+/// The table the writer fills (in the application database, as the application user).
+pub const TABLE: &str = "stator_chaos";
+
+/// What `stator chaos run` is asked to do.
+#[derive(Clone, Debug)]
+pub struct CheckOptions {
+    /// Rounds of fault → recovery.
+    pub failovers: u32,
+    pub fault: Fault,
+    /// Pause of the writer after an acknowledged write.
+    pub write_interval: Duration,
+    /// Pause between the watcher's probe rounds.
+    pub probe_interval: Duration,
+    /// How long one round may take to get a write acknowledged, and then to be Ready again.
+    pub round_timeout: Duration,
+    /// Seed of the random pause before each fault (so the fault lands at a random phase of
+    /// the supervisor's loop).
+    pub seed: u64,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            failovers: 5,
+            fault: Fault::StopNode,
+            write_interval: Duration::from_millis(20),
+            probe_interval: Duration::from_millis(200),
+            round_timeout: Duration::from_secs(180),
+            seed: 1,
+        }
+    }
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// One round of fault → recovery.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Round {
+    pub round: u32,
+    pub fault: Fault,
+    /// The primary that was failed.
+    pub failed: String,
+    /// Pids the fault signalled.
+    pub pids: Vec<u32>,
+    /// Seconds from the fault to the next acknowledged write; `None` when none came in time.
+    pub outage_seconds: Option<f64>,
+    /// The instance that acknowledged that write.
+    pub writes_resumed_on: Option<String>,
+    /// Seconds from the fault until the supervisor recorded another primary (`None`: it kept
+    /// the same one, e.g. restarted in place).
+    pub primary_moved_seconds: Option<f64>,
+    /// Seconds from the fault until the cluster was Ready again (every instance ready).
+    pub ready_again_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// A probe round in which more than one instance claimed the primary role.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Moment {
+    /// Seconds since the check started.
+    pub at_seconds: f64,
+    /// Instances that were writable (or, for a fenced moment, out of recovery).
+    pub instances: Vec<String>,
+}
+
+/// p50/p95/max of a series, in seconds.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Spread {
+    pub count: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Option<Spread> {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        Some(Spread {
+            count: v.len(),
+            p50: percentile(&v, 50.0),
+            p95: percentile(&v, 95.0),
+            max: v[v.len() - 1],
+        })
+    }
+}
+
+/// Linear interpolation between closest ranks (as numpy and the Patroni baseline script do);
+/// `sorted` must be sorted and non-empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let k = (sorted.len() - 1) as f64 * p / 100.0;
+    let lo = k.floor() as usize;
+    let hi = (lo + 1).min(sorted.len() - 1);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (k - lo as f64)
+}
+
+/// The checker's findings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    /// `NAMESPACE/NAME`.
+    pub database: String,
+    pub engine: String,
+    pub instances: u32,
+    pub synchronous: bool,
+    pub fault: Fault,
+    pub detection_timeout: String,
+    pub rounds: Vec<Round>,
+    pub outage: Option<Spread>,
+    pub writes_attempted: u64,
+    pub writes_acknowledged: u64,
+    /// Acknowledged numbers not found on the final primary.
+    pub writes_lost: u64,
+    /// The first lost numbers (at most 50).
+    pub lost_sample: Vec<u64>,
+    /// Rows present that were never acknowledged (in flight at a fault: allowed).
+    pub unacknowledged_present: u64,
+    /// Where the rows were read back from.
+    pub read_back_from: Option<String>,
+    pub probe_rounds: u64,
+    /// Moments with two writable instances.
+    pub split_brain: Vec<Moment>,
+    /// Moments with two instances out of recovery, all but one of them read-only (fenced).
+    pub fenced_overlap: Vec<Moment>,
+    pub duration_seconds: f64,
+    /// Why the check could not finish all rounds, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+}
+
+impl CheckReport {
+    /// No lost write, no split brain, every round done.
+    pub fn passed(&self) -> bool {
+        self.writes_lost == 0 && self.split_brain.is_empty() && self.aborted.is_none()
+    }
+
+    /// The text `stator chaos run` prints.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "Consistency check of {} ({}, {} instances, {} replication, detection timeout {}): fault {}, {} round(s)\n\n",
+            self.database,
+            self.engine,
+            self.instances,
+            if self.synchronous {
+                "synchronous"
+            } else {
+                "asynchronous"
+            },
+            self.detection_timeout,
+            self.fault,
+            self.rounds.len()
+        );
+        let secs = |v: Option<f64>| v.map(|s| format!("{s:.3}s")).unwrap_or_else(|| "-".into());
+        let mut rows = vec![
+            [
+                "ROUND",
+                "FAILED",
+                "WRITES RESUMED ON",
+                "OUTAGE",
+                "PRIMARY MOVED",
+                "READY AGAIN",
+                "PIDS",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for r in &self.rounds {
+            rows.push(vec![
+                r.round.to_string(),
+                r.failed.clone(),
+                r.writes_resumed_on.clone().unwrap_or_else(|| "-".into()),
+                secs(r.outage_seconds),
+                secs(r.primary_moved_seconds),
+                secs(r.ready_again_seconds),
+                r.pids
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]);
+        }
+        out.push_str(&align(&rows));
+        for r in &self.rounds {
+            if let Some(p) = &r.problem {
+                out.push_str(&format!("round {}: {p}\n", r.round));
+            }
+        }
+        out.push('\n');
+        match &self.outage {
+            Some(s) => out.push_str(&format!(
+                "write outage (fault -> next acknowledged write): p50 {:.3}s  p95 {:.3}s  max {:.3}s  (n={})\n",
+                s.p50, s.p95, s.max, s.count
+            )),
+            None => out.push_str("write outage: no round completed\n"),
+        }
+        out.push_str(&format!(
+            "writes: {} attempted, {} acknowledged, {} acknowledged but LOST{}; {} unacknowledged present (in flight at a fault)\n",
+            self.writes_attempted,
+            self.writes_acknowledged,
+            self.writes_lost,
+            match &self.read_back_from {
+                Some(i) => format!(" (read back from {i})"),
+                None => " (could not read back)".into(),
+            },
+            self.unacknowledged_present
+        ));
+        if !self.lost_sample.is_empty() {
+            let list: Vec<String> = self.lost_sample.iter().map(u64::to_string).collect();
+            out.push_str(&format!("  lost numbers: {}\n", list.join(" ")));
+        }
+        out.push_str(&format!(
+            "watcher: {} probe rounds, {} moment(s) with two writable instances, {} with a fenced second primary\n",
+            self.probe_rounds,
+            self.split_brain.len(),
+            self.fenced_overlap.len()
+        ));
+        for m in self.split_brain.iter().take(20) {
+            out.push_str(&format!(
+                "  SPLIT BRAIN at {:.3}s: {}\n",
+                m.at_seconds,
+                m.instances.join(", ")
+            ));
+        }
+        if let Some(reason) = &self.aborted {
+            out.push_str(&format!("aborted: {reason}\n"));
+        }
+        out.push_str(&format!(
+            "verdict: {} ({:.0}s)\n",
+            if self.passed() {
+                "OK"
+            } else if self.aborted.is_some() {
+                "INCOMPLETE"
+            } else {
+                "FAILED"
+            },
+            self.duration_seconds
+        ));
+        out
+    }
+}
+
+fn align(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if c + 1 < row.len() {
+                line.push_str(&" ".repeat(widths[c].saturating_sub(cell.chars().count()) + 3));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// How to reach the database as the application user. The password stays in memory.
+#[derive(Clone)]
+struct Access {
+    engine: Engine,
+    host: String,
+    user: String,
+    password: String,
+    database: String,
+}
+
+/// One connection, of either engine.
+enum Session {
+    Postgres {
+        client: tokio_postgres::Client,
+        connection: tokio::task::JoinHandle<()>,
+    },
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        match self {
+            Session::Postgres { connection, .. } => connection.abort(),
+        }
+    }
+}
+
+/// What one probe saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Writability {
+    /// Out of recovery: a primary.
+    primary: bool,
+    /// A primary whose ordinary sessions may write.
+    writable: bool,
+}
+
+impl Access {
+    async fn connect(&self, port: u16, timeout: Duration) -> Result<Session, String> {
+        match self.engine {
+            Engine::Postgres => {
+                let mut config = tokio_postgres::Config::new();
+                config
+                    .host(&self.host)
+                    .port(port)
+                    .user(&self.user)
+                    .password(&self.password)
+                    .dbname(&self.database)
+                    .application_name("stator-chaos")
+                    .connect_timeout(timeout);
+                let (client, connection) =
+                    tokio::time::timeout(timeout, config.connect(tokio_postgres::NoTls))
+                        .await
+                        .map_err(|_| format!("port {port}: no answer within {timeout:?}"))?
+                        .map_err(|e| format!("port {port}: {e}"))?;
+                let connection = tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Ok(Session::Postgres { client, connection })
+            }
+            Engine::Mysql | Engine::Mariadb => Err(format!(
+                "the consistency checker does not speak {} yet",
+                self.engine
+            )),
+        }
+    }
+}
+
+impl Session {
+    async fn create_table(&self) -> Result<(), String> {
+        match self {
+            Session::Postgres { client, .. } => client
+                .batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {TABLE} (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())"
+                ))
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The highest number written so far (by an earlier run on the same database).
+    async fn max_id(&self) -> Result<u64, String> {
+        match self {
+            Session::Postgres { client, .. } => {
+                let row = client
+                    .query_one(&format!("SELECT coalesce(max(id), 0) FROM {TABLE}"), &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let max: i64 = row.try_get(0).map_err(|e| e.to_string())?;
+                Ok(u64::try_from(max).unwrap_or(0))
+            }
+        }
+    }
+
+    /// Inserts `id`; returns the port of the server that acknowledged it.
+    async fn insert(&self, id: u64) -> Result<u16, String> {
+        match self {
+            Session::Postgres { client, .. } => {
+                let row = client
+                    .query_one(
+                        &format!(
+                            "INSERT INTO {TABLE} (id) VALUES ($1) RETURNING inet_server_port()"
+                        ),
+                        &[&(id as i64)],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let port: Option<i32> = row.try_get(0).map_err(|e| e.to_string())?;
+                Ok(port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0))
+            }
+        }
+    }
+
+    async fn writability(&self) -> Result<Writability, String> {
+        match self {
+            Session::Postgres { client, .. } => {
+                let row = client
+                    .query_one(
+                        "SELECT NOT pg_is_in_recovery(), current_setting('transaction_read_only') = 'off'",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let primary: bool = row.try_get(0).map_err(|e| e.to_string())?;
+                let read_write: bool = row.try_get(1).map_err(|e| e.to_string())?;
+                Ok(Writability {
+                    primary,
+                    writable: primary && read_write,
+                })
+            }
+        }
+    }
+
+    async fn read_ids(&self) -> Result<Vec<u64>, String> {
+        match self {
+            Session::Postgres { client, .. } => {
+                let rows = client
+                    .query(&format!("SELECT id FROM {TABLE}"), &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                rows.iter()
+                    .map(|r| {
+                        r.try_get::<_, i64>(0)
+                            .map(|v| v as u64)
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// An acknowledged write.
+#[derive(Clone, Copy, Debug)]
+struct Ack {
+    id: u64,
+    /// When the insert was sent, and when it was acknowledged.
+    sent: Instant,
+    at: Instant,
+    port: u16,
+}
+
+#[derive(Default)]
+struct WriterLog {
+    acks: Vec<Ack>,
+    attempts: u64,
+    last_error: Option<String>,
+}
+
+impl WriterLog {
+    /// The first write sent after `t0` and acknowledged, not by `excluded`. (A write in flight
+    /// at the fault may still be acknowledged by a dying backend: that says nothing about
+    /// whether the database takes writes again.)
+    fn first_after(&self, t0: Instant, excluded: Option<u16>) -> Option<Ack> {
+        let start = self.acks.partition_point(|a| a.at <= t0);
+        self.acks[start..]
+            .iter()
+            .find(|a| a.sent >= t0 && Some(a.port) != excluded)
+            .copied()
+    }
+
+    fn acked_since(&self, t: Instant) -> bool {
+        self.acks.last().is_some_and(|a| a.at > t)
+    }
+}
+
+async fn write_loop(
+    access: Access,
+    port: u16,
+    first: u64,
+    interval: Duration,
+    log: Arc<Mutex<WriterLog>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut session: Option<Session> = None;
+    let mut next = first;
+    while !stop.load(Ordering::SeqCst) {
+        if session.is_none() {
+            match access.connect(port, CONNECT_TIMEOUT).await {
+                Ok(s) => session = Some(s),
+                Err(e) => {
+                    if let Ok(mut l) = log.lock() {
+                        l.last_error = Some(e);
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+            }
+        }
+        let Some(s) = session.as_ref() else {
+            continue;
+        };
+        next += 1;
+        let id = next;
+        if let Ok(mut l) = log.lock() {
+            l.attempts += 1;
+        }
+        let sent = Instant::now();
+        match tokio::time::timeout(STATEMENT_TIMEOUT, s.insert(id)).await {
+            Ok(Ok(server)) => {
+                let at = Instant::now();
+                if let Ok(mut l) = log.lock() {
+                    l.acks.push(Ack {
+                        id,
+                        sent,
+                        at,
+                        port: server,
+                    });
+                }
+                tokio::time::sleep(interval).await;
+            }
+            Ok(Err(e)) => {
+                if let Ok(mut l) = log.lock() {
+                    l.last_error = Some(e);
+                }
+                session = None;
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(_) => {
+                if let Ok(mut l) = log.lock() {
+                    l.last_error = Some(format!(
+                        "insert {id}: no answer within {STATEMENT_TIMEOUT:?}"
+                    ));
+                }
+                session = None;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct WatchLog {
+    rounds: u64,
+    split_brain: Vec<Moment>,
+    fenced_overlap: Vec<Moment>,
+}
+
+async fn probe_one(access: &Access, port: u16) -> Option<Writability> {
+    let attempt = async {
+        let s = access.connect(port, PROBE_TIMEOUT).await.ok()?;
+        s.writability().await.ok()
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn watch_loop(
+    access: Access,
+    instances: Vec<(String, u16)>,
+    interval: Duration,
+    started: Instant,
+    log: Arc<Mutex<WatchLog>>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let at = started.elapsed().as_secs_f64();
+        let probes = instances.iter().map(|(name, port)| {
+            let access = access.clone();
+            let name = name.clone();
+            let port = *port;
+            async move { (name, probe_one(&access, port).await) }
+        });
+        let mut handles = Vec::new();
+        for p in probes {
+            handles.push(tokio::spawn(p));
+        }
+        let mut writable = Vec::new();
+        let mut primaries = Vec::new();
+        for h in handles {
+            if let Ok((name, Some(w))) = h.await {
+                if w.primary {
+                    primaries.push(name.clone());
+                }
+                if w.writable {
+                    writable.push(name);
+                }
+            }
+        }
+        if let Ok(mut l) = log.lock() {
+            l.rounds += 1;
+            if writable.len() > 1 {
+                l.split_brain.push(Moment {
+                    at_seconds: at,
+                    instances: writable,
+                });
+            } else if primaries.len() > 1 {
+                l.fenced_overlap.push(Moment {
+                    at_seconds: at,
+                    instances: primaries,
+                });
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Runs the check on the database in `dir` (it must be running under its supervisor);
+/// `progress` gets one line per step.
+pub fn check(
+    dir: &DatabaseDir,
+    options: &CheckOptions,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<CheckReport, LocalError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| LocalError::Failed(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(check_async(dir, options, progress))
+}
+
+struct Target {
+    db: Database,
+    access: Access,
+    ports: LocalPorts,
+}
+
+fn target(dir: &DatabaseDir) -> Result<Target, LocalError> {
+    if !dir.exists() {
+        return Err(LocalError::NotFound(dir.key()));
+    }
+    let db = dir
+        .read_applied()?
+        .ok_or_else(|| LocalError::NotFound(dir.key()))?
+        .database;
+    if !matches!(db.spec.engine, Engine::Postgres) {
+        return Err(LocalError::Invalid(format!(
+            "{}: the consistency checker runs on PostgreSQL only so far (spec.engine is {})",
+            dir.key(),
+            db.spec.engine
+        )));
+    }
+    if db.spec.instances < 2 {
+        return Err(LocalError::Invalid(format!(
+            "{}: spec.instances is {}; a failover needs at least 2 instances",
+            dir.key(),
+            db.spec.instances
+        )));
+    }
+    if crate::runtime::running_supervisor(dir).is_none() {
+        return Err(LocalError::Failed(format!(
+            "{} is not running (no supervisor); `stator up -f FILE` starts it",
+            dir.key()
+        )));
+    }
+    let password = read_secret(&dir.secrets_dir(), secret_keys::APP_PASSWORD)?;
+    let access = Access {
+        engine: db.spec.engine,
+        host: db.spec.local.listen_address.clone(),
+        user: db.spec.bootstrap.owner.clone(),
+        password,
+        database: db.spec.bootstrap.database.clone(),
+    };
+    let ports = LocalPorts::of(&db);
+    Ok(Target { db, access, ports })
+}
+
+async fn supervisor_report(target: &Target) -> Result<SupervisorReport, String> {
+    probe::get_json::<SupervisorReport>(
+        &target.access.host,
+        target.ports.supervisor(),
+        "/status",
+        Duration::from_secs(2),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Ready: the supervisor says so, every instance is ready, the recorded primary reports the
+/// primary role.
+fn cluster_ready(report: &SupervisorReport) -> bool {
+    report.phase == Phase::Ready
+        && report.is_settled()
+        && report
+            .instances
+            .iter()
+            .filter(|i| !i.excess)
+            .all(|i| i.ready())
+        && report.instances.iter().any(|i| {
+            i.name == report.primary
+                && i.report
+                    .as_ref()
+                    .is_some_and(|r| r.role == Some(Role::Primary))
+        })
+}
+
+/// Waits until the cluster is ready and the writer had an acknowledged write after `since`.
+async fn wait_ready(
+    target: &Target,
+    writer: &Arc<Mutex<WriterLog>>,
+    since: Instant,
+    timeout: Duration,
+) -> Result<SupervisorReport, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match supervisor_report(target).await {
+            Ok(report) => {
+                let acked = writer.lock().map(|l| l.acked_since(since)).unwrap_or(false);
+                if cluster_ready(&report) && acked {
+                    return Ok(report);
+                }
+                if cluster_ready(&report) {
+                    let error = writer
+                        .lock()
+                        .ok()
+                        .and_then(|l| l.last_error.clone())
+                        .unwrap_or_default();
+                    format!("ready, but no write acknowledged through rw (last error: {error})")
+                } else {
+                    describe_unready(&report)
+                }
+            }
+            Err(e) => e,
+        };
+        if Instant::now() > deadline {
+            return Err(format!("not ready within {timeout:?}: {last}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn describe_unready(report: &SupervisorReport) -> String {
+    let states: Vec<String> = report
+        .instances
+        .iter()
+        .map(|i| {
+            let role = i
+                .report
+                .as_ref()
+                .and_then(|r| r.role)
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "-".into());
+            format!(
+                "{} {} {} {}",
+                i.name,
+                role,
+                i.state,
+                if i.ready() { "ready" } else { "not ready" }
+            )
+        })
+        .collect();
+    format!(
+        "phase {:?}, primary {}: {}{}",
+        report.phase,
+        report.primary,
+        states.join("; "),
+        report
+            .message
+            .as_ref()
+            .map(|m| format!(" ({m})"))
+            .unwrap_or_default()
+    )
+}
+
+async fn check_async(
+    dir: &DatabaseDir,
+    options: &CheckOptions,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<CheckReport, LocalError> {
+    let target = target(dir)?;
+    let started = Instant::now();
+    let db = &target.db;
+    let instances: Vec<(String, u16)> = (0..db.spec.instances)
+        .map(|o| (db.instance_name(o), target.ports.server(o)))
+        .collect();
+    let name_of_port = |port: u16| {
+        instances
+            .iter()
+            .find(|(_, p)| *p == port)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| format!("port {port}"))
+    };
+
+    // The table, through rw, once the cluster takes writes.
+    progress(&format!("creating table {TABLE} through rw"));
+    let deadline = Instant::now() + options.round_timeout;
+    let first = loop {
+        let attempt = async {
+            let s = target
+                .access
+                .connect(target.ports.rw(), Duration::from_secs(2))
+                .await?;
+            tokio::time::timeout(Duration::from_secs(10), async {
+                s.create_table().await?;
+                s.max_id().await
+            })
+            .await
+            .map_err(|_| "no answer within 10s".to_string())?
+        };
+        match attempt.await {
+            Ok(max) => break max,
+            Err(e) if Instant::now() > deadline => {
+                return Err(LocalError::Failed(format!(
+                    "{}: cannot create the table {TABLE} through rw (port {}): {e}",
+                    dir.key(),
+                    target.ports.rw()
+                )));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = Arc::new(Mutex::new(WriterLog::default()));
+    let watch = Arc::new(Mutex::new(WatchLog::default()));
+    let writer_task = tokio::spawn(write_loop(
+        target.access.clone(),
+        target.ports.rw(),
+        first,
+        options.write_interval,
+        writer.clone(),
+        stop.clone(),
+    ));
+    let watch_task = tokio::spawn(watch_loop(
+        target.access.clone(),
+        instances.clone(),
+        options.probe_interval,
+        started,
+        watch.clone(),
+        stop.clone(),
+    ));
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
+    let mut rounds = Vec::new();
+    let mut aborted = None;
+    let mut since = started;
+    for number in 1..=options.failovers {
+        let report = match wait_ready(&target, &writer, since, options.round_timeout).await {
+            Ok(r) => r,
+            Err(e) => {
+                aborted = Some(format!("before round {number}: {e}"));
+                break;
+            }
+        };
+        let pause = Duration::from_millis(rng.random_range(500..2000));
+        tokio::time::sleep(pause).await;
+        let primary = match supervisor_report(&target).await {
+            Ok(r) if cluster_ready(&r) => r.primary,
+            _ => report.primary,
+        };
+        let failed_port = instances
+            .iter()
+            .find(|(n, _)| *n == primary)
+            .map(|(_, p)| *p);
+        let t0 = Instant::now();
+        let injected = match chaos::inject(dir, &primary, options.fault) {
+            Ok(i) => i,
+            Err(e) => {
+                aborted = Some(format!(
+                    "round {number}: cannot {} {primary}: {e}",
+                    options.fault
+                ));
+                break;
+            }
+        };
+        progress(&format!("round {number}: {}", injected.summary()));
+        let mut round = Round {
+            round: number,
+            fault: options.fault,
+            failed: primary.clone(),
+            pids: injected.processes.iter().map(|p| p.pid).collect(),
+            outage_seconds: None,
+            writes_resumed_on: None,
+            primary_moved_seconds: None,
+            ready_again_seconds: None,
+            problem: None,
+        };
+        // A held instance cannot acknowledge; an ack from it read after t0 was sent before.
+        let excluded = if options.fault.holds() {
+            failed_port
+        } else {
+            None
+        };
+        let deadline = t0 + options.round_timeout;
+        let mut next_report = Instant::now();
+        loop {
+            let first = writer.lock().ok().and_then(|l| l.first_after(t0, excluded));
+            if let Some(ack) = first {
+                round.outage_seconds = Some(ack.at.duration_since(t0).as_secs_f64());
+                round.writes_resumed_on = Some(name_of_port(ack.port));
+                break;
+            }
+            if Instant::now() > deadline {
+                let error = writer
+                    .lock()
+                    .ok()
+                    .and_then(|l| l.last_error.clone())
+                    .unwrap_or_default();
+                round.problem = Some(format!(
+                    "no write acknowledged within {:?} of the fault (last error: {error})",
+                    options.round_timeout
+                ));
+                break;
+            }
+            if round.primary_moved_seconds.is_none() && Instant::now() >= next_report {
+                next_report = Instant::now() + Duration::from_millis(100);
+                if let Ok(r) = supervisor_report(&target).await
+                    && r.primary != primary
+                {
+                    round.primary_moved_seconds = Some(t0.elapsed().as_secs_f64());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if round.primary_moved_seconds.is_none()
+            && let Ok(r) = supervisor_report(&target).await
+            && r.primary != primary
+        {
+            round.primary_moved_seconds = Some(t0.elapsed().as_secs_f64());
+        }
+        if options.fault.holds() {
+            match chaos::resume(dir, &primary) {
+                Ok(i) => progress(&format!("round {number}: {}", i.summary())),
+                Err(e) => progress(&format!("round {number}: resume {primary}: {e}")),
+            }
+        }
+        if let Some(o) = round.outage_seconds {
+            progress(&format!(
+                "round {number}: writes resumed on {} after {o:.3}s",
+                round.writes_resumed_on.as_deref().unwrap_or("?")
+            ));
+        }
+        let failed_round = round.outage_seconds.is_none();
+        since = Instant::now();
+        match wait_ready(&target, &writer, since, options.round_timeout).await {
+            Ok(_) => {
+                round.ready_again_seconds = Some(t0.elapsed().as_secs_f64());
+                progress(&format!(
+                    "round {number}: ready again after {:.1}s",
+                    t0.elapsed().as_secs_f64()
+                ));
+            }
+            Err(e) => {
+                round.problem = Some(match round.problem.take() {
+                    Some(p) => format!("{p}; {e}"),
+                    None => e.clone(),
+                });
+                rounds.push(round);
+                aborted = Some(format!("round {number}: {e}"));
+                break;
+            }
+        }
+        rounds.push(round);
+        if failed_round {
+            aborted = Some(format!("round {number}: writes never resumed"));
+            break;
+        }
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    let _ = writer_task.await;
+    let _ = watch_task.await;
+
+    // Read every row back from the primary, through rw.
+    let mut read_back_from = None;
+    let mut present: BTreeSet<u64> = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut read_error = String::new();
+    while Instant::now() < deadline {
+        let attempt = async {
+            let s = target
+                .access
+                .connect(target.ports.rw(), Duration::from_secs(2))
+                .await?;
+            let ids = tokio::time::timeout(Duration::from_secs(30), s.read_ids())
+                .await
+                .map_err(|_| "no answer within 30s".to_string())??;
+            Ok::<_, String>(ids)
+        };
+        match attempt.await {
+            Ok(ids) => {
+                // Rows of an earlier run on the same table are not this run's business.
+                present = ids.into_iter().filter(|id| *id > first).collect();
+                read_back_from = supervisor_report(&target).await.ok().map(|r| r.primary);
+                break;
+            }
+            Err(e) => {
+                read_error = e;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    let (acks, attempts) = writer
+        .lock()
+        .map(|l| (l.acks.clone(), l.attempts))
+        .unwrap_or_default();
+    let acked: BTreeSet<u64> = acks.iter().map(|a| a.id).collect();
+    let (lost, unacknowledged_present) = if read_back_from.is_some() {
+        let lost: Vec<u64> = acked.difference(&present).copied().collect();
+        (lost, present.difference(&acked).count() as u64)
+    } else {
+        if aborted.is_none() {
+            aborted = Some(format!(
+                "cannot read the rows back through rw: {read_error}"
+            ));
+        }
+        (Vec::new(), 0)
+    };
+    let (probe_rounds, split_brain, fenced_overlap) = watch
+        .lock()
+        .map(|l| (l.rounds, l.split_brain.clone(), l.fenced_overlap.clone()))
+        .unwrap_or_default();
+    let outages: Vec<f64> = rounds.iter().filter_map(|r| r.outage_seconds).collect();
+    Ok(CheckReport {
+        database: dir.key(),
+        engine: db.spec.engine.to_string(),
+        instances: db.spec.instances,
+        synchronous: db.spec.replication.synchronous,
+        fault: options.fault,
+        detection_timeout: db.spec.failover.detection_timeout.clone(),
+        outage: Spread::of(&outages),
+        rounds,
+        writes_attempted: attempts,
+        writes_acknowledged: acked.len() as u64,
+        writes_lost: lost.len() as u64,
+        lost_sample: lost.into_iter().take(50).collect(),
+        unacknowledged_present,
+        read_back_from,
+        probe_rounds,
+        split_brain,
+        fenced_overlap,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        aborted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_interpolate_between_ranks() {
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(percentile(&v, 50.0), 2.5);
+        assert_eq!(percentile(&v, 100.0), 4.0);
+        assert_eq!(percentile(&[7.0], 95.0), 7.0);
+        let s = Spread::of(&[3.0, 1.0, 2.0, f64::NAN]).unwrap();
+        assert_eq!((s.count, s.p50, s.max), (3, 2.0, 3.0));
+        assert!(Spread::of(&[]).is_none());
+    }
+
+    #[test]
+    fn the_outage_ends_with_a_write_sent_after_the_fault_and_not_by_a_held_server() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let log = WriterLog {
+            acks: vec![
+                Ack {
+                    id: 1,
+                    sent: at(0),
+                    at: t0,
+                    port: 10,
+                },
+                Ack {
+                    id: 2,
+                    sent: at(0),
+                    at: at(5),
+                    port: 10,
+                },
+                Ack {
+                    id: 3,
+                    sent: at(6),
+                    at: at(800),
+                    port: 10,
+                },
+                Ack {
+                    id: 4,
+                    sent: at(850),
+                    at: at(900),
+                    port: 11,
+                },
+            ],
+            attempts: 3,
+            last_error: None,
+        };
+        // Write 2 was in flight at the fault: acknowledged after it, but sent before.
+        assert_eq!(log.first_after(t0, None).map(|a| a.id), Some(3));
+        assert_eq!(log.first_after(t0, Some(10)).map(|a| a.id), Some(4));
+        assert!(log.first_after(at(900), None).is_none());
+        assert!(log.acked_since(at(10)) && !log.acked_since(at(900)));
+    }
+
+    fn report(lost: u64, split: usize, aborted: Option<&str>) -> CheckReport {
+        CheckReport {
+            database: "default/pg".into(),
+            engine: "postgres".into(),
+            instances: 3,
+            synchronous: true,
+            fault: Fault::Stop,
+            detection_timeout: "2s".into(),
+            rounds: vec![Round {
+                round: 1,
+                fault: Fault::Stop,
+                failed: "pg-0".into(),
+                pids: vec![1, 2],
+                outage_seconds: Some(2.5),
+                writes_resumed_on: Some("pg-1".into()),
+                primary_moved_seconds: Some(2.2),
+                ready_again_seconds: Some(9.0),
+                problem: None,
+            }],
+            outage: Spread::of(&[2.5]),
+            writes_attempted: 100,
+            writes_acknowledged: 90,
+            writes_lost: lost,
+            lost_sample: (1..=lost).collect(),
+            unacknowledged_present: 1,
+            read_back_from: Some("pg-1".into()),
+            probe_rounds: 50,
+            split_brain: (0..split)
+                .map(|i| Moment {
+                    at_seconds: i as f64,
+                    instances: vec!["pg-0".into(), "pg-1".into()],
+                })
+                .collect(),
+            fenced_overlap: Vec::new(),
+            duration_seconds: 12.0,
+            aborted: aborted.map(String::from),
+        }
+    }
+
+    #[test]
+    fn a_report_passes_only_without_loss_split_brain_or_abort() {
+        assert!(report(0, 0, None).passed());
+        assert!(!report(1, 0, None).passed());
+        assert!(!report(0, 1, None).passed());
+        assert!(!report(0, 0, Some("x")).passed());
+    }
+
+    #[test]
+    fn the_rendered_report_names_losses_and_split_brain_moments() {
+        let text = report(2, 1, None).render();
+        assert!(text.contains("2 acknowledged but LOST"), "{text}");
+        assert!(text.contains("lost numbers: 1 2"), "{text}");
+        assert!(text.contains("SPLIT BRAIN at 0.000s: pg-0, pg-1"), "{text}");
+        assert!(text.contains("p50 2.500s"), "{text}");
+        assert!(text.contains("verdict: FAILED"), "{text}");
+        assert!(report(0, 0, None).render().contains("verdict: OK"));
+    }
+
+    #[test]
+    fn the_report_round_trips_through_json() {
+        let r = report(0, 0, None);
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains("\"writesLost\":0"), "{text}");
+        assert!(text.contains("\"fault\":\"stop\""), "{text}");
+        let back: CheckReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, r);
+    }
+}
