@@ -1,5 +1,6 @@
 //! The HTTP endpoints: `/healthz`, `/readyz`, `/status`, `/metrics` for anyone who can reach the
-//! port, `/promote` and `/demote` only with the bearer token.
+//! port; `/promote`, `/demote` and `GET /backup` (a MariaDB instance's physical copy, streamed
+//! as `mariadb-backup --stream=xbstream` for a replica being cloned) only with the bearer token.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +14,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use stator_api::instance::{DemoteRequest, ServerState};
-use tokio::sync::{mpsc, oneshot};
+use stator_engine::MysqlFamily;
+use stator_engine::mysql_family::backup::BackupStream;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
 
 use crate::api_token::{Refusal, authorize};
 use crate::metrics::{MetricFacts, render_metrics};
@@ -29,7 +33,16 @@ pub struct Endpoints {
     pub status: Arc<InstanceStatus>,
     pub commands: mpsc::Sender<Command>,
     pub secrets_dir: PathBuf,
+    /// The database's engine.
+    pub engine: stator_api::Engine,
+    /// The engine that streams `/backup` (MariaDB); `None`: the endpoint answers 404.
+    pub backup: Option<Arc<MysqlFamily>>,
 }
+
+/// One backup at a time: mariadb-backup's backup locks do not nest.
+static BACKUP_SLOT: Semaphore = Semaphore::const_new(1);
+/// Bytes read from mariadb-backup per chunk of the response.
+const BACKUP_CHUNK: usize = 256 * 1024;
 
 /// The router of all endpoints.
 pub fn router(endpoints: Endpoints) -> Router {
@@ -40,6 +53,7 @@ pub fn router(endpoints: Endpoints) -> Router {
         .route("/metrics", get(metrics))
         .route("/promote", post(promote))
         .route("/demote", post(demote))
+        .route("/backup", get(backup))
         .with_state(endpoints)
 }
 
@@ -74,6 +88,7 @@ async fn metrics(State(e): State<Endpoints>) -> Response {
     let facts = MetricFacts {
         position_bytes: snapshot.observation.as_ref().and_then(|o| o.position_bytes),
         manager_uptime_seconds: e.status.started.elapsed().as_secs(),
+        lag_in_transactions: e.engine.is_mysql_family(),
     };
     (
         [(
@@ -157,4 +172,76 @@ async fn demote(State(e): State<Endpoints>, headers: HeaderMap, body: Bytes) -> 
     };
     tracing::info!(upstream = %request.upstream.instance, "demotion requested");
     ask(&e, |r| Command::Demote(request.upstream, r)).await
+}
+
+/// Streams a physical copy of this instance's data directory. A failed backup ends the response
+/// without its final chunk, so the receiver sees an incomplete transfer, never a short copy.
+async fn backup(State(e): State<Endpoints>, headers: HeaderMap) -> Response {
+    if let Some(refused) = check_token(&e, &headers) {
+        return refused;
+    }
+    let Some(engine) = e.backup.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this engine does not serve backups over HTTP (PostgreSQL replicas clone with pg_basebackup, MySQL 8 with the clone plugin)",
+        );
+    };
+    if e.status.snapshot().state != ServerState::Running {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is not running; a backup needs it",
+        );
+    }
+    let Ok(permit) = BACKUP_SLOT.try_acquire() else {
+        return error(
+            StatusCode::CONFLICT,
+            "a backup is already streaming from this instance; retry when it is done",
+        );
+    };
+    let stream = match engine.start_backup_stream() {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!(error = %err, "starting a backup");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string());
+        }
+    };
+    tracing::info!("streaming a backup");
+    let body = futures_util::stream::unfold(
+        Some(BackupState {
+            stream,
+            _permit: permit,
+        }),
+        |state| async move {
+            let mut state = state?;
+            let mut buf = vec![0u8; BACKUP_CHUNK];
+            match state.stream.stdout.read(&mut buf).await {
+                Ok(0) => match state.stream.finish().await {
+                    Ok(()) => {
+                        tracing::info!("backup streamed");
+                        None
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "the backup failed; aborting the stream");
+                        Some((Err(std::io::Error::other(err.to_string())), None))
+                    }
+                },
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(Bytes::from(buf)), Some(state)))
+                }
+                Err(err) => Some((Err(err), None)),
+            }
+        },
+    );
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// A backup in flight and the slot it holds.
+struct BackupState {
+    stream: BackupStream,
+    _permit: SemaphorePermit<'static>,
 }

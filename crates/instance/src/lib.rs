@@ -10,7 +10,8 @@
 //! # Layout
 //! - [`supervisor`]: the life of the server: bootstrap, start or adopt, restart, promote, demote.
 //! - [`status`]: the shared facts and the `/status` report, readiness.
-//! - [`http`]: the endpoints.
+//! - [`http`]: the endpoints, including `/backup` (the MySQL family's physical copy for a
+//!   replica being cloned).
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - [`api_token`]: the bearer token of the mutating endpoints.
 //! - [`error`]: why the manager stopped.
@@ -29,7 +30,7 @@ use stator_api::Engine;
 use stator_api::instance::InstanceConfig;
 use stator_api::names::secret_keys;
 use stator_engine::credentials::read_secret;
-use stator_engine::{Credentials, Postgres};
+use stator_engine::{Credentials, MysqlFamily, Postgres, ServerEngine};
 use tokio::sync::mpsc;
 
 pub use error::InstanceError;
@@ -56,20 +57,11 @@ fn check_config(config: &InstanceConfig) -> Result<(), InstanceError> {
             message: format!("is the server's port {}; give it another", config.port),
         });
     }
-    if config.database.spec.engine != Engine::Postgres {
-        return Err(InstanceError::Config {
-            field: "database.spec.engine".into(),
-            message: format!(
-                "is {}; this instance manager runs postgres only so far",
-                config.database.spec.engine
-            ),
-        });
-    }
     Ok(())
 }
 
 /// Runs the instance manager until SIGTERM or SIGINT (Ok, server stopped cleanly) or until the
-/// server cannot run (Err, naming why).
+/// server cannot run (Err, naming why). The engine follows `spec.engine`.
 pub async fn run(config: InstanceConfig) -> Result<(), InstanceError> {
     check_config(&config)?;
     let name = config.database.instance_name(config.ordinal);
@@ -77,7 +69,30 @@ pub async fn run(config: InstanceConfig) -> Result<(), InstanceError> {
         instance: name.clone(),
         source,
     };
-    let engine = Arc::new(Postgres::new(&config).map_err(engine_error)?);
+    match config.database.spec.engine {
+        Engine::Postgres => {
+            let engine = Arc::new(Postgres::new(&config).map_err(engine_error)?);
+            run_engine(config, engine, None).await
+        }
+        Engine::Mariadb | Engine::Mysql => {
+            let engine = Arc::new(MysqlFamily::new(&config).map_err(engine_error)?);
+            let backup = (config.database.spec.engine == Engine::Mariadb).then(|| engine.clone());
+            run_engine(config, engine, backup).await
+        }
+    }
+}
+
+/// The manager around one engine; `backup` serves `/backup` when the engine clones that way.
+async fn run_engine<E: ServerEngine>(
+    config: InstanceConfig,
+    engine: Arc<E>,
+    backup: Option<Arc<MysqlFamily>>,
+) -> Result<(), InstanceError> {
+    let name = config.database.instance_name(config.ordinal);
+    let engine_error = |source| InstanceError::Engine {
+        instance: name.clone(),
+        source,
+    };
     let creds = Credentials::read(&config.secrets_dir).map_err(engine_error)?;
     read_secret(&config.secrets_dir, secret_keys::API_TOKEN).map_err(engine_error)?;
 
@@ -111,6 +126,8 @@ pub async fn run(config: InstanceConfig) -> Result<(), InstanceError> {
         status: status.clone(),
         commands: commands_tx.clone(),
         secrets_dir: config.secrets_dir.clone(),
+        engine: config.database.spec.engine,
+        backup,
     });
     let http = tokio::spawn(async move {
         let _ = axum::serve(listener, app)

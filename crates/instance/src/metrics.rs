@@ -12,6 +12,8 @@ pub struct MetricFacts {
     /// The position as a number (PostgreSQL: LSN bytes).
     pub position_bytes: Option<u64>,
     pub manager_uptime_seconds: u64,
+    /// The engine counts lag in transactions (the MySQL family's GTIDs), not WAL bytes.
+    pub lag_in_transactions: bool,
 }
 
 fn escape_label(v: &str) -> String {
@@ -102,13 +104,54 @@ pub fn render_metrics(r: &InstanceReport, facts: MetricFacts) -> String {
         );
     }
     if let Some(lag) = r.lag {
+        if facts.lag_in_transactions {
+            metric(
+                "stator_replication_lag_transactions",
+                "gauge",
+                "Transactions (GTIDs) the upstream holds that the replica has not applied (0 on the primary).",
+                vec![(String::new(), lag as f64)],
+            );
+        } else {
+            metric(
+                "stator_replication_lag_bytes",
+                "gauge",
+                "Bytes of WAL the replica has not replayed yet (0 on the primary).",
+                vec![(String::new(), lag as f64)],
+            );
+        }
+    }
+    metric(
+        "stator_read_only",
+        "gauge",
+        "1 when the server refuses writes from clients.",
+        vec![(String::new(), b(r.read_only))],
+    );
+    if r.role == Some(Role::Replica) {
         metric(
-            "stator_replication_lag_bytes",
+            "stator_replication_receiver_running",
             "gauge",
-            "Bytes of WAL the replica has not replayed yet (0 on the primary).",
-            vec![(String::new(), lag as f64)],
+            "1 when the replica's receiver (IO thread, walreceiver) runs.",
+            vec![(String::new(), b(r.receiver_running.unwrap_or(false)))],
+        );
+        metric(
+            "stator_replication_applier_running",
+            "gauge",
+            "1 when the replica's applier (SQL thread, replay) runs.",
+            vec![(String::new(), b(r.applier_running.unwrap_or(false)))],
+        );
+        metric(
+            "stator_replication_error",
+            "gauge",
+            "1 when the replica reports a replication error (see /status).",
+            vec![(String::new(), b(r.replication_error.is_some()))],
         );
     }
+    metric(
+        "stator_errant_transactions",
+        "gauge",
+        "1 when the instance holds transactions its upstream does not have (errant GTIDs); it must be rebuilt.",
+        vec![(String::new(), b(r.errant.is_some()))],
+    );
     if let Some(lag) = r.lag_seconds {
         metric(
             "stator_replication_lag_seconds",
@@ -158,6 +201,7 @@ mod tests {
             MetricFacts {
                 position_bytes: Some(0x300_0060),
                 manager_uptime_seconds: 5,
+                lag_in_transactions: false,
             },
         );
         assert!(
@@ -171,6 +215,32 @@ mod tests {
     }
 
     #[test]
+    fn a_mysql_family_replica_shows_lag_in_transactions_threads_and_errant() {
+        let mut r = report();
+        r.lag = Some(3);
+        r.receiver_running = Some(true);
+        r.applier_running = Some(false);
+        r.errant = Some("0-1002-5".into());
+        let text = render_metrics(
+            &r,
+            MetricFacts {
+                lag_in_transactions: true,
+                ..MetricFacts::default()
+            },
+        );
+        for line in [
+            "stator_replication_lag_transactions{instance_name=\"db-1\"} 3\n",
+            "stator_replication_receiver_running{instance_name=\"db-1\"} 1\n",
+            "stator_replication_applier_running{instance_name=\"db-1\"} 0\n",
+            "stator_errant_transactions{instance_name=\"db-1\"} 1\n",
+            "stator_read_only{instance_name=\"db-1\"} 0\n",
+        ] {
+            assert!(text.contains(line), "missing {line}: {text}");
+        }
+        assert!(!text.contains("lag_bytes"), "{text}");
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         let mut r = report();
         r.name = "a\"b".into();
@@ -180,41 +250,58 @@ mod tests {
 
     #[test]
     fn metrics_pass_promtool_when_it_is_installed() {
-        let Ok(mut child) = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-        else {
-            // scripts/test installs promtool, so in CI a missing one is a failure, not a skip.
+        let mut mysql_replica = report();
+        mysql_replica.receiver_running = Some(true);
+        mysql_replica.applier_running = Some(false);
+        mysql_replica.replication_error = Some("Duplicate entry".into());
+        mysql_replica.errant = Some("0-1002-5".into());
+        let texts = [
+            render_metrics(
+                &report(),
+                MetricFacts {
+                    position_bytes: Some(1),
+                    manager_uptime_seconds: 1,
+                    lag_in_transactions: false,
+                },
+            ),
+            render_metrics(
+                &mysql_replica,
+                MetricFacts {
+                    lag_in_transactions: true,
+                    ..MetricFacts::default()
+                },
+            ),
+        ];
+        for text in texts {
+            let Ok(mut child) = std::process::Command::new("promtool")
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+            else {
+                // scripts/test installs promtool, so in CI a missing one is a failure, not a skip.
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "promtool is missing (apt-get install prometheus)"
+                );
+                eprintln!("promtool not installed; skipped");
+                return;
+            };
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
             assert!(
-                std::env::var_os("CI").is_none(),
-                "promtool is missing (apt-get install prometheus)"
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
             );
-            eprintln!("promtool not installed; skipped");
-            return;
-        };
-        use std::io::Write as _;
-        let text = render_metrics(
-            &report(),
-            MetricFacts {
-                position_bytes: Some(1),
-                manager_uptime_seconds: 1,
-            },
-        );
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        }
     }
 }

@@ -9,6 +9,10 @@ use stator_api::Role;
 use stator_api::instance::{InstanceReport, ServerState};
 use stator_engine::Observation;
 
+/// A MySQL-family replica further behind than this (`Seconds_Behind_Master`) is not ready; the
+/// engine decides it (an engine's `streaming` is false then) and this says why.
+pub use stator_engine::mysql_family::MAX_READY_LAG_SECONDS;
+
 /// An observation older than this does not count for readiness.
 pub const OBSERVATION_MAX_AGE: Duration = Duration::from_secs(5);
 
@@ -112,16 +116,53 @@ pub fn unready_reason(s: &Snapshot, now: Instant) -> Option<String> {
     };
     match o.role {
         Some(Role::Primary) => None,
-        Some(Role::Replica) if o.streaming => None,
-        Some(Role::Replica) => Some(format!(
-            "replica is not streaming from its upstream{}",
-            o.upstream
-                .as_deref()
-                .map(|u| format!(" {u}"))
-                .unwrap_or_default()
-        )),
+        Some(Role::Replica) => replica_unready_reason(o),
         None => Some("role not known yet".into()),
     }
+}
+
+/// Why a replica is not ready: errant transactions, a stopped or failing replication thread,
+/// lag over [`MAX_READY_LAG_SECONDS`], or not streaming at all.
+fn replica_unready_reason(o: &Observation) -> Option<String> {
+    let upstream = o
+        .upstream
+        .as_deref()
+        .map(|u| format!(" {u}"))
+        .unwrap_or_default();
+    if let Some(errant) = &o.errant {
+        return Some(format!(
+            "replica holds transactions its upstream{upstream} does not have: {errant}"
+        ));
+    }
+    let mut stopped = Vec::new();
+    if o.receiver_running == Some(false) {
+        stopped.push("receiver (IO thread)");
+    }
+    if o.applier_running == Some(false) {
+        stopped.push("applier (SQL thread)");
+    }
+    let error = o
+        .replication_error
+        .as_deref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    if !stopped.is_empty() {
+        return Some(format!(
+            "replica is not streaming from its upstream{upstream}: the {} stopped{error}",
+            stopped.join(" and the ")
+        ));
+    }
+    if o.streaming {
+        return None;
+    }
+    if let Some(lag) = o.lag_seconds.filter(|l| *l > MAX_READY_LAG_SECONDS) {
+        return Some(format!(
+            "replica lags {lag:.0}s behind its upstream{upstream}, more than {MAX_READY_LAG_SECONDS:.0}s"
+        ));
+    }
+    Some(format!(
+        "replica is not streaming from its upstream{upstream}{error}"
+    ))
 }
 
 /// Builds the report from a snapshot.
@@ -193,6 +234,52 @@ mod tests {
             why.contains("not streaming") && why.contains("db-0"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn a_replica_with_errant_transactions_is_not_ready_and_says_which() {
+        let s = running(Observation {
+            role: Some(Role::Replica),
+            streaming: true,
+            upstream: Some("db-0".into()),
+            errant: Some("0-1002-5 (not in db-0's binary log)".into()),
+            ..Default::default()
+        });
+        let why = unready_reason(&s, Instant::now()).unwrap();
+        assert!(why.contains("0-1002-5") && why.contains("db-0"), "{why}");
+    }
+
+    #[test]
+    fn a_replica_with_a_stopped_sql_thread_is_not_ready_and_shows_the_error() {
+        let s = running(Observation {
+            role: Some(Role::Replica),
+            upstream: Some("db-0".into()),
+            receiver_running: Some(true),
+            applier_running: Some(false),
+            replication_error: Some("Duplicate entry '1' for key 'PRIMARY'".into()),
+            ..Default::default()
+        });
+        let why = unready_reason(&s, Instant::now()).unwrap();
+        assert!(
+            why.contains("not streaming")
+                && why.contains("applier (SQL thread)")
+                && why.contains("Duplicate entry"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_replica_lagging_too_far_is_not_ready_and_says_how_far() {
+        let s = running(Observation {
+            role: Some(Role::Replica),
+            upstream: Some("db-0".into()),
+            receiver_running: Some(true),
+            applier_running: Some(true),
+            lag_seconds: Some(95.0),
+            ..Default::default()
+        });
+        let why = unready_reason(&s, Instant::now()).unwrap();
+        assert!(why.contains("95s") && why.contains("30s"), "{why}");
     }
 
     #[test]

@@ -136,6 +136,15 @@ fn read_config(path: &Path) -> Result<InstanceConfig, CliError> {
     })
 }
 
+/// The OS user the official image runs the server as (uid 999 in both images).
+pub fn server_user_of(engine: stator_api::Engine) -> &'static str {
+    if engine.is_mysql_family() {
+        "mysql"
+    } else {
+        "postgres"
+    }
+}
+
 /// The instance config of pod `pod_name` (`NAME-N`) of `database`: ordinal 0 starts as the
 /// primary, every other ordinal clones `NAME-0` through the headless Service.
 pub fn pod_instance_config(
@@ -185,7 +194,7 @@ pub fn pod_instance_config(
         port,
         http_port: INSTANCE_MANAGER_PORT,
         bootstrap,
-        server_user: running_as_root.then(|| "postgres".to_string()),
+        server_user: running_as_root.then(|| server_user_of(database.spec.engine).to_string()),
         bin_dir: None,
         database,
     })
@@ -249,6 +258,15 @@ mod tests {
     fn a_root_pod_runs_the_server_as_postgres() {
         let c = pod_instance_config(database(), "orders-0", None, true, &log()).unwrap();
         assert_eq!(c.server_user.as_deref(), Some("postgres"));
+    }
+
+    #[test]
+    fn a_root_mysql_family_pod_runs_the_server_as_mysql() {
+        let mut db = database();
+        db.spec.engine = stator_api::Engine::Mariadb;
+        let c = pod_instance_config(db, "orders-1", None, true, &log()).unwrap();
+        assert_eq!(c.server_user.as_deref(), Some("mysql"));
+        assert_eq!(c.port, 3306);
     }
 
     #[test]
