@@ -1,15 +1,28 @@
 //! `stator bench local`: the local runtime measured against a peer run side by side, printed as
 //! ratios (a benchmark, not a test; nothing here asserts a time).
 //!
+//! PostgreSQL (`--engine postgres`, the default):
 //! 1. Bring-up of a 3-instance PostgreSQL cluster with `stator up` vs the bare sequence by hand:
 //!    `initdb`, `pg_ctl start`, two `pg_basebackup`s, two `pg_ctl start`s.
 //! 2. `pgbench -S` and the default write mix (TPC-B-like) through the `rw` proxy vs directly to
 //!    the primary and vs HAProxy (TCP mode) in front of the same primary.
 //! 3. Resident memory (VmRSS) of the supervisor and of one instance manager.
 //!
-//! Needs PostgreSQL 15, `pgbench` and `haproxy` (`apt-get install postgresql-15 haproxy`).
-//! Run: `stator bench local` (see `--help` for durations and ports).
+//! MariaDB (`--engine mariadb`):
+//! 1. Bring-up of a 3-instance MariaDB 10.11 cluster vs by hand: `mariadb-install-db`, start,
+//!    a replication user, then twice `mariadb-backup --backup` + `--prepare` + start +
+//!    `CHANGE MASTER TO … MASTER_USE_GTID=slave_pos` + `START SLAVE`, until both replicate.
+//! 2. `sysbench oltp_read_only` (and `oltp_read_write`) through the `rw` proxy vs directly to the
+//!    primary and vs HAProxy (TCP mode).
+//! 3. Resident memory, as for PostgreSQL.
+//!
+//! Both end with a table of the ratios against their targets. Needs PostgreSQL 15, `pgbench` and
+//! `haproxy` (`apt-get install postgresql-15 haproxy`), or for MariaDB `mariadb-server`,
+//! `mariadb-backup`, `sysbench` and `haproxy`. Passwords reach the tools through the environment
+//! (`PGPASSWORD`), stdin, or 0600 files (sysbench's `--config-file`), never a command line.
+//! Run: `stator bench local [--engine mariadb]` (see `--help` for durations and ports).
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -44,6 +57,9 @@ pub struct BenchArgs {
     /// Work directory (default: a new one under /tmp, removed afterwards).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// Which engine to measure.
+    #[arg(long, default_value = "postgres", value_parser = ["postgres", "mariadb"])]
+    pub engine: String,
 }
 
 struct Work {
@@ -60,6 +76,13 @@ impl Drop for Work {
 }
 
 pub fn run(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
+    match args.engine.as_str() {
+        "mariadb" => run_mariadb(args, exe),
+        _ => run_postgres(args, exe),
+    }
+}
+
+fn run_postgres(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
     let bin = preflight::find_bin_dir(stator_api::Engine::Postgres, "15")?;
     for tool in ["pgbench", "haproxy"] {
         if which(tool).is_none() {
@@ -122,6 +145,7 @@ pub fn run(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
         spec: spec.clone(),
         state: state.clone(),
         hand: Vec::new(),
+        hand_servers: Vec::new(),
         haproxy: None,
     };
 
@@ -175,7 +199,7 @@ pub fn run(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
     let primary = stator_base + 10;
     let haproxy_port = hand_base + 2;
     cleanup.haproxy = Some(start_haproxy(&work.root, haproxy_port, primary)?);
-    wait_port(haproxy_port)?;
+    wait_port(haproxy_port, Duration::from_secs(10))?;
     let pgbench = |port: u16, extra: &[&str]| -> Result<f64, LocalError> {
         let out = Command::new("pgbench")
             .args(["-h", "127.0.0.1", "-U", "app", "-n"])
@@ -281,7 +305,10 @@ struct Cleanup {
     exe: PathBuf,
     spec: PathBuf,
     state: PathBuf,
+    /// PostgreSQL clusters made by hand: (bin dir, dir, server user).
     hand: Vec<(PathBuf, PathBuf, Option<ServerUser>)>,
+    /// MariaDB servers started by hand.
+    hand_servers: Vec<Child>,
     haproxy: Option<Child>,
 }
 
@@ -290,6 +317,10 @@ impl Drop for Cleanup {
         if let Some(mut h) = self.haproxy.take() {
             let _ = h.kill();
             let _ = h.wait();
+        }
+        for mut server in std::mem::take(&mut self.hand_servers) {
+            let _ = server.kill();
+            let _ = server.wait();
         }
         for (bin, dir, user) in std::mem::take(&mut self.hand) {
             for n in 0..3 {
@@ -466,6 +497,621 @@ fn stop_by_hand(bin: &Path, dir: &Path, user: Option<&ServerUser>, cleanup: &mut
     let _ = std::fs::remove_dir_all(dir);
 }
 
+// MariaDB: the same comparisons with MariaDB's tools and sysbench.
+
+fn run_mariadb(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
+    let engine = stator_api::Engine::Mariadb;
+    let version = engine.default_version();
+    let bin = preflight::find_bin_dir(engine, version)?;
+    let tool = |name: &str| {
+        preflight::find_tool(&bin, name).ok_or_else(|| {
+            LocalError::BinariesMissing(format!(
+                "`{name}` not found; install it (Debian/Ubuntu: apt-get install mariadb-server mariadb-backup)"
+            ))
+        })
+    };
+    let hand = HandMariadb {
+        server: bin.join("mariadbd"),
+        install_db: tool("mariadb-install-db")?,
+        backup: tool("mariadb-backup")?,
+        client: tool("mariadb")?,
+        user: preflight::server_user(engine)?,
+        parameters: BTreeMap::new(),
+    };
+    for (program, package) in [("sysbench", "sysbench"), ("haproxy", "haproxy")] {
+        if which(program).is_none() {
+            return Err(LocalError::BinariesMissing(format!(
+                "`{program}` not found on PATH; install it (Debian/Ubuntu: apt-get install {package})"
+            )));
+        }
+    }
+    let work = Work::create(args)?;
+    let stator_base = args.port_base;
+    let hand_base = args.port_base + 50;
+    let spec_text = format!(
+        "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: bench\nspec:\n  engine: mariadb\n  version: \"{version}\"\n  instances: 3\n  local:\n    portBase: {stator_base}\n"
+    );
+    let db = stator_api::load_database(&spec_text)
+        .map_err(|e| LocalError::Failed(format!("the benchmark's own spec is invalid: {e}")))?
+        .database;
+    // The servers made by hand run with the very settings stator gives its own.
+    let hand = HandMariadb {
+        parameters: stator_api::parameters::effective_parameters(&db.spec),
+        ..hand
+    };
+    let spec = work.root.join("bench.yaml");
+    std::fs::write(&spec, &spec_text).map_err(|e| LocalError::io(&spec, "cannot write", e))?;
+    let state = work.root.join("state");
+    let stator = |verb: &[&str]| stator_command(exe, &spec, &state, verb);
+    let mut cleanup = Cleanup {
+        exe: exe.to_path_buf(),
+        spec: spec.clone(),
+        state: state.clone(),
+        hand: Vec::new(),
+        hand_servers: Vec::new(),
+        haproxy: None,
+    };
+    let mut summary = Vec::new();
+
+    // 1. Bring-up, alternating the two so drift hits both alike.
+    println!(
+        "== bring-up of a 3-instance MariaDB {version} cluster ({} rounds)",
+        args.rounds
+    );
+    let mut ours = Vec::new();
+    let mut by_hand = Vec::new();
+    let bring_up_rounds = if args.skip_bring_up {
+        stator(&["up"])?;
+        0
+    } else {
+        args.rounds.max(1)
+    };
+    for round in 0..bring_up_rounds {
+        let hand_dir = work.root.join(format!("hand-{round}"));
+        let took = hand.bring_up(&hand_dir, hand_base, &mut cleanup);
+        hand.stop(&hand_dir, &mut cleanup);
+        by_hand.push(took?);
+        ours.push(stator(&["up"])?);
+        if round + 1 < bring_up_rounds {
+            stator(&["delete", "--purge"])?;
+        }
+        println!(
+            "  round {}: stator up {:.2}s, by hand {:.2}s",
+            round + 1,
+            ours[round as usize].as_secs_f64(),
+            by_hand[round as usize].as_secs_f64()
+        );
+    }
+    if !args.skip_bring_up {
+        let (ours, hand) = (median(&ours), median(&by_hand));
+        println!(
+            "  bring-up ratio stator/by-hand = {:.2}x (median {ours:.2}s vs {hand:.2}s; target <= 1.5x)",
+            ours / hand
+        );
+        summary.push(SummaryRow {
+            measurement: format!("bring-up, 3 instances (median of {bring_up_rounds})"),
+            ours: format!("{ours:.2} s"),
+            peer: format!(
+                "{hand:.2} s by hand (install-db, start, 2x mariadb-backup + prepare + start + CHANGE MASTER)"
+            ),
+            ratio: ours / hand,
+            target: Target::AtMost(1.5),
+        });
+    }
+
+    // 2. sysbench through the proxy, directly and through HAProxy, on the cluster `up` left.
+    let dir = crate::state::StateDir {
+        root: state.clone(),
+    }
+    .database("default", "bench");
+    let password = read_secret(&dir.secrets_dir(), secret_keys::APP_PASSWORD)?;
+    let rw = stator_base;
+    let primary = stator_base + 10;
+    let haproxy_port = hand_base + 2;
+    cleanup.haproxy = Some(start_haproxy(&work.root, haproxy_port, primary)?);
+    wait_port(haproxy_port, Duration::from_secs(10))?;
+    // sysbench reads its options, the password among them, from a 0600 file.
+    let config = work.root.join("sysbench.cfg");
+    write_private(
+        &config,
+        &format!(
+            "mysql-host=127.0.0.1\nmysql-user={}\nmysql-password={password}\nmysql-db={}\ntables=4\ntable-size=20000\n",
+            db.spec.bootstrap.owner, db.spec.bootstrap.database
+        ),
+    )?;
+    let sysbench =
+        |test: &str, port: u16, verb: &str, extra: &[&str]| -> Result<String, LocalError> {
+            let out = Command::new("sysbench")
+                .arg(format!("--config-file={}", config.display()))
+                .arg(test)
+                .arg(format!("--mysql-port={port}"))
+                .args(extra)
+                .arg(verb)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| LocalError::io("sysbench", "cannot run", e))?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if !out.status.success() {
+                return Err(LocalError::Failed(format!(
+                    "sysbench {test} {verb} on port {port} failed: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+            Ok(text)
+        };
+    sysbench("oltp_read_write", rw, "prepare", &[])?;
+    let seconds = format!("--time={}", args.seconds.max(1));
+    let threads = format!("--threads={}", args.clients.max(1));
+    for (test, target) in [("oltp_read_only", Some(0.9)), ("oltp_read_write", None)] {
+        println!(
+            "== sysbench {test}, {} threads, {}s per run, {} rounds (order rotated; medians)",
+            args.clients.max(1),
+            args.seconds.max(1),
+            args.rounds.max(1)
+        );
+        let targets = [primary, rw, haproxy_port];
+        let mut samples: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for round in 0..args.rounds.max(1) as usize {
+            for k in 0..3 {
+                let which = (round + k) % 3;
+                let text = sysbench(
+                    test,
+                    targets[which],
+                    "run",
+                    &[&threads, &seconds, "--report-interval=0"],
+                )?;
+                samples[which].push(parse_sysbench_tps(&text).unwrap_or(0.0));
+            }
+        }
+        let [direct, proxied, haproxy] = samples.map(|mut v| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        });
+        println!("  direct to the primary  {direct:>10.0} tps");
+        println!("  stator rw proxy        {proxied:>10.0} tps");
+        println!("  HAProxy (TCP mode)     {haproxy:>10.0} tps");
+        println!(
+            "  ratio rw/direct = {:.2}x; rw/HAProxy = {:.2}x",
+            proxied / direct.max(1.0),
+            proxied / haproxy.max(1.0)
+        );
+        summary.push(SummaryRow {
+            measurement: format!(
+                "sysbench {test}, {} threads: rw proxy vs direct",
+                args.clients.max(1)
+            ),
+            ours: format!("{proxied:.0} tps"),
+            peer: format!("{direct:.0} tps direct to the primary"),
+            ratio: proxied / direct.max(1.0),
+            target: target.map_or(Target::None, Target::AtLeast),
+        });
+        summary.push(SummaryRow {
+            measurement: format!("sysbench {test}: rw proxy vs HAProxy (TCP)"),
+            ours: format!("{proxied:.0} tps"),
+            peer: format!("{haproxy:.0} tps through HAProxy"),
+            ratio: proxied / haproxy.max(1.0),
+            target: if target.is_some() {
+                Target::AtLeast(1.0)
+            } else {
+                Target::None
+            },
+        });
+    }
+
+    // 3. Memory.
+    println!("== resident memory (VmRSS; target <= 15 MiB each)");
+    for (what, mib) in resident_memory(&dir)? {
+        println!(
+            "  {what}: {}",
+            mib.map_or("unknown".into(), |m| format!("{m:.1} MiB"))
+        );
+        if let Some(m) = mib {
+            summary.push(SummaryRow {
+                measurement: format!("VmRSS, {what}"),
+                ours: format!("{m:.1} MiB"),
+                peer: "15 MiB budget".into(),
+                ratio: m / 15.0,
+                target: Target::AtMost(1.0),
+            });
+        }
+    }
+    println!();
+    print!(
+        "{}",
+        render_summary(&format!("MariaDB {version}"), &summary)
+    );
+    drop(cleanup);
+    Ok(())
+}
+
+/// Runs `stator VERB -f SPEC --state-dir STATE`; how long it took.
+fn stator_command(
+    exe: &Path,
+    spec: &Path,
+    state: &Path,
+    verb: &[&str],
+) -> Result<Duration, LocalError> {
+    let started = Instant::now();
+    let out = Command::new(exe)
+        .args(verb)
+        .arg("-f")
+        .arg(spec)
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .map_err(|e| LocalError::io(exe, "cannot run", e))?;
+    if !out.status.success() {
+        return Err(LocalError::Failed(format!(
+            "stator {verb:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(started.elapsed())
+}
+
+impl Work {
+    fn create(args: &BenchArgs) -> Result<Work, LocalError> {
+        let work = match &args.work_dir {
+            Some(dir) => Work {
+                root: dir.clone(),
+                remove: false,
+            },
+            None => Work {
+                root: PathBuf::from(format!("/tmp/stator-bench-{}", std::process::id())),
+                remove: true,
+            },
+        };
+        std::fs::create_dir_all(&work.root)
+            .map_err(|e| LocalError::io(&work.root, "cannot create", e))?;
+        std::fs::set_permissions(&work.root, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| LocalError::io(&work.root, "cannot set permissions", e))?;
+        Ok(work)
+    }
+}
+
+/// A file only its owner reads (0600), created so from the start.
+fn write_private(path: &Path, text: &str) -> Result<(), LocalError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| LocalError::io(path, "cannot write", e))
+}
+
+/// The supervisor's and one instance manager's VmRSS.
+fn resident_memory(
+    dir: &crate::state::DatabaseDir,
+) -> Result<Vec<(String, Option<f64>)>, LocalError> {
+    let db = crate::state::read_json::<crate::state::AppliedSpec>(&dir.spec_file())?
+        .ok_or_else(|| LocalError::NotFound(dir.key()))?
+        .database;
+    let report = crate::runtime::fetch_report(dir, &db)?;
+    let mut out = Vec::new();
+    if let Some(pid) = report.supervisor_pid {
+        out.push((
+            format!("supervisor (pid {pid}, after serving the runs above)"),
+            rss_mib(pid),
+        ));
+    }
+    if let Some(row) = report.instances.first()
+        && let Some(pid) = row.manager_pid
+    {
+        out.push((
+            format!("instance manager {} (pid {pid})", row.name),
+            rss_mib(pid),
+        ));
+    }
+    Ok(out)
+}
+
+/// What a ratio is held against.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Target {
+    AtMost(f64),
+    AtLeast(f64),
+    /// Shown for information.
+    None,
+}
+
+impl Target {
+    fn describe(self, ratio: f64) -> String {
+        match self {
+            Target::AtMost(t) => {
+                format!("<= {t:.1}x: {}", if ratio <= t { "met" } else { "MISSED" })
+            }
+            Target::AtLeast(t) => {
+                format!(">= {t:.1}x: {}", if ratio >= t { "met" } else { "MISSED" })
+            }
+            Target::None => "(information)".into(),
+        }
+    }
+}
+
+/// One line of the closing table.
+struct SummaryRow {
+    measurement: String,
+    ours: String,
+    peer: String,
+    ratio: f64,
+    target: Target,
+}
+
+/// The closing table: each measurement, stator's figure, the peer's, the ratio and the target.
+fn render_summary(title: &str, rows: &[SummaryRow]) -> String {
+    let mut table = vec![[
+        "measurement".to_string(),
+        "stator".into(),
+        "peer".into(),
+        "ratio".into(),
+        "target".into(),
+    ]];
+    for r in rows {
+        table.push([
+            r.measurement.clone(),
+            r.ours.clone(),
+            r.peer.clone(),
+            format!("{:.2}x", r.ratio),
+            r.target.describe(r.ratio),
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = format!("== summary, {title}\n");
+    for (i, row) in table.iter().enumerate() {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+        if i == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
+        }
+    }
+    out
+}
+
+/// The tools of a MariaDB cluster made by hand, and the settings its servers get.
+struct HandMariadb {
+    server: PathBuf,
+    install_db: PathBuf,
+    backup: PathBuf,
+    client: PathBuf,
+    user: Option<ServerUser>,
+    /// Server parameters: the same as stator's instances get.
+    parameters: BTreeMap<String, String>,
+}
+
+impl HandMariadb {
+    /// The account `mariadb-install-db` makes for the OS user that ran it (unix_socket).
+    fn login(&self) -> String {
+        match &self.user {
+            Some(u) => u.name.clone(),
+            None => nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| "root".into()),
+        }
+    }
+
+    fn option_file(&self, dir: &Path, n: u16, base: u16) -> Result<PathBuf, LocalError> {
+        let mut text = String::from("[mariadbd]\n");
+        for (key, value) in &self.parameters {
+            text.push_str(&format!("{key} = {value}\n"));
+        }
+        text.push_str(&format!(
+            "datadir = {dir}/d{n}\nsocket = {dir}/s{n}.sock\npid_file = {dir}/d{n}/mariadb.pid\nlog_error = {dir}/s{n}.log\nport = {}\nbind_address = 127.0.0.1\nserver_id = {}\nlog_bin = binlog\nrelay_log = relay-bin\nbinlog_format = ROW\nlog_slave_updates = ON\ngtid_strict_mode = ON\ngtid_domain_id = 0\nskip_slave_start = ON\nread_only = {}\n",
+            base + 10 + n,
+            1000 + u32::from(n),
+            if n == 0 { "OFF" } else { "ON" },
+            dir = dir.display(),
+        ));
+        let path = dir.join(format!("c{n}.cnf"));
+        std::fs::write(&path, text).map_err(|e| LocalError::io(&path, "cannot write", e))?;
+        Ok(path)
+    }
+
+    /// Runs `sql` (on stdin, so no password is on a command line) over server N's socket.
+    fn sql(&self, dir: &Path, n: u16, sql: &str) -> Result<String, LocalError> {
+        use std::io::Write;
+        let mut command = Command::new(&self.client);
+        command
+            .arg("--no-defaults")
+            .arg(format!("--socket={}/s{n}.sock", dir.display()))
+            .args(["-u", &self.login(), "-N", "-B"]);
+        let mut child = as_user(&mut command, self.user.as_ref())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| LocalError::io(&self.client, "cannot run", e))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(sql.as_bytes())
+                .map_err(|e| LocalError::io(&self.client, "cannot write to", e))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| LocalError::io(&self.client, "cannot run", e))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(LocalError::Failed(format!(
+                "mariadb on s{n}.sock failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+
+    fn start(
+        &self,
+        dir: &Path,
+        n: u16,
+        base: u16,
+        cleanup: &mut Cleanup,
+    ) -> Result<(), LocalError> {
+        let cnf = dir.join(format!("c{n}.cnf"));
+        let mut command = Command::new(&self.server);
+        command.arg(format!("--defaults-file={}", cnf.display()));
+        let child = as_user(&mut command, self.user.as_ref())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| LocalError::io(&self.server, "cannot start", e))?;
+        cleanup.hand_servers.push(child);
+        wait_port(base + 10 + n, Duration::from_secs(120))
+    }
+
+    /// install-db, start, then for each replica: backup, prepare, start, CHANGE MASTER, START
+    /// SLAVE; returns once both replicas replicate.
+    fn bring_up(
+        &self,
+        dir: &Path,
+        base: u16,
+        cleanup: &mut Cleanup,
+    ) -> Result<Duration, LocalError> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(|e| LocalError::io(dir, "cannot create", e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| LocalError::io(dir, "cannot chmod", e))?;
+        if let Some(u) = &self.user {
+            nix::unistd::chown(
+                dir,
+                Some(nix::unistd::Uid::from_raw(u.uid)),
+                Some(nix::unistd::Gid::from_raw(u.gid)),
+            )
+            .map_err(|e| LocalError::io(dir, "cannot chown", e.into()))?;
+        }
+        let replication = crate::secrets::generate_secret();
+        let app = crate::secrets::generate_secret();
+        let started = Instant::now();
+        let cnf = self.option_file(dir, 0, base)?;
+        run_step(
+            as_user(
+                Command::new(&self.install_db)
+                    .arg(format!("--defaults-file={}", cnf.display()))
+                    .args(["--auth-root-authentication-method=socket", "--skip-test-db"]),
+                self.user.as_ref(),
+            ),
+            "mariadb-install-db",
+        )?;
+        self.start(dir, 0, base, cleanup)?;
+        self.sql(
+            dir,
+            0,
+            &format!(
+                "CREATE USER 'repl'@'127.0.0.1' IDENTIFIED BY '{replication}';\n\
+                 GRANT REPLICATION SLAVE ON *.* TO 'repl'@'127.0.0.1';\n\
+                 CREATE DATABASE app;\n\
+                 CREATE USER 'app'@'127.0.0.1' IDENTIFIED BY '{app}';\n\
+                 GRANT ALL ON app.* TO 'app'@'127.0.0.1';\n"
+            ),
+        )?;
+        for n in 1..3u16 {
+            let target = dir.join(format!("d{n}"));
+            let source = format!("--socket={}/s0.sock", dir.display());
+            run_step(
+                as_user(
+                    Command::new(&self.backup)
+                        .arg("--backup")
+                        .arg(format!("--target-dir={}", target.display()))
+                        .arg(&source)
+                        .arg(format!("--user={}", self.login())),
+                    self.user.as_ref(),
+                ),
+                "mariadb-backup --backup",
+            )?;
+            run_step(
+                as_user(
+                    Command::new(&self.backup)
+                        .arg("--prepare")
+                        .arg(format!("--target-dir={}", target.display())),
+                    self.user.as_ref(),
+                ),
+                "mariadb-backup --prepare",
+            )?;
+            let info = std::fs::read_to_string(target.join("xtrabackup_binlog_info"))
+                .or_else(|_| std::fs::read_to_string(target.join("mariadb_backup_binlog_info")))
+                .unwrap_or_default();
+            let gtid = info
+                .lines()
+                .next()
+                .and_then(|l| l.split('\t').nth(2))
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            self.option_file(dir, n, base)?;
+            self.start(dir, n, base, cleanup)?;
+            self.sql(
+                dir,
+                n,
+                &format!(
+                    "SET GLOBAL gtid_slave_pos = '{gtid}';\n\
+                     CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='repl', MASTER_PASSWORD='{replication}', MASTER_USE_GTID=slave_pos;\n\
+                     START SLAVE;\n",
+                    base + 10
+                ),
+            )?;
+        }
+        for n in 1..3u16 {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let status = self.sql(dir, n, "SHOW SLAVE STATUS\\G")?;
+                let running = |key: &str| status.lines().any(|l| l.trim() == format!("{key}: Yes"));
+                if running("Slave_IO_Running") && running("Slave_SQL_Running") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(LocalError::Failed(format!(
+                        "the replica made by hand on port {} does not replicate:\n{status}",
+                        base + 10 + n
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Stops the servers (a clean shutdown) and removes the directory.
+    fn stop(&self, dir: &Path, cleanup: &mut Cleanup) {
+        for server in cleanup.hand_servers.iter().rev() {
+            crate::process::signal(server.id(), nix::sys::signal::Signal::SIGTERM);
+        }
+        for mut server in std::mem::take(&mut cleanup.hand_servers) {
+            let _ = server.wait();
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// `transactions:  36310  (3630.18 per sec.)` in sysbench's output → 3630.18.
+pub fn parse_sysbench_tps(output: &str) -> Option<f64> {
+    let line = output
+        .lines()
+        .find(|l| l.trim_start().starts_with("transactions:"))?;
+    line.split_once('(')?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn append(path: &Path, text: &str) -> Result<(), LocalError> {
     use std::io::Write;
     std::fs::OpenOptions::new()
@@ -480,7 +1126,7 @@ fn start_haproxy(dir: &Path, port: u16, primary: u16) -> Result<Child, LocalErro
     std::fs::write(
         &cfg,
         format!(
-            "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nlisten pg\n  bind 127.0.0.1:{port}\n  server primary 127.0.0.1:{primary}\n"
+            "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nlisten db\n  bind 127.0.0.1:{port}\n  server primary 127.0.0.1:{primary}\n"
         ),
     )
     .map_err(|e| LocalError::io(&cfg, "cannot write", e))?;
@@ -495,13 +1141,13 @@ fn start_haproxy(dir: &Path, port: u16, primary: u16) -> Result<Child, LocalErro
         .map_err(|e| LocalError::io("haproxy", "cannot start", e))
 }
 
-fn wait_port(port: u16) -> Result<(), LocalError> {
+fn wait_port(port: u16, timeout: Duration) -> Result<(), LocalError> {
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(10) {
+    while started.elapsed() < timeout {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     Err(LocalError::Failed(format!(
         "nothing listens on port {port}"
@@ -557,6 +1203,38 @@ mod tests {
         let text = "latency average = 0.5 ms\ninitial connection time = 3.1 ms\ntps = 15890.123456 (without initial connection time)\n";
         assert_eq!(parse_tps(text), Some(15890.123456));
         assert_eq!(parse_tps("nothing"), None);
+    }
+
+    #[test]
+    fn tps_is_read_from_sysbench_output() {
+        let text = "SQL statistics:\n    queries performed:\n        read:  508340\n    transactions:                        36310  (3630.18 per sec.)\n    queries:                             580960 (58082.91 per sec.)\n";
+        assert_eq!(parse_sysbench_tps(text), Some(3630.18));
+        assert_eq!(parse_sysbench_tps("FATAL: no"), None);
+    }
+
+    #[test]
+    fn the_summary_says_which_targets_are_met() {
+        let table = render_summary(
+            "MariaDB 10.11",
+            &[
+                SummaryRow {
+                    measurement: "bring-up".into(),
+                    ours: "6.00 s".into(),
+                    peer: "5.00 s".into(),
+                    ratio: 1.2,
+                    target: Target::AtMost(1.5),
+                },
+                SummaryRow {
+                    measurement: "read-only".into(),
+                    ours: "800 tps".into(),
+                    peer: "1000 tps".into(),
+                    ratio: 0.8,
+                    target: Target::AtLeast(0.9),
+                },
+            ],
+        );
+        assert!(table.contains("| 1.20x | <= 1.5x: met"), "{table}");
+        assert!(table.contains("| 0.80x | >= 0.9x: MISSED"), "{table}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Shared by the `local_*` integration tests: a database in a temporary state dir on a free port
-//! range, driven through the real `stator` binary, with real PostgreSQL 15 servers. Dropping a
-//! [`Cluster`] runs `stator delete --purge` and kills anything left that mentions its state dir.
+//! range, driven through the real `stator` binary, with real PostgreSQL 15 or MariaDB 10.11
+//! servers. Dropping a [`Cluster`] runs `stator delete --purge` and kills anything left that
+//! mentions its state dir.
 
 #![allow(dead_code)]
 
@@ -34,22 +35,34 @@ pub struct Cluster {
     pub name: String,
     pub base: u16,
     pub spec: PathBuf,
+    /// `postgres` or `mariadb`, as the spec spells it.
+    pub engine: &'static str,
 }
 
 impl Cluster {
-    /// A database `name` with `instances` instances, not started yet.
+    /// A PostgreSQL database `name` with `instances` instances, not started yet.
     pub fn new(name: &str, instances: u32) -> Cluster {
+        Cluster::of_engine("postgres", name, instances)
+    }
+
+    /// A MariaDB 10.11 database `name` with `instances` instances, not started yet.
+    pub fn mariadb(name: &str, instances: u32) -> Cluster {
+        Cluster::of_engine("mariadb", name, instances)
+    }
+
+    fn of_engine(engine: &'static str, name: &str, instances: u32) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("stl")
             .tempdir()
             .expect("temp dir");
-        // The servers run as `postgres` and must be able to enter the state dir.
+        // The servers run as `postgres` / `mysql` and must be able to enter the state dir.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let cluster = Cluster {
             spec: dir.path().join(format!("{name}.yaml")),
             dir,
             name: name.to_string(),
             base: free_port_base(),
+            engine,
         };
         cluster.write_spec(instances, "");
         cluster
@@ -66,8 +79,8 @@ impl Cluster {
     /// Writes the spec with `instances` and `extra` lines under `spec:`.
     pub fn write_spec(&self, instances: u32, extra: &str) {
         let text = format!(
-            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: {}\nspec:\n  engine: postgres\n  instances: {instances}\n  local:\n    portBase: {}\n{extra}",
-            self.name, self.base
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: {}\nspec:\n  engine: {}\n  instances: {instances}\n  local:\n    portBase: {}\n{extra}",
+            self.name, self.engine, self.base
         );
         std::fs::write(&self.spec, text).unwrap();
     }
@@ -158,6 +171,77 @@ impl Cluster {
         }
     }
 
+    /// Runs SQL through `mysql_async` on `port` as the application user (MariaDB); every row as
+    /// its columns' text, `NULL` for null. Statements separated by `;` run in turn; the rows of
+    /// the last are returned.
+    pub fn sql(&self, port: u16, sql: &str) -> Result<Vec<Vec<String>>, String> {
+        use mysql_async::prelude::Queryable;
+        let password = self.password();
+        let sql = sql.to_string();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async move {
+            let opts = mysql_async::OptsBuilder::default()
+                .ip_or_hostname("127.0.0.1")
+                .tcp_port(port)
+                .user(Some("app"))
+                .pass(Some(password))
+                .db_name(Some("app"))
+                .prefer_socket(false);
+            let connect = mysql_async::Conn::new(opts);
+            let mut conn = tokio::time::timeout(Duration::from_secs(5), connect)
+                .await
+                .map_err(|_| format!("connecting to port {port} timed out"))?
+                .map_err(|e| e.to_string())?;
+            let mut rows = Vec::new();
+            for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                let found: Vec<mysql_async::Row> =
+                    tokio::time::timeout(Duration::from_secs(60), conn.query(statement))
+                        .await
+                        .map_err(|_| format!("{statement:?} timed out"))?
+                        .map_err(|e| e.to_string())?;
+                rows = found
+                    .into_iter()
+                    .map(|row| row.unwrap().into_iter().map(value_text).collect())
+                    .collect();
+            }
+            let _ = conn.disconnect().await;
+            Ok(rows)
+        })
+    }
+
+    /// The single value `sql` returns (MariaDB, as the application user); `a|b` for two columns.
+    pub fn value(&self, port: u16, sql: &str) -> Result<String, String> {
+        let rows = self.sql(port, sql)?;
+        Ok(rows.first().map(|r| r.join("|")).unwrap_or_default())
+    }
+
+    /// Instance N's server socket (MariaDB: root may log in only through it).
+    pub fn socket(&self, ordinal: u32) -> PathBuf {
+        self.db_dir()
+            .join("instances")
+            .join(format!("{}-{ordinal}", self.name))
+            .join("run")
+            .join("mariadb.sock")
+    }
+
+    /// Runs SQL as MariaDB's `root` over instance N's Unix socket (we are root; no password).
+    pub fn root_sql(&self, ordinal: u32, sql: &str) -> Result<String, String> {
+        let out = Command::new("mariadb")
+            .args(["--no-defaults", "-N", "-B", "-u", "root"])
+            .arg(format!("--socket={}", self.socket(ordinal).display()))
+            .args(["-e", sql])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     /// Retries `check` until it returns Some or `timeout` passes.
     pub fn eventually<T>(
         &self,
@@ -196,6 +280,55 @@ impl Cluster {
         out
     }
 
+    /// The secrets as they are on disk now.
+    pub fn secrets(&self) -> Vec<String> {
+        std::fs::read_dir(self.db_dir().join("secrets"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Starts scanning every process's command line for this database's secrets as soon as
+    /// they exist (call it before the `up` that generates them), until `stop`.
+    pub fn watch_command_lines(
+        &self,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+        let token = self.db_dir().join("secrets").join("api-token");
+        let secrets_dir = self.db_dir().join("secrets");
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while !token.exists() && started.elapsed() < Duration::from_secs(60) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let secrets: Vec<String> = std::fs::read_dir(&secrets_dir)
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default();
+            scan_cmdlines(secrets, stop).join().unwrap_or_default()
+        })
+    }
+
+    /// Every log of the database, whole: the supervisor's, the managers' and the servers'.
+    pub fn all_logs(&self) -> String {
+        walk(&self.db_dir())
+            .into_iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "log"))
+            .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Pids of processes whose command line or working directory is inside this state dir.
     pub fn own_processes(&self) -> Vec<u32> {
         let root = self.dir.path().display().to_string();
@@ -219,6 +352,19 @@ impl Cluster {
         all_pids()
             .into_iter()
             .filter(|pid| in_dir(*pid) && !parent(*pid).is_some_and(in_dir))
+            .collect()
+    }
+
+    /// `mariadbd` processes serving `data-NAME-N` (the server works in its data dir).
+    pub fn mariadbds(&self, ordinal: u32) -> Vec<u32> {
+        let data_dir = self.db_dir().join(format!("data-{}-{ordinal}", self.name));
+        all_pids()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "mariadbd")
+                    && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == data_dir)
+            })
             .collect()
     }
 }
@@ -297,6 +443,46 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+fn value_text(value: mysql_async::Value) -> String {
+    match value {
+        mysql_async::Value::NULL => "NULL".into(),
+        mysql_async::Value::Bytes(b) => String::from_utf8_lossy(&b).into_owned(),
+        mysql_async::Value::Int(i) => i.to_string(),
+        mysql_async::Value::UInt(u) => u.to_string(),
+        mysql_async::Value::Float(f) => f.to_string(),
+        mysql_async::Value::Double(d) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Reads every process's command line until `stop`, returning how often it scanned and the
+/// processes whose command line held one of `secrets`.
+pub fn scan_cmdlines(
+    secrets: Vec<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+    std::thread::spawn(move || {
+        let mut scans = 0;
+        let mut found = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            for pid in all_pids() {
+                let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&raw).replace('\0', " ");
+                for secret in &secrets {
+                    if text.contains(secret.as_str()) {
+                        found.push(format!("pid {pid}: {text}"));
+                    }
+                }
+            }
+            scans += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (scans, found)
+    })
 }
 
 /// Every distinct pid seen.

@@ -1,0 +1,279 @@
+//! `stator up` with real MariaDB 10.11: a 3-instance cluster, data through the proxies, recovery
+//! from `kill -9` of a server and of an instance manager, an errant transaction on a replica,
+//! and the errors `up` must give. The MariaDB twin of `local_cluster.rs` and `local_errors.rs`.
+
+mod local_support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use local_support::{Cluster, kill9};
+
+const WAIT: Duration = Duration::from_secs(180);
+
+#[test]
+fn three_mariadb_instances_serve_rows_written_through_rw_and_read_through_ro_with_no_password_on_any_command_line()
+ {
+    let cluster = Cluster::mariadb("mtrio", 3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = cluster.watch_command_lines(stop.clone());
+    let out = cluster.up();
+    let password = cluster.password();
+    assert!(out.contains("mariadb -h 127.0.0.1"), "{out}");
+    assert!(out.contains("secrets/app-password"), "{out}");
+    assert!(!out.contains(&password), "up must not print the password");
+    let uri = cluster.ok(&["uri"]);
+    assert_eq!(
+        uri.trim(),
+        format!("mysql://app:{password}@127.0.0.1:{}/app", cluster.rw())
+    );
+
+    let status = cluster.status();
+    assert_eq!(status["phase"], "Ready", "{status:#}");
+    assert_eq!(status["engine"], "mariadb");
+    assert_eq!(status["primary"], "mtrio-0");
+    let rows = status["instances"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows.iter().all(|r| r["report"]["ready"] == true),
+        "{status:#}"
+    );
+    assert_eq!(rows[0]["report"]["role"], "primary");
+    assert_eq!(rows[1]["report"]["role"], "replica");
+    assert_eq!(rows[2]["report"]["role"], "replica");
+    assert_eq!(
+        status["proxies"]["ro"]["targets"],
+        serde_json::json!(["mtrio-1", "mtrio-2"])
+    );
+    let table = cluster.ok(&["status"]);
+    assert!(table.contains("GTID"), "{table}");
+
+    cluster
+        .sql(
+            cluster.rw(),
+            "CREATE TABLE items (id INT PRIMARY KEY, note VARCHAR(40)); \
+             INSERT INTO items SELECT seq, CONCAT('row ', seq) FROM seq_1_to_10000",
+        )
+        .unwrap();
+    assert_eq!(
+        cluster
+            .value(cluster.rw(), "SELECT @@read_only, @@port")
+            .unwrap(),
+        format!("0|{}", cluster.server_port(0))
+    );
+    // Each ro connection goes to the next replica; both must have every row, read-only.
+    let mut ports = BTreeSet::new();
+    for _ in 0..4 {
+        let answer = cluster.eventually("rows on a replica", WAIT, || {
+            let answer = cluster
+                .value(
+                    cluster.ro(),
+                    "SELECT @@read_only, COUNT(*), @@port FROM items",
+                )
+                .ok()?;
+            answer.starts_with("1|10000|").then_some(answer)
+        });
+        ports.insert(answer.rsplit('|').next().unwrap().to_string());
+    }
+    assert_eq!(
+        ports,
+        BTreeSet::from([
+            cluster.server_port(1).to_string(),
+            cluster.server_port(2).to_string()
+        ])
+    );
+    // Replicas refuse the application's writes.
+    let refused = cluster.sql(cluster.ro(), "INSERT INTO items VALUES (0, 'no')");
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("read-only")),
+        "{refused:?}"
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    let (scans, found) = watcher.join().unwrap();
+    assert!(scans > 10, "the scan ran {scans} times");
+    assert!(
+        found.is_empty(),
+        "secrets on command lines:\n{}",
+        found.join("\n")
+    );
+    let secrets = cluster.secrets();
+    assert_eq!(secrets.len(), 5);
+    let logs = cluster.all_logs();
+    assert!(logs.contains("ready for connections"), "server logs read");
+    for secret in secrets {
+        assert!(!logs.contains(&secret), "a secret is in a log");
+    }
+    let log = cluster.ok(&["logs", "mtrio-1"]);
+    assert!(log.contains("ready for connections"), "{log}");
+}
+
+#[test]
+fn a_replica_mariadbd_killed_with_sigkill_comes_back_and_catches_up() {
+    let cluster = Cluster::mariadb("mkr", 2);
+    cluster.up();
+    cluster
+        .sql(cluster.rw(), "CREATE TABLE t (id INT PRIMARY KEY)")
+        .unwrap();
+    let old = cluster.row("mkr-1")["report"]["pid"].as_u64().unwrap() as u32;
+    assert_eq!(cluster.mariadbds(1), vec![old]);
+    kill9(old);
+    cluster
+        .sql(cluster.rw(), "INSERT INTO t SELECT seq FROM seq_1_to_500")
+        .unwrap();
+    cluster.eventually("mkr-1 restarted and ready", WAIT, || {
+        let row = cluster.row("mkr-1");
+        let pid = row["report"]["pid"].as_u64()?;
+        (pid != u64::from(old) && row["report"]["ready"] == true).then_some(())
+    });
+    cluster.eventually("mkr-1 caught up", WAIT, || {
+        (cluster
+            .value(cluster.server_port(1), "SELECT COUNT(*) FROM t")
+            .ok()?
+            == "500")
+            .then_some(())
+    });
+    assert_eq!(cluster.mariadbds(1).len(), 1);
+    assert!(cluster.row("mkr-1")["report"]["restarts"].as_u64() >= Some(1));
+}
+
+#[test]
+fn a_mariadb_instance_manager_killed_with_sigkill_comes_back_without_a_second_mariadbd() {
+    let cluster = Cluster::mariadb("mkm", 2);
+    cluster.up();
+    for ordinal in [1u32, 0] {
+        let name = format!("mkm-{ordinal}");
+        let row = cluster.row(&name);
+        let manager = row["managerPid"].as_u64().unwrap() as u32;
+        let server = row["report"]["pid"].as_u64().unwrap();
+        kill9(manager);
+        cluster.eventually("a new instance manager, ready", WAIT, || {
+            let row = cluster.row(&name);
+            let pid = row["managerPid"].as_u64()?;
+            (pid != u64::from(manager) && row["report"]["ready"] == true).then_some(())
+        });
+        // Give a duplicate the chance to appear, then count.
+        std::thread::sleep(Duration::from_secs(2));
+        let servers = cluster.mariadbds(ordinal);
+        assert_eq!(servers.len(), 1, "{name}: mariadbd processes {servers:?}");
+        assert_eq!(
+            u64::from(servers[0]),
+            server,
+            "{name}: the running server is adopted"
+        );
+    }
+    cluster
+        .sql(cluster.rw(), "CREATE TABLE after_restart (id INT)")
+        .unwrap();
+}
+
+#[test]
+fn an_errant_transaction_on_a_replica_is_reported_and_takes_it_out_of_ro() {
+    let cluster = Cluster::mariadb("mer", 3);
+    cluster.up();
+    cluster
+        .sql(
+            cluster.rw(),
+            "CREATE TABLE e (id INT PRIMARY KEY); INSERT INTO e VALUES (1), (2)",
+        )
+        .unwrap();
+    cluster.eventually("mer-2 has the rows", WAIT, || {
+        (cluster
+            .value(cluster.server_port(2), "SELECT COUNT(*) FROM e")
+            .ok()?
+            == "2")
+            .then_some(())
+    });
+    // A write made on the replica itself, as root over its socket: a transaction with the
+    // replica's own server id that the primary never had.
+    cluster
+        .root_sql(
+            2,
+            "SET GLOBAL read_only = OFF; INSERT INTO app.e VALUES (999); SET GLOBAL read_only = ON",
+        )
+        .unwrap();
+    let errant = cluster.eventually("mer-2 reported errant and out of ro", WAIT, || {
+        let status = cluster.status();
+        let row = status["instances"]
+            .as_array()?
+            .iter()
+            .find(|r| r["name"] == "mer-2")?
+            .clone();
+        let errant = row["report"]["errant"].as_str()?.to_string();
+        (row["report"]["ready"] == false
+            && status["proxies"]["ro"]["targets"] == serde_json::json!(["mer-1"]))
+        .then_some(errant)
+    });
+    // The errant GTID carries mer-2's own server id; the primary does not have it.
+    let primary_gtids = cluster
+        .value(cluster.rw(), "SELECT @@gtid_binlog_pos")
+        .unwrap();
+    assert!(!errant.is_empty());
+    assert!(
+        !primary_gtids.contains(errant.as_str()),
+        "errant {errant} vs primary {primary_gtids}"
+    );
+    let table = cluster.ok(&["status"]);
+    assert!(table.contains("no (errant)"), "{table}");
+    assert!(
+        table.contains(&format!(
+            "mer-2: ERRANT transactions its upstream does not have: {errant}"
+        )),
+        "{table}"
+    );
+    // Reads no longer reach it: every ro connection lands on mer-1.
+    for _ in 0..6 {
+        assert_eq!(
+            cluster.value(cluster.ro(), "SELECT @@port").unwrap(),
+            cluster.server_port(1).to_string()
+        );
+    }
+    // Not silently replicated over: the primary goes on, mer-2 keeps its own row.
+    cluster
+        .sql(cluster.rw(), "INSERT INTO e VALUES (3)")
+        .unwrap();
+    assert_eq!(
+        cluster
+            .root_sql(2, "SELECT COUNT(*) FROM app.e WHERE id = 999")
+            .unwrap(),
+        "1"
+    );
+    assert!(cluster.row("mer-2")["report"]["errant"].is_string());
+}
+
+#[test]
+fn a_missing_mariadb_server_binary_says_how_to_install_it_and_writes_nothing() {
+    let cluster = Cluster::mariadb("mnb", 1);
+    // MariaDB 11.4 is a supported version, but this machine has only 10.11's mariadbd.
+    cluster.write_spec(1, "  version: \"11.4\"\n");
+    let out = cluster.stator(&["up"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("MariaDB 11.4 binaries not found"), "{err}");
+    assert!(err.contains("mariadbd is 10.11"), "{err}");
+    assert!(
+        err.contains("apt-get install mariadb-server mariadb-backup"),
+        "{err}"
+    );
+    assert!(!cluster.state_dir().exists(), "nothing written");
+}
+
+#[test]
+fn a_port_in_use_is_named_with_its_mariadb_instance_and_nothing_is_written() {
+    let cluster = Cluster::mariadb("mpu", 3);
+    let _held = std::net::TcpListener::bind(("127.0.0.1", cluster.server_port(1))).unwrap();
+    let out = cluster.stator(&["up"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "port {} (mpu-1's server) is already in use",
+            cluster.server_port(1)
+        )),
+        "{err}"
+    );
+    assert!(!cluster.state_dir().exists(), "nothing written");
+    assert!(cluster.own_processes().is_empty());
+}
