@@ -44,6 +44,8 @@ enum Command {
     #[command(flatten)]
     Local(cmd::local::LocalCommand),
     Instance(cmd::instance::InstanceArgs),
+    Switchover(cmd::switchover::SwitchoverArgs),
+    Drain(cmd::switchover::DrainArgs),
     Chaos(cmd::chaos::ChaosArgs),
 }
 
@@ -57,6 +59,8 @@ fn main() -> ExitCode {
         Command::Validate(args) => cmd::validate::run(args),
         Command::Local(command) => cmd::local::run(command),
         Command::Instance(args) => cmd::instance::run(args),
+        Command::Switchover(args) => cmd::switchover::switchover(args),
+        Command::Drain(args) => cmd::switchover::drain(args),
         Command::Chaos(args) => cmd::chaos::run(args),
     };
     match result {

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use stator_api::Role;
 use stator_api::instance::{Bootstrap, Endpoint, ServerState};
-use stator_engine::{Credentials, DataDirState, EngineError, ServerEngine, ServerProcess};
+use stator_engine::{
+    Credentials, DataDirMarker, DataDirState, EngineError, ServerEngine, ServerProcess,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::InstanceError;
@@ -77,7 +79,14 @@ impl<E: ServerEngine> Supervisor<E> {
     /// Runs until shut down (Ok) or until the server cannot run (Err).
     pub async fn run(mut self) -> Result<(), InstanceError> {
         let state = self.engine.inspect_data_dir().map_err(|e| self.fail(e))?;
-        if state == DataDirState::Empty && !self.fill_data_dir().await? {
+        let filled = match &state {
+            DataDirState::Empty => self.fill_data_dir().await?,
+            DataDirState::Ready(marker) => match rejoin_target(&self.bootstrap, marker) {
+                Some(upstream) => self.rejoin_before_start(upstream).await?,
+                None => true,
+            },
+        };
+        if !filled {
             self.status.set_state(ServerState::Stopped, None);
             return Ok(());
         }
@@ -240,6 +249,48 @@ impl<E: ServerEngine> Supervisor<E> {
         }
     }
 
+    /// Start-as-replica: the config says this instance follows `upstream`, but its data dir was
+    /// a primary or followed another instance (a former primary after a failover, a replica
+    /// of the old primary). The server is stopped if one still runs on the data dir, and the
+    /// data dir is made to follow `upstream` (pg_rewind when its history diverged) BEFORE any
+    /// server starts, so a former primary never comes back writable. Retried with backoff
+    /// while the upstream cannot be reached; false when shut down meanwhile.
+    async fn rejoin_before_start(&mut self, upstream: Endpoint) -> Result<bool, InstanceError> {
+        let message = format!("rejoining as a replica of {}", upstream.instance);
+        self.status
+            .set_state(ServerState::Initializing, Some(message.clone()));
+        if let Some(mut running) = self.engine.find_running().map_err(|e| self.fail(e))? {
+            tracing::warn!(
+                pid = running.pid(),
+                upstream = %upstream.instance,
+                "a server runs on a data dir that must follow another instance; stopping it first"
+            );
+            let how = self.engine.stop(&mut running, self.stop_timeout).await;
+            tracing::info!(how = %how, "stopped before rejoining");
+        }
+        let mut backoff = Backoff::default();
+        loop {
+            tracing::info!(upstream = %upstream.instance, "{message} before starting the server");
+            match self.engine.rejoin(&upstream, &self.creds).await {
+                Ok(()) => return Ok(true),
+                Err(e) => {
+                    let delay = backoff.next_delay(Duration::ZERO);
+                    tracing::warn!(error = %e, "rejoin failed; the server stays stopped and it is retried");
+                    self.status.set_state(
+                        ServerState::Initializing,
+                        Some(format!(
+                            "{message} failed, retrying in {}s (the server stays stopped): {e}",
+                            delay.as_secs()
+                        )),
+                    );
+                    if !self.pause(delay).await {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+
     /// Waits `delay`, answering commands; false when asked to shut down.
     async fn pause(&mut self, delay: Duration) -> bool {
         let until = tokio::time::Instant::now() + delay;
@@ -330,6 +381,20 @@ impl<E: ServerEngine> Supervisor<E> {
     }
 }
 
+/// The upstream a data dir must be made to follow before its server starts: the config says
+/// to follow `upstream` while the marker says the data dir is a primary or follows another
+/// instance. `None` when the data dir may start as it is.
+pub fn rejoin_target(bootstrap: &Bootstrap, marker: &DataDirMarker) -> Option<Endpoint> {
+    match bootstrap {
+        Bootstrap::CloneFrom { upstream }
+            if marker.follows.as_ref().map(|f| &f.instance) != Some(&upstream.instance) =>
+        {
+            Some(upstream.clone())
+        }
+        _ => None,
+    }
+}
+
 /// How often an instance that is not ready yet is observed: a replica becomes ready the moment
 /// it streams, and the runtime starts the next instance only then (OrderedReady), so this pace
 /// bounds how long bring-up waits on each instance.
@@ -368,6 +433,44 @@ pub async fn observe_forever<E: ServerEngine>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn marker(follows: Option<&str>) -> DataDirMarker {
+        DataDirMarker {
+            engine: "postgres".into(),
+            major_version: "15".into(),
+            database: "pg".into(),
+            follows: follows.map(endpoint),
+        }
+    }
+
+    fn endpoint(instance: &str) -> Endpoint {
+        Endpoint {
+            instance: instance.into(),
+            host: "127.0.0.1".into(),
+            port: 5432,
+        }
+    }
+
+    #[test]
+    fn a_former_primary_told_to_follow_rejoins_before_it_starts() {
+        let follow_1 = Bootstrap::CloneFrom {
+            upstream: endpoint("pg-1"),
+        };
+        assert_eq!(
+            rejoin_target(&follow_1, &marker(None)),
+            Some(endpoint("pg-1"))
+        );
+        assert_eq!(
+            rejoin_target(&follow_1, &marker(Some("pg-0"))),
+            Some(endpoint("pg-1"))
+        );
+        assert_eq!(rejoin_target(&follow_1, &marker(Some("pg-1"))), None);
+        assert_eq!(rejoin_target(&Bootstrap::InitPrimary, &marker(None)), None);
+        assert_eq!(
+            rejoin_target(&Bootstrap::InitPrimary, &marker(Some("pg-0"))),
+            None
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_and_resets_after_a_stable_run() {

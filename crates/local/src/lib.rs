@@ -16,7 +16,11 @@
 //! - [`preflight`]: checks before anything changes: binaries, OS user, ports, foreign data dirs.
 //! - [`process`]: pid files, liveness, detached spawning, stopping.
 //! - [`probe`]: a small HTTP client for `/status` endpoints.
-//! - [`proxy`]: the `rw` / `ro` TCP proxies.
+//! - [`proxy`]: the `rw` / `ro` TCP proxies, and cutting live connections to a fenced primary.
+//! - [`failover`]: the shell around the decision core: observe, decide, fence, promote,
+//!   rejoin, route; `failover.json`, holds (drain), switchover requests.
+//! - [`order`]: `POST` orders with the api-token (`/promote`, `/demote`, `/switchover`).
+//! - [`switchover`]: `stator switchover` and `stator drain` (with the disruption budget).
 //! - [`report`]: the supervisor's report and the `status` table.
 //! - [`supervisor`]: the background process that runs it all.
 //! - [`runtime`]: finding and asking the running supervisor and instance managers.
@@ -29,7 +33,9 @@ pub mod bench;
 pub mod chaos;
 pub mod checker;
 pub mod error;
+pub mod failover;
 pub mod inspect;
+pub mod order;
 pub mod plan;
 pub mod preflight;
 pub mod probe;
@@ -41,6 +47,7 @@ pub mod secrets;
 pub mod state;
 pub mod stop;
 pub mod supervisor;
+pub mod switchover;
 pub mod up;
 
 pub use error::LocalError;

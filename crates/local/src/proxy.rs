@@ -3,15 +3,19 @@
 //! `rw` forwards every connection to the current primary; `ro` spreads connections round-robin
 //! over the ready replicas (the supervisor puts the primary there when none is ready). Bytes are
 //! copied both ways by tokio's `copy_bidirectional` with TCP_NODELAY on both legs, so a small
-//! query costs no Nagle delay. Routes are read once per connection; changing them never touches
-//! connections already made.
+//! query costs no Nagle delay. Routes are read once per connection; changing them does not
+//! touch connections already made, except that the supervisor can [`Routes::cut`] every live
+//! connection to a target (a fenced primary): both legs are closed at once, so no client keeps
+//! writing to an instance that is no longer the primary.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 /// Bytes buffered per direction per connection.
 const BUFFER: usize = 32 * 1024;
@@ -29,9 +33,57 @@ pub struct Routes {
     rw: RwLock<Option<SocketAddr>>,
     ro: RwLock<Vec<SocketAddr>>,
     next: AtomicUsize,
+    /// The registry of live connections: per target, a counter every live connection to it
+    /// watches (its receiver count is the number of live connections); bumping it cuts them.
+    live: Mutex<HashMap<SocketAddr, watch::Sender<u64>>>,
 }
 
 impl Routes {
+    /// Closes every live proxied connection (rw and ro) to `target`; returns how many there
+    /// were. New connections are not affected: take the target out of the routes first.
+    pub fn cut(&self, target: SocketAddr) -> usize {
+        let Ok(live) = self.live.lock() else {
+            return 0;
+        };
+        match live.get(&target) {
+            Some(sender) => {
+                let count = sender.receiver_count();
+                sender.send_modify(|generation| *generation += 1);
+                count
+            }
+            None => 0,
+        }
+    }
+
+    /// How many proxied connections to `target` are open now.
+    pub fn live_connections(&self, target: SocketAddr) -> usize {
+        self.live
+            .lock()
+            .ok()
+            .and_then(|live| live.get(&target).map(watch::Sender::receiver_count))
+            .unwrap_or(0)
+    }
+
+    /// The rw target now.
+    pub fn rw(&self) -> Option<SocketAddr> {
+        self.rw.read().ok().and_then(|rw| *rw)
+    }
+
+    /// The ro targets now.
+    pub fn ro(&self) -> Vec<SocketAddr> {
+        self.ro.read().map(|ro| ro.clone()).unwrap_or_default()
+    }
+
+    /// Registers a new connection to `target`: it ends when the receiver sees a change.
+    fn register(&self, target: SocketAddr) -> Option<watch::Receiver<u64>> {
+        let mut live = self.live.lock().ok()?;
+        Some(
+            live.entry(target)
+                .or_insert_with(|| watch::channel(0).0)
+                .subscribe(),
+        )
+    }
+
     pub fn set_rw(&self, target: Option<SocketAddr>) {
         if let Ok(mut rw) = self.rw.write() {
             *rw = target;
@@ -77,22 +129,33 @@ pub async fn serve(listener: TcpListener, routes: Arc<Routes>, kind: ProxyKind) 
             drop(client);
             continue;
         };
-        tokio::spawn(forward(client, target));
+        let Some(cut) = routes.register(target) else {
+            drop(client);
+            continue;
+        };
+        tokio::spawn(forward(client, target, cut));
     }
 }
 
-async fn forward(mut client: TcpStream, target: SocketAddr) {
-    let mut server = match TcpStream::connect(target).await {
-        Ok(server) => server,
-        Err(e) => {
-            tracing::debug!("proxy: cannot reach {target}: {e}");
-            return;
-        }
+async fn forward(mut client: TcpStream, target: SocketAddr, mut cut: watch::Receiver<u64>) {
+    let mut server = tokio::select! {
+        connected = TcpStream::connect(target) => match connected {
+            Ok(server) => server,
+            Err(e) => {
+                tracing::debug!("proxy: cannot reach {target}: {e}");
+                return;
+            }
+        },
+        _ = cut.changed() => return,
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let _ =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, BUFFER, BUFFER).await;
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, BUFFER, BUFFER) => {}
+        _ = cut.changed() => {
+            tracing::debug!("proxy: cut the connection to {target}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +228,29 @@ mod tests {
             seen.push(first_byte(addr).await.unwrap());
         }
         assert_eq!(seen, b"abab".to_vec());
+    }
+
+    #[tokio::test]
+    async fn cutting_a_target_closes_its_live_connections_and_only_those() {
+        let old = tagged_echo(b"o").await;
+        let other = tagged_echo(b"n").await;
+        let routes = Arc::new(Routes::default());
+        routes.set_rw(Some(old));
+        let addr = proxy(routes.clone(), ProxyKind::Rw).await;
+        let mut to_old = TcpStream::connect(addr).await.unwrap();
+        let mut b = [0u8; 1];
+        to_old.read_exact(&mut b).await.unwrap();
+        routes.set_rw(Some(other));
+        let mut to_other = TcpStream::connect(addr).await.unwrap();
+        to_other.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"n");
+        assert_eq!(routes.live_connections(old), 1);
+        assert_eq!(routes.cut(old), 1);
+        // The cut connection reads EOF; the other still echoes.
+        assert_eq!(to_old.read(&mut b).await.unwrap_or(0), 0);
+        to_other.write_all(b"x").await.unwrap();
+        to_other.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"x");
     }
 
     #[tokio::test]

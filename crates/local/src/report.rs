@@ -26,6 +26,10 @@ pub struct SupervisorReport {
     pub proxies: Proxies,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The decision core's view: term, primary, fences, holds, the failover in progress, the
+    /// last ones and the last switchover request (see [`crate::failover::FailoverReport`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<crate::failover::FailoverReport>,
 }
 
 /// One instance: what the supervisor did with it and what its manager last reported.
@@ -193,6 +197,9 @@ pub fn render_table(report: &SupervisorReport) -> String {
     if let Some(message) = &report.message {
         out.push_str(&format!("\n{message}\n"));
     }
+    if let Some(f) = &report.failover {
+        out.push_str(&crate::failover::render_failover(f));
+    }
     for i in &report.instances {
         let Some(r) = i.report.as_ref() else {
             continue;
@@ -317,6 +324,7 @@ mod tests {
                 },
             },
             message: None,
+            failover: None,
         }
     }
 

@@ -123,5 +123,6 @@ pub fn current_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorRepo
                 "no supervisor runs, so the proxies are down; {alive} instance(s) still run: `stator up -f FILE` adopts them"
             )
         }),
+        failover: None,
     })
 }

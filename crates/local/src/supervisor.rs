@@ -7,10 +7,13 @@
 //! they keep running, and the next supervisor adopts them (pid file + command line, or an answer
 //! on their port naming the instance) instead of starting duplicates.
 //!
-//! It never decides a failover: the primary is whatever `primary` in the state dir records.
+//! It never decides a failover itself: every tick it hands what it sees to the failover shell
+//! ([`crate::failover`]), which asks the decision core and carries out its orders; the core's
+//! decision says where `rw` and `ro` point, which instances must stay down (fenced, held,
+//! being rebuilt), and what `stator status` says. Its HTTP port also takes `POST /switchover`
+//! (with the api-token) for `stator switchover` and `stator drain`.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Arc, Mutex};
@@ -19,27 +22,31 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 use stator_api::instance::{InstanceReport, LocalPorts};
-use stator_api::{Database, Phase, Role};
+use stator_api::{Database, Phase};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::error::LocalError;
+use crate::failover::{self, Failover, Sighting, SwitchoverDesk, Tick};
 use crate::plan::{Host, instance_config, ordinal_of};
 use crate::preflight;
 use crate::probe;
 use crate::process;
 use crate::proxy::{self, ProxyKind, Routes};
 use crate::report::{InstanceRow, Proxies, ProxyRoute, SupervisorReport};
+use crate::secrets::read_secret;
 use crate::state::{AppliedSpec, DatabaseDir, Marker, create_dir, write_json};
 
 /// How often instances are checked while everything is as the spec asks.
 const TICK_STEADY: Duration = Duration::from_millis(500);
-/// How often while something is starting, stopping or not ready: every step of an ordered
-/// start waits for one check, so this bounds what the supervisor adds to a bring-up.
+/// How often while something is starting, stopping or not ready, or while the primary looks
+/// unhealthy or a failover runs: every step of an ordered start waits for one check, and the
+/// detection of a lost primary adds at most this to `spec.failover.detectionTimeout`.
 const TICK_BUSY: Duration = Duration::from_millis(100);
-/// How long a `/status` request may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a `/status` request may take: short, because a hung instance manager must not slow
+/// down the ticks that detect a lost primary.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long instance managers get to stop their servers cleanly (fast shutdown) before the
 /// servers are stopped immediately.
 pub const FAST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -102,6 +109,8 @@ struct Slot {
     stopping: Option<Instant>,
     /// Stopped to be started again with a changed spec (a rolling update), not crashed.
     updating: bool,
+    /// Why the last `/status` request failed.
+    probe_error: Option<String>,
 }
 
 impl Slot {
@@ -116,6 +125,7 @@ impl Slot {
             not_before: Instant::now(),
             stopping: None,
             updating: false,
+            probe_error: None,
         }
     }
 
@@ -149,6 +159,12 @@ struct Supervisor<'a> {
     settled: bool,
     /// Instances whose running config differs from the spec in what needs a restart.
     outdated: usize,
+    /// The failover shell: the decision core's memory, its orders, the switchover desk.
+    failover: Failover,
+    /// Instances that must not be started now (fenced, held, being rebuilt).
+    keep_down: BTreeSet<u32>,
+    /// The last tick found something wrong or in progress: tick fast.
+    urgent: bool,
 }
 
 async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
@@ -179,10 +195,17 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
     let status = bind(ports.supervisor(), "the supervisor's status").await?;
     let routes = Arc::new(Routes::default());
     let report = Arc::new(Mutex::new(initial_report(&applied, dir)));
+    let desk = Arc::new(Mutex::new(SwitchoverDesk::default()));
+    let endpoint = StatusEndpoint {
+        report: report.clone(),
+        desk: desk.clone(),
+        secrets_dir: dir.secrets_dir(),
+        database: db.name().to_string(),
+    };
     let tasks = vec![
         tokio::spawn(proxy::serve(rw, routes.clone(), ProxyKind::Rw)),
         tokio::spawn(proxy::serve(ro, routes.clone(), ProxyKind::Ro)),
-        tokio::spawn(serve_status(status, report.clone())),
+        tokio::spawn(serve_status(status, endpoint)),
     ];
     tracing::info!(
         "supervising {} (pid {}): rw on {address}:{}, ro on {address}:{}",
@@ -191,6 +214,7 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         ports.rw(),
         ports.ro()
     );
+    let failover = Failover::load(dir, desk, host.bin_dir.clone());
     let mut supervisor = Supervisor {
         dir,
         exe,
@@ -203,15 +227,23 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         ever_ready: false,
         settled: false,
         outdated: 0,
+        failover,
+        keep_down: BTreeSet::new(),
+        urgent: false,
     };
     supervisor.adopt().await;
+    if supervisor.slots.is_empty() {
+        // A cold start (after `stator down`): the primary is confirmed again once it is up,
+        // so the time it takes to start is not taken for a failure.
+        supervisor.failover.cold_start();
+    }
     let mut keep_going = supervisor.step().await;
     let mut sigterm = signal(SignalKind::terminate())
         .map_err(|e| LocalError::Failed(format!("cannot watch SIGTERM: {e}")))?;
     let mut sigint = signal(SignalKind::interrupt())
         .map_err(|e| LocalError::Failed(format!("cannot watch SIGINT: {e}")))?;
     while keep_going {
-        let pause = if supervisor.settled {
+        let pause = if supervisor.settled && !supervisor.urgent {
             TICK_STEADY
         } else {
             TICK_BUSY
@@ -245,6 +277,7 @@ fn initial_report(applied: &AppliedSpec, dir: &DatabaseDir) -> SupervisorReport 
         instances: Vec::new(),
         proxies: Proxies::unrouted(db.spec.local.listen_address.clone(), ports),
         message: None,
+        failover: None,
     }
 }
 
@@ -309,16 +342,57 @@ impl Supervisor<'_> {
             Err(e) => tracing::warn!("{e}; keeping the spec read before"),
         }
         let desired = self.db().spec.instances;
-        let primary = self.dir.read_primary();
         self.reap();
         self.probe_all().await;
+        let sightings = self.sightings(desired);
+        let db = self.db().clone();
+        let tick = self.failover.tick(&db, &sightings, &self.routes).await;
+        self.keep_down = tick.keep_down.clone();
+        self.urgent = tick.urgent;
+        let primary = self.dir.read_primary();
         self.stop_excess(desired);
+        self.stop_held();
         self.start_in_order(desired, &primary);
-        self.roll_out(desired, &primary);
-        self.route(desired, &primary);
+        if !self.urgent {
+            self.roll_out(desired, &primary);
+        }
         self.record_system_identifier(&primary);
-        self.publish(desired, &primary);
+        self.publish(desired, &primary, &tick);
         true
+    }
+
+    /// What the failover shell is told about every instance that exists or should.
+    fn sightings(&self, desired: u32) -> Vec<Sighting> {
+        let mut ordinals: BTreeSet<u32> = (0..desired).collect();
+        ordinals.extend(self.slots.keys().copied());
+        ordinals.extend(self.dir.known_ordinals());
+        ordinals
+            .into_iter()
+            .map(|ordinal| {
+                let slot = self.slots.get(&ordinal);
+                Sighting {
+                    ordinal,
+                    manager_pid: slot.and_then(|s| s.pid),
+                    report: slot.and_then(|s| s.report.clone()),
+                    probe_error: slot.and_then(|s| s.probe_error.clone()),
+                }
+            })
+            .collect()
+    }
+
+    /// Stops (cleanly) the instance managers of instances held down (`stator drain`).
+    fn stop_held(&mut self) {
+        for slot in self.slots.values_mut() {
+            if slot.stopping.is_some() || slot.ordinal >= self.applied.database.spec.instances {
+                continue;
+            }
+            let Some(pid) = slot.pid else { continue };
+            if let Some(why) = failover::held(self.dir, slot.ordinal) {
+                tracing::info!("{}: held down ({why}); stopping it", slot.name);
+                process::signal(pid, Signal::SIGTERM);
+                slot.stopping = Some(Instant::now());
+            }
+        }
     }
 
     fn reap(&mut self) {
@@ -376,6 +450,7 @@ impl Supervisor<'_> {
         }
         while let Some(Ok((ordinal, answer))) = probes.join_next().await {
             if let Some(slot) = self.slots.get_mut(&ordinal) {
+                slot.probe_error = answer.as_ref().err().map(|e| e.to_string());
                 match answer {
                     Ok(report) if report.name == slot.name => slot.report = Some(report),
                     Ok(report) => {
@@ -442,6 +517,10 @@ impl Supervisor<'_> {
             if slot.stopping.is_some() {
                 // Scaled down and up again before it stopped: let the stop finish first.
                 return;
+            }
+            if slot.pid.is_none() && self.keep_down.contains(&ordinal) {
+                // Fenced, held or being rebuilt: the others start without it.
+                continue;
             }
             if slot.pid.is_none() {
                 if Instant::now() >= slot.not_before {
@@ -526,31 +605,6 @@ impl Supervisor<'_> {
         }
     }
 
-    fn route(&mut self, desired: u32, primary: &str) {
-        let ports = LocalPorts::of(self.db());
-        let addr = |ordinal: u32| -> Option<SocketAddr> {
-            format!("{}:{}", self.address(), ports.server(ordinal))
-                .parse()
-                .ok()
-        };
-        let primary_ordinal = ordinal_of(primary).unwrap_or(0);
-        self.routes.set_rw(addr(primary_ordinal));
-        let replicas: Vec<u32> = self
-            .slots
-            .values()
-            .filter(|s| s.ordinal < desired && s.name != primary && s.ready())
-            .filter(|s| s.report.as_ref().and_then(|r| r.role) != Some(Role::Primary))
-            .map(|s| s.ordinal)
-            .collect();
-        let ro: Vec<u32> = if replicas.is_empty() {
-            vec![primary_ordinal]
-        } else {
-            replicas
-        };
-        self.routes
-            .set_ro(ro.iter().filter_map(|o| addr(*o)).collect());
-    }
-
     /// Remembers the primary's system identifier, so data dirs of another database are refused.
     fn record_system_identifier(&mut self, primary: &str) {
         let Some(ordinal) = ordinal_of(primary) else {
@@ -573,7 +627,7 @@ impl Supervisor<'_> {
         }
     }
 
-    fn publish(&mut self, desired: u32, primary: &str) {
+    fn publish(&mut self, desired: u32, primary: &str, tick: &Tick) {
         let db = self.db().clone();
         let ports = LocalPorts::of(&db);
         let mut rows = Vec::new();
@@ -585,6 +639,12 @@ impl Supervisor<'_> {
                 "stopping".to_string()
             } else if slot.updating {
                 "updating".to_string()
+            } else if slot.pid.is_none() && failover::held(self.dir, slot.ordinal).is_some() {
+                "held".to_string()
+            } else if slot.pid.is_none()
+                && self.failover.memory().fenced.contains_key(&slot.ordinal)
+            {
+                "fenced".to_string()
             } else if slot.pid.is_none() {
                 if slot.restarts > 0 {
                     "restarting"
@@ -621,21 +681,31 @@ impl Supervisor<'_> {
             self.ever_ready = true;
         }
         let updating = self.outdated > 0 || self.slots.values().any(|s| s.updating);
-        let phase = if all_ready && !excess_running && !updating {
+        let status = &tick.status;
+        let phase = if matches!(
+            status.phase,
+            Phase::FailingOver | Phase::Unavailable | Phase::Invalid
+        ) && self.ever_ready
+        {
+            status.phase
+        } else if all_ready && !excess_running && !updating && status.rw.is_some() {
             Phase::Ready
-        } else if primary_ready {
+        } else if primary_ready && status.rw.is_some() {
             Phase::Degraded
         } else if self.ever_ready {
             Phase::Unavailable
         } else {
             Phase::Creating
         };
-        let ready_replicas: Vec<String> = rows
-            .iter()
-            .filter(|r| !r.excess && r.name != primary && r.ready())
-            .map(|r| r.name.clone())
-            .collect();
-        let fallback = ready_replicas.is_empty();
+        let name = |o: &u32| db.instance_name(*o);
+        let rw_targets: Vec<String> = status.rw.iter().map(name).collect();
+        let fallback = status.ro.is_empty();
+        let ro_targets: Vec<String> = if fallback {
+            rw_targets.clone()
+        } else {
+            status.ro.iter().map(name).collect()
+        };
+        let failover_report = self.failover.report(db.name(), status);
         let failed: Vec<String> = rows
             .iter()
             .filter(|r| {
@@ -659,26 +729,27 @@ impl Supervisor<'_> {
                 host: db.spec.local.listen_address.clone(),
                 rw: ProxyRoute {
                     port: ports.rw(),
-                    targets: vec![primary.to_string()],
+                    targets: rw_targets,
                     fallback_to_primary: false,
                 },
                 ro: ProxyRoute {
                     port: ports.ro(),
-                    targets: if fallback {
-                        vec![primary.to_string()]
-                    } else {
-                        ready_replicas
-                    },
+                    targets: ro_targets,
                     fallback_to_primary: fallback,
                 },
             },
-            message: (!failed.is_empty()).then(|| {
-                format!(
+            message: if !failed.is_empty() {
+                Some(format!(
                     "{} failed; see `stator logs -f FILE {}`",
                     failed.join(", "),
                     failed[0]
-                )
-            }),
+                ))
+            } else if status.reason != stator_control::Reason::Healthy {
+                Some(format!("{}: {}", status.reason, status.message))
+            } else {
+                None
+            },
+            failover: Some(failover_report),
         };
         self.settled = report.phase == Phase::Ready;
         self.write_snapshot(&report);
@@ -806,19 +877,44 @@ fn start_manager(
     Ok(child)
 }
 
-/// The supervisor's HTTP endpoint: `GET /status` (JSON [`SupervisorReport`]), `GET /healthz`.
-async fn serve_status(listener: TcpListener, report: Arc<Mutex<SupervisorReport>>) {
+/// What the supervisor's HTTP endpoint shares with the supervisor.
+#[derive(Clone)]
+struct StatusEndpoint {
+    report: Arc<Mutex<SupervisorReport>>,
+    desk: Arc<Mutex<SwitchoverDesk>>,
+    secrets_dir: PathBuf,
+    /// `metadata.name`: `POST /switchover` names `NAME-N`.
+    database: String,
+}
+
+/// Largest request body accepted.
+const MAX_REQUEST_BODY: usize = 4096;
+
+/// The supervisor's HTTP endpoint: `GET /status` (JSON [`SupervisorReport`]), `GET /healthz`,
+/// and `POST /switchover` (body `{"to": "NAME-N"}` or `{"to": null}`, with
+/// `Authorization: Bearer <api-token>`), which answers the queued request's ticket; its outcome
+/// then shows in `/status` under `failover.switchover`.
+async fn serve_status(listener: TcpListener, endpoint: StatusEndpoint) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let report = report.clone();
+        let endpoint = endpoint.clone();
         tokio::spawn(async move {
             let mut request = Vec::new();
             let mut buf = [0u8; 1024];
             let read = tokio::time::timeout(Duration::from_secs(2), async {
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                loop {
+                    if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let wanted = content_length(&request[..end]).min(MAX_REQUEST_BODY);
+                        if request.len() >= end + 4 + wanted {
+                            break;
+                        }
+                    }
+                    if request.len() > 8192 + MAX_REQUEST_BODY {
+                        break;
+                    }
                     match stream.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => request.extend_from_slice(&buf[..n]),
@@ -829,21 +925,7 @@ async fn serve_status(listener: TcpListener, report: Arc<Mutex<SupervisorReport>
             if read.is_err() {
                 return;
             }
-            let line = String::from_utf8_lossy(&request);
-            let mut parts = line.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (code, body) = match (method, path) {
-                ("GET", "/status") => {
-                    let body = report
-                        .lock()
-                        .ok()
-                        .and_then(|r| serde_json::to_string(&*r).ok())
-                        .unwrap_or_else(|| "{}".into());
-                    ("200 OK", body)
-                }
-                ("GET", "/healthz") => ("200 OK", "\"ok\"".into()),
-                _ => ("404 Not Found", "\"not found\"".into()),
-            };
+            let (code, body) = answer(&endpoint, &request);
             let response = format!(
                 "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -851,4 +933,129 @@ async fn serve_status(listener: TcpListener, report: Arc<Mutex<SupervisorReport>
             let _ = stream.write_all(response.as_bytes()).await;
         });
     }
+}
+
+fn content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn header<'a>(head: &'a str, wanted: &str) -> Option<&'a str> {
+    head.split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case(wanted))
+        .map(|(_, v)| v.trim())
+}
+
+/// The status line and JSON body answering one request.
+fn answer(endpoint: &StatusEndpoint, request: &[u8]) -> (&'static str, String) {
+    let end = request
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(request.len());
+    let head = String::from_utf8_lossy(&request[..end]).into_owned();
+    let body = request.get(end + 4..).unwrap_or_default();
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let error = |message: String| serde_json::json!({ "error": message }).to_string();
+    match (method, path) {
+        ("GET", "/status") => {
+            let body = endpoint
+                .report
+                .lock()
+                .ok()
+                .and_then(|r| serde_json::to_string(&*r).ok())
+                .unwrap_or_else(|| "{}".into());
+            ("200 OK", body)
+        }
+        ("GET", "/healthz") => ("200 OK", "\"ok\"".into()),
+        ("POST", "/switchover") => {
+            let expected = match read_secret(
+                &endpoint.secrets_dir,
+                stator_api::names::secret_keys::API_TOKEN,
+            ) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!("the API token cannot be read; refusing switchovers: {e}");
+                    return (
+                        "401 Unauthorized",
+                        error("the API token is not available".into()),
+                    );
+                }
+            };
+            let given = header(&head, "authorization").and_then(|v| v.strip_prefix("Bearer "));
+            if !given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), expected.as_bytes())) {
+                return (
+                    "401 Unauthorized",
+                    error("this endpoint needs Authorization: Bearer <api-token>".into()),
+                );
+            }
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct SwitchoverBody {
+                #[serde(default)]
+                to: Option<String>,
+            }
+            let parsed: SwitchoverBody = match serde_json::from_slice(body) {
+                Ok(b) => b,
+                Err(e) => {
+                    return (
+                        "400 Bad Request",
+                        error(format!(
+                            "body: {e}; expected {{\"to\": \"NAME-N\"}} or {{\"to\": null}}"
+                        )),
+                    );
+                }
+            };
+            let to = match parsed.to {
+                None => None,
+                Some(name) => {
+                    let ordinal = name
+                        .strip_prefix(&endpoint.database)
+                        .and_then(|r| r.strip_prefix('-'))
+                        .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|r| r.parse::<u32>().ok());
+                    match ordinal {
+                        Some(o) => Some((name, o)),
+                        None => {
+                            return (
+                                "400 Bad Request",
+                                error(format!(
+                                    "to: {name:?} is not an instance of {} (expected {}-N)",
+                                    endpoint.database, endpoint.database
+                                )),
+                            );
+                        }
+                    }
+                }
+            };
+            let ticket = match endpoint.desk.lock() {
+                Ok(mut desk) => desk.request(to),
+                Err(_) => {
+                    return (
+                        "500 Internal Server Error",
+                        error("the desk is broken".into()),
+                    );
+                }
+            };
+            tracing::info!(
+                "switchover requested (#{}, to {})",
+                ticket.id,
+                ticket.to.as_deref().unwrap_or("the most advanced replica")
+            );
+            (
+                "202 Accepted",
+                serde_json::to_string(&ticket).unwrap_or_default(),
+            )
+        }
+        _ => ("404 Not Found", "\"not found\"".into()),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -6,6 +6,7 @@ pub mod instance;
 pub mod lint;
 pub mod local;
 pub mod render;
+pub mod switchover;
 pub mod validate;
 
 use tracing_subscriber::EnvFilter;

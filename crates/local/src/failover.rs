@@ -1,0 +1,1363 @@
+//! The shell around the decision core in the local runtime: every supervisor tick it turns what
+//! the supervisor sees (instance managers alive or not, their `/status`, a direct query to the
+//! primary's server) into a [`control::Input`](stator_control::Input), calls
+//! [`stator_control::decide`], persists the core's [`Memory`] in `failover.json`, and carries out
+//! the actions idempotently: fence (out of `rw` first, live connections cut, then kill -9 of
+//! the manager and the whole server process tree, or a clean shutdown), promote and repoint
+//! (`POST /promote`, `POST /demote` to the instance managers), rejoin (a held-down former
+//! primary is started again with a config that makes it a replica of the new primary; its
+//! instance manager rewinds it before the server starts), rebuild (the data dir is moved aside,
+//! never deleted, and cloned again) and unfence.
+//!
+//! It decides nothing itself: who is primary, when to fail over and where `rw` and `ro` point
+//! come from the decision. What it adds is timing and bookkeeping: the write outage it measured
+//! (the time `rw` had no target), the last failover's timestamps, and the outcome of switchover
+//! requests, all shown by `stator status`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use stator_api::instance::{DemoteRequest, Endpoint, InstanceReport, LocalPorts, ServerState};
+use stator_api::names::secret_keys;
+use stator_api::position::ReplicationPosition;
+use stator_api::{Database, Engine, Phase, Role};
+use stator_control::{
+    Action, ClusterSpec, Decision, FenceMethod, Input, InstanceFacts, Memory, Presence, Request,
+    Status, TransitionKind, TransitionPhase,
+};
+
+use crate::error::LocalError;
+use crate::order;
+use crate::process;
+use crate::proxy::Routes;
+use crate::secrets::read_secret;
+use crate::state::{DatabaseDir, read_json, write_atomic, write_json};
+
+/// How long the direct query to the primary's server may take before the primary counts as
+/// hung for this tick.
+pub const SERVER_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long an order (`/promote`, `/demote`) may run before it is sent again.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(150);
+/// How many finished failovers and switchovers `failover.json` keeps.
+const HISTORY: usize = 20;
+
+/// `failover.json` in the database's directory.
+pub fn failover_file(dir: &DatabaseDir) -> PathBuf {
+    dir.root.join("failover.json")
+}
+
+/// `instances/NAME-N/hold`: while it exists the supervisor does not start instance N (a drain,
+/// or a fault-injection drill that keeps a killed instance down). Its content says why.
+pub fn hold_file(dir: &DatabaseDir, ordinal: u32) -> PathBuf {
+    dir.instance_dir(ordinal).join("hold")
+}
+
+/// Holds instance `ordinal` down: the supervisor stops starting it until [`release`].
+pub fn hold(dir: &DatabaseDir, ordinal: u32, why: &str) -> Result<(), LocalError> {
+    crate::state::create_dir(&dir.instance_dir(ordinal), 0o755)?;
+    write_atomic(
+        &hold_file(dir, ordinal),
+        format!("{why}\n").as_bytes(),
+        0o644,
+    )
+}
+
+/// Lets the supervisor start instance `ordinal` again; true when it was held.
+pub fn release(dir: &DatabaseDir, ordinal: u32) -> Result<bool, LocalError> {
+    let path = hold_file(dir, ordinal);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(LocalError::io(&path, "cannot remove", e)),
+    }
+}
+
+/// Why instance `ordinal` is held, when it is.
+pub fn held(dir: &DatabaseDir, ordinal: u32) -> Option<String> {
+    std::fs::read_to_string(hold_file(dir, ordinal))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Milliseconds of `CLOCK_MONOTONIC`: never goes backwards, and is the same clock for every
+/// process on this machine, so a restarted supervisor continues the core's timers.
+pub fn monotonic_ms() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
+        return 0;
+    }
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1000 + u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000_000
+}
+
+/// Milliseconds since the Unix epoch, for timestamps people and checkers read.
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What `failover.json` holds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverState {
+    /// The decision core's memory, passed back into every decision.
+    #[serde(default)]
+    pub memory: Memory,
+    /// Finished failovers and switchovers, oldest first.
+    #[serde(default)]
+    pub history: Vec<FailoverEvent>,
+    /// The transition in progress, as people read it.
+    #[serde(default)]
+    pub current: Option<FailoverEvent>,
+}
+
+/// One failover or switchover.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverEvent {
+    /// `failover` or `switchover`.
+    pub kind: String,
+    /// The primary replaced.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// The new primary (the old one when it took writes again); `None` while in progress.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// `done`, `abandoned` (the old primary takes writes again) or `inProgress`.
+    pub outcome: String,
+    /// The term the new primary started.
+    #[serde(default)]
+    pub term: u64,
+    /// Wall clock (ms since the Unix epoch): the primary first looked unhealthy (failover).
+    #[serde(default)]
+    pub unhealthy_since_ms: Option<u64>,
+    /// Wall clock: the core started the transition (detection ran out, or the request).
+    pub started_at_ms: u64,
+    /// Wall clock: `rw` lost its target.
+    #[serde(default)]
+    pub rw_lost_at_ms: Option<u64>,
+    /// Wall clock: the new primary accepted writes and `rw` pointed at it.
+    #[serde(default)]
+    pub finished_at_ms: Option<u64>,
+    /// How long `rw` had no writable target (ms).
+    #[serde(default)]
+    pub write_outage_ms: Option<u64>,
+    /// The last status message of the transition.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The failover part of the supervisor's report (`stator status -o json`, key `failover`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverReport {
+    /// The current term (counts promotions).
+    pub term: u64,
+    /// The primary the core holds (`NAME-N`).
+    #[serde(default)]
+    pub primary: Option<String>,
+    /// The decision's reason (`Healthy`, `PrimaryUnhealthy`, `FailoverBlocked`, …).
+    pub reason: String,
+    /// The decision's message: what is happening and why.
+    pub message: String,
+    /// Instances fenced (kept from accepting writes) until they rejoin.
+    #[serde(default)]
+    pub fenced: Vec<String>,
+    /// Instances held down (drained, or held by a drill) and why.
+    #[serde(default)]
+    pub held: BTreeMap<String, String>,
+    /// The transition in progress.
+    #[serde(default)]
+    pub current: Option<FailoverEvent>,
+    /// The last finished failover or switchover.
+    #[serde(default)]
+    pub last: Option<FailoverEvent>,
+    /// Every finished failover and switchover this state dir remembers (at most 20).
+    #[serde(default)]
+    pub history: Vec<FailoverEvent>,
+    /// The last switchover request and what became of it.
+    #[serde(default)]
+    pub switchover: Option<SwitchoverTicket>,
+}
+
+/// A switchover request (`POST /switchover` on the supervisor) and its outcome.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchoverTicket {
+    pub id: u64,
+    /// The instance asked for; `None`: the most advanced replica.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// `queued`, `running`, `done`, `refused`, `abandoned`.
+    pub state: String,
+    pub message: String,
+    /// The primary when the request was taken.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// The primary after it finished.
+    #[serde(default)]
+    pub primary: Option<String>,
+    /// How long `rw` had no writable target during the switchover (ms).
+    #[serde(default)]
+    pub write_outage_ms: Option<u64>,
+}
+
+impl SwitchoverTicket {
+    pub fn finished(&self) -> bool {
+        matches!(self.state.as_str(), "done" | "refused" | "abandoned")
+    }
+}
+
+/// The switchover requests the HTTP endpoint takes and the tick consumes.
+#[derive(Debug, Default)]
+pub struct SwitchoverDesk {
+    next_id: u64,
+    queued: Option<(SwitchoverTicket, Option<u32>)>,
+    last: Option<SwitchoverTicket>,
+}
+
+impl SwitchoverDesk {
+    /// Queues a request for the next tick; its ticket.
+    pub fn request(&mut self, to: Option<(String, u32)>) -> SwitchoverTicket {
+        self.next_id += 1;
+        let ticket = SwitchoverTicket {
+            id: self.next_id,
+            to: to.as_ref().map(|(name, _)| name.clone()),
+            state: "queued".into(),
+            message: "waiting for the next decision".into(),
+            ..SwitchoverTicket::default()
+        };
+        self.queued = Some((ticket.clone(), to.map(|(_, o)| o)));
+        self.last = Some(ticket.clone());
+        ticket
+    }
+
+    pub fn last(&self) -> Option<SwitchoverTicket> {
+        self.last.clone()
+    }
+}
+
+/// What the supervisor knows of one instance at the start of a tick.
+#[derive(Clone, Debug)]
+pub struct Sighting {
+    pub ordinal: u32,
+    /// The instance manager process runs.
+    pub manager_pid: Option<u32>,
+    /// Its `/status`, when it answered.
+    pub report: Option<InstanceReport>,
+    /// Why `/status` did not answer.
+    pub probe_error: Option<String>,
+}
+
+/// An order sent to an instance manager, not answered yet.
+struct InFlight {
+    what: String,
+    since: Instant,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What one tick decided, for the supervisor.
+pub struct Tick {
+    pub status: Status,
+    /// `NAME-N` of the primary the core holds, once confirmed.
+    pub primary: Option<String>,
+    /// Instances the supervisor must not start now (fenced and not yet allowed back, held,
+    /// being rebuilt).
+    pub keep_down: BTreeSet<u32>,
+    /// Something is wrong or in progress: tick fast.
+    pub urgent: bool,
+}
+
+/// The failover shell of one database.
+pub struct Failover {
+    dir: DatabaseDir,
+    state: FailoverState,
+    saved: String,
+    desk: Arc<Mutex<SwitchoverDesk>>,
+    /// The request passed to the core and waiting for its outcome.
+    running_ticket: Option<(SwitchoverTicket, Option<u32>)>,
+    in_flight: BTreeMap<u32, InFlight>,
+    /// Final facts of cleanly shut down, fenced primaries (PostgreSQL: from pg_controldata).
+    finals: BTreeMap<u32, InstanceFacts>,
+    /// Data dirs being moved aside for a rebuild: the manager was told to stop.
+    rebuilding: BTreeSet<u32>,
+    /// `rw` lost its target at this time (monotonic, wall).
+    rw_lost: Option<(Instant, u64)>,
+    rw_now: Option<u32>,
+    monitor_password: Option<String>,
+    bin_dir: Option<PathBuf>,
+}
+
+impl Failover {
+    /// Loads `failover.json`; a fresh state starts from the `primary` record (not confirmed
+    /// until it is seen healthy).
+    pub fn load(
+        dir: &DatabaseDir,
+        desk: Arc<Mutex<SwitchoverDesk>>,
+        bin_dir: Option<PathBuf>,
+    ) -> Failover {
+        let state = match read_json::<FailoverState>(&failover_file(dir)) {
+            Ok(Some(state)) => state,
+            Ok(None) => {
+                let mut state = FailoverState::default();
+                if let Some(ordinal) = crate::plan::ordinal_of(&dir.read_primary()) {
+                    state.memory.primary = Some(ordinal);
+                    state.memory.term = 1;
+                }
+                state
+            }
+            Err(e) => {
+                // Never start a second failover on a guess: keep the record, start from the
+                // primary record, and say so.
+                tracing::error!("{e}; starting the failover memory from the primary record");
+                let mut state = FailoverState::default();
+                if let Some(ordinal) = crate::plan::ordinal_of(&dir.read_primary()) {
+                    state.memory.primary = Some(ordinal);
+                    state.memory.term = 1;
+                }
+                state
+            }
+        };
+        Failover {
+            dir: dir.clone(),
+            saved: serde_json::to_string(&state).unwrap_or_default(),
+            state,
+            desk,
+            running_ticket: None,
+            in_flight: BTreeMap::new(),
+            finals: BTreeMap::new(),
+            rebuilding: BTreeSet::new(),
+            rw_lost: None,
+            rw_now: None,
+            monitor_password: None,
+            bin_dir,
+        }
+    }
+
+    /// After a cold start (no instance manager was running): the primary is confirmed again
+    /// once it is seen healthy, so its start-up is not taken for a failure. A transition in
+    /// progress continues where it was.
+    pub fn cold_start(&mut self) {
+        if self.state.memory.transition.is_none() {
+            self.state.memory.primary_confirmed = false;
+            self.state.memory.primary_unhealthy_since_ms = None;
+        }
+    }
+
+    /// The memory the core holds now.
+    pub fn memory(&self) -> &Memory {
+        &self.state.memory
+    }
+
+    /// One round: observe, decide, act, route. `routes` is changed here and only here.
+    pub async fn tick(&mut self, db: &Database, sightings: &[Sighting], routes: &Routes) -> Tick {
+        self.in_flight.retain(|_, f| {
+            let keep = !f.task.is_finished() && f.since.elapsed() < ORDER_TIMEOUT;
+            if !keep {
+                f.task.abort();
+            }
+            keep
+        });
+        let spec = match ClusterSpec::from_database(db) {
+            Ok(spec) => spec,
+            Err(e) => {
+                return Tick {
+                    status: Status {
+                        phase: Phase::Invalid,
+                        reason: stator_control::Reason::NoPrimary,
+                        message: e.to_string(),
+                        rw: None,
+                        ro: Vec::new(),
+                    },
+                    primary: None,
+                    keep_down: BTreeSet::new(),
+                    urgent: false,
+                };
+            }
+        };
+        let observed = self.observe(db, &spec, sightings).await;
+        let request = self.take_request(&spec);
+        let input = Input {
+            spec: spec.clone(),
+            observed,
+            now_ms: monotonic_ms(),
+            memory: self.state.memory.clone(),
+            request,
+        };
+        let decision = stator_control::decide(&input);
+        self.follow_transition(&spec, &input, &decision);
+        self.state.memory = decision.memory.clone();
+        self.save();
+        let primary = self.record_primary(&spec);
+        self.route(db, &decision.status, routes);
+        self.carry_out(db, &spec, &decision, sightings, routes)
+            .await;
+        self.settle_ticket(&spec, &decision);
+        let keep_down = self.keep_down(&spec, sightings);
+        let urgent = !matches!(
+            decision.status.reason,
+            stator_control::Reason::Healthy | stator_control::Reason::Degraded
+        ) || self.state.memory.transition.is_some();
+        Tick {
+            status: decision.status,
+            primary,
+            keep_down,
+            urgent,
+        }
+    }
+
+    /// The report for `stator status`.
+    pub fn report(&self, spec_name: &str, status: &Status) -> FailoverReport {
+        let name = |o: u32| format!("{spec_name}-{o}");
+        let memory = &self.state.memory;
+        let mut held_map = BTreeMap::new();
+        for ordinal in self.dir.known_ordinals() {
+            if let Some(why) = held(&self.dir, ordinal) {
+                held_map.insert(name(ordinal), why);
+            }
+        }
+        FailoverReport {
+            term: memory.term,
+            primary: memory.primary.map(name),
+            reason: status.reason.to_string(),
+            message: status.message.clone(),
+            fenced: memory.fenced.keys().map(|o| name(*o)).collect(),
+            held: held_map,
+            current: self.state.current.clone(),
+            last: self.state.history.last().cloned(),
+            history: self.state.history.clone(),
+            switchover: self.desk.lock().ok().and_then(|d| d.last()),
+        }
+    }
+
+    // ------------------------------------------------------------------------------ observe
+
+    async fn observe(
+        &mut self,
+        db: &Database,
+        spec: &ClusterSpec,
+        sightings: &[Sighting],
+    ) -> BTreeMap<u32, Presence> {
+        let mut observed = BTreeMap::new();
+        let engine = db.spec.engine;
+        let memory = self.state.memory.clone();
+        let candidate = match &memory.transition {
+            Some(t) => match t.phase {
+                TransitionPhase::Promoting { candidate, .. } => Some(candidate),
+                _ => None,
+            },
+            None => None,
+        };
+        for s in sightings {
+            let ordinal = s.ordinal;
+            let data_dir = self.dir.data_dir(ordinal);
+            let server_pid = server_pid(engine, &data_dir);
+            let presence = match (&s.manager_pid, &s.report) {
+                (Some(_), Some(report)) => match InstanceFacts::from_report(spec, report) {
+                    Ok(facts) => Presence::Reported(facts),
+                    Err(e) => Presence::Unreachable {
+                        reason: format!("its report cannot be read: {e}"),
+                    },
+                },
+                (Some(_), None) => Presence::Unreachable {
+                    reason: s
+                        .probe_error
+                        .clone()
+                        .unwrap_or_else(|| "its instance manager does not answer".into()),
+                },
+                (None, _) => {
+                    if let Some(pid) = server_pid {
+                        Presence::Unreachable {
+                            reason: format!(
+                                "its instance manager is not running but its server (pid {pid}) is"
+                            ),
+                        }
+                    } else if let Some(finals) = self.final_facts(engine, spec, ordinal).await {
+                        Presence::Reported(finals)
+                    } else if has_data(&data_dir) {
+                        Presence::Down {
+                            reason: match held(&self.dir, ordinal) {
+                                Some(why) => format!("held down: {why}"),
+                                None if memory.fenced.contains_key(&ordinal) => "fenced".into(),
+                                None => "its instance manager is not running".into(),
+                            },
+                        }
+                    } else {
+                        Presence::Absent
+                    }
+                }
+            };
+            observed.insert(ordinal, presence);
+        }
+        // The primary (and a replica being promoted) is also asked directly: a hung server
+        // still looks fine in a manager's last observation.
+        let mut direct: Vec<u32> = memory.primary.into_iter().chain(candidate).collect();
+        direct.dedup();
+        for ordinal in direct {
+            let Some(Presence::Reported(facts)) = observed.get(&ordinal).cloned() else {
+                continue;
+            };
+            if facts.state != ServerState::Running {
+                continue;
+            }
+            let port = LocalPorts::of(db).server(ordinal);
+            let answer = self
+                .query_server(engine, &db.spec.local.listen_address, port)
+                .await;
+            let presence = match answer {
+                Err(why) if Some(ordinal) == memory.primary && candidate.is_none() => {
+                    Presence::Unreachable {
+                        reason: format!("its server does not answer: {why}"),
+                    }
+                }
+                Ok(Some(true)) if !facts.writable() || !facts.ready => {
+                    // Seen accepting writes before its manager observed it (a promotion).
+                    let mut facts = facts;
+                    facts.role = Some(Role::Primary);
+                    facts.read_only = false;
+                    facts.ready = true;
+                    facts.upstream = None;
+                    Presence::Reported(facts)
+                }
+                _ => Presence::Reported(facts),
+            };
+            observed.insert(ordinal, presence);
+        }
+        observed
+    }
+
+    /// The facts of a cleanly stopped, fenced PostgreSQL primary: its final checkpoint.
+    async fn final_facts(
+        &mut self,
+        engine: Engine,
+        spec: &ClusterSpec,
+        ordinal: u32,
+    ) -> Option<InstanceFacts> {
+        let fence = self.state.memory.fenced.get(&ordinal)?;
+        if fence.method != FenceMethod::Shutdown || engine != Engine::Postgres {
+            return None;
+        }
+        if let Some(f) = self.finals.get(&ordinal) {
+            return Some(f.clone());
+        }
+        let data_dir = self.dir.data_dir(ordinal);
+        if marker_follows(&data_dir).is_some() {
+            return None;
+        }
+        let control = pg_controldata(self.bin_dir.as_deref(), &data_dir).await?;
+        if !control.clean {
+            return None;
+        }
+        let position =
+            ReplicationPosition::parse(spec.engine, &control.lsn, Some(control.timeline)).ok()?;
+        let facts = InstanceFacts {
+            state: ServerState::Stopped,
+            role: Some(Role::Primary),
+            ready: false,
+            read_only: false,
+            position: Some(position),
+            received_position: None,
+            upstream: None,
+            replication_error: None,
+            diverged: false,
+            message: Some(format!(
+                "fenced: shut down cleanly, final checkpoint {} on timeline {}",
+                control.lsn, control.timeline
+            )),
+        };
+        self.finals.insert(ordinal, facts.clone());
+        Some(facts)
+    }
+
+    /// A real query on the server with [`SERVER_PROBE_TIMEOUT`]: `Ok(Some(true))` when it
+    /// accepts writes, `Ok(Some(false))` when it does not, `Ok(None)` when it answers but
+    /// writability is not known (MariaDB: its greeting).
+    async fn query_server(
+        &mut self,
+        engine: Engine,
+        host: &str,
+        port: u16,
+    ) -> Result<Option<bool>, String> {
+        match engine {
+            Engine::Postgres => {
+                if self.monitor_password.is_none() {
+                    self.monitor_password =
+                        read_secret(&self.dir.secrets_dir(), secret_keys::MONITOR_PASSWORD).ok();
+                }
+                let Some(password) = self.monitor_password.clone() else {
+                    return Ok(None);
+                };
+                let mut config = tokio_postgres::Config::new();
+                config
+                    .host(host)
+                    .port(port)
+                    .user(stator_engine::postgres::config::MONITOR_USER)
+                    .password(password)
+                    .dbname("postgres")
+                    .application_name("stator-supervisor")
+                    .connect_timeout(SERVER_PROBE_TIMEOUT);
+                let query = async {
+                    let (client, connection) = config
+                        .connect(tokio_postgres::NoTls)
+                        .await
+                        .map_err(|e| format!("cannot connect: {e}"))?;
+                    let task = tokio::spawn(connection);
+                    let row = client
+                        .query_one(
+                            "SELECT NOT pg_is_in_recovery() AND \
+                             current_setting('default_transaction_read_only') = 'off'",
+                            &[],
+                        )
+                        .await
+                        .map_err(|e| format!("query failed: {e}"));
+                    drop(client);
+                    let _ = task.await;
+                    row.map(|r| Some(r.get::<_, bool>(0)))
+                };
+                match tokio::time::timeout(SERVER_PROBE_TIMEOUT, query).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(format!(
+                        "no answer to a query within {} ms",
+                        SERVER_PROBE_TIMEOUT.as_millis()
+                    )),
+                }
+            }
+            Engine::Mysql | Engine::Mariadb => {
+                use tokio::io::AsyncReadExt;
+                let greet = async {
+                    let mut stream = tokio::net::TcpStream::connect((host, port))
+                        .await
+                        .map_err(|e| format!("cannot connect: {e}"))?;
+                    let mut b = [0u8; 5];
+                    stream
+                        .read_exact(&mut b)
+                        .await
+                        .map_err(|e| format!("no greeting: {e}"))?;
+                    Ok(None)
+                };
+                match tokio::time::timeout(SERVER_PROBE_TIMEOUT, greet).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(format!(
+                        "no greeting within {} ms",
+                        SERVER_PROBE_TIMEOUT.as_millis()
+                    )),
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------------------ requests
+
+    fn take_request(&mut self, spec: &ClusterSpec) -> Option<Request> {
+        let queued = self.desk.lock().ok()?.queued.take()?;
+        let (mut ticket, to) = queued;
+        ticket.state = "running".into();
+        ticket.from = self.state.memory.primary.map(|p| spec.instance_name(p));
+        self.publish_ticket(&ticket);
+        self.running_ticket = Some((ticket, to));
+        Some(Request::Switchover { to })
+    }
+
+    fn publish_ticket(&self, ticket: &SwitchoverTicket) {
+        if let Ok(mut desk) = self.desk.lock()
+            && desk.last.as_ref().is_none_or(|l| l.id <= ticket.id)
+        {
+            desk.last = Some(ticket.clone());
+        }
+    }
+
+    /// After a decision: what became of the running switchover request.
+    fn settle_ticket(&mut self, spec: &ClusterSpec, decision: &Decision) {
+        let Some((mut ticket, to)) = self.running_ticket.take() else {
+            return;
+        };
+        let memory = &self.state.memory;
+        match &memory.transition {
+            _ if decision.status.reason == stator_control::Reason::SwitchoverRefused
+                && ticket.state == "running"
+                && !self.ticket_bound(&ticket) =>
+            {
+                ticket.state = "refused".into();
+                ticket.message = decision.status.message.clone();
+                ticket.primary = memory.primary.map(|p| spec.instance_name(p));
+            }
+            Some(t) if t.kind == TransitionKind::Switchover => {
+                ticket.message = decision.status.message.clone();
+                ticket.state = "running".into();
+                self.publish_ticket(&ticket);
+                self.running_ticket = Some((ticket, to));
+                return;
+            }
+            Some(_) => {
+                ticket.message = decision.status.message.clone();
+                if ticket.message.contains("turned into a failover") {
+                    ticket.state = "abandoned".into();
+                } else {
+                    self.publish_ticket(&ticket);
+                    self.running_ticket = Some((ticket, to));
+                    return;
+                }
+            }
+            None => {
+                let last = self.state.history.last();
+                let done = last.is_some_and(|e| e.kind == "switchover" && e.outcome == "done");
+                ticket.primary = memory.primary.map(|p| spec.instance_name(p));
+                ticket.write_outage_ms = last.and_then(|e| e.write_outage_ms);
+                if done && ticket.primary != ticket.from {
+                    ticket.state = "done".into();
+                    ticket.message = format!(
+                        "{} is the primary (term {})",
+                        ticket.primary.clone().unwrap_or_default(),
+                        memory.term
+                    );
+                } else if ticket.state == "running"
+                    && last.is_some_and(|e| e.outcome == "abandoned")
+                {
+                    ticket.state = "abandoned".into();
+                    ticket.message = last.map(|e| e.message.clone()).unwrap_or_default();
+                } else {
+                    ticket.state = "refused".into();
+                    ticket.message = decision.status.message.clone();
+                }
+            }
+        }
+        self.publish_ticket(&ticket);
+    }
+
+    /// The ticket already saw its switchover start (a later refusal is of another request).
+    fn ticket_bound(&self, ticket: &SwitchoverTicket) -> bool {
+        self.state
+            .current
+            .as_ref()
+            .is_some_and(|c| c.kind == "switchover" && c.from == ticket.from)
+            && ticket.message != "waiting for the next decision"
+    }
+
+    // ------------------------------------------------------------------------------ bookkeeping
+
+    /// Records the start and the end of transitions as events.
+    fn follow_transition(&mut self, spec: &ClusterSpec, input: &Input, decision: &Decision) {
+        let before = &input.memory;
+        let after = &decision.memory;
+        let now_mono = input.now_ms;
+        let to_wall = |mono: u64| wall_ms().saturating_sub(now_mono.saturating_sub(mono));
+        if let Some(t) = &after.transition {
+            let kind = match t.kind {
+                TransitionKind::Failover => "failover",
+                TransitionKind::Switchover => "switchover",
+            };
+            let fresh = self.state.current.as_ref().is_none_or(|c| c.kind != kind);
+            if fresh {
+                self.state.current = Some(FailoverEvent {
+                    kind: kind.into(),
+                    from: t.from.map(|f| spec.instance_name(f)),
+                    to: None,
+                    outcome: "inProgress".into(),
+                    term: after.term,
+                    unhealthy_since_ms: before.primary_unhealthy_since_ms.map(to_wall),
+                    started_at_ms: to_wall(t.started_ms),
+                    rw_lost_at_ms: self.rw_lost.map(|(_, wall)| wall),
+                    finished_at_ms: None,
+                    write_outage_ms: None,
+                    message: decision.status.message.clone(),
+                });
+            } else if let Some(current) = self.state.current.as_mut() {
+                current.message = decision.status.message.clone();
+            }
+            return;
+        }
+        if let Some(mut event) = self.state.current.take() {
+            let promoted = after.primary != before.primary
+                || after.term != before.term
+                || before.transition.as_ref().is_some_and(|t| {
+                    matches!(t.phase, TransitionPhase::Promoting { restore: false, .. })
+                });
+            event.to = after.primary.map(|p| spec.instance_name(p));
+            event.term = after.term;
+            event.outcome = if promoted && event.to != event.from {
+                "done".into()
+            } else {
+                "abandoned".into()
+            };
+            event.message = decision.status.message.clone();
+            self.state.history.push(event);
+            let excess = self.state.history.len().saturating_sub(HISTORY);
+            self.state.history.drain(..excess);
+        }
+    }
+
+    fn save(&mut self) {
+        let text = serde_json::to_string(&self.state).unwrap_or_default();
+        if text != self.saved {
+            match write_json(&failover_file(&self.dir), &self.state) {
+                Ok(()) => self.saved = text,
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+    }
+
+    /// Writes the `primary` record when the core holds a new confirmed primary.
+    fn record_primary(&mut self, spec: &ClusterSpec) -> Option<String> {
+        let memory = &self.state.memory;
+        let p = memory.primary?;
+        if !memory.primary_confirmed || memory.transition.is_some() {
+            return None;
+        }
+        let name = spec.instance_name(p);
+        if self.dir.read_primary() != name {
+            tracing::info!("{name} is the primary now (term {})", memory.term);
+            if let Err(e) = self.dir.write_primary(&name) {
+                tracing::error!("{e}");
+            }
+        }
+        Some(name)
+    }
+
+    // ------------------------------------------------------------------------------ routes
+
+    /// `rw` follows `Status.rw`, `ro` follows `Status.ro` (the primary when no replica is
+    /// ready). Connections to a former `rw` target are cut.
+    fn route(&mut self, db: &Database, status: &Status, routes: &Routes) {
+        let addr = |ordinal: u32| server_addr(db, ordinal);
+        let rw = status.rw;
+        if rw != self.rw_now {
+            if let Some(old) = self.rw_now.and_then(addr) {
+                routes.set_rw(None);
+                let cut = routes.cut(old);
+                if cut > 0 {
+                    tracing::info!("cut {cut} connection(s) to the former primary at {old}");
+                }
+            }
+            match rw {
+                None => {
+                    if self.rw_lost.is_none() {
+                        self.rw_lost = Some((Instant::now(), wall_ms()));
+                        if let Some(current) = self.state.current.as_mut()
+                            && current.rw_lost_at_ms.is_none()
+                        {
+                            current.rw_lost_at_ms = Some(wall_ms());
+                        }
+                    }
+                }
+                Some(_) => {
+                    if let Some((lost, _)) = self.rw_lost.take() {
+                        let outage = u64::try_from(lost.elapsed().as_millis()).unwrap_or(u64::MAX);
+                        if let Some(last) = self.state.history.last_mut()
+                            && last.finished_at_ms.is_none()
+                        {
+                            last.write_outage_ms = Some(outage);
+                            last.finished_at_ms = Some(wall_ms());
+                            tracing::info!(
+                                "{} {}: rw had no target for {outage} ms",
+                                last.kind,
+                                last.outcome
+                            );
+                        }
+                        self.save();
+                    }
+                }
+            }
+            self.rw_now = rw;
+        }
+        routes.set_rw(rw.and_then(addr));
+        let ro: Vec<SocketAddr> = if status.ro.is_empty() {
+            rw.and_then(addr).into_iter().collect()
+        } else {
+            status.ro.iter().filter_map(|o| addr(*o)).collect()
+        };
+        routes.set_ro(ro);
+    }
+
+    // ------------------------------------------------------------------------------ actions
+
+    async fn carry_out(
+        &mut self,
+        db: &Database,
+        spec: &ClusterSpec,
+        decision: &Decision,
+        sightings: &[Sighting],
+        routes: &Routes,
+    ) {
+        let manager_pid = |o: u32| {
+            sightings
+                .iter()
+                .find(|s| s.ordinal == o)
+                .and_then(|s| s.manager_pid)
+        };
+        for action in &decision.actions {
+            match action {
+                Action::Wait { .. } | Action::Create { .. } | Action::Remove { .. } => {}
+                Action::Fence { ordinal, method } => {
+                    self.fence(db, *ordinal, *method, manager_pid(*ordinal), routes)
+                }
+                Action::Unfence { ordinal } => {
+                    self.finals.remove(ordinal);
+                    tracing::info!(
+                        "{}: unfenced; it takes writes again",
+                        spec.instance_name(*ordinal)
+                    );
+                }
+                Action::Promote { ordinal, term } => {
+                    if manager_pid(*ordinal).is_some() {
+                        self.send(db, spec, *ordinal, format!("promote (term {term})"), None);
+                    }
+                }
+                Action::Repoint { ordinal, upstream }
+                | Action::Rejoin {
+                    ordinal, upstream, ..
+                } => {
+                    self.finals.remove(ordinal);
+                    // A manager whose server was just started has not observed its role yet;
+                    // a started replica may already follow `upstream`: wait for the report.
+                    let role_known = sightings
+                        .iter()
+                        .find(|s| s.ordinal == *ordinal)
+                        .and_then(|s| s.report.as_ref())
+                        .is_some_and(|r| r.role.is_some() || r.state == ServerState::Failed);
+                    if manager_pid(*ordinal).is_some() && role_known {
+                        let to = endpoint(db, spec, *upstream);
+                        self.send(
+                            db,
+                            spec,
+                            *ordinal,
+                            format!("follow {}", to.instance),
+                            Some(to),
+                        );
+                    }
+                    // A stopped one is started by the supervisor with a replica config.
+                }
+                Action::Rebuild { ordinal, upstream } => {
+                    self.rebuild(spec, *ordinal, *upstream, manager_pid(*ordinal));
+                }
+            }
+        }
+    }
+
+    fn fence(
+        &mut self,
+        db: &Database,
+        ordinal: u32,
+        method: FenceMethod,
+        manager: Option<u32>,
+        routes: &Routes,
+    ) {
+        let name = db.instance_name(ordinal);
+        // Out of rw first, then the live connections, then the server.
+        if let Some(addr) = server_addr(db, ordinal) {
+            if routes.rw() == Some(addr) {
+                routes.set_rw(None);
+            }
+            let ro: Vec<SocketAddr> = routes.ro().into_iter().filter(|a| *a != addr).collect();
+            routes.set_ro(ro);
+            routes.cut(addr);
+        }
+        match method {
+            FenceMethod::Kill => {
+                let data_dir = self.dir.data_dir(ordinal);
+                let server = server_pid(db.spec.engine, &data_dir);
+                if manager.is_some() || server.is_some() {
+                    tracing::warn!(
+                        "{name}: fencing: kill -9 of its instance manager ({}) and its server's process tree ({})",
+                        manager.map_or("-".to_string(), |p| p.to_string()),
+                        server.map_or("-".to_string(), |p| p.to_string())
+                    );
+                }
+                if let Some(pid) = manager {
+                    process::signal(pid, Signal::SIGKILL);
+                }
+                if let Some(pid) = server {
+                    for pid in process_tree(pid) {
+                        process::signal(pid, Signal::SIGKILL);
+                    }
+                }
+            }
+            FenceMethod::Shutdown => {
+                if let Some(pid) = manager
+                    && !self.in_flight.contains_key(&ordinal)
+                {
+                    tracing::info!("{name}: fencing: clean shutdown of its server");
+                    process::signal(pid, Signal::SIGTERM);
+                    self.in_flight.insert(
+                        ordinal,
+                        InFlight {
+                            what: "shutdown".into(),
+                            since: Instant::now(),
+                            task: tokio::spawn(wait_gone(pid)),
+                        },
+                    );
+                }
+            }
+            FenceMethod::ReadOnly => {
+                // The instance manager has no read-only order yet: stop it cleanly instead,
+                // which keeps writes out just as well (the final position is then unknown to
+                // the core, so a MySQL-family switchover turns into a failover).
+                if let Some(pid) = manager
+                    && !self.in_flight.contains_key(&ordinal)
+                {
+                    tracing::info!("{name}: fencing: stopping it (no read-only order yet)");
+                    process::signal(pid, Signal::SIGTERM);
+                    self.in_flight.insert(
+                        ordinal,
+                        InFlight {
+                            what: "shutdown".into(),
+                            since: Instant::now(),
+                            task: tokio::spawn(wait_gone(pid)),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sends `/promote` (no upstream) or `/demote` to `ordinal`'s manager, unless an order is
+    /// still running there.
+    fn send(
+        &mut self,
+        db: &Database,
+        spec: &ClusterSpec,
+        ordinal: u32,
+        what: String,
+        upstream: Option<Endpoint>,
+    ) {
+        if let Some(running) = self.in_flight.get(&ordinal) {
+            tracing::debug!(
+                "{}: {} still running; not sending {what}",
+                spec.instance_name(ordinal),
+                running.what
+            );
+            return;
+        }
+        let token = match read_secret(&self.dir.secrets_dir(), secret_keys::API_TOKEN) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("cannot order {what}: {e}");
+                return;
+            }
+        };
+        let host = db.spec.local.listen_address.clone();
+        let port = LocalPorts::of(db).manager(ordinal);
+        let name = spec.instance_name(ordinal);
+        let label = what.clone();
+        tracing::info!("{name}: ordering {what}");
+        let task = tokio::spawn(async move {
+            let (path, body) = match upstream {
+                None => ("/promote", "{}".to_string()),
+                Some(upstream) => (
+                    "/demote",
+                    serde_json::to_string(&DemoteRequest { upstream }).unwrap_or_default(),
+                ),
+            };
+            match order::post(&host, port, path, &token, &body, ORDER_TIMEOUT).await {
+                Ok((200, _)) => tracing::info!("{name}: {label}: done"),
+                Ok((code, body)) => tracing::warn!(
+                    "{name}: {label}: refused (HTTP {code}): {}",
+                    order::answer_text(&body)
+                ),
+                Err(e) => tracing::warn!("{name}: {label}: {e}"),
+            }
+        });
+        self.in_flight.insert(
+            ordinal,
+            InFlight {
+                what,
+                since: Instant::now(),
+                task,
+            },
+        );
+    }
+
+    /// Rebuild: stop the manager, move the data dir aside (kept, named with the time), and
+    /// let the supervisor start the instance again: it clones the primary.
+    fn rebuild(&mut self, spec: &ClusterSpec, ordinal: u32, upstream: u32, manager: Option<u32>) {
+        let name = spec.instance_name(ordinal);
+        if let Some(pid) = manager {
+            if self.rebuilding.insert(ordinal) {
+                tracing::warn!(
+                    "{name}: holds transactions {} lacks: stopping it to rebuild it",
+                    spec.instance_name(upstream)
+                );
+            }
+            process::signal(pid, Signal::SIGTERM);
+            return;
+        }
+        let data_dir = self.dir.data_dir(ordinal);
+        if has_data(&data_dir) {
+            let aside = data_dir.with_file_name(format!(
+                "{}.diverged-{}",
+                data_dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                wall_ms() / 1000
+            ));
+            match std::fs::rename(&data_dir, &aside) {
+                Ok(()) => tracing::warn!(
+                    "{name}: its data dir is kept as {} and it is cloned again from {}",
+                    aside.display(),
+                    spec.instance_name(upstream)
+                ),
+                Err(e) => {
+                    tracing::error!("{name}: cannot move {} aside: {e}", data_dir.display());
+                    return;
+                }
+            }
+        }
+        self.rebuilding.remove(&ordinal);
+        self.finals.remove(&ordinal);
+    }
+
+    /// Instances the supervisor must not start now.
+    fn keep_down(&self, spec: &ClusterSpec, sightings: &[Sighting]) -> BTreeSet<u32> {
+        let memory = &self.state.memory;
+        let settled_primary = memory
+            .primary
+            .filter(|_| memory.primary_confirmed && memory.transition.is_none());
+        let recorded = crate::plan::ordinal_of(&self.dir.read_primary());
+        let mut down: BTreeSet<u32> = sightings
+            .iter()
+            .map(|s| s.ordinal)
+            .chain(0..spec.instances)
+            .filter(|o| held(&self.dir, *o).is_some())
+            .collect();
+        down.extend(self.rebuilding.iter().copied());
+        for ordinal in memory.fenced.keys() {
+            // A fenced instance comes back only as a replica of a confirmed primary, which the
+            // primary record names (its config then says CloneFrom that primary).
+            let may_rejoin =
+                settled_primary.is_some_and(|p| p != *ordinal) && recorded == settled_primary;
+            if !may_rejoin {
+                down.insert(*ordinal);
+            }
+        }
+        if memory.transition.is_some() {
+            // During a transition nothing is started with a config naming a primary.
+            if let Some(from) = memory.transition.as_ref().and_then(|t| t.from) {
+                down.insert(from);
+            }
+        }
+        down
+    }
+}
+
+/// The address of instance `ordinal`'s server.
+fn server_addr(db: &Database, ordinal: u32) -> Option<SocketAddr> {
+    format!(
+        "{}:{}",
+        db.spec.local.listen_address,
+        LocalPorts::of(db).server(ordinal)
+    )
+    .parse()
+    .ok()
+}
+
+fn endpoint(db: &Database, spec: &ClusterSpec, ordinal: u32) -> Endpoint {
+    Endpoint {
+        instance: spec.instance_name(ordinal),
+        host: db.spec.local.listen_address.clone(),
+        port: LocalPorts::of(db).server(ordinal),
+    }
+}
+
+async fn wait_gone(pid: u32) {
+    while process::is_alive(pid) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The server process running on `data_dir`, from its pid file (PostgreSQL `postmaster.pid`,
+/// MariaDB `mariadb.pid`), when alive.
+pub fn server_pid(engine: Engine, data_dir: &Path) -> Option<u32> {
+    let file = match engine {
+        Engine::Postgres => "postmaster.pid",
+        Engine::Mysql | Engine::Mariadb => "mariadb.pid",
+    };
+    let pid = process::read_pid_file(&data_dir.join(file))?;
+    process::is_alive(pid).then_some(pid)
+}
+
+/// `root` and all its descendants (from `/proc/*/stat`), root first.
+pub fn process_tree(root: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        for (pid, ppid) in &parents {
+            if *ppid == parent && !tree.contains(pid) {
+                tree.push(*pid);
+            }
+        }
+        i += 1;
+    }
+    tree
+}
+
+fn has_data(data_dir: &Path) -> bool {
+    std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some())
+}
+
+/// The instance a data dir follows, from its Stator marker.
+fn marker_follows(data_dir: &Path) -> Option<String> {
+    stator_engine::data_dir::read_marker(data_dir)
+        .ok()
+        .flatten()
+        .and_then(|m| m.follows)
+        .map(|f| f.instance)
+}
+
+/// What `pg_controldata` says of a stopped data dir.
+struct ControlData {
+    clean: bool,
+    lsn: String,
+    timeline: u32,
+}
+
+async fn pg_controldata(bin_dir: Option<&Path>, data_dir: &Path) -> Option<ControlData> {
+    let program = bin_dir
+        .map(|b| b.join("pg_controldata"))
+        .unwrap_or_else(|| PathBuf::from("pg_controldata"));
+    let out = tokio::process::Command::new(program)
+        .arg("-D")
+        .arg(data_dir)
+        .env("LC_ALL", "C")
+        .output()
+        .await
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    parse_controldata(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_controldata(text: &str) -> Option<ControlData> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    Some(ControlData {
+        clean: field("Database cluster state:")? == "shut down",
+        lsn: field("Latest checkpoint location:")?,
+        timeline: field("Latest checkpoint's TimeLineID:")?.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controldata_of_a_clean_shutdown_gives_the_final_checkpoint() {
+        let text = "pg_control version number:            1300\n\
+                    Database cluster state:               shut down\n\
+                    Latest checkpoint location:           0/3000028\n\
+                    Latest checkpoint's REDO location:    0/3000028\n\
+                    Latest checkpoint's TimeLineID:       2\n";
+        let c = parse_controldata(text).unwrap();
+        assert!(c.clean);
+        assert_eq!((c.lsn.as_str(), c.timeline), ("0/3000028", 2));
+        let crashed = text.replace("shut down", "in production");
+        assert!(!parse_controldata(&crashed).unwrap().clean);
+        assert!(parse_controldata("garbage").is_none());
+    }
+
+    #[test]
+    fn a_process_tree_holds_the_children_of_its_root() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let tree = process_tree(std::process::id());
+        assert_eq!(tree[0], std::process::id());
+        assert!(tree.contains(&child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_hold_is_kept_until_released() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = crate::state::StateDir {
+            root: tmp.path().to_path_buf(),
+        }
+        .database("ns", "db");
+        assert_eq!(held(&dir, 1), None);
+        hold(&dir, 1, "drained").unwrap();
+        assert_eq!(held(&dir, 1).as_deref(), Some("drained"));
+        assert!(release(&dir, 1).unwrap());
+        assert!(!release(&dir, 1).unwrap());
+        assert_eq!(held(&dir, 1), None);
+    }
+
+    #[test]
+    fn the_desk_queues_one_request_and_remembers_the_last() {
+        let mut desk = SwitchoverDesk::default();
+        let first = desk.request(None);
+        let second = desk.request(Some(("db-2".into(), 2)));
+        assert_eq!((first.id, second.id), (1, 2));
+        assert_eq!(desk.queued.as_ref().map(|(_, to)| *to), Some(Some(2)));
+        assert_eq!(desk.last().map(|t| t.id), Some(2));
+    }
+}
+
+/// The failover lines of the `stator status` table (the core's message is the report's
+/// message): fences, holds, the last failover or switchover.
+pub fn render_failover(f: &FailoverReport) -> String {
+    let mut out = String::new();
+    if !f.fenced.is_empty() {
+        out.push_str(&format!(
+            "fenced (kept from taking writes until it rejoins): {}\n",
+            f.fenced.join(", ")
+        ));
+    }
+    for (name, why) in &f.held {
+        out.push_str(&format!(
+            "{name}: held down ({why}); `stator drain -f FILE {name} --uncordon` lets it run again\n"
+        ));
+    }
+    if let Some(e) = &f.last {
+        out.push_str(&format!(
+            "last {}: {} -> {} ({}, term {}){}\n",
+            e.kind,
+            e.from.as_deref().unwrap_or("?"),
+            e.to.as_deref().unwrap_or("?"),
+            e.outcome,
+            e.term,
+            e.write_outage_ms
+                .map(|ms| format!(", rw had no target for {ms} ms"))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}
