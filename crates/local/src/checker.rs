@@ -1081,36 +1081,23 @@ mod tests {
 
     #[test]
     fn the_outage_ends_with_a_write_sent_after_the_fault_and_not_by_a_held_server() {
-        let t0 = Instant::now();
-        let at = |ms| t0 + Duration::from_millis(ms);
+        let base = Instant::now();
+        let at = |ms| base + Duration::from_millis(ms);
+        let t0 = at(100);
+        let ack = |id, sent, acked, port| Ack {
+            id,
+            sent: at(sent),
+            at: at(acked),
+            port,
+        };
         let log = WriterLog {
             acks: vec![
-                Ack {
-                    id: 1,
-                    sent: at(0),
-                    at: t0,
-                    port: 10,
-                },
-                Ack {
-                    id: 2,
-                    sent: at(0),
-                    at: at(5),
-                    port: 10,
-                },
-                Ack {
-                    id: 3,
-                    sent: at(6),
-                    at: at(800),
-                    port: 10,
-                },
-                Ack {
-                    id: 4,
-                    sent: at(850),
-                    at: at(900),
-                    port: 11,
-                },
+                ack(1, 0, 50, 10),
+                ack(2, 90, 105, 10),
+                ack(3, 106, 800, 10),
+                ack(4, 850, 900, 11),
             ],
-            attempts: 3,
+            attempts: 4,
             last_error: None,
         };
         // Write 2 was in flight at the fault: acknowledged after it, but sent before.

@@ -28,8 +28,10 @@
 //! - [`chaos`]: fault injection (`stator chaos kill|stop|resume`): kill -9, SIGSTOP/SIGCONT.
 //! - [`checker`]: the consistency checker (`stator chaos run`): writer, chaos loop, watcher.
 //! - [`bench`]: `stator bench local`, the benchmark against the same steps by hand and HAProxy.
+//! - [`bench_failover`]: `stator bench failover`, the failover write outage against Patroni.
 
 pub mod bench;
+pub mod bench_failover;
 pub mod chaos;
 pub mod checker;
 pub mod error;

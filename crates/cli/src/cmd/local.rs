@@ -179,6 +179,9 @@ pub struct SuperviseArgs {
 pub enum BenchCommand {
     /// The local runtime vs the same steps by hand, and its proxy vs direct and vs HAProxy.
     Local(stator_local::bench::BenchArgs),
+    /// Failover write outage: Stator's lost-node and in-place rounds vs Patroni + etcd +
+    /// HAProxy at its defaults and tuned (`scripts/bench/patroni_baseline.sh`).
+    Failover(stator_local::bench_failover::FailoverBenchArgs),
 }
 
 pub fn run(command: LocalCommand) -> CliResult {
@@ -190,6 +193,10 @@ pub fn run(command: LocalCommand) -> CliResult {
         LocalCommand::Down(args) => down(args),
         LocalCommand::Delete(args) => delete(args),
         LocalCommand::Supervise(args) => supervise(args),
+        LocalCommand::Bench(BenchCommand::Failover(args)) => {
+            stator_local::bench_failover::run(&args, &current_exe()?).map_err(failed)?;
+            Ok(ExitCode::SUCCESS)
+        }
         LocalCommand::Bench(BenchCommand::Local(args)) => {
             stator_local::bench::run(&args, &current_exe()?).map_err(failed)?;
             Ok(ExitCode::SUCCESS)
