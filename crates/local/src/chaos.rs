@@ -130,7 +130,10 @@ impl Injected {
             })
             .collect();
         if parts.is_empty() {
-            format!("{} {}: nothing to signal", self.action, self.instance)
+            format!(
+                "{} {}: nothing to signal (no process of it is stopped: the held ones were killed or continued)",
+                self.action, self.instance
+            )
         } else {
             format!("{} {}: {}", self.action, self.instance, parts.join("; "))
         }
@@ -335,9 +338,11 @@ pub fn resume(dir: &DatabaseDir, instance: &str) -> Result<Injected, LocalError>
             targets.entry(child).or_insert(ProcessRole::ServerChild);
         }
     }
-    if targets.is_empty() {
+    if targets.is_empty() && record.processes.is_empty() {
         return Err(not_running(dir, &procs, "process"));
     }
+    // A record whose processes are all gone: they were fenced (killed) while held. Nothing to
+    // continue, and not an error.
     // Only processes that are stopped are continued; report those.
     let mut processes = Vec::new();
     for (pid, role) in targets {
@@ -507,6 +512,33 @@ mod tests {
             let e = result.unwrap_err().to_string();
             assert!(e.contains("default/pg is stopped"), "{e}");
         }
+    }
+
+    #[test]
+    fn resuming_processes_that_were_fenced_while_held_is_not_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = dir_of(tmp.path(), "pg");
+        crate::state::create_dir(&dir.instance_dir(0), 0o755).unwrap();
+        dir.write_applied(&crate::state::AppliedSpec {
+            generation: 1,
+            database: database("pg", 2),
+        })
+        .unwrap();
+        let mut child = Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let record = StoppedRecord {
+            processes: vec![StoppedProcess {
+                pid: gone,
+                start_time: 1,
+                role: ProcessRole::Server,
+            }],
+        };
+        crate::state::write_json(&stopped_file(&dir, 0), &record).unwrap();
+        let done = resume(&dir, "pg-0").unwrap();
+        assert!(done.processes.is_empty(), "{done:?}");
+        assert!(done.summary().contains("nothing to signal"));
+        assert!(!stopped_file(&dir, 0).exists());
     }
 
     #[test]

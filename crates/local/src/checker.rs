@@ -389,7 +389,7 @@ impl Session {
         match self {
             Session::Postgres { client, .. } => client
                 .batch_execute(&format!(
-                    "CREATE TABLE IF NOT EXISTS {TABLE} (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())"
+                    "SET client_min_messages = warning; CREATE TABLE IF NOT EXISTS {TABLE} (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())"
                 ))
                 .await
                 .map_err(|e| e.to_string()),
