@@ -134,6 +134,7 @@ mod tests {
             data_dir: "/d".into(),
             socket: "/r/mariadb.sock".into(),
             pid_file: "/d/mariadb.pid".into(),
+            tmp_dir: "/r".into(),
             log_error: "/l/server.log".into(),
             port: 13310,
             bind_address: "127.0.0.1".into(),

@@ -129,6 +129,7 @@ mod tests {
             data_dir: "/d".into(),
             socket: "/r/mysqld.sock".into(),
             pid_file: "/d/mysqld.pid".into(),
+            tmp_dir: "/r".into(),
             log_error: "/l/server.log".into(),
             port: 13310,
             bind_address: "127.0.0.1".into(),

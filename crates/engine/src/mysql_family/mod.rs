@@ -293,6 +293,7 @@ impl MysqlFamily {
             data_dir: self.data_dir.to_string_lossy().into_owned(),
             socket: self.socket().to_string_lossy().into_owned(),
             pid_file: self.pid_file().to_string_lossy().into_owned(),
+            tmp_dir: self.run_dir.to_string_lossy().into_owned(),
             log_error: self.log_file.to_string_lossy().into_owned(),
             port: self.port,
             bind_address: self.listen_address.clone(),
@@ -651,6 +652,8 @@ impl ServerEngine for MysqlFamily {
         let staging = staging_dir(&self.data_dir, &self.user)?;
         let mut datadir = OsString::from("--datadir=");
         datadir.push(&staging);
+        let mut tmpdir = OsString::from("--tmpdir=");
+        tmpdir.push(&self.run_dir);
         let inv = match self.dialect.engine {
             Engine::Mariadb => self.invocation(
                 self.binaries.tool("mariadb-install-db")?,
@@ -660,6 +663,9 @@ impl ServerEngine for MysqlFamily {
                     datadir,
                     "--auth-root-authentication-method=socket".into(),
                     "--skip-test-db".into(),
+                    // Passed on to the bootstrap server: temporary tables in the instance's
+                    // own directory, not a /tmp shared with every other server.
+                    tmpdir,
                 ],
             ),
             _ => self.invocation(
@@ -864,12 +870,12 @@ impl ServerEngine for MysqlFamily {
         let follows = self.follows();
         let local = self
             .with_session(async |c: &mut Conn| {
-                if let Some(upstream) = &follows {
-                    if let Err(e) = self.ensure_replication(c, upstream, creds).await {
-                        tracing::warn!(error = %e, upstream = %upstream.instance, "setting up replication");
-                        if !matches!(e, EngineError::Sql { .. }) {
-                            return Err(e);
-                        }
+                if let Some(upstream) = &follows
+                    && let Err(e) = self.ensure_replication(c, upstream, creds).await
+                {
+                    tracing::warn!(error = %e, upstream = %upstream.instance, "setting up replication");
+                    if !matches!(e, EngineError::Sql { .. }) {
+                        return Err(e);
                     }
                 }
                 let row: Option<Row> = c

@@ -27,6 +27,23 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Distance between a MariaDB test instance's server port and its manager's port.
+pub const MARIADB_MANAGER_OFFSET: u16 = 20;
+
+/// Two free ports `offset` apart: (server, manager).
+pub fn free_port_pair(offset: u16) -> (u16, u16) {
+    for _ in 0..200 {
+        let port = free_port();
+        if port > u16::MAX - offset {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port + offset)).is_ok() {
+            return (port, port + offset);
+        }
+    }
+    panic!("no two free ports {offset} apart");
+}
+
 /// A random hex string from the kernel.
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -108,6 +125,40 @@ impl Cluster {
             http_port: free_port(),
             bootstrap,
             server_user: Some("postgres".into()),
+            bin_dir: None,
+        }
+    }
+
+    /// The config of MariaDB instance `ordinal`. Every instance of the cluster keeps the same
+    /// distance between its server and manager ports, as both runtimes do, so a replica finds
+    /// its upstream's manager (for `/backup`) from the upstream's server port.
+    pub fn mariadb_config(
+        &self,
+        ordinal: u32,
+        bootstrap: Bootstrap,
+        extra: &str,
+    ) -> InstanceConfig {
+        let yaml = format!(
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: {}\nspec:\n  engine: mariadb\n  instances: 2\n  resources:\n    requests: {{cpu: 100m, memory: 128Mi}}\n    limits: {{cpu: '1', memory: 256Mi}}\n  config:\n    parameters:\n      max_connections: 30\n{extra}",
+            self.name
+        );
+        let database = stator_api::load_database(&yaml)
+            .expect("valid spec")
+            .database;
+        let inst = self.dir.path().join(format!("{}-{ordinal}", self.name));
+        let (port, http_port) = free_port_pair(MARIADB_MANAGER_OFFSET);
+        InstanceConfig {
+            database,
+            ordinal,
+            data_dir: inst.join("data"),
+            run_dir: inst.join("run"),
+            secrets_dir: self.secrets_dir.clone(),
+            log_file: inst.join("server.log"),
+            listen_address: "127.0.0.1".into(),
+            port,
+            http_port,
+            bootstrap,
+            server_user: Some("mysql".into()),
             bin_dir: None,
         }
     }
@@ -236,9 +287,14 @@ impl Manager {
         }
     }
 
-    /// The pid in postmaster.pid.
+    /// The pid in postmaster.pid (PostgreSQL) or mariadb.pid (MariaDB).
     pub fn postmaster_pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.config.data_dir.join("postmaster.pid"))
+        let file = if self.config.database.spec.engine.is_mysql_family() {
+            "mariadb.pid"
+        } else {
+            "postmaster.pid"
+        };
+        std::fs::read_to_string(self.config.data_dir.join(file))
             .ok()?
             .lines()
             .next()?
@@ -357,6 +413,55 @@ pub fn sql(
             .filter_map(|m| match m {
                 tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
                 _ => None,
+            })
+            .collect())
+    })
+}
+
+/// Runs SQL on a MariaDB server over TCP as `user`; the first column of every row as text.
+pub fn maria_sql(
+    port: u16,
+    user: &str,
+    password: &str,
+    query: &str,
+) -> Result<Vec<String>, String> {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some(user))
+        .pass(Some(password))
+        .prefer_socket(false);
+    maria_run(opts.into(), query)
+}
+
+/// Runs SQL on a MariaDB server over its Unix socket as root (the test runs as root, which the
+/// server authenticates by the socket's peer credentials).
+pub fn maria_root(socket: &Path, query: &str) -> Result<Vec<String>, String> {
+    let opts = mysql_async::OptsBuilder::default()
+        .socket(Some(socket.to_string_lossy().into_owned()))
+        .user(Some("root"));
+    maria_run(opts.into(), query)
+}
+
+fn maria_run(opts: mysql_async::Opts, query: &str) -> Result<Vec<String>, String> {
+    use mysql_async::prelude::Queryable;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut conn = mysql_async::Conn::new(opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        let rows: Vec<mysql_async::Row> = conn.query(query).await.map_err(|e| e.to_string())?;
+        let _ = conn.disconnect().await;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                r.get_opt::<Option<String>, usize>(0)
+                    .and_then(|v| v.ok())
+                    .flatten()
+                    .unwrap_or_default()
             })
             .collect())
     })

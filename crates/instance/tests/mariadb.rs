@@ -1,0 +1,266 @@
+//! The instance manager running real MariaDB 10.11 servers: a primary, a replica cloned with
+//! mariadb-backup through the primary's `/backup`, GTID replication, read-only replicas,
+//! errant transactions, promotion, rejoin of a former primary, adoption after `kill -9` — with no
+//! password on any command line meanwhile.
+
+mod common;
+
+use common::{Cluster, CmdlineWatch, maria_root, maria_sql};
+use stator_api::instance::Bootstrap;
+use stator_api::names::secret_keys;
+
+fn app(cluster: &Cluster) -> String {
+    cluster.secret(secret_keys::APP_PASSWORD)
+}
+
+fn token(cluster: &Cluster) -> String {
+    cluster.secret(secret_keys::API_TOKEN)
+}
+
+/// Waits until `query` on the server at `port` (as the app user) returns `want`.
+fn wait_rows(m: &common::Manager, cluster: &Cluster, query: &str, want: &[&str]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let got = maria_sql(m.config.port, "app", &app(cluster), query);
+        if got.as_ref().is_ok_and(|rows| rows == want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: {query} gave {got:?}, wanted {want:?}\n{}",
+            m.name(),
+            m.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_replica_is_cloned_with_mariadb_backup_replicates_refuses_app_writes_and_reports_errant_gtids()
+{
+    let cluster = Cluster::new("mcl");
+    let watch = CmdlineWatch::start(cluster.secrets());
+    let primary = cluster.start(&cluster.mariadb_config(0, Bootstrap::InitPrimary, ""));
+    let status = primary.wait_ready();
+    assert_eq!(status["role"], "primary", "{status}");
+    assert_eq!(status["readOnly"], false, "{status}");
+    let pw = app(&cluster);
+    maria_sql(
+        primary.config.port,
+        "app",
+        &pw,
+        "CREATE TABLE app.items (id INT PRIMARY KEY, name TEXT)",
+    )
+    .unwrap();
+    maria_sql(
+        primary.config.port,
+        "app",
+        &pw,
+        "INSERT INTO app.items VALUES (1, 'before the clone')",
+    )
+    .unwrap();
+
+    // /backup needs the token.
+    let (code, _) = primary.get("/backup");
+    assert_eq!(code, 401);
+
+    let replica = cluster.start(&cluster.mariadb_config(
+        1,
+        Bootstrap::CloneFrom {
+            upstream: primary.endpoint(),
+        },
+        "",
+    ));
+    let status = replica.wait_ready();
+    assert_eq!(status["role"], "replica", "{status}");
+    assert_eq!(status["upstream"], "mcl-0", "{status}");
+    assert_eq!(status["readOnly"], true, "{status}");
+    assert_eq!(status["receiverRunning"], true, "{status}");
+    assert_eq!(status["applierRunning"], true, "{status}");
+    assert!(status["errant"].is_null(), "{status}");
+    wait_rows(
+        &replica,
+        &cluster,
+        "SELECT name FROM app.items ORDER BY id",
+        &["before the clone"],
+    );
+
+    // New writes flow with GTIDs; the replica reaches the primary's position.
+    maria_sql(
+        primary.config.port,
+        "app",
+        &pw,
+        "INSERT INTO app.items VALUES (2, 'after the clone')",
+    )
+    .unwrap();
+    wait_rows(&replica, &cluster, "SELECT COUNT(*) FROM app.items", &["2"]);
+    let primary_pos = primary.status()["position"].as_str().unwrap().to_string();
+    assert!(primary_pos.starts_with("0-1000-"), "{primary_pos}");
+    let caught_up = replica.wait_status("the primary's position and no lag", |s| {
+        s["position"] == primary_pos.as_str() && s["lag"] == 0
+    });
+    assert!(caught_up["lagSeconds"].as_f64().is_some(), "{caught_up}");
+
+    // The application cannot write on a replica.
+    let refused = maria_sql(
+        replica.config.port,
+        "app",
+        &pw,
+        "INSERT INTO app.items VALUES (3, 'on the replica')",
+    )
+    .unwrap_err();
+    assert!(
+        refused.contains("read-only") || refused.contains("read_only"),
+        "{refused}"
+    );
+
+    let (code, metrics) = replica.get("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("stator_replication_lag_transactions{instance_name=\"mcl-1\"} 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("stator_errant_transactions{instance_name=\"mcl-1\"} 0"));
+
+    // An errant transaction: root writes on the replica with the binary log on.
+    let socket = replica.config.run_dir.join("mariadb.sock");
+    maria_root(
+        &socket,
+        "SET SESSION sql_log_bin = 1; SET GLOBAL read_only = OFF; INSERT INTO app.items VALUES (9, 'errant'); SET GLOBAL read_only = ON",
+    )
+    .unwrap();
+    let status = replica.wait_status("the errant GTID", |s| s["errant"].is_string());
+    let errant = status["errant"].as_str().unwrap();
+    assert!(errant.contains("0-1001-"), "{status}");
+    assert_eq!(status["ready"], false, "{status}");
+    let (code, why) = replica.get("/readyz");
+    assert_eq!(code, 503);
+    assert!(why.contains("0-1001-") && why.contains("mcl-0"), "{why}");
+    // Even once the primary writes past that sequence number.
+    for id in 10..13 {
+        maria_sql(
+            primary.config.port,
+            "app",
+            &pw,
+            &format!("INSERT INTO app.items VALUES ({id}, 'more')"),
+        )
+        .unwrap();
+    }
+    let status = replica.wait_status("an SQL thread stopped by strict mode, errant still", |s| {
+        s["errant"].is_string() && s["applierRunning"] == false
+    });
+    assert!(status["replicationError"].is_string(), "{status}");
+
+    let hits = watch.finish();
+    assert!(hits.is_empty(), "secrets on command lines: {hits:?}");
+}
+
+#[test]
+fn a_replica_is_promoted_and_the_former_primary_rejoins_it() {
+    let cluster = Cluster::new("mpr");
+    let watch = CmdlineWatch::start(cluster.secrets());
+    let old = cluster.start(&cluster.mariadb_config(0, Bootstrap::InitPrimary, ""));
+    old.wait_ready();
+    let pw = app(&cluster);
+    maria_sql(
+        old.config.port,
+        "app",
+        &pw,
+        "CREATE TABLE app.t (id INT PRIMARY KEY); INSERT INTO app.t VALUES (1)",
+    )
+    .unwrap();
+    let new = cluster.start(&cluster.mariadb_config(
+        1,
+        Bootstrap::CloneFrom {
+            upstream: old.endpoint(),
+        },
+        "",
+    ));
+    new.wait_ready();
+    wait_rows(&new, &cluster, "SELECT COUNT(*) FROM app.t", &["1"]);
+
+    // Switchover: promote the replica, then demote the old primary onto it.
+    let (code, body) = new.post("/promote", Some(&token(&cluster)), "");
+    assert_eq!(code, 200, "{body}\n{}", new.logs());
+    let status = new.wait_status("primary", |s| s["role"] == "primary");
+    assert_eq!(status["readOnly"], false, "{status}");
+    maria_sql(new.config.port, "app", &pw, "INSERT INTO app.t VALUES (2)").unwrap();
+
+    let demote = serde_json::json!({ "upstream": new.endpoint() }).to_string();
+    let (code, body) = old.post("/demote", Some(&token(&cluster)), &demote);
+    assert_eq!(code, 200, "{body}\n{}", old.logs());
+    let status = old.wait_ready();
+    assert_eq!(status["role"], "replica", "{status}");
+    assert_eq!(status["upstream"], "mpr-1", "{status}");
+    wait_rows(&old, &cluster, "SELECT COUNT(*) FROM app.t", &["2"]);
+    maria_sql(new.config.port, "app", &pw, "INSERT INTO app.t VALUES (3)").unwrap();
+    wait_rows(&old, &cluster, "SELECT COUNT(*) FROM app.t", &["3"]);
+    assert!(
+        maria_sql(old.config.port, "app", &pw, "INSERT INTO app.t VALUES (4)").is_err(),
+        "the former primary is read-only"
+    );
+
+    let hits = watch.finish();
+    assert!(hits.is_empty(), "secrets on command lines: {hits:?}");
+}
+
+#[test]
+fn a_former_primary_with_unreplicated_writes_is_refused_as_a_replica() {
+    let cluster = Cluster::new("mer");
+    let old = cluster.start(&cluster.mariadb_config(0, Bootstrap::InitPrimary, ""));
+    old.wait_ready();
+    let pw = app(&cluster);
+    maria_sql(
+        old.config.port,
+        "app",
+        &pw,
+        "CREATE TABLE app.t (id INT PRIMARY KEY); INSERT INTO app.t VALUES (1)",
+    )
+    .unwrap();
+    let new = cluster.start(&cluster.mariadb_config(
+        1,
+        Bootstrap::CloneFrom {
+            upstream: old.endpoint(),
+        },
+        "",
+    ));
+    new.wait_ready();
+    wait_rows(&new, &cluster, "SELECT COUNT(*) FROM app.t", &["1"]);
+    let (code, body) = new.post("/promote", Some(&token(&cluster)), "");
+    assert_eq!(code, 200, "{body}");
+    new.wait_status("primary", |s| s["role"] == "primary");
+    // Split brain: the old primary takes a write the new one never sees.
+    maria_sql(old.config.port, "app", &pw, "INSERT INTO app.t VALUES (2)").unwrap();
+
+    let demote = serde_json::json!({ "upstream": new.endpoint() }).to_string();
+    let (code, body) = old.post("/demote", Some(&token(&cluster)), &demote);
+    assert_eq!(code, 409, "{body}\n{}", old.logs());
+    assert!(
+        body.contains("0-1000-") && body.contains("mer-1") && body.contains("rebuild"),
+        "{body}"
+    );
+    let status = old.wait_status("failed, stopped", |s| s["state"] == "failed");
+    assert!(status["pid"].is_null(), "{status}");
+}
+
+#[test]
+fn a_killed_manager_is_replaced_by_one_that_adopts_the_running_server() {
+    let cluster = Cluster::new("mad");
+    let config = cluster.mariadb_config(0, Bootstrap::InitPrimary, "");
+    let mut first = cluster.start(&config);
+    let before = first.wait_ready();
+    let pid = before["pid"].as_u64().unwrap();
+    first.kill9();
+    let second = cluster.start(&config);
+    let after = second.wait_ready();
+    assert_eq!(after["pid"].as_u64(), Some(pid), "{after}");
+    assert_eq!(after["role"], "primary");
+    maria_sql(
+        config.port,
+        "app",
+        &app(&cluster),
+        "CREATE TABLE app.still_here (id INT)",
+    )
+    .unwrap();
+    drop(first);
+}
