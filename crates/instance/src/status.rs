@@ -136,10 +136,10 @@ fn replica_unready_reason(o: &Observation) -> Option<String> {
     }
     let mut stopped = Vec::new();
     if o.receiver_running == Some(false) {
-        stopped.push("receiver (IO thread)");
+        stopped.push("receiver");
     }
     if o.applier_running == Some(false) {
-        stopped.push("applier (SQL thread)");
+        stopped.push("applier");
     }
     let error = o
         .replication_error
@@ -262,7 +262,7 @@ mod tests {
         let why = unready_reason(&s, Instant::now()).unwrap();
         assert!(
             why.contains("not streaming")
-                && why.contains("applier (SQL thread)")
+                && why.contains("applier stopped")
                 && why.contains("Duplicate entry"),
             "{why}"
         );

@@ -537,7 +537,8 @@ impl ServerEngine for Postgres {
             let row = c
                 .query_one(
                     "SELECT pg_is_in_recovery(), current_setting('server_version'),
-                            EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())::float8",
+                            EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())::float8,
+                            current_setting('default_transaction_read_only') = 'on'",
                     &[],
                 )
                 .await
@@ -545,9 +546,11 @@ impl ServerEngine for Postgres {
             let in_recovery: bool = row.get(0);
             let version: String = row.get(1);
             let uptime: f64 = row.get(2);
+            let default_read_only: bool = row.get(3);
             let mut o = Observation {
                 server_version: version.split_whitespace().next().map(str::to_string),
                 uptime_seconds: Some(uptime.max(0.0) as u64),
+                read_only: in_recovery || default_read_only,
                 ..Observation::default()
             };
             if !in_recovery {
@@ -590,6 +593,10 @@ impl ServerEngine for Postgres {
                 (parse(&replay), parse(&receive), parse(&latest_end));
             o.role = Some(Role::Replica);
             o.streaming = status.as_deref() == Some("streaming");
+            // The walreceiver runs (streaming, or starting/catching up); replay always runs
+            // while the server is in recovery.
+            o.receiver_running = Some(status.is_some());
+            o.applier_running = Some(true);
             o.timeline = received_tli
                 .or(checkpoint_tli)
                 .and_then(|t| u32::try_from(t).ok());
