@@ -193,7 +193,7 @@ pub fn run(args: &FailoverBenchArgs, exe: &Path) -> Result<(), LocalError> {
             eprintln!("== {name} ({described}): {} rounds", args.rounds);
             let results = work.root.join(format!(
                 "patroni-{}.json",
-                mode.replace('=', "-").replace('/', "-")
+                mode.replace(['=', '/'], "-")
             ));
             let status = Command::new("bash")
                 .arg(&args.patroni_script)

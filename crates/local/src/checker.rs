@@ -12,10 +12,12 @@
 //! - a **watcher** probes every instance directly, all at once, five times a second, each probe
 //!   on a fresh connection that must answer within 500 ms.
 //!
-//! **Writable**, as the watcher judges it: the instance accepts a new connection from the
-//! application user and, in that session, PostgreSQL says `NOT pg_is_in_recovery()` and
+//! **Writable**, as the watcher judges it: the instance accepts a new connection and, in that
+//! session, PostgreSQL (as the application user) says `NOT pg_is_in_recovery()` and
 //! `transaction_read_only = off` (what an ordinary client gets: not a standby, and not fenced
-//! with `default_transaction_read_only`). A probe round in which two or more instances were
+//! with `default_transaction_read_only`); MariaDB/MySQL (as the monitor user) says
+//! `@@read_only = 0` and `SHOW ALL SLAVES STATUS` shows no running IO or SQL thread (not a
+//! replica; a replica whose threads stopped and that is not read-only counts as writable). A probe round in which two or more instances were
 //! writable is a **moment with two writable instances** (split brain). Rounds in which two
 //! instances were out of recovery, one of them read-only, are counted apart: fenced, not split.
 //!
@@ -33,6 +35,8 @@ use serde::{Deserialize, Serialize};
 use stator_api::instance::LocalPorts;
 use stator_api::names::secret_keys;
 use stator_api::{Database, Engine, Phase, Role};
+// The monitoring user the MariaDB/MySQL probes log in as (the instance manager creates it).
+use stator_engine::mysql_family::config::MONITOR_USER;
 
 use crate::chaos::{self, Fault};
 use crate::error::LocalError;
@@ -318,7 +322,8 @@ fn align(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// How to reach the database as the application user. The password stays in memory.
+/// How to reach the database: the application user for writes; for MariaDB/MySQL probes the
+/// monitor user (`SHOW ALL SLAVES STATUS` needs its privilege). Passwords stay in memory.
 #[derive(Clone)]
 struct Access {
     engine: Engine,
@@ -326,6 +331,15 @@ struct Access {
     user: String,
     password: String,
     database: String,
+    monitor_user: String,
+    monitor_password: String,
+}
+
+/// Who a connection logs in as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Login {
+    App,
+    Monitor,
 }
 
 /// One connection, of either engine.
@@ -334,12 +348,15 @@ enum Session {
         client: tokio_postgres::Client,
         connection: tokio::task::JoinHandle<()>,
     },
+    /// `port` is the server's own `@@port`, asked once at connect (through `rw`, the server
+    /// behind the proxy).
+    Mysql { conn: mysql_async::Conn, port: u16 },
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        match self {
-            Session::Postgres { connection, .. } => connection.abort(),
+        if let Session::Postgres { connection, .. } = self {
+            connection.abort();
         }
     }
 }
@@ -347,14 +364,22 @@ impl Drop for Session {
 /// What one probe saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Writability {
-    /// Out of recovery: a primary.
+    /// PostgreSQL: out of recovery. MariaDB/MySQL: no replication thread runs.
     primary: bool,
-    /// A primary whose ordinary sessions may write.
+    /// A primary whose ordinary sessions may write (not read-only).
     writable: bool,
 }
 
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
 impl Access {
-    async fn connect(&self, port: u16, timeout: Duration) -> Result<Session, String> {
+    async fn connect(&self, port: u16, timeout: Duration, login: Login) -> Result<Session, String> {
+        let (user, password) = match login {
+            Login::App => (&self.user, &self.password),
+            Login::Monitor => (&self.monitor_user, &self.monitor_password),
+        };
         match self.engine {
             Engine::Postgres => {
                 let mut config = tokio_postgres::Config::new();
@@ -376,42 +401,78 @@ impl Access {
                 });
                 Ok(Session::Postgres { client, connection })
             }
-            Engine::Mysql | Engine::Mariadb => Err(format!(
-                "the consistency checker does not speak {} yet",
-                self.engine
-            )),
+            Engine::Mysql | Engine::Mariadb => {
+                use mysql_async::prelude::Queryable;
+                let mut opts = mysql_async::OptsBuilder::default()
+                    .ip_or_hostname(self.host.clone())
+                    .tcp_port(port)
+                    .user(Some(user.clone()))
+                    .pass(Some(password.clone()))
+                    // Never switch to the server's Unix socket: that would bypass `rw`.
+                    .prefer_socket(false)
+                    .stmt_cache_size(0);
+                if login == Login::App {
+                    opts = opts.db_name(Some(self.database.clone()));
+                }
+                let connect = async {
+                    let mut conn = mysql_async::Conn::new(opts).await.map_err(text)?;
+                    let own: Option<u16> = conn.query_first("SELECT @@port").await.map_err(text)?;
+                    Ok::<_, String>((conn, own.unwrap_or(0)))
+                };
+                let (conn, own) = tokio::time::timeout(timeout, connect)
+                    .await
+                    .map_err(|_| format!("port {port}: no answer within {timeout:?}"))?
+                    .map_err(|e| format!("port {port}: {e}"))?;
+                Ok(Session::Mysql { conn, port: own })
+            }
         }
     }
 }
 
 impl Session {
-    async fn create_table(&self) -> Result<(), String> {
+    async fn create_table(&mut self) -> Result<(), String> {
         match self {
             Session::Postgres { client, .. } => client
                 .batch_execute(&format!(
                     "SET client_min_messages = warning; CREATE TABLE IF NOT EXISTS {TABLE} (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())"
                 ))
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(text),
+            Session::Mysql { conn, .. } => {
+                use mysql_async::prelude::Queryable;
+                conn.query_drop(format!(
+                    "CREATE TABLE IF NOT EXISTS {TABLE} (id BIGINT PRIMARY KEY, at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB"
+                ))
+                .await
+                .map_err(text)
+            }
         }
     }
 
     /// The highest number written so far (by an earlier run on the same database).
-    async fn max_id(&self) -> Result<u64, String> {
+    async fn max_id(&mut self) -> Result<u64, String> {
         match self {
             Session::Postgres { client, .. } => {
                 let row = client
                     .query_one(&format!("SELECT coalesce(max(id), 0) FROM {TABLE}"), &[])
                     .await
-                    .map_err(|e| e.to_string())?;
-                let max: i64 = row.try_get(0).map_err(|e| e.to_string())?;
+                    .map_err(text)?;
+                let max: i64 = row.try_get(0).map_err(text)?;
                 Ok(u64::try_from(max).unwrap_or(0))
+            }
+            Session::Mysql { conn, .. } => {
+                use mysql_async::prelude::Queryable;
+                let max: Option<i64> = conn
+                    .query_first(format!("SELECT coalesce(max(id), 0) FROM {TABLE}"))
+                    .await
+                    .map_err(text)?;
+                Ok(max.and_then(|m| u64::try_from(m).ok()).unwrap_or(0))
             }
         }
     }
 
-    /// Inserts `id`; returns the port of the server that acknowledged it.
-    async fn insert(&self, id: u64) -> Result<u16, String> {
+    /// Inserts `id` (autocommit); returns the port of the server that acknowledged it.
+    async fn insert(&mut self, id: u64) -> Result<u16, String> {
         match self {
             Session::Postgres { client, .. } => {
                 let row = client
@@ -422,14 +483,21 @@ impl Session {
                         &[&(id as i64)],
                     )
                     .await
-                    .map_err(|e| e.to_string())?;
-                let port: Option<i32> = row.try_get(0).map_err(|e| e.to_string())?;
+                    .map_err(text)?;
+                let port: Option<i32> = row.try_get(0).map_err(text)?;
                 Ok(port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0))
+            }
+            Session::Mysql { conn, port } => {
+                use mysql_async::prelude::Queryable;
+                conn.query_drop(format!("INSERT INTO {TABLE} (id) VALUES ({id})"))
+                    .await
+                    .map_err(text)?;
+                Ok(*port)
             }
         }
     }
 
-    async fn writability(&self) -> Result<Writability, String> {
+    async fn writability(&mut self) -> Result<Writability, String> {
         match self {
             Session::Postgres { client, .. } => {
                 let row = client
@@ -438,31 +506,53 @@ impl Session {
                         &[],
                     )
                     .await
-                    .map_err(|e| e.to_string())?;
-                let primary: bool = row.try_get(0).map_err(|e| e.to_string())?;
-                let read_write: bool = row.try_get(1).map_err(|e| e.to_string())?;
+                    .map_err(text)?;
+                let primary: bool = row.try_get(0).map_err(text)?;
+                let read_write: bool = row.try_get(1).map_err(text)?;
                 Ok(Writability {
                     primary,
                     writable: primary && read_write,
                 })
             }
+            Session::Mysql { conn, .. } => {
+                use mysql_async::prelude::Queryable;
+                let read_only: Option<i64> =
+                    conn.query_first("SELECT @@read_only").await.map_err(text)?;
+                let rows: Vec<mysql_async::Row> =
+                    conn.query("SHOW ALL SLAVES STATUS").await.map_err(text)?;
+                let replicating = rows.iter().any(|r| {
+                    ["Slave_IO_Running", "Slave_SQL_Running"].iter().any(|c| {
+                        r.get_opt::<String, _>(*c)
+                            .and_then(Result::ok)
+                            .is_some_and(|v| v.eq_ignore_ascii_case("yes"))
+                    })
+                });
+                Ok(Writability {
+                    primary: !replicating,
+                    writable: !replicating && read_only == Some(0),
+                })
+            }
         }
     }
 
-    async fn read_ids(&self) -> Result<Vec<u64>, String> {
+    async fn read_ids(&mut self) -> Result<Vec<u64>, String> {
         match self {
             Session::Postgres { client, .. } => {
                 let rows = client
                     .query(&format!("SELECT id FROM {TABLE}"), &[])
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(text)?;
                 rows.iter()
-                    .map(|r| {
-                        r.try_get::<_, i64>(0)
-                            .map(|v| v as u64)
-                            .map_err(|e| e.to_string())
-                    })
+                    .map(|r| r.try_get::<_, i64>(0).map(|v| v as u64).map_err(text))
                     .collect()
+            }
+            Session::Mysql { conn, .. } => {
+                use mysql_async::prelude::Queryable;
+                let ids: Vec<i64> = conn
+                    .query(format!("SELECT id FROM {TABLE}"))
+                    .await
+                    .map_err(text)?;
+                Ok(ids.into_iter().map(|v| v as u64).collect())
             }
         }
     }
@@ -514,7 +604,7 @@ async fn write_loop(
     let mut next = first;
     while !stop.load(Ordering::SeqCst) {
         if session.is_none() {
-            match access.connect(port, CONNECT_TIMEOUT).await {
+            match access.connect(port, CONNECT_TIMEOUT, Login::App).await {
                 Ok(s) => session = Some(s),
                 Err(e) => {
                     if let Ok(mut l) = log.lock() {
@@ -525,7 +615,7 @@ async fn write_loop(
                 }
             }
         }
-        let Some(s) = session.as_ref() else {
+        let Some(s) = session.as_mut() else {
             continue;
         };
         next += 1;
@@ -575,7 +665,10 @@ struct WatchLog {
 
 async fn probe_one(access: &Access, port: u16) -> Option<Writability> {
     let attempt = async {
-        let s = access.connect(port, PROBE_TIMEOUT).await.ok()?;
+        let mut s = access
+            .connect(port, PROBE_TIMEOUT, Login::Monitor)
+            .await
+            .ok()?;
         s.writability().await.ok()
     };
     tokio::time::timeout(PROBE_TIMEOUT, attempt)
@@ -663,13 +756,6 @@ fn target(dir: &DatabaseDir) -> Result<Target, LocalError> {
         .read_applied()?
         .ok_or_else(|| LocalError::NotFound(dir.key()))?
         .database;
-    if !matches!(db.spec.engine, Engine::Postgres) {
-        return Err(LocalError::Invalid(format!(
-            "{}: the consistency checker runs on PostgreSQL only so far (spec.engine is {})",
-            dir.key(),
-            db.spec.engine
-        )));
-    }
     if db.spec.instances < 2 {
         return Err(LocalError::Invalid(format!(
             "{}: spec.instances is {}; a failover needs at least 2 instances",
@@ -684,12 +770,15 @@ fn target(dir: &DatabaseDir) -> Result<Target, LocalError> {
         )));
     }
     let password = read_secret(&dir.secrets_dir(), secret_keys::APP_PASSWORD)?;
+    let monitor_password = read_secret(&dir.secrets_dir(), secret_keys::MONITOR_PASSWORD)?;
     let access = Access {
         engine: db.spec.engine,
         host: db.spec.local.listen_address.clone(),
         user: db.spec.bootstrap.owner.clone(),
         password,
         database: db.spec.bootstrap.database.clone(),
+        monitor_user: MONITOR_USER.into(),
+        monitor_password,
     };
     let ports = LocalPorts::of(&db);
     Ok(Target { db, access, ports })
@@ -816,9 +905,9 @@ async fn check_async(
     let deadline = Instant::now() + options.round_timeout;
     let first = loop {
         let attempt = async {
-            let s = target
+            let mut s = target
                 .access
-                .connect(target.ports.rw(), Duration::from_secs(2))
+                .connect(target.ports.rw(), Duration::from_secs(2), Login::App)
                 .await?;
             tokio::time::timeout(Duration::from_secs(10), async {
                 s.create_table().await?;
@@ -998,9 +1087,9 @@ async fn check_async(
     let mut read_error = String::new();
     while Instant::now() < deadline {
         let attempt = async {
-            let s = target
+            let mut s = target
                 .access
-                .connect(target.ports.rw(), Duration::from_secs(2))
+                .connect(target.ports.rw(), Duration::from_secs(2), Login::App)
                 .await?;
             let ids = tokio::time::timeout(Duration::from_secs(30), s.read_ids())
                 .await
