@@ -825,8 +825,8 @@ impl Failover {
 
     // ------------------------------------------------------------------------------ routes
 
-    /// `rw` follows `Status.rw`, `ro` follows `Status.ro` (the primary when no replica is
-    /// ready). Connections to a former `rw` target are cut.
+    /// `rw` follows `Status.rw`, `ro` follows `Status.ro` (the primary when the database has
+    /// a single instance). Connections to a former `rw` target are cut.
     fn route(&mut self, db: &Database, status: &Status, routes: &Routes) {
         let addr = |ordinal: u32| server_addr(db, ordinal);
         let rw = status.rw;
@@ -870,7 +870,7 @@ impl Failover {
             self.rw_now = rw;
         }
         routes.set_rw(rw.and_then(addr));
-        let ro: Vec<SocketAddr> = if status.ro.is_empty() {
+        let ro: Vec<SocketAddr> = if ro_falls_back(db, status) {
             rw.and_then(addr).into_iter().collect()
         } else {
             status.ro.iter().filter_map(|o| addr(*o)).collect()
@@ -1149,6 +1149,12 @@ impl Failover {
     }
 }
 
+/// `ro` goes to the primary: a database of one instance has no replica to read from. With
+/// more, `ro` has no target while no replica is ready (a promoted replica is never in it).
+pub fn ro_falls_back(db: &Database, status: &Status) -> bool {
+    status.ro.is_empty() && db.spec.instances <= 1
+}
+
 /// The address of instance `ordinal`'s server.
 fn server_addr(db: &Database, ordinal: u32) -> Option<SocketAddr> {
     format!(
@@ -1273,6 +1279,37 @@ fn parse_controldata(text: &str) -> Option<ControlData> {
     })
 }
 
+/// The failover lines of the `stator status` table (the core's message is the report's
+/// message): fences, holds, the last failover or switchover.
+pub fn render_failover(f: &FailoverReport) -> String {
+    let mut out = String::new();
+    if !f.fenced.is_empty() {
+        out.push_str(&format!(
+            "fenced (kept from taking writes until it rejoins): {}\n",
+            f.fenced.join(", ")
+        ));
+    }
+    for (name, why) in &f.held {
+        out.push_str(&format!(
+            "{name}: held down ({why}); `stator drain -f FILE {name} --uncordon` lets it run again\n"
+        ));
+    }
+    if let Some(e) = &f.last {
+        out.push_str(&format!(
+            "last {}: {} -> {} ({}, term {}){}\n",
+            e.kind,
+            e.from.as_deref().unwrap_or("?"),
+            e.to.as_deref().unwrap_or("?"),
+            e.outcome,
+            e.term,
+            e.write_outage_ms
+                .map(|ms| format!(", rw had no target for {ms} ms"))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1329,35 +1366,4 @@ mod tests {
         assert_eq!(desk.queued.as_ref().map(|(_, to)| *to), Some(Some(2)));
         assert_eq!(desk.last().map(|t| t.id), Some(2));
     }
-}
-
-/// The failover lines of the `stator status` table (the core's message is the report's
-/// message): fences, holds, the last failover or switchover.
-pub fn render_failover(f: &FailoverReport) -> String {
-    let mut out = String::new();
-    if !f.fenced.is_empty() {
-        out.push_str(&format!(
-            "fenced (kept from taking writes until it rejoins): {}\n",
-            f.fenced.join(", ")
-        ));
-    }
-    for (name, why) in &f.held {
-        out.push_str(&format!(
-            "{name}: held down ({why}); `stator drain -f FILE {name} --uncordon` lets it run again\n"
-        ));
-    }
-    if let Some(e) = &f.last {
-        out.push_str(&format!(
-            "last {}: {} -> {} ({}, term {}){}\n",
-            e.kind,
-            e.from.as_deref().unwrap_or("?"),
-            e.to.as_deref().unwrap_or("?"),
-            e.outcome,
-            e.term,
-            e.write_outage_ms
-                .map(|ms| format!(", rw had no target for {ms} ms"))
-                .unwrap_or_default()
-        ));
-    }
-    out
 }

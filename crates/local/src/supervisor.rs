@@ -507,8 +507,15 @@ impl Supervisor<'_> {
     }
 
     /// OrderedReady: starts the first missing instance only when every lower ordinal is ready.
+    /// The recorded primary goes first (after a failover it may be any ordinal): every other
+    /// instance is a replica of it and cannot become ready before it.
     fn start_in_order(&mut self, desired: u32, primary: &str) {
-        for ordinal in 0..desired {
+        let first = ordinal_of(primary).filter(|p| *p < desired);
+        let order: Vec<u32> = first
+            .into_iter()
+            .chain((0..desired).filter(|o| Some(*o) != first))
+            .collect();
+        for ordinal in order {
             let name = self.dir.instance_name(ordinal);
             let slot = self
                 .slots
@@ -699,7 +706,7 @@ impl Supervisor<'_> {
         };
         let name = |o: &u32| db.instance_name(*o);
         let rw_targets: Vec<String> = status.rw.iter().map(name).collect();
-        let fallback = status.ro.is_empty();
+        let fallback = failover::ro_falls_back(&db, status);
         let ro_targets: Vec<String> = if fallback {
             rw_targets.clone()
         } else {

@@ -191,7 +191,7 @@ pub fn drain(
     loop {
         let report = fetch_report(dir, db)?;
         let row = report.instances.iter().find(|r| r.name == instance);
-        if row.is_none_or(|r| r.manager_pid.is_none()) {
+        if row.is_none_or(|r| r.manager_pid.is_none() && r.state == "held") {
             break;
         }
         if Instant::now() >= deadline {

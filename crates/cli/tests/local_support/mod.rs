@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod failover;
+
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,261 @@
+//! Failover and switchover in the local runtime with real PostgreSQL 15, three instances:
+//! a primary killed and held down is replaced and comes back as a replica with every row; a
+//! hung (SIGSTOPped) primary is failed over and never writable alongside the new one; a
+//! switchover under a running writer loses no acknowledged write; draining the primary moves
+//! it away first and honours the disruption budget.
+
+mod local_support;
+
+use std::time::Duration;
+
+use local_support::Cluster;
+use local_support::failover::{Watcher, Writer, signal};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn name(cluster: &Cluster, ordinal: u32) -> String {
+    format!("{}-{ordinal}", cluster.name)
+}
+
+fn ordinal(instance: &str) -> u32 {
+    instance.rsplit_once('-').unwrap().1.parse().unwrap()
+}
+
+/// A ready three-instance cluster with table `t (n int primary key)`.
+fn ready_cluster(prefix: &str) -> (Cluster, String) {
+    let cluster = Cluster::new(prefix, 3);
+    cluster.up();
+    let password = cluster.app_password();
+    cluster
+        .quick_psql(
+            &password,
+            cluster.rw(),
+            "CREATE TABLE t (n bigint PRIMARY KEY)",
+        )
+        .unwrap();
+    (cluster, password)
+}
+
+/// Waits until the core holds a primary other than `old` and `rw` reaches it.
+fn wait_for_new_primary(cluster: &Cluster, password: &str, old: &str) -> String {
+    cluster.eventually("a new primary behind rw", WAIT, || {
+        let status = cluster.status();
+        let primary = status["failover"]["primary"].as_str()?.to_string();
+        let rw = status["proxies"]["rw"]["targets"].as_array()?.clone();
+        (primary != old
+            && rw == vec![serde_json::json!(primary)]
+            && cluster
+                .quick_psql(password, cluster.rw(), "SELECT NOT pg_is_in_recovery()")
+                .is_ok_and(|v| v == "t"))
+        .then_some(primary)
+    })
+}
+
+/// Waits until `instance` is a ready replica following `primary`.
+fn wait_for_replica_of(cluster: &Cluster, instance: &str, primary: &str) {
+    cluster.eventually(
+        &format!("{instance} back as a replica of {primary}"),
+        WAIT,
+        || {
+            let row = cluster.row(instance);
+            let report = &row["report"];
+            (report["role"] == "replica"
+                && report["ready"] == true
+                && report["upstream"] == primary)
+                .then_some(())
+        },
+    );
+}
+
+fn insert_range(cluster: &Cluster, password: &str, from: u64, to: u64) {
+    cluster
+        .quick_psql(
+            password,
+            cluster.rw(),
+            &format!("INSERT INTO t SELECT generate_series({from}, {to})"),
+        )
+        .unwrap();
+}
+
+fn count_on(cluster: &Cluster, password: &str, ordinal: u32) -> u64 {
+    cluster
+        .quick_psql(
+            password,
+            cluster.server_port(ordinal),
+            "SELECT count(*) FROM t",
+        )
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_killed_primary_held_down_is_replaced_and_rejoins_as_a_replica_with_every_row() {
+    let (cluster, password) = ready_cluster("fok");
+    insert_range(&cluster, &password, 1, 100);
+    let old = name(&cluster, 0);
+    assert_eq!(cluster.core_primary().as_deref(), Some(old.as_str()));
+
+    cluster.hold_and_kill(0);
+    let new = wait_for_new_primary(&cluster, &password, &old);
+    let third = name(&cluster, 3 - ordinal(&new));
+    // ro: only the remaining replica, once it follows the new primary; never the new primary
+    // nor the fenced one.
+    let status = cluster.eventually("ro on the remaining replica", WAIT, || {
+        let status = cluster.status();
+        let ro = status["proxies"]["ro"]["targets"].as_array()?.clone();
+        assert!(
+            !ro.contains(&serde_json::json!(new)) && !ro.contains(&serde_json::json!(old)),
+            "ro must hold neither the new primary nor the fenced one: {status:#}"
+        );
+        (ro == vec![serde_json::json!(third)]).then_some(status)
+    });
+    let last = &status["failover"]["last"];
+    assert_eq!(last["kind"], "failover", "{status:#}");
+    assert_eq!(last["from"], old.as_str());
+    assert_eq!(last["to"], new.as_str());
+    assert_eq!(last["outcome"], "done");
+    assert!(last["startedAtMs"].as_u64().is_some() && last["finishedAtMs"].as_u64().is_some());
+    assert!(
+        status["failover"]["fenced"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(old)),
+        "{status:#}"
+    );
+    let table = cluster.ok(&["status"]);
+    assert!(
+        table.contains(&format!("last failover: {old} -> {new}")),
+        "{table}"
+    );
+    assert!(table.contains(&format!("{old}: held down")), "{table}");
+
+    insert_range(&cluster, &password, 101, 200);
+    cluster.ok(&["drain", &old, "--uncordon"]);
+    wait_for_replica_of(&cluster, &old, &new);
+    cluster.eventually("every row on the former primary", WAIT, || {
+        (count_on(&cluster, &password, 0) == 200).then_some(())
+    });
+    assert_eq!(count_on(&cluster, &password, ordinal(&new)), 200);
+    let status = cluster.status();
+    assert!(
+        status["failover"]["fenced"].as_array().unwrap().is_empty(),
+        "{status:#}"
+    );
+}
+
+#[test]
+fn a_hung_primary_is_failed_over_and_never_writable_alongside_the_new_one() {
+    let (cluster, password) = ready_cluster("fos");
+    insert_range(&cluster, &password, 1, 50);
+    let old = name(&cluster, 0);
+    let ports = (0..3).map(|o| cluster.server_port(o)).collect();
+    let watcher = Watcher::start(password.clone(), ports);
+    let hung = cluster.postmasters(0);
+    assert_eq!(hung.len(), 1, "one postmaster on {old}");
+    for pid in &hung {
+        signal(*pid, "STOP");
+    }
+    let new = wait_for_new_primary(&cluster, &password, &old);
+    insert_range(&cluster, &password, 51, 100);
+    for pid in &hung {
+        signal(*pid, "CONT");
+    }
+    // The fence killed the hung server; the old primary comes back only as a replica.
+    wait_for_replica_of(&cluster, &old, &new);
+    cluster.eventually("every row on the former primary", WAIT, || {
+        (count_on(&cluster, &password, 0) == 100).then_some(())
+    });
+    let (rounds, two_writable) = watcher.finish();
+    assert!(rounds > 0);
+    assert_eq!(
+        two_writable, 0,
+        "two writable instances in {two_writable} of {rounds} rounds"
+    );
+}
+
+#[test]
+fn a_switchover_to_a_named_replica_under_a_running_writer_loses_no_acknowledged_write() {
+    let (cluster, password) = ready_cluster("fow");
+    let target = name(&cluster, 2);
+    let writer = Writer::start(password.clone(), cluster.rw(), "t");
+    cluster.eventually("the writer writes", WAIT, || {
+        (writer.acked() >= 20).then_some(())
+    });
+    let out = cluster.ok(&["switchover", "--to", &target]);
+    assert!(out.contains("switchover done"), "{out}");
+    assert!(out.contains("write outage"), "{out}");
+    let before = writer.acked();
+    cluster.eventually("the writer writes to the new primary", WAIT, || {
+        (writer.acked() >= before + 20).then_some(())
+    });
+    let acked = writer.finish();
+    let status = cluster.status();
+    assert_eq!(status["failover"]["primary"], target.as_str(), "{status:#}");
+    assert_eq!(status["failover"]["switchover"]["state"], "done");
+    assert!(
+        status["failover"]["last"]["writeOutageMs"]
+            .as_u64()
+            .is_some()
+    );
+    let stored: Vec<u64> = cluster
+        .quick_psql(&password, cluster.rw(), "SELECT n FROM t ORDER BY n")
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let missing: Vec<u64> = acked
+        .iter()
+        .copied()
+        .filter(|n| stored.binary_search(n).is_err())
+        .collect();
+    assert!(missing.is_empty(), "acknowledged rows lost: {missing:?}");
+    wait_for_replica_of(&cluster, &name(&cluster, 0), &target);
+
+    // Refusals name the reason: the primary itself, and an instance that does not exist.
+    let same = cluster.stator(&["switchover", "--to", &target]);
+    assert!(!same.status.success());
+    assert!(
+        String::from_utf8_lossy(&same.stderr).contains("already the primary"),
+        "{}",
+        String::from_utf8_lossy(&same.stderr)
+    );
+    let bad = cluster.stator(&["switchover", "--to", "fow-7"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--to: \"fow-7\""));
+}
+
+#[test]
+fn draining_the_primary_switches_over_first_and_the_budget_refuses_a_second_drain() {
+    let (cluster, password) = ready_cluster("fod");
+    insert_range(&cluster, &password, 1, 10);
+    let old = name(&cluster, 0);
+    let out = cluster.ok(&["drain", &old]);
+    assert!(out.contains("switchover done first"), "{out}");
+    let status = cluster.status();
+    let new = status["failover"]["primary"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    let row = cluster.row(&old);
+    assert_eq!(row["state"], "held", "{status:#}");
+    assert!(row["managerPid"].is_null());
+    insert_range(&cluster, &password, 11, 20);
+
+    let other = (0..3)
+        .map(|o| name(&cluster, o))
+        .find(|n| *n != old && *n != new)
+        .unwrap();
+    let refused = cluster.stator(&["drain", &other]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("maxUnavailable: 1") && stderr.contains(&old),
+        "{stderr}"
+    );
+    assert!(cluster.row(&other)["managerPid"].as_u64().is_some());
+
+    cluster.ok(&["drain", &old, "--uncordon"]);
+    wait_for_replica_of(&cluster, &old, &new);
+    cluster.eventually("every row on the drained instance", WAIT, || {
+        (count_on(&cluster, &password, 0) == 20).then_some(())
+    });
+}
