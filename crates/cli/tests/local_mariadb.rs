@@ -374,3 +374,64 @@ fn a_port_in_use_is_named_with_its_mariadb_instance_and_nothing_is_written() {
     assert!(!cluster.state_dir().exists(), "nothing written");
     assert!(cluster.own_processes().is_empty());
 }
+
+#[test]
+fn a_mariadb_data_dir_of_another_version_is_refused_before_anything_is_written() {
+    let cluster = Cluster::mariadb("mov", 1);
+    let data = cluster.db_dir().join("data-mov-0");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("mysql_upgrade_info"), "10.6.12-MariaDB").unwrap();
+    let out = cluster.stator(&["up"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds MariaDB 10.6.12 data"), "{err}");
+    assert!(err.contains("this database is MariaDB 10.11"), "{err}");
+    assert!(
+        !cluster.db_dir().join("spec.json").exists(),
+        "nothing written"
+    );
+    assert!(!cluster.db_dir().join("secrets").exists());
+}
+
+#[test]
+fn a_mariadb_data_dir_of_another_database_is_refused_and_a_killed_supervisor_is_adopted() {
+    let a = Cluster::mariadb("mfa", 1);
+    let b = Cluster::mariadb("mfb", 1);
+    a.up();
+    b.up();
+    // The supervisor killed with SIGKILL: its instance keeps running and the next up adopts it.
+    let before = a.status();
+    let supervisor = before["supervisorPid"].as_u64().unwrap() as u32;
+    let manager = before["instances"][0]["managerPid"].as_u64().unwrap();
+    let server = a.mariadbds(0);
+    kill9(supervisor);
+    a.eventually("the supervisor gone", WAIT, || {
+        (!local_support::alive(supervisor)).then_some(())
+    });
+    a.up();
+    let after = a.status();
+    assert_ne!(after["supervisorPid"].as_u64().unwrap() as u32, supervisor);
+    assert_eq!(
+        after["instances"][0]["managerPid"].as_u64().unwrap(),
+        manager
+    );
+    assert_eq!(a.mariadbds(0), server, "the same mariadbd, adopted");
+
+    a.ok(&["down"]);
+    b.ok(&["down"]);
+    // Put a's data dir where b's belongs.
+    let b_data = b.db_dir().join("data-mfb-0");
+    std::fs::remove_dir_all(&b_data).unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(a.db_dir().join("data-mfa-0"))
+        .arg(&b_data)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = b.stator(&["up"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to the database \"mfa\""), "{err}");
+    assert!(b.own_processes().is_empty(), "nothing started");
+}

@@ -190,3 +190,36 @@ fn mariadb_delete_keeps_data_dirs_for_the_next_up_and_purge_removes_everything()
     assert!(!cluster.db_dir().exists());
     assert!(cluster.own_processes().is_empty());
 }
+
+#[test]
+fn changed_mariadb_settings_reach_every_instance_through_a_rolling_restart() {
+    let cluster = Cluster::mariadb("mru", 2);
+    cluster.up();
+    assert_eq!(
+        cluster
+            .value(cluster.ro(), "SELECT @@max_connections")
+            .unwrap(),
+        "151"
+    );
+    cluster.write_spec(
+        2,
+        "  config:\n    parameters:\n      max_connections: 180\n",
+    );
+    cluster.up();
+    assert_eq!(
+        cluster
+            .value(cluster.rw(), "SELECT @@max_connections")
+            .unwrap(),
+        "180"
+    );
+    assert_eq!(
+        cluster
+            .value(cluster.ro(), "SELECT @@max_connections")
+            .unwrap(),
+        "180"
+    );
+    let status = cluster.status();
+    assert_eq!(status["generation"], 2);
+    assert_eq!(status["primary"], "mru-0");
+    assert_eq!(cluster.row("mru-1")["report"]["role"], "replica");
+}
