@@ -1043,7 +1043,9 @@ impl Run<'_> {
                     Some(true)
                 } else {
                     match (&held, &floor, &primary_held) {
-                        (None, _, _) => Some(true),
+                        // Not reporting its GTID set (stopped, being demoted): unknown, not
+                        // errant; it is judged when it reports one.
+                        (None, _, _) => None,
                         (Some(h), Some(floor), _) => Some(!floor.includes(h)),
                         (Some(h), None, Some(p)) => Some(!p.includes(h)),
                         (Some(_), None, None) => None,
@@ -1069,7 +1071,7 @@ impl Run<'_> {
                         Some(format!("{name} rejoins as a replica"))
                     }
                     None => Some(format!(
-                        "{name} waits to rejoin until the primary reports its GTID set"
+                        "{name} waits to rejoin until it and the primary report their GTID sets"
                     )),
                 }
             }

@@ -921,6 +921,34 @@ fn rows() -> Vec<Row> {
             then: nothing,
         },
         Row {
+            name: "a MariaDB old primary that reports no GTID set (stopped while it is demoted) waits instead of being rebuilt",
+            input: input(
+                maria(3),
+                vec![
+                    (
+                        0,
+                        with(stopped_primary(mariadb("0-1-105")), |f| {
+                            f.role = None;
+                            f.position = None;
+                        }),
+                    ),
+                    (1, replica(2, mariadb("0-2-110"))),
+                    (2, primary(mariadb("0-2-110"))),
+                ],
+                {
+                    let mut m = serving(2, 3);
+                    m.fork = Some(mariadb("0-1-100"));
+                    fenced(&mut m, 0, FenceMethod::ReadOnly, true);
+                    m.fenced.get_mut(&0).unwrap().floor = m.fork.clone();
+                    m
+                },
+            ),
+            actions: vec![],
+            reason: Reason::Degraded,
+            says: "demo-0 waits to rejoin until it and the primary report their GTID sets",
+            then: |d| assert!(d.memory.fenced.contains_key(&0)),
+        },
+        Row {
             name: "a MariaDB old primary without errant transactions rejoins",
             input: input(
                 maria(3),

@@ -43,6 +43,9 @@ use crate::state::{DatabaseDir, read_json, write_atomic, write_json};
 pub const SERVER_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long an order (`/promote`, `/demote`) may run before it is sent again.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long after an order was sent the same instance gets no other order, unless it
+/// finished and its effect is seen sooner.
+const ORDER_SETTLE: Duration = Duration::from_millis(1500);
 /// How many finished failovers and switchovers `failover.json` keeps.
 const HISTORY: usize = 20;
 
@@ -362,7 +365,13 @@ impl Failover {
     /// One round: observe, decide, act, route. `routes` is changed here and only here.
     pub async fn tick(&mut self, db: &Database, sightings: &[Sighting], routes: &Routes) -> Tick {
         self.in_flight.retain(|_, f| {
-            let keep = !f.task.is_finished() && f.since.elapsed() < ORDER_TIMEOUT;
+            // A finished order is remembered for a moment: its effect shows only in the next
+            // observations, and repeating it meanwhile would only disturb it.
+            let keep = if f.task.is_finished() {
+                f.since.elapsed() < ORDER_SETTLE
+            } else {
+                f.since.elapsed() < ORDER_TIMEOUT
+            };
             if !keep {
                 f.task.abort();
             }
@@ -902,6 +911,9 @@ impl Failover {
                 }
                 Action::Unfence { ordinal } => {
                     self.finals.remove(ordinal);
+                    if db.spec.engine != Engine::Postgres && manager_pid(*ordinal).is_some() {
+                        self.set_read_only(*ordinal, false);
+                    }
                     tracing::info!(
                         "{}: unfenced; it takes writes again",
                         spec.instance_name(*ordinal)
@@ -998,25 +1010,49 @@ impl Failover {
                 }
             }
             FenceMethod::ReadOnly => {
-                // The instance manager has no read-only order yet: stop it cleanly instead,
-                // which keeps writes out just as well (the final position is then unknown to
-                // the core, so a MySQL-family switchover turns into a failover).
-                if let Some(pid) = manager
-                    && !self.in_flight.contains_key(&ordinal)
-                {
-                    tracing::info!("{name}: fencing: stopping it (no read-only order yet)");
-                    process::signal(pid, Signal::SIGTERM);
-                    self.in_flight.insert(
-                        ordinal,
-                        InFlight {
-                            what: "shutdown".into(),
-                            since: Instant::now(),
-                            task: tokio::spawn(wait_gone(pid)),
-                        },
-                    );
+                // The server keeps running, refusing writes, so the replicas can fetch the rest
+                // of its binary log; its manager keeps reporting its final GTID position.
+                if manager.is_some() && !self.in_flight.contains_key(&ordinal) {
+                    tracing::info!("{name}: fencing: read_only=ON");
+                    self.set_read_only(ordinal, true);
                 }
             }
         }
+    }
+
+    /// `SET GLOBAL read_only` on a MySQL-family server, as `root` over its Unix socket (root
+    /// logs in only there, by the OS user: no password anywhere), with the `mariadb` client.
+    fn set_read_only(&mut self, ordinal: u32, on: bool) {
+        let socket = self.dir.run_dir(ordinal).join("mariadb.sock");
+        let client = find_tool(self.bin_dir.as_deref(), "mariadb");
+        let sql = format!("SET GLOBAL read_only={}", if on { "ON" } else { "OFF" });
+        let name = self.dir.instance_name(ordinal);
+        let label = sql.clone();
+        let task = tokio::spawn(async move {
+            let run = tokio::process::Command::new(client)
+                .args(["--no-defaults", "-u", "root", "-N", "-B"])
+                .arg(format!("--socket={}", socket.display()))
+                .args(["-e", &sql])
+                .stdin(std::process::Stdio::null())
+                .output();
+            match tokio::time::timeout(Duration::from_secs(10), run).await {
+                Ok(Ok(out)) if out.status.success() => tracing::info!("{name}: {sql}: done"),
+                Ok(Ok(out)) => tracing::warn!(
+                    "{name}: {sql} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Ok(Err(e)) => tracing::warn!("{name}: {sql}: cannot run the client: {e}"),
+                Err(_) => tracing::warn!("{name}: {sql}: no answer within 10 s"),
+            }
+        });
+        self.in_flight.insert(
+            ordinal,
+            InFlight {
+                what: label,
+                since: Instant::now(),
+                task,
+            },
+        );
     }
 
     /// Sends `/promote` (no upstream) or `/demote` to `ordinal`'s manager, unless an order is
@@ -1080,6 +1116,10 @@ impl Failover {
     /// let the supervisor start the instance again: it clones the primary.
     fn rebuild(&mut self, spec: &ClusterSpec, ordinal: u32, upstream: u32, manager: Option<u32>) {
         let name = spec.instance_name(ordinal);
+        if let Some(running) = self.in_flight.get(&ordinal) {
+            tracing::debug!("{name}: {} still running; not rebuilding yet", running.what);
+            return;
+        }
         if let Some(pid) = manager {
             if self.rebuilding.insert(ordinal) {
                 tracing::warn!(
@@ -1178,6 +1218,16 @@ async fn wait_gone(pid: u32) {
     while process::is_alive(pid) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A tool of the engine: in `bin_dir` (Debian: `/usr/sbin` holds `mariadbd`), then
+/// `bin_dir/../bin`, then `PATH`.
+fn find_tool(bin_dir: Option<&Path>, name: &str) -> PathBuf {
+    bin_dir
+        .into_iter()
+        .flat_map(|b| [b.join(name), b.join("../bin").join(name)])
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// The server process running on `data_dir`, from its pid file (PostgreSQL `postmaster.pid`,
