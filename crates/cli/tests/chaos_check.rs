@@ -1,5 +1,6 @@
-//! `stator chaos` with real PostgreSQL 15: fault injection by pid from the state dir, and short
-//! runs of the consistency checker (the long ones live in `stator bench failover`).
+//! `stator chaos` with real PostgreSQL 15 and MariaDB 10.11: fault injection by pid from the
+//! state dir, and short runs of the consistency checker (the long ones live in
+//! `stator bench failover` and `stator chaos run --failovers 20`).
 //!
 //! The checker's verdicts are asserted, not its timings: synchronous replication loses no
 //! acknowledged write over forced failovers, and no run ever has two writable instances.
@@ -64,14 +65,12 @@ fn assert_no_split_brain(report: &serde_json::Value, context: &str) {
     );
 }
 
-#[test]
-fn synchronous_failovers_of_a_hung_primary_lose_no_acknowledged_write_and_never_leave_two_writable()
-{
-    let cluster = Cluster::new("chks", 3);
+/// Synchronous replication, the primary hung (SIGSTOP of its server) `rounds` times.
+fn synchronous_hangs_lose_nothing(cluster: &Cluster, rounds: u32) {
     cluster.write_spec(3, "  replication:\n    synchronous: true\n");
     cluster.up();
-    let (report, context) = check(&cluster, 3, "stop");
-    assert_completed(&report, 3, &context);
+    let (report, context) = check(cluster, rounds, "stop");
+    assert_completed(&report, rounds as usize, &context);
     assert_eq!(report["synchronous"], true);
     assert_eq!(
         report["writesLost"], 0,
@@ -89,17 +88,38 @@ fn synchronous_failovers_of_a_hung_primary_lose_no_acknowledged_write_and_never_
     assert!(report["outage"]["p50"].is_f64(), "{report:#}");
 }
 
-#[test]
-fn asynchronous_failovers_of_a_lost_node_never_leave_two_writable_instances() {
-    let cluster = Cluster::new("chka", 3);
+/// Asynchronous replication, the primary's whole node hung `rounds` times.
+fn asynchronous_lost_nodes_never_split(cluster: &Cluster, rounds: u32) {
     cluster.up();
-    let (report, context) = check(&cluster, 3, "stop-node");
-    assert_completed(&report, 3, &context);
+    let (report, context) = check(cluster, rounds, "stop-node");
+    assert_completed(&report, rounds as usize, &context);
     assert_eq!(report["synchronous"], false);
     // Asynchronous replication may lose what the lost primary had not sent yet: reported,
     // not asserted.
     assert!(report["writesLost"].is_u64(), "{report:#}");
     assert_no_split_brain(&report, &context);
+}
+
+#[test]
+fn synchronous_failovers_of_a_hung_primary_lose_no_acknowledged_write_and_never_leave_two_writable()
+{
+    synchronous_hangs_lose_nothing(&Cluster::new("chks", 3), 3);
+}
+
+#[test]
+fn asynchronous_failovers_of_a_lost_node_never_leave_two_writable_instances() {
+    asynchronous_lost_nodes_never_split(&Cluster::new("chka", 3), 3);
+}
+
+#[test]
+fn mariadb_synchronous_failovers_of_a_hung_primary_lose_no_acknowledged_write_and_never_leave_two_writable()
+ {
+    synchronous_hangs_lose_nothing(&Cluster::mariadb("chkms", 3), 3);
+}
+
+#[test]
+fn mariadb_asynchronous_failovers_of_a_lost_node_never_leave_two_writable_instances() {
+    asynchronous_lost_nodes_never_split(&Cluster::mariadb("chkma", 3), 3);
 }
 
 #[test]

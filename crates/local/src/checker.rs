@@ -346,18 +346,20 @@ enum Login {
 enum Session {
     Postgres {
         client: tokio_postgres::Client,
-        connection: tokio::task::JoinHandle<()>,
+        /// Held for its Drop.
+        _connection: ConnectionTask,
     },
     /// `port` is the server's own `@@port`, asked once at connect (through `rw`, the server
     /// behind the proxy).
     Mysql { conn: mysql_async::Conn, port: u16 },
 }
 
-impl Drop for Session {
+/// The task driving a PostgreSQL connection, stopped with its session.
+struct ConnectionTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ConnectionTask {
     fn drop(&mut self) {
-        if let Session::Postgres { connection, .. } = self {
-            connection.abort();
-        }
+        self.0.abort();
     }
 }
 
@@ -396,10 +398,13 @@ impl Access {
                         .await
                         .map_err(|_| format!("port {port}: no answer within {timeout:?}"))?
                         .map_err(|e| format!("port {port}: {e}"))?;
-                let connection = tokio::spawn(async move {
+                let connection = ConnectionTask(tokio::spawn(async move {
                     let _ = connection.await;
-                });
-                Ok(Session::Postgres { client, connection })
+                }));
+                Ok(Session::Postgres {
+                    client,
+                    _connection: connection,
+                })
             }
             Engine::Mysql | Engine::Mariadb => {
                 use mysql_async::prelude::Queryable;
@@ -430,6 +435,13 @@ impl Access {
 }
 
 impl Session {
+    /// Ends the session politely (MariaDB logs every connection dropped without COM_QUIT).
+    async fn close(self) {
+        if let Session::Mysql { conn, .. } = self {
+            let _ = tokio::time::timeout(Duration::from_millis(200), conn.disconnect()).await;
+        }
+    }
+
     async fn create_table(&mut self) -> Result<(), String> {
         match self {
             Session::Postgres { client, .. } => client
@@ -654,6 +666,9 @@ async fn write_loop(
             }
         }
     }
+    if let Some(s) = session {
+        s.close().await;
+    }
 }
 
 #[derive(Default)]
@@ -669,7 +684,9 @@ async fn probe_one(access: &Access, port: u16) -> Option<Writability> {
             .connect(port, PROBE_TIMEOUT, Login::Monitor)
             .await
             .ok()?;
-        s.writability().await.ok()
+        let seen = s.writability().await.ok();
+        s.close().await;
+        seen
     };
     tokio::time::timeout(PROBE_TIMEOUT, attempt)
         .await
@@ -909,12 +926,14 @@ async fn check_async(
                 .access
                 .connect(target.ports.rw(), Duration::from_secs(2), Login::App)
                 .await?;
-            tokio::time::timeout(Duration::from_secs(10), async {
+            let max = tokio::time::timeout(Duration::from_secs(10), async {
                 s.create_table().await?;
                 s.max_id().await
             })
             .await
-            .map_err(|_| "no answer within 10s".to_string())?
+            .map_err(|_| "no answer within 10s".to_string())??;
+            s.close().await;
+            Ok::<_, String>(max)
         };
         match attempt.await {
             Ok(max) => break max,
@@ -1094,6 +1113,7 @@ async fn check_async(
             let ids = tokio::time::timeout(Duration::from_secs(30), s.read_ids())
                 .await
                 .map_err(|_| "no answer within 30s".to_string())??;
+            s.close().await;
             Ok::<_, String>(ids)
         };
         match attempt.await {
