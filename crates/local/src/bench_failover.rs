@@ -191,10 +191,9 @@ pub fn run(args: &FailoverBenchArgs, exe: &Path) -> Result<(), LocalError> {
         ));
         for (name, mode, described, haproxy) in settings {
             eprintln!("== {name} ({described}): {} rounds", args.rounds);
-            let results = work.root.join(format!(
-                "patroni-{}.json",
-                mode.replace(['=', '/'], "-")
-            ));
+            let results = work
+                .root
+                .join(format!("patroni-{}.json", mode.replace(['=', '/'], "-")));
             let status = Command::new("bash")
                 .arg(&args.patroni_script)
                 .arg(args.rounds.to_string())
@@ -304,8 +303,12 @@ fn measure_stator(
             &progress,
         )?;
         eprint!("{}", in_place.render());
-        let moved = in_place
+        let completed: Vec<_> = in_place
             .rounds
+            .iter()
+            .filter(|r| r.outage_seconds.is_some())
+            .collect();
+        let moved = completed
             .iter()
             .filter(|r| r.primary_moved_seconds.is_some())
             .count();
@@ -318,8 +321,8 @@ fn measure_stator(
             "kill -9 manager + server, restarted by the supervisor".into(),
         );
         line.note = Some(format!(
-            "{moved} of {} rounds failed over instead of restarting in place{}",
-            in_place.rounds.len(),
+            "{moved} of {} completed rounds failed over instead of restarting in place{}",
+            completed.len(),
             line.note.map(|n| format!("; {n}")).unwrap_or_default()
         ));
         out.push(line);
