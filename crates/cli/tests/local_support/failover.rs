@@ -1,6 +1,6 @@
-//! For the failover tests: who the core holds as primary, holding an instance down and killing
-//! it, hanging a server, a writer that records every acknowledged row, and a watcher that
-//! counts moments with two writable instances.
+//! For the failover tests (PostgreSQL and MariaDB): who the core holds as primary, holding an
+//! instance down and killing it, a writer that records every acknowledged row, and a watcher
+//! that counts moments with two writable instances.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -40,13 +40,22 @@ impl Cluster {
         .ok()
     }
 
+    /// Instance N's server processes (PostgreSQL: the postmaster; MariaDB: mariadbd).
+    pub fn servers(&self, ordinal: u32) -> Vec<u32> {
+        if self.engine == "mariadb" {
+            self.mariadbds(ordinal)
+        } else {
+            self.postmasters(ordinal)
+        }
+    }
+
     /// Holds instance N down, then kills its instance manager and its server with SIGKILL.
     pub fn hold_and_kill(&self, ordinal: u32) {
         std::fs::write(self.hold_file(ordinal), "held by the test\n").unwrap();
         if let Some(pid) = self.manager_pid(ordinal) {
             signal(pid, "KILL");
         }
-        for pid in self.postmasters(ordinal) {
+        for pid in self.servers(ordinal) {
             signal(pid, "KILL");
         }
     }
@@ -59,29 +68,66 @@ impl Cluster {
             .to_string()
     }
 
-    /// `psql -c SQL` on `port` with a connect timeout and a statement timeout, as the
-    /// application user; the password through the environment.
-    pub fn quick_psql(&self, password: &str, port: u16, sql: &str) -> Result<String, String> {
-        quick_psql(password, port, sql)
+    /// SQL on `port` as the application user with the engine's client (`psql`, `mariadb`),
+    /// a connect timeout and an overall timeout; the password through the environment.
+    pub fn quick_sql(&self, password: &str, port: u16, sql: &str) -> Result<String, String> {
+        quick_sql(self.engine, password, port, sql)
     }
 }
 
-pub fn quick_psql(password: &str, port: u16, sql: &str) -> Result<String, String> {
-    let out = Command::new("timeout")
-        .args(["5", "psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "app",
-            "-d",
-            "app",
-        ])
-        .args(["-c", sql])
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "2")
+/// The query that answers `1` on a writable server and `0` on a read-only one.
+pub fn writable_query(engine: &str) -> &'static str {
+    if engine == "mariadb" {
+        "SELECT 1 - @@GLOBAL.read_only"
+    } else {
+        "SELECT CASE WHEN pg_is_in_recovery() THEN 0 ELSE 1 END"
+    }
+}
+
+pub fn quick_sql(engine: &str, password: &str, port: u16, sql: &str) -> Result<String, String> {
+    let port = port.to_string();
+    let mut command = Command::new("timeout");
+    if engine == "mariadb" {
+        command
+            .args([
+                "5",
+                "mariadb",
+                "--no-defaults",
+                "-N",
+                "-B",
+                "--connect-timeout=2",
+            ])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-P",
+                &port,
+                "-u",
+                "app",
+                "-e",
+                sql,
+                "app",
+            ])
+            .env("MYSQL_PWD", password);
+    } else {
+        command
+            .args(["5", "psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "app",
+                "-d",
+                "app",
+                "-c",
+                sql,
+            ])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "2");
+    }
+    let out = command
         .stdin(Stdio::null())
         .output()
         .map_err(|e| e.to_string())?;
@@ -95,6 +141,7 @@ pub fn quick_psql(password: &str, port: u16, sql: &str) -> Result<String, String
 pub fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill")
         .args([format!("-{name}"), pid.to_string()])
+        .stderr(Stdio::null())
         .status();
 }
 
@@ -107,7 +154,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(password: String, port: u16, table: &str) -> Writer {
+    pub fn start(engine: &'static str, password: String, port: u16, table: &str) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let table = table.to_string();
@@ -119,7 +166,7 @@ impl Writer {
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
                     let sql = format!("INSERT INTO {table} VALUES ({n})");
-                    if quick_psql(&password, port, &sql).is_ok() {
+                    if quick_sql(engine, &password, port, &sql).is_ok() {
                         acked.lock().unwrap().push(n);
                     } else {
                         std::thread::sleep(Duration::from_millis(50));
@@ -154,8 +201,8 @@ impl Drop for Writer {
     }
 }
 
-/// Probes every server for writability (`NOT pg_is_in_recovery()`) several times a second and
-/// counts rounds in which two or more said yes.
+/// Probes every server for writability ([`writable_query`]) several times a second and counts
+/// rounds in which two or more said yes.
 pub struct Watcher {
     stop: Arc<AtomicBool>,
     both: Arc<AtomicUsize>,
@@ -164,7 +211,7 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn start(password: String, ports: Vec<u16>) -> Watcher {
+    pub fn start(engine: &'static str, password: String, ports: Vec<u16>) -> Watcher {
         let stop = Arc::new(AtomicBool::new(false));
         let both = Arc::new(AtomicUsize::new(0));
         let rounds = Arc::new(AtomicUsize::new(0));
@@ -178,8 +225,8 @@ impl Watcher {
                             let password = password.clone();
                             let port = *port;
                             std::thread::spawn(move || {
-                                quick_psql(&password, port, "SELECT NOT pg_is_in_recovery()")
-                                    .is_ok_and(|v| v == "t")
+                                quick_sql(engine, &password, port, writable_query(engine))
+                                    .is_ok_and(|v| v == "1")
                             })
                         })
                         .collect();
