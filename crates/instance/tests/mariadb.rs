@@ -264,3 +264,49 @@ fn a_killed_manager_is_replaced_by_one_that_adopts_the_running_server() {
     .unwrap();
     drop(first);
 }
+
+#[test]
+fn synchronous_replication_is_lossless_and_a_promoted_replica_keeps_it() {
+    let cluster = Cluster::new("msy");
+    let sync = "  replication:\n    synchronous: true\n";
+    let primary = cluster.start(&cluster.mariadb_config(0, Bootstrap::InitPrimary, sync));
+    primary.wait_ready();
+    let replica = cluster.start(&cluster.mariadb_config(
+        1,
+        Bootstrap::CloneFrom {
+            upstream: primary.endpoint(),
+        },
+        sync,
+    ));
+    replica.wait_ready();
+    let semi_sync = |m: &common::Manager| {
+        maria_root(
+            &m.config.run_dir.join("mariadb.sock"),
+            "SELECT CONCAT_WS(',', @@rpl_semi_sync_master_enabled, @@rpl_semi_sync_slave_enabled, @@rpl_semi_sync_master_wait_point, @@rpl_semi_sync_master_timeout, @@gtid_strict_mode, @@log_slave_updates)",
+        )
+        .unwrap()
+    };
+    assert_eq!(semi_sync(&primary), ["ON,ON,AFTER_SYNC,86400000,ON,ON"]);
+    // A replica's own binary log must not wait for acknowledgements: only the replica side.
+    assert_eq!(semi_sync(&replica), ["OFF,ON,AFTER_SYNC,86400000,ON,ON"]);
+    // The primary acknowledges a commit once the replica has it.
+    let pw = app(&cluster);
+    maria_sql(
+        primary.config.port,
+        "app",
+        &pw,
+        "CREATE TABLE app.s (id INT PRIMARY KEY); INSERT INTO app.s VALUES (1)",
+    )
+    .unwrap();
+    let acked = maria_root(
+        &primary.config.run_dir.join("mariadb.sock"),
+        "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_YES_TX'",
+    )
+    .unwrap();
+    assert_ne!(acked, ["0"], "commits were acknowledged by the replica");
+    wait_rows(&replica, &cluster, "SELECT COUNT(*) FROM app.s", &["1"]);
+    // A promoted replica waits for acknowledgements as the primary did.
+    let (code, body) = replica.post("/promote", Some(&token(&cluster)), "");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(semi_sync(&replica), ["ON,ON,AFTER_SYNC,86400000,ON,ON"]);
+}

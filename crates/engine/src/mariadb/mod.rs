@@ -35,6 +35,7 @@ pub const DIALECT: Dialect = Dialect {
     stop_replica: "STOP SLAVE",
     reset_replica_all: "RESET SLAVE ALL",
     make_writable: &["SET GLOBAL read_only = OFF"],
+    enable_semi_sync_source: "SET GLOBAL rpl_semi_sync_master_enabled = ON",
     change_source,
     replication_privileges: "REPLICATION SLAVE, BINLOG MONITOR",
     monitor_privileges: "SLAVE MONITOR, BINLOG MONITOR, PROCESS",
@@ -54,10 +55,16 @@ fn managed_options(s: &ServerSettings) -> Vec<(&'static str, String)> {
     if !s.parameters.contains_key("slave_net_timeout") {
         o.push(("slave_net_timeout", "10".into()));
     }
-    // Both sides on every instance, so a promoted replica keeps lossless replication.
-    let on = if s.synchronous { "ON" } else { "OFF" };
-    o.push(("rpl_semi_sync_master_enabled", on.into()));
-    o.push(("rpl_semi_sync_slave_enabled", on.into()));
+    // The replica side on every instance; the primary side only on a primary: a replica with
+    // it on would make its own SQL thread wait (log_slave_updates) for an acknowledgement
+    // nobody sends. Promotion switches it on ([`DIALECT`]`.enable_semi_sync_source`), so a
+    // promoted replica keeps lossless replication; its wait point and timeout are already set.
+    let on_off = |b: bool| if b { "ON" } else { "OFF" }.to_string();
+    o.push((
+        "rpl_semi_sync_master_enabled",
+        on_off(s.synchronous && !s.read_only),
+    ));
+    o.push(("rpl_semi_sync_slave_enabled", on_off(s.synchronous)));
     if s.synchronous {
         o.push(("rpl_semi_sync_master_wait_point", "AFTER_SYNC".into()));
         o.push((
@@ -168,6 +175,17 @@ mod tests {
 
     #[test]
     fn synchronous_replication_is_lossless_on_both_sides_and_never_times_out_silently() {
+        let replica = render_server_options(&DIALECT, &settings(true, true)).unwrap();
+        for line in [
+            "rpl_semi_sync_master_enabled = \"OFF\"",
+            "rpl_semi_sync_slave_enabled = \"ON\"",
+            "rpl_semi_sync_master_wait_point = \"AFTER_SYNC\"",
+        ] {
+            assert!(
+                replica.lines().any(|l| l == line),
+                "missing {line}: {replica}"
+            );
+        }
         let text = render_server_options(&DIALECT, &settings(false, true)).unwrap();
         for line in [
             "read_only = \"OFF\"",

@@ -41,6 +41,7 @@ pub const DIALECT: Dialect = Dialect {
         "SET GLOBAL super_read_only = OFF",
         "SET GLOBAL read_only = OFF",
     ],
+    enable_semi_sync_source: "SET GLOBAL rpl_semi_sync_source_enabled = ON",
     change_source,
     replication_privileges: "REPLICATION SLAVE, REPLICATION CLIENT, BACKUP_ADMIN",
     monitor_privileges: "REPLICATION CLIENT, PROCESS",
@@ -65,7 +66,8 @@ fn managed_options(s: &ServerSettings) -> Vec<(&'static str, String)> {
         o.push(("replica_net_timeout", "10".into()));
     }
     if s.synchronous {
-        o.push(("rpl_semi_sync_source_enabled", "ON".into()));
+        // The source side only on a primary; promotion switches it on.
+        o.push(("rpl_semi_sync_source_enabled", on_off(!s.read_only)));
         o.push(("rpl_semi_sync_replica_enabled", "ON".into()));
         o.push(("rpl_semi_sync_source_wait_point", "AFTER_SYNC".into()));
         o.push((

@@ -48,6 +48,9 @@ pub struct Dialect {
     pub reset_replica_all: &'static str,
     /// Statements making a replica writable (after `reset_replica_all`).
     pub make_writable: &'static [&'static str],
+    /// The statement turning on the primary side of semi-synchronous replication at promotion
+    /// (replicas run with only the replica side on).
+    pub enable_semi_sync_source: &'static str,
     /// Statements pointing replication at `upstream` (as the replication user) with GTID
     /// auto-positioning; the password is only ever in this statement.
     pub change_source: fn(&Endpoint, &str, &Secret) -> Result<Vec<String>, EngineError>,

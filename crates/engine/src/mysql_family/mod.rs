@@ -899,7 +899,14 @@ impl ServerEngine for MysqlFamily {
                     .map_err(|e| EngineError::mysql("reading the uptime", e))?;
                 let uptime = uptime.map(|r| column(&r, "Value")).and_then(|v| v.parse::<u64>().ok());
                 let status = self.replica_status(c).await?;
-                Ok((version, read_only == "1", executed, logged, uptime, status))
+                Ok((
+                    version,
+                    read_only == "1" || read_only.eq_ignore_ascii_case("on"),
+                    executed,
+                    logged,
+                    uptime,
+                    status,
+                ))
             })
             .await?;
         let (version, read_only, executed, logged, uptime, status) = local;
@@ -956,10 +963,19 @@ impl ServerEngine for MysqlFamily {
 
     async fn promote(&self, _creds: &Credentials) -> Result<(), EngineError> {
         let d = self.dialect;
+        let synchronous = self.spec.replication.synchronous;
         self.with_session(async |c: &mut Conn| {
             if self.replica_status(c).await?.is_some() {
                 Self::exec(c, "stopping replication", d.stop_replica).await?;
                 Self::exec(c, "forgetting the upstream", d.reset_replica_all).await?;
+            }
+            if synchronous {
+                Self::exec(
+                    c,
+                    "enabling semi-synchronous replication",
+                    d.enable_semi_sync_source,
+                )
+                .await?;
             }
             for statement in d.make_writable {
                 Self::exec(c, "making the server writable", statement).await?;

@@ -449,22 +449,27 @@ fn maria_run(opts: mysql_async::Opts, query: &str) -> Result<Vec<String>, String
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
+    // A statement that blocks (a lock, a semi-sync wait) fails the test instead of hanging it.
+    let work = async {
         let mut conn = mysql_async::Conn::new(opts)
             .await
             .map_err(|e| e.to_string())?;
         let rows: Vec<mysql_async::Row> = conn.query(query).await.map_err(|e| e.to_string())?;
         let _ = conn.disconnect().await;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                r.get_opt::<Option<String>, usize>(0)
-                    .and_then(|v| v.ok())
-                    .flatten()
-                    .unwrap_or_default()
-            })
-            .collect())
-    })
+        Ok::<_, String>(rows)
+    };
+    let rows = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), work).await })
+        .map_err(|_| format!("{query}: no answer within 30s"))??;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            r.get_opt::<Option<String>, usize>(0)
+                .and_then(|v| v.ok())
+                .flatten()
+                .unwrap_or_default()
+        })
+        .collect())
 }
 
 /// Postmasters (the `postgres -D DIR` process, not its children) running on `data_dir`.
