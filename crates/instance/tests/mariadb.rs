@@ -153,6 +153,15 @@ fn a_replica_is_cloned_with_mariadb_backup_replicates_refuses_app_writes_and_rep
 
     let hits = watch.finish();
     assert!(hits.is_empty(), "secrets on command lines: {hits:?}");
+    // Nor in any log: the managers' and the servers'.
+    for m in [&primary, &replica] {
+        for log in [&m.stderr_path, &m.config.log_file] {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            for secret in cluster.secrets() {
+                assert!(!text.contains(&secret), "a secret in {}", log.display());
+            }
+        }
+    }
 }
 
 #[test]
