@@ -917,7 +917,8 @@ impl ServerEngine for MysqlFamily {
             read_only,
             ..Observation::default()
         };
-        if status.is_none() && !read_only && follows.is_none() {
+        // No upstream recorded and none configured: a primary, possibly fenced read-only.
+        if status.is_none() && follows.is_none() {
             o.role = Some(Role::Primary);
             o.lag = Some(0);
             return Ok(o);
