@@ -122,6 +122,12 @@ pub struct FailoverState {
     /// The transition in progress, as people read it.
     #[serde(default)]
     pub current: Option<FailoverEvent>,
+    /// PostgreSQL: the newest timeline each instance was seen on (as a primary, or streaming
+    /// as a replica). A replica whose walreceiver stopped (its upstream died) reports the
+    /// timeline of its last restartpoint, which may be older than the WAL it holds; its
+    /// positions are read on this timeline instead, so it is not taken for diverged.
+    #[serde(default)]
+    pub timelines: BTreeMap<u32, u32>,
 }
 
 /// One failover or switchover.
@@ -260,6 +266,15 @@ pub struct Sighting {
     pub report: Option<InstanceReport>,
     /// Why `/status` did not answer.
     pub probe_error: Option<String>,
+}
+
+/// What a direct query to a server found.
+#[derive(Clone, Debug, Default)]
+struct ServerAnswer {
+    /// Accepts writes; `None`: not known.
+    writable: Option<bool>,
+    /// A replica's received (flushed) position.
+    received: Option<String>,
 }
 
 /// An order sent to an instance manager, not answered yet.
@@ -467,13 +482,29 @@ impl Failover {
             },
             None => None,
         };
+        // A switchover's target catching up: its manager observes it once a second, the
+        // promotion should not wait for that.
+        let catching_up = match &memory.transition {
+            Some(t) if t.phase == TransitionPhase::CatchingUp => t.target,
+            _ => None,
+        };
         for s in sightings {
             let ordinal = s.ordinal;
             let data_dir = self.dir.data_dir(ordinal);
             let server_pid = server_pid(engine, &data_dir);
+            if let Some(report) = &s.report
+                && engine == Engine::Postgres
+            {
+                self.remember_timeline(ordinal, report);
+            }
             let presence = match (&s.manager_pid, &s.report) {
                 (Some(_), Some(report)) => match InstanceFacts::from_report(spec, report) {
-                    Ok(facts) => Presence::Reported(facts),
+                    Ok(mut facts) => {
+                        if let Some(tli) = self.state.timelines.get(&ordinal) {
+                            on_timeline(&mut facts, *tli);
+                        }
+                        Presence::Reported(facts)
+                    }
                     Err(e) => Presence::Unreachable {
                         reason: format!("its report cannot be read: {e}"),
                     },
@@ -510,7 +541,13 @@ impl Failover {
         }
         // The primary (and a replica being promoted) is also asked directly: a hung server
         // still looks fine in a manager's last observation.
-        let mut direct: Vec<u32> = memory.primary.into_iter().chain(candidate).collect();
+        let mut direct: Vec<u32> = memory
+            .primary
+            .into_iter()
+            .chain(candidate)
+            .chain(catching_up)
+            .collect();
+        direct.sort_unstable();
         direct.dedup();
         for ordinal in direct {
             let Some(Presence::Reported(facts)) = observed.get(&ordinal).cloned() else {
@@ -529,7 +566,26 @@ impl Failover {
                         reason: format!("its server does not answer: {why}"),
                     }
                 }
-                Ok(Some(true)) if !facts.writable() || !facts.ready => {
+                Ok(ServerAnswer {
+                    writable: Some(false),
+                    received: Some(received),
+                }) if Some(ordinal) == catching_up => {
+                    let mut facts = facts;
+                    let timeline = facts.held().and_then(|h| h.timeline());
+                    if let Ok(seen) = ReplicationPosition::parse(engine, &received, timeline)
+                        && facts
+                            .received_position
+                            .as_ref()
+                            .is_none_or(|r| seen.includes(r))
+                    {
+                        facts.received_position = Some(seen);
+                    }
+                    Presence::Reported(facts)
+                }
+                Ok(ServerAnswer {
+                    writable: Some(true),
+                    ..
+                }) if !facts.writable() || !facts.ready => {
                     // Seen accepting writes before its manager observed it (a promotion).
                     let mut facts = facts;
                     facts.role = Some(Role::Primary);
@@ -543,6 +599,22 @@ impl Failover {
             observed.insert(ordinal, presence);
         }
         observed
+    }
+
+    /// Remembers the timeline a PostgreSQL instance is on, when the report knows it for sure:
+    /// a primary's, or a replica's while its walreceiver streams.
+    fn remember_timeline(&mut self, ordinal: u32, report: &InstanceReport) {
+        let Some(tli) = report.timeline else { return };
+        let sure = report.state == ServerState::Running
+            && match report.role {
+                Some(Role::Primary) => true,
+                Some(Role::Replica) => report.receiver_running == Some(true),
+                None => false,
+            };
+        if sure {
+            let known = self.state.timelines.entry(ordinal).or_insert(tli);
+            *known = (*known).max(tli);
+        }
     }
 
     /// The facts of a cleanly stopped, fenced PostgreSQL primary: its final checkpoint.
@@ -588,15 +660,14 @@ impl Failover {
         Some(facts)
     }
 
-    /// A real query on the server with [`SERVER_PROBE_TIMEOUT`]: `Ok(Some(true))` when it
-    /// accepts writes, `Ok(Some(false))` when it does not, `Ok(None)` when it answers but
-    /// writability is not known (MariaDB: its greeting).
+    /// A real query on the server with [`SERVER_PROBE_TIMEOUT`]: whether it accepts writes
+    /// and what it received, when the engine tells (MariaDB: only its greeting is read).
     async fn query_server(
         &mut self,
         engine: Engine,
         host: &str,
         port: u16,
-    ) -> Result<Option<bool>, String> {
+    ) -> Result<ServerAnswer, String> {
         match engine {
             Engine::Postgres => {
                 if self.monitor_password.is_none() {
@@ -604,7 +675,7 @@ impl Failover {
                         read_secret(&self.dir.secrets_dir(), secret_keys::MONITOR_PASSWORD).ok();
                 }
                 let Some(password) = self.monitor_password.clone() else {
-                    return Ok(None);
+                    return Ok(ServerAnswer::default());
                 };
                 let mut config = tokio_postgres::Config::new();
                 config
@@ -624,14 +695,18 @@ impl Failover {
                     let row = client
                         .query_one(
                             "SELECT NOT pg_is_in_recovery() AND \
-                             current_setting('default_transaction_read_only') = 'off'",
+                             current_setting('default_transaction_read_only') = 'off', \
+                             pg_last_wal_receive_lsn()::text",
                             &[],
                         )
                         .await
                         .map_err(|e| format!("query failed: {e}"));
                     drop(client);
                     let _ = task.await;
-                    row.map(|r| Some(r.get::<_, bool>(0)))
+                    row.map(|r| ServerAnswer {
+                        writable: Some(r.get::<_, bool>(0)),
+                        received: r.get::<_, Option<String>>(1),
+                    })
                 };
                 match tokio::time::timeout(SERVER_PROBE_TIMEOUT, query).await {
                     Ok(answer) => answer,
@@ -652,7 +727,7 @@ impl Failover {
                         .read_exact(&mut b)
                         .await
                         .map_err(|e| format!("no greeting: {e}"))?;
-                    Ok(None)
+                    Ok(ServerAnswer::default())
                 };
                 match tokio::time::timeout(SERVER_PROBE_TIMEOUT, greet).await {
                     Ok(answer) => answer,
@@ -914,7 +989,7 @@ impl Failover {
                     if db.spec.engine != Engine::Postgres && manager_pid(*ordinal).is_some() {
                         self.set_read_only(*ordinal, false);
                     }
-                    tracing::info!(
+                    tracing::debug!(
                         "{}: unfenced; it takes writes again",
                         spec.instance_name(*ordinal)
                     );
@@ -1154,6 +1229,7 @@ impl Failover {
         }
         self.rebuilding.remove(&ordinal);
         self.finals.remove(&ordinal);
+        self.state.timelines.remove(&ordinal);
     }
 
     /// Instances the supervisor must not start now.
@@ -1179,9 +1255,16 @@ impl Failover {
                 down.insert(*ordinal);
             }
         }
-        if memory.transition.is_some() {
-            // During a transition nothing is started with a config naming a primary.
-            if let Some(from) = memory.transition.as_ref().and_then(|t| t.from) {
+        if let Some(t) = &memory.transition {
+            // During a transition the old primary is not started (its config names it the
+            // primary), unless the core gives it the writes back (a restore).
+            let restoring = matches!(
+                t.phase,
+                TransitionPhase::Promoting { candidate, restore: true, .. } if Some(candidate) == t.from
+            );
+            if let Some(from) = t.from
+                && !restoring
+            {
                 down.insert(from);
             }
         }
@@ -1193,6 +1276,20 @@ impl Failover {
 /// more, `ro` has no target while no replica is ready (a promoted replica is never in it).
 pub fn ro_falls_back(db: &Database, status: &Status) -> bool {
     status.ro.is_empty() && db.spec.instances <= 1
+}
+
+/// Reads PostgreSQL positions on timeline `tli` when they were reported on an older one.
+fn on_timeline(facts: &mut InstanceFacts, tli: u32) {
+    for position in [&mut facts.position, &mut facts.received_position]
+        .into_iter()
+        .flatten()
+    {
+        if let ReplicationPosition::Wal(w) = position
+            && w.timeline < tli
+        {
+            w.timeline = tli;
+        }
+    }
 }
 
 /// The address of instance `ordinal`'s server.
