@@ -1504,6 +1504,108 @@ mod tests {
         assert_eq!(held(&dir, 1), None);
     }
 
+    fn facts(position: &str, timeline: u32) -> InstanceFacts {
+        InstanceFacts {
+            state: ServerState::Running,
+            role: Some(Role::Replica),
+            ready: false,
+            read_only: true,
+            position: ReplicationPosition::parse(Engine::Postgres, position, Some(timeline)).ok(),
+            received_position: None,
+            upstream: Some(0),
+            replication_error: None,
+            diverged: false,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn positions_reported_on_an_older_timeline_are_read_on_the_newest_one_seen() {
+        let mut f = facts("0/3000060", 1);
+        on_timeline(&mut f, 2);
+        assert_eq!(f.held().and_then(|h| h.timeline()), Some(2));
+        let mut newer = facts("0/3000060", 3);
+        on_timeline(&mut newer, 2);
+        assert_eq!(newer.held().and_then(|h| h.timeline()), Some(3));
+    }
+
+    #[test]
+    fn only_a_primary_or_a_streaming_replica_teaches_the_timeline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = crate::state::StateDir {
+            root: tmp.path().to_path_buf(),
+        }
+        .database("ns", "db");
+        let mut shell = Failover::load(&dir, Arc::new(Mutex::new(SwitchoverDesk::default())), None);
+        let report = |role, receiver, timeline| InstanceReport {
+            name: "db-1".into(),
+            state: ServerState::Running,
+            role: Some(role),
+            ready: true,
+            pid: Some(2),
+            manager_pid: 1,
+            server_version: None,
+            uptime_seconds: None,
+            timeline: Some(timeline),
+            position: None,
+            received_position: None,
+            lag: None,
+            lag_seconds: None,
+            upstream: None,
+            message: None,
+            restarts: 0,
+            read_only: false,
+            receiver_running: receiver,
+            applier_running: None,
+            replication_error: None,
+            errant: None,
+        };
+        shell.remember_timeline(1, &report(Role::Replica, Some(true), 3));
+        shell.remember_timeline(1, &report(Role::Replica, Some(false), 1));
+        shell.remember_timeline(1, &report(Role::Replica, Some(true), 2));
+        assert_eq!(shell.state.timelines.get(&1), Some(&3));
+        shell.remember_timeline(2, &report(Role::Replica, Some(false), 5));
+        assert_eq!(shell.state.timelines.get(&2), None);
+        shell.remember_timeline(2, &report(Role::Primary, None, 4));
+        assert_eq!(shell.state.timelines.get(&2), Some(&4));
+    }
+
+    #[test]
+    fn a_fenced_instance_stays_down_until_a_new_primary_is_confirmed_and_recorded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = crate::state::StateDir {
+            root: tmp.path().to_path_buf(),
+        }
+        .database("ns", "db");
+        crate::state::create_dir(&dir.root, 0o755).unwrap();
+        let spec = ClusterSpec {
+            name: "db".into(),
+            engine: Engine::Postgres,
+            instances: 3,
+            synchronous: false,
+            failover_enabled: true,
+            detection_timeout_ms: 2000,
+            switchover_timeout_ms: 30_000,
+        };
+        let mut shell = Failover::load(&dir, Arc::new(Mutex::new(SwitchoverDesk::default())), None);
+        let fence = stator_control::Fence {
+            method: FenceMethod::Kill,
+            confirmed: true,
+            floor: None,
+        };
+        shell.state.memory.fenced.insert(0, fence);
+        shell.state.memory.primary = Some(1);
+        shell.state.memory.primary_confirmed = false;
+        assert!(shell.keep_down(&spec, &[]).contains(&0));
+        shell.state.memory.primary_confirmed = true;
+        // Confirmed, but the primary record still names db-0: its config would say primary.
+        assert!(shell.keep_down(&spec, &[]).contains(&0));
+        dir.write_primary("db-1").unwrap();
+        assert!(!shell.keep_down(&spec, &[]).contains(&0));
+        hold(&dir, 2, "drained").unwrap();
+        assert_eq!(shell.keep_down(&spec, &[]), BTreeSet::from([2]));
+    }
+
     #[test]
     fn the_desk_queues_one_request_and_remembers_the_last() {
         let mut desk = SwitchoverDesk::default();

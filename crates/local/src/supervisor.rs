@@ -38,8 +38,9 @@ use crate::report::{InstanceRow, Proxies, ProxyRoute, SupervisorReport};
 use crate::secrets::read_secret;
 use crate::state::{AppliedSpec, DatabaseDir, Marker, create_dir, write_json};
 
-/// How often instances are checked while everything is as the spec asks.
-const TICK_STEADY: Duration = Duration::from_millis(500);
+/// How often instances are checked while everything is as the spec asks: a lost primary is
+/// noticed within this (its detection timeout starts then).
+const TICK_STEADY: Duration = Duration::from_millis(250);
 /// How often while something is starting, stopping or not ready, or while the primary looks
 /// unhealthy or a failover runs: every step of an ordered start waits for one check, and the
 /// detection of a lost primary adds at most this to `spec.failover.detectionTimeout`.
@@ -473,12 +474,15 @@ impl Supervisor<'_> {
 
     /// Scale-down: stops the highest ordinal beyond `desired`, one at a time (a StatefulSet
     /// removes pods in reverse order). Its data dir stays.
+    /// The primary is never stopped this way: the decision core first switches over away
+    /// from a primary beyond `spec.instances`.
     fn stop_excess(&mut self, desired: u32) {
+        let primary = self.failover.memory().primary;
         let Some(slot) = self
             .slots
             .values_mut()
             .rev()
-            .find(|s| s.ordinal >= desired && s.pid.is_some())
+            .find(|s| s.ordinal >= desired && s.pid.is_some() && Some(s.ordinal) != primary)
         else {
             return;
         };
@@ -1065,4 +1069,75 @@ fn answer(endpoint: &StatusEndpoint, request: &[u8]) -> (&'static str, String) {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn endpoint(tmp: &Path) -> StatusEndpoint {
+        let secrets = tmp.join("secrets");
+        std::fs::create_dir(&secrets).unwrap();
+        let token = secrets.join("api-token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let db = stator_api::load_database(
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: pg}\nspec: {engine: postgres, instances: 3}\n",
+        )
+        .unwrap()
+        .database;
+        let dir = crate::state::StateDir {
+            root: tmp.to_path_buf(),
+        }
+        .database_of(&db);
+        StatusEndpoint {
+            report: Arc::new(Mutex::new(initial_report(
+                &AppliedSpec {
+                    generation: 1,
+                    database: db,
+                },
+                &dir,
+            ))),
+            desk: Arc::new(Mutex::new(SwitchoverDesk::default())),
+            secrets_dir: secrets,
+            database: "pg".into(),
+        }
+    }
+
+    fn post(token: Option<&str>, body: &str) -> Vec<u8> {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "POST /switchover HTTP/1.1\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_switchover_request_needs_the_token_and_names_an_instance_of_the_database() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = endpoint(tmp.path());
+        assert_eq!(answer(&e, &post(None, "{}")).0, "401 Unauthorized");
+        assert_eq!(answer(&e, &post(Some("wrong"), "{}")).0, "401 Unauthorized");
+        let (code, body) = answer(&e, &post(Some("s3cret"), "{\"to\": \"other-1\"}"));
+        assert_eq!(code, "400 Bad Request");
+        assert!(
+            body.contains("to: \\\"other-1\\\" is not an instance of pg"),
+            "{body}"
+        );
+        let (code, _) = answer(&e, &post(Some("s3cret"), "{\"to\": 3"));
+        assert_eq!(code, "400 Bad Request");
+        assert!(
+            e.desk.lock().unwrap().last().is_none(),
+            "nothing was queued"
+        );
+        let (code, body) = answer(&e, &post(Some("s3cret"), "{\"to\": \"pg-2\"}"));
+        assert_eq!(code, "202 Accepted", "{body}");
+        let ticket: crate::failover::SwitchoverTicket = serde_json::from_str(&body).unwrap();
+        assert_eq!((ticket.id, ticket.to.as_deref()), (1, Some("pg-2")));
+        assert_eq!(ticket.state, "queued");
+    }
 }
