@@ -1,5 +1,6 @@
-//! The OS user a server runs as. PostgreSQL refuses to run as root, so an instance manager that
-//! runs as root starts the server (and initdb, pg_basebackup, pg_rewind) as an unprivileged user,
+//! The OS user a server runs as. PostgreSQL and MariaDB/MySQL refuse to run as root, so an
+//! instance manager that runs as root starts the server (and initdb, pg_basebackup, pg_rewind,
+//! mariadb-install-db, mariadb-backup) as an unprivileged user,
 //! with that user's uid and gid and no supplementary groups, and owns the server's files to it.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -29,7 +30,7 @@ impl ServerUser {
                 if me.is_root() {
                     return Err(EngineError::ServerUser {
                         user: "root".into(),
-                        message: "PostgreSQL refuses to run as root; set serverUser in the instance config (e.g. \"postgres\"; create it with `useradd --system postgres` if it does not exist)".into(),
+                        message: "the database server refuses to run as root; set serverUser in the instance config (\"postgres\" for PostgreSQL, \"mysql\" for MariaDB and MySQL; create it with `useradd --system NAME` if it does not exist)".into(),
                     });
                 }
                 let name = User::from_uid(me)
@@ -52,12 +53,12 @@ impl ServerUser {
                     })?
                     .ok_or_else(|| EngineError::ServerUser {
                         user: name.into(),
-                        message: "no such user; create it (`useradd --system --home-dir /var/lib/postgresql postgres`) or name another in serverUser".into(),
+                        message: "no such user; create it (`useradd --system NAME`) or name another in serverUser".into(),
                     })?;
                 if user.uid.is_root() {
                     return Err(EngineError::ServerUser {
                         user: name.into(),
-                        message: "is root; PostgreSQL refuses to run as root".into(),
+                        message: "is root; the database server refuses to run as root".into(),
                     });
                 }
                 if user.uid != me && !me.is_root() {
