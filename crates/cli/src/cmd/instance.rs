@@ -11,9 +11,10 @@ use stator_api::names::INSTANCE_MANAGER_PORT;
 use crate::error::{CliError, CliResult};
 
 /// Run the instance manager of one database server: initialize or clone its data directory,
-/// start and supervise the server, and serve /healthz, /readyz, /status, /metrics, /promote and
-/// /demote over HTTP (/promote and /demote need `Authorization: Bearer` with the api-token
-/// secret). Stops the server cleanly on SIGTERM or SIGINT.
+/// start and supervise the server, and serve /healthz, /readyz, /status, /metrics, /promote,
+/// /demote and (MariaDB) /backup over HTTP (/promote, /demote and /backup need
+/// `Authorization: Bearer` with the api-token secret). Stops the server cleanly on SIGTERM or
+/// SIGINT.
 #[derive(clap::Args, Debug)]
 #[command(
     group(clap::ArgGroup::new("source").required(true).args(["config", "pod"])),
