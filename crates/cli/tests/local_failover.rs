@@ -263,7 +263,7 @@ fn a_mariadb_switchover_to_a_named_replica_under_a_running_writer_loses_no_ackno
 }
 
 #[test]
-fn draining_the_primary_switches_over_first_and_the_budget_refuses_a_second_drain() {
+fn draining_the_primary_switches_over_first_the_budget_refuses_a_second_drain_and_up_brings_it_back() {
     let (cluster, password) = ready_cluster("postgres", "fod");
     insert_range(&cluster, &password, 1, 10);
     let old = name(&cluster, 0);
@@ -290,7 +290,8 @@ fn draining_the_primary_switches_over_first_and_the_budget_refuses_a_second_drai
     );
     assert!(cluster.row(&other)["managerPid"].as_u64().is_some());
 
-    cluster.ok(&["drain", &old, "--uncordon"]);
+    // The next `up` asks for every instance: the drained one runs again, as a replica.
+    cluster.up();
     wait_for_replica_of(&cluster, &old, &new);
     cluster.eventually("every row on the drained instance", WAIT, || {
         (count_on(&cluster, &password, 0) == 20).then_some(())

@@ -56,6 +56,7 @@ pub fn failover_file(dir: &DatabaseDir) -> PathBuf {
 
 /// `instances/NAME-N/hold`: while it exists the supervisor does not start instance N (a drain,
 /// or a fault-injection drill that keeps a killed instance down). Its content says why.
+/// `stator drain --uncordon` and `stator up` remove it.
 pub fn hold_file(dir: &DatabaseDir, ordinal: u32) -> PathBuf {
     dir.instance_dir(ordinal).join("hold")
 }
@@ -78,6 +79,17 @@ pub fn release(dir: &DatabaseDir, ordinal: u32) -> Result<bool, LocalError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(LocalError::io(&path, "cannot remove", e)),
     }
+}
+
+/// Releases every held instance (`stator up` asks for all of them); their names.
+pub fn release_all(dir: &DatabaseDir) -> Result<Vec<String>, LocalError> {
+    let mut released = Vec::new();
+    for ordinal in dir.known_ordinals() {
+        if release(dir, ordinal)? {
+            released.push(dir.instance_name(ordinal));
+        }
+    }
+    Ok(released)
 }
 
 /// Why instance `ordinal` is held, when it is.

@@ -7,7 +7,7 @@
 //! `drain` honours the disruption budget the way `kubectl drain` honours a PodDisruptionBudget
 //! with `maxUnavailable: 1`: it refuses while another instance is unavailable, moves the primary
 //! away first, then stops the instance and keeps it stopped (a hold file) until
-//! `stator drain --uncordon`.
+//! `stator drain --uncordon` or the next `stator up`.
 
 use std::time::{Duration, Instant};
 

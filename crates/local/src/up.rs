@@ -135,6 +135,10 @@ pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
     if !dir.primary_file().exists() {
         dir.write_primary(&db.instance_name(0))?;
     }
+    // `up` asks for every instance: drained (held) ones run again, as replicas.
+    for released in crate::failover::release_all(&dir)? {
+        progress.line(&format!("{released}: was drained; starting it again"));
+    }
     let mut foreground = None;
     match supervisor {
         Some(pid) => progress.line(&format!(

@@ -37,8 +37,8 @@ pub struct SwitchoverArgs {
 /// Stop one instance for maintenance, honouring the disruption budget (like `kubectl drain`).
 ///
 /// Refuses while another instance is unavailable (maxUnavailable: 1). A primary is first moved
-/// away by a switchover. The instance then stops and stays stopped — also across `stator up` —
-/// until `stator drain --uncordon` lets it run again (it comes back as a replica).
+/// away by a switchover. The instance then stops and stays stopped until
+/// `stator drain --uncordon` (or the next `stator up`) lets it run again, as a replica.
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Examples:\n  stator drain -f examples/postgres-3.yaml pg-0              stop pg-0 (a switchover first if it is the primary)\n  stator drain -f examples/postgres-3.yaml pg-0 --uncordon   let pg-0 run again"
@@ -134,7 +134,7 @@ pub fn drain(args: DrainArgs) -> CliResult {
         println!("switchover done first: {}", describe(ticket));
     }
     println!(
-        "{} drained: stopped, and kept stopped until `stator drain -f {} {} --uncordon`",
+        "{} drained: stopped, and kept stopped until `stator drain -f {} {} --uncordon` or `stator up`",
         drained.instance,
         args.file.display(),
         drained.instance
