@@ -99,8 +99,44 @@ impl EngineError {
         }
     }
 
+    /// The same error with `secret` blanked out of its message: for statements that carry a
+    /// password, whose server error may quote them.
+    pub(crate) fn without(self, secret: &str) -> Self {
+        let blank = |m: String| {
+            if secret.is_empty() {
+                m
+            } else {
+                m.replace(secret, "<redacted>")
+            }
+        };
+        match self {
+            EngineError::Sql { what, message } => EngineError::Sql {
+                what,
+                message: blank(message),
+            },
+            EngineError::Connect(m) => EngineError::Connect(blank(m)),
+            other => other,
+        }
+    }
+
     /// True when the failure only means "not accepting connections yet".
     pub fn is_connect(&self) -> bool {
         matches!(self, EngineError::Connect(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_quoted_by_a_server_error_is_blanked() {
+        let e = EngineError::Sql {
+            what: "pointing replication at the upstream",
+            message: "syntax error near 's3cret', MASTER_USE_GTID".into(),
+        }
+        .without("s3cret");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        assert!(e.to_string().contains("<redacted>"), "{e}");
     }
 }

@@ -192,7 +192,10 @@ impl MysqlFamily {
         for statement in
             crate::mysql::clone_statements(upstream, REPLICATION_USER, &creds.replication)
         {
-            if let Err(e) = Self::exec(&mut conn, "cloning the upstream", &statement).await {
+            if let Err(e) = Self::exec(&mut conn, "cloning the upstream", &statement)
+                .await
+                .map_err(|e| e.without(creds.replication.expose()))
+            {
                 // The server restarts (here: exits) once CLONE is done; its connection ends.
                 if !matches!(e, EngineError::Connect(_)) {
                     result = Err(e);

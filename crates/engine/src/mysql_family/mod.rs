@@ -427,7 +427,9 @@ impl MysqlFamily {
         }
         // The statement holds the replication password: it is never logged.
         for statement in (d.change_source)(upstream, REPLICATION_USER, &creds.replication)? {
-            Self::exec(conn, "pointing replication at the upstream", &statement).await?;
+            Self::exec(conn, "pointing replication at the upstream", &statement)
+                .await
+                .map_err(|e| e.without(creds.replication.expose()))?;
         }
         Self::exec(conn, "starting replication", d.start_replica).await?;
         if start.is_some() {
@@ -834,13 +836,15 @@ impl ServerEngine for MysqlFamily {
                     "creating a user",
                     &format!("CREATE USER IF NOT EXISTS {account} {identified}"),
                 )
-                .await?;
+                .await
+                .map_err(|e| e.without(password.expose()))?;
                 Self::exec(
                     c,
                     "setting a user's password",
                     &format!("ALTER USER {account} {identified}"),
                 )
-                .await?;
+                .await
+                .map_err(|e| e.without(password.expose()))?;
                 if user == &owner {
                     Self::exec(
                         c,
