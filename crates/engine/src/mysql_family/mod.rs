@@ -871,9 +871,10 @@ impl ServerEngine for MysqlFamily {
 
     async fn observe(&self, creds: &Credentials) -> Result<Observation, EngineError> {
         let d = self.dialect;
-        let follows = self.follows();
         let local = self
             .with_session(async |c: &mut Conn| {
+                // Read under the session lock: a promotion (which holds it) changes the marker.
+                let follows = self.follows();
                 if let Some(upstream) = &follows
                     && let Err(e) = self.ensure_replication(c, upstream, creds).await
                 {
@@ -910,10 +911,11 @@ impl ServerEngine for MysqlFamily {
                     logged,
                     uptime,
                     status,
+                    follows,
                 ))
             })
             .await?;
-        let (version, read_only, executed, logged, uptime, status) = local;
+        let (version, read_only, executed, logged, uptime, status, follows) = local;
         let mut o = Observation {
             server_version: version.split('-').next().map(str::to_string),
             uptime_seconds: uptime,
@@ -974,6 +976,9 @@ impl ServerEngine for MysqlFamily {
                 Self::exec(c, "stopping replication", d.stop_replica).await?;
                 Self::exec(c, "forgetting the upstream", d.reset_replica_all).await?;
             }
+            // Under the session lock, so no observation re-points replication in between.
+            let _ = std::fs::remove_file(self.start_position_file());
+            write_marker(&self.data_dir, &self.marker(None), &self.user)?;
             if synchronous {
                 Self::exec(
                     c,
@@ -990,8 +995,6 @@ impl ServerEngine for MysqlFamily {
         .await?;
         *self.upstream_session.lock().await = None;
         tracing::info!(instance = %self.instance, "promoted to primary");
-        let _ = std::fs::remove_file(self.start_position_file());
-        write_marker(&self.data_dir, &self.marker(None), &self.user)?;
         self.write_config(_creds)
     }
 
