@@ -196,8 +196,14 @@ impl MysqlFamily {
                 .await
                 .map_err(|e| e.without(creds.replication.expose()))
             {
-                // The server restarts (here: exits) once CLONE is done; its connection ends.
-                if !matches!(e, EngineError::Connect(_)) {
+                // The server restarts once CLONE is done: without a supervising mysqld_safe it
+                // exits, ending the connection or answering 3707 (restart failed).
+                let restarted = match &e {
+                    EngineError::Connect(_) => true,
+                    EngineError::Sql { message, .. } => message.ends_with("(3707)"),
+                    _ => false,
+                };
+                if !restarted {
                     result = Err(e);
                 }
                 break;
