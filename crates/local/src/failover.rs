@@ -1071,13 +1071,14 @@ impl Failover {
                         server.map_or("-".to_string(), |p| p.to_string())
                     );
                 }
-                if let Some(pid) = manager {
+                // Everything the manager started (a server it is just starting has no pid
+                // file yet) and everything under the server, collected before any is killed
+                // (orphans are adopted by init and would be lost from sight).
+                let mut doomed: Vec<u32> = manager.map(process_tree).unwrap_or_default();
+                doomed.extend(server.map(process_tree).unwrap_or_default());
+                doomed.dedup();
+                for pid in doomed {
                     process::signal(pid, Signal::SIGKILL);
-                }
-                if let Some(pid) = server {
-                    for pid in process_tree(pid) {
-                        process::signal(pid, Signal::SIGKILL);
-                    }
                 }
             }
             FenceMethod::Shutdown => {
