@@ -1004,6 +1004,8 @@ impl HandMariadb {
             as_user(
                 Command::new(&self.install_db)
                     .arg(format!("--defaults-file={}", cnf.display()))
+                    // The unix_socket account of this OS user, which the steps below log in as.
+                    .arg(format!("--user={}", self.login()))
                     .args(["--auth-root-authentication-method=socket", "--skip-test-db"]),
                 self.user.as_ref(),
             ),
@@ -1070,9 +1072,13 @@ impl HandMariadb {
         for n in 1..3u16 {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                let status = self.sql(dir, n, "SHOW SLAVE STATUS\\G")?;
-                let running = |key: &str| status.lines().any(|l| l.trim() == format!("{key}: Yes"));
-                if running("Slave_IO_Running") && running("Slave_SQL_Running") {
+                // `Slave_running` is ON once both the IO and the SQL thread run.
+                let status = self.sql(
+                    dir,
+                    n,
+                    "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'SLAVE_RUNNING'",
+                )?;
+                if status.trim() == "ON" {
                     break;
                 }
                 if Instant::now() > deadline {
