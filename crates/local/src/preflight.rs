@@ -409,6 +409,21 @@ pub fn check_data_dir(
             engine_title(engine)
         )));
     }
+    // A cloned MariaDB replica has no `mysql_upgrade_info`: the marker says the version.
+    if let Some(major) = marker
+        .as_ref()
+        .and_then(|m| m.get("majorVersion"))
+        .and_then(|v| v.as_str())
+        && major != version
+    {
+        return Err(LocalError::DataDirForeign(format!(
+            "{}: {instance}'s data dir holds {} {major} data, but this database is {} {version}; {}, set spec.version to {major:?}, or move the directory away",
+            data_dir.display(),
+            engine_title(engine),
+            engine_title(engine),
+            upgrade_hint(engine)
+        )));
+    }
     if let Some(owner) = marker
         .as_ref()
         .and_then(|m| m.get("database"))
@@ -635,6 +650,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("belongs to the database \"other\""), "{err}");
+        fs::write(
+            tmp.path().join("stator.json"),
+            r#"{"engine":"mariadb","majorVersion":"11.4","database":"m"}"#,
+        )
+        .unwrap();
+        let err = check_data_dir(tmp.path(), "m-0", Engine::Mariadb, "10.11", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds MariaDB 11.4 data"), "{err}");
+        fs::write(
+            tmp.path().join("stator.json"),
+            r#"{"engine":"mariadb","majorVersion":"10.11","database":"m"}"#,
+        )
+        .unwrap();
+        check_data_dir(tmp.path(), "m-0", Engine::Mariadb, "10.11", None).unwrap();
         assert_eq!(system_identifier(tmp.path()), None);
     }
 
