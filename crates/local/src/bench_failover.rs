@@ -279,6 +279,7 @@ fn measure_stator(
         &progress,
     )?;
     eprint!("{}", lost_node.render());
+    keep_logs_if_incomplete(&lost_node, &dir, "stop-node");
     out.push(stator_line(
         &lost_node,
         format!(
@@ -303,6 +304,7 @@ fn measure_stator(
             &progress,
         )?;
         eprint!("{}", in_place.render());
+        keep_logs_if_incomplete(&in_place, &dir, "kill-node");
         let completed: Vec<_> = in_place
             .rounds
             .iter()
@@ -329,6 +331,46 @@ fn measure_stator(
     }
     drop(cluster);
     Ok(out)
+}
+
+/// An incomplete check is a finding: its supervisor's and instances' logs are copied to
+/// `/tmp/stator-bench-failover-logs-PID-FAULT/` (the cluster itself is deleted afterwards).
+fn keep_logs_if_incomplete(report: &CheckReport, dir: &crate::state::DatabaseDir, fault: &str) {
+    if report.aborted.is_none() {
+        return;
+    }
+    let dest = PathBuf::from(format!(
+        "/tmp/stator-bench-failover-logs-{}-{fault}",
+        std::process::id()
+    ));
+    let mut copied = 0;
+    let mut sources = vec![(dir.root.clone(), dest.clone())];
+    if let Ok(entries) = std::fs::read_dir(dir.root.join("instances")) {
+        for e in entries.flatten() {
+            sources.push((e.path(), dest.join(e.file_name())));
+        }
+    }
+    for (from, to) in sources {
+        let Ok(entries) = std::fs::read_dir(&from) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let wanted = path.extension().is_some_and(|x| x == "log" || x == "json");
+            if wanted && path.is_file() {
+                let _ = std::fs::create_dir_all(&to);
+                if std::fs::copy(&path, to.join(e.file_name())).is_ok() {
+                    copied += 1;
+                }
+            }
+        }
+    }
+    if copied > 0 {
+        eprintln!(
+            "  the check is incomplete: {copied} logs kept in {}",
+            dest.display()
+        );
+    }
 }
 
 fn stator_line(report: &CheckReport, system: String, fault: String) -> Measured {
