@@ -276,13 +276,28 @@ impl<E: ServerEngine> Supervisor<E> {
                 Err(e) => {
                     let delay = backoff.next_delay(Duration::ZERO);
                     tracing::warn!(error = %e, "rejoin failed; the server stays stopped and it is retried");
+                    let errant = holds_errant_transactions(&e);
+                    // Errant transactions never go away by retrying: the instance is reported
+                    // failed and errant, so the decision core orders it rebuilt.
                     self.status.set_state(
-                        ServerState::Initializing,
+                        if errant {
+                            ServerState::Failed
+                        } else {
+                            ServerState::Initializing
+                        },
                         Some(format!(
                             "{message} failed, retrying in {}s (the server stays stopped): {e}",
                             delay.as_secs()
                         )),
                     );
+                    if errant {
+                        self.status.update(|s| {
+                            s.observation = Some(stator_engine::Observation {
+                                errant: Some(e.to_string()),
+                                ..Default::default()
+                            });
+                        });
+                    }
                     if !self.pause(delay).await {
                         return Ok(false);
                     }
@@ -379,6 +394,12 @@ impl<E: ServerEngine> Supervisor<E> {
             Err(_) => false,
         }
     }
+}
+
+/// The engine refused to make this data dir follow its upstream because it holds transactions
+/// the upstream does not have (MySQL family: errant GTIDs). The engine says so in words only.
+fn holds_errant_transactions(e: &EngineError) -> bool {
+    matches!(e, EngineError::State(m) if m.contains("holds transactions"))
 }
 
 /// The upstream a data dir must be made to follow before its server starts: the config says

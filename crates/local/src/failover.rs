@@ -438,6 +438,7 @@ impl Failover {
         self.route(db, &decision.status, routes);
         self.carry_out(db, &spec, &decision, sightings, routes)
             .await;
+        self.finish_rebuilds(db.spec.engine, sightings);
         self.settle_ticket(&spec, &decision);
         let keep_down = self.keep_down(&spec, sightings);
         let urgent = !matches!(
@@ -1208,41 +1209,56 @@ impl Failover {
             tracing::debug!("{name}: {} still running; not rebuilding yet", running.what);
             return;
         }
-        if let Some(pid) = manager {
-            if self.rebuilding.insert(ordinal) {
-                tracing::warn!(
-                    "{name}: holds transactions {} lacks: stopping it to rebuild it",
-                    spec.instance_name(upstream)
-                );
-            }
-            process::signal(pid, Signal::SIGTERM);
-            return;
+        if self.rebuilding.insert(ordinal) {
+            tracing::warn!(
+                "{name}: holds transactions {} lacks: stopping it to rebuild it",
+                spec.instance_name(upstream)
+            );
         }
-        let data_dir = self.dir.data_dir(ordinal);
-        if has_data(&data_dir) {
-            let aside = data_dir.with_file_name(format!(
-                "{}.diverged-{}",
-                data_dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                wall_ms() / 1000
-            ));
-            match std::fs::rename(&data_dir, &aside) {
-                Ok(()) => tracing::warn!(
-                    "{name}: its data dir is kept as {} and it is cloned again from {}",
-                    aside.display(),
-                    spec.instance_name(upstream)
-                ),
-                Err(e) => {
-                    tracing::error!("{name}: cannot move {} aside: {e}", data_dir.display());
-                    return;
+        if let Some(pid) = manager {
+            process::signal(pid, Signal::SIGTERM);
+        }
+    }
+
+    /// A rebuild goes on by itself once ordered (the core sees the instance down meanwhile and
+    /// orders nothing): when the instance's manager and server are gone, its data dir is moved
+    /// aside (kept, never deleted) and the supervisor may start it again: it clones the primary.
+    fn finish_rebuilds(&mut self, engine: Engine, sightings: &[Sighting]) {
+        let pending: Vec<u32> = self.rebuilding.iter().copied().collect();
+        for ordinal in pending {
+            let name = self.dir.instance_name(ordinal);
+            let manager = sightings
+                .iter()
+                .find(|s| s.ordinal == ordinal)
+                .and_then(|s| s.manager_pid);
+            let data_dir = self.dir.data_dir(ordinal);
+            if manager.is_some() || server_pid(engine, &data_dir).is_some() {
+                continue;
+            }
+            if has_data(&data_dir) {
+                let aside = data_dir.with_file_name(format!(
+                    "{}.diverged-{}",
+                    data_dir
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    wall_ms() / 1000
+                ));
+                match std::fs::rename(&data_dir, &aside) {
+                    Ok(()) => tracing::warn!(
+                        "{name}: its data dir is kept as {}; it is cloned again from the primary",
+                        aside.display()
+                    ),
+                    Err(e) => {
+                        tracing::error!("{name}: cannot move {} aside: {e}", data_dir.display());
+                        continue;
+                    }
                 }
             }
+            self.rebuilding.remove(&ordinal);
+            self.finals.remove(&ordinal);
+            self.state.timelines.remove(&ordinal);
         }
-        self.rebuilding.remove(&ordinal);
-        self.finals.remove(&ordinal);
-        self.state.timelines.remove(&ordinal);
     }
 
     /// Instances the supervisor must not start now.
