@@ -342,16 +342,28 @@ enum Login {
     Monitor,
 }
 
-/// One connection, of either engine.
+/// The server process a session reached: its port and when it started (milliseconds since
+/// the epoch). A killed PostgreSQL postmaster's orphaned backends may still acknowledge a write
+/// for a few milliseconds; the start time tells that server from the one restarted in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Server {
+    port: u16,
+    started: i64,
+}
+
+/// One connection, of either engine, with the server behind it (asked once at connect:
+/// through `rw`, the server behind the proxy).
 enum Session {
     Postgres {
         client: tokio_postgres::Client,
+        server: Server,
         /// Held for its Drop.
         _connection: ConnectionTask,
     },
-    /// `port` is the server's own `@@port`, asked once at connect (through `rw`, the server
-    /// behind the proxy).
-    Mysql { conn: mysql_async::Conn, port: u16 },
+    Mysql {
+        conn: mysql_async::Conn,
+        server: Server,
+    },
 }
 
 /// The task driving a PostgreSQL connection, stopped with its session.
@@ -401,8 +413,24 @@ impl Access {
                 let connection = ConnectionTask(tokio::spawn(async move {
                     let _ = connection.await;
                 }));
+                let row = tokio::time::timeout(
+                    timeout,
+                    client.query_one(
+                        "SELECT inet_server_port(), (extract(epoch FROM pg_postmaster_start_time()) * 1000)::bigint",
+                        &[],
+                    ),
+                )
+                .await
+                .map_err(|_| format!("port {port}: no answer within {timeout:?}"))?
+                .map_err(|e| format!("port {port}: {e}"))?;
+                let own: Option<i32> = row.try_get(0).map_err(text)?;
+                let started: i64 = row.try_get(1).map_err(text)?;
                 Ok(Session::Postgres {
                     client,
+                    server: Server {
+                        port: own.and_then(|p| u16::try_from(p).ok()).unwrap_or(0),
+                        started,
+                    },
                     _connection: connection,
                 })
             }
@@ -421,14 +449,24 @@ impl Access {
                 }
                 let connect = async {
                     let mut conn = mysql_async::Conn::new(opts).await.map_err(text)?;
-                    let own: Option<u16> = conn.query_first("SELECT @@port").await.map_err(text)?;
-                    Ok::<_, String>((conn, own.unwrap_or(0)))
+                    let own: Option<(i64, i64)> = conn
+                        .query_first(
+                            "SELECT @@port, CAST(UNIX_TIMESTAMP() - VARIABLE_VALUE AS SIGNED) * 1000 FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'",
+                        )
+                        .await
+                        .map_err(text)?;
+                    let (own, started) = own.unwrap_or((0, 0));
+                    let server = Server {
+                        port: u16::try_from(own).unwrap_or(0),
+                        started,
+                    };
+                    Ok::<_, String>((conn, server))
                 };
-                let (conn, own) = tokio::time::timeout(timeout, connect)
+                let (conn, server) = tokio::time::timeout(timeout, connect)
                     .await
                     .map_err(|_| format!("port {port}: no answer within {timeout:?}"))?
                     .map_err(|e| format!("port {port}: {e}"))?;
-                Ok(Session::Mysql { conn, port: own })
+                Ok(Session::Mysql { conn, server })
             }
         }
     }
@@ -483,28 +521,25 @@ impl Session {
         }
     }
 
-    /// Inserts `id` (autocommit); returns the port of the server that acknowledged it.
-    async fn insert(&mut self, id: u64) -> Result<u16, String> {
+    /// Inserts `id` (autocommit); returns the server that acknowledged it.
+    async fn insert(&mut self, id: u64) -> Result<Server, String> {
         match self {
-            Session::Postgres { client, .. } => {
-                let row = client
-                    .query_one(
-                        &format!(
-                            "INSERT INTO {TABLE} (id) VALUES ($1) RETURNING inet_server_port()"
-                        ),
+            Session::Postgres { client, server, .. } => {
+                client
+                    .execute(
+                        &format!("INSERT INTO {TABLE} (id) VALUES ($1)"),
                         &[&(id as i64)],
                     )
                     .await
                     .map_err(text)?;
-                let port: Option<i32> = row.try_get(0).map_err(text)?;
-                Ok(port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0))
+                Ok(*server)
             }
-            Session::Mysql { conn, port } => {
+            Session::Mysql { conn, server } => {
                 use mysql_async::prelude::Queryable;
                 conn.query_drop(format!("INSERT INTO {TABLE} (id) VALUES ({id})"))
                     .await
                     .map_err(text)?;
-                Ok(*port)
+                Ok(*server)
             }
         }
     }
@@ -577,7 +612,7 @@ struct Ack {
     /// When the insert was sent, and when it was acknowledged.
     sent: Instant,
     at: Instant,
-    port: u16,
+    server: Server,
 }
 
 #[derive(Default)]
@@ -588,15 +623,26 @@ struct WriterLog {
 }
 
 impl WriterLog {
-    /// The first write sent after `t0` and acknowledged, not by `excluded`. (A write in flight
-    /// at the fault may still be acknowledged by a dying backend: that says nothing about
-    /// whether the database takes writes again.)
-    fn first_after(&self, t0: Instant, excluded: Option<u16>) -> Option<Ack> {
+    /// The first write sent after `t0` and acknowledged, neither by the `held` port nor by
+    /// the `dead` server process. (A write in flight at the fault may still be acknowledged,
+    /// and a killed postmaster's orphaned backends may acknowledge one more: neither says
+    /// that the database takes writes again.)
+    fn first_after(&self, t0: Instant, held: Option<u16>, dead: Option<Server>) -> Option<Ack> {
         let start = self.acks.partition_point(|a| a.at <= t0);
         self.acks[start..]
             .iter()
-            .find(|a| a.sent >= t0 && Some(a.port) != excluded)
+            .find(|a| a.sent >= t0 && Some(a.server.port) != held && Some(a.server) != dead)
             .copied()
+    }
+
+    /// The server that acknowledged the last write before `t0` on `port`.
+    fn server_before(&self, t0: Instant, port: u16) -> Option<Server> {
+        let end = self.acks.partition_point(|a| a.at <= t0);
+        self.acks[..end]
+            .iter()
+            .rev()
+            .find(|a| a.server.port == port)
+            .map(|a| a.server)
     }
 
     fn acked_since(&self, t: Instant) -> bool {
@@ -644,7 +690,7 @@ async fn write_loop(
                         id,
                         sent,
                         at,
-                        port: server,
+                        server,
                     });
                 }
                 tokio::time::sleep(interval).await;
@@ -830,17 +876,31 @@ fn cluster_ready(report: &SupervisorReport) -> bool {
         })
 }
 
+/// While waiting: when the supervisor first records a primary other than `from`.
+struct PrimaryMove<'a> {
+    from: &'a str,
+    t0: Instant,
+    seconds: &'a mut Option<f64>,
+}
+
 /// Waits until the cluster is ready and the writer had an acknowledged write after `since`.
 async fn wait_ready(
     target: &Target,
     writer: &Arc<Mutex<WriterLog>>,
     since: Instant,
     timeout: Duration,
+    mut moved: Option<PrimaryMove<'_>>,
 ) -> Result<SupervisorReport, String> {
     let deadline = Instant::now() + timeout;
     loop {
         let last = match supervisor_report(target).await {
             Ok(report) => {
+                if let Some(m) = moved.as_mut()
+                    && m.seconds.is_none()
+                    && report.primary != m.from
+                {
+                    *m.seconds = Some(m.t0.elapsed().as_secs_f64());
+                }
                 let acked = writer.lock().map(|l| l.acked_since(since)).unwrap_or(false);
                 if cluster_ready(&report) && acked {
                     return Ok(report);
@@ -973,7 +1033,7 @@ async fn check_async(
     let mut aborted = None;
     let mut since = started;
     for number in 1..=options.failovers {
-        let report = match wait_ready(&target, &writer, since, options.round_timeout).await {
+        let report = match wait_ready(&target, &writer, since, options.round_timeout, None).await {
             Ok(r) => r,
             Err(e) => {
                 aborted = Some(format!("before round {number}: {e}"));
@@ -1013,19 +1073,24 @@ async fn check_async(
             ready_again_seconds: None,
             problem: None,
         };
-        // A held instance cannot acknowledge; an ack from it read after t0 was sent before.
-        let excluded = if options.fault.holds() {
+        // A held instance cannot acknowledge; a killed one's orphaned backends may, once.
+        let held = if options.fault.holds() {
             failed_port
         } else {
             None
         };
+        let dead =
+            failed_port.and_then(|p| writer.lock().ok().and_then(|l| l.server_before(t0, p)));
         let deadline = t0 + options.round_timeout;
         let mut next_report = Instant::now();
         loop {
-            let first = writer.lock().ok().and_then(|l| l.first_after(t0, excluded));
+            let first = writer
+                .lock()
+                .ok()
+                .and_then(|l| l.first_after(t0, held, dead));
             if let Some(ack) = first {
                 round.outage_seconds = Some(ack.at.duration_since(t0).as_secs_f64());
-                round.writes_resumed_on = Some(name_of_port(ack.port));
+                round.writes_resumed_on = Some(name_of_port(ack.server.port));
                 break;
             }
             if Instant::now() > deadline {
@@ -1070,7 +1135,12 @@ async fn check_async(
         }
         let failed_round = round.outage_seconds.is_none();
         since = Instant::now();
-        match wait_ready(&target, &writer, since, options.round_timeout).await {
+        let moved = PrimaryMove {
+            from: &primary,
+            t0,
+            seconds: &mut round.primary_moved_seconds,
+        };
+        match wait_ready(&target, &writer, since, options.round_timeout, Some(moved)).await {
             Ok(_) => {
                 round.ready_again_seconds = Some(t0.elapsed().as_secs_f64());
                 progress(&format!(
@@ -1189,30 +1259,49 @@ mod tests {
     }
 
     #[test]
-    fn the_outage_ends_with_a_write_sent_after_the_fault_and_not_by_a_held_server() {
+    fn the_outage_ends_with_a_write_sent_after_the_fault_by_a_live_server_not_a_held_or_killed_one()
+    {
         let base = Instant::now();
         let at = |ms| base + Duration::from_millis(ms);
         let t0 = at(100);
-        let ack = |id, sent, acked, port| Ack {
+        let old = Server {
+            port: 10,
+            started: 1,
+        };
+        let restarted = Server {
+            port: 10,
+            started: 2,
+        };
+        let other = Server {
+            port: 11,
+            started: 1,
+        };
+        let ack = |id, sent, acked, server| Ack {
             id,
             sent: at(sent),
             at: at(acked),
-            port,
+            server,
         };
         let log = WriterLog {
             acks: vec![
-                ack(1, 0, 50, 10),
-                ack(2, 90, 105, 10),
-                ack(3, 106, 800, 10),
-                ack(4, 850, 900, 11),
+                ack(1, 0, 50, old),
+                ack(2, 90, 105, old),
+                ack(3, 106, 110, old),
+                ack(4, 300, 800, restarted),
+                ack(5, 850, 900, other),
             ],
-            attempts: 4,
+            attempts: 5,
             last_error: None,
         };
+        assert_eq!(log.server_before(t0, 10), Some(old));
         // Write 2 was in flight at the fault: acknowledged after it, but sent before.
-        assert_eq!(log.first_after(t0, None).map(|a| a.id), Some(3));
-        assert_eq!(log.first_after(t0, Some(10)).map(|a| a.id), Some(4));
-        assert!(log.first_after(at(900), None).is_none());
+        assert_eq!(log.first_after(t0, None, None).map(|a| a.id), Some(3));
+        // Write 3 was acknowledged by the killed server's orphaned backend; write 4 by the
+        // server restarted in place.
+        assert_eq!(log.first_after(t0, None, Some(old)).map(|a| a.id), Some(4));
+        // A held server acknowledges nothing that counts.
+        assert_eq!(log.first_after(t0, Some(10), None).map(|a| a.id), Some(5));
+        assert!(log.first_after(at(900), None, None).is_none());
         assert!(log.acked_since(at(10)) && !log.acked_since(at(900)));
     }
 
