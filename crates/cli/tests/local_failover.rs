@@ -263,7 +263,8 @@ fn a_mariadb_switchover_to_a_named_replica_under_a_running_writer_loses_no_ackno
 }
 
 #[test]
-fn draining_the_primary_switches_over_first_the_budget_refuses_a_second_drain_and_up_brings_it_back() {
+fn draining_the_primary_switches_over_first_the_budget_refuses_a_second_drain_and_up_brings_it_back()
+ {
     let (cluster, password) = ready_cluster("postgres", "fod");
     insert_range(&cluster, &password, 1, 10);
     let old = name(&cluster, 0);
