@@ -197,9 +197,9 @@ pub fn live_server(data_dir: &Path) -> Option<LiveServer> {
     })
 }
 
-/// The pid of the server running on `data_dir`, of any engine (the name is PostgreSQL's; it
-/// finds a `mariadbd` through `DATA_DIR/mariadb.pid` too).
-pub fn live_postmaster(data_dir: &Path) -> Option<u32> {
+/// The pid of the server running on `data_dir`, of any engine (`postmaster.pid`,
+/// `mariadb.pid`).
+pub fn live_server_pid(data_dir: &Path) -> Option<u32> {
     live_server(data_dir).map(|s| s.pid)
 }
 
@@ -248,7 +248,7 @@ mod tests {
         // A pid file naming a live process that is not a server does not count.
         write_pid_file(&tmp.path().join("mariadb.pid"), child.id()).unwrap();
         assert_eq!(live_server(tmp.path()), None);
-        assert_eq!(live_postmaster(tmp.path()), None);
+        assert_eq!(live_server_pid(tmp.path()), None);
         // Our own process, named like a server through a symlink.
         let link = tmp.path().join("mariadbd");
         std::os::unix::fs::symlink("/bin/sleep", &link).unwrap();
@@ -258,7 +258,7 @@ mod tests {
         assert_eq!(found.pid, server.id());
         assert_eq!(found.program.engine, Engine::Mariadb);
         assert_eq!(found.program.immediate_signal, Signal::SIGKILL);
-        assert_eq!(live_postmaster(tmp.path()), Some(server.id()));
+        assert_eq!(live_server_pid(tmp.path()), Some(server.id()));
         assert_eq!(stop_server_immediately(tmp.path()), Some(server.id()));
         server.wait().unwrap();
         assert_eq!(live_server(tmp.path()), None);

@@ -501,9 +501,7 @@ impl Supervisor<'_> {
                     "{}: not stopped after {FAST_SHUTDOWN_TIMEOUT:?}; stopping immediately",
                     slot.name
                 );
-                if let Some(server) = process::live_postmaster(&self.dir.data_dir(slot.ordinal)) {
-                    process::signal(server, Signal::SIGQUIT);
-                }
+                process::stop_server_immediately(&self.dir.data_dir(slot.ordinal));
                 process::signal(pid, Signal::SIGKILL);
             }
             Some(_) => {}
@@ -825,8 +823,8 @@ fn server_settings(config: &serde_json::Value) -> serde_json::Value {
 }
 
 /// Sends SIGTERM to each instance manager (it stops its server with a fast shutdown), waits up
-/// to `timeout`, then stops what is left immediately (SIGQUIT to the server, SIGKILL to the
-/// manager). `targets` are (manager pid, data dir).
+/// to `timeout`, then stops what is left immediately (the server with its engine's immediate
+/// signal, the manager with SIGKILL). `targets` are (manager pid, data dir).
 pub fn stop_instances(targets: &[(u32, PathBuf)], timeout: Duration) {
     for (pid, _) in targets {
         process::signal(*pid, Signal::SIGTERM);
@@ -840,8 +838,7 @@ pub fn stop_instances(targets: &[(u32, PathBuf)], timeout: Duration) {
             tracing::warn!(
                 "instance manager {pid} did not stop in {timeout:?}; stopping its server immediately"
             );
-            if let Some(server) = process::live_postmaster(data_dir) {
-                process::signal(server, Signal::SIGQUIT);
+            if let Some(server) = process::stop_server_immediately(data_dir) {
                 process::wait_gone(server, Duration::from_secs(10));
             }
             process::signal(*pid, Signal::SIGKILL);

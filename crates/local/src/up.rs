@@ -189,7 +189,7 @@ fn check_ports(
         let marker = dir.config_file(ordinal).display().to_string();
         let survivor = process::live_pid_from_file(&dir.manager_pid_file(ordinal), &marker)
             .is_some()
-            || process::live_postmaster(&dir.data_dir(ordinal)).is_some();
+            || process::live_server_pid(&dir.data_dir(ordinal)).is_some();
         if !supervised && !survivor {
             wanted.extend(instance_ports(db, ordinal));
         }
