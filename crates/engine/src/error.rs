@@ -61,6 +61,16 @@ pub enum EngineError {
     /// The operation does not fit the server's current state.
     #[error("{0}")]
     State(String),
+    /// This data directory cannot follow `upstream`: it holds transactions the upstream does
+    /// not have (errant GTIDs). It must be rebuilt (cloned again), never replicated over.
+    #[error(
+        "{instance} cannot follow {upstream}: it holds transactions {upstream} does not have: {errant}; rebuild it (clone it again from {upstream})"
+    )]
+    Errant {
+        instance: String,
+        upstream: String,
+        errant: String,
+    },
 }
 
 impl EngineError {

@@ -397,9 +397,9 @@ impl<E: ServerEngine> Supervisor<E> {
 }
 
 /// The engine refused to make this data dir follow its upstream because it holds transactions
-/// the upstream does not have (MySQL family: errant GTIDs). The engine says so in words only.
+/// the upstream does not have (MySQL family: errant GTIDs).
 fn holds_errant_transactions(e: &EngineError) -> bool {
-    matches!(e, EngineError::State(m) if m.contains("holds transactions"))
+    matches!(e, EngineError::Errant { .. })
 }
 
 /// The upstream a data dir must be made to follow before its server starts: the config says

@@ -1036,10 +1036,11 @@ impl ServerEngine for MysqlFamily {
             .await?;
         let (up_logged, up_slave_pos, _) = self.upstream_positions(upstream, creds).await?;
         if let Some(errant) = self.errant(&logged, &up_logged, &up_slave_pos, &upstream.instance)? {
-            return Err(EngineError::State(format!(
-                "{} cannot follow {}: it holds transactions {} does not have: {errant}",
-                self.instance, upstream.instance, upstream.instance
-            )));
+            return Err(EngineError::Errant {
+                instance: self.instance.clone(),
+                upstream: upstream.instance.clone(),
+                errant: errant.to_string(),
+            });
         }
         if d.engine == Engine::Mariadb {
             // gtid_current_pos: a former primary's own transactions are in its binary log but
