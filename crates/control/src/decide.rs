@@ -313,14 +313,16 @@ impl Run<'_> {
         })
     }
 
-    /// The detection clock: the primary is failed over once it has looked unhealthy for the
-    /// whole detection timeout; any healthy observation resets the clock.
+    /// The detection clock: the primary is failed over once it has not been seen serving for
+    /// the whole detection timeout (counted from the last sighting that it served, or from the
+    /// first unhealthy one when there was none); any healthy observation resets the clock.
     fn watch_primary(&mut self) {
         let Some(primary) = self.memory.primary else {
             return;
         };
         if self.primary_serving() {
             self.memory.primary_unhealthy_since_ms = None;
+            self.memory.primary_serving_at_ms = Some(self.now());
             return;
         }
         let healthy_now = self
@@ -331,6 +333,7 @@ impl Run<'_> {
             // First healthy sighting of a new primary.
             self.memory.primary_confirmed = true;
             self.memory.primary_unhealthy_since_ms = None;
+            self.memory.primary_serving_at_ms = Some(self.now());
             return;
         }
         let how = self.presence(primary).describe();
@@ -344,7 +347,15 @@ impl Run<'_> {
             return;
         }
         let now = self.now();
-        let since = *self.memory.primary_unhealthy_since_ms.get_or_insert(now);
+        let last_served = self
+            .memory
+            .primary_serving_at_ms
+            .filter(|t| *t <= now)
+            .unwrap_or(now);
+        let since = *self
+            .memory
+            .primary_unhealthy_since_ms
+            .get_or_insert(last_served);
         let elapsed = now.saturating_sub(since);
         let timeout = self.input.spec.detection_timeout_ms;
         if !self.input.spec.failover_enabled {
@@ -469,6 +480,7 @@ impl Run<'_> {
             phase: TransitionPhase::Fencing,
         });
         self.memory.primary_unhealthy_since_ms = None;
+        self.memory.primary_serving_at_ms = None;
         self.order_fence(primary, method);
     }
 
@@ -759,6 +771,7 @@ impl Run<'_> {
             self.memory.primary = Some(candidate);
             self.memory.primary_confirmed = true;
             self.memory.primary_unhealthy_since_ms = None;
+            self.memory.primary_serving_at_ms = Some(self.now());
             self.memory.transition = None;
             self.memory.fenced.remove(&candidate);
             if !restore {

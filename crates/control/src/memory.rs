@@ -26,6 +26,12 @@ pub struct Memory {
     /// Since when the primary has looked unhealthy without interruption; `None` while healthy.
     #[serde(default)]
     pub primary_unhealthy_since_ms: Option<u64>,
+    /// When the primary was last seen serving. The detection clock starts there, not at the
+    /// first unhealthy sighting: the primary may have stopped serving any time after it, and a
+    /// shell that observes every few hundred milliseconds would otherwise add a whole
+    /// observation period to every failover.
+    #[serde(default)]
+    pub primary_serving_at_ms: Option<u64>,
     /// A failover or switchover in progress.
     #[serde(default)]
     pub transition: Option<Transition>,

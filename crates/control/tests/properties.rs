@@ -166,6 +166,7 @@ fn memory(engine: Engine) -> impl Strategy<Value = Memory> {
                 primary,
                 primary_confirmed: confirmed,
                 primary_unhealthy_since_ms: since,
+                primary_serving_at_ms: None,
                 transition: transition.map(
                     |(failover, from, target, started, phase, candidate, restore)| Transition {
                         kind: if failover {
@@ -310,6 +311,7 @@ fn failover_situation() -> impl Strategy<Value = Input> {
                         primary: Some(0),
                         primary_confirmed: true,
                         primary_unhealthy_since_ms: Some(40_000),
+                        primary_serving_at_ms: None,
                         transition: Some(Transition {
                             kind: TransitionKind::Failover,
                             from: Some(0),

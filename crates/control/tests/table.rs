@@ -318,6 +318,58 @@ fn rows() -> Vec<Row> {
             },
         },
         Row {
+            name: "the detection clock counts from the last sighting that the primary served",
+            input: input(
+                pg(3),
+                vec![
+                    (0, unreachable()),
+                    (1, replica(0, wal(1, 300))),
+                    (2, replica(0, wal(1, 300))),
+                ],
+                Memory {
+                    primary_serving_at_ms: Some(NOW - 700),
+                    ..serving(0, 3)
+                },
+            ),
+            actions: vec![],
+            reason: Reason::PrimaryUnhealthy,
+            says: "demo-0 has been unreachable",
+            then: |d| {
+                assert_eq!(d.memory.primary_unhealthy_since_ms, Some(NOW - 700));
+                assert!(d.actions.iter().any(|a| matches!(
+                    a,
+                    Action::Wait { recheck_at_ms: Some(t), .. } if *t == NOW - 700 + TIMEOUT
+                )));
+            },
+        },
+        Row {
+            name: "not seen serving for the detection timeout, though first seen unhealthy just now, is failed over",
+            input: input(
+                pg(3),
+                vec![
+                    (0, unreachable()),
+                    (1, replica(0, wal(1, 300))),
+                    (2, replica(0, wal(1, 300))),
+                ],
+                Memory {
+                    primary_serving_at_ms: Some(NOW - TIMEOUT),
+                    ..serving(0, 3)
+                },
+            ),
+            actions: vec![fence(0, FenceMethod::Kill)],
+            reason: Reason::Fencing,
+            says: "fencing demo-0",
+            then: nothing,
+        },
+        Row {
+            name: "a serving primary records when it was last seen serving",
+            input: input(pg(3), healthy3(), serving(0, 3)),
+            actions: vec![],
+            reason: Reason::Healthy,
+            says: "demo-0 is the primary",
+            then: |d| assert_eq!(d.memory.primary_serving_at_ms, Some(NOW)),
+        },
+        Row {
             name: "a primary unhealthy for less than the detection timeout is not failed over",
             input: input(
                 pg(3),

@@ -40,7 +40,7 @@ use crate::state::{DatabaseDir, read_json, write_atomic, write_json};
 
 /// How long the direct query to the primary's server may take before the primary counts as
 /// hung for this tick.
-pub const SERVER_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+pub const SERVER_PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 /// How long an order (`/promote`, `/demote`) may run before it is sent again.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(150);
 /// How long after an order was sent the same instance gets no other order, unless it

@@ -47,7 +47,7 @@ const TICK_STEADY: Duration = Duration::from_millis(250);
 const TICK_BUSY: Duration = Duration::from_millis(100);
 /// How long a `/status` request may take: short, because a hung instance manager must not slow
 /// down the ticks that detect a lost primary.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 /// How long instance managers get to stop their servers cleanly (fast shutdown) before the
 /// servers are stopped immediately.
 pub const FAST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
