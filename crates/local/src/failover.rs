@@ -1369,39 +1369,8 @@ pub fn server_pid(engine: Engine, data_dir: &Path) -> Option<u32> {
 
 /// `root` and all its descendants (from `/proc/*/stat`), root first.
 pub fn process_tree(root: u32) -> Vec<u32> {
-    let mut parents: Vec<(u32, u32)> = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if let Some(ppid) = ppid {
-                parents.push((pid, ppid));
-            }
-        }
-    }
     let mut tree = vec![root];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i];
-        for (pid, ppid) in &parents {
-            if *ppid == parent && !tree.contains(pid) {
-                tree.push(*pid);
-            }
-        }
-        i += 1;
-    }
+    tree.extend(crate::chaos::descendants(root));
     tree
 }
 
