@@ -207,18 +207,11 @@ pub fn locate(dir: &DatabaseDir, instance: &str) -> Result<InstanceProcesses, Lo
     })
 }
 
-/// The pid file a server of `engine` writes in its data dir.
-pub fn server_pid_file(engine: Engine, data_dir: &Path) -> PathBuf {
-    match engine {
-        Engine::Postgres => data_dir.join("postmaster.pid"),
-        Engine::Mysql | Engine::Mariadb => data_dir.join("mariadb.pid"),
-    }
-}
-
 /// The live server of `data_dir`: the pid in its pid file, when that process works in the data
 /// dir or names it on its command line (so a recycled pid is never signalled).
 pub fn live_server(engine: Engine, data_dir: &Path) -> Option<u32> {
-    let pid = process::read_pid_file(&server_pid_file(engine, data_dir))?;
+    let pid_file = data_dir.join(process::ServerProgram::of(engine).pid_file);
+    let pid = process::read_pid_file(&pid_file)?;
     if !process::is_alive(pid) {
         return None;
     }

@@ -1113,7 +1113,11 @@ impl Failover {
     /// logs in only there, by the OS user: no password anywhere), with the `mariadb` client.
     fn set_read_only(&mut self, ordinal: u32, on: bool) {
         let socket = self.dir.run_dir(ordinal).join("mariadb.sock");
-        let client = find_tool(self.bin_dir.as_deref(), "mariadb");
+        let client = self
+            .bin_dir
+            .as_deref()
+            .and_then(|b| crate::preflight::find_tool(b, "mariadb"))
+            .unwrap_or_else(|| PathBuf::from("mariadb"));
         let sql = format!("SET GLOBAL read_only={}", if on { "ON" } else { "OFF" });
         let name = self.dir.instance_name(ordinal);
         let label = sql.clone();
@@ -1346,25 +1350,10 @@ async fn wait_gone(pid: u32) {
     }
 }
 
-/// A tool of the engine: in `bin_dir` (Debian: `/usr/sbin` holds `mariadbd`), then
-/// `bin_dir/../bin`, then `PATH`.
-fn find_tool(bin_dir: Option<&Path>, name: &str) -> PathBuf {
-    bin_dir
-        .into_iter()
-        .flat_map(|b| [b.join(name), b.join("../bin").join(name)])
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(name))
-}
-
-/// The server process running on `data_dir`, from its pid file (PostgreSQL `postmaster.pid`,
-/// MariaDB `mariadb.pid`), when alive.
+/// The server process running on `data_dir`, when alive and really that server (a recycled
+/// pid is never fenced).
 pub fn server_pid(engine: Engine, data_dir: &Path) -> Option<u32> {
-    let file = match engine {
-        Engine::Postgres => "postmaster.pid",
-        Engine::Mysql | Engine::Mariadb => "mariadb.pid",
-    };
-    let pid = process::read_pid_file(&data_dir.join(file))?;
-    process::is_alive(pid).then_some(pid)
+    crate::chaos::live_server(engine, data_dir)
 }
 
 /// `root` and all its descendants (from `/proc/*/stat`), root first.
