@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard};
@@ -38,6 +39,7 @@ impl Invocation {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600) // server logs may quote statements: readable by no one else
             .open(&self.log_file)
             .map_err(|e| EngineError::io(&self.log_file, "open the log file", e))?;
         let log2 = log

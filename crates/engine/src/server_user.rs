@@ -94,6 +94,20 @@ impl ServerUser {
             .map_err(|e| EngineError::io(path, "set the mode of", e))
     }
 
+    /// Creates the server log `path` if missing and makes it this user's, mode 0600: it may
+    /// quote statements (a failed `ALTER ROLE … PASSWORD` quotes the password), and the server
+    /// itself may open it (MariaDB's `log_error`).
+    pub fn create_log_file(&self, path: &Path) -> Result<(), EngineError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| EngineError::io(path, "create", e))?;
+        self.own(path, 0o600)
+    }
+
     /// Creates `dir` (and missing parents) and makes it this user's, mode 0700.
     pub fn create_private_dir(&self, dir: &Path) -> Result<(), EngineError> {
         std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, "create", e))?;

@@ -29,6 +29,9 @@ pub enum LocalError {
     NotFound(String),
     #[error("{0}")]
     Failed(String),
+    /// This user may not use a state dir (another user's, e.g. root's).
+    #[error("{}: permission denied: run as root or the state dir's owner ({owner})", .path.display())]
+    PermissionDenied { path: PathBuf, owner: String },
 }
 
 /// A port the database needs and another program holds.
@@ -54,6 +57,25 @@ impl LocalError {
     /// The input (spec, arguments) was at fault, not the machine.
     pub fn is_invalid(&self) -> bool {
         matches!(self, LocalError::Invalid(_) | LocalError::NotFound(_))
+    }
+
+    /// [`LocalError::PermissionDenied`] for `path`, naming its owner.
+    pub fn permission_denied(path: &std::path::Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(path)
+            .ok()
+            .map(|m| {
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(m.uid()))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+                    .unwrap_or_else(|| format!("uid {}", m.uid()))
+            })
+            .unwrap_or_else(|| "unknown".into());
+        LocalError::PermissionDenied {
+            path: path.to_path_buf(),
+            owner,
+        }
     }
 
     pub fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {

@@ -63,11 +63,11 @@ pub fn hold_file(dir: &DatabaseDir, ordinal: u32) -> PathBuf {
 
 /// Holds instance `ordinal` down: the supervisor stops starting it until [`release`].
 pub fn hold(dir: &DatabaseDir, ordinal: u32, why: &str) -> Result<(), LocalError> {
-    crate::state::create_dir(&dir.instance_dir(ordinal), 0o755)?;
+    dir.create_shared_dir(&dir.instance_dir(ordinal))?;
     write_atomic(
         &hold_file(dir, ordinal),
         format!("{why}\n").as_bytes(),
-        0o644,
+        crate::state::PRIVATE_FILE,
     )
 }
 

@@ -59,7 +59,11 @@ pub fn read_pid_file(path: &Path) -> Option<u32> {
 }
 
 pub fn write_pid_file(path: &Path, pid: u32) -> Result<(), LocalError> {
-    crate::state::write_atomic(path, format!("{pid}\n").as_bytes(), 0o644)
+    crate::state::write_atomic(
+        path,
+        format!("{pid}\n").as_bytes(),
+        crate::state::PRIVATE_FILE,
+    )
 }
 
 /// The pid in `pid_file` when it is alive and its command line mentions `marker` (so a recycled
@@ -74,13 +78,9 @@ pub fn live_pid_from_file(pid_file: &Path, marker: &str) -> Option<u32> {
 }
 
 /// Starts `program args` in its own session (no terminal, no signals from ours), stdin from
-/// /dev/null, stdout and stderr appended to `log`.
+/// /dev/null, stdout and stderr appended to `log` (mode 0600: logs may quote statements).
 pub fn spawn_detached(program: &Path, args: &[&str], log: &Path) -> Result<Child, LocalError> {
-    let out = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| LocalError::io(log, "cannot open log", e))?;
+    let out = open_private_log(log)?;
     let err = out
         .try_clone()
         .map_err(|e| LocalError::io(log, "cannot open log", e))?;
@@ -102,6 +102,27 @@ pub fn spawn_detached(program: &Path, args: &[&str], log: &Path) -> Result<Child
     command
         .spawn()
         .map_err(|e| LocalError::io(program, "cannot start", e))
+}
+
+/// Opens `log` for appending, created 0600; an existing one others could read is made 0600.
+pub fn open_private_log(log: &Path) -> Result<fs::File, LocalError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(crate::state::PRIVATE_FILE)
+        .open(log)
+        .map_err(|e| LocalError::io(log, "cannot open log", e))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| LocalError::io(log, "cannot open log", e))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(fs::Permissions::from_mode(crate::state::PRIVATE_FILE))
+            .map_err(|e| LocalError::io(log, "cannot set permissions", e))?;
+    }
+    Ok(file)
 }
 
 /// Sends `signal` to `pid`; a process that is gone already is not an error.

@@ -11,10 +11,17 @@
 //!   supervisor.lock      held (flock) by the running supervisor
 //!   supervisor.pid, supervisor.log, supervisor.json (last report)
 //! ```
+//!
+//! Nothing under `NAME/` is readable by other users: logs hold statement text and the lock
+//! must not be taken by anyone else. As root, `NAME/`, `instances/` and `instances/NAME-N/`
+//! are 0750 with the server user's group (the server must pass them to reach its data dir, run
+//! dir and log), everything else is 0700/0600, owned by root or by the server user (its data
+//! dir, run dir and `server.log`). Without root, all of it is 0700/0600. [`lock_down`] brings
+//! a directory of an older version to these modes.
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +55,14 @@ impl StateDir {
 
     pub fn database_of(&self, db: &Database) -> DatabaseDir {
         self.database(db.namespace(), db.name())
+    }
+
+    /// [`StateDir::database_of`] for a command that reads or changes it: refused, naming the
+    /// path, when this user may not use it ([`DatabaseDir::check_access`]).
+    pub fn open(&self, db: &Database) -> Result<DatabaseDir, LocalError> {
+        let dir = self.database_of(db);
+        dir.check_access()?;
+        Ok(dir)
     }
 }
 
@@ -157,6 +172,66 @@ impl DatabaseDir {
         self.root.is_dir()
     }
 
+    /// Refuses a database directory this user cannot use (another user's, e.g. root's, seen by
+    /// a non-root user): without this, commands would find no supervisor (its lock cannot be
+    /// opened) and report "stopped" or "not running" about a database that runs. A directory
+    /// that does not exist is not refused here; commands say themselves that it is missing.
+    pub fn check_access(&self) -> Result<(), LocalError> {
+        use nix::unistd::{AccessFlags, access};
+        let rwx = AccessFlags::R_OK | AccessFlags::W_OK | AccessFlags::X_OK;
+        match fs::metadata(&self.root) {
+            Ok(_) => {
+                if access(&self.root, rwx).is_err() {
+                    return Err(LocalError::permission_denied(&self.root));
+                }
+                let lock = self.supervisor_lock();
+                if lock.exists() && access(&lock, AccessFlags::W_OK).is_err() {
+                    return Err(LocalError::permission_denied(&lock));
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                let blocked = self
+                    .root
+                    .ancestors()
+                    .skip(1)
+                    .find(|a| access(*a, AccessFlags::X_OK).is_err())
+                    .unwrap_or(&self.root);
+                Err(LocalError::permission_denied(blocked))
+            }
+            Err(_) => {
+                // Missing: `up` creates it in the nearest existing ancestor.
+                let existing = self.root.ancestors().skip(1).find(|a| a.exists());
+                match existing {
+                    Some(a) if access(a, AccessFlags::W_OK | AccessFlags::X_OK).is_err() => {
+                        Err(LocalError::permission_denied(a))
+                    }
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Creates a directory inside `NAME/` that the server user must pass (`instances/`,
+    /// `instances/NAME-N/`), with the group and the mode (0750 or 0700) of `NAME/` itself.
+    pub fn create_shared_dir(&self, path: &Path) -> Result<(), LocalError> {
+        let root =
+            fs::metadata(&self.root).map_err(|e| LocalError::io(&self.root, "cannot read", e))?;
+        if let Some(parent) = path.parent()
+            && parent != self.root
+            && parent.starts_with(&self.root)
+        {
+            self.create_shared_dir(parent)?;
+        }
+        create_dir(path, root.mode() & 0o750)?;
+        let meta = fs::metadata(path).map_err(|e| LocalError::io(path, "cannot read", e))?;
+        if meta.gid() != root.gid() {
+            nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(root.gid())))
+                .map_err(|e| LocalError::io(path, "cannot set the group of", e.into()))?;
+        }
+        Ok(())
+    }
+
     /// The spec applied last; `None` when none was (or it was deleted).
     pub fn read_applied(&self) -> Result<Option<AppliedSpec>, LocalError> {
         read_json(&self.spec_file())
@@ -187,7 +262,7 @@ impl DatabaseDir {
         write_atomic(
             &self.primary_file(),
             format!("{instance}\n").as_bytes(),
-            0o644,
+            PRIVATE_FILE,
         )
     }
 
@@ -215,6 +290,100 @@ impl DatabaseDir {
         }
         found.into_iter().collect()
     }
+}
+
+/// The mode of every file in a database's directory: no one but its owner (root, or the
+/// server user for what the server writes) may read it.
+pub const PRIVATE_FILE: u32 = 0o600;
+
+/// Brings `dir` (written by an older version, with 0755 dirs and 0644 files) to the modes the
+/// module documentation lists, and gives `NAME/` the group `server_gid` (the server user's) or,
+/// without one, mode 0700. Data dirs and run dirs keep their owner (the server user) and lose
+/// any access by others. The lock file is replaced when others could open it and no live
+/// supervisor holds it (whoever holds the old one then holds nothing). Returns the paths
+/// whose mode or owner changed.
+pub fn lock_down(dir: &DatabaseDir, server_gid: Option<u32>) -> Result<Vec<PathBuf>, LocalError> {
+    let mut changed = Vec::new();
+    let shared_mode = if server_gid.is_some() { 0o750 } else { 0o700 };
+    if let Some(gid) = server_gid {
+        let meta =
+            fs::metadata(&dir.root).map_err(|e| LocalError::io(&dir.root, "cannot read", e))?;
+        if meta.gid() != gid {
+            nix::unistd::chown(&dir.root, None, Some(nix::unistd::Gid::from_raw(gid)))
+                .map_err(|e| LocalError::io(&dir.root, "cannot set the group of", e.into()))?;
+            changed.push(dir.root.clone());
+        }
+    }
+    set_mode(&dir.root, shared_mode, &mut changed)?;
+    let lock = dir.supervisor_lock();
+    if let Ok(meta) = fs::symlink_metadata(&lock)
+        && (meta.mode() & 0o077 != 0 || meta.uid() != nix::unistd::geteuid().as_raw())
+    {
+        let supervisor = crate::process::live_pid_from_file(&dir.supervisor_pid_file(), "supervise");
+        if supervisor.is_none() {
+            fs::remove_file(&lock).map_err(|e| LocalError::io(&lock, "cannot replace", e))?;
+        } else {
+            fs::set_permissions(&lock, fs::Permissions::from_mode(PRIVATE_FILE))
+                .map_err(|e| LocalError::io(&lock, "cannot set permissions", e))?;
+        }
+        changed.push(lock);
+    }
+    let entries = fs::read_dir(&dir.root).map_err(|e| LocalError::io(&dir.root, "cannot read", e))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_file() {
+            restrict(&path, PRIVATE_FILE, &mut changed)?;
+        } else if meta.is_dir() && path.file_name().is_some_and(|n| n == "instances") {
+            dir.create_shared_dir(&path)?;
+            set_mode(&path, shared_mode, &mut changed)?;
+            for instance in fs::read_dir(&path).into_iter().flatten().flatten() {
+                let instance = instance.path();
+                if !instance.is_dir() {
+                    continue;
+                }
+                dir.create_shared_dir(&instance)?;
+                set_mode(&instance, shared_mode, &mut changed)?;
+                for item in fs::read_dir(&instance).into_iter().flatten().flatten() {
+                    let item = item.path();
+                    let mode = if item.is_dir() { 0o700 } else { PRIVATE_FILE };
+                    restrict(&item, mode, &mut changed)?;
+                }
+            }
+        } else if meta.is_dir() {
+            restrict(&path, 0o700, &mut changed)?;
+        }
+    }
+    Ok(changed)
+}
+
+/// Gives `path` exactly `mode`.
+fn set_mode(path: &Path, mode: u32, changed: &mut Vec<PathBuf>) -> Result<(), LocalError> {
+    let meta = fs::metadata(path).map_err(|e| LocalError::io(path, "cannot read", e))?;
+    if meta.mode() & 0o7777 != mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| LocalError::io(path, "cannot set permissions", e))?;
+        changed.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Takes from `path` every permission bit `mode` does not have (group and others first of all).
+fn restrict(path: &Path, mode: u32, changed: &mut Vec<PathBuf>) -> Result<(), LocalError> {
+    let meta = fs::symlink_metadata(path).map_err(|e| LocalError::io(path, "cannot read", e))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let current = meta.mode() & 0o7777;
+    let wanted = current & mode;
+    if wanted != current {
+        fs::set_permissions(path, fs::Permissions::from_mode(wanted))
+            .map_err(|e| LocalError::io(path, "cannot set permissions", e))?;
+        changed.push(path.to_path_buf());
+    }
+    Ok(())
 }
 
 /// Creates `path` (and parents) with `mode` on the last component.
@@ -250,7 +419,7 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), LocalError
     let mut text = serde_json::to_vec_pretty(value)
         .map_err(|e| LocalError::Failed(format!("{}: cannot encode: {e}", path.display())))?;
     text.push(b'\n');
-    write_atomic(path, &text, 0o644)
+    write_atomic(path, &text, PRIVATE_FILE)
 }
 
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, LocalError> {

@@ -14,6 +14,7 @@
 //! (with the api-token) for `stator switchover` and `stator drain`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Arc, Mutex};
@@ -60,6 +61,7 @@ pub fn run(dir: DatabaseDir, exe: PathBuf) -> Result<(), LocalError> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(crate::state::PRIVATE_FILE) // no one else may open it, so no one else can hold it
         .open(&lock_path)
         .map_err(|e| LocalError::io(&lock_path, "cannot open lock", e))?;
     let _lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -857,13 +859,10 @@ fn start_manager(
     host: &Host,
 ) -> Result<Child, LocalError> {
     let config = instance_config(db, dir, ordinal, primary, host);
-    create_dir(&dir.instance_dir(ordinal), 0o755)?;
+    dir.create_shared_dir(&dir.instance_dir(ordinal))?;
     create_dir(&config.run_dir, 0o700)?;
     let server_log = &config.log_file;
-    if !server_log.exists() {
-        std::fs::File::create(server_log)
-            .map_err(|e| LocalError::io(server_log, "cannot create", e))?;
-    }
+    process::open_private_log(server_log)?;
     if let Some(user) = &host.server_user
         && let Ok(Some(user)) = nix::unistd::User::from_name(user)
     {

@@ -19,7 +19,7 @@ use crate::process;
 use crate::report::SupervisorReport;
 use crate::runtime::{fetch_report, running_supervisor};
 use crate::secrets::ensure_secrets;
-use crate::state::{AppliedSpec, DatabaseDir, Marker, StateDir, create_dir};
+use crate::state::{AppliedSpec, DatabaseDir, Marker, StateDir, create_dir, lock_down};
 
 /// How `up` runs.
 #[derive(Clone, Debug)]
@@ -44,6 +44,7 @@ pub struct UpOutcome {
 /// written, so a failed `up` changes nothing.
 pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
     let dir = options.state.database_of(db);
+    dir.check_access()?;
     let progress = Progress::new();
     let previous = dir.read_applied()?;
     if let Some(previous) = &previous {
@@ -77,6 +78,19 @@ pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
     if let Some(user) = &server_user {
         preflight::check_reachable(&dir.root, user)?;
     }
+    let server_gid = server_user.as_ref().map(|u| u.gid);
+    let existed = dir.exists();
+    if existed {
+        // Before the lock is looked at: a lock file others could open is replaced.
+        let changed = lock_down(&dir, server_gid)?;
+        if !changed.is_empty() {
+            progress.line(&format!(
+                "tightened the permissions of {} path(s) in {} (an older version let other users read its logs and take its lock)",
+                changed.len(),
+                dir.root.display()
+            ));
+        }
+    }
     let supervisor = running_supervisor(&dir);
     let report = match supervisor {
         Some(_) => fetch_report(&dir, db).ok(),
@@ -104,7 +118,10 @@ pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
             create_dir(ancestor, 0o755)?;
         }
     }
-    create_dir(&dir.root, 0o755)?;
+    if !existed {
+        create_dir(&dir.root, 0o700)?;
+        lock_down(&dir, server_gid)?;
+    }
     if marker.is_none() {
         dir.write_marker(&Marker {
             namespace: dir.namespace.clone(),

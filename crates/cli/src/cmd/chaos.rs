@@ -113,7 +113,7 @@ fn database_dir(
     state_dir: Option<PathBuf>,
 ) -> Result<stator_local::DatabaseDir, CliError> {
     let db = crate::spec_file::load_for(file, crate::spec_file::Warnings::Quiet)?.database;
-    Ok(StateDir::resolve(state_dir).database_of(&db))
+    StateDir::resolve(state_dir).open(&db).map_err(failed)
 }
 
 fn inject(a: FaultArgs, hang: bool) -> CliResult {

@@ -250,7 +250,7 @@ fn up(args: UpArgs) -> CliResult {
 
 fn status(args: StatusArgs) -> CliResult {
     let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
-    let dir = args.state.resolve().database_of(&db);
+    let dir = args.state.resolve().open(&db).map_err(failed)?;
     let report = stator_local::runtime::current_report(&dir, &db).map_err(failed)?;
     match args.output {
         Output::Table => print!("{}", stator_local::report::render_table(&report)),
@@ -270,7 +270,7 @@ fn status(args: StatusArgs) -> CliResult {
 
 fn uri(args: UriArgs) -> CliResult {
     let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
-    let dir = args.state.resolve().database_of(&db);
+    let dir = args.state.resolve().open(&db).map_err(failed)?;
     let endpoint = match args.endpoint {
         UriEndpoint::Rw => Endpoint::Rw,
         UriEndpoint::Ro => Endpoint::Ro,
@@ -284,7 +284,7 @@ fn uri(args: UriArgs) -> CliResult {
 
 fn logs(args: LogsArgs) -> CliResult {
     let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
-    let dir = args.state.resolve().database_of(&db);
+    let dir = args.state.resolve().open(&db).map_err(failed)?;
     let kind = if args.manager {
         LogKind::Manager
     } else {
@@ -299,7 +299,7 @@ fn logs(args: LogsArgs) -> CliResult {
 
 fn down(args: DownArgs) -> CliResult {
     let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
-    let dir = args.state.resolve().database_of(&db);
+    let dir = args.state.resolve().open(&db).map_err(failed)?;
     eprintln!("stopping {} (fast shutdown)…", dir.key());
     let stopped = stator_local::stop::down(&dir).map_err(failed)?;
     for orphan in &stopped.orphans {
@@ -316,7 +316,7 @@ fn down(args: DownArgs) -> CliResult {
 
 fn delete(args: DeleteArgs) -> CliResult {
     let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
-    let dir = args.state.resolve().database_of(&db);
+    let dir = args.state.resolve().open(&db).map_err(failed)?;
     let deleted = stator_local::stop::delete(&dir, args.purge).map_err(failed)?;
     if args.purge {
         println!(

@@ -9,6 +9,8 @@ pub mod render;
 pub mod switchover;
 pub mod validate;
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,7 +20,8 @@ pub enum LogFormat {
 }
 
 /// Logs go to stderr: human-readable by default, JSON with `--log-format json`. `RUST_LOG`
-/// overrides the level chosen by `-v`.
+/// overrides the level chosen by `-v`. Colours only on a terminal and without `NO_COLOR`: a
+/// log redirected to a file (the supervisor's, an instance manager's, `up 2> file`) gets none.
 pub fn init_logging(format: LogFormat, verbose: u8) {
     let level = match verbose {
         0 => "info",
@@ -29,9 +32,32 @@ pub fn init_logging(format: LogFormat, verbose: u8) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_target(false);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Whether output may carry colour codes: on a terminal, unless `NO_COLOR` is set to anything
+/// but the empty string (<https://no-color.org>).
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
     }
 }

@@ -81,7 +81,9 @@ fn describe(ticket: &SwitchoverTicket) -> String {
 
 pub fn switchover(args: SwitchoverArgs) -> CliResult {
     let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
-    let dir = StateDir::resolve(args.state.state_dir.clone()).database_of(&db);
+    let dir = StateDir::resolve(args.state.state_dir.clone())
+        .open(&db)
+        .map_err(failed)?;
     let ticket = stator_local::switchover::switchover(
         &dir,
         &db,
@@ -103,7 +105,9 @@ pub fn switchover(args: SwitchoverArgs) -> CliResult {
 
 pub fn drain(args: DrainArgs) -> CliResult {
     let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
-    let dir = StateDir::resolve(args.state.state_dir.clone()).database_of(&db);
+    let dir = StateDir::resolve(args.state.state_dir.clone())
+        .open(&db)
+        .map_err(failed)?;
     if args.uncordon {
         let was = stator_local::switchover::uncordon(&dir, &db, &args.instance).map_err(failed)?;
         if was {

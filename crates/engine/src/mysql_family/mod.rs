@@ -259,7 +259,7 @@ impl MysqlFamily {
         if let Some(parent) = self.log_file.parent() {
             std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, "create", e))?;
         }
-        Ok(())
+        self.user.create_log_file(&self.log_file)
     }
 
     fn follows(&self) -> Option<Endpoint> {

@@ -86,6 +86,7 @@ pub fn render_postgresql_conf(s: &ServerSettings) -> Result<String, EngineError>
         ("wal_log_hints", "on".into()),
         ("password_encryption", "scram-sha-256".into()),
         ("logging_collector", "off".into()),
+        ("log_file_mode", "0600".into()),
         ("archive_mode", "off".into()),
     ];
     if !s.parameters.contains_key("max_wal_senders") {

@@ -157,7 +157,7 @@ impl Postgres {
         if let Some(parent) = self.log_file.parent() {
             std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, "create", e))?;
         }
-        Ok(())
+        self.user.create_log_file(&self.log_file)
     }
 
     fn staging_dir(&self) -> Result<PathBuf, EngineError> {
