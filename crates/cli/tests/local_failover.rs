@@ -190,11 +190,9 @@ fn switchover_under_a_writer_loses_nothing(engine: &'static str, prefix: &str) {
     // Refusals name the reason: the primary itself, and an instance that does not exist.
     let same = cluster.stator(&["switchover", "--to", &target]);
     assert!(!same.status.success());
-    assert!(
-        String::from_utf8_lossy(&same.stderr).contains("already the primary"),
-        "{}",
-        String::from_utf8_lossy(&same.stderr)
-    );
+    let said = String::from_utf8_lossy(&same.stderr);
+    assert!(said.contains("already the primary"), "{said}");
+    assert_eq!(said.matches("switchover refused").count(), 1, "{said}");
     let absent = format!("{prefix}-7");
     let bad = cluster.stator(&["switchover", "--to", &absent]);
     assert_eq!(bad.status.code(), Some(2));

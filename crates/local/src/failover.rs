@@ -237,6 +237,14 @@ impl SwitchoverTicket {
     pub fn finished(&self) -> bool {
         matches!(self.state.as_str(), "done" | "refused" | "abandoned")
     }
+
+    /// The outcome for a person: `switchover STATE: REASON`. The decision core's refusals
+    /// carry `switchover refused: ` already; it is said once, not twice.
+    pub fn outcome(&self) -> String {
+        let prefix = format!("switchover {}: ", self.state);
+        let reason = self.message.strip_prefix(&prefix).unwrap_or(&self.message);
+        format!("{prefix}{reason}")
+    }
 }
 
 /// The switchover requests the HTTP endpoint takes and the tick consumes.
@@ -1447,6 +1455,28 @@ pub fn render_failover(f: &FailoverReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_switchover_says_refused_once() {
+        let ticket = SwitchoverTicket {
+            state: "refused".into(),
+            message: "switchover refused: pg-1 is already the primary".into(),
+            ..SwitchoverTicket::default()
+        };
+        assert_eq!(
+            ticket.outcome(),
+            "switchover refused: pg-1 is already the primary"
+        );
+        let abandoned = SwitchoverTicket {
+            state: "abandoned".into(),
+            message: "the primary was lost: turned into a failover".into(),
+            ..SwitchoverTicket::default()
+        };
+        assert_eq!(
+            abandoned.outcome(),
+            "switchover abandoned: the primary was lost: turned into a failover"
+        );
+    }
 
     #[test]
     fn controldata_of_a_clean_shutdown_gives_the_final_checkpoint() {

@@ -204,6 +204,7 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         desk: desk.clone(),
         secrets_dir: dir.secrets_dir(),
         database: db.name().to_string(),
+        dir: dir.clone(),
     };
     let tasks = vec![
         tokio::spawn(proxy::serve(rw, routes.clone(), ProxyKind::Rw)),
@@ -892,6 +893,8 @@ struct StatusEndpoint {
     secrets_dir: PathBuf,
     /// `metadata.name`: `POST /switchover` names `NAME-N`.
     database: String,
+    /// Where the applied spec says how many instances there are (a target must be one).
+    dir: DatabaseDir,
 }
 
 /// Largest request body accepted.
@@ -1021,19 +1024,34 @@ fn answer(endpoint: &StatusEndpoint, request: &[u8]) -> (&'static str, String) {
             let to = match parsed.to {
                 None => None,
                 Some(name) => {
+                    let instances = endpoint
+                        .dir
+                        .read_applied()
+                        .ok()
+                        .flatten()
+                        .map_or(0, |a| a.database.spec.instances);
                     let ordinal = name
                         .strip_prefix(&endpoint.database)
                         .and_then(|r| r.strip_prefix('-'))
                         .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
-                        .and_then(|r| r.parse::<u32>().ok());
+                        .and_then(|r| r.parse::<u32>().ok())
+                        .filter(|o| *o < instances);
                     match ordinal {
                         Some(o) => Some((name, o)),
                         None => {
+                            let valid: Vec<String> = (0..instances)
+                                .map(|o| format!("{}-{o}", endpoint.database))
+                                .collect();
                             return (
                                 "400 Bad Request",
                                 error(format!(
-                                    "to: {name:?} is not an instance of {} (expected {}-N)",
-                                    endpoint.database, endpoint.database
+                                    "to: {name:?} is not an instance of {} (expected one of {})",
+                                    endpoint.database,
+                                    if valid.is_empty() {
+                                        "none: no spec is applied".to_string()
+                                    } else {
+                                        valid.join(", ")
+                                    }
                                 )),
                             );
                         }
@@ -1087,17 +1105,18 @@ mod tests {
             root: tmp.to_path_buf(),
         }
         .database_of(&db);
+        let applied = AppliedSpec {
+            generation: 1,
+            database: db,
+        };
+        create_dir(&dir.root, 0o700).unwrap();
+        dir.write_applied(&applied).unwrap();
         StatusEndpoint {
-            report: Arc::new(Mutex::new(initial_report(
-                &AppliedSpec {
-                    generation: 1,
-                    database: db,
-                },
-                &dir,
-            ))),
+            report: Arc::new(Mutex::new(initial_report(&applied, &dir))),
             desk: Arc::new(Mutex::new(SwitchoverDesk::default())),
             secrets_dir: secrets,
             database: "pg".into(),
+            dir,
         }
     }
 
@@ -1122,6 +1141,13 @@ mod tests {
         assert_eq!(code, "400 Bad Request");
         assert!(
             body.contains("to: \\\"other-1\\\" is not an instance of pg"),
+            "{body}"
+        );
+        // An instance the database never had: refused, naming the ones it has.
+        let (code, body) = answer(&e, &post(Some("s3cret"), "{\"to\": \"pg-7\"}"));
+        assert_eq!(code, "400 Bad Request");
+        assert!(
+            body.contains("to: \\\"pg-7\\\" is not an instance of pg (expected one of pg-0, pg-1, pg-2)"),
             "{body}"
         );
         let (code, _) = answer(&e, &post(Some("s3cret"), "{\"to\": 3"));

@@ -171,8 +171,8 @@ pub fn drain(
         let ticket = switchover(dir, db, None, timeout)?;
         if ticket.state != "done" {
             return Err(LocalError::Failed(format!(
-                "refusing to drain {instance}: it is the primary and the switchover away from it was {}: {}",
-                ticket.state, ticket.message
+                "refusing to drain {instance}, the primary, as the switchover away from it did not happen: {}",
+                ticket.outcome()
             )));
         }
         Some(ticket)

@@ -96,10 +96,7 @@ pub fn switchover(args: SwitchoverArgs) -> CliResult {
             println!("switchover done: {}", describe(&ticket));
             Ok(ExitCode::SUCCESS)
         }
-        state => Err(CliError::Failed(format!(
-            "switchover {state}: {}",
-            ticket.message
-        ))),
+        _ => Err(CliError::Failed(ticket.outcome())),
     }
 }
 
