@@ -273,6 +273,10 @@ fn draining_the_primary_switches_over_first_the_budget_refuses_a_second_drain_an
     assert_ne!(new, old);
     let row = cluster.row(&old);
     assert_eq!(row["state"], "held", "{status:#}");
+    // Why it is held, with a time a person reads (not milliseconds since the epoch).
+    let table = cluster.ok(&["status"]);
+    assert!(table.contains("drained by `stator drain` at 20"), "{table}");
+    assert!(!table.contains("epoch"), "{table}");
     assert!(row["managerPid"].is_null());
     insert_range(&cluster, &password, 11, 20);
 

@@ -183,8 +183,8 @@ pub fn drain(
         dir,
         ordinal,
         &format!(
-            "drained by `stator drain` at {} (ms since the epoch)",
-            failover::wall_ms()
+            "drained by `stator drain` at {}",
+            failover::rfc3339(failover::wall_ms())
         ),
     )?;
     let deadline = started + timeout;
