@@ -94,7 +94,12 @@ fn assert_locked_down(cluster: &Cluster) {
     }
     for log in &logs {
         let out = as_other("cat", &[&log.display().to_string()]);
-        assert!(!out.status.success(), "{} is readable: {}", log.display(), text(&out));
+        assert!(
+            !out.status.success(),
+            "{} is readable: {}",
+            log.display(),
+            text(&out)
+        );
         assert!(out.stdout.is_empty(), "{}", log.display());
     }
     // … the lock cannot be opened (exit 200 would be "held by someone else"), …
@@ -110,7 +115,12 @@ fn assert_locked_down(cluster: &Cluster) {
     // … and neither the secrets nor the database's dir can be listed.
     for dir in [db_dir.join("secrets"), db_dir.clone()] {
         let out = as_other("ls", &[&dir.display().to_string()]);
-        assert!(!out.status.success(), "{} is listable: {}", dir.display(), text(&out));
+        assert!(
+            !out.status.success(),
+            "{} is listable: {}",
+            dir.display(),
+            text(&out)
+        );
     }
     // No log is coloured (they are files).
     for log in &logs {
@@ -164,7 +174,12 @@ fn another_user_can_read_no_log_take_no_lock_and_is_refused_by_every_command() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}\n{}", text(&out), cluster.logs_for_failure());
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out),
+        cluster.logs_for_failure()
+    );
     assert!(
         !out.stderr.contains(&0x1b),
         "colour codes on a pipe: {}",
@@ -172,7 +187,10 @@ fn another_user_can_read_no_log_take_no_lock_and_is_refused_by_every_command() {
     );
     // A statement that fails quotes its text in the server log: readable by root only.
     let leaked = cluster
-        .psql(cluster.rw(), "ALTER ROLE no_such_role PASSWORD 'not-for-others'")
+        .psql(
+            cluster.rw(),
+            "ALTER ROLE no_such_role PASSWORD 'not-for-others'",
+        )
         .unwrap_err();
     assert!(leaked.contains("no_such_role"), "{leaked}");
     assert_locked_down(&cluster);
@@ -212,12 +230,14 @@ fn another_user_can_read_no_log_take_no_lock_and_is_refused_by_every_command() {
     let out = cluster.stator(&["up", "--timeout", "120"]);
     let _ = holder.kill();
     let _ = holder.wait();
-    assert!(out.status.success(), "{}\n{}", text(&out), cluster.logs_for_failure());
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("tightened the permissions of"),
-        "{stderr}"
+        out.status.success(),
+        "{}\n{}",
+        text(&out),
+        cluster.logs_for_failure()
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tightened the permissions of"), "{stderr}");
     assert!(!stderr.contains("supervisor already running"), "{stderr}");
     assert_locked_down(&cluster);
 }
@@ -229,5 +249,9 @@ fn mariadb_logs_and_lock_are_closed_to_other_users() {
     assert_locked_down(&cluster);
     let out = stator_as_other(&cluster, &["down"]);
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(DENIED), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(DENIED),
+        "{}",
+        text(&out)
+    );
 }

@@ -299,6 +299,7 @@ fn measure_stator(
                 failovers: args.in_place_rounds,
                 fault: Fault::KillNode,
                 seed: args.seed,
+                require_failover: false,
                 ..CheckOptions::default()
             },
             &progress,

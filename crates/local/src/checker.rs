@@ -22,8 +22,15 @@
 //! instances were out of recovery, one of them read-only, are counted apart: fenced, not split.
 //!
 //! At the end every row is read back from the final primary: acknowledged numbers missing there
-//! are **lost writes**. This module owns no database and no process: it only drives the
-//! running database through its ports and [`crate::chaos`].
+//! are **lost writes**. Then the table is dropped (also when the run was aborted), so the
+//! application database is left as it was. This module owns no database and no process: it
+//! only drives the running database through its ports and [`crate::chaos`].
+//!
+//! A round **counts as a failover** only when the supervisor recorded another primary. A fault
+//! after which the primary came back in place (e.g. `kill-node`, restarted by the supervisor
+//! before the detection timeout ran out) is reported as such and followed by another round,
+//! until the number of failovers asked for is made (or, after as many extra rounds plus
+//! three, the run stops and says why).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,6 +70,10 @@ pub struct CheckOptions {
     /// Seed of the random pause before each fault (so the fault lands at a random phase of
     /// the supervisor's loop).
     pub seed: u64,
+    /// Only rounds that made a failover count towards `failovers` (`stator chaos run`); off,
+    /// every round counts, whether the primary moved or came back in place (the benchmark's
+    /// kill-node rounds measure both).
+    pub require_failover: bool,
 }
 
 impl Default for CheckOptions {
@@ -74,6 +85,7 @@ impl Default for CheckOptions {
             probe_interval: Duration::from_millis(200),
             round_timeout: Duration::from_secs(180),
             seed: 1,
+            require_failover: true,
         }
     }
 }
@@ -104,6 +116,10 @@ pub struct Round {
     pub ready_again_seconds: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// Whether the round made a failover (the supervisor recorded another primary); a round
+    /// whose primary came back in place does not count and is followed by another.
+    #[serde(default)]
+    pub failover: bool,
 }
 
 /// A probe round in which more than one instance claimed the primary role.
@@ -162,6 +178,11 @@ pub struct CheckReport {
     pub synchronous: bool,
     pub fault: Fault,
     pub detection_timeout: String,
+    /// Failovers asked for, and made (rounds whose primary came back in place do not count).
+    #[serde(default)]
+    pub failovers_asked: u32,
+    #[serde(default)]
+    pub failovers: u32,
     pub rounds: Vec<Round>,
     pub outage: Option<Spread>,
     pub writes_attempted: u64,
@@ -180,6 +201,9 @@ pub struct CheckReport {
     /// Moments with two instances out of recovery, all but one of them read-only (fenced).
     pub fenced_overlap: Vec<Moment>,
     pub duration_seconds: f64,
+    /// Whether the table was dropped at the end; `None` when it never existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_dropped: Option<bool>,
     /// Why the check could not finish all rounds, if it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,
@@ -194,7 +218,7 @@ impl CheckReport {
     /// The text `stator chaos run` prints.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "Consistency check of {} ({}, {} instances, {} replication, detection timeout {}): fault {}, {} round(s)\n\n",
+            "Consistency check of {} ({}, {} instances, {} replication, detection timeout {}): fault {}, {} of {} failover(s) in {} round(s)\n\n",
             self.database,
             self.engine,
             self.instances,
@@ -205,6 +229,8 @@ impl CheckReport {
             },
             self.detection_timeout,
             self.fault,
+            self.failovers,
+            self.failovers_asked,
             self.rounds.len()
         );
         let secs = |v: Option<f64>| v.map(|s| format!("{s:.3}s")).unwrap_or_else(|| "-".into());
@@ -212,6 +238,7 @@ impl CheckReport {
             [
                 "ROUND",
                 "FAILED",
+                "FAILOVER",
                 "WRITES RESUMED ON",
                 "OUTAGE",
                 "PRIMARY MOVED",
@@ -225,6 +252,11 @@ impl CheckReport {
             rows.push(vec![
                 r.round.to_string(),
                 r.failed.clone(),
+                if r.failover {
+                    "yes".into()
+                } else {
+                    "no: back in place".into()
+                },
                 r.writes_resumed_on.clone().unwrap_or_else(|| "-".into()),
                 secs(r.outage_seconds),
                 secs(r.primary_moved_seconds),
@@ -277,6 +309,13 @@ impl CheckReport {
                 m.at_seconds,
                 m.instances.join(", ")
             ));
+        }
+        match self.table_dropped {
+            Some(true) => out.push_str(&format!("table {TABLE}: dropped\n")),
+            Some(false) => out.push_str(&format!(
+                "table {TABLE}: could NOT be dropped; drop it by hand (DROP TABLE {TABLE})\n"
+            )),
+            None => {}
         }
         if let Some(reason) = &self.aborted {
             out.push_str(&format!("aborted: {reason}\n"));
@@ -495,6 +534,17 @@ impl Session {
                 ))
                 .await
                 .map_err(text)
+            }
+        }
+    }
+
+    async fn drop_table(&mut self) -> Result<(), String> {
+        let sql = format!("DROP TABLE IF EXISTS {TABLE}");
+        match self {
+            Session::Postgres { client, .. } => client.batch_execute(&sql).await.map_err(text),
+            Session::Mysql { conn, .. } => {
+                use mysql_async::prelude::Queryable;
+                conn.query_drop(sql).await.map_err(text)
             }
         }
     }
@@ -998,10 +1048,18 @@ async fn check_async(
         match attempt.await {
             Ok(max) => break max,
             Err(e) if Instant::now() > deadline => {
+                // It may exist (created, then no answer): the run leaves nothing behind.
+                let dropped = drop_table(&target, Duration::from_secs(5)).await;
                 return Err(LocalError::Failed(format!(
-                    "{}: cannot create the table {TABLE} through rw (port {}): {e}",
+                    "{}: cannot create the table {TABLE} through rw (port {}): {e}{}",
                     dir.key(),
-                    target.ports.rw()
+                    target.ports.rw(),
+                    match dropped {
+                        Ok(()) => String::new(),
+                        Err(d) => format!(
+                            "; if it exists, drop it by hand (DROP TABLE {TABLE}; dropping it failed: {d})"
+                        ),
+                    }
                 )));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
@@ -1029,10 +1087,30 @@ async fn check_async(
     ));
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
-    let mut rounds = Vec::new();
+    let mut rounds: Vec<Round> = Vec::new();
     let mut aborted = None;
     let mut since = started;
-    for number in 1..=options.failovers {
+    let mut made = 0;
+    // Rounds whose primary comes back in place are run again, up to this many rounds in all.
+    let limit = options.failovers.saturating_mul(2).saturating_add(3);
+    let mut number = 0;
+    while made < options.failovers {
+        number += 1;
+        if number > limit {
+            let in_place: Vec<String> = rounds
+                .iter()
+                .filter(|r| !r.failover)
+                .map(|r| r.round.to_string())
+                .collect();
+            aborted = Some(format!(
+                "{made} of {} failover(s) in {} rounds: in round(s) {} the failed primary came back in place (its supervisor restarted it within the detection timeout {}); a fault that holds it down (stop-node) always fails over",
+                options.failovers,
+                rounds.len(),
+                in_place.join(", "),
+                db.spec.failover.detection_timeout
+            ));
+            break;
+        }
         let report = match wait_ready(&target, &writer, since, options.round_timeout, None).await {
             Ok(r) => r,
             Err(e) => {
@@ -1072,6 +1150,7 @@ async fn check_async(
             primary_moved_seconds: None,
             ready_again_seconds: None,
             problem: None,
+            failover: false,
         };
         // A held instance cannot acknowledge; a killed one's orphaned backends may, once.
         let held = if options.fault.holds() {
@@ -1158,6 +1237,14 @@ async fn check_async(
                 break;
             }
         }
+        round.failover = round.primary_moved_seconds.is_some();
+        if round.failover || !options.require_failover {
+            made += 1;
+        } else {
+            progress(&format!(
+                "round {number}: not a failover: {primary} came back in place as the primary; another round follows"
+            ));
+        }
         rounds.push(round);
         if failed_round {
             aborted = Some(format!("round {number}: writes never resumed"));
@@ -1219,6 +1306,16 @@ async fn check_async(
         .lock()
         .map(|l| (l.rounds, l.split_brain.clone(), l.fenced_overlap.clone()))
         .unwrap_or_default();
+    let table_dropped = match drop_table(&target, Duration::from_secs(60)).await {
+        Ok(()) => {
+            progress(&format!("dropped table {TABLE}"));
+            true
+        }
+        Err(e) => {
+            progress(&format!("cannot drop table {TABLE}: {e}"));
+            false
+        }
+    };
     let outages: Vec<f64> = rounds.iter().filter_map(|r| r.outage_seconds).collect();
     Ok(CheckReport {
         database: dir.key(),
@@ -1227,6 +1324,8 @@ async fn check_async(
         synchronous: db.spec.replication.synchronous,
         fault: options.fault,
         detection_timeout: db.spec.failover.detection_timeout.clone(),
+        failovers_asked: options.failovers,
+        failovers: rounds.iter().filter(|r| r.failover).count() as u32,
         outage: Spread::of(&outages),
         rounds,
         writes_attempted: attempts,
@@ -1239,8 +1338,33 @@ async fn check_async(
         split_brain,
         fenced_overlap,
         duration_seconds: started.elapsed().as_secs_f64(),
+        table_dropped: Some(table_dropped),
         aborted,
     })
+}
+
+/// Drops the checker's table through `rw`, retrying until `timeout` (a failover may be under
+/// way when the run ends).
+async fn drop_table(target: &Target, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = async {
+            let mut s = target
+                .access
+                .connect(target.ports.rw(), Duration::from_secs(2), Login::App)
+                .await?;
+            tokio::time::timeout(Duration::from_secs(10), s.drop_table())
+                .await
+                .map_err(|_| "no answer within 10s".to_string())??;
+            s.close().await;
+            Ok::<_, String>(())
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1313,6 +1437,8 @@ mod tests {
             synchronous: true,
             fault: Fault::Stop,
             detection_timeout: "2s".into(),
+            failovers_asked: 1,
+            failovers: 1,
             rounds: vec![Round {
                 round: 1,
                 fault: Fault::Stop,
@@ -1323,6 +1449,7 @@ mod tests {
                 primary_moved_seconds: Some(2.2),
                 ready_again_seconds: Some(9.0),
                 problem: None,
+                failover: true,
             }],
             outage: Spread::of(&[2.5]),
             writes_attempted: 100,
@@ -1340,6 +1467,7 @@ mod tests {
                 .collect(),
             fenced_overlap: Vec::new(),
             duration_seconds: 12.0,
+            table_dropped: Some(true),
             aborted: aborted.map(String::from),
         }
     }
@@ -1360,6 +1488,8 @@ mod tests {
         assert!(text.contains("SPLIT BRAIN at 0.000s: pg-0, pg-1"), "{text}");
         assert!(text.contains("p50 2.500s"), "{text}");
         assert!(text.contains("verdict: FAILED"), "{text}");
+        assert!(text.contains("1 of 1 failover(s) in 1 round(s)"), "{text}");
+        assert!(text.contains("table stator_chaos: dropped"), "{text}");
         assert!(report(0, 0, None).render().contains("verdict: OK"));
     }
 

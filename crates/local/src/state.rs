@@ -319,7 +319,8 @@ pub fn lock_down(dir: &DatabaseDir, server_gid: Option<u32>) -> Result<Vec<PathB
     if let Ok(meta) = fs::symlink_metadata(&lock)
         && (meta.mode() & 0o077 != 0 || meta.uid() != nix::unistd::geteuid().as_raw())
     {
-        let supervisor = crate::process::live_pid_from_file(&dir.supervisor_pid_file(), "supervise");
+        let supervisor =
+            crate::process::live_pid_from_file(&dir.supervisor_pid_file(), "supervise");
         if supervisor.is_none() {
             fs::remove_file(&lock).map_err(|e| LocalError::io(&lock, "cannot replace", e))?;
         } else {
@@ -328,7 +329,8 @@ pub fn lock_down(dir: &DatabaseDir, server_gid: Option<u32>) -> Result<Vec<PathB
         }
         changed.push(lock);
     }
-    let entries = fs::read_dir(&dir.root).map_err(|e| LocalError::io(&dir.root, "cannot read", e))?;
+    let entries =
+        fs::read_dir(&dir.root).map_err(|e| LocalError::io(&dir.root, "cannot read", e))?;
     for entry in entries.flatten() {
         let path = entry.path();
         let Ok(meta) = fs::symlink_metadata(&path) else {

@@ -1147,7 +1147,9 @@ mod tests {
         let (code, body) = answer(&e, &post(Some("s3cret"), "{\"to\": \"pg-7\"}"));
         assert_eq!(code, "400 Bad Request");
         assert!(
-            body.contains("to: \\\"pg-7\\\" is not an instance of pg (expected one of pg-0, pg-1, pg-2)"),
+            body.contains(
+                "to: \\\"pg-7\\\" is not an instance of pg (expected one of pg-0, pg-1, pg-2)"
+            ),
             "{body}"
         );
         let (code, _) = answer(&e, &post(Some("s3cret"), "{\"to\": 3"));

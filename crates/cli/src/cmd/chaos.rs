@@ -34,6 +34,9 @@ pub enum ChaosCommand {
     /// The consistency checker: writes through rw, fails the primary round after round,
     /// probes every instance for writability, then reports lost writes, moments with two
     /// writable instances and the write outage per failover. Exits 1 unless all is well.
+    ///
+    /// It writes to the table `stator_chaos` in the application database and drops it at the
+    /// end, also when the run fails or is aborted.
     Run(RunArgs),
 }
 
@@ -75,8 +78,10 @@ pub struct RunArgs {
     /// State directory (as for `stator up`).
     #[arg(long, env = "STATOR_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Rounds: each fails the current primary, waits for writes to resume and for the
-    /// cluster to be Ready again.
+    /// Failovers to make: each round fails the current primary, waits for writes to resume
+    /// and for the cluster to be Ready again. A round after which the primary came back in
+    /// place (a killed node restarted within the detection timeout) is not a failover: it is
+    /// reported as such and another round follows.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub failovers: u32,
     /// The fault: kill (kill -9 of the server), kill-node (and of its manager), stop (SIGSTOP
