@@ -105,7 +105,11 @@ impl ServerUser {
             .mode(0o600)
             .open(path)
             .map_err(|e| EngineError::io(path, "create", e))?;
-        self.own(path, 0o600)
+        // A regular file only: a log sent to a terminal or a pipe keeps its owner and mode.
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => self.own(path, 0o600),
+            _ => Ok(()),
+        }
     }
 
     /// Creates `dir` (and missing parents) and makes it this user's, mode 0700.
@@ -189,6 +193,28 @@ mod tests {
             e.contains("no-such-user-stator") && e.contains("useradd"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_server_log_is_created_or_tightened_to_0600_for_the_server_user() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let Ok(user) = ServerUser::resolve(Some("postgres")) else {
+            return; // no such user here: nothing to hand the log to
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old.log");
+        std::fs::write(&old, "statement text\n").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let new = dir.path().join("new.log");
+        for log in [&old, &new] {
+            user.create_log_file(log).unwrap();
+            let meta = std::fs::metadata(log).unwrap();
+            assert_eq!(meta.mode() & 0o777, 0o600, "{}", log.display());
+            if user.switch {
+                assert_eq!(meta.uid(), user.uid, "{}", log.display());
+            }
+        }
+        assert_eq!(std::fs::read_to_string(&old).unwrap(), "statement text\n");
     }
 
     #[test]
