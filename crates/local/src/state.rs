@@ -215,6 +215,9 @@ impl DatabaseDir {
     /// Creates a directory inside `NAME/` that the server user must pass (`instances/`,
     /// `instances/NAME-N/`), with the group and the mode (0750 or 0700) of `NAME/` itself.
     pub fn create_shared_dir(&self, path: &Path) -> Result<(), LocalError> {
+        if !self.root.exists() {
+            create_dir(&self.root, 0o700)?; // `up` gives it its group; until then, private
+        }
         let root =
             fs::metadata(&self.root).map_err(|e| LocalError::io(&self.root, "cannot read", e))?;
         if let Some(parent) = path.parent()
@@ -466,6 +469,58 @@ mod tests {
         assert_eq!(dir.read_primary(), "db-0");
         dir.write_primary("db-2").unwrap();
         assert_eq!(dir.read_primary(), "db-2");
+    }
+
+    #[test]
+    fn lock_down_closes_an_older_layout_to_other_users_and_replaces_an_open_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir {
+            root: tmp.path().to_path_buf(),
+        }
+        .database("ns", "db");
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+        // As an older version left it: 0755 dirs, 0644 files and logs, a 0644 lock.
+        for d in [dir.root.clone(), dir.instance_dir(0), dir.data_dir(0)] {
+            fs::create_dir_all(&d).unwrap();
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        fs::set_permissions(
+            dir.root.join("instances"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let files = [
+            dir.supervisor_log(),
+            dir.spec_file(),
+            dir.manager_log(0),
+            dir.server_log(0),
+            dir.supervisor_lock(),
+        ];
+        for f in &files {
+            fs::write(f, "x").unwrap();
+            fs::set_permissions(f, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let old_lock = fs::metadata(dir.supervisor_lock()).unwrap().ino();
+        let changed = lock_down(&dir, None).unwrap();
+        assert!(changed.contains(&dir.root), "{changed:?}");
+        assert_eq!(mode(&dir.root), 0o700);
+        assert_eq!(mode(&dir.root.join("instances")), 0o700);
+        assert_eq!(mode(&dir.instance_dir(0)), 0o700);
+        assert_eq!(mode(&dir.data_dir(0)), 0o700);
+        for f in &files[..4] {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+        // No supervisor holds the open lock: it is removed (whoever holds it holds nothing),
+        // and the supervisor creates a new one, 0600.
+        assert!(
+            fs::metadata(dir.supervisor_lock())
+                .map(|m| m.ino() != old_lock)
+                .unwrap_or(true)
+        );
+        assert!(lock_down(&dir, None).unwrap().is_empty(), "idempotent");
+        // New shared dirs take NAME/'s mode and group.
+        dir.create_shared_dir(&dir.instance_dir(1)).unwrap();
+        assert_eq!(mode(&dir.instance_dir(1)), 0o700);
     }
 
     #[test]
