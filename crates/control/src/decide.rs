@@ -880,12 +880,19 @@ impl Run<'_> {
             }
             let presence = input.presence(ordinal);
             if ordinal >= spec.instances {
-                if matches!(presence, Presence::Absent) {
-                    self.memory.fenced.remove(&ordinal);
-                    self.memory.sync_standbys.remove(&ordinal);
-                } else {
-                    self.actions.push(Action::Remove { ordinal });
-                    not_ready.push(format!("{} is being removed", self.name(ordinal)));
+                match presence {
+                    Presence::Absent => {
+                        self.memory.fenced.remove(&ordinal);
+                        self.memory.sync_standbys.remove(&ordinal);
+                    }
+                    // Removed: its server is stopped and its data kept (a PVC left behind);
+                    // nothing is degraded. Its fence and standby record stay, so it never
+                    // comes back writable nor is its data forgotten.
+                    Presence::Down { .. } => {}
+                    _ => {
+                        self.actions.push(Action::Remove { ordinal });
+                        not_ready.push(format!("{} is being removed", self.name(ordinal)));
+                    }
                 }
                 continue;
             }

@@ -1325,6 +1325,22 @@ fn rows() -> Vec<Row> {
             then: |d| assert_eq!(d.status.ro, vec![1]),
         },
         Row {
+            name: "a removed replica, stopped with its data kept, leaves the cluster healthy",
+            input: input(
+                pg(2),
+                vec![
+                    (0, primary(wal(1, 300))),
+                    (1, replica(0, wal(1, 300))),
+                    (2, down()),
+                ],
+                serving(0, 3),
+            ),
+            actions: vec![],
+            reason: Reason::Healthy,
+            says: "all 2 instances are ready",
+            then: |d| assert_eq!(d.status.ro, vec![1]),
+        },
+        Row {
             name: "scaling down below the primary's ordinal switches over first",
             input: input(
                 pg(2),

@@ -2,8 +2,9 @@
 //! `stator status` shows it: a table like kubectl's and patronictl's, or JSON / YAML.
 
 use serde::{Deserialize, Serialize};
-use stator_api::Phase;
 use stator_api::instance::InstanceReport;
+use stator_api::position::ReplicationPosition;
+use stator_api::{Engine, Phase, Role};
 
 /// The state of one local database as its supervisor sees it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -23,6 +24,11 @@ pub struct SupervisorReport {
     /// `NAME-N` recorded as primary.
     pub primary: String,
     pub instances: Vec<InstanceRow>,
+    /// Instances beyond `spec.instances` whose servers are stopped. Their data dirs are kept
+    /// (as a StatefulSet's PVCs are after a scale-down) for a later scale-up; they are not in
+    /// `instances` and make nothing degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<RemovedInstance>,
     pub proxies: Proxies,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -54,6 +60,65 @@ pub struct InstanceRow {
     pub manager_restarts: u32,
     #[serde(default)]
     pub report: Option<InstanceReport>,
+    /// A replica's distance from the primary, from both reports (see
+    /// [`SupervisorReport::measure_lag`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<ReplicaLag>,
+}
+
+/// An instance removed by a scale-down: stopped, its data dir kept.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RemovedInstance {
+    pub name: String,
+    pub data_dir: String,
+}
+
+/// How far a replica is behind the primary, as the primary's current position minus the
+/// replica's: what it has not received yet, and what it has not replayed (applied) yet. A
+/// replica that receives everything but does not replay shows `0` received and the backlog as
+/// replayed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaLag {
+    pub unit: LagUnit,
+    /// Primary position − received (flushed) position; `None` when the replica reports none.
+    #[serde(default)]
+    pub received: Option<u64>,
+    /// Primary position − replayed (applied) position.
+    #[serde(default)]
+    pub replayed: Option<u64>,
+}
+
+/// PostgreSQL lag is WAL bytes (from LSNs); the MySQL family's is transactions (from GTIDs).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum LagUnit {
+    Bytes,
+    Transactions,
+}
+
+impl LagUnit {
+    /// `22 MB`, `0 B`; `3 tx`.
+    pub fn format(self, amount: u64) -> String {
+        match self {
+            LagUnit::Bytes => format_bytes(amount),
+            LagUnit::Transactions => format!("{amount} tx"),
+        }
+    }
+}
+
+/// Bytes as PostgreSQL's `pg_size_pretty` writes them (units of 1024, a unit is used from 10
+/// of it, rounded): `0 B`, `9000 B`, `22 MB`.
+pub fn format_bytes(bytes: u64) -> String {
+    let mut value = bytes;
+    for unit in ["B", "kB", "MB", "GB"] {
+        if value < 10 * 1024 {
+            return format!("{value} {unit}");
+        }
+        value = (value + 512) / 1024;
+    }
+    format!("{value} TB")
 }
 
 impl InstanceRow {
@@ -104,19 +169,66 @@ impl SupervisorReport {
     pub fn is_settled(&self) -> bool {
         self.generation == self.observed_generation && self.phase == Phase::Ready
     }
+
+    /// Fills each replica's [`ReplicaLag`] from the primary's reported position and the
+    /// replica's received and replayed positions. The two reports are observed at slightly
+    /// different moments, so a figure may be off by what was written in between; it is never
+    /// negative.
+    pub fn measure_lag(&mut self) {
+        let Some(engine) = Engine::ALL.into_iter().find(|e| e.as_str() == self.engine) else {
+            return;
+        };
+        let unit = match engine {
+            Engine::Postgres => LagUnit::Bytes,
+            Engine::Mysql | Engine::Mariadb => LagUnit::Transactions,
+        };
+        let position = |text: Option<&String>, timeline: Option<u32>| {
+            // Bytes are counted by LSN alone; the timeline only has to be present.
+            ReplicationPosition::parse(engine, text?, Some(timeline.unwrap_or(1))).ok()
+        };
+        let head = self
+            .instances
+            .iter()
+            .filter_map(|i| i.report.as_ref().map(|r| (i, r)))
+            .find(|(i, r)| i.name == self.primary && r.role == Some(Role::Primary))
+            .and_then(|(_, r)| position(r.position.as_ref(), r.timeline));
+        for row in &mut self.instances {
+            row.lag = None;
+            let (Some(head), Some(r)) = (&head, &row.report) else {
+                continue;
+            };
+            if r.role != Some(Role::Replica) {
+                continue;
+            }
+            let behind =
+                |text: Option<&String>| position(text, r.timeline).and_then(|p| head.ahead_of(&p));
+            row.lag = Some(ReplicaLag {
+                unit,
+                received: behind(r.received_position.as_ref()),
+                replayed: behind(r.position.as_ref()),
+            });
+        }
+    }
 }
 
 /// The table `stator status` prints.
 pub fn render_table(report: &SupervisorReport) -> String {
-    // PostgreSQL positions are LSNs, the MySQL family's GTID sets; lag is bytes or transactions.
-    let position = if report.engine == "postgres" {
-        "LSN"
-    } else {
-        "GTID"
-    };
+    // PostgreSQL positions are LSNs on a timeline, the MySQL family's GTID sets (no timeline);
+    // lag is bytes or transactions behind the primary, received / replayed.
+    let postgres = report.engine == "postgres";
+    let position = if postgres { "LSN" } else { "GTID" };
     let mut rows = vec![
         [
-            "INSTANCE", "ROLE", "STATE", "PID", "PORT", position, "LAG", "READY", "RESTARTS",
+            "INSTANCE",
+            "ROLE",
+            "STATE",
+            "PID",
+            "PORT",
+            "TL",
+            position,
+            "LAG (recv/replay)",
+            "READY",
+            "RESTARTS",
         ]
         .map(String::from)
         .to_vec(),
@@ -131,10 +243,23 @@ pub fn render_table(report: &SupervisorReport) -> String {
             .and_then(|r| r.pid)
             .map(|p| p.to_string())
             .unwrap_or_else(|| "-".into());
-        let lag = r
-            .and_then(|r| r.lag)
-            .map(|l| l.to_string())
+        let timeline = r
+            .and_then(|r| r.timeline)
+            .filter(|_| postgres)
+            .map(|t| t.to_string())
             .unwrap_or_else(|| "-".into());
+        let lag = match &i.lag {
+            Some(l) => {
+                let part =
+                    |v: Option<u64>| v.map(|v| l.unit.format(v)).unwrap_or_else(|| "?".into());
+                let mut text = format!("{} / {}", part(l.received), part(l.replayed));
+                if let Some(seconds) = r.and_then(|r| r.lag_seconds).filter(|s| *s > 0.0) {
+                    text.push_str(&format!(" ({seconds:.0}s)"));
+                }
+                text
+            }
+            None => "-".into(),
+        };
         let restarts = r.map(|r| r.restarts).unwrap_or(0) + i.manager_restarts;
         let mut state = i.state.clone();
         if i.excess {
@@ -146,6 +271,7 @@ pub fn render_table(report: &SupervisorReport) -> String {
             state,
             pid,
             i.port.to_string(),
+            timeline,
             r.and_then(|r| r.position.clone())
                 .unwrap_or_else(|| "-".into()),
             lag,
@@ -172,6 +298,17 @@ pub fn render_table(report: &SupervisorReport) -> String {
         }
     );
     out.push_str(&align(&rows));
+    if !report.removed.is_empty() {
+        let removed: Vec<String> = report
+            .removed
+            .iter()
+            .map(|r| format!("{} ({})", r.name, r.data_dir))
+            .collect();
+        out.push_str(&format!(
+            "removed, data kept (beyond spec.instances, stopped): {}\n",
+            removed.join(", ")
+        ));
+    }
     let p = &report.proxies;
     out.push('\n');
     out.push_str(&align(&[
@@ -309,7 +446,9 @@ mod tests {
                     replication_error: None,
                     errant: None,
                 }),
+                lag: None,
             }],
+            removed: Vec::new(),
             proxies: Proxies {
                 host: "127.0.0.1".into(),
                 rw: ProxyRoute {
@@ -334,6 +473,121 @@ mod tests {
         assert!(table.contains("pg-0       primary   running"), "{table}");
         assert!(table.contains("0/3000060"), "{table}");
         assert!(table.contains("no replica is ready"), "{table}");
+    }
+
+    /// A replica of `report`'s primary at replay position `replayed`, received `received`.
+    fn replica(
+        report: &SupervisorReport,
+        name: &str,
+        replayed: &str,
+        received: &str,
+    ) -> InstanceRow {
+        let mut row = report.instances[0].clone();
+        row.name = name.into();
+        if let Some(r) = row.report.as_mut() {
+            r.name = name.into();
+            r.role = Some(Role::Replica);
+            r.timeline = Some(2);
+            r.position = Some(replayed.into());
+            r.received_position = Some(received.into());
+            r.upstream = Some("pg-0".into());
+        }
+        row
+    }
+
+    #[test]
+    fn lag_shows_received_and_replayed_bytes_behind_the_primary_and_the_timeline() {
+        let mut report = sample();
+        if let Some(r) = report.instances[0].report.as_mut() {
+            r.timeline = Some(2);
+            r.position = Some("0/3000000".into());
+        }
+        // 22 MiB (0x1600000) received but not replayed; another fully caught up.
+        let paused = replica(&report, "pg-1", "0/1A00000", "0/3000000");
+        let current = replica(&report, "pg-2", "0/3000000", "0/3000000");
+        report.instances.extend([paused, current]);
+        report.measure_lag();
+        let lag = report.instances[1].lag.clone().unwrap();
+        assert_eq!(lag.unit, LagUnit::Bytes);
+        assert_eq!(lag.received, Some(0));
+        assert_eq!(lag.replayed, Some(22 * 1024 * 1024));
+        assert_eq!(report.instances[0].lag, None, "the primary has no lag");
+        let table = render_table(&report);
+        let header = table.lines().nth(2).unwrap();
+        for column in ["TL", "LSN", "LAG (recv/replay)"] {
+            assert!(header.contains(column), "{table}");
+        }
+        let row = |name: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap()
+                .to_string()
+        };
+        assert!(row("pg-1").contains("0 B / 22 MB"), "{table}");
+        assert!(row("pg-2").contains("0 B / 0 B"), "{table}");
+        // The timeline column, between PORT and LSN.
+        let paused = row("pg-1");
+        let words: Vec<&str> = paused.split_whitespace().collect();
+        assert_eq!(words[5..7], ["2", "0/1A00000"], "{table}");
+        assert_eq!(
+            row("pg-0").split_whitespace().nth(5),
+            Some("2"),
+            "the primary's timeline: {table}"
+        );
+    }
+
+    #[test]
+    fn mariadb_lag_is_in_transactions_with_no_timeline() {
+        let mut report = sample();
+        report.engine = "mariadb".into();
+        if let Some(r) = report.instances[0].report.as_mut() {
+            r.timeline = None;
+            r.position = Some("0-1-120".into());
+        }
+        let mut behind = replica(&report, "pg-1", "0-1-100", "0-1-117");
+        if let Some(r) = behind.report.as_mut() {
+            r.timeline = None;
+            r.lag_seconds = Some(4.0);
+        }
+        report.instances.push(behind);
+        report.measure_lag();
+        let lag = report.instances[1].lag.clone().unwrap();
+        assert_eq!(
+            (lag.unit, lag.received, lag.replayed),
+            (LagUnit::Transactions, Some(3), Some(20))
+        );
+        let table = render_table(&report);
+        let row = table.lines().find(|l| l.starts_with("pg-1")).unwrap();
+        assert!(row.contains("3 tx / 20 tx (4s)"), "{table}");
+        assert_eq!(row.split_whitespace().nth(5), Some("-"), "{table}");
+    }
+
+    #[test]
+    fn removed_instances_are_listed_apart_with_their_kept_data() {
+        let mut report = sample();
+        report.removed = vec![RemovedInstance {
+            name: "pg-2".into(),
+            data_dir: "/state/data-pg-2".into(),
+        }];
+        let table = render_table(&report);
+        assert!(
+            table.contains(
+                "removed, data kept (beyond spec.instances, stopped): pg-2 (/state/data-pg-2)"
+            ),
+            "{table}"
+        );
+        assert!(!table.lines().any(|l| l.starts_with("pg-2 ")), "{table}");
+    }
+
+    #[test]
+    fn bytes_are_written_as_pg_size_pretty_does() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(10 * 1024 - 1), "10239 B");
+        assert_eq!(format_bytes(10 * 1024), "10 kB");
+        assert_eq!(format_bytes(22 * 1024 * 1024), "22 MB");
+        assert_eq!(format_bytes(3 << 30), "3072 MB");
+        assert_eq!(format_bytes(30 << 30), "30 GB");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use stator_api::{Database, Phase};
 use crate::error::LocalError;
 use crate::probe;
 use crate::process;
-use crate::report::{InstanceRow, Proxies, SupervisorReport};
+use crate::report::{InstanceRow, Proxies, RemovedInstance, SupervisorReport};
 use crate::state::DatabaseDir;
 
 /// The pid of the supervisor holding `dir`'s lock, if one does.
@@ -98,10 +98,11 @@ pub fn current_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorRepo
             excess: false,
             manager_restarts: 0,
             report,
+            lag: None,
         });
     }
     let primary = dir.read_primary();
-    Ok(SupervisorReport {
+    let mut report = SupervisorReport {
         database: dir.key(),
         engine: db.spec.engine.to_string(),
         version: db.version().to_string(),
@@ -115,6 +116,10 @@ pub fn current_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorRepo
         supervisor_pid: None,
         primary,
         instances: rows,
+        removed: removed_instances(dir, db.spec.instances, |o| {
+            let marker = dir.config_file(o).display().to_string();
+            process::live_pid_from_file(&dir.manager_pid_file(o), &marker).is_some()
+        }),
         proxies: Proxies::unrouted(address, ports),
         message: Some(if alive == 0 {
             "stopped: `stator up -f FILE` starts it again with the same data".into()
@@ -124,5 +129,29 @@ pub fn current_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorRepo
             )
         }),
         failover: None,
-    })
+    };
+    report.measure_lag();
+    Ok(report)
+}
+
+/// Instances beyond `desired` that are not `running` and still have a data dir: removed by a
+/// scale-down, their data kept.
+pub fn removed_instances(
+    dir: &DatabaseDir,
+    desired: u32,
+    running: impl Fn(u32) -> bool,
+) -> Vec<RemovedInstance> {
+    dir.known_ordinals()
+        .into_iter()
+        .filter(|o| *o >= desired && !running(*o))
+        .filter_map(|o| {
+            let data_dir = dir.data_dir(o);
+            std::fs::read_dir(&data_dir)
+                .is_ok_and(|mut entries| entries.next().is_some())
+                .then(|| RemovedInstance {
+                    name: dir.instance_name(o),
+                    data_dir: data_dir.display().to_string(),
+                })
+        })
+        .collect()
 }

@@ -279,6 +279,7 @@ fn initial_report(applied: &AppliedSpec, dir: &DatabaseDir) -> SupervisorReport 
         supervisor_pid: Some(std::process::id()),
         primary: dir.read_primary(),
         instances: Vec::new(),
+        removed: Vec::new(),
         proxies: Proxies::unrouted(db.spec.local.listen_address.clone(), ports),
         message: None,
         failover: None,
@@ -680,6 +681,7 @@ impl Supervisor<'_> {
                 excess: slot.ordinal >= desired,
                 manager_restarts: slot.restarts,
                 report: slot.report.clone(),
+                lag: None,
             });
         }
         let primary_ordinal = ordinal_of(primary).unwrap_or(0);
@@ -727,7 +729,10 @@ impl Supervisor<'_> {
             })
             .map(|r| r.name.clone())
             .collect();
-        let report = SupervisorReport {
+        let removed = crate::runtime::removed_instances(self.dir, desired, |o| {
+            self.slots.get(&o).is_some_and(|s| s.pid.is_some())
+        });
+        let mut report = SupervisorReport {
             database: self.dir.key(),
             engine: db.spec.engine.to_string(),
             version: db.version().to_string(),
@@ -737,6 +742,7 @@ impl Supervisor<'_> {
             supervisor_pid: Some(std::process::id()),
             primary: primary.to_string(),
             instances: rows,
+            removed,
             proxies: Proxies {
                 host: db.spec.local.listen_address.clone(),
                 rw: ProxyRoute {
@@ -763,6 +769,7 @@ impl Supervisor<'_> {
             },
             failover: Some(failover_report),
         };
+        report.measure_lag();
         self.settled = report.phase == Phase::Ready;
         self.write_snapshot(&report);
         if let Ok(mut shared) = self.report.lock() {
@@ -806,6 +813,7 @@ impl Supervisor<'_> {
                 row.state = "stopped".into();
                 row.manager_pid = None;
                 row.report = None;
+                row.lag = None;
             }
             report.proxies.rw.targets.clear();
             report.proxies.ro.targets.clear();
