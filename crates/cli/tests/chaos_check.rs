@@ -111,6 +111,7 @@ fn synchronous_hangs_lose_nothing(cluster: &Cluster, rounds: u32) {
     }
     assert!(report["outage"]["p50"].is_f64(), "{report:#}");
     assert_table_dropped(cluster, &report);
+    cluster.assert_status_matches_clients(&cluster.app_password());
 }
 
 /// Asynchronous replication, the primary's whole node hung `rounds` times.
@@ -124,6 +125,7 @@ fn asynchronous_lost_nodes_never_split(cluster: &Cluster, rounds: u32) {
     assert!(report["writesLost"].is_u64(), "{report:#}");
     assert_no_split_brain(&report, &context);
     assert_table_dropped(cluster, &report);
+    cluster.assert_status_matches_clients(&cluster.app_password());
 }
 
 #[test]

@@ -120,6 +120,50 @@ fn a_replica_server_killed_with_sigkill_comes_back_and_catches_up() {
             .then_some(())
     });
     assert_eq!(cluster.postmasters(1).len(), 1);
+
+    // Replay paused on kr-1: writes reach it (received lag 0) but are not replayed; status
+    // shows the backlog as replayed lag in bytes, behind the primary's position.
+    let superuser = |sql: &str| {
+        let password =
+            std::fs::read_to_string(cluster.db_dir().join("secrets/superuser-password")).unwrap();
+        let out = std::process::Command::new("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .arg("-p")
+            .arg(cluster.server_port(1).to_string())
+            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+            .env("PGPASSWORD", password.trim())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    superuser("SELECT pg_wal_replay_pause()");
+    cluster
+        .psql(
+            cluster.rw(),
+            "INSERT INTO t SELECT generate_series(1, 50000)",
+        )
+        .unwrap();
+    let lag = cluster.eventually("kr-1 received everything, replayed not", WAIT, || {
+        let lag = cluster.row("kr-1")["lag"].clone();
+        (lag["unit"] == "bytes" && lag["received"] == 0 && lag["replayed"].as_u64()? > 0)
+            .then_some(lag)
+    });
+    println!("kr-1 with replay paused: {lag}");
+    let table = cluster.ok(&["status"]);
+    assert!(table.contains("LAG (recv/replay)"), "{table}");
+    let row = table.lines().find(|l| l.starts_with("kr-1")).unwrap();
+    assert!(
+        row.contains("0 B / ") && !row.contains("0 B / 0 B"),
+        "{table}"
+    );
+    superuser("SELECT pg_wal_replay_resume()");
+    cluster.eventually("kr-1 replayed everything", WAIT, || {
+        (cluster.row("kr-1")["lag"]["replayed"] == 0).then_some(())
+    });
 }
 
 #[test]

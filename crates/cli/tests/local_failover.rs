@@ -80,6 +80,53 @@ fn insert_range(cluster: &Cluster, password: &str, from: u64, to: u64) {
     cluster.quick_sql(password, cluster.rw(), &sql).unwrap();
 }
 
+/// The transition `last` (a `failover.last` of the status) reports the write outage clients
+/// saw, consistently: its timestamps in order, the rw-unrouted part inside it, and covering the
+/// longest gap `writer` saw (less 100 ms for the two clocks' sampling). No timing target.
+fn assert_client_outage_covers(cluster: &Cluster, kind: &str, writer_gap: Duration) {
+    let status = cluster.eventually("the client write outage measured", WAIT, || {
+        let status = cluster.status();
+        status["failover"]["last"]["clientWriteOutageMs"]
+            .as_u64()
+            .is_some()
+            .then_some(status)
+    });
+    let last = &status["failover"]["last"];
+    assert_eq!(last["kind"], kind, "{status:#}");
+    let ms = |key: &str| {
+        last[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key} missing: {status:#}"))
+    };
+    let (client, unrouted) = (ms("clientWriteOutageMs"), ms("rwUnroutedMs"));
+    let (stopped, started, finished, accepted) = (
+        ms("writesStoppedAtMs"),
+        ms("startedAtMs"),
+        ms("finishedAtMs"),
+        ms("writeAcceptedAtMs"),
+    );
+    println!(
+        "{kind}: clientWriteOutageMs {client}, rwUnroutedMs {unrouted}, the writer's longest gap {} ms",
+        writer_gap.as_millis()
+    );
+    assert!(
+        stopped <= started && started <= finished && finished <= accepted,
+        "{status:#}"
+    );
+    assert_eq!(client, accepted - stopped, "{status:#}");
+    assert!(unrouted <= client, "{status:#}");
+    assert!(
+        u128::from(client) + 100 >= writer_gap.as_millis(),
+        "the reported client outage ({client} ms) is shorter than what the writer saw ({} ms)",
+        writer_gap.as_millis()
+    );
+    let table = cluster.ok(&["status"]);
+    assert!(
+        table.contains(&format!("clients could not write for {client} ms")),
+        "{table}"
+    );
+}
+
 fn count_on(cluster: &Cluster, password: &str, ordinal: u32) -> u64 {
     cluster
         .quick_sql(
@@ -99,9 +146,27 @@ fn killed_primary_is_replaced_and_rejoins(engine: &str, prefix: &str) {
     insert_range(&cluster, &password, 1, 100);
     let old = name(&cluster, 0);
     assert_eq!(cluster.core_primary().as_deref(), Some(old.as_str()));
+    cluster
+        .quick_sql(
+            &password,
+            cluster.rw(),
+            "CREATE TABLE w (n bigint PRIMARY KEY)",
+        )
+        .unwrap();
+    let writer = Writer::start(cluster.engine, password.clone(), cluster.rw(), "w");
+    cluster.eventually("the writer writes", WAIT, || {
+        (writer.acked() >= 10).then_some(())
+    });
 
     cluster.hold_and_kill(0);
     let new = wait_for_new_primary(&cluster, &password, &old);
+    let before = writer.acked();
+    cluster.eventually("the writer writes to the new primary", WAIT, || {
+        (writer.acked() >= before + 10).then_some(())
+    });
+    let gap = writer.longest_gap();
+    writer.finish();
+    assert_client_outage_covers(&cluster, "failover", gap);
     let third = name(&cluster, 3 - ordinal(&new));
     // ro: only the remaining replica, once it follows the new primary; never the new primary
     // nor the fenced one.
@@ -133,6 +198,8 @@ fn killed_primary_is_replaced_and_rejoins(engine: &str, prefix: &str) {
         "{table}"
     );
     assert!(table.contains(&format!("{old}: held down")), "{table}");
+    // While it is held down, status shows the new primary as the one clients write to.
+    cluster.assert_status_matches_clients(&password);
 
     insert_range(&cluster, &password, 101, 200);
     cluster.ok(&["drain", &old, "--uncordon"]);
@@ -146,6 +213,7 @@ fn killed_primary_is_replaced_and_rejoins(engine: &str, prefix: &str) {
         status["failover"]["fenced"].as_array().unwrap().is_empty(),
         "{status:#}"
     );
+    cluster.assert_status_matches_clients(&password);
 }
 
 /// A switchover to NAME-2 while a writer inserts through rw: every acknowledged row is on the
@@ -164,15 +232,13 @@ fn switchover_under_a_writer_loses_nothing(engine: &'static str, prefix: &str) {
     cluster.eventually("the writer writes to the new primary", WAIT, || {
         (writer.acked() >= before + 20).then_some(())
     });
+    let gap = writer.longest_gap();
     let acked = writer.finish();
     let status = cluster.status();
     assert_eq!(status["failover"]["primary"], target.as_str(), "{status:#}");
     assert_eq!(status["failover"]["switchover"]["state"], "done");
-    assert!(
-        status["failover"]["last"]["writeOutageMs"]
-            .as_u64()
-            .is_some()
-    );
+    assert!(out.contains("clients could not write for"), "{out}");
+    assert_client_outage_covers(&cluster, "switchover", gap);
     let stored: Vec<u64> = cluster
         .quick_sql(&password, cluster.rw(), "SELECT n FROM t ORDER BY n")
         .unwrap()
@@ -186,6 +252,7 @@ fn switchover_under_a_writer_loses_nothing(engine: &'static str, prefix: &str) {
         .collect();
     assert!(missing.is_empty(), "acknowledged rows lost: {missing:?}");
     wait_for_replica_of(&cluster, &name(&cluster, 0), &target);
+    cluster.assert_status_matches_clients(&password);
 
     // Refusals name the reason: the primary itself, and an instance that does not exist.
     let same = cluster.stator(&["switchover", "--to", &target]);
@@ -222,6 +289,7 @@ fn hung_primary_is_failed_over_without_two_writers(engine: &'static str, prefix:
     cluster.eventually("every row on the former primary", WAIT, || {
         (count_on(&cluster, &password, 0) == 100).then_some(())
     });
+    cluster.assert_status_matches_clients(&password);
     let (rounds, two_writable) = watcher.finish();
     assert!(rounds > 0);
     assert_eq!(
@@ -278,6 +346,7 @@ fn draining_the_primary_switches_over_first_the_budget_refuses_a_second_drain_an
     assert!(table.contains("drained by `stator drain` at 20"), "{table}");
     assert!(!table.contains("epoch"), "{table}");
     assert!(row["managerPid"].is_null());
+    cluster.assert_status_matches_clients(&password);
     insert_range(&cluster, &password, 11, 20);
 
     let other = (0..3)
@@ -299,4 +368,5 @@ fn draining_the_primary_switches_over_first_the_budget_refuses_a_second_drain_an
     cluster.eventually("every row on the drained instance", WAIT, || {
         (count_on(&cluster, &password, 0) == 20).then_some(())
     });
+    cluster.assert_status_matches_clients(&password);
 }

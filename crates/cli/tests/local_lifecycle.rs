@@ -57,6 +57,7 @@ fn down_then_up_gives_back_the_same_rows_roles_and_primary() {
             == "1234")
             .then_some(())
     });
+    cluster.assert_status_matches_clients(&password);
 }
 
 #[test]
@@ -103,6 +104,29 @@ fn scaling_three_to_five_to_two_adds_clones_and_stops_the_highest_ordinals_keepi
         status["proxies"]["ro"]["targets"],
         serde_json::json!(["sc-1"])
     );
+    // Settled: Ready for a reason, not "Degraded / being removed"; the removed instances are
+    // listed apart with their kept data.
+    let status = cluster.eventually("the removed instances listed apart", WAIT, || {
+        let status = cluster.status();
+        (status["removed"].as_array()?.len() == 3).then_some(status)
+    });
+    assert_eq!(status["phase"], "Ready", "{status:#}");
+    assert_eq!(status["failover"]["reason"], "Healthy", "{status:#}");
+    assert!(status["message"].is_null(), "{status:#}");
+    let removed: Vec<&str> = status["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, ["sc-2", "sc-3", "sc-4"]);
+    let table = cluster.ok(&["status"]);
+    assert!(!table.contains("being removed"), "{table}");
+    assert!(!table.contains("Degraded"), "{table}");
+    assert!(
+        table.contains("removed, data kept (beyond spec.instances, stopped): sc-2"),
+        "{table}"
+    );
     for ordinal in [2, 3, 4] {
         assert!(
             cluster.postmasters(ordinal).is_empty(),
@@ -123,6 +147,7 @@ fn scaling_three_to_five_to_two_adds_clones_and_stops_the_highest_ordinals_keepi
             .unwrap(),
         "300"
     );
+    cluster.assert_status_matches_clients(&cluster.password());
 }
 
 #[test]

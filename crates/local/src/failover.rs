@@ -10,9 +10,11 @@
 //! never deleted, and cloned again) and unfence.
 //!
 //! It decides nothing itself: who is primary, when to fail over and where `rw` and `ro` point
-//! come from the decision. What it adds is timing and bookkeeping: the write outage it measured
-//! (the time `rw` had no target), the last failover's timestamps, and the outcome of switchover
-//! requests, all shown by `stator status`.
+//! come from the decision. What it adds is timing and bookkeeping: the write outage clients saw
+//! (from the moment the old primary last took writes to the first write the new one accepted
+//! through `rw`, see [`FailoverEvent::client_write_outage_ms`]), the part of it `rw` had no
+//! target, the last failover's timestamps, and the outcome of switchover requests, all shown
+//! by `stator status`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -194,9 +196,24 @@ pub struct FailoverEvent {
     /// Wall clock: the new primary accepted writes and `rw` pointed at it.
     #[serde(default)]
     pub finished_at_ms: Option<u64>,
-    /// How long `rw` had no writable target (ms).
+    /// Wall clock: the last moment clients could still write. A failover: the last sighting
+    /// of the old primary serving (the detection clock starts there; it may have stopped any
+    /// time after it, so this errs on the long side). A switchover: the fence order or `rw`
+    /// losing its target, whichever came first.
     #[serde(default)]
-    pub write_outage_ms: Option<u64>,
+    pub writes_stopped_at_ms: Option<u64>,
+    /// Wall clock: the first write accepted through `rw` afterwards, as the supervisor's own
+    /// write check saw it (see [`write_through`]).
+    #[serde(default)]
+    pub write_accepted_at_ms: Option<u64>,
+    /// The write outage clients saw (ms): `writes_stopped_at_ms` to `write_accepted_at_ms`.
+    /// A client also needs its own reconnect and retry on top of it.
+    #[serde(default)]
+    pub client_write_outage_ms: Option<u64>,
+    /// How long `rw` had no target (ms): only the part of the client outage after the core
+    /// gave up on the old primary and before it routed to the new one.
+    #[serde(default, alias = "writeOutageMs")]
+    pub rw_unrouted_ms: Option<u64>,
     /// The last status message of the transition.
     #[serde(default)]
     pub message: String,
@@ -252,9 +269,13 @@ pub struct SwitchoverTicket {
     /// The primary after it finished.
     #[serde(default)]
     pub primary: Option<String>,
-    /// How long `rw` had no writable target during the switchover (ms).
+    /// The write outage clients saw during the switchover (ms), once measured (see
+    /// [`FailoverEvent::client_write_outage_ms`]).
     #[serde(default)]
-    pub write_outage_ms: Option<u64>,
+    pub client_write_outage_ms: Option<u64>,
+    /// How long `rw` had no target during the switchover (ms).
+    #[serde(default, alias = "writeOutageMs")]
+    pub rw_unrouted_ms: Option<u64>,
 }
 
 impl SwitchoverTicket {
@@ -356,6 +377,9 @@ pub struct Failover {
     /// `rw` lost its target at this time (monotonic, wall).
     rw_lost: Option<(Instant, u64)>,
     rw_now: Option<u32>,
+    /// The write check through `rw` that ends the client write outage of the transition
+    /// started at this time (wall ms); it answers when a write was accepted.
+    write_check: Option<(u64, tokio::task::JoinHandle<Result<u64, String>>)>,
     monitor_password: Option<String>,
     bin_dir: Option<PathBuf>,
 }
@@ -401,6 +425,7 @@ impl Failover {
             rebuilding: BTreeSet::new(),
             rw_lost: None,
             rw_now: None,
+            write_check: None,
             monitor_password: None,
             bin_dir,
         }
@@ -468,6 +493,7 @@ impl Failover {
         self.save();
         let primary = self.record_primary(&spec);
         self.route(db, &decision.status, routes);
+        self.check_write(db).await;
         self.carry_out(db, &spec, &decision, sightings, routes)
             .await;
         self.finish_rebuilds(db.spec.engine, sightings);
@@ -715,11 +741,7 @@ impl Failover {
     ) -> Result<ServerAnswer, String> {
         match engine {
             Engine::Postgres => {
-                if self.monitor_password.is_none() {
-                    self.monitor_password =
-                        read_secret(&self.dir.secrets_dir(), secret_keys::MONITOR_PASSWORD).ok();
-                }
-                let Some(password) = self.monitor_password.clone() else {
+                let Some(password) = self.monitor_password() else {
                     return Ok(ServerAnswer::default());
                 };
                 let mut config = tokio_postgres::Config::new();
@@ -785,6 +807,98 @@ impl Failover {
         }
     }
 
+    fn monitor_password(&mut self) -> Option<String> {
+        if self.monitor_password.is_none() {
+            self.monitor_password =
+                read_secret(&self.dir.secrets_dir(), secret_keys::MONITOR_PASSWORD).ok();
+        }
+        self.monitor_password.clone()
+    }
+
+    /// Ends the last transition's client write outage: once `rw` has a target again, a write
+    /// check goes through `rw` itself (one at a time, in the background, retried every tick
+    /// until one is accepted); the moment the first is accepted is the outage's end.
+    async fn check_write(&mut self, db: &Database) {
+        let awaiting = |state: &FailoverState| {
+            state
+                .history
+                .last()
+                .filter(|e| e.writes_stopped_at_ms.is_some() && e.write_accepted_at_ms.is_none())
+                .map(|e| e.started_at_ms)
+                .filter(|_| state.current.is_none())
+        };
+        if self
+            .write_check
+            .as_ref()
+            .is_some_and(|(_, c)| c.is_finished())
+            && let Some((started, check)) = self.write_check.take()
+        {
+            // Finished: the answer is there without waiting.
+            match check.await {
+                // Only for the transition it was started for.
+                Ok(Ok(accepted_at)) if awaiting(&self.state) == Some(started) => {
+                    self.write_accepted(accepted_at)
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(why)) => tracing::debug!("write check through rw: {why}"),
+                Err(e) => tracing::debug!("write check through rw: {e}"),
+            }
+        }
+        let Some(started) = awaiting(&self.state) else {
+            return;
+        };
+        if self.rw_now.is_none() || self.write_check.is_some() {
+            return;
+        }
+        let Some(password) = self.monitor_password() else {
+            return;
+        };
+        let host = db.spec.local.listen_address.clone();
+        let port = LocalPorts::of(db).rw();
+        let engine = db.spec.engine;
+        self.write_check = Some((
+            started,
+            tokio::spawn(async move {
+                write_through(engine, &host, port, &password).await?;
+                Ok(wall_ms())
+            }),
+        ));
+    }
+
+    fn write_accepted(&mut self, accepted_at: u64) {
+        let Some(event) = self.state.history.last_mut() else {
+            return;
+        };
+        let Some(stopped) = event.writes_stopped_at_ms else {
+            return;
+        };
+        if event.write_accepted_at_ms.is_some() {
+            return;
+        }
+        let outage = accepted_at.saturating_sub(stopped);
+        event.write_accepted_at_ms = Some(accepted_at);
+        event.client_write_outage_ms = Some(outage);
+        tracing::info!(
+            "{} {}: clients could not write for {outage} ms (rw had no target for {} of them)",
+            event.kind,
+            event.outcome,
+            event
+                .rw_unrouted_ms
+                .map_or("?".to_string(), |ms| format!("{ms} ms"))
+        );
+        let event = event.clone();
+        self.save();
+        if event.kind == "switchover"
+            && let Ok(mut desk) = self.desk.lock()
+            && let Some(ticket) = desk.last.as_mut()
+            && ticket.from == event.from
+            && ticket.finished()
+            && ticket.client_write_outage_ms.is_none()
+        {
+            ticket.client_write_outage_ms = Some(outage);
+        }
+    }
+
     // ------------------------------------------------------------------------------ requests
 
     fn take_request(&mut self, spec: &ClusterSpec) -> Option<Request> {
@@ -841,7 +955,8 @@ impl Failover {
                 let last = self.state.history.last();
                 let done = last.is_some_and(|e| e.kind == "switchover" && e.outcome == "done");
                 ticket.primary = memory.primary.map(|p| spec.instance_name(p));
-                ticket.write_outage_ms = last.and_then(|e| e.write_outage_ms);
+                ticket.rw_unrouted_ms = last.and_then(|e| e.rw_unrouted_ms);
+                ticket.client_write_outage_ms = last.and_then(|e| e.client_write_outage_ms);
                 if done && ticket.primary != ticket.from {
                     ticket.state = "done".into();
                     ticket.message = format!(
@@ -887,6 +1002,25 @@ impl Failover {
             };
             let fresh = self.state.current.as_ref().is_none_or(|c| c.kind != kind);
             if fresh {
+                let writes_stopped = match t.kind {
+                    TransitionKind::Failover => before
+                        .primary_serving_at_ms
+                        .or(before.primary_unhealthy_since_ms)
+                        .unwrap_or(t.started_ms),
+                    TransitionKind::Switchover => t.started_ms,
+                };
+                // A failover that replaces a switchover in progress: writes stopped with it.
+                let writes_stopped_at_ms = [
+                    Some(to_wall(writes_stopped)),
+                    self.rw_lost.map(|(_, wall)| wall),
+                    self.state
+                        .current
+                        .as_ref()
+                        .and_then(|c| c.writes_stopped_at_ms),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
                 self.state.current = Some(FailoverEvent {
                     kind: kind.into(),
                     from: t.from.map(|f| spec.instance_name(f)),
@@ -897,7 +1031,10 @@ impl Failover {
                     started_at_ms: to_wall(t.started_ms),
                     rw_lost_at_ms: self.rw_lost.map(|(_, wall)| wall),
                     finished_at_ms: None,
-                    write_outage_ms: None,
+                    writes_stopped_at_ms,
+                    write_accepted_at_ms: None,
+                    client_write_outage_ms: None,
+                    rw_unrouted_ms: None,
                     message: decision.status.message.clone(),
                 });
             } else if let Some(current) = self.state.current.as_mut() {
@@ -970,11 +1107,14 @@ impl Failover {
             match rw {
                 None => {
                     if self.rw_lost.is_none() {
-                        self.rw_lost = Some((Instant::now(), wall_ms()));
+                        let now = wall_ms();
+                        self.rw_lost = Some((Instant::now(), now));
                         if let Some(current) = self.state.current.as_mut()
                             && current.rw_lost_at_ms.is_none()
                         {
-                            current.rw_lost_at_ms = Some(wall_ms());
+                            current.rw_lost_at_ms = Some(now);
+                            current.writes_stopped_at_ms =
+                                Some(current.writes_stopped_at_ms.map_or(now, |t| t.min(now)));
                         }
                     }
                 }
@@ -984,7 +1124,7 @@ impl Failover {
                         if let Some(last) = self.state.history.last_mut()
                             && last.finished_at_ms.is_none()
                         {
-                            last.write_outage_ms = Some(outage);
+                            last.rw_unrouted_ms = Some(outage);
                             last.finished_at_ms = Some(wall_ms());
                             tracing::info!(
                                 "{} {}: rw had no target for {outage} ms",
@@ -1358,6 +1498,87 @@ fn on_timeline(facts: &mut InstanceFacts, tli: u32) {
 }
 
 /// The address of instance `ordinal`'s server.
+/// How long one write check through `rw` may take: a write on a synchronous primary waits for
+/// a standby, as clients' writes do.
+const WRITE_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One write check through the `rw` proxy at `host:port`, as the monitor user; `Ok` when the
+/// server behind it accepted it.
+///
+/// PostgreSQL: a read-write transaction that takes a transaction id and commits it
+/// (`pg_current_xact_id()`): a commit record is written to WAL, and a synchronous primary
+/// waits for its standby, exactly as for a client's write. A replica refuses it ("cannot
+/// assign TransactionIds during recovery"), a fenced primary returns no id.
+/// MariaDB: the server behind `rw` has `read_only` off. It is a read, not a write (Stator keeps
+/// no table of its own to write to), so it shows the server would accept the application's
+/// writes, not that one was committed.
+pub async fn write_through(
+    engine: Engine,
+    host: &str,
+    port: u16,
+    password: &str,
+) -> Result<(), String> {
+    let check = async {
+        match engine {
+            Engine::Postgres => {
+                let mut config = tokio_postgres::Config::new();
+                config
+                    .host(host)
+                    .port(port)
+                    .user(stator_engine::postgres::config::MONITOR_USER)
+                    .password(password)
+                    .dbname("postgres")
+                    .application_name("stator-write-check")
+                    .connect_timeout(SERVER_PROBE_TIMEOUT);
+                let (client, connection) = config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| format!("cannot connect: {e}"))?;
+                let task = tokio::spawn(connection);
+                let row = client
+                    .query_one(
+                        "SELECT CASE WHEN current_setting('transaction_read_only') = 'off' \
+                         THEN pg_current_xact_id()::text END",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| format!("the write failed: {e}"));
+                drop(client);
+                let _ = task.await;
+                match row?.get::<_, Option<String>>(0) {
+                    Some(_) => Ok(()),
+                    None => Err("the server behind rw is read-only".to_string()),
+                }
+            }
+            Engine::Mysql | Engine::Mariadb => {
+                use mysql_async::prelude::Queryable;
+                let opts = mysql_async::OptsBuilder::default()
+                    .ip_or_hostname(host.to_string())
+                    .tcp_port(port)
+                    .user(Some(stator_engine::mysql_family::config::MONITOR_USER))
+                    .pass(Some(password.to_string()))
+                    // Never the server's Unix socket: that would bypass `rw`.
+                    .prefer_socket(false);
+                let mut conn = mysql_async::Conn::new(opts)
+                    .await
+                    .map_err(|e| format!("cannot connect: {e}"))?;
+                let read_only: Option<i64> = conn
+                    .query_first("SELECT @@global.read_only")
+                    .await
+                    .map_err(|e| format!("cannot read read_only: {e}"))?;
+                let _ = conn.disconnect().await;
+                match read_only {
+                    Some(0) => Ok(()),
+                    _ => Err("the server behind rw is read-only".to_string()),
+                }
+            }
+        }
+    };
+    tokio::time::timeout(WRITE_CHECK_TIMEOUT, check)
+        .await
+        .map_err(|_| format!("no answer within {WRITE_CHECK_TIMEOUT:?}"))?
+}
+
 fn server_addr(db: &Database, ordinal: u32) -> Option<SocketAddr> {
     format!(
         "{}:{}",
@@ -1468,9 +1689,14 @@ pub fn render_failover(f: &FailoverReport) -> String {
             e.to.as_deref().unwrap_or("?"),
             e.outcome,
             e.term,
-            e.write_outage_ms
-                .map(|ms| format!(", rw had no target for {ms} ms"))
-                .unwrap_or_default()
+            match (e.client_write_outage_ms, e.rw_unrouted_ms) {
+                (Some(client), Some(rw)) => format!(
+                    ", clients could not write for {client} ms (rw had no target for {rw} ms)"
+                ),
+                (Some(client), None) => format!(", clients could not write for {client} ms"),
+                (None, Some(rw)) => format!(", rw had no target for {rw} ms"),
+                (None, None) => String::new(),
+            }
         ));
     }
     out

@@ -25,6 +25,8 @@ use crate::state::DatabaseDir;
 
 /// How often the supervisor's report is read while waiting.
 const POLL: Duration = Duration::from_millis(100);
+/// How long a done switchover waits for its client write outage to be measured.
+const OUTAGE_WAIT: Duration = Duration::from_secs(10);
 
 /// N of `NAME-N` for an instance of `db` within `spec.instances`; the error names `field`.
 pub fn instance_ordinal(db: &Database, field: &str, instance: &str) -> Result<u32, LocalError> {
@@ -93,6 +95,7 @@ pub fn switchover(
         .map_err(|e| LocalError::Failed(format!("the supervisor's answer cannot be read: {e}")))?;
     let deadline = Instant::now() + timeout;
     let mut last_message = String::new();
+    let mut outage_deadline: Option<Instant> = None;
     loop {
         std::thread::sleep(POLL);
         let report = fetch_report(dir, db)?;
@@ -101,8 +104,16 @@ pub fn switchover(
             .and_then(|f| f.switchover.as_ref())
             .filter(|t| t.id == ticket.id)
         {
+            // A done switchover's client write outage ends with the first write the new
+            // primary accepts through rw, measured just after: wait a moment for it.
             if seen.finished() {
-                return Ok(seen.clone());
+                let measuring = seen.state == "done"
+                    && seen.client_write_outage_ms.is_none()
+                    && Instant::now()
+                        < *outage_deadline.get_or_insert_with(|| Instant::now() + OUTAGE_WAIT);
+                if !measuring {
+                    return Ok(seen.clone());
+                }
             }
             if seen.message != last_message {
                 tracing::info!("{}", seen.message);

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Cluster;
 
@@ -66,6 +66,71 @@ impl Cluster {
             .unwrap()
             .trim()
             .to_string()
+    }
+
+    /// After a drill, once it settles, `stator status` says what clients see: the primary it
+    /// shows (the recorded one, the core's, the only `rw` target, its row a running, ready
+    /// primary) is the server a client reaches through `rw`, and that server takes writes; no
+    /// other instance is shown as a ready primary (a fenced or held one never is).
+    pub fn assert_status_matches_clients(&self, password: &str) {
+        let port_query = if self.engine == "mariadb" {
+            "SELECT @@port"
+        } else {
+            "SELECT inet_server_port()"
+        };
+        let started = Instant::now();
+        loop {
+            let status = self.status();
+            let mismatch = (|| {
+                let primary = status["primary"].as_str().unwrap_or_default();
+                if status["failover"]["primary"] != primary {
+                    return format!(
+                        "the core holds {} as primary",
+                        status["failover"]["primary"]
+                    );
+                }
+                if status["proxies"]["rw"]["targets"] != serde_json::json!([primary]) {
+                    return format!("rw routes to {}", status["proxies"]["rw"]["targets"]);
+                }
+                let rows = status["instances"].as_array().cloned().unwrap_or_default();
+                let shown_primary = |r: &serde_json::Value| {
+                    r["report"]["role"] == "primary" && r["report"]["ready"] == true
+                };
+                let Some(row) = rows.iter().find(|r| r["name"] == primary) else {
+                    return format!("{primary} has no row");
+                };
+                if !shown_primary(row) || row["state"] != "running" {
+                    return format!("{primary} is not shown as a running, ready primary");
+                }
+                if let Some(other) = rows
+                    .iter()
+                    .find(|r| r["name"] != primary && shown_primary(r))
+                {
+                    return format!("{} is shown as a ready primary too", other["name"]);
+                }
+                let ordinal: u32 = primary
+                    .rsplit_once('-')
+                    .map_or(u32::MAX, |(_, o)| o.parse().unwrap_or(u32::MAX));
+                match self.quick_sql(password, self.rw(), port_query) {
+                    Ok(port) if port == self.server_port(ordinal).to_string() => {}
+                    other => return format!("rw reaches {other:?}, not {primary}"),
+                }
+                match self.quick_sql(password, self.rw(), writable_query(self.engine)) {
+                    Ok(w) if w == "1" => String::new(),
+                    other => format!("the server behind rw is not writable: {other:?}"),
+                }
+            })();
+            if mismatch.is_empty() {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                panic!(
+                    "stator status does not match what clients see: {mismatch}\n{status:#}\n{}",
+                    self.logs_for_failure()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// SQL on `port` as the application user with the engine's client (`psql`, `mariadb`),
@@ -146,10 +211,12 @@ pub fn signal(pid: u32, name: &str) {
 }
 
 /// Inserts 1, 2, 3 … into `table` through `port` (one connection per row) until stopped;
-/// records every number whose INSERT was acknowledged.
+/// records every number whose INSERT was acknowledged, and when each attempt started and
+/// ended and whether it was acknowledged.
 pub struct Writer {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<u64>>>,
+    attempts: Arc<Mutex<Vec<(Instant, Instant, bool)>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -157,16 +224,21 @@ impl Writer {
     pub fn start(engine: &'static str, password: String, port: u16, table: &str) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
+        let attempts = Arc::new(Mutex::new(Vec::new()));
         let table = table.to_string();
         let thread = {
             let stop = stop.clone();
             let acked = acked.clone();
+            let attempts = attempts.clone();
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
                     let sql = format!("INSERT INTO {table} VALUES ({n})");
-                    if quick_sql(engine, &password, port, &sql).is_ok() {
+                    let started = Instant::now();
+                    let ok = quick_sql(engine, &password, port, &sql).is_ok();
+                    attempts.lock().unwrap().push((started, Instant::now(), ok));
+                    if ok {
                         acked.lock().unwrap().push(n);
                     } else {
                         std::thread::sleep(Duration::from_millis(50));
@@ -177,12 +249,29 @@ impl Writer {
         Writer {
             stop,
             acked,
+            attempts,
             thread: Some(thread),
         }
     }
 
     pub fn acked(&self) -> usize {
         self.acked.lock().unwrap().len()
+    }
+
+    /// The longest time the writer knows it could not write: from the end of an acknowledged
+    /// INSERT to the start of the last attempt after it that failed. A lower bound of the
+    /// outage it saw, free of its own retry pauses.
+    pub fn longest_gap(&self) -> Duration {
+        let mut last_ack: Option<Instant> = None;
+        let mut longest = Duration::ZERO;
+        for (started, ended, ok) in self.attempts.lock().unwrap().iter() {
+            if *ok {
+                last_ack = Some(*ended);
+            } else if let Some(ack) = last_ack {
+                longest = longest.max(started.saturating_duration_since(ack));
+            }
+        }
+        longest
     }
 
     /// Stops and returns every acknowledged number.
