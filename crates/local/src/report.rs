@@ -233,11 +233,27 @@ pub fn render_table(report: &SupervisorReport) -> String {
         .map(String::from)
         .to_vec(),
     ];
+    let fenced = |name: &str| {
+        report
+            .failover
+            .as_ref()
+            .is_some_and(|f| f.fenced.iter().any(|n| n == name))
+    };
     for i in &report.instances {
         let r = i.report.as_ref();
+        // A primary that refuses writes (fenced read-only, or not yet writable) is not what
+        // clients reach as the primary: said so, and not ready.
+        let read_only_primary = r.is_some_and(|r| r.role == Some(Role::Primary) && r.read_only);
         let role = r
             .and_then(|r| r.role)
             .map(|role| role.to_string())
+            .map(|role| {
+                if read_only_primary {
+                    format!("{role} (read-only)")
+                } else {
+                    role
+                }
+            })
             .unwrap_or_else(|| "-".into());
         let pid = r
             .and_then(|r| r.pid)
@@ -265,6 +281,9 @@ pub fn render_table(report: &SupervisorReport) -> String {
         if i.excess {
             state.push_str(" (removed)");
         }
+        if fenced(&i.name) {
+            state.push_str(" (fenced)");
+        }
         rows.push(vec![
             i.name.clone(),
             role,
@@ -277,6 +296,7 @@ pub fn render_table(report: &SupervisorReport) -> String {
             lag,
             match (i.ready(), r.and_then(|r| r.errant.as_ref())) {
                 (_, Some(_)) => "no (errant)",
+                (true, None) if read_only_primary => "no (read-only)",
                 (true, None) => "yes",
                 (false, None) => "no",
             }
@@ -561,6 +581,24 @@ mod tests {
         let row = table.lines().find(|l| l.starts_with("pg-1")).unwrap();
         assert!(row.contains("3 tx / 20 tx (4s)"), "{table}");
         assert_eq!(row.split_whitespace().nth(5), Some("-"), "{table}");
+    }
+
+    #[test]
+    fn a_fenced_read_only_primary_is_not_shown_as_a_ready_primary() {
+        let mut report = sample();
+        if let Some(r) = report.instances[0].report.as_mut() {
+            r.read_only = true;
+        }
+        report.failover = Some(crate::failover::FailoverReport {
+            fenced: vec!["pg-0".into()],
+            ..Default::default()
+        });
+        let table = render_table(&report);
+        let row = table.lines().find(|l| l.starts_with("pg-0")).unwrap();
+        assert!(row.contains("primary (read-only)"), "{table}");
+        assert!(row.contains("running (fenced)"), "{table}");
+        assert!(row.contains("no (read-only)"), "{table}");
+        assert!(!row.contains(" yes "), "{table}");
     }
 
     #[test]

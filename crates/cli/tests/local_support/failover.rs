@@ -70,8 +70,9 @@ impl Cluster {
 
     /// After a drill, once it settles, `stator status` says what clients see: the primary it
     /// shows (the recorded one, the core's, the only `rw` target, its row a running, ready
-    /// primary) is the server a client reaches through `rw`, and that server takes writes; no
-    /// other instance is shown as a ready primary (a fenced or held one never is).
+    /// writable primary) is the server a client reaches through `rw`, and that server takes
+    /// writes; no other instance is shown as a ready, writable primary (a fenced or held one
+    /// never is).
     pub fn assert_status_matches_clients(&self, password: &str) {
         let port_query = if self.engine == "mariadb" {
             "SELECT @@port"
@@ -93,8 +94,11 @@ impl Cluster {
                     return format!("rw routes to {}", status["proxies"]["rw"]["targets"]);
                 }
                 let rows = status["instances"].as_array().cloned().unwrap_or_default();
+                // As the table shows it: a read-only primary is shown as such, not ready.
                 let shown_primary = |r: &serde_json::Value| {
-                    r["report"]["role"] == "primary" && r["report"]["ready"] == true
+                    r["report"]["role"] == "primary"
+                        && r["report"]["ready"] == true
+                        && r["report"]["readOnly"] != true
                 };
                 let Some(row) = rows.iter().find(|r| r["name"] == primary) else {
                     return format!("{primary} has no row");
