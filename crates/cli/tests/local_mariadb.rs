@@ -49,6 +49,14 @@ fn three_mariadb_instances_serve_rows_written_through_rw_and_read_through_ro_wit
     );
     let table = cluster.ok(&["status"]);
     assert!(table.contains("GTID"), "{table}");
+    // Lag behind the primary in transactions, received and replayed; no timeline.
+    for row in &rows[1..] {
+        assert_eq!(row["lag"]["unit"], "transactions", "{status:#}");
+        assert!(row["lag"]["replayed"].is_u64(), "{status:#}");
+    }
+    assert!(table.contains("LAG (recv/replay)"), "{table}");
+    let replica_row = table.lines().find(|l| l.starts_with("mtrio-1")).unwrap();
+    assert!(replica_row.contains(" tx"), "{table}");
 
     cluster
         .sql(

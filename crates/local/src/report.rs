@@ -267,7 +267,7 @@ pub fn render_table(report: &SupervisorReport) -> String {
         let lag = match &i.lag {
             Some(l) => {
                 let part =
-                    |v: Option<u64>| v.map(|v| l.unit.format(v)).unwrap_or_else(|| "?".into());
+                    |v: Option<u64>| v.map(|v| l.unit.format(v)).unwrap_or_else(|| "-".into());
                 let mut text = format!("{} / {}", part(l.received), part(l.replayed));
                 if let Some(seconds) = r.and_then(|r| r.lag_seconds).filter(|s| *s > 0.0) {
                     text.push_str(&format!(" ({seconds:.0}s)"));

@@ -73,7 +73,9 @@ pub enum Output {
     Yaml,
 }
 
-/// Show the instances (role, state, pid, port, LSN, lag, ready) and where the proxies point.
+/// Show the instances (role, state, pid, port, timeline, position, lag behind the primary:
+/// received / replayed, ready), instances removed with their data kept, and where the proxies
+/// point.
 ///
 /// Example: stator status -f examples/postgres-3.yaml -o json
 #[derive(clap::Args, Debug)]
