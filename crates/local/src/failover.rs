@@ -12,7 +12,7 @@
 //! It decides nothing itself: who is primary, when to fail over and where `rw` and `ro` point
 //! come from the decision. What it adds is timing and bookkeeping: the write outage clients saw
 //! (from the moment the old primary last took writes to the first write the new one accepted
-//! through `rw`, see [`FailoverEvent::client_write_outage_ms`]), the part of it `rw` had no
+//! through `rw`, see [`WriteOutage::client_write_outage_ms`]), the part of it `rw` had no
 //! target, the last failover's timestamps, and the outcome of switchover requests, all shown
 //! by `stator status`.
 
@@ -206,14 +206,9 @@ pub struct FailoverEvent {
     /// write check saw it (see [`write_through`]).
     #[serde(default)]
     pub write_accepted_at_ms: Option<u64>,
-    /// The write outage clients saw (ms): `writes_stopped_at_ms` to `write_accepted_at_ms`.
-    /// A client also needs its own reconnect and retry on top of it.
-    #[serde(default)]
-    pub client_write_outage_ms: Option<u64>,
-    /// How long `rw` had no target (ms): only the part of the client outage after the core
-    /// gave up on the old primary and before it routed to the new one.
-    #[serde(default, alias = "writeOutageMs")]
-    pub rw_unrouted_ms: Option<u64>,
+    /// From `writes_stopped_at_ms` to `write_accepted_at_ms`, and the part `rw` had no target.
+    #[serde(flatten)]
+    pub outage: WriteOutage,
     /// The last status message of the transition.
     #[serde(default)]
     pub message: String,
@@ -269,13 +264,41 @@ pub struct SwitchoverTicket {
     /// The primary after it finished.
     #[serde(default)]
     pub primary: Option<String>,
-    /// The write outage clients saw during the switchover (ms), once measured (see
-    /// [`FailoverEvent::client_write_outage_ms`]).
+    /// The switchover's write outage, once measured.
+    #[serde(flatten)]
+    pub outage: WriteOutage,
+}
+
+/// The write outage of a failover or switchover.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteOutage {
+    /// What clients saw (ms): from the last moment the old primary took writes to the first
+    /// write accepted through `rw` (see [`FailoverEvent::writes_stopped_at_ms`] and
+    /// [`FailoverEvent::write_accepted_at_ms`]). A client adds its own reconnect and retry.
     #[serde(default)]
     pub client_write_outage_ms: Option<u64>,
-    /// How long `rw` had no target during the switchover (ms).
+    /// How long `rw` had no target (ms): only the part of the client outage after the core
+    /// gave up on the old primary and before it routed to the new one.
     #[serde(default, alias = "writeOutageMs")]
     pub rw_unrouted_ms: Option<u64>,
+}
+
+impl WriteOutage {
+    /// `clients could not write for 2315 ms (rw had no target for 237 ms)`; empty when not
+    /// measured.
+    pub fn describe(&self) -> String {
+        match (self.client_write_outage_ms, self.rw_unrouted_ms) {
+            (Some(client), Some(rw)) => {
+                format!("clients could not write for {client} ms (rw had no target for {rw} ms)")
+            }
+            (Some(client), None) => format!("clients could not write for {client} ms"),
+            (None, Some(rw)) => format!(
+                "rw had no target for {rw} ms (the first write on the new primary is not confirmed yet)"
+            ),
+            (None, None) => String::new(),
+        }
+    }
 }
 
 impl SwitchoverTicket {
@@ -744,35 +767,20 @@ impl Failover {
                 let Some(password) = self.monitor_password() else {
                     return Ok(ServerAnswer::default());
                 };
-                let mut config = tokio_postgres::Config::new();
-                config
-                    .host(host)
-                    .port(port)
-                    .user(stator_engine::postgres::config::MONITOR_USER)
-                    .password(password)
-                    .dbname("postgres")
-                    .application_name("stator-supervisor")
-                    .connect_timeout(SERVER_PROBE_TIMEOUT);
                 let query = async {
-                    let (client, connection) = config
-                        .connect(tokio_postgres::NoTls)
-                        .await
-                        .map_err(|e| format!("cannot connect: {e}"))?;
-                    let task = tokio::spawn(connection);
-                    let row = client
-                        .query_one(
-                            "SELECT NOT pg_is_in_recovery() AND \
-                             current_setting('default_transaction_read_only') = 'off', \
-                             pg_last_wal_receive_lsn()::text",
-                            &[],
-                        )
-                        .await
-                        .map_err(|e| format!("query failed: {e}"));
-                    drop(client);
-                    let _ = task.await;
-                    row.map(|r| ServerAnswer {
-                        writable: Some(r.get::<_, bool>(0)),
-                        received: r.get::<_, Option<String>>(1),
+                    let row = monitor_query(
+                        host,
+                        port,
+                        &password,
+                        "stator-supervisor",
+                        "SELECT NOT pg_is_in_recovery() AND \
+                         current_setting('default_transaction_read_only') = 'off', \
+                         pg_last_wal_receive_lsn()::text",
+                    )
+                    .await?;
+                    Ok(ServerAnswer {
+                        writable: Some(row.get::<_, bool>(0)),
+                        received: row.get::<_, Option<String>>(1),
                     })
                 };
                 match tokio::time::timeout(SERVER_PROBE_TIMEOUT, query).await {
@@ -877,12 +885,13 @@ impl Failover {
         }
         let outage = accepted_at.saturating_sub(stopped);
         event.write_accepted_at_ms = Some(accepted_at);
-        event.client_write_outage_ms = Some(outage);
+        event.outage.client_write_outage_ms = Some(outage);
         tracing::info!(
             "{} {}: clients could not write for {outage} ms (rw had no target for {} of them)",
             event.kind,
             event.outcome,
             event
+                .outage
                 .rw_unrouted_ms
                 .map_or("?".to_string(), |ms| format!("{ms} ms"))
         );
@@ -893,9 +902,9 @@ impl Failover {
             && let Some(ticket) = desk.last.as_mut()
             && ticket.from == event.from
             && ticket.finished()
-            && ticket.client_write_outage_ms.is_none()
+            && ticket.outage.client_write_outage_ms.is_none()
         {
-            ticket.client_write_outage_ms = Some(outage);
+            ticket.outage.client_write_outage_ms = Some(outage);
         }
     }
 
@@ -955,8 +964,7 @@ impl Failover {
                 let last = self.state.history.last();
                 let done = last.is_some_and(|e| e.kind == "switchover" && e.outcome == "done");
                 ticket.primary = memory.primary.map(|p| spec.instance_name(p));
-                ticket.rw_unrouted_ms = last.and_then(|e| e.rw_unrouted_ms);
-                ticket.client_write_outage_ms = last.and_then(|e| e.client_write_outage_ms);
+                ticket.outage = last.map(|e| e.outage).unwrap_or_default();
                 if done && ticket.primary != ticket.from {
                     ticket.state = "done".into();
                     ticket.message = format!(
@@ -1033,8 +1041,7 @@ impl Failover {
                     finished_at_ms: None,
                     writes_stopped_at_ms,
                     write_accepted_at_ms: None,
-                    client_write_outage_ms: None,
-                    rw_unrouted_ms: None,
+                    outage: WriteOutage::default(),
                     message: decision.status.message.clone(),
                 });
             } else if let Some(current) = self.state.current.as_mut() {
@@ -1124,7 +1131,7 @@ impl Failover {
                         if let Some(last) = self.state.history.last_mut()
                             && last.finished_at_ms.is_none()
                         {
-                            last.rw_unrouted_ms = Some(outage);
+                            last.outage.rw_unrouted_ms = Some(outage);
                             last.finished_at_ms = Some(wall_ms());
                             tracing::info!(
                                 "{} {}: rw had no target for {outage} ms",
@@ -1498,6 +1505,37 @@ fn on_timeline(facts: &mut InstanceFacts, tli: u32) {
 }
 
 /// The address of instance `ordinal`'s server.
+/// One query on a PostgreSQL server as the monitor user, on a connection of its own.
+async fn monitor_query(
+    host: &str,
+    port: u16,
+    password: &str,
+    application_name: &str,
+    sql: &str,
+) -> Result<tokio_postgres::Row, String> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(port)
+        .user(stator_engine::postgres::config::MONITOR_USER)
+        .password(password)
+        .dbname("postgres")
+        .application_name(application_name)
+        .connect_timeout(SERVER_PROBE_TIMEOUT);
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let task = tokio::spawn(connection);
+    let row = client
+        .query_one(sql, &[])
+        .await
+        .map_err(|e| format!("query failed: {e}"));
+    drop(client);
+    let _ = task.await;
+    row
+}
+
 /// How long one write check through `rw` may take: a write on a synchronous primary waits for
 /// a standby, as clients' writes do.
 const WRITE_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -1521,31 +1559,17 @@ pub async fn write_through(
     let check = async {
         match engine {
             Engine::Postgres => {
-                let mut config = tokio_postgres::Config::new();
-                config
-                    .host(host)
-                    .port(port)
-                    .user(stator_engine::postgres::config::MONITOR_USER)
-                    .password(password)
-                    .dbname("postgres")
-                    .application_name("stator-write-check")
-                    .connect_timeout(SERVER_PROBE_TIMEOUT);
-                let (client, connection) = config
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| format!("cannot connect: {e}"))?;
-                let task = tokio::spawn(connection);
-                let row = client
-                    .query_one(
-                        "SELECT CASE WHEN current_setting('transaction_read_only') = 'off' \
-                         THEN pg_current_xact_id()::text END",
-                        &[],
-                    )
-                    .await
-                    .map_err(|e| format!("the write failed: {e}"));
-                drop(client);
-                let _ = task.await;
-                match row?.get::<_, Option<String>>(0) {
+                let row = monitor_query(
+                    host,
+                    port,
+                    password,
+                    "stator-write-check",
+                    "SELECT CASE WHEN current_setting('transaction_read_only') = 'off' \
+                     THEN pg_current_xact_id()::text END",
+                )
+                .await
+                .map_err(|e| format!("the write failed: {e}"))?;
+                match row.get::<_, Option<String>>(0) {
                     Some(_) => Ok(()),
                     None => Err("the server behind rw is read-only".to_string()),
                 }
@@ -1689,13 +1713,9 @@ pub fn render_failover(f: &FailoverReport) -> String {
             e.to.as_deref().unwrap_or("?"),
             e.outcome,
             e.term,
-            match (e.client_write_outage_ms, e.rw_unrouted_ms) {
-                (Some(client), Some(rw)) => format!(
-                    ", clients could not write for {client} ms (rw had no target for {rw} ms)"
-                ),
-                (Some(client), None) => format!(", clients could not write for {client} ms"),
-                (None, Some(rw)) => format!(", rw had no target for {rw} ms"),
-                (None, None) => String::new(),
+            match e.outage.describe() {
+                d if d.is_empty() => d,
+                d => format!(", {d}"),
             }
         ));
     }
@@ -1762,6 +1782,26 @@ mod tests {
         assert!(tree.contains(&child.id()));
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn an_event_names_its_outages_and_reads_the_old_rw_figure_as_what_it_was() {
+        let old: FailoverEvent = serde_json::from_str(
+            r#"{"kind":"failover","outcome":"done","startedAtMs":5,"writeOutageMs":254}"#,
+        )
+        .unwrap();
+        assert_eq!(old.outage.rw_unrouted_ms, Some(254));
+        assert_eq!(old.outage.client_write_outage_ms, None);
+        let mut event = old;
+        event.outage.client_write_outage_ms = Some(5300);
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["clientWriteOutageMs"], 5300);
+        assert_eq!(json["rwUnroutedMs"], 254);
+        assert!(json.get("writeOutageMs").is_none(), "{json}");
+        assert_eq!(
+            event.outage.describe(),
+            "clients could not write for 5300 ms (rw had no target for 254 ms)"
+        );
     }
 
     #[test]

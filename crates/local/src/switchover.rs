@@ -108,7 +108,7 @@ pub fn switchover(
             // primary accepts through rw, measured just after: wait a moment for it.
             if seen.finished() {
                 let measuring = seen.state == "done"
-                    && seen.client_write_outage_ms.is_none()
+                    && seen.outage.client_write_outage_ms.is_none()
                     && Instant::now()
                         < *outage_deadline.get_or_insert_with(|| Instant::now() + OUTAGE_WAIT);
                 if !measuring {

@@ -72,17 +72,9 @@ fn describe(ticket: &SwitchoverTicket) -> String {
         "{} -> {}{}",
         ticket.from.as_deref().unwrap_or("?"),
         ticket.primary.as_deref().unwrap_or("?"),
-        match (ticket.client_write_outage_ms, ticket.rw_unrouted_ms) {
-            (Some(client), Some(rw)) => format!(
-                "; write outage: clients could not write for {client} ms (rw had no target for {rw} ms)"
-            ),
-            (Some(client), None) =>
-                format!("; write outage: clients could not write for {client} ms"),
-            (None, Some(rw)) => format!(
-                "; write outage: rw had no target for {rw} ms (the first write on {} not confirmed yet)",
-                ticket.primary.as_deref().unwrap_or("?")
-            ),
-            (None, None) => String::new(),
+        match ticket.outage.describe() {
+            d if d.is_empty() => d,
+            d => format!("; write outage: {d}"),
         }
     )
 }
