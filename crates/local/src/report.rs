@@ -202,10 +202,17 @@ impl SupervisorReport {
             }
             let behind =
                 |text: Option<&String>| position(text, r.timeline).and_then(|p| head.ahead_of(&p));
+            let replayed = behind(r.position.as_ref());
+            // What is replayed was received: after a restart PostgreSQL reports the received
+            // position as where streaming started, behind what it replayed from its own WAL.
+            let received = match (behind(r.received_position.as_ref()), replayed) {
+                (Some(received), Some(replayed)) => Some(received.min(replayed)),
+                (received, _) => received,
+            };
             row.lag = Some(ReplicaLag {
                 unit,
-                received: behind(r.received_position.as_ref()),
-                replayed: behind(r.position.as_ref()),
+                received,
+                replayed,
             });
         }
     }
@@ -525,7 +532,9 @@ mod tests {
         // 22 MiB (0x1600000) received but not replayed; another fully caught up.
         let paused = replica(&report, "pg-1", "0/1A00000", "0/3000000");
         let current = replica(&report, "pg-2", "0/3000000", "0/3000000");
-        report.instances.extend([paused, current]);
+        // Restarted: streaming starts at a segment's start, behind what it replayed already.
+        let restarted = replica(&report, "pg-3", "0/3000000", "0/2000000");
+        report.instances.extend([paused, current, restarted]);
         report.measure_lag();
         let lag = report.instances[1].lag.clone().unwrap();
         assert_eq!(lag.unit, LagUnit::Bytes);
@@ -546,6 +555,7 @@ mod tests {
         };
         assert!(row("pg-1").contains("0 B / 22 MB"), "{table}");
         assert!(row("pg-2").contains("0 B / 0 B"), "{table}");
+        assert!(row("pg-3").contains("0 B / 0 B"), "{table}");
         // The timeline column, between PORT and LSN.
         let paused = row("pg-1");
         let words: Vec<&str> = paused.split_whitespace().collect();
