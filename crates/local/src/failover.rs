@@ -403,6 +403,10 @@ pub struct Failover {
     /// The write check through `rw` that ends the client write outage of the transition
     /// started at this time (wall ms); it answers when a write was accepted.
     write_check: Option<(u64, tokio::task::JoinHandle<Result<u64, String>>)>,
+    /// The transition (its start, wall ms) this supervisor finished and measures the client
+    /// write outage of. One finished by an earlier supervisor is not measured: the database
+    /// may have been down on purpose since.
+    measuring: Option<u64>,
     monitor_password: Option<String>,
     bin_dir: Option<PathBuf>,
 }
@@ -449,6 +453,7 @@ impl Failover {
             rw_lost: None,
             rw_now: None,
             write_check: None,
+            measuring: None,
             monitor_password: None,
             bin_dir,
         }
@@ -827,13 +832,14 @@ impl Failover {
     /// check goes through `rw` itself (one at a time, in the background, retried every tick
     /// until one is accepted); the moment the first is accepted is the outage's end.
     async fn check_write(&mut self, db: &Database) {
+        let measuring = self.measuring;
         let awaiting = |state: &FailoverState| {
             state
                 .history
                 .last()
                 .filter(|e| e.writes_stopped_at_ms.is_some() && e.write_accepted_at_ms.is_none())
                 .map(|e| e.started_at_ms)
-                .filter(|_| state.current.is_none())
+                .filter(|started| state.current.is_none() && Some(*started) == measuring)
         };
         if self
             .write_check
@@ -1063,6 +1069,7 @@ impl Failover {
                 "abandoned".into()
             };
             event.message = decision.status.message.clone();
+            self.measuring = Some(event.started_at_ms);
             self.state.history.push(event);
             let excess = self.state.history.len().saturating_sub(HISTORY);
             self.state.history.drain(..excess);
