@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 use serde_norway::Value;
+use serde_path_to_error::Segment;
 
 use crate::spec::Database;
 use crate::validate::{FieldError, Report, validate};
@@ -92,40 +93,154 @@ const METADATA: [&str; 13] = [
     "managedFields",
 ];
 
-fn parse_value(value: Value) -> Result<Database, InvalidSpec> {
+/// How many structural problems one pass reports at most (each costs one more deserialization).
+const MAX_STRUCTURAL_PROBLEMS: usize = 64;
+
+/// Fields a type error may leave missing, and a stand-in that lets the semantic checks run on
+/// the rest; problems under a stand-in's path (or the engine's, for an unknown engine) are not
+/// reported twice.
+const STAND_INS: [(&str, &str); 3] = [("engine", "postgres"), ("cpu", "1"), ("memory", "1Gi")];
+
+/// Paths whose checks depend on the engine: meaningless when the engine itself was wrong.
+const ENGINE_DEPENDENT: [&str; 3] = ["spec.version", "spec.config.parameters", "spec.image"];
+
+/// Deserializes `value` into a `Database`, collecting every unknown field and every type error
+/// in one pass: serde stops at the first error, so each erroneous node is reported, cut out of
+/// the document (its default applies, or a stand-in when it is required) and the rest read
+/// again. Semantic validation then runs on what is left, so a spec with an unknown field, a wrong
+/// type and a bad quantity is told about all three at once.
+fn parse_value(mut value: Value) -> Result<Database, InvalidSpec> {
     let mut errors = check_envelope(&value)?;
-    if !errors.is_empty() {
-        return Err(InvalidSpec { errors });
-    }
     let mut unknown: BTreeSet<String> = BTreeSet::new();
-    let mut record = |path: serde_ignored::Path<'_>| {
-        let path = path.to_string();
-        // The envelope was checked above; kube's derive skips these two keys.
-        if path != "apiVersion" && path != "kind" {
-            unknown.insert(path);
+    let mut stood_in: Vec<String> = Vec::new();
+    let mut database = None;
+    for _ in 0..MAX_STRUCTURAL_PROBLEMS {
+        let mut record = |path: serde_ignored::Path<'_>| {
+            let path = path.to_string();
+            // The envelope was checked above; kube's derive skips these two keys.
+            if path != "apiVersion" && path != "kind" {
+                unknown.insert(path);
+            }
+        };
+        let result: Result<Database, _> = serde_path_to_error::deserialize(
+            serde_ignored::Deserializer::new(value.clone(), &mut record),
+        );
+        let e = match result {
+            Ok(db) => {
+                database = Some(db);
+                break;
+            }
+            Err(e) => e,
+        };
+        let path = display_path(&e.path().to_string());
+        let message = e.inner().to_string();
+        let mut segments: Vec<Segment> = e.path().iter().cloned().collect();
+        if let Some(field) = missing_field(&message) {
+            let full = join_path(&path, field);
+            let stand_in = STAND_INS.iter().find(|(name, _)| *name == field);
+            let cut_by_us = errors.iter().any(|f| f.path == full);
+            if !cut_by_us {
+                errors.push(FieldError::new(path.clone(), clean_message(&message)));
+            }
+            match stand_in {
+                Some((name, text)) if insert_at(&mut value, &segments, name, text) => {
+                    stood_in.push(full);
+                    continue;
+                }
+                _ => break,
+            }
         }
-    };
-    let result: Result<Database, _> =
-        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut record));
-    let database = match result {
-        Ok(db) => Some(db),
-        Err(e) => {
-            errors.push(FieldError::new(
-                display_path(&e.path().to_string()),
-                clean_message(&e.inner().to_string()),
-            ));
-            None
+        errors.push(FieldError::new(path, clean_message(&message)));
+        // An unknown enum variant or a wrong type at a leaf: cut the leaf. A path that cannot
+        // be followed (serde lost track of it) ends the structural pass.
+        if segments.is_empty() || !remove_at(&mut value, &mut segments) {
+            break;
         }
-    };
+    }
     for path in unknown {
+        let path = display_path(&path);
+        // The envelope's own check named unknown metadata keys already.
+        if errors.iter().any(|f| f.path == path) {
+            continue;
+        }
         errors.push(FieldError::new(
-            display_path(&path),
+            path,
             "is not a known field (check its spelling; `stator crd` lists the fields)",
         ));
     }
-    match database {
-        Some(db) if errors.is_empty() => Ok(db),
-        _ => Err(InvalidSpec { errors }),
+    let Some(database) = database else {
+        return Err(InvalidSpec { errors });
+    };
+    if errors.is_empty() {
+        return Ok(database);
+    }
+    // The spec is invalid already; add what the semantic checks find in the rest.
+    let engine_stood_in = stood_in.iter().any(|p| p == "spec.engine");
+    let Report {
+        errors: semantic, ..
+    } = validate(&database);
+    errors.extend(semantic.into_iter().filter(|f| {
+        !stood_in.iter().any(|p| f.path.starts_with(p.as_str()))
+            && !(engine_stood_in && ENGINE_DEPENDENT.iter().any(|p| f.path.starts_with(p)))
+    }));
+    Err(InvalidSpec { errors })
+}
+
+/// The field of a serde "missing field `x`" message.
+fn missing_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+}
+
+fn join_path(parent: &str, field: &str) -> String {
+    if parent.is_empty() {
+        field.to_string()
+    } else {
+        format!("{parent}.{field}")
+    }
+}
+
+/// The node at `segments` (a mapping key or a sequence index at each step).
+fn node_at<'v>(value: &'v mut Value, segments: &[Segment]) -> Option<&'v mut Value> {
+    let mut node = value;
+    for segment in segments {
+        node = match (segment, node) {
+            (Segment::Map { key }, Value::Mapping(map)) => map.get_mut(key.as_str())?,
+            (Segment::Seq { index }, Value::Sequence(seq)) => seq.get_mut(*index)?,
+            (Segment::Enum { .. }, node) => node,
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+/// Removes the node at `segments`; false when there is none.
+fn remove_at(value: &mut Value, segments: &mut Vec<Segment>) -> bool {
+    while matches!(segments.last(), Some(Segment::Enum { .. })) {
+        segments.pop();
+    }
+    let Some(last) = segments.pop() else {
+        return false;
+    };
+    match (last, node_at(value, segments)) {
+        (Segment::Map { key }, Some(Value::Mapping(map))) => map.remove(key.as_str()).is_some(),
+        (Segment::Seq { index }, Some(Value::Sequence(seq))) if index < seq.len() => {
+            seq.remove(index);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Sets `name: text` in the mapping at `segments`; false when there is none.
+fn insert_at(value: &mut Value, segments: &[Segment], name: &str, text: &str) -> bool {
+    match node_at(value, segments) {
+        Some(Value::Mapping(map)) if !map.contains_key(name) => {
+            map.insert(Value::String(name.into()), Value::String(text.into()));
+            true
+        }
+        _ => false,
     }
 }
 

@@ -50,3 +50,57 @@ fn a_wrong_type_names_its_path() {
     );
     assert!(e[0].starts_with("spec.instances:"), "{e:?}");
 }
+
+/// serde stops at the first error; `validate` promises every problem at once. Eight different
+/// problems in one document (unknown fields at three levels, two wrong types, a bad enum value,
+/// a bad quantity, a bad duration) are all named, each with its path.
+#[test]
+fn every_problem_of_a_spec_is_named_in_one_pass() {
+    let e = errors(
+        "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: shop, lables: {a: b}}\n\
+         spec:\n  engine: postgres\n  replicas: 3\n  instances: three\n  storage: {size: 10Q, sizee: 1Gi}\n\
+         \x20 scheduling: {antiAffinity: always}\n  failover: {detectionTimeout: \"2\"}\n\
+         \x20 replication: {synchronous: maybe}\n",
+    );
+    let wanted = [
+        ("metadata.lables:", "not a known field"),
+        ("spec.replicas:", "not a known field"),
+        ("spec.storage.sizee:", "not a known field"),
+        ("spec.instances:", "whole number"),
+        ("spec.replication.synchronous:", "true or false"),
+        (
+            "spec.scheduling.antiAffinity:",
+            "expected one of `required`, `preferred`, `none`",
+        ),
+        ("spec.storage.size:", "not a quantity"),
+        ("spec.failover.detectionTimeout:", "not a duration"),
+    ];
+    for (path, words) in wanted {
+        assert!(
+            e.iter().any(|m| m.starts_with(path) && m.contains(words)),
+            "{path} ({words}) missing from {e:#?}"
+        );
+    }
+    assert_eq!(e.len(), wanted.len(), "each problem once: {e:#?}");
+}
+
+/// An unknown engine cannot stop the checks of everything else; the checks that depend on the
+/// engine (version, parameters) are left out rather than guessed.
+#[test]
+fn an_unknown_engine_does_not_hide_the_other_problems() {
+    let e = errors(
+        "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: shop}\n\
+         spec: {engine: oracle, version: \"19\", storage: {size: 10Q}, instances: 0}\n",
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("spec.engine: unknown variant")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|m| m.starts_with("spec.storage.size:")),
+        "{e:?}"
+    );
+    assert!(e.iter().any(|m| m.starts_with("spec.instances:")), "{e:?}");
+    assert!(!e.iter().any(|m| m.starts_with("spec.version")), "{e:?}");
+}
