@@ -179,10 +179,11 @@ fn parse_value(mut value: Value) -> Result<Database, InvalidSpec> {
     let Report {
         errors: semantic, ..
     } = validate(&database);
-    errors.extend(semantic.into_iter().filter(|f| {
-        !stood_in.iter().any(|p| f.path.starts_with(p.as_str()))
-            && !(engine_stood_in && ENGINE_DEPENDENT.iter().any(|p| f.path.starts_with(p)))
-    }));
+    let guessed = |path: &str| {
+        stood_in.iter().any(|p| path.starts_with(p.as_str()))
+            || (engine_stood_in && ENGINE_DEPENDENT.iter().any(|p| path.starts_with(p)))
+    };
+    errors.extend(semantic.into_iter().filter(|f| !guessed(&f.path)));
     Err(InvalidSpec { errors })
 }
 

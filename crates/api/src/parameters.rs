@@ -160,6 +160,44 @@ const PG_MANAGED: &[ManagedKey] = &[
         key: "password_encryption",
         why: "Stator requires scram-sha-256",
     },
+    ManagedKey {
+        key: "include",
+        why: "Stator writes the whole configuration; an included file could override what it manages",
+    },
+    ManagedKey {
+        key: "include_dir",
+        why: "Stator writes the whole configuration; an included file could override what it manages",
+    },
+    ManagedKey {
+        key: "include_if_exists",
+        why: "Stator writes the whole configuration; an included file could override what it manages",
+    },
+    ManagedKey {
+        key: "cluster_name",
+        why: "Stator names each server after its instance (NAME-N); replication uses it",
+    },
+    ManagedKey {
+        key: "unix_socket_permissions",
+        why: "the socket is private to the server user (0700)",
+    },
+    ManagedKey {
+        key: "hot_standby_feedback",
+        why: "replicas serve reads; Stator sets it on",
+    },
+    ManagedKey {
+        key: "logging_collector",
+        why: "the instance manager collects the server's log",
+    },
+    ManagedKey {
+        key: "log_min_error_statement",
+        why: "the text of a failed statement can carry a password (ALTER ROLE … PASSWORD); \
+              Stator keeps statement text out of the log (it sets panic)",
+    },
+    ManagedKey {
+        key: "log_parameter_max_length_on_error",
+        why: "bind parameters can carry passwords and personal data; Stator keeps them out of \
+              the log (it sets 0)",
+    },
 ];
 
 const MYSQL_MANAGED: &[ManagedKey] = &[
@@ -263,7 +301,112 @@ const MYSQL_MANAGED: &[ManagedKey] = &[
         key: "rpl_semi_sync_master_timeout",
         why: "use spec.replication.synchronous",
     },
+    ManagedKey {
+        key: "tmpdir",
+        why: "temporary files go to the instance's private run directory",
+    },
+    ManagedKey {
+        key: "log_error",
+        why: "the instance manager names the server's log file",
+    },
+    ManagedKey {
+        key: "log_raw",
+        why: "it writes passwords unmasked into the logs",
+    },
 ];
+
+/// What Stator does to keep statement text (and so literals: passwords, personal data) out of
+/// the server log, for the settings that would write it.
+pub struct LogRule {
+    pub key: &'static str,
+    /// The values that write no statement text.
+    pub allowed: fn(&str) -> bool,
+    pub valid: &'static str,
+    pub why: &'static str,
+}
+
+fn pg_disabled_duration(v: &str) -> bool {
+    v.trim().starts_with('-')
+}
+
+fn none(v: &str) -> bool {
+    v.trim().eq_ignore_ascii_case("none")
+}
+
+fn off(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "off" | "0" | "false" | "no"
+    )
+}
+
+const PG_LOG_RULES: &[LogRule] = &[
+    LogRule {
+        key: "log_statement",
+        allowed: none,
+        valid: "none",
+        why: "ddl, mod and all write statement text with its literals (ALTER ROLE … PASSWORD is ddl)",
+    },
+    LogRule {
+        key: "log_min_duration_statement",
+        allowed: pg_disabled_duration,
+        valid: "-1",
+        why: "a slow statement is logged with its text and literals",
+    },
+    LogRule {
+        key: "log_min_duration_sample",
+        allowed: pg_disabled_duration,
+        valid: "-1",
+        why: "a sampled statement is logged with its text and literals",
+    },
+    LogRule {
+        key: "debug_print_parse",
+        allowed: off,
+        valid: "off",
+        why: "parse trees hold the statement's literals",
+    },
+    LogRule {
+        key: "debug_print_rewritten",
+        allowed: off,
+        valid: "off",
+        why: "rewritten trees hold the statement's literals",
+    },
+    LogRule {
+        key: "debug_print_plan",
+        allowed: off,
+        valid: "off",
+        why: "plans hold the statement's literals",
+    },
+];
+
+const MYSQL_LOG_RULES: &[LogRule] = &[
+    LogRule {
+        key: "general_log",
+        allowed: off,
+        valid: "0 (off)",
+        why: "the general log holds every statement with its literals",
+    },
+    LogRule {
+        key: "slow_query_log",
+        allowed: off,
+        valid: "0 (off)",
+        why: "the slow log holds statement text with its literals",
+    },
+];
+
+/// If `value` of `key` would write statement text to the server log: the valid value and why.
+pub fn log_rule_violation(engine: Engine, key: &str, value: &str) -> Option<&'static LogRule> {
+    let key = normalize_key(engine, key);
+    let rules = if engine.is_mysql_family() {
+        MYSQL_LOG_RULES
+    } else {
+        PG_LOG_RULES
+    };
+    rules
+        .iter()
+        .find(|r| r.key == key)
+        .filter(|r| !(r.allowed)(value))
+}
 
 /// How a user-written key is compared: MySQL accepts `-` and `_` alike.
 pub fn normalize_key(engine: Engine, key: &str) -> String {
@@ -319,7 +462,6 @@ pub fn default_parameters(spec: &DatabaseSpec) -> BTreeMap<String, String> {
             set("log_line_prefix", "%m [%p] %q%u@%d ".into());
             set("log_checkpoints", "on".into());
             set("log_lock_waits", "on".into());
-            set("log_min_duration_statement", "1000".into());
         }
         Engine::Mysql | Engine::Mariadb => {
             set("character_set_server", "utf8mb4".into());
@@ -333,8 +475,6 @@ pub fn default_parameters(spec: &DatabaseSpec) -> BTreeMap<String, String> {
             set("sync_binlog", "1".into());
             set("innodb_buffer_pool_size", mib(2).replace("MB", "M"));
             set("max_connections", "151".into());
-            set("slow_query_log", "1".into());
-            set("long_query_time", "1".into());
             set("skip_name_resolve", "1".into());
         }
     }
@@ -349,4 +489,67 @@ pub fn effective_parameters(spec: &DatabaseSpec) -> BTreeMap<String, String> {
         p.insert(normalize_key(spec.engine, k), v.0.clone());
     }
     p
+}
+
+/// The name of `names` closest to `wanted` (edit distance), when close enough to be a typo:
+/// at most 2 edits, or a quarter of the name for long ones.
+pub fn nearest_name<'a, S: AsRef<str> + ?Sized + 'a>(
+    wanted: &str,
+    names: impl IntoIterator<Item = &'a S>,
+) -> Option<&'a str> {
+    let limit = (wanted.chars().count() / 4).max(2);
+    names
+        .into_iter()
+        .map(|n| (edit_distance(wanted, n.as_ref()), n.as_ref()))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n)
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_typo_finds_the_nearest_name_and_nonsense_finds_none() {
+        let names = ["max_connections", "max_wal_senders", "work_mem"];
+        assert_eq!(
+            nearest_name("max_connectons", names.iter().copied()),
+            Some("max_connections")
+        );
+        assert_eq!(
+            nearest_name("wrok_mem", names.iter().copied()),
+            Some("work_mem")
+        );
+        assert_eq!(nearest_name("frobnicate", names.iter().copied()), None);
+    }
+
+    #[test]
+    fn settings_that_would_log_literals_are_named() {
+        assert!(log_rule_violation(Engine::Postgres, "log_statement", "all").is_some());
+        assert!(log_rule_violation(Engine::Postgres, "log_statement", "ddl").is_some());
+        assert!(log_rule_violation(Engine::Postgres, "log_statement", "none").is_none());
+        assert!(log_rule_violation(Engine::Postgres, "log_min_duration_statement", "0").is_some());
+        assert!(log_rule_violation(Engine::Postgres, "log_min_duration_statement", "-1").is_none());
+        assert!(log_rule_violation(Engine::Mariadb, "general-log", "ON").is_some());
+        assert!(log_rule_violation(Engine::Mariadb, "slow_query_log", "0").is_none());
+    }
 }

@@ -10,7 +10,7 @@ use crate::duration::parse_duration;
 use crate::names::{
     MAX_NAME_LEN, dns1035_label_problem, dns1123_label_problem, sql_identifier_problem,
 };
-use crate::parameters::managed_reason;
+use crate::parameters::{log_rule_violation, managed_keys, managed_reason, normalize_key};
 use crate::quantity::Quantity;
 use crate::spec::{AntiAffinity, Database, Engine};
 
@@ -271,12 +271,47 @@ fn validate_parameters(db: &Database, r: &mut Report) {
         if let Some(why) = managed_reason(engine, key) {
             r.error(
                 path,
-                format!("is managed by Stator and cannot be set: {why}"),
+                format!(
+                    "is managed by Stator and cannot be set: {why} (Stator sets: {})",
+                    managed_keys(engine)
+                        .iter()
+                        .map(|m| m.key)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             );
             continue;
         }
         if value.0.chars().any(|c| c.is_control()) {
             r.error(path, "must be one line without control characters");
+            continue;
+        }
+        if let Some(rule) = log_rule_violation(engine, key, &value.0) {
+            r.error(
+                path,
+                format!(
+                    "{:?} is refused: only {} keeps statement text out of the server log ({}); \
+                     Stator keeps literals (passwords, personal data) out of its logs",
+                    value.0, rule.valid, rule.why
+                ),
+            );
+            continue;
+        }
+        if engine == Engine::Postgres && normalize_key(engine, key) == "max_wal_senders" {
+            let needed = db.spec.instances + 1;
+            match value.0.trim().parse::<u32>() {
+                Ok(n) if n >= needed => {}
+                _ => r.error(
+                    path,
+                    format!(
+                        "{:?} leaves too few WAL senders: each of the {} replica(s) streams from \
+                         one, and cloning or rewinding an instance takes one more; use at least \
+                         {needed}",
+                        value.0,
+                        db.spec.instances.saturating_sub(1)
+                    ),
+                ),
+            }
         }
     }
 }

@@ -32,6 +32,11 @@ fn rows() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("memory not a quantity", with_spec("engine: postgres\nresources:\n  requests: {cpu: 100m, memory: lots}"), "spec.resources.requests.memory", "not a quantity"),
         ("managed postgres parameter", with_spec("engine: postgres\nconfig: {parameters: {port: 5433}}"), "spec.config.parameters.port", "managed by Stator"),
         ("managed mysql parameter with dashes", with_spec("engine: mysql\nconfig: {parameters: {server-id: 7}}"), "spec.config.parameters.server-id", "managed by Stator"),
+        ("include file", with_spec("engine: postgres\nconfig: {parameters: {include_if_exists: /etc/x.conf}}"), "spec.config.parameters.include_if_exists", "managed by Stator"),
+        ("no WAL senders", with_spec("engine: postgres\ninstances: 2\nconfig: {parameters: {max_wal_senders: 0}}"), "spec.config.parameters.max_wal_senders", "at least 3"),
+        ("statement logging", with_spec("engine: postgres\nconfig: {parameters: {log_statement: all}}"), "spec.config.parameters.log_statement", "only none"),
+        ("slow statement logging", with_spec("engine: postgres\nconfig: {parameters: {log_min_duration_statement: 0}}"), "spec.config.parameters.log_min_duration_statement", "literals"),
+        ("mariadb general log", with_spec("engine: mariadb\nconfig: {parameters: {general-log: \"ON\"}}"), "spec.config.parameters.general-log", "statement text"),
         ("parameter value with a newline", with_spec("engine: postgres\nconfig: {parameters: {work_mem: \"4MB\\nport = 1\"}}"), "spec.config.parameters.work_mem", "one line"),
         ("parameter value is a list", with_spec("engine: postgres\nconfig: {parameters: {work_mem: [1, 2]}}"), "spec.config.parameters.work_mem", "scalar"),
         ("reserved owner", with_spec("engine: postgres\nbootstrap: {owner: postgres}"), "spec.bootstrap.owner", "reserved"),
@@ -140,15 +145,25 @@ fn render_rejects_each_invalid_spec_and_writes_nothing() {
 fn every_problem_of_a_spec_is_reported_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("spec.yaml");
+    // Unknown fields at three levels, two wrong types, a bad enum value, a bad quantity, a bad
+    // duration: serde alone stops at the first type error.
     std::fs::write(
         &file,
-        with_spec("engine: postgres\ninstances: 0\nstorage: {size: 10Q}\nfailover: {detectionTimeout: soon}"),
+        "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: shop, lables: {a: b}}\n\
+         spec:\n  engine: postgres\n  replicas: 3\n  instances: three\n  storage: {size: 10Q, sizee: 1Gi}\n\
+         \x20 scheduling: {antiAffinity: always}\n  failover: {detectionTimeout: soon}\n\
+         \x20 replication: {synchronous: maybe}\n",
     )
     .unwrap();
     let (code, stderr) = run(&["validate", "-f", file.to_str().unwrap()]);
     assert_eq!(code, 2);
     for path in [
+        "metadata.lables: ",
+        "spec.replicas: ",
+        "spec.storage.sizee: ",
         "spec.instances: ",
+        "spec.replication.synchronous: ",
+        "spec.scheduling.antiAffinity: ",
         "spec.storage.size: ",
         "spec.failover.detectionTimeout: ",
     ] {
@@ -162,4 +177,56 @@ fn a_missing_file_is_named() {
     assert_eq!(code, 2);
     assert!(stderr.contains("/nonexistent/db.yaml"), "{stderr}");
     assert!(!Path::new("/nonexistent").exists());
+}
+
+/// Parameters are checked against the installed server itself: a misspelled name gets the nearest
+/// valid one, a value the server would refuse is quoted with the server's own words, and every
+/// problem comes at once (PostgreSQL 15 and MariaDB 10.11 binaries on this machine).
+#[test]
+fn misspelled_and_invalid_parameters_are_refused_by_the_servers_own_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("spec.yaml");
+    let cases = [
+        (
+            "engine: postgres\nconfig:\n  parameters: {max_connectons: 50, shared_buffers: lots, work_mem: 8MB}",
+            vec![
+                (
+                    "spec.config.parameters.max_connectons: ",
+                    "did you mean max_connections?",
+                ),
+                (
+                    "spec.config.parameters.shared_buffers: ",
+                    "invalid value for parameter \"shared_buffers\"",
+                ),
+            ],
+        ),
+        (
+            "engine: mariadb\nconfig:\n  parameters: {max-connectons: 50, innodb_buffer_pool_size: lots, sort_buffer_size: 4M}",
+            vec![
+                (
+                    "spec.config.parameters.max-connectons: ",
+                    "did you mean max_connections?",
+                ),
+                ("spec.config.parameters.innodb_buffer_pool_size: ", "'lots'"),
+            ],
+        ),
+    ];
+    for (spec, wanted) in cases {
+        std::fs::write(&file, with_spec(spec)).unwrap();
+        let (code, stderr) = run(&["validate", "-f", file.to_str().unwrap()]);
+        assert_eq!(code, 2, "{stderr}");
+        for (path, words) in &wanted {
+            assert!(
+                stderr
+                    .lines()
+                    .any(|l| l.contains(path) && l.contains(words)),
+                "{path} {words:?} missing from:\n{stderr}"
+            );
+        }
+        assert!(
+            !stderr.contains("work_mem") && !stderr.contains("sort_buffer_size"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }

@@ -19,6 +19,7 @@
 //! - [`data_dir`]: the marker naming the database a data directory belongs to.
 //! - [`credentials`]: passwords read from the secrets directory, redacted in `Debug`.
 //! - [`server_user`]: the unprivileged OS user a server runs as, and file ownership.
+//! - [`parameter_check`]: `spec.config.parameters` checked against the server binary itself.
 //! - [`process`]: starting tools and the server as that user; adopting a running server.
 //! - [`error`]: the error type, naming files, users and fields.
 
@@ -28,6 +29,7 @@ pub mod error;
 pub mod mariadb;
 pub mod mysql;
 pub mod mysql_family;
+pub mod parameter_check;
 pub mod postgres;
 pub mod process;
 pub mod server_engine;

@@ -302,8 +302,8 @@ fn a_new_manager_adopts_the_postmaster_of_a_killed_one_and_reloads_its_config() 
     // The new manager comes with a changed parameter, which the adopted server reloads.
     let mut changed = cfg.clone();
     changed.database.spec.config.parameters.insert(
-        "log_min_duration_statement".into(),
-        stator_api::parameters::ParameterValue("4321".into()),
+        "work_mem".into(),
+        stator_api::parameters::ParameterValue("4321kB".into()),
     );
     let mut second = Manager::start(changed, c.dir.path());
     let after = second.wait_ready();
@@ -320,15 +320,8 @@ fn a_new_manager_adopts_the_postmaster_of_a_killed_one_and_reloads_its_config() 
     );
     let su = c.secret(secret_keys::SUPERUSER_PASSWORD);
     second.wait_status("the changed parameter to be reloaded", |_| {
-        sql(
-            cfg.port,
-            "postgres",
-            &su,
-            "postgres",
-            "SHOW log_min_duration_statement",
-        )
-        .ok()
-            == Some(vec!["4321ms".into()])
+        sql(cfg.port, "postgres", &su, "postgres", "SHOW work_mem").ok()
+            == Some(vec!["4321kB".into()])
     });
 
     // SIGTERM stops the adopted server cleanly and exits 0.

@@ -446,6 +446,39 @@ pub fn check_data_dir(
     Ok(())
 }
 
+/// `spec.config.parameters` against the engine's own binary in `bin_dir`: every misspelled name
+/// (with the nearest valid one) and every value the server would refuse at start, each as
+/// `spec.config.parameters.KEY: what is wrong`. Empty when all is well.
+pub fn parameter_problems(
+    db: &stator_api::Database,
+    bin_dir: &Path,
+) -> Result<Vec<String>, LocalError> {
+    let parameters = &db.spec.config.parameters;
+    if parameters.is_empty() {
+        return Ok(Vec::new());
+    }
+    let engine = db.spec.engine;
+    let wanted = server_user(engine)?.map(|u| u.name);
+    let user = stator_engine::ServerUser::resolve(wanted.as_deref())
+        .map_err(|e| LocalError::Failed(e.to_string()))?;
+    let program = bin_dir.join(installation(engine, db.version()).program);
+    let failed = |e: stator_engine::EngineError| {
+        LocalError::Failed(format!(
+            "cannot check spec.config.parameters against {}: {e}",
+            program.display()
+        ))
+    };
+    let catalog =
+        stator_engine::parameter_check::read_catalog(engine, &program, &user).map_err(failed)?;
+    let problems =
+        stator_engine::parameter_check::check_parameters(engine, &catalog, &user, parameters)
+            .map_err(failed)?;
+    Ok(problems
+        .into_iter()
+        .map(|p| format!("spec.config.parameters.{}: {}", p.key, p.message))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,6 +78,13 @@ pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
     if let Some(user) = &server_user {
         preflight::check_reachable(&dir.root, user)?;
     }
+    let problems = preflight::parameter_problems(db, &bin_dir)?;
+    if !problems.is_empty() {
+        return Err(LocalError::Invalid(format!(
+            "the server would refuse spec.config.parameters (nothing was changed):\n  {}",
+            problems.join("\n  ")
+        )));
+    }
     let server_gid = server_user.as_ref().map(|u| u.gid);
     let existed = dir.exists();
     if existed {

@@ -87,6 +87,10 @@ pub fn render_postgresql_conf(s: &ServerSettings) -> Result<String, EngineError>
         ("password_encryption", "scram-sha-256".into()),
         ("logging_collector", "off".into()),
         ("log_file_mode", "0600".into()),
+        // Statement text (and so its literals: a password in ALTER ROLE, personal data) never
+        // reaches the log; validation refuses the settings that would write it.
+        ("log_min_error_statement", "panic".into()),
+        ("log_parameter_max_length_on_error", "0".into()),
         ("archive_mode", "off".into()),
     ];
     if !s.parameters.contains_key("max_wal_senders") {
