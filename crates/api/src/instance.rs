@@ -178,6 +178,13 @@ pub struct DemoteRequest {
     pub upstream: Endpoint,
 }
 
+/// `POST /reload`: the effective parameters (Stator's defaults and `spec.config.parameters`) the
+/// running server should use; applied without a restart where the engine allows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadRequest {
+    pub parameters: std::collections::BTreeMap<String, String>,
+}
+
 /// Local port layout from `spec.local.portBase`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LocalPorts {

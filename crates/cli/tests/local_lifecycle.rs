@@ -197,17 +197,65 @@ fn delete_keeps_data_dirs_for_the_next_up_and_purge_removes_everything() {
     assert!(cluster.own_processes().is_empty());
 }
 
+/// A misspelled parameter is refused by `up` with the nearest valid name and changes nothing; a
+/// reloadable change (`work_mem`) reaches every server without restarting any (same postmaster
+/// pids and start times); a restart-only change (`shared_buffers`) still rolls through them.
 #[test]
-fn changed_server_settings_reach_every_instance_through_a_rolling_restart() {
+fn parameter_changes_reload_when_they_can_and_roll_only_when_they_must() {
     let cluster = Cluster::new("ru", 2);
     cluster.up();
     assert_eq!(cluster.psql(cluster.ro(), "SHOW work_mem").unwrap(), "4MB");
+    let postmasters = |c: &Cluster| [c.postmasters(0), c.postmasters(1)];
+    let started = |c: &Cluster| {
+        [0, 1].map(|o| {
+            c.psql(c.server_port(o), "SELECT pg_postmaster_start_time()")
+                .unwrap()
+        })
+    };
+    let before = (postmasters(&cluster), started(&cluster));
+
+    cluster.write_spec(2, "  config:\n    parameters:\n      max_connectons: 50\n");
+    let refused = cluster.stator(&["up"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("spec.config.parameters.max_connectons")
+            && stderr.contains("did you mean max_connections?"),
+        "{stderr}"
+    );
+    assert_eq!(cluster.status()["generation"], 1, "nothing applied");
+
     cluster.write_spec(2, "  config:\n    parameters:\n      work_mem: 8MB\n");
     cluster.up();
     assert_eq!(cluster.psql(cluster.rw(), "SHOW work_mem").unwrap(), "8MB");
     assert_eq!(cluster.psql(cluster.ro(), "SHOW work_mem").unwrap(), "8MB");
+    assert_eq!(
+        (postmasters(&cluster), started(&cluster)),
+        before,
+        "a reloadable change restarted a server"
+    );
+    assert_eq!(cluster.status()["generation"], 2);
+
+    cluster.write_spec(
+        2,
+        "  config:\n    parameters:\n      work_mem: 8MB\n      shared_buffers: 64MB\n",
+    );
+    cluster.up();
+    for o in [0, 1] {
+        assert_eq!(
+            cluster
+                .psql(cluster.server_port(o), "SHOW shared_buffers")
+                .unwrap(),
+            "64MB"
+        );
+        assert_ne!(
+            cluster.postmasters(o),
+            before.0[o as usize],
+            "ru-{o} restarted for shared_buffers"
+        );
+    }
     let status = cluster.status();
-    assert_eq!(status["generation"], 2);
+    assert_eq!(status["generation"], 3);
     assert_eq!(status["primary"], "ru-0");
     assert_eq!(cluster.row("ru-0")["report"]["role"], "primary");
 }

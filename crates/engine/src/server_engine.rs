@@ -4,6 +4,7 @@
 //! (initdb vs mariadb-install-db, LSN vs GTID set, pg_rewind vs a GTID re-point) lives behind it.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -91,6 +92,16 @@ pub trait ServerEngine: Send + Sync + 'static {
     /// Makes a running server read the configuration files again (settings that need a
     /// restart apply at the next one).
     fn reload_config(&self, server: &ServerProcess) -> Result<(), EngineError>;
+
+    /// Applies `parameters` (the effective set: Stator's defaults and the spec's) to the running
+    /// server without a restart where the engine allows it, and rewrites the configuration so
+    /// the next start uses them too. Returns the names that only a restart applies (empty: all
+    /// took effect).
+    fn apply_parameters(
+        &self,
+        creds: &Credentials,
+        parameters: BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<Vec<String>, EngineError>> + Send;
 
     /// Starts the server; returns at once.
     fn start(&self) -> Result<ServerProcess, EngineError>;

@@ -1,5 +1,6 @@
 //! The HTTP endpoints: `/healthz`, `/readyz`, `/status`, `/metrics` for anyone who can reach the
-//! port; `/promote`, `/demote` and `GET /backup` (a MariaDB instance's physical copy, streamed
+//! port; `/promote`, `/demote`, `/reload` (changed parameters, applied without a restart where
+//! the engine allows it) and `GET /backup` (a MariaDB instance's physical copy, streamed
 //! as `mariadb-backup --stream=xbstream` for a replica being cloned) only with the bearer token.
 
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use stator_api::instance::{DemoteRequest, ServerState};
+use stator_api::instance::{DemoteRequest, ReloadRequest, ServerState};
 use stator_engine::MysqlFamily;
 use stator_engine::mysql_family::backup::BackupStream;
 use tokio::io::AsyncReadExt;
@@ -53,6 +54,7 @@ pub fn router(endpoints: Endpoints) -> Router {
         .route("/metrics", get(metrics))
         .route("/promote", post(promote))
         .route("/demote", post(demote))
+        .route("/reload", post(reload))
         .route("/backup", get(backup))
         .with_state(endpoints)
 }
@@ -172,6 +174,25 @@ async fn demote(State(e): State<Endpoints>, headers: HeaderMap, body: Bytes) -> 
     };
     tracing::info!(upstream = %request.upstream.instance, "demotion requested");
     ask(&e, |r| Command::Demote(request.upstream, r)).await
+}
+
+/// Applies changed parameters to the running server without a restart: 200 when every one
+/// took effect, 409 naming those only a restart applies (the file holds them for the next start).
+async fn reload(State(e): State<Endpoints>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refused) = check_token(&e, &headers) {
+        return refused;
+    }
+    let request: ReloadRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(err) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body: {err}; expected {{\"parameters\": {{\"name\": \"value\", …}}}}"),
+            );
+        }
+    };
+    tracing::info!("reload of the parameters requested");
+    ask(&e, |r| Command::Reload(request.parameters, r)).await
 }
 
 /// Streams a physical copy of this instance's data directory. A failed backup ends the response

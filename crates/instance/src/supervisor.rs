@@ -3,6 +3,7 @@
 //! it accepts connections, creates the roles on a primary, restarts the server with backoff when
 //! it dies, and carries out promote, demote and shutdown one at a time.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,8 @@ pub type Reply = oneshot::Sender<Result<String, String>>;
 pub enum Command {
     Promote(Reply),
     Demote(Endpoint, Reply),
+    /// Apply these effective parameters without a restart; the reply names what needs one.
+    Reload(BTreeMap<String, String>, Reply),
     Shutdown,
 }
 
@@ -195,7 +198,7 @@ impl<E: ServerEngine> Supervisor<E> {
             loop {
                 match self.commands.recv().await {
                     None | Some(Command::Shutdown) => return None,
-                    Some(Command::Promote(r)) => {
+                    Some(Command::Promote(r)) | Some(Command::Reload(_, r)) => {
                         let _ = r.send(Err(
                             "the server is stopped after a failed demotion; demote it again".into(),
                         ));
@@ -314,7 +317,9 @@ impl<E: ServerEngine> Supervisor<E> {
                 _ = tokio::time::sleep_until(until) => return true,
                 cmd = self.commands.recv() => match cmd {
                     None | Some(Command::Shutdown) => return false,
-                    Some(Command::Promote(r)) | Some(Command::Demote(_, r)) => {
+                    Some(Command::Promote(r))
+                    | Some(Command::Demote(_, r))
+                    | Some(Command::Reload(_, r)) => {
                         let _ = r.send(Err("the server is not running".into()));
                     }
                 },
@@ -337,6 +342,17 @@ impl<E: ServerEngine> Supervisor<E> {
                 cmd = self.commands.recv() => match cmd {
                     None | Some(Command::Shutdown) => return Served::Shutdown,
                     Some(Command::Demote(upstream, reply)) => return Served::Rejoin(upstream, reply),
+                    Some(Command::Reload(parameters, reply)) => {
+                        if !running {
+                            let _ = reply.send(Err("the server is not accepting connections yet".into()));
+                            continue;
+                        }
+                        let _ = reply.send(match self.engine.apply_parameters(&self.creds, parameters).await {
+                            Ok(pending) if pending.is_empty() => Ok("reloaded".into()),
+                            Ok(pending) => Err(format!("only a restart applies: {}", pending.join(", "))),
+                            Err(e) => Err(e.to_string()),
+                        });
+                    }
                     Some(Command::Promote(reply)) => {
                         if !running {
                             let _ = reply.send(Err("the server is not accepting connections yet".into()));

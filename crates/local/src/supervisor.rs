@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
-use stator_api::instance::{InstanceReport, LocalPorts};
+use stator_api::instance::{InstanceConfig, InstanceReport, LocalPorts, ReloadRequest};
+use stator_api::names::secret_keys;
+use stator_api::parameters::effective_parameters;
 use stator_api::{Database, Phase};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -30,6 +32,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::error::LocalError;
 use crate::failover::{self, Failover, Sighting, SwitchoverDesk, Tick};
+use crate::order;
 use crate::plan::{Host, instance_config, ordinal_of};
 use crate::preflight;
 use crate::probe;
@@ -49,6 +52,8 @@ const TICK_BUSY: Duration = Duration::from_millis(100);
 /// How long a `/status` request may take: short, because a hung instance manager must not slow
 /// down the ticks that detect a lost primary.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+/// How long an instance manager may take to apply changed parameters without a restart.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long instance managers get to stop their servers cleanly (fast shutdown) before the
 /// servers are stopped immediately.
 pub const FAST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -162,6 +167,8 @@ struct Supervisor<'a> {
     settled: bool,
     /// Instances whose running config differs from the spec in what needs a restart.
     outdated: usize,
+    /// Server settings a reload could not apply, per instance: those restart instead.
+    reload_refused: BTreeMap<u32, serde_json::Value>,
     /// The failover shell: the decision core's memory, its orders, the switchover desk.
     failover: Failover,
     /// Instances that must not be started now (fenced, held, being rebuilt).
@@ -231,6 +238,7 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         ever_ready: false,
         settled: false,
         outdated: 0,
+        reload_refused: BTreeMap::new(),
         failover,
         keep_down: BTreeSet::new(),
         urgent: false,
@@ -359,7 +367,7 @@ impl Supervisor<'_> {
         self.stop_held();
         self.start_in_order(desired, &primary);
         if !self.urgent {
-            self.roll_out(desired, &primary);
+            self.roll_out(desired, &primary).await;
         }
         self.record_system_identifier(&primary);
         self.publish(desired, &primary, &tick);
@@ -570,11 +578,14 @@ impl Supervisor<'_> {
         }
     }
 
-    /// A rolling update, as a StatefulSet does when its pod template changes: once every
-    /// instance is ready, restarts the first one whose server settings (`spec.config`,
-    /// `spec.replication`) differ from the running config, replicas from the highest ordinal
-    /// down, the primary last.
-    fn roll_out(&mut self, desired: u32, primary: &str) {
+    /// A rolling update, as a StatefulSet does when its pod template changes, once every
+    /// instance is ready. A change of parameters only is first applied without a restart
+    /// (`POST /reload` to every outdated instance: PostgreSQL reloads, the MySQL family sets
+    /// dynamic variables); what only a restart applies (other settings, `spec.replication`)
+    /// restarts one instance at a time, replicas from the highest ordinal down, the primary
+    /// last, and only while every other replica is routed by `ro`, so `ro` keeps a target
+    /// whenever there are two replicas.
+    async fn roll_out(&mut self, desired: u32, primary: &str) {
         let all_ready = (0..desired).all(|o| self.slots.get(&o).is_some_and(Slot::ready));
         let busy = self.slots.values().any(|s| {
             s.updating || s.stopping.is_some() || (s.ordinal >= desired && s.pid.is_some())
@@ -588,25 +599,70 @@ impl Supervisor<'_> {
             .filter(|o| *o != primary_ordinal)
             .collect();
         order.push(primary_ordinal);
-        let outdated: Vec<u32> = order
-            .into_iter()
-            .filter(|o| {
-                let wanted = instance_config(self.db(), self.dir, *o, primary, &self.host);
-                let running =
-                    crate::state::read_json::<serde_json::Value>(&self.dir.config_file(*o))
-                        .ok()
-                        .flatten();
-                running.is_some_and(|r| {
-                    server_settings(&r)
-                        != serde_json::to_value(&wanted)
-                            .map(|w| server_settings(&w))
-                            .unwrap_or_default()
-                })
-            })
-            .collect();
+        let mut outdated: Vec<u32> = Vec::new();
+        for o in order {
+            let wanted = instance_config(self.db(), self.dir, o, primary, &self.host);
+            let wanted_settings = serde_json::to_value(&wanted)
+                .map(|w| server_settings(&w))
+                .unwrap_or_default();
+            let Some(running) =
+                crate::state::read_json::<serde_json::Value>(&self.dir.config_file(o))
+                    .ok()
+                    .flatten()
+                    .map(|r| server_settings(&r))
+            else {
+                continue;
+            };
+            if running == wanted_settings {
+                self.reload_refused.remove(&o);
+                continue;
+            }
+            let reloadable = running["replication"] == wanted_settings["replication"]
+                && self.reload_refused.get(&o) != Some(&wanted_settings);
+            if reloadable {
+                match self.reload(o, &wanted).await {
+                    Ok(()) => {
+                        if let Err(e) = write_json(&self.dir.config_file(o), &wanted) {
+                            tracing::warn!("{e}");
+                        }
+                        continue;
+                    }
+                    Err(why) => {
+                        tracing::info!(
+                            "{}: {why}; restarting it instead (rolling update)",
+                            self.dir.instance_name(o)
+                        );
+                        self.reload_refused.insert(o, wanted_settings);
+                    }
+                }
+            }
+            outdated.push(o);
+        }
         self.outdated = outdated.len();
-        if let Some(first) = outdated.first()
-            && let Some(slot) = self.slots.get_mut(first)
+        let Some(&first) = outdated.first() else {
+            return;
+        };
+        // Every other replica must be back behind `ro` before this one stops.
+        let routed = self.routes.ro();
+        let db = self.db().clone();
+        let ports = LocalPorts::of(&db);
+        let unrouted: Vec<String> = (0..desired)
+            .filter(|o| *o != first && *o != primary_ordinal)
+            .filter(|o| {
+                format!("{}:{}", db.spec.local.listen_address, ports.server(*o))
+                    .parse::<std::net::SocketAddr>()
+                    .is_ok_and(|a| !routed.contains(&a))
+            })
+            .map(|o| self.dir.instance_name(o))
+            .collect();
+        if !unrouted.is_empty() {
+            tracing::debug!(
+                "rolling update waits for {} to be routed by ro",
+                unrouted.join(", ")
+            );
+            return;
+        }
+        if let Some(slot) = self.slots.get_mut(&first)
             && let Some(pid) = slot.pid
         {
             tracing::info!(
@@ -615,6 +671,38 @@ impl Supervisor<'_> {
             );
             process::signal(pid, Signal::SIGTERM);
             slot.updating = true;
+        }
+    }
+
+    /// Asks instance `ordinal`'s manager to apply `wanted`'s parameters without a restart; why
+    /// not, when it could not.
+    async fn reload(&self, ordinal: u32, wanted: &InstanceConfig) -> Result<(), String> {
+        let token = read_secret(&self.dir.secrets_dir(), secret_keys::API_TOKEN)
+            .map_err(|e| e.to_string())?;
+        let body = serde_json::to_string(&ReloadRequest {
+            parameters: effective_parameters(&wanted.database.spec),
+        })
+        .map_err(|e| e.to_string())?;
+        let port = LocalPorts::of(self.db()).manager(ordinal);
+        match order::post(
+            &self.address(),
+            port,
+            "/reload",
+            &token,
+            &body,
+            RELOAD_TIMEOUT,
+        )
+        .await
+        {
+            Ok((200, _)) => {
+                tracing::info!(
+                    "{}: its parameters changed; applied without a restart",
+                    self.dir.instance_name(ordinal)
+                );
+                Ok(())
+            }
+            Ok((_, answer)) => Err(order::answer_text(&answer)),
+            Err(e) => Err(e.to_string()),
         }
     }
 

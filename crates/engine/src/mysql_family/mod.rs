@@ -28,6 +28,7 @@ pub mod config;
 pub mod dialect;
 pub mod gtid;
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -91,6 +92,8 @@ pub struct MysqlFamily {
     binaries: Binaries,
     session: Mutex<Option<Conn>>,
     upstream_session: Mutex<Option<(Endpoint, Conn)>>,
+    /// The effective parameters the option file is written with (changed by a reload).
+    parameters: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for MysqlFamily {
@@ -114,6 +117,33 @@ struct ReplicaStatus {
     seconds_behind: Option<f64>,
     retrieved: String,
     error: Option<String>,
+}
+
+/// A parameter value as `SET GLOBAL` takes it: option files accept `64M` and `on`, `SET` wants
+/// a number, `ON`/`OFF` or a quoted string.
+fn global_value(value: &str) -> String {
+    let v = value.trim();
+    let suffix = v.chars().last().map(|c| c.to_ascii_uppercase());
+    let shift = match suffix {
+        Some('K') => Some(10),
+        Some('M') => Some(20),
+        Some('G') => Some(30),
+        Some('T') => Some(40),
+        _ => None,
+    };
+    if let Some(shift) = shift
+        && let Ok(n) = v[..v.len() - 1].parse::<u64>()
+    {
+        return n.saturating_mul(1 << shift).to_string();
+    }
+    if v.parse::<f64>().is_ok() {
+        return v.to_string();
+    }
+    match v.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => "ON".into(),
+        "off" | "false" | "no" => "OFF".into(),
+        _ => format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''")),
+    }
 }
 
 /// The text of a column (the text protocol sends every value as text), empty when NULL.
@@ -196,6 +226,7 @@ impl MysqlFamily {
             binaries,
             session: Mutex::new(None),
             upstream_session: Mutex::new(None),
+            parameters: std::sync::Mutex::new(effective_parameters(&db.spec)),
         })
     }
 
@@ -288,8 +319,13 @@ impl MysqlFamily {
     }
 
     fn render_options(&self, read_only: bool) -> Result<String, EngineError> {
+        let parameters = self
+            .parameters
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_else(|_| effective_parameters(&self.spec));
         let settings = ServerSettings {
-            parameters: effective_parameters(&self.spec),
+            parameters,
             data_dir: self.data_dir.to_string_lossy().into_owned(),
             socket: self.socket().to_string_lossy().into_owned(),
             pid_file: self.pid_file().to_string_lossy().into_owned(),
@@ -740,6 +776,53 @@ impl ServerEngine for MysqlFamily {
         // The family reads its option file only at start; what changes at runtime (read_only)
         // is set with SET GLOBAL by promote and by the next start.
         Ok(())
+    }
+
+    async fn apply_parameters(
+        &self,
+        creds: &Credentials,
+        parameters: BTreeMap<String, String>,
+    ) -> Result<Vec<String>, EngineError> {
+        let before = match self.parameters.lock() {
+            Ok(mut p) => std::mem::replace(&mut *p, parameters.clone()),
+            Err(_) => effective_parameters(&self.spec),
+        };
+        self.write_config(creds)?;
+        // The option file is read only at start; what is dynamic is set on the running server.
+        let mut statements: Vec<(String, String)> = Vec::new();
+        for (key, value) in &parameters {
+            if before.get(key) != Some(value) {
+                statements.push((
+                    key.clone(),
+                    format!(
+                        "SET GLOBAL {} = {}",
+                        key.replace('-', "_"),
+                        global_value(value)
+                    ),
+                ));
+            }
+        }
+        for key in before.keys().filter(|k| !parameters.contains_key(*k)) {
+            statements.push((
+                key.clone(),
+                format!("SET GLOBAL {} = DEFAULT", key.replace('-', "_")),
+            ));
+        }
+        self.with_session(async |conn: &mut Conn| {
+            let mut needs_restart = Vec::new();
+            for (key, statement) in &statements {
+                match conn.query_drop(statement).await {
+                    Ok(()) => {}
+                    // ER_INCORRECT_GLOBAL_LOCAL_VAR: a read-only (start-time) variable.
+                    Err(mysql_async::Error::Server(e)) if e.code == 1238 => {
+                        needs_restart.push(key.clone());
+                    }
+                    Err(e) => return Err(EngineError::mysql("setting a parameter", e)),
+                }
+            }
+            Ok(needs_restart)
+        })
+        .await
     }
 
     fn start(&self) -> Result<ServerProcess, EngineError> {

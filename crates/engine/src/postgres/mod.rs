@@ -8,6 +8,7 @@
 pub mod binaries;
 pub mod config;
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -56,6 +57,8 @@ pub struct Postgres {
     user: ServerUser,
     binaries: Binaries,
     session: Mutex<Option<Client>>,
+    /// The effective parameters `postgresql.conf` is written with (changed by a reload).
+    parameters: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -117,6 +120,7 @@ impl Postgres {
             user,
             binaries,
             session: Mutex::new(None),
+            parameters: std::sync::Mutex::new(effective_parameters(&db.spec)),
         })
     }
 
@@ -391,8 +395,13 @@ impl ServerEngine for Postgres {
             }
             None => None,
         };
+        let parameters = self
+            .parameters
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_else(|_| effective_parameters(&self.spec));
         let settings = ServerSettings {
-            parameters: effective_parameters(&self.spec),
+            parameters,
             port: self.port,
             listen_address: self.listen_address.clone(),
             socket_dir: self.run_dir.to_string_lossy().into_owned(),
@@ -432,6 +441,37 @@ impl ServerEngine for Postgres {
 
     fn reload_config(&self, server: &ServerProcess) -> Result<(), EngineError> {
         server.signal(Signal::SIGHUP)
+    }
+
+    async fn apply_parameters(
+        &self,
+        creds: &Credentials,
+        parameters: BTreeMap<String, String>,
+    ) -> Result<Vec<String>, EngineError> {
+        if let Ok(mut p) = self.parameters.lock() {
+            *p = parameters;
+        }
+        self.write_config(creds)?;
+        self.with_session(creds, async |c: &Client| {
+            c.simple_query("SELECT pg_reload_conf()")
+                .await
+                .map_err(|e| EngineError::sql("reloading the configuration", &e))
+        })
+        .await?;
+        // The postmaster passes the reload on to every backend, this session's included; the
+        // session reads the file again before its next statement.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.with_session(creds, async |c: &Client| {
+            let rows = c
+                .query(
+                    "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name",
+                    &[],
+                )
+                .await
+                .map_err(|e| EngineError::sql("reading pg_settings", &e))?;
+            Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+        })
+        .await
     }
 
     fn start(&self) -> Result<ServerProcess, EngineError> {
