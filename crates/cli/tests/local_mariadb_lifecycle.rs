@@ -191,8 +191,11 @@ fn mariadb_delete_keeps_data_dirs_for_the_next_up_and_purge_removes_everything()
     assert!(cluster.own_processes().is_empty());
 }
 
+/// A misspelled option is refused by `up` with the nearest valid name and changes nothing; a
+/// dynamic variable (`max_connections`) reaches every server with `SET GLOBAL`, restarting none
+/// (same mariadbd pids), and stays in the option file for the next start.
 #[test]
-fn changed_mariadb_settings_reach_every_instance_through_a_rolling_restart() {
+fn changed_mariadb_settings_apply_without_restarting_the_servers() {
     let cluster = Cluster::mariadb("mru", 2);
     cluster.up();
     assert_eq!(
@@ -201,25 +204,40 @@ fn changed_mariadb_settings_reach_every_instance_through_a_rolling_restart() {
             .unwrap(),
         "151"
     );
+    let servers = |c: &Cluster| [c.mariadbds(0), c.mariadbds(1)];
+    let before = servers(&cluster);
+
+    cluster.write_spec(2, "  config:\n    parameters:\n      max-connectons: 180\n");
+    let refused = cluster.stator(&["up"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("did you mean max_connections?"), "{stderr}");
+    assert_eq!(cluster.status()["generation"], 1, "nothing applied");
+
     cluster.write_spec(
         2,
         "  config:\n    parameters:\n      max_connections: 180\n",
     );
     cluster.up();
+    for port in [cluster.rw(), cluster.ro()] {
+        assert_eq!(
+            cluster.value(port, "SELECT @@max_connections").unwrap(),
+            "180"
+        );
+    }
     assert_eq!(
-        cluster
-            .value(cluster.rw(), "SELECT @@max_connections")
-            .unwrap(),
-        "180"
+        servers(&cluster),
+        before,
+        "a dynamic change restarted a server"
     );
-    assert_eq!(
-        cluster
-            .value(cluster.ro(), "SELECT @@max_connections")
-            .unwrap(),
-        "180"
-    );
+    let option_file = cluster.db_dir().join("instances/mru-1/run/my.cnf");
+    let option_file = std::fs::read_to_string(&option_file).unwrap();
     let status = cluster.status();
     assert_eq!(status["generation"], 2);
     assert_eq!(status["primary"], "mru-0");
     assert_eq!(cluster.row("mru-1")["report"]["role"], "replica");
+    assert!(
+        option_file.contains("max_connections = \"180\""),
+        "{option_file}"
+    );
 }
