@@ -279,6 +279,52 @@ pub fn server_error_lines(text: &str) -> Vec<String> {
     lines
 }
 
+/// Why a server exited at start, from the end of its log: the last FATAL/PANIC line with the
+/// DETAIL/HINT after it (PostgreSQL), else the last `[ERROR]` lines (MySQL family). Empty when
+/// the log says nothing.
+pub fn exit_reason(log: &str) -> Vec<String> {
+    let recent: Vec<&str> = log.lines().rev().take(200).collect();
+    let recent: String = recent.into_iter().rev().collect::<Vec<_>>().join("\n");
+    // A session's FATAL (a client turned away, a connection ended) says nothing about why the
+    // server itself stopped.
+    const SESSION_ENDS: [&str; 8] = [
+        "the database system is",
+        "terminating connection",
+        "password authentication failed",
+        "no pg_hba.conf entry",
+        "could not connect to the primary server",
+        "does not exist",
+        "canceling",
+        "terminating walreceiver",
+    ];
+    let lines: Vec<String> = server_error_lines(&recent)
+        .into_iter()
+        .filter(|l| !SESSION_ENDS.iter().any(|s| l.contains(s)))
+        .collect();
+    if let Some(last) = lines
+        .iter()
+        .rposition(|l| l.starts_with("FATAL:") || l.starts_with("PANIC:"))
+    {
+        let mut reason = vec![lines[last].clone()];
+        reason.extend(
+            lines[last + 1..]
+                .iter()
+                .take_while(|l| l.starts_with("DETAIL:") || l.starts_with("HINT:"))
+                .cloned(),
+        );
+        return reason;
+    }
+    let untagged: Vec<String> = lines
+        .into_iter()
+        .filter(|l| {
+            !["ERROR:", "DETAIL:", "HINT:"]
+                .iter()
+                .any(|t| l.starts_with(t))
+        })
+        .collect();
+    untagged[untagged.len().saturating_sub(3)..].to_vec()
+}
+
 struct Output {
     stdout: String,
     stderr: String,
@@ -422,6 +468,26 @@ mod tests {
         assert_eq!(
             s.keys().collect::<Vec<_>>(),
             vec!["general_log", "max_connections"]
+        );
+    }
+
+    #[test]
+    fn the_exit_reason_is_the_last_fatal_line_and_its_hint() {
+        let log = "2026-11-26 10:00:00.000 GMT [1] FATAL:  the database system is starting up\n\
+                   2026-11-26 10:00:01.000 GMT [2] LOG:  database system is ready\n\
+                   2026-11-26 10:05:00.000 GMT [3] FATAL:  could not load server certificate file \"server.crt\": No such file or directory\n\
+                   2026-11-26 10:05:00.000 GMT [3] LOG:  database system is shut down\n";
+        assert_eq!(
+            exit_reason(log),
+            vec![
+                "FATAL: could not load server certificate file \"server.crt\": No such file or directory"
+            ]
+        );
+        let maria = "2026-11-26 10:05:00 0 [ERROR] mariadbd: unknown variable 'x=1'\n\
+                     2026-11-26 10:05:00 0 [ERROR] Aborting\n";
+        assert_eq!(
+            exit_reason(maria),
+            vec!["mariadbd: unknown variable 'x=1'", "Aborting"]
         );
     }
 

@@ -254,6 +254,8 @@ fn wait_settled(
     let started = Instant::now();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut last_error = String::new();
+    // Instances whose server ran during this wait: a later crash is not a start-up refusal.
+    let mut ever_ran: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
     loop {
         if started.elapsed() > timeout {
             return Err(LocalError::Failed(format!(
@@ -288,6 +290,29 @@ fn wait_settled(
                             dir.manager_log(row.ordinal).display(),
                             tail(&dir.manager_log(row.ordinal), 15)
                         )));
+                    }
+                    if let Some(r) = &row.report
+                        && r.state == ServerState::Crashed
+                        && !ever_ran.contains(&row.ordinal)
+                    {
+                        let log = std::fs::read_to_string(dir.server_log(row.ordinal))
+                            .unwrap_or_default();
+                        let reason = stator_engine::parameter_check::exit_reason(&log);
+                        if !reason.is_empty() {
+                            return Err(LocalError::Failed(format!(
+                                "{}'s server exits at start: {}\n(from {}; the supervisor keeps retrying: fix the spec and run up again, or `stator down`)",
+                                row.name,
+                                reason.join(" "),
+                                dir.server_log(row.ordinal).display()
+                            )));
+                        }
+                    }
+                    if row
+                        .report
+                        .as_ref()
+                        .is_some_and(|r| r.state == ServerState::Running)
+                    {
+                        ever_ran.insert(row.ordinal);
                     }
                     if let Some(r) = &row.report
                         && r.state == ServerState::Failed
