@@ -48,6 +48,12 @@ impl StateDirArg {
 /// again with a changed file to apply it (more instances add replicas, fewer stop the highest
 /// ordinals and keep their data dirs).
 ///
+/// spec.config.parameters are checked against the installed server first (a typo is refused
+/// with the nearest valid name); settings Stator overrides (port, listen address, data dir,
+/// hba/config/include files, replication, archiving, statement logging) are refused with their
+/// list. Changed parameters are reloaded where the engine allows it; only what needs a restart
+/// rolls through the instances.
+///
 /// Example: stator up -f examples/postgres-3.yaml
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
