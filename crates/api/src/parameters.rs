@@ -458,6 +458,9 @@ pub fn default_parameters(spec: &DatabaseSpec) -> BTreeMap<String, String> {
             set("max_wal_senders", "10".into());
             set("max_replication_slots", "10".into());
             set("wal_keep_size", "512MB".into());
+            // A replica whose primary restarted reconnects after 1 s, not PostgreSQL's 5 s:
+            // until then it is not ready, and `ro` may have no target.
+            set("wal_retrieve_retry_interval", "1s".into());
             set("log_destination", "stderr".into());
             set("log_line_prefix", "%m [%p] %q%u@%d ".into());
             set("log_checkpoints", "on".into());

@@ -662,6 +662,17 @@ impl Supervisor<'_> {
             );
             return;
         }
+        // A replica leaves `ro` before it stops, so no new connection is sent to it meanwhile.
+        if first != primary_ordinal
+            && let Ok(addr) = format!("{}:{}", db.spec.local.listen_address, ports.server(first))
+                .parse::<std::net::SocketAddr>()
+        {
+            let rest: Vec<std::net::SocketAddr> =
+                routed.iter().copied().filter(|a| *a != addr).collect();
+            if !rest.is_empty() {
+                self.routes.set_ro(rest);
+            }
+        }
         if let Some(slot) = self.slots.get_mut(&first)
             && let Some(pid) = slot.pid
         {
