@@ -109,7 +109,51 @@ const ENGINE_DEPENDENT: [&str; 3] = ["spec.version", "spec.config.parameters", "
 /// the document (its default applies, or a stand-in when it is required) and the rest read
 /// again. Semantic validation then runs on what is left, so a spec with an unknown field, a wrong
 /// type and a bad quantity is told about all three at once.
-fn parse_value(mut value: Value) -> Result<Database, InvalidSpec> {
+fn parse_value(value: Value) -> Result<Database, InvalidSpec> {
+    let Structural {
+        database,
+        mut errors,
+        stood_in,
+    } = structural(value)?;
+    let Some(database) = database else {
+        return Err(InvalidSpec { errors });
+    };
+    if errors.is_empty() {
+        return Ok(database);
+    }
+    // The spec is invalid already; add what the semantic checks find in the rest.
+    let engine_stood_in = stood_in.iter().any(|p| p == "spec.engine");
+    let Report {
+        errors: semantic, ..
+    } = validate(&database);
+    let guessed = |path: &str| {
+        stood_in.iter().any(|p| path.starts_with(p.as_str()))
+            || (engine_stood_in && ENGINE_DEPENDENT.iter().any(|p| path.starts_with(p)))
+    };
+    errors.extend(semantic.into_iter().filter(|f| !guessed(&f.path)));
+    Err(InvalidSpec { errors })
+}
+
+/// What of an invalid spec could still be read, for the checks that need a `Database` (the
+/// parameters against the server binary): `None` when not even that, or when its engine is
+/// unknown.
+pub fn readable_database(text: &str) -> Option<Database> {
+    let structural = structural(single_document(text).ok()?).ok()?;
+    if structural.stood_in.iter().any(|p| p == "spec.engine") {
+        return None;
+    }
+    structural.database
+}
+
+/// The structural pass: the database that could be read (bad nodes cut, stand-ins for required
+/// ones), every structural problem, and the paths that got a stand-in.
+struct Structural {
+    database: Option<Database>,
+    errors: Vec<FieldError>,
+    stood_in: Vec<String>,
+}
+
+fn structural(mut value: Value) -> Result<Structural, InvalidSpec> {
     let mut errors = check_envelope(&value)?;
     let mut unknown: BTreeSet<String> = BTreeSet::new();
     let mut stood_in: Vec<String> = Vec::new();
@@ -168,23 +212,11 @@ fn parse_value(mut value: Value) -> Result<Database, InvalidSpec> {
             "is not a known field (check its spelling; `stator crd` lists the fields)",
         ));
     }
-    let Some(database) = database else {
-        return Err(InvalidSpec { errors });
-    };
-    if errors.is_empty() {
-        return Ok(database);
-    }
-    // The spec is invalid already; add what the semantic checks find in the rest.
-    let engine_stood_in = stood_in.iter().any(|p| p == "spec.engine");
-    let Report {
-        errors: semantic, ..
-    } = validate(&database);
-    let guessed = |path: &str| {
-        stood_in.iter().any(|p| path.starts_with(p.as_str()))
-            || (engine_stood_in && ENGINE_DEPENDENT.iter().any(|p| path.starts_with(p)))
-    };
-    errors.extend(semantic.into_iter().filter(|f| !guessed(&f.path)));
-    Err(InvalidSpec { errors })
+    Ok(Structural {
+        database,
+        errors,
+        stood_in,
+    })
 }
 
 /// The field of a serde "missing field `x`" message.

@@ -34,22 +34,27 @@ impl Warnings {
 }
 
 /// Reads and validates the spec at `path` (`-` for stdin). Every problem is reported at once,
-/// prefixed by the file name; every warning goes to stderr.
-pub fn load(path: &Path) -> Result<Loaded, CliError> {
-    load_for(path, Warnings::All)
+/// prefixed by the file name; the warnings `warnings` selects go to stderr.
+pub fn load_for(path: &Path, warnings: Warnings) -> Result<Loaded, CliError> {
+    let text = read(path)?;
+    load_text(path, &text, warnings)
 }
 
-/// As [`load`], showing only the warnings `warnings` selects.
-pub fn load_for(path: &Path, warnings: Warnings) -> Result<Loaded, CliError> {
-    let text = if path == Path::new("-") {
+/// The text of the spec at `path` (`-` for stdin).
+pub fn read(path: &Path) -> Result<String, CliError> {
+    if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin())
-            .map_err(|e| CliError::Invalid(format!("cannot read the spec from stdin: {e}")))?
+            .map_err(|e| CliError::Invalid(format!("cannot read the spec from stdin: {e}")))
     } else {
         std::fs::read_to_string(path)
-            .map_err(|e| CliError::Invalid(format!("{}: cannot read: {e}", path.display())))?
-    };
+            .map_err(|e| CliError::Invalid(format!("{}: cannot read: {e}", path.display())))
+    }
+}
+
+/// As [`load_for`], on the `text` read from `path`.
+pub fn load_text(path: &Path, text: &str, warnings: Warnings) -> Result<Loaded, CliError> {
     let shown = path.display();
-    match load_database(&text) {
+    match load_database(text) {
         Ok(loaded) => {
             for w in loaded.warnings.iter().filter(|w| warnings.shows(&w.path)) {
                 eprintln!("warning: {shown}: {w}");

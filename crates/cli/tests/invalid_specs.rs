@@ -181,15 +181,17 @@ fn a_missing_file_is_named() {
 
 /// Parameters are checked against the installed server itself: a misspelled name gets the nearest
 /// valid one, a value the server would refuse is quoted with the server's own words, and every
-/// problem comes at once (PostgreSQL 15 and MariaDB 10.11 binaries on this machine).
+/// problem comes at once, the spec's other problems included (PostgreSQL 15 and MariaDB 10.11
+/// binaries on this machine).
 #[test]
 fn misspelled_and_invalid_parameters_are_refused_by_the_servers_own_list() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("spec.yaml");
     let cases = [
         (
-            "engine: postgres\nconfig:\n  parameters: {max_connectons: 50, shared_buffers: lots, work_mem: 8MB}",
+            "engine: postgres\nreplicas: 2\nconfig:\n  parameters: {max_connectons: 50, shared_buffers: lots, work_mem: 8MB}",
             vec![
+                ("spec.replicas: ", "not a known field"),
                 (
                     "spec.config.parameters.max_connectons: ",
                     "did you mean max_connections?",

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::error::{CliError, CliResult};
+use crate::spec_file::{self, Warnings};
 
 /// Check a Database spec and print its problems, all at once (exit 2 when invalid).
 ///
@@ -23,35 +24,56 @@ pub struct ValidateArgs {
 }
 
 pub fn run(args: ValidateArgs) -> CliResult {
-    let loaded = crate::spec_file::load(&args.file)?;
-    let db = &loaded.database;
+    let text = spec_file::read(&args.file)?;
+    let loaded = spec_file::load_text(&args.file, &text, Warnings::All);
+    // The parameters are checked against the server even when the spec has other problems, so
+    // every problem comes at once.
+    let database = match &loaded {
+        Ok(l) => Some(l.database.clone()),
+        Err(_) => stator_api::load::readable_database(&text),
+    };
     let shown = args.file.display();
-    match stator_local::preflight::find_bin_dir(db.spec.engine, db.version()) {
-        Ok(bin_dir) => {
-            let problems = stator_local::preflight::parameter_problems(db, &bin_dir)
-                .map_err(|e| CliError::Invalid(format!("{shown}: {e}")))?;
-            if !problems.is_empty() {
-                return Err(CliError::Invalid(format!(
-                    "{shown} is not a valid Database spec:\n  {}",
-                    problems
-                        .iter()
-                        .map(|p| format!("{shown}: {p}"))
-                        .collect::<Vec<_>>()
-                        .join("\n  ")
-                )));
-            }
-        }
-        Err(_) if db.spec.config.parameters.is_empty() => {}
-        Err(e) => {
-            eprintln!("note: {shown}: spec.config.parameters not checked against the server ({e})")
+    let problems: Vec<String> = match database {
+        Some(db) => parameter_problems(&db)
+            .map_err(|e| CliError::Invalid(format!("{shown}: {e}")))?
+            .iter()
+            .map(|p| format!("{shown}: {p}"))
+            .collect(),
+        None => Vec::new(),
+    };
+    match loaded {
+        Err(CliError::Invalid(message)) if !problems.is_empty() => Err(CliError::Invalid(format!(
+            "{message}\n  {}",
+            problems.join("\n  ")
+        ))),
+        Err(e) => Err(e),
+        Ok(_) if !problems.is_empty() => Err(CliError::Invalid(format!(
+            "{shown} is not a valid Database spec:\n  {}",
+            problems.join("\n  ")
+        ))),
+        Ok(loaded) => {
+            println!(
+                "{shown}: valid ({} {} with {} instance(s))",
+                loaded.database.spec.engine,
+                loaded.database.version(),
+                loaded.database.spec.instances
+            );
+            Ok(ExitCode::SUCCESS)
         }
     }
-    println!(
-        "{}: valid ({} {} with {} instance(s))",
-        args.file.display(),
-        loaded.database.spec.engine,
-        loaded.database.version(),
-        loaded.database.spec.instances
-    );
-    Ok(ExitCode::SUCCESS)
+}
+
+/// `spec.config.parameters` against the installed server; a note (and no problem) when its
+/// binaries are not installed here.
+fn parameter_problems(db: &stator_api::Database) -> Result<Vec<String>, stator_local::LocalError> {
+    if db.spec.config.parameters.is_empty() {
+        return Ok(Vec::new());
+    }
+    match stator_local::preflight::find_bin_dir(db.spec.engine, db.version()) {
+        Ok(bin_dir) => stator_local::preflight::parameter_problems(db, &bin_dir),
+        Err(e) => {
+            eprintln!("note: spec.config.parameters not checked against the server ({e})");
+            Ok(Vec::new())
+        }
+    }
 }
