@@ -189,6 +189,10 @@ const PG_MANAGED: &[ManagedKey] = &[
         why: "the instance manager collects the server's log",
     },
     ManagedKey {
+        key: "log_file_mode",
+        why: "the server log is readable only by the server user (0600)",
+    },
+    ManagedKey {
         key: "log_min_error_statement",
         why: "the text of a failed statement can carry a password (ALTER ROLE … PASSWORD); \
               Stator keeps statement text out of the log (it sets panic)",
