@@ -242,6 +242,10 @@ fn start_supervisor(
     }
 }
 
+/// A server that exited at start this many times (its manager retries after 1 s, then 2 s) is
+/// quoted by `up` and not waited for: once can be a passing clash (a port taken for a moment).
+const START_FAILURES_QUOTED: u32 = 2;
+
 /// Polls the supervisor until it has acted on `generation` and every instance is ready.
 fn wait_settled(
     db: &Database,
@@ -293,6 +297,7 @@ fn wait_settled(
                     }
                     if let Some(r) = &row.report
                         && r.state == ServerState::Crashed
+                        && r.restarts >= START_FAILURES_QUOTED
                         && !ever_ran.contains(&row.ordinal)
                     {
                         let log = std::fs::read_to_string(dir.server_log(row.ordinal))
