@@ -39,6 +39,7 @@ struct Cli {
 enum Command {
     Render(cmd::render::RenderArgs),
     Crd(cmd::crd::CrdArgs),
+    Install(cmd::install::InstallArgs),
     Lint(cmd::lint::LintArgs),
     Validate(cmd::validate::ValidateArgs),
     #[command(flatten)]
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Render(args) => cmd::render::run(args),
         Command::Crd(args) => cmd::crd::run(args),
+        Command::Install(args) => cmd::install::run(args),
         Command::Lint(args) => cmd::lint::run(args),
         Command::Validate(args) => cmd::validate::run(args),
         Command::Local(command) => cmd::local::run(command),

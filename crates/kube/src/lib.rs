@@ -1,4 +1,5 @@
-//! Kubernetes for a `Database`: the objects that run it (render), and the CRD that defines it.
+//! Kubernetes for a `Database`: the objects that run it (render), the CRD that defines it, and
+//! the install of the operator.
 //!
 //! This crate turns a validated [`stator_api::Database`] into typed `k8s-openapi` objects and
 //! YAML. Rendering is a pure function: no cluster, no files, no clock; the only randomness is in
@@ -11,8 +12,11 @@
 //! - [`render`]: `Database` → ServiceAccount, Secret, ConfigMap, StatefulSet, Services,
 //!   PodDisruptionBudget and NetworkPolicy, and their YAML (one file per kind, or one stream).
 //! - [`crd`]: the `CustomResourceDefinition` of `Database`, as YAML.
+//! - [`install`]: what `stator install` applies for the operator: the CRD, its Namespace,
+//!   ServiceAccount, least-privilege RBAC and a hardened Deployment.
 
 pub mod crd;
+pub mod install;
 pub mod render;
 
 pub use render::{Credentials, Manifests, RenderError, RenderOptions, render};

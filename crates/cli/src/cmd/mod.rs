@@ -2,6 +2,7 @@
 
 pub mod chaos;
 pub mod crd;
+pub mod install;
 pub mod instance;
 pub mod lint;
 pub mod local;
