@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Renders every spec in examples/ and checks the output the way a cluster and a security scanner
-# would: kubernetes-validate --strict (the built-in kinds, and the CRD in deploy/crd.yaml, against
-# the Kubernetes OpenAPI schemas) and checkov (0 failed checks; the only skips are listed, with
-# reasons, in ci/checkov-skips.yaml). Builds nothing: it runs the binary in $STATOR
-# (default target/debug/stator). Exits non-zero on any failure.
+# Renders every spec in examples/ and checks the output, and the install in deploy/, the way a
+# cluster and a security scanner would: kubernetes-validate --strict (the built-in kinds, and the
+# CRD in deploy/crd.yaml, against the Kubernetes OpenAPI schemas) and checkov (0 failed checks:
+# the kubernetes framework on the rendered examples and on deploy/, the dockerfile framework on
+# deploy/Dockerfile; the only skips are listed, with reasons, in ci/checkov-skips.yaml). Builds
+# nothing: it runs the binary in $STATOR (default target/debug/stator). Exits non-zero on any
+# failure.
 #
 #   cargo build -p stator && scripts/check-render.sh
 set -euo pipefail
@@ -37,26 +39,38 @@ done
 rendered=("$work"/out/*/*.yaml)
 echo "check-render: rendered ${#specs[@]} examples into ${#rendered[@]} files"
 
+# deploy/: every object of `stator install` (kustomization.yaml is kustomize's, not an object).
+installed=("$root/deploy/crd.yaml" "$root/deploy/namespace.yaml" "$root/deploy/rbac.yaml"
+    "$root/deploy/operator.yaml")
+
 echo "check-render: kubernetes-validate --strict --kubernetes-version $kubernetes_version"
 if "$bin/kubernetes-validate" --strict --quiet --kubernetes-version "$kubernetes_version" \
-    "${rendered[@]}" "$root/deploy/crd.yaml"; then
-    echo "check-render: kubernetes-validate: all $((${#rendered[@]} + 1)) files valid"
+    "${rendered[@]}" "${installed[@]}"; then
+    echo "check-render: kubernetes-validate: all $((${#rendered[@]} + ${#installed[@]})) files valid"
 else
     echo "check-render: FAIL: kubernetes-validate found invalid objects (above)" >&2
     failed=1
 fi
 
-echo "check-render: checkov --framework kubernetes (skips: ci/checkov-skips.yaml)"
 # Offline: no platform API key, no download of external checks or guidelines.
 export BC_SKIP_MAPPING=TRUE CHECKOV_RUN_SCA_PACKAGE_SCAN_V2=false
-if "$bin/checkov" --framework kubernetes -d "$work/out" --quiet --compact \
-    --config-file "$root/ci/checkov-skips.yaml" --skip-download --output cli \
-    >"$work/log/checkov" 2>"$work/log/checkov.err"; then
-    grep -E "Passed checks|Failed checks" "$work/log/checkov" || true
-else
-    cat "$work/log/checkov" "$work/log/checkov.err" >&2
-    echo "check-render: FAIL: checkov reports failed checks (above)" >&2
-    failed=1
-fi
+# checkov NAME FRAMEWORK -d DIR | -f FILE: 0 failed checks, with the skips of ci/checkov-skips.yaml.
+checkov() {
+    local name=$1 framework=$2
+    shift 2
+    echo "check-render: checkov --framework $framework $* (skips: ci/checkov-skips.yaml)"
+    if "$bin/checkov" --framework "$framework" "$@" --quiet --compact \
+        --config-file "$root/ci/checkov-skips.yaml" --skip-download --output cli \
+        >"$work/log/checkov-$name" 2>"$work/log/checkov-$name.err"; then
+        grep -E "Passed checks|Failed checks" "$work/log/checkov-$name" || true
+    else
+        cat "$work/log/checkov-$name" "$work/log/checkov-$name.err" >&2
+        echo "check-render: FAIL: checkov reports failed checks in $name (above)" >&2
+        failed=1
+    fi
+}
+checkov rendered kubernetes -d "$work/out"
+checkov deploy kubernetes -d "$root/deploy"
+checkov dockerfile dockerfile -f "$root/deploy/Dockerfile"
 
 exit "$failed"

@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Applies deploy/ (the output of `stator install`) to a real Kubernetes control plane
+# (../shared/kube/start.sh: kube-apiserver with RBAC and Pod Security admission, and
+# kube-controller-manager) and proves, with the operator's own ServiceAccount token, that:
+#
+# - the server accepts every object (server-side apply, for real) and the CRD is Established;
+# - the Deployment's pod passes the namespace's `restricted` Pod Security Standard (the
+#   ReplicaSet controller could create it; with no scheduler or kubelet here it stays Pending);
+# - the RBAC allows exactly the verbs the operator of issue 10 uses, and refuses the rest.
+#
+# Scope of what it shows: the ClusterRole is bound cluster-wide (Databases may be in any
+# namespace), so every verb it grants holds in every namespace, kube-system included. The
+# operator can get a Secret whose name it knows anywhere, but can never list or watch Secrets,
+# nor patch, update or delete one. The Lease rules hold only in the operator's namespace.
+#
+# Stops the control plane on exit, failure included. Takes about 15 s.
+#
+#   cargo build --workspace --bin stator && scripts/check-install.sh
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+kube_dir="${STATOR_SHARED_KUBE:-$root/../shared/kube}"
+ns=stator-system
+sa=stator-operator
+
+if [ ! -x "$kube_dir/start.sh" ]; then
+    echo "check-install: no control plane at $kube_dir/start.sh (set STATOR_SHARED_KUBE)" >&2
+    exit 2
+fi
+
+work="$(mktemp -d)"
+cleanup() {
+    "$kube_dir/stop.sh" "$work/kube" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+eval "$("$kube_dir/start.sh" "$work/kube")"
+admin() { "$STATOR_KUBECTL" "$@"; }
+
+echo "check-install: kubectl apply --server-side -k deploy/"
+admin apply --server-side --field-manager=stator-install -k "$root/deploy" >"$work/apply.log"
+sed 's/^/  /' "$work/apply.log"
+admin wait --for=condition=Established --timeout=30s crd/databases.stator.dev >/dev/null
+echo "check-install: crd/databases.stator.dev is Established"
+
+# The ReplicaSet controller creates the operator's pod only if Pod Security admission lets it.
+pod=""
+for _ in $(seq 1 60); do
+    pod="$(admin -n "$ns" get pods -l app.kubernetes.io/name=stator-operator -o name 2>/dev/null)"
+    [ -n "$pod" ] && break
+    sleep 0.5
+done
+if [ -z "$pod" ]; then
+    echo "check-install: FAIL: no operator pod was created; the ReplicaSet's events:" >&2
+    admin -n "$ns" get events >&2 || true
+    exit 1
+fi
+echo "check-install: $pod was admitted under pod-security.kubernetes.io/enforce=restricted"
+
+# A kubeconfig holding only the operator's token: every request below is the operator's.
+server="$(admin config view -o jsonpath='{.clusters[0].cluster.server}')"
+ca="$(admin config view -o jsonpath='{.clusters[0].cluster.certificate-authority}')"
+token="$(admin -n "$ns" create token "$sa" --duration=10m)"
+cat >"$work/operator.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {server: "$server", certificate-authority: "$ca"}
+users:
+- name: operator
+  user: {token: "$token"}
+contexts:
+- name: operator
+  context: {cluster: test, user: operator}
+current-context: operator
+EOF
+chmod 600 "$work/operator.kubeconfig"
+unset token
+operator() { "$STATOR_KUBECTL" --kubeconfig "$work/operator.kubeconfig" "$@"; }
+whoami="$(operator auth whoami -o jsonpath='{.status.userInfo.username}')"
+[ "$whoami" = "system:serviceaccount:$ns:$sa" ] \
+    || { echo "check-install: FAIL: the token is $whoami" >&2; exit 1; }
+echo "check-install: acting as $whoami"
+
+failed=0
+# expect yes|no VERB RESOURCE [kubectl auth can-i flags...]
+expect() {
+    local want=$1
+    shift
+    local got=no
+    if operator auth can-i --quiet "$@" 2>/dev/null; then got=yes; fi
+    if [ "$got" = "$want" ]; then
+        printf '  ok   %-3s %s\n' "$want" "$*"
+    else
+        printf '  FAIL %-3s %s (the server says %s)\n' "$want" "$*" "$got" >&2
+        failed=1
+    fi
+}
+
+echo "check-install: what the operator may do (kubectl auth can-i, its own token)"
+for verb in get list watch patch update; do expect yes "$verb" databases.stator.dev -n shop; done
+expect yes list databases.stator.dev --all-namespaces
+for verb in get patch update; do expect yes "$verb" databases.stator.dev --subresource=status -n shop; done
+expect yes update databases.stator.dev --subresource=finalizers -n shop
+for kind in statefulsets.apps services configmaps serviceaccounts poddisruptionbudgets.policy \
+    networkpolicies.networking.k8s.io; do
+    for verb in get list watch create patch delete; do expect yes "$verb" "$kind" -n shop; done
+done
+expect yes create secrets -n shop
+expect yes get secrets/shop-db-credentials -n shop
+for verb in get list watch patch delete; do expect yes "$verb" pods -n shop; done
+for verb in get list watch delete; do expect yes "$verb" persistentvolumeclaims -n shop; done
+expect yes create events.events.k8s.io -n shop
+expect yes patch events.events.k8s.io -n shop
+expect yes create leases.coordination.k8s.io -n "$ns"
+expect yes get leases.coordination.k8s.io/stator-operator -n "$ns"
+expect yes update leases.coordination.k8s.io/stator-operator -n "$ns"
+# Cluster-wide by design: named Secret reads hold in every namespace (see the header).
+expect yes get secrets/anything -n kube-system
+
+echo "check-install: what it may not do"
+expect no create databases.stator.dev -n shop
+expect no delete databases.stator.dev -n shop
+expect no deletecollection databases.stator.dev -n shop
+for verb in update deletecollection; do expect no "$verb" statefulsets.apps -n shop; done
+for verb in list watch patch update delete; do expect no "$verb" secrets -n shop; done
+expect no list secrets -n kube-system
+expect no list secrets --all-namespaces
+expect no create pods -n shop
+expect no update pods -n shop
+expect no create pods --subresource=exec -n shop
+expect no create pods --subresource=eviction -n shop
+expect no get pods --subresource=log -n shop
+expect no deletecollection pods -n shop
+expect no create persistentvolumeclaims -n shop
+expect no patch persistentvolumeclaims -n shop
+expect no create events -n shop
+expect no update leases.coordination.k8s.io/stator-operator -n kube-system
+expect no update leases.coordination.k8s.io/another-lease -n "$ns"
+expect no create leases.coordination.k8s.io -n kube-system
+expect no delete leases.coordination.k8s.io/stator-operator -n "$ns"
+expect no get nodes
+expect no create namespaces
+expect no delete namespaces
+expect no create clusterroles.rbac.authorization.k8s.io
+expect no create rolebindings.rbac.authorization.k8s.io -n shop
+expect no bind clusterroles.rbac.authorization.k8s.io
+expect no escalate roles.rbac.authorization.k8s.io -n shop
+expect no impersonate serviceaccounts -n shop
+expect no create serviceaccounts --subresource=token -n shop
+expect no create customresourcedefinitions.apiextensions.k8s.io
+expect no '*' '*' --all-namespaces
+
+# Real requests, not only reviews: server-side apply creates an owned object with create+patch
+# (no update), the Lease is created and renewed, and listing Secrets is refused.
+echo "check-install: real requests with the operator's token"
+admin create namespace shop >/dev/null
+cat >"$work/configmap.yaml" <<EOF
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: shop-db-config, namespace: shop}
+data: {probe: "1"}
+EOF
+request() { # description command...
+    local what=$1
+    shift
+    if "$@" >"$work/request.log" 2>&1; then
+        echo "  ok   $what"
+    else
+        echo "  FAIL $what:" >&2
+        cat "$work/request.log" >&2
+        failed=1
+    fi
+}
+refused() { # description command...
+    local what=$1
+    shift
+    if "$@" >"$work/request.log" 2>&1; then
+        echo "  FAIL $what: the server allowed it" >&2
+        failed=1
+    elif grep -q Forbidden "$work/request.log"; then
+        echo "  ok   $what: Forbidden"
+    else
+        echo "  FAIL $what: failed, but not as Forbidden:" >&2
+        cat "$work/request.log" >&2
+        failed=1
+    fi
+}
+request "server-side apply creates a ConfigMap" \
+    operator apply --server-side --field-manager=stator -f "$work/configmap.yaml"
+request "a patch changes it" \
+    operator patch configmap shop-db-config -n shop --type=merge -p '{"data":{"probe":"2"}}'
+cat >"$work/lease.yaml" <<EOF
+apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata: {name: stator-operator, namespace: $ns}
+spec: {holderIdentity: check-install, leaseDurationSeconds: 15}
+EOF
+request "create the Lease" operator create -f "$work/lease.yaml"
+request "renew the Lease" operator replace -f "$work/lease.yaml"
+refused "list Secrets in kube-system" operator get secrets -n kube-system
+refused "delete the Database CRD" operator delete crd databases.stator.dev
+
+if [ "$failed" -ne 0 ]; then
+    echo "check-install: FAIL (above)" >&2
+    exit 1
+fi
+echo "check-install: the API server accepts deploy/ and the operator's RBAC is as intended"
