@@ -17,11 +17,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection,
-    DownwardAPIVolumeFile, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
-    Namespace, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccount,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection, DownwardAPIVolumeFile,
+    EmptyDirVolumeSource, KeyToPath, Namespace, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ProjectedVolumeSource, ServiceAccount, ServiceAccountTokenProjection, Volume,
+    VolumeProjection,
 };
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicySpec};
 use k8s_openapi::api::rbac::v1::{
@@ -30,13 +29,15 @@ use k8s_openapi::api::rbac::v1::{
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use stator_api::names::{
     LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_NAME, LABEL_PART_OF, LABEL_VERSION,
     dns1123_label_problem,
 };
 
+use crate::container::{
+    field_env, hardened_security_context, http_probe, mount, resources_of, runtime_default_seccomp,
+};
 use crate::render::{DEFAULT_STATOR_IMAGE, MANAGER, STATOR_IMAGE_BINARY};
 
 /// The namespace the operator runs in unless `--namespace` names another.
@@ -348,43 +349,6 @@ fn network_policy(ns: &str) -> NetworkPolicy {
     }
 }
 
-fn field_env(name: &str, field_path: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                api_version: Some("v1".into()),
-                field_path: field_path.into(),
-            }),
-            ..EnvVarSource::default()
-        }),
-    }
-}
-
-fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String(HEALTH_PORT_NAME.into()),
-            scheme: Some("HTTP".into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        timeout_seconds: Some(3),
-        failure_threshold: Some(failure_threshold),
-        success_threshold: Some(1),
-        ..Probe::default()
-    }
-}
-
-fn amounts(cpu: &str, memory: &str) -> BTreeMap<String, Quantity> {
-    BTreeMap::from([
-        ("cpu".to_string(), Quantity(cpu.into())),
-        ("memory".to_string(), Quantity(memory.into())),
-    ])
-}
-
 /// The API token, the cluster CA and the namespace, where an automounted token would be, but
 /// mounted into the operator container only and with a bounded lifetime. Both the
 /// ServiceAccount and the pod say `automountServiceAccountToken: false`, so no other container
@@ -454,48 +418,15 @@ fn operator_container(image: &str) -> Container {
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        liveness_probe: Some(http_probe("/healthz", 10, 3)),
-        readiness_probe: Some(http_probe("/readyz", 5, 3)),
-        resources: Some(ResourceRequirements {
-            requests: Some(amounts("100m", "64Mi")),
-            limits: Some(amounts("1", "256Mi")),
-            ..ResourceRequirements::default()
-        }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(OPERATOR_UID),
-            run_as_group: Some(OPERATOR_UID),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            seccomp_profile: Some(runtime_default_seccomp()),
-            ..SecurityContext::default()
-        }),
+        liveness_probe: Some(http_probe("/healthz", HEALTH_PORT_NAME, 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", HEALTH_PORT_NAME, 5, 3)),
+        resources: Some(resources_of(("100m", "64Mi"), ("1", "256Mi"))),
+        security_context: Some(hardened_security_context(OPERATOR_UID)),
         volume_mounts: Some(vec![
-            VolumeMount {
-                name: "api-token".into(),
-                mount_path: SERVICE_ACCOUNT_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..VolumeMount::default()
-            },
+            mount("api-token", SERVICE_ACCOUNT_DIR, true),
+            mount("tmp", "/tmp", false),
         ]),
         ..Container::default()
-    }
-}
-
-fn runtime_default_seccomp() -> SeccompProfile {
-    SeccompProfile {
-        type_: "RuntimeDefault".into(),
-        localhost_profile: None,
     }
 }
 

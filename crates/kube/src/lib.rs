@@ -14,7 +14,10 @@
 //! - [`crd`]: the `CustomResourceDefinition` of `Database`, as YAML.
 //! - [`install`]: what `stator install` applies for the operator: the CRD, its Namespace,
 //!   ServiceAccount, least-privilege RBAC and a hardened Deployment.
+//! - `container`: the hardened-container pieces (security context, probes, resources) that
+//!   render and install share.
 
+mod container;
 pub mod crd;
 pub mod install;
 pub mod render;

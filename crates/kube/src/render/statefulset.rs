@@ -8,23 +8,24 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    Affinity, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, SecretVolumeSource, TopologySpreadConstraint,
+    Volume, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use stator_api::Database;
 use stator_api::names::INSTANCE_MANAGER_PORT;
-use stator_api::spec::{AntiAffinity, Engine, ResourceAmounts, ResourcesSpec};
+use stator_api::spec::{AntiAffinity, Engine};
 
 use super::RenderOptions;
 use super::config::DATABASE_JSON_KEY;
 use super::meta::{labels, object_meta, pod_selector};
+use crate::container::{
+    field_env, hardened_security_context, http_probe, mount, resources, resources_of,
+    runtime_default_seccomp,
+};
 
 /// Where the init container puts the `stator` binary.
 pub const STATOR_BIN_DIR: &str = "/stator";
@@ -151,55 +152,6 @@ fn pod_spec(db: &Database, options: &RenderOptions) -> PodSpec {
     }
 }
 
-fn runtime_default_seccomp() -> SeccompProfile {
-    SeccompProfile {
-        type_: "RuntimeDefault".into(),
-        localhost_profile: None,
-    }
-}
-
-/// No privilege escalation, no capabilities, nothing written outside the mounted volumes.
-fn hardened_security_context(uid: i64) -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        privileged: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        run_as_user: Some(uid),
-        run_as_group: Some(uid),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            add: None,
-        }),
-        seccomp_profile: Some(runtime_default_seccomp()),
-        ..SecurityContext::default()
-    }
-}
-
-fn quantities(amounts: &ResourceAmounts) -> BTreeMap<String, Quantity> {
-    BTreeMap::from([
-        ("cpu".to_string(), Quantity(amounts.cpu.clone())),
-        ("memory".to_string(), Quantity(amounts.memory.clone())),
-    ])
-}
-
-fn resources(spec: &ResourcesSpec) -> ResourceRequirements {
-    ResourceRequirements {
-        requests: Some(quantities(&spec.requests)),
-        limits: Some(quantities(&spec.limits)),
-        ..ResourceRequirements::default()
-    }
-}
-
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
-    VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        read_only: read_only.then_some(true),
-        ..VolumeMount::default()
-    }
-}
-
 /// The init container: copies `stator` from the Stator image into the shared emptyDir.
 fn install_container(options: &RenderOptions, uid: i64) -> Container {
     Container {
@@ -211,49 +163,10 @@ fn install_container(options: &RenderOptions, uid: i64) -> Container {
             STATOR_IMAGE_BINARY.into(),
             format!("{STATOR_BIN_DIR}/stator"),
         ]),
-        resources: Some(resources(&ResourcesSpec {
-            requests: ResourceAmounts {
-                cpu: "50m".into(),
-                memory: "32Mi".into(),
-            },
-            limits: ResourceAmounts {
-                cpu: "200m".into(),
-                memory: "128Mi".into(),
-            },
-        })),
+        resources: Some(resources_of(("50m", "32Mi"), ("200m", "128Mi"))),
         security_context: Some(hardened_security_context(uid)),
         volume_mounts: Some(vec![mount("stator-bin", STATOR_BIN_DIR, false)]),
         ..Container::default()
-    }
-}
-
-fn field_env(name: &str, field_path: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                api_version: Some("v1".into()),
-                field_path: field_path.into(),
-            }),
-            ..EnvVarSource::default()
-        }),
-    }
-}
-
-fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String(MANAGER_PORT_NAME.into()),
-            scheme: Some("HTTP".into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        timeout_seconds: Some(5),
-        failure_threshold: Some(failure_threshold),
-        success_threshold: Some(1),
-        ..Probe::default()
     }
 }
 
@@ -286,9 +199,9 @@ fn database_container(db: &Database) -> Container {
         security_context: Some(hardened_security_context(engine.uid())),
         // Initialising or cloning a large data directory can take long: up to 30 minutes
         // before liveness applies.
-        startup_probe: Some(http_probe("/healthz", 10, 180)),
-        liveness_probe: Some(http_probe("/healthz", 10, 6)),
-        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        startup_probe: Some(http_probe("/healthz", MANAGER_PORT_NAME, 10, 180)),
+        liveness_probe: Some(http_probe("/healthz", MANAGER_PORT_NAME, 10, 6)),
+        readiness_probe: Some(http_probe("/readyz", MANAGER_PORT_NAME, 5, 3)),
         volume_mounts: Some(vec![
             mount("stator-bin", STATOR_BIN_DIR, true),
             mount("config", CONFIG_DIR, true),
