@@ -246,8 +246,9 @@ fn cluster_role_rules() -> Vec<PolicyRule> {
             &["databases/status"],
             &["get", "patch", "update"],
         ),
-        // Owner references with blockOwnerDeletion on the objects below need update on the
-        // owner's finalizers (the OwnerReferencesPermissionEnforcement admission plugin).
+        // Setting an owner reference with blockOwnerDeletion (as controller owner references
+        // do) needs update on the owner's finalizers where the OwnerReferencesPermissionEnforcement
+        // admission plugin is on (OpenShift and other hardened clusters).
         rule("stator.dev", &["databases/finalizers"], &["update"]),
         // What render produces, applied server-side and pruned by label.
         rule("apps", &["statefulsets"], OWNED),
