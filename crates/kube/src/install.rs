@@ -11,7 +11,9 @@
 //! Lease under [`LEASE_NAME`]; serve probes on [`HEALTH_PORT`]), the constant or the rule says so.
 //!
 //! Scope: the ClusterRole is bound cluster-wide (a `Database` may live in any namespace), so each
-//! of its verbs holds in every namespace. The Lease rules are a Role in the operator's namespace.
+//! of its verbs holds in every namespace, kube-system included: notably `get` of a Secret whose
+//! name the operator knows (it can never list or watch Secrets, so it cannot find one it did not
+//! create or was not named in a spec). The Lease rules are a Role in the operator's namespace.
 
 use std::collections::BTreeMap;
 
