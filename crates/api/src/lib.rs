@@ -14,7 +14,8 @@
 //! - [`position`]: replication positions (LSN on a timeline, MariaDB GTID position, MySQL GTID
 //!   set), their parsing and their order.
 //! - [`names`]: names derived from a database (`NAME-N`, `NAME-rw`, …), labels, name rules.
-//! - [`quantity`], [`duration`]: the small value syntaxes specs use.
+//! - [`quantity`], [`duration`], [`schedule`]: the small value syntaxes specs use (a backup
+//!   schedule is 5-field cron).
 
 pub mod duration;
 pub mod instance;
@@ -23,6 +24,7 @@ pub mod names;
 pub mod parameters;
 pub mod position;
 pub mod quantity;
+pub mod schedule;
 pub mod spec;
 pub mod status;
 pub mod validate;

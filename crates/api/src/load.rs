@@ -99,7 +99,18 @@ const MAX_STRUCTURAL_PROBLEMS: usize = 64;
 /// Fields a type error may leave missing, and a stand-in that lets the semantic checks run on
 /// the rest; problems under a stand-in's path (or the engine's, for an unknown engine) are not
 /// reported twice.
-const STAND_INS: [(&str, &str); 3] = [("engine", "postgres"), ("cpu", "1"), ("memory", "1Gi")];
+const STAND_INS: [(&str, &str); 9] = [
+    ("engine", "postgres"),
+    ("cpu", "1"),
+    ("memory", "1Gi"),
+    // spec.backup: the repository's and the encryption's required fields.
+    ("path", "/"),
+    ("endpoint", "stand-in:443"),
+    ("bucket", "stand-in"),
+    ("region", "stand-in"),
+    ("credentialsSecretName", "stand-in"),
+    ("secretName", "stand-in"),
+];
 
 /// Paths whose checks depend on the engine: meaningless when the engine itself was wrong.
 const ENGINE_DEPENDENT: [&str; 3] = ["spec.version", "spec.config.parameters", "spec.image"];
@@ -202,7 +213,7 @@ fn structural(mut value: Value) -> Result<Structural, InvalidSpec> {
         }
     }
     for path in unknown {
-        let path = display_path(&path);
+        let path = display_path(&without_option_segments(&path));
         // The envelope's own check named unknown metadata keys already.
         if errors.iter().any(|f| f.path == path) {
             continue;
@@ -347,6 +358,15 @@ fn display_path(path: &str) -> String {
     } else {
         path.to_string()
     }
+}
+
+/// `serde_ignored` writes `?` for the inside of an `Option` (`spec.backup.?.retension`); a
+/// user's path has no such step.
+fn without_option_segments(path: &str) -> String {
+    path.split('.')
+        .filter(|segment| *segment != "?")
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// serde's messages name Rust types (`u32`); say what a user writes instead.

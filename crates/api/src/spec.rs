@@ -91,6 +91,12 @@ pub struct DatabaseSpec {
     /// Settings of the local runtime (`stator up`); ignored on Kubernetes.
     #[serde(default)]
     pub local: LocalSpec,
+
+    /// Scheduled backups and continuous WAL archiving for point-in-time recovery. Not
+    /// implemented yet: `stator up` and `stator render` refuse a spec that sets it, so that no
+    /// one believes they have backups when they do not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
 }
 
 fn default_instances() -> u32 {
@@ -430,4 +436,145 @@ impl Default for LocalSpec {
             port_base: None,
         }
     }
+}
+
+/// Backups: where they go, when a full backup is taken, how many are kept, and how WAL (or
+/// binlogs) are archived in between for point-in-time recovery.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// Where backups and archived WAL/binlogs are stored: exactly one of `local` or `s3`.
+    /// Objects go under `PATH/NAMESPACE/NAME`.
+    #[serde(default)]
+    pub repository: BackupRepository,
+    /// When a full backup is taken: a 5-field cron schedule (minute hour day-of-month month
+    /// day-of-week) in UTC, numbers, `*`, ranges, lists and steps (`*/15`, `1-5`, `0,30`).
+    /// Default `0 3 * * *` (03:00 UTC daily). A missed run (Stator was down) is made up once,
+    /// never in a burst.
+    #[serde(default = "default_backup_schedule")]
+    pub schedule: String,
+    /// How many backups are kept.
+    #[serde(default)]
+    pub retention: BackupRetention,
+    /// The longest a written change waits before its WAL segment or binlog is archived: this
+    /// bounds the data lost when only the archive survives. A duration (`30s`, `5m`) between
+    /// 1s and 1h; default `60s`.
+    #[serde(default = "default_archive_timeout")]
+    pub archive_timeout: String,
+    /// Compression of backups and archived files: `zst` (the default), `lz4`, `gz` or `none`.
+    #[serde(default)]
+    pub compression: BackupCompression,
+    /// Processes that copy and compress files at once, 1 to 32; default 2.
+    #[serde(default = "default_backup_parallel")]
+    #[schemars(range(min = 1, max = 32))]
+    pub parallel: u32,
+    /// Encrypt the repository with a passphrase from a Secret. PostgreSQL only for now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<BackupEncryption>,
+}
+
+/// The default `backup.schedule`: daily at 03:00 UTC.
+pub const DEFAULT_BACKUP_SCHEDULE: &str = "0 3 * * *";
+
+fn default_backup_schedule() -> String {
+    DEFAULT_BACKUP_SCHEDULE.to_string()
+}
+
+fn default_archive_timeout() -> String {
+    "60s".to_string()
+}
+
+fn default_backup_parallel() -> u32 {
+    2
+}
+
+/// The backup repository. Give exactly one of the two.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRepository {
+    /// A directory on this machine. Local runtime only: a pod cannot reach it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalRepository>,
+    /// An S3-compatible object store, reached over TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Repository>,
+}
+
+/// A repository in a local directory.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalRepository {
+    /// Absolute path of the directory, e.g. `/srv/backups`.
+    pub path: String,
+}
+
+/// A repository in an S3-compatible bucket.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Repository {
+    /// `host:port` of the S3 endpoint, e.g. `s3.eu-west-1.amazonaws.com:443`; always TLS.
+    pub endpoint: String,
+    /// Bucket name (3 to 63 lowercase letters, digits, `-` and `.`).
+    pub bucket: String,
+    /// Region of the bucket, e.g. `eu-west-1` (any value the store accepts, e.g. `us-east-1`).
+    pub region: String,
+    /// Absolute path inside the bucket; default `/stator`.
+    #[serde(default = "default_s3_path")]
+    pub path: String,
+    /// A Secret whose `ca.crt` is the CA that signed the endpoint's certificate. Unset: the
+    /// system's CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_name: Option<String>,
+    /// The Secret with the keys (`access-key-id`, `secret-access-key`).
+    pub credentials_secret_name: String,
+}
+
+fn default_s3_path() -> String {
+    "/stator".to_string()
+}
+
+/// How many backups are kept.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRetention {
+    /// Full backups kept (at least 1; default 2). WAL/binlogs older than the oldest kept backup
+    /// are removed with it.
+    #[serde(default = "default_retention_full")]
+    #[schemars(range(min = 1))]
+    pub full: u32,
+}
+
+fn default_retention_full() -> u32 {
+    2
+}
+
+impl Default for BackupRetention {
+    fn default() -> Self {
+        BackupRetention {
+            full: default_retention_full(),
+        }
+    }
+}
+
+/// Compression of backups and archived files.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupCompression {
+    /// Zstandard: the best ratio for its speed.
+    #[default]
+    Zst,
+    /// LZ4: the fastest, the largest files.
+    Lz4,
+    /// gzip: the slowest; for tools that read only gzip.
+    Gz,
+    /// No compression.
+    None,
+}
+
+/// Repository encryption.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupEncryption {
+    /// The Secret whose `passphrase` key encrypts the repository. Losing it loses the backups.
+    pub secret_name: String,
 }

@@ -12,7 +12,8 @@ use crate::names::{
 };
 use crate::parameters::{log_rule_violation, managed_keys, managed_reason, normalize_key};
 use crate::quantity::Quantity;
-use crate::spec::{AntiAffinity, Database, Engine};
+use crate::schedule::cron_problem;
+use crate::spec::{AntiAffinity, BackupSpec, Database, Engine, S3Repository};
 
 /// One problem with a spec, at a field path such as `spec.storage.size`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +66,15 @@ impl Report {
 pub const DETECTION_TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(300));
 
+/// `backup.archiveTimeout` outside this range is refused: below 1 s the server would archive
+/// near-empty segments all the time; above 1 h the archive-only RPO is no longer a bound anyone
+/// wants.
+pub const ARCHIVE_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(3600));
+
+/// `backup.parallel` outside this range is refused.
+pub const BACKUP_PARALLEL_RANGE: (u32, u32) = (1, 32);
+
 /// Users Stator creates itself; the application owner may not take these names.
 pub const RESERVED_USERS: &[&str] = &[
     "postgres",
@@ -91,6 +101,7 @@ pub fn validate(db: &Database) -> Report {
     validate_availability(db, &mut r);
     validate_network(db, &mut r);
     validate_local(db, &mut r);
+    validate_backup(db, &mut r);
     r
 }
 
@@ -477,6 +488,235 @@ fn validate_local(db: &Database, r: &mut Report) {
             ),
         );
     }
+}
+
+fn validate_backup(db: &Database, r: &mut Report) {
+    let Some(backup) = &db.spec.backup else {
+        return;
+    };
+    r.warn(
+        "spec.backup",
+        "backups are not implemented yet in this version of Stator: `stator up` and \
+         `stator render` refuse a spec that sets it",
+    );
+    let BackupSpec {
+        repository,
+        schedule,
+        retention,
+        archive_timeout,
+        compression: _,
+        parallel,
+        encryption,
+    } = backup;
+    match (&repository.local, &repository.s3) {
+        (Some(_), Some(_)) => r.error(
+            "spec.backup.repository",
+            "gives both local and s3; give exactly one",
+        ),
+        (None, None) => r.error(
+            "spec.backup.repository",
+            "names no repository; give exactly one of local (e.g. {path: /srv/backups}) or s3 \
+             (endpoint, bucket, region, credentialsSecretName)",
+        ),
+        _ => {}
+    }
+    if let Some(local) = &repository.local
+        && let Some(problem) = repository_path_problem(&local.path)
+    {
+        r.error(
+            "spec.backup.repository.local.path",
+            format!("{:?} {problem} (e.g. /srv/backups)", local.path),
+        );
+    }
+    if let Some(s3) = &repository.s3 {
+        validate_s3(s3, r);
+    }
+    if let Some(problem) = cron_problem(schedule) {
+        r.error("spec.backup.schedule", format!("{schedule:?}: {problem}"));
+    }
+    if retention.full < 1 {
+        r.error(
+            "spec.backup.retention.full",
+            "0 would delete every backup; keep at least 1 (the default is 2)",
+        );
+    }
+    let (low, high) = ARCHIVE_TIMEOUT_RANGE;
+    match parse_duration(archive_timeout) {
+        None => r.error(
+            "spec.backup.archiveTimeout",
+            format!("{archive_timeout:?} is not a duration (e.g. 60s, 5m)"),
+        ),
+        Some(d) if d < low || d > high => r.error(
+            "spec.backup.archiveTimeout",
+            format!("{archive_timeout:?} is out of range (1s to 1h)"),
+        ),
+        Some(d) if d.subsec_millis() != 0 => r.error(
+            "spec.backup.archiveTimeout",
+            format!(
+                "{archive_timeout:?} is not a whole number of seconds, the server's resolution \
+                 (e.g. 2s)"
+            ),
+        ),
+        Some(_) => {}
+    }
+    let (low, high) = BACKUP_PARALLEL_RANGE;
+    if !(low..=high).contains(parallel) {
+        r.error(
+            "spec.backup.parallel",
+            format!("{parallel} is out of range ({low} to {high})"),
+        );
+    }
+    if let Some(encryption) = encryption {
+        if db.spec.engine.is_mysql_family() {
+            r.error(
+                "spec.backup.encryption",
+                format!(
+                    "is supported for postgres only for now (pgBackRest encrypts its \
+                     repository); {} backups cannot be encrypted by Stator yet: remove it, or \
+                     encrypt the bucket on the server side",
+                    db.spec.engine
+                ),
+            );
+        }
+        if let Some(problem) = dns1123_subdomain_problem(&encryption.secret_name) {
+            r.error(
+                "spec.backup.encryption.secretName",
+                format!("{:?} {problem}", encryption.secret_name),
+            );
+        }
+    }
+}
+
+fn validate_s3(s3: &S3Repository, r: &mut Report) {
+    if let Some(problem) = endpoint_problem(&s3.endpoint) {
+        r.error(
+            "spec.backup.repository.s3.endpoint",
+            format!(
+                "{:?} {problem} (expected host:port, e.g. s3.eu-west-1.amazonaws.com:443)",
+                s3.endpoint
+            ),
+        );
+    }
+    if let Some(problem) = bucket_problem(&s3.bucket) {
+        r.error(
+            "spec.backup.repository.s3.bucket",
+            format!("{:?} {problem}", s3.bucket),
+        );
+    }
+    if s3.region.is_empty()
+        || !s3
+            .region
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        r.error(
+            "spec.backup.repository.s3.region",
+            format!(
+                "{:?} is not a region (letters, digits and '-', e.g. eu-west-1; stores without \
+                 regions accept us-east-1)",
+                s3.region
+            ),
+        );
+    }
+    if let Some(problem) = repository_path_problem(&s3.path) {
+        r.error(
+            "spec.backup.repository.s3.path",
+            format!("{:?} {problem} (e.g. /stator)", s3.path),
+        );
+    }
+    for (field, name) in [
+        ("caSecretName", s3.ca_secret_name.as_deref()),
+        (
+            "credentialsSecretName",
+            Some(s3.credentials_secret_name.as_str()),
+        ),
+    ] {
+        if let Some(name) = name
+            && let Some(problem) = dns1123_subdomain_problem(name)
+        {
+            r.error(
+                format!("spec.backup.repository.s3.{field}"),
+                format!("{name:?} {problem}"),
+            );
+        }
+    }
+}
+
+/// Why `path` cannot hold a repository: it must be absolute and plain.
+fn repository_path_problem(path: &str) -> Option<&'static str> {
+    if !path.starts_with('/') {
+        Some("is not an absolute path")
+    } else if path.chars().any(char::is_control) {
+        Some("holds control characters")
+    } else if path.split('/').any(|part| part == "..") {
+        Some("climbs out with '..'; give the path itself")
+    } else {
+        None
+    }
+}
+
+/// Why `endpoint` is not `host:port`.
+fn endpoint_problem(endpoint: &str) -> Option<&'static str> {
+    if endpoint.contains("://") {
+        return Some("has a scheme; give host:port only (TLS is always used)");
+    }
+    if endpoint.contains('/') {
+        return Some("has a path; put it in s3.path");
+    }
+    let (host, port) = if let Some(rest) = endpoint.strip_prefix('[') {
+        // [IPv6]:port
+        let Some((ip, port)) = rest.split_once("]:") else {
+            return Some("has no port");
+        };
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return Some("has an invalid IPv6 address");
+        }
+        ("ipv6", port)
+    } else {
+        match endpoint.rsplit_once(':') {
+            None => return Some("has no port"),
+            Some((host, port)) => (host, port),
+        }
+    };
+    if host.is_empty() {
+        return Some("has no host");
+    }
+    if host != "ipv6"
+        && host.parse::<IpAddr>().is_err()
+        && dns1123_subdomain_problem(host).is_some()
+    {
+        return Some("has a host that is neither a DNS name nor an IP address");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => None,
+        _ => Some("has a port that is not a number from 1 to 65535"),
+    }
+}
+
+/// Why `bucket` breaks the S3 bucket naming rules.
+fn bucket_problem(bucket: &str) -> Option<&'static str> {
+    if !(3..=63).contains(&bucket.len()) {
+        return Some("must be 3 to 63 characters (S3 bucket naming rules)");
+    }
+    if !bucket
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    {
+        return Some(
+            "may hold only lowercase letters, digits, '-' and '.' (S3 bucket naming rules)",
+        );
+    }
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !edge_ok(bucket.chars().next()) || !edge_ok(bucket.chars().last()) {
+        return Some("must begin and end with a letter or digit (S3 bucket naming rules)");
+    }
+    if bucket.contains("..") {
+        return Some("may not hold two dots in a row (S3 bucket naming rules)");
+    }
+    if bucket.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Some("may not look like an IP address (S3 bucket naming rules)");
+    }
+    None
 }
 
 /// How many ports from `local.portBase` a database may use.

@@ -60,6 +60,18 @@ fn rows() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ("image without tag", with_spec("engine: postgres\nimage: registry.local:5000/postgres"), "spec.image", "no tag"),
         ("unknown spec field", with_spec("engine: postgres\nreplicas: 3"), "spec.replicas", "not a known field"),
         ("unknown nested field", with_spec("engine: postgres\nstorage: {sizee: 1Gi}"), "spec.storage.sizee", "not a known field"),
+        ("backup schedule minute out of range", with_spec("engine: postgres\nbackup:\n  repository: {local: {path: /srv/b}}\n  schedule: \"61 * * * *\""), "spec.backup.schedule", "minute 61 is out of range (expected 0-59)"),
+        ("backup with two repositories", with_spec("engine: postgres\nbackup:\n  repository: {local: {path: /srv/b}, s3: {endpoint: \"h:443\", bucket: bbb, region: r, credentialsSecretName: k}}"), "spec.backup.repository", "give exactly one"),
+        ("backup without a repository", with_spec("engine: postgres\nbackup: {schedule: \"0 3 * * *\"}"), "spec.backup.repository", "names no repository"),
+        ("backup local path relative", with_spec("engine: postgres\nbackup:\n  repository: {local: {path: backups}}"), "spec.backup.repository.local.path", "not an absolute path"),
+        ("backup s3 endpoint without port", with_spec("engine: postgres\nbackup:\n  repository: {s3: {endpoint: s3.example.com, bucket: bbb, region: r, credentialsSecretName: k}}"), "spec.backup.repository.s3.endpoint", "has no port"),
+        ("backup bucket uppercase", with_spec("engine: postgres\nbackup:\n  repository: {s3: {endpoint: \"h:443\", bucket: Backups, region: r, credentialsSecretName: k}}"), "spec.backup.repository.s3.bucket", "bucket naming rules"),
+        ("backup retention zero", with_spec("engine: postgres\nbackup:\n  repository: {local: {path: /srv/b}}\n  retention: {full: 0}"), "spec.backup.retention.full", "at least 1"),
+        ("backup archive timeout too long", with_spec("engine: postgres\nbackup:\n  repository: {local: {path: /srv/b}}\n  archiveTimeout: 2h"), "spec.backup.archiveTimeout", "1s to 1h"),
+        ("backup parallel too high", with_spec("engine: postgres\nbackup:\n  repository: {local: {path: /srv/b}}\n  parallel: 64"), "spec.backup.parallel", "1 to 32"),
+        ("backup unknown compression", with_spec("engine: postgres\nbackup:\n  repository: {local: {path: /srv/b}}\n  compression: brotli"), "spec.backup.compression", "unknown variant"),
+        ("backup encryption on mariadb", with_spec("engine: mariadb\nbackup:\n  repository: {local: {path: /srv/b}}\n  encryption: {secretName: e}"), "spec.backup.encryption", "postgres only"),
+        ("backup unknown field", with_spec("engine: postgres\nbackup:\n  repository: {local: {path: /srv/b}}\n  retension: {full: 3}"), "spec.backup.retension", "not a known field"),
         ("uppercase name", "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: Shop}\nspec: {engine: postgres}\n".into(), "metadata.name", "lowercase"),
         ("name too long for pod labels", format!("apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {{name: {long_name}}}\nspec: {{engine: postgres}}\n"), "metadata.name", "at most 52"),
         ("name missing", "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {}\nspec: {engine: postgres}\n".into(), "metadata.name", "required"),
@@ -231,4 +243,44 @@ fn misspelled_and_invalid_parameters_are_refused_by_the_servers_own_list() {
         );
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+/// A valid `spec.backup` is accepted by `validate` (with a warning that it is not implemented),
+/// and refused by `render` and `up` with exit 2, naming the field, writing nothing: no one may
+/// believe they have backups when they do not.
+#[test]
+fn a_backup_section_is_refused_by_up_and_render_until_backups_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("spec.yaml");
+    std::fs::write(
+        &file,
+        with_spec("engine: postgres\nbackup:\n  repository: {local: {path: /srv/backups}}"),
+    )
+    .unwrap();
+    let spec = file.to_str().unwrap();
+
+    let (code, stderr) = run(&["validate", "-f", spec]);
+    assert_eq!(code, 0, "validate accepts a valid spec:\n{stderr}");
+    assert!(
+        stderr.contains("spec.backup: backups are not implemented yet"),
+        "validate warns:\n{stderr}"
+    );
+
+    let out = dir.path().join("out");
+    let (code, stderr) = run(&["render", "-f", spec, "-o", out.to_str().unwrap()]);
+    assert_eq!(code, 2, "render refuses:\n{stderr}");
+    assert!(
+        stderr.contains("spec.backup is set, but backups are not implemented yet"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "render wrote {}", out.display());
+
+    let state = dir.path().join("state");
+    let (code, stderr) = run(&["up", "-f", spec, "--state-dir", state.to_str().unwrap()]);
+    assert_eq!(code, 2, "up refuses:\n{stderr}");
+    assert!(
+        stderr.contains("spec.backup is set, but backups are not implemented yet"),
+        "{stderr}"
+    );
+    assert!(!state.exists(), "up wrote {}", state.display());
 }

@@ -43,6 +43,15 @@ pub struct UpOutcome {
 /// Creates or resumes `db` and waits until it is ready. Every check runs before anything is
 /// written, so a failed `up` changes nothing.
 pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
+    if db.spec.backup.is_some() {
+        // Refused, never ignored: no one may believe they have backups when they do not.
+        return Err(LocalError::Invalid(
+            "spec.backup is set, but backups are not implemented yet in this version of Stator: \
+             `stator up` would take no backups and archive no WAL. Remove spec.backup to run \
+             without backups (nothing was changed)"
+                .to_string(),
+        ));
+    }
     let dir = options.state.database_of(db);
     dir.check_access()?;
     let progress = Progress::new();

@@ -86,9 +86,9 @@ pub fn run(args: RenderArgs) -> CliResult {
 
 fn render_error(e: RenderError) -> CliError {
     match e {
-        RenderError::InvalidSpec { .. } | RenderError::InvalidStatorImage { .. } => {
-            CliError::Invalid(e.to_string())
-        }
+        RenderError::InvalidSpec { .. }
+        | RenderError::InvalidStatorImage { .. }
+        | RenderError::BackupNotImplemented { .. } => CliError::Invalid(e.to_string()),
         RenderError::MissingCredentials { .. } | RenderError::Serialize { .. } => {
             CliError::Failed(e.to_string())
         }

@@ -62,6 +62,14 @@ pub enum RenderError {
          credentials were given"
     )]
     MissingCredentials { name: String },
+    /// `spec.backup` is set, and nothing renders it yet: refused rather than ignored, so that
+    /// no one applies manifests believing the database is backed up.
+    #[error(
+        "Database {name:?}: spec.backup is set, but backups are not implemented yet in this \
+         version of Stator: the rendered manifests would take no backups and archive no WAL. \
+         Remove spec.backup to render without backups (nothing was written)"
+    )]
+    BackupNotImplemented { name: String },
     #[error("cannot serialize the {kind} of Database {name:?}: {message}")]
     Serialize {
         kind: &'static str,
@@ -98,6 +106,11 @@ pub fn render(
             source: InvalidSpec {
                 errors: report.errors,
             },
+        });
+    }
+    if db.spec.backup.is_some() {
+        return Err(RenderError::BackupNotImplemented {
+            name: db.name().to_string(),
         });
     }
     if let Some(problem) = stator_api::validate::image_problem(&options.stator_image) {
