@@ -45,14 +45,18 @@
 //! - [`action`]: what it returns: [`Action`]s, the new memory and a [`Status`].
 //! - [`candidate`]: choosing the replica to promote and the checks that make it safe.
 //! - [`decide`](mod@decide): the pipeline of one decision.
+//! - [`backup_due`](mod@backup_due): whether a scheduled backup is due, from the schedule, the
+//!   last run and the time; missed slots give one run, never a burst.
 
 pub mod action;
+pub mod backup_due;
 pub mod candidate;
 pub mod decide;
 pub mod input;
 pub mod memory;
 
 pub use action::{Action, Bootstrap, Decision, Reason, Status};
+pub use backup_due::{BackupSchedule, Due, ScheduleError, backup_due};
 pub use decide::decide;
 pub use input::{ClusterSpec, Input, InstanceFacts, Presence, Request, SpecError};
 pub use memory::{Fence, FenceMethod, Memory, Transition, TransitionKind, TransitionPhase};
