@@ -65,10 +65,61 @@ pub fn cron_problem(text: &str) -> Option<String> {
             parts.len()
         ));
     }
-    FIELDS
+    if let Some(problem) = FIELDS
         .iter()
-        .zip(parts)
+        .zip(&parts)
         .find_map(|(field, part)| field_problem(field, part))
+    {
+        return Some(problem);
+    }
+    never_runs(&parts)
+}
+
+/// Days in each month at most (February: 29, in leap years).
+const MONTH_DAYS: [u32; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+
+/// A schedule whose days of month never occur in its months (`0 0 31 2 *`): it would never run.
+/// With a day-of-week other than `*` it runs on those weekdays (cron reads the two as OR).
+fn never_runs(parts: &[&str]) -> Option<String> {
+    if parts[4] != "*" {
+        return None;
+    }
+    let days = values(&FIELDS[2], parts[2]);
+    let months = values(&FIELDS[3], parts[3]);
+    let runs = months
+        .iter()
+        .any(|m| days.iter().any(|d| *d <= MONTH_DAYS[*m as usize - 1]));
+    (!runs).then(|| {
+        format!(
+            "never runs: day-of-month {} does not occur in month {} (expected a day that exists, \
+             e.g. 1-28)",
+            parts[2], parts[3]
+        )
+    })
+}
+
+/// Every value a valid field allows.
+fn values(field: &Field, text: &str) -> Vec<u32> {
+    let mut all = Vec::new();
+    for item in text.split(',') {
+        let (base, step) = match item.split_once('/') {
+            Some((base, step)) => (base, step.parse::<u32>().unwrap_or(1)),
+            None => (item, 1),
+        };
+        let (low, high) = match base.split_once('-') {
+            _ if base == "*" => (field.min, field.max),
+            Some((low, high)) => (
+                value(field, low).unwrap_or(field.min),
+                value(field, high).unwrap_or(field.max),
+            ),
+            None => {
+                let v = value(field, base).unwrap_or(field.min);
+                (v, v)
+            }
+        };
+        all.extend((low..=high).step_by(step.max(1) as usize));
+    }
+    all
 }
 
 fn field_problem(field: &Field, text: &str) -> Option<String> {
@@ -169,6 +220,9 @@ mod tests {
             "59 23 31 12 6",
             "0 1-23/2 * * *",
             "  0   3 * * *  ",
+            "0 0 29 2 *",
+            "0 0 31 2 MON",
+            "0 0 31 1-3 *",
         ] {
             assert_eq!(cron_problem(ok), None, "{ok}");
         }
@@ -203,6 +257,12 @@ mod tests {
             ("0 0 * * 1#2", "day-of-week \"1#2\" is not a value"),
             ("0,,5 * * * *", "minute has an empty list item"),
             ("99999999999 * * * *", "minute 99999999999 is out of range"),
+            (
+                "0 0 31 2 *",
+                "never runs: day-of-month 31 does not occur in month 2",
+            ),
+            ("0 0 30,31 2 *", "never runs"),
+            ("0 0 31 4,6,9,11 *", "never runs"),
         ];
         let mut failures = Vec::new();
         for (text, expected) in rows {

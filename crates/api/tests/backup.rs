@@ -66,6 +66,11 @@ const ROWS: &[(&str, &str, &str)] = &[
     ),
     (
         "postgres",
+        "repository: {local: {path: /b}}\nschedule: \"0 0 31 2 *\"",
+        "spec.backup.schedule: \"0 0 31 2 *\": never runs: day-of-month 31 does not occur in month 2",
+    ),
+    (
+        "postgres",
         "repository: {local: {path: /b}, s3: {endpoint: \"h:443\", bucket: bbb, region: r, credentialsSecretName: k}}",
         "spec.backup.repository: gives both local and s3; give exactly one",
     ),
