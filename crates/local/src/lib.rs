@@ -23,6 +23,8 @@
 //! - [`switchover`]: `stator switchover` and `stator drain` (with the disruption budget).
 //! - [`report`]: the supervisor's report and the `status` table.
 //! - [`supervisor`]: the background process that runs it all.
+//! - [`keeper`]: the minimal process that restarts a crashed supervisor and owns the proxies'
+//!   listening sockets; [`service`]: the systemd unit for `up --service`.
 //! - [`runtime`]: finding and asking the running supervisor and instance managers.
 //! - [`up`], [`stop`], [`inspect`]: the commands.
 //! - [`chaos`]: fault injection (`stator chaos kill|stop|resume`): kill -9, SIGSTOP/SIGCONT.
@@ -37,6 +39,7 @@ pub mod checker;
 pub mod error;
 pub mod failover;
 pub mod inspect;
+pub mod keeper;
 pub mod order;
 pub mod plan;
 pub mod preflight;
@@ -46,6 +49,7 @@ pub mod proxy;
 pub mod report;
 pub mod runtime;
 pub mod secrets;
+pub mod service;
 pub mod state;
 pub mod stop;
 pub mod supervisor;

@@ -88,6 +88,7 @@ pub fn spawn_detached(program: &Path, args: &[&str], log: &Path) -> Result<Child
     command
         .args(args)
         .env("NO_COLOR", "1") // logs go to a file: no terminal colour codes
+        .env_remove(crate::keeper::LISTEN_FDS_ENV)
         .current_dir("/") // hold no directory of whoever started it
         .stdin(Stdio::null())
         .stdout(out)
@@ -132,6 +133,11 @@ pub fn signal(pid: u32, signal: Signal) {
     }
 }
 
+/// Sends SIGTERM: a supervisor or keeper then stops every instance cleanly and exits.
+pub fn ask_to_stop(pid: u32) {
+    signal(pid, Signal::SIGTERM);
+}
+
 /// Waits until `pid` is gone or `timeout` passes; true when it is gone.
 pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
@@ -144,12 +150,29 @@ pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
     !is_alive(pid)
 }
 
-/// Ignores Ctrl-C (SIGINT) in this process from now on: `up --foreground` waits for its
-/// supervisor, which gets the Ctrl-C itself and stops the database.
-pub fn ignore_interrupts() {
-    // SAFETY: SIG_IGN installs no handler code.
-    let _ =
-        unsafe { nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn) };
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// From now on Ctrl-C (SIGINT) and SIGTERM only set a flag that [`interrupted`] reads:
+/// `up --foreground` then stops the database cleanly instead of dying and leaving it running.
+pub fn watch_interrupts() {
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(on_interrupt),
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        let _ = unsafe { nix::sys::signal::sigaction(signal, &action) };
+    }
+}
+
+/// Whether Ctrl-C or SIGTERM arrived since [`watch_interrupts`].
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// A database server program as the runtime finds and stops it without its instance manager:

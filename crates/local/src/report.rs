@@ -58,6 +58,9 @@ pub struct InstanceRow {
     pub excess: bool,
     /// Times the supervisor restarted this instance's manager.
     pub manager_restarts: u32,
+    /// Crashes of its manager in a row since it was last ready (fences are not crashes).
+    #[serde(default)]
+    pub manager_crashes: u32,
     #[serde(default)]
     pub report: Option<InstanceReport>,
     /// A replica's distance from the primary, from both reports (see
@@ -450,6 +453,7 @@ mod tests {
                 state: "running".into(),
                 excess: false,
                 manager_restarts: 0,
+                manager_crashes: 0,
                 report: Some(InstanceReport {
                     name: "pg-0".into(),
                     state: ServerState::Running,

@@ -97,6 +97,7 @@ pub fn current_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorRepo
             },
             excess: false,
             manager_restarts: 0,
+            manager_crashes: 0,
             report,
             lag: None,
         });

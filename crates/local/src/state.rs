@@ -9,6 +9,8 @@
 //!   data-NAME-N/         the data directories (kept unless `delete --purge`)
 //!   instances/NAME-N/    config.json, manager.pid, manager.log, server.log, run/
 //!   supervisor.lock      held (flock) by the running supervisor
+//!   keeper.lock, keeper.pid  the keeper that restarts a crashed supervisor
+//!   up.lock              held (flock) by `stator up` while it starts the database
 //!   supervisor.pid, supervisor.log, supervisor.json (last report)
 //! ```
 //!
@@ -157,6 +159,18 @@ impl DatabaseDir {
     }
     pub fn supervisor_lock(&self) -> PathBuf {
         self.root.join("supervisor.lock")
+    }
+    /// Held (flock) by the running keeper (`stator keep`), which restarts a crashed supervisor.
+    pub fn keeper_lock(&self) -> PathBuf {
+        self.root.join("keeper.lock")
+    }
+    pub fn keeper_pid_file(&self) -> PathBuf {
+        self.root.join("keeper.pid")
+    }
+    /// Held (flock) by `stator up` while it checks and starts the database, so two concurrent
+    /// `up` of one database start one keeper.
+    pub fn up_lock(&self) -> PathBuf {
+        self.root.join("up.lock")
     }
     pub fn supervisor_pid_file(&self) -> PathBuf {
         self.root.join("supervisor.pid")

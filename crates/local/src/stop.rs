@@ -1,5 +1,5 @@
-//! `stator down` and `stator delete`: stop every process of a database (the supervisor, and
-//! instance managers or servers that outlived it), then forget the database if asked.
+//! `stator down` and `stator delete`: stop every process of a database (its keeper, the
+//! supervisor, and instance managers or servers that outlived it), then forget the database if asked.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,6 +7,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::error::LocalError;
+use crate::keeper::running_keeper;
 use crate::process;
 use crate::runtime::running_supervisor;
 use crate::state::DatabaseDir;
@@ -30,6 +31,12 @@ pub fn down(dir: &DatabaseDir) -> Result<Stopped, LocalError> {
 
 fn stop_everything(dir: &DatabaseDir) -> Result<Stopped, LocalError> {
     let mut stopped = Stopped::default();
+    // The keeper first, so it does not restart the supervisor stopped below; it passes
+    // SIGTERM on to the supervisor and exits when the supervisor has.
+    let keeper = running_keeper(dir);
+    if let Some(pid) = keeper {
+        process::signal(pid, Signal::SIGTERM);
+    }
     if let Some(pid) = running_supervisor(dir) {
         stopped.supervisor = Some(pid);
         process::signal(pid, Signal::SIGTERM);
@@ -43,6 +50,12 @@ fn stop_everything(dir: &DatabaseDir) -> Result<Stopped, LocalError> {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+    if let Some(pid) = keeper
+        && !process::wait_gone(pid, Duration::from_secs(10))
+    {
+        tracing::warn!("the keeper (pid {pid}) did not stop; killing it");
+        process::signal(pid, Signal::SIGKILL);
     }
     // Whatever outlived the supervisor (it was killed, or never ran after a crash).
     let mut managers: Vec<(u32, PathBuf)> = Vec::new();

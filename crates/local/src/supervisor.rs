@@ -112,6 +112,9 @@ struct Slot {
     child: Option<Child>,
     report: Option<InstanceReport>,
     restarts: u32,
+    /// Crashes in a row since the instance was last ready: what "keeps exiting" means. A stop
+    /// the failover shell caused (a fence, a rebuild) is not a crash.
+    crashes: u32,
     not_before: Instant,
     /// When a stop (scale-down) was asked.
     stopping: Option<Instant>,
@@ -130,6 +133,7 @@ impl Slot {
             child: None,
             report: None,
             restarts: 0,
+            crashes: 0,
             not_before: Instant::now(),
             stopping: None,
             updating: false,
@@ -188,9 +192,18 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         server_user: preflight::server_user(db.spec.engine)?.map(|u| u.name),
         bin_dir: Some(preflight::find_bin_dir(db.spec.engine, db.version())?),
     };
-    let bind = |port: u16, purpose: &'static str| {
+    // Under a keeper the listening sockets are inherited: they stayed open (connections waited
+    // in their backlog) while this supervisor was started.
+    let bind = |name: &'static str, port: u16, purpose: &'static str| {
         let address = address.clone();
         async move {
+            if let Some(listener) = crate::keeper::inherited_listener(name, port) {
+                return TcpListener::from_std(listener).map_err(|e| {
+                    LocalError::Failed(format!(
+                        "cannot use the inherited socket of {address}:{port} for {purpose}: {e}"
+                    ))
+                });
+            }
             TcpListener::bind((address.as_str(), port))
                 .await
                 .map_err(|e| {
@@ -200,9 +213,9 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
                 })
         }
     };
-    let rw = bind(ports.rw(), "the rw proxy").await?;
-    let ro = bind(ports.ro(), "the ro proxy").await?;
-    let status = bind(ports.supervisor(), "the supervisor's status").await?;
+    let rw = bind("rw", ports.rw(), "the rw proxy").await?;
+    let ro = bind("ro", ports.ro(), "the ro proxy").await?;
+    let status = bind("status", ports.supervisor(), "the supervisor's status").await?;
     let routes = Arc::new(Routes::default());
     let report = Arc::new(Mutex::new(initial_report(&applied, dir)));
     let desk = Arc::new(Mutex::new(SwitchoverDesk::default()));
@@ -410,6 +423,7 @@ impl Supervisor<'_> {
 
     fn reap(&mut self) {
         let mut gone = Vec::new();
+        let fenced: BTreeSet<u32> = self.failover.memory().fenced.keys().copied().collect();
         for slot in self.slots.values_mut() {
             if slot.pid.is_some() && !slot.alive() {
                 let pid = slot.pid.take().unwrap_or_default();
@@ -430,9 +444,18 @@ impl Supervisor<'_> {
                     );
                     slot.updating = false;
                     slot.not_before = Instant::now();
+                } else if self.keep_down.contains(&slot.ordinal) || fenced.contains(&slot.ordinal) {
+                    // Fenced, held or being rebuilt by the failover shell: stopped on purpose.
+                    slot.restarts += 1;
+                    slot.not_before = Instant::now();
+                    tracing::info!(
+                        "{}: instance manager (pid {pid}) stopped{status} (fenced, held or rebuilt)",
+                        slot.name
+                    );
                 } else {
                     slot.restarts += 1;
-                    let delay = Duration::from_secs(u64::from(slot.restarts.min(10)));
+                    slot.crashes += 1;
+                    let delay = Duration::from_secs(u64::from(slot.crashes.min(10)));
                     slot.not_before = Instant::now() + delay;
                     tracing::warn!(
                         "{}: instance manager (pid {pid}) exited{status}; restarting in {delay:?}",
@@ -465,7 +488,12 @@ impl Supervisor<'_> {
             if let Some(slot) = self.slots.get_mut(&ordinal) {
                 slot.probe_error = answer.as_ref().err().map(|e| e.to_string());
                 match answer {
-                    Ok(report) if report.name == slot.name => slot.report = Some(report),
+                    Ok(report) if report.name == slot.name => {
+                        if report.ready {
+                            slot.crashes = 0;
+                        }
+                        slot.report = Some(report)
+                    }
                     Ok(report) => {
                         tracing::warn!(
                             "{}: port {} answers as {}; ignoring it",
@@ -566,6 +594,7 @@ impl Supervisor<'_> {
                         Err(e) => {
                             tracing::error!("{}: {e}", slot.name);
                             slot.restarts += 1;
+                            slot.crashes += 1;
                             slot.not_before = Instant::now() + Duration::from_secs(5);
                         }
                     }
@@ -779,6 +808,7 @@ impl Supervisor<'_> {
                 state,
                 excess: slot.ordinal >= desired,
                 manager_restarts: slot.restarts,
+                manager_crashes: slot.crashes,
                 report: slot.report.clone(),
                 lag: None,
             });

@@ -12,7 +12,11 @@ use stator_api::Database;
 use stator_api::instance::{LocalPorts, ServerState};
 use stator_api::names::secret_keys;
 
+use nix::fcntl::{Flock, FlockArg};
+use std::os::unix::fs::OpenOptionsExt;
+
 use crate::error::LocalError;
+use crate::keeper::running_keeper;
 use crate::plan::{immutable_changes, instance_ports, shared_ports};
 use crate::preflight;
 use crate::process;
@@ -25,8 +29,10 @@ use crate::state::{AppliedSpec, DatabaseDir, Marker, StateDir, create_dir, lock_
 #[derive(Clone, Debug)]
 pub struct UpOptions {
     pub state: StateDir,
-    /// Stay attached: the supervisor runs as a child; Ctrl-C stops the database.
+    /// Stay attached: the keeper and supervisor run as children; Ctrl-C stops the database.
     pub foreground: bool,
+    /// Also install a systemd unit (in this directory) that runs the keeper, so the OS owns it.
+    pub service_unit_dir: Option<PathBuf>,
     /// The `stator` binary the supervisor and instance managers are started from.
     pub exe: PathBuf,
     /// How long to wait for the database to become ready.
@@ -36,12 +42,17 @@ pub struct UpOptions {
 /// What `up` leaves behind.
 pub struct UpOutcome {
     pub report: SupervisorReport,
-    /// In `--foreground` mode, the supervisor to wait for.
+    /// In `--foreground` mode, the keeper to wait for.
     pub foreground: Option<Child>,
 }
 
 /// Creates or resumes `db` and waits until it is ready. Every check runs before anything is
 /// written, so a failed `up` changes nothing.
+///
+/// Two `up` of one database at once start one keeper: each holds `up.lock` from its checks
+/// until the keeper runs, and the later one then finds it running and waits for the same
+/// supervisor. In `--foreground` mode Ctrl-C ([`process::interrupted`]) while waiting stops
+/// the database again.
 pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
     if db.spec.backup.is_some() {
         // Refused, never ignored: no one may believe they have backups when they do not.
@@ -54,6 +65,64 @@ pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
     }
     let dir = options.state.database_of(db);
     dir.check_access()?;
+    let (lock, created) = lock_up(&dir)?;
+    let result = up_locked(db, options, &dir, lock, !created.is_empty());
+    if result.is_err() {
+        // A failed `up` of a new database leaves nothing behind, not even its lock.
+        if !dir.spec_file().exists() {
+            let _ = std::fs::remove_file(dir.up_lock());
+        }
+        for created in created.iter().rev() {
+            let _ = std::fs::remove_dir(created); // only when empty
+        }
+    }
+    result
+}
+
+/// Takes `up.lock` (waiting for another `up` to start the database); the directories it had
+/// to create for it, deepest first.
+fn lock_up(dir: &DatabaseDir) -> Result<(Flock<std::fs::File>, Vec<PathBuf>), LocalError> {
+    let mut created = Vec::new();
+    let mut missing = Some(dir.root.as_path());
+    while let Some(path) = missing.filter(|p| !p.exists()) {
+        created.push(path.to_path_buf());
+        missing = path.parent();
+    }
+    // Shallowest first: the state root and namespace 0755 (the server user passes through),
+    // the database's own 0700 (`lock_down` later gives it the server user's group).
+    for path in created.iter().rev() {
+        create_dir(path, if *path == dir.root { 0o700 } else { 0o755 })?;
+    }
+    let path = dir.up_lock();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| LocalError::io(&path, "cannot open lock", e))?;
+    let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((file, _)) => {
+            eprintln!(
+                "another `stator up` of {} is starting it; waiting",
+                dir.key()
+            );
+            Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, e)| LocalError::io(&path, "cannot lock", e.into()))?
+        }
+    };
+    Ok((lock, created))
+}
+
+fn up_locked(
+    db: &Database,
+    options: &UpOptions,
+    dir: &DatabaseDir,
+    lock: Flock<std::fs::File>,
+    fresh: bool,
+) -> Result<UpOutcome, LocalError> {
+    let dir = dir.clone();
     let progress = Progress::new();
     let previous = dir.read_applied()?;
     if let Some(previous) = &previous {
@@ -95,7 +164,8 @@ pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
         )));
     }
     let server_gid = server_user.as_ref().map(|u| u.gid);
-    let existed = dir.exists();
+    // Made just now by `lock_up` for a new database: nothing older to tighten.
+    let existed = !fresh;
     if existed {
         // Before the lock is looked at: a lock file others could open is replaced.
         let changed = lock_down(&dir, server_gid)?;
@@ -107,7 +177,7 @@ pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
             ));
         }
     }
-    let supervisor = running_supervisor(&dir);
+    let supervisor = running_supervisor(&dir).or_else(|| running_keeper(&dir));
     let report = match supervisor {
         Some(_) => fetch_report(&dir, db).ok(),
         None => None,
@@ -173,18 +243,35 @@ pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
         progress.line(&format!("{released}: was drained; starting it again"));
     }
     let mut foreground = None;
+    if let Some(unit_dir) = &options.service_unit_dir {
+        let unit = crate::service::install(unit_dir, &dir, &options.state, &options.exe)?;
+        progress.line(&format!("wrote the systemd unit {}", unit.path.display()));
+        if supervisor.is_none() {
+            progress.line(&crate::service::start(&unit, &dir));
+        }
+    }
     match supervisor {
         Some(pid) => progress.line(&format!(
             "supervisor already running (pid {pid}); applying spec generation {generation}"
         )),
+        None if running_keeper(&dir).is_some() => {
+            progress.line(&format!(
+                "started by systemd; applying spec generation {generation}"
+            ));
+        }
         None => {
-            let child = start_supervisor(&options.state, &dir, &options.exe, options.foreground)?;
-            progress.line(&format!("started the supervisor (pid {})", child.id()));
+            let child = start_keeper(&options.state, &dir, &options.exe, options.foreground)?;
+            progress.line(&format!(
+                "started the supervisor and its keeper (keeper pid {})",
+                child.id()
+            ));
             if options.foreground {
                 foreground = Some(child);
             }
         }
     }
+    // The keeper runs: a concurrent `up` may check now, and finds it.
+    drop(lock);
     let report = wait_settled(
         db,
         &dir,
@@ -230,7 +317,8 @@ fn check_ports(
     preflight::check_ports(&db.spec.local.listen_address, &wanted)
 }
 
-fn start_supervisor(
+/// Starts `stator keep`, which starts the supervisor and restarts it when it crashes.
+fn start_keeper(
     state: &StateDir,
     dir: &DatabaseDir,
     exe: &std::path::Path,
@@ -238,7 +326,7 @@ fn start_supervisor(
 ) -> Result<Child, LocalError> {
     let state_arg = state.root.display().to_string();
     let key = dir.key();
-    let args = ["supervise", "--state-dir", &state_arg, "--database", &key];
+    let args = ["keep", "--state-dir", &state_arg, "--database", &key];
     if foreground {
         // Same session and terminal: Ctrl-C reaches it, and it stops the database.
         std::process::Command::new(exe)
@@ -285,6 +373,17 @@ fn wait_settled(
             Some(child) => !matches!(child.try_wait(), Ok(None)),
             None => false,
         };
+        if let Some(child) = foreground
+            && process::interrupted()
+        {
+            progress.line("interrupted: stopping the database (fast shutdown)");
+            process::signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+            return Err(LocalError::Failed(format!(
+                "interrupted: {} stopped; all data kept",
+                dir.key()
+            )));
+        }
         match fetch_report(dir, db) {
             Ok(report) => {
                 last_error.clear();
@@ -295,11 +394,11 @@ fn wait_settled(
                         progress.line(&format!("{}: {text}", row.name));
                         seen.insert(row.name.clone(), text);
                     }
-                    if row.manager_restarts >= 3 && row.report.is_none() && !row.excess {
+                    if row.manager_crashes >= 3 && row.report.is_none() && !row.excess {
                         return Err(LocalError::Failed(format!(
-                            "{}'s instance manager keeps exiting ({} restarts); the supervisor keeps retrying. The end of {}:\n{}",
+                            "{}'s instance manager keeps exiting ({} crashes in a row); the supervisor keeps retrying. The end of {}:\n{}",
                             row.name,
-                            row.manager_restarts,
+                            row.manager_crashes,
                             dir.manager_log(row.ordinal).display(),
                             tail(&dir.manager_log(row.ordinal), 15)
                         )));
@@ -349,6 +448,7 @@ fn wait_settled(
             Err(e) => {
                 last_error = e.to_string();
                 if running_supervisor(dir).is_none()
+                    && running_keeper(dir).is_none()
                     && (exited || started.elapsed() > Duration::from_secs(3))
                 {
                     return Err(LocalError::Failed(format!(

@@ -12,6 +12,9 @@ use stator_local::{LocalError, StateDir};
 
 use crate::error::{CliError, CliResult};
 
+/// Exit code of `up --foreground` stopped by Ctrl-C (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
+
 #[derive(clap::Subcommand, Debug)]
 pub enum LocalCommand {
     Up(UpArgs),
@@ -22,6 +25,8 @@ pub enum LocalCommand {
     Delete(DeleteArgs),
     #[command(hide = true)]
     Supervise(SuperviseArgs),
+    #[command(hide = true)]
+    Keep(SuperviseArgs),
     #[command(subcommand)]
     Bench(BenchCommand),
 }
@@ -66,6 +71,13 @@ pub struct UpArgs {
     /// Stay attached: the supervisor runs in this terminal; Ctrl-C stops the database.
     #[arg(long)]
     pub foreground: bool,
+    /// Also install a systemd unit that keeps the database running (`systemctl stop
+    /// stator-NAMESPACE-NAME` stops it); enabled and started when systemd runs.
+    #[arg(long)]
+    pub service: bool,
+    /// Where --service writes the unit.
+    #[arg(long, value_name = "DIR", default_value = stator_local::service::SYSTEM_UNIT_DIR, requires = "service")]
+    pub unit_dir: PathBuf,
     /// How long to wait for the database to become ready, in seconds.
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     pub timeout: u64,
@@ -170,7 +182,8 @@ pub struct DeleteArgs {
     pub purge: bool,
 }
 
-/// The supervisor of one database (started by `stator up`).
+/// The supervisor of one database (started by its keeper), or with `keep` the keeper (started
+/// by `stator up`), which restarts the supervisor when it crashes.
 #[derive(clap::Args, Debug)]
 pub struct SuperviseArgs {
     #[command(flatten)]
@@ -200,7 +213,8 @@ pub fn run(command: LocalCommand) -> CliResult {
         LocalCommand::Logs(args) => logs(args),
         LocalCommand::Down(args) => down(args),
         LocalCommand::Delete(args) => delete(args),
-        LocalCommand::Supervise(args) => supervise(args),
+        LocalCommand::Supervise(args) => supervise(args, false),
+        LocalCommand::Keep(args) => supervise(args, true),
         LocalCommand::Bench(BenchCommand::Failover(args)) => {
             stator_local::bench_failover::run(&args, &current_exe()?).map_err(failed)?;
             Ok(ExitCode::SUCCESS)
@@ -231,22 +245,58 @@ fn up(args: UpArgs) -> CliResult {
     let options = stator_local::up::UpOptions {
         state: args.state.resolve(),
         foreground: args.foreground,
+        service_unit_dir: args.service.then(|| args.unit_dir.clone()),
         exe: current_exe()?,
         timeout: Duration::from_secs(args.timeout),
     };
     let dir = options.state.database_of(&db);
-    let outcome = stator_local::up::up(&db, &options).map_err(failed)?;
+    if args.foreground {
+        // Ctrl-C (or SIGTERM) stops the database cleanly, whether it comes while `up` waits
+        // or once the database runs.
+        stator_local::process::watch_interrupts();
+    }
+    let outcome = match stator_local::up::up(&db, &options) {
+        Ok(outcome) => outcome,
+        Err(e) if args.foreground && stator_local::process::interrupted() => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        }
+        Err(e) => return Err(failed(e)),
+    };
     let file = args.file.display().to_string();
     println!("{}", stator_local::report::render_table(&outcome.report));
     println!("{}", stator_local::up::connection_help(&db, &dir, &file));
     if let Some(mut child) = outcome.foreground {
         let _ = std::io::stdout().flush();
         eprintln!("running in the foreground; Ctrl-C stops the database (its data is kept)");
-        // The supervisor shares our terminal and gets Ctrl-C itself; we wait for it to finish.
-        stator_local::process::ignore_interrupts();
-        let status = child
-            .wait()
-            .map_err(|e| CliError::Failed(format!("cannot wait for the supervisor: {e}")))?;
+        // The keeper and supervisor share our terminal and get a Ctrl-C there themselves; a
+        // SIGINT or SIGTERM sent to `up` alone is passed on as SIGTERM. Either way the
+        // supervisor stops every instance cleanly, as `stator down` does.
+        let mut interrupted = false;
+        let status = loop {
+            if stator_local::process::interrupted() && !interrupted {
+                interrupted = true;
+                eprintln!("interrupted: stopping {} (fast shutdown)…", dir.key());
+                stator_local::process::ask_to_stop(child.id());
+            }
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => {
+                    return Err(CliError::Failed(format!(
+                        "cannot wait for the supervisor: {e}"
+                    )));
+                }
+            }
+        };
+        if interrupted || stator_local::process::interrupted() {
+            eprintln!(
+                "{} stopped; all data kept (`stator up -f {}` starts it again)",
+                dir.key(),
+                file
+            );
+            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        }
         if !status.success() {
             return Err(CliError::Failed(format!(
                 "the supervisor exited with {status}"
@@ -352,7 +402,7 @@ fn delete(args: DeleteArgs) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-fn supervise(args: SuperviseArgs) -> CliResult {
+fn supervise(args: SuperviseArgs, keeper: bool) -> CliResult {
     let Some((namespace, name)) = args.database.split_once('/') else {
         return Err(CliError::Invalid(format!(
             "--database {:?}: expected NAMESPACE/NAME",
@@ -360,6 +410,10 @@ fn supervise(args: SuperviseArgs) -> CliResult {
         )));
     };
     let dir = args.state.resolve().database(namespace, name);
-    stator_local::supervisor::run(dir, current_exe()?).map_err(failed)?;
+    if keeper {
+        stator_local::keeper::run(dir, current_exe()?).map_err(failed)?;
+    } else {
+        stator_local::supervisor::run(dir, current_exe()?).map_err(failed)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
