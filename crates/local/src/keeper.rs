@@ -40,6 +40,10 @@ pub const LISTEN_FDS_ENV: &str = "STATOR_LISTEN_FDS";
 const POLL: Duration = Duration::from_millis(10);
 /// A supervisor that crashes sooner than this after its start counts towards the back-off.
 const QUICK_CRASH: Duration = Duration::from_secs(10);
+/// Quick crashes in a row restarted at once before the back-off starts: a supervisor killed
+/// again soon after its restart is still brought back at once, one that crashes at every start
+/// is not restarted in a hot loop.
+const QUICK_CRASHES_AT_ONCE: u32 = 3;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -67,9 +71,12 @@ pub fn is_crash(status: &ExitStatus) -> bool {
 }
 
 /// The pause before restarting a supervisor after `quick_crashes` crashes in a row, each soon
-/// after its start: none for the first, then one more second each, at most 10 s.
+/// after its start: none for the first [`QUICK_CRASHES_AT_ONCE`], then one more second each,
+/// at most 10 s.
 pub fn restart_delay(quick_crashes: u32) -> Duration {
-    Duration::from_secs(u64::from(quick_crashes.saturating_sub(1).min(10)))
+    Duration::from_secs(u64::from(
+        quick_crashes.saturating_sub(QUICK_CRASHES_AT_ONCE).min(10),
+    ))
 }
 
 /// Runs the keeper of `dir` until SIGTERM or SIGINT, or until its supervisor exits on purpose.
@@ -328,7 +335,8 @@ mod tests {
     #[test]
     fn the_first_crash_restarts_at_once_and_repeated_quick_crashes_back_off() {
         assert_eq!(restart_delay(1), Duration::ZERO);
-        assert_eq!(restart_delay(2), Duration::from_secs(1));
+        assert_eq!(restart_delay(3), Duration::ZERO);
+        assert_eq!(restart_delay(4), Duration::from_secs(1));
         assert_eq!(restart_delay(50), Duration::from_secs(10));
     }
 }

@@ -70,6 +70,8 @@ pub fn switchover(
     }
     require_supervisor(dir)?;
     let token = read_secret(&dir.secrets_dir(), secret_keys::API_TOKEN)?;
+    // The supervisor that takes the request: a new one (restarted by the keeper) forgets it.
+    let supervisor_pid = running_supervisor(dir);
     let host = db.spec.local.listen_address.clone();
     let port = LocalPorts::of(db).supervisor();
     let body = serde_json::json!({ "to": to }).to_string();
@@ -94,12 +96,51 @@ pub fn switchover(
     let ticket: SwitchoverTicket = serde_json::from_slice(&answer)
         .map_err(|e| LocalError::Failed(format!("the supervisor's answer cannot be read: {e}")))?;
     let deadline = Instant::now() + timeout;
+    let requested_at = failover::wall_ms();
     let mut last_message = String::new();
     let mut outage_deadline: Option<Instant> = None;
     loop {
         std::thread::sleep(POLL);
-        let report = fetch_report(dir, db)?;
+        let Ok(report) = fetch_report(dir, db) else {
+            // Its keeper is restarting the supervisor: ask again.
+            if Instant::now() >= deadline {
+                fetch_report(dir, db)?;
+            }
+            continue;
+        };
         let failover = report.failover.as_ref();
+        if report.supervisor_pid != supervisor_pid
+            && let Some(f) = failover
+            && f.current.is_none()
+        {
+            // The supervisor was restarted and its desk forgot the request: the switchover it
+            // started was resumed from `failover.json`, or never started.
+            let event = f
+                .last
+                .as_ref()
+                .filter(|e| e.kind == "switchover" && e.started_at_ms + 1000 >= requested_at);
+            return match event {
+                Some(e) if e.outcome == "done" => Ok(SwitchoverTicket {
+                    id: ticket.id,
+                    to: ticket.to.clone(),
+                    state: "done".into(),
+                    message: format!(
+                        "the supervisor was restarted during the switchover and finished it: {} is the primary",
+                        e.to.as_deref().unwrap_or("?")
+                    ),
+                    from: e.from.clone(),
+                    primary: e.to.clone(),
+                    write_outage_ms: e.write_outage_ms,
+                }),
+                Some(e) => Err(LocalError::Failed(format!(
+                    "the supervisor was restarted during the switchover; it ended {}: {}",
+                    e.outcome, e.message
+                ))),
+                None => Err(LocalError::Failed(
+                    "the supervisor was restarted before the switchover started; ask again".into(),
+                )),
+            };
+        }
         if let Some(seen) = failover
             .and_then(|f| f.switchover.as_ref())
             .filter(|t| t.id == ticket.id)

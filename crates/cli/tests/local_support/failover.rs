@@ -278,6 +278,16 @@ impl Writer {
         longest
     }
 
+    /// When the first write sent after `moment` was acknowledged, if one was.
+    pub fn first_ack_after(&self, moment: Instant) -> Option<Instant> {
+        self.attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(started, _, ok)| *ok && *started > moment)
+            .map(|(_, ended, _)| *ended)
+    }
+
     /// Stops and returns every acknowledged number.
     pub fn finish(mut self) -> Vec<u64> {
         self.stop.store(true, Ordering::SeqCst);
