@@ -167,7 +167,10 @@ fn a_postgres_supervisor_killed_with_sigkill_is_restarted_by_its_keeper_without_
             out.status.success().then_some(())
         });
     }
-    cluster.write_spec(2, "  config:\n    parameters:\n      work_mem: 8MB\n");
+    cluster.write_spec(
+        2,
+        "  config:\n    parameters:\n      max_connections: \"120\"\n",
+    );
     let out = cluster.up();
     assert!(out.contains("Ready"), "{out}");
 
