@@ -24,16 +24,37 @@ fn pid_in(cluster: &Cluster, file: &str) -> Option<u32> {
         .ok()
 }
 
-/// Processes of this database whose command line holds `word` (`keep`, `supervise`).
-fn processes_with(cluster: &Cluster, word: &str) -> Vec<u32> {
+/// Starts `stator ARGS -f SPEC --state-dir STATE` with its output piped.
+fn spawn_stator(cluster: &Cluster, args: &[&str]) -> std::process::Child {
+    Command::new(STATOR)
+        .args(args)
+        .arg("-f")
+        .arg(&cluster.spec)
+        .arg("--state-dir")
+        .arg(cluster.state_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Processes of this database still running.
+fn running(cluster: &Cluster) -> Vec<u32> {
     cluster
         .own_processes()
+        .into_iter()
+        .filter(|p| alive(*p))
+        .collect()
+}
+
+/// Processes of this database whose command line holds `word` (`keep`, `supervise`).
+fn processes_with(cluster: &Cluster, word: &str) -> Vec<u32> {
+    running(cluster)
         .into_iter()
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == word.as_bytes()))
         })
-        .filter(|pid| alive(*pid))
         .collect()
 }
 
@@ -178,11 +199,7 @@ fn a_postgres_supervisor_killed_with_sigkill_is_restarted_by_its_keeper_without_
     cluster.ok(&["down"]);
     assert!(!alive(keeper), "the keeper outlived `down`");
     assert!(pid_in(&cluster, "keeper.pid").is_none());
-    let left: Vec<u32> = cluster
-        .own_processes()
-        .into_iter()
-        .filter(|p| alive(*p))
-        .collect();
+    let left = running(&cluster);
     assert!(left.is_empty(), "still running after down: {left:?}");
 }
 
@@ -206,15 +223,7 @@ fn a_mariadb_supervisor_killed_mid_switchover_leaves_exactly_one_writable_primar
     // A switchover, and the supervisor killed as soon as it fenced the primary read-only.
     let log = cluster.db_dir().join("supervisor.log");
     let seen = std::fs::read_to_string(&log).unwrap_or_default().len();
-    let mut switchover = Command::new(STATOR)
-        .args(["switchover", "-f"])
-        .arg(&cluster.spec)
-        .arg("--state-dir")
-        .arg(cluster.state_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut switchover = spawn_stator(&cluster, &["switchover"]);
     let old = pid_in(&cluster, "supervisor.pid").unwrap();
     cluster.eventually("the primary fenced read-only", WAIT, || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -276,19 +285,7 @@ fn a_mariadb_supervisor_killed_mid_switchover_leaves_exactly_one_writable_primar
 #[test]
 fn two_concurrent_ups_start_one_database_and_ctrl_c_stops_a_foreground_up() {
     let cluster = Cluster::new("kup", 1);
-    let spawn_up = |extra: &[&str]| {
-        Command::new(STATOR)
-            .arg("up")
-            .args(extra)
-            .arg("-f")
-            .arg(&cluster.spec)
-            .arg("--state-dir")
-            .arg(cluster.state_dir())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn_up = |extra: &[&str]| spawn_stator(&cluster, &[&["up"], extra].concat());
     let first = spawn_up(&[]);
     let second = spawn_up(&[]);
     for up in [first, second] {
@@ -341,11 +338,7 @@ fn two_concurrent_ups_start_one_database_and_ctrl_c_stops_a_foreground_up() {
         "exit {code:?}: {stderr}"
     );
     assert!(stderr.contains("stopped; all data kept"), "{stderr}");
-    let left: Vec<u32> = cluster
-        .own_processes()
-        .into_iter()
-        .filter(|p| alive(*p))
-        .collect();
+    let left = running(&cluster);
     assert!(left.is_empty(), "still running after Ctrl-C: {left:?}");
     assert_eq!(cluster.status()["phase"], "Stopped");
 }

@@ -53,14 +53,7 @@ extern "C" fn on_stop(_: libc::c_int) {
 
 /// The pid of the keeper holding `dir`'s `keeper.lock`, if one does.
 pub fn running_keeper(dir: &DatabaseDir) -> Option<u32> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.keeper_lock())
-        .ok()?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(_free) => None,
-        Err(_) => Some(process::read_pid_file(&dir.keeper_pid_file()).unwrap_or(0)),
-    }
+    crate::runtime::lock_holder(&dir.keeper_lock(), &dir.keeper_pid_file())
 }
 
 /// Whether a supervisor's exit is a crash the keeper repairs: killed by a signal, or a panic

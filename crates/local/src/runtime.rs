@@ -15,13 +15,16 @@ use crate::state::DatabaseDir;
 
 /// The pid of the supervisor holding `dir`'s lock, if one does.
 pub fn running_supervisor(dir: &DatabaseDir) -> Option<u32> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.supervisor_lock())
-        .ok()?;
+    lock_holder(&dir.supervisor_lock(), &dir.supervisor_pid_file())
+}
+
+/// The pid in `pid_file` when a process holds the flock on `lock` (0 when the pid file is
+/// unreadable); `None` when no one does.
+pub fn lock_holder(lock: &std::path::Path, pid_file: &std::path::Path) -> Option<u32> {
+    let file = std::fs::OpenOptions::new().write(true).open(lock).ok()?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(_free) => None, // released when dropped
-        Err(_) => Some(process::read_pid_file(&dir.supervisor_pid_file()).unwrap_or(0)),
+        Err(_) => Some(process::read_pid_file(pid_file).unwrap_or(0)),
     }
 }
 
