@@ -190,7 +190,7 @@ fn an_instance_manager_killed_with_sigkill_comes_back_without_a_second_postmaste
 }
 
 #[test]
-fn the_next_up_adopts_instances_that_outlived_a_killed_supervisor() {
+fn the_next_up_adopts_instances_that_outlived_a_killed_supervisor_and_keeper() {
     let cluster = Cluster::new("ks", 2);
     cluster.up();
     let before = cluster.status();
@@ -201,9 +201,16 @@ fn the_next_up_adopts_instances_that_outlived_a_killed_supervisor() {
         .iter()
         .map(|r| r["managerPid"].as_u64().unwrap())
         .collect();
+    // Its keeper first (it would restart the supervisor at once), then the supervisor.
+    let keeper: u32 = std::fs::read_to_string(cluster.db_dir().join("keeper.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kill9(keeper);
     kill9(supervisor);
     cluster.eventually("the supervisor gone", WAIT, || {
-        (!alive(supervisor)).then_some(())
+        (!alive(supervisor) && !alive(keeper)).then_some(())
     });
     assert!(
         managers.iter().all(|p| alive(*p as u32)),
