@@ -72,7 +72,7 @@ pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
         if !dir.spec_file().exists() {
             let _ = std::fs::remove_file(dir.up_lock());
         }
-        for created in created.iter().rev() {
+        for created in &created {
             let _ = std::fs::remove_dir(created); // only when empty
         }
     }
