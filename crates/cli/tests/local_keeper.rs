@@ -59,7 +59,9 @@ fn processes_with(cluster: &Cluster, word: &str) -> Vec<u32> {
 }
 
 /// Kills the supervisor with SIGKILL while `writer` writes through `rw`; waits for the keeper's
-/// new supervisor and the first write acknowledged after the kill; returns that outage.
+/// new supervisor and the first write sent after the kill and acknowledged; returns the time
+/// from the kill to that acknowledgement (the writer's 50 ms pause after a failed write and a
+/// client process start included).
 fn kill_supervisor_under_writes(cluster: &Cluster, writer: &Writer, round: usize) -> Duration {
     let before = writer.acked();
     cluster.eventually("writes flowing through rw", WAIT, || {

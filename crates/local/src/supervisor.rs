@@ -226,11 +226,7 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         database: db.name().to_string(),
         dir: dir.clone(),
     };
-    let tasks = vec![
-        tokio::spawn(proxy::serve(rw, routes.clone(), ProxyKind::Rw)),
-        tokio::spawn(proxy::serve(ro, routes.clone(), ProxyKind::Ro)),
-        tokio::spawn(serve_status(status, endpoint)),
-    ];
+    let mut tasks = vec![tokio::spawn(serve_status(status, endpoint))];
     tracing::info!(
         "supervising {} (pid {}): rw on {address}:{}, ro on {address}:{}",
         dir.key(),
@@ -263,6 +259,19 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         supervisor.failover.cold_start();
     }
     let mut keep_going = supervisor.step().await;
+    // The proxies accept once the first tick has routed them: after a restart under a keeper,
+    // the connections that waited in the inherited sockets' backlog go to the primary instead
+    // of being dropped for want of a route.
+    tasks.push(tokio::spawn(proxy::serve(
+        rw,
+        supervisor.routes.clone(),
+        ProxyKind::Rw,
+    )));
+    tasks.push(tokio::spawn(proxy::serve(
+        ro,
+        supervisor.routes.clone(),
+        ProxyKind::Ro,
+    )));
     let mut sigterm = signal(SignalKind::terminate())
         .map_err(|e| LocalError::Failed(format!("cannot watch SIGTERM: {e}")))?;
     let mut sigint = signal(SignalKind::interrupt())
