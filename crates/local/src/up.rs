@@ -88,10 +88,10 @@ fn lock_up(dir: &DatabaseDir) -> Result<(Flock<std::fs::File>, Vec<PathBuf>), Lo
         created.push(path.to_path_buf());
         missing = path.parent();
     }
-    // Shallowest first: the state root and namespace 0755 (the server user passes through),
-    // the database's own 0700 (`lock_down` later gives it the server user's group).
-    for path in created.iter().rev() {
-        create_dir(path, if *path == dir.root { 0o700 } else { 0o755 })?;
+    // 0755 as the checks expect a directory the server user can enter; holding only this
+    // 0600 lock until `lock_down` closes it (or removed again when `up` fails).
+    if !created.is_empty() {
+        create_dir(&dir.root, 0o755)?;
     }
     let path = dir.up_lock();
     let file = std::fs::OpenOptions::new()
