@@ -130,7 +130,7 @@ pub fn switchover(
                     ),
                     from: e.from.clone(),
                     primary: e.to.clone(),
-                    write_outage_ms: e.write_outage_ms,
+                    outage: e.outage,
                 }),
                 Some(e) => Err(LocalError::Failed(format!(
                     "the supervisor was restarted during the switchover; it ended {}: {}",
