@@ -336,6 +336,9 @@ impl Run<'_> {
             self.memory.primary_serving_at_ms = Some(self.now());
             return;
         }
+        if self.primary_data_lost(primary) {
+            return;
+        }
         let how = self.presence(primary).describe();
         if !self.memory.primary_confirmed {
             let message = format!(
@@ -391,6 +394,67 @@ impl Run<'_> {
         });
         self.order_fence(primary, FenceMethod::Kill);
         self.step_transition();
+    }
+
+    /// The remembered primary's data is gone ([`Presence::Absent`]) while other instances hold
+    /// data: it can never come back with the writes, and an empty primary would lose them all.
+    /// Fail over at once (confirmed or not, no detection timeout), as soon as every instance
+    /// holding data reports what it holds, so the most advanced of them is promoted and the
+    /// lost one is created again as its replica. False (nothing decided) otherwise: with no
+    /// other instance holding data there is nothing to fail over to.
+    fn primary_data_lost(&mut self, primary: u32) -> bool {
+        if !matches!(self.presence(primary), Presence::Absent) {
+            return false;
+        }
+        let input = self.input;
+        let holders: Vec<u32> = (0..input.spec.instances)
+            .filter(|o| *o != primary && !matches!(input.presence(*o), Presence::Absent))
+            .collect();
+        if holders.is_empty() {
+            return false;
+        }
+        let lost = format!("the data of primary {} is gone", self.name(primary));
+        if !input.spec.failover_enabled {
+            let message = format!(
+                "{lost}; automatic failover is disabled (spec.failover.enabled: false), so \
+                 nothing is done: switch over to an instance that holds the data"
+            );
+            self.wait(message.clone(), None);
+            self.say(Phase::Unavailable, Reason::FailoverDisabled, message);
+            return true;
+        }
+        let silent: Vec<u32> = holders
+            .iter()
+            .copied()
+            .filter(|o| input.facts(*o).and_then(|f| f.held()).is_none())
+            .collect();
+        if !silent.is_empty() {
+            let message = format!(
+                "{lost}; waiting for {} to report what it holds before the most advanced \
+                 instance is promoted",
+                silent
+                    .iter()
+                    .map(|o| format!("{} ({})", self.name(*o), self.presence(*o).describe()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            self.wait(message.clone(), None);
+            self.say(Phase::Unavailable, Reason::PrimaryUnhealthy, message);
+            return true;
+        }
+        self.notes.push(format!(
+            "{lost}: failing over to the most advanced instance that holds data"
+        ));
+        self.memory.transition = Some(Transition {
+            kind: TransitionKind::Failover,
+            from: Some(primary),
+            target: None,
+            started_ms: self.now(),
+            phase: TransitionPhase::Fencing,
+        });
+        self.memory.primary_unhealthy_since_ms = None;
+        self.step_transition();
+        true
     }
 
     // ----------------------------------------------------------------------------- request

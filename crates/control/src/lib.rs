@@ -14,6 +14,10 @@
 //! - A primary is failed over only after it looked unhealthy (unreachable, down, hung, not
 //!   ready, refusing writes) for the whole detection timeout; one healthy observation resets the
 //!   clock. With failover disabled the loss is reported, nothing is done.
+//! - A primary whose data is gone ([`Presence::Absent`]: no data dir / no PVC) while other
+//!   instances hold data is failed over at once, confirmed or not, once every one of them
+//!   reports what it holds: an empty primary would lose every write. It is created again as a
+//!   replica of the new primary; an instance is initialised empty only as a database's first.
 //! - The most advanced eligible replica is promoted (see [`candidate`]); in synchronous mode
 //!   only one known to hold every acknowledged write, else the database stays unavailable and
 //!   the status says why. A failover that cannot finish keeps trying and says why each time.

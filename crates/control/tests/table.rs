@@ -284,6 +284,63 @@ fn rows() -> Vec<Row> {
             then: nothing,
         },
         Row {
+            name: "a primary whose data is gone is failed over at once to the most advanced holder, never waited for",
+            input: input(
+                pg(3),
+                vec![
+                    (1, with(replica(0, wal(1, 300)), |f| f.ready = false)),
+                    (2, with(replica(0, wal(1, 200)), |f| f.ready = false)),
+                ],
+                Memory {
+                    term: 1,
+                    primary: Some(0),
+                    ..Memory::default()
+                },
+            ),
+            actions: vec![promote(1, 2)],
+            reason: Reason::Promoting,
+            says: "promoting demo-1",
+            then: |d| {
+                assert!(d.memory.transition.is_some());
+                assert!(
+                    d.memory.fenced.is_empty(),
+                    "nothing to fence: {:?}",
+                    d.memory.fenced
+                );
+            },
+        },
+        Row {
+            name: "a primary whose data is gone waits until every instance holding data reports what it holds",
+            input: input(
+                maria(3),
+                vec![
+                    (1, with(replica(0, mariadb("0-1-5")), |f| f.ready = false)),
+                    (2, down()),
+                ],
+                serving(0, 3),
+            ),
+            actions: vec![],
+            reason: Reason::PrimaryUnhealthy,
+            says: "the data of primary demo-0 is gone; waiting for demo-2",
+            then: |d| assert!(d.memory.transition.is_none()),
+        },
+        Row {
+            name: "a lost primary with no other instance holding data is not failed over",
+            input: input(
+                pg(2),
+                vec![],
+                Memory {
+                    term: 1,
+                    primary: Some(0),
+                    ..Memory::default()
+                },
+            ),
+            actions: vec![],
+            reason: Reason::Creating,
+            says: "waiting for demo-0",
+            then: |d| assert!(d.memory.transition.is_none()),
+        },
+        Row {
             name: "a healthy cluster needs nothing and routes rw to the primary, ro to the replicas",
             input: input(pg(3), healthy3(), serving(0, 3)),
             actions: vec![],
