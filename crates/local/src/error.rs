@@ -25,6 +25,9 @@ pub enum LocalError {
     ServerUserMissing(String),
     #[error("{0}")]
     DataDirForeign(String),
+    /// The database had data and no instance's data dir holds it any more.
+    #[error("{0}")]
+    DataGone(String),
     #[error("database {0} does not exist here (no `stator up` was run for it in this state dir)")]
     NotFound(String),
     #[error("{0}")]

@@ -409,6 +409,8 @@ pub struct Failover {
     measuring: Option<u64>,
     monitor_password: Option<String>,
     bin_dir: Option<PathBuf>,
+    /// The recorded primary kept down because its data is gone (said once).
+    data_lost: Option<u32>,
 }
 
 impl Failover {
@@ -456,6 +458,7 @@ impl Failover {
             measuring: None,
             monitor_password: None,
             bin_dir,
+            data_lost: None,
         }
     }
 
@@ -1452,7 +1455,7 @@ impl Failover {
     }
 
     /// Instances the supervisor must not start now.
-    fn keep_down(&self, spec: &ClusterSpec, sightings: &[Sighting]) -> BTreeSet<u32> {
+    fn keep_down(&mut self, spec: &ClusterSpec, sightings: &[Sighting]) -> BTreeSet<u32> {
         let memory = &self.state.memory;
         let settled_primary = memory
             .primary
@@ -1487,6 +1490,29 @@ impl Failover {
                 down.insert(from);
             }
         }
+        // An empty data dir is initialised only as the first primary of a database that never
+        // had data. A recorded primary whose data is gone stays down: the core fails over to
+        // the most advanced instance holding the data, the primary record then names that one,
+        // and this one is started as its replica (cloned from it).
+        let lost = recorded.filter(|p| {
+            *p < spec.instances
+                && !self.dir.holds_data(*p)
+                && self.dir.had_data(
+                    self.dir.read_marker().ok().flatten().as_ref(),
+                    0..spec.instances,
+                )
+        });
+        if let Some(p) = lost {
+            if self.data_lost != lost {
+                tracing::warn!(
+                    "{}: the primary's data dir {} is gone or empty and the database has data; it is not initialised empty, but cloned once an instance holding the data is promoted",
+                    spec.instance_name(p),
+                    self.dir.data_dir(p).display()
+                );
+            }
+            down.insert(p);
+        }
+        self.data_lost = lost;
         down
     }
 }

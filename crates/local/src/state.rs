@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! STATE/NAMESPACE/NAME/
-//!   database.json        who this directory belongs to (engine, version, system identifier)
+//!   database.json        who this directory belongs to (engine, version, system identifier,
+//!                        whether its first primary was initialised)
 //!   spec.json            the applied spec and its generation
 //!   primary              NAME-N of the current primary
 //!   secrets/             0700; one 0600 file per credential key
@@ -109,6 +110,22 @@ pub struct Marker {
     /// PostgreSQL's database system identifier of the primary's data dir, once it exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_identifier: Option<u64>,
+    /// The first primary was initialised: from then on the database has data, and an empty
+    /// data dir is cloned from an instance that holds it, never initialised (an empty primary
+    /// would lose every write). Recorded for every engine, the moment the first primary's data
+    /// dir is in place. It is the one identity fact MariaDB offers: it has no cluster-wide
+    /// identifier in its files (`server_id` is per server and set by Stator, GTID domains are
+    /// configuration, a clone copies no Stator marker), while PostgreSQL also has its
+    /// system identifier above.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub initialized: bool,
+}
+
+impl Marker {
+    /// Whether this database ever had data (its first primary was initialised).
+    pub fn had_data(&self) -> bool {
+        self.initialized || self.system_identifier.is_some()
+    }
 }
 
 impl DatabaseDir {
@@ -281,6 +298,26 @@ impl DatabaseDir {
             format!("{instance}\n").as_bytes(),
             PRIVATE_FILE,
         )
+    }
+
+    /// Whether instance `ordinal`'s data dir holds anything (a directory that cannot be read
+    /// counts as holding data: it must not be initialised over).
+    pub fn holds_data(&self, ordinal: u32) -> bool {
+        !stator_engine::data_dir::is_empty_dir(&self.data_dir(ordinal)).unwrap_or(false)
+    }
+
+    /// Whether the database ever had data: its marker says so, or some instance's data dir
+    /// (of `ordinals`, and every known one) holds data.
+    pub fn had_data(
+        &self,
+        marker: Option<&Marker>,
+        ordinals: impl IntoIterator<Item = u32>,
+    ) -> bool {
+        marker.is_some_and(Marker::had_data)
+            || ordinals
+                .into_iter()
+                .chain(self.known_ordinals())
+                .any(|o| self.holds_data(o))
     }
 
     /// Ordinals that have an instance directory or a data directory, ascending.

@@ -179,6 +179,8 @@ struct Supervisor<'a> {
     keep_down: BTreeSet<u32>,
     /// The last tick found something wrong or in progress: tick fast.
     urgent: bool,
+    /// `database.json` says the database has data.
+    identity_recorded: bool,
 }
 
 async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
@@ -251,6 +253,7 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         failover,
         keep_down: BTreeSet::new(),
         urgent: false,
+        identity_recorded: false,
     };
     supervisor.adopt().await;
     if supervisor.slots.is_empty() {
@@ -391,7 +394,7 @@ impl Supervisor<'_> {
         if !self.urgent {
             self.roll_out(desired, &primary).await;
         }
-        self.record_system_identifier(&primary);
+        self.record_identity(&primary);
         self.publish(desired, &primary, &tick);
         true
     }
@@ -560,8 +563,13 @@ impl Supervisor<'_> {
     /// OrderedReady: starts the first missing instance only when every lower ordinal is ready.
     /// The recorded primary goes first (after a failover it may be any ordinal): every other
     /// instance is a replica of it and cannot become ready before it.
+    /// While the recorded primary is kept down because its data is gone, every other instance
+    /// starts without waiting for the one before to be ready (a replica with no primary never
+    /// is): the decision core needs each one's position to promote the most advanced.
     fn start_in_order(&mut self, desired: u32, primary: &str) {
         let first = ordinal_of(primary).filter(|p| *p < desired);
+        let primary_lost =
+            first.is_some_and(|p| self.keep_down.contains(&p) && !self.dir.holds_data(p));
         let order: Vec<u32> = first
             .into_iter()
             .chain((0..desired).filter(|o| Some(*o) != first))
@@ -610,7 +618,7 @@ impl Supervisor<'_> {
                 }
                 return;
             }
-            if !slot.ready() {
+            if !slot.ready() && !primary_lost {
                 return;
             }
         }
@@ -755,26 +763,45 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Remembers the primary's system identifier, so data dirs of another database are refused.
-    fn record_system_identifier(&mut self, primary: &str) {
+    /// Records in `database.json`, the moment the primary's data dir is in place (the instance
+    /// manager moves it there complete, with its Stator marker), that the database has data,
+    /// and PostgreSQL's system identifier, so data dirs of another database are refused. From
+    /// then on an empty data dir is never initialised.
+    fn record_identity(&mut self, primary: &str) {
+        if self.identity_recorded {
+            return;
+        }
         let Some(ordinal) = ordinal_of(primary) else {
             return;
         };
-        if !self.slots.get(&ordinal).is_some_and(Slot::ready) {
+        let data_dir = self.dir.data_dir(ordinal);
+        if !stator_engine::data_dir::marker_path(&data_dir).exists() {
             return;
         }
         let Ok(Some(mut marker)) = self.dir.read_marker() else {
             return;
         };
-        if marker.system_identifier.is_some() {
-            return;
-        }
-        if let Some(id) = preflight::system_identifier(&self.dir.data_dir(ordinal)) {
-            marker.system_identifier = Some(id);
-            if let Err(e) = self.dir.write_marker(&Marker { ..marker }) {
+        let system_identifier = match self.db().spec.engine {
+            stator_api::Engine::Postgres => match preflight::system_identifier(&data_dir) {
+                Some(id) => Some(id),
+                None => return,
+            },
+            _ => None,
+        };
+        let recorded = Marker {
+            initialized: true,
+            system_identifier: marker.system_identifier.or(system_identifier),
+            ..marker.clone()
+        };
+        if recorded != marker {
+            marker = recorded;
+            if let Err(e) = self.dir.write_marker(&marker) {
                 tracing::warn!("{e}");
+                return;
             }
+            tracing::info!("{}: recorded that the database has data", self.dir.key());
         }
+        self.identity_recorded = true;
     }
 
     fn publish(&mut self, desired: u32, primary: &str, tick: &Tick) {

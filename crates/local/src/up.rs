@@ -193,6 +193,11 @@ fn up_locked(
             system_id,
         )?;
     }
+    let recovery = match supervisor {
+        // A running supervisor may be moving a data dir aside for a rebuild right now.
+        Some(_) => None,
+        None => check_data_kept(db, &dir, marker.as_ref())?,
+    };
     tracing::debug!("{} binaries in {}", db.spec.engine, bin_dir.display());
 
     // Everything checked: write the state dir.
@@ -215,7 +220,11 @@ fn up_locked(
             engine: db.spec.engine.to_string(),
             version: db.version().to_string(),
             system_identifier: None,
+            initialized: false,
         })?;
+    }
+    if let Some(recovery) = &recovery {
+        progress.line(recovery);
     }
     let generated = ensure_secrets(&dir.secrets_dir())?;
     if !generated.is_empty() {
@@ -282,6 +291,75 @@ fn up_locked(
     )?;
     progress.finish();
     Ok(UpOutcome { report, foreground })
+}
+
+/// An empty data dir is initialised only as the first primary of a database that never had
+/// data; otherwise it is cloned from an instance that holds the data. Refuses (before anything
+/// is written) when the database had data and no instance holds any; when the recorded primary
+/// lost its data and another instance holds it, says what will happen (the decision core fails
+/// over to the most advanced holder, and the lost instance is cloned from it).
+fn check_data_kept(
+    db: &Database,
+    dir: &DatabaseDir,
+    marker: Option<&Marker>,
+) -> Result<Option<String>, LocalError> {
+    let wanted = 0..db.spec.instances;
+    if !dir.had_data(marker, wanted.clone()) {
+        return Ok(None);
+    }
+    let (holders, gone): (Vec<u32>, Vec<u32>) = wanted.partition(|o| dir.holds_data(*o));
+    if gone.is_empty() {
+        return Ok(None);
+    }
+    let dirs = |ordinals: &[u32]| {
+        ordinals
+            .iter()
+            .map(|o| dir.data_dir(*o).display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let names = |ordinals: &[u32]| {
+        ordinals
+            .iter()
+            .map(|o| db.instance_name(*o))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if holders.is_empty() {
+        let beyond: Vec<u32> = dir
+            .known_ordinals()
+            .into_iter()
+            .filter(|o| *o >= db.spec.instances && dir.holds_data(*o))
+            .collect();
+        let beyond = if beyond.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} beyond spec.instances={} still hold data: raise spec.instances to start from them)",
+                dirs(&beyond),
+                db.spec.instances
+            )
+        };
+        return Err(LocalError::DataGone(format!(
+            "{} had data, but the data dirs of all its instances are gone or empty: {}{beyond}. Nothing was changed: starting now would initialise an empty database in their place. Restore these directories from a copy (with `stator down` run first, files owned by the server user, mode 0700), or start over and lose the data with `stator delete --purge` and `stator up`",
+            dir.key(),
+            dirs(&gone)
+        )));
+    }
+    let primary = crate::plan::ordinal_of(&dir.read_primary()).unwrap_or(0);
+    let lost_primary = if gone.contains(&primary) {
+        format!(
+            "; the most advanced of {} becomes the primary, then ",
+            names(&holders)
+        )
+    } else {
+        "; ".to_string()
+    };
+    Ok(Some(format!(
+        "the data dir of {} is gone or empty ({}){lost_primary}each is cloned from an instance that holds the data, never initialised empty",
+        names(&gone),
+        dirs(&gone)
+    )))
 }
 
 fn same_spec(a: &Database, b: &Database) -> bool {

@@ -424,7 +424,7 @@ pub fn alive(pid: u32) -> bool {
         .is_some_and(|zombie| !zombie)
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
