@@ -43,6 +43,23 @@ pub struct InstanceConfig {
     /// and the distribution's usual places.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bin_dir: Option<PathBuf>,
+    /// The other instances that may hold this database's data (a pod's: the other ordinals,
+    /// over the headless Service). With `bootstrap: InitPrimary` and an empty data dir, the
+    /// manager asks them first and initialises only when none may hold data (see
+    /// `stator_instance::peers`). Empty: no one to ask (the local runtime's supervisor applies
+    /// the rule itself, from `database.json`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<Peer>,
+}
+
+/// Another instance of the same database, and where its instance manager answers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Peer {
+    /// Its database server (what a clone copies from).
+    pub server: Endpoint,
+    /// Its instance manager's HTTP port, on the same host (`GET /status`).
+    pub http_port: u16,
 }
 
 /// How an empty data directory is filled.
@@ -169,6 +186,10 @@ pub struct InstanceReport {
     /// ready, never a failover candidate, and is rebuilt rather than replicated over.
     #[serde(default)]
     pub errant: Option<String>,
+    /// Whether the data dir holds data: false while an empty one is being filled (or waits to
+    /// be), true once it holds data; `None` while not known yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holds_data: Option<bool>,
 }
 
 /// Body of `POST /demote`: follow `upstream` as a replica.

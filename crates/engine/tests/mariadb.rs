@@ -60,6 +60,7 @@ fn setup(name: &str) -> (tempfile::TempDir, InstanceConfig) {
         bootstrap: Bootstrap::InitPrimary,
         server_user: Some("mysql".into()),
         bin_dir: None,
+        peers: Vec::new(),
     };
     (dir, config)
 }

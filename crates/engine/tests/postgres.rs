@@ -59,6 +59,7 @@ fn setup(name: &str) -> (tempfile::TempDir, InstanceConfig) {
         bootstrap: Bootstrap::InitPrimary,
         server_user: Some("postgres".into()),
         bin_dir: None,
+        peers: Vec::new(),
     };
     (dir, config)
 }

@@ -13,6 +13,8 @@
 //! - [`http`]: the endpoints, including `/backup` (the MySQL family's physical copy for a
 //!   replica being cloned).
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
+//! - [`peers`]: never an empty primary: a new primary's empty data dir is initialised only
+//!   when no peer holds (or may hold) the database's data; otherwise it is cloned.
 //! - [`api_token`]: the bearer token of the mutating endpoints.
 //! - [`error`]: why the manager stopped.
 
@@ -20,6 +22,7 @@ pub mod api_token;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod peers;
 pub mod status;
 pub mod supervisor;
 
@@ -144,6 +147,7 @@ async fn run_engine<E: ServerEngine>(
         engine,
         creds,
         bootstrap: config.bootstrap.clone(),
+        peers: config.peers.clone(),
         status,
         commands: commands_rx,
         stop_timeout: STOP_TIMEOUT,

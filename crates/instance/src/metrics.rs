@@ -191,6 +191,7 @@ mod tests {
             applier_running: None,
             replication_error: None,
             errant: None,
+            holds_data: Some(true),
         }
     }
 

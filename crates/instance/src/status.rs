@@ -28,6 +28,8 @@ pub struct Snapshot {
     /// The last observation failed (why, in words).
     pub observe_error: Option<String>,
     pub adopted: bool,
+    /// Whether the data dir holds data (`None` until the manager looked).
+    pub holds_data: Option<bool>,
 }
 
 /// The facts behind a lock, plus what never changes.
@@ -54,6 +56,7 @@ impl InstanceStatus {
                 observed_at: None,
                 observe_error: None,
                 adopted: false,
+                holds_data: None,
             }),
         }
     }
@@ -191,6 +194,7 @@ pub fn build_report(name: &str, manager_pid: u32, s: &Snapshot, now: Instant) ->
         applier_running: o.applier_running,
         replication_error: o.replication_error,
         errant: o.errant,
+        holds_data: s.holds_data,
     }
 }
 
@@ -208,6 +212,7 @@ mod tests {
             observed_at: Some(Instant::now()),
             observe_error: None,
             adopted: false,
+            holds_data: Some(true),
         }
     }
 

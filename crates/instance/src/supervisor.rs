@@ -1,4 +1,5 @@
-//! The supervisor: fills an empty data directory (initdb or a clone of the upstream), writes the
+//! The supervisor: fills an empty data directory (initdb or a clone of the upstream; a new
+//! primary's only after asking its peers, see [`crate::peers`]), writes the
 //! configuration, adopts a server still running on the data directory or starts one, waits until
 //! it accepts connections, creates the roles on a primary, restarts the server with backoff when
 //! it dies, and carries out promote, demote and shutdown one at a time.
@@ -8,13 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stator_api::Role;
-use stator_api::instance::{Bootstrap, Endpoint, ServerState};
+use stator_api::instance::{Bootstrap, Endpoint, Peer, ServerState};
 use stator_engine::{
     Credentials, DataDirMarker, DataDirState, EngineError, ServerEngine, ServerProcess,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::InstanceError;
+use crate::peers::{self, EmptyDataDir};
 use crate::status::InstanceStatus;
 
 /// A reply to a mutating request: `Ok` with what was done, or why not.
@@ -63,6 +65,8 @@ pub struct Supervisor<E: ServerEngine> {
     pub engine: Arc<E>,
     pub creds: Credentials,
     pub bootstrap: Bootstrap,
+    /// Asked before an empty data dir is initialised as a new primary.
+    pub peers: Vec<Peer>,
     pub status: Arc<InstanceStatus>,
     pub commands: mpsc::Receiver<Command>,
     /// How long a fast shutdown may take before an immediate one.
@@ -82,6 +86,8 @@ impl<E: ServerEngine> Supervisor<E> {
     /// Runs until shut down (Ok) or until the server cannot run (Err).
     pub async fn run(mut self) -> Result<(), InstanceError> {
         let state = self.engine.inspect_data_dir().map_err(|e| self.fail(e))?;
+        let holds_data = matches!(state, DataDirState::Ready(_));
+        self.status.update(|s| s.holds_data = Some(holds_data));
         let filled = match &state {
             DataDirState::Empty => self.fill_data_dir().await?,
             DataDirState::Ready(marker) => match rejoin_target(&self.bootstrap, marker) {
@@ -216,36 +222,77 @@ impl<E: ServerEngine> Supervisor<E> {
     /// Initializes or clones the empty data directory. False when shut down meanwhile.
     async fn fill_data_dir(&mut self) -> Result<bool, InstanceError> {
         self.status.set_state(ServerState::Initializing, None);
-        match self.bootstrap.clone() {
-            Bootstrap::InitPrimary => {
-                tracing::info!("initializing a new primary");
-                self.engine
-                    .initialize(&self.creds)
-                    .await
-                    .map_err(|e| self.fail(e))?;
-                Ok(true)
+        let upstream = match self.bootstrap.clone() {
+            Bootstrap::InitPrimary => match self.consult_peers().await {
+                None => return Ok(false),
+                Some(Some(upstream)) => upstream,
+                Some(None) => {
+                    tracing::info!("initializing a new primary");
+                    self.engine
+                        .initialize(&self.creds)
+                        .await
+                        .map_err(|e| self.fail(e))?;
+                    self.status.update(|s| s.holds_data = Some(true));
+                    return Ok(true);
+                }
+            },
+            Bootstrap::CloneFrom { upstream } => upstream,
+        };
+        let mut backoff = Backoff::default();
+        loop {
+            tracing::info!(upstream = %upstream.instance, "cloning the upstream");
+            match self.engine.clone_upstream(&upstream, &self.creds).await {
+                Ok(()) => {
+                    self.status.update(|s| s.holds_data = Some(true));
+                    return Ok(true);
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay(Duration::ZERO);
+                    tracing::warn!(error = %e, "clone failed; retrying");
+                    self.status.set_state(
+                        ServerState::Initializing,
+                        Some(format!(
+                            "cloning {} failed, retrying in {}s: {e}",
+                            upstream.instance,
+                            delay.as_secs()
+                        )),
+                    );
+                    if !self.pause(delay).await {
+                        return Ok(false);
+                    }
+                }
             }
-            Bootstrap::CloneFrom { upstream } => {
-                let mut backoff = Backoff::default();
-                loop {
-                    tracing::info!(upstream = %upstream.instance, "cloning the upstream");
-                    match self.engine.clone_upstream(&upstream, &self.creds).await {
-                        Ok(()) => return Ok(true),
-                        Err(e) => {
-                            let delay = backoff.next_delay(Duration::ZERO);
-                            tracing::warn!(error = %e, "clone failed; retrying");
-                            self.status.set_state(
-                                ServerState::Initializing,
-                                Some(format!(
-                                    "cloning {} failed, retrying in {}s: {e}",
-                                    upstream.instance,
-                                    delay.as_secs()
-                                )),
-                            );
-                            if !self.pause(delay).await {
-                                return Ok(false);
-                            }
-                        }
+        }
+    }
+
+    /// A new primary's empty data dir: asks the peers whether one holds the database's data
+    /// ([`crate::peers`]), again every few seconds while that is not safe to tell.
+    /// `Some(None)`: initialise; `Some(Some(upstream))`: clone from it instead; `None`: shut
+    /// down meanwhile.
+    async fn consult_peers(&mut self) -> Option<Option<Endpoint>> {
+        if self.peers.is_empty() {
+            return Some(None);
+        }
+        let mut said = String::new();
+        loop {
+            let answers = peers::ask_all(&self.peers).await;
+            match peers::plan_empty_data_dir(&answers) {
+                EmptyDataDir::Initialise => return Some(None),
+                EmptyDataDir::CloneFrom(upstream) => {
+                    tracing::warn!(
+                        upstream = %upstream.instance,
+                        "the data dir is empty but the database has data: cloning the primary instead of initializing"
+                    );
+                    return Some(Some(upstream));
+                }
+                EmptyDataDir::Wait(why) => {
+                    if why != said {
+                        tracing::warn!("{why}");
+                        said = why.clone();
+                    }
+                    self.status.set_state(ServerState::Initializing, Some(why));
+                    if !self.pause(peers::ASK_AGAIN).await {
+                        return None;
                     }
                 }
             }

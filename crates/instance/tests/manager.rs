@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{Cluster, CmdlineWatch, Manager, postmasters_on, sql};
-use stator_api::instance::{Bootstrap, DemoteRequest};
+use common::{Cluster, CmdlineWatch, Manager, free_port, postmasters_on, sql};
+use stator_api::instance::{Bootstrap, DemoteRequest, Endpoint, Peer};
 use stator_api::names::secret_keys;
 
 fn token(c: &Cluster) -> String {
@@ -494,4 +494,96 @@ fn a_replica_whose_upstream_stops_is_alive_but_not_ready() {
     let (code, body) = replica.get("/readyz");
     assert_eq!(code, 503, "{body}");
     assert_eq!(replica.get("/healthz").0, 200);
+}
+
+/// A peer of instance `name` on 127.0.0.1 (or `host`).
+fn peer(name: &str, host: &str, port: u16, http_port: u16) -> Peer {
+    Peer {
+        server: Endpoint {
+            instance: name.into(),
+            host: host.into(),
+            port,
+        },
+        http_port,
+    }
+}
+
+/// A pod whose volume was lost (an empty data dir, configured as the new primary) never
+/// initialises while a peer may hold the data: a peer that exists but does not answer makes it
+/// wait with the data dir left empty; a peer that is a running primary holding data is cloned.
+#[test]
+fn an_empty_data_dir_is_never_initialised_while_a_peer_may_hold_the_data() {
+    let c = Cluster::new("lostpvc");
+    let su = c.secret(secret_keys::SUPERUSER_PASSWORD);
+    // Ordinal 1 holds the data (the primary after a failover, say).
+    let p_cfg = c.config(1, Bootstrap::InitPrimary);
+    let primary = c.start(&p_cfg);
+    primary.wait_ready();
+    sql(
+        p_cfg.port,
+        "postgres",
+        &su,
+        "app",
+        "CREATE TABLE t (v int); INSERT INTO t SELECT generate_series(1, 500)",
+    )
+    .unwrap();
+    let missing = peer(
+        "lostpvc-3",
+        "lostpvc-3.lostpvc-headless.nowhere.invalid",
+        5432,
+        8008,
+    );
+
+    // A peer exists (its address is known) but nothing answers there: wait, never initialise.
+    let mut lost_cfg = c.config(0, Bootstrap::InitPrimary);
+    lost_cfg.peers = vec![
+        missing.clone(),
+        peer("lostpvc-2", "127.0.0.1", free_port(), free_port()),
+    ];
+    let mut waiting = c.start(&lost_cfg);
+    let status = waiting.wait_status("the manager to wait for its silent peer", |s| {
+        s["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("lostpvc-2") && m.contains("do not answer"))
+    });
+    assert_eq!(status["state"], "initializing", "{status}");
+    assert_eq!(status["holdsData"], false, "{status}");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let empty = std::fs::read_dir(&lost_cfg.data_dir).map_or(true, |mut d| d.next().is_none());
+    assert!(
+        empty,
+        "the data dir was filled while a peer may hold the data\n{}",
+        waiting.logs()
+    );
+    assert_eq!(waiting.terminate(), Some(0), "{}", waiting.logs());
+
+    // The peer holding the data answers as a running primary: clone it, follow it.
+    lost_cfg.peers = vec![
+        missing,
+        peer("lostpvc-1", "127.0.0.1", p_cfg.port, p_cfg.http_port),
+    ];
+    let rebuilt = c.start(&lost_cfg);
+    let status = rebuilt.wait_ready();
+    assert_eq!(status["role"], "replica", "{status}\n{}", rebuilt.logs());
+    assert_eq!(status["upstream"], "lostpvc-1", "{status}");
+    assert_eq!(status["holdsData"], true, "{status}");
+    assert_eq!(
+        sql(
+            lost_cfg.port,
+            "postgres",
+            &su,
+            "app",
+            "SELECT count(*) FROM t"
+        )
+        .unwrap(),
+        vec!["500".to_string()]
+    );
+    let identifier = |data: &std::path::Path| {
+        std::fs::read(data.join("global/pg_control")).unwrap()[..8].to_vec()
+    };
+    assert_eq!(
+        identifier(&lost_cfg.data_dir),
+        identifier(&p_cfg.data_dir),
+        "the same database system identifier"
+    );
 }

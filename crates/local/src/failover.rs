@@ -1907,6 +1907,7 @@ mod tests {
             applier_running: None,
             replication_error: None,
             errant: None,
+            holds_data: Some(true),
         };
         shell.remember_timeline(1, &report(Role::Replica, Some(true), 3));
         shell.remember_timeline(1, &report(Role::Replica, Some(false), 1));

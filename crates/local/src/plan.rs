@@ -49,6 +49,7 @@ pub fn instance_config(
         bootstrap,
         server_user: host.server_user.clone(),
         bin_dir: host.bin_dir.clone(),
+        peers: Vec::new(),
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use stator_api::Database;
-use stator_api::instance::{Bootstrap, Endpoint, InstanceConfig};
+use stator_api::instance::{Bootstrap, Endpoint, InstanceConfig, Peer};
 use stator_api::names::INSTANCE_MANAGER_PORT;
 
 use crate::error::{CliError, CliResult};
@@ -147,7 +147,9 @@ pub fn server_user_of(engine: stator_api::Engine) -> &'static str {
 }
 
 /// The instance config of pod `pod_name` (`NAME-N`) of `database`: ordinal 0 starts as the
-/// primary, every other ordinal clones `NAME-0` through the headless Service.
+/// primary, every other ordinal clones `NAME-0` through the headless Service. Ordinal 0 has the
+/// other ordinals as peers: with an empty data dir (a lost volume) it initialises only when
+/// none of them holds data, and clones otherwise (`stator_instance::peers`).
 pub fn pod_instance_config(
     database: Database,
     pod_name: &str,
@@ -170,20 +172,26 @@ pub fn pod_instance_config(
         .unwrap_or_else(|| database.namespace())
         .to_string();
     let port = database.spec.engine.port();
-    let bootstrap = if ordinal == 0 {
-        Bootstrap::InitPrimary
+    let endpoint = |ordinal: u32| Endpoint {
+        instance: database.instance_name(ordinal),
+        host: format!(
+            "{}.{}.{namespace}.svc",
+            database.instance_name(ordinal),
+            database.headless_service_name()
+        ),
+        port,
+    };
+    let (bootstrap, peers) = if ordinal == 0 {
+        let peers = (1..database.spec.instances)
+            .map(|o| Peer {
+                server: endpoint(o),
+                http_port: INSTANCE_MANAGER_PORT,
+            })
+            .collect();
+        (Bootstrap::InitPrimary, peers)
     } else {
-        Bootstrap::CloneFrom {
-            upstream: Endpoint {
-                instance: database.instance_name(0),
-                host: format!(
-                    "{}.{}.{namespace}.svc",
-                    database.instance_name(0),
-                    database.headless_service_name()
-                ),
-                port,
-            },
-        }
+        let upstream = endpoint(0);
+        (Bootstrap::CloneFrom { upstream }, Vec::new())
     };
     Ok(InstanceConfig {
         ordinal,
@@ -197,6 +205,7 @@ pub fn pod_instance_config(
         bootstrap,
         server_user: running_as_root.then(|| server_user_of(database.spec.engine).to_string()),
         bin_dir: None,
+        peers,
         database,
     })
 }
@@ -228,6 +237,19 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/stator/data"));
         assert_eq!(c.secrets_dir, PathBuf::from("/run/stator/secrets"));
         assert_eq!(c.server_user, None);
+        // Before initialising an empty data dir it asks the other ordinals' managers.
+        let peers: Vec<(String, u16)> = c
+            .peers
+            .iter()
+            .map(|p| (p.server.host.clone(), p.http_port))
+            .collect();
+        assert_eq!(
+            peers,
+            vec![
+                ("orders-1.orders-headless.shop.svc".to_string(), 8008),
+                ("orders-2.orders-headless.shop.svc".to_string(), 8008)
+            ]
+        );
     }
 
     #[test]
@@ -244,6 +266,7 @@ mod tests {
                 }
             }
         );
+        assert!(c.peers.is_empty(), "a replica clones; it never initialises");
     }
 
     #[test]

@@ -126,6 +126,7 @@ impl Cluster {
             bootstrap,
             server_user: Some("postgres".into()),
             bin_dir: None,
+            peers: Vec::new(),
         }
     }
 
@@ -160,6 +161,7 @@ impl Cluster {
             bootstrap,
             server_user: Some("mysql".into()),
             bin_dir: None,
+            peers: Vec::new(),
         }
     }
 
