@@ -101,6 +101,15 @@ fn down() -> Presence {
     }
 }
 
+/// Memory of a cluster whose first primary `p` was created but never seen serving.
+fn created(p: u32) -> Memory {
+    Memory {
+        term: 1,
+        primary: Some(p),
+        ..Memory::default()
+    }
+}
+
 /// Memory of a cluster whose primary `p` has served since term 1.
 fn serving(p: u32, instances: u32) -> Memory {
     Memory {
@@ -291,11 +300,7 @@ fn rows() -> Vec<Row> {
                     (1, with(replica(0, wal(1, 300)), |f| f.ready = false)),
                     (2, with(replica(0, wal(1, 200)), |f| f.ready = false)),
                 ],
-                Memory {
-                    term: 1,
-                    primary: Some(0),
-                    ..Memory::default()
-                },
+                created(0),
             ),
             actions: vec![promote(1, 2)],
             reason: Reason::Promoting,
@@ -326,15 +331,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "a lost primary with no other instance holding data is not failed over",
-            input: input(
-                pg(2),
-                vec![],
-                Memory {
-                    term: 1,
-                    primary: Some(0),
-                    ..Memory::default()
-                },
-            ),
+            input: input(pg(2), vec![], created(0)),
             actions: vec![],
             reason: Reason::Creating,
             says: "waiting for demo-0",
