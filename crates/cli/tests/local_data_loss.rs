@@ -1,8 +1,10 @@
 //! A lost data dir never becomes an empty primary (issue 14, item 1), on real PostgreSQL 15 and
-//! MariaDB 10.11 servers: after `down`, the primary's data dir is deleted. With the replica's
-//! gone too, `up` refuses, names both dirs, exits non-zero and changes nothing. With the
-//! replica's kept, `up` makes the replica the primary and clones the lost instance from it:
-//! every row is behind `rw` at every moment `rw` answers, and both instances hold the same data.
+//! MariaDB 10.11 servers: after `down`, the data dirs of every instance but `NAME-1` are deleted,
+//! the primary's among them. With `NAME-1`'s gone too, `up` refuses, names every dir, exits
+//! non-zero and changes nothing. With it kept, `up` makes `NAME-1` the primary and clones the
+//! lost instances from it: every row is behind `rw` at every moment `rw` answers, and every
+//! instance holds the same data. PostgreSQL runs three instances (two lost: the empty replica
+//! must wait for the new primary rather than block the choice), MariaDB two.
 
 mod local_support;
 
@@ -57,12 +59,16 @@ fn snapshot(cluster: &Cluster) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     files
 }
 
-fn a_lost_primary_data_dir_is_cloned_from_the_replica_never_initialised_empty(engine: &str) {
+fn a_lost_primary_data_dir_is_cloned_from_the_replica_never_initialised_empty(
+    engine: &str,
+    instances: u32,
+) {
     let name = if engine == "postgres" { "dlp" } else { "dlm" };
     let cluster = match engine {
-        "postgres" => Cluster::new(name, 2),
-        _ => Cluster::mariadb(name, 2),
+        "postgres" => Cluster::new(name, instances),
+        _ => Cluster::mariadb(name, instances),
     };
+    let lost: Vec<u32> = (0..instances).filter(|o| *o != 1).collect();
     let (first, second) = (format!("{name}-0"), format!("{name}-1"));
     cluster.up();
     write(
@@ -72,8 +78,10 @@ fn a_lost_primary_data_dir_is_cloned_from_the_replica_never_initialised_empty(en
         "CREATE TABLE kept (id INT PRIMARY KEY); INSERT INTO kept SELECT seq FROM seq_1_to_500",
     );
     assert_eq!(cluster.status()["primary"], first.as_str());
-    cluster.eventually("the replica has every row", WAIT, || {
-        (count(&cluster, cluster.server_port(1)).ok()? == ROWS).then_some(())
+    cluster.eventually("every replica has every row", WAIT, || {
+        (1..instances)
+            .all(|o| count(&cluster, cluster.server_port(o)).ok().as_deref() == Some(ROWS))
+            .then_some(())
     });
     let marker: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(cluster.db_dir().join("database.json")).unwrap(),
@@ -88,12 +96,16 @@ fn a_lost_primary_data_dir_is_cloned_from_the_replica_never_initialised_empty(en
     if engine == "postgres" {
         assert!(identity.is_some());
         assert_eq!(marker["systemIdentifier"].as_u64(), identity, "{marker}");
-        assert_eq!(system_identifier(&data(1)), identity);
+        for o in 1..instances {
+            assert_eq!(system_identifier(&data(o)), identity);
+        }
     }
     cluster.ok(&["down"]);
 
     // Every data dir gone: refused, both named, nothing changed.
-    std::fs::remove_dir_all(data(0)).unwrap();
+    for o in &lost {
+        std::fs::remove_dir_all(data(*o)).unwrap();
+    }
     let saved = cluster.dir.path().join("saved-replica");
     std::fs::rename(data(1), &saved).unwrap();
     let before = snapshot(&cluster);
@@ -103,7 +115,7 @@ fn a_lost_primary_data_dir_is_cloned_from_the_replica_never_initialised_empty(en
         !out.status.success(),
         "up with every data dir gone must fail:\n{stderr}"
     );
-    for gone in [data(0), data(1)] {
+    for gone in (0..instances).map(data) {
         assert!(
             stderr.contains(&gone.display().to_string()),
             "the refusal names {}:\n{stderr}",
@@ -119,7 +131,7 @@ fn a_lost_primary_data_dir_is_cloned_from_the_replica_never_initialised_empty(en
         before,
         "a refused up changed the state dir"
     );
-    assert!(!data(0).exists() && !data(1).exists());
+    assert!((0..instances).all(|o| !data(o).exists()));
     assert!(
         cluster.own_processes().is_empty(),
         "a refused up started {:?}",
@@ -164,19 +176,27 @@ fn a_lost_primary_data_dir_is_cloned_from_the_replica_never_initialised_empty(en
     let status = cluster.status();
     assert_eq!(status["primary"], second.as_str(), "{status}");
     assert_eq!(cluster.row(&second)["report"]["role"], "primary");
-    assert_eq!(cluster.row(&first)["report"]["role"], "replica");
+    for o in &lost {
+        assert_eq!(
+            cluster.row(&format!("{name}-{o}"))["report"]["role"],
+            "replica"
+        );
+    }
     assert_eq!(count(&cluster, cluster.rw()).unwrap(), ROWS);
-    assert_eq!(
-        count(&cluster, cluster.server_port(0)).unwrap(),
-        ROWS,
-        "the lost instance was cloned with every row"
-    );
+    for o in &lost {
+        assert_eq!(
+            count(&cluster, cluster.server_port(*o)).unwrap(),
+            ROWS,
+            "the lost instance {name}-{o} was cloned with every row"
+        );
+    }
     if engine == "postgres" {
-        assert_eq!(system_identifier(&data(0)), identity, "same database");
-        assert_eq!(system_identifier(&data(1)), identity, "same database");
+        for o in 0..instances {
+            assert_eq!(system_identifier(&data(o)), identity, "same database");
+        }
     }
     assert!(
-        stderr.contains(&format!("the data dir of {first} is gone or empty")),
+        stderr.contains(&format!(" of {first}")) && stderr.contains("gone or empty"),
         "up says what it does about the lost data dir:\n{stderr}"
     );
     // The clone follows the new primary: a row written now reaches it.
@@ -186,17 +206,19 @@ fn a_lost_primary_data_dir_is_cloned_from_the_replica_never_initialised_empty(en
         "INSERT INTO kept VALUES (501)",
         "INSERT INTO kept VALUES (501)",
     );
-    cluster.eventually("the cloned instance has the new row", WAIT, || {
-        (count(&cluster, cluster.server_port(0)).ok()? == "501").then_some(())
+    cluster.eventually("the cloned instances have the new row", WAIT, || {
+        lost.iter()
+            .all(|o| count(&cluster, cluster.server_port(*o)).ok().as_deref() == Some("501"))
+            .then_some(())
     });
 }
 
 #[test]
 fn postgres_lost_primary_data_dir_is_cloned_from_the_replica_or_refused() {
-    a_lost_primary_data_dir_is_cloned_from_the_replica_never_initialised_empty("postgres");
+    a_lost_primary_data_dir_is_cloned_from_the_replica_never_initialised_empty("postgres", 3);
 }
 
 #[test]
 fn mariadb_lost_primary_data_dir_is_cloned_from_the_replica_or_refused() {
-    a_lost_primary_data_dir_is_cloned_from_the_replica_never_initialised_empty("mariadb");
+    a_lost_primary_data_dir_is_cloned_from_the_replica_never_initialised_empty("mariadb", 2);
 }

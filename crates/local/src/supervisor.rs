@@ -564,8 +564,9 @@ impl Supervisor<'_> {
     /// The recorded primary goes first (after a failover it may be any ordinal): every other
     /// instance is a replica of it and cannot become ready before it.
     /// While the recorded primary is kept down because its data is gone, every other instance
-    /// starts without waiting for the one before to be ready (a replica with no primary never
-    /// is): the decision core needs each one's position to promote the most advanced.
+    /// that holds data starts without waiting for the one before to be ready (a replica with no
+    /// primary never is): the decision core needs each one's position to promote the most
+    /// advanced. Those with empty data dirs wait for the new primary to clone from.
     fn start_in_order(&mut self, desired: u32, primary: &str) {
         let first = ordinal_of(primary).filter(|p| *p < desired);
         let primary_lost =
@@ -586,6 +587,9 @@ impl Supervisor<'_> {
             }
             if slot.pid.is_none() && self.keep_down.contains(&ordinal) {
                 // Fenced, held or being rebuilt: the others start without it.
+                continue;
+            }
+            if slot.pid.is_none() && primary_lost && !self.dir.holds_data(ordinal) {
                 continue;
             }
             if slot.pid.is_none() {

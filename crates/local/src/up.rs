@@ -355,8 +355,12 @@ fn check_data_kept(
     } else {
         "; ".to_string()
     };
+    let (what, are) = match gone.len() {
+        1 => ("data dir", "is"),
+        _ => ("data dirs", "are"),
+    };
     Ok(Some(format!(
-        "the data dir of {} is gone or empty ({}){lost_primary}each is cloned from an instance that holds the data, never initialised empty",
+        "the {what} of {} {are} gone or empty ({}){lost_primary}each is cloned from an instance that holds the data, never initialised empty",
         names(&gone),
         dirs(&gone)
     )))
