@@ -142,7 +142,7 @@ fn a_lost_primary_data_dir_is_cloned_from_the_replica_never_initialised_empty(
     std::fs::rename(&saved, data(1)).unwrap();
     let done = AtomicBool::new(false);
     let seen_by_rw: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let stderr = std::thread::scope(|scope| {
+    let (stderr, took) = std::thread::scope(|scope| {
         scope.spawn(|| {
             // Whenever rw answers during the recovery, it answers with every row.
             while !done.load(Ordering::SeqCst) {
@@ -154,7 +154,9 @@ fn a_lost_primary_data_dir_is_cloned_from_the_replica_never_initialised_empty(
                 std::thread::sleep(Duration::from_millis(200));
             }
         });
+        let started = std::time::Instant::now();
         let out = cluster.stator(&["up"]);
+        let took = started.elapsed();
         done.store(true, Ordering::SeqCst);
         assert!(
             out.status.success(),
@@ -162,7 +164,7 @@ fn a_lost_primary_data_dir_is_cloned_from_the_replica_never_initialised_empty(
             String::from_utf8_lossy(&out.stderr),
             cluster.logs_for_failure()
         );
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        (String::from_utf8_lossy(&out.stderr).into_owned(), took)
     });
     let seen = seen_by_rw.into_inner().unwrap();
     assert!(
@@ -170,7 +172,9 @@ fn a_lost_primary_data_dir_is_cloned_from_the_replica_never_initialised_empty(
         "rw answered without every row during the recovery: {seen:?}\n{stderr}"
     );
     println!(
-        "{engine}: rw answered {} times during the recovery, always with {ROWS} rows",
+        "{engine}: up rebuilt {} lost data dir(s) in {:.1} s; rw answered {} times meanwhile, always with {ROWS} rows",
+        lost.len(),
+        took.as_secs_f64(),
         seen.len()
     );
     let status = cluster.status();
