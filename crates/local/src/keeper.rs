@@ -16,7 +16,6 @@
 //! It does nothing else: no secret reaches it, none is on its command line.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -76,13 +75,7 @@ pub fn restart_delay(quick_crashes: u32) -> Duration {
 /// Returns at once when another keeper holds the lock.
 pub fn run(dir: DatabaseDir, exe: PathBuf) -> Result<(), LocalError> {
     let lock_path = dir.keeper_lock();
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(|e| LocalError::io(&lock_path, "cannot open lock", e))?;
+    let file = crate::state::open_lock_file(&lock_path)?;
     let _lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err(_) => {

@@ -442,6 +442,18 @@ fn restrict(path: &Path, mode: u32, changed: &mut Vec<PathBuf>) -> Result<(), Lo
     Ok(())
 }
 
+/// Opens (creating it 0600) the lock file at `path`. No one but its owner can open it, so no one
+/// else can hold its flock and block the supervisor, the keeper or `up`.
+pub fn open_lock_file(path: &Path) -> Result<fs::File, LocalError> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(PRIVATE_FILE)
+        .open(path)
+        .map_err(|e| LocalError::io(path, "cannot open lock", e))
+}
+
 /// Creates `path` (and parents) with `mode` on the last component.
 pub fn create_dir(path: &Path, mode: u32) -> Result<(), LocalError> {
     if !path.is_dir() {

@@ -14,7 +14,6 @@
 //! (with the api-token) for `stator switchover` and `stator drain`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Arc, Mutex};
@@ -62,13 +61,7 @@ pub const FAST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Returns at once when another supervisor holds the lock.
 pub fn run(dir: DatabaseDir, exe: PathBuf) -> Result<(), LocalError> {
     let lock_path = dir.supervisor_lock();
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(crate::state::PRIVATE_FILE) // no one else may open it, so no one else can hold it
-        .open(&lock_path)
-        .map_err(|e| LocalError::io(&lock_path, "cannot open lock", e))?;
+    let file = crate::state::open_lock_file(&lock_path)?;
     let _lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err(_) => {

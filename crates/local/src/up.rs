@@ -13,7 +13,6 @@ use stator_api::instance::{LocalPorts, ServerState};
 use stator_api::names::secret_keys;
 
 use nix::fcntl::{Flock, FlockArg};
-use std::os::unix::fs::OpenOptionsExt;
 
 use crate::error::LocalError;
 use crate::keeper::running_keeper;
@@ -94,13 +93,7 @@ fn lock_up(dir: &DatabaseDir) -> Result<(Flock<std::fs::File>, Vec<PathBuf>), Lo
         create_dir(&dir.root, 0o755)?;
     }
     let path = dir.up_lock();
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| LocalError::io(&path, "cannot open lock", e))?;
+    let file = crate::state::open_lock_file(&path)?;
     let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err((file, _)) => {
