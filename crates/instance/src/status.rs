@@ -30,6 +30,10 @@ pub struct Snapshot {
     pub adopted: bool,
     /// Whether the data dir holds data (`None` until the manager looked).
     pub holds_data: Option<bool>,
+    /// The roles and the application database are in place (a primary created them, or a
+    /// replica got them from its primary). A primary is not ready before: a client that `up`
+    /// told "ready" must find the database it was promised.
+    pub users_in_place: bool,
 }
 
 /// The facts behind a lock, plus what never changes.
@@ -57,6 +61,7 @@ impl InstanceStatus {
                 observe_error: None,
                 adopted: false,
                 holds_data: None,
+                users_in_place: false,
             }),
         }
     }
@@ -118,6 +123,9 @@ pub fn unready_reason(s: &Snapshot, now: Instant) -> Option<String> {
         );
     };
     match o.role {
+        Some(Role::Primary) if !s.users_in_place => {
+            Some("creating the roles and the application database".into())
+        }
         Some(Role::Primary) => None,
         Some(Role::Replica) => replica_unready_reason(o),
         None => Some("role not known yet".into()),
@@ -213,6 +221,7 @@ mod tests {
             observe_error: None,
             adopted: false,
             holds_data: Some(true),
+            users_in_place: true,
         }
     }
 
@@ -224,6 +233,18 @@ mod tests {
         });
         assert_eq!(unready_reason(&s, Instant::now()), None);
         assert!(build_report("db-0", 1, &s, Instant::now()).ready);
+    }
+
+    #[test]
+    fn a_primary_is_not_ready_before_its_roles_and_database_exist() {
+        let mut s = running(Observation {
+            role: Some(Role::Primary),
+            ..Default::default()
+        });
+        s.users_in_place = false;
+        let why = unready_reason(&s, Instant::now()).unwrap();
+        assert!(why.contains("application database"), "{why}");
+        assert!(!build_report("db-0", 1, &s, Instant::now()).ready);
     }
 
     #[test]

@@ -430,6 +430,9 @@ impl<E: ServerEngine> Supervisor<E> {
                     }
                     if !users_ready {
                         users_ready = self.ensure_users_on_primary().await;
+                        if users_ready {
+                            self.status.update(|s| s.users_in_place = true);
+                        }
                     }
                 }
             }
