@@ -1,0 +1,217 @@
+//! What a test needs around the stand-in: the real control plane of `shared/kube` (started in a
+//! temp dir, stopped on drop even when the test fails) and a loopback subnet of its own (an abstract
+//! socket held for the test's lifetime, so parallel tests never hand out the same address).
+
+use std::io;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::{SocketAddr, UnixListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The `shared/kube` directory: `STATOR_KUBE_DIR`, else `../shared/kube` next to the checkout.
+pub fn kube_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATOR_KUBE_DIR") {
+        return dir.into();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/kube")
+}
+
+/// Why the control plane cannot run here at all (a binary is missing), if so.
+pub fn missing_binary() -> Option<String> {
+    let dir = kube_dir();
+    for f in ["start.sh", "stop.sh", "VERSION"] {
+        if !dir.join(f).is_file() {
+            return Some(format!("{} is missing", dir.join(f).display()));
+        }
+    }
+    for b in ["kube-apiserver", "kube-controller-manager", "kubectl"] {
+        let packed = dir.join("bin").join(format!("{b}.xz"));
+        if !packed.is_file() {
+            return Some(format!("{} is missing", packed.display()));
+        }
+    }
+    None
+}
+
+/// A running control plane; stopped (and its directory removed) on drop.
+pub struct ControlPlane {
+    dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+}
+
+impl ControlPlane {
+    /// Runs `start.sh` in a fresh temp dir; panics with its output if it fails.
+    pub fn start() -> ControlPlane {
+        let dir = tempfile::Builder::new()
+            .prefix("stator-kube-")
+            .tempdir()
+            .expect("temp dir for the control plane");
+        let out = Command::new("bash")
+            .arg(kube_dir().join("start.sh"))
+            .arg(dir.path())
+            .output()
+            .expect("run shared/kube/start.sh");
+        let mut guard = ControlPlane {
+            kubeconfig: dir.path().join("admin.kubeconfig"),
+            kubectl: PathBuf::new(),
+            dir,
+        };
+        assert!(
+            out.status.success(),
+            "shared/kube/start.sh failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let kubectl = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("export STATOR_KUBECTL="))
+            .map(PathBuf::from)
+            .expect("start.sh prints STATOR_KUBECTL");
+        guard.kubectl = kubectl;
+        guard
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        use std::io::Write;
+        let mut child = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write kubectl stdin");
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("kubectl output");
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}",
+            args.first().copied().unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A kubeconfig (0600, in the control plane's dir) for a new ServiceAccount in
+    /// `kube-system` bound to `cluster_role`, with a token from the TokenRequest API.
+    ///
+    /// Why not the admin certificate: `start.sh` issues X.509 v1 client certificates, which
+    /// rustls (kube-rs' TLS) refuses; a token also makes the RBAC what is tested.
+    pub fn service_account_kubeconfig(&self, name: &str, cluster_role: &str) -> PathBuf {
+        let manifest = serde_json::json!({
+            "apiVersion": "v1", "kind": "List", "items": [
+                {"apiVersion": "v1", "kind": "ServiceAccount",
+                 "metadata": {"name": name, "namespace": "kube-system"}},
+                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                 "metadata": {"name": name},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
+                 "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "kube-system"}]},
+            ],
+        });
+        self.kubectl(&["apply", "-f", "-"], Some(&manifest.to_string()));
+        let token = self.kubectl(
+            &[
+                "create",
+                "token",
+                name,
+                "-n",
+                "kube-system",
+                "--duration",
+                "24h",
+            ],
+            None,
+        );
+        let admin =
+            kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("admin kubeconfig");
+        let cluster = admin.clusters[0].cluster.clone().expect("a cluster");
+        let config = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "stator-test", "cluster": {
+                "server": cluster.server,
+                "certificate-authority": cluster.certificate_authority,
+            }}],
+            "users": [{"name": name, "user": {"token": token.trim()}}],
+            "contexts": [{"name": "stator-test", "context": {"cluster": "stator-test", "user": name, "namespace": "default"}}],
+            "current-context": "stator-test",
+        });
+        let path = self.dir.path().join(format!("{name}.kubeconfig"));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .expect("write kubeconfig");
+        std::io::Write::write_all(&mut file, config.to_string().as_bytes())
+            .expect("write kubeconfig");
+        path
+    }
+
+    /// The stand-in's own identity: a ServiceAccount with [`STANDIN_CLUSTER_ROLE`] (no access to
+    /// Databases, nor to labels of pods beyond `get`).
+    pub fn standin_kubeconfig(&self) -> PathBuf {
+        self.kubectl(&["apply", "-f", "-"], Some(STANDIN_CLUSTER_ROLE));
+        self.service_account_kubeconfig("kubelet-standin", "kubelet-standin")
+    }
+}
+
+/// What the stand-in may do: the verbs a kubelet and the scheduler's binder use, nothing more.
+pub const STANDIN_CLUSTER_ROLE: &str = r#"{
+  "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+  "metadata": {"name": "kubelet-standin"},
+  "rules": [
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "delete"]},
+    {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]},
+    {"apiGroups": [""], "resources": ["pods/binding"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "list"]},
+    {"apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["get", "list", "create"]},
+    {"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["get"]}
+  ]
+}"#;
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(kube_dir().join("stop.sh"))
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A loopback subnet `127.0.S.0/24` held by this process until dropped.
+pub struct Subnet {
+    pub octet: u8,
+    _lock: UnixListener,
+}
+
+/// Claims a free subnet among 127.0.100–250 by binding an abstract Unix socket named after it
+/// (released by the kernel when the process ends; nothing is left on disk).
+pub fn claim_subnet() -> io::Result<Subnet> {
+    for octet in 100..=250u8 {
+        let name = format!("stator-kubelet-standin-127.0.{octet}");
+        let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
+        if let Ok(lock) = UnixListener::bind_addr(&addr) {
+            return Ok(Subnet { octet, _lock: lock });
+        }
+    }
+    Err(io::Error::other("no free 127.0.S subnet among 100..=250"))
+}

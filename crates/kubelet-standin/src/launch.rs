@@ -1,0 +1,227 @@
+//! Starting one container process: its own session (so its process group can be signalled
+//! whole), its own mount namespace with the pod's volumes bind-mounted at their mount paths,
+//! and the user and groups its security context names.
+//!
+//! Everything the forked child needs is computed before the fork; between fork and exec the
+//! child only makes system calls (no allocation), as `pre_exec` requires.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+/// One bind mount inside the container's mount namespace.
+#[derive(Clone, Debug)]
+pub(crate) struct Mount {
+    /// Host path (a directory or a file).
+    pub source: PathBuf,
+    /// Path inside the container.
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+/// A process to start as a container (or an exec probe in one).
+#[derive(Clone, Debug)]
+pub(crate) struct Launch {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<PathBuf>,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub mounts: Vec<Mount>,
+}
+
+/// A mount target prepared for the child: the components to create after the mounts before it.
+struct ChildMount {
+    source: CString,
+    target: CString,
+    read_only: bool,
+    create_dirs: Vec<CString>,
+    create_file: Option<CString>,
+}
+
+fn cstring(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
+impl Launch {
+    /// The host path a container path resolves to through the mounts (longest mount prefix).
+    pub(crate) fn host_path(&self, inside: &Path) -> PathBuf {
+        let best = self
+            .mounts
+            .iter()
+            .filter(|m| inside.starts_with(&m.target))
+            .max_by_key(|m| m.target.as_os_str().len());
+        match best {
+            Some(m) => m
+                .source
+                .join(inside.strip_prefix(&m.target).unwrap_or(inside)),
+            None => inside.to_path_buf(),
+        }
+    }
+
+    /// `argv[0]` as an absolute path inside the container, searched on the container's `PATH`.
+    fn program(&self) -> io::Result<PathBuf> {
+        let name = self
+            .argv
+            .first()
+            .ok_or_else(|| io::Error::other("no command and no image entrypoint"))?;
+        if name.contains('/') {
+            return Ok(PathBuf::from(name));
+        }
+        let path = self
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+        for dir in path.split(':').filter(|d| !d.is_empty()) {
+            let candidate = Path::new(dir).join(name);
+            if self.host_path(&candidate).is_file() {
+                return Ok(candidate);
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("executable {name:?} not found in $PATH {path:?}"),
+        ))
+    }
+
+    /// Spawns the process. `created` collects host paths created as mount points (removed when
+    /// the stand-in stops).
+    pub(crate) fn spawn(
+        &self,
+        stdout: Stdio,
+        stderr: Stdio,
+        created: &mut Vec<PathBuf>,
+    ) -> io::Result<tokio::process::Child> {
+        let program = self.program()?;
+        let mut mounts = self.mounts.clone();
+        mounts.sort_by_key(|m| m.target.components().count());
+        let mut child_mounts = Vec::new();
+        for (i, m) in mounts.iter().enumerate() {
+            let is_file = m.source.is_file();
+            // A mount point under an earlier mount is created inside that volume, in the child
+            // (as a container runtime does); any other one on the host, remembered for removal.
+            let nested = mounts[..i].iter().any(|p| m.target.starts_with(&p.target));
+            let mut create_dirs = Vec::new();
+            let mut create_file = None;
+            let dir = if is_file {
+                m.target.parent().unwrap_or(Path::new("/"))
+            } else {
+                m.target.as_path()
+            };
+            let mut prefix = PathBuf::from("/");
+            for comp in dir.components().skip(1) {
+                prefix.push(comp);
+                if nested {
+                    create_dirs.push(cstring(&prefix)?);
+                } else if !prefix.exists() {
+                    std::fs::create_dir(&prefix)?;
+                    created.push(prefix.clone());
+                }
+            }
+            if is_file {
+                if nested {
+                    create_file = Some(cstring(&m.target)?);
+                } else if !m.target.exists() {
+                    std::fs::File::create(&m.target)?;
+                    created.push(m.target.clone());
+                }
+            }
+            child_mounts.push(ChildMount {
+                source: cstring(&m.source)?,
+                target: cstring(&m.target)?,
+                read_only: m.read_only,
+                create_dirs,
+                create_file,
+            });
+        }
+        let cwd = self.working_dir.as_deref().map(cstring).transpose()?;
+        let root = CString::new("/").map_err(io::Error::other)?;
+        let (uid, gid) = (self.uid, self.gid);
+        let groups: Vec<libc::gid_t> = self.groups.clone();
+
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.arg0(&self.argv[0])
+            .args(&self.argv[1..])
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .kill_on_drop(true);
+        // SAFETY: the closure only makes system calls on memory prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                fn check(rc: libc::c_int) -> io::Result<()> {
+                    if rc == -1 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(())
+                    }
+                }
+                check(libc::setsid())?;
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                check(libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                for m in &child_mounts {
+                    for d in &m.create_dirs {
+                        if libc::mkdir(d.as_ptr(), 0o755) == -1
+                            && *libc::__errno_location() != libc::EEXIST
+                        {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                    if let Some(f) = &m.create_file {
+                        let fd = libc::open(f.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644);
+                        check(fd)?;
+                        libc::close(fd);
+                    }
+                    check(libc::mount(
+                        m.source.as_ptr(),
+                        m.target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ))?;
+                    if m.read_only {
+                        check(libc::mount(
+                            std::ptr::null(),
+                            m.target.as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                            std::ptr::null(),
+                        ))?;
+                    }
+                }
+                check(libc::setgroups(groups.len(), groups.as_ptr()))?;
+                check(libc::setgid(gid))?;
+                check(libc::setuid(uid))?;
+                if let Some(cwd) = &cwd {
+                    check(libc::chdir(cwd.as_ptr()))?;
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn()
+    }
+}
+
+/// Sends `signal` to the whole process group `pgid` (a container's session); gone is fine.
+pub(crate) fn signal_group(pgid: i32, signal: libc::c_int) {
+    if pgid > 1 {
+        // SAFETY: kill(2) on a negative pid signals a process group; no memory is involved.
+        unsafe {
+            libc::kill(-pgid, signal);
+        }
+    }
+}

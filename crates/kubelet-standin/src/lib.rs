@@ -1,0 +1,584 @@
+//! A test-only kubelet stand-in for the real control plane of `shared/kube/start.sh`: it keeps
+//! three Nodes Ready with heartbeat Leases, binds pending pods (the scheduler's part, honouring
+//! required pod anti-affinity), gives each claim a PV keyed by the claim's UID, runs each pod's
+//! containers as real processes on a loopback address of their own, patches `pods/status` as a
+//! kubelet does and deletes pods as a kubelet does. The real StatefulSet, PV and EndpointSlice
+//! controllers do the rest. Never a dependency of the shipped binary.
+//!
+//! It must not, and does not: read Database objects, label pods, call anything in a pod but its
+//! declared probes, shorten a period (probe periods, back-off, lease renewal are a kubelet's or
+//! the pod's own), keep a process after its pod is gone, reuse data across PVC UIDs, or give a
+//! pod an API token (projected volumes are not mounted).
+//!
+//! Departures from a kubelet, besides those each module lists:
+//! - it watches by listing every second (no watch, no informer cache);
+//! - addresses: node K is `127.0.S.K` and pods get `127.0.S.10` and up, where `S` is the
+//!   stand-in's [`Config::subnet`] (so stand-ins of parallel tests never share an address);
+//! - images are not pulled: [`Image`] maps an image name prefix to installed binaries, and
+//!   the container's root file system is the host's (with the pod's volumes mounted over it;
+//!   missing mount points are created on the host and removed when the stand-in stops);
+//! - `/etc/hosts` of a pod lists every pod with a `hostname` and `subdomain` (the headless
+//!   names), ready or not; Service names and Service forwarding are not done yet.
+//!
+//! # Layout
+//! - `node`: Node registration and heartbeats;
+//! - `schedule`: choosing a node (pure);
+//! - `volume`: PVs and the pod volumes on the host;
+//! - `launch`: one process in its own mount namespace, as its user;
+//! - `probe`: exec, httpGet and tcpSocket probes;
+//! - `pod`: a pod's worker (containers, restarts, status, termination);
+//! - `hosts`: the pods' `/etc/hosts`;
+//! - `harness`: the control plane and a loopback subnet for a test.
+
+pub mod harness;
+mod hosts;
+mod launch;
+mod node;
+mod pod;
+mod probe;
+mod schedule;
+mod volume;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+pub use volume::owner;
+
+/// What can go wrong talking to the API server or the host.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}: {1}")]
+    Kube(&'static str, #[source] kube::Error),
+    #[error("kubeconfig {0}: {1}")]
+    Kubeconfig(PathBuf, String),
+    #[error("object: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("{0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+}
+
+/// An image name prefix and what runs for it on this machine.
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// Matches `image` by prefix, e.g. `postgres:15`.
+    pub prefix: String,
+    /// Directories put first on the container's `PATH`.
+    pub path: Vec<PathBuf>,
+    /// The image's entrypoint, used when a container has no `command`.
+    pub entrypoint: Vec<String>,
+    /// Host files shown at a path inside the container (read-only), as the image holds them.
+    pub files: Vec<(PathBuf, PathBuf)>,
+}
+
+/// The stand-in's configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub kubeconfig: PathBuf,
+    /// Where PV directories and pod directories live (the test's temp dir).
+    pub root: PathBuf,
+    /// The third octet of every address the stand-in hands out.
+    pub subnet: u8,
+    pub images: Vec<Image>,
+    pub nodes: usize,
+}
+
+impl Config {
+    /// Three nodes and the images Stator's manifests use: the Stator image (its binary at
+    /// `/usr/local/bin/stator` is `stator_binary`), `postgres:15` (Debian's PostgreSQL 15),
+    /// `mariadb:` (Debian's MariaDB) and `busybox` (the host's shell tools).
+    pub fn new(kubeconfig: &Path, root: &Path, subnet: u8, stator_binary: &Path) -> Config {
+        let stator_dir = stator_binary
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .to_path_buf();
+        Config {
+            kubeconfig: kubeconfig.to_path_buf(),
+            root: root.to_path_buf(),
+            subnet,
+            nodes: 3,
+            images: vec![
+                Image {
+                    prefix: "ghcr.io/stator-dev/stator".into(),
+                    path: vec![stator_dir],
+                    entrypoint: vec!["/usr/local/bin/stator".into()],
+                    files: vec![(stator_binary.to_path_buf(), "/usr/local/bin/stator".into())],
+                },
+                Image {
+                    prefix: "postgres:15".into(),
+                    path: vec!["/usr/lib/postgresql/15/bin".into()],
+                    entrypoint: vec!["postgres".into()],
+                    files: vec![],
+                },
+                Image {
+                    prefix: "mariadb:".into(),
+                    path: vec!["/usr/sbin".into()],
+                    entrypoint: vec!["mariadbd".into()],
+                    files: vec![],
+                },
+                Image {
+                    prefix: "busybox".into(),
+                    path: vec![],
+                    entrypoint: vec!["sh".into()],
+                    files: vec![],
+                },
+            ],
+        }
+    }
+}
+
+struct PodHandle {
+    node: usize,
+    ip: Ipv4Addr,
+    orders: mpsc::UnboundedSender<pod::Order>,
+    groups: pod::Groups,
+    terminating: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub(crate) struct Shared {
+    client: kube::Client,
+    config: Config,
+    nodes: Vec<Arc<node::NodeHandle>>,
+    pods: Mutex<HashMap<String, PodHandle>>,
+    /// Host paths created as mount points, removed when the stand-in stops.
+    mountpoints: Mutex<Vec<PathBuf>>,
+    /// tmpfs mounts, unmounted when the stand-in stops (pods unmount theirs when torn down).
+    tmpfs: Mutex<Vec<PathBuf>>,
+}
+
+/// A running stand-in. Stop it with [`StandIn::shutdown`]; dropping it kills every process it
+/// started, unmounts its tmpfs mounts and removes the mount points it created.
+pub struct StandIn {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A client for the kubeconfig at `path`.
+pub async fn client(path: &Path) -> Result<kube::Client, Error> {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .map_err(|e| Error::Kubeconfig(path.to_path_buf(), e.to_string()))?;
+    let client_config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| Error::Kubeconfig(path.to_path_buf(), e.to_string()))?;
+    kube::Client::try_from(client_config).map_err(|e| Error::Kube("client", e))
+}
+
+impl StandIn {
+    /// Registers the nodes and starts the heartbeat and the sync loop.
+    pub async fn start(config: Config) -> Result<StandIn, Error> {
+        let client = client(&config.kubeconfig).await?;
+        std::fs::create_dir_all(config.root.join("pods"))
+            .map_err(|e| Error::Io(config.root.clone(), e))?;
+        let nodes: Vec<Arc<node::NodeHandle>> = (0..config.nodes)
+            .map(|i| {
+                Arc::new(node::NodeHandle {
+                    name: format!("standin-{i}"),
+                    ip: Ipv4Addr::new(127, 0, config.subnet, i as u8 + 1),
+                    stopped: false.into(),
+                })
+            })
+            .collect();
+        for n in &nodes {
+            node::register(&client, n).await?;
+        }
+        let shared = Arc::new(Shared {
+            client,
+            config,
+            nodes,
+            pods: Mutex::new(HashMap::new()),
+            mountpoints: Mutex::new(Vec::new()),
+            tmpfs: Mutex::new(Vec::new()),
+        });
+        let mut tasks = Vec::new();
+        for n in &shared.nodes {
+            tasks.push(tokio::spawn(node::heartbeat(
+                shared.client.clone(),
+                n.clone(),
+            )));
+        }
+        let s = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                if let Err(e) = sync(&s).await {
+                    tracing::warn!("kubelet stand-in sync: {e}");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }));
+        Ok(StandIn { shared, tasks })
+    }
+
+    /// The stand-in's API client (the kubeconfig's credentials).
+    pub fn client(&self) -> kube::Client {
+        self.shared.client.clone()
+    }
+
+    /// The host directory of the PV of the claim with this UID.
+    pub fn pv_dir(&self, pvc_uid: &str) -> PathBuf {
+        volume::pv_dir(&self.shared.config.root, pvc_uid)
+    }
+
+    /// The host directory of a running pod (its volumes are under `volumes/NAME`).
+    pub fn pod_dir(&self, pod_uid: &str) -> PathBuf {
+        self.shared.config.root.join("pods").join(pod_uid)
+    }
+
+    /// The names of the stand-in's nodes.
+    pub fn node_names(&self) -> Vec<String> {
+        self.shared.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// Fault drill: SIGKILL a container's processes; the pod's worker restarts it per its
+    /// restart policy, with back-off.
+    pub fn kill_container(&self, pod_uid: &str, container: &str) -> bool {
+        let pods = self.shared.pods.lock().unwrap();
+        pods.get(pod_uid).is_some_and(|h| {
+            h.orders
+                .send(pod::Order::KillContainer(container.into()))
+                .is_ok()
+        })
+    }
+
+    /// Fault drill: delete a pod through the API with its own grace period, as `kubectl delete
+    /// pod` does; the stand-in then terminates it like a kubelet.
+    pub async fn delete_pod(&self, namespace: &str, name: &str) -> Result<(), Error> {
+        let pods: Api<Pod> = Api::namespaced(self.shared.client.clone(), namespace);
+        pods.delete(name, &DeleteParams::default())
+            .await
+            .map_err(|e| Error::Kube("delete pod", e))?;
+        Ok(())
+    }
+
+    /// Fault drill: stop a node: its pods' processes are SIGSTOPped, its Lease is no longer
+    /// renewed and the stand-in no longer handles its pods.
+    pub fn stop_node(&self, name: &str) {
+        let Some((i, n)) = self
+            .shared
+            .nodes
+            .iter()
+            .enumerate()
+            .find(|(_, n)| n.name == name)
+        else {
+            return;
+        };
+        n.stopped.store(true, Ordering::SeqCst);
+        for h in self.shared.pods.lock().unwrap().values() {
+            if h.node == i {
+                let _ = h.orders.send(pod::Order::Freeze);
+            }
+        }
+    }
+
+    /// Stops the stand-in: every pod's processes are stopped (SIGTERM, then SIGKILL after a
+    /// few seconds; the pods stay in the API, as when a kubelet dies) and the host is cleaned.
+    pub async fn shutdown(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        let handles: Vec<PodHandle> = self
+            .shared
+            .pods
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for h in &handles {
+            let _ = h.orders.send(pod::Order::Terminate {
+                grace: Duration::from_secs(5),
+                delete: false,
+            });
+        }
+        for h in handles {
+            let _ = tokio::time::timeout(Duration::from_secs(30), h.task).await;
+            kill_groups(&h.groups);
+        }
+    }
+}
+
+fn kill_groups(groups: &pod::Groups) {
+    for pgid in groups.lock().unwrap().values() {
+        launch::signal_group(*pgid, libc::SIGCONT);
+        launch::signal_group(*pgid, libc::SIGKILL);
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for h in self.shared.pods.lock().unwrap().values() {
+            h.task.abort();
+            kill_groups(&h.groups);
+        }
+        for dir in self.shared.tmpfs.lock().unwrap().drain(..) {
+            volume::unmount(&dir);
+        }
+        let mut created = std::mem::take(&mut *self.shared.mountpoints.lock().unwrap());
+        created.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        created.dedup();
+        for p in created {
+            if p.is_dir() {
+                let _ = std::fs::remove_dir(&p);
+            } else {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+}
+
+fn pod_key(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_default()
+}
+
+fn node_name(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref()?.node_name.as_deref()
+}
+
+fn finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// One pass: schedule, give claims PVs, start, terminate and forget pods.
+async fn sync(shared: &Arc<Shared>) -> Result<(), Error> {
+    let client = &shared.client;
+    let lp = ListParams::default();
+    let mut pods = Api::<Pod>::all(client.clone())
+        .list(&lp)
+        .await
+        .map_err(|e| Error::Kube("list pods", e))?
+        .items;
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default().labels("stator.dev/kubelet-standin=true"))
+        .await
+        .map_err(|e| Error::Kube("list nodes", e))?
+        .items;
+    let pvcs = Api::<PersistentVolumeClaim>::all(client.clone())
+        .list(&lp)
+        .await
+        .map_err(|e| Error::Kube("list claims", e))?
+        .items;
+    let pvs = Api::<PersistentVolume>::all(client.clone())
+        .list(&lp)
+        .await
+        .map_err(|e| Error::Kube("list volumes", e))?
+        .items;
+    let claim = |ns: &str, name: &str| {
+        pvcs.iter().find(|c| {
+            c.metadata.namespace.as_deref() == Some(ns) && c.metadata.name.as_deref() == Some(name)
+        })
+    };
+    let pv_of = |c: &PersistentVolumeClaim| {
+        let uid = c.metadata.uid.clone().unwrap_or_default();
+        pvs.iter().find(|pv| {
+            pv.spec
+                .as_ref()
+                .and_then(|s| s.claim_ref.as_ref())
+                .and_then(|r| r.uid.clone())
+                == Some(uid.clone())
+        })
+    };
+    let node_index = |name: &str| shared.nodes.iter().position(|n| n.name == name);
+
+    // Schedule.
+    for i in 0..pods.len() {
+        let pod = &pods[i];
+        let scheduler = pod.spec.as_ref().and_then(|s| s.scheduler_name.clone());
+        if node_name(pod).is_some()
+            || pod.metadata.deletion_timestamp.is_some()
+            || finished(pod)
+            || scheduler
+                .as_deref()
+                .is_some_and(|s| s != "default-scheduler")
+        {
+            continue;
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let pinned = volume::claim_names(pod)
+            .iter()
+            .filter_map(|c| claim(&ns, c))
+            .filter_map(pv_of)
+            .find_map(volume::pv_node);
+        let placed: Vec<Pod> = pods
+            .iter()
+            .filter(|p| node_name(p).is_some() && !finished(p))
+            .cloned()
+            .collect();
+        let cluster = schedule::Cluster {
+            nodes: &nodes,
+            placed: &placed,
+        };
+        let schedulable = |n: &str| node_index(n).is_some_and(|i| !shared.nodes[i].is_stopped());
+        let Some(target) = schedule::choose_node(pod, &cluster, &schedulable, pinned.as_deref())
+        else {
+            continue;
+        };
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let binding = json!({
+            "apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": name, "namespace": ns},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": target},
+        });
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        match api
+            .create_subresource::<_, serde_json::Value>(
+                "binding",
+                &name,
+                &PostParams::default(),
+                &binding,
+            )
+            .await
+        {
+            Ok(_) => {
+                let mut spec = pods[i].spec.clone().unwrap_or_default();
+                spec.node_name = Some(target);
+                pods[i].spec = Some(spec);
+            }
+            Err(e) => tracing::debug!(pod = %name, "bind: {e}"),
+        }
+    }
+
+    // Our pods: claims, start, terminate.
+    let live: BTreeSet<String> = pods.iter().map(pod_key).collect();
+    for pod in &pods {
+        let Some(ni) = node_name(pod).and_then(node_index) else {
+            continue;
+        };
+        if shared.nodes[ni].is_stopped() {
+            continue;
+        }
+        let uid = pod_key(pod);
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        if pod.metadata.deletion_timestamp.is_some() {
+            let grace = Duration::from_secs(
+                pod.metadata
+                    .deletion_grace_period_seconds
+                    .unwrap_or(30)
+                    .max(0) as u64,
+            );
+            let running = {
+                let mut pods_rt = shared.pods.lock().unwrap();
+                if let Some(h) = pods_rt.get_mut(&uid)
+                    && !h.terminating
+                {
+                    h.terminating = true;
+                    let _ = h.orders.send(pod::Order::Terminate {
+                        grace,
+                        delete: true,
+                    });
+                }
+                pods_rt.contains_key(&uid)
+            };
+            if !running {
+                // Nothing of it runs here: remove it at once, as a kubelet does.
+                let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                let params = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: Some(kube::api::Preconditions {
+                        uid: Some(uid.clone()),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                let _ = api.delete(&name, &params).await;
+            }
+            continue;
+        }
+        if shared.pods.lock().unwrap().contains_key(&uid) || finished(pod) {
+            continue;
+        }
+        // Every claim needs a PV, and must be Bound, before the pod starts.
+        let mut pvc_uids = BTreeMap::new();
+        let mut all_bound = true;
+        for name in volume::claim_names(pod) {
+            let Some(c) = claim(&ns, &name) else {
+                all_bound = false;
+                continue;
+            };
+            if pv_of(c).is_none() {
+                volume::create_pv(client, &shared.config.root, c, &shared.nodes[ni].name).await?;
+            }
+            let bound = c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+            all_bound &= bound;
+            pvc_uids.insert(name, c.metadata.uid.clone().unwrap_or_default());
+        }
+        if !all_bound {
+            continue;
+        }
+        let mut pods_rt = shared.pods.lock().unwrap();
+        let used: BTreeSet<Ipv4Addr> = pods_rt.values().map(|h| h.ip).collect();
+        let Some(ip) = (10..=254)
+            .map(|k| Ipv4Addr::new(127, 0, shared.config.subnet, k))
+            .find(|ip| !used.contains(ip))
+        else {
+            continue;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let groups = pod::Groups::default();
+        let task = tokio::spawn(pod::Worker::run(
+            shared.clone(),
+            pod.clone(),
+            shared.nodes[ni].name.clone(),
+            shared.nodes[ni].ip,
+            ip,
+            pvc_uids,
+            groups.clone(),
+            rx,
+        ));
+        pods_rt.insert(
+            uid,
+            PodHandle {
+                node: ni,
+                ip,
+                orders: tx,
+                groups,
+                terminating: false,
+                task,
+            },
+        );
+    }
+
+    // Pods gone from the API (or whose worker ended): no process may outlive them.
+    {
+        let mut pods_rt = shared.pods.lock().unwrap();
+        let gone: Vec<String> = pods_rt
+            .iter()
+            .filter(|(uid, h)| h.task.is_finished() || (!live.contains(*uid) && !h.terminating))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in gone {
+            if let Some(h) = pods_rt.get_mut(&uid) {
+                if h.task.is_finished() {
+                    kill_groups(&h.groups);
+                    pods_rt.remove(&uid);
+                } else if !shared.nodes[h.node].is_stopped() {
+                    h.terminating = true;
+                    let _ = h.orders.send(pod::Order::Terminate {
+                        grace: Duration::ZERO,
+                        delete: false,
+                    });
+                }
+            }
+        }
+    }
+
+    hosts::write_all(shared, &pods);
+    Ok(())
+}
