@@ -1,5 +1,5 @@
 //! What a test needs around the stand-in: the real control plane of `shared/kube` (started in a
-//! temp dir, stopped on drop even when the test fails) and a loopback subnet of its own (an abstract
+//! temp dir, stopped on drop even when the test fails) and an address subnet of its own (an abstract
 //! socket held for the test's lifetime, so parallel tests never hand out the same address).
 
 use std::io;
@@ -184,7 +184,9 @@ pub const STANDIN_CLUSTER_ROLE: &str = r#"{
     {"apiGroups": [""], "resources": ["pods/binding"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "list"]},
     {"apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["get", "list", "create"]},
-    {"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["get"]}
+    {"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["list"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]}
   ]
 }"#;
 
@@ -197,21 +199,21 @@ impl Drop for ControlPlane {
     }
 }
 
-/// A loopback subnet `127.0.S.0/24` held by this process until dropped.
+/// A subnet `198.18.S.0/24` held by this process until dropped.
 pub struct Subnet {
     pub octet: u8,
     _lock: UnixListener,
 }
 
-/// Claims a free subnet among 127.0.100–250 by binding an abstract Unix socket named after it
+/// Claims a free subnet among 198.18.100–250 by binding an abstract Unix socket named after it
 /// (released by the kernel when the process ends; nothing is left on disk).
 pub fn claim_subnet() -> io::Result<Subnet> {
     for octet in 100..=250u8 {
-        let name = format!("stator-kubelet-standin-127.0.{octet}");
+        let name = format!("stator-kubelet-standin-198.18.{octet}");
         let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
         if let Ok(lock) = UnixListener::bind_addr(&addr) {
             return Ok(Subnet { octet, _lock: lock });
         }
     }
-    Err(io::Error::other("no free 127.0.S subnet among 100..=250"))
+    Err(io::Error::other("no free 198.18.S subnet among 100..=250"))
 }

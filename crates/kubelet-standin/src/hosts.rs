@@ -1,7 +1,7 @@
 //! Each pod's `/etc/hosts` (bind-mounted over the host's in its mount namespace): the
 //! kubelet's own lines, then the headless names of every pod with a `hostname` and a
 //! `subdomain` (`name-0.name-headless`, with and without `NAMESPACE.svc.cluster.local`), since
-//! there is no cluster DNS. Rewritten in place when pods come and go, so running containers see
+//! there is no cluster DNS; then every forwarded Service's names. Rewritten in place when pods come and go, so running containers see
 //! the change.
 
 use std::net::Ipv4Addr;
@@ -81,7 +81,12 @@ pub(crate) fn write_all(shared: &Arc<Shared>, pods: &[Pod]) {
             continue;
         }
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let content = format!("{}{}", base(pod, ip), headless_lines(pods, &ns));
+        let content = format!(
+            "{}{}{}",
+            base(pod, ip),
+            headless_lines(pods, &ns),
+            crate::service::hosts_lines(&shared.services, &ns)
+        );
         if std::fs::read_to_string(&path).ok().as_deref() != Some(content.as_str()) {
             // In place (not a rename): the file is bind-mounted by inode.
             let _ = std::fs::write(&path, content);

@@ -1,7 +1,7 @@
 //! A test-only kubelet stand-in for the real control plane of `shared/kube/start.sh`: it keeps
 //! three Nodes Ready with heartbeat Leases, binds pending pods (the scheduler's part, honouring
 //! required pod anti-affinity), gives each claim a PV keyed by the claim's UID, runs each pod's
-//! containers as real processes on a loopback address of their own, patches `pods/status` as a
+//! containers as real processes on a local address of their own, patches `pods/status` as a
 //! kubelet does and deletes pods as a kubelet does. The real StatefulSet, PV and EndpointSlice
 //! controllers do the rest. Never a dependency of the shipped binary.
 //!
@@ -12,13 +12,19 @@
 //!
 //! Departures from a kubelet, besides those each module lists:
 //! - it watches by listing every second (no watch, no informer cache);
-//! - addresses: node K is `127.0.S.K` and pods get `127.0.S.10` and up, where `S` is the
-//!   stand-in's [`Config::subnet`] (so stand-ins of parallel tests never share an address);
+//! - addresses: not `127.0.0.K` as first planned, because the API server refuses loopback
+//!   addresses in EndpointSlices ("may not be in the loopback range"), so the real
+//!   EndpointSlice controller could never publish such a pod. The stand-in takes
+//!   `198.18.S.0/24` (RFC 2544's benchmarking range, never routed) and makes it local with an
+//!   "AnyIP" route (`ip route add local 198.18.S.0/24 dev lo table local`, removed when it
+//!   stops): node K is `198.18.S.K`, pods get `.10`–`.199` and Services `.200`–`.254`, where
+//!   `S` is the stand-in's [`Config::subnet`] (so stand-ins of parallel tests never share an
+//!   address);
 //! - images are not pulled: [`Image`] maps an image name prefix to installed binaries, and
 //!   the container's root file system is the host's (with the pod's volumes mounted over it;
 //!   missing mount points are created on the host and removed when the stand-in stops);
 //! - `/etc/hosts` of a pod lists every pod with a `hostname` and `subdomain` (the headless
-//!   names), ready or not; Service names and Service forwarding are not done yet.
+//!   names), ready or not, and every forwarded Service (there is no cluster DNS).
 //!
 //! # Layout
 //! - `node`: Node registration and heartbeats;
@@ -27,8 +33,9 @@
 //! - `launch`: one process in its own mount namespace, as its user;
 //! - `probe`: exec, httpGet and tcpSocket probes;
 //! - `pod`: a pod's worker (containers, restarts, status, termination);
+//! - `service`: a local address per Service, forwarding to its ready endpoints;
 //! - `hosts`: the pods' `/etc/hosts`;
-//! - `harness`: the control plane and a loopback subnet for a test.
+//! - `harness`: the control plane and an address subnet for a test.
 
 pub mod harness;
 mod hosts;
@@ -37,6 +44,7 @@ mod node;
 mod pod;
 mod probe;
 mod schedule;
+mod service;
 mod volume;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -46,7 +54,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -155,6 +164,7 @@ pub(crate) struct Shared {
     mountpoints: Mutex<Vec<PathBuf>>,
     /// tmpfs mounts, unmounted when the stand-in stops (pods unmount theirs when torn down).
     tmpfs: Mutex<Vec<PathBuf>>,
+    services: service::Forwards,
 }
 
 /// A running stand-in. Stop it with [`StandIn::shutdown`]; dropping it kills every process it
@@ -181,11 +191,19 @@ impl StandIn {
         let client = client(&config.kubeconfig).await?;
         std::fs::create_dir_all(config.root.join("pods"))
             .map_err(|e| Error::Io(config.root.clone(), e))?;
+        // A route left by a stand-in that was killed is taken over ("File exists").
+        let out = route("add", config.subnet).map_err(|e| Error::Io("ip".into(), e))?;
+        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("File exists") {
+            return Err(Error::Io(
+                "ip route add".into(),
+                std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+            ));
+        }
         let nodes: Vec<Arc<node::NodeHandle>> = (0..config.nodes)
             .map(|i| {
                 Arc::new(node::NodeHandle {
                     name: format!("standin-{i}"),
-                    ip: Ipv4Addr::new(127, 0, config.subnet, i as u8 + 1),
+                    ip: address(config.subnet, i as u8 + 1),
                     stopped: false.into(),
                 })
             })
@@ -200,6 +218,7 @@ impl StandIn {
             pods: Mutex::new(HashMap::new()),
             mountpoints: Mutex::new(Vec::new()),
             tmpfs: Mutex::new(Vec::new()),
+            services: Mutex::new(HashMap::new()),
         });
         let mut tasks = Vec::new();
         for n in &shared.nodes {
@@ -233,6 +252,14 @@ impl StandIn {
     /// The host directory of a running pod (its volumes are under `volumes/NAME`).
     pub fn pod_dir(&self, pod_uid: &str) -> PathBuf {
         self.shared.config.root.join("pods").join(pod_uid)
+    }
+
+    /// The local address forwarding to the Service's ready endpoints, once it has one.
+    pub fn service_address(&self, namespace: &str, name: &str) -> Option<Ipv4Addr> {
+        let services = self.shared.services.lock().unwrap();
+        services
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|f| f.ip)
     }
 
     /// The names of the stand-in's nodes.
@@ -324,9 +351,11 @@ impl Drop for StandIn {
             h.task.abort();
             kill_groups(&h.groups);
         }
+        self.shared.services.lock().unwrap().clear();
         for dir in self.shared.tmpfs.lock().unwrap().drain(..) {
             volume::unmount(&dir);
         }
+        let _ = route("del", self.shared.config.subnet);
         let mut created = std::mem::take(&mut *self.shared.mountpoints.lock().unwrap());
         created.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         created.dedup();
@@ -338,6 +367,19 @@ impl Drop for StandIn {
             }
         }
     }
+}
+
+/// Address `k` of the stand-in's subnet `S`: `198.18.S.k`.
+pub fn address(subnet: u8, k: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, subnet, k)
+}
+
+fn route(verb: &str, subnet: u8) -> std::io::Result<std::process::Output> {
+    std::process::Command::new("ip")
+        .args(["route", verb, "local"])
+        .arg(format!("198.18.{subnet}.0/24"))
+        .args(["dev", "lo", "table", "local"])
+        .output()
 }
 
 fn pod_key(pod: &Pod) -> String {
@@ -379,6 +421,17 @@ async fn sync(shared: &Arc<Shared>) -> Result<(), Error> {
         .await
         .map_err(|e| Error::Kube("list volumes", e))?
         .items;
+    let services = Api::<Service>::all(client.clone())
+        .list(&lp)
+        .await
+        .map_err(|e| Error::Kube("list services", e))?
+        .items;
+    let slices = Api::<EndpointSlice>::all(client.clone())
+        .list(&lp)
+        .await
+        .map_err(|e| Error::Kube("list endpointslices", e))?
+        .items;
+    service::sync(&shared.services, shared.config.subnet, &services, &slices).await;
     let claim = |ns: &str, name: &str| {
         pvcs.iter().find(|c| {
             c.metadata.namespace.as_deref() == Some(ns) && c.metadata.name.as_deref() == Some(name)
@@ -524,8 +577,8 @@ async fn sync(shared: &Arc<Shared>) -> Result<(), Error> {
         }
         let mut pods_rt = shared.pods.lock().unwrap();
         let used: BTreeSet<Ipv4Addr> = pods_rt.values().map(|h| h.ip).collect();
-        let Some(ip) = (10..=254)
-            .map(|k| Ipv4Addr::new(127, 0, shared.config.subnet, k))
+        let Some(ip) = (10..=199)
+            .map(|k| address(shared.config.subnet, k))
             .find(|ip| !used.contains(ip))
         else {
             continue;

@@ -466,7 +466,10 @@ impl Worker {
                         "status.podIP" => self.ip.to_string(),
                         "status.hostIP" => self.host_ip.to_string(),
                         other => {
-                            return Err(format!("env {}: fieldRef {other} not supported", var.name));
+                            return Err(format!(
+                                "env {}: fieldRef {other} not supported",
+                                var.name
+                            ));
                         }
                     }
                 } else if let Some(s) = &from.secret_key_ref {

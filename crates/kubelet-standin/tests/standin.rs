@@ -162,6 +162,20 @@ fn container_pgid(pod: &Pod, container: &str) -> Option<i32> {
         .ok()
 }
 
+/// A plain HTTP/1.0 GET; the body.
+async fn http_get(ip: std::net::Ipv4Addr, port: u16, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect((ip, port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.0 200") => Ok(body.to_string()),
+        _ => Err(std::io::Error::other(out)),
+    }
+}
+
 fn alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks for existence.
     unsafe { libc::kill(pid, 0) == 0 }
@@ -202,8 +216,9 @@ echo boot >> /data/boots
   grep -c ' /cache tmpfs ' /proc/self/mounts | sed 's/^/cache-tmpfs /'
   cat /scratch/init-done
 } > /data/seen
+echo "$HOSTNAME" > /scratch/whoami
 touch /scratch/ready
-exec sleep 100000
+exec python3 -m http.server 8080 --bind "$POD_IP" --directory /scratch
 "#;
     json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet",
@@ -226,8 +241,10 @@ exec sleep 100000
                     "containers": [{
                         "name": "main", "image": "busybox:1.36",
                         "command": ["sh", "-c", script],
-                        "readinessProbe": {"exec": {"command": ["test", "-f", "/scratch/ready"]}, "periodSeconds": 1},
-                        "livenessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 5},
+                        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1},
+                        "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 5},
                         "volumeMounts": [
                             {"name": "data", "mountPath": "/data"},
                             {"name": "config", "mountPath": "/etc/app"},
@@ -286,6 +303,11 @@ async fn statefulset_pods_run_with_their_volumes_and_come_back_on_the_same_claim
         "spec": {"clusterIP": "None", "selector": {"app": "web"}, "ports": [{"port": 80}]},
     }))
     .await;
+    rig.create::<Service>(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web-rw"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }))
+    .await;
     rig.create::<StatefulSet>(web_statefulset(2)).await;
 
     // Running and Ready through the real API, each on an address of its own.
@@ -297,7 +319,7 @@ async fn statefulset_pods_run_with_their_volumes_and_come_back_on_the_same_claim
     assert_eq!(ips.len(), 2, "distinct pod IPs: {ips:?}");
     for ip in &ips {
         assert!(
-            ip.starts_with(&format!("127.0.{}.", rig.subnet)),
+            ip.starts_with(&format!("198.18.{}.", rig.subnet)),
             "pod IP {ip} in the stand-in's subnet"
         );
     }
@@ -407,6 +429,32 @@ async fn statefulset_pods_run_with_their_volumes_and_come_back_on_the_same_claim
         }
     })
     .await;
+
+    // The Service's local address forwards to both ready pods, and pods know its name.
+    let rw = wait_for("web-rw forwarded", || async {
+        rig.standin()
+            .service_address("default", "web-rw")
+            .ok_or_else(|| "no address yet".to_string())
+    })
+    .await;
+    let answered = std::sync::Mutex::new(BTreeSet::new());
+    wait_for("web-rw answered by web-0 and web-1", || async {
+        if let Ok(body) = http_get(rw, 80, "/whoami").await {
+            answered.lock().unwrap().insert(body.trim().to_string());
+        }
+        let seen = answered.lock().unwrap().clone();
+        if seen.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("answered so far: {seen:?} via {rw}"))
+        }
+    })
+    .await;
+    let hosts = std::fs::read_to_string(&hosts_file).expect("hosts");
+    assert!(
+        hosts.contains(&format!("{rw}\tweb-rw.default.svc.cluster.local")),
+        "{hosts}"
+    );
 
     // Kill-container drill: restarted in place (restartCount 1), Ready again.
     let web1 = pods
