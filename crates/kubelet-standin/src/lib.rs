@@ -397,40 +397,36 @@ fn finished(pod: &Pod) -> bool {
     )
 }
 
+/// Every object of a kind, in all namespaces.
+async fn list<K>(
+    client: &kube::Client,
+    params: &ListParams,
+    what: &'static str,
+) -> Result<Vec<K>, Error>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned,
+{
+    Ok(Api::<K>::all(client.clone())
+        .list(params)
+        .await
+        .map_err(|e| Error::Kube(what, e))?
+        .items)
+}
+
 /// One pass: schedule, give claims PVs, start, terminate and forget pods.
 async fn sync(shared: &Arc<Shared>) -> Result<(), Error> {
     let client = &shared.client;
-    let lp = ListParams::default();
-    let mut pods = Api::<Pod>::all(client.clone())
-        .list(&lp)
-        .await
-        .map_err(|e| Error::Kube("list pods", e))?
-        .items;
-    let nodes = Api::<Node>::all(client.clone())
-        .list(&ListParams::default().labels("stator.dev/kubelet-standin=true"))
-        .await
-        .map_err(|e| Error::Kube("list nodes", e))?
-        .items;
-    let pvcs = Api::<PersistentVolumeClaim>::all(client.clone())
-        .list(&lp)
-        .await
-        .map_err(|e| Error::Kube("list claims", e))?
-        .items;
-    let pvs = Api::<PersistentVolume>::all(client.clone())
-        .list(&lp)
-        .await
-        .map_err(|e| Error::Kube("list volumes", e))?
-        .items;
-    let services = Api::<Service>::all(client.clone())
-        .list(&lp)
-        .await
-        .map_err(|e| Error::Kube("list services", e))?
-        .items;
-    let slices = Api::<EndpointSlice>::all(client.clone())
-        .list(&lp)
-        .await
-        .map_err(|e| Error::Kube("list endpointslices", e))?
-        .items;
+    let all = ListParams::default();
+    let mut pods: Vec<Pod> = list(client, &all, "list pods").await?;
+    let ours = ListParams::default().labels("stator.dev/kubelet-standin=true");
+    let nodes: Vec<Node> = list(client, &ours, "list nodes").await?;
+    let pvcs: Vec<PersistentVolumeClaim> = list(client, &all, "list claims").await?;
+    let pvs: Vec<PersistentVolume> = list(client, &all, "list volumes").await?;
+    let services: Vec<Service> = list(client, &all, "list services").await?;
+    let slices: Vec<EndpointSlice> = list(client, &all, "list endpointslices").await?;
     service::sync(&shared.services, shared.config.subnet, &services, &slices).await;
     let claim = |ns: &str, name: &str| {
         pvcs.iter().find(|c| {

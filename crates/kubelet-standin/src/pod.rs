@@ -115,6 +115,25 @@ impl Ctr {
         }
     }
 
+    /// The state of this container that just exited with `code`.
+    fn terminated(&self, code: i32) -> ContainerState {
+        ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: code,
+                reason: Some(if code == 0 { "Completed" } else { "Error" }.into()),
+                started_at: self
+                    .state
+                    .running
+                    .as_ref()
+                    .and_then(|r| r.started_at.clone()),
+                finished_at: Some(now()),
+                container_id: Some(format!("standin://{}", self.pgid)),
+                ..ContainerStateTerminated::default()
+            }),
+            ..ContainerState::default()
+        }
+    }
+
     fn status(&self) -> ContainerStatus {
         ContainerStatus {
             name: self.spec.name.clone(),
@@ -351,21 +370,7 @@ impl Worker {
             for p in c.probes.drain(..) {
                 p.abort();
             }
-            let started_at = match &c.state.running {
-                Some(r) => r.started_at.clone(),
-                None => None,
-            };
-            let terminated = ContainerState {
-                terminated: Some(ContainerStateTerminated {
-                    exit_code: code,
-                    reason: Some(if code == 0 { "Completed" } else { "Error" }.into()),
-                    started_at,
-                    finished_at: Some(now()),
-                    container_id: Some(format!("standin://{}", c.pgid)),
-                    ..ContainerStateTerminated::default()
-                }),
-                ..ContainerState::default()
-            };
+            let terminated = c.terminated(code);
             c.child = None;
             c.ready = false;
             c.kill_at = None;
@@ -773,6 +778,16 @@ impl Worker {
         }
     }
 
+    /// The pods API of this pod's namespace, and its name.
+    fn api(&self) -> (Api<Pod>, String) {
+        let meta = &self.pod.metadata;
+        let ns = meta.namespace.as_deref().unwrap_or("default");
+        (
+            Api::namespaced(self.shared.client.clone(), ns),
+            meta.name.clone().unwrap_or_default(),
+        )
+    }
+
     async fn patch_status(&mut self) {
         let status = self.status();
         if self
@@ -790,14 +805,7 @@ impl Worker {
         if self.last_patch.as_ref() == Some(&body) {
             return;
         }
-        let ns = self
-            .pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let name = self.pod.metadata.name.clone().unwrap_or_default();
-        let pods: Api<Pod> = Api::namespaced(self.shared.client.clone(), &ns);
+        let (pods, name) = self.api();
         match pods
             .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&body))
             .await
@@ -835,31 +843,16 @@ impl Worker {
             };
             signal_group(c.pgid, libc::SIGKILL);
             self.groups.lock().unwrap().remove(&c.spec.name);
+            c.state = c.terminated(code);
             c.child = None;
             c.ready = false;
-            c.state = ContainerState {
-                terminated: Some(ContainerStateTerminated {
-                    exit_code: code,
-                    reason: Some(if code == 0 { "Completed" } else { "Error" }.into()),
-                    finished_at: Some(now()),
-                    ..ContainerStateTerminated::default()
-                }),
-                ..ContainerState::default()
-            };
         }
         for dir in self.tmpfs.drain(..) {
             volume::unmount(&dir);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         if delete {
-            let ns = self
-                .pod
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            let name = self.pod.metadata.name.clone().unwrap_or_default();
-            let pods: Api<Pod> = Api::namespaced(self.shared.client.clone(), &ns);
+            let (pods, name) = self.api();
             let params = DeleteParams {
                 grace_period_seconds: Some(0),
                 preconditions: Some(Preconditions {
