@@ -8,7 +8,8 @@
 //! - Secret and ConfigMap: files with `defaultMode` / `items[].mode`, mounted read-only;
 //! - the fsGroup pass is the kubelet's `SetVolumeOwnership`: group fsGroup, `g+rw` (`g+r` for
 //!   read-only volumes), directories setgid and `g+x`; it applies to emptyDir, Secret,
-//!   ConfigMap and local PVs.
+//!   ConfigMap and local PVs, on every pod start unless `fsGroupChangePolicy: OnRootMismatch`
+//!   finds the volume's root already right (a PostgreSQL data directory below it keeps 0700).
 //!
 //! Departures: Secret and ConfigMap files are plain files, not the kubelet's `..data` symlink
 //! tree, and are not refreshed when the object changes; projected volumes (the service-account
@@ -313,7 +314,14 @@ pub(crate) async fn prepare(
                 "volume {name:?}: type not supported by the stand-in"
             ));
         };
-        if let Some(group) = fs_group {
+        let on_root_mismatch = spec
+            .security_context
+            .as_ref()
+            .and_then(|s| s.fs_group_change_policy.as_deref())
+            == Some("OnRootMismatch");
+        if let Some(group) = fs_group
+            && !(on_root_mismatch && root_matches(&host, group, read_only))
+        {
             set_volume_ownership(&host, group, read_only)
                 .map_err(|e| format!("volume {name:?}: fsGroup ownership: {e}"))?;
         }
@@ -322,8 +330,38 @@ pub(crate) async fn prepare(
     Ok(out)
 }
 
+/// The kubelet's `fsGroupChangePolicy: OnRootMismatch` test: the volume's root already has
+/// group fsGroup, setgid and the group permissions, so the recursive pass is skipped.
+pub(crate) fn root_matches(dir: &Path, fs_group: u32, read_only: bool) -> bool {
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return false;
+    };
+    let wanted = if read_only { 0o440 } else { 0o660 } | 0o2000 | 0o110;
+    meta.gid() == fs_group && meta.mode() & wanted == wanted
+}
+
 /// The owner uid of a path, for tests and messages.
 pub fn owner(path: &Path) -> std::io::Result<(u32, u32, u32)> {
     let m = std::fs::metadata(path)?;
     Ok((m.uid(), m.gid(), m.mode() & 0o7777))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fs_group_pass_opens_group_access_and_on_root_mismatch_then_skips_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("pgdata");
+        std::fs::create_dir(&data).expect("mkdir");
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        set_volume_ownership(dir.path(), 2000, false).expect("ownership");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").mode() & 0o7777;
+        // A kubelet's pass turns a 0700 directory into 2770 (PostgreSQL then refuses it).
+        assert_eq!(mode(&data), 0o2770);
+        assert!(root_matches(dir.path(), 2000, false));
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        assert!(!root_matches(&data, 2000, false));
+    }
 }
