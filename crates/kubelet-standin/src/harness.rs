@@ -199,7 +199,8 @@ impl Drop for ControlPlane {
     }
 }
 
-/// A subnet `198.18.S.0/24` held by this process until dropped.
+/// A subnet `198.18.S.0/24` (and with it the stand-in's network namespace `stator-standin-S`
+/// and veth `sth-S`) held by this process until dropped.
 pub struct Subnet {
     pub octet: u8,
     _lock: UnixListener,

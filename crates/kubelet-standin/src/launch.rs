@@ -1,6 +1,7 @@
 //! Starting one container process: its own session (so its process group can be signalled
-//! whole), its own mount namespace with the pod's volumes bind-mounted at their mount paths,
-//! and the user and groups its security context names.
+//! whole), the stand-in's network namespace (see `net`), its own mount namespace with the
+//! pod's volumes bind-mounted at their mount paths, and the user and groups its security
+//! context names.
 //!
 //! Everything the forked child needs is computed before the fork; between fork and exec the
 //! child only makes system calls (no allocation), as `pre_exec` requires.
@@ -31,6 +32,8 @@ pub(crate) struct Launch {
     pub gid: u32,
     pub groups: Vec<u32>,
     pub mounts: Vec<Mount>,
+    /// The network namespace joined before exec (`/run/netns/NAME`).
+    pub netns: PathBuf,
 }
 
 /// A mount target prepared for the child: the components to create after the mounts before it.
@@ -144,6 +147,9 @@ impl Launch {
         let root = CString::new("/").map_err(io::Error::other)?;
         let (uid, gid) = (self.uid, self.gid);
         let groups: Vec<libc::gid_t> = self.groups.clone();
+        // Opened close-on-exec: the child joins it, the program never sees the descriptor.
+        let netns = std::fs::File::open(&self.netns)?;
+        let netns_fd = std::os::fd::AsRawFd::as_raw_fd(&netns);
 
         let mut cmd = tokio::process::Command::new(&program);
         cmd.arg0(&self.argv[0])
@@ -165,6 +171,7 @@ impl Launch {
                     }
                 }
                 check(libc::setsid())?;
+                check(libc::setns(netns_fd, libc::CLONE_NEWNET))?;
                 check(libc::unshare(libc::CLONE_NEWNS))?;
                 check(libc::mount(
                     std::ptr::null(),
@@ -212,7 +219,10 @@ impl Launch {
                 Ok(())
             });
         }
-        cmd.spawn()
+        let child = cmd.spawn();
+        // The parent's copy is closed only after the fork (the closure borrows its number).
+        drop(netns);
+        child
     }
 }
 

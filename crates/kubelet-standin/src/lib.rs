@@ -1,9 +1,10 @@
 //! A test-only kubelet stand-in for the real control plane of `shared/kube/start.sh`: it keeps
 //! three Nodes Ready with heartbeat Leases, binds pending pods (the scheduler's part, honouring
 //! required pod anti-affinity), gives each claim a PV keyed by the claim's UID, runs each pod's
-//! containers as real processes on a local address of their own, patches `pods/status` as a
-//! kubelet does and deletes pods as a kubelet does. The real StatefulSet, PV and EndpointSlice
-//! controllers do the rest. Never a dependency of the shipped binary.
+//! containers as real processes on an address of their own in the stand-in's network
+//! namespace, patches `pods/status` as a kubelet does and deletes pods as a kubelet does. The
+//! real StatefulSet, PV and EndpointSlice controllers do the rest. Never a dependency of the
+//! shipped binary.
 //!
 //! It must not, and does not: read Database objects, label pods, call anything in a pod but its
 //! declared probes, shorten a period (probe periods, back-off, lease renewal are a kubelet's or
@@ -15,11 +16,15 @@
 //! - addresses: not `127.0.0.K` as first planned, because the API server refuses loopback
 //!   addresses in EndpointSlices ("may not be in the loopback range"), so the real
 //!   EndpointSlice controller could never publish such a pod. The stand-in takes
-//!   `198.18.S.0/24` (RFC 2544's benchmarking range, never routed) and makes it local with an
-//!   "AnyIP" route (`ip route add local 198.18.S.0/24 dev lo table local`, removed when it
-//!   stops): node K is `198.18.S.K`, pods get `.10`–`.199` and Services `.200`–`.254`, where
-//!   `S` is the stand-in's [`Config::subnet`] (so stand-ins of parallel tests never share an
-//!   address);
+//!   `198.18.S.0/24` (RFC 2544's benchmarking range, never routed), where `S` is the
+//!   stand-in's [`Config::subnet`] (so stand-ins of parallel tests never share an address):
+//!   node K is `198.18.S.K`, pods get `.10`–`.199` and Services `.200`–`.254`;
+//! - network: every pod runs in one network namespace the stand-in makes itself
+//!   (`stator-standin-S`, with a veth pair to the host: `sth-S` on the host, `stn-S` inside),
+//!   not one namespace per pod. The pod addresses are on the namespace end; the node and
+//!   Service addresses on the host end, where the stand-in's probes and Service forwarders
+//!   run. Both are deleted when the stand-in stops (and, left by a killed stand-in of the
+//!   same `S`, when the next one starts); see `net`;
 //! - images are not pulled: [`Image`] maps an image name prefix to installed binaries, and
 //!   the container's root file system is the host's (with the pod's volumes mounted over it;
 //!   missing mount points are created on the host and removed when the stand-in stops);
@@ -30,16 +35,20 @@
 //! - `node`: Node registration and heartbeats;
 //! - `schedule`: choosing a node (pure);
 //! - `volume`: PVs and the pod volumes on the host;
-//! - `launch`: one process in its own mount namespace, as its user;
+//! - `net`: the pods' network namespace and the veth pair into it;
+//! - `launch`: one process in the pods' network namespace and its own mount namespace, as its
+//!   user;
 //! - `probe`: exec, httpGet and tcpSocket probes;
 //! - `pod`: a pod's worker (containers, restarts, status, termination);
-//! - `service`: a local address per Service, forwarding to its ready endpoints;
+//! - `service`: an address per Service on the host end of the veth, forwarding to its ready
+//!   endpoints;
 //! - `hosts`: the pods' `/etc/hosts`;
 //! - `harness`: the control plane and an address subnet for a test.
 
 pub mod harness;
 mod hosts;
 mod launch;
+mod net;
 mod node;
 mod pod;
 mod probe;
@@ -168,10 +177,13 @@ pub(crate) struct Shared {
 }
 
 /// A running stand-in. Stop it with [`StandIn::shutdown`]; dropping it kills every process it
-/// started, unmounts its tmpfs mounts and removes the mount points it created.
+/// started, unmounts its tmpfs mounts, removes the mount points it created and deletes its
+/// network namespace and veth pair.
 pub struct StandIn {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Dropped last, after `Drop::drop` has killed the processes and closed the forwarders.
+    _network: net::Network,
 }
 
 /// A client for the kubeconfig at `path`.
@@ -191,14 +203,8 @@ impl StandIn {
         let client = client(&config.kubeconfig).await?;
         std::fs::create_dir_all(config.root.join("pods"))
             .map_err(|e| Error::Io(config.root.clone(), e))?;
-        // A route left by a stand-in that was killed is taken over ("File exists").
-        let out = route("add", config.subnet).map_err(|e| Error::Io("ip".into(), e))?;
-        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("File exists") {
-            return Err(Error::Io(
-                "ip route add".into(),
-                std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
-            ));
-        }
+        let network = net::Network::create(config.subnet, config.nodes)
+            .map_err(|e| Error::Io(net::namespace_path(config.subnet), e))?;
         let nodes: Vec<Arc<node::NodeHandle>> = (0..config.nodes)
             .map(|i| {
                 Arc::new(node::NodeHandle {
@@ -236,7 +242,11 @@ impl StandIn {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }));
-        Ok(StandIn { shared, tasks })
+        Ok(StandIn {
+            shared,
+            tasks,
+            _network: network,
+        })
     }
 
     /// The stand-in's API client (the kubeconfig's credentials).
@@ -254,7 +264,8 @@ impl StandIn {
         self.shared.config.root.join("pods").join(pod_uid)
     }
 
-    /// The local address forwarding to the Service's ready endpoints, once it has one.
+    /// The address (on the host end of the stand-in's veth) forwarding to the Service's ready
+    /// endpoints, once it has one.
     pub fn service_address(&self, namespace: &str, name: &str) -> Option<Ipv4Addr> {
         let services = self.shared.services.lock().unwrap();
         services
@@ -355,7 +366,6 @@ impl Drop for StandIn {
         for dir in self.shared.tmpfs.lock().unwrap().drain(..) {
             volume::unmount(&dir);
         }
-        let _ = route("del", self.shared.config.subnet);
         let mut created = std::mem::take(&mut *self.shared.mountpoints.lock().unwrap());
         created.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         created.dedup();
@@ -372,14 +382,6 @@ impl Drop for StandIn {
 /// Address `k` of the stand-in's subnet `S`: `198.18.S.k`.
 pub fn address(subnet: u8, k: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, subnet, k)
-}
-
-fn route(verb: &str, subnet: u8) -> std::io::Result<std::process::Output> {
-    std::process::Command::new("ip")
-        .args(["route", verb, "local"])
-        .arg(format!("198.18.{subnet}.0/24"))
-        .args(["dev", "lo", "table", "local"])
-        .output()
 }
 
 fn pod_key(pod: &Pod) -> String {
@@ -573,7 +575,7 @@ async fn sync(shared: &Arc<Shared>) -> Result<(), Error> {
         }
         let mut pods_rt = shared.pods.lock().unwrap();
         let used: BTreeSet<Ipv4Addr> = pods_rt.values().map(|h| h.ip).collect();
-        let Some(ip) = (10..=199)
+        let Some(ip) = net::PODS
             .map(|k| address(shared.config.subnet, k))
             .find(|ip| !used.contains(ip))
         else {

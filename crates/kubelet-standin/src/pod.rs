@@ -616,6 +616,7 @@ impl Worker {
             gid: gid as u32,
             groups,
             mounts,
+            netns: crate::net::namespace_path(self.shared.config.subnet),
         })
     }
 

@@ -1,5 +1,7 @@
-//! Readiness and liveness probes as declared: `exec` (run in the container's mount namespace
-//! as its user), `httpGet` (HTTP/1.1 GET, success on 200–399, as `kube-probe`) and `tcpSocket`.
+//! Readiness and liveness probes as declared: `exec` (run in the container's network and mount
+//! namespaces as its user), `httpGet` (HTTP/1.1 GET, success on 200–399, as `kube-probe`) and
+//! `tcpSocket`; the last two connect from the host to the pod's address, through the veth
+//! into the pods' network namespace, as a kubelet connects from its node.
 //! Periods, delays, timeouts and thresholds are the pod's, with the Kubernetes defaults.
 //!
 //! Not done: `grpc` probes, `httpGet` over HTTPS (both count as failures), startup probes

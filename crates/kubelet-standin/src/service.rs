@@ -1,13 +1,14 @@
-//! Service forwarding (kube-proxy's part): each Service with a cluster IP gets a local
-//! address of its own (`198.18.S.200` and up) listening on its TCP ports; a connection goes to a
-//! ready endpoint of the Service's EndpointSlices (which the real EndpointSlice controller keeps
-//! from the pods' labels and readiness), in turn. No ready endpoint: the connection is closed.
-//! Pods find the address through `/etc/hosts` (`NAME`, `NAME.NS`, `NAME.NS.svc`,
-//! `NAME.NS.svc.cluster.local`).
+//! Service forwarding (kube-proxy's part): each Service with a cluster IP gets an address of
+//! its own (`198.18.S.200` and up, on the host end of the stand-in's veth, see `net`, so pods
+//! reach it through the veth and the test directly), where the stand-in listens on its TCP
+//! ports; a connection goes to a ready endpoint of the Service's EndpointSlices (which the real
+//! EndpointSlice controller keeps from the pods' labels and readiness), in turn. No ready
+//! endpoint: the connection is closed. Pods find the address through `/etc/hosts` (`NAME`,
+//! `NAME.NS`, `NAME.NS.svc`, `NAME.NS.svc.cluster.local`).
 //!
-//! Departures: the Service's real cluster IP (10.96.x.y) is not served, only the local
-//! address; UDP and SCTP ports, session affinity, `internalTrafficPolicy`, NodePorts and
-//! headless Service names (their pods' own names are in `/etc/hosts`) are not done.
+//! Departures: the Service's real cluster IP (10.96.x.y) is not served, only that address;
+//! UDP and SCTP ports, session affinity, `internalTrafficPolicy`, NodePorts and headless
+//! Service names (their pods' own names are in `/etc/hosts`) are not done.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -38,8 +39,6 @@ impl Drop for Forward {
 
 /// Services by `(namespace, name)`.
 pub(crate) type Forwards = Mutex<HashMap<(String, String), Forward>>;
-
-const FIRST: u8 = 200;
 
 fn key(meta: &kube::api::ObjectMeta) -> (String, String) {
     (
@@ -146,7 +145,7 @@ pub(crate) async fn sync(
             continue;
         }
         let used: Vec<Ipv4Addr> = forwards.lock().unwrap().values().map(|f| f.ip).collect();
-        let Some(ip) = (FIRST..=254)
+        let Some(ip) = crate::net::SERVICES
             .map(|o| crate::address(subnet, o))
             .find(|ip| !used.contains(ip))
         else {

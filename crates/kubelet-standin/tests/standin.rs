@@ -56,7 +56,7 @@ impl Rig {
             return None;
         }
         let control_plane = ControlPlane::start();
-        let subnet = harness::claim_subnet().expect("a free loopback subnet");
+        let subnet = harness::claim_subnet().expect("a free 198.18.S subnet");
         let root = tempfile::Builder::new()
             .prefix("stator-standin-")
             .tempdir()
@@ -430,7 +430,8 @@ async fn statefulset_pods_run_with_their_volumes_and_come_back_on_the_same_claim
     })
     .await;
 
-    // The Service's local address forwards to both ready pods, and pods know its name.
+    // The Service's address forwards to both ready pods (the test reaches them through the
+    // stand-in's veth), and pods know its name.
     let rw = wait_for("web-rw forwarded", || async {
         rig.standin()
             .service_address("default", "web-rw")

@@ -1,0 +1,206 @@
+//! The pods' network: a network namespace of the stand-in's own (`stator-standin-S`) joined by
+//! every pod process, and a veth pair into it. The namespace end (`stn-S`) holds the pod
+//! addresses (`198.18.S.10/24`, then `.11`–`.199` as /32); the host end (`sth-S`) holds the
+//! node addresses (`198.18.S.1/24`, then `.2` and up as /32) and the Service addresses
+//! (`.200`–`.254` as /32, where the stand-in's forwarders listen). So the host (the test, the
+//! stand-in's probes and forwarders) reaches a pod through the veth, and a pod reaches a
+//! Service or its node through the on-link /24; nothing of `198.18.S.0/24` is an address of
+//! the host outside the veth the stand-in made, and everything is deleted when it stops
+//! (with `/run/netns`, which `ip netns add` makes, if this process made it and it is empty).
+//!
+//! Departures: every pod of the stand-in shares this one namespace (a pod can bind another
+//! pod's address, and a connection a pod opens without binding leaves from `198.18.S.10`);
+//! a pod's `127.0.0.1` is the namespace's, shared by all pods and not the host's.
+
+use std::ffi::CString;
+use std::io;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+use crate::address;
+
+/// The first and last pod address octets.
+pub(crate) const PODS: std::ops::RangeInclusive<u8> = 10..=199;
+/// The first and last Service address octets.
+pub(crate) const SERVICES: std::ops::RangeInclusive<u8> = 200..=254;
+
+/// The namespace and the veth pair; deleted on drop.
+pub(crate) struct Network {
+    subnet: u8,
+}
+
+fn namespace(subnet: u8) -> String {
+    format!("stator-standin-{subnet}")
+}
+
+fn host_end(subnet: u8) -> String {
+    format!("sth-{subnet}")
+}
+
+fn ns_end(subnet: u8) -> String {
+    format!("stn-{subnet}")
+}
+
+/// The path a pod process opens to join the namespace (`setns`).
+pub(crate) fn namespace_path(subnet: u8) -> PathBuf {
+    PathBuf::from("/run/netns").join(namespace(subnet))
+}
+
+/// Runs `ip ARGS` (with `input` as its batch on stdin when given); an error with its stderr.
+fn ip(args: &[&str], input: Option<&str>) -> io::Result<()> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new("ip")
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(input) = input {
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Whether `/run/netns` existed before this process first made a namespace (`None`: not yet
+/// asked). `ip netns add` creates that directory and bind-mounts it onto itself; what this
+/// process created it removes again once empty. The lock also keeps the stand-ins of parallel
+/// tests from making and removing it at once.
+static RUN_NETNS: Mutex<Option<bool>> = Mutex::new(None);
+
+const RUN_NETNS_PATH: &str = "/run/netns";
+
+/// Deletes the veth pair and the namespace of subnet `S`, whatever of them exists; then
+/// `/run/netns` if this process created it and it is empty.
+fn remove(subnet: u8, run_netns: &Option<bool>) {
+    // Deleting either end deletes the pair; the namespace end also goes with its namespace.
+    let _ = ip(&["link", "del", &host_end(subnet)], None);
+    let _ = ip(&["netns", "del", &namespace(subnet)], None);
+    let empty = std::fs::read_dir(RUN_NETNS_PATH).is_ok_and(|mut d| d.next().is_none());
+    if *run_netns == Some(false) && empty {
+        let path = CString::new(RUN_NETNS_PATH).expect("no NUL");
+        // SAFETY: umount2(2) on a NUL-terminated path; without MNT_DETACH it refuses (EBUSY)
+        // while anything is mounted below, so no other namespace file is taken away.
+        unsafe {
+            libc::umount2(path.as_ptr(), 0);
+        }
+        let _ = std::fs::remove_dir(RUN_NETNS_PATH);
+    }
+}
+
+impl Network {
+    /// Creates the namespace and the veth pair for subnet `S` with `nodes` node addresses,
+    /// first removing what a killed earlier stand-in of the same subnet left (the caller holds
+    /// the subnet, see `harness::claim_subnet`).
+    pub(crate) fn create(subnet: u8, nodes: usize) -> io::Result<Network> {
+        let mut run_netns = RUN_NETNS.lock().unwrap_or_else(|e| e.into_inner());
+        run_netns.get_or_insert_with(|| std::path::Path::new(RUN_NETNS_PATH).exists());
+        remove(subnet, &run_netns);
+        match make(subnet, nodes) {
+            Ok(()) => Ok(Network { subnet }),
+            Err(e) => {
+                // Nothing half made is left.
+                remove(subnet, &run_netns);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn make(subnet: u8, nodes: usize) -> io::Result<()> {
+    let (ns, host, inner) = (namespace(subnet), host_end(subnet), ns_end(subnet));
+    ip(&["netns", "add", &ns], None)?;
+    ip(
+        &[
+            "link", "add", &host, "type", "veth", "peer", "name", &inner, "netns", &ns,
+        ],
+        None,
+    )?;
+    // Node addresses (node 0's is the /24 that routes the subnet into the veth), then the
+    // Services'.
+    let mut host_batch = format!("addr add {}/24 dev {host}\n", address(subnet, 1));
+    for k in 2..=nodes.clamp(1, usize::from(*PODS.start() - 1)) as u8 {
+        host_batch.push_str(&format!("addr add {}/32 dev {host}\n", address(subnet, k)));
+    }
+    for k in SERVICES {
+        host_batch.push_str(&format!("addr add {}/32 dev {host}\n", address(subnet, k)));
+    }
+    host_batch.push_str(&format!("link set {host} up\n"));
+    ip(&["-batch", "-"], Some(&host_batch))?;
+    // Pod addresses: the first one's /24 routes the subnet out through the veth (ARP answers
+    // for each address on its own side, both ways).
+    let mut ns_batch = format!(
+        "link set lo up\naddr add {}/24 dev {inner}\n",
+        address(subnet, *PODS.start())
+    );
+    for k in PODS.skip(1) {
+        ns_batch.push_str(&format!("addr add {}/32 dev {inner}\n", address(subnet, k)));
+    }
+    ns_batch.push_str(&format!("link set {inner} up\n"));
+    ip(&["-n", &ns, "-batch", "-"], Some(&ns_batch))
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let run_netns = RUN_NETNS.lock().unwrap_or_else(|e| e.into_inner());
+        remove(self.subnet, &run_netns);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(args: &[&str]) -> String {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn a_stale_network_is_replaced_and_nothing_is_left_after_drop() {
+        let subnet = crate::harness::claim_subnet().expect("a free 198.18.S subnet");
+        let s = subnet.octet;
+        // A stand-in killed before its drop leaves its namespace and veth behind.
+        std::mem::forget(Network::create(s, 3).expect("network"));
+        let network = Network::create(s, 3).expect("network over a stale one");
+        assert!(output(&["netns", "list"]).contains(&namespace(s)));
+        let host = output(&["-br", "addr", "show", "dev", &host_end(s)]);
+        for a in [".1/24", ".3/32", ".200/32", ".254/32"] {
+            assert!(host.contains(&format!("198.18.{s}{a}")), "{a} in {host}");
+        }
+        let inner = output(&[
+            "-n",
+            &namespace(s),
+            "-br",
+            "addr",
+            "show",
+            "dev",
+            &ns_end(s),
+        ]);
+        for a in [".10/24", ".199/32"] {
+            assert!(inner.contains(&format!("198.18.{s}{a}")), "{a} in {inner}");
+        }
+        assert!(!host.contains(&format!("198.18.{s}.10/")), "{host}");
+        drop(network);
+        assert!(!output(&["netns", "list"]).contains(&namespace(s)));
+        assert!(!output(&["-br", "link"]).contains(&host_end(s)));
+    }
+}
