@@ -8,11 +8,11 @@ mod local_support;
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use local_support::failover::{Writer, quick_sql, signal, writable_query};
-use local_support::{Cluster, STATOR, alive, kill9};
+use local_support::{Cluster, alive, kill9};
 
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -26,12 +26,8 @@ fn pid_in(cluster: &Cluster, file: &str) -> Option<u32> {
 
 /// Starts `stator ARGS -f SPEC --state-dir STATE` with its output piped.
 fn spawn_stator(cluster: &Cluster, args: &[&str]) -> std::process::Child {
-    Command::new(STATOR)
-        .args(args)
-        .arg("-f")
-        .arg(&cluster.spec)
-        .arg("--state-dir")
-        .arg(cluster.state_dir())
+    cluster
+        .command(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

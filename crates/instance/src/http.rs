@@ -149,6 +149,11 @@ async fn ask(
     }
 }
 
+/// The JSON request body, or why it is refused: the parse error and the shape expected.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|err| format!("body: {err}; expected {expected}"))
+}
+
 async fn promote(State(e): State<Endpoints>, headers: HeaderMap) -> Response {
     if let Some(refused) = check_token(&e, &headers) {
         return refused;
@@ -161,16 +166,12 @@ async fn demote(State(e): State<Endpoints>, headers: HeaderMap, body: Bytes) -> 
     if let Some(refused) = check_token(&e, &headers) {
         return refused;
     }
-    let request: DemoteRequest = match serde_json::from_slice(&body) {
+    let request: DemoteRequest = match json_body(
+        &body,
+        r#"{"upstream": {"instance": "NAME-N", "host": "…", "port": N}}"#,
+    ) {
         Ok(r) => r,
-        Err(err) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "body: {err}; expected {{\"upstream\": {{\"instance\": \"NAME-N\", \"host\": \"…\", \"port\": N}}}}"
-                ),
-            );
-        }
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     tracing::info!(upstream = %request.upstream.instance, "demotion requested");
     ask(&e, |r| Command::Demote(request.upstream, r)).await
@@ -182,14 +183,10 @@ async fn reload(State(e): State<Endpoints>, headers: HeaderMap, body: Bytes) -> 
     if let Some(refused) = check_token(&e, &headers) {
         return refused;
     }
-    let request: ReloadRequest = match serde_json::from_slice(&body) {
+    let request: ReloadRequest = match json_body(&body, r#"{"parameters": {"name": "value", …}}"#)
+    {
         Ok(r) => r,
-        Err(err) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("body: {err}; expected {{\"parameters\": {{\"name\": \"value\", …}}}}"),
-            );
-        }
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     tracing::info!("reload of the parameters requested");
     ask(&e, |r| Command::Reload(request.parameters, r)).await

@@ -87,16 +87,21 @@ impl Cluster {
         std::fs::write(&self.spec, text).unwrap();
     }
 
-    /// Runs `stator ARGS -f SPEC --state-dir STATE`.
-    pub fn stator(&self, args: &[&str]) -> Output {
-        Command::new(STATOR)
+    /// `stator ARGS -f SPEC --state-dir STATE`, not started yet.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(STATOR);
+        command
             .args(args)
             .arg("-f")
             .arg(&self.spec)
             .arg("--state-dir")
-            .arg(self.state_dir())
-            .output()
-            .expect("run stator")
+            .arg(self.state_dir());
+        command
+    }
+
+    /// Runs `stator ARGS -f SPEC --state-dir STATE`.
+    pub fn stator(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run stator")
     }
 
     /// `stator ARGS`, which must succeed; returns stdout.
