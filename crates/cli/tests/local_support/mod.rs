@@ -19,13 +19,20 @@ pub const STATOR: &str = env!("CARGO_BIN_EXE_stator");
 
 static NEXT_BASE: AtomicU16 = AtomicU16::new(0);
 
+/// The ports bases are taken from: below Linux's ephemeral range (32768–60999), which the
+/// kernel hands to outgoing connections (proxies, probes, clients). A base inside it could be
+/// taken by one of those between the check here and the server's bind ("Address already in
+/// use", seen when many clusters run side by side).
+const PORTS: std::ops::Range<u16> = 10000..32700;
+
 /// A base port whose 50 ports are all free now (ranges are handed out once per process, and
 /// start at a pid-dependent place so parallel test binaries rarely meet).
 pub fn free_port_base() -> u16 {
-    let start = 20000 + (std::process::id() % 400) as u16 * 100;
+    let span = PORTS.end - PORTS.start;
+    let start = (std::process::id() % u32::from(span / 100)) as u16 * 100;
     loop {
         let offset = NEXT_BASE.fetch_add(50, Ordering::SeqCst);
-        let base = 20000 + (start - 20000 + offset) % 40000;
+        let base = PORTS.start + (start + offset % span) % span;
         if (base..base + 50).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
