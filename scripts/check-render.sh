@@ -35,9 +35,20 @@ for spec in "${specs[@]}"; do
         failed=1
     fi
 done
+# Operator mode: what the operator applies (owned by the Database, pods left to it, the operator
+# admitted to the instance managers) must pass the same checks.
+for spec in "${specs[@]}"; do
+    name="$(basename "$spec" .yaml)-operator"
+    if ! "$stator" render -f "$spec" -o "$work/out/$name" \
+        --operator-owner-uid 0b5e1a7c-4f7d-4c1e-9a57-5a1f2d3c4b5e 2>"$work/log/$name"; then
+        echo "check-render: FAIL: stator render -f $spec (operator mode)" >&2
+        cat "$work/log/$name" >&2
+        failed=1
+    fi
+done
 [ "$failed" -eq 0 ] || exit 1
 rendered=("$work"/out/*/*.yaml)
-echo "check-render: rendered ${#specs[@]} examples into ${#rendered[@]} files"
+echo "check-render: rendered ${#specs[@]} examples (plain and operator mode) into ${#rendered[@]} files"
 
 # deploy/: every object of `stator install` (kustomization.yaml is kustomize's, not an object).
 installed=("$root/deploy/crd.yaml" "$root/deploy/namespace.yaml" "$root/deploy/rbac.yaml"

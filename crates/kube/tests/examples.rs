@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::ByteString;
 use serde::Serialize;
 use stator_api::load_database;
-use stator_kube::render::{Credentials, RenderOptions, render};
+use stator_kube::render::{Credentials, OperatorMode, RenderOptions, render};
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
@@ -14,13 +14,29 @@ fn examples_dir() -> PathBuf {
 
 /// The stream of `examples/NAME.yaml` with each generated value replaced by `<masked>`.
 fn rendered_example(name: &str) -> String {
+    rendered_example_with(name, &RenderOptions::default())
+}
+
+/// The same in operator mode, owned by a Database of a fixed uid.
+fn rendered_for_the_operator(name: &str) -> String {
+    let options = RenderOptions {
+        operator: Some(OperatorMode {
+            database_uid: "0b5e1a7c-4f7d-4c1e-9a57-5a1f2d3c4b5e".into(),
+            operator_namespace: "stator-system".into(),
+        }),
+        ..RenderOptions::default()
+    };
+    rendered_example_with(name, &options)
+}
+
+fn rendered_example_with(name: &str, options: &RenderOptions) -> String {
     let path = examples_dir().join(format!("{name}.yaml"));
     let text = std::fs::read_to_string(&path).unwrap();
     let db = load_database(&text)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .database;
     let credentials = Credentials::random();
-    let manifests = render(&db, &RenderOptions::default(), Some(&credentials)).unwrap();
+    let manifests = render(&db, options, Some(&credentials)).unwrap();
     let mut stream = manifests.to_yaml_stream().unwrap();
     for (_, value) in credentials.iter() {
         let encoded = base64_of(value);
@@ -98,4 +114,42 @@ fn mariadb_renders_as_pinned() {
 fn masked_snapshots_hold_no_generated_value() {
     let stream = rendered_example("postgres-3");
     assert_eq!(stream.matches("<masked>").count(), 5);
+}
+
+#[test]
+fn postgres_3_renders_as_pinned_for_the_operator() {
+    insta::assert_snapshot!(
+        "postgres-3-operator",
+        rendered_for_the_operator("postgres-3")
+    );
+}
+
+#[test]
+fn mariadb_renders_as_pinned_for_the_operator() {
+    insta::assert_snapshot!("mariadb-operator", rendered_for_the_operator("mariadb"));
+}
+
+/// Operator mode differs from the plain render only where it must: owner references on every
+/// object, the StatefulSet's pod management and update strategy, the managed instance manager,
+/// and one more ingress rule (the operator to the instance managers).
+#[test]
+fn operator_mode_changes_only_what_the_operator_needs() {
+    let plain = rendered_example("postgres-3");
+    let operated = rendered_for_the_operator("postgres-3");
+    let objects = plain.matches("\nkind: ").count();
+    assert_eq!(operated.matches("\nkind: ").count(), objects);
+    assert_eq!(operated.matches("  ownerReferences:\n").count(), objects);
+    assert_eq!(operated.matches("    kind: Database\n").count(), objects);
+    assert_eq!(operated.matches("controller: true").count(), objects);
+    assert_eq!(
+        operated.matches("blockOwnerDeletion: true").count(),
+        objects
+    );
+    assert!(!plain.contains("ownerReferences"));
+    assert!(plain.contains("podManagementPolicy: OrderedReady"));
+    assert!(operated.contains("podManagementPolicy: Parallel"));
+    assert!(operated.contains("type: OnDelete"));
+    assert!(operated.contains("- --managed\n"));
+    assert!(!plain.contains("--managed"));
+    assert!(operated.contains("kubernetes.io/metadata.name: stator-system"));
 }

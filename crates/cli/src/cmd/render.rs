@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use stator_kube::render::{
-    Credentials, DEFAULT_STATOR_IMAGE, FILE_NAMES, GENERATED_HEADER, ManifestFile, RenderError,
-    RenderOptions, SECRET_FILE, render,
+    Credentials, DEFAULT_STATOR_IMAGE, FILE_NAMES, GENERATED_HEADER, ManifestFile, OperatorMode,
+    RenderError, RenderOptions, SECRET_FILE, render,
 };
 
 use crate::error::{CliError, CliResult};
@@ -37,6 +37,15 @@ pub struct RenderArgs {
     /// Image of the init container that provides the `stator` binary to the pods.
     #[arg(long, value_name = "IMAGE", default_value = DEFAULT_STATOR_IMAGE)]
     pub stator_image: String,
+    /// Operator mode, for checking what the operator applies: the objects owned by the
+    /// Database with this `metadata.uid`, pods left to the operator, and the operator admitted
+    /// to the instance managers.
+    #[arg(long, value_name = "UID", hide = true)]
+    pub operator_owner_uid: Option<String>,
+    /// Operator mode: the namespace the operator runs in.
+    #[arg(long, value_name = "NAMESPACE", hide = true, requires = "operator_owner_uid",
+          default_value = stator_kube::install::DEFAULT_NAMESPACE)]
+    pub operator_namespace: String,
 }
 
 pub fn run(args: RenderArgs) -> CliResult {
@@ -44,6 +53,13 @@ pub fn run(args: RenderArgs) -> CliResult {
     let db = &loaded.database;
     let options = RenderOptions {
         stator_image: args.stator_image.clone(),
+        operator: args
+            .operator_owner_uid
+            .clone()
+            .map(|database_uid| OperatorMode {
+                database_uid,
+                operator_namespace: args.operator_namespace.clone(),
+            }),
     };
     let credentials = db
         .spec
@@ -88,6 +104,7 @@ fn render_error(e: RenderError) -> CliError {
     match e {
         RenderError::InvalidSpec { .. }
         | RenderError::InvalidStatorImage { .. }
+        | RenderError::MissingOwnerUid { .. }
         | RenderError::BackupNotImplemented { .. } => CliError::Invalid(e.to_string()),
         RenderError::MissingCredentials { .. } | RenderError::Serialize { .. } => {
             CliError::Failed(e.to_string())

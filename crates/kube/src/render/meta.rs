@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use stator_api::Database;
 use stator_api::names::{
     LABEL_COMPONENT, LABEL_DATABASE, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, LABEL_PART_OF,
@@ -51,5 +51,19 @@ pub fn object_meta(db: &Database, name: impl Into<String>) -> ObjectMeta {
         namespace: Some(db.namespace().to_string()),
         labels: Some(labels(db)),
         ..ObjectMeta::default()
+    }
+}
+
+/// The owner reference to the `Database` (uid `uid`) that operator mode puts on every object:
+/// the Database is their controller, and the garbage collector deletes them only after the
+/// owner's foreground deletion waits for them (`blockOwnerDeletion`).
+pub fn owner_reference(db: &Database, uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: stator_api::API_VERSION.into(),
+        kind: stator_api::KIND.into(),
+        name: db.name().to_string(),
+        uid: uid.to_string(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
     }
 }

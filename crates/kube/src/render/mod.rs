@@ -16,11 +16,12 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use stator_api::{Database, InvalidSpec, Role, validate};
 
 pub use config::{DATABASE_JSON_KEY, database_for_pods};
 pub use credentials::{Credentials, GENERATED_LENGTH};
-pub use meta::{COMPONENT, MANAGER, labels, selector_labels};
+pub use meta::{COMPONENT, MANAGER, labels, owner_reference, selector_labels};
 pub use output::{FILE_NAMES, GENERATED_HEADER, ManifestFile, SECRET_FILE};
 pub use statefulset::{
     CONFIG_DIR, CONFIG_HASH_ANNOTATION, DATA_DIR, DATABASE_CONTAINER, RUN_DIR, SECRETS_DIR,
@@ -37,14 +38,33 @@ pub struct RenderOptions {
     /// Image of the init container that provides the `stator` binary. It must hold the binary
     /// at [`STATOR_IMAGE_BINARY`] and a `cp`.
     pub stator_image: String,
+    /// `Some`: the objects are for the operator to apply (operator mode); `None`: plain
+    /// manifests a person applies (`stator render`).
+    pub operator: Option<OperatorMode>,
 }
 
 impl Default for RenderOptions {
     fn default() -> Self {
         RenderOptions {
             stator_image: DEFAULT_STATOR_IMAGE.to_string(),
+            operator: None,
         }
     }
+}
+
+/// Operator mode: every object is owned by the `Database` (so the API server's garbage
+/// collector removes them with it; PVCs, made by the StatefulSet controller, are not), the
+/// StatefulSet leaves pods to the operator (`podManagementPolicy: Parallel`,
+/// `updateStrategy: OnDelete`), the pods run a managed instance manager (`stator instance --pod
+/// --managed`, which never picks its role), and the NetworkPolicy admits the operator's pods to
+/// the instance-manager port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorMode {
+    /// `metadata.uid` of the `Database` the API server holds (owner references name it).
+    pub database_uid: String,
+    /// Namespace the operator runs in (its pods carry
+    /// [`crate::install::operator_selector_labels`]).
+    pub operator_namespace: String,
 }
 
 /// Why a database could not be rendered.
@@ -70,6 +90,12 @@ pub enum RenderError {
          Remove spec.backup to render without backups (nothing was written)"
     )]
     BackupNotImplemented { name: String },
+    /// Operator mode without the `Database`'s `metadata.uid`: owner references need it.
+    #[error(
+        "Database {name:?}: operator mode needs the Database's metadata.uid for the owner \
+         references (the API server assigns it; render after the Database exists)"
+    )]
+    MissingOwnerUid { name: String },
     #[error("cannot serialize the {kind} of Database {name:?}: {message}")]
     Serialize {
         kind: &'static str,
@@ -113,6 +139,13 @@ pub fn render(
             name: db.name().to_string(),
         });
     }
+    if let Some(operator) = &options.operator
+        && operator.database_uid.trim().is_empty()
+    {
+        return Err(RenderError::MissingOwnerUid {
+            name: db.name().to_string(),
+        });
+    }
     if let Some(problem) = stator_api::validate::image_problem(&options.stator_image) {
         return Err(RenderError::InvalidStatorImage {
             image: options.stator_image.clone(),
@@ -136,7 +169,7 @@ pub fn render(
         }
     })? + "\n";
     let config_hash = fnv1a_hex(database_json.as_bytes());
-    Ok(Manifests {
+    let mut manifests = Manifests {
         service_account: config::render_service_account(db),
         secret,
         config_map: config::render_config_map(db, &database_json),
@@ -146,9 +179,40 @@ pub fn render(
             services::render_role_service(db, Role::Replica),
         ],
         pod_disruption_budget: policy::render_pod_disruption_budget(db),
-        network_policy: policy::render_network_policy(db),
+        network_policy: policy::render_network_policy(db, options.operator.as_ref()),
         stateful_set: statefulset::render_stateful_set(db, options, &config_hash),
-    })
+    };
+    if let Some(operator) = &options.operator {
+        manifests.set_owner(&meta::owner_reference(db, &operator.database_uid));
+    }
+    Ok(manifests)
+}
+
+impl Manifests {
+    /// Makes `owner` the controller of every object.
+    fn set_owner(&mut self, owner: &OwnerReference) {
+        let Manifests {
+            service_account,
+            secret,
+            config_map,
+            services,
+            pod_disruption_budget,
+            network_policy,
+            stateful_set,
+        } = self;
+        let mut metas = vec![
+            &mut service_account.metadata,
+            &mut config_map.metadata,
+            &mut pod_disruption_budget.metadata,
+            &mut network_policy.metadata,
+            &mut stateful_set.metadata,
+        ];
+        metas.extend(secret.as_mut().map(|s| &mut s.metadata));
+        metas.extend(services.iter_mut().map(|s| &mut s.metadata));
+        for meta in metas {
+            meta.owner_references = Some(vec![owner.clone()]);
+        }
+    }
 }
 
 /// FNV-1a (64 bit), hex: a stable, dependency-free fingerprint of the pods' configuration.

@@ -1,6 +1,8 @@
 //! The PodDisruptionBudget (how many instances a drain may take at once) and the NetworkPolicy
 //! (who may connect to what).
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
@@ -11,7 +13,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use stator_api::Database;
 use stator_api::names::INSTANCE_MANAGER_PORT;
 
+use super::OperatorMode;
 use super::meta::{object_meta, pod_selector};
+use crate::install::operator_selector_labels;
 
 /// `spec.disruption`, defaulting to `maxUnavailable: 1`: a drain takes one instance at a time and
 /// never blocks forever, not even for a 1-instance database (validation warns about that one).
@@ -50,10 +54,34 @@ fn own_pods(db: &Database) -> NetworkPolicyPeer {
     }
 }
 
+/// The operator's pods, in its namespace (by the name label every namespace carries).
+fn operator_pods(operator: &OperatorMode) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                NAMESPACE_NAME_LABEL.to_string(),
+                operator.operator_namespace.clone(),
+            )])),
+            match_expressions: None,
+        }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(operator_selector_labels()),
+            match_expressions: None,
+        }),
+        ip_block: None,
+    }
+}
+
+/// The label the API server sets on every Namespace to its name.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
 /// Ingress: clients (`spec.network.allowFrom`, default every pod of the namespace) to the
 /// database port; the database's own pods to the database port and the instance manager (for
 /// replication and cloning). Egress: DNS, and the database's own pods on those two ports.
-pub fn render_network_policy(db: &Database) -> NetworkPolicy {
+///
+/// Operator mode (`operator`: the operator's namespace) adds one ingress rule: the operator's
+/// pods to the instance manager, for its `/status` reads and its orders.
+pub fn render_network_policy(db: &Database, operator: Option<&OperatorMode>) -> NetworkPolicy {
     let port = db.spec.engine.port();
     let clients = if db.spec.network.allow_from.is_empty() {
         vec![NetworkPolicyPeer {
@@ -72,21 +100,28 @@ pub fn render_network_policy(db: &Database) -> NetworkPolicy {
             end_port: None,
         })
         .collect();
+    let mut ingress = vec![
+        NetworkPolicyIngressRule {
+            from: Some(clients),
+            ports: Some(vec![tcp(port)]),
+        },
+        NetworkPolicyIngressRule {
+            from: Some(vec![own_pods(db)]),
+            ports: Some(peer_ports.clone()),
+        },
+    ];
+    if let Some(operator) = operator {
+        ingress.push(NetworkPolicyIngressRule {
+            from: Some(vec![operator_pods(operator)]),
+            ports: Some(vec![tcp(INSTANCE_MANAGER_PORT)]),
+        });
+    }
     NetworkPolicy {
         metadata: object_meta(db, db.name()),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(pod_selector(db)),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
-            ingress: Some(vec![
-                NetworkPolicyIngressRule {
-                    from: Some(clients),
-                    ports: Some(vec![tcp(port)]),
-                },
-                NetworkPolicyIngressRule {
-                    from: Some(vec![own_pods(db)]),
-                    ports: Some(peer_ports.clone()),
-                },
-            ]),
+            ingress: Some(ingress),
             egress: Some(vec![
                 NetworkPolicyEgressRule {
                     to: None,

@@ -69,18 +69,19 @@ fn engine_socket_dir(engine: Engine) -> &'static str {
     }
 }
 
-/// The database container's command: the instance manager, which runs the server.
-pub fn instance_command() -> Vec<String> {
-    [
-        &format!("{STATOR_BIN_DIR}/stator"),
-        "instance",
-        "--pod",
-        "--database",
-        &format!("{CONFIG_DIR}/{DATABASE_JSON_KEY}"),
-    ]
-    .into_iter()
-    .map(str::to_string)
-    .collect()
+/// The database container's command: the instance manager, which runs the server. `managed`
+/// (operator mode): it never picks its role, but waits for the operator's orders.
+pub fn instance_command(managed: bool) -> Vec<String> {
+    let mut command: Vec<String> = [&format!("{STATOR_BIN_DIR}/stator"), "instance", "--pod"]
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    if managed {
+        command.push("--managed".into());
+    }
+    command.push("--database".into());
+    command.push(format!("{CONFIG_DIR}/{DATABASE_JSON_KEY}"));
+    command
 }
 
 pub fn render_stateful_set(
@@ -88,15 +89,24 @@ pub fn render_stateful_set(
     options: &RenderOptions,
     config_hash: &str,
 ) -> StatefulSet {
+    let managed = options.operator.is_some();
+    // Operator mode: every pod is created at once (OrderedReady never recreates pod N while a
+    // lower ordinal is unready, which would block a failover), and only the operator deletes a
+    // pod to roll it (replicas first, the primary after a switchover).
+    let (pod_management, update) = if managed {
+        ("Parallel", "OnDelete")
+    } else {
+        ("OrderedReady", "RollingUpdate")
+    };
     StatefulSet {
         metadata: object_meta(db, db.name()),
         spec: Some(StatefulSetSpec {
             replicas: Some(db.spec.instances as i32),
             selector: pod_selector(db),
             service_name: Some(db.headless_service_name()),
-            pod_management_policy: Some("OrderedReady".into()),
+            pod_management_policy: Some(pod_management.into()),
             update_strategy: Some(StatefulSetUpdateStrategy {
-                type_: Some("RollingUpdate".into()),
+                type_: Some(update.into()),
                 rolling_update: None,
             }),
             persistent_volume_claim_retention_policy: Some(
@@ -141,7 +151,7 @@ fn pod_spec(db: &Database, options: &RenderOptions) -> PodSpec {
             ..PodSecurityContext::default()
         }),
         init_containers: Some(vec![install_container(options, uid)]),
-        containers: vec![database_container(db)],
+        containers: vec![database_container(db, options.operator.is_some())],
         volumes: Some(volumes(db)),
         affinity: affinity(db),
         topology_spread_constraints: topology_spread(db),
@@ -170,13 +180,13 @@ fn install_container(options: &RenderOptions, uid: i64) -> Container {
     }
 }
 
-fn database_container(db: &Database) -> Container {
+fn database_container(db: &Database, managed: bool) -> Container {
     let engine = db.spec.engine;
     Container {
         name: DATABASE_CONTAINER.into(),
         image: Some(db.image()),
         image_pull_policy: Some("IfNotPresent".into()),
-        command: Some(instance_command()),
+        command: Some(instance_command(managed)),
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),

@@ -277,12 +277,14 @@ fn stator_image_can_be_overridden_and_must_be_pinned() {
     let db = database(THREE_POSTGRES);
     let options = RenderOptions {
         stator_image: "registry.example/stator:9.9.9".into(),
+        ..RenderOptions::default()
     };
     let m = render(&db, &options, Some(&credentials())).unwrap();
     let init = &pod_spec(&m).init_containers.as_ref().unwrap()[0];
     assert_eq!(init.image.as_deref(), Some("registry.example/stator:9.9.9"));
     let latest = RenderOptions {
         stator_image: "registry.example/stator:latest".into(),
+        ..RenderOptions::default()
     };
     assert!(matches!(
         render(&db, &latest, Some(&credentials())),
@@ -742,4 +744,19 @@ fn files_are_one_per_kind_in_apply_order() {
             "StatefulSet"
         ]
     );
+}
+
+#[test]
+fn operator_mode_without_the_database_uid_is_refused() {
+    let db = database(THREE_POSTGRES);
+    let options = RenderOptions {
+        operator: Some(super::OperatorMode {
+            database_uid: " ".into(),
+            operator_namespace: "stator-system".into(),
+        }),
+        ..RenderOptions::default()
+    };
+    let e = render(&db, &options, Some(&credentials())).unwrap_err();
+    assert!(matches!(e, RenderError::MissingOwnerUid { .. }), "{e}");
+    assert!(e.to_string().contains("metadata.uid"), "{e}");
 }
