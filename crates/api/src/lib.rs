@@ -11,6 +11,8 @@
 //! - [`validate`]: semantic checks, all problems at once, plus warnings.
 //! - [`parameters`]: engine defaults, keys Stator manages, the effective configuration.
 //! - [`instance`]: the runtime ↔ instance-manager contract: config file and `/status` report.
+//! - [`orders`]: the orders a runtime gives a managed instance manager (bootstrap, role, fence,
+//!   rebuild).
 //! - [`position`]: replication positions (LSN on a timeline, MariaDB GTID position, MySQL GTID
 //!   set), their parsing and their order.
 //! - [`names`]: names derived from a database (`NAME-N`, `NAME-rw`, …), labels, name rules.
@@ -21,6 +23,7 @@ pub mod duration;
 pub mod instance;
 pub mod load;
 pub mod names;
+pub mod orders;
 pub mod parameters;
 pub mod position;
 pub mod quantity;

@@ -140,6 +140,24 @@ pub trait ServerEngine: Send + Sync + 'static {
         creds: &Credentials,
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
 
+    /// Fences a running server read-only (`on`) or releases that fence: it keeps running and
+    /// serving reads, and refuses writes (MySQL family: `read_only`; PostgreSQL:
+    /// `default_transaction_read_only`) until released. Not persisted beyond the next start.
+    fn set_read_only(
+        &self,
+        creds: &Credentials,
+        on: bool,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// A cleanly stopped primary's final position: the last checkpoint of its data directory
+    /// (PostgreSQL, `pg_controldata`); `None` for a replica's, a running one, one that crashed,
+    /// or an engine that does not tell.
+    fn final_checkpoint(
+        &self,
+    ) -> impl Future<Output = Option<crate::postgres::controldata::ControlData>> + Send {
+        std::future::ready(None)
+    }
+
     /// Reads a position as this engine reports it (PostgreSQL needs the timeline).
     fn parse_position(
         &self,

@@ -2,6 +2,7 @@
 //! port; `/promote`, `/demote`, `/reload` (changed parameters, applied without a restart where
 //! the engine allows it) and `GET /backup` (a MariaDB instance's physical copy, streamed
 //! as `mariadb-backup --stream=xbstream` for a replica being cloned) only with the bearer token.
+//! A managed instance manager adds its order endpoints ([`crate::managed::router`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,7 +81,12 @@ async fn readyz(State(e): State<Endpoints>) -> Response {
     }
 }
 
-async fn status(State(e): State<Endpoints>) -> Response {
+/// The report; `?fresh=1` queries the server first (bounded) instead of the last periodic
+/// observation ([`InstanceStatus::refresh`]).
+async fn status(State(e): State<Endpoints>, uri: axum::http::Uri) -> Response {
+    if crate::managed::asks_fresh(uri.query()) {
+        e.status.refresh().await;
+    }
     axum::Json(e.status.report()).into_response()
 }
 
@@ -102,12 +108,12 @@ async fn metrics(State(e): State<Endpoints>) -> Response {
         .into_response()
 }
 
-fn error(code: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(code: StatusCode, message: impl Into<String>) -> Response {
     (code, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
 /// The refusal to send, when the request does not carry the token.
-fn check_token(e: &Endpoints, headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn check_token(e: &Endpoints, headers: &HeaderMap) -> Option<Response> {
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -124,7 +130,7 @@ fn check_token(e: &Endpoints, headers: &HeaderMap) -> Option<Response> {
     })
 }
 
-async fn ask(
+pub(crate) async fn ask(
     e: &Endpoints,
     make: impl FnOnce(oneshot::Sender<Result<String, String>>) -> Command,
 ) -> Response {
@@ -150,7 +156,7 @@ async fn ask(
 }
 
 /// The JSON request body, or why it is refused: the parse error and the shape expected.
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, String> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|err| format!("body: {err}; expected {expected}"))
 }
 

@@ -15,12 +15,15 @@
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - [`peers`]: never an empty primary: a new primary's empty data dir is initialised only
 //!   when no peer holds (or may hold) the database's data; otherwise it is cloned.
+//! - [`managed`]: the managed mode (the operator's pods): no role of its own; the orders
+//!   `/bootstrap`, `/role`, `/fence`, `/rebuild`, and `/status?fresh=1`.
 //! - [`api_token`]: the bearer token of the mutating endpoints.
 //! - [`error`]: why the manager stopped.
 
 pub mod api_token;
 pub mod error;
 pub mod http;
+pub mod managed;
 pub mod metrics;
 pub mod peers;
 pub mod status;
@@ -63,9 +66,23 @@ fn check_config(config: &InstanceConfig) -> Result<(), InstanceError> {
     Ok(())
 }
 
+/// Whether the manager picks its role itself or takes orders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// From the config's `bootstrap` and `peers` (the local runtime, plain `stator render` pods).
+    Plain,
+    /// Only on orders ([`managed`]); the config's `bootstrap` and `peers` are not used.
+    Managed,
+}
+
 /// Runs the instance manager until SIGTERM or SIGINT (Ok, server stopped cleanly) or until the
 /// server cannot run (Err, naming why). The engine follows `spec.engine`.
 pub async fn run(config: InstanceConfig) -> Result<(), InstanceError> {
+    run_in(config, Mode::Plain).await
+}
+
+/// [`run`] in `mode`.
+pub async fn run_in(config: InstanceConfig, mode: Mode) -> Result<(), InstanceError> {
     check_config(&config)?;
     let name = config.database.instance_name(config.ordinal);
     let engine_error = |source| InstanceError::Engine {
@@ -75,12 +92,12 @@ pub async fn run(config: InstanceConfig) -> Result<(), InstanceError> {
     match config.database.spec.engine {
         Engine::Postgres => {
             let engine = Arc::new(Postgres::new(&config).map_err(engine_error)?);
-            run_engine(config, engine, None).await
+            run_engine(config, engine, None, mode).await
         }
         Engine::Mariadb | Engine::Mysql => {
             let engine = Arc::new(MysqlFamily::new(&config).map_err(engine_error)?);
             let backup = (config.database.spec.engine == Engine::Mariadb).then(|| engine.clone());
-            run_engine(config, engine, backup).await
+            run_engine(config, engine, backup, mode).await
         }
     }
 }
@@ -90,6 +107,7 @@ async fn run_engine<E: ServerEngine>(
     config: InstanceConfig,
     engine: Arc<E>,
     backup: Option<Arc<MysqlFamily>>,
+    mode: Mode,
 ) -> Result<(), InstanceError> {
     let name = config.database.instance_name(config.ordinal);
     let engine_error = |source| InstanceError::Engine {
@@ -115,6 +133,7 @@ async fn run_engine<E: ServerEngine>(
     tracing::info!(instance = %name, address = %address, "instance manager listening");
 
     let status = Arc::new(InstanceStatus::new(name.clone()));
+    status.set_query(fresh_query(engine.clone(), creds.clone()));
     let (commands_tx, commands_rx) = mpsc::channel(8);
 
     let observer = tokio::spawn(supervisor::observe_forever(
@@ -125,13 +144,17 @@ async fn run_engine<E: ServerEngine>(
     ));
 
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let app = http::router(Endpoints {
+    let endpoints = Endpoints {
         status: status.clone(),
         commands: commands_tx.clone(),
         secrets_dir: config.secrets_dir.clone(),
         engine: config.database.spec.engine,
         backup,
-    });
+    };
+    let app = match mode {
+        Mode::Plain => http::router(endpoints),
+        Mode::Managed => http::router(endpoints.clone()).merge(managed::router(endpoints)),
+    };
     let http = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -143,7 +166,7 @@ async fn run_engine<E: ServerEngine>(
     let signals = tokio::spawn(forward_signals(commands_tx));
     let reaper = (std::process::id() == 1).then(|| tokio::spawn(reap_orphans_forever()));
 
-    let result = Supervisor {
+    let supervisor = Supervisor {
         engine,
         creds,
         bootstrap: config.bootstrap.clone(),
@@ -151,9 +174,16 @@ async fn run_engine<E: ServerEngine>(
         status,
         commands: commands_rx,
         stop_timeout: STOP_TIMEOUT,
-    }
-    .run()
-    .await;
+    };
+    let result = match mode {
+        Mode::Plain => supervisor.run().await,
+        Mode::Managed => {
+            tracing::info!(instance = %name, "managed: the server starts only on orders");
+            managed::ManagedSupervisor::new(supervisor, config.data_dir.clone())
+                .run()
+                .await
+        }
+    };
 
     signals.abort();
     if let Some(reaper) = reaper {
@@ -167,6 +197,23 @@ async fn run_engine<E: ServerEngine>(
         Err(e) => tracing::error!(error = %e, "instance manager failed"),
     }
     result
+}
+
+/// How `/status?fresh=1` queries the server: one observation, within [`managed::FRESH_TIMEOUT`].
+fn fresh_query<E: ServerEngine>(engine: Arc<E>, creds: Credentials) -> status::Query {
+    Box::new(move || {
+        let (engine, creds) = (engine.clone(), creds.clone());
+        Box::pin(async move {
+            match tokio::time::timeout(managed::FRESH_TIMEOUT, engine.observe(&creds)).await {
+                Ok(Ok(observation)) => Ok(observation),
+                Ok(Err(e)) => Err(format!("the server did not answer just now: {e}")),
+                Err(_) => Err(format!(
+                    "the server did not answer within {} ms just now",
+                    managed::FRESH_TIMEOUT.as_millis()
+                )),
+            }
+        })
+    })
 }
 
 /// As PID 1 (a pod's entrypoint), waits for the orphans the kernel hands over, on every

@@ -2,8 +2,11 @@
 //! writes the lifecycle), the observer (which writes the last observation) and the HTTP
 //! endpoints (which read it). Turned into the `/status` report and the readiness verdict.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use stator_engine::postgres::controldata::ControlData;
 
 use stator_api::Role;
 use stator_api::instance::{InstanceReport, ServerState};
@@ -34,15 +37,32 @@ pub struct Snapshot {
     /// replica got them from its primary). A primary is not ready before: a client that `up`
     /// told "ready" must find the database it was promised.
     pub users_in_place: bool,
+    /// A cleanly stopped primary's last checkpoint (PostgreSQL): reported as its role and
+    /// position while the server is stopped.
+    pub final_checkpoint: Option<ControlData>,
 }
 
+/// Queries the server now, within its own time bound: the observation, or why there is none.
+pub type Query = Box<dyn Fn() -> BoxFuture<'static, Result<Observation, String>> + Send + Sync>;
+
 /// The facts behind a lock, plus what never changes.
-#[derive(Debug)]
 pub struct InstanceStatus {
     pub name: String,
     pub manager_pid: u32,
     pub started: Instant,
     inner: Mutex<Snapshot>,
+    /// How [`InstanceStatus::refresh`] queries the server (`GET /status?fresh=1`).
+    query: OnceLock<Query>,
+}
+
+impl std::fmt::Debug for InstanceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceStatus")
+            .field("name", &self.name)
+            .field("manager_pid", &self.manager_pid)
+            .field("inner", &self.snapshot())
+            .finish_non_exhaustive()
+    }
 }
 
 impl InstanceStatus {
@@ -62,8 +82,46 @@ impl InstanceStatus {
                 adopted: false,
                 holds_data: None,
                 users_in_place: false,
+                final_checkpoint: None,
             }),
+            query: OnceLock::new(),
         }
+    }
+
+    /// Sets how [`InstanceStatus::refresh`] queries the server (once; later calls are ignored).
+    pub fn set_query(&self, query: Query) {
+        let _ = self.query.set(query);
+    }
+
+    /// Queries a running server now instead of relying on the last periodic observation: the
+    /// observation is replaced by the answer, or cleared (with why) when the server does not
+    /// answer, so `/status` and `/readyz` tell what is true now. Nothing to ask of a server
+    /// that is not running.
+    pub async fn refresh(&self) {
+        let Some(query) = self.query.get() else {
+            return;
+        };
+        if self.snapshot().state != ServerState::Running {
+            return;
+        }
+        let answer = query().await;
+        self.update(|s| {
+            if s.state != ServerState::Running {
+                return;
+            }
+            match answer {
+                Ok(o) => {
+                    s.observation = Some(o);
+                    s.observed_at = Some(Instant::now());
+                    s.observe_error = None;
+                }
+                Err(why) => {
+                    s.observation = None;
+                    s.observed_at = None;
+                    s.observe_error = Some(why);
+                }
+            }
+        });
     }
 
     /// A copy of the facts.
@@ -179,7 +237,15 @@ fn replica_unready_reason(o: &Observation) -> Option<String> {
 /// Builds the report from a snapshot.
 pub fn build_report(name: &str, manager_pid: u32, s: &Snapshot, now: Instant) -> InstanceReport {
     let reason = unready_reason(s, now);
-    let o = s.observation.clone().unwrap_or_default();
+    let mut o = s.observation.clone().unwrap_or_default();
+    if s.observation.is_none()
+        && s.state == ServerState::Stopped
+        && let Some(checkpoint) = &s.final_checkpoint
+    {
+        o.role = Some(Role::Primary);
+        o.position = Some(checkpoint.lsn.clone());
+        o.timeline = Some(checkpoint.timeline);
+    }
     InstanceReport {
         name: name.to_string(),
         state: s.state,
@@ -222,6 +288,7 @@ mod tests {
             adopted: false,
             holds_data: Some(true),
             users_in_place: true,
+            final_checkpoint: None,
         }
     }
 
@@ -317,6 +384,23 @@ mod tests {
         s.observed_at = Some(Instant::now());
         let later = Instant::now() + OBSERVATION_MAX_AGE + Duration::from_secs(1);
         assert!(unready_reason(&s, later).is_some());
+    }
+
+    #[test]
+    fn a_stopped_primary_reports_its_final_checkpoint_as_its_position() {
+        let mut s = running(Observation::default());
+        s.state = ServerState::Stopped;
+        s.observation = None;
+        s.final_checkpoint = Some(ControlData {
+            clean: true,
+            lsn: "0/3000028".into(),
+            timeline: 2,
+        });
+        let r = build_report("db-0", 1, &s, Instant::now());
+        assert_eq!(r.role, Some(Role::Primary));
+        assert_eq!(r.position.as_deref(), Some("0/3000028"));
+        assert_eq!(r.timeline, Some(2));
+        assert!(!r.ready);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub enum Command {
     Demote(Endpoint, Reply),
     /// Apply these effective parameters without a restart; the reply names what needs one.
     Reload(BTreeMap<String, String>, Reply),
+    /// An order to a managed instance manager ([`crate::managed`]); only its router sends one.
+    Order(crate::managed::Order, Reply),
     Shutdown,
 }
 
@@ -54,10 +56,13 @@ impl Backoff {
 }
 
 /// How serving a started server ended.
-enum Served {
+pub(crate) enum Served {
     Shutdown,
     Exited(String),
     Rejoin(Endpoint, Reply),
+    /// A managed instance manager's order, for [`crate::managed`] to carry out; the server
+    /// still runs.
+    Order(crate::managed::Order, Reply),
 }
 
 /// Drives one server through its life.
@@ -74,7 +79,7 @@ pub struct Supervisor<E: ServerEngine> {
 }
 
 impl<E: ServerEngine> Supervisor<E> {
-    fn fail(&self, source: EngineError) -> InstanceError {
+    pub(crate) fn fail(&self, source: EngineError) -> InstanceError {
         self.status
             .set_state(ServerState::Failed, Some(source.to_string()));
         InstanceError::Engine {
@@ -130,7 +135,13 @@ impl<E: ServerEngine> Supervisor<E> {
                 let _ = reply.send(Ok("rejoined; the server is starting as a replica".into()));
             }
             let started = Instant::now();
-            match self.serve(&mut server).await {
+            let served = loop {
+                match self.serve(&mut server).await {
+                    Served::Order(_, reply) => refuse_order(reply),
+                    other => break other,
+                }
+            };
+            match served {
                 Served::Shutdown => {
                     self.status
                         .set_state(ServerState::Stopped, Some("shutting down".into()));
@@ -155,18 +166,10 @@ impl<E: ServerEngine> Supervisor<E> {
                         return Ok(());
                     }
                 }
+                // Answered in the loop above; never breaks out of it.
+                Served::Order(_, reply) => refuse_order(reply),
                 Served::Rejoin(upstream, reply) => {
-                    self.status.set_state(
-                        ServerState::Stopped,
-                        Some(format!(
-                            "demoting: rejoining as a replica of {}",
-                            upstream.instance
-                        )),
-                    );
-                    let how = self.engine.stop(&mut server, self.stop_timeout).await;
-                    tracing::info!(how = %how, upstream = %upstream.instance, "stopped for demotion");
-                    self.status.update(|s| s.pid = None);
-                    match self.rejoin_until_done(upstream, reply).await {
+                    match self.demote_stopping(&mut server, upstream, reply).await {
                         Some(reply) => pending_reply = Some(reply),
                         None => {
                             self.status.set_state(ServerState::Stopped, None);
@@ -176,6 +179,26 @@ impl<E: ServerEngine> Supervisor<E> {
                 }
             }
         }
+    }
+
+    /// Stops the server for a demotion and rejoins `upstream` ([`Self::rejoin_until_done`]).
+    pub(crate) async fn demote_stopping(
+        &mut self,
+        server: &mut ServerProcess,
+        upstream: Endpoint,
+        reply: Reply,
+    ) -> Option<Reply> {
+        self.status.set_state(
+            ServerState::Stopped,
+            Some(format!(
+                "demoting: rejoining as a replica of {}",
+                upstream.instance
+            )),
+        );
+        let how = self.engine.stop(server, self.stop_timeout).await;
+        tracing::info!(how = %how, upstream = %upstream.instance, "stopped for demotion");
+        self.status.update(|s| s.pid = None);
+        self.rejoin_until_done(upstream, reply).await
     }
 
     /// Rejoins `upstream` with the server stopped. A failed rejoin leaves the server stopped
@@ -204,7 +227,9 @@ impl<E: ServerEngine> Supervisor<E> {
             loop {
                 match self.commands.recv().await {
                     None | Some(Command::Shutdown) => return None,
-                    Some(Command::Promote(r)) | Some(Command::Reload(_, r)) => {
+                    Some(Command::Promote(r))
+                    | Some(Command::Reload(_, r))
+                    | Some(Command::Order(_, r)) => {
                         let _ = r.send(Err(
                             "the server is stopped after a failed demotion; demote it again".into(),
                         ));
@@ -305,7 +330,7 @@ impl<E: ServerEngine> Supervisor<E> {
     /// data dir is made to follow `upstream` (pg_rewind when its history diverged) BEFORE any
     /// server starts, so a former primary never comes back writable. Retried with backoff
     /// while the upstream cannot be reached; false when shut down meanwhile.
-    async fn rejoin_before_start(&mut self, upstream: Endpoint) -> Result<bool, InstanceError> {
+    pub(crate) async fn rejoin_before_start(&mut self, upstream: Endpoint) -> Result<bool, InstanceError> {
         let message = format!("rejoining as a replica of {}", upstream.instance);
         self.status
             .set_state(ServerState::Initializing, Some(message.clone()));
@@ -366,7 +391,8 @@ impl<E: ServerEngine> Supervisor<E> {
                     None | Some(Command::Shutdown) => return false,
                     Some(Command::Promote(r))
                     | Some(Command::Demote(_, r))
-                    | Some(Command::Reload(_, r)) => {
+                    | Some(Command::Reload(_, r))
+                    | Some(Command::Order(_, r)) => {
                         let _ = r.send(Err("the server is not running".into()));
                     }
                 },
@@ -374,8 +400,8 @@ impl<E: ServerEngine> Supervisor<E> {
         }
     }
 
-    /// Serves a started server until it exits, a shutdown, or a demotion.
-    async fn serve(&mut self, server: &mut ServerProcess) -> Served {
+    /// Serves a started server until it exits, a shutdown, a demotion, or an order.
+    pub(crate) async fn serve(&mut self, server: &mut ServerProcess) -> Served {
         let mut running = false;
         let mut users_ready = false;
         loop {
@@ -389,6 +415,7 @@ impl<E: ServerEngine> Supervisor<E> {
                 cmd = self.commands.recv() => match cmd {
                     None | Some(Command::Shutdown) => return Served::Shutdown,
                     Some(Command::Demote(upstream, reply)) => return Served::Rejoin(upstream, reply),
+                    Some(Command::Order(order, reply)) => return Served::Order(order, reply),
                     Some(Command::Reload(parameters, reply)) => {
                         if !running {
                             let _ = reply.send(Err("the server is not accepting connections yet".into()));
@@ -460,6 +487,13 @@ impl<E: ServerEngine> Supervisor<E> {
             Err(_) => false,
         }
     }
+}
+
+/// The answer of a manager that is not managed to an order.
+fn refuse_order(reply: Reply) {
+    let _ = reply.send(Err(
+        "this instance manager is not managed: it takes no orders".into(),
+    ));
 }
 
 /// The engine refused to make this data dir follow its upstream because it holds transactions

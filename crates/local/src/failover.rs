@@ -737,7 +737,9 @@ impl Failover {
         if marker_follows(&data_dir).is_some() {
             return None;
         }
-        let control = pg_controldata(self.bin_dir.as_deref(), &data_dir).await?;
+        let control =
+            stator_engine::postgres::controldata::read_control_data(self.bin_dir.as_deref(), &data_dir)
+                .await?;
         if !control.clean {
             return None;
         }
@@ -1686,43 +1688,6 @@ fn marker_follows(data_dir: &Path) -> Option<String> {
         .map(|f| f.instance)
 }
 
-/// What `pg_controldata` says of a stopped data dir.
-struct ControlData {
-    clean: bool,
-    lsn: String,
-    timeline: u32,
-}
-
-async fn pg_controldata(bin_dir: Option<&Path>, data_dir: &Path) -> Option<ControlData> {
-    let program = bin_dir
-        .map(|b| b.join("pg_controldata"))
-        .unwrap_or_else(|| PathBuf::from("pg_controldata"));
-    let out = tokio::process::Command::new(program)
-        .arg("-D")
-        .arg(data_dir)
-        .env("LC_ALL", "C")
-        .output()
-        .await
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    parse_controldata(&String::from_utf8_lossy(&out.stdout))
-}
-
-fn parse_controldata(text: &str) -> Option<ControlData> {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_string())
-    };
-    Some(ControlData {
-        clean: field("Database cluster state:")? == "shut down",
-        lsn: field("Latest checkpoint location:")?,
-        timeline: field("Latest checkpoint's TimeLineID:")?.parse().ok()?,
-    })
-}
-
 /// The failover lines of the `stator status` table (the core's message is the report's
 /// message): fences, holds, the last failover or switchover.
 pub fn render_failover(f: &FailoverReport) -> String {
@@ -1787,21 +1752,6 @@ mod tests {
             abandoned.outcome(),
             "switchover abandoned: the primary was lost: turned into a failover"
         );
-    }
-
-    #[test]
-    fn controldata_of_a_clean_shutdown_gives_the_final_checkpoint() {
-        let text = "pg_control version number:            1300\n\
-                    Database cluster state:               shut down\n\
-                    Latest checkpoint location:           0/3000028\n\
-                    Latest checkpoint's REDO location:    0/3000028\n\
-                    Latest checkpoint's TimeLineID:       2\n";
-        let c = parse_controldata(text).unwrap();
-        assert!(c.clean);
-        assert_eq!((c.lsn.as_str(), c.timeline), ("0/3000028", 2));
-        let crashed = text.replace("shut down", "in production");
-        assert!(!parse_controldata(&crashed).unwrap().clean);
-        assert!(parse_controldata("garbage").is_none());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::error::{CliError, CliResult};
 #[derive(clap::Args, Debug)]
 #[command(
     group(clap::ArgGroup::new("source").required(true).args(["config", "pod"])),
-    after_help = "Examples:\n  stator instance --config /var/lib/stator/default/db/db-0.json\n  POD_NAME=db-1 POD_NAMESPACE=prod stator instance --pod --database /etc/stator/database.json"
+    after_help = "Examples:\n  stator instance --config /var/lib/stator/default/db/db-0.json\n  POD_NAME=db-1 POD_NAMESPACE=prod stator instance --pod --database /etc/stator/database.json\n  POD_NAME=db-1 POD_NAMESPACE=prod stator instance --pod --managed --database /etc/stator/database.json"
 )]
 pub struct InstanceArgs {
     /// The instance config (JSON `InstanceConfig`), as the local runtime writes it.
@@ -28,6 +28,11 @@ pub struct InstanceArgs {
     /// (NAME-N) and POD_NAMESPACE.
     #[arg(long, requires = "database")]
     pub pod: bool,
+    /// With --pod, for the operator's pods: never pick a role. An empty data dir is filled only
+    /// on POST /bootstrap, a former primary's starts only on POST /role, and POST /fence, DELETE
+    /// /fence and POST /rebuild are obeyed (all with the api-token).
+    #[arg(long, requires = "pod")]
+    pub managed: bool,
     /// The Database (JSON or YAML) the pod belongs to; used with --pod.
     #[arg(long, value_name = "FILE")]
     pub database: Option<PathBuf>,
@@ -78,7 +83,13 @@ pub fn run(args: InstanceArgs) -> CliResult {
         .enable_all()
         .build()
         .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
-    match runtime.block_on(stator_instance::run(config)) {
+    // Managed: the ordinal-derived bootstrap and peers are not used; the operator's orders are.
+    let mode = if args.managed {
+        stator_instance::Mode::Managed
+    } else {
+        stator_instance::Mode::Plain
+    };
+    match runtime.block_on(stator_instance::run_in(config, mode)) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e @ stator_instance::InstanceError::Config { .. }) => {
             Err(CliError::Invalid(e.to_string()))

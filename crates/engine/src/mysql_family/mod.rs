@@ -1081,6 +1081,16 @@ impl ServerEngine for MysqlFamily {
         self.write_config(_creds)
     }
 
+    async fn set_read_only(&self, _creds: &Credentials, on: bool) -> Result<(), EngineError> {
+        let sql = if on {
+            "SET GLOBAL read_only = ON"
+        } else {
+            "SET GLOBAL read_only = OFF"
+        };
+        self.with_session(async |c: &mut Conn| Self::exec(c, "setting read_only", sql).await)
+            .await
+    }
+
     async fn rejoin(&self, upstream: &Endpoint, creds: &Credentials) -> Result<(), EngineError> {
         if self.find_running()?.is_some() {
             return Err(EngineError::State(

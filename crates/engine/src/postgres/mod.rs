@@ -4,9 +4,11 @@
 //! # Layout
 //! - [`config`]: `postgresql.conf`, `pg_hba.conf`, conninfo and password file, as text.
 //! - [`binaries`]: finding the programs.
+//! - [`controldata`]: `pg_controldata`: a stopped data directory's last checkpoint.
 
 pub mod binaries;
 pub mod config;
+pub mod controldata;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -40,6 +42,8 @@ use self::config::{
 
 /// Name of the password file (in the run directory) replication and pg_rewind read.
 pub const PASSFILE: &str = "replication.pgpass";
+/// The setting a read-only fence turns on: every new transaction is read-only.
+const READ_ONLY_PARAMETER: &str = "default_transaction_read_only";
 /// Longest Unix socket path the kernel accepts, less the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -59,6 +63,8 @@ pub struct Postgres {
     session: Mutex<Option<Client>>,
     /// The effective parameters `postgresql.conf` is written with (changed by a reload).
     parameters: std::sync::Mutex<BTreeMap<String, String>>,
+    /// Fenced read-only: `postgresql.conf` also sets `default_transaction_read_only = on`.
+    read_only_fence: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -121,6 +127,7 @@ impl Postgres {
             binaries,
             session: Mutex::new(None),
             parameters: std::sync::Mutex::new(effective_parameters(&db.spec)),
+            read_only_fence: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -395,11 +402,17 @@ impl ServerEngine for Postgres {
             }
             None => None,
         };
-        let parameters = self
+        let mut parameters = self
             .parameters
             .lock()
             .map(|p| p.clone())
             .unwrap_or_else(|_| effective_parameters(&self.spec));
+        if self
+            .read_only_fence
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            parameters.insert(READ_ONLY_PARAMETER.into(), "on".into());
+        }
         let settings = ServerSettings {
             parameters,
             port: self.port,
@@ -694,6 +707,48 @@ impl ServerEngine for Postgres {
         }
         write_marker(&self.data_dir, &self.marker(None), &self.user)?;
         self.write_config(creds)
+    }
+
+    async fn set_read_only(&self, creds: &Credentials, on: bool) -> Result<(), EngineError> {
+        self.read_only_fence
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+        self.write_config(creds)?;
+        let wanted = if on { "on" } else { "off" };
+        // The reload reaches each backend (this session's too) before its next statement.
+        for _ in 0..30 {
+            let now = self
+                .with_session(creds, async |c: &Client| {
+                    c.simple_query("SELECT pg_reload_conf()")
+                        .await
+                        .map_err(|e| EngineError::sql("reloading the configuration", &e))?;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let row = c
+                        .query_one(
+                            "SELECT current_setting('default_transaction_read_only')",
+                            &[],
+                        )
+                        .await
+                        .map_err(|e| EngineError::sql("reading default_transaction_read_only", &e))?;
+                    Ok(row.get::<_, String>(0))
+                })
+                .await?;
+            if now == wanted {
+                return Ok(());
+            }
+        }
+        Err(EngineError::State(format!(
+            "default_transaction_read_only did not become {wanted} after a reload"
+        )))
+    }
+
+    async fn final_checkpoint(&self) -> Option<controldata::ControlData> {
+        let marker = read_marker(&self.data_dir).ok().flatten()?;
+        if marker.follows.is_some() || self.find_running().ok().flatten().is_some() {
+            return None;
+        }
+        controldata::read_control_data(Some(&self.binaries.dir), &self.data_dir)
+            .await
+            .filter(|c| c.clean)
     }
 
     async fn rejoin(&self, upstream: &Endpoint, creds: &Credentials) -> Result<(), EngineError> {

@@ -1,6 +1,6 @@
 //! The instance manager as a bare program, for the integration tests (they kill it with
-//! `kill -9` and start another): `instance_manager CONFIG.json`. The real entry point is
-//! `stator instance --config FILE`.
+//! `kill -9` and start another): `instance_manager CONFIG.json [--managed]`. The real entry
+//! point is `stator instance --config FILE` (`--pod --managed` in the operator's pods).
 
 use std::process::ExitCode;
 
@@ -19,8 +19,16 @@ fn main() -> ExitCode {
         )
         .init();
     let Some(path) = std::env::args().nth(1) else {
-        eprintln!("usage: instance_manager CONFIG.json");
+        eprintln!("usage: instance_manager CONFIG.json [--managed]");
         return ExitCode::from(2);
+    };
+    let mode = match std::env::args().nth(2).as_deref() {
+        None => stator_instance::Mode::Plain,
+        Some("--managed") => stator_instance::Mode::Managed,
+        Some(other) => {
+            eprintln!("error: unknown argument {other:?}; usage: instance_manager CONFIG.json [--managed]");
+            return ExitCode::from(2);
+        }
     };
     let config = match std::fs::read_to_string(&path)
         .map_err(|e| e.to_string())
@@ -43,7 +51,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(stator_instance::run(config)) {
+    match runtime.block_on(stator_instance::run_in(config, mode)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

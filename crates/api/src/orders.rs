@@ -1,0 +1,81 @@
+//! The orders a runtime gives a managed instance manager (`stator instance --managed`, the
+//! operator's pods), as the bodies of its HTTP endpoints. A managed manager never chooses a
+//! role: it fills an empty data directory only on [`BootstrapOrder`], starts a data directory
+//! that was a primary only on [`RoleOrder`], and otherwise obeys [`FenceOrder`] and
+//! [`RebuildOrder`]. Every order needs the bearer token.
+//!
+//! | endpoint | body | when |
+//! |---|---|---|
+//! | `POST /bootstrap` | `{"kind": "init"}` or `{"kind": "clone", "upstream": ENDPOINT}` | the data dir is empty |
+//! | `POST /role` | `{"role": "primary"}` or `{"role": "replica", "upstream": ENDPOINT}` | the data dir was a primary and the server is stopped, waiting for this order |
+//! | `POST /fence` | `{"kind": "kill" \| "shutdown" \| "read-only"}`, or `{"release": true}` | any time; held until released |
+//! | `DELETE /fence` | none | releases the fence |
+//! | `POST /rebuild` | `{"upstream": ENDPOINT}` | the data dir holds data |
+//! | `GET /status?fresh=1` | none | queries the server now (bounded) instead of the cached report |
+//!
+//! `ENDPOINT` is `{"instance": "NAME-N", "host": "…", "port": N}`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::instance::Endpoint;
+
+/// `POST /bootstrap`: how to fill the empty data directory.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum BootstrapOrder {
+    /// initdb / mariadb-install-db: a new primary.
+    Init,
+    /// A copy of `upstream`, then following it.
+    Clone { upstream: Endpoint },
+}
+
+/// `POST /role`: what a data directory that was a primary starts as.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", tag = "role")]
+pub enum RoleOrder {
+    /// Start it as it is: the primary.
+    Primary,
+    /// Make it follow `upstream` (pg_rewind / a GTID re-point) before it starts.
+    Replica { upstream: Endpoint },
+}
+
+/// How a fence keeps a server from taking writes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FenceKind {
+    /// SIGKILL of the server's process group; it stays down.
+    Kill,
+    /// A clean shutdown (PostgreSQL: the final checkpoint reaches the streaming replicas); it
+    /// stays down and `/status` reports its final checkpoint.
+    Shutdown,
+    /// It keeps running, refusing writes.
+    ReadOnly,
+}
+
+impl FenceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FenceKind::Kill => "kill",
+            FenceKind::Shutdown => "shutdown",
+            FenceKind::ReadOnly => "read-only",
+        }
+    }
+}
+
+/// `POST /fence`: set a fence of `kind`, or (`release: true`) release the one held.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FenceOrder {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<FenceKind>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub release: bool,
+}
+
+/// `POST /rebuild`: move the data directory aside (within its volume), clone `upstream` into
+/// its place, and delete the old copy only once the clone succeeded.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildOrder {
+    pub upstream: Endpoint,
+}
