@@ -3,7 +3,7 @@
 //! pg_basebackup, pg_rewind). Both run as the server user, with a minimal environment, stdin
 //! closed and output appended to the instance's log file. Arguments never carry a secret.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -254,6 +254,20 @@ impl ServerProcess {
         }
     }
 
+    /// Sends SIGKILL to the server and every process under it (collected first, so none is
+    /// lost to init), and waits until the server is gone: a fence that must work on a hung
+    /// or stopped server too.
+    pub async fn kill_tree(&mut self) -> String {
+        let mut doomed = vec![self.pid];
+        doomed.extend(descendants(self.pid));
+        for pid in doomed {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        self.exited().await
+    }
+
     /// Stops the server: `gentle` first, then `hard` after `timeout`, then SIGKILL.
     pub async fn stop(&mut self, gentle: Signal, hard: Signal, timeout: Duration) -> String {
         for (sig, wait) in [
@@ -335,6 +349,42 @@ pub fn reap_orphans() -> usize {
         }
     }
     reaped
+}
+
+/// The fields of `/proc/PID/stat` after the command name (state first, then the parent pid).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
+/// Every live descendant of `root`, found by walking /proc. (A PostgreSQL backend leads its own
+/// process group, so signalling the postmaster's group does not reach it.)
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = stat_fields(pid).and_then(|f| f.get(1)?.parse().ok()) {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        for c in children.get(&p).into_iter().flatten() {
+            out.push(*c);
+            stack.push(*c);
+        }
+    }
+    out
 }
 
 /// True when `pid` is a live (non-zombie) process whose working directory is `data_dir`.

@@ -156,7 +156,10 @@ pub(crate) async fn ask(
 }
 
 /// The JSON request body, or why it is refused: the parse error and the shape expected.
-pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, String> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    expected: &str,
+) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|err| format!("body: {err}; expected {expected}"))
 }
 

@@ -10,7 +10,7 @@
 //!   waits, a cleanly stopped PostgreSQL primary reports its final checkpoint as its role and
 //!   position in `/status`. A replica's data directory starts on its own (it is read-only and
 //!   follows the upstream its marker names);
-//! - `POST /fence` (`kill`: SIGKILL of the server's process group; `shutdown`: a clean stop;
+//! - `POST /fence` (`kill`: SIGKILL of the server and every process under it; `shutdown`: a clean stop;
 //!   `read-only`: it keeps running, refusing writes) is held until `POST /fence
 //!   {"release": true}` or `DELETE /fence`; a fenced manager never starts or restarts its
 //!   server. After a fence that stopped the server (or a server that died while fenced) a
@@ -35,8 +35,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use serde::Deserialize;
 use stator_api::instance::{Endpoint, ServerState};
 use stator_api::orders::{BootstrapOrder, FenceKind, RoleOrder};
@@ -107,7 +105,9 @@ fn checked_upstream(field: &str, upstream: Option<Endpoint>) -> Result<Endpoint,
         return Err(format!("{field}.instance: empty; expected NAME-N"));
     }
     if u.host.trim().is_empty() {
-        return Err(format!("{field}.host: empty; expected a host name or address"));
+        return Err(format!(
+            "{field}.host: empty; expected a host name or address"
+        ));
     }
     if u.port == 0 {
         return Err(format!("{field}.port: 0 is not a port; expected 1-65535"));
@@ -165,12 +165,13 @@ pub fn parse_fence(body: &[u8]) -> Result<Order, String> {
                 .into(),
         ),
         (None, Some(true)) => Ok(Order::Release),
-        (None, Some(false)) => Err(
-            r#"release: false releases nothing; send {"release": true} or {"kind": …}"#.into(),
-        ),
-        (None, None) => {
-            Err(r#"kind: missing; expected "kill", "shutdown" or "read-only" (or "release": true)"#.into())
+        (None, Some(false)) => {
+            Err(r#"release: false releases nothing; send {"release": true} or {"kind": …}"#.into())
         }
+        (None, None) => Err(
+            r#"kind: missing; expected "kill", "shutdown" or "read-only" (or "release": true)"#
+                .into(),
+        ),
         (Some("kill"), None) => Ok(Order::Fence(FenceKind::Kill)),
         (Some("shutdown"), None) => Ok(Order::Fence(FenceKind::Shutdown)),
         (Some("read-only"), None) => Ok(Order::Fence(FenceKind::ReadOnly)),
@@ -354,7 +355,8 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
         if was_primary {
             self.stop_leftover_server().await?;
         }
-        self.status().set_state(ServerState::Stopped, Some(waiting.clone()));
+        self.status()
+            .set_state(ServerState::Stopped, Some(waiting.clone()));
         let checkpoint = if was_primary {
             self.inner.engine.final_checkpoint().await
         } else {
@@ -446,9 +448,8 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
                 }
                 Order::Rebuild(upstream) => {
                     if !holds_data {
-                        let _ = reply.send(Err(
-                            "the data dir is empty: POST /bootstrap fills it".into(),
-                        ));
+                        let _ = reply
+                            .send(Err("the data dir is empty: POST /bootstrap fills it".into()));
                         continue;
                     }
                     let _ = reply.send(self.rebuild(&upstream).await);
@@ -649,7 +650,11 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
                     }
                 }
                 Served::Rejoin(upstream, reply) => {
-                    match self.inner.demote_stopping(&mut server, upstream, reply).await {
+                    match self
+                        .inner
+                        .demote_stopping(&mut server, upstream, reply)
+                        .await
+                    {
                         Some(reply) => pending = Some(reply),
                         None => {
                             self.status().set_state(ServerState::Stopped, None);
@@ -668,7 +673,10 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
             .map_err(|e| self.inner.fail(e))?;
         let server = match engine.find_running().map_err(|e| self.inner.fail(e))? {
             Some(running) => {
-                tracing::info!(pid = running.pid(), "adopting the server already running on the data directory");
+                tracing::info!(
+                    pid = running.pid(),
+                    "adopting the server already running on the data directory"
+                );
                 if let Err(e) = engine.reload_config(&running) {
                     tracing::warn!(error = %e, "reloading the adopted server's configuration");
                 }
@@ -698,8 +706,12 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
             };
             match command {
                 None | Some(Command::Shutdown) => return Some(Next::Exit),
-                Some(Command::Promote(r)) | Some(Command::Demote(_, r)) | Some(Command::Reload(_, r)) => {
-                    let _ = r.send(Err("the server is not running (restarting after a crash)".into()));
+                Some(Command::Promote(r))
+                | Some(Command::Demote(_, r))
+                | Some(Command::Reload(_, r)) => {
+                    let _ = r.send(Err(
+                        "the server is not running (restarting after a crash)".into()
+                    ));
                 }
                 Some(Command::Order(order @ (Order::Fence(_) | Order::Rebuild(_)), reply)) => {
                     // The server is down: the same as an order while it waits.
@@ -749,9 +761,8 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
         match order {
             Order::Fence(FenceKind::Kill) => {
                 let pid = server.pid();
-                tracing::warn!(pid, "fence: killing the server's process group");
-                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                let how = server.exited().await;
+                tracing::warn!(pid, "fence: killing the server and every process under it");
+                let how = server.kill_tree().await;
                 self.stopped_by_fence(FenceKind::Kill);
                 let _ = reply.send(Ok(format!(
                     "fenced (kill): the server (pid {pid}) {how}; it stays down until released"
@@ -768,10 +779,7 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
                 self.stopped_by_fence(FenceKind::Shutdown);
                 let checkpoint = self.inner.engine.final_checkpoint().await;
                 let said = match &checkpoint {
-                    Some(c) => format!(
-                        "; final checkpoint {} on timeline {}",
-                        c.lsn, c.timeline
-                    ),
+                    Some(c) => format!("; final checkpoint {} on timeline {}", c.lsn, c.timeline),
                     None => String::new(),
                 };
                 self.status().update(|s| s.final_checkpoint = checkpoint);
@@ -789,7 +797,10 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
                 let _ = reply.send(match result {
                     Ok(()) => {
                         self.fence = Some(FenceKind::ReadOnly);
-                        Ok("fenced (read-only): the server runs and refuses writes until released".into())
+                        Ok(
+                            "fenced (read-only): the server runs and refuses writes until released"
+                                .into(),
+                        )
                     }
                     Err(e) => Err(format!("fencing read-only failed: {e}")),
                 });
@@ -814,7 +825,8 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
             }
             Order::Bootstrap(_) => {
                 let _ = reply.send(Err(
-                    "the data dir holds data and its server runs; POST /rebuild replaces the data".into(),
+                    "the data dir holds data and its server runs; POST /rebuild replaces the data"
+                        .into(),
                 ));
                 None
             }
@@ -827,7 +839,10 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
             Order::Rebuild(upstream) => {
                 self.status().set_state(
                     ServerState::Stopped,
-                    Some(format!("rebuilding from {}: stopping the server", upstream.instance)),
+                    Some(format!(
+                        "rebuilding from {}: stopping the server",
+                        upstream.instance
+                    )),
                 );
                 let how = self
                     .inner
@@ -914,7 +929,10 @@ mod tests {
             parse_bootstrap(br#"{"kind": "clone", "upstream": {"instance": "db-0", "host": "h"}}"#),
             "port",
         );
-        refused(parse_bootstrap(br#"{"kind": "init", "force": true}"#), "force");
+        refused(
+            parse_bootstrap(br#"{"kind": "init", "force": true}"#),
+            "force",
+        );
         refused(parse_bootstrap(b"not json"), "body");
     }
 
@@ -954,7 +972,10 @@ mod tests {
         assert_eq!(parse_fence(br#"{"release": true}"#), Ok(Order::Release));
         refused(parse_fence(b"{}"), "kind");
         refused(parse_fence(br#"{"kind": "readonly"}"#), "kind");
-        refused(parse_fence(br#"{"kind": "kill", "release": true}"#), "release");
+        refused(
+            parse_fence(br#"{"kind": "kill", "release": true}"#),
+            "release",
+        );
         refused(parse_fence(br#"{"release": false}"#), "release");
         refused(parse_fence(br#"{"release": "yes"}"#), "body");
         refused(parse_fence(b""), "body");

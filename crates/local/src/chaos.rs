@@ -411,10 +411,6 @@ pub fn start_time(pid: u32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
 }
 
-fn parent_of(pid: u32) -> Option<u32> {
-    stat_fields(pid)?.get(1)?.parse().ok()
-}
-
 /// Whether `pid` is stopped by a signal (state `T`).
 pub fn is_stopped(pid: u32) -> bool {
     stat_fields(pid).is_some_and(|f| f.first().is_some_and(|s| s == "T"))
@@ -422,30 +418,7 @@ pub fn is_stopped(pid: u32) -> bool {
 
 /// Every live descendant of `root`, found by walking /proc.
 pub fn descendants(root: u32) -> Vec<u32> {
-    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Some(ppid) = parent_of(pid) {
-                children.entry(ppid).or_default().push(pid);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![root];
-    while let Some(p) = stack.pop() {
-        for c in children.get(&p).into_iter().flatten() {
-            out.push(*c);
-            stack.push(*c);
-        }
-    }
-    out
+    stator_engine::process::descendants(root)
 }
 
 #[cfg(test)]

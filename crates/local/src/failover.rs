@@ -737,9 +737,11 @@ impl Failover {
         if marker_follows(&data_dir).is_some() {
             return None;
         }
-        let control =
-            stator_engine::postgres::controldata::read_control_data(self.bin_dir.as_deref(), &data_dir)
-                .await?;
+        let control = stator_engine::postgres::controldata::read_control_data(
+            self.bin_dir.as_deref(),
+            &data_dir,
+        )
+        .await?;
         if !control.clean {
             return None;
         }

@@ -728,7 +728,9 @@ impl ServerEngine for Postgres {
                             &[],
                         )
                         .await
-                        .map_err(|e| EngineError::sql("reading default_transaction_read_only", &e))?;
+                        .map_err(|e| {
+                            EngineError::sql("reading default_transaction_read_only", &e)
+                        })?;
                     Ok(row.get::<_, String>(0))
                 })
                 .await?;

@@ -26,7 +26,9 @@ fn main() -> ExitCode {
         None => stator_instance::Mode::Plain,
         Some("--managed") => stator_instance::Mode::Managed,
         Some(other) => {
-            eprintln!("error: unknown argument {other:?}; usage: instance_manager CONFIG.json [--managed]");
+            eprintln!(
+                "error: unknown argument {other:?}; usage: instance_manager CONFIG.json [--managed]"
+            );
             return ExitCode::from(2);
         }
     };

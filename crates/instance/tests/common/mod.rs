@@ -169,6 +169,11 @@ impl Cluster {
     pub fn start(&self, config: &InstanceConfig) -> Manager {
         Manager::start(config.clone(), self.dir.path())
     }
+
+    /// The same, managed (`--managed`): it takes its role only from orders.
+    pub fn start_managed(&self, config: &InstanceConfig) -> Manager {
+        Manager::start_with(config.clone(), self.dir.path(), &["--managed"])
+    }
 }
 
 /// An instance manager process; killed with its server when dropped.
@@ -180,6 +185,11 @@ pub struct Manager {
 
 impl Manager {
     pub fn start(config: InstanceConfig, dir: &Path) -> Manager {
+        Manager::start_with(config, dir, &[])
+    }
+
+    /// Starts the manager with `args` after the config file.
+    pub fn start_with(config: InstanceConfig, dir: &Path, args: &[&str]) -> Manager {
         let name = config.database.instance_name(config.ordinal);
         std::fs::create_dir_all(dir.join(&name)).unwrap();
         let config_path = dir.join(format!("{name}.json"));
@@ -192,6 +202,7 @@ impl Manager {
             .unwrap();
         let child = Command::new(manager_program())
             .arg(&config_path)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -248,6 +259,18 @@ impl Manager {
 
     pub fn post(&self, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
         http(self.config.http_port, "POST", path, token, body)
+    }
+
+    /// `GET /status?fresh=1`: the report after the manager queried its server now.
+    pub fn fresh_status(&self) -> Value {
+        let (code, body) = self.get("/status?fresh=1");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    /// The JSON of this instance's server endpoint, as orders name an upstream.
+    pub fn endpoint_json(&self) -> String {
+        serde_json::to_string(&self.endpoint()).unwrap()
     }
 
     /// Waits until `/status` satisfies `check`.
