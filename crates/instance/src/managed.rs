@@ -413,7 +413,8 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
                         .set_state(ServerState::Stopped, Some(waiting.clone()));
                 }
                 Order::Role(role) => {
-                    if !(was_primary && !self.primary_allowed) {
+                    let waits_for_role = was_primary && !self.primary_allowed;
+                    if !waits_for_role {
                         let _ = reply.send(Err(format!(
                             "not waiting for a role ({waiting}); /promote and /demote change a running server's role"
                         )));
