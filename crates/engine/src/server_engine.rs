@@ -142,7 +142,8 @@ pub trait ServerEngine: Send + Sync + 'static {
 
     /// Fences a running server read-only (`on`) or releases that fence: it keeps running and
     /// serving reads, and refuses writes (MySQL family: `read_only`; PostgreSQL:
-    /// `default_transaction_read_only`) until released. Not persisted beyond the next start.
+    /// `default_transaction_read_only`) until released. On a stopped server it changes only
+    /// what PostgreSQL's next start uses (the MySQL family starts as its role says).
     fn set_read_only(
         &self,
         creds: &Credentials,

@@ -387,6 +387,19 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
                     return Ok(Next::Decide);
                 }
                 Order::Release => {
+                    if holds_data {
+                        // A read-only fence must not outlive its release in the next start's
+                        // configuration.
+                        if let Err(e) = self
+                            .inner
+                            .engine
+                            .set_read_only(&self.inner.creds, false)
+                            .await
+                        {
+                            let _ = reply.send(Err(format!("releasing the fence failed: {e}")));
+                            continue;
+                        }
+                    }
                     let _ = reply.send(Ok(match self.fence.take() {
                         Some(kind) => format!("released the {} fence", kind.as_str()),
                         None => "not fenced".into(),

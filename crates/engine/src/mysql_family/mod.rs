@@ -1082,6 +1082,10 @@ impl ServerEngine for MysqlFamily {
     }
 
     async fn set_read_only(&self, _creds: &Credentials, on: bool) -> Result<(), EngineError> {
+        if self.find_running()?.is_none() {
+            // A stopped server's next start takes read_only from the option file (its role).
+            return Ok(());
+        }
         let sql = if on {
             "SET GLOBAL read_only = ON"
         } else {

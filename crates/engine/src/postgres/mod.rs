@@ -713,6 +713,10 @@ impl ServerEngine for Postgres {
         self.read_only_fence
             .store(on, std::sync::atomic::Ordering::SeqCst);
         self.write_config(creds)?;
+        if self.find_running()?.is_none() {
+            // The configuration written is what the next start uses.
+            return Ok(());
+        }
         let wanted = if on { "on" } else { "off" };
         // The reload reaches each backend (this session's too) before its next statement.
         for _ in 0..30 {
