@@ -361,3 +361,40 @@ fn render_help_explains_with_an_example() {
     assert!(help.contains("stator render -f"), "{help}");
     assert!(help.contains("--stator-image"), "{help}");
 }
+
+/// The hidden operator-mode flags (what scripts/check-render.sh validates): every object owned
+/// by the Database, the pods running a managed instance manager; an empty uid exits 2.
+#[test]
+fn operator_mode_renders_owned_objects_and_managed_pods() {
+    let uid = "0b5e1a7c-4f7d-4c1e-9a57-5a1f2d3c4b5e";
+    let out = stator(&[
+        "render",
+        "-f",
+        &example("postgres-3.yaml"),
+        "-o",
+        "-",
+        "--operator-owner-uid",
+        uid,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stream = String::from_utf8(out.stdout.clone()).unwrap();
+    for doc in documents(&stream) {
+        let owner = &doc["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"].as_str(), Some("Database"), "{doc:?}");
+        assert_eq!(owner["uid"].as_str(), Some(uid), "{doc:?}");
+    }
+    assert!(stream.contains("- --managed\n"));
+
+    let out = stator(&[
+        "render",
+        "-f",
+        &example("postgres-3.yaml"),
+        "-o",
+        "-",
+        "--operator-owner-uid",
+        "",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("metadata.uid"), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+}

@@ -115,23 +115,51 @@ fn checked_upstream(field: &str, upstream: Option<Endpoint>) -> Result<Endpoint,
     Ok(u)
 }
 
+/// One of two choices named by `field`: `plain.0` (refused with an upstream, saying
+/// `plain.2`) or `follows.0` (which needs one).
+fn choose(
+    field: &str,
+    given: Option<&str>,
+    upstream: Option<Endpoint>,
+    plain: (&str, Order, &str),
+    follows: (&str, fn(Endpoint) -> Order),
+) -> Result<Order, String> {
+    let (plain_name, plain_order, no_upstream) = plain;
+    let (follows_name, follows_order) = follows;
+    match given {
+        None => Err(format!(
+            "{field}: missing; expected {plain_name:?} or {follows_name:?}"
+        )),
+        Some(v) if v == plain_name && upstream.is_some() => Err(format!(
+            "upstream: only with {field} {follows_name:?}; {no_upstream}"
+        )),
+        Some(v) if v == plain_name => Ok(plain_order),
+        Some(v) if v == follows_name => Ok(follows_order(checked_upstream("upstream", upstream)?)),
+        Some(other) => Err(format!(
+            "{field}: {other:?} is not {plain_name:?} or {follows_name:?}"
+        )),
+    }
+}
+
 /// `POST /bootstrap`.
 pub fn parse_bootstrap(body: &[u8]) -> Result<Order, String> {
     let b: BootstrapBody = json_body(
         body,
         &format!(r#"{{"kind": "init"}} or {{"kind": "clone", "upstream": {ENDPOINT_SHAPE}}}"#),
     )?;
-    match b.kind.as_deref() {
-        None => Err(r#"kind: missing; expected "init" or "clone""#.into()),
-        Some("init") if b.upstream.is_some() => {
-            Err(r#"upstream: only with kind "clone"; "init" creates a new primary"#.into())
-        }
-        Some("init") => Ok(Order::Bootstrap(BootstrapOrder::Init)),
-        Some("clone") => Ok(Order::Bootstrap(BootstrapOrder::Clone {
-            upstream: checked_upstream("upstream", b.upstream)?,
-        })),
-        Some(other) => Err(format!(r#"kind: {other:?} is not "init" or "clone""#)),
-    }
+    choose(
+        "kind",
+        b.kind.as_deref(),
+        b.upstream,
+        (
+            "init",
+            Order::Bootstrap(BootstrapOrder::Init),
+            r#""init" creates a new primary"#,
+        ),
+        ("clone", |upstream| {
+            Order::Bootstrap(BootstrapOrder::Clone { upstream })
+        }),
+    )
 }
 
 /// `POST /role`.
@@ -140,17 +168,19 @@ pub fn parse_role(body: &[u8]) -> Result<Order, String> {
         body,
         &format!(r#"{{"role": "primary"}} or {{"role": "replica", "upstream": {ENDPOINT_SHAPE}}}"#),
     )?;
-    match b.role.as_deref() {
-        None => Err(r#"role: missing; expected "primary" or "replica""#.into()),
-        Some("primary") if b.upstream.is_some() => {
-            Err(r#"upstream: only with role "replica"; a primary follows no one"#.into())
-        }
-        Some("primary") => Ok(Order::Role(RoleOrder::Primary)),
-        Some("replica") => Ok(Order::Role(RoleOrder::Replica {
-            upstream: checked_upstream("upstream", b.upstream)?,
-        })),
-        Some(other) => Err(format!(r#"role: {other:?} is not "primary" or "replica""#)),
-    }
+    choose(
+        "role",
+        b.role.as_deref(),
+        b.upstream,
+        (
+            "primary",
+            Order::Role(RoleOrder::Primary),
+            "a primary follows no one",
+        ),
+        ("replica", |upstream| {
+            Order::Role(RoleOrder::Replica { upstream })
+        }),
+    )
 }
 
 /// `POST /fence`.

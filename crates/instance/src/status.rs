@@ -105,19 +105,28 @@ impl InstanceStatus {
             return;
         }
         let answer = query().await;
+        self.record_observation(answer, true);
+    }
+
+    /// Records an observation of the running server, or why it failed: `forget_on_error`
+    /// clears the last observation too (a fresh query that got no answer), otherwise it
+    /// stands until it grows stale.
+    pub fn record_observation(&self, result: Result<Observation, String>, forget_on_error: bool) {
         self.update(|s| {
             if s.state != ServerState::Running {
                 return;
             }
-            match answer {
+            match result {
                 Ok(o) => {
                     s.observation = Some(o);
                     s.observed_at = Some(Instant::now());
                     s.observe_error = None;
                 }
                 Err(why) => {
-                    s.observation = None;
-                    s.observed_at = None;
+                    if forget_on_error {
+                        s.observation = None;
+                        s.observed_at = None;
+                    }
                     s.observe_error = Some(why);
                 }
             }

@@ -535,19 +535,7 @@ pub async fn observe_forever<E: ServerEngine>(
     loop {
         if status.snapshot().state == ServerState::Running {
             let result = engine.observe(&creds).await;
-            status.update(|s| {
-                if s.state != ServerState::Running {
-                    return;
-                }
-                match result {
-                    Ok(o) => {
-                        s.observation = Some(o);
-                        s.observed_at = Some(Instant::now());
-                        s.observe_error = None;
-                    }
-                    Err(e) => s.observe_error = Some(e.to_string()),
-                }
-            });
+            status.record_observation(result.map_err(|e| e.to_string()), false);
         }
         let ready = crate::status::unready_reason(&status.snapshot(), Instant::now()).is_none();
         tokio::time::sleep(if ready { period } else { OBSERVE_UNTIL_READY }).await;

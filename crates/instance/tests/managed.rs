@@ -41,6 +41,32 @@ fn ordered(m: &Manager, path: &str, token: &str, body: &str) -> String {
     text
 }
 
+/// Waits until `m` says it waits for `POST /bootstrap` (an empty data dir); its status.
+fn waits_for_bootstrap(m: &Manager) -> serde_json::Value {
+    m.wait_status("waiting for /bootstrap", |s| {
+        s["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("POST /bootstrap"))
+    })
+}
+
+/// Orders `replica` to clone `primary` and waits until it is a ready replica; its status.
+fn bootstrap_as_replica(replica: &Manager, primary: &Manager, token: &str) -> serde_json::Value {
+    ordered(
+        replica,
+        "/bootstrap",
+        token,
+        &format!(
+            r#"{{"kind": "clone", "upstream": {}}}"#,
+            primary.endpoint_json()
+        ),
+    );
+    let status = replica.wait_ready();
+    assert_eq!(status["role"], "replica", "{status}");
+    assert_eq!(status["upstream"], primary.name().as_str(), "{status}");
+    status
+}
+
 #[test]
 fn a_managed_postgres_pair_takes_its_roles_fences_and_rebuilds_only_on_orders() {
     let c = Cluster::new("mg");
@@ -51,11 +77,7 @@ fn a_managed_postgres_pair_takes_its_roles_fences_and_rebuilds_only_on_orders() 
     let primary = c.start_managed(&p_cfg);
 
     // An empty data dir waits for /bootstrap: no initdb.
-    let waiting = primary.wait_status("waiting for /bootstrap", |s| {
-        s["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("POST /bootstrap"))
-    });
+    let waiting = waits_for_bootstrap(&primary);
     assert_eq!(waiting["state"], "stopped", "{waiting}");
     assert_eq!(waiting["holdsData"], false, "{waiting}");
     assert!(!p_cfg.data_dir.join("PG_VERSION").exists());
@@ -102,24 +124,9 @@ fn a_managed_postgres_pair_takes_its_roles_fences_and_rebuilds_only_on_orders() 
     // A second managed manager, bootstrapped as a clone of the first: a streaming replica.
     let r_cfg = c.config(1, Bootstrap::InitPrimary);
     let replica = c.start_managed(&r_cfg);
-    replica.wait_status("waiting for /bootstrap", |s| {
-        s["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("POST /bootstrap"))
-    });
+    waits_for_bootstrap(&replica);
     assert!(!r_cfg.data_dir.join("PG_VERSION").exists());
-    ordered(
-        &replica,
-        "/bootstrap",
-        &t,
-        &format!(
-            r#"{{"kind": "clone", "upstream": {}}}"#,
-            primary.endpoint_json()
-        ),
-    );
-    let status = replica.wait_ready();
-    assert_eq!(status["role"], "replica", "{status}");
-    assert_eq!(status["upstream"], "mg-0", "{status}");
+    let status = bootstrap_as_replica(&replica, &primary, &t);
     assert_eq!(status["receiverRunning"], true, "{status}");
 
     // /status?fresh=1 queries the server now: a hung server (every process stopped) is seen
@@ -270,11 +277,7 @@ fn a_managed_mariadb_pair_is_bootstrapped_and_fenced_read_only_on_orders() {
     let t = token(&c);
     let app = c.secret(secret_keys::APP_PASSWORD);
     let primary = c.start_managed(&c.mariadb_config(0, Bootstrap::InitPrimary, ""));
-    let waiting = primary.wait_status("waiting for /bootstrap", |s| {
-        s["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("POST /bootstrap"))
-    });
+    let waiting = waits_for_bootstrap(&primary);
     assert_eq!(waiting["holdsData"], false, "{waiting}");
     refused(&primary, "/bootstrap", None, r#"{"kind": "init"}"#, 401);
     ordered(&primary, "/bootstrap", &t, r#"{"kind": "init"}"#);
@@ -287,23 +290,8 @@ fn a_managed_mariadb_pair_is_bootstrapped_and_fenced_read_only_on_orders() {
     }
 
     let replica = c.start_managed(&c.mariadb_config(1, Bootstrap::InitPrimary, ""));
-    replica.wait_status("waiting for /bootstrap", |s| {
-        s["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("POST /bootstrap"))
-    });
-    ordered(
-        &replica,
-        "/bootstrap",
-        &t,
-        &format!(
-            r#"{{"kind": "clone", "upstream": {}}}"#,
-            primary.endpoint_json()
-        ),
-    );
-    let status = replica.wait_ready();
-    assert_eq!(status["role"], "replica", "{status}");
-    assert_eq!(status["upstream"], "mgm-0", "{status}");
+    waits_for_bootstrap(&replica);
+    bootstrap_as_replica(&replica, &primary, &t);
 
     // Fence read-only: the primary keeps running and refuses the application's writes.
     refused(&primary, "/fence", None, r#"{"kind": "read-only"}"#, 401);
