@@ -330,7 +330,7 @@ impl<E: ServerEngine> Supervisor<E> {
     /// data dir is made to follow `upstream` (pg_rewind when its history diverged) BEFORE any
     /// server starts, so a former primary never comes back writable. Retried with backoff
     /// while the upstream cannot be reached; false when shut down meanwhile.
-    pub(crate) async fn rejoin_before_start(
+    async fn rejoin_before_start(
         &mut self,
         upstream: Endpoint,
     ) -> Result<bool, InstanceError> {
