@@ -330,10 +330,7 @@ impl<E: ServerEngine> Supervisor<E> {
     /// data dir is made to follow `upstream` (pg_rewind when its history diverged) BEFORE any
     /// server starts, so a former primary never comes back writable. Retried with backoff
     /// while the upstream cannot be reached; false when shut down meanwhile.
-    async fn rejoin_before_start(
-        &mut self,
-        upstream: Endpoint,
-    ) -> Result<bool, InstanceError> {
+    async fn rejoin_before_start(&mut self, upstream: Endpoint) -> Result<bool, InstanceError> {
         let message = format!("rejoining as a replica of {}", upstream.instance);
         self.status
             .set_state(ServerState::Initializing, Some(message.clone()));

@@ -269,6 +269,24 @@ fn a_managed_postgres_pair_takes_its_roles_fences_and_rebuilds_only_on_orders() 
         "INSERT INTO t VALUES (3)",
     )
     .unwrap();
+
+    // Its manager killed while the primary runs (the server survives it): the next managed
+    // manager stops that server cleanly and waits for an order, never serving on its own.
+    let mut primary = primary;
+    primary.kill9();
+    assert!(!postmasters_on(&p_cfg.data_dir).is_empty());
+    let primary = c.start_managed(&p_cfg);
+    let status = primary.wait_status("waiting for /role", |s| {
+        s["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("POST /role"))
+    });
+    assert!(
+        postmasters_on(&p_cfg.data_dir).is_empty(),
+        "{status}\n{}",
+        primary.logs()
+    );
+    assert_eq!(status["role"], "primary", "{status}");
 }
 
 #[test]
