@@ -41,12 +41,10 @@ fn ordered(m: &Manager, path: &str, token: &str, body: &str) -> String {
     text
 }
 
-/// Waits until `m` says it waits for `POST /bootstrap` (an empty data dir); its status.
-fn waits_for_bootstrap(m: &Manager) -> serde_json::Value {
-    m.wait_status("waiting for /bootstrap", |s| {
-        s["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("POST /bootstrap"))
+/// Waits until `m` says it waits for the order `order` (e.g. `POST /role`); its status.
+fn waits_for(m: &Manager, order: &str) -> serde_json::Value {
+    m.wait_status(&format!("waiting for {order}"), |s| {
+        s["message"].as_str().is_some_and(|m| m.contains(order))
     })
 }
 
@@ -77,7 +75,7 @@ fn a_managed_postgres_pair_takes_its_roles_fences_and_rebuilds_only_on_orders() 
     let primary = c.start_managed(&p_cfg);
 
     // An empty data dir waits for /bootstrap: no initdb.
-    let waiting = waits_for_bootstrap(&primary);
+    let waiting = waits_for(&primary, "POST /bootstrap");
     assert_eq!(waiting["state"], "stopped", "{waiting}");
     assert_eq!(waiting["holdsData"], false, "{waiting}");
     assert!(!p_cfg.data_dir.join("PG_VERSION").exists());
@@ -124,7 +122,7 @@ fn a_managed_postgres_pair_takes_its_roles_fences_and_rebuilds_only_on_orders() 
     // A second managed manager, bootstrapped as a clone of the first: a streaming replica.
     let r_cfg = c.config(1, Bootstrap::InitPrimary);
     let replica = c.start_managed(&r_cfg);
-    waits_for_bootstrap(&replica);
+    waits_for(&replica, "POST /bootstrap");
     assert!(!r_cfg.data_dir.join("PG_VERSION").exists());
     let status = bootstrap_as_replica(&replica, &primary, &t);
     assert_eq!(status["receiverRunning"], true, "{status}");
@@ -245,11 +243,7 @@ fn a_managed_postgres_pair_takes_its_roles_fences_and_rebuilds_only_on_orders() 
     let mut primary = primary;
     primary.kill9();
     let primary = c.start_managed(&p_cfg);
-    let status = primary.wait_status("waiting for /role", |s| {
-        s["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("POST /role"))
-    });
+    let status = waits_for(&primary, "POST /role");
     assert_eq!(status["role"], "primary", "{status}");
     assert_eq!(status["position"], checkpoint.as_str(), "{status}");
     std::thread::sleep(Duration::from_secs(2));
@@ -276,11 +270,7 @@ fn a_managed_postgres_pair_takes_its_roles_fences_and_rebuilds_only_on_orders() 
     primary.kill9();
     assert!(!postmasters_on(&p_cfg.data_dir).is_empty());
     let primary = c.start_managed(&p_cfg);
-    let status = primary.wait_status("waiting for /role", |s| {
-        s["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("POST /role"))
-    });
+    let status = waits_for(&primary, "POST /role");
     assert!(
         postmasters_on(&p_cfg.data_dir).is_empty(),
         "{status}\n{}",
@@ -295,7 +285,7 @@ fn a_managed_mariadb_pair_is_bootstrapped_and_fenced_read_only_on_orders() {
     let t = token(&c);
     let app = c.secret(secret_keys::APP_PASSWORD);
     let primary = c.start_managed(&c.mariadb_config(0, Bootstrap::InitPrimary, ""));
-    let waiting = waits_for_bootstrap(&primary);
+    let waiting = waits_for(&primary, "POST /bootstrap");
     assert_eq!(waiting["holdsData"], false, "{waiting}");
     refused(&primary, "/bootstrap", None, r#"{"kind": "init"}"#, 401);
     ordered(&primary, "/bootstrap", &t, r#"{"kind": "init"}"#);
@@ -308,7 +298,7 @@ fn a_managed_mariadb_pair_is_bootstrapped_and_fenced_read_only_on_orders() {
     }
 
     let replica = c.start_managed(&c.mariadb_config(1, Bootstrap::InitPrimary, ""));
-    waits_for_bootstrap(&replica);
+    waits_for(&replica, "POST /bootstrap");
     bootstrap_as_replica(&replica, &primary, &t);
 
     // Fence read-only: the primary keeps running and refuses the application's writes.
