@@ -21,6 +21,7 @@
 //! - [`server_user`]: the unprivileged OS user a server runs as, and file ownership.
 //! - [`parameter_check`]: `spec.config.parameters` checked against the server binary itself.
 //! - [`process`]: starting tools and the server as that user; adopting a running server.
+//! - [`procfs`]: what `/proc` says of a process (state, parent, command line, tree), read once.
 //! - [`error`]: the error type, naming files, users and fields.
 
 pub mod credentials;
@@ -32,6 +33,7 @@ pub mod mysql_family;
 pub mod parameter_check;
 pub mod postgres;
 pub mod process;
+pub mod procfs;
 pub mod server_engine;
 pub mod server_user;
 

@@ -3,7 +3,7 @@
 //! pg_basebackup, pg_rewind). Both run as the server user, with a minimal environment, stdin
 //! closed and output appended to the instance's log file. Arguments never carry a secret.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -320,28 +320,13 @@ pub fn reap_orphans() -> usize {
     let me = std::process::id();
     let own = own_children();
     let mut reaped = 0;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
+    for pid in crate::procfs::pids() {
         if own.contains(&pid) {
             continue;
         }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let mut fields = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace())
-            .into_iter()
-            .flatten();
-        let state = fields.next();
-        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
-        if state == Some("Z")
-            && ppid == Some(me)
+        if let Some(stat) = crate::procfs::stat(pid)
+            && stat.state == 'Z'
+            && stat.ppid == me
             && let Ok(pid) = i32::try_from(pid)
             && waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).is_ok()
         {
@@ -351,58 +336,17 @@ pub fn reap_orphans() -> usize {
     reaped
 }
 
-/// The fields of `/proc/PID/stat` after the command name (state first, then the parent pid).
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    Some(rest.split_whitespace().map(String::from).collect())
-}
-
-/// Every live descendant of `root`, found by walking /proc. (A PostgreSQL backend leads its own
-/// process group, so signalling the postmaster's group does not reach it.)
-pub fn descendants(root: u32) -> Vec<u32> {
-    let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Some(ppid) = stat_fields(pid).and_then(|f| f.get(1)?.parse().ok()) {
-                children.entry(ppid).or_default().push(pid);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![root];
-    while let Some(p) = stack.pop() {
-        for c in children.get(&p).into_iter().flatten() {
-            out.push(*c);
-            stack.push(*c);
-        }
-    }
-    out
-}
+/// Every live descendant of `root`. (A PostgreSQL backend leads its own process group, so
+/// signalling the postmaster's group does not reach it.)
+pub use crate::procfs::descendants;
 
 /// True when `pid` is a live (non-zombie) process whose working directory is `data_dir`.
 pub fn process_serves_data_dir(pid: u32, data_dir: &Path) -> bool {
-    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s,
-        Err(_) => return false,
-    };
-    // The state follows the command name in parentheses.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    if matches!(state, Some('Z') | Some('X') | None) {
+    if crate::procfs::stat(pid).is_none_or(|s| s.exited()) {
         return false;
     }
-    let cwd = match std::fs::read_link(format!("/proc/{pid}/cwd")) {
-        Ok(p) => p,
-        Err(_) => return false,
+    let Some(cwd) = crate::procfs::cwd(pid) else {
+        return false;
     };
     let wanted = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     cwd == wanted

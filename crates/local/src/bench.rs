@@ -34,6 +34,7 @@ use stator_api::names::secret_keys;
 use crate::error::LocalError;
 use crate::preflight::{self, ServerUser};
 use crate::secrets::read_secret;
+use stator_engine::procfs::rss_mib;
 
 /// Options of `stator bench local`.
 #[derive(clap::Args, Debug, Clone)]
@@ -1219,14 +1220,6 @@ pub fn parse_tps(output: &str) -> Option<f64> {
         .ok()
 }
 
-/// VmRSS of `pid` in MiB, from /proc/PID/status.
-pub fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1273,10 +1266,5 @@ mod tests {
             ">= 1.0x: MISSED (at 0.9980x)"
         );
         assert_eq!(Target::AtLeast(1.0).describe(1.0), ">= 1.0x: met");
-    }
-
-    #[test]
-    fn own_resident_memory_is_readable() {
-        assert!(rss_mib(std::process::id()).is_some_and(|m| m > 0.0));
     }
 }

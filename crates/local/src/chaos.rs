@@ -12,16 +12,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
-use stator_api::{Database, Engine};
+use stator_api::Database;
 
 use crate::error::LocalError;
 use crate::process;
 use crate::runtime::running_supervisor;
 use crate::state::DatabaseDir;
+use stator_engine::procfs::{descendants, is_stopped, start_time};
 
 /// A fault the chaos commands and the checker can inject into one instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -197,7 +198,7 @@ pub fn locate(dir: &DatabaseDir, instance: &str) -> Result<InstanceProcesses, Lo
     let marker = dir.config_file(ordinal).display().to_string();
     let manager = process::live_pid_from_file(&dir.manager_pid_file(ordinal), &marker);
     let data_dir = dir.data_dir(ordinal);
-    let server = live_server(db.spec.engine, &data_dir);
+    let server = process::server_of(db.spec.engine, &data_dir);
     Ok(InstanceProcesses {
         name: instance.to_string(),
         ordinal,
@@ -205,22 +206,6 @@ pub fn locate(dir: &DatabaseDir, instance: &str) -> Result<InstanceProcesses, Lo
         manager,
         server,
     })
-}
-
-/// The live server of `data_dir`: the pid in its pid file, when that process works in the data
-/// dir or names it on its command line (so a recycled pid is never signalled).
-pub fn live_server(engine: Engine, data_dir: &Path) -> Option<u32> {
-    let pid_file = data_dir.join(process::ServerProgram::of(engine).pid_file);
-    let pid = process::read_pid_file(&pid_file)?;
-    if !process::is_alive(pid) {
-        return None;
-    }
-    let works_there = fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == data_dir);
-    let named = process::cmdline(pid).is_some_and(|args| {
-        let wanted = data_dir.display().to_string();
-        args.iter().any(|a| a.contains(&wanted))
-    });
-    (works_there || named).then_some(pid)
 }
 
 /// Why nothing can be signalled: the database or the instance is not running.
@@ -399,31 +384,11 @@ fn read_stopped(dir: &DatabaseDir, ordinal: u32) -> StoppedRecord {
         .unwrap_or_default()
 }
 
-/// Fields of /proc/PID/stat after the command name: state, ppid, … (index 0 is the state).
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    Some(rest.split_whitespace().map(String::from).collect())
-}
-
-/// The start time of `pid` in clock ticks since boot (stat field 22).
-pub fn start_time(pid: u32) -> Option<u64> {
-    stat_fields(pid)?.get(19)?.parse().ok()
-}
-
-/// Whether `pid` is stopped by a signal (state `T`).
-pub fn is_stopped(pid: u32) -> bool {
-    stat_fields(pid).is_some_and(|f| f.first().is_some_and(|s| s == "T"))
-}
-
-/// Every live descendant of `root`, found by walking /proc.
-pub fn descendants(root: u32) -> Vec<u32> {
-    stator_engine::process::descendants(root)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stator_api::Engine;
+    use std::path::Path;
     use std::process::Command;
 
     fn database(name: &str, instances: u32) -> Database {
@@ -518,14 +483,17 @@ mod tests {
             format!("{}\n", std::process::id()),
         )
         .unwrap();
-        assert_eq!(live_server(Engine::Postgres, &data), None);
+        assert_eq!(process::server_of(Engine::Postgres, &data), None);
         let mut child = Command::new("sleep")
             .arg("30")
             .current_dir(&data)
             .spawn()
             .unwrap();
         fs::write(data.join("postmaster.pid"), format!("{}\n", child.id())).unwrap();
-        assert_eq!(live_server(Engine::Postgres, &data), Some(child.id()));
+        assert_eq!(
+            process::server_of(Engine::Postgres, &data),
+            Some(child.id())
+        );
         child.kill().unwrap();
         child.wait().unwrap();
     }

@@ -39,6 +39,7 @@ use crate::process;
 use crate::proxy::Routes;
 use crate::secrets::read_secret;
 use crate::state::{DatabaseDir, read_json, write_atomic, write_json};
+use stator_engine::procfs;
 
 /// How long the direct query to the primary's server may take before the primary counts as
 /// hung for this tick.
@@ -1268,8 +1269,8 @@ impl Failover {
                 // Everything the manager started (a server it is just starting has no pid
                 // file yet) and everything under the server, collected before any is killed
                 // (orphans are adopted by init and would be lost from sight).
-                let mut doomed: Vec<u32> = manager.map(process_tree).unwrap_or_default();
-                doomed.extend(server.map(process_tree).unwrap_or_default());
+                let mut doomed: Vec<u32> = manager.map(procfs::process_tree).unwrap_or_default();
+                doomed.extend(server.map(procfs::process_tree).unwrap_or_default());
                 doomed.dedup();
                 for pid in doomed {
                     process::signal(pid, Signal::SIGKILL);
@@ -1667,14 +1668,7 @@ async fn wait_gone(pid: u32) {
 /// The server process running on `data_dir`, when alive and really that server (a recycled
 /// pid is never fenced).
 pub fn server_pid(engine: Engine, data_dir: &Path) -> Option<u32> {
-    crate::chaos::live_server(engine, data_dir)
-}
-
-/// `root` and all its descendants (from `/proc/*/stat`), root first.
-pub fn process_tree(root: u32) -> Vec<u32> {
-    let mut tree = vec![root];
-    tree.extend(crate::chaos::descendants(root));
-    tree
+    process::server_of(engine, data_dir)
 }
 
 fn has_data(data_dir: &Path) -> bool {
@@ -1754,19 +1748,6 @@ mod tests {
             abandoned.outcome(),
             "switchover abandoned: the primary was lost: turned into a failover"
         );
-    }
-
-    #[test]
-    fn a_process_tree_holds_the_children_of_its_root() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let tree = process_tree(std::process::id());
-        assert_eq!(tree[0], std::process::id());
-        assert!(tree.contains(&child.id()));
-        child.kill().unwrap();
-        child.wait().unwrap();
     }
 
     #[test]

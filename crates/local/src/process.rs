@@ -27,25 +27,10 @@ pub fn is_alive(pid: u32) -> bool {
         Err(_) => return false,
     }
     // A zombie still answers kill(0); its state in /proc/PID/stat is `Z`.
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_none_or(|state| state != "Z" && state != "X"),
-        Err(_) => true,
-    }
+    stator_engine::procfs::stat(pid).is_none_or(|s| !s.exited())
 }
 
-/// The arguments of a process, as `/proc/PID/cmdline` shows them.
-pub fn cmdline(pid: u32) -> Option<Vec<String>> {
-    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(
-        raw.split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect(),
-    )
-}
+pub use stator_engine::procfs::cmdline;
 
 /// The pid in `path`, when the file holds one.
 pub fn read_pid_file(path: &Path) -> Option<u32> {
@@ -239,6 +224,22 @@ pub fn live_server(data_dir: &Path) -> Option<LiveServer> {
                 .is_some_and(|arg0| arg0.contains(program.name));
         runs.then_some(LiveServer { pid, program })
     })
+}
+
+/// The live `engine` server of `data_dir`: the pid in its pid file, when that process works in
+/// the data dir or names it on its command line (so a recycled pid is never signalled).
+pub fn server_of(engine: Engine, data_dir: &Path) -> Option<u32> {
+    let pid_file = data_dir.join(ServerProgram::of(engine).pid_file);
+    let pid = read_pid_file(&pid_file)?;
+    if !is_alive(pid) {
+        return None;
+    }
+    let works_there = stator_engine::procfs::cwd(pid).is_some_and(|cwd| cwd == data_dir);
+    let named = cmdline(pid).is_some_and(|args| {
+        let wanted = data_dir.display().to_string();
+        args.iter().any(|a| a.contains(&wanted))
+    });
+    (works_there || named).then_some(pid)
 }
 
 /// The pid of the server running on `data_dir`, of any engine (`postmaster.pid`,
