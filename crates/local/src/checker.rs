@@ -47,10 +47,10 @@ use stator_engine::mysql_family::config::MONITOR_USER;
 
 use crate::chaos::{self, Fault};
 use crate::error::LocalError;
-use crate::probe;
 use crate::report::SupervisorReport;
 use crate::secrets::read_secret;
 use crate::state::DatabaseDir;
+use stator_failover::client;
 
 /// The table the writer fills (in the application database, as the application user).
 pub const TABLE: &str = "stator_chaos";
@@ -898,7 +898,7 @@ fn target(dir: &DatabaseDir) -> Result<Target, LocalError> {
 }
 
 async fn supervisor_report(target: &Target) -> Result<SupervisorReport, String> {
-    probe::get_json::<SupervisorReport>(
+    client::get_json::<SupervisorReport>(
         &target.access.host,
         target.ports.supervisor(),
         "/status",

@@ -15,11 +15,10 @@
 //! - [`plan`]: pure: instance configs, ports, which spec changes may be applied.
 //! - [`preflight`]: checks before anything changes: binaries, OS user, ports, foreign data dirs.
 //! - [`process`]: pid files, liveness, detached spawning, stopping.
-//! - [`probe`]: a small HTTP client for `/status` endpoints.
 //! - [`proxy`]: the `rw` / `ro` TCP proxies, and cutting live connections to a fenced primary.
-//! - [`failover`]: the shell around the decision core: observe, decide, fence, promote,
-//!   rejoin, route; `failover.json`, holds (drain), switchover requests.
-//! - [`order`]: `POST` orders with the api-token (`/promote`, `/demote`, `/switchover`).
+//! - [`failover`]: the local runtime's part of the shared failover shell (`stator-failover`):
+//!   fences by signals, data dirs moved aside, `failover.json`, holds (drain), the proxies'
+//!   routes.
 //! - [`switchover`]: `stator switchover` and `stator drain` (with the disruption budget).
 //! - [`report`]: the supervisor's report and the `status` table.
 //! - [`supervisor`]: the background process that runs it all.
@@ -40,10 +39,8 @@ pub mod error;
 pub mod failover;
 pub mod inspect;
 pub mod keeper;
-pub mod order;
 pub mod plan;
 pub mod preflight;
-pub mod probe;
 pub mod process;
 pub mod proxy;
 pub mod report;

@@ -8,10 +8,10 @@ use stator_api::instance::{InstanceReport, LocalPorts};
 use stator_api::{Database, Phase};
 
 use crate::error::LocalError;
-use crate::probe;
 use crate::process;
 use crate::report::{InstanceRow, Proxies, RemovedInstance, SupervisorReport};
 use crate::state::DatabaseDir;
+use stator_failover::client;
 
 /// The pid of the supervisor holding `dir`'s lock, if one does.
 pub fn running_supervisor(dir: &DatabaseDir) -> Option<u32> {
@@ -42,7 +42,8 @@ pub fn fetch_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorReport
     let port = LocalPorts::of(db).supervisor();
     let address = db.spec.local.listen_address.clone();
     block_on(async move {
-        probe::get_json::<SupervisorReport>(&address, port, "/status", Duration::from_secs(3)).await
+        client::get_json::<SupervisorReport>(&address, port, "/status", Duration::from_secs(3))
+            .await
     })?
     .map_err(|e| {
         LocalError::Failed(format!(
@@ -78,7 +79,7 @@ pub fn current_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorRepo
                 let port = ports.manager(ordinal);
                 let address = address.clone();
                 block_on(async move {
-                    probe::get_json(&address, port, "/status", Duration::from_secs(2)).await
+                    client::get_json(&address, port, "/status", Duration::from_secs(2)).await
                 })?
                 .ok()
             }

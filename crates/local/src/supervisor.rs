@@ -25,16 +25,15 @@ use stator_api::instance::{InstanceConfig, InstanceReport, LocalPorts, ReloadReq
 use stator_api::names::secret_keys;
 use stator_api::parameters::effective_parameters;
 use stator_api::{Database, Phase};
+use stator_failover::client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::error::LocalError;
-use crate::failover::{self, Failover, Sighting, SwitchoverDesk, Tick};
-use crate::order;
+use crate::failover::{self, Failover, LocalRuntime, Sighting, SwitchoverDesk, Tick};
 use crate::plan::{Host, instance_config, ordinal_of};
 use crate::preflight;
-use crate::probe;
 use crate::process;
 use crate::proxy::{self, ProxyKind, Routes};
 use crate::report::{InstanceRow, Proxies, ProxyRoute, SupervisorReport};
@@ -229,7 +228,10 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         ports.rw(),
         ports.ro()
     );
-    let failover = Failover::load(dir, desk, host.bin_dir.clone());
+    let failover = Failover::load(
+        LocalRuntime::new(dir, routes.clone(), host.bin_dir.clone()),
+        desk,
+    );
     let mut supervisor = Supervisor {
         dir,
         exe,
@@ -334,7 +336,7 @@ impl Supervisor<'_> {
             let marker = self.dir.config_file(ordinal).display().to_string();
             let mut pid = process::live_pid_from_file(&self.dir.manager_pid_file(ordinal), &marker);
             if pid.is_none() {
-                let answer: Result<InstanceReport, _> = probe::get_json(
+                let answer: Result<InstanceReport, _> = client::get_json(
                     &self.address(),
                     ports.manager(ordinal),
                     "/status",
@@ -377,7 +379,7 @@ impl Supervisor<'_> {
         self.probe_all().await;
         let sightings = self.sightings(desired);
         let db = self.db().clone();
-        let tick = self.failover.tick(&db, &sightings, &self.routes).await;
+        let tick = self.failover.tick(&db, &sightings).await;
         self.keep_down = tick.keep_down.clone();
         self.urgent = tick.urgent;
         let primary = self.dir.read_primary();
@@ -484,7 +486,7 @@ impl Supervisor<'_> {
                 let ordinal = slot.ordinal;
                 probes.spawn(async move {
                     let answer: Result<InstanceReport, _> =
-                        probe::get_json(&address, port, "/status", PROBE_TIMEOUT).await;
+                        client::get_json(&address, port, "/status", PROBE_TIMEOUT).await;
                     (ordinal, answer)
                 });
             }
@@ -738,7 +740,7 @@ impl Supervisor<'_> {
         })
         .map_err(|e| e.to_string())?;
         let port = LocalPorts::of(self.db()).manager(ordinal);
-        match order::post(
+        match client::post(
             &self.address(),
             port,
             "/reload",
@@ -755,7 +757,7 @@ impl Supervisor<'_> {
                 );
                 Ok(())
             }
-            Ok((_, answer)) => Err(order::answer_text(&answer)),
+            Ok((_, answer)) => Err(client::answer_text(&answer)),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -1332,6 +1334,6 @@ mod tests {
         assert_eq!(code, "202 Accepted", "{body}");
         let ticket: crate::failover::SwitchoverTicket = serde_json::from_str(&body).unwrap();
         assert_eq!((ticket.id, ticket.to.as_deref()), (1, Some("pg-2")));
-        assert_eq!(ticket.state, "queued");
+        assert_eq!(ticket.state, stator_failover::TicketState::Queued);
     }
 }

@@ -17,11 +17,12 @@ use stator_api::names::secret_keys;
 
 use crate::error::LocalError;
 use crate::failover::{self, SwitchoverTicket};
-use crate::order;
 use crate::report::SupervisorReport;
 use crate::runtime::{block_on, fetch_report, running_supervisor};
 use crate::secrets::read_secret;
 use crate::state::DatabaseDir;
+use stator_failover::client;
+use stator_failover::{EventKind, EventOutcome, TicketState};
 
 /// How often the supervisor's report is read while waiting.
 const POLL: Duration = Duration::from_millis(100);
@@ -76,7 +77,7 @@ pub fn switchover(
     let port = LocalPorts::of(db).supervisor();
     let body = serde_json::json!({ "to": to }).to_string();
     let (code, answer) = block_on(async {
-        order::post(
+        client::post(
             &host,
             port,
             "/switchover",
@@ -90,7 +91,7 @@ pub fn switchover(
     if code != 202 {
         return Err(LocalError::Failed(format!(
             "the supervisor refused the switchover (HTTP {code}): {}",
-            order::answer_text(&answer)
+            client::answer_text(&answer)
         )));
     }
     let ticket: SwitchoverTicket = serde_json::from_slice(&answer)
@@ -115,15 +116,14 @@ pub fn switchover(
         {
             // The supervisor was restarted and its desk forgot the request: the switchover it
             // started was resumed from `failover.json`, or never started.
-            let event = f
-                .last
-                .as_ref()
-                .filter(|e| e.kind == "switchover" && e.started_at_ms + 1000 >= requested_at);
+            let event = f.last.as_ref().filter(|e| {
+                e.kind == EventKind::Switchover && e.started_at_ms + 1000 >= requested_at
+            });
             return match event {
-                Some(e) if e.outcome == "done" => Ok(SwitchoverTicket {
+                Some(e) if e.outcome == EventOutcome::Done => Ok(SwitchoverTicket {
                     id: ticket.id,
                     to: ticket.to.clone(),
-                    state: "done".into(),
+                    state: TicketState::Done,
                     message: format!(
                         "the supervisor was restarted during the switchover and finished it: {} is the primary",
                         e.to.as_deref().unwrap_or("?")
@@ -148,7 +148,7 @@ pub fn switchover(
             // A done switchover's client write outage ends with the first write the new
             // primary accepts through rw, measured just after: wait a moment for it.
             if seen.finished() {
-                let measuring = seen.state == "done"
+                let measuring = seen.state == TicketState::Done
                     && seen.outage.client_write_outage_ms.is_none()
                     && Instant::now()
                         < *outage_deadline.get_or_insert_with(|| Instant::now() + OUTAGE_WAIT);
@@ -221,7 +221,7 @@ pub fn drain(
     let started = Instant::now();
     let moved = if primary == instance {
         let ticket = switchover(dir, db, None, timeout)?;
-        if ticket.state != "done" {
+        if ticket.state != TicketState::Done {
             return Err(LocalError::Failed(format!(
                 "refusing to drain {instance}, the primary, as the switchover away from it did not happen: {}",
                 ticket.outcome()

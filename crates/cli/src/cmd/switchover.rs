@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use stator_local::failover::SwitchoverTicket;
+use stator_failover::{SwitchoverTicket, TicketState};
 use stator_local::{LocalError, StateDir};
 
 use crate::cmd::local::StateDirArg;
@@ -91,8 +91,8 @@ pub fn switchover(args: SwitchoverArgs) -> CliResult {
         Duration::from_secs(args.timeout),
     )
     .map_err(failed)?;
-    match ticket.state.as_str() {
-        "done" => {
+    match ticket.state {
+        TicketState::Done => {
             println!("switchover done: {}", describe(&ticket));
             Ok(ExitCode::SUCCESS)
         }

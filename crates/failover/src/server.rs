@@ -1,0 +1,233 @@
+//! Asking a database server directly, as the monitor user, past its instance manager: whether
+//! the primary (or a replica being promoted) accepts writes and what it received — a hung
+//! server still looks fine in its manager's last observation — and the write check through
+//! `rw` that ends a transition's client write outage.
+
+use std::time::Duration;
+
+use stator_api::Engine;
+
+/// How long the direct query to the primary's server may take before the primary counts as
+/// hung for this tick.
+pub const SERVER_PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// How long one write check through `rw` may take: a write on a synchronous primary waits for
+/// a standby, as clients' writes do.
+pub const WRITE_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a direct query to a server found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerAnswer {
+    /// Accepts writes; `None`: not known.
+    pub writable: Option<bool>,
+    /// A replica's received (flushed) position.
+    pub received: Option<String>,
+}
+
+/// Why a server gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("query failed: {0}")]
+    Query(String),
+    #[error("no answer to a query within {} ms", .0.as_millis())]
+    QueryTimeout(Duration),
+    #[error("no greeting: {0}")]
+    NoGreeting(std::io::Error),
+    #[error("no greeting within {} ms", .0.as_millis())]
+    GreetingTimeout(Duration),
+}
+
+/// Why a write through `rw` was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteCheckError {
+    #[error("the write failed: {0}")]
+    Failed(ServerError),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("cannot read read_only: {0}")]
+    ReadOnlyUnknown(String),
+    #[error("the server behind rw is read-only")]
+    ReadOnly,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A real query on the server at `host:port` with [`SERVER_PROBE_TIMEOUT`]: whether it accepts
+/// writes and what it received, when the engine tells (MariaDB: only its greeting is read).
+/// PostgreSQL without a monitor password known: nothing is asked, nothing is known.
+pub async fn query_server(
+    engine: Engine,
+    host: &str,
+    port: u16,
+    monitor_password: Option<&str>,
+) -> Result<ServerAnswer, ServerError> {
+    match engine {
+        Engine::Postgres => {
+            let Some(password) = monitor_password else {
+                return Ok(ServerAnswer::default());
+            };
+            let query = async {
+                let row = monitor_query(
+                    host,
+                    port,
+                    password,
+                    "stator-supervisor",
+                    "SELECT NOT pg_is_in_recovery() AND \
+                     current_setting('default_transaction_read_only') = 'off', \
+                     pg_last_wal_receive_lsn()::text",
+                )
+                .await?;
+                Ok(ServerAnswer {
+                    writable: Some(row.get::<_, bool>(0)),
+                    received: row.get::<_, Option<String>>(1),
+                })
+            };
+            match tokio::time::timeout(SERVER_PROBE_TIMEOUT, query).await {
+                Ok(answer) => answer,
+                Err(_) => Err(ServerError::QueryTimeout(SERVER_PROBE_TIMEOUT)),
+            }
+        }
+        Engine::Mysql | Engine::Mariadb => {
+            use tokio::io::AsyncReadExt;
+            let greet = async {
+                let mut stream = tokio::net::TcpStream::connect((host, port))
+                    .await
+                    .map_err(|e| ServerError::Connect(e.to_string()))?;
+                let mut b = [0u8; 5];
+                stream
+                    .read_exact(&mut b)
+                    .await
+                    .map_err(ServerError::NoGreeting)?;
+                Ok(ServerAnswer::default())
+            };
+            match tokio::time::timeout(SERVER_PROBE_TIMEOUT, greet).await {
+                Ok(answer) => answer,
+                Err(_) => Err(ServerError::GreetingTimeout(SERVER_PROBE_TIMEOUT)),
+            }
+        }
+    }
+}
+
+/// One query on a PostgreSQL server as the monitor user, on a connection of its own.
+async fn monitor_query(
+    host: &str,
+    port: u16,
+    password: &str,
+    application_name: &str,
+    sql: &str,
+) -> Result<tokio_postgres::Row, ServerError> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(port)
+        .user(stator_engine::postgres::config::MONITOR_USER)
+        .password(password)
+        .dbname("postgres")
+        .application_name(application_name)
+        .connect_timeout(SERVER_PROBE_TIMEOUT);
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| ServerError::Connect(e.to_string()))?;
+    let task = tokio::spawn(connection);
+    let row = client
+        .query_one(sql, &[])
+        .await
+        .map_err(|e| ServerError::Query(e.to_string()));
+    drop(client);
+    let _ = task.await;
+    row
+}
+
+/// One write check through the `rw` proxy at `host:port`, as the monitor user; `Ok` when the
+/// server behind it accepted it.
+///
+/// PostgreSQL: a read-write transaction that takes a transaction id and commits it
+/// (`pg_current_xact_id()`): a commit record is written to WAL, and a synchronous primary
+/// waits for its standby, exactly as for a client's write. A replica refuses it ("cannot
+/// assign TransactionIds during recovery"), a fenced primary returns no id.
+/// MariaDB: the server behind `rw` has `read_only` off. It is a read, not a write (Stator keeps
+/// no table of its own to write to), so it shows the server would accept the application's
+/// writes, not that one was committed.
+pub async fn write_through(
+    engine: Engine,
+    host: &str,
+    port: u16,
+    password: &str,
+) -> Result<(), WriteCheckError> {
+    let check = async {
+        match engine {
+            Engine::Postgres => {
+                let row = monitor_query(
+                    host,
+                    port,
+                    password,
+                    "stator-write-check",
+                    "SELECT CASE WHEN current_setting('transaction_read_only') = 'off' \
+                     THEN pg_current_xact_id()::text END",
+                )
+                .await
+                .map_err(WriteCheckError::Failed)?;
+                match row.get::<_, Option<String>>(0) {
+                    Some(_) => Ok(()),
+                    None => Err(WriteCheckError::ReadOnly),
+                }
+            }
+            Engine::Mysql | Engine::Mariadb => {
+                use mysql_async::prelude::Queryable;
+                let opts = mysql_async::OptsBuilder::default()
+                    .ip_or_hostname(host.to_string())
+                    .tcp_port(port)
+                    .user(Some(stator_engine::mysql_family::config::MONITOR_USER))
+                    .pass(Some(password.to_string()))
+                    // Never the server's Unix socket: that would bypass `rw`.
+                    .prefer_socket(false);
+                let mut conn = mysql_async::Conn::new(opts)
+                    .await
+                    .map_err(|e| WriteCheckError::Connect(e.to_string()))?;
+                let read_only: Option<i64> = conn
+                    .query_first("SELECT @@global.read_only")
+                    .await
+                    .map_err(|e| WriteCheckError::ReadOnlyUnknown(e.to_string()))?;
+                let _ = conn.disconnect().await;
+                match read_only {
+                    Some(0) => Ok(()),
+                    _ => Err(WriteCheckError::ReadOnly),
+                }
+            }
+        }
+    };
+    tokio::time::timeout(WRITE_CHECK_TIMEOUT, check)
+        .await
+        .map_err(|_| WriteCheckError::Timeout(WRITE_CHECK_TIMEOUT))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_is_named_as_before() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let why = query_server(Engine::Mariadb, "127.0.0.1", port, None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(why.starts_with("cannot connect: "), "{why}");
+        // PostgreSQL without the monitor password is not asked.
+        assert_eq!(
+            query_server(Engine::Postgres, "127.0.0.1", port, None)
+                .await
+                .unwrap(),
+            ServerAnswer::default()
+        );
+        assert_eq!(
+            ServerError::QueryTimeout(SERVER_PROBE_TIMEOUT).to_string(),
+            "no answer to a query within 400 ms"
+        );
+    }
+}
