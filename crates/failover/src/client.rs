@@ -71,8 +71,9 @@ pub fn answer_text(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string())
 }
 
-/// One request; the status code and the body.
-async fn request(
+/// One request (`bearer`: the token for `Authorization`, `body`: JSON); the status code and
+/// the body.
+pub async fn request(
     host: &str,
     port: u16,
     method: &str,

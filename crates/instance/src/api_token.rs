@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use stator_api::names::secret_keys;
 use stator_engine::credentials::read_secret;
 
@@ -32,6 +34,30 @@ pub fn authorize(secrets_dir: &Path, header: Option<&str>) -> Result<(), Refusal
     } else {
         Err(Refusal::Wrong)
     }
+}
+
+/// The answer refusing a request whose `Authorization` header does not carry the token in
+/// `secrets_dir`, or `None` when it does: the one check of every endpoint that takes orders
+/// (the instance manager's, the local supervisor's).
+pub fn refusal(secrets_dir: &Path, headers: &HeaderMap) -> Option<Response> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let refused = |message: &str| {
+        (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({ "error": message })),
+        )
+            .into_response()
+    };
+    authorize(secrets_dir, header).err().map(|refusal| match refusal {
+        Refusal::Missing => refused("this endpoint needs Authorization: Bearer <api-token>"),
+        Refusal::Wrong => refused("wrong token"),
+        Refusal::Unavailable(why) => {
+            tracing::error!(error = %why, "the API token cannot be read; refusing mutating requests");
+            refused("the API token is not available")
+        }
+    })
 }
 
 /// Compares two tokens in time that depends only on their lengths, not on where they differ.

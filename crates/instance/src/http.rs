@@ -21,7 +21,6 @@ use stator_engine::mysql_family::backup::BackupStream;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
 
-use crate::api_token::{Refusal, authorize};
 use crate::metrics::{MetricFacts, render_metrics};
 use crate::status::{InstanceStatus, unready_reason};
 use crate::supervisor::Command;
@@ -114,20 +113,7 @@ pub(crate) fn error(code: StatusCode, message: impl Into<String>) -> Response {
 
 /// The refusal to send, when the request does not carry the token.
 pub(crate) fn check_token(e: &Endpoints, headers: &HeaderMap) -> Option<Response> {
-    let header = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    authorize(&e.secrets_dir, header).err().map(|refusal| match refusal {
-        Refusal::Missing => error(
-            StatusCode::UNAUTHORIZED,
-            "this endpoint needs Authorization: Bearer <api-token>",
-        ),
-        Refusal::Wrong => error(StatusCode::UNAUTHORIZED, "wrong token"),
-        Refusal::Unavailable(why) => {
-            tracing::error!(error = %why, "the API token cannot be read; refusing mutating requests");
-            error(StatusCode::UNAUTHORIZED, "the API token is not available")
-        }
-    })
+    crate::api_token::refusal(&e.secrets_dir, headers)
 }
 
 pub(crate) async fn ask(

@@ -21,7 +21,8 @@
 //!   routes.
 //! - [`switchover`]: `stator switchover` and `stator drain` (with the disruption budget).
 //! - [`report`]: the supervisor's report and the `status` table.
-//! - [`supervisor`]: the background process that runs it all.
+//! - [`supervisor`]: the background process that runs it all; [`endpoint`]: its HTTP endpoint
+//!   (`/status`, `POST /switchover`).
 //! - [`keeper`]: the minimal process that restarts a crashed supervisor and owns the proxies'
 //!   listening sockets; [`service`]: the systemd unit for `up --service`.
 //! - [`runtime`]: finding and asking the running supervisor and instance managers.
@@ -35,6 +36,7 @@ pub mod bench;
 pub mod bench_failover;
 pub mod chaos;
 pub mod checker;
+pub mod endpoint;
 pub mod error;
 pub mod failover;
 pub mod inspect;

@@ -26,10 +26,10 @@ use stator_api::names::secret_keys;
 use stator_api::parameters::effective_parameters;
 use stator_api::{Database, Phase};
 use stator_failover::client;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::endpoint;
 use crate::error::LocalError;
 use crate::failover::{self, Failover, LocalRuntime, Sighting, SwitchoverDesk, Tick};
 use crate::plan::{Host, instance_config, ordinal_of};
@@ -213,14 +213,14 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
     let routes = Arc::new(Routes::default());
     let report = Arc::new(Mutex::new(initial_report(&applied, dir)));
     let desk = Arc::new(Mutex::new(SwitchoverDesk::default()));
-    let endpoint = StatusEndpoint {
+    let endpoint = endpoint::StatusEndpoint {
         report: report.clone(),
         desk: desk.clone(),
         secrets_dir: dir.secrets_dir(),
         database: db.name().to_string(),
         dir: dir.clone(),
     };
-    let mut tasks = vec![tokio::spawn(serve_status(status, endpoint))];
+    let mut tasks = vec![tokio::spawn(endpoint::serve(status, endpoint))];
     tracing::info!(
         "supervising {} (pid {}): rw on {address}:{}, ro on {address}:{}",
         dir.key(),
@@ -294,7 +294,7 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
     Ok(())
 }
 
-fn initial_report(applied: &AppliedSpec, dir: &DatabaseDir) -> SupervisorReport {
+pub(crate) fn initial_report(applied: &AppliedSpec, dir: &DatabaseDir) -> SupervisorReport {
     let db = &applied.database;
     let ports = LocalPorts::of(db);
     SupervisorReport {
@@ -1055,285 +1055,4 @@ fn start_manager(
     )?;
     process::write_pid_file(&dir.manager_pid_file(ordinal), child.id())?;
     Ok(child)
-}
-
-/// What the supervisor's HTTP endpoint shares with the supervisor.
-#[derive(Clone)]
-struct StatusEndpoint {
-    report: Arc<Mutex<SupervisorReport>>,
-    desk: Arc<Mutex<SwitchoverDesk>>,
-    secrets_dir: PathBuf,
-    /// `metadata.name`: `POST /switchover` names `NAME-N`.
-    database: String,
-    /// Where the applied spec says how many instances there are (a target must be one).
-    dir: DatabaseDir,
-}
-
-/// Largest request body accepted.
-const MAX_REQUEST_BODY: usize = 4096;
-
-/// The supervisor's HTTP endpoint: `GET /status` (JSON [`SupervisorReport`]), `GET /healthz`,
-/// and `POST /switchover` (body `{"to": "NAME-N"}` or `{"to": null}`, with
-/// `Authorization: Bearer <api-token>`), which answers the queued request's ticket; its outcome
-/// then shows in `/status` under `failover.switchover`.
-async fn serve_status(listener: TcpListener, endpoint: StatusEndpoint) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let endpoint = endpoint.clone();
-        tokio::spawn(async move {
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            let read = tokio::time::timeout(Duration::from_secs(2), async {
-                loop {
-                    if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let wanted = content_length(&request[..end]).min(MAX_REQUEST_BODY);
-                        if request.len() >= end + 4 + wanted {
-                            break;
-                        }
-                    }
-                    if request.len() > 8192 + MAX_REQUEST_BODY {
-                        break;
-                    }
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-            })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let (code, body) = answer(&endpoint, &request);
-            let response = format!(
-                "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
-    }
-}
-
-fn content_length(head: &[u8]) -> usize {
-    String::from_utf8_lossy(head)
-        .split("\r\n")
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn header<'a>(head: &'a str, wanted: &str) -> Option<&'a str> {
-    head.split("\r\n")
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case(wanted))
-        .map(|(_, v)| v.trim())
-}
-
-/// The status line and JSON body answering one request.
-fn answer(endpoint: &StatusEndpoint, request: &[u8]) -> (&'static str, String) {
-    let end = request
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(request.len());
-    let head = String::from_utf8_lossy(&request[..end]).into_owned();
-    let body = request.get(end + 4..).unwrap_or_default();
-    let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let error = |message: String| serde_json::json!({ "error": message }).to_string();
-    match (method, path) {
-        ("GET", "/status") => {
-            let body = endpoint
-                .report
-                .lock()
-                .ok()
-                .and_then(|r| serde_json::to_string(&*r).ok())
-                .unwrap_or_else(|| "{}".into());
-            ("200 OK", body)
-        }
-        ("GET", "/healthz") => ("200 OK", "\"ok\"".into()),
-        ("POST", "/switchover") => {
-            let expected = match read_secret(
-                &endpoint.secrets_dir,
-                stator_api::names::secret_keys::API_TOKEN,
-            ) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!("the API token cannot be read; refusing switchovers: {e}");
-                    return (
-                        "401 Unauthorized",
-                        error("the API token is not available".into()),
-                    );
-                }
-            };
-            let given = header(&head, "authorization").and_then(|v| v.strip_prefix("Bearer "));
-            if !given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), expected.as_bytes())) {
-                return (
-                    "401 Unauthorized",
-                    error("this endpoint needs Authorization: Bearer <api-token>".into()),
-                );
-            }
-            #[derive(serde::Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct SwitchoverBody {
-                #[serde(default)]
-                to: Option<String>,
-            }
-            let parsed: SwitchoverBody = match serde_json::from_slice(body) {
-                Ok(b) => b,
-                Err(e) => {
-                    return (
-                        "400 Bad Request",
-                        error(format!(
-                            "body: {e}; expected {{\"to\": \"NAME-N\"}} or {{\"to\": null}}"
-                        )),
-                    );
-                }
-            };
-            let to = match parsed.to {
-                None => None,
-                Some(name) => {
-                    let instances = endpoint
-                        .dir
-                        .read_applied()
-                        .ok()
-                        .flatten()
-                        .map_or(0, |a| a.database.spec.instances);
-                    let ordinal = name
-                        .strip_prefix(&endpoint.database)
-                        .and_then(|r| r.strip_prefix('-'))
-                        .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
-                        .and_then(|r| r.parse::<u32>().ok())
-                        .filter(|o| *o < instances);
-                    match ordinal {
-                        Some(o) => Some((name, o)),
-                        None => {
-                            let valid: Vec<String> = (0..instances)
-                                .map(|o| format!("{}-{o}", endpoint.database))
-                                .collect();
-                            return (
-                                "400 Bad Request",
-                                error(format!(
-                                    "to: {name:?} is not an instance of {} (expected one of {})",
-                                    endpoint.database,
-                                    if valid.is_empty() {
-                                        "none: no spec is applied".to_string()
-                                    } else {
-                                        valid.join(", ")
-                                    }
-                                )),
-                            );
-                        }
-                    }
-                }
-            };
-            let ticket = match endpoint.desk.lock() {
-                Ok(mut desk) => desk.request(to),
-                Err(_) => {
-                    return (
-                        "500 Internal Server Error",
-                        error("the desk is broken".into()),
-                    );
-                }
-            };
-            tracing::info!(
-                "switchover requested (#{}, to {})",
-                ticket.id,
-                ticket.to.as_deref().unwrap_or("the most advanced replica")
-            );
-            (
-                "202 Accepted",
-                serde_json::to_string(&ticket).unwrap_or_default(),
-            )
-        }
-        _ => ("404 Not Found", "\"not found\"".into()),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    fn endpoint(tmp: &Path) -> StatusEndpoint {
-        let secrets = tmp.join("secrets");
-        std::fs::create_dir(&secrets).unwrap();
-        let token = secrets.join("api-token");
-        std::fs::write(&token, "s3cret\n").unwrap();
-        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let db = stator_api::load_database(
-            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: pg}\nspec: {engine: postgres, instances: 3}\n",
-        )
-        .unwrap()
-        .database;
-        let dir = crate::state::StateDir {
-            root: tmp.to_path_buf(),
-        }
-        .database_of(&db);
-        let applied = AppliedSpec {
-            generation: 1,
-            database: db,
-        };
-        create_dir(&dir.root, 0o700).unwrap();
-        dir.write_applied(&applied).unwrap();
-        StatusEndpoint {
-            report: Arc::new(Mutex::new(initial_report(&applied, &dir))),
-            desk: Arc::new(Mutex::new(SwitchoverDesk::default())),
-            secrets_dir: secrets,
-            database: "pg".into(),
-            dir,
-        }
-    }
-
-    fn post(token: Option<&str>, body: &str) -> Vec<u8> {
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        format!(
-            "POST /switchover HTTP/1.1\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
-    }
-
-    #[test]
-    fn a_switchover_request_needs_the_token_and_names_an_instance_of_the_database() {
-        let tmp = tempfile::tempdir().unwrap();
-        let e = endpoint(tmp.path());
-        assert_eq!(answer(&e, &post(None, "{}")).0, "401 Unauthorized");
-        assert_eq!(answer(&e, &post(Some("wrong"), "{}")).0, "401 Unauthorized");
-        let (code, body) = answer(&e, &post(Some("s3cret"), "{\"to\": \"other-1\"}"));
-        assert_eq!(code, "400 Bad Request");
-        assert!(
-            body.contains("to: \\\"other-1\\\" is not an instance of pg"),
-            "{body}"
-        );
-        // An instance the database never had: refused, naming the ones it has.
-        let (code, body) = answer(&e, &post(Some("s3cret"), "{\"to\": \"pg-7\"}"));
-        assert_eq!(code, "400 Bad Request");
-        assert!(
-            body.contains(
-                "to: \\\"pg-7\\\" is not an instance of pg (expected one of pg-0, pg-1, pg-2)"
-            ),
-            "{body}"
-        );
-        let (code, _) = answer(&e, &post(Some("s3cret"), "{\"to\": 3"));
-        assert_eq!(code, "400 Bad Request");
-        assert!(
-            e.desk.lock().unwrap().last().is_none(),
-            "nothing was queued"
-        );
-        let (code, body) = answer(&e, &post(Some("s3cret"), "{\"to\": \"pg-2\"}"));
-        assert_eq!(code, "202 Accepted", "{body}");
-        let ticket: crate::failover::SwitchoverTicket = serde_json::from_str(&body).unwrap();
-        assert_eq!((ticket.id, ticket.to.as_deref()), (1, Some("pg-2")));
-        assert_eq!(ticket.state, stator_failover::TicketState::Queued);
-    }
 }
