@@ -208,20 +208,44 @@ pub fn locate(dir: &DatabaseDir, instance: &str) -> Result<InstanceProcesses, Lo
     })
 }
 
+/// Why a fault cannot be injected.
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    #[error(
+        "{database} is stopped (no supervisor, no instance manager of {instance} runs): there is no {what} to signal; `stator up -f FILE` starts it"
+    )]
+    DatabaseStopped {
+        database: String,
+        instance: String,
+        what: &'static str,
+    },
+    #[error(
+        "{instance} has no running database server (no live process in {}'s pid file); there is no {what} to signal — `stator status` shows its state",
+        .data_dir.display()
+    )]
+    NoServer {
+        instance: String,
+        data_dir: PathBuf,
+        what: &'static str,
+    },
+}
+
 /// Why nothing can be signalled: the database or the instance is not running.
-fn not_running(dir: &DatabaseDir, procs: &InstanceProcesses, what: &str) -> LocalError {
+fn not_running(dir: &DatabaseDir, procs: &InstanceProcesses, what: &'static str) -> LocalError {
     if running_supervisor(dir).is_none() && procs.manager.is_none() {
-        LocalError::Failed(format!(
-            "{} is stopped (no supervisor, no instance manager of {} runs): there is no {what} to signal; `stator up -f FILE` starts it",
-            dir.key(),
-            procs.name
-        ))
+        FaultError::DatabaseStopped {
+            database: dir.key(),
+            instance: procs.name.clone(),
+            what,
+        }
+        .into()
     } else {
-        LocalError::Failed(format!(
-            "{} has no running database server (no live process in {}'s pid file); there is no {what} to signal — `stator status` shows its state",
-            procs.name,
-            procs.data_dir.display()
-        ))
+        FaultError::NoServer {
+            instance: procs.name.clone(),
+            data_dir: procs.data_dir.clone(),
+            what,
+        }
+        .into()
     }
 }
 

@@ -104,7 +104,7 @@ async fn switchover(State(e): State<StatusEndpoint>, headers: HeaderMap, body: B
         None => None,
         Some(name) => match target(&e, &name) {
             Ok(ordinal) => Some((name, ordinal)),
-            Err(why) => return error(StatusCode::BAD_REQUEST, why),
+            Err(why) => return error(StatusCode::BAD_REQUEST, why.to_string()),
         },
     };
     let ticket = match e.desk.lock() {
@@ -127,8 +127,26 @@ async fn switchover(State(e): State<StatusEndpoint>, headers: HeaderMap, body: B
     )
 }
 
-/// The ordinal of `name`, an instance the applied spec has; else why not, naming the valid ones.
-fn target(e: &StatusEndpoint, name: &str) -> Result<u32, String> {
+/// A switchover target that is no instance of the database.
+#[derive(Debug, thiserror::Error)]
+#[error("to: {name:?} is not an instance of {database} (expected one of {})", expected(.valid))]
+struct UnknownInstance {
+    name: String,
+    database: String,
+    /// The instances the applied spec has.
+    valid: Vec<String>,
+}
+
+fn expected(valid: &[String]) -> String {
+    if valid.is_empty() {
+        "none: no spec is applied".to_string()
+    } else {
+        valid.join(", ")
+    }
+}
+
+/// The ordinal of `name`, an instance the applied spec has.
+fn target(e: &StatusEndpoint, name: &str) -> Result<u32, UnknownInstance> {
     let instances = e
         .dir
         .read_applied()
@@ -140,19 +158,12 @@ fn target(e: &StatusEndpoint, name: &str) -> Result<u32, String> {
         .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|r| r.parse::<u32>().ok())
         .filter(|o| *o < instances)
-        .ok_or_else(|| {
-            let valid: Vec<String> = (0..instances)
+        .ok_or_else(|| UnknownInstance {
+            name: name.to_string(),
+            database: e.database.clone(),
+            valid: (0..instances)
                 .map(|o| format!("{}-{o}", e.database))
-                .collect();
-            format!(
-                "to: {name:?} is not an instance of {} (expected one of {})",
-                e.database,
-                if valid.is_empty() {
-                    "none: no spec is applied".to_string()
-                } else {
-                    valid.join(", ")
-                }
-            )
+                .collect(),
         })
 }
 

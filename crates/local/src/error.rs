@@ -32,6 +32,35 @@ pub enum LocalError {
     NotFound(String),
     #[error("{0}")]
     Failed(String),
+    #[error("cannot start the async runtime: {0}")]
+    AsyncRuntime(#[source] std::io::Error),
+    /// The supervisor cannot serve one of its ports.
+    #[error("{}", describe_listen(.address, *.port, .purpose, *.inherited, .source))]
+    Listen {
+        address: String,
+        port: u16,
+        purpose: &'static str,
+        /// The socket came from the keeper.
+        inherited: bool,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot watch {signal}: {source}")]
+    WatchSignal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the supervisor of {database} does not answer: {source}")]
+    SupervisorSilent {
+        database: String,
+        #[source]
+        source: stator_failover::client::ClientError,
+    },
+    #[error(transparent)]
+    Switchover(#[from] crate::switchover::SwitchoverError),
+    #[error(transparent)]
+    Fault(#[from] crate::chaos::FaultError),
     /// This user may not use a state dir (another user's, e.g. root's).
     #[error("{}: permission denied: run as root or the state dir's owner ({owner})", .path.display())]
     PermissionDenied { path: PathBuf, owner: String },
@@ -43,6 +72,20 @@ pub struct PortUse {
     pub port: u16,
     /// What the database would use it for, e.g. `pg-1's server`.
     pub purpose: String,
+}
+
+fn describe_listen(
+    address: &str,
+    port: u16,
+    purpose: &str,
+    inherited: bool,
+    source: &std::io::Error,
+) -> String {
+    if inherited {
+        format!("cannot use the inherited socket of {address}:{port} for {purpose}: {source}")
+    } else {
+        format!("cannot listen on {address}:{port} for {purpose}: {source}")
+    }
 }
 
 fn render_ports(ports: &[PortUse]) -> String {

@@ -34,7 +34,7 @@ pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, LocalErr
         .enable_all()
         .build()
         .map(|rt| rt.block_on(future))
-        .map_err(|e| LocalError::Failed(format!("cannot start the async runtime: {e}")))
+        .map_err(LocalError::AsyncRuntime)
 }
 
 /// The running supervisor's report.
@@ -45,11 +45,9 @@ pub fn fetch_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorReport
         client::get_json::<SupervisorReport>(&address, port, "/status", Duration::from_secs(3))
             .await
     })?
-    .map_err(|e| {
-        LocalError::Failed(format!(
-            "the supervisor of {} does not answer: {e}",
-            dir.key()
-        ))
+    .map_err(|source| LocalError::SupervisorSilent {
+        database: dir.key(),
+        source,
     })
 }
 

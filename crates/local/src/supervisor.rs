@@ -89,7 +89,7 @@ pub fn run(dir: DatabaseDir, exe: PathBuf) -> Result<(), LocalError> {
             .enable_all()
             .build()
     }
-    .map_err(|e| LocalError::Failed(format!("cannot start the async runtime: {e}")))?;
+    .map_err(LocalError::AsyncRuntime)?;
     let result = runtime.block_on(supervise(&dir, &exe));
     let _ = std::fs::remove_file(dir.supervisor_pid_file());
     result
@@ -192,18 +192,22 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         let address = address.clone();
         async move {
             if let Some(listener) = crate::keeper::inherited_listener(name, port) {
-                return TcpListener::from_std(listener).map_err(|e| {
-                    LocalError::Failed(format!(
-                        "cannot use the inherited socket of {address}:{port} for {purpose}: {e}"
-                    ))
+                return TcpListener::from_std(listener).map_err(|source| LocalError::Listen {
+                    address,
+                    port,
+                    purpose,
+                    inherited: true,
+                    source,
                 });
             }
             TcpListener::bind((address.as_str(), port))
                 .await
-                .map_err(|e| {
-                    LocalError::Failed(format!(
-                        "cannot listen on {address}:{port} for {purpose}: {e}"
-                    ))
+                .map_err(|source| LocalError::Listen {
+                    address: address.clone(),
+                    port,
+                    purpose,
+                    inherited: false,
+                    source,
                 })
         }
     };
@@ -270,10 +274,15 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         supervisor.routes.clone(),
         ProxyKind::Ro,
     )));
-    let mut sigterm = signal(SignalKind::terminate())
-        .map_err(|e| LocalError::Failed(format!("cannot watch SIGTERM: {e}")))?;
-    let mut sigint = signal(SignalKind::interrupt())
-        .map_err(|e| LocalError::Failed(format!("cannot watch SIGINT: {e}")))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|source| LocalError::WatchSignal {
+            signal: "SIGTERM",
+            source,
+        })?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|source| LocalError::WatchSignal {
+        signal: "SIGINT",
+        source,
+    })?;
     while keep_going {
         let pause = if supervisor.settled && !supervisor.urgent {
             TICK_STEADY
@@ -732,13 +741,13 @@ impl Supervisor<'_> {
 
     /// Asks instance `ordinal`'s manager to apply `wanted`'s parameters without a restart; why
     /// not, when it could not.
-    async fn reload(&self, ordinal: u32, wanted: &InstanceConfig) -> Result<(), String> {
+    async fn reload(&self, ordinal: u32, wanted: &InstanceConfig) -> Result<(), ReloadError> {
         let token = read_secret(&self.dir.secrets_dir(), secret_keys::API_TOKEN)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ReloadError::Token(Box::new(e)))?;
         let body = serde_json::to_string(&ReloadRequest {
             parameters: effective_parameters(&wanted.database.spec),
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(ReloadError::Encode)?;
         let port = LocalPorts::of(self.db()).manager(ordinal);
         match client::post(
             &self.address(),
@@ -757,8 +766,8 @@ impl Supervisor<'_> {
                 );
                 Ok(())
             }
-            Ok((_, answer)) => Err(client::answer_text(&answer)),
-            Err(e) => Err(e.to_string()),
+            Ok((_, answer)) => Err(ReloadError::Refused(client::answer_text(&answer))),
+            Err(e) => Err(ReloadError::Unreachable(e)),
         }
     }
 
@@ -1020,6 +1029,20 @@ pub fn stop_instances(targets: &[(u32, PathBuf)], timeout: Duration) {
             process::wait_gone(*pid, Duration::from_secs(5));
         }
     }
+}
+
+/// Why changed parameters were not applied without a restart.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error("{0}")]
+    Token(Box<LocalError>),
+    #[error("{0}")]
+    Encode(serde_json::Error),
+    /// The manager's answer: what the server would not apply.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Unreachable(stator_failover::client::ClientError),
 }
 
 /// Writes instance `ordinal`'s config and starts `stator instance --config FILE` for it.

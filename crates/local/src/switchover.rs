@@ -48,12 +48,57 @@ pub fn instance_ordinal(db: &Database, field: &str, instance: &str) -> Result<u3
     }
 }
 
+/// Why a switchover or a drain did not happen (or did not finish in time).
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchoverError {
+    #[error("{database} is not running (no supervisor): `stator up -f FILE` first")]
+    NotRunning { database: String },
+    #[error("the supervisor of {database}: {source}")]
+    Unreachable {
+        database: String,
+        #[source]
+        source: client::ClientError,
+    },
+    #[error("the supervisor refused the switchover (HTTP {code}): {reason}")]
+    Refused { code: u16, reason: String },
+    #[error("the supervisor's answer cannot be read: {0}")]
+    Unreadable(#[source] serde_json::Error),
+    #[error("the supervisor was restarted during the switchover; it ended {outcome}: {message}")]
+    EndedUnseen {
+        outcome: EventOutcome,
+        message: String,
+    },
+    #[error("the supervisor was restarted before the switchover started; ask again")]
+    Forgotten,
+    #[error("another switchover was requested meanwhile; see `stator status`")]
+    Superseded,
+    #[error("the switchover did not finish within {timeout:?}; it goes on: {message}")]
+    Unfinished { timeout: Duration, message: String },
+    #[error(
+        "refusing to drain {instance}: the disruption budget allows 1 unavailable instance \
+         (maxUnavailable: 1) and {} already unavailable; wait until it is ready",
+        .unavailable.join(", ")
+    )]
+    BudgetExhausted {
+        instance: String,
+        unavailable: Vec<String>,
+    },
+    #[error(
+        "refusing to drain {instance}, the primary, as the switchover away from it did not happen: {outcome}"
+    )]
+    PrimaryStays { instance: String, outcome: String },
+    #[error(
+        "{instance} is held but did not stop within {timeout:?}; it stops when its server has shut down"
+    )]
+    NotStopped { instance: String, timeout: Duration },
+}
+
 fn require_supervisor(dir: &DatabaseDir) -> Result<(), LocalError> {
     if running_supervisor(dir).is_none() {
-        return Err(LocalError::Failed(format!(
-            "{} is not running (no supervisor): `stator up -f FILE` first",
-            dir.key()
-        )));
+        return Err(SwitchoverError::NotRunning {
+            database: dir.key(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -87,15 +132,19 @@ pub fn switchover(
         )
         .await
     })?
-    .map_err(|e| LocalError::Failed(format!("the supervisor of {}: {e}", dir.key())))?;
+    .map_err(|source| SwitchoverError::Unreachable {
+        database: dir.key(),
+        source,
+    })?;
     if code != 202 {
-        return Err(LocalError::Failed(format!(
-            "the supervisor refused the switchover (HTTP {code}): {}",
-            client::answer_text(&answer)
-        )));
+        return Err(SwitchoverError::Refused {
+            code,
+            reason: client::answer_text(&answer),
+        }
+        .into());
     }
-    let ticket: SwitchoverTicket = serde_json::from_slice(&answer)
-        .map_err(|e| LocalError::Failed(format!("the supervisor's answer cannot be read: {e}")))?;
+    let ticket: SwitchoverTicket =
+        serde_json::from_slice(&answer).map_err(SwitchoverError::Unreadable)?;
     let deadline = Instant::now() + timeout;
     let requested_at = failover::wall_ms();
     let mut last_message = String::new();
@@ -132,13 +181,12 @@ pub fn switchover(
                     primary: e.to.clone(),
                     outage: e.outage,
                 }),
-                Some(e) => Err(LocalError::Failed(format!(
-                    "the supervisor was restarted during the switchover; it ended {}: {}",
-                    e.outcome, e.message
-                ))),
-                None => Err(LocalError::Failed(
-                    "the supervisor was restarted before the switchover started; ask again".into(),
-                )),
+                Some(e) => Err(SwitchoverError::EndedUnseen {
+                    outcome: e.outcome,
+                    message: e.message.clone(),
+                }
+                .into()),
+                None => Err(SwitchoverError::Forgotten.into()),
             };
         }
         if let Some(seen) = failover
@@ -164,15 +212,14 @@ pub fn switchover(
             .and_then(|f| f.switchover.as_ref())
             .is_some_and(|t| t.id > ticket.id)
         {
-            return Err(LocalError::Failed(
-                "another switchover was requested meanwhile; see `stator status`".into(),
-            ));
+            return Err(SwitchoverError::Superseded.into());
         }
         if Instant::now() >= deadline {
-            return Err(LocalError::Failed(format!(
-                "the switchover did not finish within {timeout:?}; it goes on: {}",
-                failover.map(|f| f.message.clone()).unwrap_or_default()
-            )));
+            return Err(SwitchoverError::Unfinished {
+                timeout,
+                message: failover.map(|f| f.message.clone()).unwrap_or_default(),
+            }
+            .into());
         }
     }
 }
@@ -207,11 +254,11 @@ pub fn drain(
     let report = fetch_report(dir, db)?;
     let unavailable = unavailable_others(&report, db, instance);
     if !unavailable.is_empty() {
-        return Err(LocalError::Failed(format!(
-            "refusing to drain {instance}: the disruption budget allows 1 unavailable instance \
-             (maxUnavailable: 1) and {} already unavailable; wait until it is ready",
-            unavailable.join(", ")
-        )));
+        return Err(SwitchoverError::BudgetExhausted {
+            instance: instance.to_string(),
+            unavailable,
+        }
+        .into());
     }
     let primary = report
         .failover
@@ -222,10 +269,11 @@ pub fn drain(
     let moved = if primary == instance {
         let ticket = switchover(dir, db, None, timeout)?;
         if ticket.state != TicketState::Done {
-            return Err(LocalError::Failed(format!(
-                "refusing to drain {instance}, the primary, as the switchover away from it did not happen: {}",
-                ticket.outcome()
-            )));
+            return Err(SwitchoverError::PrimaryStays {
+                instance: instance.to_string(),
+                outcome: ticket.outcome(),
+            }
+            .into());
         }
         Some(ticket)
     } else {
@@ -247,9 +295,11 @@ pub fn drain(
             break;
         }
         if Instant::now() >= deadline {
-            return Err(LocalError::Failed(format!(
-                "{instance} is held but did not stop within {timeout:?}; it stops when its server has shut down"
-            )));
+            return Err(SwitchoverError::NotStopped {
+                instance: instance.to_string(),
+                timeout,
+            }
+            .into());
         }
         std::thread::sleep(POLL);
     }
