@@ -17,6 +17,16 @@ pub enum CliError {
     Failed(String),
 }
 
+impl From<stator_check::CheckError> for CliError {
+    fn from(e: stator_check::CheckError) -> Self {
+        if e.is_invalid() {
+            CliError::Invalid(e.to_string())
+        } else {
+            CliError::Failed(e.to_string())
+        }
+    }
+}
+
 impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {

@@ -24,50 +24,6 @@ use crate::runtime::running_supervisor;
 use crate::state::DatabaseDir;
 use stator_engine::procfs::{descendants, is_stopped, start_time};
 
-/// A fault the chaos commands and the checker can inject into one instance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Fault {
-    /// `kill -9` of the database server; its instance manager restarts it (or a failover
-    /// replaces it, whichever comes first).
-    Kill,
-    /// `kill -9` of the instance manager and the server in the same instant; the supervisor
-    /// restarts the manager.
-    KillNode,
-    /// SIGSTOP of the server's process tree (a hang); resumed by `resume`.
-    Stop,
-    /// SIGSTOP of the instance manager and the server's tree: a node that is lost while it is
-    /// held, then comes back when resumed.
-    StopNode,
-}
-
-impl Fault {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Fault::Kill => "kill",
-            Fault::KillNode => "kill-node",
-            Fault::Stop => "stop",
-            Fault::StopNode => "stop-node",
-        }
-    }
-
-    /// Whether the fault holds processes stopped until [`resume`].
-    pub fn holds(self) -> bool {
-        matches!(self, Fault::Stop | Fault::StopNode)
-    }
-
-    /// Whether the instance manager is hit too.
-    pub fn includes_manager(self) -> bool {
-        matches!(self, Fault::KillNode | Fault::StopNode)
-    }
-}
-
-impl std::fmt::Display for Fault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// What a process was to the instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -362,16 +318,6 @@ pub fn resume(dir: &DatabaseDir, instance: &str) -> Result<Injected, LocalError>
         action: "resume".into(),
         processes,
     })
-}
-
-/// Injects `fault` into `instance`.
-pub fn inject(dir: &DatabaseDir, instance: &str, fault: Fault) -> Result<Injected, LocalError> {
-    match fault {
-        Fault::Kill => kill(dir, instance, false),
-        Fault::KillNode => kill(dir, instance, true),
-        Fault::Stop => stop(dir, instance, false),
-        Fault::StopNode => stop(dir, instance, true),
-    }
 }
 
 fn signalled(pid: u32, role: ProcessRole, signal: &str) -> Signalled {

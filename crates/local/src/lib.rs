@@ -28,14 +28,9 @@
 //! - [`runtime`]: finding and asking the running supervisor and instance managers.
 //! - [`up`], [`stop`], [`inspect`]: the commands.
 //! - [`chaos`]: fault injection (`stator chaos kill|stop|resume`): kill -9, SIGSTOP/SIGCONT.
-//! - [`checker`]: the consistency checker (`stator chaos run`): writer, chaos loop, watcher.
-//! - [`bench`]: `stator bench local`, the benchmark against the same steps by hand and HAProxy.
-//! - [`bench_failover`]: `stator bench failover`, the failover write outage against Patroni.
+//!   The consistency checker and the benchmarks that use it live in `stator-check`.
 
-pub mod bench;
-pub mod bench_failover;
 pub mod chaos;
-pub mod checker;
 pub mod endpoint;
 pub mod error;
 pub mod failover;

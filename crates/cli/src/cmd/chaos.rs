@@ -1,13 +1,14 @@
 //! `stator chaos`: fault injection into a local database (`kill`, `stop`, `resume`) and the
 //! consistency checker that fails the primary again and again under writes (`run`).
-//! Arguments and output only; the work is in `stator_local::chaos` and `stator_local::checker`.
+//! Arguments and output only; the work is in `stator_local::chaos` and `stator_check::checker`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use stator_local::chaos::{self, Fault, Injected};
-use stator_local::checker::{self, CheckOptions};
+use stator_check::checker::{self, CheckOptions};
+use stator_check::{Fault, LocalTarget};
+use stator_local::chaos::{self, Injected};
 use stator_local::{LocalError, StateDir};
 
 use crate::error::{CliError, CliResult};
@@ -151,7 +152,7 @@ fn check(a: RunArgs) -> CliResult {
         ..CheckOptions::default()
     };
     let progress = |line: &str| eprintln!("{line}");
-    let report = checker::check(&dir, &options, &progress).map_err(failed)?;
+    let report = checker::check(&LocalTarget::open(&dir)?, &options, &progress)?;
     match a.output {
         ChaosOutput::Text => print!("{}", report.render()),
         ChaosOutput::Json => println!("{}", to_json(&report)?),

@@ -199,10 +199,10 @@ pub struct SuperviseArgs {
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
     /// The local runtime vs the same steps by hand, and its proxy vs direct and vs HAProxy.
-    Local(stator_local::bench::BenchArgs),
+    Local(stator_check::bench::BenchArgs),
     /// Failover write outage: Stator's lost-node and in-place rounds vs Patroni + etcd +
     /// HAProxy at its defaults and tuned (`scripts/bench/patroni_baseline.sh`).
-    Failover(stator_local::bench_failover::FailoverBenchArgs),
+    Failover(stator_check::bench_failover::FailoverBenchArgs),
 }
 
 pub fn run(command: LocalCommand) -> CliResult {
@@ -216,11 +216,11 @@ pub fn run(command: LocalCommand) -> CliResult {
         LocalCommand::Supervise(args) => supervise(args, false),
         LocalCommand::Keep(args) => supervise(args, true),
         LocalCommand::Bench(BenchCommand::Failover(args)) => {
-            stator_local::bench_failover::run(&args, &current_exe()?).map_err(failed)?;
+            stator_check::bench_failover::run(&args, &current_exe()?)?;
             Ok(ExitCode::SUCCESS)
         }
         LocalCommand::Bench(BenchCommand::Local(args)) => {
-            stator_local::bench::run(&args, &current_exe()?).map_err(failed)?;
+            stator_check::bench::run(&args, &current_exe()?)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,7 +1,8 @@
 //! The consistency checker behind `stator chaos run`: real writes, real faults, and an account
 //! of what the database promised and what it kept.
 //!
-//! Three things run at once against a running local database:
+//! Three things run at once against a running database, reached through a [`Target`] (the
+//! local runtime's is [`LocalTarget`](crate::LocalTarget)):
 //! - a **writer** inserts numbered rows through `rw` (one every 20 ms while it can; on any error
 //!   it drops the connection and reconnects, with a 500 ms connect timeout and a 1 s statement
 //!   timeout) and records every number the server acknowledged, with the server that did;
@@ -24,9 +25,9 @@
 //! At the end every row is read back from the final primary: acknowledged numbers missing there
 //! are **lost writes**. Then the table is dropped (also when the run was aborted), so the
 //! application database is left as it was. This module owns no database and no process: it
-//! only drives the running database through its ports and [`crate::chaos`].
+//! only drives the running database through its ports and its target's faults.
 //!
-//! A round **counts as a failover** only when the supervisor recorded another primary. A fault
+//! A round **counts as a failover** only when the runtime recorded another primary. A fault
 //! after which the primary came back in place (e.g. `kill-node`, restarted by the supervisor
 //! before the detection timeout ran out) is reported as such and followed by another round,
 //! until the number of failovers asked for is made (or, after as many extra rounds plus
@@ -39,18 +40,11 @@ use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
-use stator_api::instance::LocalPorts;
-use stator_api::names::secret_keys;
-use stator_api::{Database, Engine, Phase, Role};
-// The monitoring user the MariaDB/MySQL probes log in as (the instance manager creates it).
-use stator_engine::mysql_family::config::MONITOR_USER;
+use stator_api::Engine;
 
-use crate::chaos::{self, Fault};
-use crate::error::LocalError;
-use crate::report::SupervisorReport;
-use crate::secrets::read_secret;
-use crate::state::DatabaseDir;
-use stator_failover::client;
+use crate::error::{CheckError, NotReady, SqlError};
+use crate::fault::Fault;
+use crate::target::{Observation, Target};
 
 /// The table the writer fills (in the application database, as the application user).
 pub const TABLE: &str = "stator_chaos";
@@ -364,14 +358,15 @@ fn align(rows: &[Vec<String>]) -> String {
 /// How to reach the database: the application user for writes; for MariaDB/MySQL probes the
 /// monitor user (`SHOW ALL SLAVES STATUS` needs its privilege). Passwords stay in memory.
 #[derive(Clone)]
-struct Access {
-    engine: Engine,
-    host: String,
-    user: String,
-    password: String,
-    database: String,
-    monitor_user: String,
-    monitor_password: String,
+pub struct Access {
+    pub engine: Engine,
+    /// Where `rw` and every instance's server listen.
+    pub host: String,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+    pub monitor_user: String,
+    pub monitor_password: String,
 }
 
 /// Who a connection logs in as.
@@ -423,12 +418,17 @@ struct Writability {
     writable: bool,
 }
 
-fn text(e: impl std::fmt::Display) -> String {
-    e.to_string()
+fn text(e: impl std::fmt::Display) -> SqlError {
+    SqlError::Query(e.to_string())
 }
 
 impl Access {
-    async fn connect(&self, port: u16, timeout: Duration, login: Login) -> Result<Session, String> {
+    async fn connect(
+        &self,
+        port: u16,
+        timeout: Duration,
+        login: Login,
+    ) -> Result<Session, SqlError> {
         let (user, password) = match login {
             Login::App => (&self.user, &self.password),
             Login::Monitor => (&self.monitor_user, &self.monitor_password),
@@ -447,8 +447,8 @@ impl Access {
                 let (client, connection) =
                     tokio::time::timeout(timeout, config.connect(tokio_postgres::NoTls))
                         .await
-                        .map_err(|_| format!("port {port}: no answer within {timeout:?}"))?
-                        .map_err(|e| format!("port {port}: {e}"))?;
+                        .map_err(|_| SqlError::Timeout { port, timeout })?
+                        .map_err(|e| SqlError::at(port, e))?;
                 let connection = ConnectionTask(tokio::spawn(async move {
                     let _ = connection.await;
                 }));
@@ -460,8 +460,8 @@ impl Access {
                     ),
                 )
                 .await
-                .map_err(|_| format!("port {port}: no answer within {timeout:?}"))?
-                .map_err(|e| format!("port {port}: {e}"))?;
+                .map_err(|_| SqlError::Timeout { port, timeout })?
+                .map_err(|e| SqlError::at(port, e))?;
                 let own: Option<i32> = row.try_get(0).map_err(text)?;
                 let started: i64 = row.try_get(1).map_err(text)?;
                 Ok(Session::Postgres {
@@ -499,12 +499,12 @@ impl Access {
                         port: u16::try_from(own).unwrap_or(0),
                         started,
                     };
-                    Ok::<_, String>((conn, server))
+                    Ok::<_, SqlError>((conn, server))
                 };
                 let (conn, server) = tokio::time::timeout(timeout, connect)
                     .await
-                    .map_err(|_| format!("port {port}: no answer within {timeout:?}"))?
-                    .map_err(|e| format!("port {port}: {e}"))?;
+                    .map_err(|_| SqlError::Timeout { port, timeout })?
+                    .map_err(|e| SqlError::at(port, e))?;
                 Ok(Session::Mysql { conn, server })
             }
         }
@@ -519,7 +519,7 @@ impl Session {
         }
     }
 
-    async fn create_table(&mut self) -> Result<(), String> {
+    async fn create_table(&mut self) -> Result<(), SqlError> {
         match self {
             Session::Postgres { client, .. } => client
                 .batch_execute(&format!(
@@ -538,7 +538,7 @@ impl Session {
         }
     }
 
-    async fn drop_table(&mut self) -> Result<(), String> {
+    async fn drop_table(&mut self) -> Result<(), SqlError> {
         let sql = format!("DROP TABLE IF EXISTS {TABLE}");
         match self {
             Session::Postgres { client, .. } => client.batch_execute(&sql).await.map_err(text),
@@ -550,7 +550,7 @@ impl Session {
     }
 
     /// The highest number written so far (by an earlier run on the same database).
-    async fn max_id(&mut self) -> Result<u64, String> {
+    async fn max_id(&mut self) -> Result<u64, SqlError> {
         match self {
             Session::Postgres { client, .. } => {
                 let row = client
@@ -572,7 +572,7 @@ impl Session {
     }
 
     /// Inserts `id` (autocommit); returns the server that acknowledged it.
-    async fn insert(&mut self, id: u64) -> Result<Server, String> {
+    async fn insert(&mut self, id: u64) -> Result<Server, SqlError> {
         match self {
             Session::Postgres { client, server, .. } => {
                 client
@@ -594,7 +594,7 @@ impl Session {
         }
     }
 
-    async fn writability(&mut self) -> Result<Writability, String> {
+    async fn writability(&mut self) -> Result<Writability, SqlError> {
         match self {
             Session::Postgres { client, .. } => {
                 let row = client
@@ -632,7 +632,7 @@ impl Session {
         }
     }
 
-    async fn read_ids(&mut self) -> Result<Vec<u64>, String> {
+    async fn read_ids(&mut self) -> Result<Vec<u64>, SqlError> {
         match self {
             Session::Postgres { client, .. } => {
                 let rows = client
@@ -716,7 +716,7 @@ async fn write_loop(
                 Ok(s) => session = Some(s),
                 Err(e) => {
                     if let Ok(mut l) = log.lock() {
-                        l.last_error = Some(e);
+                        l.last_error = Some(e.to_string());
                     }
                     tokio::time::sleep(RETRY_PAUSE).await;
                     continue;
@@ -747,7 +747,7 @@ async fn write_loop(
             }
             Ok(Err(e)) => {
                 if let Ok(mut l) = log.lock() {
-                    l.last_error = Some(e);
+                    l.last_error = Some(e.to_string());
                 }
                 session = None;
                 tokio::time::sleep(RETRY_PAUSE).await;
@@ -840,93 +840,21 @@ async fn watch_loop(
     }
 }
 
-/// Runs the check on the database in `dir` (it must be running under its supervisor);
-/// `progress` gets one line per step.
+/// Runs the check on `target` (it must be running); `progress` gets one line per step.
 pub fn check(
-    dir: &DatabaseDir,
+    target: &impl Target,
     options: &CheckOptions,
     progress: &(dyn Fn(&str) + Sync),
-) -> Result<CheckReport, LocalError> {
+) -> Result<CheckReport, CheckError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| LocalError::Failed(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(check_async(dir, options, progress))
+        .map_err(CheckError::AsyncRuntime)?;
+    runtime.block_on(check_async(target, options, progress))
 }
 
-struct Target {
-    db: Database,
-    access: Access,
-    ports: LocalPorts,
-}
-
-fn target(dir: &DatabaseDir) -> Result<Target, LocalError> {
-    if !dir.exists() {
-        return Err(LocalError::NotFound(dir.key()));
-    }
-    let db = dir
-        .read_applied()?
-        .ok_or_else(|| LocalError::NotFound(dir.key()))?
-        .database;
-    if db.spec.instances < 2 {
-        return Err(LocalError::Invalid(format!(
-            "{}: spec.instances is {}; a failover needs at least 2 instances",
-            dir.key(),
-            db.spec.instances
-        )));
-    }
-    if crate::runtime::running_supervisor(dir).is_none() {
-        return Err(LocalError::Failed(format!(
-            "{} is not running (no supervisor); `stator up -f FILE` starts it",
-            dir.key()
-        )));
-    }
-    let password = read_secret(&dir.secrets_dir(), secret_keys::APP_PASSWORD)?;
-    let monitor_password = read_secret(&dir.secrets_dir(), secret_keys::MONITOR_PASSWORD)?;
-    let access = Access {
-        engine: db.spec.engine,
-        host: db.spec.local.listen_address.clone(),
-        user: db.spec.bootstrap.owner.clone(),
-        password,
-        database: db.spec.bootstrap.database.clone(),
-        monitor_user: MONITOR_USER.into(),
-        monitor_password,
-    };
-    let ports = LocalPorts::of(&db);
-    Ok(Target { db, access, ports })
-}
-
-async fn supervisor_report(target: &Target) -> Result<SupervisorReport, String> {
-    client::get_json::<SupervisorReport>(
-        &target.access.host,
-        target.ports.supervisor(),
-        "/status",
-        Duration::from_secs(2),
-    )
-    .await
-    .map_err(|e| e.to_string())
-}
-
-/// Ready: the supervisor says so, every instance is ready, the recorded primary reports the
-/// primary role.
-fn cluster_ready(report: &SupervisorReport) -> bool {
-    report.phase == Phase::Ready
-        && report.is_settled()
-        && report
-            .instances
-            .iter()
-            .filter(|i| !i.excess)
-            .all(|i| i.ready())
-        && report.instances.iter().any(|i| {
-            i.name == report.primary
-                && i.report
-                    .as_ref()
-                    .is_some_and(|r| r.role == Some(Role::Primary))
-        })
-}
-
-/// While waiting: when the supervisor first records a primary other than `from`.
+/// While waiting: when the runtime first records a primary other than `from`.
 struct PrimaryMove<'a> {
     from: &'a str,
     t0: Instant,
@@ -935,15 +863,15 @@ struct PrimaryMove<'a> {
 
 /// Waits until the cluster is ready and the writer had an acknowledged write after `since`.
 async fn wait_ready(
-    target: &Target,
+    target: &impl Target,
     writer: &Arc<Mutex<WriterLog>>,
     since: Instant,
     timeout: Duration,
     mut moved: Option<PrimaryMove<'_>>,
-) -> Result<SupervisorReport, String> {
+) -> Result<Observation, NotReady> {
     let deadline = Instant::now() + timeout;
     loop {
-        let last = match supervisor_report(target).await {
+        let last = match target.observe().await {
             Ok(report) => {
                 if let Some(m) = moved.as_mut()
                     && m.seconds.is_none()
@@ -952,10 +880,10 @@ async fn wait_ready(
                     *m.seconds = Some(m.t0.elapsed().as_secs_f64());
                 }
                 let acked = writer.lock().map(|l| l.acked_since(since)).unwrap_or(false);
-                if cluster_ready(&report) && acked {
+                if report.ready && acked {
                     return Ok(report);
                 }
-                if cluster_ready(&report) {
+                if report.ready {
                     let error = writer
                         .lock()
                         .ok()
@@ -963,62 +891,28 @@ async fn wait_ready(
                         .unwrap_or_default();
                     format!("ready, but no write acknowledged through rw (last error: {error})")
                 } else {
-                    describe_unready(&report)
+                    report.unready
                 }
             }
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         if Instant::now() > deadline {
-            return Err(format!("not ready within {timeout:?}: {last}"));
+            return Err(NotReady { timeout, last });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-fn describe_unready(report: &SupervisorReport) -> String {
-    let states: Vec<String> = report
-        .instances
-        .iter()
-        .map(|i| {
-            let role = i
-                .report
-                .as_ref()
-                .and_then(|r| r.role)
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "-".into());
-            format!(
-                "{} {} {} {}",
-                i.name,
-                role,
-                i.state,
-                if i.ready() { "ready" } else { "not ready" }
-            )
-        })
-        .collect();
-    format!(
-        "phase {:?}, primary {}: {}{}",
-        report.phase,
-        report.primary,
-        states.join("; "),
-        report
-            .message
-            .as_ref()
-            .map(|m| format!(" ({m})"))
-            .unwrap_or_default()
-    )
-}
-
 async fn check_async(
-    dir: &DatabaseDir,
+    target: &impl Target,
     options: &CheckOptions,
     progress: &(dyn Fn(&str) + Sync),
-) -> Result<CheckReport, LocalError> {
-    let target = target(dir)?;
+) -> Result<CheckReport, CheckError> {
     let started = Instant::now();
-    let db = &target.db;
-    let instances: Vec<(String, u16)> = (0..db.spec.instances)
-        .map(|o| (db.instance_name(o), target.ports.server(o)))
-        .collect();
+    let db = target.database();
+    let access = target.access();
+    let rw = target.rw_port();
+    let instances: Vec<(String, u16)> = target.instances();
     let name_of_port = |port: u16| {
         instances
             .iter()
@@ -1032,35 +926,29 @@ async fn check_async(
     let deadline = Instant::now() + options.round_timeout;
     let first = loop {
         let attempt = async {
-            let mut s = target
-                .access
-                .connect(target.ports.rw(), Duration::from_secs(2), Login::App)
+            let mut s = access
+                .connect(rw, Duration::from_secs(2), Login::App)
                 .await?;
             let max = tokio::time::timeout(Duration::from_secs(10), async {
                 s.create_table().await?;
                 s.max_id().await
             })
             .await
-            .map_err(|_| "no answer within 10s".to_string())??;
+            .map_err(|_| SqlError::Slow("10s"))??;
             s.close().await;
-            Ok::<_, String>(max)
+            Ok::<_, SqlError>(max)
         };
         match attempt.await {
             Ok(max) => break max,
             Err(e) if Instant::now() > deadline => {
                 // It may exist (created, then no answer): the run leaves nothing behind.
-                let dropped = drop_table(&target, Duration::from_secs(5)).await;
-                return Err(LocalError::Failed(format!(
-                    "{}: cannot create the table {TABLE} through rw (port {}): {e}{}",
-                    dir.key(),
-                    target.ports.rw(),
-                    match dropped {
-                        Ok(()) => String::new(),
-                        Err(d) => format!(
-                            "; if it exists, drop it by hand (DROP TABLE {TABLE}; dropping it failed: {d})"
-                        ),
-                    }
-                )));
+                let dropped = drop_table(target, Duration::from_secs(5)).await;
+                return Err(CheckError::NoTable {
+                    database: target.key(),
+                    port: rw,
+                    cause: e,
+                    left: dropped.err(),
+                });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
@@ -1070,15 +958,15 @@ async fn check_async(
     let writer = Arc::new(Mutex::new(WriterLog::default()));
     let watch = Arc::new(Mutex::new(WatchLog::default()));
     let writer_task = tokio::spawn(write_loop(
-        target.access.clone(),
-        target.ports.rw(),
+        access.clone(),
+        rw,
         first,
         options.write_interval,
         writer.clone(),
         stop.clone(),
     ));
     let watch_task = tokio::spawn(watch_loop(
-        target.access.clone(),
+        access.clone(),
         instances.clone(),
         options.probe_interval,
         started,
@@ -1111,7 +999,7 @@ async fn check_async(
             ));
             break;
         }
-        let report = match wait_ready(&target, &writer, since, options.round_timeout, None).await {
+        let report = match wait_ready(target, &writer, since, options.round_timeout, None).await {
             Ok(r) => r,
             Err(e) => {
                 aborted = Some(format!("before round {number}: {e}"));
@@ -1120,8 +1008,8 @@ async fn check_async(
         };
         let pause = Duration::from_millis(rng.random_range(500..2000));
         tokio::time::sleep(pause).await;
-        let primary = match supervisor_report(&target).await {
-            Ok(r) if cluster_ready(&r) => r.primary,
+        let primary = match target.observe().await {
+            Ok(r) if r.ready => r.primary,
             _ => report.primary,
         };
         let failed_port = instances
@@ -1129,7 +1017,7 @@ async fn check_async(
             .find(|(n, _)| *n == primary)
             .map(|(_, p)| *p);
         let t0 = Instant::now();
-        let injected = match chaos::inject(dir, &primary, options.fault) {
+        let injected = match target.inject(&primary, options.fault) {
             Ok(i) => i,
             Err(e) => {
                 aborted = Some(format!(
@@ -1139,12 +1027,12 @@ async fn check_async(
                 break;
             }
         };
-        progress(&format!("round {number}: {}", injected.summary()));
+        progress(&format!("round {number}: {}", injected.summary));
         let mut round = Round {
             round: number,
             fault: options.fault,
             failed: primary.clone(),
-            pids: injected.processes.iter().map(|p| p.pid).collect(),
+            pids: injected.pids,
             outage_seconds: None,
             writes_resumed_on: None,
             primary_moved_seconds: None,
@@ -1186,7 +1074,7 @@ async fn check_async(
             }
             if round.primary_moved_seconds.is_none() && Instant::now() >= next_report {
                 next_report = Instant::now() + Duration::from_millis(100);
-                if let Ok(r) = supervisor_report(&target).await
+                if let Ok(r) = target.observe().await
                     && r.primary != primary
                 {
                     round.primary_moved_seconds = Some(t0.elapsed().as_secs_f64());
@@ -1195,14 +1083,14 @@ async fn check_async(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if round.primary_moved_seconds.is_none()
-            && let Ok(r) = supervisor_report(&target).await
+            && let Ok(r) = target.observe().await
             && r.primary != primary
         {
             round.primary_moved_seconds = Some(t0.elapsed().as_secs_f64());
         }
         if options.fault.holds() {
-            match chaos::resume(dir, &primary) {
-                Ok(i) => progress(&format!("round {number}: {}", i.summary())),
+            match target.resume(&primary) {
+                Ok(i) => progress(&format!("round {number}: {}", i.summary)),
                 Err(e) => progress(&format!("round {number}: resume {primary}: {e}")),
             }
         }
@@ -1219,7 +1107,7 @@ async fn check_async(
             t0,
             seconds: &mut round.primary_moved_seconds,
         };
-        match wait_ready(&target, &writer, since, options.round_timeout, Some(moved)).await {
+        match wait_ready(target, &writer, since, options.round_timeout, Some(moved)).await {
             Ok(_) => {
                 round.ready_again_seconds = Some(t0.elapsed().as_secs_f64());
                 progress(&format!(
@@ -1230,7 +1118,7 @@ async fn check_async(
             Err(e) => {
                 round.problem = Some(match round.problem.take() {
                     Some(p) => format!("{p}; {e}"),
-                    None => e.clone(),
+                    None => e.to_string(),
                 });
                 rounds.push(round);
                 aborted = Some(format!("round {number}: {e}"));
@@ -1263,25 +1151,24 @@ async fn check_async(
     let mut read_error = String::new();
     while Instant::now() < deadline {
         let attempt = async {
-            let mut s = target
-                .access
-                .connect(target.ports.rw(), Duration::from_secs(2), Login::App)
+            let mut s = access
+                .connect(rw, Duration::from_secs(2), Login::App)
                 .await?;
             let ids = tokio::time::timeout(Duration::from_secs(30), s.read_ids())
                 .await
-                .map_err(|_| "no answer within 30s".to_string())??;
+                .map_err(|_| SqlError::Slow("30s"))??;
             s.close().await;
-            Ok::<_, String>(ids)
+            Ok::<_, SqlError>(ids)
         };
         match attempt.await {
             Ok(ids) => {
                 // Rows of an earlier run on the same table are not this run's business.
                 present = ids.into_iter().filter(|id| *id > first).collect();
-                read_back_from = supervisor_report(&target).await.ok().map(|r| r.primary);
+                read_back_from = target.observe().await.ok().map(|r| r.primary);
                 break;
             }
             Err(e) => {
-                read_error = e;
+                read_error = e.to_string();
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -1306,7 +1193,7 @@ async fn check_async(
         .lock()
         .map(|l| (l.rounds, l.split_brain.clone(), l.fenced_overlap.clone()))
         .unwrap_or_default();
-    let table_dropped = match drop_table(&target, Duration::from_secs(60)).await {
+    let table_dropped = match drop_table(target, Duration::from_secs(60)).await {
         Ok(()) => {
             progress(&format!("dropped table {TABLE}"));
             true
@@ -1318,7 +1205,7 @@ async fn check_async(
     };
     let outages: Vec<f64> = rounds.iter().filter_map(|r| r.outage_seconds).collect();
     Ok(CheckReport {
-        database: dir.key(),
+        database: target.key(),
         engine: db.spec.engine.to_string(),
         instances: db.spec.instances,
         synchronous: db.spec.replication.synchronous,
@@ -1345,19 +1232,19 @@ async fn check_async(
 
 /// Drops the checker's table through `rw`, retrying until `timeout` (a failover may be under
 /// way when the run ends).
-async fn drop_table(target: &Target, timeout: Duration) -> Result<(), String> {
+async fn drop_table(target: &impl Target, timeout: Duration) -> Result<(), SqlError> {
+    let (access, rw) = (target.access(), target.rw_port());
     let deadline = Instant::now() + timeout;
     loop {
         let attempt = async {
-            let mut s = target
-                .access
-                .connect(target.ports.rw(), Duration::from_secs(2), Login::App)
+            let mut s = access
+                .connect(rw, Duration::from_secs(2), Login::App)
                 .await?;
             tokio::time::timeout(Duration::from_secs(10), s.drop_table())
                 .await
-                .map_err(|_| "no answer within 10s".to_string())??;
+                .map_err(|_| SqlError::Slow("10s"))??;
             s.close().await;
-            Ok::<_, String>(())
+            Ok::<_, SqlError>(())
         };
         match attempt.await {
             Ok(()) => return Ok(()),

@@ -31,10 +31,12 @@ use std::time::{Duration, Instant};
 
 use stator_api::names::secret_keys;
 
-use crate::error::LocalError;
-use crate::preflight::{self, ServerUser};
-use crate::secrets::read_secret;
+use stator_local::LocalError;
+
+use crate::error::CheckError;
 use stator_engine::procfs::rss_mib;
+use stator_local::preflight::{self, ServerUser};
+use stator_local::secrets::read_secret;
 
 /// Options of `stator bench local`.
 #[derive(clap::Args, Debug, Clone)]
@@ -76,25 +78,25 @@ impl Drop for Work {
     }
 }
 
-pub fn run(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
+pub fn run(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
     match args.engine.as_str() {
         "mariadb" => run_mariadb(args, exe),
         _ => run_postgres(args, exe),
     }
 }
 
-fn run_postgres(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
+fn run_postgres(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
     let bin = preflight::find_bin_dir(stator_api::Engine::Postgres, "15")?;
     for tool in ["pgbench", "haproxy"] {
         if which(tool).is_none() {
-            return Err(LocalError::BinariesMissing(format!(
+            return Err(CheckError::from(LocalError::BinariesMissing(format!(
                 "`{tool}` not found on PATH; install it (Debian/Ubuntu: apt-get install {})",
                 if tool == "pgbench" {
                     "postgresql-client-15"
                 } else {
                     "haproxy"
                 }
-            )));
+            ))));
         }
     }
     let user = preflight::server_user(stator_api::Engine::Postgres)?;
@@ -123,7 +125,7 @@ fn run_postgres(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
     )
     .map_err(|e| LocalError::io(&spec, "cannot write", e))?;
     let state = work.root.join("state");
-    let stator = |verb: &[&str]| -> Result<Duration, LocalError> {
+    let stator = |verb: &[&str]| -> Result<Duration, CheckError> {
         let started = Instant::now();
         let out = Command::new(exe)
             .args(verb)
@@ -134,10 +136,10 @@ fn run_postgres(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
             .output()
             .map_err(|e| LocalError::io(exe, "cannot run", e))?;
         if !out.status.success() {
-            return Err(LocalError::Failed(format!(
-                "stator {verb:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
+            return Err(CheckError::Command {
+                what: format!("stator {verb:?}"),
+                output: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
         }
         Ok(started.elapsed())
     };
@@ -199,7 +201,7 @@ fn run_postgres(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
     }
 
     // 2. Throughput through the proxy, directly and through HAProxy, on the cluster `up` left.
-    let dir = crate::state::StateDir {
+    let dir = stator_local::state::StateDir {
         root: state.clone(),
     }
     .database("default", "bench");
@@ -209,7 +211,7 @@ fn run_postgres(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
     let haproxy_port = hand_base + 2;
     cleanup.haproxy = Some(start_haproxy(&work.root, haproxy_port, primary)?);
     wait_port(haproxy_port, Duration::from_secs(10))?;
-    let pgbench = |port: u16, extra: &[&str]| -> Result<f64, LocalError> {
+    let pgbench = |port: u16, extra: &[&str]| -> Result<f64, CheckError> {
         let out = Command::new("pgbench")
             .args(["-h", "127.0.0.1", "-U", "app", "-n"])
             .arg("-p")
@@ -221,11 +223,10 @@ fn run_postgres(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
             .map_err(|e| LocalError::io("pgbench", "cannot run", e))?;
         let text = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
-            return Err(LocalError::Failed(format!(
-                "pgbench {extra:?} on port {port} failed: {}{}",
-                text,
-                String::from_utf8_lossy(&out.stderr)
-            )));
+            return Err(CheckError::Command {
+                what: format!("pgbench {extra:?} on port {port}"),
+                output: format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+            });
         }
         Ok(parse_tps(&text).unwrap_or(0.0))
     };
@@ -241,10 +242,10 @@ fn run_postgres(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
         if out.status.success() {
             Ok(0.0)
         } else {
-            Err(LocalError::Failed(format!(
-                "pgbench -i failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )))
+            Err(CheckError::Command {
+                what: "pgbench -i".into(),
+                output: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
         }
     })?;
     let seconds = args.seconds.max(1).to_string();
@@ -356,18 +357,22 @@ fn as_user<'a>(command: &'a mut Command, user: Option<&ServerUser>) -> &'a mut C
     command.stdin(Stdio::null())
 }
 
-fn run_step(command: &mut Command, what: &str) -> Result<(), LocalError> {
-    let out = command
-        .output()
-        .map_err(|e| LocalError::Failed(format!("{what}: {e}")))?;
+fn run_step(command: &mut Command, what: &str) -> Result<(), CheckError> {
+    let out = command.output().map_err(|source| CheckError::Spawn {
+        what: what.to_string(),
+        source,
+    })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(LocalError::Failed(format!(
-            "{what} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )))
+        Err(CheckError::Command {
+            what: what.to_string(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        })
     }
 }
 
@@ -379,7 +384,7 @@ fn bring_up_by_hand(
     base: u16,
     user: Option<&ServerUser>,
     cleanup: &mut Cleanup,
-) -> Result<Duration, LocalError> {
+) -> Result<Duration, CheckError> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| LocalError::io(dir, "cannot create", e))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
@@ -393,7 +398,7 @@ fn bring_up_by_hand(
         .map_err(|e| LocalError::io(dir, "cannot chown", e.into()))?;
     }
     let pwfile = dir.join("pw");
-    std::fs::write(&pwfile, crate::secrets::generate_secret())
+    std::fs::write(&pwfile, stator_local::secrets::generate_secret())
         .map_err(|e| LocalError::io(&pwfile, "cannot write", e))?;
     if let Some(u) = user {
         let _ = nix::unistd::chown(&pwfile, Some(nix::unistd::Uid::from_raw(u.uid)), None);
@@ -471,7 +476,7 @@ fn bring_up_by_hand(
     Ok(started.elapsed())
 }
 
-fn start_by_hand(bin: &Path, data: &Path, user: Option<&ServerUser>) -> Result<(), LocalError> {
+fn start_by_hand(bin: &Path, data: &Path, user: Option<&ServerUser>) -> Result<(), CheckError> {
     let log = data.join("server.log");
     run_step(
         as_user(
@@ -503,7 +508,7 @@ fn stop_by_hand(bin: &Path, dir: &Path, user: Option<&ServerUser>, cleanup: &mut
 
 // MariaDB: the same comparisons with MariaDB's tools and sysbench.
 
-fn run_mariadb(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
+fn run_mariadb(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
     let engine = stator_api::Engine::Mariadb;
     let version = engine.default_version();
     let bin = preflight::find_bin_dir(engine, version)?;
@@ -524,9 +529,9 @@ fn run_mariadb(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
     };
     for (program, package) in [("sysbench", "sysbench"), ("haproxy", "haproxy")] {
         if which(program).is_none() {
-            return Err(LocalError::BinariesMissing(format!(
+            return Err(CheckError::from(LocalError::BinariesMissing(format!(
                 "`{program}` not found on PATH; install it (Debian/Ubuntu: apt-get install {package})"
-            )));
+            ))));
         }
     }
     let work = Work::create(args)?;
@@ -536,7 +541,7 @@ fn run_mariadb(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
         "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: bench\nspec:\n  engine: mariadb\n  version: \"{version}\"\n  instances: 3\n  local:\n    portBase: {stator_base}\n"
     );
     let db = stator_api::load_database(&spec_text)
-        .map_err(|e| LocalError::Failed(format!("the benchmark's own spec is invalid: {e}")))?
+        .map_err(|e| CheckError::OwnSpec(e.to_string()))?
         .database;
     // The servers made by hand run with the very settings stator gives its own.
     let hand = HandMariadb {
@@ -604,7 +609,7 @@ fn run_mariadb(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
     }
 
     // 2. sysbench through the proxy, directly and through HAProxy, on the cluster `up` left.
-    let dir = crate::state::StateDir {
+    let dir = stator_local::state::StateDir {
         root: state.clone(),
     }
     .database("default", "bench");
@@ -624,7 +629,7 @@ fn run_mariadb(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
         ),
     )?;
     let sysbench =
-        |test: &str, port: u16, verb: &str, extra: &[&str]| -> Result<String, LocalError> {
+        |test: &str, port: u16, verb: &str, extra: &[&str]| -> Result<String, CheckError> {
             let out = Command::new("sysbench")
                 .arg(format!("--config-file={}", config.display()))
                 .arg(test)
@@ -636,10 +641,10 @@ fn run_mariadb(args: &BenchArgs, exe: &Path) -> Result<(), LocalError> {
                 .map_err(|e| LocalError::io("sysbench", "cannot run", e))?;
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             if !out.status.success() {
-                return Err(LocalError::Failed(format!(
-                    "sysbench {test} {verb} on port {port} failed: {text}{}",
-                    String::from_utf8_lossy(&out.stderr)
-                )));
+                return Err(CheckError::Command {
+                    what: format!("sysbench {test} {verb} on port {port}"),
+                    output: format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+                });
             }
             Ok(text)
         };
@@ -719,7 +724,7 @@ fn stator_command(
     spec: &Path,
     state: &Path,
     verb: &[&str],
-) -> Result<Duration, LocalError> {
+) -> Result<Duration, CheckError> {
     let started = Instant::now();
     let out = Command::new(exe)
         .args(verb)
@@ -730,16 +735,16 @@ fn stator_command(
         .output()
         .map_err(|e| LocalError::io(exe, "cannot run", e))?;
     if !out.status.success() {
-        return Err(LocalError::Failed(format!(
-            "stator {verb:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
+        return Err(CheckError::Command {
+            what: format!("stator {verb:?}"),
+            output: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
     }
     Ok(started.elapsed())
 }
 
 impl Work {
-    fn create(args: &BenchArgs) -> Result<Work, LocalError> {
+    fn create(args: &BenchArgs) -> Result<Work, CheckError> {
         let work = match &args.work_dir {
             Some(dir) => Work {
                 root: dir.clone(),
@@ -759,7 +764,7 @@ impl Work {
 }
 
 /// A file only its owner reads (0600), created so from the start.
-fn write_private(path: &Path, text: &str) -> Result<(), LocalError> {
+fn write_private(path: &Path, text: &str) -> Result<(), CheckError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);
@@ -769,14 +774,14 @@ fn write_private(path: &Path, text: &str) -> Result<(), LocalError> {
         .mode(0o600)
         .open(path)
         .and_then(|mut f| f.write_all(text.as_bytes()))
-        .map_err(|e| LocalError::io(path, "cannot write", e))
+        .map_err(|e| LocalError::io(path, "cannot write", e).into())
 }
 
 /// Prints the supervisor's and one instance manager's VmRSS and adds them to the summary.
 fn print_memory(
-    dir: &crate::state::DatabaseDir,
+    dir: &stator_local::state::DatabaseDir,
     summary: &mut Vec<SummaryRow>,
-) -> Result<(), LocalError> {
+) -> Result<(), CheckError> {
     println!("== resident memory (VmRSS; target <= 15 MiB each)");
     for (what, mib) in resident_memory(dir)? {
         println!(
@@ -798,12 +803,12 @@ fn print_memory(
 
 /// The supervisor's and one instance manager's VmRSS.
 fn resident_memory(
-    dir: &crate::state::DatabaseDir,
-) -> Result<Vec<(String, Option<f64>)>, LocalError> {
-    let db = crate::state::read_json::<crate::state::AppliedSpec>(&dir.spec_file())?
+    dir: &stator_local::state::DatabaseDir,
+) -> Result<Vec<(String, Option<f64>)>, CheckError> {
+    let db = stator_local::state::read_json::<stator_local::state::AppliedSpec>(&dir.spec_file())?
         .ok_or_else(|| LocalError::NotFound(dir.key()))?
         .database;
-    let report = crate::runtime::fetch_report(dir, &db)?;
+    let report = stator_local::runtime::fetch_report(dir, &db)?;
     let mut out = Vec::new();
     if let Some(pid) = report.supervisor_pid {
         out.push((
@@ -943,7 +948,7 @@ impl HandMariadb {
         }
     }
 
-    fn option_file(&self, dir: &Path, n: u16, base: u16) -> Result<PathBuf, LocalError> {
+    fn option_file(&self, dir: &Path, n: u16, base: u16) -> Result<PathBuf, CheckError> {
         let mut text = String::from("[mariadbd]\n");
         for (key, value) in &self.parameters {
             text.push_str(&format!("{key} = {value}\n"));
@@ -961,7 +966,7 @@ impl HandMariadb {
     }
 
     /// Runs `sql` (on stdin, so no password is on a command line) over server N's socket.
-    fn sql(&self, dir: &Path, n: u16, sql: &str) -> Result<String, LocalError> {
+    fn sql(&self, dir: &Path, n: u16, sql: &str) -> Result<String, CheckError> {
         use std::io::Write;
         let mut command = Command::new(&self.client);
         command
@@ -985,10 +990,10 @@ impl HandMariadb {
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(LocalError::Failed(format!(
-                "mariadb on s{n}.sock failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )))
+            Err(CheckError::Command {
+                what: format!("mariadb on s{n}.sock"),
+                output: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
         }
     }
 
@@ -998,7 +1003,7 @@ impl HandMariadb {
         n: u16,
         base: u16,
         cleanup: &mut Cleanup,
-    ) -> Result<(), LocalError> {
+    ) -> Result<(), CheckError> {
         let cnf = dir.join(format!("c{n}.cnf"));
         let mut command = Command::new(&self.server);
         command.arg(format!("--defaults-file={}", cnf.display()));
@@ -1018,7 +1023,7 @@ impl HandMariadb {
         dir: &Path,
         base: u16,
         cleanup: &mut Cleanup,
-    ) -> Result<Duration, LocalError> {
+    ) -> Result<Duration, CheckError> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| LocalError::io(dir, "cannot create", e))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
@@ -1031,8 +1036,8 @@ impl HandMariadb {
             )
             .map_err(|e| LocalError::io(dir, "cannot chown", e.into()))?;
         }
-        let replication = crate::secrets::generate_secret();
-        let app = crate::secrets::generate_secret();
+        let replication = stator_local::secrets::generate_secret();
+        let app = stator_local::secrets::generate_secret();
         let started = Instant::now();
         let cnf = self.option_file(dir, 0, base)?;
         run_step(
@@ -1117,10 +1122,10 @@ impl HandMariadb {
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(LocalError::Failed(format!(
-                        "the replica made by hand on port {} does not replicate:\n{status}",
-                        base + 10 + n
-                    )));
+                    return Err(CheckError::NotReplicating {
+                        port: base + 10 + n,
+                        status,
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -1131,7 +1136,7 @@ impl HandMariadb {
     /// Stops the servers (a clean shutdown) and removes the directory.
     fn stop(&self, dir: &Path, cleanup: &mut Cleanup) {
         for server in cleanup.hand_servers.iter().rev() {
-            crate::process::signal(server.id(), nix::sys::signal::Signal::SIGTERM);
+            stator_local::process::signal(server.id(), nix::sys::signal::Signal::SIGTERM);
         }
         for mut server in std::mem::take(&mut cleanup.hand_servers) {
             let _ = server.wait();
@@ -1153,16 +1158,16 @@ pub fn parse_sysbench_tps(output: &str) -> Option<f64> {
         .ok()
 }
 
-fn append(path: &Path, text: &str) -> Result<(), LocalError> {
+fn append(path: &Path, text: &str) -> Result<(), CheckError> {
     use std::io::Write;
     std::fs::OpenOptions::new()
         .append(true)
         .open(path)
         .and_then(|mut f| f.write_all(text.as_bytes()))
-        .map_err(|e| LocalError::io(path, "cannot append", e))
+        .map_err(|e| LocalError::io(path, "cannot append", e).into())
 }
 
-fn start_haproxy(dir: &Path, port: u16, primary: u16) -> Result<Child, LocalError> {
+fn start_haproxy(dir: &Path, port: u16, primary: u16) -> Result<Child, CheckError> {
     let cfg = dir.join("haproxy.cfg");
     std::fs::write(
         &cfg,
@@ -1179,10 +1184,10 @@ fn start_haproxy(dir: &Path, port: u16, primary: u16) -> Result<Child, LocalErro
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| LocalError::io("haproxy", "cannot start", e))
+        .map_err(|e| LocalError::io("haproxy", "cannot start", e).into())
 }
 
-fn wait_port(port: u16, timeout: Duration) -> Result<(), LocalError> {
+fn wait_port(port: u16, timeout: Duration) -> Result<(), CheckError> {
     let started = Instant::now();
     while started.elapsed() < timeout {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -1190,9 +1195,7 @@ fn wait_port(port: u16, timeout: Duration) -> Result<(), LocalError> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(LocalError::Failed(format!(
-        "nothing listens on port {port}"
-    )))
+    Err(CheckError::NothingListens(port))
 }
 
 fn which(program: &str) -> Option<PathBuf> {

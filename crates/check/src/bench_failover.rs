@@ -26,9 +26,12 @@ use std::process::Command;
 
 use serde::Deserialize;
 
-use crate::chaos::Fault;
 use crate::checker::{self, CheckOptions, CheckReport, Spread};
-use crate::error::LocalError;
+use crate::fault::Fault;
+use crate::local::LocalTarget;
+use stator_local::LocalError;
+
+use crate::error::CheckError;
 
 /// Options of `stator bench failover`.
 #[derive(clap::Args, Debug, Clone)]
@@ -104,7 +107,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn stator(&self, verb: &[&str]) -> Result<(), LocalError> {
+    fn stator(&self, verb: &[&str]) -> Result<(), CheckError> {
         let out = Command::new(&self.exe)
             .args(verb)
             .arg("-f")
@@ -116,11 +119,10 @@ impl Cluster {
         if out.status.success() {
             Ok(())
         } else {
-            Err(LocalError::Failed(format!(
-                "stator {} failed: {}",
-                verb.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            )))
+            Err(CheckError::Command {
+                what: format!("stator {}", verb.join(" ")),
+                output: String::from_utf8_lossy(&out.stderr).into_owned(),
+            })
         }
     }
 }
@@ -131,24 +133,24 @@ impl Drop for Cluster {
     }
 }
 
-pub fn run(args: &FailoverBenchArgs, exe: &Path) -> Result<(), LocalError> {
-    crate::preflight::find_bin_dir(stator_api::Engine::Postgres, "15")?;
+pub fn run(args: &FailoverBenchArgs, exe: &Path) -> Result<(), CheckError> {
+    stator_local::preflight::find_bin_dir(stator_api::Engine::Postgres, "15")?;
     let tuned = parse_patroni_setting(&args.patroni_tuned)?;
     if !args
         .patroni_tuned_haproxy
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b' ')
     {
-        return Err(LocalError::Invalid(format!(
+        return Err(CheckError::from(LocalError::Invalid(format!(
             "--patroni-tuned-haproxy {:?}: only words and numbers, e.g. \"inter 500ms fall 2 rise 1\"",
             args.patroni_tuned_haproxy
-        )));
+        ))));
     }
     if !args.skip_patroni && !args.patroni_script.is_file() {
-        return Err(LocalError::Invalid(format!(
+        return Err(CheckError::from(LocalError::Invalid(format!(
             "--patroni-script {}: no such file (run from the repository root, or pass its path; --skip-patroni measures Stator only)",
             args.patroni_script.display()
-        )));
+        ))));
     }
     let work = match &args.work_dir {
         Some(dir) => Work {
@@ -239,7 +241,7 @@ fn measure_stator(
     args: &FailoverBenchArgs,
     exe: &Path,
     root: &Path,
-) -> Result<Vec<Measured>, LocalError> {
+) -> Result<Vec<Measured>, CheckError> {
     let spec = root.join("bench-failover.yaml");
     std::fs::write(
         &spec,
@@ -256,7 +258,7 @@ fn measure_stator(
     };
     eprintln!("== stator: bringing up a 3-instance cluster");
     cluster.stator(&["up"])?;
-    let dir = crate::state::StateDir {
+    let dir = stator_local::state::StateDir {
         root: cluster.state.clone(),
     }
     .database("default", "benchfo");
@@ -268,8 +270,9 @@ fn measure_stator(
     };
     let mut out = Vec::new();
     eprintln!("== stator, lost node (stop-node): {} rounds", args.rounds);
+    let target = LocalTarget::open(&dir)?;
     let lost_node = checker::check(
-        &dir,
+        &target,
         &CheckOptions {
             failovers: args.rounds,
             fault: Fault::StopNode,
@@ -294,7 +297,7 @@ fn measure_stator(
             args.in_place_rounds
         );
         let in_place = checker::check(
-            &dir,
+            &target,
             &CheckOptions {
                 failovers: args.in_place_rounds,
                 fault: Fault::KillNode,
@@ -337,7 +340,11 @@ fn measure_stator(
 
 /// An incomplete check is a finding: its supervisor's and instances' logs are copied to
 /// `/tmp/stator-bench-failover-logs-PID-FAULT/` (the cluster itself is deleted afterwards).
-fn keep_logs_if_incomplete(report: &CheckReport, dir: &crate::state::DatabaseDir, fault: &str) {
+fn keep_logs_if_incomplete(
+    report: &CheckReport,
+    dir: &stator_local::state::DatabaseDir,
+    fault: &str,
+) {
     if report.aborted.is_none() {
         return;
     }
@@ -396,13 +403,13 @@ fn stator_line(report: &CheckReport, system: String, fault: String) -> Measured 
 }
 
 /// `TTL/LOOP_WAIT/RETRY_TIMEOUT` in whole seconds.
-pub fn parse_patroni_setting(text: &str) -> Result<(u32, u32, u32), LocalError> {
+pub fn parse_patroni_setting(text: &str) -> Result<(u32, u32, u32), CheckError> {
     let parts: Vec<Option<u32>> = text.split('/').map(|p| p.trim().parse().ok()).collect();
     match parts.as_slice() {
         [Some(ttl), Some(lw), Some(rt)] if *ttl > 0 && *lw > 0 && *rt > 0 => Ok((*ttl, *lw, *rt)),
-        _ => Err(LocalError::Invalid(format!(
+        _ => Err(CheckError::from(LocalError::Invalid(format!(
             "--patroni-tuned {text:?}: expected TTL/LOOP_WAIT/RETRY_TIMEOUT in whole seconds above 0, e.g. 2/1/2"
-        ))),
+        )))),
     }
 }
 

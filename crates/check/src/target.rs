@@ -1,0 +1,63 @@
+//! What a check runs against, behind one trait: where it connects (the `rw` service and each
+//! instance's server, with which logins), how it learns which instance is the primary and
+//! whether the database is ready, and how it injects a fault into an instance. The local
+//! runtime's target is [`LocalTarget`](crate::LocalTarget); a Kubernetes database can be one
+//! too (the `rw` Service, the pods' addresses, the `Database` status, pod deletion).
+//!
+//! The checker identifies the server behind a connection by its port (`inet_server_port()`,
+//! `@@port`): every instance of a target must listen on its own port.
+
+use std::future::Future;
+
+use stator_api::Database;
+
+use crate::checker::Access;
+use crate::error::CheckError;
+use crate::fault::Fault;
+
+/// What the runtime says of the database at one moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// The instance the runtime holds for the primary (`NAME-N`).
+    pub primary: String,
+    /// Ready: every instance ready, the primary serving.
+    pub ready: bool,
+    /// Why it is not ready, for a person.
+    pub unready: String,
+}
+
+/// What a fault did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Injection {
+    /// One line a person reads, e.g. `kill pg-0: SIGKILL server 1234`.
+    pub summary: String,
+    /// Processes signalled, where the target knows them.
+    pub pids: Vec<u32>,
+}
+
+/// A running database the checker can write to, watch and fail.
+pub trait Target: Sync {
+    /// `NAMESPACE/NAME`, for reports.
+    fn key(&self) -> String;
+
+    /// The database as applied.
+    fn database(&self) -> &Database;
+
+    /// The logins and the host every port below is on.
+    fn access(&self) -> &Access;
+
+    /// The `rw` service's port.
+    fn rw_port(&self) -> u16;
+
+    /// Every instance's name and its server's port, probed directly by the watcher.
+    fn instances(&self) -> Vec<(String, u16)>;
+
+    /// What the runtime says now.
+    fn observe(&self) -> impl Future<Output = Result<Observation, CheckError>> + Send;
+
+    /// Fails `instance` with `fault`.
+    fn inject(&self, instance: &str, fault: Fault) -> Result<Injection, CheckError>;
+
+    /// Ends a held fault (`stop`, `stop-node`) of `instance`.
+    fn resume(&self, instance: &str) -> Result<Injection, CheckError>;
+}
