@@ -22,11 +22,13 @@
 //! - [`parameter_check`]: `spec.config.parameters` checked against the server binary itself.
 //! - [`process`]: starting tools and the server as that user; adopting a running server.
 //! - [`procfs`]: what `/proc` says of a process (state, parent, command line, tree), read once.
+//! - [`manager_client`]: the HTTP client for instance managers (status, orders, backup stream).
 //! - [`error`]: the error type, naming files, users and fields.
 
 pub mod credentials;
 pub mod data_dir;
 pub mod error;
+pub mod manager_client;
 pub mod mariadb;
 pub mod mysql;
 pub mod mysql_family;

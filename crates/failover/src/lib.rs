@@ -15,11 +15,11 @@
 //! - [`history`]: what is kept (`failover.json`): the core's memory, events, write outages;
 //!   the failover part of the status report.
 //! - [`ticket`]: switchover requests and their [`TicketState`].
-//! - [`client`]: the HTTP client for instance managers (and the local supervisor).
+//! - [`client`]: the HTTP client for instance managers (and the local supervisor), which is
+//!   `stator_engine::manager_client`: the instance managers use it to ask each other too.
 //! - [`server`]: the direct query to a primary's server and the write check through `rw`.
 //! - [`clock`]: monotonic and wall clocks, RFC 3339.
 
-pub mod client;
 pub mod clock;
 pub mod history;
 pub mod runtime;
@@ -29,6 +29,8 @@ pub mod ticket;
 
 #[cfg(test)]
 mod fake;
+
+pub use stator_engine::manager_client as client;
 
 pub use history::{
     EventKind, EventOutcome, FailoverEvent, FailoverReport, FailoverState, WriteOutage,

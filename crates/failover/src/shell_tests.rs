@@ -34,7 +34,34 @@ struct Row {
     steps: Vec<Step>,
 }
 
+impl Row {
+    /// A PostgreSQL pair whose primary record names db-0.
+    fn postgres(name: &'static str, steps: Vec<Step>) -> Row {
+        Row {
+            name,
+            engine: Engine::Postgres,
+            instances: 2,
+            recorded: Some(0),
+            steps,
+        }
+    }
+}
+
 fn nothing(_: &mut Shell) {}
+
+/// Asks for a switchover to db-`to`.
+fn request(shell: &mut Shell, to: u32) {
+    shell
+        .desk
+        .lock()
+        .unwrap()
+        .request(Some((format!("db-{to}"), to)));
+}
+
+/// The last switchover ticket.
+fn ticket(shell: &Shell) -> SwitchoverTicket {
+    shell.desk.lock().unwrap().last().unwrap()
+}
 
 fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
     if ok { Ok(()) } else { Err(what()) }
@@ -77,12 +104,9 @@ fn settle() -> Step {
 
 fn rows() -> Vec<Row> {
     vec![
-        Row {
-            name: "a healthy pair is routed and its primary confirmed and saved",
-            engine: Engine::Postgres,
-            instances: 2,
-            recorded: Some(0),
-            steps: vec![Step {
+        Row::postgres(
+            "a healthy pair is routed and its primary confirmed and saved",
+            vec![Step {
                 advance_ms: 0,
                 before: nothing,
                 sightings: healthy_pair,
@@ -106,13 +130,10 @@ fn rows() -> Vec<Row> {
                     ensure(rt.did.is_empty(), || format!("did {:?}", rt.did))
                 },
             }],
-        },
-        Row {
-            name: "a lost primary is fenced and replaced only after the detection timeout",
-            engine: Engine::Postgres,
-            instances: 2,
-            recorded: Some(0),
-            steps: vec![
+        ),
+        Row::postgres(
+            "a lost primary is fenced and replaced only after the detection timeout",
+            vec![
                 settle(),
                 Step {
                     advance_ms: 100,
@@ -195,13 +216,10 @@ fn rows() -> Vec<Row> {
                     },
                 },
             ],
-        },
-        Row {
-            name: "a held instance is down for the core and kept down",
-            engine: Engine::Postgres,
-            instances: 2,
-            recorded: Some(0),
-            steps: vec![Step {
+        ),
+        Row::postgres(
+            "a held instance is down for the core and kept down",
+            vec![Step {
                 advance_ms: 0,
                 before: |shell| {
                     shell.rt.held.insert(1, "drained".into());
@@ -221,13 +239,10 @@ fn rows() -> Vec<Row> {
                     })
                 },
             }],
-        },
-        Row {
-            name: "a server running without its manager is unreachable, not down",
-            engine: Engine::Postgres,
-            instances: 2,
-            recorded: Some(0),
-            steps: vec![
+        ),
+        Row::postgres(
+            "a server running without its manager is unreachable, not down",
+            vec![
                 settle(),
                 Step {
                     advance_ms: 2_500,
@@ -248,22 +263,17 @@ fn rows() -> Vec<Row> {
                     },
                 },
             ],
-        },
-        Row {
-            name: "a switchover is taken once, fences cleanly, waits for the final checkpoint and ends done",
-            engine: Engine::Postgres,
-            instances: 2,
-            recorded: Some(0),
-            steps: vec![
+        ),
+        Row::postgres(
+            "a switchover is taken once, fences cleanly, waits for the final checkpoint and ends done",
+            vec![
                 settle(),
                 Step {
                     advance_ms: 100,
-                    before: |shell| {
-                        shell.desk.lock().unwrap().request(Some(("db-1".into(), 1)));
-                    },
+                    before: |shell| request(shell, 1),
                     sightings: healthy_pair,
                     expect: |_, shell| {
-                        let ticket = shell.desk.lock().unwrap().last().unwrap();
+                        let ticket = ticket(shell);
                         ensure(
                             ticket.state == TicketState::Running
                                 && ticket.from.as_deref() == Some("db-0"),
@@ -307,7 +317,7 @@ fn rows() -> Vec<Row> {
                     before: nothing,
                     sightings: promoted,
                     expect: |_, shell| {
-                        let ticket = shell.desk.lock().unwrap().last().unwrap();
+                        let ticket = ticket(shell);
                         ensure(
                             ticket.state == TicketState::Done
                                 && ticket.message == "db-1 is the primary (term 2)"
@@ -324,22 +334,17 @@ fn rows() -> Vec<Row> {
                     },
                 },
             ],
-        },
-        Row {
-            name: "a switchover to the primary itself is refused and nothing is fenced",
-            engine: Engine::Postgres,
-            instances: 2,
-            recorded: Some(0),
-            steps: vec![
+        ),
+        Row::postgres(
+            "a switchover to the primary itself is refused and nothing is fenced",
+            vec![
                 settle(),
                 Step {
                     advance_ms: 100,
-                    before: |shell| {
-                        shell.desk.lock().unwrap().request(Some(("db-0".into(), 0)));
-                    },
+                    before: |shell| request(shell, 0),
                     sightings: healthy_pair,
                     expect: |_, shell| {
-                        let ticket = shell.desk.lock().unwrap().last().unwrap();
+                        let ticket = ticket(shell);
                         ensure(
                             ticket.state == TicketState::Refused
                                 && ticket.outcome().starts_with("switchover refused: "),
@@ -350,7 +355,7 @@ fn rows() -> Vec<Row> {
                     },
                 },
             ],
-        },
+        ),
         Row {
             name: "a MariaDB primary is fenced read-only for a switchover",
             engine: Engine::Mariadb,
@@ -371,9 +376,7 @@ fn rows() -> Vec<Row> {
                 },
                 Step {
                     advance_ms: 100,
-                    before: |shell| {
-                        shell.desk.lock().unwrap().request(Some(("db-1".into(), 1)));
-                    },
+                    before: |shell| request(shell, 1),
                     sightings: mariadb_pair,
                     expect: |_, shell| {
                         let did = shell.runtime_mut().take_did();
@@ -452,11 +455,11 @@ async fn a_switchover_the_core_turned_into_a_failover_is_abandoned_whatever_its_
     let mut after = before.clone();
     after.transition = Some(started(TransitionKind::Failover));
     shell.state.memory = after.clone();
-    let ticket = shell.desk.lock().unwrap().request(Some(("db-1".into(), 1)));
+    request(&mut shell, 1);
     shell.running_ticket = Some(RunningTicket {
         ticket: SwitchoverTicket {
             state: TicketState::Running,
-            ..ticket
+            ..ticket(&shell)
         },
         to: Some(1),
         decided: true,
@@ -473,7 +476,7 @@ async fn a_switchover_the_core_turned_into_a_failover_is_abandoned_whatever_its_
         },
     };
     shell.settle_ticket(&spec, &before, &decision);
-    let ticket = shell.desk.lock().unwrap().last().unwrap();
+    let ticket = ticket(&shell);
     assert_eq!(ticket.state, TicketState::Abandoned, "{ticket:?}");
     assert!(shell.running_ticket.is_none());
     // A failover that was one from the start leaves the ticket running.

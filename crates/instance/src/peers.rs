@@ -27,11 +27,9 @@
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use stator_api::Role;
 use stator_api::instance::{Endpoint, InstanceReport, Peer, ServerState};
+use stator_engine::manager_client;
 
 /// How long one peer gets to answer.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -135,48 +133,17 @@ pub async fn ask(peer: &Peer) -> PeerAnswer {
         Err(_) => return PeerAnswer::Missing,
     };
     let silent = |why: String| PeerAnswer::Silent(format!("{host}:{port}: {why}"));
-    let tcp = match tokio::net::TcpStream::connect(address).await {
-        Ok(t) => t,
-        Err(e) => return silent(e.to_string()),
-    };
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
-            Ok(pair) => pair,
-            Err(e) => return silent(e.to_string()),
-        };
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let request = match hyper::Request::get("/status")
-        .header(hyper::header::HOST, format!("{host}:{port}"))
-        .body(Empty::<Bytes>::new())
+    match manager_client::get_json::<InstanceReport>(
+        &address.ip().to_string(),
+        port,
+        "/status",
+        ASK_TIMEOUT,
+    )
+    .await
     {
-        Ok(r) => r,
-        Err(e) => return silent(e.to_string()),
-    };
-    let answer = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(format!("/status answered {status}"));
-        }
-        serde_json::from_slice::<InstanceReport>(&body).map_err(|e| format!("/status: {e}"))
-    }
-    .await;
-    driver.abort();
-    match answer {
         Ok(report) if report.name == peer.server.instance => PeerAnswer::Report(Box::new(report)),
         Ok(report) => silent(format!("answers as {}", report.name)),
-        Err(why) => silent(why),
+        Err(e) => silent(e.detail()),
     }
 }
 

@@ -16,15 +16,13 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use mysql_async::Conn;
 use stator_api::instance::Endpoint;
 use tokio::io::AsyncWriteExt;
 
 use crate::credentials::Credentials;
 use crate::error::EngineError;
+use crate::manager_client;
 use crate::mysql_family::MysqlFamily;
 use crate::mysql_family::config::REPLICATION_USER;
 use crate::process::PipedTool;
@@ -233,53 +231,35 @@ async fn fetch_backup(
             "backup stream from {host}:{port}{BACKUP_PATH}: {message}"
         ))
     };
-    let tcp = tokio::time::timeout(
+    let mut answer = manager_client::get_stream(
+        host,
+        port,
+        BACKUP_PATH,
+        Some(token),
         Duration::from_secs(10),
-        tokio::net::TcpStream::connect((host, port)),
     )
     .await
-    .map_err(|_| failed("connection timed out".into()))?
-    .map_err(|e| failed(e.to_string()))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let request = hyper::Request::get(BACKUP_PATH)
-        .header(hyper::header::HOST, format!("{host}:{port}"))
-        .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| failed(e.to_string()))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let status = response.status();
-    let mut body = response.into_body();
-    if !status.is_success() {
-        let text = body
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-            .unwrap_or_default();
-        driver.abort();
-        return Err(failed(format!("{status}: {}", text.trim())));
+    .map_err(|e| failed(e.detail()))?;
+    if !(200..300).contains(&answer.status) {
+        let status = answer.status;
+        let text = answer.text().await;
+        return Err(failed(format!("HTTP {status}: {text}")));
     }
     let mut received: u64 = 0;
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| failed(format!("interrupted after {received} bytes: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            received += data.len() as u64;
-            sink.write_all(&data)
-                .await
-                .map_err(|e| failed(format!("mbstream stopped reading: {e}")))?;
-        }
+    while let Some(data) = answer.chunk().await {
+        let data = data.map_err(|e| {
+            failed(format!(
+                "interrupted after {received} bytes: {}",
+                e.detail()
+            ))
+        })?;
+        received += data.len() as u64;
+        sink.write_all(&data)
+            .await
+            .map_err(|e| failed(format!("mbstream stopped reading: {e}")))?;
     }
     sink.shutdown().await.ok();
     drop(sink);
-    driver.abort();
     tracing::info!(bytes = received, "backup stream received");
     Ok(())
 }

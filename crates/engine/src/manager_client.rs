@@ -1,12 +1,14 @@
-//! The one HTTP/1.1 client for instance managers and the local supervisor: `GET /status`
-//! decoded as JSON, and orders (`POST` with a JSON body and the api-token as a bearer token:
-//! `/promote`, `/demote`, `/reload` to a manager, `/switchover` to the supervisor). One request
-//! per connection, on hyper. The token only ever travels in the `Authorization` header.
+//! The one HTTP/1.1 client for instance managers (and the local supervisor, which serves the
+//! same way): `GET /status` decoded as JSON, orders (`POST` with a JSON body and the api-token
+//! as a bearer token: `/promote`, `/demote`, `/reload` to a manager, `/switchover` to the
+//! supervisor), and a streamed `GET` (`/backup`). Its users: the failover shell, the local
+//! runtime, an instance manager asking its peers and cloning from its upstream. One request per
+//! connection, on hyper. The token only ever travels in the `Authorization` header.
 
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
@@ -24,6 +26,18 @@ pub enum ClientError {
     Protocol(String, String),
     #[error("{0}: HTTP {1}: {2}")]
     Status(String, u16, String),
+}
+
+impl ClientError {
+    /// What went wrong, without the URL (for messages that name the peer already).
+    pub fn detail(&self) -> String {
+        match self {
+            ClientError::Connect(_, e) => e.to_string(),
+            ClientError::Timeout(_, timeout) => format!("no answer within {timeout:?}"),
+            ClientError::Protocol(_, m) => m.clone(),
+            ClientError::Status(_, code, body) => format!("HTTP {code}: {body}"),
+        }
+    }
 }
 
 /// `GET http://host:port/path` decoded as JSON.
@@ -71,6 +85,83 @@ pub fn answer_text(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string())
 }
 
+/// A `GET` whose body is read as it arrives ([`Streaming::chunk`]); only the connection has a
+/// timeout, the transfer may take as long as it takes.
+pub async fn get_stream(
+    host: &str,
+    port: u16,
+    path: &str,
+    bearer: Option<&str>,
+    connect_timeout: Duration,
+) -> Result<Streaming, ClientError> {
+    let target = format!("http://{host}:{port}{path}");
+    let tcp = tokio::time::timeout(
+        connect_timeout,
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    .map_err(|_| ClientError::Timeout(target.clone(), connect_timeout))?
+    .map_err(|e| ClientError::Connect(target.clone(), e))?;
+    let (status, body, driver) = send(tcp, host, port, "GET", path, bearer, None, &target).await?;
+    Ok(Streaming {
+        status,
+        body,
+        target,
+        _driver: driver,
+    })
+}
+
+/// An answer whose body is still arriving.
+pub struct Streaming {
+    pub status: u16,
+    body: Incoming,
+    target: String,
+    /// Held for its Drop: the connection lives as long as the answer.
+    _driver: Driver,
+}
+
+impl Streaming {
+    /// The next piece of the body; `None` at its end.
+    pub async fn chunk(&mut self) -> Option<Result<Bytes, ClientError>> {
+        loop {
+            match self.body.frame().await? {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Some(Ok(data));
+                    }
+                }
+                Err(e) => {
+                    return Some(Err(ClientError::Protocol(
+                        self.target.clone(),
+                        e.to_string(),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The rest of the body as text (an error's explanation).
+    pub async fn text(mut self) -> String {
+        let mut out = Vec::new();
+        while let Some(Ok(data)) = self.chunk().await {
+            out.extend_from_slice(&data);
+            if out.len() > MAX_RESPONSE {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&out).trim().to_string()
+    }
+}
+
+/// The task driving a connection, stopped when the answer is dropped.
+struct Driver(tokio::task::JoinHandle<()>);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One request (`bearer`: the token for `Authorization`, `body`: JSON); the status code and
 /// the body.
 pub async fn request(
@@ -83,14 +174,30 @@ pub async fn request(
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), ClientError> {
     let target = format!("http://{host}:{port}{path}");
-    let exchange = exchange(host, port, method, path, bearer, body, &target);
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| ClientError::Connect(target.clone(), e))?;
+        let (status, answer, _driver) =
+            send(tcp, host, port, method, path, bearer, body, &target).await?;
+        let bytes = Limited::new(answer, MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(target.clone(), e.to_string()))?
+            .to_bytes();
+        Ok((status, bytes.to_vec()))
+    };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(result) => result,
         Err(_) => Err(ClientError::Timeout(target, timeout)),
     }
 }
 
-async fn exchange(
+/// Sends one request on `tcp`; the answer's status, its body still to be read, and the task
+/// driving the connection meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    tcp: tokio::net::TcpStream,
     host: &str,
     port: u16,
     method: &str,
@@ -98,17 +205,14 @@ async fn exchange(
     bearer: Option<&str>,
     body: Option<&str>,
     target: &str,
-) -> Result<(u16, Vec<u8>), ClientError> {
+) -> Result<(u16, Incoming, Driver), ClientError> {
     let protocol = |e: &dyn std::fmt::Display| ClientError::Protocol(target.into(), e.to_string());
-    let tcp = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| ClientError::Connect(target.to_string(), e))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(|e| protocol(&e))?;
-    let driver = tokio::spawn(async move {
+    let driver = Driver(tokio::spawn(async move {
         let _ = connection.await;
-    });
+    }));
     let mut builder = hyper::Request::builder()
         .method(method)
         .uri(path)
@@ -120,23 +224,12 @@ async fn exchange(
         builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
     }
     let payload = Full::new(Bytes::from(body.unwrap_or_default().to_string()));
-    let answer = async {
-        let request = builder.body(payload).map_err(|e| protocol(&e))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| protocol(&e))?;
-        let status = response.status().as_u16();
-        let bytes = Limited::new(response.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| protocol(&e))?
-            .to_bytes();
-        Ok((status, bytes.to_vec()))
-    }
-    .await;
-    driver.abort();
-    answer
+    let request = builder.body(payload).map_err(|e| protocol(&e))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| protocol(&e))?;
+    Ok((response.status().as_u16(), response.into_body(), driver))
 }
 
 #[cfg(test)]
@@ -214,6 +307,36 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_arrives_in_pieces_with_the_token_sent() {
+        let (port, server) = serve_once(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            "\r\n\r\n",
+        )
+        .await;
+        let mut answer = get_stream(
+            "127.0.0.1",
+            port,
+            "/backup",
+            Some("t0k"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.status, 200);
+        let mut body = Vec::new();
+        while let Some(piece) = answer.chunk().await {
+            body.extend_from_slice(&piece.unwrap());
+        }
+        assert_eq!(body, b"abcde");
+        let request = server.await.unwrap().to_ascii_lowercase();
+        assert!(request.starts_with("get /backup http/1.1\r\n"), "{request}");
+        assert!(
+            request.contains("authorization: bearer t0k\r\n"),
+            "{request}"
+        );
     }
 
     #[tokio::test]
