@@ -70,6 +70,35 @@ pub enum Bootstrap {
     InitPrimary,
     /// A replica cloned from `upstream` (`pg_basebackup` / `mariadb-backup`), then following it.
     CloneFrom { upstream: Endpoint },
+    /// A new primary restored from another database's backup (`pgbackrest restore`), recovered
+    /// to a target and promoted; its replicas then clone it.
+    RestoreFrom { source: RestoreSource },
+}
+
+/// A restore into an empty data dir: from the repository of `stanza` at `repository`, backup
+/// `set`, stopping at `target`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSource {
+    pub stanza: String,
+    pub repository: PathBuf,
+    pub set: String,
+    pub target: RestoreTarget,
+}
+
+/// Where a restore stops.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", tag = "type", content = "value")]
+pub enum RestoreTarget {
+    /// Replay every archived WAL segment.
+    Latest,
+    /// Stop at the end of the backup (consistency).
+    Immediate,
+    /// Stop after the last transaction committed at or before this time (PostgreSQL format,
+    /// UTC: `2026-11-26 12:00:00.123456+00`).
+    Time(String),
+    /// Stop at this LSN.
+    Lsn(String),
 }
 
 /// A server reachable over TCP, named by its instance.

@@ -92,9 +92,9 @@ pub struct DatabaseSpec {
     #[serde(default)]
     pub local: LocalSpec,
 
-    /// Scheduled backups and continuous WAL archiving for point-in-time recovery. Not
-    /// implemented yet: `stator up` and `stator render` refuse a spec that sets it, so that no
-    /// one believes they have backups when they do not.
+    /// Scheduled backups and continuous WAL archiving for point-in-time recovery. Implemented
+    /// for PostgreSQL with a local repository under `stator up`; everything else (MariaDB, s3,
+    /// `stator render`) is refused, so that no one believes they have backups when they do not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
 }
@@ -269,6 +269,30 @@ pub struct BootstrapSpec {
     /// ones in the Secret `NAME-credentials`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// Start as a restore of another database's backup instead of an empty database
+    /// (PostgreSQL, local repository: read from `spec.backup.repository`). Used once, when the
+    /// database is created; `stator restore` fills it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<RestoreFromSpec>,
+}
+
+/// Where a restored database comes from, and to which point.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreFromSpec {
+    /// The database whose backups are restored (same namespace, same repository).
+    pub database: String,
+    /// The backup (a pgBackRest label such as `20261126-120000F`). Unset: the newest backup
+    /// that ended before the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// Recover up to this time (RFC 3339, e.g. `2026-11-26T12:00:00Z`). Unset with `targetLsn`
+    /// unset: replay all archived WAL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_time: Option<String>,
+    /// Recover up to this LSN (e.g. `0/3000060`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_lsn: Option<String>,
 }
 
 fn default_app_name() -> String {
@@ -281,6 +305,7 @@ impl Default for BootstrapSpec {
             database: default_app_name(),
             owner: default_app_name(),
             secret_name: None,
+            restore_from: None,
         }
     }
 }

@@ -351,6 +351,73 @@ fn validate_bootstrap(db: &Database, r: &mut Report) {
     {
         r.error("spec.bootstrap.secretName", format!("{secret:?} {problem}"));
     }
+    if let Some(from) = &b.restore_from {
+        validate_restore_from(db, from, r);
+    }
+}
+
+fn validate_restore_from(db: &Database, from: &crate::spec::RestoreFromSpec, r: &mut Report) {
+    if let Some(problem) = crate::names::dns1123_label_problem(&from.database) {
+        r.error(
+            "spec.bootstrap.restoreFrom.database",
+            format!("{:?} {problem}", from.database),
+        );
+    } else if from.database == db.name() {
+        r.error(
+            "spec.bootstrap.restoreFrom.database",
+            format!(
+                "{:?} is this database itself; restore into a new database (another metadata.name)",
+                from.database
+            ),
+        );
+    }
+    if db.spec.engine != crate::Engine::Postgres {
+        r.error(
+            "spec.bootstrap.restoreFrom",
+            format!(
+                "{} cannot be restored from a backup yet (PostgreSQL only)",
+                db.spec.engine
+            ),
+        );
+    }
+    if db
+        .spec
+        .backup
+        .as_ref()
+        .is_none_or(|b| b.repository.local.is_none())
+    {
+        r.error(
+            "spec.bootstrap.restoreFrom",
+            "needs spec.backup.repository.local: the repository that holds the backups of the database restored from",
+        );
+    }
+    if from.target_time.is_some() && from.target_lsn.is_some() {
+        r.error(
+            "spec.bootstrap.restoreFrom",
+            "gives both targetTime and targetLsn; give at most one",
+        );
+    }
+    if let Some(lsn) = &from.target_lsn
+        && lsn.parse::<crate::position::Lsn>().is_err()
+    {
+        r.error(
+            "spec.bootstrap.restoreFrom.targetLsn",
+            format!("{lsn:?} is not an LSN (e.g. 0/3000060)"),
+        );
+    }
+    if let Some(backup) = &from.backup
+        && (backup.is_empty()
+            || !backup
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    {
+        r.error(
+            "spec.bootstrap.restoreFrom.backup",
+            format!(
+                "{backup:?} is not a backup label (e.g. 20261126-120000F, see `stator backup list`)"
+            ),
+        );
+    }
 }
 
 fn validate_availability(db: &Database, r: &mut Report) {
@@ -494,11 +561,14 @@ fn validate_backup(db: &Database, r: &mut Report) {
     let Some(backup) = &db.spec.backup else {
         return;
     };
-    r.warn(
-        "spec.backup",
-        "backups are not implemented yet in this version of Stator: `stator up` and \
-         `stator render` refuse a spec that sets it",
-    );
+    if db.spec.engine != crate::Engine::Postgres || backup.repository.local.is_none() {
+        r.warn(
+            "spec.backup",
+            "backups are implemented only for PostgreSQL with a local repository under \
+             `stator up`: `stator up` refuses this spec and `stator render` refuses any spec \
+             that sets spec.backup",
+        );
+    }
     let BackupSpec {
         repository,
         schedule,

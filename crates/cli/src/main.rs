@@ -48,6 +48,8 @@ enum Command {
     Switchover(cmd::switchover::SwitchoverArgs),
     Drain(cmd::switchover::DrainArgs),
     Chaos(cmd::chaos::ChaosArgs),
+    Backup(cmd::backup::BackupArgs),
+    Restore(cmd::backup::RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +66,8 @@ fn main() -> ExitCode {
         Command::Switchover(args) => cmd::switchover::switchover(args),
         Command::Drain(args) => cmd::switchover::drain(args),
         Command::Chaos(args) => cmd::chaos::run(args),
+        Command::Backup(args) => cmd::backup::backup(args),
+        Command::Restore(args) => cmd::backup::restore(args),
     };
     match result {
         Ok(code) => code,

@@ -82,6 +82,21 @@ pub trait ServerEngine: Send + Sync + 'static {
         creds: &Credentials,
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
 
+    /// Fills an empty data directory from another database's backup, recovered to a target and
+    /// promoted (`Bootstrap::RestoreFrom`). Engines without restores refuse.
+    fn restore_from(
+        &self,
+        source: &stator_api::instance::RestoreSource,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send {
+        let _ = source;
+        async {
+            Err(EngineError::Config {
+                field: "spec.bootstrap.restoreFrom".into(),
+                message: format!("{} cannot restore from a backup yet", self.kind()),
+            })
+        }
+    }
+
     /// Writes the server's configuration files (from the spec, the managed keys and the role
     /// recorded in the data directory) and the 0600 password file replication uses.
     fn write_config(&self, creds: &Credentials) -> Result<(), EngineError>;

@@ -38,6 +38,9 @@ pub struct Endpoints {
     pub engine: stator_api::Engine,
     /// The engine that streams `/backup` (MariaDB); `None`: the endpoint answers 404.
     pub backup: Option<Arc<MysqlFamily>>,
+    /// pgBackRest backups (`spec.backup`, PostgreSQL): `POST /backups` and `backup` in
+    /// `/status`; `None`: the endpoint answers 404.
+    pub backups: Option<Arc<crate::backups::Backups>>,
 }
 
 /// One backup at a time: mariadb-backup's backup locks do not nest.
@@ -56,6 +59,7 @@ pub fn router(endpoints: Endpoints) -> Router {
         .route("/demote", post(demote))
         .route("/reload", post(reload))
         .route("/backup", get(backup))
+        .route("/backups", post(create_backup))
         .with_state(endpoints)
 }
 
@@ -81,12 +85,59 @@ async fn readyz(State(e): State<Endpoints>) -> Response {
 }
 
 /// The report; `?fresh=1` queries the server first (bounded) instead of the last periodic
-/// observation ([`InstanceStatus::refresh`]).
+/// observation ([`InstanceStatus::refresh`]). With backups, their facts under `backup`.
 async fn status(State(e): State<Endpoints>, uri: axum::http::Uri) -> Response {
     if crate::managed::asks_fresh(uri.query()) {
         e.status.refresh().await;
     }
-    axum::Json(e.status.report()).into_response()
+    let report = e.status.report();
+    match &e.backups {
+        None => axum::Json(report).into_response(),
+        Some(b) => {
+            let mut value = serde_json::to_value(&report).unwrap_or_default();
+            if let Some(map) = value.as_object_mut() {
+                map.insert(
+                    "backup".into(),
+                    serde_json::to_value(b.facts()).unwrap_or_default(),
+                );
+            }
+            axum::Json(value).into_response()
+        }
+    }
+}
+
+/// Body of `POST /backups`: `{"type": "full"|"diff"|"incr"}` (optional; default incremental,
+/// the first one is full).
+#[derive(serde::Deserialize, Default)]
+struct BackupRequest {
+    #[serde(default, rename = "type")]
+    kind: Option<stator_engine::postgres::backrest::BackupKind>,
+}
+
+/// Runs one pgBackRest backup on this primary and answers when it is done.
+async fn create_backup(State(e): State<Endpoints>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refused) = check_token(&e, &headers) {
+        return refused;
+    }
+    let Some(backups) = e.backups.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this instance takes no backups: spec.backup names no local repository (or the engine is not PostgreSQL)",
+        );
+    };
+    let request: BackupRequest = if body.is_empty() {
+        BackupRequest::default()
+    } else {
+        match json_body(&body, r#"{"type": "full"|"diff"|"incr"}"#) {
+            Ok(r) => r,
+            Err(why) => return error(StatusCode::BAD_REQUEST, why),
+        }
+    };
+    tracing::info!("backup requested");
+    match backups.run(request.kind).await {
+        Ok(outcome) => (StatusCode::OK, axum::Json(outcome)).into_response(),
+        Err(why) => error(StatusCode::CONFLICT, why),
+    }
 }
 
 async fn metrics(State(e): State<Endpoints>) -> Response {

@@ -18,9 +18,11 @@
 //! - [`managed`]: the managed mode (the operator's pods): no role of its own; the orders
 //!   `/bootstrap`, `/role`, `/fence`, `/rebuild`, and `/status?fresh=1`.
 //! - [`api_token`]: the bearer token of the mutating endpoints.
+//! - [`backups`]: pgBackRest backups on the primary, the stanza, a full backup after a promotion.
 //! - [`error`]: why the manager stopped.
 
 pub mod api_token;
+pub mod backups;
 pub mod error;
 pub mod http;
 pub mod managed;
@@ -92,22 +94,25 @@ pub async fn run_in(config: InstanceConfig, mode: Mode) -> Result<(), InstanceEr
     match config.database.spec.engine {
         Engine::Postgres => {
             let engine = Arc::new(Postgres::new(&config).map_err(engine_error)?);
-            run_engine(config, engine, None, mode).await
+            let backs_up = engine.backs_up().then(|| engine.clone());
+            run_engine(config, engine, None, mode, backs_up).await
         }
         Engine::Mariadb | Engine::Mysql => {
             let engine = Arc::new(MysqlFamily::new(&config).map_err(engine_error)?);
             let backup = (config.database.spec.engine == Engine::Mariadb).then(|| engine.clone());
-            run_engine(config, engine, backup, mode).await
+            run_engine(config, engine, backup, mode, None).await
         }
     }
 }
 
-/// The manager around one engine; `backup` serves `/backup` when the engine clones that way.
+/// The manager around one engine; `backup` serves `/backup` when the engine clones that way;
+/// `backs_up` takes pgBackRest backups (`POST /backups`).
 async fn run_engine<E: ServerEngine>(
     config: InstanceConfig,
     engine: Arc<E>,
     backup: Option<Arc<MysqlFamily>>,
     mode: Mode,
+    backs_up: Option<Arc<Postgres>>,
 ) -> Result<(), InstanceError> {
     let name = config.database.instance_name(config.ordinal);
     let engine_error = |source| InstanceError::Engine {
@@ -142,6 +147,11 @@ async fn run_engine<E: ServerEngine>(
         status.clone(),
         Duration::from_secs(1),
     ));
+    let backups =
+        backs_up.map(|pg| Arc::new(backups::Backups::new(pg, creds.clone(), status.clone())));
+    let backup_watch = backups
+        .clone()
+        .map(|b| tokio::spawn(b.watch_forever(Duration::from_secs(2))));
 
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let endpoints = Endpoints {
@@ -150,6 +160,7 @@ async fn run_engine<E: ServerEngine>(
         secrets_dir: config.secrets_dir.clone(),
         engine: config.database.spec.engine,
         backup,
+        backups,
     };
     let app = match mode {
         Mode::Plain => http::router(endpoints),
@@ -190,6 +201,9 @@ async fn run_engine<E: ServerEngine>(
         reaper.abort();
     }
     observer.abort();
+    if let Some(watch) = backup_watch {
+        watch.abort();
+    }
     let _ = http_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     match &result {

@@ -262,6 +262,16 @@ impl<E: ServerEngine> Supervisor<E> {
                 }
             },
             Bootstrap::CloneFrom { upstream } => upstream,
+            Bootstrap::RestoreFrom { source } => {
+                // Never retried over a half-restored dir: a failure leaves it empty and says why.
+                tracing::info!(from = %source.stanza, set = %source.set, "restoring from a backup");
+                self.engine
+                    .restore_from(&source)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                self.status.update(|s| s.holds_data = Some(true));
+                return Ok(true);
+            }
         };
         let mut backoff = Backoff::default();
         loop {

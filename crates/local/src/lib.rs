@@ -30,6 +30,7 @@
 //! - [`chaos`]: fault injection (`stator chaos kill|stop|resume`): kill -9, SIGSTOP/SIGCONT.
 //!   The consistency checker and the benchmarks that use it live in `stator-check`.
 
+pub mod backup;
 pub mod chaos;
 pub mod endpoint;
 pub mod error;

@@ -25,8 +25,12 @@ pub fn instance_config(
 ) -> InstanceConfig {
     let ports = LocalPorts::of(db);
     let name = db.instance_name(ordinal);
+    let restore = crate::backup::restore_source(db);
     let bootstrap = if name == primary {
-        Bootstrap::InitPrimary
+        match restore {
+            Some(source) => Bootstrap::RestoreFrom { source },
+            None => Bootstrap::InitPrimary,
+        }
     } else {
         Bootstrap::CloneFrom {
             upstream: Endpoint {

@@ -53,16 +53,19 @@ pub struct UpOutcome {
 /// supervisor. In `--foreground` mode Ctrl-C ([`process::interrupted`]) while waiting stops
 /// the database again.
 pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
-    if db.spec.backup.is_some() {
-        // Refused, never ignored: no one may believe they have backups when they do not.
-        return Err(LocalError::Invalid(
-            "spec.backup is set, but backups are not implemented yet in this version of Stator: \
-             `stator up` would take no backups and archive no WAL. Remove spec.backup to run \
-             without backups (nothing was changed)"
-                .to_string(),
-        ));
-    }
+    // What is not implemented is refused, never ignored: no one may believe they have
+    // backups when they do not.
+    crate::backup::check_spec(db)?;
     let dir = options.state.database_of(db);
+    // A new database restored from a backup: the target is checked and the backup chosen
+    // before anything is written; an existing one never restores again.
+    let resolved;
+    let db = if db.spec.bootstrap.restore_from.is_some() && !dir.spec_file().exists() {
+        resolved = crate::backup::resolve_restore(db)?.map(|(db, _)| db);
+        resolved.as_ref().unwrap_or(db)
+    } else {
+        db
+    };
     dir.check_access()?;
     let (lock, created) = lock_up(&dir)?;
     let result = up_locked(db, options, &dir, lock, !created.is_empty());

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod backup;
 pub mod chaos;
 pub mod crd;
 pub mod install;

@@ -30,6 +30,9 @@ pub struct ServerSettings {
     pub synchronous: bool,
     /// For a replica: the conninfo of its upstream.
     pub primary_conninfo: Option<String>,
+    /// WAL archiving (`spec.backup`): the `archive_command` and `archive_timeout` in seconds.
+    /// `None`: `archive_mode = off`.
+    pub archive: Option<(String, u64)>,
 }
 
 /// Quotes a `postgresql.conf` value: single quotes, with `'` doubled and `\` escaped.
@@ -91,8 +94,16 @@ pub fn render_postgresql_conf(s: &ServerSettings) -> Result<String, EngineError>
         // reaches the log; validation refuses the settings that would write it.
         ("log_min_error_statement", "panic".into()),
         ("log_parameter_max_length_on_error", "0".into()),
-        ("archive_mode", "off".into()),
     ];
+    match &s.archive {
+        // `on`, not `always`: only the primary archives; a replica starts when promoted.
+        Some((command, timeout)) => {
+            managed.push(("archive_mode", "on".into()));
+            managed.push(("archive_command", command.clone()));
+            managed.push(("archive_timeout", format!("{timeout}s")));
+        }
+        None => managed.push(("archive_mode", "off".into())),
+    }
     if !s.parameters.contains_key("max_wal_senders") {
         managed.push(("max_wal_senders", "10".into()));
     }
@@ -189,7 +200,29 @@ mod tests {
             cluster_name: "db-0".into(),
             synchronous: false,
             primary_conninfo: None,
+            archive: None,
         }
+    }
+
+    #[test]
+    fn with_backups_every_instance_archives_through_its_own_config() {
+        let mut s = settings();
+        assert!(
+            render_postgresql_conf(&s)
+                .unwrap()
+                .contains("archive_mode = 'off'")
+        );
+        s.archive = Some((
+            "/usr/bin/pgbackrest --config=/r/pgbackrest.conf --stanza=db archive-push %p".into(),
+            60,
+        ));
+        let text = render_postgresql_conf(&s).unwrap();
+        assert!(text.contains("archive_mode = 'on'\n"), "{text}");
+        assert!(text.contains("archive_timeout = '60s'\n"), "{text}");
+        assert!(
+            text.contains("archive_command = '/usr/bin/pgbackrest --config=/r/pgbackrest.conf --stanza=db archive-push %p'\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - [`binaries`]: finding the programs.
 //! - [`controldata`]: `pg_controldata`: a stopped data directory's last checkpoint.
 
+pub mod backrest;
 pub mod binaries;
 pub mod config;
 pub mod controldata;
@@ -50,6 +51,7 @@ const MAX_SOCKET_PATH: usize = 107;
 /// One PostgreSQL instance.
 pub struct Postgres {
     spec: DatabaseSpec,
+    namespace: String,
     database: String,
     instance: String,
     major: String,
@@ -65,6 +67,8 @@ pub struct Postgres {
     parameters: std::sync::Mutex<BTreeMap<String, String>>,
     /// Fenced read-only: `postgresql.conf` also sets `default_transaction_read_only = on`.
     read_only_fence: std::sync::atomic::AtomicBool,
+    /// pgBackRest, when `spec.backup` names a local repository: its settings and program.
+    backrest: Option<(backrest::BackrestSettings, PathBuf)>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -113,8 +117,24 @@ impl Postgres {
         }
         user.check_reachable(&config.data_dir)?;
         user.check_reachable(&config.run_dir)?;
+        let backrest = match backrest::BackrestSettings::of(
+            db,
+            &config.data_dir,
+            config.port,
+            &config.run_dir,
+        ) {
+            None => None,
+            Some(settings) => {
+                let program = backrest::find_program().ok_or_else(|| EngineError::Config {
+                    field: "database.spec.backup".into(),
+                    message: "needs pgBackRest, which is not installed (looked for /usr/bin/pgbackrest and on PATH); install it: apt-get install pgbackrest".into(),
+                })?;
+                Some((settings, program))
+            }
+        };
         Ok(Postgres {
             spec: db.spec.clone(),
+            namespace: db.namespace().to_string(),
             database: db.name().to_string(),
             instance: db.instance_name(config.ordinal),
             major,
@@ -128,6 +148,7 @@ impl Postgres {
             session: Mutex::new(None),
             parameters: std::sync::Mutex::new(effective_parameters(&db.spec)),
             read_only_fence: std::sync::atomic::AtomicBool::new(false),
+            backrest,
         })
     }
 
@@ -385,6 +406,13 @@ impl ServerEngine for Postgres {
         result
     }
 
+    async fn restore_from(
+        &self,
+        source: &stator_api::instance::RestoreSource,
+    ) -> Result<(), EngineError> {
+        self.restore_backup(source).await
+    }
+
     fn write_config(&self, creds: &Credentials) -> Result<(), EngineError> {
         self.user.create_private_dir(&self.run_dir)?;
         self.user.own(&self.data_dir, 0o700)?;
@@ -413,6 +441,7 @@ impl ServerEngine for Postgres {
         {
             parameters.insert(READ_ONLY_PARAMETER.into(), "on".into());
         }
+        let archive = self.write_backrest_config(creds)?;
         let settings = ServerSettings {
             parameters,
             port: self.port,
@@ -421,6 +450,7 @@ impl ServerEngine for Postgres {
             cluster_name: self.instance.clone(),
             synchronous: self.spec.replication.synchronous,
             primary_conninfo,
+            archive,
         };
         self.user.write_file(
             &self.data_dir.join("postgresql.conf"),

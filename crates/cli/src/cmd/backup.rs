@@ -1,0 +1,205 @@
+//! `stator backup create|list|verify` and `stator restore`: backups of a local PostgreSQL
+//! database with pgBackRest, and a new database restored from them to a point in time.
+//! Arguments and output only; the work is in `stator_local::backup` and `stator_local::up`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use stator_local::{LocalError, StateDir};
+
+use crate::cmd::local::StateDirArg;
+use crate::error::{CliError, CliResult};
+
+/// Backups of a database (`spec.backup`, PostgreSQL with a local repository).
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  stator backup create -f db.yaml              an incremental backup (the first one is full)\n  stator backup create -f db.yaml --type full\n  stator backup list -f db.yaml                 ID, times, size, LSN range, recoverable range\n  stator backup verify -f db.yaml               pgbackrest verify: every file of every backup and the WAL"
+)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub action: BackupAction,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BackupAction {
+    /// Take a backup now, on the primary.
+    Create {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        state: StateDirArg,
+        /// full, diff or incr (default incr; the first backup is always full).
+        #[arg(long = "type", value_parser = ["full", "diff", "incr"])]
+        kind: Option<String>,
+    },
+    /// List the backups and the recoverable range.
+    List {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(short = 'o', long, value_parser = ["table", "json"], default_value = "table")]
+        output: String,
+    },
+    /// Check every file of the repository (pgbackrest verify).
+    Verify {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+}
+
+/// Create a new database from another one's backups, recovered to a point in time.
+///
+/// Fills spec.bootstrap.restoreFrom of NEW.yaml and brings NEW up: its primary is restored
+/// from NAME's repository (the newest backup that ended before the target) and recovered to the
+/// target, then its replicas clone it. Refuses when NEW exists or is NAME, and when the target
+/// lies outside the recoverable range (the error names it); nothing is created then.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  stator restore -f new.yaml --from db --to-time 2026-11-26T12:00:00Z\n  stator restore -f new.yaml --from db --to-lsn 0/3000060\n  stator restore -f new.yaml --from db                     to the latest archived WAL"
+)]
+pub struct RestoreArgs {
+    /// The new database's spec file.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub state: StateDirArg,
+    /// The database whose backups are restored (same namespace and repository).
+    #[arg(long, value_name = "NAME")]
+    pub from: String,
+    /// The backup to start from (default: the newest that ended before the target).
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// Recover up to this time (RFC 3339, or PostgreSQL's `2026-11-26 12:00:00.1+00`).
+    #[arg(long, value_name = "TIME", conflicts_with = "to_lsn")]
+    pub to_time: Option<String>,
+    /// Recover up to this LSN.
+    #[arg(long, value_name = "LSN")]
+    pub to_lsn: Option<String>,
+    /// How long to wait for the new database, in seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+fn failed(e: LocalError) -> CliError {
+    if e.is_invalid() {
+        CliError::Invalid(e.to_string())
+    } else {
+        CliError::Failed(e.to_string())
+    }
+}
+
+pub fn backup(args: BackupArgs) -> CliResult {
+    match args.action {
+        BackupAction::Create { file, state, kind } => {
+            let db = crate::spec_file::load_for(&file, crate::spec_file::Warnings::Quiet)?.database;
+            let dir = StateDir::resolve(state.state_dir.clone())
+                .open(&db)
+                .map_err(failed)?;
+            let primary = dir.read_primary();
+            let ordinal = stator_local::plan::ordinal_of(&primary).unwrap_or(0);
+            let done = stator_local::backup::create(&dir, &db, kind.as_deref(), ordinal)
+                .map_err(failed)?;
+            println!(
+                "backup {} ({}) done on {primary}: {} bytes in {:.1} s",
+                done["label"].as_str().unwrap_or("?"),
+                done["kind"].as_str().unwrap_or("?"),
+                done["size"],
+                done["durationSeconds"].as_f64().unwrap_or(0.0)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupAction::List { file, output } => {
+            let db = crate::spec_file::load_for(&file, crate::spec_file::Warnings::Quiet)?.database;
+            let listing = stator_local::backup::list(&db, None).map_err(failed)?;
+            if output == "json" {
+                let range = listing.range.as_ref().map(|r| {
+                    serde_json::json!({
+                        "earliestTime": r.earliest_time,
+                        "latestTime": r.latest_time,
+                        "earliestLsn": r.earliest_lsn.to_string(),
+                        "latestLsn": r.latest_lsn.map(|l| l.to_string()),
+                    })
+                });
+                let value = serde_json::json!({
+                    "backups": listing.info.backups,
+                    "archiveMin": listing.info.archive_min,
+                    "archiveMax": listing.info.archive_max,
+                    "recoverable": range,
+                });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
+            } else {
+                print!("{}", listing.table());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupAction::Verify { file } => {
+            let db = crate::spec_file::load_for(&file, crate::spec_file::Warnings::Quiet)?.database;
+            let report = stator_local::backup::verify(&db, None).map_err(failed)?;
+            print!("{report}");
+            println!("verify: the repository of {} is intact", db.name());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn restore(args: RestoreArgs) -> CliResult {
+    let mut db =
+        crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Local)?.database;
+    if args.from == db.name() {
+        return Err(CliError::Invalid(format!(
+            "--from {}: is the database of {} itself; a restore goes into a new database (another metadata.name); nothing was changed",
+            args.from,
+            args.file.display()
+        )));
+    }
+    let state = StateDir::resolve(args.state.state_dir.clone());
+    let dir = state.database_of(&db);
+    if dir.spec_file().exists() || dir.marker_file().exists() {
+        return Err(CliError::Invalid(format!(
+            "{}: the database {} exists already; a restore never touches an existing database (pick another metadata.name, or `stator delete --purge` it first); nothing was changed",
+            dir.root.display(),
+            dir.key()
+        )));
+    }
+    db.spec.bootstrap.restore_from = Some(stator_api::spec::RestoreFromSpec {
+        database: args.from.clone(),
+        backup: args.backup.clone(),
+        target_time: args.to_time.clone(),
+        target_lsn: args.to_lsn.clone(),
+    });
+    let report = stator_api::validate(&db);
+    if !report.errors.is_empty() {
+        let lines: Vec<String> = report
+            .errors
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect();
+        return Err(CliError::Invalid(format!(
+            "{} (with --from {}): nothing was changed:\n  {}",
+            args.file.display(),
+            args.from,
+            lines.join("\n  ")
+        )));
+    }
+    let options = stator_local::up::UpOptions {
+        state,
+        foreground: false,
+        service_unit_dir: None,
+        exe: std::env::current_exe()
+            .map_err(|e| CliError::Failed(format!("cannot find the stator binary itself: {e}")))?,
+        timeout: Duration::from_secs(args.timeout),
+    };
+    let outcome = stator_local::up::up(&db, &options).map_err(failed)?;
+    println!("{}", stator_local::report::render_table(&outcome.report));
+    println!(
+        "{} restored from {}; its spec (with spec.bootstrap.restoreFrom) is in {}",
+        db.name(),
+        args.from,
+        dir.spec_file().display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,1183 @@
+//! Backups and WAL archiving with pgBackRest: the per-instance `pgbackrest.conf`, the
+//! repository marker that ties a repository path to one database, the argument lists of every
+//! pgBackRest command Stator runs (none carries a secret: the superuser password comes from a
+//! 0600 `PGPASSFILE`), `pgbackrest info --output=json` read into backups and a recoverable
+//! range, and the choice of the backup a restore starts from (never "the latest" for a target
+//! it does not cover).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use stator_api::Database;
+pub use stator_api::instance::{RestoreSource, RestoreTarget};
+use stator_api::position::Lsn;
+use stator_api::spec::BackupCompression;
+
+use crate::error::EngineError;
+
+/// The file in a repository path that says which database it belongs to.
+pub const REPOSITORY_MARKER: &str = "stator-repository.json";
+/// The instance's pgBackRest configuration, in its run directory.
+pub const CONFIG_FILE: &str = "pgbackrest.conf";
+/// The superuser's libpq password file pgBackRest reads (`PGPASSFILE`), in the run directory.
+pub const SUPERUSER_PASSFILE: &str = "superuser.pgpass";
+/// Where pgBackRest is installed by Debian's `pgbackrest` package.
+pub const DEFAULT_PROGRAM: &str = "/usr/bin/pgbackrest";
+
+/// Finds the `pgbackrest` program: `/usr/bin/pgbackrest`, else the first one on PATH.
+pub fn find_program() -> Option<PathBuf> {
+    let default = PathBuf::from(DEFAULT_PROGRAM);
+    if default.is_file() {
+        return Some(default);
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("pgbackrest"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// The repository path of one database: `ROOT/NAMESPACE/NAME`.
+pub fn repository_path(root: &Path, namespace: &str, name: &str) -> PathBuf {
+    root.join(namespace).join(name)
+}
+
+/// The local repository path of `db`, when it has one.
+pub fn repository_of(db: &Database) -> Option<PathBuf> {
+    let local = db.spec.backup.as_ref()?.repository.local.as_ref()?;
+    Some(repository_path(
+        Path::new(&local.path),
+        db.namespace(),
+        db.name(),
+    ))
+}
+
+/// What the repository marker records.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryMarker {
+    pub namespace: String,
+    pub name: String,
+    /// PostgreSQL's system identifier of the cluster whose WAL the repository holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<u64>,
+}
+
+/// Why `marker` (found in `path`) does not belong to `wanted`, naming both databases.
+pub fn marker_conflict(
+    path: &Path,
+    found: &RepositoryMarker,
+    wanted: &RepositoryMarker,
+) -> Option<String> {
+    if found.namespace != wanted.namespace || found.name != wanted.name {
+        return Some(format!(
+            "{}: belongs to the database {}/{} ({}); {}/{} never writes into another database's repository path",
+            path.display(),
+            found.namespace,
+            found.name,
+            REPOSITORY_MARKER,
+            wanted.namespace,
+            wanted.name
+        ));
+    }
+    match (found.system_identifier, wanted.system_identifier) {
+        (Some(a), Some(b)) if a != b => Some(format!(
+            "{}: holds the backups of another database also named {}/{} (PostgreSQL system identifier {a}, this one is {b}); move that repository away or delete it to back up this database there",
+            path.display(),
+            found.namespace,
+            found.name
+        )),
+        _ => None,
+    }
+}
+
+/// Reads the marker of the repository at `path`, if there is one.
+pub fn read_repository_marker(path: &Path) -> Result<Option<RepositoryMarker>, EngineError> {
+    let file = path.join(REPOSITORY_MARKER);
+    match std::fs::read_to_string(&file) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| EngineError::Config {
+                field: file.display().to_string(),
+                message: format!("is not a Stator repository marker: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(EngineError::io(file, "read", e)),
+    }
+}
+
+/// Everything an instance's `pgbackrest.conf` is made of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackrestSettings {
+    pub stanza: String,
+    pub repository: PathBuf,
+    pub retention_full: u32,
+    pub compression: BackupCompression,
+    pub parallel: u32,
+    pub pg_path: PathBuf,
+    pub pg_port: u16,
+    pub socket_dir: PathBuf,
+    /// The instance's run directory: lock, log and spool paths go under `pgbackrest/` in it,
+    /// since pgBackRest's defaults (`/tmp/pgbackrest`, `/var/log/pgbackrest`) collide between
+    /// instances on one machine.
+    pub run_dir: PathBuf,
+}
+
+impl BackrestSettings {
+    /// The settings of `db`'s instance whose data dir, port and run dir are given. `None`
+    /// without a local repository.
+    pub fn of(db: &Database, pg_path: &Path, pg_port: u16, run_dir: &Path) -> Option<Self> {
+        let backup = db.spec.backup.as_ref()?;
+        Some(BackrestSettings {
+            stanza: db.name().to_string(),
+            repository: repository_of(db)?,
+            retention_full: backup.retention.full.max(1),
+            compression: backup.compression,
+            parallel: backup.parallel.max(1),
+            pg_path: pg_path.to_path_buf(),
+            pg_port,
+            socket_dir: run_dir.to_path_buf(),
+            run_dir: run_dir.to_path_buf(),
+        })
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.run_dir.join(CONFIG_FILE)
+    }
+
+    pub fn passfile(&self) -> PathBuf {
+        self.run_dir.join(SUPERUSER_PASSFILE)
+    }
+
+    fn work_dir(&self, what: &str) -> PathBuf {
+        self.run_dir.join("pgbackrest").join(what)
+    }
+
+    /// The lock, log and spool directories (created by the instance manager).
+    pub fn work_dirs(&self) -> [PathBuf; 3] {
+        [
+            self.work_dir("lock"),
+            self.work_dir("log"),
+            self.work_dir("spool"),
+        ]
+    }
+}
+
+fn compress_type(c: BackupCompression) -> &'static str {
+    match c {
+        BackupCompression::Zst => "zst",
+        BackupCompression::Lz4 => "lz4",
+        BackupCompression::Gz => "gz",
+        BackupCompression::None => "none",
+    }
+}
+
+fn conf_value(field: &str, value: &str) -> Result<String, EngineError> {
+    if value.contains(['\n', '\r', '\0']) {
+        return Err(EngineError::Config {
+            field: field.into(),
+            message: "must be a single line".into(),
+        });
+    }
+    Ok(value.to_string())
+}
+
+/// Renders `pgbackrest.conf`. It holds no secret (the password comes from `PGPASSFILE`) and
+/// never sets `archive-push-queue-max`: WAL is never dropped to save disk.
+pub fn render_config(s: &BackrestSettings) -> Result<String, EngineError> {
+    let [lock, log, spool] = s.work_dirs();
+    let path = |field: &str, p: &Path| conf_value(field, &p.to_string_lossy());
+    Ok(format!(
+        "# Written by Stator; edit spec.backup instead.\n\
+         [global]\n\
+         repo1-path={repo}\n\
+         repo1-retention-full={retention}\n\
+         compress-type={compress}\n\
+         process-max={parallel}\n\
+         start-fast=y\n\
+         archive-async=n\n\
+         lock-path={lock}\n\
+         log-path={log}\n\
+         spool-path={spool}\n\
+         log-level-console=warn\n\
+         log-level-stderr=warn\n\
+         log-level-file=info\n\
+         \n\
+         [{stanza}]\n\
+         pg1-path={pg}\n\
+         pg1-port={port}\n\
+         pg1-socket-path={socket}\n\
+         pg1-user={user}\n",
+        repo = path("spec.backup.repository.local.path", &s.repository)?,
+        retention = s.retention_full,
+        compress = compress_type(s.compression),
+        parallel = s.parallel,
+        lock = path("runDir", &lock)?,
+        log = path("runDir", &log)?,
+        spool = path("runDir", &spool)?,
+        stanza = conf_value("metadata.name", &s.stanza)?,
+        pg = path("dataDir", &s.pg_path)?,
+        port = s.pg_port,
+        socket = path("runDir", &s.socket_dir)?,
+        user = super::config::SUPERUSER,
+    ))
+}
+
+/// The server's `archive_command`: the server runs with a cleared environment, so the config
+/// file is named explicitly.
+pub fn archive_command(program: &Path, s: &BackrestSettings) -> String {
+    format!(
+        "{} --config={} --stanza={} archive-push %p",
+        program.display(),
+        s.config_path().display(),
+        s.stanza
+    )
+}
+
+fn common(s: &BackrestSettings) -> Vec<OsString> {
+    let mut config = OsString::from("--config=");
+    config.push(s.config_path());
+    vec![config, format!("--stanza={}", s.stanza).into()]
+}
+
+/// `pgbackrest stanza-create`.
+pub fn stanza_create_args(s: &BackrestSettings) -> Vec<OsString> {
+    let mut args = common(s);
+    args.push("stanza-create".into());
+    args
+}
+
+/// The kind of a backup.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    Full,
+    Diff,
+    Incr,
+}
+
+impl BackupKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Full => "full",
+            BackupKind::Diff => "diff",
+            BackupKind::Incr => "incr",
+        }
+    }
+}
+
+/// `pgbackrest backup --type=…`. pgBackRest makes the first backup of a stanza full whatever
+/// the type asked; retention (`repo1-retention-full`) runs after each success.
+pub fn backup_args(s: &BackrestSettings, kind: BackupKind) -> Vec<OsString> {
+    let mut args = common(s);
+    args.push("backup".into());
+    args.push(format!("--type={}", kind.as_str()).into());
+    args
+}
+
+/// `pgbackrest info --output=json`.
+pub fn info_args(s: &BackrestSettings) -> Vec<OsString> {
+    let mut args = common(s);
+    args.push("info".into());
+    args.push("--output=json".into());
+    args
+}
+
+/// `pgbackrest restore` of backup `set` into `s.pg_path`, stopping at `target` and promoting;
+/// the restored server does not archive while it recovers (`--archive-mode=off`).
+pub fn restore_args(s: &BackrestSettings, set: &str, target: &RestoreTarget) -> Vec<OsString> {
+    let mut args = common(s);
+    args.push("restore".into());
+    args.push(format!("--set={set}").into());
+    match target {
+        RestoreTarget::Latest => args.push("--type=default".into()),
+        RestoreTarget::Immediate => args.push("--type=immediate".into()),
+        RestoreTarget::Time(t) => {
+            args.push("--type=time".into());
+            args.push(format!("--target={t}").into());
+        }
+        RestoreTarget::Lsn(l) => {
+            args.push("--type=lsn".into());
+            args.push(format!("--target={l}").into());
+        }
+    }
+    if *target != RestoreTarget::Latest {
+        args.push("--target-action=promote".into());
+    }
+    args.push("--archive-mode=off".into());
+    args
+}
+
+/// `pgbackrest verify`.
+pub fn verify_args(s: &BackrestSettings) -> Vec<OsString> {
+    let mut args = common(s);
+    args.push("verify".into());
+    args.push("--verbose".into());
+    args.push("--output=text".into());
+    args
+}
+
+/// One backup as `pgbackrest info` lists it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupInfo {
+    pub label: String,
+    pub kind: String,
+    /// Seconds since the epoch.
+    pub start: i64,
+    pub stop: i64,
+    /// Bytes in the repository.
+    pub size: u64,
+    pub lsn_start: String,
+    pub lsn_stop: String,
+    pub wal_start: String,
+    pub wal_stop: String,
+}
+
+/// The stanza as `pgbackrest info --output=json` describes it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryInfo {
+    pub backups: Vec<BackupInfo>,
+    /// The newest archived WAL segment (all timelines), if any.
+    pub archive_max: Option<String>,
+    pub archive_min: Option<String>,
+    /// pgBackRest's status message (`ok`, `no valid backups`, …).
+    pub status: String,
+}
+
+/// Reads `pgbackrest info --output=json` for one stanza.
+pub fn parse_info(json: &str) -> Result<RepositoryInfo, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("pgbackrest info: not JSON: {e}"))?;
+    let stanza = v
+        .as_array()
+        .and_then(|a| a.first())
+        .ok_or("pgbackrest info: no stanza in the output")?;
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let mut info = RepositoryInfo {
+        status: s(&stanza["status"]["message"]),
+        ..RepositoryInfo::default()
+    };
+    for a in stanza["archive"].as_array().into_iter().flatten() {
+        let (min, max) = (a["min"].as_str(), a["max"].as_str());
+        if let Some(max) = max
+            && info.archive_max.as_deref().is_none_or(|m| m < max)
+        {
+            info.archive_max = Some(max.to_string());
+        }
+        if let Some(min) = min
+            && info.archive_min.as_deref().is_none_or(|m| m > min)
+        {
+            info.archive_min = Some(min.to_string());
+        }
+    }
+    for b in stanza["backup"].as_array().into_iter().flatten() {
+        if b["error"].as_bool() == Some(true) {
+            continue;
+        }
+        info.backups.push(BackupInfo {
+            label: s(&b["label"]),
+            kind: s(&b["type"]),
+            start: b["timestamp"]["start"].as_i64().unwrap_or(0),
+            stop: b["timestamp"]["stop"].as_i64().unwrap_or(0),
+            size: b["info"]["repository"]["delta"].as_u64().unwrap_or(0),
+            lsn_start: s(&b["lsn"]["start"]),
+            lsn_stop: s(&b["lsn"]["stop"]),
+            wal_start: s(&b["archive"]["start"]),
+            wal_stop: s(&b["archive"]["stop"]),
+        });
+    }
+    info.backups.sort_by_key(|b| b.stop);
+    Ok(info)
+}
+
+/// The LSN just past a WAL segment (16 MiB segments): `000000010000000200000003` → 2/4000000.
+pub fn segment_end(segment: &str) -> Option<Lsn> {
+    if segment.len() < 24 {
+        return None;
+    }
+    let log = u64::from_str_radix(&segment[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&segment[16..24], 16).ok()?;
+    Some(Lsn((log << 32) + (seg + 1) * 0x100_0000))
+}
+
+/// What a restore can reach: from the end of the oldest backup to the newest archived WAL.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecoverableRange {
+    /// Seconds since the epoch: the end of the oldest backup (the first consistent point).
+    pub earliest_time: i64,
+    /// Seconds since the epoch (fractional): when the newest WAL segment was archived.
+    pub latest_time: Option<f64>,
+    pub earliest_lsn: Lsn,
+    /// The end of the newest archived WAL segment.
+    pub latest_lsn: Option<Lsn>,
+}
+
+impl RecoverableRange {
+    /// The range of `info`, `latest_archive_time` being when the newest segment was archived.
+    pub fn of(info: &RepositoryInfo, latest_archive_time: Option<f64>) -> Option<Self> {
+        let first = info.backups.first()?;
+        Some(RecoverableRange {
+            earliest_time: first.stop,
+            latest_time: latest_archive_time,
+            earliest_lsn: first.lsn_stop.parse().ok()?,
+            latest_lsn: info.archive_max.as_deref().and_then(segment_end),
+        })
+    }
+
+    /// `TIME1 .. TIME2 (LSN1 .. LSN2)`, in UTC.
+    pub fn describe(&self) -> String {
+        let latest_time = self
+            .latest_time
+            .map(|t| format_time(t))
+            .unwrap_or_else(|| "(nothing archived)".into());
+        let latest_lsn = self
+            .latest_lsn
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "?".into());
+        format!(
+            "{} .. {latest_time} (LSN {} .. {latest_lsn})",
+            format_time(self.earliest_time as f64),
+            self.earliest_lsn
+        )
+    }
+}
+
+/// Seconds since the epoch as `2026-11-26 12:00:00.123456+00`.
+pub fn format_time(seconds: f64) -> String {
+    let micros = (seconds * 1e6).round() as i64;
+    match jiff::Timestamp::from_microsecond(micros) {
+        Ok(t) => t.strftime("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+        Err(_) => format!("{seconds}"),
+    }
+}
+
+/// Reads a time target: RFC 3339 or PostgreSQL's `2026-11-26 12:00:00.123+00`, any offset.
+/// Seconds since the epoch.
+pub fn parse_time(text: &str) -> Option<f64> {
+    let t = text.trim();
+    let parsed: Option<jiff::Timestamp> = t.parse().ok().or_else(|| {
+        // PostgreSQL prints offsets as `+00`; jiff wants `+00:00`.
+        let (head, sign, off) = match t.rfind(['+', '-']) {
+            Some(i) if i > 10 => (&t[..i], &t[i..i + 1], &t[i + 1..]),
+            _ => return None,
+        };
+        if off.len() == 2 && off.bytes().all(|b| b.is_ascii_digit()) {
+            format!("{head}{sign}{off}:00").parse().ok()
+        } else {
+            None
+        }
+    });
+    parsed.map(|ts| ts.as_microsecond() as f64 / 1e6)
+}
+
+/// The backup a restore starts from, or why none can serve: an error naming the range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error(
+        "the repository of {stanza} holds no backup yet; take one with `stator backup create` first"
+    )]
+    NoBackup { stanza: String },
+    #[error("backup {label} is not in the repository of {stanza} (see `stator backup list`)")]
+    UnknownBackup { stanza: String, label: String },
+    #[error("{target} is outside the recoverable range of {stanza}: {range}")]
+    OutOfRange {
+        stanza: String,
+        target: String,
+        range: String,
+    },
+    #[error(
+        "{target} lies before the end of backup {label} ({end}); pick an older backup or leave --backup out"
+    )]
+    BeforeBackup {
+        target: String,
+        label: String,
+        end: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Chooses the backup to restore for `target` (`wanted`: the one asked for): the newest backup
+/// that ended at or before the target — never the latest one for a target it does not cover
+/// (pgBackRest's own fallback) — after checking the target lies inside the recoverable range.
+pub fn choose_backup(
+    stanza: &str,
+    info: &RepositoryInfo,
+    latest_archive_time: Option<f64>,
+    target: &RestoreTarget,
+    wanted: Option<&str>,
+) -> Result<BackupInfo, TargetError> {
+    let Some(range) = RecoverableRange::of(info, latest_archive_time) else {
+        return Err(TargetError::NoBackup {
+            stanza: stanza.into(),
+        });
+    };
+    let out_of_range = |target: String| TargetError::OutOfRange {
+        stanza: stanza.into(),
+        target,
+        range: range.describe(),
+    };
+    let fits: Box<dyn Fn(&BackupInfo) -> bool> = match target {
+        RestoreTarget::Latest | RestoreTarget::Immediate => Box::new(|_| true),
+        RestoreTarget::Time(t) => {
+            let at = parse_time(t).ok_or_else(|| {
+                TargetError::Invalid(format!(
+                    "--to-time {t:?} is not a time (e.g. 2026-11-26T12:00:00Z or 2026-11-26 12:00:00.123+00)"
+                ))
+            })?;
+            if at < range.earliest_time as f64 || range.latest_time.is_none_or(|l| at > l) {
+                return Err(out_of_range(format!("time {}", format_time(at))));
+            }
+            Box::new(move |b: &BackupInfo| (b.stop as f64) <= at)
+        }
+        RestoreTarget::Lsn(l) => {
+            let at: Lsn = l.parse().map_err(|_| {
+                TargetError::Invalid(format!("--to-lsn {l:?} is not an LSN (e.g. 0/3000060)"))
+            })?;
+            if at < range.earliest_lsn || range.latest_lsn.is_none_or(|m| at > m) {
+                return Err(out_of_range(format!("LSN {at}")));
+            }
+            Box::new(move |b: &BackupInfo| b.lsn_stop.parse::<Lsn>().is_ok_and(|s| s <= at))
+        }
+    };
+    let target_text = match target {
+        RestoreTarget::Time(t) => format!("time {t}"),
+        RestoreTarget::Lsn(l) => format!("LSN {l}"),
+        RestoreTarget::Latest => "latest".into(),
+        RestoreTarget::Immediate => "immediate".into(),
+    };
+    match wanted {
+        Some(label) => {
+            let b = info
+                .backups
+                .iter()
+                .find(|b| b.label == label)
+                .ok_or_else(|| TargetError::UnknownBackup {
+                    stanza: stanza.into(),
+                    label: label.into(),
+                })?;
+            if fits(b) {
+                Ok(b.clone())
+            } else {
+                Err(TargetError::BeforeBackup {
+                    target: target_text,
+                    label: b.label.clone(),
+                    end: format!("{}, LSN {}", format_time(b.stop as f64), b.lsn_stop),
+                })
+            }
+        }
+        None => info
+            .backups
+            .iter()
+            .rev()
+            .find(|b| fits(b))
+            .cloned()
+            .ok_or_else(|| out_of_range(target_text)),
+    }
+}
+
+/// The lines pgBackRest's restore adds to `postgresql.auto.conf`: recovery settings of the
+/// source that must not outlive the restore (a replica cloned later would copy them).
+const RESTORE_KEYS: [&str; 3] = ["restore_command", "recovery_target", "archive_mode"];
+
+/// `postgresql.auto.conf` without the restore's recovery settings.
+pub fn without_restore_settings(auto_conf: &str) -> String {
+    auto_conf
+        .lines()
+        .filter(|l| {
+            let key = l.split('=').next().unwrap_or_default().trim();
+            !RESTORE_KEYS.iter().any(|k| key.starts_with(k))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// The mtime (seconds since the epoch) of the newest archived WAL segment in the local
+/// repository at `repository` (stanza `stanza`): when it reached the archive.
+pub fn latest_archive_time(repository: &Path, stanza: &str) -> Option<f64> {
+    let archive = repository.join("archive").join(stanza);
+    let mut newest: Option<f64> = None;
+    for version in std::fs::read_dir(&archive).ok()?.flatten() {
+        for dir in std::fs::read_dir(version.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for file in std::fs::read_dir(dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = file.file_name().to_string_lossy().into_owned();
+                // Segments only: 24 hex digits, a hash; not `.partial`, `.backup` or history.
+                if name.len() < 25 || name.contains(".partial") || name.contains(".backup") {
+                    continue;
+                }
+                if let Some(t) = file
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                {
+                    let t = t.as_secs_f64();
+                    newest = Some(newest.map_or(t, |n: f64| n.max(t)));
+                }
+            }
+        }
+    }
+    newest
+}
+
+/// What a finished backup was.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupOutcome {
+    pub label: String,
+    pub kind: String,
+    /// Seconds since the epoch.
+    pub started: i64,
+    pub duration_seconds: f64,
+    pub size: u64,
+}
+
+impl super::Postgres {
+    fn backrest(&self) -> Result<&(BackrestSettings, PathBuf), EngineError> {
+        self.backrest.as_ref().ok_or_else(|| EngineError::Config {
+            field: "spec.backup".into(),
+            message: "is not set (or names no local repository): this database takes no backups"
+                .into(),
+        })
+    }
+
+    /// True when `spec.backup` gives this instance a repository.
+    pub fn backs_up(&self) -> bool {
+        self.backrest.is_some()
+    }
+
+    /// Writes `pgbackrest.conf`, its work dirs and the superuser's password file, and makes
+    /// the repository path (refusing one that belongs to another database). The
+    /// `archive_command` and `archive_timeout` for `postgresql.conf`; `None` without backups.
+    pub(super) fn write_backrest_config(
+        &self,
+        creds: &crate::credentials::Credentials,
+    ) -> Result<Option<(String, u64)>, EngineError> {
+        let Some((settings, program)) = &self.backrest else {
+            return Ok(None);
+        };
+        for dir in settings.work_dirs() {
+            self.user.create_private_dir(&dir)?;
+        }
+        self.user
+            .create_private_dir(&settings.run_dir.join("pgbackrest"))?;
+        self.user
+            .write_file(&settings.config_path(), &render_config(settings)?, 0o600)?;
+        self.user.write_file(
+            &settings.passfile(),
+            &super::config::render_passfile(super::config::SUPERUSER, creds.superuser.expose()),
+            0o600,
+        )?;
+        self.prepare_repository(None)?;
+        let timeout = self
+            .spec
+            .backup
+            .as_ref()
+            .and_then(|b| stator_api::duration::parse_duration(&b.archive_timeout))
+            .map_or(60, |d| d.as_secs().max(1));
+        Ok(Some((archive_command(program, settings), timeout)))
+    }
+
+    /// Creates the repository path (owned by the server user) and checks its marker; with a
+    /// system identifier, writes the marker.
+    fn prepare_repository(&self, system_identifier: Option<u64>) -> Result<(), EngineError> {
+        let (settings, _) = self.backrest()?;
+        let repo = &settings.repository;
+        if !repo.exists() {
+            std::fs::create_dir_all(repo).map_err(|e| EngineError::io(repo, "create", e))?;
+            self.user.own(repo, 0o750)?;
+        }
+        self.user.check_reachable(repo)?;
+        let wanted = RepositoryMarker {
+            namespace: self.namespace.clone(),
+            name: self.database.clone(),
+            system_identifier,
+        };
+        let found = read_repository_marker(repo)?;
+        if let Some(found) = &found
+            && let Some(why) = marker_conflict(repo, found, &wanted)
+        {
+            return Err(EngineError::Config {
+                field: "spec.backup.repository.local.path".into(),
+                message: why,
+            });
+        }
+        if system_identifier.is_some() && found.as_ref() != Some(&wanted) {
+            let text = serde_json::to_string_pretty(&wanted)
+                .map_err(|e| EngineError::State(e.to_string()))?;
+            self.user
+                .write_file(&repo.join(REPOSITORY_MARKER), &text, 0o640)?;
+        }
+        Ok(())
+    }
+
+    fn backrest_invocation(
+        &self,
+        args: Vec<OsString>,
+    ) -> Result<crate::process::Invocation, EngineError> {
+        let (settings, program) = self.backrest()?;
+        Ok(crate::process::Invocation {
+            program: program.clone(),
+            args,
+            env: vec![("PGPASSFILE".into(), settings.passfile().into())],
+            user: self.user.clone(),
+            log_file: self.log_file.clone(),
+            cwd: Some(self.run_dir.clone()),
+        })
+    }
+
+    /// On a primary: ties the repository to this cluster (marker) and creates the stanza
+    /// (idempotent: an existing, matching stanza is kept).
+    pub async fn stanza_create(
+        &self,
+        creds: &crate::credentials::Credentials,
+    ) -> Result<(), EngineError> {
+        let system_identifier = self
+            .with_session(creds, async |c: &tokio_postgres::Client| {
+                let row = c
+                    .query_one(
+                        "SELECT system_identifier::text FROM pg_control_system()",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| EngineError::sql("reading the system identifier", &e))?;
+                Ok(row.get::<_, String>(0).parse::<u64>().ok())
+            })
+            .await?;
+        self.prepare_repository(system_identifier)?;
+        let (settings, _) = self.backrest()?;
+        self.backrest_invocation(stanza_create_args(settings))?
+            .run()
+            .await
+    }
+
+    /// `pgbackrest info --output=json`, read.
+    pub async fn backup_info(&self) -> Result<RepositoryInfo, EngineError> {
+        let (settings, _) = self.backrest()?;
+        let inv = self.backrest_invocation(info_args(settings))?;
+        let mut tool = inv.spawn_piped(false, true)?;
+        let mut out = String::new();
+        if let Some(stdout) = tool.child.stdout.as_mut() {
+            use tokio::io::AsyncReadExt;
+            stdout
+                .read_to_string(&mut out)
+                .await
+                .map_err(|e| EngineError::io(&inv.program, "read the output of", e))?;
+        }
+        tool.finish().await?;
+        parse_info(&out).map_err(EngineError::State)
+    }
+
+    /// Runs one backup on this (primary) instance; retention runs after it.
+    pub async fn backup(&self, kind: BackupKind) -> Result<BackupOutcome, EngineError> {
+        let (settings, _) = self.backrest()?;
+        let started = std::time::SystemTime::now();
+        let clock = std::time::Instant::now();
+        self.backrest_invocation(backup_args(settings, kind))?
+            .run()
+            .await?;
+        let duration_seconds = clock.elapsed().as_secs_f64();
+        let info = self.backup_info().await?;
+        let last = info
+            .backups
+            .last()
+            .ok_or_else(|| EngineError::State("the backup is not in pgbackrest info".into()))?;
+        Ok(BackupOutcome {
+            label: last.label.clone(),
+            kind: last.kind.clone(),
+            started: started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            duration_seconds,
+            size: last.size,
+        })
+    }
+
+    /// Archive facts for `/status`: WAL segments waiting (`archive_status/*.ready`, which
+    /// also counts failures `pg_stat_archiver` misses) and their bytes.
+    pub fn archive_pending(&self) -> (u64, u64) {
+        let dir = self.data_dir.join("pg_wal").join("archive_status");
+        let mut files = 0;
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".ready") {
+                files += 1;
+            }
+        }
+        (files, files * 16 * 1024 * 1024)
+    }
+
+    /// `pg_stat_archiver`: last archived time, failures, last failed time.
+    pub async fn archiver(
+        &self,
+        creds: &crate::credentials::Credentials,
+    ) -> Result<(Option<f64>, i64, Option<f64>, Option<String>), EngineError> {
+        self.with_session(creds, async |c: &tokio_postgres::Client| {
+            let row = c
+                .query_one(
+                    "SELECT EXTRACT(EPOCH FROM last_archived_time)::float8, failed_count,
+                            EXTRACT(EPOCH FROM last_failed_time)::float8, last_failed_wal
+                     FROM pg_stat_archiver",
+                    &[],
+                )
+                .await
+                .map_err(|e| EngineError::sql("reading pg_stat_archiver", &e))?;
+            Ok((row.get(0), row.get(1), row.get(2), row.get(3)))
+        })
+        .await
+    }
+
+    /// Fills the empty data dir from `source` and runs its recovery to the end, on the socket
+    /// only: pgBackRest restores the backup into a staging dir, a server replays WAL to the
+    /// target and promotes, and stops; the restore's recovery settings are then removed, so
+    /// the data dir starts (and is cloned) as an ordinary primary.
+    pub async fn restore_backup(&self, source: &RestoreSource) -> Result<(), EngineError> {
+        let (own, program) = self.backrest()?;
+        self.prepare_dirs()?;
+        let staging = self.staging_dir()?;
+        let settings = BackrestSettings {
+            stanza: source.stanza.clone(),
+            repository: source.repository.clone(),
+            pg_path: staging.clone(),
+            ..own.clone()
+        };
+        let config = self.run_dir.join("pgbackrest-restore.conf");
+        let result = async {
+            self.user
+                .write_file(&config, &render_config(&settings)?, 0o600)?;
+            let mut args = restore_args(&settings, &source.set, &source.target);
+            let mut flag = OsString::from("--config=");
+            flag.push(&config);
+            args[0] = flag;
+            crate::process::Invocation {
+                program: program.clone(),
+                args,
+                env: Vec::new(),
+                user: self.user.clone(),
+                log_file: self.log_file.clone(),
+                cwd: Some(self.run_dir.clone()),
+            }
+            .run()
+            .await?;
+            self.recover(&staging).await?;
+            let auto = staging.join("postgresql.auto.conf");
+            let text = std::fs::read_to_string(&auto).unwrap_or_default();
+            self.user
+                .write_file(&auto, &without_restore_settings(&text), 0o600)?;
+            for signal in ["recovery.signal", "standby.signal"] {
+                let _ = std::fs::remove_file(staging.join(signal));
+            }
+            crate::data_dir::write_marker(&staging, &self.marker(None), &self.user)?;
+            self.install_staging(&staging)
+        }
+        .await;
+        let _ = std::fs::remove_file(&config);
+        if result.is_err() {
+            self.discard_staging(&staging);
+        }
+        result
+    }
+
+    /// Runs the restored `dir` until its recovery ended and it promoted, reachable only on
+    /// the socket, then stops it (fast shutdown, a checkpoint).
+    async fn recover(&self, dir: &Path) -> Result<(), EngineError> {
+        let socket = self.run_dir.to_string_lossy().into_owned();
+        let args: Vec<OsString> = vec![
+            "-D".into(),
+            dir.into(),
+            "-c".into(),
+            "listen_addresses=".into(),
+            "-c".into(),
+            format!("port={}", self.port).into(),
+            "-c".into(),
+            format!("unix_socket_directories={socket}").into(),
+            "-c".into(),
+            "archive_mode=off".into(),
+            "-c".into(),
+            "hot_standby=off".into(),
+        ];
+        let mut server = self.invocation("postgres", args).spawn_server(dir)?;
+        let pidfile = dir.join("postmaster.pid");
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if !server.is_alive() {
+                let how = server.exited().await;
+                let log = std::fs::read_to_string(&self.log_file).unwrap_or_default();
+                let fatal: Vec<&str> = log
+                    .lines()
+                    .rev()
+                    .filter(|l| l.contains("FATAL") || l.contains("PANIC"))
+                    .take(3)
+                    .collect();
+                return Err(EngineError::State(format!(
+                    "the restored server stopped during recovery ({how}): {}; see {}",
+                    fatal.into_iter().rev().collect::<Vec<_>>().join(" / "),
+                    self.log_file.display()
+                )));
+            }
+            let ready = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|t| t.lines().nth(7).map(|s| s.trim() == "ready"))
+                .unwrap_or(false);
+            if ready && !dir.join("recovery.signal").exists() {
+                break;
+            }
+        }
+        let how = server
+            .stop(
+                nix::sys::signal::Signal::SIGINT,
+                nix::sys::signal::Signal::SIGQUIT,
+                Duration::from_secs(60),
+            )
+            .await;
+        tracing::info!(how = %how, "recovery of the restored data dir done");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> BackrestSettings {
+        BackrestSettings {
+            stanza: "shop".into(),
+            repository: "/srv/backups/default/shop".into(),
+            retention_full: 2,
+            compression: BackupCompression::Zst,
+            parallel: 2,
+            pg_path: "/var/lib/stator/default/shop/data-shop-0".into(),
+            pg_port: 20010,
+            socket_dir: "/run/shop-0".into(),
+            run_dir: "/run/shop-0".into(),
+        }
+    }
+
+    #[test]
+    fn the_config_keeps_each_instance_in_its_own_paths_and_never_drops_wal() {
+        let text = render_config(&settings()).unwrap();
+        for line in [
+            "repo1-path=/srv/backups/default/shop\n",
+            "repo1-retention-full=2\n",
+            "compress-type=zst\n",
+            "process-max=2\n",
+            "lock-path=/run/shop-0/pgbackrest/lock\n",
+            "log-path=/run/shop-0/pgbackrest/log\n",
+            "spool-path=/run/shop-0/pgbackrest/spool\n",
+            "[shop]\n",
+            "pg1-path=/var/lib/stator/default/shop/data-shop-0\n",
+            "pg1-port=20010\n",
+            "pg1-socket-path=/run/shop-0\n",
+            "pg1-user=postgres\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("archive-push-queue-max"), "{text}");
+        assert!(!text.contains("pass"), "{text}");
+    }
+
+    #[test]
+    fn the_archive_command_names_its_config() {
+        assert_eq!(
+            archive_command(Path::new("/usr/bin/pgbackrest"), &settings()),
+            "/usr/bin/pgbackrest --config=/run/shop-0/pgbackrest.conf --stanza=shop archive-push %p"
+        );
+    }
+
+    #[test]
+    fn no_argument_list_carries_a_secret() {
+        let s = settings();
+        let secret = "hunter2-the-superuser-password";
+        let lists = [
+            stanza_create_args(&s),
+            backup_args(&s, BackupKind::Full),
+            backup_args(&s, BackupKind::Incr),
+            info_args(&s),
+            verify_args(&s),
+            restore_args(
+                &s,
+                "20261126-120000F",
+                &RestoreTarget::Time("2026-11-26 12:00:00+00".into()),
+            ),
+            restore_args(
+                &s,
+                "20261126-120000F",
+                &RestoreTarget::Lsn("0/3000060".into()),
+            ),
+            restore_args(&s, "20261126-120000F", &RestoreTarget::Latest),
+        ];
+        for args in lists {
+            for a in &args {
+                let a = a.to_string_lossy();
+                assert!(!a.contains(secret) && !a.contains("pass"), "{a}");
+                assert!(
+                    a.starts_with("--") || a.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
+                    "only options and the command: {a}"
+                );
+            }
+        }
+        let restore: Vec<String> = restore_args(&s, "L", &RestoreTarget::Time("T".into()))
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for expected in [
+            "--set=L",
+            "--type=time",
+            "--target=T",
+            "--target-action=promote",
+            "--archive-mode=off",
+        ] {
+            assert!(restore.contains(&expected.to_string()), "{restore:?}");
+        }
+    }
+
+    fn backup(label: &str, stop: i64, lsn_stop: &str) -> BackupInfo {
+        BackupInfo {
+            label: label.into(),
+            kind: "full".into(),
+            start: stop - 5,
+            stop,
+            size: 1,
+            lsn_start: "0/1000000".into(),
+            lsn_stop: lsn_stop.into(),
+            wal_start: String::new(),
+            wal_stop: String::new(),
+        }
+    }
+
+    fn info() -> RepositoryInfo {
+        RepositoryInfo {
+            backups: vec![
+                backup("A", 1000, "0/3000000"),
+                backup("B", 2000, "0/6000000"),
+            ],
+            archive_max: Some("000000020000000000000009".into()),
+            archive_min: Some("000000010000000000000001".into()),
+            status: "ok".into(),
+        }
+    }
+
+    fn time(seconds: i64) -> RestoreTarget {
+        RestoreTarget::Time(format_time(seconds as f64))
+    }
+
+    #[test]
+    fn a_time_target_uses_the_newest_backup_that_ended_before_it_never_the_latest() {
+        let i = info();
+        assert_eq!(
+            choose_backup("s", &i, Some(3000.0), &time(1500), None)
+                .unwrap()
+                .label,
+            "A"
+        );
+        assert_eq!(
+            choose_backup("s", &i, Some(3000.0), &time(2500), None)
+                .unwrap()
+                .label,
+            "B"
+        );
+        // Asked for B with a target before B ended: refused, not replaced.
+        let e = choose_backup("s", &i, Some(3000.0), &time(1500), Some("B")).unwrap_err();
+        assert!(matches!(e, TargetError::BeforeBackup { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_target_outside_the_range_is_refused_naming_the_range() {
+        let i = info();
+        for t in [time(500), time(3500)] {
+            let e = choose_backup("s", &i, Some(3000.0), &t, None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("outside the recoverable range of s"), "{e}");
+            assert!(
+                e.contains(&format_time(1000.0)) && e.contains(&format_time(3000.0)),
+                "{e}"
+            );
+            assert!(e.contains("LSN 0/3000000 .. 0/A000000"), "{e}");
+        }
+        let e = choose_backup(
+            "s",
+            &i,
+            Some(3000.0),
+            &RestoreTarget::Lsn("0/B000000".into()),
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(e, TargetError::OutOfRange { .. }), "{e}");
+        assert_eq!(
+            choose_backup("s", &i, None, &RestoreTarget::Lsn("0/5000000".into()), None)
+                .unwrap()
+                .label,
+            "A"
+        );
+        let none = RepositoryInfo::default();
+        assert!(matches!(
+            choose_backup("s", &none, None, &RestoreTarget::Latest, None),
+            Err(TargetError::NoBackup { .. })
+        ));
+    }
+
+    #[test]
+    fn times_are_read_in_both_spellings() {
+        let a = parse_time("2026-11-26T12:00:00.5Z").unwrap();
+        let b = parse_time("2026-11-26 12:00:00.5+00").unwrap();
+        let c = parse_time("2026-11-26 14:00:00.5+02").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+        assert_eq!(parse_time(&format_time(a)), Some(a));
+        assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn the_restore_settings_do_not_outlive_the_restore() {
+        let auto = "# Do not edit\nwork_mem = '8MB'\nrestore_command = 'pgbackrest archive-get %f \"%p\"'\nrecovery_target_time = 'x'\nrecovery_target_action = 'promote'\narchive_mode = 'off'\n";
+        assert_eq!(
+            without_restore_settings(auto),
+            "# Do not edit\nwork_mem = '8MB'\n"
+        );
+    }
+
+    #[test]
+    fn a_segment_ends_16_mib_after_its_start() {
+        assert_eq!(
+            segment_end("000000010000000200000003").unwrap().to_string(),
+            "2/4000000"
+        );
+        assert_eq!(
+            segment_end("0000000100000000000000FF").unwrap().to_string(),
+            "1/0"
+        );
+    }
+
+    #[test]
+    fn a_repository_of_another_database_is_refused_naming_it() {
+        let mine = RepositoryMarker {
+            namespace: "default".into(),
+            name: "a".into(),
+            system_identifier: Some(1),
+        };
+        let theirs = RepositoryMarker {
+            name: "b".into(),
+            ..mine.clone()
+        };
+        let e = marker_conflict(Path::new("/r"), &theirs, &mine).unwrap();
+        assert!(e.contains("default/b"), "{e}");
+        let other_cluster = RepositoryMarker {
+            system_identifier: Some(2),
+            ..mine.clone()
+        };
+        assert!(marker_conflict(Path::new("/r"), &other_cluster, &mine).is_some());
+        assert!(marker_conflict(Path::new("/r"), &mine, &mine).is_none());
+    }
+}

@@ -1,0 +1,355 @@
+//! Backups of the local runtime (`spec.backup`, PostgreSQL with a local repository):
+//! what `up` refuses, `stator backup create|list|verify`, and the check `stator restore` (and
+//! `up` of a spec with `spec.bootstrap.restoreFrom`) makes before anything is written: the
+//! source's repository exists, the target lies inside its recoverable range, and the backup to
+//! restore is chosen (never "the latest" for a target it does not cover).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use stator_api::instance::{LocalPorts, RestoreSource, RestoreTarget};
+use stator_api::names::secret_keys;
+use stator_api::{Database, Engine};
+use stator_engine::postgres::backrest::{
+    self, BackupInfo, RecoverableRange, RepositoryInfo, choose_backup, latest_archive_time,
+    parse_info, read_repository_marker, repository_path,
+};
+
+use crate::error::LocalError;
+use crate::runtime::block_on;
+use crate::secrets::read_secret;
+use crate::state::DatabaseDir;
+
+/// What `up` refuses of `spec.backup`: everything but PostgreSQL with a local, unencrypted
+/// repository; and a missing pgBackRest. Names the field.
+pub fn check_spec(db: &Database) -> Result<(), LocalError> {
+    let Some(backup) = &db.spec.backup else {
+        return Ok(());
+    };
+    let refuse = |field: &str, why: String| {
+        Err(LocalError::Invalid(format!(
+            "{field}: {why} (nothing was changed)"
+        )))
+    };
+    if db.spec.engine != Engine::Postgres {
+        return refuse(
+            "spec.backup",
+            format!(
+                "backups of {} are not implemented yet (PostgreSQL only); remove spec.backup to run without backups",
+                db.spec.engine
+            ),
+        );
+    }
+    if backup.repository.s3.is_some() {
+        return refuse(
+            "spec.backup.repository.s3",
+            "S3 repositories are not implemented yet; use repository.local: {path: /srv/backups}"
+                .into(),
+        );
+    }
+    if backup.encryption.is_some() {
+        return refuse(
+            "spec.backup.encryption",
+            "encrypted repositories are not implemented yet; remove it".into(),
+        );
+    }
+    if backrest::find_program().is_none() {
+        return Err(LocalError::BinariesMissing(
+            "spec.backup needs pgBackRest, which is not installed (looked for /usr/bin/pgbackrest and on PATH); install it: Debian/Ubuntu `apt-get install pgbackrest` (2.45 or later)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The repository root (`spec.backup.repository.local.path`).
+fn repository_root(db: &Database) -> Result<PathBuf, LocalError> {
+    db.spec
+        .backup
+        .as_ref()
+        .and_then(|b| b.repository.local.as_ref())
+        .map(|l| PathBuf::from(&l.path))
+        .ok_or_else(|| {
+            LocalError::Invalid(format!(
+                "{}: spec.backup.repository.local is not set: this database has no backups here",
+                db.name()
+            ))
+        })
+}
+
+/// `pgbackrest info --output=json` of `stanza` in `repository`, run by this user with its lock
+/// and log in a temporary directory (only reads the repository).
+pub fn repository_info(repository: &Path, stanza: &str) -> Result<RepositoryInfo, LocalError> {
+    let out = pgbackrest(repository, stanza, &["info", "--output=json"])?;
+    if !out.status.success() {
+        return Err(LocalError::Failed(format!(
+            "pgbackrest info of {stanza} in {} failed: {}",
+            repository.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    parse_info(&String::from_utf8_lossy(&out.stdout)).map_err(LocalError::Failed)
+}
+
+fn pgbackrest(
+    repository: &Path,
+    stanza: &str,
+    args: &[&str],
+) -> Result<std::process::Output, LocalError> {
+    let program = backrest::find_program().ok_or_else(|| {
+        LocalError::BinariesMissing("pgbackrest not found; apt-get install pgbackrest".into())
+    })?;
+    let work = std::env::temp_dir().join(format!("stator-pgbackrest-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| LocalError::io(&work, "cannot create", e))?;
+    let out = Command::new(&program)
+        .arg(format!("--repo1-path={}", repository.display()))
+        .arg(format!("--stanza={stanza}"))
+        .arg(format!("--lock-path={}", work.display()))
+        .arg("--log-level-file=off")
+        .arg("--log-level-console=warn")
+        .arg("--config=/dev/null")
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .map_err(|e| LocalError::io(&program, "cannot run", e));
+    let _ = std::fs::remove_dir_all(&work);
+    out
+}
+
+/// The repository of database `name` (same namespace as `db`) and its marker's check.
+fn source_repository(db: &Database, name: &str) -> Result<PathBuf, LocalError> {
+    let path = repository_path(&repository_root(db)?, db.namespace(), name);
+    match read_repository_marker(&path).map_err(|e| LocalError::Failed(e.to_string()))? {
+        Some(m) if m.name == name && m.namespace == db.namespace() => Ok(path),
+        Some(m) => Err(LocalError::Invalid(format!(
+            "{}: belongs to {}/{}, not {}/{name}",
+            path.display(),
+            m.namespace,
+            m.name,
+            db.namespace()
+        ))),
+        None => Err(LocalError::Invalid(format!(
+            "spec.bootstrap.restoreFrom.database: {name:?} has no backups in {} (no {} there); see `stator backup list -f` of that database",
+            path.display(),
+            backrest::REPOSITORY_MARKER
+        ))),
+    }
+}
+
+/// Backups and recoverable range of `db` (its own repository, or database `name`'s).
+pub fn list(db: &Database, name: Option<&str>) -> Result<Listing, LocalError> {
+    let stanza = name.unwrap_or(db.name()).to_string();
+    let repository = repository_path(&repository_root(db)?, db.namespace(), &stanza);
+    if !repository.join("backup").exists() {
+        return Ok(Listing {
+            stanza,
+            info: RepositoryInfo::default(),
+            range: None,
+        });
+    }
+    let info = repository_info(&repository, &stanza)?;
+    let range = RecoverableRange::of(&info, latest_archive_time(&repository, &stanza));
+    Ok(Listing {
+        stanza,
+        info,
+        range,
+    })
+}
+
+/// A repository's backups and what they can restore.
+pub struct Listing {
+    pub stanza: String,
+    pub info: RepositoryInfo,
+    pub range: Option<RecoverableRange>,
+}
+
+impl Listing {
+    /// The table `stator backup list` prints.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<26} {:<5} {:<23} {:<23} {:>12}  LSN\n",
+            "ID", "TYPE", "START (UTC)", "STOP (UTC)", "SIZE"
+        );
+        let time = |t: i64| {
+            let s = backrest::format_time(t as f64);
+            s.get(..19).unwrap_or(&s).to_string()
+        };
+        for b in &self.info.backups {
+            out.push_str(&format!(
+                "{:<26} {:<5} {:<23} {:<23} {:>12}  {} .. {}\n",
+                b.label,
+                b.kind,
+                time(b.start),
+                time(b.stop),
+                b.size,
+                b.lsn_start,
+                b.lsn_stop
+            ));
+        }
+        out.push_str(&match &self.range {
+            Some(r) => format!("recoverable: {}\n", r.describe()),
+            None => format!("{}: no backup yet: nothing can be restored\n", self.stanza),
+        });
+        out
+    }
+}
+
+/// `pgbackrest verify` of `db`'s repository: Ok with its report, or an error naming the
+/// invalid files.
+pub fn verify(db: &Database, name: Option<&str>) -> Result<String, LocalError> {
+    let stanza = name.unwrap_or(db.name());
+    let repository = repository_path(&repository_root(db)?, db.namespace(), stanza);
+    verify_repository(&repository, stanza)
+}
+
+fn verify_repository(repository: &Path, stanza: &str) -> Result<String, LocalError> {
+    let out = pgbackrest(
+        repository,
+        stanza,
+        &[
+            "verify",
+            "--verbose",
+            "--output=text",
+            "--log-level-console=info",
+        ],
+    )?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("invalid") && !l.contains("invalid: 0")
+                || l.contains("error") && !l.contains("0 error")
+                || l.contains("missing") && !l.contains("missing: 0")
+        })
+        .collect();
+    if out.status.success() && bad.is_empty() {
+        Ok(text)
+    } else {
+        Err(LocalError::Failed(format!(
+            "the repository {} of {stanza} is damaged; pgbackrest verify:\n{}",
+            repository.display(),
+            if bad.is_empty() {
+                text.trim().to_string()
+            } else {
+                bad.join("\n")
+            }
+        )))
+    }
+}
+
+/// `spec.bootstrap.restoreFrom`, checked and completed before anything is written: the
+/// source's repository, the target inside its range, the backup chosen, the repository
+/// verified. The source the primary's instance manager restores.
+pub fn resolve_restore(db: &Database) -> Result<Option<(Database, RestoreSource)>, LocalError> {
+    let Some(from) = &db.spec.bootstrap.restore_from else {
+        return Ok(None);
+    };
+    let repository = source_repository(db, &from.database)?;
+    let target = restore_target(from)?;
+    let info = repository_info(&repository, &from.database)?;
+    let chosen = choose_backup(
+        &from.database,
+        &info,
+        latest_archive_time(&repository, &from.database),
+        &target,
+        from.backup.as_deref(),
+    )
+    .map_err(|e| {
+        LocalError::Invalid(format!(
+            "spec.bootstrap.restoreFrom: {e} (nothing was created)"
+        ))
+    })?;
+    verify_repository(&repository, &from.database).map_err(|e| {
+        LocalError::Failed(format!("refusing to restore (nothing was created): {e}"))
+    })?;
+    let mut resolved = db.clone();
+    if let Some(f) = resolved.spec.bootstrap.restore_from.as_mut() {
+        f.backup = Some(chosen.label.clone());
+    }
+    Ok(Some((
+        resolved,
+        RestoreSource {
+            stanza: from.database.clone(),
+            repository,
+            set: chosen.label,
+            target,
+        },
+    )))
+}
+
+/// The target of `spec.bootstrap.restoreFrom`.
+pub fn restore_target(
+    from: &stator_api::spec::RestoreFromSpec,
+) -> Result<RestoreTarget, LocalError> {
+    Ok(match (&from.target_time, &from.target_lsn) {
+        (Some(t), _) => {
+            let at = backrest::parse_time(t).ok_or_else(|| {
+                LocalError::Invalid(format!(
+                    "spec.bootstrap.restoreFrom.targetTime: {t:?} is not a time (e.g. 2026-11-26T12:00:00Z)"
+                ))
+            })?;
+            RestoreTarget::Time(backrest::format_time(at))
+        }
+        (None, Some(l)) => RestoreTarget::Lsn(l.clone()),
+        (None, None) => RestoreTarget::Latest,
+    })
+}
+
+/// The restore source of a spec whose `restoreFrom` names its backup (as `up` leaves it).
+pub fn restore_source(db: &Database) -> Option<RestoreSource> {
+    let from = db.spec.bootstrap.restore_from.as_ref()?;
+    Some(RestoreSource {
+        stanza: from.database.clone(),
+        repository: repository_path(&repository_root(db).ok()?, db.namespace(), &from.database),
+        set: from.backup.clone()?,
+        target: restore_target(from).ok()?,
+    })
+}
+
+/// Asks the primary's instance manager for a backup and waits for it.
+pub fn create(
+    dir: &DatabaseDir,
+    db: &Database,
+    kind: Option<&str>,
+    primary_ordinal: u32,
+) -> Result<serde_json::Value, LocalError> {
+    repository_root(db)?;
+    let token = read_secret(&dir.secrets_dir(), secret_keys::API_TOKEN)?;
+    let host = db.spec.local.listen_address.clone();
+    let port = LocalPorts::of(db).manager(primary_ordinal);
+    let body = match kind {
+        Some(k) => serde_json::json!({ "type": k }).to_string(),
+        None => "{}".to_string(),
+    };
+    let (code, answer) = block_on(async {
+        stator_engine::manager_client::post(
+            &host,
+            port,
+            "/backups",
+            token.as_str(),
+            &body,
+            Duration::from_secs(3600),
+        )
+        .await
+    })?
+    .map_err(|e| LocalError::Failed(format!("the primary's instance manager: {e}")))?;
+    if code != 200 {
+        return Err(LocalError::Failed(format!(
+            "the backup failed (HTTP {code}): {}",
+            stator_engine::manager_client::answer_text(&answer)
+        )));
+    }
+    serde_json::from_slice(&answer)
+        .map_err(|e| LocalError::Failed(format!("the answer cannot be read: {e}")))
+}
+
+/// The newest backup in `info`, for `stator status`.
+pub fn newest(info: &RepositoryInfo) -> Option<&BackupInfo> {
+    info.backups.last()
+}
