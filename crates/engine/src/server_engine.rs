@@ -87,8 +87,9 @@ pub trait ServerEngine: Send + Sync + 'static {
     fn restore_from(
         &self,
         source: &stator_api::instance::RestoreSource,
+        creds: &Credentials,
     ) -> impl Future<Output = Result<(), EngineError>> + Send {
-        let _ = source;
+        let _ = (source, creds);
         async {
             Err(EngineError::Config {
                 field: "spec.bootstrap.restoreFrom".into(),

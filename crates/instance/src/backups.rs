@@ -50,6 +50,7 @@ pub struct Backups {
     creds: Credentials,
     status: Arc<InstanceStatus>,
     slot: tokio::sync::Mutex<()>,
+    stanza: tokio::sync::Mutex<()>,
     facts: Mutex<BackupFacts>,
 }
 
@@ -60,6 +61,7 @@ impl Backups {
             creds,
             status,
             slot: tokio::sync::Mutex::new(()),
+            stanza: tokio::sync::Mutex::new(()),
             facts: Mutex::new(BackupFacts::default()),
         }
     }
@@ -120,16 +122,30 @@ impl Backups {
         result
     }
 
+    /// Creates the stanza, retried a few times: a concurrent `archive-push` holds the
+    /// stanza's archive lock for a moment (pgBackRest error 050).
     async fn ensure_stanza(&self) -> Result<(), String> {
-        match self.engine.stanza_create(&self.creds).await {
-            Ok(()) => {
-                self.update(|f| f.stanza_ready = true);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "creating the pgBackRest stanza");
-                self.update(|f| f.last_error = Some(e.to_string()));
-                Err(e.to_string())
+        let _one = self.stanza.lock().await;
+        if self.facts().stanza_ready {
+            return Ok(());
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.engine.stanza_create(&self.creds).await {
+                Ok(()) => {
+                    self.update(|f| f.stanza_ready = true);
+                    return Ok(());
+                }
+                Err(e) if attempt < 10 => {
+                    tracing::debug!(error = %e, attempt, "creating the pgBackRest stanza; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "creating the pgBackRest stanza");
+                    self.update(|f| f.last_error = Some(e.to_string()));
+                    return Err(e.to_string());
+                }
             }
         }
     }

@@ -266,7 +266,7 @@ impl<E: ServerEngine> Supervisor<E> {
                 // Never retried over a half-restored dir: a failure leaves it empty and says why.
                 tracing::info!(from = %source.stanza, set = %source.set, "restoring from a backup");
                 self.engine
-                    .restore_from(&source)
+                    .restore_from(&source, &self.creds)
                     .await
                     .map_err(|e| self.fail(e))?;
                 self.status.update(|s| s.holds_data = Some(true));

@@ -80,7 +80,11 @@ fn repository_root(db: &Database) -> Result<PathBuf, LocalError> {
 /// `pgbackrest info --output=json` of `stanza` in `repository`, run by this user with its lock
 /// and log in a temporary directory (only reads the repository).
 pub fn repository_info(repository: &Path, stanza: &str) -> Result<RepositoryInfo, LocalError> {
-    let out = pgbackrest(repository, stanza, &["info", "--output=json"])?;
+    let out = pgbackrest(
+        repository,
+        stanza,
+        &["info", "--output=json", "--log-level-console=warn"],
+    )?;
     if !out.status.success() {
         return Err(LocalError::Failed(format!(
             "pgbackrest info of {stanza} in {} failed: {}",
@@ -99,21 +103,16 @@ fn pgbackrest(
     let program = backrest::find_program().ok_or_else(|| {
         LocalError::BinariesMissing("pgbackrest not found; apt-get install pgbackrest".into())
     })?;
-    let work = std::env::temp_dir().join(format!("stator-pgbackrest-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| LocalError::io(&work, "cannot create", e))?;
     let out = Command::new(&program)
         .arg(format!("--repo1-path={}", repository.display()))
         .arg(format!("--stanza={stanza}"))
-        .arg(format!("--lock-path={}", work.display()))
         .arg("--log-level-file=off")
-        .arg("--log-level-console=warn")
         .arg("--config=/dev/null")
         .args(args)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .output()
         .map_err(|e| LocalError::io(&program, "cannot run", e));
-    let _ = std::fs::remove_dir_all(&work);
     out
 }
 
@@ -352,4 +351,76 @@ pub fn create(
 /// The newest backup in `info`, for `stator status`.
 pub fn newest(info: &RepositoryInfo) -> Option<&BackupInfo> {
     info.backups.last()
+}
+
+/// The file under the database's dir recording when the last scheduled backup started (ms
+/// since the epoch).
+fn last_run_file(dir: &DatabaseDir) -> PathBuf {
+    dir.root.join("backup-last-run")
+}
+
+/// The supervisor's backup schedule: every few seconds, asks the decision core whether a
+/// backup is due (`control::backup_due` of the schedule, the last run and now: missed runs give
+/// one run) and, when it is, has the primary's instance manager take one. The start is recorded
+/// once the primary took the order; an order refused (no primary yet) is asked again soon.
+pub async fn schedule_forever(dir: DatabaseDir) {
+    use stator_control::backup_due::{BackupSchedule, backup_due};
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let Ok(Some(applied)) = dir.read_applied() else {
+            continue;
+        };
+        let db = applied.database;
+        let Some(backup) = db.spec.backup.as_ref() else {
+            continue;
+        };
+        if db.spec.engine != Engine::Postgres || backup.repository.local.is_none() {
+            continue;
+        }
+        let Ok(schedule) = BackupSchedule::parse(&backup.schedule) else {
+            continue;
+        };
+        let last = std::fs::read_to_string(last_run_file(&dir))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        let now = stator_failover::clock::wall_ms();
+        match backup_due(&schedule, last, now) {
+            Ok(due) if due.is_due() => {}
+            _ => continue,
+        }
+        let primary = dir.read_primary();
+        let ordinal = crate::plan::ordinal_of(&primary).unwrap_or(0);
+        let Ok(token) = read_secret(&dir.secrets_dir(), secret_keys::API_TOKEN) else {
+            continue;
+        };
+        let host = db.spec.local.listen_address.clone();
+        let port = LocalPorts::of(&db).manager(ordinal);
+        tracing::info!(primary = %primary, "a scheduled backup is due");
+        let answer = stator_engine::manager_client::post(
+            &host,
+            port,
+            "/backups",
+            token.as_str(),
+            "{}",
+            Duration::from_secs(6 * 3600),
+        )
+        .await;
+        match answer {
+            Ok((200, _)) => {
+                let _ = std::fs::write(last_run_file(&dir), now.to_string());
+                tracing::info!("scheduled backup done");
+            }
+            Ok((409, body))
+                if stator_engine::manager_client::answer_text(&body)
+                    .contains("already running") =>
+            {
+                let _ = std::fs::write(last_run_file(&dir), now.to_string());
+            }
+            Ok((code, body)) => tracing::warn!(
+                "scheduled backup refused (HTTP {code}): {}; asking again",
+                stator_engine::manager_client::answer_text(&body)
+            ),
+            Err(e) => tracing::warn!("scheduled backup: {e}; asking again"),
+        }
+    }
 }

@@ -225,6 +225,7 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         dir: dir.clone(),
     };
     let mut tasks = vec![tokio::spawn(endpoint::serve(status, endpoint))];
+    tasks.push(tokio::spawn(crate::backup::schedule_forever(dir.clone())));
     tracing::info!(
         "supervising {} (pid {}): rw on {address}:{}, ro on {address}:{}",
         dir.key(),

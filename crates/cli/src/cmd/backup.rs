@@ -37,6 +37,8 @@ pub enum BackupAction {
     List {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        #[command(flatten)]
+        state: StateDirArg,
         /// Print JSON.
         #[arg(short = 'o', long, value_parser = ["table", "json"], default_value = "table")]
         output: String,
@@ -45,6 +47,8 @@ pub enum BackupAction {
     Verify {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        #[command(flatten)]
+        state: StateDirArg,
     },
 }
 
@@ -109,7 +113,7 @@ pub fn backup(args: BackupArgs) -> CliResult {
             );
             Ok(ExitCode::SUCCESS)
         }
-        BackupAction::List { file, output } => {
+        BackupAction::List { file, output, .. } => {
             let db = crate::spec_file::load_for(&file, crate::spec_file::Warnings::Quiet)?.database;
             let listing = stator_local::backup::list(&db, None).map_err(failed)?;
             if output == "json" {
@@ -136,7 +140,7 @@ pub fn backup(args: BackupArgs) -> CliResult {
             }
             Ok(ExitCode::SUCCESS)
         }
-        BackupAction::Verify { file } => {
+        BackupAction::Verify { file, .. } => {
             let db = crate::spec_file::load_for(&file, crate::spec_file::Warnings::Quiet)?.database;
             let report = stator_local::backup::verify(&db, None).map_err(failed)?;
             print!("{report}");

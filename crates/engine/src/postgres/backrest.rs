@@ -842,7 +842,11 @@ impl super::Postgres {
     /// only: pgBackRest restores the backup into a staging dir, a server replays WAL to the
     /// target and promotes, and stops; the restore's recovery settings are then removed, so
     /// the data dir starts (and is cloned) as an ordinary primary.
-    pub async fn restore_backup(&self, source: &RestoreSource) -> Result<(), EngineError> {
+    pub async fn restore_backup(
+        &self,
+        source: &RestoreSource,
+        creds: &crate::credentials::Credentials,
+    ) -> Result<(), EngineError> {
         let (own, program) = self.backrest()?;
         self.prepare_dirs()?;
         let staging = self.staging_dir()?;
@@ -870,7 +874,7 @@ impl super::Postgres {
             }
             .run()
             .await?;
-            self.recover(&staging).await?;
+            self.recover(&staging, creds).await?;
             let auto = staging.join("postgresql.auto.conf");
             let text = std::fs::read_to_string(&auto).unwrap_or_default();
             self.user
@@ -891,8 +895,22 @@ impl super::Postgres {
 
     /// Runs the restored `dir` until its recovery ended and it promoted, reachable only on
     /// the socket, then stops it (fast shutdown, a checkpoint).
-    async fn recover(&self, dir: &Path) -> Result<(), EngineError> {
+    ///
+    /// The restored cluster holds the source's roles and passwords: while it runs on the
+    /// socket only (in the run dir, which only the server user may enter), the superuser may
+    /// log in without one, and its password becomes this database's.
+    async fn recover(
+        &self,
+        dir: &Path,
+        creds: &crate::credentials::Credentials,
+    ) -> Result<(), EngineError> {
         let socket = self.run_dir.to_string_lossy().into_owned();
+        let hba = self.run_dir.join("restore.hba.conf");
+        self.user.write_file(
+            &hba,
+            &format!("local all {} trust\n", super::config::SUPERUSER),
+            0o600,
+        )?;
         let args: Vec<OsString> = vec![
             "-D".into(),
             dir.into(),
@@ -906,6 +924,8 @@ impl super::Postgres {
             "archive_mode=off".into(),
             "-c".into(),
             "hot_standby=off".into(),
+            "-c".into(),
+            format!("hba_file={}", hba.display()).into(),
         ];
         let mut server = self.invocation("postgres", args).spawn_server(dir)?;
         let pidfile = dir.join("postmaster.pid");
@@ -934,6 +954,7 @@ impl super::Postgres {
                 break;
             }
         }
+        let adopted = self.adopt_superuser(creds).await;
         let how = server
             .stop(
                 nix::sys::signal::Signal::SIGINT,
@@ -941,8 +962,48 @@ impl super::Postgres {
                 Duration::from_secs(60),
             )
             .await;
+        let _ = std::fs::remove_file(&hba);
         tracing::info!(how = %how, "recovery of the restored data dir done");
-        Ok(())
+        adopted
+    }
+
+    /// Sets the superuser's password (as a SCRAM verifier) to this database's, over the
+    /// socket of the restored server.
+    async fn adopt_superuser(
+        &self,
+        creds: &crate::credentials::Credentials,
+    ) -> Result<(), EngineError> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host_path(&self.run_dir)
+            .port(self.port)
+            .user(super::config::SUPERUSER)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(5));
+        let mut last = String::new();
+        for _ in 0..50 {
+            match cfg.connect(tokio_postgres::NoTls).await {
+                Ok((client, connection)) => {
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    let sql = format!(
+                        "ALTER ROLE {} PASSWORD {}",
+                        super::quote_ident(super::config::SUPERUSER),
+                        super::quote_literal(&super::scram_verifier(&creds.superuser))
+                    );
+                    return client
+                        .batch_execute(&sql)
+                        .await
+                        .map_err(|e| EngineError::sql("setting the superuser's password", &e));
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(EngineError::Connect(format!(
+            "the restored server on {}: {last}",
+            self.run_dir.display()
+        )))
     }
 }
 

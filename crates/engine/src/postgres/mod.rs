@@ -409,8 +409,9 @@ impl ServerEngine for Postgres {
     async fn restore_from(
         &self,
         source: &stator_api::instance::RestoreSource,
+        creds: &Credentials,
     ) -> Result<(), EngineError> {
-        self.restore_backup(source).await
+        self.restore_backup(source, creds).await
     }
 
     fn write_config(&self, creds: &Credentials) -> Result<(), EngineError> {

@@ -1,0 +1,314 @@
+//! Backups and point-in-time restore of a local PostgreSQL database with pgBackRest, against
+//! real PostgreSQL 15 servers and a real repository: rows written, a point T marked on the
+//! server's clock, more rows written; a restore to T into a new database holds exactly the rows
+//! committed before T. Targets outside the recoverable range, an existing name and a damaged
+//! repository are refused, naming the range or the file, and nothing is created.
+
+mod local_support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use local_support::{Cluster, walk};
+
+/// `spec.backup` with a repository in `repo` and a short archiveTimeout (the archive keeps up
+/// within a second of a write).
+fn backup_spec(repo: &Path) -> String {
+    format!(
+        "  backup:\n    repository:\n      local:\n        path: {}\n    archiveTimeout: 1s\n",
+        repo.display()
+    )
+}
+
+fn repository(c: &Cluster) -> PathBuf {
+    let repo = c.dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    repo
+}
+
+/// A new database `name` whose spec shares `source`'s state dir and repository.
+fn sibling(source: &Cluster, name: &str, repo: &Path) -> PathBuf {
+    let spec = source.dir.path().join(format!("{name}.yaml"));
+    let base = local_support::free_port_base();
+    std::fs::write(
+        &spec,
+        format!(
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: {name}\nspec:\n  engine: postgres\n  instances: 1\n  local:\n    portBase: {base}\n{}",
+            backup_spec(repo)
+        ),
+    )
+    .unwrap();
+    spec
+}
+
+fn stator(c: &Cluster, args: &[&str], spec: &Path) -> std::process::Output {
+    let mut args = args.to_vec();
+    if args[0] == "restore" {
+        args.extend(["--timeout", "180"]);
+    }
+    std::process::Command::new(local_support::STATOR)
+        .args(args)
+        .arg("-f")
+        .arg(spec)
+        .arg("--state-dir")
+        .arg(c.state_dir())
+        .output()
+        .unwrap()
+}
+
+/// The tails of a sibling database's logs, for failures.
+fn logs_of(c: &Cluster, name: &str) -> String {
+    walk(&c.state_dir().join("default").join(name))
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "log"))
+        .map(|f| {
+            let t = std::fs::read_to_string(&f).unwrap_or_default();
+            let lines: Vec<&str> = t.lines().collect();
+            format!(
+                "--- {}\n{}\n",
+                f.display(),
+                lines[lines.len().saturating_sub(25)..].join("\n")
+            )
+        })
+        .collect()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The rows of table `t` through port `port`.
+fn rows(c: &Cluster, port: u16) -> Vec<i64> {
+    c.psql(
+        port,
+        "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM t",
+    )
+    .unwrap()
+    .split(',')
+    .filter(|s| !s.is_empty())
+    .map(|s| s.parse().unwrap())
+    .collect()
+}
+
+/// Waits until the archive holds the WAL written up to `after` (seconds since the epoch): a
+/// segment archived later holds everything written before it.
+fn wait_archived(c: &Cluster, after: f64) {
+    c.eventually(
+        "the WAL after T is archived",
+        Duration::from_secs(60),
+        || {
+            let list = c.ok(&["backup", "list", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_str(&list).ok()?;
+            let latest = v["recoverable"]["latestTime"].as_f64()?;
+            (latest > after).then_some(())
+        },
+    );
+}
+
+fn server_now(c: &Cluster) -> (String, f64, String) {
+    let row = c
+        .psql(
+            c.rw(),
+            "SELECT now() AT TIME ZONE 'UTC', extract(epoch from now()), pg_current_wal_lsn()",
+        )
+        .unwrap();
+    let parts: Vec<&str> = row.split('|').collect();
+    (
+        format!("{}+00", parts[0]),
+        parts[1].parse().unwrap(),
+        parts[2].to_string(),
+    )
+}
+
+/// Port of a sibling database's rw proxy (its spec's portBase).
+fn rw_of(spec: &Path) -> u16 {
+    let text = std::fs::read_to_string(spec).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("portBase: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn cleanup(c: &Cluster, spec: &Path) {
+    let _ = std::process::Command::new(local_support::STATOR)
+        .args(["delete", "--purge", "-f"])
+        .arg(spec)
+        .arg("--state-dir")
+        .arg(c.state_dir())
+        .output();
+}
+
+#[test]
+fn a_restore_to_a_time_or_an_lsn_holds_exactly_the_rows_committed_before_it() {
+    let c = Cluster::new("bk", 1);
+    let repo = repository(&c);
+    c.write_spec(1, &backup_spec(&repo));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = c.watch_command_lines(stop.clone());
+    c.up();
+
+    // pgbackrest.conf: 0600, the server user's, its own paths, no password.
+    let conf = walk(&c.db_dir())
+        .into_iter()
+        .find(|p| p.ends_with("pgbackrest.conf"))
+        .expect("a pgbackrest.conf");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&conf).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    let conf_text = std::fs::read_to_string(&conf).unwrap();
+    assert!(
+        conf_text.contains(&format!("repo1-path={}", repo.join("default/bk").display())),
+        "{conf_text}"
+    );
+    assert!(!conf_text.contains("archive-push-queue-max"), "{conf_text}");
+    for secret in c.secrets() {
+        assert!(!conf_text.contains(&secret), "a secret in pgbackrest.conf");
+    }
+    assert_eq!(
+        c.psql(c.rw(), "SELECT current_setting('archive_mode')")
+            .unwrap(),
+        "on"
+    );
+
+    c.psql(
+        c.rw(),
+        "CREATE TABLE t (id bigint primary key); INSERT INTO t SELECT generate_series(1, 10)",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let created = c.ok(&["backup", "create", "--type", "full"]);
+    println!(
+        "backup create (full, ~empty database): {:.2} s: {created}",
+        started.elapsed().as_secs_f64()
+    );
+    c.psql(c.rw(), "INSERT INTO t SELECT generate_series(11, 20)")
+        .unwrap();
+    let (t_text, t_epoch, t_lsn) = server_now(&c);
+    std::thread::sleep(Duration::from_millis(300));
+    c.psql(c.rw(), "INSERT INTO t SELECT generate_series(21, 30)")
+        .unwrap();
+    wait_archived(&c, t_epoch);
+
+    let list = c.ok(&["backup", "list"]);
+    assert!(
+        list.contains("full") && list.contains("recoverable:"),
+        "{list}"
+    );
+    let verified = c.ok(&["backup", "verify"]);
+    assert!(verified.contains("intact"), "{verified}");
+
+    // To the time T: rows 1..20, not 21..30.
+    let by_time = sibling(&c, "bt", &repo);
+    let started = Instant::now();
+    let out = stator(
+        &c,
+        &["restore", "--from", "bk", "--to-time", &t_text],
+        &by_time,
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out),
+        c.logs_for_failure()
+    );
+    println!(
+        "restore to a time: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(rows(&c, rw_of(&by_time)), (1..=20).collect::<Vec<_>>());
+
+    // To the LSN at T: the same rows.
+    let by_lsn = sibling(&c, "bl", &repo);
+    let out = stator(
+        &c,
+        &["restore", "--from", "bk", "--to-lsn", &t_lsn],
+        &by_lsn,
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out),
+        c.logs_for_failure()
+    );
+    assert_eq!(rows(&c, rw_of(&by_lsn)), (1..=20).collect::<Vec<_>>());
+    cleanup(&c, &by_lsn);
+
+    // Onto an existing name, or onto the source itself: refused, nothing changed.
+    let again = stator(
+        &c,
+        &["restore", "--from", "bk", "--to-time", &t_text],
+        &by_time,
+    );
+    assert!(!again.status.success());
+    assert!(text(&again).contains("exists already"), "{}", text(&again));
+    assert_eq!(rows(&c, rw_of(&by_time)), (1..=20).collect::<Vec<_>>());
+    let itself = stator(&c, &["restore", "--from", "bk"], &c.spec);
+    assert!(!itself.status.success());
+    assert!(text(&itself).contains("--from bk"), "{}", text(&itself));
+    cleanup(&c, &by_time);
+
+    // Outside the recoverable range (before the first backup, after the last archive): the
+    // error names the range, and nothing is created.
+    for target in ["2001-01-01T00:00:00Z", "2099-01-01T00:00:00Z"] {
+        let spec = sibling(&c, "bo", &repo);
+        let out = stator(&c, &["restore", "--from", "bk", "--to-time", target], &spec);
+        assert!(!out.status.success(), "{target}");
+        let said = text(&out);
+        assert!(
+            said.contains("outside the recoverable range of bk"),
+            "{said}"
+        );
+        assert!(said.contains(" .. "), "names the range: {said}");
+        assert!(
+            !c.state_dir().join("default/bo").exists(),
+            "nothing created for {target}"
+        );
+        assert!(
+            !repo.join("default/bo").exists(),
+            "nothing created for {target}"
+        );
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    let (scans, found) = watcher.join().unwrap();
+    assert!(scans > 0);
+    assert!(found.is_empty(), "secrets on command lines: {found:?}");
+
+    // A flipped byte in a backup file: verify fails and a restore refuses, naming the file.
+    let label_dir = std::fs::read_dir(repo.join("default/bk/backup/bk"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with('F'))
+        .unwrap()
+        .path();
+    let victim = walk(&label_dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("pg_data/base/"))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&victim, bytes).unwrap();
+    let name = victim.file_name().unwrap().to_string_lossy().into_owned();
+    let stem = name.split('.').next().unwrap().to_string();
+    let verify = c.stator(&["backup", "verify"]);
+    assert!(!verify.status.success(), "{}", text(&verify));
+    assert!(
+        text(&verify).contains(&stem),
+        "names {stem}: {}",
+        text(&verify)
+    );
+    let spec = sibling(&c, "bc", &repo);
+    let out = stator(&c, &["restore", "--from", "bk"], &spec);
+    assert!(!out.status.success());
+    assert!(text(&out).contains(&stem), "names {stem}: {}", text(&out));
+    assert!(!c.state_dir().join("default/bc").exists());
+}
