@@ -83,19 +83,6 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
-/// The rows of table `t` through port `port`.
-fn rows(c: &Cluster, port: u16) -> Vec<i64> {
-    c.psql(
-        port,
-        "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM t",
-    )
-    .unwrap()
-    .split(',')
-    .filter(|s| !s.is_empty())
-    .map(|s| s.parse().unwrap())
-    .collect()
-}
-
 /// Waits until the archive holds the WAL written up to `after` (seconds since the epoch): a
 /// segment archived later holds everything written before it.
 fn wait_archived(c: &Cluster, after: f64) {
@@ -124,6 +111,43 @@ fn server_now(c: &Cluster) -> (String, f64, String) {
         parts[1].parse().unwrap(),
         parts[2].to_string(),
     )
+}
+
+/// The rows of table `t` in the sibling database of `spec`, as its own application user.
+fn rows_in(c: &Cluster, spec: &Path) -> Vec<i64> {
+    let uri = String::from_utf8(stator(c, &["uri"], spec).stdout).unwrap();
+    let out = std::process::Command::new("psql")
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .arg("-c")
+        .arg("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM t")
+        .arg("-d")
+        .arg("postgres://")
+        .env("PGDATABASE", "app")
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", rw_of(spec).to_string())
+        .env("PGUSER", "app")
+        .env(
+            "PGPASSWORD",
+            uri.trim()
+                .split_once("://")
+                .unwrap()
+                .1
+                .rsplit_once('@')
+                .unwrap()
+                .0
+                .split_once(':')
+                .unwrap()
+                .1,
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect()
 }
 
 /// Port of a sibling database's rw proxy (its spec's portBase).
@@ -222,7 +246,7 @@ fn a_restore_to_a_time_or_an_lsn_holds_exactly_the_rows_committed_before_it() {
         "restore to a time: {:.2} s",
         started.elapsed().as_secs_f64()
     );
-    assert_eq!(rows(&c, rw_of(&by_time)), (1..=20).collect::<Vec<_>>());
+    assert_eq!(rows_in(&c, &by_time), (1..=20).collect::<Vec<_>>());
 
     // To the LSN at T: the same rows.
     let by_lsn = sibling(&c, "bl", &repo);
@@ -237,7 +261,7 @@ fn a_restore_to_a_time_or_an_lsn_holds_exactly_the_rows_committed_before_it() {
         text(&out),
         c.logs_for_failure()
     );
-    assert_eq!(rows(&c, rw_of(&by_lsn)), (1..=20).collect::<Vec<_>>());
+    assert_eq!(rows_in(&c, &by_lsn), (1..=20).collect::<Vec<_>>());
     cleanup(&c, &by_lsn);
 
     // Onto an existing name, or onto the source itself: refused, nothing changed.
@@ -248,7 +272,7 @@ fn a_restore_to_a_time_or_an_lsn_holds_exactly_the_rows_committed_before_it() {
     );
     assert!(!again.status.success());
     assert!(text(&again).contains("exists already"), "{}", text(&again));
-    assert_eq!(rows(&c, rw_of(&by_time)), (1..=20).collect::<Vec<_>>());
+    assert_eq!(rows_in(&c, &by_time), (1..=20).collect::<Vec<_>>());
     let itself = stator(&c, &["restore", "--from", "bk"], &c.spec);
     assert!(!itself.status.success());
     assert!(text(&itself).contains("--from bk"), "{}", text(&itself));
