@@ -240,7 +240,7 @@ fn a_restore_to_a_time_or_an_lsn_holds_exactly_the_rows_committed_before_it() {
         out.status.success(),
         "{}\n{}",
         text(&out),
-        c.logs_for_failure()
+        logs_of(&c, "bt")
     );
     println!(
         "restore to a time: {:.2} s",
@@ -259,7 +259,7 @@ fn a_restore_to_a_time_or_an_lsn_holds_exactly_the_rows_committed_before_it() {
         out.status.success(),
         "{}\n{}",
         text(&out),
-        c.logs_for_failure()
+        logs_of(&c, "bl")
     );
     assert_eq!(rows_in(&c, &by_lsn), (1..=20).collect::<Vec<_>>());
     cleanup(&c, &by_lsn);

@@ -103,7 +103,7 @@ fn pgbackrest(
     let program = backrest::find_program().ok_or_else(|| {
         LocalError::BinariesMissing("pgbackrest not found; apt-get install pgbackrest".into())
     })?;
-    let out = Command::new(&program)
+    Command::new(&program)
         .arg(format!("--repo1-path={}", repository.display()))
         .arg(format!("--stanza={stanza}"))
         .arg("--log-level-file=off")
@@ -112,8 +112,7 @@ fn pgbackrest(
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .output()
-        .map_err(|e| LocalError::io(&program, "cannot run", e));
-    out
+        .map_err(|e| LocalError::io(&program, "cannot run", e))
 }
 
 /// The repository of database `name` (same namespace as `db`) and its marker's check.

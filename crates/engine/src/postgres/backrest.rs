@@ -432,7 +432,7 @@ impl RecoverableRange {
     pub fn describe(&self) -> String {
         let latest_time = self
             .latest_time
-            .map(|t| format_time(t))
+            .map(format_time)
             .unwrap_or_else(|| "(nothing archived)".into());
         let latest_lsn = self
             .latest_lsn
