@@ -206,10 +206,12 @@ fn a_restore_to_a_time_or_an_lsn_holds_exactly_the_rows_committed_before_it() {
         "CREATE TABLE t (id bigint primary key); INSERT INTO t SELECT generate_series(1, 10)",
     )
     .unwrap();
+    first_backup(&c);
     let started = Instant::now();
-    let created = c.ok(&["backup", "create", "--type", "full"]);
+    let created = c.ok(&["backup", "create", "--type", "incr"]);
+    assert!(created.contains("(incr)"), "{created}");
     println!(
-        "backup create (full, ~empty database): {:.2} s: {created}",
+        "backup create (incr, ~empty database): {:.2} s: {created}",
         started.elapsed().as_secs_f64()
     );
     c.psql(c.rw(), "INSERT INTO t SELECT generate_series(11, 20)")
@@ -335,4 +337,116 @@ fn a_restore_to_a_time_or_an_lsn_holds_exactly_the_rows_committed_before_it() {
     assert!(!out.status.success());
     assert!(text(&out).contains(&stem), "names {stem}: {}", text(&out));
     assert!(!c.state_dir().join("default/bc").exists());
+}
+
+/// Waits for the first backup, which the supervisor's schedule takes at once (a database that
+/// never had one is due now), and for it to finish.
+fn first_backup(c: &Cluster) {
+    c.eventually(
+        "the scheduled first backup",
+        Duration::from_secs(120),
+        || {
+            let l = listing(c);
+            let b = l["backups"].as_array()?.first()?.clone();
+            (b["kind"] == "full").then_some(())
+        },
+    );
+}
+
+/// The archive as `stator backup list -o json` shows it.
+fn listing(c: &Cluster) -> serde_json::Value {
+    serde_json::from_str(&c.ok(&["backup", "list", "-o", "json"])).unwrap()
+}
+
+#[test]
+fn after_a_failover_the_new_primary_archives_on_its_timeline_and_restores_before_and_after_it_are_exact()
+ {
+    let c = Cluster::new("fb", 2);
+    let repo = repository(&c);
+    c.write_spec(2, &backup_spec(&repo));
+    c.up();
+    c.psql(
+        c.rw(),
+        "CREATE TABLE t (id bigint primary key); INSERT INTO t SELECT generate_series(1, 10)",
+    )
+    .unwrap();
+    first_backup(&c);
+    c.psql(c.rw(), "INSERT INTO t SELECT generate_series(11, 20)")
+        .unwrap();
+    let (before, before_epoch, _) = server_now(&c);
+    std::thread::sleep(Duration::from_millis(300));
+    c.psql(c.rw(), "INSERT INTO t SELECT generate_series(21, 30)")
+        .unwrap();
+    let (_, written, _) = server_now(&c);
+    assert!(written > before_epoch);
+    wait_archived(&c, written);
+
+    // The primary dies; fb-1 takes over on timeline 2.
+    c.hold_and_kill(0);
+    c.eventually(
+        "fb-1 is the writable primary",
+        Duration::from_secs(120),
+        || {
+            (c.core_primary().as_deref() == Some("fb-1")
+                && c.psql(c.rw(), "SELECT NOT pg_is_in_recovery()").ok()? == "t")
+                .then_some(())
+        },
+    );
+    // The new timeline shows in the archive, and a full backup was started on the new
+    // primary by itself.
+    c.eventually(
+        "timeline 2 in pgbackrest info and a full backup on it",
+        Duration::from_secs(120),
+        || {
+            let l = listing(&c);
+            let tl2 = l["archiveMax"].as_str()?.starts_with("00000002");
+            let fulls = l["backups"]
+                .as_array()?
+                .iter()
+                .filter(|b| b["kind"] == "full")
+                .count();
+            (tl2 && fulls >= 2).then_some(())
+        },
+    );
+    c.psql(c.rw(), "INSERT INTO t SELECT generate_series(31, 40)")
+        .unwrap();
+    let (after, after_epoch, _) = server_now(&c);
+    std::thread::sleep(Duration::from_millis(300));
+    c.psql(c.rw(), "INSERT INTO t SELECT generate_series(41, 50)")
+        .unwrap();
+    let (_, written, _) = server_now(&c);
+    assert!(written > after_epoch);
+    wait_archived(&c, written);
+
+    for (name, target, expected) in [
+        ("rb", Some(before.as_str()), 20),
+        ("ra", Some(after.as_str()), 40),
+        ("rl", None, 50),
+    ] {
+        let spec = sibling(&c, name, &repo);
+        let mut args = vec!["restore", "--from", "fb"];
+        if let Some(t) = target {
+            args.extend(["--to-time", t]);
+        }
+        let started = Instant::now();
+        let out = stator(&c, &args, &spec);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            text(&out),
+            logs_of(&c, name)
+        );
+        println!(
+            "restore {name} ({}) across a failover: {:.2} s",
+            target.unwrap_or("latest"),
+            started.elapsed().as_secs_f64()
+        );
+        assert_eq!(
+            rows_in(&c, &spec),
+            (1..=expected).collect::<Vec<_>>(),
+            "{name}: to {}",
+            target.unwrap_or("latest")
+        );
+        cleanup(&c, &spec);
+    }
 }
