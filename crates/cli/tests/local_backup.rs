@@ -222,6 +222,22 @@ fn a_restore_to_a_time_or_an_lsn_holds_exactly_the_rows_committed_before_it() {
         .unwrap();
     wait_archived(&c, t_epoch);
 
+    // `stator status`: the last backup, the recoverable range, the archive as the primary's
+    // manager sees it (pg_stat_archiver and the `.ready` files).
+    let table = c.ok(&["status"]);
+    assert!(
+        table.contains("last backup:  2") && table.contains("recoverable:  2"),
+        "{table}"
+    );
+    c.eventually(
+        "the archive's last success in status",
+        Duration::from_secs(30),
+        || {
+            let s = c.status();
+            let a = &s["backup"]["archive"];
+            (a["lastSuccess"].as_f64()? > 0.0 && a["pendingFiles"].as_u64().is_some()).then_some(())
+        },
+    );
     let list = c.ok(&["backup", "list"]);
     assert!(
         list.contains("full") && list.contains("recoverable:"),

@@ -423,3 +423,93 @@ pub async fn schedule_forever(dir: DatabaseDir) {
         }
     }
 }
+
+/// What `stator status` shows of backups: the last backup, the recoverable range and the
+/// archive as the primary's instance manager reports it (`backup` in its `/status`).
+pub fn status_summary(dir: &DatabaseDir, db: &Database) -> Option<serde_json::Value> {
+    db.spec.backup.as_ref()?;
+    let listing = list(db, None).ok();
+    let last = listing
+        .as_ref()
+        .and_then(|l| newest(&l.info).cloned())
+        .map(|b| {
+            serde_json::json!({
+                "id": b.label,
+                "kind": b.kind,
+                "stop": backrest::format_time(b.stop as f64),
+                "durationSeconds": b.stop - b.start,
+                "size": b.size,
+            })
+        });
+    let range = listing
+        .as_ref()
+        .and_then(|l| l.range.as_ref())
+        .map(|r| r.describe());
+    let primary = dir.read_primary();
+    let ordinal = crate::plan::ordinal_of(&primary).unwrap_or(0);
+    let host = db.spec.local.listen_address.clone();
+    let port = LocalPorts::of(db).manager(ordinal);
+    let manager: Option<serde_json::Value> = block_on(async move {
+        stator_engine::manager_client::get_json::<serde_json::Value>(
+            &host,
+            port,
+            "/status",
+            Duration::from_secs(2),
+        )
+        .await
+        .ok()
+    })
+    .ok()
+    .flatten();
+    let facts = manager.as_ref().map(|m| m["backup"].clone());
+    Some(serde_json::json!({
+        "lastBackup": last,
+        "recoverable": range,
+        "primary": primary,
+        "archive": facts.as_ref().map(|f| f["archive"].clone()),
+        "lastError": facts.as_ref().map(|f| f["lastError"].clone()),
+        "running": facts.as_ref().map(|f| f["running"].clone()),
+    }))
+}
+
+/// The lines `stator status` prints under its table.
+pub fn render_summary(summary: &serde_json::Value) -> String {
+    let mut out = String::from("\nBackups:\n");
+    match summary["lastBackup"].as_object() {
+        Some(b) => out.push_str(&format!(
+            "  last backup:  {} ({}) ended {}, {} s, {} bytes\n",
+            b["id"].as_str().unwrap_or("?"),
+            b["kind"].as_str().unwrap_or("?"),
+            b["stop"].as_str().unwrap_or("?"),
+            b["durationSeconds"],
+            b["size"]
+        )),
+        None => out.push_str("  last backup:  none yet\n"),
+    }
+    out.push_str(&format!(
+        "  recoverable:  {}\n",
+        summary["recoverable"]
+            .as_str()
+            .unwrap_or("nothing (no backup yet)")
+    ));
+    let a = &summary["archive"];
+    if a.is_object() {
+        let last = a["lastSuccess"]
+            .as_f64()
+            .map(backrest::format_time)
+            .unwrap_or_else(|| "never".into());
+        out.push_str(&format!(
+            "  archive:      last success {last}, {} segment(s) waiting, {} failure(s){}\n",
+            a["pendingFiles"],
+            a["failures"],
+            a["lastError"]
+                .as_str()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    if let Some(e) = summary["lastError"].as_str() {
+        out.push_str(&format!("  last backup error: {e}\n"));
+    }
+    out
+}

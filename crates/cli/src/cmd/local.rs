@@ -310,13 +310,26 @@ fn status(args: StatusArgs) -> CliResult {
     let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
     let dir = args.state.resolve().open(&db).map_err(failed)?;
     let report = stator_local::runtime::current_report(&dir, &db).map_err(failed)?;
+    let backups = stator_local::backup::status_summary(&dir, &db);
     match args.output {
-        Output::Table => print!("{}", stator_local::report::render_table(&report)),
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report)
-                .map_err(|e| CliError::Failed(format!("cannot encode the status: {e}")))?
-        ),
+        Output::Table => {
+            print!("{}", stator_local::report::render_table(&report));
+            if let Some(b) = &backups {
+                print!("{}", stator_local::backup::render_summary(b));
+            }
+        }
+        Output::Json => {
+            let mut value = serde_json::to_value(&report)
+                .map_err(|e| CliError::Failed(format!("cannot encode the status: {e}")))?;
+            if let (Some(b), Some(map)) = (backups, value.as_object_mut()) {
+                map.insert("backup".into(), b);
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value)
+                    .map_err(|e| CliError::Failed(format!("cannot encode the status: {e}")))?
+            )
+        }
         Output::Yaml => print!(
             "{}",
             serde_norway::to_string(&report)
