@@ -54,12 +54,7 @@ pub fn check_spec(db: &Database) -> Result<(), LocalError> {
             "encrypted repositories are not implemented yet; remove it".into(),
         );
     }
-    if backrest::find_program().is_none() {
-        return Err(LocalError::BinariesMissing(
-            "spec.backup needs pgBackRest, which is not installed (looked for /usr/bin/pgbackrest and on PATH); install it: Debian/Ubuntu `apt-get install pgbackrest` (2.45 or later)".into(),
-        ));
-    }
-    Ok(())
+    crate::preflight::find_pgbackrest().map(|_| ())
 }
 
 /// The repository root (`spec.backup.repository.local.path`).
@@ -100,9 +95,7 @@ fn pgbackrest(
     stanza: &str,
     args: &[&str],
 ) -> Result<std::process::Output, LocalError> {
-    let program = backrest::find_program().ok_or_else(|| {
-        LocalError::BinariesMissing("pgbackrest not found; apt-get install pgbackrest".into())
-    })?;
+    let program = crate::preflight::find_pgbackrest()?;
     Command::new(&program)
         .arg(format!("--repo1-path={}", repository.display()))
         .arg(format!("--stanza={stanza}"))

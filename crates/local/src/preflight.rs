@@ -160,6 +160,17 @@ fn find_tool_in(bin_dir: &Path, tool: &str, path: &[PathBuf]) -> Option<PathBuf>
 
 /// The engine's tools that create a data dir: a new primary's, and a replica's copy of its
 /// upstream (for progress lines).
+/// pgBackRest, which a database with `spec.backup` archives and backs up with: its path, or an
+/// error saying how to install it.
+pub fn find_pgbackrest() -> Result<PathBuf, LocalError> {
+    stator_engine::postgres::backrest::find_program().ok_or_else(|| {
+        LocalError::BinariesMissing(
+            "spec.backup needs pgBackRest, which is not installed (looked for /usr/bin/pgbackrest and on PATH); install it: Debian/Ubuntu `apt-get install pgbackrest` (2.45 or later)"
+                .into(),
+        )
+    })
+}
+
 pub fn bootstrap_tools(engine: Engine) -> (&'static str, &'static str) {
     match engine {
         Engine::Postgres => ("initdb", "pg_basebackup"),
