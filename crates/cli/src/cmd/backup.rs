@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use stator_local::{LocalError, StateDir};
+use stator_local::StateDir;
 
-use crate::cmd::local::StateDirArg;
+use crate::cmd::local::{StateDirArg, failed};
 use crate::error::{CliError, CliResult};
 
 /// Backups of a database (`spec.backup`, PostgreSQL with a local repository).
@@ -83,14 +83,6 @@ pub struct RestoreArgs {
     /// How long to wait for the new database, in seconds.
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     pub timeout: u64,
-}
-
-fn failed(e: LocalError) -> CliError {
-    if e.is_invalid() {
-        CliError::Invalid(e.to_string())
-    } else {
-        CliError::Failed(e.to_string())
-    }
 }
 
 pub fn backup(args: BackupArgs) -> CliResult {

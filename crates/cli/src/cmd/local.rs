@@ -226,7 +226,7 @@ pub fn run(command: LocalCommand) -> CliResult {
     }
 }
 
-fn failed(e: LocalError) -> CliError {
+pub(crate) fn failed(e: LocalError) -> CliError {
     if e.is_invalid() {
         CliError::Invalid(e.to_string())
     } else {
