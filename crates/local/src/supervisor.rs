@@ -1055,7 +1055,20 @@ fn start_manager(
     primary: &str,
     host: &Host,
 ) -> Result<Child, LocalError> {
-    let config = instance_config(db, dir, ordinal, primary, host);
+    let mut config = instance_config(db, dir, ordinal, primary, host);
+    // A restore happens once, into a database that never had data: a primary that later lost
+    // its data dir is filled from its peers like any other, never restored over its history.
+    if matches!(
+        config.bootstrap,
+        stator_api::instance::Bootstrap::RestoreFrom { .. }
+    ) && dir
+        .read_marker()
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.had_data())
+    {
+        config.bootstrap = stator_api::instance::Bootstrap::InitPrimary;
+    }
     dir.create_shared_dir(&dir.instance_dir(ordinal))?;
     create_dir(&config.run_dir, 0o700)?;
     let server_log = &config.log_file;
