@@ -28,14 +28,19 @@ fn repository(c: &Cluster) -> PathBuf {
     repo
 }
 
-/// A new database `name` whose spec shares `source`'s state dir and repository.
+/// A new 1-instance database `name` whose spec shares `source`'s state dir and repository.
 fn sibling(source: &Cluster, name: &str, repo: &Path) -> PathBuf {
+    sibling_of(source, name, repo, 1)
+}
+
+/// A new database `name` of `instances` instances sharing `source`'s state dir and repository.
+fn sibling_of(source: &Cluster, name: &str, repo: &Path, instances: u32) -> PathBuf {
     let spec = source.dir.path().join(format!("{name}.yaml"));
     let base = local_support::free_port_base();
     std::fs::write(
         &spec,
         format!(
-            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: {name}\nspec:\n  engine: postgres\n  instances: 1\n  local:\n    portBase: {base}\n{}",
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: {name}\nspec:\n  engine: postgres\n  instances: {instances}\n  local:\n    portBase: {base}\n{}",
             backup_spec(repo)
         ),
     )
@@ -115,6 +120,11 @@ fn server_now(c: &Cluster) -> (String, f64, String) {
 
 /// The rows of table `t` in the sibling database of `spec`, as its own application user.
 fn rows_in(c: &Cluster, spec: &Path) -> Vec<i64> {
+    rows_through(c, spec, rw_of(spec))
+}
+
+/// The rows of table `t` in the sibling database of `spec`, through `port`.
+fn rows_through(c: &Cluster, spec: &Path, port: u16) -> Vec<i64> {
     let uri = String::from_utf8(stator(c, &["uri"], spec).stdout).unwrap();
     let out = std::process::Command::new("psql")
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
@@ -124,7 +134,7 @@ fn rows_in(c: &Cluster, spec: &Path) -> Vec<i64> {
         .arg("postgres://")
         .env("PGDATABASE", "app")
         .env("PGHOST", "127.0.0.1")
-        .env("PGPORT", rw_of(spec).to_string())
+        .env("PGPORT", port.to_string())
         .env("PGUSER", "app")
         .env(
             "PGPASSWORD",
@@ -434,12 +444,14 @@ fn after_a_failover_the_new_primary_archives_on_its_timeline_and_restores_before
     assert!(written > after_epoch);
     wait_archived(&c, written);
 
-    for (name, target, expected) in [
-        ("rb", Some(before.as_str()), 20),
-        ("ra", Some(after.as_str()), 40),
-        ("rl", None, 50),
+    // The last one has a replica: it clones the restored primary as any replica does (`up`
+    // returns once both are ready).
+    for (name, target, expected, instances) in [
+        ("rb", Some(before.as_str()), 20, 1),
+        ("ra", Some(after.as_str()), 40, 1),
+        ("rl", None, 50, 2),
     ] {
-        let spec = sibling(&c, name, &repo);
+        let spec = sibling_of(&c, name, &repo, instances);
         let mut args = vec!["restore", "--from", "fb"];
         if let Some(t) = target {
             args.extend(["--to-time", t]);
@@ -463,6 +475,18 @@ fn after_a_failover_the_new_primary_archives_on_its_timeline_and_restores_before
             "{name}: to {}",
             target.unwrap_or("latest")
         );
+        if instances > 1 {
+            // ro: the replica cloned from the restored primary.
+            let ro = rw_of(&spec) + 1;
+            c.eventually(
+                "the replica holds the restored rows",
+                Duration::from_secs(60),
+                || {
+                    (rows_through(&c, &spec, ro) == (1..=expected).collect::<Vec<_>>())
+                        .then_some(())
+                },
+            );
+        }
         cleanup(&c, &spec);
     }
 }
