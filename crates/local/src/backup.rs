@@ -72,8 +72,8 @@ fn repository_root(db: &Database) -> Result<PathBuf, LocalError> {
         })
 }
 
-/// `pgbackrest info --output=json` of `stanza` in `repository`, run by this user with its lock
-/// and log in a temporary directory (only reads the repository).
+/// `pgbackrest info --output=json` of `stanza` in `repository`, run by this user with no log file
+/// (it only reads the repository).
 pub fn repository_info(repository: &Path, stanza: &str) -> Result<RepositoryInfo, LocalError> {
     let out = pgbackrest(
         repository,
