@@ -6,11 +6,13 @@
 //! Everything the forked child needs is computed before the fork; between fork and exec the
 //! child only makes system calls (no allocation), as `pre_exec` requires.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 
 /// One bind mount inside the container's mount namespace.
 #[derive(Clone, Debug)]
@@ -34,6 +36,53 @@ pub(crate) struct Launch {
     pub mounts: Vec<Mount>,
     /// The network namespace joined before exec (`/run/netns/NAME`).
     pub netns: PathBuf,
+    /// The stand-in (its subnet octet) that owns the mount points this launch creates.
+    pub standin: u8,
+}
+
+/// Host paths the stand-ins of this process created as mount points, with the stand-ins
+/// using each: one removed only when the last stand-in using it stops, so a stand-in that stops
+/// never takes a mount point from under a parallel test's pods (removing a mount point detaches
+/// the mounts on it in every namespace).
+static MOUNT_POINTS: Mutex<BTreeMap<PathBuf, BTreeSet<u8>>> = Mutex::new(BTreeMap::new());
+
+/// Creates `path` (a directory, or an empty file) on the host if missing, and records that
+/// stand-in `standin` uses it if a stand-in created it.
+fn claim_mount_point(path: &Path, file: bool, standin: u8) -> io::Result<()> {
+    let mut points = MOUNT_POINTS.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.exists() {
+        if file {
+            std::fs::File::create(path)?;
+        } else {
+            std::fs::create_dir(path)?;
+        }
+        points.insert(path.to_path_buf(), BTreeSet::new());
+    }
+    if let Some(users) = points.get_mut(path) {
+        users.insert(standin);
+    }
+    Ok(())
+}
+
+/// Stand-in `standin` stops: removes the mount points no other stand-in uses (deepest first).
+pub(crate) fn release_mount_points(standin: u8) {
+    let mut points = MOUNT_POINTS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut unused: Vec<PathBuf> = Vec::new();
+    points.retain(|path, users| {
+        users.remove(&standin);
+        if users.is_empty() {
+            unused.push(path.clone());
+        }
+        !users.is_empty()
+    });
+    unused.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in unused {
+        if p.is_dir() {
+            let _ = std::fs::remove_dir(&p);
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
 }
 
 /// A mount target prepared for the child: the components to create after the mounts before it.
@@ -93,14 +142,9 @@ impl Launch {
         ))
     }
 
-    /// Spawns the process. `created` collects host paths created as mount points (removed when
-    /// the stand-in stops).
-    pub(crate) fn spawn(
-        &self,
-        stdout: Stdio,
-        stderr: Stdio,
-        created: &mut Vec<PathBuf>,
-    ) -> io::Result<tokio::process::Child> {
+    /// Spawns the process. Missing mount points are created on the host (removed when the
+    /// last stand-in using them stops, see [`release_mount_points`]).
+    pub(crate) fn spawn(&self, stdout: Stdio, stderr: Stdio) -> io::Result<tokio::process::Child> {
         let program = self.program()?;
         let mut mounts = self.mounts.clone();
         mounts.sort_by_key(|m| m.target.components().count());
@@ -122,17 +166,15 @@ impl Launch {
                 prefix.push(comp);
                 if nested {
                     create_dirs.push(cstring(&prefix)?);
-                } else if !prefix.exists() {
-                    std::fs::create_dir(&prefix)?;
-                    created.push(prefix.clone());
+                } else {
+                    claim_mount_point(&prefix, false, self.standin)?;
                 }
             }
             if is_file {
                 if nested {
                     create_file = Some(cstring(&m.target)?);
-                } else if !m.target.exists() {
-                    std::fs::File::create(&m.target)?;
-                    created.push(m.target.clone());
+                } else {
+                    claim_mount_point(&m.target, true, self.standin)?;
                 }
             }
             child_mounts.push(ChildMount {

@@ -97,6 +97,58 @@ pub struct Image {
     pub entrypoint: Vec<String>,
     /// Host files shown at a path inside the container (read-only), as the image holds them.
     pub files: Vec<(PathBuf, PathBuf)>,
+    /// The image's own accounts besides root: `/etc/passwd` and `/etc/group` inside the
+    /// container list exactly these (as the image's do), each with a group of its name and id.
+    pub users: Vec<ImageUser>,
+}
+
+/// An account of an image (`postgres` and `mysql` are uid and gid 999 in the official images).
+#[derive(Clone, Debug)]
+pub struct ImageUser {
+    pub name: String,
+    pub id: u32,
+    pub home: PathBuf,
+}
+
+impl ImageUser {
+    fn new(name: &str, id: u32, home: &str) -> ImageUser {
+        ImageUser {
+            name: name.into(),
+            id,
+            home: home.into(),
+        }
+    }
+}
+
+impl Image {
+    /// Writes the image's `/etc/passwd` and `/etc/group` under `dir` and shows them in its
+    /// containers (images without accounts of their own see the host's).
+    fn write_accounts(&mut self, dir: &Path) -> std::io::Result<()> {
+        if self.users.is_empty() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dir)?;
+        let mut passwd = String::from("root:x:0:0:root:/root:/bin/sh\n");
+        let mut group = String::from("root:x:0:\n");
+        for u in &self.users {
+            passwd.push_str(&format!(
+                "{}:x:{}:{}::{}:/bin/sh\n",
+                u.name,
+                u.id,
+                u.id,
+                u.home.display()
+            ));
+            group.push_str(&format!("{}:x:{}:\n", u.name, u.id));
+        }
+        passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
+        group.push_str("nogroup:x:65534:\n");
+        for (name, content) in [("passwd", passwd), ("group", group)] {
+            let path = dir.join(name);
+            std::fs::write(&path, content)?;
+            self.files.push((path, PathBuf::from("/etc").join(name)));
+        }
+        Ok(())
+    }
 }
 
 /// The stand-in's configuration.
@@ -131,24 +183,28 @@ impl Config {
                     path: vec![stator_dir],
                     entrypoint: vec!["/usr/local/bin/stator".into()],
                     files: vec![(stator_binary.to_path_buf(), "/usr/local/bin/stator".into())],
+                    users: vec![],
                 },
                 Image {
                     prefix: "postgres:15".into(),
                     path: vec!["/usr/lib/postgresql/15/bin".into()],
                     entrypoint: vec!["postgres".into()],
                     files: vec![],
+                    users: vec![ImageUser::new("postgres", 999, "/var/lib/postgresql")],
                 },
                 Image {
                     prefix: "mariadb:".into(),
                     path: vec!["/usr/sbin".into()],
                     entrypoint: vec!["mariadbd".into()],
                     files: vec![],
+                    users: vec![ImageUser::new("mysql", 999, "/var/lib/mysql")],
                 },
                 Image {
                     prefix: "busybox".into(),
                     path: vec![],
                     entrypoint: vec!["sh".into()],
                     files: vec![],
+                    users: vec![],
                 },
             ],
         }
@@ -169,8 +225,6 @@ pub(crate) struct Shared {
     config: Config,
     nodes: Vec<Arc<node::NodeHandle>>,
     pods: Mutex<HashMap<String, PodHandle>>,
-    /// Host paths created as mount points, removed when the stand-in stops.
-    mountpoints: Mutex<Vec<PathBuf>>,
     /// tmpfs mounts, unmounted when the stand-in stops (pods unmount theirs when torn down).
     tmpfs: Mutex<Vec<PathBuf>>,
     services: service::Forwards,
@@ -199,10 +253,16 @@ pub async fn client(path: &Path) -> Result<kube::Client, Error> {
 
 impl StandIn {
     /// Registers the nodes and starts the heartbeat and the sync loop.
-    pub async fn start(config: Config) -> Result<StandIn, Error> {
+    pub async fn start(mut config: Config) -> Result<StandIn, Error> {
         let client = client(&config.kubeconfig).await?;
         std::fs::create_dir_all(config.root.join("pods"))
             .map_err(|e| Error::Io(config.root.clone(), e))?;
+        for (i, image) in config.images.iter_mut().enumerate() {
+            let dir = config.root.join("images").join(i.to_string());
+            image
+                .write_accounts(&dir)
+                .map_err(|e| Error::Io(dir.clone(), e))?;
+        }
         let network = net::Network::create(config.subnet, config.nodes)
             .map_err(|e| Error::Io(net::namespace_path(config.subnet), e))?;
         let nodes: Vec<Arc<node::NodeHandle>> = (0..config.nodes)
@@ -222,7 +282,6 @@ impl StandIn {
             config,
             nodes,
             pods: Mutex::new(HashMap::new()),
-            mountpoints: Mutex::new(Vec::new()),
             tmpfs: Mutex::new(Vec::new()),
             services: Mutex::new(HashMap::new()),
         });
@@ -366,16 +425,7 @@ impl Drop for StandIn {
         for dir in self.shared.tmpfs.lock().unwrap().drain(..) {
             volume::unmount(&dir);
         }
-        let mut created = std::mem::take(&mut *self.shared.mountpoints.lock().unwrap());
-        created.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        created.dedup();
-        for p in created {
-            if p.is_dir() {
-                let _ = std::fs::remove_dir(&p);
-            } else {
-                let _ = std::fs::remove_file(&p);
-            }
-        }
+        launch::release_mount_points(self.shared.config.subnet);
     }
 }
 

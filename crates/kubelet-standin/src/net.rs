@@ -1,16 +1,18 @@
-//! The pods' network: a network namespace of the stand-in's own (`stator-standin-S`) joined by
-//! every pod process, and a veth pair into it. The namespace end (`stn-S`) holds the pod
-//! addresses (`198.18.S.10/24`, then `.11`–`.199` as /32); the host end (`sth-S`) holds the
-//! node addresses (`198.18.S.1/24`, then `.2` and up as /32) and the Service addresses
-//! (`.200`–`.254` as /32, where the stand-in's forwarders listen). So the host (the test, the
-//! stand-in's probes and forwarders) reaches a pod through the veth, and a pod reaches a
-//! Service or its node through the on-link /24; nothing of `198.18.S.0/24` is an address of
-//! the host outside the veth the stand-in made, and everything is deleted when it stops
-//! (with `/run/netns`, which `ip netns add` makes, if this process made it and it is empty).
+//! The pods' network, as a CNI bridge plugin makes it: a switch namespace of the stand-in's own
+//! (`stator-standin-S`) holding a bridge `br0`, a veth pair from the host into it (`sth-S` on
+//! the host, `stn-S` on the bridge), and for each pod a network namespace of its own
+//! (`stator-standin-S-K`, where `198.18.S.K` is the pod's address) whose `eth0` is a veth on
+//! the bridge. The host end (`sth-S`) holds the node addresses (`198.18.S.1/24`, then `.2` and
+//! up as /32) and the Service addresses (`.200`–`.254` as /32, where the stand-in's forwarders
+//! listen). So the host (the test, the stand-in's probes and forwarders) reaches a pod through
+//! the veth, a pod reaches another pod over the bridge, and a pod reaches a Service or its
+//! node through the on-link /24; each pod has its own `127.0.0.1` and its own ports (two pods
+//! both listen on `0.0.0.0:5432`). Nothing of `198.18.S.0/24` is an address of the host outside
+//! the veth the stand-in made, and everything is deleted when it stops (with `/run/netns`,
+//! which `ip netns add` makes, if this process made it and it is empty).
 //!
-//! Departures: every pod of the stand-in shares this one namespace (a pod can bind another
-//! pod's address, and a connection a pod opens without binding leaves from `198.18.S.10`);
-//! a pod's `127.0.0.1` is the namespace's, shared by all pods and not the host's.
+//! Departures: no NetworkPolicy is enforced; there is no route out of the subnet (a pod
+//! reaches only pods, Services and node addresses of its stand-in).
 
 use std::ffi::CString;
 use std::io;
@@ -42,9 +44,65 @@ fn ns_end(subnet: u8) -> String {
     format!("stn-{subnet}")
 }
 
-/// The path a pod process opens to join the namespace (`setns`).
+/// The bridge in the switch namespace.
+const BRIDGE: &str = "br0";
+
+/// The switch namespace's path (`/run/netns/NAME`).
 pub(crate) fn namespace_path(subnet: u8) -> PathBuf {
-    PathBuf::from("/run/netns").join(namespace(subnet))
+    PathBuf::from(RUN_NETNS_PATH).join(namespace(subnet))
+}
+
+/// The network namespace of the pod at `198.18.S.K`.
+fn pod_namespace(subnet: u8, k: u8) -> String {
+    format!("stator-standin-{subnet}-{k}")
+}
+
+/// The path a pod's processes open to join its network namespace (`setns`).
+pub(crate) fn pod_namespace_path(subnet: u8, k: u8) -> PathBuf {
+    PathBuf::from(RUN_NETNS_PATH).join(pod_namespace(subnet, k))
+}
+
+/// Makes the network namespace of the pod at `198.18.S.K` (replacing a stale one): `lo` and
+/// `eth0` with its address, `eth0` a veth on the switch's bridge.
+pub(crate) fn add_pod(subnet: u8, k: u8) -> io::Result<()> {
+    let _run_netns = RUN_NETNS.lock().unwrap_or_else(|e| e.into_inner());
+    let (pod, switch, port) = (pod_namespace(subnet, k), namespace(subnet), format!("p{k}"));
+    let _ = ip(&["netns", "del", &pod], None);
+    let made = ip(&["netns", "add", &pod], None)
+        .and_then(|()| {
+            ip(
+                &[
+                    "-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                    "netns", &pod,
+                ],
+                None,
+            )
+        })
+        .and_then(|()| {
+            ip(
+                &["-n", &switch, "-batch", "-"],
+                Some(&format!("link set {port} master {BRIDGE}\nlink set {port} up\n")),
+            )
+        })
+        .and_then(|()| {
+            ip(
+                &["-n", &pod, "-batch", "-"],
+                Some(&format!(
+                    "link set lo up\naddr add {}/24 dev eth0\nlink set eth0 up\n",
+                    address(subnet, k)
+                )),
+            )
+        });
+    if made.is_err() {
+        let _ = ip(&["netns", "del", &pod], None);
+    }
+    made
+}
+
+/// Deletes the pod's network namespace (its veth goes with it); gone is fine.
+pub(crate) fn remove_pod(subnet: u8, k: u8) {
+    let _run_netns = RUN_NETNS.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = ip(&["netns", "del", &pod_namespace(subnet, k)], None);
 }
 
 /// Runs `ip ARGS` (with `input` as its batch on stdin when given); an error with its stderr.
@@ -91,6 +149,14 @@ const RUN_NETNS_PATH: &str = "/run/netns";
 /// Deletes the veth pair and the namespace of subnet `S`, whatever of them exists; then
 /// `/run/netns` if this process created it and it is empty.
 fn remove(subnet: u8, run_netns: &Option<bool>) {
+    // Every pod's namespace first (their veths go with them).
+    let prefix = format!("{}-", namespace(subnet));
+    for entry in std::fs::read_dir(RUN_NETNS_PATH).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.strip_prefix(&prefix).is_some_and(|k| k.parse::<u8>().is_ok()) {
+            let _ = ip(&["netns", "del", &name], None);
+        }
+    }
     // Deleting either end deletes the pair; the namespace end also goes with its namespace.
     let _ = ip(&["link", "del", &host_end(subnet)], None);
     let _ = ip(&["netns", "del", &namespace(subnet)], None);
@@ -145,16 +211,10 @@ fn make(subnet: u8, nodes: usize) -> io::Result<()> {
     }
     host_batch.push_str(&format!("link set {host} up\n"));
     ip(&["-batch", "-"], Some(&host_batch))?;
-    // Pod addresses: the first one's /24 routes the subnet out through the veth (ARP answers
-    // for each address on its own side, both ways).
-    let mut ns_batch = format!(
-        "link set lo up\naddr add {}/24 dev {inner}\n",
-        address(subnet, *PODS.start())
+    // The switch: the veth's namespace end and every pod's port on one bridge.
+    let ns_batch = format!(
+        "link set lo up\nlink add {BRIDGE} type bridge\nlink set {inner} master {BRIDGE}\nlink set {BRIDGE} up\nlink set {inner} up\n"
     );
-    for k in PODS.skip(1) {
-        ns_batch.push_str(&format!("addr add {}/32 dev {inner}\n", address(subnet, k)));
-    }
-    ns_batch.push_str(&format!("link set {inner} up\n"));
     ip(&["-n", &ns, "-batch", "-"], Some(&ns_batch))
 }
 
@@ -186,21 +246,23 @@ mod tests {
         for a in [".1/24", ".3/32", ".200/32", ".254/32"] {
             assert!(host.contains(&format!("198.18.{s}{a}")), "{a} in {host}");
         }
-        let inner = output(&[
-            "-n",
-            &namespace(s),
-            "-br",
-            "addr",
-            "show",
-            "dev",
-            &ns_end(s),
-        ]);
-        for a in [".10/24", ".199/32"] {
-            assert!(inner.contains(&format!("198.18.{s}{a}")), "{a} in {inner}");
-        }
+        let bridge = output(&["-n", &namespace(s), "-br", "link", "show", "master", BRIDGE]);
+        assert!(bridge.contains(&ns_end(s)), "{bridge}");
+        // A pod's own namespace: its address on eth0, a port on the bridge.
+        add_pod(s, 10).expect("pod namespace");
+        let eth0 = output(&["-n", &pod_namespace(s, 10), "-br", "addr", "show", "dev", "eth0"]);
+        assert!(eth0.contains(&format!("198.18.{s}.10/24")), "{eth0}");
+        let bridge = output(&["-n", &namespace(s), "-br", "link", "show", "master", BRIDGE]);
+        assert!(bridge.contains("p10"), "{bridge}");
         assert!(!host.contains(&format!("198.18.{s}.10/")), "{host}");
+        // A stand-in killed with a pod running leaves the pod's namespace too.
+        std::mem::forget(network);
+        let network = Network::create(s, 3).expect("network over a stale one with a pod");
+        assert!(!output(&["netns", "list"]).contains(&pod_namespace(s, 10)));
+        add_pod(s, 11).expect("pod namespace");
         drop(network);
-        assert!(!output(&["netns", "list"]).contains(&namespace(s)));
+        let namespaces = output(&["netns", "list"]);
+        assert!(!namespaces.contains(&namespace(s)), "{namespaces}");
         assert!(!output(&["-br", "link"]).contains(&host_end(s)));
     }
 }

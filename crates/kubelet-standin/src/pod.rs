@@ -65,6 +65,8 @@ struct Ctr {
     /// Finished for good (init container succeeded; or no restart under the policy).
     done: bool,
     ready: bool,
+    /// The startup probe has succeeded (or there is none): readiness and liveness run.
+    startup_done: bool,
     successes: u32,
     failures: u32,
     generation: u64,
@@ -79,6 +81,15 @@ fn waiting(reason: &str, message: Option<String>) -> ContainerState {
             message,
         }),
         ..ContainerState::default()
+    }
+}
+
+/// The probe of this kind a container declares.
+fn probe_of(spec: &Container, kind: Kind) -> Option<&k8s_openapi::api::core::v1::Probe> {
+    match kind {
+        Kind::Startup => spec.startup_probe.as_ref(),
+        Kind::Readiness => spec.readiness_probe.as_ref(),
+        Kind::Liveness => spec.liveness_probe.as_ref(),
     }
 }
 
@@ -107,6 +118,7 @@ impl Ctr {
             next_start: Instant::now(),
             done: false,
             ready: false,
+            startup_done: false,
             successes: 0,
             failures: 0,
             generation: 0,
@@ -141,7 +153,7 @@ impl Ctr {
             image_id: String::new(),
             container_id: (self.pgid > 0).then(|| format!("standin://{}", self.pgid)),
             ready: self.ready,
-            started: Some(self.child.is_some()),
+            started: Some(self.child.is_some() && self.startup_done),
             restart_count: self.restarts,
             state: Some(self.state.clone()),
             last_state: self.last.clone(),
@@ -165,6 +177,8 @@ pub(crate) struct Worker {
     transitions: HashMap<String, (String, Time)>,
     last_patch: Option<serde_json::Value>,
     failed: bool,
+    /// The pod's network namespace exists (see `net`).
+    network_ready: bool,
     sandbox_ready: bool,
     probe_tx: mpsc::UnboundedSender<(usize, u64, Kind, bool)>,
 }
@@ -206,6 +220,7 @@ impl Worker {
             transitions: HashMap::new(),
             last_patch: None,
             failed: false,
+            network_ready: false,
             sandbox_ready: false,
             probe_tx,
         };
@@ -255,6 +270,14 @@ impl Worker {
     }
 
     async fn prepare(&mut self, pvc_uids: &BTreeMap<String, String>) {
+        if !self.network_ready {
+            let (subnet, k) = (self.shared.config.subnet, self.ip.octets()[3]);
+            match tokio::task::spawn_blocking(move || crate::net::add_pod(subnet, k)).await {
+                Ok(Ok(())) => self.network_ready = true,
+                Ok(Err(e)) => return self.waiting_all(format!("pod network: {e}")),
+                Err(e) => return self.waiting_all(format!("pod network: {e}")),
+            }
+        }
         let result = volume::prepare(
             &self.shared.client,
             &self.shared.config.root,
@@ -274,16 +297,19 @@ impl Worker {
                 self.volumes = volumes;
                 self.sandbox_ready = true;
             }
-            Err(message) => {
-                for c in &mut self.ctrs {
-                    let reason = if c.init {
-                        "PodInitializing"
-                    } else {
-                        "ContainerCreating"
-                    };
-                    c.state = waiting(reason, Some(message.clone()));
-                }
-            }
+            Err(message) => self.waiting_all(message),
+        }
+    }
+
+    /// Every container waits to be created, for this reason.
+    fn waiting_all(&mut self, message: String) {
+        for c in &mut self.ctrs {
+            let reason = if c.init {
+                "PodInitializing"
+            } else {
+                "ContainerCreating"
+            };
+            c.state = waiting(reason, Some(message.clone()));
         }
     }
 
@@ -293,10 +319,7 @@ impl Worker {
         if c.generation != generation || c.child.is_none() {
             return;
         }
-        let Some(probe) = (match kind {
-            Kind::Readiness => c.spec.readiness_probe.as_ref(),
-            Kind::Liveness => c.spec.liveness_probe.as_ref(),
-        }) else {
+        let Some(probe) = probe_of(&c.spec, kind) else {
             return;
         };
         let t = probe::timing(probe);
@@ -308,6 +331,17 @@ impl Worker {
             c.successes = 0;
         }
         match kind {
+            Kind::Startup => {
+                if ok {
+                    c.startup_done = true;
+                    c.successes = 0;
+                    self.spawn_probes(i, &[Kind::Readiness, Kind::Liveness]);
+                } else if c.failures >= t.failure_threshold && c.kill_at.is_none() {
+                    tracing::info!(container = %c.spec.name, "startup probe failed: killing");
+                    signal_group(c.pgid, libc::SIGTERM);
+                    c.kill_at = Some(Instant::now() + grace);
+                }
+            }
             Kind::Readiness => {
                 if c.successes >= t.success_threshold {
                     c.ready = true;
@@ -616,7 +650,8 @@ impl Worker {
             gid: gid as u32,
             groups,
             mounts,
-            netns: crate::net::namespace_path(self.shared.config.subnet),
+            netns: crate::net::pod_namespace_path(self.shared.config.subnet, self.ip.octets()[3]),
+            standin: self.shared.config.subnet,
         })
     }
 
@@ -642,10 +677,7 @@ impl Worker {
             .open(&log)
             .and_then(|f| Ok((f.try_clone()?, f)))
             .and_then(|(out, err)| {
-                let mut created = Vec::new();
-                let child = launch.spawn(Stdio::from(out), Stdio::from(err), &mut created);
-                self.shared.mountpoints.lock().unwrap().extend(created);
-                child
+                launch.spawn(Stdio::from(out), Stdio::from(err))
             });
         let c = &mut self.ctrs[i];
         match spawned {
@@ -664,35 +696,50 @@ impl Worker {
                     }),
                     ..ContainerState::default()
                 };
-                c.launch = Some(launch.clone());
-                for (kind, probe) in [
-                    (Kind::Readiness, c.spec.readiness_probe.clone()),
-                    (Kind::Liveness, c.spec.liveness_probe.clone()),
-                ] {
-                    let Some(probe) = probe else { continue };
-                    if c.init {
-                        continue;
+                c.launch = Some(launch);
+                c.startup_done = c.spec.startup_probe.is_none();
+                if !c.init {
+                    if c.startup_done {
+                        self.spawn_probes(i, &[Kind::Readiness, Kind::Liveness]);
+                    } else {
+                        self.spawn_probes(i, &[Kind::Startup]);
                     }
-                    let tx = self.probe_tx.clone();
-                    let (spec, ip, launch, generation) =
-                        (c.spec.clone(), self.ip, launch.clone(), c.generation);
-                    c.probes.push(tokio::spawn(async move {
-                        let t = probe::timing(&probe);
-                        tokio::time::sleep(t.initial_delay).await;
-                        loop {
-                            let ok = probe::run_once(&probe, &spec, ip, &launch).await;
-                            if tx.send((i, generation, kind, ok)).is_err() {
-                                return;
-                            }
-                            tokio::time::sleep(t.period).await;
-                        }
-                    }));
                 }
             }
             Err(e) => {
                 c.state = waiting("RunContainerError", Some(e.to_string()));
                 c.next_start = Instant::now() + Duration::from_secs(10);
             }
+        }
+    }
+
+    /// Starts the probe loops of these kinds that container `i` declares. A startup probe's
+    /// loop ends at its first success.
+    fn spawn_probes(&mut self, i: usize, kinds: &[Kind]) {
+        let ip = self.ip;
+        let tx = self.probe_tx.clone();
+        let c = &mut self.ctrs[i];
+        let Some(launch) = c.launch.clone() else {
+            return;
+        };
+        for &kind in kinds {
+            let Some(probe) = probe_of(&c.spec, kind).cloned() else {
+                continue;
+            };
+            let (tx, spec, launch, generation) =
+                (tx.clone(), c.spec.clone(), launch.clone(), c.generation);
+            c.probes.push(tokio::spawn(async move {
+                let t = probe::timing(&probe);
+                tokio::time::sleep(t.initial_delay).await;
+                loop {
+                    let ok = probe::run_once(&probe, &spec, ip, &launch).await;
+                    if tx.send((i, generation, kind, ok)).is_err() || (kind == Kind::Startup && ok)
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(t.period).await;
+                }
+            }));
         }
     }
 
@@ -852,6 +899,11 @@ impl Worker {
             volume::unmount(&dir);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if self.network_ready {
+            let (subnet, k) = (self.shared.config.subnet, self.ip.octets()[3]);
+            let _ = tokio::task::spawn_blocking(move || crate::net::remove_pod(subnet, k)).await;
+            self.network_ready = false;
+        }
         if delete {
             let (pods, name) = self.api();
             let params = DeleteParams {

@@ -4,8 +4,11 @@
 //! into the pods' network namespace, as a kubelet connects from its node.
 //! Periods, delays, timeouts and thresholds are the pod's, with the Kubernetes defaults.
 //!
-//! Not done: `grpc` probes, `httpGet` over HTTPS (both count as failures), startup probes
-//! (ignored: liveness and readiness start at once).
+//! `httpGet` with `scheme: HTTPS` speaks TLS without verifying the server's certificate, as a
+//! kubelet does. A `startupProbe` runs first; liveness and readiness start once it has
+//! succeeded, and its failure threshold restarts the container (see `pod`).
+//!
+//! Not done: `grpc` probes (they count as failures).
 
 use std::net::Ipv4Addr;
 use std::process::Stdio;
@@ -20,6 +23,7 @@ use crate::launch::{Launch, signal_group};
 /// Which probe a result belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
+    Startup,
     Readiness,
     Liveness,
 }
@@ -69,8 +73,7 @@ pub(crate) async fn run_once(
     if let Some(exec) = &probe.exec {
         let mut launch = launch.clone();
         launch.argv = exec.command.clone().unwrap_or_default();
-        let mut created = Vec::new();
-        let Ok(mut child) = launch.spawn(Stdio::null(), Stdio::null(), &mut created) else {
+        let Ok(mut child) = launch.spawn(Stdio::null(), Stdio::null()) else {
             return false;
         };
         let pgid = child.id().map_or(0, |p| p as i32);
@@ -84,38 +87,35 @@ pub(crate) async fn run_once(
         };
     }
     if let Some(http) = &probe.http_get {
-        if http
-            .scheme
-            .as_deref()
-            .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"))
-        {
-            return false;
-        }
         let Some(port) = port_number(&http.port, container) else {
             return false;
         };
         let host = http.host.clone().unwrap_or_else(|| pod_ip.to_string());
         let path = http.path.clone().unwrap_or_else(|| "/".into());
-        let request = async {
-            let mut stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            let mut req = format!(
-                "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.36\r\nAccept: */*\r\nConnection: close\r\n"
-            );
-            for h in http.http_headers.iter().flatten() {
-                req.push_str(&format!("{}: {}\r\n", h.name, h.value));
+        let mut request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.36\r\nAccept: */*\r\nConnection: close\r\n"
+        );
+        for h in http.http_headers.iter().flatten() {
+            request.push_str(&format!("{}: {}\r\n", h.name, h.value));
+        }
+        request.push_str("\r\n");
+        let https = http
+            .scheme
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
+        let exchange = async {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            if https {
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(std::io::Error::other)?;
+                let tls = tls_connector()?.connect(name, tcp).await?;
+                status_code(tls, &request).await
+            } else {
+                status_code(tcp, &request).await
             }
-            req.push_str("\r\n");
-            stream.write_all(req.as_bytes()).await?;
-            let mut head = [0u8; 12];
-            stream.read_exact(&mut head).await?;
-            let code: u16 = std::str::from_utf8(&head[9..12])
-                .ok()
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            Ok::<_, std::io::Error>(code)
         };
         return matches!(
-            tokio::time::timeout(timeout, request).await,
+            tokio::time::timeout(timeout, exchange).await,
             Ok(Ok(200..=399))
         );
     }
@@ -128,4 +128,92 @@ pub(crate) async fn run_once(
         return matches!(tokio::time::timeout(timeout, connect).await, Ok(Ok(_)));
     }
     false
+}
+
+/// Sends `request` and reads the status code of the answer.
+async fn status_code<S>(mut stream: S, request: &str) -> std::io::Result<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await?;
+    Ok(std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0))
+}
+
+/// A TLS client that accepts any server certificate: a kubelet's HTTPS probe does not verify
+/// it (the pod's certificate is not for the kubelet to trust).
+fn tls_connector() -> std::io::Result<tokio_rustls::TlsConnector> {
+    use std::sync::{Arc, OnceLock};
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(AnyCertificate(provider.clone()));
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| {
+                Arc::new(
+                    b.dangerous()
+                        .with_custom_certificate_verifier(verifier)
+                        .with_no_client_auth(),
+                )
+            })
+            .map_err(|e| e.to_string())
+    });
+    match config {
+        Ok(c) => Ok(tokio_rustls::TlsConnector::from(c.clone())),
+        Err(e) => Err(std::io::Error::other(e.clone())),
+    }
+}
+
+/// Accepts every certificate; still checks the handshake's signatures with the provider.
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
