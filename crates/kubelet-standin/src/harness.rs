@@ -34,6 +34,44 @@ pub fn missing_binary() -> Option<String> {
     None
 }
 
+/// The built `stator` binary the Stator image maps to: `STATOR_BIN`, else `debug/stator` in
+/// `CARGO_TARGET_DIR` or the checkout's `target`. Panics, saying how to build it, if missing.
+pub fn stator_binary() -> PathBuf {
+    let path = std::env::var_os("STATOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+                .join("debug/stator")
+        });
+    assert!(
+        path.is_file(),
+        "no stator binary at {} (build it with `cargo build --workspace --bin stator`, or set STATOR_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` every half second until it gives `Ok`, or panics after `deadline` with what
+/// it last saw (its `Err`). A bound, never a timing assertion.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(seen) if start.elapsed() > deadline => {
+                panic!("timed out after {deadline:?} waiting for {what}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+    }
+}
+
 /// A running control plane; stopped (and its directory removed) on drop.
 pub struct ControlPlane {
     dir: tempfile::TempDir,
@@ -79,10 +117,17 @@ impl ControlPlane {
     }
 
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        self.kubectl_as(&self.kubeconfig, args, stdin)
+    }
+
+    /// Runs `kubectl ARGS` with `kubeconfig` (e.g. one from
+    /// [`ControlPlane::service_account_kubeconfig`]) and `stdin`; its stdout. Panics with its
+    /// stderr if it fails.
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
         use std::io::Write;
         let mut child = Command::new(&self.kubectl)
             .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
+            .arg(kubeconfig)
             .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

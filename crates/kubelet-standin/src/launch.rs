@@ -85,8 +85,15 @@ pub(crate) fn release_mount_points(standin: u8) {
     }
 }
 
+/// Where the child keeps its mount sources open while it mounts (closed before exec).
+const SOURCE_FD_BASE: libc::c_int = 900;
+
 /// A mount target prepared for the child: the components to create after the mounts before it.
 struct ChildMount {
+    /// The host path, opened (`O_PATH`) onto descriptor `fd` in the child.
+    host: CString,
+    fd: libc::c_int,
+    /// `/proc/self/fd/FD`.
     source: CString,
     target: CString,
     read_only: bool,
@@ -177,8 +184,15 @@ impl Launch {
                     claim_mount_point(&m.target, true, self.standin)?;
                 }
             }
+            // The source by descriptor, opened in the child before any mount (a mount over a
+            // parent of the host path, a pod's `/tmp` over a root in the host's /tmp, must not
+            // hide the later mounts' sources; a descriptor opened before `unshare` would name
+            // a mount of the old namespace, which `mount` refuses).
+            let fd = SOURCE_FD_BASE + i as libc::c_int;
             child_mounts.push(ChildMount {
-                source: cstring(&m.source)?,
+                host: cstring(&m.source)?,
+                fd,
+                source: CString::new(format!("/proc/self/fd/{fd}")).map_err(io::Error::other)?,
                 target: cstring(&m.target)?,
                 read_only: m.read_only,
                 create_dirs,
@@ -223,6 +237,12 @@ impl Launch {
                     std::ptr::null(),
                 ))?;
                 for m in &child_mounts {
+                    let fd = libc::open(m.host.as_ptr(), libc::O_PATH);
+                    check(fd)?;
+                    check(libc::dup2(fd, m.fd))?;
+                    libc::close(fd);
+                }
+                for m in &child_mounts {
                     for d in &m.create_dirs {
                         if libc::mkdir(d.as_ptr(), 0o755) == -1
                             && *libc::__errno_location() != libc::EEXIST
@@ -252,6 +272,9 @@ impl Launch {
                         ))?;
                     }
                 }
+                for m in &child_mounts {
+                    libc::close(m.fd);
+                }
                 check(libc::setgroups(groups.len(), groups.as_ptr()))?;
                 check(libc::setgid(gid))?;
                 check(libc::setuid(uid))?;
@@ -262,7 +285,7 @@ impl Launch {
             });
         }
         let child = cmd.spawn();
-        // The parent's copy is closed only after the fork (the closure borrows its number).
+        // The parent's copies are closed only after the fork (the closure uses their numbers).
         drop(netns);
         child
     }
@@ -274,6 +297,40 @@ pub(crate) fn signal_group(pgid: i32, signal: libc::c_int) {
         // SAFETY: kill(2) on a negative pid signals a process group; no memory is involved.
         unsafe {
             libc::kill(-pgid, signal);
+        }
+    }
+}
+
+/// The mount namespace of process `pid` (its `/proc/PID/ns/mnt` inode), if it still runs.
+pub(crate) fn mount_namespace(pid: i32) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()?;
+    link.to_str()?
+        .strip_prefix("mnt:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Sends `signal` to a container's processes: its process group `pgid`, and every process in
+/// its mount namespace `mnt` (each container has its own, inherited by all it starts), so a
+/// server the container's main process started in a session of its own goes too, as it does
+/// with a container's PID namespace.
+pub(crate) fn signal_container(pgid: i32, mnt: Option<u64>, signal: libc::c_int) {
+    signal_group(pgid, signal);
+    let Some(mnt) = mnt else { return };
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid > 1 && mount_namespace(pid) == Some(mnt) {
+            // SAFETY: kill(2) on one pid; no memory is involved.
+            unsafe {
+                libc::kill(pid, signal);
+            }
         }
     }
 }

@@ -38,18 +38,24 @@
 //! - `net`: the pods' network namespace and the veth pair into it;
 //! - `launch`: one process in the pods' network namespace and its own mount namespace, as its
 //!   user;
-//! - `probe`: exec, httpGet and tcpSocket probes;
+//! - `probe`: exec, httpGet and tcpSocket probes, and startup probes before them;
+//! - `http`: one HTTP(S) request into a pod (the probes', and tests' calls to instance
+//!   managers);
 //! - `pod`: a pod's worker (containers, restarts, status, termination);
 //! - `service`: an address per Service on the host end of the veth, forwarding to its ready
 //!   endpoints;
 //! - `hosts`: the pods' `/etc/hosts`;
-//! - `harness`: the control plane and an address subnet for a test.
+//! - `harness`: the control plane, an address subnet, the `stator` binary and bounded waits
+//!   for a test;
+//! - `observe`: what a test reads of pods (readiness, addresses, a Secret's key).
 
 pub mod harness;
 mod hosts;
+pub mod http;
 mod launch;
 mod net;
 mod node;
+pub mod observe;
 mod pod;
 mod probe;
 mod schedule;
@@ -348,6 +354,23 @@ impl StandIn {
         })
     }
 
+    /// Fault drill: [`StandIn::kill_container`] of pod `name` in `namespace`, by name; false if
+    /// the stand-in does not run that pod.
+    pub async fn kill_container_of(
+        &self,
+        namespace: &str,
+        name: &str,
+        container: &str,
+    ) -> Result<bool, Error> {
+        let pods: Api<Pod> = Api::namespaced(self.shared.client.clone(), namespace);
+        let pod = pods
+            .get_opt(name)
+            .await
+            .map_err(|e| Error::Kube("get pod", e))?;
+        let uid = pod.and_then(|p| p.metadata.uid).unwrap_or_default();
+        Ok(self.kill_container(&uid, container))
+    }
+
     /// Fault drill: delete a pod through the API with its own grace period, as `kubectl delete
     /// pod` does; the stand-in then terminates it like a kubelet.
     pub async fn delete_pod(&self, namespace: &str, name: &str) -> Result<(), Error> {
@@ -406,9 +429,9 @@ impl StandIn {
 }
 
 fn kill_groups(groups: &pod::Groups) {
-    for pgid in groups.lock().unwrap().values() {
-        launch::signal_group(*pgid, libc::SIGCONT);
-        launch::signal_group(*pgid, libc::SIGKILL);
+    for (pgid, mnt) in groups.lock().unwrap().values() {
+        launch::signal_container(*pgid, *mnt, libc::SIGCONT);
+        launch::signal_container(*pgid, *mnt, libc::SIGKILL);
     }
 }
 

@@ -81,7 +81,9 @@ pub(crate) fn add_pod(subnet: u8, k: u8) -> io::Result<()> {
         .and_then(|()| {
             ip(
                 &["-n", &switch, "-batch", "-"],
-                Some(&format!("link set {port} master {BRIDGE}\nlink set {port} up\n")),
+                Some(&format!(
+                    "link set {port} master {BRIDGE}\nlink set {port} up\n"
+                )),
             )
         })
         .and_then(|()| {
@@ -151,9 +153,16 @@ const RUN_NETNS_PATH: &str = "/run/netns";
 fn remove(subnet: u8, run_netns: &Option<bool>) {
     // Every pod's namespace first (their veths go with them).
     let prefix = format!("{}-", namespace(subnet));
-    for entry in std::fs::read_dir(RUN_NETNS_PATH).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(RUN_NETNS_PATH)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.strip_prefix(&prefix).is_some_and(|k| k.parse::<u8>().is_ok()) {
+        if name
+            .strip_prefix(&prefix)
+            .is_some_and(|k| k.parse::<u8>().is_ok())
+        {
             let _ = ip(&["netns", "del", &name], None);
         }
     }
@@ -250,7 +259,15 @@ mod tests {
         assert!(bridge.contains(&ns_end(s)), "{bridge}");
         // A pod's own namespace: its address on eth0, a port on the bridge.
         add_pod(s, 10).expect("pod namespace");
-        let eth0 = output(&["-n", &pod_namespace(s, 10), "-br", "addr", "show", "dev", "eth0"]);
+        let eth0 = output(&[
+            "-n",
+            &pod_namespace(s, 10),
+            "-br",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+        ]);
         assert!(eth0.contains(&format!("198.18.{s}.10/24")), "{eth0}");
         let bridge = output(&["-n", &namespace(s), "-br", "link", "show", "master", BRIDGE]);
         assert!(bridge.contains("p10"), "{bridge}");

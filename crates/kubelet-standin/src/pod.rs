@@ -28,7 +28,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use tokio::sync::mpsc;
 
 use crate::Shared;
-use crate::launch::{Launch, Mount, signal_group};
+use crate::launch::{self, Launch, Mount, signal_container, signal_group};
 use crate::probe::{self, Kind};
 use crate::volume::{self, Prepared};
 
@@ -45,7 +45,8 @@ pub(crate) enum Order {
 
 /// Process groups of a pod's running containers, by container name (read by the stand-in's
 /// `Drop` to leave no process behind).
-pub(crate) type Groups = Arc<Mutex<HashMap<String, i32>>>;
+/// With each its mount namespace (see [`signal_container`]).
+pub(crate) type Groups = Arc<Mutex<HashMap<String, (i32, Option<u64>)>>>;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
@@ -55,6 +56,8 @@ struct Ctr {
     init: bool,
     child: Option<tokio::process::Child>,
     pgid: i32,
+    /// The container's mount namespace: every process it started.
+    mnt: Option<u64>,
     launch: Option<Launch>,
     state: ContainerState,
     last: Option<ContainerState>,
@@ -109,6 +112,7 @@ impl Ctr {
             init,
             child: None,
             pgid: 0,
+            mnt: None,
             launch: None,
             state: waiting(reason, None),
             last: None,
@@ -235,12 +239,12 @@ impl Worker {
                     }
                     Some(Order::KillContainer(name)) => {
                         if let Some(c) = w.ctrs.iter().find(|c| c.spec.name == name) {
-                            signal_group(c.pgid, libc::SIGKILL);
+                            signal_container(c.pgid, c.mnt, libc::SIGKILL);
                         }
                     }
                     Some(Order::Freeze) => {
                         for c in &w.ctrs {
-                            signal_group(c.pgid, libc::SIGSTOP);
+                            signal_container(c.pgid, c.mnt, libc::SIGSTOP);
                         }
                         // A stopped node's kubelet does nothing more; the processes stay
                         // stopped until the stand-in stops (its Drop kills them).
@@ -386,7 +390,7 @@ impl Worker {
             if let Some(at) = c.kill_at
                 && now_i >= at
             {
-                signal_group(c.pgid, libc::SIGKILL);
+                signal_container(c.pgid, c.mnt, libc::SIGKILL);
             }
             let Some(child) = c.child.as_mut() else {
                 continue;
@@ -399,7 +403,7 @@ impl Worker {
                 .code()
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
             // Whatever the main process left in its session goes with it.
-            signal_group(c.pgid, libc::SIGKILL);
+            signal_container(c.pgid, c.mnt, libc::SIGKILL);
             self.groups.lock().unwrap().remove(&c.spec.name);
             for p in c.probes.drain(..) {
                 p.abort();
@@ -676,14 +680,16 @@ impl Worker {
             .append(true)
             .open(&log)
             .and_then(|f| Ok((f.try_clone()?, f)))
-            .and_then(|(out, err)| {
-                launch.spawn(Stdio::from(out), Stdio::from(err))
-            });
+            .and_then(|(out, err)| launch.spawn(Stdio::from(out), Stdio::from(err)));
         let c = &mut self.ctrs[i];
         match spawned {
             Ok(child) => {
                 c.pgid = child.id().map_or(0, |p| p as i32);
-                self.groups.lock().unwrap().insert(name.clone(), c.pgid);
+                c.mnt = launch::mount_namespace(c.pgid);
+                self.groups
+                    .lock()
+                    .unwrap()
+                    .insert(name.clone(), (c.pgid, c.mnt));
                 c.child = Some(child);
                 c.started = Some(Instant::now());
                 c.generation += 1;
@@ -871,7 +877,7 @@ impl Worker {
                 p.abort();
             }
             if c.child.is_some() {
-                signal_group(c.pgid, libc::SIGCONT);
+                signal_container(c.pgid, c.mnt, libc::SIGCONT);
                 signal_group(c.pgid, libc::SIGTERM);
             }
         }
@@ -884,12 +890,12 @@ impl Worker {
             let code = match tokio::time::timeout(left, child.wait()).await {
                 Ok(Ok(s)) => s.code().unwrap_or(137),
                 _ => {
-                    signal_group(c.pgid, libc::SIGKILL);
+                    signal_container(c.pgid, c.mnt, libc::SIGKILL);
                     let _ = child.wait().await;
                     137
                 }
             };
-            signal_group(c.pgid, libc::SIGKILL);
+            signal_container(c.pgid, c.mnt, libc::SIGKILL);
             self.groups.lock().unwrap().remove(&c.spec.name);
             c.state = c.terminated(code);
             c.child = None;

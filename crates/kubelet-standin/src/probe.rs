@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::launch::{Launch, signal_group};
 
@@ -103,20 +102,10 @@ pub(crate) async fn run_once(
             .scheme
             .as_deref()
             .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
-        let exchange = async {
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            if https {
-                let name = rustls::pki_types::ServerName::try_from(host.clone())
-                    .map_err(std::io::Error::other)?;
-                let tls = tls_connector()?.connect(name, tcp).await?;
-                status_code(tls, &request).await
-            } else {
-                status_code(tcp, &request).await
-            }
-        };
+        let exchange = crate::http::exchange(&host, port, https, &request);
         return matches!(
             tokio::time::timeout(timeout, exchange).await,
-            Ok(Ok(200..=399))
+            Ok(Ok((200..=399, _)))
         );
     }
     if let Some(tcp) = &probe.tcp_socket {
@@ -128,92 +117,4 @@ pub(crate) async fn run_once(
         return matches!(tokio::time::timeout(timeout, connect).await, Ok(Ok(_)));
     }
     false
-}
-
-/// Sends `request` and reads the status code of the answer.
-async fn status_code<S>(mut stream: S, request: &str) -> std::io::Result<u16>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    stream.write_all(request.as_bytes()).await?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).await?;
-    Ok(std::str::from_utf8(&head[9..12])
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0))
-}
-
-/// A TLS client that accepts any server certificate: a kubelet's HTTPS probe does not verify
-/// it (the pod's certificate is not for the kubelet to trust).
-fn tls_connector() -> std::io::Result<tokio_rustls::TlsConnector> {
-    use std::sync::{Arc, OnceLock};
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
-    let config = CONFIG.get_or_init(|| {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Arc::new(AnyCertificate(provider.clone()));
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map(|b| {
-                Arc::new(
-                    b.dangerous()
-                        .with_custom_certificate_verifier(verifier)
-                        .with_no_client_auth(),
-                )
-            })
-            .map_err(|e| e.to_string())
-    });
-    match config {
-        Ok(c) => Ok(tokio_rustls::TlsConnector::from(c.clone())),
-        Err(e) => Err(std::io::Error::other(e.clone())),
-    }
-}
-
-/// Accepts every certificate; still checks the handshake's signatures with the provider.
-#[derive(Debug)]
-struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }

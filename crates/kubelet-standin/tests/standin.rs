@@ -16,27 +16,17 @@ use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::{Value, json};
 use stator_kubelet_standin::harness::{self, ControlPlane};
+use stator_kubelet_standin::observe::{self, condition, describe, phase};
 use stator_kubelet_standin::{Config, StandIn};
 
 const DEADLINE: Duration = Duration::from_secs(240);
 
-/// Polls `check` every half second until it gives `Some`, or panics at the deadline with the
-/// last thing it saw.
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+async fn wait_for<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let start = std::time::Instant::now();
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(seen) if start.elapsed() > DEADLINE => {
-                panic!("timed out after {DEADLINE:?} waiting for {what}; last seen: {seen}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
+    harness::wait_for(what, DEADLINE, check).await
 }
 
 /// The control plane, the stand-in and their temp dirs, for one test.
@@ -119,34 +109,6 @@ impl Rig {
     }
 }
 
-fn condition(pod: &Pod, type_: &str) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
-}
-
-fn phase(pod: &Pod) -> String {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.clone())
-        .unwrap_or_default()
-}
-
-fn describe(pods: &[Pod]) -> String {
-    pods.iter()
-        .map(|p| {
-            format!(
-                "{} node={:?} phase={} ready={} ",
-                p.metadata.name.clone().unwrap_or_default(),
-                p.spec.as_ref().and_then(|s| s.node_name.clone()),
-                phase(p),
-                condition(p, "Ready")
-            )
-        })
-        .collect()
-}
-
 /// The process group of a pod's container, from the `standin://PGID` container ID.
 fn container_pgid(pod: &Pod, container: &str) -> Option<i32> {
     pod.status
@@ -183,24 +145,7 @@ fn alive(pid: i32) -> bool {
 
 /// Waits until the pods with `label` are `n`, all Running and Ready.
 async fn ready_pods(rig: &Rig, label: &str, n: usize) -> Vec<Pod> {
-    let pods = rig.api::<Pod>();
-    wait_for(&format!("{n} Ready pods {label}"), || async {
-        let list = pods
-            .list(&ListParams::default().labels(label))
-            .await
-            .map_err(|e| e.to_string())?
-            .items;
-        let ready = list
-            .iter()
-            .filter(|p| phase(p) == "Running" && condition(p, "Ready"))
-            .count();
-        if ready == n {
-            Ok(list)
-        } else {
-            Err(describe(&list))
-        }
-    })
-    .await
+    observe::ready_pods(&rig.admin, "default", label, n, DEADLINE).await
 }
 
 fn web_statefulset(replicas: i32) -> Value {

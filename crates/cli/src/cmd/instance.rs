@@ -43,7 +43,11 @@ pub struct InstanceArgs {
 
 /// Paths inside a pod.
 pub const POD_DATA_DIR: &str = "/var/lib/stator/data";
-pub const POD_RUN_DIR: &str = "/run/stator";
+/// A directory the manager creates inside the `run` emptyDir mounted at `/run/stator`: a
+/// kubelet makes that mount root-owned (group fsGroup, 2777), which a non-root manager cannot
+/// make private (issue 10: "/run/stator: cannot set the mode of"), but its own subdirectory it
+/// can.
+pub const POD_RUN_DIR: &str = "/run/stator/instance";
 /// Where Kubernetes mounts the credentials Secret. Its files are root-owned and group-readable
 /// by the pod's fsGroup (the kubelet always adds group read), so they are staged, 0600, into
 /// [`POD_SECRETS_DIR`] on the memory-backed run volume before the manager reads them.
