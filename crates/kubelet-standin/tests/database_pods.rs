@@ -339,3 +339,34 @@ async fn rendered_postgres_pods_run_plain_and_wait_for_the_operator_s_bootstrap(
 
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendered_mariadb_pods_run_plain_and_replicate() {
+    let Some(rig) = Rig::start().await else {
+        return;
+    };
+    // examples/mariadb.yaml with 2 instances and without its node selector and tolerations
+    // (the stand-in's nodes carry no database label).
+    let spec = write_spec(
+        rig.root.path(),
+        "wiki-db",
+        "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: wiki-db\n  namespace: wiki\nspec:\n  engine: mariadb\n  version: \"10.11\"\n  instances: 2\n  storage:\n    size: 1Gi\n  bootstrap:\n    database: wiki\n    owner: wiki\n",
+    );
+    rig.kubectl(&["create", "namespace", "wiki"], None);
+    let applied = Instant::now();
+    rig.render_and_apply(&spec, "wiki-db", &[]);
+    observe::ready_pods(
+        &rig.client,
+        "wiki",
+        "stator.dev/database=wiki-db",
+        2,
+        DEADLINE,
+    )
+    .await;
+    println!(
+        "figure: mariadb-2 (plain render) from apply to 2 pods Ready on the stand-in: {:.1}s",
+        applied.elapsed().as_secs_f64()
+    );
+    wait_streaming(&rig.client, "wiki", "wiki-db-0", &["wiki-db-1"]).await;
+    rig.stop().await;
+}
