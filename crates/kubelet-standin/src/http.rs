@@ -164,3 +164,77 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `openssl s_server` with a self-signed certificate for another name: a verifying client
+    /// refuses it, a kubelet's probe (and [`request`]) does not.
+    #[tokio::test]
+    async fn https_is_spoken_without_verifying_the_certificate() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args([
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=not-this-address",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("run openssl req");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let _server = tokio::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run openssl s_server");
+        let localhost = std::net::Ipv4Addr::LOCALHOST;
+        let mut last = None;
+        for _ in 0..100 {
+            match request(localhost, port, true, "GET", "/", None, None).await {
+                Ok((200, _)) => {
+                    last = None;
+                    break;
+                }
+                other => last = Some(format!("{other:?}")),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(last, None, "HTTPS GET / on the self-signed server");
+        let plain = request(localhost, port, false, "GET", "/", None, None).await;
+        assert!(
+            !matches!(plain, Ok((200, _))),
+            "plain HTTP to a TLS port: {plain:?}"
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! Starting one container process: its own session (so its process group can be signalled
-//! whole), the stand-in's network namespace (see `net`), its own mount namespace with the
-//! pod's volumes bind-mounted at their mount paths, and the user and groups its security
-//! context names.
+//! whole), its pod's network namespace (see `net`), its own mount namespace with the pod's
+//! volumes bind-mounted at their mount paths, and the user and groups its security context
+//! names. That mount namespace is how the stand-in finds every process of a container
+//! ([`signal_container`]).
 //!
 //! Everything the forked child needs is computed before the fork; between fork and exec the
 //! child only makes system calls (no allocation), as `pre_exec` requires.

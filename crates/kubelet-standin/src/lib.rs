@@ -1,8 +1,8 @@
 //! A test-only kubelet stand-in for the real control plane of `shared/kube/start.sh`: it keeps
 //! three Nodes Ready with heartbeat Leases, binds pending pods (the scheduler's part, honouring
 //! required pod anti-affinity), gives each claim a PV keyed by the claim's UID, runs each pod's
-//! containers as real processes on an address of their own in the stand-in's network
-//! namespace, patches `pods/status` as a kubelet does and deletes pods as a kubelet does. The
+//! containers as real processes, each pod in a network namespace of its own with its own
+//! address, patches `pods/status` as a kubelet does and deletes pods as a kubelet does. The
 //! real StatefulSet, PV and EndpointSlice controllers do the rest. Never a dependency of the
 //! shipped binary.
 //!
@@ -19,15 +19,25 @@
 //!   `198.18.S.0/24` (RFC 2544's benchmarking range, never routed), where `S` is the
 //!   stand-in's [`Config::subnet`] (so stand-ins of parallel tests never share an address):
 //!   node K is `198.18.S.K`, pods get `.10`–`.199` and Services `.200`–`.254`;
-//! - network: every pod runs in one network namespace the stand-in makes itself
-//!   (`stator-standin-S`, with a veth pair to the host: `sth-S` on the host, `stn-S` inside),
-//!   not one namespace per pod. The pod addresses are on the namespace end; the node and
-//!   Service addresses on the host end, where the stand-in's probes and Service forwarders
-//!   run. Both are deleted when the stand-in stops (and, left by a killed stand-in of the
-//!   same `S`, when the next one starts); see `net`;
-//! - images are not pulled: [`Image`] maps an image name prefix to installed binaries, and
-//!   the container's root file system is the host's (with the pod's volumes mounted over it;
-//!   missing mount points are created on the host and removed when the stand-in stops);
+//! - network: a CNI-bridge-like network the stand-in makes itself: a switch namespace
+//!   (`stator-standin-S`) with a bridge, a veth pair to the host (`sth-S` on the host), and a
+//!   network namespace per pod (`stator-standin-S-K`) on the bridge, so each pod has its own
+//!   ports and `127.0.0.1`; node and Service addresses are on the host end, where the
+//!   stand-in's probes and Service forwarders run, and the host reaches every pod IP through
+//!   the veth. All of it is deleted when the stand-in stops (and, left by a killed stand-in of
+//!   the same `S`, when the next one starts); see `net`;
+//! - images are not pulled: [`Image`] maps an image name prefix to installed binaries (the
+//!   Stator image → the built `stator` at `/usr/local/bin/stator`, `postgres:15` → Debian's
+//!   PostgreSQL 15, `mariadb:` → Debian's MariaDB, `busybox` → the host's tools), and the
+//!   container's root file system is the host's, with the pod's volumes mounted over it and the
+//!   image's own `/etc/passwd` and `/etc/group` (`postgres` and `mysql` are uid/gid 999 as in
+//!   the official images; missing mount points are created on the host and removed when the
+//!   last stand-in of the process stops); `readOnlyRootFilesystem` is not enforced and the
+//!   image's `ENV` is not set (only `PATH`, `HOSTNAME`, `HOME` and the container's `env`);
+//! - processes: no PID namespace and no cgroup; a container's processes are the ones in its
+//!   own mount namespace (so a server its main process started in a session of its own is
+//!   stopped, killed and frozen with it, as in a container); `SIGTERM` goes to the main
+//!   process's process group;
 //! - `/etc/hosts` of a pod lists every pod with a `hostname` and `subdomain` (the headless
 //!   names), ready or not, and every forwarded Service (there is no cluster DNS).
 //!
@@ -35,9 +45,9 @@
 //! - `node`: Node registration and heartbeats;
 //! - `schedule`: choosing a node (pure);
 //! - `volume`: PVs and the pod volumes on the host;
-//! - `net`: the pods' network namespace and the veth pair into it;
-//! - `launch`: one process in the pods' network namespace and its own mount namespace, as its
-//!   user;
+//! - `net`: the pods' network: the bridge, the veth pair to the host, a namespace per pod;
+//! - `launch`: one process in its pod's network namespace and its own mount namespace, as its
+//!   user, and signalling a container's processes;
 //! - `probe`: exec, httpGet and tcpSocket probes, and startup probes before them;
 //! - `http`: one HTTP(S) request into a pod (the probes', and tests' calls to instance
 //!   managers);
