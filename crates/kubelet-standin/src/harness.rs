@@ -263,3 +263,65 @@ pub fn claim_subnet() -> io::Result<Subnet> {
     }
     Err(io::Error::other("no free 198.18.S subnet among 100..=250"))
 }
+
+/// One test's cluster: the control plane, the stand-in on a subnet of its own (its root, PVs
+/// and pod directories in a temp dir) and a client with a ServiceAccount token bound to
+/// `cluster-admin` (the test's, or an operator's, own identity). Dropped in order: the stand-in
+/// (every pod process killed), its temp dir, the subnet, the control plane.
+pub struct Cluster {
+    standin: Option<crate::StandIn>,
+    pub client: kube::Client,
+    /// The kubeconfig of `client` (0600, for `kubectl` with [`ControlPlane::kubectl_as`]).
+    pub kubeconfig: PathBuf,
+    pub root: tempfile::TempDir,
+    pub subnet: Subnet,
+    pub control_plane: ControlPlane,
+}
+
+impl Cluster {
+    /// Starts it, the Stator image mapped to `stator`, the client's ServiceAccount named
+    /// `account`; `None` (after printing why) when the control plane cannot run here.
+    pub async fn start(stator: &Path, account: &str) -> Option<Cluster> {
+        if let Some(missing) = missing_binary() {
+            println!("skipped: the Kubernetes control plane cannot start here: {missing}");
+            return None;
+        }
+        let control_plane = ControlPlane::start();
+        let subnet = claim_subnet().expect("a free 198.18.S subnet");
+        let root = tempfile::Builder::new()
+            .prefix("stator-standin-")
+            .tempdir()
+            .expect("temp dir");
+        let standin_kubeconfig = control_plane.standin_kubeconfig();
+        let kubeconfig = control_plane.service_account_kubeconfig(account, "cluster-admin");
+        let config = crate::Config::new(&standin_kubeconfig, root.path(), subnet.octet, stator);
+        let standin = crate::StandIn::start(config)
+            .await
+            .expect("stand-in starts");
+        let client = crate::client(&kubeconfig).await.expect("client");
+        Some(Cluster {
+            standin: Some(standin),
+            client,
+            kubeconfig,
+            root,
+            subnet,
+            control_plane,
+        })
+    }
+
+    pub fn standin(&self) -> &crate::StandIn {
+        self.standin.as_ref().expect("the stand-in runs until stop")
+    }
+
+    /// `kubectl ARGS` as the client's ServiceAccount; its stdout.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        self.control_plane.kubectl_as(&self.kubeconfig, args, stdin)
+    }
+
+    /// Stops the stand-in as [`crate::StandIn::shutdown`] does, then the rest.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.standin.take() {
+            s.shutdown().await;
+        }
+    }
+}

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use serde_json::{Value, json};
-use stator_kubelet_standin::harness::{self, ControlPlane};
+use stator_kubelet_standin::harness::{self, Cluster};
+use stator_kubelet_standin::http;
 use stator_kubelet_standin::observe::{self, condition, describe, phase};
-use stator_kubelet_standin::{Config, StandIn, http};
 
 /// Generous: three initdb/pg_basebackup runs on a loaded 2-core machine, OrderedReady.
 const DEADLINE: Duration = Duration::from_secs(420);
@@ -23,50 +23,20 @@ const DEADLINE: Duration = Duration::from_secs(420);
 const MANAGER_PORT: u16 = 8008;
 
 struct Rig {
-    /// cluster-admin through a ServiceAccount token (the operator's own token stands here).
-    client: kube::Client,
-    kubeconfig: PathBuf,
     stator: PathBuf,
-    standin: Option<StandIn>,
-    root: tempfile::TempDir,
-    _subnet: harness::Subnet,
-    control_plane: ControlPlane,
+    cluster: Cluster,
 }
 
 impl Rig {
     async fn start() -> Option<Rig> {
-        if let Some(missing) = harness::missing_binary() {
-            println!("skipped: the Kubernetes control plane cannot start here: {missing}");
-            return None;
-        }
         let stator = harness::stator_binary();
-        let control_plane = ControlPlane::start();
-        let subnet = harness::claim_subnet().expect("a free 198.18.S subnet");
-        let root = tempfile::Builder::new()
-            .prefix("stator-standin-db-")
-            .tempdir()
-            .expect("temp dir");
-        let standin_kubeconfig = control_plane.standin_kubeconfig();
-        let kubeconfig =
-            control_plane.service_account_kubeconfig("stator-test-operator", "cluster-admin");
-        let config = Config::new(&standin_kubeconfig, root.path(), subnet.octet, &stator);
-        let standin = StandIn::start(config).await.expect("stand-in starts");
-        let client = stator_kubelet_standin::client(&kubeconfig)
-            .await
-            .expect("client");
-        Some(Rig {
-            client,
-            kubeconfig,
-            stator,
-            standin: Some(standin),
-            root,
-            _subnet: subnet,
-            control_plane,
-        })
+        // cluster-admin through a ServiceAccount token: the operator's own token stands here.
+        let cluster = Cluster::start(&stator, "stator-test-operator").await?;
+        Some(Rig { stator, cluster })
     }
 
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
-        self.control_plane.kubectl_as(&self.kubeconfig, args, stdin)
+        self.cluster.kubectl(args, stdin)
     }
 
     /// `stator ARGS`; its stdout. Panics with its stderr if it fails.
@@ -85,7 +55,7 @@ impl Rig {
 
     /// Renders `spec` (extra `stator render` flags in `flags`) into a directory and applies it.
     fn render_and_apply(&self, spec: &Path, name: &str, flags: &[&str]) {
-        let out = self.root.path().join("render").join(name);
+        let out = self.cluster.root.path().join("render").join(name);
         let spec = spec.to_string_lossy();
         let out_arg = out.to_string_lossy();
         let mut args = vec!["render", "-f", &spec, "-o", &out_arg];
@@ -94,10 +64,8 @@ impl Rig {
         self.kubectl(&["apply", "-f", &out_arg], None);
     }
 
-    async fn stop(mut self) {
-        if let Some(s) = self.standin.take() {
-            s.shutdown().await;
-        }
+    async fn stop(self) {
+        self.cluster.stop().await;
     }
 }
 
@@ -166,15 +134,15 @@ async fn rendered_postgres_pods_run_plain_and_wait_for_the_operator_s_bootstrap(
     rig.kubectl(&["create", "namespace", "app"], None);
     rig.kubectl(&["apply", "-f", "-"], Some(&rig.stator(&["crd"])));
     let app_spec = write_spec(
-        rig.root.path(),
+        rig.cluster.root.path(),
         "app-db",
         "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: app-db\n  namespace: app\nspec:\n  engine: postgres\n  version: \"15\"\n  instances: 2\n  storage:\n    size: 1Gi\n",
     );
     let app_spec_arg = app_spec.to_string_lossy().into_owned();
     harness::wait_for("the Database CRD served", DEADLINE, || async {
-        Command::new(&rig.control_plane.kubectl)
+        Command::new(&rig.cluster.control_plane.kubectl)
             .args(["--kubeconfig"])
-            .arg(&rig.kubeconfig)
+            .arg(&rig.cluster.kubeconfig)
             .args(["apply", "-f", &app_spec_arg])
             .output()
             .map_err(|e| e.to_string())
@@ -213,7 +181,7 @@ async fn rendered_postgres_pods_run_plain_and_wait_for_the_operator_s_bootstrap(
     );
 
     let pods = observe::ready_pods(
-        &rig.client,
+        &rig.cluster.client,
         "shop",
         "stator.dev/database=shop-db",
         3,
@@ -231,13 +199,13 @@ async fn rendered_postgres_pods_run_plain_and_wait_for_the_operator_s_bootstrap(
     // Pod 0 is the primary by ordinal; the replicas cloned it through its headless name
     // (shop-db-0.shop-db-headless.shop.svc, from their /etc/hosts) and stream from it.
     wait_streaming(
-        &rig.client,
+        &rig.cluster.client,
         "shop",
         "shop-db-0",
         &["shop-db-1", "shop-db-2"],
     )
     .await;
-    let standin = rig.standin.as_ref().expect("running");
+    let standin = rig.cluster.standin();
     let hosts = std::fs::read_to_string(
         standin
             .pod_dir(
@@ -259,7 +227,7 @@ async fn rendered_postgres_pods_run_plain_and_wait_for_the_operator_s_bootstrap(
     }
 
     // Operator mode: Running, the managers answering, but not Ready: they wait for /bootstrap.
-    let pods_api: Api<Pod> = Api::namespaced(rig.client.clone(), "app");
+    let pods_api: Api<Pod> = Api::namespaced(rig.cluster.client.clone(), "app");
     let waiting = harness::wait_for(
         "app-db pods Running, waiting for /bootstrap",
         DEADLINE,
@@ -287,10 +255,15 @@ async fn rendered_postgres_pods_run_plain_and_wait_for_the_operator_s_bootstrap(
             describe(&waiting)
         );
     }
-    let token = observe::secret_value(&rig.client, "app", "app-db-credentials", "api-token")
-        .await
-        .expect("read the Secret")
-        .expect("the generated Secret holds api-token");
+    let token = observe::secret_value(
+        &rig.cluster.client,
+        "app",
+        "app-db-credentials",
+        "api-token",
+    )
+    .await
+    .expect("read the Secret")
+    .expect("the generated Secret holds api-token");
     let token = String::from_utf8(token).expect("a text token");
     let order = |pod: &Pod, body: Value| {
         let (ip, https) = (
@@ -319,7 +292,7 @@ async fn rendered_postgres_pods_run_plain_and_wait_for_the_operator_s_bootstrap(
     };
     order(pod_named(&waiting, "app-db-0"), json!({"kind": "init"})).await;
     // As the operator will: clone only from a primary that is up.
-    wait_streaming(&rig.client, "app", "app-db-0", &[]).await;
+    wait_streaming(&rig.cluster.client, "app", "app-db-0", &[]).await;
     order(
         pod_named(&waiting, "app-db-1"),
         json!({"kind": "clone", "upstream": {
@@ -328,14 +301,14 @@ async fn rendered_postgres_pods_run_plain_and_wait_for_the_operator_s_bootstrap(
     )
     .await;
     observe::ready_pods(
-        &rig.client,
+        &rig.cluster.client,
         "app",
         "stator.dev/database=app-db",
         2,
         DEADLINE,
     )
     .await;
-    wait_streaming(&rig.client, "app", "app-db-0", &["app-db-1"]).await;
+    wait_streaming(&rig.cluster.client, "app", "app-db-0", &["app-db-1"]).await;
 
     rig.stop().await;
 }
@@ -348,7 +321,7 @@ async fn rendered_mariadb_pods_run_plain_and_replicate() {
     // examples/mariadb.yaml with 2 instances and without its node selector and tolerations
     // (the stand-in's nodes carry no database label).
     let spec = write_spec(
-        rig.root.path(),
+        rig.cluster.root.path(),
         "wiki-db",
         "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: wiki-db\n  namespace: wiki\nspec:\n  engine: mariadb\n  version: \"10.11\"\n  instances: 2\n  storage:\n    size: 1Gi\n  bootstrap:\n    database: wiki\n    owner: wiki\n",
     );
@@ -356,7 +329,7 @@ async fn rendered_mariadb_pods_run_plain_and_replicate() {
     let applied = Instant::now();
     rig.render_and_apply(&spec, "wiki-db", &[]);
     observe::ready_pods(
-        &rig.client,
+        &rig.cluster.client,
         "wiki",
         "stator.dev/database=wiki-db",
         2,
@@ -367,6 +340,6 @@ async fn rendered_mariadb_pods_run_plain_and_replicate() {
         "figure: mariadb-2 (plain render) from apply to 2 pods Ready on the stand-in: {:.1}s",
         applied.elapsed().as_secs_f64()
     );
-    wait_streaming(&rig.client, "wiki", "wiki-db-0", &["wiki-db-1"]).await;
+    wait_streaming(&rig.cluster.client, "wiki", "wiki-db-0", &["wiki-db-1"]).await;
     rig.stop().await;
 }

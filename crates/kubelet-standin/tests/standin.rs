@@ -15,9 +15,9 @@ use k8s_openapi::api::core::v1::{
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::{Value, json};
-use stator_kubelet_standin::harness::{self, ControlPlane};
+use stator_kubelet_standin::StandIn;
+use stator_kubelet_standin::harness::{self, Cluster};
 use stator_kubelet_standin::observe::{self, condition, describe, phase};
-use stator_kubelet_standin::{Config, StandIn};
 
 const DEADLINE: Duration = Duration::from_secs(240);
 
@@ -32,47 +32,24 @@ where
 /// The control plane, the stand-in and their temp dirs, for one test.
 struct Rig {
     admin: kube::Client,
-    standin: Option<StandIn>,
-    _root: tempfile::TempDir,
-    _subnet: harness::Subnet,
-    _control_plane: ControlPlane,
     subnet: u8,
+    cluster: Cluster,
 }
 
 impl Rig {
     async fn start() -> Option<Rig> {
-        if let Some(missing) = harness::missing_binary() {
-            println!("skipped: the Kubernetes control plane cannot start here: {missing}");
-            return None;
-        }
-        let control_plane = ControlPlane::start();
-        let subnet = harness::claim_subnet().expect("a free 198.18.S subnet");
-        let root = tempfile::Builder::new()
-            .prefix("stator-standin-")
-            .tempdir()
-            .expect("temp dir");
         // The Stator image is not used here; any path will do for its binary.
         let stator = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/stator");
-        let standin_kubeconfig = control_plane.standin_kubeconfig();
-        let admin_kubeconfig =
-            control_plane.service_account_kubeconfig("stator-test-admin", "cluster-admin");
-        let config = Config::new(&standin_kubeconfig, root.path(), subnet.octet, &stator);
-        let standin = StandIn::start(config).await.expect("stand-in starts");
-        let admin = stator_kubelet_standin::client(&admin_kubeconfig)
-            .await
-            .expect("admin client");
+        let cluster = Cluster::start(&stator, "stator-test-admin").await?;
         Some(Rig {
-            admin,
-            standin: Some(standin),
-            _root: root,
-            subnet: subnet.octet,
-            _subnet: subnet,
-            _control_plane: control_plane,
+            admin: cluster.client.clone(),
+            subnet: cluster.subnet.octet,
+            cluster,
         })
     }
 
     fn standin(&self) -> &StandIn {
-        self.standin.as_ref().expect("running")
+        self.cluster.standin()
     }
 
     fn api<K>(&self) -> Api<K>
@@ -102,10 +79,8 @@ impl Rig {
             .expect("create object");
     }
 
-    async fn stop(mut self) {
-        if let Some(s) = self.standin.take() {
-            s.shutdown().await;
-        }
+    async fn stop(self) {
+        self.cluster.stop().await;
     }
 }
 
