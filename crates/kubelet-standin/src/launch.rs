@@ -302,8 +302,25 @@ pub(crate) fn signal_group(pgid: i32, signal: libc::c_int) {
     }
 }
 
-/// The mount namespace of process `pid` (its `/proc/PID/ns/mnt` inode), if it still runs.
-pub(crate) fn mount_namespace(pid: i32) -> Option<u64> {
+/// A container's mount namespace, held open: while it is held, the kernel cannot give its id
+/// to another container's namespace, so signalling by id never reaches another container.
+#[derive(Debug)]
+pub(crate) struct Namespace {
+    id: u64,
+    _held: std::fs::File,
+}
+
+impl Namespace {
+    /// The mount namespace of process `pid`, if it still runs.
+    pub(crate) fn of(pid: i32) -> Option<std::sync::Arc<Namespace>> {
+        let path = format!("/proc/{pid}/ns/mnt");
+        let held = std::fs::File::open(&path).ok()?;
+        let id = mount_namespace_id(pid)?;
+        Some(std::sync::Arc::new(Namespace { id, _held: held }))
+    }
+}
+
+fn mount_namespace_id(pid: i32) -> Option<u64> {
     let link = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()?;
     link.to_str()?
         .strip_prefix("mnt:[")?
@@ -316,7 +333,7 @@ pub(crate) fn mount_namespace(pid: i32) -> Option<u64> {
 /// its mount namespace `mnt` (each container has its own, inherited by all it starts), so a
 /// server the container's main process started in a session of its own goes too, as it does
 /// with a container's PID namespace.
-pub(crate) fn signal_container(pgid: i32, mnt: Option<u64>, signal: libc::c_int) {
+pub(crate) fn signal_container(pgid: i32, mnt: Option<&Namespace>, signal: libc::c_int) {
     signal_group(pgid, signal);
     let Some(mnt) = mnt else { return };
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -327,7 +344,7 @@ pub(crate) fn signal_container(pgid: i32, mnt: Option<u64>, signal: libc::c_int)
         else {
             continue;
         };
-        if pid > 1 && mount_namespace(pid) == Some(mnt) {
+        if pid > 1 && mount_namespace_id(pid) == Some(mnt.id) {
             // SAFETY: kill(2) on one pid; no memory is involved.
             unsafe {
                 libc::kill(pid, signal);

@@ -440,8 +440,8 @@ impl StandIn {
 
 fn kill_groups(groups: &pod::Groups) {
     for (pgid, mnt) in groups.lock().unwrap().values() {
-        launch::signal_container(*pgid, *mnt, libc::SIGCONT);
-        launch::signal_container(*pgid, *mnt, libc::SIGKILL);
+        launch::signal_container(*pgid, mnt.as_deref(), libc::SIGCONT);
+        launch::signal_container(*pgid, mnt.as_deref(), libc::SIGKILL);
     }
 }
 

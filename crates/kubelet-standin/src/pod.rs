@@ -46,7 +46,7 @@ pub(crate) enum Order {
 /// Process groups of a pod's running containers, by container name (read by the stand-in's
 /// `Drop` to leave no process behind).
 /// With each its mount namespace (see [`signal_container`]).
-pub(crate) type Groups = Arc<Mutex<HashMap<String, (i32, Option<u64>)>>>;
+pub(crate) type Groups = Arc<Mutex<HashMap<String, (i32, Option<Arc<launch::Namespace>>)>>>;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
@@ -57,7 +57,7 @@ struct Ctr {
     child: Option<tokio::process::Child>,
     pgid: i32,
     /// The container's mount namespace: every process it started.
-    mnt: Option<u64>,
+    mnt: Option<Arc<launch::Namespace>>,
     launch: Option<Launch>,
     state: ContainerState,
     last: Option<ContainerState>,
@@ -239,12 +239,12 @@ impl Worker {
                     }
                     Some(Order::KillContainer(name)) => {
                         if let Some(c) = w.ctrs.iter().find(|c| c.spec.name == name) {
-                            signal_container(c.pgid, c.mnt, libc::SIGKILL);
+                            signal_container(c.pgid, c.mnt.as_deref(), libc::SIGKILL);
                         }
                     }
                     Some(Order::Freeze) => {
                         for c in &w.ctrs {
-                            signal_container(c.pgid, c.mnt, libc::SIGSTOP);
+                            signal_container(c.pgid, c.mnt.as_deref(), libc::SIGSTOP);
                         }
                         // A stopped node's kubelet does nothing more; the processes stay
                         // stopped until the stand-in stops (its Drop kills them).
@@ -390,7 +390,7 @@ impl Worker {
             if let Some(at) = c.kill_at
                 && now_i >= at
             {
-                signal_container(c.pgid, c.mnt, libc::SIGKILL);
+                signal_container(c.pgid, c.mnt.as_deref(), libc::SIGKILL);
             }
             let Some(child) = c.child.as_mut() else {
                 continue;
@@ -403,7 +403,7 @@ impl Worker {
                 .code()
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
             // Whatever the main process left in its session goes with it.
-            signal_container(c.pgid, c.mnt, libc::SIGKILL);
+            signal_container(c.pgid, c.mnt.as_deref(), libc::SIGKILL);
             self.groups.lock().unwrap().remove(&c.spec.name);
             for p in c.probes.drain(..) {
                 p.abort();
@@ -685,11 +685,11 @@ impl Worker {
         match spawned {
             Ok(child) => {
                 c.pgid = child.id().map_or(0, |p| p as i32);
-                c.mnt = launch::mount_namespace(c.pgid);
+                c.mnt = launch::Namespace::of(c.pgid);
                 self.groups
                     .lock()
                     .unwrap()
-                    .insert(name.clone(), (c.pgid, c.mnt));
+                    .insert(name.clone(), (c.pgid, c.mnt.clone()));
                 c.child = Some(child);
                 c.started = Some(Instant::now());
                 c.generation += 1;
@@ -877,7 +877,7 @@ impl Worker {
                 p.abort();
             }
             if c.child.is_some() {
-                signal_container(c.pgid, c.mnt, libc::SIGCONT);
+                signal_container(c.pgid, c.mnt.as_deref(), libc::SIGCONT);
                 signal_group(c.pgid, libc::SIGTERM);
             }
         }
@@ -890,12 +890,12 @@ impl Worker {
             let code = match tokio::time::timeout(left, child.wait()).await {
                 Ok(Ok(s)) => s.code().unwrap_or(137),
                 _ => {
-                    signal_container(c.pgid, c.mnt, libc::SIGKILL);
+                    signal_container(c.pgid, c.mnt.as_deref(), libc::SIGKILL);
                     let _ = child.wait().await;
                     137
                 }
             };
-            signal_container(c.pgid, c.mnt, libc::SIGKILL);
+            signal_container(c.pgid, c.mnt.as_deref(), libc::SIGKILL);
             self.groups.lock().unwrap().remove(&c.spec.name);
             c.state = c.terminated(code);
             c.child = None;

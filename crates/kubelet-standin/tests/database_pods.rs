@@ -115,6 +115,50 @@ async fn wait_streaming(client: &kube::Client, namespace: &str, primary: &str, r
     .await;
 }
 
+/// The main process of a container, from the stand-in's `standin://PID` container ID.
+fn container_pid(pod: &Pod, container: &str) -> Option<i32> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == container)?
+        .container_id
+        .as_ref()?
+        .strip_prefix("standin://")?
+        .parse()
+        .ok()
+}
+
+fn mount_namespace(pid: i32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .map(|l| l.to_string_lossy().into_owned())
+}
+
+/// A process's start time (field 22 of `/proc/PID/stat`), which tells a reused pid apart.
+fn start_time(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)
+        .map(String::from)
+}
+
+/// The processes (pid, start time) in mount namespace `mnt` (a container's, in the stand-in).
+fn processes_in(mnt: &str) -> Vec<(i32, String)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| mount_namespace(*pid).as_deref() == Some(mnt))
+        .filter_map(|pid| Some((pid, start_time(pid)?)))
+        .collect()
+}
+
 fn write_spec(dir: &Path, name: &str, yaml: &str) -> PathBuf {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, yaml).expect("write spec");
@@ -225,6 +269,64 @@ async fn rendered_postgres_pods_run_plain_and_wait_for_the_operator_s_bootstrap(
             "{name}'s headless name in shop-db-2's /etc/hosts:\n{hosts}"
         );
     }
+
+    // Kill-container drill on a replica: every process of the container goes (the server its
+    // manager started in a session of its own too), the container restarts on its data and
+    // streams again.
+    let victim = pod_named(&pods, "shop-db-2");
+    let old_mnt = mount_namespace(container_pid(victim, "database").expect("container ID"))
+        .expect("the container's mount namespace");
+    // By pid and start time: a namespace id is reused once its namespace is gone.
+    let old_processes = processes_in(&old_mnt);
+    assert!(
+        old_processes.len() > 1,
+        "the manager and its server: {old_processes:?}"
+    );
+    assert!(
+        standin
+            .kill_container_of("shop", "shop-db-2", "database")
+            .await
+            .expect("kill the container")
+    );
+    let shop_pods: Api<Pod> = Api::namespaced(rig.cluster.client.clone(), "shop");
+    harness::wait_for("shop-db-2 restarted once and Ready", DEADLINE, || async {
+        let p = shop_pods
+            .get("shop-db-2")
+            .await
+            .map_err(|e| e.to_string())?;
+        let restarts = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .map_or(0, |c| c.restart_count);
+        if restarts == 1 && condition(&p, "Ready") {
+            Ok(())
+        } else {
+            Err(describe(&[p]))
+        }
+    })
+    .await;
+    harness::wait_for(
+        "no process of the killed container left",
+        DEADLINE,
+        || async {
+            let left = processes_in(&old_mnt);
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    )
+    .await;
+    wait_streaming(
+        &rig.cluster.client,
+        "shop",
+        "shop-db-0",
+        &["shop-db-1", "shop-db-2"],
+    )
+    .await;
 
     // Operator mode: Running, the managers answering, but not Ready: they wait for /bootstrap.
     let pods_api: Api<Pod> = Api::namespaced(rig.cluster.client.clone(), "app");
