@@ -54,6 +54,22 @@ pub fn describe(pods: &[Pod]) -> String {
         .collect()
 }
 
+/// The main process of a pod's container (it leads the container's process group), from the
+/// stand-in's `standin://PID` container ID.
+pub fn container_pid(pod: &Pod, container: &str) -> Option<i32> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == container)?
+        .container_id
+        .as_ref()?
+        .strip_prefix("standin://")?
+        .parse()
+        .ok()
+}
+
 /// The pod's address, once the stand-in has reported one.
 pub fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {
     pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()

@@ -115,21 +115,6 @@ async fn wait_streaming(client: &kube::Client, namespace: &str, primary: &str, r
     .await;
 }
 
-/// The main process of a container, from the stand-in's `standin://PID` container ID.
-fn container_pid(pod: &Pod, container: &str) -> Option<i32> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == container)?
-        .container_id
-        .as_ref()?
-        .strip_prefix("standin://")?
-        .parse()
-        .ok()
-}
-
 fn mount_namespace(pid: i32) -> Option<String> {
     std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
         .ok()
@@ -274,8 +259,9 @@ async fn rendered_postgres_pods_run_plain_and_wait_for_the_operator_s_bootstrap(
     // manager started in a session of its own too), the container restarts on its data and
     // streams again.
     let victim = pod_named(&pods, "shop-db-2");
-    let old_mnt = mount_namespace(container_pid(victim, "database").expect("container ID"))
-        .expect("the container's mount namespace");
+    let old_mnt =
+        mount_namespace(observe::container_pid(victim, "database").expect("container ID"))
+            .expect("the container's mount namespace");
     // By pid and start time: a namespace id is reused once its namespace is gone.
     let old_processes = processes_in(&old_mnt);
     assert!(

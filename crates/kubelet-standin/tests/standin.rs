@@ -84,21 +84,6 @@ impl Rig {
     }
 }
 
-/// The process group of a pod's container, from the `standin://PGID` container ID.
-fn container_pgid(pod: &Pod, container: &str) -> Option<i32> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == container)?
-        .container_id
-        .as_ref()?
-        .strip_prefix("standin://")?
-        .parse()
-        .ok()
-}
-
 /// A plain HTTP/1.0 GET; the body.
 async fn http_get(ip: std::net::Ipv4Addr, port: u16, path: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -408,7 +393,7 @@ async fn statefulset_pods_run_with_their_volumes_and_come_back_on_the_same_claim
     // same claim, data still there.
     let first_boot = std::fs::read_to_string(pv0.join("first-boot")).expect("first-boot");
     let old_uid = web0.metadata.uid.clone().unwrap_or_default();
-    let old_pgid = container_pgid(&web0, "main").expect("web-0's main process group");
+    let old_pgid = observe::container_pid(&web0, "main").expect("web-0's main process group");
     assert!(alive(old_pgid));
     rig.standin()
         .delete_pod("default", "web-0")
@@ -438,7 +423,7 @@ async fn statefulset_pods_run_with_their_volumes_and_come_back_on_the_same_claim
     );
     let boots = std::fs::read_to_string(pv0.join("boots")).expect("boots");
     assert_eq!(boots.lines().count(), 2, "two boots on one claim: {boots}");
-    assert!(container_pgid(&web0_new, "main").is_some_and(alive));
+    assert!(observe::container_pid(&web0_new, "main").is_some_and(alive));
 
     let pgids: Vec<i32> = rig
         .api::<Pod>()
@@ -447,7 +432,7 @@ async fn statefulset_pods_run_with_their_volumes_and_come_back_on_the_same_claim
         .expect("pods")
         .items
         .iter()
-        .filter_map(|p| container_pgid(p, "main"))
+        .filter_map(|p| observe::container_pid(p, "main"))
         .collect();
     rig.stop().await;
     for pgid in pgids {
@@ -515,7 +500,7 @@ async fn required_anti_affinity_leaves_the_fourth_pod_pending_and_a_stopped_node
         .as_ref()
         .and_then(|s| s.node_name.clone())
         .expect("bound");
-    let pgid = container_pgid(victim, "main").expect("process group");
+    let pgid = observe::container_pid(victim, "main").expect("process group");
     rig.standin().stop_node(&node);
     wait_for("the stopped node's process in state T", || async {
         let stat =
