@@ -50,6 +50,12 @@ pub struct InstanceConfig {
     /// the rule itself, from `database.json`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<Peer>,
+    /// The database's certificates in the cert-manager layout (`ca.crt`, `tls.crt`, `tls.key`;
+    /// `client.crt`/`client.key` for replication when present). Set: the server and the HTTP
+    /// endpoints serve TLS only, replication verifies the upstream (verify-full). `None`: TLS
+    /// is off (`spec.tls.enabled: false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// Another instance of the same database, and where its instance manager answers.

@@ -77,6 +77,26 @@ pub struct ManagedKey {
 
 const PG_MANAGED: &[ManagedKey] = &[
     ManagedKey {
+        key: "ssl",
+        why: "TLS is managed by Stator (spec.tls; certificates in the database's TLS directory)",
+    },
+    ManagedKey {
+        key: "ssl_cert_file",
+        why: "TLS is managed by Stator (spec.tls; certificates in the database's TLS directory)",
+    },
+    ManagedKey {
+        key: "ssl_key_file",
+        why: "TLS is managed by Stator (spec.tls; certificates in the database's TLS directory)",
+    },
+    ManagedKey {
+        key: "ssl_ca_file",
+        why: "TLS is managed by Stator (spec.tls; certificates in the database's TLS directory)",
+    },
+    ManagedKey {
+        key: "ssl_min_protocol_version",
+        why: "TLS is managed by Stator (spec.tls; certificates in the database's TLS directory)",
+    },
+    ManagedKey {
         key: "port",
         why: "the port is fixed per runtime (5432 in pods, local.portBase locally)",
     },
@@ -205,6 +225,26 @@ const PG_MANAGED: &[ManagedKey] = &[
 ];
 
 const MYSQL_MANAGED: &[ManagedKey] = &[
+    ManagedKey {
+        key: "ssl_ca",
+        why: "TLS is managed by Stator (spec.tls; certificates in the database's TLS directory)",
+    },
+    ManagedKey {
+        key: "ssl_cert",
+        why: "TLS is managed by Stator (spec.tls; certificates in the database's TLS directory)",
+    },
+    ManagedKey {
+        key: "ssl_key",
+        why: "TLS is managed by Stator (spec.tls; certificates in the database's TLS directory)",
+    },
+    ManagedKey {
+        key: "require_secure_transport",
+        why: "TLS is managed by Stator (spec.tls; certificates in the database's TLS directory)",
+    },
+    ManagedKey {
+        key: "tls_version",
+        why: "TLS is managed by Stator (spec.tls; certificates in the database's TLS directory)",
+    },
     ManagedKey {
         key: "port",
         why: "the port is fixed per runtime (3306 in pods, local.portBase locally)",

@@ -92,6 +92,10 @@ pub struct DatabaseSpec {
     #[serde(default)]
     pub local: LocalSpec,
 
+    /// TLS for clients, replication and the instance managers: on unless turned off.
+    #[serde(default, skip_serializing_if = "TlsSpec::is_default")]
+    pub tls: TlsSpec,
+
     /// Scheduled backups and continuous WAL archiving for point-in-time recovery. Implemented
     /// for PostgreSQL with a local repository under `stator up`; everything else (MariaDB, s3,
     /// `stator render`) is refused, so that no one believes they have backups when they do not.
@@ -434,6 +438,34 @@ pub struct NetworkSpec {
     /// only pods in the database's own namespace. The instances always reach each other.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_from: Vec<NetworkPolicyPeer>,
+}
+
+/// TLS: every TCP connection to the servers (clients through the proxies or direct,
+/// replication, clones) and to the instance managers is encrypted and verified against the
+/// database's CA; plaintext TCP is refused. Stator issues a CA, a server certificate and a
+/// client certificate for the replication user per database.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// `false` is the explicit opt-out: everything in plaintext (`stator validate` warns).
+    #[serde(default = "default_tls_enabled")]
+    pub enabled: bool,
+}
+
+fn default_tls_enabled() -> bool {
+    true
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        TlsSpec { enabled: true }
+    }
+}
+
+impl TlsSpec {
+    pub fn is_default(&self) -> bool {
+        *self == TlsSpec::default()
+    }
 }
 
 /// The local runtime (`stator up`). Ignored on Kubernetes.

@@ -102,7 +102,17 @@ pub fn validate(db: &Database) -> Report {
     validate_network(db, &mut r);
     validate_local(db, &mut r);
     validate_backup(db, &mut r);
+    validate_tls(db, &mut r);
     r
+}
+
+fn validate_tls(db: &Database, r: &mut Report) {
+    if !db.spec.tls.enabled {
+        r.warn(
+            "spec.tls.enabled",
+            "is false: clients, replication and the instance managers' bearer token travel in plaintext, and plaintext TCP is accepted; remove it to turn TLS on",
+        );
+    }
 }
 
 fn validate_metadata(db: &Database, r: &mut Report) {

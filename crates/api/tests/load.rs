@@ -27,6 +27,32 @@ fn the_smallest_spec_gets_the_guides_defaults() {
 }
 
 #[test]
+fn tls_is_on_by_default_and_turning_it_off_is_warned_about() {
+    let on = load_database(
+        "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: shop}\nspec: {engine: postgres}\n",
+    )
+    .unwrap();
+    assert!(on.database.spec.tls.enabled);
+    assert!(!on.warnings.iter().any(|w| w.path == "spec.tls.enabled"));
+    let off = load_database(
+        "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: shop}\nspec: {engine: postgres, tls: {enabled: false}}\n",
+    )
+    .unwrap();
+    assert!(!off.database.spec.tls.enabled);
+    let warning = off
+        .warnings
+        .iter()
+        .find(|w| w.path == "spec.tls.enabled")
+        .expect("a warning on spec.tls.enabled");
+    assert!(warning.to_string().contains("plaintext"), "{warning}");
+    assert!(
+        errors("apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: shop}\nspec: {engine: postgres, tls: {enabled: 1, x: 2}}\n")
+            .iter()
+            .any(|e| e.contains("spec.tls")),
+    );
+}
+
+#[test]
 fn every_unknown_field_is_reported_with_its_path() {
     let e = errors(
         "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: shop}\nspec:\n  engine: postgres\n  instnaces: 3\n  storage: {size: 1Gi, clas: fast}\n",

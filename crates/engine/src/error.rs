@@ -55,6 +55,10 @@ pub enum EngineError {
     /// A configuration value cannot be written (the field path names it).
     #[error("{field}: {message}")]
     Config { field: String, message: String },
+
+    /// A certificate or key that cannot be made, read or used.
+    #[error("{}: {message}", path.display())]
+    Tls { path: PathBuf, message: String },
     /// A replication position could not be read.
     #[error(transparent)]
     Position(#[from] stator_api::position::PositionError),

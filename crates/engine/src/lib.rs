@@ -23,6 +23,8 @@
 //! - [`process`]: starting tools and the server as that user; adopting a running server.
 //! - [`procfs`]: what `/proc` says of a process (state, parent, command line, tree), read once.
 //! - [`manager_client`]: the HTTP client for instance managers (status, orders, backup stream).
+//! - [`tls`]: the database's certificates (issued or provided) and the rustls configurations
+//!   servers and clients use.
 //! - [`error`]: the error type, naming files, users and fields.
 
 pub mod credentials;
@@ -38,6 +40,7 @@ pub mod process;
 pub mod procfs;
 pub mod server_engine;
 pub mod server_user;
+pub mod tls;
 
 pub use credentials::{Credentials, Secret};
 pub use data_dir::{DataDirMarker, DataDirState};

@@ -3,7 +3,9 @@
 //! as a bearer token: `/promote`, `/demote`, `/reload` to a manager, `/switchover` to the
 //! supervisor), and a streamed `GET` (`/backup`). Its users: the failover shell, the local
 //! runtime, an instance manager asking its peers and cloning from its upstream. One request per
-//! connection, on hyper. The token only ever travels in the `Authorization` header.
+//! connection, on hyper, over TLS verified against the database's CA where this process trusts
+//! one for the endpoint ([`crate::tls::connect_http`]). The token only ever travels in the
+//! `Authorization` header.
 
 use std::time::Duration;
 
@@ -48,7 +50,10 @@ pub async fn get_json<T: DeserializeOwned>(
     timeout: Duration,
 ) -> Result<T, ClientError> {
     let (status, body) = request(host, port, "GET", path, None, None, timeout).await?;
-    let target = format!("http://{host}:{port}{path}");
+    let target = format!(
+        "{}://{host}:{port}{path}",
+        crate::tls::http_scheme(host, port)
+    );
     if status != 200 {
         return Err(ClientError::Status(
             target,
@@ -94,14 +99,14 @@ pub async fn get_stream(
     bearer: Option<&str>,
     connect_timeout: Duration,
 ) -> Result<Streaming, ClientError> {
-    let target = format!("http://{host}:{port}{path}");
-    let tcp = tokio::time::timeout(
-        connect_timeout,
-        tokio::net::TcpStream::connect((host, port)),
-    )
-    .await
-    .map_err(|_| ClientError::Timeout(target.clone(), connect_timeout))?
-    .map_err(|e| ClientError::Connect(target.clone(), e))?;
+    let target = format!(
+        "{}://{host}:{port}{path}",
+        crate::tls::http_scheme(host, port)
+    );
+    let tcp = tokio::time::timeout(connect_timeout, crate::tls::connect_http(host, port))
+        .await
+        .map_err(|_| ClientError::Timeout(target.clone(), connect_timeout))?
+        .map_err(|e| ClientError::Connect(target.clone(), e))?;
     let (status, body, driver) = send(tcp, host, port, "GET", path, bearer, None, &target).await?;
     Ok(Streaming {
         status,
@@ -173,9 +178,12 @@ pub async fn request(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), ClientError> {
-    let target = format!("http://{host}:{port}{path}");
+    let target = format!(
+        "{}://{host}:{port}{path}",
+        crate::tls::http_scheme(host, port)
+    );
     let exchange = async {
-        let tcp = tokio::net::TcpStream::connect((host, port))
+        let tcp = crate::tls::connect_http(host, port)
             .await
             .map_err(|e| ClientError::Connect(target.clone(), e))?;
         let (status, answer, _driver) =
@@ -197,7 +205,7 @@ pub async fn request(
 /// driving the connection meanwhile.
 #[allow(clippy::too_many_arguments)]
 async fn send(
-    tcp: tokio::net::TcpStream,
+    tcp: Box<dyn crate::tls::Stream>,
     host: &str,
     port: u16,
     method: &str,

@@ -121,23 +121,7 @@ impl ServerUser {
     /// Writes `text` to `path` atomically (a temporary sibling renamed over it), owned by this
     /// user with `mode`, so a reader never sees a half-written file.
     pub fn write_file(&self, path: &Path, text: &str, mode: u32) -> Result<(), EngineError> {
-        let tmp = path.with_extension("stator-tmp");
-        let _ = std::fs::remove_file(&tmp);
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(&tmp)
-                .map_err(|e| EngineError::io(&tmp, "create", e))?;
-            f.write_all(text.as_bytes())
-                .and_then(|_| f.sync_all())
-                .map_err(|e| EngineError::io(&tmp, "write", e))?;
-        }
-        self.own(&tmp, mode)?;
-        std::fs::rename(&tmp, path).map_err(|e| EngineError::io(path, "replace", e))
+        write_atomic(path, text, mode, Some(self))
     }
 
     /// Checks that this user can reach `path`: every existing ancestor must be searchable by it.
@@ -178,6 +162,35 @@ impl ServerUser {
         }
         Ok(())
     }
+}
+
+/// Writes `text` to `path` atomically (a temporary sibling renamed over it) with `mode`, owned
+/// by `owner` when given (else by whoever runs this).
+pub fn write_atomic(
+    path: &Path,
+    text: &str,
+    mode: u32,
+    owner: Option<&ServerUser>,
+) -> Result<(), EngineError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("stator-tmp");
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| EngineError::io(&tmp, "create", e))?;
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| EngineError::io(&tmp, "write", e))?;
+    }
+    if let Some(owner) = owner {
+        owner.own(&tmp, mode)?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| EngineError::io(path, "replace", e))
 }
 
 #[cfg(test)]

@@ -61,6 +61,7 @@ fn setup(name: &str) -> (tempfile::TempDir, InstanceConfig) {
         server_user: Some("mysql".into()),
         bin_dir: None,
         peers: Vec::new(),
+        tls_dir: None,
     };
     (dir, config)
 }

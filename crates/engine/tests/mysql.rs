@@ -85,6 +85,7 @@ async fn a_mysql8_primary_is_initialized_started_given_users_and_observed() {
         server_user: root.then(|| "mysql".to_string()),
         bin_dir: Some(bin_dir),
         peers: Vec::new(),
+        tls_dir: None,
     };
     let db = MysqlFamily::new(&config).unwrap();
     let creds = Credentials::read(&config.secrets_dir).unwrap();

@@ -60,6 +60,7 @@ fn setup(name: &str) -> (tempfile::TempDir, InstanceConfig) {
         server_user: Some("postgres".into()),
         bin_dir: None,
         peers: Vec::new(),
+        tls_dir: None,
     };
     (dir, config)
 }

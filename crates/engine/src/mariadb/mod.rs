@@ -11,6 +11,7 @@ use crate::credentials::Secret;
 use crate::error::EngineError;
 use crate::mysql_family::config::{SEMI_SYNC_TIMEOUT_MS, ServerSettings, quote_literal};
 use crate::mysql_family::dialect::{Dialect, ReplicaStatusColumns};
+use crate::tls::ServerTlsPaths;
 
 /// MariaDB's words.
 pub const DIALECT: Dialect = Dialect {
@@ -37,6 +38,8 @@ pub const DIALECT: Dialect = Dialect {
     make_writable: &["SET GLOBAL read_only = OFF"],
     enable_semi_sync_source: "SET GLOBAL rpl_semi_sync_master_enabled = ON",
     change_source,
+    // LOCAL: a FLUSH is written to the binary log otherwise, an errant transaction on a replica.
+    reload_tls: "FLUSH LOCAL SSL",
     replication_privileges: "REPLICATION SLAVE, BINLOG MONITOR",
     monitor_privileges: "SLAVE MONITOR, BINLOG MONITOR, PROCESS",
     identified_by,
@@ -85,9 +88,27 @@ fn change_source(
     upstream: &Endpoint,
     user: &str,
     password: &Secret,
+    tls: Option<&ServerTlsPaths>,
 ) -> Result<Vec<String>, EngineError> {
+    let tls = match tls {
+        Some(t) => {
+            let mut s = format!(
+                ", MASTER_SSL=1, MASTER_SSL_VERIFY_SERVER_CERT=1, MASTER_SSL_CA={}",
+                quote_literal(&t.ca)
+            );
+            if let Some((cert, key)) = &t.client {
+                s.push_str(&format!(
+                    ", MASTER_SSL_CERT={}, MASTER_SSL_KEY={}",
+                    quote_literal(cert),
+                    quote_literal(key)
+                ));
+            }
+            s
+        }
+        None => ", MASTER_SSL=0".into(),
+    };
     Ok(vec![format!(
-        "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER={}, MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
+        "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER={}, MASTER_PASSWORD={}, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1{tls}",
         quote_literal(&upstream.host),
         upstream.port,
         quote_literal(user),
@@ -148,6 +169,7 @@ mod tests {
             server_id: 1002,
             read_only,
             synchronous,
+            tls: None,
         }
     }
 
@@ -199,13 +221,50 @@ mod tests {
     }
 
     #[test]
+    fn with_tls_the_server_refuses_plaintext_and_replication_verifies_the_primary() {
+        let mut s = settings(true, false);
+        s.tls = Some(ServerTlsPaths::example());
+        let text = render_server_options(&DIALECT, &s).unwrap();
+        for line in [
+            "ssl_ca = \"/r/tls-ca.crt\"",
+            "ssl_cert = \"/r/tls-tls.crt\"",
+            "ssl_key = \"/r/tls-tls.key\"",
+            "require_secure_transport = \"ON\"",
+            "tls_version = \"TLSv1.2,TLSv1.3\"",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}: {text}");
+        }
+        let up = Endpoint {
+            instance: "db-0".into(),
+            host: "127.0.0.1".into(),
+            port: 13310,
+        };
+        let sql = change_source(
+            &up,
+            "r",
+            &Secret::new("x"),
+            Some(&ServerTlsPaths::example()),
+        )
+        .unwrap();
+        assert!(
+            sql[0].contains(
+                "MASTER_SSL=1, MASTER_SSL_VERIFY_SERVER_CERT=1, MASTER_SSL_CA='/r/tls-ca.crt', MASTER_SSL_CERT='/r/tls-client.crt'"
+            ),
+            "{}",
+            sql[0]
+        );
+        // A binlogged FLUSH would be an errant transaction on a replica.
+        assert_eq!(DIALECT.reload_tls, "FLUSH LOCAL SSL");
+    }
+
+    #[test]
     fn change_master_uses_slave_pos_and_quotes_the_password() {
         let up = Endpoint {
             instance: "db-0".into(),
             host: "127.0.0.1".into(),
             port: 13310,
         };
-        let sql = change_source(&up, "stator_replication", &Secret::new("p'w")).unwrap();
+        let sql = change_source(&up, "stator_replication", &Secret::new("p'w"), None).unwrap();
         assert_eq!(sql.len(), 1);
         assert!(
             sql[0].contains("MASTER_HOST='127.0.0.1', MASTER_PORT=13310"),

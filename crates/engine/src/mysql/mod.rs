@@ -14,6 +14,7 @@ use crate::credentials::Secret;
 use crate::error::EngineError;
 use crate::mysql_family::config::{SEMI_SYNC_TIMEOUT_MS, ServerSettings, quote_literal};
 use crate::mysql_family::dialect::{Dialect, ReplicaStatusColumns};
+use crate::tls::ServerTlsPaths;
 
 /// MySQL 8's words.
 pub const DIALECT: Dialect = Dialect {
@@ -43,6 +44,7 @@ pub const DIALECT: Dialect = Dialect {
     ],
     enable_semi_sync_source: "SET GLOBAL rpl_semi_sync_source_enabled = ON",
     change_source,
+    reload_tls: "ALTER INSTANCE RELOAD TLS",
     replication_privileges: "REPLICATION SLAVE, REPLICATION CLIENT, BACKUP_ADMIN",
     monitor_privileges: "REPLICATION CLIENT, PROCESS",
     identified_by,
@@ -85,9 +87,27 @@ fn change_source(
     upstream: &Endpoint,
     user: &str,
     password: &Secret,
+    tls: Option<&ServerTlsPaths>,
 ) -> Result<Vec<String>, EngineError> {
+    let tls = match tls {
+        Some(t) => {
+            let mut s = format!(
+                ", SOURCE_SSL=1, SOURCE_SSL_VERIFY_SERVER_CERT=1, SOURCE_SSL_CA={}",
+                quote_literal(&t.ca)
+            );
+            if let Some((cert, key)) = &t.client {
+                s.push_str(&format!(
+                    ", SOURCE_SSL_CERT={}, SOURCE_SSL_KEY={}",
+                    quote_literal(cert),
+                    quote_literal(key)
+                ));
+            }
+            s
+        }
+        None => ", SOURCE_SSL=0".into(),
+    };
     Ok(vec![format!(
-        "CHANGE REPLICATION SOURCE TO SOURCE_HOST={}, SOURCE_PORT={}, SOURCE_USER={}, SOURCE_PASSWORD={}, SOURCE_AUTO_POSITION=1, SOURCE_CONNECT_RETRY=1, GET_SOURCE_PUBLIC_KEY=1",
+        "CHANGE REPLICATION SOURCE TO SOURCE_HOST={}, SOURCE_PORT={}, SOURCE_USER={}, SOURCE_PASSWORD={}, SOURCE_AUTO_POSITION=1, SOURCE_CONNECT_RETRY=1, GET_SOURCE_PUBLIC_KEY=1{tls}",
         quote_literal(&upstream.host),
         upstream.port,
         quote_literal(user),
@@ -103,8 +123,28 @@ fn identified_by(password: &Secret) -> String {
 
 /// The statements that seed an empty, running recipient from `upstream` with the clone
 /// plugin; the server restarts itself on the copied data when it is done.
-pub fn clone_statements(upstream: &Endpoint, user: &str, password: &Secret) -> Vec<String> {
-    vec![
+/// With TLS files, the clone connection verifies the donor against the database's CA.
+pub fn clone_statements(
+    upstream: &Endpoint,
+    user: &str,
+    password: &Secret,
+    tls: Option<&ServerTlsPaths>,
+) -> Vec<String> {
+    let mut statements = Vec::new();
+    if let Some(t) = tls {
+        statements.push(format!(
+            "SET GLOBAL clone_ssl_ca = {}",
+            quote_literal(&t.ca)
+        ));
+        if let Some((cert, key)) = &t.client {
+            statements.push(format!(
+                "SET GLOBAL clone_ssl_cert = {}",
+                quote_literal(cert)
+            ));
+            statements.push(format!("SET GLOBAL clone_ssl_key = {}", quote_literal(key)));
+        }
+    }
+    statements.extend([
         format!(
             "SET GLOBAL clone_valid_donor_list = {}",
             quote_literal(&format!("{}:{}", upstream.host, upstream.port))
@@ -116,7 +156,8 @@ pub fn clone_statements(upstream: &Endpoint, user: &str, password: &Secret) -> V
             upstream.port,
             quote_literal(password.expose())
         ),
-    ]
+    ]);
+    statements
 }
 
 #[cfg(test)]
@@ -138,6 +179,7 @@ mod tests {
             server_id: 1001,
             read_only,
             synchronous,
+            tls: None,
         }
     }
 
@@ -175,13 +217,46 @@ mod tests {
     }
 
     #[test]
+    fn mysql_with_tls_verifies_the_source_and_the_donor() {
+        // The option file's TLS lines are the family's (tested with MariaDB).
+        let up = Endpoint {
+            instance: "db-0".into(),
+            host: "db-0.db-headless".into(),
+            port: 3306,
+        };
+        let sql = change_source(
+            &up,
+            "r",
+            &Secret::new("x"),
+            Some(&ServerTlsPaths::example()),
+        )
+        .unwrap();
+        assert!(
+            sql[0].contains(
+                "SOURCE_SSL=1, SOURCE_SSL_VERIFY_SERVER_CERT=1, SOURCE_SSL_CA='/r/tls-ca.crt'"
+            ),
+            "{}",
+            sql[0]
+        );
+        let clone = clone_statements(
+            &up,
+            "r",
+            &Secret::new("x"),
+            Some(&ServerTlsPaths::example()),
+        );
+        assert_eq!(clone[0], "SET GLOBAL clone_ssl_ca = '/r/tls-ca.crt'");
+        assert!(clone.last().unwrap().starts_with("CLONE INSTANCE FROM"));
+        assert_eq!(DIALECT.reload_tls, "ALTER INSTANCE RELOAD TLS");
+    }
+
+    #[test]
     fn mysql_replication_uses_source_auto_position() {
         let up = Endpoint {
             instance: "db-0".into(),
             host: "db-0.db-headless".into(),
             port: 3306,
         };
-        let sql = change_source(&up, "stator_replication", &Secret::new("x")).unwrap();
+        let sql = change_source(&up, "stator_replication", &Secret::new("x"), None).unwrap();
         assert!(
             sql[0].starts_with(
                 "CHANGE REPLICATION SOURCE TO SOURCE_HOST='db-0.db-headless', SOURCE_PORT=3306"
@@ -190,7 +265,7 @@ mod tests {
             sql[0]
         );
         assert!(sql[0].contains("SOURCE_AUTO_POSITION=1"), "{}", sql[0]);
-        let clone = clone_statements(&up, "stator_replication", &Secret::new("x"));
+        let clone = clone_statements(&up, "stator_replication", &Secret::new("x"), None);
         assert_eq!(
             clone[0],
             "SET GLOBAL clone_valid_donor_list = 'db-0.db-headless:3306'"

@@ -139,6 +139,10 @@ impl MysqlFamily {
         creds: &Credentials,
         staging: &Path,
     ) -> Result<(), EngineError> {
+        // The clone statements name the CA the donor is verified against.
+        if let Some(tls) = &self.tls {
+            tls.install(&self.user)?;
+        }
         let mut datadir = OsString::from("--datadir=");
         datadir.push(staging);
         self.invocation(
@@ -187,9 +191,12 @@ impl MysqlFamily {
             ));
         };
         let mut result = Ok(());
-        for statement in
-            crate::mysql::clone_statements(upstream, REPLICATION_USER, &creds.replication)
-        {
+        for statement in crate::mysql::clone_statements(
+            upstream,
+            REPLICATION_USER,
+            &creds.replication,
+            self.tls_paths().as_ref(),
+        ) {
             if let Err(e) = Self::exec(&mut conn, "cloning the upstream", &statement)
                 .await
                 .map_err(|e| e.without(creds.replication.expose()))
@@ -219,7 +226,8 @@ impl MysqlFamily {
     }
 }
 
-/// GETs the backup stream from an instance manager and writes it into `sink`.
+/// GETs the backup stream from an instance manager (over TLS when the database has it) and
+/// writes it into `sink`.
 async fn fetch_backup(
     host: &str,
     port: u16,

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::error::EngineError;
 use crate::mysql_family::dialect::Dialect;
+use crate::tls::ServerTlsPaths;
 
 /// The user replicas connect as (and clone from, on MySQL).
 pub const REPLICATION_USER: &str = "stator_replication";
@@ -38,6 +39,9 @@ pub struct ServerSettings {
     pub read_only: bool,
     /// `spec.replication.synchronous`.
     pub synchronous: bool,
+    /// The certificate files: TLS on, and a client without TLS refused
+    /// (`require_secure_transport`).
+    pub tls: Option<ServerTlsPaths>,
 }
 
 /// Quotes an option-file value: double quotes, `\` and `"` escaped. Refuses what could end the
@@ -96,6 +100,15 @@ pub fn render_server_options(d: &Dialect, s: &ServerSettings) -> Result<String, 
         ("binlog_format", "ROW".into()),
         ("read_only", on_off(s.read_only)),
     ];
+    if let Some(tls) = &s.tls {
+        managed.extend([
+            ("ssl_ca", tls.ca.clone()),
+            ("ssl_cert", tls.cert.clone()),
+            ("ssl_key", tls.key.clone()),
+            ("require_secure_transport", "ON".into()),
+            ("tls_version", "TLSv1.2,TLSv1.3".into()),
+        ]);
+    }
     managed.extend((d.managed_options)(s));
     out.push_str("\n# Managed by Stator\n");
     for (key, value) in managed {

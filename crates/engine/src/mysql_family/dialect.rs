@@ -9,6 +9,7 @@ use stator_api::instance::Endpoint;
 use crate::credentials::Secret;
 use crate::error::EngineError;
 use crate::mysql_family::config::ServerSettings;
+use crate::tls::ServerTlsPaths;
 
 /// The columns of the replica status a flavor prints (`SHOW SLAVE STATUS` / `SHOW REPLICA
 /// STATUS`).
@@ -22,6 +23,10 @@ pub struct ReplicaStatusColumns {
     /// The transactions received (MariaDB: `Gtid_IO_Pos`; MySQL: `Retrieved_Gtid_Set`).
     pub retrieved: &'static str,
 }
+
+/// Builds the statements pointing replication at an upstream: (upstream, user, password, TLS).
+pub type ChangeSource =
+    fn(&Endpoint, &str, &Secret, Option<&ServerTlsPaths>) -> Result<Vec<String>, EngineError>;
 
 /// One flavor of the family.
 pub struct Dialect {
@@ -52,8 +57,11 @@ pub struct Dialect {
     /// (replicas run with only the replica side on).
     pub enable_semi_sync_source: &'static str,
     /// Statements pointing replication at `upstream` (as the replication user) with GTID
-    /// auto-positioning; the password is only ever in this statement.
-    pub change_source: fn(&Endpoint, &str, &Secret) -> Result<Vec<String>, EngineError>,
+    /// auto-positioning; the password is only ever in this statement. With TLS files, the
+    /// replica connects over TLS and verifies the upstream's certificate and host name.
+    pub change_source: ChangeSource,
+    /// The statement that makes the server read renewed certificate files without a restart.
+    pub reload_tls: &'static str,
     /// The privileges of the replication and monitoring users.
     pub replication_privileges: &'static str,
     pub monitor_privileges: &'static str,

@@ -52,6 +52,7 @@ use crate::error::EngineError;
 use crate::process::{Invocation, ServerProcess, process_serves_data_dir};
 use crate::server_engine::{Observation, ServerEngine};
 use crate::server_user::ServerUser;
+use crate::tls::{ServerTls, ServerTlsPaths};
 
 use self::binaries::{Binaries, major_of};
 use self::config::{
@@ -94,6 +95,8 @@ pub struct MysqlFamily {
     upstream_session: Mutex<Option<(Endpoint, Conn)>>,
     /// The effective parameters the option file is written with (changed by a reload).
     parameters: std::sync::Mutex<BTreeMap<String, String>>,
+    /// The certificates the server serves; `None`: TLS is off.
+    tls: Option<ServerTls>,
 }
 
 impl std::fmt::Debug for MysqlFamily {
@@ -227,7 +230,28 @@ impl MysqlFamily {
             session: Mutex::new(None),
             upstream_session: Mutex::new(None),
             parameters: std::sync::Mutex::new(effective_parameters(&db.spec)),
+            tls: ServerTls::for_config(config),
         })
+    }
+
+    fn tls_paths(&self) -> Option<ServerTlsPaths> {
+        self.tls.as_ref().map(ServerTls::paths)
+    }
+
+    /// Installs renewed certificates and has the server read them (`FLUSH SSL`, `ALTER
+    /// INSTANCE RELOAD TLS`): new connections get the new certificate, nothing restarts.
+    async fn refresh_tls(&self) -> Result<(), EngineError> {
+        let Some(tls) = self.tls.as_ref().filter(|t| t.changed()) else {
+            return Ok(());
+        };
+        tls.install(&self.user)?;
+        let statement = self.dialect.reload_tls;
+        self.with_session(async |c: &mut Conn| {
+            Self::exec(c, "reloading the certificates", statement).await
+        })
+        .await?;
+        tracing::info!(instance = %self.instance, "renewed certificates installed and reloaded");
+        Ok(())
     }
 
     pub fn dialect(&self) -> &'static Dialect {
@@ -336,6 +360,7 @@ impl MysqlFamily {
             server_id: self.server_id(),
             read_only,
             synchronous: self.spec.replication.synchronous,
+            tls: self.tls_paths(),
         };
         render_server_options(self.dialect, &settings)
     }
@@ -462,7 +487,10 @@ impl MysqlFamily {
             .await?;
         }
         // The statement holds the replication password: it is never logged.
-        for statement in (d.change_source)(upstream, REPLICATION_USER, &creds.replication)? {
+        let tls = self.tls_paths();
+        for statement in
+            (d.change_source)(upstream, REPLICATION_USER, &creds.replication, tls.as_ref())?
+        {
             Self::exec(conn, "pointing replication at the upstream", &statement)
                 .await
                 .map_err(|e| e.without(creds.replication.expose()))?;
@@ -492,6 +520,7 @@ impl MysqlFamily {
                 .user(Some(MONITOR_USER))
                 .pass(Some(creds.monitor.expose().to_string()))
                 .prefer_socket(false)
+                .ssl_opts(self.tls.as_ref().map(|t| t.files().mysql_ssl_opts()))
                 .stmt_cache_size(0);
             let conn = match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts)).await {
                 Ok(Ok(c)) => c,
@@ -749,6 +778,9 @@ impl ServerEngine for MysqlFamily {
     fn write_config(&self, _creds: &Credentials) -> Result<(), EngineError> {
         self.user.create_private_dir(&self.run_dir)?;
         self.user.own(&self.data_dir, 0o700)?;
+        if let Some(tls) = &self.tls {
+            tls.install(&self.user)?;
+        }
         let read_only = self.follows().is_some();
         self.user
             .write_file(&self.option_file(), &self.render_options(read_only)?, 0o600)
@@ -953,6 +985,9 @@ impl ServerEngine for MysqlFamily {
     }
 
     async fn observe(&self, creds: &Credentials) -> Result<Observation, EngineError> {
+        if let Err(e) = self.refresh_tls().await {
+            tracing::warn!(instance = %self.instance, error = %e, "renewed certificates not installed");
+        }
         let d = self.dialect;
         let local = self
             .with_session(async |c: &mut Conn| {
@@ -1104,6 +1139,9 @@ impl ServerEngine for MysqlFamily {
         // Read what this data directory holds with the server private (socket only) and
         // read-only, so nothing can write meanwhile.
         self.prepare_dirs()?;
+        if let Some(tls) = &self.tls {
+            tls.install(&self.user)?;
+        }
         self.user
             .write_file(&self.option_file(), &self.render_options(true)?, 0o600)?;
         let d = self.dialect;

@@ -8,6 +8,7 @@ use std::path::Path;
 use stator_api::instance::Endpoint;
 
 use crate::error::EngineError;
+use crate::tls::ServerTlsPaths;
 
 /// The superuser initdb creates.
 pub const SUPERUSER: &str = "postgres";
@@ -33,6 +34,8 @@ pub struct ServerSettings {
     /// WAL archiving (`spec.backup`): the `archive_command` and `archive_timeout` in seconds.
     /// `None`: `archive_mode = off`.
     pub archive: Option<(String, u64)>,
+    /// The certificate files: TLS on (and plaintext TCP refused by `pg_hba.conf`).
+    pub tls: Option<ServerTlsPaths>,
 }
 
 /// Quotes a `postgresql.conf` value: single quotes, with `'` doubled and `\` escaped.
@@ -111,6 +114,16 @@ pub fn render_postgresql_conf(s: &ServerSettings) -> Result<String, EngineError>
         managed.push(("synchronous_standby_names", "ANY 1 (*)".into()));
         managed.push(("synchronous_commit", "on".into()));
     }
+    match &s.tls {
+        Some(tls) => managed.extend([
+            ("ssl", "on".into()),
+            ("ssl_min_protocol_version", "TLSv1.2".into()),
+            ("ssl_ca_file", tls.ca.clone()),
+            ("ssl_cert_file", tls.cert.clone()),
+            ("ssl_key_file", tls.key.clone()),
+        ]),
+        None => managed.push(("ssl", "off".into())),
+    }
     if let Some(conninfo) = &s.primary_conninfo {
         managed.push(("primary_conninfo", conninfo.clone()));
     }
@@ -122,9 +135,10 @@ pub fn render_postgresql_conf(s: &ServerSettings) -> Result<String, EngineError>
 }
 
 /// Renders `pg_hba.conf`: every connection authenticates with scram-sha-256; the superuser only
-/// over the socket and loopback; replication only as the replication role.
-pub fn render_pg_hba() -> String {
-    format!(
+/// over the socket and loopback; replication only as the replication role. With TLS, every TCP
+/// line is `hostssl`: a plaintext TCP connection matches none and is refused.
+pub fn render_pg_hba(tls: bool) -> String {
+    let hba = format!(
         "# Written by Stator at every start. scram-sha-256 everywhere; no trust.\n\
 # TYPE  DATABASE     USER               ADDRESS        METHOD\n\
 local   all          all                               scram-sha-256\n\
@@ -135,7 +149,12 @@ host    all          {SUPERUSER}           127.0.0.1/32   scram-sha-256\n\
 host    all          {SUPERUSER}           ::1/128        scram-sha-256\n\
 host    all          {SUPERUSER}           all            reject\n\
 host    all          all                all            scram-sha-256\n"
-    )
+    );
+    if tls {
+        hba.replace("\nhost    ", "\nhostssl ")
+    } else {
+        hba
+    }
 }
 
 /// Quotes a libpq conninfo value: single quotes, `\` and `'` escaped with a backslash.
@@ -144,12 +163,15 @@ pub fn quote_conninfo_value(value: &str) -> String {
 }
 
 /// The conninfo a replica (or pg_rewind, with `dbname`) uses to reach `upstream`: the password
-/// comes from `passfile`, never from the conninfo itself.
+/// comes from `passfile`, never from the conninfo itself. With `tls`, the upstream must present
+/// a certificate of the database's CA valid for its host (`sslmode=verify-full`), and the
+/// replication user shows its client certificate.
 pub fn upstream_conninfo(
     upstream: &Endpoint,
     passfile: &Path,
     application_name: &str,
     dbname: Option<&str>,
+    tls: Option<&ServerTlsPaths>,
 ) -> String {
     let mut parts = vec![
         format!("host={}", quote_conninfo_value(&upstream.host)),
@@ -167,6 +189,14 @@ pub fn upstream_conninfo(
     ];
     if let Some(db) = dbname {
         parts.push(format!("dbname={}", quote_conninfo_value(db)));
+    }
+    if let Some(tls) = tls {
+        parts.push("sslmode=verify-full".into());
+        parts.push(format!("sslrootcert={}", quote_conninfo_value(&tls.ca)));
+        if let Some((cert, key)) = &tls.client {
+            parts.push(format!("sslcert={}", quote_conninfo_value(cert)));
+            parts.push(format!("sslkey={}", quote_conninfo_value(key)));
+        }
     }
     parts.join(" ")
 }
@@ -201,6 +231,7 @@ mod tests {
             synchronous: false,
             primary_conninfo: None,
             archive: None,
+            tls: None,
         }
     }
 
@@ -223,6 +254,56 @@ mod tests {
             text.contains("archive_command = '/usr/bin/pgbackrest --config=/r/pgbackrest.conf --stanza=db archive-push %p'\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn tls_turns_ssl_on_with_tls_1_2_at_least() {
+        let mut s = settings();
+        assert!(render_postgresql_conf(&s).unwrap().contains("ssl = 'off'"));
+        s.tls = Some(ServerTlsPaths::example());
+        let text = render_postgresql_conf(&s).unwrap();
+        for line in [
+            "ssl = 'on'",
+            "ssl_min_protocol_version = 'TLSv1.2'",
+            "ssl_cert_file = '/r/tls-tls.crt'",
+            "ssl_key_file = '/r/tls-tls.key'",
+            "ssl_ca_file = '/r/tls-ca.crt'",
+        ] {
+            assert!(text.contains(line), "missing {line}: {text}");
+        }
+    }
+
+    #[test]
+    fn with_tls_every_tcp_line_is_hostssl() {
+        let hba = render_pg_hba(true);
+        for line in hba.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                line.starts_with("local ") || line.starts_with("hostssl "),
+                "{line}"
+            );
+        }
+        assert!(render_pg_hba(false).contains("\nhost    replication"));
+    }
+
+    #[test]
+    fn replication_with_tls_verifies_the_upstream_fully() {
+        let upstream = Endpoint {
+            instance: "db-0".into(),
+            host: "127.0.0.1".into(),
+            port: 15410,
+        };
+        let c = upstream_conninfo(
+            &upstream,
+            Path::new("/p"),
+            "db-1",
+            None,
+            Some(&ServerTlsPaths::example()),
+        );
+        assert!(c.contains("sslmode=verify-full"), "{c}");
+        assert!(c.contains("sslrootcert='/r/tls-ca.crt'"), "{c}");
+        assert!(c.contains("sslcert='/r/tls-client.crt'"), "{c}");
+        let plain = upstream_conninfo(&upstream, Path::new("/p"), "db-1", None, None);
+        assert!(!plain.contains("ssl"), "{plain}");
     }
 
     #[test]
@@ -282,6 +363,7 @@ mod tests {
             Path::new("/run/x/pgpass"),
             "db-1",
             None,
+            None,
         ));
         let text = render_postgresql_conf(&s).unwrap();
         let line = text
@@ -295,7 +377,7 @@ mod tests {
 
     #[test]
     fn hba_has_no_trust_and_scram_everywhere() {
-        let hba = render_pg_hba();
+        let hba = render_pg_hba(false);
         assert!(!hba.contains("trust\n") && !hba.contains(" trust "));
         for line in hba.lines().filter(|l| !l.starts_with('#')) {
             assert!(

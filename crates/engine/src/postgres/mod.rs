@@ -34,6 +34,7 @@ use crate::error::EngineError;
 use crate::process::{Invocation, ServerProcess, process_serves_data_dir};
 use crate::server_engine::{Observation, ServerEngine};
 use crate::server_user::ServerUser;
+use crate::tls::{ServerTls, ServerTlsPaths};
 
 use self::binaries::Binaries;
 use self::config::{
@@ -69,6 +70,8 @@ pub struct Postgres {
     read_only_fence: std::sync::atomic::AtomicBool,
     /// pgBackRest, when `spec.backup` names a local repository: its settings and program.
     backrest: Option<(backrest::BackrestSettings, PathBuf)>,
+    /// The certificates the server serves; `None`: TLS is off.
+    tls: Option<ServerTls>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -149,7 +152,39 @@ impl Postgres {
             parameters: std::sync::Mutex::new(effective_parameters(&db.spec)),
             read_only_fence: std::sync::atomic::AtomicBool::new(false),
             backrest,
+            tls: ServerTls::for_config(config),
         })
+    }
+
+    fn tls_paths(&self) -> Option<ServerTlsPaths> {
+        self.tls.as_ref().map(ServerTls::paths)
+    }
+
+    fn conninfo(&self, upstream: &Endpoint, dbname: Option<&str>) -> String {
+        upstream_conninfo(
+            upstream,
+            &self.passfile(),
+            &self.instance,
+            dbname,
+            self.tls_paths().as_ref(),
+        )
+    }
+
+    /// Installs renewed certificates and has the server read them (`pg_reload_conf()`): new
+    /// connections get the new certificate, open ones keep theirs, nothing restarts.
+    async fn refresh_tls(&self, creds: &Credentials) -> Result<(), EngineError> {
+        let Some(tls) = self.tls.as_ref().filter(|t| t.changed()) else {
+            return Ok(());
+        };
+        tls.install(&self.user)?;
+        self.with_session(creds, async |c: &Client| {
+            c.simple_query("SELECT pg_reload_conf()")
+                .await
+                .map_err(|e| EngineError::sql("reloading the certificates", &e))
+        })
+        .await?;
+        tracing::info!(instance = %self.instance, "renewed certificates installed and reloaded");
+        Ok(())
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -380,7 +415,10 @@ impl ServerEngine for Postgres {
         self.prepare_dirs()?;
         let staging = self.staging_dir()?;
         self.write_passfile(creds)?;
-        let conninfo = upstream_conninfo(upstream, &self.passfile(), &self.instance, None);
+        if let Some(tls) = &self.tls {
+            tls.install(&self.user)?;
+        }
+        let conninfo = self.conninfo(upstream, None);
         let args: Vec<OsString> = vec![
             "-D".into(),
             staging.clone().into(),
@@ -418,16 +456,14 @@ impl ServerEngine for Postgres {
         self.user.create_private_dir(&self.run_dir)?;
         self.user.own(&self.data_dir, 0o700)?;
         self.write_passfile(creds)?;
+        if let Some(tls) = &self.tls {
+            tls.install(&self.user)?;
+        }
         let follows = read_marker(&self.data_dir)?.and_then(|m| m.follows);
         let primary_conninfo = match &follows {
             Some(upstream) => {
                 self.write_standby_signal(&self.data_dir)?;
-                Some(upstream_conninfo(
-                    upstream,
-                    &self.passfile(),
-                    &self.instance,
-                    None,
-                ))
+                Some(self.conninfo(upstream, None))
             }
             None => None,
         };
@@ -452,14 +488,18 @@ impl ServerEngine for Postgres {
             synchronous: self.spec.replication.synchronous,
             primary_conninfo,
             archive,
+            tls: self.tls_paths(),
         };
         self.user.write_file(
             &self.data_dir.join("postgresql.conf"),
             &render_postgresql_conf(&settings)?,
             0o600,
         )?;
-        self.user
-            .write_file(&self.data_dir.join("pg_hba.conf"), &render_pg_hba(), 0o600)
+        self.user.write_file(
+            &self.data_dir.join("pg_hba.conf"),
+            &render_pg_hba(self.tls.is_some()),
+            0o600,
+        )
     }
 
     fn find_running(&self) -> Result<Option<ServerProcess>, EngineError> {
@@ -612,6 +652,9 @@ impl ServerEngine for Postgres {
     }
 
     async fn observe(&self, creds: &Credentials) -> Result<Observation, EngineError> {
+        if let Err(e) = self.refresh_tls(creds).await {
+            tracing::warn!(instance = %self.instance, error = %e, "renewed certificates not installed");
+        }
         let upstream = read_marker(&self.data_dir)
             .ok()
             .flatten()
@@ -795,8 +838,10 @@ impl ServerEngine for Postgres {
             ));
         }
         self.write_passfile(creds)?;
-        let conninfo =
-            upstream_conninfo(upstream, &self.passfile(), &self.instance, Some("postgres"));
+        if let Some(tls) = &self.tls {
+            tls.install(&self.user)?;
+        }
+        let conninfo = self.conninfo(upstream, Some("postgres"));
         let mut inv = self.invocation(
             "pg_rewind",
             vec![
