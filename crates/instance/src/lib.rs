@@ -12,6 +12,7 @@
 //! - [`status`]: the shared facts and the `/status` report, readiness.
 //! - [`http`]: the endpoints, including `/backup` (the MySQL family's physical copy for a
 //!   replica being cloned).
+//! - [`https`]: the endpoints over TLS with the database's certificate (plain HTTP refused).
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - [`peers`]: never an empty primary: a new primary's empty data dir is initialised only
 //!   when no peer holds (or may hold) the database's data; otherwise it is cloned.
@@ -25,6 +26,7 @@ pub mod api_token;
 pub mod backups;
 pub mod error;
 pub mod http;
+pub mod https;
 pub mod managed;
 pub mod metrics;
 pub mod peers;
@@ -38,6 +40,7 @@ use stator_api::Engine;
 use stator_api::instance::InstanceConfig;
 use stator_api::names::secret_keys;
 use stator_engine::credentials::read_secret;
+use stator_engine::tls::TlsFiles;
 use stator_engine::{Credentials, MysqlFamily, Postgres, ServerEngine};
 use tokio::sync::mpsc;
 
@@ -120,6 +123,15 @@ async fn run_engine<E: ServerEngine>(
         source,
     };
     let creds = Credentials::read(&config.secrets_dir).map_err(engine_error)?;
+    let tls_files = config.tls_dir.as_ref().map(TlsFiles::new);
+    let tls = match &tls_files {
+        Some(files) => Some(files.server_config().map_err(engine_error)?),
+        None => None,
+    };
+    // Its peers and its upstream's manager are of the same database: the same CA.
+    if let Some(files) = &tls_files {
+        stator_engine::tls::trust_by_default(files).map_err(engine_error)?;
+    }
     read_secret(&config.secrets_dir, secret_keys::API_TOKEN).map_err(engine_error)?;
 
     let address = if config.listen_address.contains(':') {
@@ -135,7 +147,7 @@ async fn run_engine<E: ServerEngine>(
                 address: address.clone(),
                 source,
             })?;
-    tracing::info!(instance = %name, address = %address, "instance manager listening");
+    tracing::info!(instance = %name, address = %address, tls = tls.is_some(), "instance manager listening");
 
     let status = Arc::new(InstanceStatus::new(name.clone()));
     status.set_query(fresh_query(engine.clone(), creds.clone()));
@@ -166,13 +178,30 @@ async fn run_engine<E: ServerEngine>(
         Mode::Plain => http::router(endpoints),
         Mode::Managed => http::router(endpoints.clone()).merge(managed::router(endpoints)),
     };
-    let http = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop_rx.await;
+    let stopped = async move {
+        let _ = http_stop_rx.await;
+    };
+    let http = match tls {
+        Some(config) => {
+            let listener = https::TlsListener::new(listener, config).map_err(|source| {
+                InstanceError::Listen {
+                    instance: name.clone(),
+                    address: address.clone(),
+                    source,
+                }
+            })?;
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await;
             })
-            .await;
-    });
+        }
+        None => tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await;
+        }),
+    };
 
     let signals = tokio::spawn(forward_signals(commands_tx));
     let reaper = (std::process::id() == 1).then(|| tokio::spawn(reap_orphans_forever()));

@@ -121,26 +121,19 @@ pub async fn ask_all(peers: &[Peer]) -> Vec<(Peer, PeerAnswer)> {
     futures_util::future::join_all(asks).await
 }
 
-/// `GET /status` of one peer's instance manager.
+/// `GET /status` of one peer's instance manager (over TLS when the database has it).
 pub async fn ask(peer: &Peer) -> PeerAnswer {
     let host = peer.server.host.as_str();
     let port = peer.http_port;
-    let address = match tokio::net::lookup_host((host, port)).await {
-        Ok(mut addresses) => match addresses.next() {
-            Some(a) => a,
-            None => return PeerAnswer::Missing,
-        },
-        Err(_) => return PeerAnswer::Missing,
-    };
+    let resolved = tokio::net::lookup_host((host, port))
+        .await
+        .map(|mut addresses| addresses.next().is_some());
+    if !matches!(resolved, Ok(true)) {
+        return PeerAnswer::Missing;
+    }
     let silent = |why: String| PeerAnswer::Silent(format!("{host}:{port}: {why}"));
-    match manager_client::get_json::<InstanceReport>(
-        &address.ip().to_string(),
-        port,
-        "/status",
-        ASK_TIMEOUT,
-    )
-    .await
-    {
+    // By its name: a TLS certificate is checked against the name dialled.
+    match manager_client::get_json::<InstanceReport>(host, port, "/status", ASK_TIMEOUT).await {
         Ok(report) if report.name == peer.server.instance => PeerAnswer::Report(Box::new(report)),
         Ok(report) => silent(format!("answers as {}", report.name)),
         Err(e) => silent(e.detail()),

@@ -587,3 +587,77 @@ fn an_empty_data_dir_is_never_initialised_while_a_peer_may_hold_the_data() {
         "the same database system identifier"
     );
 }
+
+/// With a TLS directory the manager serves its endpoints over HTTPS only: a plain HTTP request
+/// gets no answer, a client verifying against the database's CA reads `/status` (the peers'
+/// question a pod asks before initialising), one that trusts another CA is refused; the server
+/// refuses plaintext TCP and accepts a verified TLS connection.
+#[test]
+fn with_tls_the_endpoints_answer_only_https_verified_against_the_database_ca() {
+    use stator_engine::tls::{TlsFiles, local_sans, trust_endpoints};
+    use stator_instance::peers::{PeerAnswer, ask};
+
+    let c = Cluster::new("tlsim");
+    let files = TlsFiles::new(c.dir.path().join("tls"));
+    files
+        .issue("tlsim", &local_sans(&[]), "stator_replication")
+        .unwrap();
+    let other = TlsFiles::new(c.dir.path().join("other"));
+    other
+        .issue("other", &local_sans(&[]), "stator_replication")
+        .unwrap();
+    let mut cfg = c.config(0, Bootstrap::InitPrimary);
+    cfg.tls_dir = Some(files.dir().to_path_buf());
+    let manager = c.start(&cfg);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let me = peer("tlsim-0", "127.0.0.1", cfg.port, cfg.http_port);
+    trust_endpoints("127.0.0.1", [cfg.http_port], &files).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        match rt.block_on(ask(&me)) {
+            PeerAnswer::Report(r) if r.ready => break,
+            answer => assert!(
+                std::time::Instant::now() < deadline,
+                "not ready over HTTPS: {answer:?}\n{}",
+                manager.logs()
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
+    let (code, body) = manager.get("/status");
+    assert_eq!(code, 0, "plain HTTP answered: {body}");
+    // A client of this process that trusts another CA for that endpoint.
+    trust_endpoints("127.0.0.1", [cfg.http_port], &other).unwrap();
+    match rt.block_on(ask(&me)) {
+        PeerAnswer::Silent(why) => assert!(why.contains("certificate"), "{why}"),
+        answer => panic!("a client trusting another CA got {answer:?}"),
+    }
+
+    let su = c.secret(secret_keys::SUPERUSER_PASSWORD);
+    // Refused in plaintext; the same login gets in over verified TLS below.
+    assert!(sql(cfg.port, "postgres", &su, "postgres", "SELECT 1").is_err());
+    let verified = rt.block_on(async {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host("127.0.0.1")
+            .port(cfg.port)
+            .user("postgres")
+            .password(su.as_str())
+            .dbname("postgres")
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        let (client, conn) = pg.connect(files.postgres_connector().unwrap()).await?;
+        tokio::spawn(conn);
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await?;
+        Ok::<bool, tokio_postgres::Error>(row.get(0))
+    });
+    assert!(verified.unwrap(), "the verified session is not TLS");
+}

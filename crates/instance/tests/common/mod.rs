@@ -127,6 +127,7 @@ impl Cluster {
             server_user: Some("postgres".into()),
             bin_dir: None,
             peers: Vec::new(),
+            tls_dir: None,
         }
     }
 
@@ -162,6 +163,7 @@ impl Cluster {
             server_user: Some("mysql".into()),
             bin_dir: None,
             peers: Vec::new(),
+            tls_dir: None,
         }
     }
 
