@@ -444,11 +444,12 @@ impl Access {
                     .dbname(&self.database)
                     .application_name("stator-chaos")
                     .connect_timeout(timeout);
-                let (client, connection) =
-                    tokio::time::timeout(timeout, config.connect(tokio_postgres::NoTls))
-                        .await
-                        .map_err(|_| SqlError::Timeout { port, timeout })?
-                        .map_err(|e| SqlError::at(port, e))?;
+                let tls = stator_engine::tls::postgres_tls(&mut config, &self.host, port)
+                    .map_err(|e| SqlError::at(port, e))?;
+                let (client, connection) = tokio::time::timeout(timeout, config.connect(tls))
+                    .await
+                    .map_err(|_| SqlError::Timeout { port, timeout })?
+                    .map_err(|e| SqlError::at(port, e))?;
                 let connection = ConnectionTask(tokio::spawn(async move {
                     let _ = connection.await;
                 }));
@@ -480,6 +481,7 @@ impl Access {
                     .tcp_port(port)
                     .user(Some(user.clone()))
                     .pass(Some(password.clone()))
+                    .ssl_opts(stator_engine::tls::mysql_tls(&self.host, port))
                     // Never switch to the server's Unix socket: that would bypass `rw`.
                     .prefer_socket(false)
                     .stmt_cache_size(0);

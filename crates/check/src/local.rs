@@ -37,6 +37,7 @@ impl LocalTarget {
             .read_applied()?
             .ok_or_else(|| LocalError::NotFound(dir.key()))?
             .database;
+        stator_local::transport::register(&db, dir)?;
         if db.spec.instances < 2 {
             return Err(LocalError::Invalid(format!(
                 "{}: spec.instances is {}; a failover needs at least 2 instances",

@@ -127,8 +127,11 @@ async fn monitor_query(
         .dbname("postgres")
         .application_name(application_name)
         .connect_timeout(SERVER_PROBE_TIMEOUT);
+    // TLS verified against the database's CA where this process trusts one (verify-full).
+    let tls =
+        stator_engine::tls::postgres_tls(&mut config, host, port).map_err(ServerError::Connect)?;
     let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+        .connect(tls)
         .await
         .map_err(|e| ServerError::Connect(e.to_string()))?;
     let task = tokio::spawn(connection);
@@ -182,6 +185,7 @@ pub async fn write_through(
                     .tcp_port(port)
                     .user(Some(stator_engine::mysql_family::config::MONITOR_USER))
                     .pass(Some(password.to_string()))
+                    .ssl_opts(stator_engine::tls::mysql_tls(host, port))
                     // Never the server's Unix socket: that would bypass `rw`.
                     .prefer_socket(false);
                 let mut conn = mysql_async::Conn::new(opts)

@@ -47,9 +47,21 @@ pub fn router(endpoint: StatusEndpoint) -> Router {
         .with_state(endpoint)
 }
 
-/// Serves `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, endpoint: StatusEndpoint) {
-    if let Err(e) = axum::serve(listener, router(endpoint)).await {
+/// Serves `listener` until the task is aborted; over TLS only when `tls` is given (a plaintext
+/// request then gets no answer, so the token of `POST /switchover` never crosses in clear).
+pub async fn serve(
+    listener: TcpListener,
+    endpoint: StatusEndpoint,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let served = match tls {
+        Some(config) => match stator_instance::https::TlsListener::new(listener, config) {
+            Ok(listener) => axum::serve(listener, router(endpoint)).await,
+            Err(e) => Err(e),
+        },
+        None => axum::serve(listener, router(endpoint)).await,
+    };
+    if let Err(e) = served {
         tracing::error!("the supervisor's status endpoint stopped: {e}");
     }
 }
@@ -232,7 +244,7 @@ mod tests {
         let e = endpoint(tmp.path());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(serve(listener, e.clone()));
+        let server = tokio::spawn(serve(listener, e.clone(), None));
         assert_eq!(post(port, None, "{}").await.0, 401);
         assert_eq!(post(port, Some("wrong"), "{}").await.0, 401);
         let (code, body) = post(port, Some("s3cret"), "{\"to\": \"other-1\"}").await;
@@ -269,7 +281,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(serve(listener, endpoint(tmp.path())));
+        let server = tokio::spawn(serve(listener, endpoint(tmp.path()), None));
         let report: SupervisorReport =
             client::get_json("127.0.0.1", port, "/status", Duration::from_secs(5))
                 .await

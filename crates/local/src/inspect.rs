@@ -12,40 +12,156 @@ use crate::error::LocalError;
 use crate::secrets::read_secret;
 use crate::state::DatabaseDir;
 
-/// Which proxy a URI points at.
+/// Where a URI points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
+    /// The primary, through the `rw` proxy.
     Rw,
+    /// The ready replicas, through the `ro` proxy.
     Ro,
+    /// Every instance directly, the client finding the primary itself (no proxy hop).
+    DirectRw,
+    /// Every instance directly, the client preferring a replica.
+    DirectRo,
 }
 
-/// A connection URI for the application user through `endpoint`, password included.
+/// A connection URI and which clients understand it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uri {
+    pub uri: String,
+    /// Which clients understand the URI (and what they do in a failover), for the user.
+    pub note: Option<String>,
+}
+
+/// A connection URI for the application user through `endpoint`, password included. With TLS
+/// (the default) the client verifies the server against the database's CA and the host name:
+/// PostgreSQL `sslmode=verify-full&sslrootcert=…`, the MySQL family `ssl-mode=VERIFY_IDENTITY&
+/// ssl-ca=…` (the MySQL URI form of mysqlsh and the connectors; Connector/J's `sslMode` for the
+/// direct form).
 pub fn uri(db: &Database, dir: &DatabaseDir, endpoint: Endpoint) -> Result<String, LocalError> {
+    connection_uri(db, dir, endpoint).map(|u| u.uri)
+}
+
+/// [`uri`] with the note on which clients understand it.
+pub fn connection_uri(
+    db: &Database,
+    dir: &DatabaseDir,
+    endpoint: Endpoint,
+) -> Result<Uri, LocalError> {
     if !dir.secrets_dir().is_dir() {
         return Err(LocalError::NotFound(dir.key()));
     }
     let password = read_secret(&dir.secrets_dir(), secret_keys::APP_PASSWORD)?;
     let ports = LocalPorts::of(db);
-    let port = match endpoint {
-        Endpoint::Rw => ports.rw(),
-        Endpoint::Ro => ports.ro(),
-    };
-    let scheme = match db.spec.engine {
-        Engine::Postgres => "postgresql",
-        Engine::Mysql | Engine::Mariadb => "mysql",
-    };
     let host = &db.spec.local.listen_address;
     let host = if host.contains(':') {
         format!("[{host}]")
     } else {
         host.clone()
     };
-    Ok(format!(
-        "{scheme}://{}:{}@{host}:{port}/{}",
-        percent_encode(&db.spec.bootstrap.owner),
-        percent_encode(&password),
-        percent_encode(&db.spec.bootstrap.database)
-    ))
+    let ca = db
+        .spec
+        .tls
+        .enabled
+        .then(|| dir.tls_dir().join(stator_engine::tls::CA_CERT));
+    let ca = ca.map(|p| percent_encode(&p.to_string_lossy()));
+    let user = percent_encode(&db.spec.bootstrap.owner);
+    let password = percent_encode(&password);
+    let database = percent_encode(&db.spec.bootstrap.database);
+    let primary = crate::plan::ordinal_of(&dir.read_primary()).unwrap_or(0);
+    // The recorded primary first, then the others in ordinal order.
+    let mut ordinals: Vec<u32> = (0..db.spec.instances).collect();
+    ordinals.sort_by_key(|o| (*o != primary, *o));
+    let hosts = |ordinals: &[u32]| {
+        ordinals
+            .iter()
+            .map(|o| format!("{host}:{}", ports.server(*o)))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    // The proxy's port (unused by the direct forms).
+    let port = if endpoint == Endpoint::Ro {
+        ports.ro()
+    } else {
+        ports.rw()
+    };
+    let mut query: Vec<String> = Vec::new();
+    let (text, note) = match (db.spec.engine, endpoint) {
+        (Engine::Postgres, Endpoint::Rw | Endpoint::Ro) => {
+            if let Some(ca) = &ca {
+                query.push(format!("sslmode=verify-full&sslrootcert={ca}"));
+            }
+            (
+                format!("postgresql://{user}:{password}@{host}:{port}/{database}"),
+                None,
+            )
+        }
+        (Engine::Postgres, Endpoint::DirectRw | Endpoint::DirectRo) => {
+            if endpoint == Endpoint::DirectRw {
+                query.push("target_session_attrs=read-write".into());
+            } else {
+                query.push("target_session_attrs=prefer-standby&load_balance_hosts=random".into());
+            }
+            if let Some(ca) = &ca {
+                query.push(format!("sslmode=verify-full&sslrootcert={ca}"));
+            }
+            let note = if endpoint == Endpoint::DirectRw {
+                "a multi-host URI of every instance: libpq (psql, and drivers built on it) tries them in turn and keeps the one that takes writes (target_session_attrs=read-write, libpq 10+); after a failover a client reconnects and finds the new primary the same way"
+            } else {
+                "a multi-host URI of every instance: libpq 16+ (load_balance_hosts) picks one at random and prefers a replica (target_session_attrs=prefer-standby, libpq 14+); older libpq refuses load_balance_hosts"
+            };
+            (
+                format!(
+                    "postgresql://{user}:{password}@{}/{database}",
+                    hosts(&ordinals)
+                ),
+                Some(note.to_string()),
+            )
+        }
+        (Engine::Mysql | Engine::Mariadb, Endpoint::Rw | Endpoint::Ro) => {
+            if let Some(ca) = &ca {
+                query.push(format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}"));
+            }
+            (
+                format!("mysql://{user}:{password}@{host}:{port}/{database}"),
+                None,
+            )
+        }
+        (Engine::Mysql | Engine::Mariadb, Endpoint::DirectRw | Endpoint::DirectRo) => {
+            query.push(format!("user={user}&password={password}"));
+            if let Some(ca) = &ca {
+                query.push(format!("sslMode=verify-full&serverSslCert={ca}"));
+            }
+            let (form, listed, note) = if endpoint == Endpoint::DirectRw {
+                (
+                    "replication",
+                    ordinals.clone(),
+                    "the Connector/J replication form (MariaDB Connector/J; other MySQL-protocol clients do not understand it): writes go to the first host, the recorded primary now, reads of read-only connections to the others. It does not find a new primary after a failover: print it again, or use the rw proxy",
+                )
+            } else {
+                (
+                    "loadbalance",
+                    ordinals[1..].to_vec(),
+                    "the Connector/J load-balancing form over the replicas (MariaDB Connector/J only)",
+                )
+            };
+            let listed = if listed.is_empty() {
+                ordinals.clone()
+            } else {
+                listed
+            };
+            (
+                format!("jdbc:mariadb:{form}://{}/{database}", hosts(&listed)),
+                Some(note.to_string()),
+            )
+        }
+    };
+    let uri = if query.is_empty() {
+        text
+    } else {
+        format!("{text}?{}", query.join("&"))
+    };
+    Ok(Uri { uri, note })
 }
 
 fn percent_encode(text: &str) -> String {
@@ -143,6 +259,53 @@ mod tests {
     }
 
     #[test]
+    fn a_mariadb_direct_uri_is_connector_j_replication_with_the_primary_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = stator_api::load_database(
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: my}\nspec: {engine: mariadb, instances: 3, local: {portBase: 20000}}\n",
+        )
+        .unwrap()
+        .database;
+        let dir = crate::state::StateDir {
+            root: tmp.path().to_path_buf(),
+        }
+        .database_of(&db);
+        crate::secrets::ensure_secrets(&dir.secrets_dir()).unwrap();
+        std::fs::create_dir_all(&dir.root).unwrap();
+        dir.write_primary("my-1").unwrap();
+        let rw = connection_uri(&db, &dir, Endpoint::DirectRw).unwrap();
+        assert!(
+            rw.uri.starts_with(
+                "jdbc:mariadb:replication://127.0.0.1:20011,127.0.0.1:20010,127.0.0.1:20012/app?user=app&password="
+            ),
+            "{}",
+            rw.uri
+        );
+        assert!(
+            rw.uri.contains("&sslMode=verify-full&serverSslCert="),
+            "{}",
+            rw.uri
+        );
+        assert!(rw.note.unwrap().contains("Connector/J"));
+        let ro = connection_uri(&db, &dir, Endpoint::DirectRo).unwrap();
+        assert!(
+            ro.uri
+                .starts_with("jdbc:mariadb:loadbalance://127.0.0.1:20010,127.0.0.1:20012/app?"),
+            "{}",
+            ro.uri
+        );
+        let proxied = connection_uri(&db, &dir, Endpoint::Ro).unwrap();
+        assert!(
+            proxied
+                .uri
+                .contains("@127.0.0.1:20001/app?ssl-mode=VERIFY_IDENTITY&ssl-ca="),
+            "{}",
+            proxied.uri
+        );
+        assert!(proxied.note.is_none());
+    }
+
+    #[test]
     fn uri_carries_user_password_port_and_database() {
         let tmp = tempfile::tempdir().unwrap();
         let db = stator_api::load_database(
@@ -160,9 +323,24 @@ mod tests {
         ));
         crate::secrets::ensure_secrets(&dir.secrets_dir()).unwrap();
         let password = read_secret(&dir.secrets_dir(), secret_keys::APP_PASSWORD).unwrap();
+        let ca = dir
+            .tls_dir()
+            .join("ca.crt")
+            .display()
+            .to_string()
+            .replace('/', "%2F");
         assert_eq!(
             uri(&db, &dir, Endpoint::Ro).unwrap(),
-            format!("postgresql://app:{password}@127.0.0.1:20001/app")
+            format!(
+                "postgresql://app:{password}@127.0.0.1:20001/app?sslmode=verify-full&sslrootcert={ca}"
+            )
+        );
+        let direct = uri(&db, &dir, Endpoint::DirectRw).unwrap();
+        assert!(
+            direct.starts_with(&format!(
+                "postgresql://app:{password}@127.0.0.1:20010/app?target_session_attrs=read-write&sslmode=verify-full"
+            )),
+            "{direct}"
         );
     }
 

@@ -26,6 +26,7 @@
 //! - [`keeper`]: the minimal process that restarts a crashed supervisor and owns the proxies'
 //!   listening sockets; [`service`]: the systemd unit for `up --service`.
 //! - [`runtime`]: finding and asking the running supervisor and instance managers.
+//! - [`transport`]: which endpoints speak TLS; the connector every client here uses.
 //! - [`up`], [`stop`], [`inspect`]: the commands.
 //! - [`chaos`]: fault injection (`stator chaos kill|stop|resume`): kill -9, SIGSTOP/SIGCONT.
 //!   The consistency checker and the benchmarks that use it live in `stator-check`.
@@ -49,6 +50,7 @@ pub mod state;
 pub mod stop;
 pub mod supervisor;
 pub mod switchover;
+pub mod transport;
 pub mod up;
 
 pub use error::LocalError;

@@ -54,6 +54,7 @@ pub fn instance_config(
         server_user: host.server_user.clone(),
         bin_dir: host.bin_dir.clone(),
         peers: Vec::new(),
+        tls_dir: db.spec.tls.enabled.then(|| dir.tls_dir()),
     }
 }
 

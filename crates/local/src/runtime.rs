@@ -39,6 +39,7 @@ pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, LocalErr
 
 /// The running supervisor's report.
 pub fn fetch_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorReport, LocalError> {
+    crate::transport::register(db, dir)?;
     let port = LocalPorts::of(db).supervisor();
     let address = db.spec.local.listen_address.clone();
     block_on(async move {
@@ -63,6 +64,7 @@ pub fn current_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorRepo
         .read_applied()?
         .ok_or_else(|| LocalError::NotFound(dir.key()))?;
     let db = &applied.database;
+    crate::transport::register(db, dir)?;
     let ports = LocalPorts::of(db);
     let address = db.spec.local.listen_address.clone();
     let mut ordinals = dir.known_ordinals();

@@ -150,6 +150,10 @@ impl DatabaseDir {
     pub fn secrets_dir(&self) -> PathBuf {
         self.root.join("secrets")
     }
+    /// The database's certificates (`ca.crt`, `tls.crt`, `tls.key`, …), 0700, keys 0600.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.root.join("tls")
+    }
     pub fn data_dir(&self, ordinal: u32) -> PathBuf {
         self.root
             .join(format!("data-{}", self.instance_name(ordinal)))

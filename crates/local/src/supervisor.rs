@@ -180,6 +180,7 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         .read_applied()?
         .ok_or_else(|| LocalError::NotFound(dir.key()))?;
     let db = applied.database.clone();
+    crate::transport::register(&db, dir)?;
     let ports = LocalPorts::of(&db);
     let address = db.spec.local.listen_address.clone();
     let host = Host {
@@ -224,7 +225,15 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         database: db.name().to_string(),
         dir: dir.clone(),
     };
-    let mut tasks = vec![tokio::spawn(endpoint::serve(status, endpoint))];
+    // The status endpoint carries the api-token of `POST /switchover`: TLS when the database has it.
+    let status_tls =
+        match crate::transport::tls_files(&db, dir) {
+            Some(files) => Some(files.server_config().map_err(|e| {
+                LocalError::Failed(format!("the certificates of {}: {e}", dir.key()))
+            })?),
+            None => None,
+        };
+    let mut tasks = vec![tokio::spawn(endpoint::serve(status, endpoint, status_tls))];
     tasks.push(tokio::spawn(crate::backup::schedule_forever(dir.clone())));
     tracing::info!(
         "supervising {} (pid {}): rw on {address}:{}, ro on {address}:{}",
@@ -369,6 +378,26 @@ impl Supervisor<'_> {
         }
     }
 
+    /// Renews the certificates Stator issued when a third of their lifetime is left; the
+    /// instance managers install and load them without a restart.
+    fn renew_certificates(&self) {
+        let Some(files) = crate::transport::tls_files(self.db(), self.dir) else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if files.validity().is_some_and(|v| v.renewal_due(now)) {
+            match crate::transport::renew(self.db(), self.dir) {
+                Ok(v) => tracing::info!(
+                    not_after = v.not_after,
+                    "renewed the TLS certificates (a third of their lifetime was left)"
+                ),
+                Err(e) => tracing::warn!("renewing the TLS certificates: {e}"),
+            }
+        }
+    }
+
     /// One round of checks and actions; false when the database is gone from the state dir
     /// (its spec removed behind the supervisor's back), which stops everything.
     async fn step(&mut self) -> bool {
@@ -398,6 +427,7 @@ impl Supervisor<'_> {
         self.start_in_order(desired, &primary);
         if !self.urgent {
             self.roll_out(desired, &primary).await;
+            self.renew_certificates();
         }
         self.record_identity(&primary);
         self.publish(desired, &primary, &tick);

@@ -115,6 +115,7 @@ pub fn switchover(
         instance_ordinal(db, "--to", to)?;
     }
     require_supervisor(dir)?;
+    crate::transport::register(db, dir)?;
     let token = read_secret(&dir.secrets_dir(), secret_keys::API_TOKEN)?;
     // The supervisor that takes the request: a new one (restarted by the keeper) forgets it.
     let supervisor_pid = running_supervisor(dir);

@@ -229,6 +229,12 @@ fn up_locked(
             dir.secrets_dir().display()
         ));
     }
+    if crate::transport::ensure_certificates(db, &dir)? {
+        progress.line(&format!(
+            "issued a CA and TLS certificates in {} (keys mode 0600)",
+            dir.tls_dir().display()
+        ));
+    }
     let generation = match &previous {
         Some(p) if same_spec(&p.database, db) => p.generation,
         Some(p) => p.generation + 1,
@@ -634,9 +640,24 @@ pub fn connection_help(db: &Database, dir: &DatabaseDir, file: &str) -> String {
     let user = &db.spec.bootstrap.owner;
     let database = &db.spec.bootstrap.database;
     let rw = ports.rw();
+    // With TLS (the default) the client verifies the server against the database's CA.
+    let ca = db.spec.tls.enabled.then(|| {
+        dir.tls_dir()
+            .join(stator_engine::tls::CA_CERT)
+            .display()
+            .to_string()
+    });
+    let pg_tls = ca
+        .as_ref()
+        .map(|ca| format!(" sslmode=verify-full sslrootcert={ca}"))
+        .unwrap_or_default();
+    let my_tls = ca
+        .as_ref()
+        .map(|ca| format!(" --ssl-ca={ca} --ssl-verify-server-cert"))
+        .unwrap_or_default();
     let how = match db.spec.engine {
         stator_api::Engine::Postgres => format!(
-            "  psql \"host={host} port={rw} user={user} dbname={database}\"\n  The password is not shown here: `stator uri -f {file} [rw|ro]` prints a URI with it, e.g.\n  psql \"$(stator uri -f {file})\"\n"
+            "  psql \"host={host} port={rw} user={user} dbname={database}{pg_tls}\"\n  The password is not shown here: `stator uri -f {file} [rw|ro]` prints a URI with it, e.g.\n  psql \"$(stator uri -f {file})\"\n"
         ),
         stator_api::Engine::Mariadb | stator_api::Engine::Mysql => {
             let client = match db.spec.engine {
@@ -646,7 +667,7 @@ pub fn connection_help(db: &Database, dir: &DatabaseDir, file: &str) -> String {
             let secret = dir.secrets_dir().join(secret_keys::APP_PASSWORD);
             let secret = secret.display();
             format!(
-                "  {client} -h {host} -P {rw} -u {user} -p {database}\n  The password is not shown here: {client} asks for it; it is in {secret} (mode 0600).\n  Without the prompt (the password goes through the environment, not the command line):\n  MYSQL_PWD=\"$(cat {secret})\" {client} -h {host} -P {rw} -u {user} {database}\n  `stator uri -f {file} [rw|ro]` prints a mysql:// URI with the password.\n"
+                "  {client} -h {host} -P {rw}{my_tls} -u {user} -p {database}\n  The password is not shown here: {client} asks for it; it is in {secret} (mode 0600).\n  Without the prompt (the password goes through the environment, not the command line):\n  MYSQL_PWD=\"$(cat {secret})\" {client} -h {host} -P {rw}{my_tls} -u {user} {database}\n  `stator uri -f {file} [rw|ro]` prints a mysql:// URI with the password.\n"
             )
         }
     };
@@ -674,11 +695,11 @@ mod tests {
         let dir = StateDir { root: "/s".into() }.database_of(&db);
         let help = connection_help(&db, &dir, "m.yaml");
         assert!(
-            help.contains("mariadb -h 127.0.0.1 -P 20000 -u app -p app\n"),
+            help.contains("mariadb -h 127.0.0.1 -P 20000 --ssl-ca=/s/default/m/tls/ca.crt --ssl-verify-server-cert -u app -p app\n"),
             "{help}"
         );
         assert!(
-            help.contains("MYSQL_PWD=\"$(cat /s/default/m/secrets/app-password)\" mariadb -h 127.0.0.1 -P 20000 -u app app"),
+            help.contains("MYSQL_PWD=\"$(cat /s/default/m/secrets/app-password)\" mariadb -h 127.0.0.1 -P 20000 --ssl-ca=/s/default/m/tls/ca.crt --ssl-verify-server-cert -u app app"),
             "{help}"
         );
         assert!(help.contains("port=20001"), "{help}");
@@ -691,7 +712,7 @@ mod tests {
         let dir = StateDir { root: "/s".into() }.database_of(&db);
         let help = connection_help(&db, &dir, "p.yaml");
         assert!(
-            help.contains("psql \"host=127.0.0.1 port=20000 user=app dbname=app\""),
+            help.contains("psql \"host=127.0.0.1 port=20000 user=app dbname=app sslmode=verify-full sslrootcert=/s/default/m/tls/ca.crt\""),
             "{help}"
         );
         assert!(help.contains("psql \"$(stator uri -f p.yaml)\""), "{help}");

@@ -221,6 +221,8 @@ pub fn pod_instance_config(
         server_user: running_as_root.then(|| server_user_of(database.spec.engine).to_string()),
         bin_dir: None,
         peers,
+        // The pod layout of the certificate Secret is item 5 of issue 13 (not built yet).
+        tls_dir: None,
         database,
     })
 }

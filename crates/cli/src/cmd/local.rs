@@ -29,6 +29,28 @@ pub enum LocalCommand {
     Keep(SuperviseArgs),
     #[command(subcommand)]
     Bench(BenchCommand),
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+/// The database's TLS certificates.
+#[derive(clap::Subcommand, Debug)]
+pub enum TlsCommand {
+    /// Issue new server and replication certificates from the database's CA now.
+    ///
+    /// The servers and instance managers pick them up without a restart (PostgreSQL reloads,
+    /// MariaDB runs FLUSH SSL); open connections keep theirs, new ones get the new certificate.
+    /// The supervisor does the same by itself when a third of their lifetime is left.
+    Renew(TlsRenewArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TlsRenewArgs {
+    /// The Database spec file (`-` for stdin).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub state: StateDirArg,
 }
 
 /// Where local databases keep their state.
@@ -126,9 +148,14 @@ pub struct UriArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub state: StateDirArg,
-    /// Which proxy the URI points at.
+    /// Which proxy the URI points at (with --direct: which role the client looks for).
     #[arg(value_enum, default_value_t = UriEndpoint::Rw)]
     pub endpoint: UriEndpoint,
+    /// Skip the proxy: a URI of every instance, the client finding the primary (rw) or a
+    /// replica (ro) itself (PostgreSQL: libpq multi-host with target_session_attrs; MariaDB:
+    /// the Connector/J replication form). Which clients understand it is printed on stderr.
+    #[arg(long)]
+    pub direct: bool,
 }
 
 /// Print an instance's server log (with --manager: its instance manager's log).
@@ -219,6 +246,7 @@ pub fn run(command: LocalCommand) -> CliResult {
             stator_check::bench_failover::run(&args, &current_exe()?)?;
             Ok(ExitCode::SUCCESS)
         }
+        LocalCommand::Tls(TlsCommand::Renew(args)) => tls_renew(args),
         LocalCommand::Bench(BenchCommand::Local(args)) => {
             stator_check::bench::run(&args, &current_exe()?)?;
             Ok(ExitCode::SUCCESS)
@@ -342,13 +370,29 @@ fn status(args: StatusArgs) -> CliResult {
 fn uri(args: UriArgs) -> CliResult {
     let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
     let dir = args.state.resolve().open(&db).map_err(failed)?;
-    let endpoint = match args.endpoint {
-        UriEndpoint::Rw => Endpoint::Rw,
-        UriEndpoint::Ro => Endpoint::Ro,
+    let endpoint = match (args.endpoint, args.direct) {
+        (UriEndpoint::Rw, false) => Endpoint::Rw,
+        (UriEndpoint::Ro, false) => Endpoint::Ro,
+        (UriEndpoint::Rw, true) => Endpoint::DirectRw,
+        (UriEndpoint::Ro, true) => Endpoint::DirectRo,
     };
+    let uri = stator_local::inspect::connection_uri(&db, &dir, endpoint).map_err(failed)?;
+    if let Some(note) = &uri.note {
+        eprintln!("{note}");
+    }
+    println!("{}", uri.uri);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tls_renew(args: TlsRenewArgs) -> CliResult {
+    let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
+    let dir = args.state.resolve().open(&db).map_err(failed)?;
+    let validity = stator_local::transport::renew(&db, &dir).map_err(failed)?;
+    let days = (validity.not_after - validity.not_before) / 86_400;
     println!(
-        "{}",
-        stator_local::inspect::uri(&db, &dir, endpoint).map_err(failed)?
+        "renewed the certificates of {} in {} (valid {days} days); the instances load them without a restart",
+        dir.key(),
+        dir.tls_dir().display()
     );
     Ok(ExitCode::SUCCESS)
 }
