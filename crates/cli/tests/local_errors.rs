@@ -103,18 +103,22 @@ fn a_data_dir_of_another_database_and_a_changed_version_are_refused() {
     );
 }
 
-/// A server that exits at start (here PostgreSQL with `ssl: on` and no certificate, which the
-/// parameter check cannot know) is reported by `up` at once with the server's own FATAL line,
+/// A server that exits at start (here PostgreSQL preloading a library that does not exist, which
+/// the parameter check cannot know) is reported by `up` at once with the server's own FATAL line,
 /// instead of `up` waiting out its timeout.
 #[test]
 fn a_server_that_exits_at_start_is_quoted_at_once() {
     let cluster = Cluster::new("fatal", 1);
-    cluster.write_spec(1, "  config:\n    parameters:\n      ssl: \"on\"\n");
+    cluster.write_spec(
+        1,
+        "  config:\n    parameters:\n      shared_preload_libraries: \"stator_no_such_library\"\n",
+    );
     let out = cluster.stator(&["up", "--timeout", "120"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("fatal-0's server exits at start: FATAL:") && stderr.contains("server.crt"),
+        stderr.contains("fatal-0's server exits at start: FATAL:")
+            && stderr.contains("stator_no_such_library"),
         "{stderr}"
     );
     cluster.ok(&["down"]);

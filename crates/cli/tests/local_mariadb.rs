@@ -22,12 +22,17 @@ fn three_mariadb_instances_serve_rows_written_through_rw_and_read_through_ro_wit
     let out = cluster.up();
     let password = cluster.password();
     assert!(out.contains("mariadb -h 127.0.0.1"), "{out}");
+    assert!(out.contains("--ssl-verify-server-cert"), "{out}");
     assert!(out.contains("secrets/app-password"), "{out}");
     assert!(!out.contains(&password), "up must not print the password");
     let uri = cluster.ok(&["uri"]);
     assert_eq!(
         uri.trim(),
-        format!("mysql://app:{password}@127.0.0.1:{}/app", cluster.rw())
+        format!(
+            "mysql://app:{password}@127.0.0.1:{}/app?ssl-mode=VERIFY_IDENTITY&ssl-ca={}",
+            cluster.rw(),
+            cluster.ca().display().to_string().replace('/', "%2F")
+        )
     );
 
     let status = cluster.status();

@@ -200,11 +200,31 @@ pub fn quick_sql(engine: &str, password: &str, port: u16, sql: &str) -> Result<S
         .stdin(Stdio::null())
         .output()
         .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    super::output_text(&out)
+}
+
+/// SQL through `psql` on a connection URI (the password in it), with a connect timeout and an
+/// overall timeout.
+pub fn psql_uri(uri: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new("timeout")
+        .args([
+            "10",
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .arg(uri)
+        .env("PGCONNECT_TIMEOUT", "2")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    super::output_text(&out)
 }
 
 pub fn signal(pid: u32, name: &str) {
@@ -260,6 +280,16 @@ impl Writer {
 
     pub fn acked(&self) -> usize {
         self.acked.lock().unwrap().len()
+    }
+
+    /// How many attempts failed.
+    pub fn failed(&self) -> usize {
+        self.attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, ok)| !ok)
+            .count()
     }
 
     /// The longest time the writer knows it could not write: from the end of an acknowledged

@@ -39,6 +39,15 @@ pub fn free_port_base() -> u16 {
     }
 }
 
+/// A finished command's trimmed stdout, or its stderr when it failed.
+pub fn output_text(out: &Output) -> Result<String, String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub name: String,
@@ -83,6 +92,11 @@ impl Cluster {
 
     pub fn db_dir(&self) -> PathBuf {
         self.state_dir().join("default").join(&self.name)
+    }
+
+    /// The database's CA certificate (TLS is on by default).
+    pub fn ca(&self) -> PathBuf {
+        self.db_dir().join("tls").join("ca.crt")
     }
 
     /// Writes the spec with `instances` and `extra` lines under `spec:`.
@@ -167,9 +181,16 @@ impl Cluster {
     }
 
     /// Runs SQL through `psql` on `port` as the application user; the password goes through
-    /// the environment, never the command line.
+    /// the environment, never the command line. With TLS (the default), verify-full against the
+    /// database's CA.
     pub fn psql(&self, port: u16, sql: &str) -> Result<String, String> {
-        let out = Command::new("psql")
+        let mut command = Command::new("psql");
+        if self.ca().exists() {
+            command
+                .env("PGSSLMODE", "verify-full")
+                .env("PGSSLROOTCERT", self.ca());
+        }
+        let out = command
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
             .arg("-p")
             .arg(port.to_string())
@@ -178,17 +199,25 @@ impl Cluster {
             .env("PGCONNECT_TIMEOUT", "5")
             .output()
             .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        output_text(&out)
     }
 
     /// Runs SQL through `mysql_async` on `port` as the application user (MariaDB); every row as
     /// its columns' text, `NULL` for null. Statements separated by `;` run in turn; the rows of
     /// the last are returned.
     pub fn sql(&self, port: u16, sql: &str) -> Result<Vec<Vec<String>>, String> {
+        let ca = Some(self.ca()).filter(|ca| ca.exists());
+        let ssl = ca.map(|ca| mysql_async::SslOpts::default().with_root_certs(vec![ca.into()]));
+        self.sql_with(port, ssl, sql)
+    }
+
+    /// [`Cluster::sql`] with the TLS options given (`None`: plaintext).
+    pub fn sql_with(
+        &self,
+        port: u16,
+        ssl: Option<mysql_async::SslOpts>,
+        sql: &str,
+    ) -> Result<Vec<Vec<String>>, String> {
         use mysql_async::prelude::Queryable;
         let password = self.password();
         let sql = sql.to_string();
@@ -203,6 +232,7 @@ impl Cluster {
                 .user(Some("app"))
                 .pass(Some(password))
                 .db_name(Some("app"))
+                .ssl_opts(ssl)
                 .prefer_socket(false);
             let connect = mysql_async::Conn::new(opts);
             let mut conn = tokio::time::timeout(Duration::from_secs(5), connect)
@@ -249,11 +279,7 @@ impl Cluster {
             .args(["-e", sql])
             .output()
             .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        output_text(&out)
     }
 
     /// Retries `check` until it returns Some or `timeout` passes.
