@@ -311,6 +311,7 @@ pub fn create(
     primary_ordinal: u32,
 ) -> Result<serde_json::Value, LocalError> {
     repository_root(db)?;
+    crate::transport::register(db, dir)?;
     let token = read_secret(&dir.secrets_dir(), secret_keys::API_TOKEN)?;
     let host = db.spec.local.listen_address.clone();
     let port = LocalPorts::of(db).manager(primary_ordinal);
@@ -442,6 +443,7 @@ pub fn status_summary(dir: &DatabaseDir, db: &Database) -> Option<serde_json::Va
     let ordinal = crate::plan::ordinal_of(&primary).unwrap_or(0);
     let host = db.spec.local.listen_address.clone();
     let port = LocalPorts::of(db).manager(ordinal);
+    crate::transport::register(db, dir).ok()?;
     let manager: Option<serde_json::Value> = block_on(async move {
         stator_engine::manager_client::get_json::<serde_json::Value>(
             &host,
