@@ -381,11 +381,14 @@ fn validate_restore_from(db: &Database, from: &crate::spec::RestoreFromSpec, r: 
             ),
         );
     }
-    if db.spec.engine != crate::Engine::Postgres {
+    if !matches!(
+        db.spec.engine,
+        crate::Engine::Postgres | crate::Engine::Mariadb
+    ) {
         r.error(
             "spec.bootstrap.restoreFrom",
             format!(
-                "{} cannot be restored from a backup yet (PostgreSQL only)",
+                "{} cannot be restored from a backup yet (PostgreSQL and MariaDB only)",
                 db.spec.engine
             ),
         );
@@ -571,10 +574,14 @@ fn validate_backup(db: &Database, r: &mut Report) {
     let Some(backup) = &db.spec.backup else {
         return;
     };
-    if db.spec.engine != crate::Engine::Postgres || backup.repository.local.is_none() {
+    if !matches!(
+        db.spec.engine,
+        crate::Engine::Postgres | crate::Engine::Mariadb
+    ) || backup.repository.local.is_none()
+    {
         r.warn(
             "spec.backup",
-            "backups are implemented only for PostgreSQL with a local repository under \
+            "backups are implemented only for PostgreSQL and MariaDB with a local repository under \
              `stator up`: `stator up` refuses this spec and `stator render` refuses any spec \
              that sets spec.backup",
         );

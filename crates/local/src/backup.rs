@@ -32,11 +32,11 @@ pub fn check_spec(db: &Database) -> Result<(), LocalError> {
             "{field}: {why} (nothing was changed)"
         )))
     };
-    if db.spec.engine != Engine::Postgres {
+    if !matches!(db.spec.engine, Engine::Postgres | Engine::Mariadb) {
         return refuse(
             "spec.backup",
             format!(
-                "backups of {} are not implemented yet (PostgreSQL only); remove spec.backup to run without backups",
+                "backups of {} are not implemented yet (PostgreSQL and MariaDB only); remove spec.backup to run without backups",
                 db.spec.engine
             ),
         );
@@ -53,6 +53,19 @@ pub fn check_spec(db: &Database) -> Result<(), LocalError> {
             "spec.backup.encryption",
             "encrypted repositories are not implemented yet; remove it".into(),
         );
+    }
+    if db.spec.engine == Engine::Mariadb {
+        let zstd = Path::new(stator_engine::mysql_family::repository::ZSTD);
+        if !zstd.is_file() {
+            return refuse(
+                "spec.backup",
+                format!(
+                    "{} is missing: MariaDB backups are compressed with it (apt-get install zstd)",
+                    zstd.display()
+                ),
+            );
+        }
+        return Ok(());
     }
     crate::preflight::find_pgbackrest().map(|_| ())
 }
@@ -132,11 +145,21 @@ fn source_repository(db: &Database, name: &str) -> Result<PathBuf, LocalError> {
 pub fn list(db: &Database, name: Option<&str>) -> Result<Listing, LocalError> {
     let stanza = name.unwrap_or(db.name()).to_string();
     let repository = repository_path(&repository_root(db)?, db.namespace(), &stanza);
+    if db.spec.engine == Engine::Mariadb {
+        let backups = crate::backup_mariadb::list(&repository)?;
+        return Ok(Listing {
+            stanza,
+            info: RepositoryInfo::default(),
+            range: None,
+            mariadb: Some(backups),
+        });
+    }
     if !repository.join("backup").exists() {
         return Ok(Listing {
             stanza,
             info: RepositoryInfo::default(),
             range: None,
+            mariadb: None,
         });
     }
     let info = repository_info(&repository, &stanza)?;
@@ -145,6 +168,7 @@ pub fn list(db: &Database, name: Option<&str>) -> Result<Listing, LocalError> {
         stanza,
         info,
         range,
+        mariadb: None,
     })
 }
 
@@ -153,11 +177,16 @@ pub struct Listing {
     pub stanza: String,
     pub info: RepositoryInfo,
     pub range: Option<RecoverableRange>,
+    /// A MariaDB repository's full backups (their manifests), oldest first.
+    pub mariadb: Option<Vec<stator_engine::mysql_family::repository::Manifest>>,
 }
 
 impl Listing {
     /// The table `stator backup list` prints.
     pub fn table(&self) -> String {
+        if let Some(backups) = &self.mariadb {
+            return crate::backup_mariadb::table(&self.stanza, backups);
+        }
         let mut out = format!(
             "{:<26} {:<5} {:<23} {:<23} {:>12}  LSN\n",
             "ID", "TYPE", "START (UTC)", "STOP (UTC)", "SIZE"
@@ -191,6 +220,9 @@ impl Listing {
 pub fn verify(db: &Database, name: Option<&str>) -> Result<String, LocalError> {
     let stanza = name.unwrap_or(db.name());
     let repository = repository_path(&repository_root(db)?, db.namespace(), stanza);
+    if db.spec.engine == Engine::Mariadb {
+        return crate::backup_mariadb::verify(&repository, stanza);
+    }
     verify_repository(&repository, stanza)
 }
 
@@ -243,6 +275,9 @@ pub fn resolve_restore(db: &Database) -> Result<Option<(Database, RestoreSource)
     };
     let repository = source_repository(db, &from.database)?;
     let target = restore_target(from)?;
+    if db.spec.engine == Engine::Mariadb {
+        return crate::backup_mariadb::resolve_restore(db, from, repository, target).map(Some);
+    }
     let info = repository_info(&repository, &from.database)?;
     let chosen = choose_backup(
         &from.database,
@@ -310,8 +345,12 @@ pub fn create(
     kind: Option<&str>,
     primary_ordinal: u32,
 ) -> Result<serde_json::Value, LocalError> {
-    repository_root(db)?;
+    let root = repository_root(db)?;
     crate::transport::register(db, dir)?;
+    if db.spec.engine == Engine::Mariadb {
+        let repository = repository_path(&root, db.namespace(), db.name());
+        return crate::backup_mariadb::create(dir, db, &repository);
+    }
     let token = read_secret(&dir.secrets_dir(), secret_keys::API_TOKEN)?;
     let host = db.spec.local.listen_address.clone();
     let port = LocalPorts::of(db).manager(primary_ordinal);
@@ -367,7 +406,9 @@ pub async fn schedule_forever(dir: DatabaseDir) {
         let Some(backup) = db.spec.backup.as_ref() else {
             continue;
         };
-        if db.spec.engine != Engine::Postgres || backup.repository.local.is_none() {
+        if !matches!(db.spec.engine, Engine::Postgres | Engine::Mariadb)
+            || backup.repository.local.is_none()
+        {
             continue;
         }
         let Ok(schedule) = BackupSchedule::parse(&backup.schedule) else {
@@ -380,6 +421,19 @@ pub async fn schedule_forever(dir: DatabaseDir) {
         match backup_due(&schedule, last, now) {
             Ok(due) if due.is_due() => {}
             _ => continue,
+        }
+        if db.spec.engine == Engine::Mariadb {
+            // The supervisor itself streams the backup into the repository.
+            let (d, database) = (dir.clone(), db.clone());
+            match tokio::task::spawn_blocking(move || create(&d, &database, None, 0)).await {
+                Ok(Ok(_)) => {
+                    let _ = std::fs::write(last_run_file(&dir), now.to_string());
+                    tracing::info!("scheduled backup done");
+                }
+                Ok(Err(e)) => tracing::warn!("scheduled backup: {e}; asking again"),
+                Err(e) => tracing::warn!("scheduled backup: {e}; asking again"),
+            }
+            continue;
         }
         let primary = dir.read_primary();
         let ordinal = crate::plan::ordinal_of(&primary).unwrap_or(0);
@@ -423,6 +477,20 @@ pub async fn schedule_forever(dir: DatabaseDir) {
 pub fn status_summary(dir: &DatabaseDir, db: &Database) -> Option<serde_json::Value> {
     db.spec.backup.as_ref()?;
     let listing = list(db, None).ok();
+    let mariadb_last = listing
+        .as_ref()
+        .and_then(|l| l.mariadb.as_ref())
+        .and_then(|b| b.last())
+        .map(|m| {
+            serde_json::json!({
+                "id": m.id,
+                "kind": "full",
+                "stop": backrest::format_time(m.stopped),
+                "durationSeconds": (m.stopped - m.started).round(),
+                "size": m.size,
+                "gtid": m.gtid,
+            })
+        });
     let last = listing
         .as_ref()
         .and_then(|l| newest(&l.info).cloned())
@@ -435,10 +503,11 @@ pub fn status_summary(dir: &DatabaseDir, db: &Database) -> Option<serde_json::Va
                 "size": b.size,
             })
         });
-    let range = listing
-        .as_ref()
-        .and_then(|l| l.range.as_ref())
-        .map(|r| r.describe());
+    let last = last.or(mariadb_last);
+    let range = listing.as_ref().and_then(|l| match &l.mariadb {
+        Some(b) => crate::backup_mariadb::recoverable(b),
+        None => l.range.as_ref().map(|r| r.describe()),
+    });
     let primary = dir.read_primary();
     let ordinal = crate::plan::ordinal_of(&primary).unwrap_or(0);
     let host = db.spec.local.listen_address.clone();

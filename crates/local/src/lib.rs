@@ -32,6 +32,7 @@
 //!   The consistency checker and the benchmarks that use it live in `stator-check`.
 
 pub mod backup;
+pub mod backup_mariadb;
 pub mod chaos;
 pub mod endpoint;
 pub mod error;

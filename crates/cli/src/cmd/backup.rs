@@ -117,8 +117,12 @@ pub fn backup(args: BackupArgs) -> CliResult {
                         "latestLsn": r.latest_lsn.map(|l| l.to_string()),
                     })
                 });
+                let backups = match &listing.mariadb {
+                    Some(b) => serde_json::json!(b),
+                    None => serde_json::json!(listing.info.backups),
+                };
                 let value = serde_json::json!({
-                    "backups": listing.info.backups,
+                    "backups": backups,
                     "archiveMin": listing.info.archive_min,
                     "archiveMax": listing.info.archive_max,
                     "recoverable": range,

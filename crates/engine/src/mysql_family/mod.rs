@@ -27,6 +27,7 @@ pub mod binaries;
 pub mod config;
 pub mod dialect;
 pub mod gtid;
+pub mod repository;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -773,6 +774,21 @@ impl ServerEngine for MysqlFamily {
             discard_staging(&staging, &self.data_dir);
         }
         result
+    }
+
+    async fn restore_from(
+        &self,
+        source: &stator_api::instance::RestoreSource,
+        _creds: &Credentials,
+    ) -> Result<(), EngineError> {
+        if self.dialect.engine != Engine::Mariadb {
+            return Err(EngineError::Config {
+                field: "spec.bootstrap.restoreFrom".into(),
+                message: format!("{} cannot restore from a backup yet", self.dialect.engine),
+            });
+        }
+        self.restore_full_backup(&source.repository, &source.set)
+            .await
     }
 
     fn write_config(&self, _creds: &Credentials) -> Result<(), EngineError> {

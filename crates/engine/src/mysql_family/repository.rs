@@ -1,0 +1,595 @@
+//! Full backups of a MariaDB database in a local repository (`spec.backup`): the
+//! `mariadb-backup` stream an instance manager serves on `GET /backup` is stored in one pass,
+//! compressed with the `zstd` program and hashed with SHA-256, as
+//! `PATH/NAMESPACE/NAME/full/ID/full.xbstream.zst`; its manifest (GTID position from
+//! `mariadb_backup_binlog_info`, times, size, hash) is written LAST, so a backup without one is
+//! incomplete and never listed. Verify re-hashes every object; a restore refuses a backup whose
+//! object is missing, truncated or altered, naming the file, and never falls back to another.
+//!
+//! The repository marker (`stator-repository.json`) ties the path to one database, as for
+//! PostgreSQL ([`crate::postgres::backrest::RepositoryMarker`]).
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use stator_api::position::MariadbGtidPosition;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::error::EngineError;
+use crate::manager_client;
+use crate::mysql_family::MysqlFamily;
+use crate::mysql_family::backup::BACKUP_PATH;
+
+/// The directory of the full backups inside a repository path.
+pub const FULL_DIR: &str = "full";
+/// A backup's manifest: written last.
+pub const MANIFEST: &str = "manifest.json";
+/// A backup's stored stream.
+pub const OBJECT: &str = "full.xbstream.zst";
+/// Where Debian's `zstd` package installs the compressor.
+pub const ZSTD: &str = "/usr/bin/zstd";
+
+/// What a finished full backup is: everything `list`, `verify` and a restore need.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub id: String,
+    /// The instance the copy was taken from.
+    pub source: String,
+    /// The GTID position the copy holds (`mariadb_backup_binlog_info`).
+    pub gtid: String,
+    /// Seconds since the epoch.
+    pub started: f64,
+    pub stopped: f64,
+    /// Bytes of the stored object.
+    pub size: u64,
+    /// SHA-256 of the stored object, lowercase hex.
+    pub sha256: String,
+    pub object: String,
+}
+
+impl Manifest {
+    pub fn object_path(&self, repository: &Path) -> PathBuf {
+        backup_dir(repository, &self.id).join(&self.object)
+    }
+}
+
+/// The directory of backup `id`.
+pub fn backup_dir(repository: &Path, id: &str) -> PathBuf {
+    repository.join(FULL_DIR).join(id)
+}
+
+/// The backup ID of a backup started at `seconds` since the epoch: `20261126T120000Z`.
+pub fn backup_id(seconds: f64) -> String {
+    jiff::Timestamp::from_second(seconds as i64)
+        .map(|t| t.strftime("%Y%m%dT%H%M%SZ").to_string())
+        .unwrap_or_else(|_| format!("{}", seconds as i64))
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The complete backups of a repository (those with a manifest), oldest first. A directory
+/// without a manifest is an incomplete backup and is left out; an unreadable manifest is an
+/// error naming it.
+pub fn list(repository: &Path) -> Result<Vec<Manifest>, String> {
+    let mut out = Vec::new();
+    for dir in backup_dirs(repository)? {
+        let file = dir.join(MANIFEST);
+        if file.exists() {
+            out.push(read_manifest(&file)?);
+        }
+    }
+    out.sort_by(|a, b| a.stopped.total_cmp(&b.stopped));
+    Ok(out)
+}
+
+fn backup_dirs(repository: &Path) -> Result<Vec<PathBuf>, String> {
+    let full = repository.join(FULL_DIR);
+    let entries = match std::fs::read_dir(&full) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: cannot read: {e}", full.display())),
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+fn read_manifest(file: &Path) -> Result<Manifest, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("{}: is not a backup manifest: {e}", file.display()))
+}
+
+/// Checks one backup's object against its manifest: present, of the recorded size, of the
+/// recorded SHA-256. The error names the file.
+pub fn check_object(repository: &Path, m: &Manifest) -> Result<(), String> {
+    let path = m.object_path(repository);
+    let mut file = std::fs::File::open(&path)
+        .map_err(|e| format!("{}: backup {} is incomplete: {e}", path.display(), m.id))?;
+    let len = file.metadata().map(|md| md.len()).unwrap_or(0);
+    if len != m.size {
+        return Err(format!(
+            "{}: backup {} is truncated or altered: {len} bytes, its manifest says {}",
+            path.display(),
+            m.id,
+            m.size
+        ));
+    }
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let sum = hex(&hasher.finalize());
+    if sum != m.sha256 {
+        return Err(format!(
+            "{}: backup {} is corrupt: SHA-256 {sum}, its manifest says {}",
+            path.display(),
+            m.id,
+            m.sha256
+        ));
+    }
+    Ok(())
+}
+
+/// Re-hashes every object of the repository and checks the GTID positions of the backups:
+/// Ok with one line per backup, or every problem found, each naming its file.
+pub fn verify(repository: &Path) -> Result<String, String> {
+    let mut report = String::new();
+    let mut problems = Vec::new();
+    let mut previous: Option<(String, MariadbGtidPosition)> = None;
+    for dir in backup_dirs(repository)? {
+        let file = dir.join(MANIFEST);
+        if !file.exists() {
+            problems.push(format!(
+                "{}: missing: the backup in {} is incomplete",
+                file.display(),
+                dir.display()
+            ));
+            continue;
+        }
+        let m = match read_manifest(&file) {
+            Ok(m) => m,
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
+        };
+        if let Err(e) = check_object(repository, &m) {
+            problems.push(e);
+            continue;
+        }
+        match m.gtid.parse::<MariadbGtidPosition>() {
+            Ok(g) => {
+                if let Some((id, before)) = &previous
+                    && !before.is_subset_of(&g)
+                {
+                    report.push_str(&format!(
+                        "note: backup {} ({g}) does not contain backup {id}'s GTIDs ({before}): a new history (restore or failover)\n",
+                        m.id
+                    ));
+                }
+                previous = Some((m.id.clone(), g));
+            }
+            Err(e) => problems.push(format!("{}: gtid {:?}: {e}", file.display(), m.gtid)),
+        }
+        report.push_str(&format!(
+            "backup {}: {} bytes, SHA-256 ok, GTID {}\n",
+            m.id, m.size, m.gtid
+        ));
+    }
+    if problems.is_empty() {
+        Ok(report)
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+/// Finds, in an xbstream as it passes, the payload of one file (`mariadb_backup_binlog_info`),
+/// so the stored stream is read only once. Chunk layout (MariaDB `xbstream`): magic
+/// `XBSTCK01`, flags (1), type (1: `P` payload, `E` end of file), path length (u32 LE), path;
+/// then for `P`: payload length (u64 LE), offset (u64 LE), checksum (u32 LE), payload.
+#[derive(Debug, Default)]
+pub struct XbstreamScanner {
+    buf: Vec<u8>,
+    skip: u64,
+    capturing: bool,
+    broken: bool,
+    /// The payloads of the files whose name is one of `BACKUP_BINLOG_INFO`.
+    pub found: Vec<u8>,
+}
+
+const XB_MAGIC: &[u8; 8] = b"XBSTCK01";
+
+impl XbstreamScanner {
+    pub fn feed(&mut self, input: &[u8]) {
+        if self.broken {
+            return;
+        }
+        self.buf.extend_from_slice(input);
+        let mut pos = 0usize;
+        loop {
+            if self.skip > 0 {
+                let n = (self.buf.len() - pos).min(self.skip as usize);
+                if self.capturing {
+                    self.found.extend_from_slice(&self.buf[pos..pos + n]);
+                }
+                pos += n;
+                self.skip -= n as u64;
+                if self.skip > 0 {
+                    break;
+                }
+                continue;
+            }
+            let rest = &self.buf[pos..];
+            if rest.len() < 14 {
+                break;
+            }
+            if &rest[..8] != XB_MAGIC {
+                self.broken = true;
+                break;
+            }
+            let kind = rest[9];
+            let path_len = u32::from_le_bytes([rest[10], rest[11], rest[12], rest[13]]) as usize;
+            let head = 14 + path_len;
+            if kind == b'E' {
+                if rest.len() < head {
+                    break;
+                }
+                pos += head;
+                continue;
+            }
+            if kind != b'P' {
+                self.broken = true;
+                break;
+            }
+            if rest.len() < head + 20 {
+                break;
+            }
+            let path = String::from_utf8_lossy(&rest[14..head]).into_owned();
+            let mut len = [0u8; 8];
+            len.copy_from_slice(&rest[head..head + 8]);
+            self.skip = u64::from_le_bytes(len);
+            self.capturing = crate::mariadb::BACKUP_BINLOG_INFO
+                .iter()
+                .any(|n| path == *n || path.ends_with(&format!("/{n}")));
+            pos += head + 20;
+        }
+        self.buf.drain(..pos);
+    }
+
+    /// The GTID position of the copy.
+    pub fn gtid(&self) -> Option<String> {
+        (!self.found.is_empty())
+            .then(|| crate::mariadb::gtid_of_backup(&String::from_utf8_lossy(&self.found)))
+    }
+}
+
+/// Takes a full backup: `GET /backup` of the instance manager at `host:port` (instance
+/// `source`), compressed by `zstd` into the repository and hashed as it is written, then the
+/// manifest. A failure leaves no manifest (and removes the partial object).
+pub async fn store_full_backup(
+    host: &str,
+    port: u16,
+    token: &str,
+    source: &str,
+    repository: &Path,
+) -> Result<Manifest, EngineError> {
+    let started = now();
+    let id = backup_id(started);
+    let dir = backup_dir(repository, &id);
+    if dir.exists() {
+        return Err(EngineError::State(format!(
+            "{}: a backup with this ID exists already; try again in a second",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, "create", e))?;
+    let result = store_into(host, port, token, source, &dir, &id, started).await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(dir.join(OBJECT));
+        let _ = std::fs::remove_dir(&dir);
+    }
+    result
+}
+
+async fn store_into(
+    host: &str,
+    port: u16,
+    token: &str,
+    source: &str,
+    dir: &Path,
+    id: &str,
+    started: f64,
+) -> Result<Manifest, EngineError> {
+    let failed = |message: String| {
+        EngineError::Connect(format!(
+            "backup stream from {source} ({host}:{port}{BACKUP_PATH}): {message}"
+        ))
+    };
+    let object = dir.join(OBJECT);
+    let mut zstd = tokio::process::Command::new(ZSTD)
+        .args(["-q", "-c", "-3"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| EngineError::io(ZSTD, "run", e))?;
+    let mut sink = zstd
+        .stdin
+        .take()
+        .ok_or_else(|| EngineError::State("zstd has no input pipe".into()))?;
+    let mut compressed = zstd
+        .stdout
+        .take()
+        .ok_or_else(|| EngineError::State("zstd has no output pipe".into()))?;
+    let object_path = object.clone();
+    // The compressed stream is hashed and written as zstd produces it.
+    let writer = tokio::spawn(async move {
+        let mut file = tokio::fs::File::create(&object_path)
+            .await
+            .map_err(|e| EngineError::io(&object_path, "create", e))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = compressed
+                .read(&mut buf)
+                .await
+                .map_err(|e| EngineError::io(ZSTD, "read the output of", e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+            file.write_all(&buf[..n])
+                .await
+                .map_err(|e| EngineError::io(&object_path, "write", e))?;
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| EngineError::io(&object_path, "sync", e))?;
+        Ok::<_, EngineError>((size, hex(&hasher.finalize())))
+    });
+    let mut answer = manager_client::get_stream(
+        host,
+        port,
+        BACKUP_PATH,
+        Some(token),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| failed(e.detail()))?;
+    if !(200..300).contains(&answer.status) {
+        let status = answer.status;
+        let text = answer.text().await;
+        return Err(failed(format!("HTTP {status}: {text}")));
+    }
+    let mut scanner = XbstreamScanner::default();
+    let mut received = 0u64;
+    while let Some(data) = answer.chunk().await {
+        let data = data.map_err(|e| {
+            failed(format!(
+                "interrupted after {received} bytes: {}",
+                e.detail()
+            ))
+        })?;
+        received += data.len() as u64;
+        scanner.feed(&data);
+        sink.write_all(&data)
+            .await
+            .map_err(|e| failed(format!("zstd stopped reading: {e}")))?;
+    }
+    sink.shutdown().await.ok();
+    drop(sink);
+    let status = zstd
+        .wait()
+        .await
+        .map_err(|e| EngineError::io(ZSTD, "run", e))?;
+    let (size, sha256) = writer
+        .await
+        .map_err(|e| EngineError::State(format!("writing the backup: {e}")))??;
+    if !status.success() {
+        return Err(EngineError::State(format!("zstd failed: {status}")));
+    }
+    let gtid = scanner.gtid().ok_or_else(|| {
+        failed(format!(
+            "the stream ({received} bytes) holds no mariadb_backup_binlog_info: incomplete"
+        ))
+    })?;
+    let gtid: MariadbGtidPosition = gtid.parse()?;
+    let manifest = Manifest {
+        id: id.to_string(),
+        source: source.to_string(),
+        gtid: gtid.to_string(),
+        started,
+        stopped: now(),
+        size,
+        sha256,
+        object: OBJECT.into(),
+    };
+    let text = serde_json::to_string_pretty(&manifest)
+        .map_err(|e| EngineError::State(format!("the manifest: {e}")))?;
+    let tmp = dir.join(format!("{MANIFEST}.tmp"));
+    std::fs::write(&tmp, text).map_err(|e| EngineError::io(&tmp, "write", e))?;
+    std::fs::rename(&tmp, dir.join(MANIFEST))
+        .map_err(|e| EngineError::io(dir.join(MANIFEST), "write", e))?;
+    tracing::info!(id, bytes = size, gtid = %manifest.gtid, "full backup stored");
+    Ok(manifest)
+}
+
+impl MysqlFamily {
+    /// Fills the empty data dir from full backup `id` of `repository` (refused, naming the
+    /// file, when its object does not match its manifest): `zstd -d | mbstream -x` into a
+    /// staging dir, `mariadb-backup --prepare`; the copy's GTID position becomes this new
+    /// primary's binlog state at its first start (users are then made as for a new primary).
+    pub(crate) async fn restore_full_backup(
+        &self,
+        repository: &Path,
+        id: &str,
+    ) -> Result<(), EngineError> {
+        let file = backup_dir(repository, id).join(MANIFEST);
+        let manifest = read_manifest(&file).map_err(|message| EngineError::Config {
+            field: "spec.bootstrap.restoreFrom.backup".into(),
+            message,
+        })?;
+        check_object(repository, &manifest).map_err(|message| EngineError::Config {
+            field: "spec.bootstrap.restoreFrom.backup".into(),
+            message: format!("refusing to restore: {message}"),
+        })?;
+        self.prepare_dirs()?;
+        let staging = crate::data_dir::staging_dir(&self.data_dir, &self.user)?;
+        let result = async {
+            let mut target = OsString::from("--directory=");
+            target.push(&staging);
+            let mut unpack = self
+                .invocation(self.binaries.tool("mbstream")?, vec!["-x".into(), target])
+                .spawn_piped(true, false)?;
+            let mut sink = unpack
+                .child
+                .stdin
+                .take()
+                .ok_or_else(|| EngineError::State("mbstream has no input pipe".into()))?;
+            let mut unzip = self
+                .invocation(
+                    PathBuf::from(ZSTD),
+                    vec![
+                        "-q".into(),
+                        "-d".into(),
+                        "-c".into(),
+                        manifest.object_path(repository).into(),
+                    ],
+                )
+                .spawn_piped(false, true)?;
+            let mut source = unzip
+                .child
+                .stdout
+                .take()
+                .ok_or_else(|| EngineError::State("zstd has no output pipe".into()))?;
+            let copied = tokio::io::copy(&mut source, &mut sink).await;
+            drop(sink);
+            let unzipped = unzip.finish().await;
+            let unpacked = unpack.finish().await;
+            copied.map_err(|e| EngineError::io(ZSTD, "copy the output of", e))?;
+            unzipped?;
+            unpacked?;
+            let mut target = OsString::from("--target-dir=");
+            target.push(&staging);
+            self.invocation(
+                self.binaries.tool("mariadb-backup")?,
+                vec!["--no-defaults".into(), "--prepare".into(), target],
+            )
+            .run()
+            .await?;
+            crate::data_dir::write_marker(&staging, &self.marker(None), &self.user)?;
+            crate::data_dir::install_staging(&staging, &self.data_dir, &self.user)
+        }
+        .await;
+        if result.is_err() {
+            crate::data_dir::discard_staging(&staging, &self.data_dir);
+        }
+        tracing::info!(id, gtid = %manifest.gtid, "restored from a full backup");
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(kind: u8, path: &str, payload: &[u8]) -> Vec<u8> {
+        let mut c = XB_MAGIC.to_vec();
+        c.push(0);
+        c.push(kind);
+        c.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        c.extend_from_slice(path.as_bytes());
+        if kind == b'P' {
+            c.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+            c.extend_from_slice(&0u64.to_le_bytes());
+            c.extend_from_slice(&0u32.to_le_bytes());
+            c.extend_from_slice(payload);
+        }
+        c
+    }
+
+    #[test]
+    fn the_scanner_finds_the_binlog_info_across_any_split() {
+        let mut stream = chunk(b'P', "ibdata1", &[7u8; 300]);
+        stream.extend(chunk(b'E', "ibdata1", b""));
+        stream.extend(chunk(
+            b'P',
+            "mariadb_backup_binlog_info",
+            b"mysql-bin.000002\t342\t0-1-7\n",
+        ));
+        stream.extend(chunk(b'E', "mariadb_backup_binlog_info", b""));
+        for split in [1, 3, 13, 64, 1000] {
+            let mut s = XbstreamScanner::default();
+            for piece in stream.chunks(split) {
+                s.feed(piece);
+            }
+            assert_eq!(s.gtid().as_deref(), Some("0-1-7"), "split {split}");
+        }
+    }
+
+    #[test]
+    fn verify_names_the_missing_manifest_and_the_altered_object() {
+        let repo = tempfile::tempdir().unwrap();
+        let id = "20261126T120000Z";
+        let dir = backup_dir(repo.path(), id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(OBJECT), b"abc").unwrap();
+        let err = verify(repo.path()).unwrap_err();
+        assert!(
+            err.contains(&dir.join(MANIFEST).display().to_string()),
+            "{err}"
+        );
+        assert!(list(repo.path()).unwrap().is_empty());
+        let m = Manifest {
+            id: id.into(),
+            source: "db-1".into(),
+            gtid: "0-1-7".into(),
+            started: 1.0,
+            stopped: 2.0,
+            size: 3,
+            sha256: hex(&Sha256::digest(b"abc")),
+            object: OBJECT.into(),
+        };
+        std::fs::write(dir.join(MANIFEST), serde_json::to_string(&m).unwrap()).unwrap();
+        assert!(verify(repo.path()).is_ok());
+        std::fs::write(dir.join(OBJECT), b"abd").unwrap();
+        let err = verify(repo.path()).unwrap_err();
+        assert!(err.contains(&dir.join(OBJECT).display().to_string()) && err.contains("corrupt"));
+        std::fs::write(dir.join(OBJECT), b"ab").unwrap();
+        let err = verify(repo.path()).unwrap_err();
+        assert!(err.contains("truncated"), "{err}");
+    }
+}
