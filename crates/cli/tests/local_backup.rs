@@ -1,5 +1,5 @@
 //! Backups and point-in-time restore of a local PostgreSQL database with pgBackRest, against
-//! real PostgreSQL 15 servers and a real repository: rows written, a point T marked on the
+//! real PostgreSQL 15 servers and a real repository (and full backups of MariaDB 10.11): rows written, a point T marked on the
 //! server's clock, more rows written; a restore to T into a new database holds exactly the rows
 //! committed before T. Targets outside the recoverable range, an existing name and a damaged
 //! repository are refused, naming the range or the file, and nothing is created.
@@ -40,7 +40,8 @@ fn sibling_of(source: &Cluster, name: &str, repo: &Path, instances: u32) -> Path
     std::fs::write(
         &spec,
         format!(
-            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: {name}\nspec:\n  engine: postgres\n  instances: {instances}\n  local:\n    portBase: {base}\n{}",
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: {name}\nspec:\n  engine: {}\n  instances: {instances}\n  local:\n    portBase: {base}\n{}",
+            source.engine,
             backup_spec(repo)
         ),
     )
@@ -489,4 +490,188 @@ fn after_a_failover_the_new_primary_archives_on_its_timeline_and_restores_before
         }
         cleanup(&c, &spec);
     }
+}
+
+/// What `sql` prints, run as root over the socket of sibling MariaDB database `name`'s primary.
+fn mariadb_root(c: &Cluster, name: &str, sql: &str) -> String {
+    let socket = c.state_dir().join(format!(
+        "default/{name}/instances/{name}-0/run/mariadb.sock"
+    ));
+    let out = std::process::Command::new("mariadb")
+        .args(["--no-defaults", "-N", "-B", "-u", "root"])
+        .arg(format!("--socket={}", socket.display()))
+        .args(["-e", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out), logs_of(c, name));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The ids in table `t` of sibling MariaDB database `name`.
+fn mariadb_rows(c: &Cluster, name: &str) -> Vec<i64> {
+    mariadb_root(c, name, "SELECT id FROM app.t ORDER BY id")
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn mariadb_full_backups_restore_exactly_and_a_damaged_one_is_refused_naming_the_file() {
+    let c = Cluster::mariadb("mb", 2);
+    let repo = repository(&c);
+    c.write_spec(2, &backup_spec(&repo));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = c.watch_command_lines(stop.clone());
+    c.up();
+    // The supervisor's schedule takes the first backup at once (none yet means due).
+    c.eventually(
+        "the scheduled first backup",
+        Duration::from_secs(120),
+        || {
+            listing(&c)["backups"]
+                .as_array()
+                .filter(|b| !b.is_empty())
+                .map(|_| ())
+        },
+    );
+    c.sql(
+        c.rw(),
+        "CREATE TABLE t (id bigint primary key); INSERT INTO t VALUES (1),(2),(3)",
+    )
+    .unwrap();
+    for rows in ["(4),(5)", "(6)"] {
+        std::thread::sleep(Duration::from_millis(1100)); // IDs are per second
+        let started = Instant::now();
+        let created = c.ok(&["backup", "create"]);
+        println!(
+            "mariadb backup create (full, from a replica, small database): {:.2} s: {created}",
+            started.elapsed().as_secs_f64()
+        );
+        c.sql(c.rw(), &format!("INSERT INTO t VALUES {rows}"))
+            .unwrap();
+    }
+    let backups = listing(&c)["backups"].as_array().unwrap().clone();
+    assert_eq!(backups.len(), 3, "{backups:?}");
+    let (first, newest) = (&backups[1], &backups[2]);
+    assert_eq!(newest["source"], "mb-1", "from the ready replica: {newest}");
+    assert!(!newest["gtid"].as_str().unwrap().is_empty(), "{newest}");
+    let table = c.ok(&["backup", "list"]);
+    assert!(
+        table.contains("GTID") && table.contains("recoverable:"),
+        "{table}"
+    );
+    assert!(c.ok(&["backup", "verify"]).contains("intact"));
+    assert!(c.ok(&["status"]).contains("last backup:  2"));
+
+    // The newest backup by default; an older one by its ID.
+    for (name, backup, expected) in [
+        ("ml", None, vec![1, 2, 3, 4, 5]),
+        ("mf", first["id"].as_str(), vec![1, 2, 3]),
+    ] {
+        let spec = sibling(&c, name, &repo);
+        let mut args = vec!["restore", "--from", "mb"];
+        if let Some(id) = backup {
+            args.extend(["--backup", id]);
+        }
+        let started = Instant::now();
+        let out = stator(&c, &args, &spec);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            text(&out),
+            logs_of(&c, name)
+        );
+        println!(
+            "mariadb restore {name}: {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+        assert_eq!(mariadb_rows(&c, name), expected, "{name}");
+        // The restored primary continues the copy's GTID history.
+        let id = backup.unwrap_or(newest["id"].as_str().unwrap());
+        let copy = backups.iter().find(|b| b["id"] == id).unwrap();
+        assert_eq!(
+            mariadb_root(&c, name, "SELECT @@gtid_binlog_pos"),
+            copy["gtid"].as_str().unwrap(),
+            "{name}"
+        );
+        cleanup(&c, &spec);
+    }
+
+    // A time target: outside what full backups alone can reach; the error names the range.
+    let spec = sibling(&c, "mo", &repo);
+    let out = stator(
+        &c,
+        &[
+            "restore",
+            "--from",
+            "mb",
+            "--to-time",
+            "2026-01-01T00:00:00Z",
+        ],
+        &spec,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("outside the recoverable range of mb")
+            && text(&out).contains(newest["id"].as_str().unwrap()),
+        "{}",
+        text(&out)
+    );
+    assert!(!c.state_dir().join("default/mo").exists());
+    stop.store(true, Ordering::SeqCst);
+    let (scans, found) = watcher.join().unwrap();
+    assert!(scans > 0);
+    assert!(found.is_empty(), "secrets on command lines: {found:?}");
+
+    // A flipped byte, a truncated object, a missing manifest: verify fails and a restore
+    // refuses, naming the file; nothing is created.
+    let dir = repo
+        .join("default/mb/full")
+        .join(newest["id"].as_str().unwrap());
+    let object = dir.join("full.xbstream.zst");
+    let good = std::fs::read(&object).unwrap();
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0xff;
+    let manifest = dir.join("manifest.json");
+    for (damage, named) in [
+        ("flipped", &object),
+        ("truncated", &object),
+        ("no manifest", &manifest),
+    ] {
+        match damage {
+            "flipped" => std::fs::write(&object, &flipped).unwrap(),
+            "truncated" => std::fs::write(&object, &good[..good.len() / 2]).unwrap(),
+            _ => {
+                std::fs::write(&object, &good).unwrap();
+                std::fs::rename(&manifest, dir.join("moved")).unwrap();
+            }
+        }
+        let verify = c.stator(&["backup", "verify"]);
+        assert!(!verify.status.success(), "{damage}");
+        assert!(
+            text(&verify).contains(&named.display().to_string()),
+            "{damage}: {}",
+            text(&verify)
+        );
+        let out = stator(
+            &c,
+            &[
+                "restore",
+                "--from",
+                "mb",
+                "--backup",
+                newest["id"].as_str().unwrap(),
+            ],
+            &spec,
+        );
+        assert!(!out.status.success(), "{damage}");
+        let said = text(&out);
+        assert!(
+            said.contains(&object.display().to_string()) || said.contains("not in the repository"),
+            "{damage}: {said}"
+        );
+        assert!(!c.state_dir().join("default/mo").exists(), "{damage}");
+    }
+    // Without its manifest the backup is not listed.
+    assert_eq!(listing(&c)["backups"].as_array().unwrap().len(), 2);
 }

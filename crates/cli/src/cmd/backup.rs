@@ -97,9 +97,10 @@ pub fn backup(args: BackupArgs) -> CliResult {
             let done = stator_local::backup::create(&dir, &db, kind.as_deref(), ordinal)
                 .map_err(failed)?;
             println!(
-                "backup {} ({}) done on {primary}: {} bytes in {:.1} s",
+                "backup {} ({}) done on {}: {} bytes in {:.1} s",
                 done["label"].as_str().unwrap_or("?"),
                 done["kind"].as_str().unwrap_or("?"),
+                done["source"].as_str().unwrap_or(&primary),
                 done["size"],
                 done["durationSeconds"].as_f64().unwrap_or(0.0)
             );

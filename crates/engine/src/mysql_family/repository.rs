@@ -510,6 +510,8 @@ impl MysqlFamily {
             )
             .run()
             .await?;
+            let gtid: MariadbGtidPosition = manifest.gtid.parse()?;
+            self.set_binlog_state(&staging, &gtid).await?;
             crate::data_dir::write_marker(&staging, &self.marker(None), &self.user)?;
             crate::data_dir::install_staging(&staging, &self.data_dir, &self.user)
         }
@@ -518,6 +520,85 @@ impl MysqlFamily {
             crate::data_dir::discard_staging(&staging, &self.data_dir);
         }
         tracing::info!(id, gtid = %manifest.gtid, "restored from a full backup");
+        result
+    }
+}
+
+impl MysqlFamily {
+    /// Starts the restored copy in `dir` on the socket only (no TCP, no users but the socket's
+    /// root), empties its binary log and sets its GTID state to the copy's `gtid`, so the
+    /// restored primary's transactions continue that history; stops it again.
+    async fn set_binlog_state(
+        &self,
+        dir: &Path,
+        gtid: &MariadbGtidPosition,
+    ) -> Result<(), EngineError> {
+        let mut datadir = OsString::from("--datadir=");
+        datadir.push(dir);
+        let mut socket = OsString::from("--socket=");
+        socket.push(self.socket());
+        let mut tmpdir = OsString::from("--tmpdir=");
+        tmpdir.push(&self.run_dir);
+        let mut pid = OsString::from("--pid-file=");
+        pid.push(self.run_dir.join("restore.pid"));
+        let args: Vec<OsString> = vec![
+            "--no-defaults".into(),
+            datadir,
+            socket,
+            tmpdir,
+            pid,
+            "--skip-networking".into(),
+            "--log-bin=binlog".into(),
+            "--server-id=1".into(),
+        ];
+        let mut server = self
+            .invocation(self.binaries.server.clone(), args)
+            .spawn_server(dir)?;
+        let mut conn = None;
+        let mut last = String::new();
+        for _ in 0..600 {
+            if !server.is_alive() {
+                break;
+            }
+            match self.connect_admin().await {
+                Ok(c) => {
+                    conn = Some(c);
+                    break;
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let result = match conn {
+            Some(mut c) => {
+                let mut r = Ok(());
+                for statement in [
+                    "RESET MASTER".to_string(),
+                    format!(
+                        "SET GLOBAL gtid_binlog_state = {}",
+                        crate::mysql_family::config::quote_literal(&gtid.to_string())
+                    ),
+                ] {
+                    r = Self::exec(&mut c, "setting the restored GTID state", &statement).await;
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                let _ = c.disconnect().await;
+                r
+            }
+            None => Err(EngineError::State(format!(
+                "the restored server did not start (see {}): {last}",
+                self.log_file.display()
+            ))),
+        };
+        server
+            .stop(
+                nix::sys::signal::Signal::SIGTERM,
+                nix::sys::signal::Signal::SIGKILL,
+                Duration::from_secs(60),
+            )
+            .await;
         result
     }
 }
