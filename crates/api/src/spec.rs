@@ -97,8 +97,9 @@ pub struct DatabaseSpec {
     pub tls: TlsSpec,
 
     /// Scheduled backups and continuous WAL archiving for point-in-time recovery. Implemented
-    /// for PostgreSQL with a local repository under `stator up`; everything else (MariaDB, s3,
-    /// `stator render`) is refused, so that no one believes they have backups when they do not.
+    /// for PostgreSQL (and full backups of MariaDB, without binlog archiving yet) with a local
+    /// repository under `stator up`; everything else (MySQL, s3, `stator render`) is refused, so
+    /// that no one believes they have backups when they do not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
 }

@@ -279,8 +279,8 @@ fn a_backup_section_is_refused_where_backups_are_not_implemented() {
     let state = dir.path().join("state");
     for (body, field) in [
         (
-            "engine: mariadb\nbackup:\n  repository: {local: {path: /srv/backups}}",
-            "spec.backup: backups of mariadb are not implemented yet",
+            "engine: mysql\nbackup:\n  repository: {local: {path: /srv/backups}}",
+            "spec.backup: backups of mysql are not implemented yet",
         ),
         (
             "engine: postgres\nbackup:\n  repository: {s3: {endpoint: 's3.example:443', bucket: backups, region: r, credentialsSecretName: k}}",

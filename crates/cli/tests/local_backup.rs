@@ -618,6 +618,7 @@ fn mariadb_full_backups_restore_exactly_and_a_damaged_one_is_refused_naming_the_
         text(&out)
     );
     assert!(!c.state_dir().join("default/mo").exists());
+    assert!(!repo.join("default/mo").exists());
     stop.store(true, Ordering::SeqCst);
     let (scans, found) = watcher.join().unwrap();
     assert!(scans > 0);

@@ -1,4 +1,5 @@
-//! Backups of the local runtime (`spec.backup`, PostgreSQL with a local repository):
+//! Backups of the local runtime (`spec.backup`, PostgreSQL with a local repository; MariaDB's
+//! full backups are in [`crate::backup_mariadb`], dispatched from here):
 //! what `up` refuses, `stator backup create|list|verify`, and the check `stator restore` (and
 //! `up` of a spec with `spec.bootstrap.restoreFrom`) makes before anything is written: the
 //! source's repository exists, the target lies inside its recoverable range, and the backup to
@@ -21,8 +22,9 @@ use crate::runtime::block_on;
 use crate::secrets::read_secret;
 use crate::state::DatabaseDir;
 
-/// What `up` refuses of `spec.backup`: everything but PostgreSQL with a local, unencrypted
-/// repository; and a missing pgBackRest. Names the field.
+/// What `up` refuses of `spec.backup`: everything but PostgreSQL or MariaDB with a local,
+/// unencrypted repository; and a missing pgBackRest (PostgreSQL) or zstd (MariaDB). Names the
+/// field.
 pub fn check_spec(db: &Database) -> Result<(), LocalError> {
     let Some(backup) = &db.spec.backup else {
         return Ok(());

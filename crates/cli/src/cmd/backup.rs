@@ -1,5 +1,6 @@
 //! `stator backup create|list|verify` and `stator restore`: backups of a local PostgreSQL
-//! database with pgBackRest, and a new database restored from them to a point in time.
+//! database with pgBackRest (of MariaDB: full backups, zstd and SHA-256), and a new database
+//! restored from them to a point in time.
 //! Arguments and output only; the work is in `stator_local::backup` and `stator_local::up`.
 
 use std::path::PathBuf;
@@ -11,10 +12,10 @@ use stator_local::StateDir;
 use crate::cmd::local::{StateDirArg, failed};
 use crate::error::{CliError, CliResult};
 
-/// Backups of a database (`spec.backup`, PostgreSQL with a local repository).
+/// Backups of a database (`spec.backup`, PostgreSQL or MariaDB with a local repository).
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  stator backup create -f db.yaml              an incremental backup (the first one is full)\n  stator backup create -f db.yaml --type full\n  stator backup list -f db.yaml                 ID, times, size, LSN range, recoverable range\n  stator backup verify -f db.yaml               pgbackrest verify: every file of every backup and the WAL"
+    after_help = "Examples:\n  stator backup create -f db.yaml              an incremental backup (the first one is full)\n  stator backup create -f db.yaml --type full\n  stator backup list -f db.yaml                 ID, times, size, LSN range, recoverable range\n  stator backup verify -f db.yaml               pgbackrest verify: every file of every backup and the WAL\n                                                (MariaDB: re-hashes every backup, checks its manifest)"
 )]
 pub struct BackupArgs {
     #[command(subcommand)]

@@ -21,6 +21,8 @@
 //! - [`binaries`]: finding the programs.
 //! - [`gtid`]: errant-transaction detection.
 //! - [`backup`]: a physical copy streamed from the upstream's instance manager (MariaDB).
+//! - [`repository`]: full backups in a local repository: stored through zstd and SHA-256,
+//!   manifest last; list, verify, restore (MariaDB).
 
 pub mod backup;
 pub mod binaries;
