@@ -524,15 +524,10 @@ fn mariadb_full_backups_restore_exactly_and_a_damaged_one_is_refused_naming_the_
     let watcher = c.watch_command_lines(stop.clone());
     c.up();
     // The supervisor's schedule takes the first backup at once (none yet means due).
-    c.eventually(
+    let scheduled = c.eventually(
         "the scheduled first backup",
         Duration::from_secs(120),
-        || {
-            listing(&c)["backups"]
-                .as_array()
-                .filter(|b| !b.is_empty())
-                .map(|_| ())
-        },
+        || listing(&c)["backups"].as_array()?.first().cloned(),
     );
     c.sql(
         c.rw(),
@@ -550,9 +545,14 @@ fn mariadb_full_backups_restore_exactly_and_a_damaged_one_is_refused_naming_the_
         c.sql(c.rw(), &format!("INSERT INTO t VALUES {rows}"))
             .unwrap();
     }
+    // retention.full (2 by default): the scheduled one, the oldest, is gone.
     let backups = listing(&c)["backups"].as_array().unwrap().clone();
-    assert_eq!(backups.len(), 3, "{backups:?}");
-    let (first, newest) = (&backups[1], &backups[2]);
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    assert!(
+        !backups.iter().any(|b| b["id"] == scheduled["id"]),
+        "{backups:?}"
+    );
+    let (first, newest) = (&backups[0], &backups[1]);
     assert_eq!(newest["source"], "mb-1", "from the ready replica: {newest}");
     assert!(!newest["gtid"].as_str().unwrap().is_empty(), "{newest}");
     let table = c.ok(&["backup", "list"]);
@@ -674,5 +674,5 @@ fn mariadb_full_backups_restore_exactly_and_a_damaged_one_is_refused_naming_the_
         assert!(!c.state_dir().join("default/mo").exists(), "{damage}");
     }
     // Without its manifest the backup is not listed.
-    assert_eq!(listing(&c)["backups"].as_array().unwrap().len(), 2);
+    assert_eq!(listing(&c)["backups"].as_array().unwrap().len(), 1);
 }

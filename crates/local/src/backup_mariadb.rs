@@ -98,7 +98,11 @@ pub fn create(
         repository::store_full_backup(&host, port, token.as_str(), &source, &repo).await
     })?
     .map_err(failed)?;
+    // Retention runs after each success.
+    let full = db.spec.backup.as_ref().map_or(1, |b| b.retention.full);
+    let expired = repository::apply_retention(repository, full).map_err(LocalError::Failed)?;
     Ok(serde_json::json!({
+        "expired": expired,
         "label": m.id,
         "kind": "full",
         "size": m.size,

@@ -211,6 +211,22 @@ pub fn verify(repository: &Path) -> Result<String, String> {
     }
 }
 
+/// Keeps the newest `full` complete backups and removes the older ones (each one's manifest
+/// first, so a half-removed backup is never listed). The IDs removed.
+pub fn apply_retention(repository: &Path, full: u32) -> Result<Vec<String>, String> {
+    let backups = list(repository)?;
+    let excess = backups.len().saturating_sub(full.max(1) as usize);
+    let mut removed = Vec::new();
+    for m in &backups[..excess] {
+        let dir = backup_dir(repository, &m.id);
+        std::fs::remove_file(dir.join(MANIFEST))
+            .and_then(|()| std::fs::remove_dir_all(&dir))
+            .map_err(|e| format!("{}: cannot remove: {e}", dir.display()))?;
+        removed.push(m.id.clone());
+    }
+    Ok(removed)
+}
+
 /// Finds, in an xbstream as it passes, the payload of one file (`mariadb_backup_binlog_info`),
 /// so the stored stream is read only once. Chunk layout (MariaDB `xbstream`): magic
 /// `XBSTCK01`, flags (1), type (1: `P` payload, `E` end of file), path length (u32 LE), path;
@@ -672,5 +688,39 @@ mod tests {
         std::fs::write(dir.join(OBJECT), b"ab").unwrap();
         let err = verify(repo.path()).unwrap_err();
         assert!(err.contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_complete_backups() {
+        let repo = tempfile::tempdir().unwrap();
+        for (i, id) in ["A", "B", "C"].iter().enumerate() {
+            let dir = backup_dir(repo.path(), id);
+            std::fs::create_dir_all(&dir).unwrap();
+            let m = Manifest {
+                id: id.to_string(),
+                source: "db-1".into(),
+                gtid: format!("0-1-{i}"),
+                started: i as f64,
+                stopped: i as f64 + 0.5,
+                size: 0,
+                sha256: String::new(),
+                object: OBJECT.into(),
+            };
+            std::fs::write(dir.join(MANIFEST), serde_json::to_string(&m).unwrap()).unwrap();
+        }
+        // An incomplete one (no manifest) is neither counted nor removed.
+        std::fs::create_dir_all(backup_dir(repo.path(), "D")).unwrap();
+        assert_eq!(
+            apply_retention(repo.path(), 2).unwrap(),
+            vec!["A".to_string()]
+        );
+        let left: Vec<String> = list(repo.path())
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(left, ["B", "C"]);
+        assert!(backup_dir(repo.path(), "D").exists());
+        assert!(!backup_dir(repo.path(), "A").exists());
     }
 }
