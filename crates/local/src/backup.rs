@@ -511,11 +511,25 @@ pub fn status_summary(dir: &DatabaseDir, db: &Database) -> Option<serde_json::Va
         None => l.range.as_ref().map(|r| r.describe()),
     });
     let primary = dir.read_primary();
-    let ordinal = crate::plan::ordinal_of(&primary).unwrap_or(0);
+    crate::transport::register(db, dir).ok()?;
+    let manager = manager_status(db, crate::plan::ordinal_of(&primary).unwrap_or(0));
+    let facts = manager.as_ref().map(|m| m["backup"].clone());
+    Some(serde_json::json!({
+        "lastBackup": last,
+        "recoverable": range,
+        "primary": primary,
+        "archive": facts.as_ref().map(|f| f["archive"].clone()),
+        "lastError": facts.as_ref().map(|f| f["lastError"].clone()),
+        "running": facts.as_ref().map(|f| f["running"].clone()),
+    }))
+}
+
+/// The `/status` of instance `ordinal`'s manager, if it answers within 2 s (the database's
+/// transport registered first: `crate::transport::register`).
+pub(crate) fn manager_status(db: &Database, ordinal: u32) -> Option<serde_json::Value> {
     let host = db.spec.local.listen_address.clone();
     let port = LocalPorts::of(db).manager(ordinal);
-    crate::transport::register(db, dir).ok()?;
-    let manager: Option<serde_json::Value> = block_on(async move {
+    block_on(async move {
         stator_engine::manager_client::get_json::<serde_json::Value>(
             &host,
             port,
@@ -526,16 +540,7 @@ pub fn status_summary(dir: &DatabaseDir, db: &Database) -> Option<serde_json::Va
         .ok()
     })
     .ok()
-    .flatten();
-    let facts = manager.as_ref().map(|m| m["backup"].clone());
-    Some(serde_json::json!({
-        "lastBackup": last,
-        "recoverable": range,
-        "primary": primary,
-        "archive": facts.as_ref().map(|f| f["archive"].clone()),
-        "lastError": facts.as_ref().map(|f| f["lastError"].clone()),
-        "running": facts.as_ref().map(|f| f["running"].clone()),
-    }))
+    .flatten()
 }
 
 /// The lines `stator status` prints under its table.

@@ -6,7 +6,6 @@
 //! hashing and manifests are the engine's ([`stator_engine::mysql_family::repository`]).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use stator_api::instance::{LocalPorts, RestoreSource, RestoreTarget};
 use stator_api::names::secret_keys;
@@ -29,31 +28,17 @@ fn failed(e: impl std::fmt::Display) -> LocalError {
 /// primary. Its name and manager port.
 fn backup_source(db: &Database, primary: &str) -> (String, u16) {
     let ports = LocalPorts::of(db);
-    let host = db.spec.local.listen_address.clone();
     for ordinal in 0..db.spec.instances {
         let name = db.instance_name(ordinal);
         if name == primary {
             continue;
         }
-        let port = ports.manager(ordinal);
-        let host = host.clone();
-        let report: Option<serde_json::Value> = block_on(async move {
-            stator_engine::manager_client::get_json::<serde_json::Value>(
-                &host,
-                port,
-                "/status",
-                Duration::from_secs(2),
-            )
-            .await
-            .ok()
-        })
-        .ok()
-        .flatten();
+        let report = crate::backup::manager_status(db, ordinal);
         if let Some(r) = report
             && r["ready"].as_bool() == Some(true)
             && r["role"].as_str() == Some(Role::Replica.as_str())
         {
-            return (name, port);
+            return (name, ports.manager(ordinal));
         }
     }
     let ordinal = crate::plan::ordinal_of(primary).unwrap_or(0);

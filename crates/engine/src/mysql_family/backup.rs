@@ -101,7 +101,15 @@ impl MysqlFamily {
             .take()
             .ok_or_else(|| EngineError::State("mbstream has no input pipe".into()))?;
         tracing::info!(upstream = %upstream.instance, host = %upstream.host, port, "receiving a backup stream");
-        let fetched = fetch_backup(&upstream.host, port, token.expose(), sink).await;
+        let fetched = fetch_backup(
+            &upstream.host,
+            port,
+            token.expose(),
+            sink,
+            "mbstream",
+            |_| {},
+        )
+        .await;
         let unpacked = unpack.finish().await;
         fetched?;
         unpacked?;
@@ -227,13 +235,16 @@ impl MysqlFamily {
 }
 
 /// GETs the backup stream from an instance manager (over TLS when the database has it) and
-/// writes it into `sink`.
-async fn fetch_backup(
+/// writes it into `sink` (program `reader`), showing every piece to `inspect` on the way. The
+/// bytes received.
+pub(crate) async fn fetch_backup(
     host: &str,
     port: u16,
     token: &str,
     mut sink: tokio::process::ChildStdin,
-) -> Result<(), EngineError> {
+    reader: &str,
+    mut inspect: impl FnMut(&[u8]),
+) -> Result<u64, EngineError> {
     let failed = |message: String| {
         EngineError::Connect(format!(
             "backup stream from {host}:{port}{BACKUP_PATH}: {message}"
@@ -262,12 +273,13 @@ async fn fetch_backup(
             ))
         })?;
         received += data.len() as u64;
+        inspect(&data);
         sink.write_all(&data)
             .await
-            .map_err(|e| failed(format!("mbstream stopped reading: {e}")))?;
+            .map_err(|e| failed(format!("{reader} stopped reading: {e}")))?;
     }
     sink.shutdown().await.ok();
     drop(sink);
     tracing::info!(bytes = received, "backup stream received");
-    Ok(())
+    Ok(received)
 }

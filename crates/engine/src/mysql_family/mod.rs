@@ -408,7 +408,11 @@ impl MysqlFamily {
         *self.upstream_session.lock().await = None;
     }
 
-    async fn exec(conn: &mut Conn, what: &'static str, query: &str) -> Result<(), EngineError> {
+    pub(crate) async fn exec(
+        conn: &mut Conn,
+        what: &'static str,
+        query: &str,
+    ) -> Result<(), EngineError> {
         conn.query_drop(query)
             .await
             .map_err(|e| EngineError::mysql(what, e))
@@ -631,9 +635,20 @@ impl MysqlFamily {
             Self::defaults_arg(&self.option_file()),
             "--skip-networking".into(),
         ];
+        self.with_socket_server(args, &self.data_dir, work).await
+    }
+
+    /// Starts the server with `args` (which must keep it off TCP) on data dir `dir`, runs
+    /// `work` as the administrator over the socket, and stops it again.
+    pub(crate) async fn with_socket_server<T>(
+        &self,
+        args: Vec<OsString>,
+        dir: &Path,
+        work: impl AsyncFnOnce(&mut Conn) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
         let mut server = self
             .invocation(self.binaries.server.clone(), args)
-            .spawn_server(&self.data_dir)?;
+            .spawn_server(dir)?;
         let mut conn = None;
         let mut last = String::new();
         for _ in 0..600 {
@@ -656,7 +671,7 @@ impl MysqlFamily {
                 r
             }
             None => Err(EngineError::State(format!(
-                "the server did not start for the check (see {}): {last}",
+                "the server did not start on its socket (see {}): {last}",
                 self.log_file.display()
             ))),
         };

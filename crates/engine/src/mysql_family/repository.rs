@@ -13,7 +13,6 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -21,9 +20,8 @@ use stator_api::position::MariadbGtidPosition;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::EngineError;
-use crate::manager_client;
 use crate::mysql_family::MysqlFamily;
-use crate::mysql_family::backup::BACKUP_PATH;
+use crate::mysql_family::backup::{BACKUP_PATH, fetch_backup};
 
 /// The directory of the full backups inside a repository path.
 pub const FULL_DIR: &str = "full";
@@ -360,7 +358,7 @@ async fn store_into(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| EngineError::io(ZSTD, "run", e))?;
-    let mut sink = zstd
+    let sink = zstd
         .stdin
         .take()
         .ok_or_else(|| EngineError::State("zstd has no input pipe".into()))?;
@@ -396,37 +394,8 @@ async fn store_into(
             .map_err(|e| EngineError::io(&object_path, "sync", e))?;
         Ok::<_, EngineError>((size, hex(&hasher.finalize())))
     });
-    let mut answer = manager_client::get_stream(
-        host,
-        port,
-        BACKUP_PATH,
-        Some(token),
-        Duration::from_secs(10),
-    )
-    .await
-    .map_err(|e| failed(e.detail()))?;
-    if !(200..300).contains(&answer.status) {
-        let status = answer.status;
-        let text = answer.text().await;
-        return Err(failed(format!("HTTP {status}: {text}")));
-    }
     let mut scanner = XbstreamScanner::default();
-    let mut received = 0u64;
-    while let Some(data) = answer.chunk().await {
-        let data = data.map_err(|e| {
-            failed(format!(
-                "interrupted after {received} bytes: {}",
-                e.detail()
-            ))
-        })?;
-        received += data.len() as u64;
-        scanner.feed(&data);
-        sink.write_all(&data)
-            .await
-            .map_err(|e| failed(format!("zstd stopped reading: {e}")))?;
-    }
-    sink.shutdown().await.ok();
-    drop(sink);
+    let fetched = fetch_backup(host, port, token, sink, "zstd", |data| scanner.feed(data)).await;
     let status = zstd
         .wait()
         .await
@@ -434,6 +403,7 @@ async fn store_into(
     let (size, sha256) = writer
         .await
         .map_err(|e| EngineError::State(format!("writing the backup: {e}")))??;
+    let received = fetched?;
     if !status.success() {
         return Err(EngineError::State(format!("zstd failed: {status}")));
     }
@@ -567,55 +537,20 @@ impl MysqlFamily {
             "--log-bin=binlog".into(),
             "--server-id=1".into(),
         ];
-        let mut server = self
-            .invocation(self.binaries.server.clone(), args)
-            .spawn_server(dir)?;
-        let mut conn = None;
-        let mut last = String::new();
-        for _ in 0..600 {
-            if !server.is_alive() {
-                break;
+        let statements = [
+            "RESET MASTER".to_string(),
+            format!(
+                "SET GLOBAL gtid_binlog_state = {}",
+                crate::mysql_family::config::quote_literal(&gtid.to_string())
+            ),
+        ];
+        self.with_socket_server(args, dir, async |c: &mut mysql_async::Conn| {
+            for statement in &statements {
+                Self::exec(c, "setting the restored GTID state", statement).await?;
             }
-            match self.connect_admin().await {
-                Ok(c) => {
-                    conn = Some(c);
-                    break;
-                }
-                Err(e) => last = e.to_string(),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let result = match conn {
-            Some(mut c) => {
-                let mut r = Ok(());
-                for statement in [
-                    "RESET MASTER".to_string(),
-                    format!(
-                        "SET GLOBAL gtid_binlog_state = {}",
-                        crate::mysql_family::config::quote_literal(&gtid.to_string())
-                    ),
-                ] {
-                    r = Self::exec(&mut c, "setting the restored GTID state", &statement).await;
-                    if r.is_err() {
-                        break;
-                    }
-                }
-                let _ = c.disconnect().await;
-                r
-            }
-            None => Err(EngineError::State(format!(
-                "the restored server did not start (see {}): {last}",
-                self.log_file.display()
-            ))),
-        };
-        server
-            .stop(
-                nix::sys::signal::Signal::SIGTERM,
-                nix::sys::signal::Signal::SIGKILL,
-                Duration::from_secs(60),
-            )
-            .await;
-        result
+            Ok(())
+        })
+        .await
     }
 }
 
