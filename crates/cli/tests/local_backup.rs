@@ -630,6 +630,9 @@ fn mariadb_full_backups_restore_exactly_and_a_damaged_one_is_refused_naming_the_
         .join("default/mb/full")
         .join(newest["id"].as_str().unwrap());
     let object = dir.join("full.xbstream.zst");
+    // The copy holds the password hashes: its owner's alone.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&object).unwrap().mode() & 0o777, 0o600);
     let good = std::fs::read(&object).unwrap();
     let mut flipped = good.clone();
     flipped[good.len() / 2] ^= 0xff;

@@ -11,6 +11,7 @@
 
 use std::ffi::OsString;
 use std::io::Read;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -324,7 +325,12 @@ pub async fn store_full_backup(
             dir.display()
         )));
     }
-    std::fs::create_dir_all(&dir).map_err(|e| EngineError::io(&dir, "create", e))?;
+    // The copy holds every table and the password hashes: only its owner may read it.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| EngineError::io(&dir, "create", e))?;
     let result = store_into(host, port, token, source, &dir, &id, started).await;
     if result.is_err() {
         let _ = std::fs::remove_file(dir.join(OBJECT));
@@ -369,7 +375,11 @@ async fn store_into(
     let object_path = object.clone();
     // The compressed stream is hashed and written as zstd produces it.
     let writer = tokio::spawn(async move {
-        let mut file = tokio::fs::File::create(&object_path)
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&object_path)
             .await
             .map_err(|e| EngineError::io(&object_path, "create", e))?;
         let mut hasher = Sha256::new();
@@ -468,14 +478,24 @@ impl MysqlFamily {
             let mut unzip = self
                 .invocation(
                     PathBuf::from(ZSTD),
-                    vec![
-                        "-q".into(),
-                        "-d".into(),
-                        "-c".into(),
-                        manifest.object_path(repository).into(),
-                    ],
+                    vec!["-q".into(), "-d".into(), "-c".into()],
                 )
-                .spawn_piped(false, true)?;
+                .spawn_piped(true, true)?;
+            // The object is the repository owner's (0600): read here, fed to zstd.
+            let object = manifest.object_path(repository);
+            let mut input = tokio::fs::File::open(&object)
+                .await
+                .map_err(|e| EngineError::io(&object, "open", e))?;
+            let mut feed = unzip
+                .child
+                .stdin
+                .take()
+                .ok_or_else(|| EngineError::State("zstd has no input pipe".into()))?;
+            let feeder = tokio::spawn(async move {
+                let r = tokio::io::copy(&mut input, &mut feed).await;
+                drop(feed);
+                r
+            });
             let mut source = unzip
                 .child
                 .stdout
@@ -485,6 +505,10 @@ impl MysqlFamily {
             drop(sink);
             let unzipped = unzip.finish().await;
             let unpacked = unpack.finish().await;
+            let fed = feeder
+                .await
+                .map_err(|e| EngineError::State(format!("reading the backup: {e}")))?;
+            fed.map_err(|e| EngineError::io(&object, "read", e))?;
             copied.map_err(|e| EngineError::io(ZSTD, "copy the output of", e))?;
             unzipped?;
             unpacked?;
