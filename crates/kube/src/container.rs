@@ -91,12 +91,14 @@ pub fn field_env(name: &str, field_path: &str) -> EnvVar {
 }
 
 /// An HTTP GET probe of `path` on the named container port `port`.
-pub fn http_probe(path: &str, port: &str, period: i32, failure_threshold: i32) -> Probe {
+/// `tls`: the endpoint serves HTTPS (the kubelet does not verify the certificate, and sends no
+/// token).
+pub fn http_probe(path: &str, port: &str, tls: bool, period: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String(port.into()),
-            scheme: Some("HTTP".into()),
+            scheme: Some(if tls { "HTTPS" } else { "HTTP" }.into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),

@@ -421,8 +421,8 @@ fn operator_container(image: &str) -> Container {
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        liveness_probe: Some(http_probe("/healthz", HEALTH_PORT_NAME, 10, 3)),
-        readiness_probe: Some(http_probe("/readyz", HEALTH_PORT_NAME, 5, 3)),
+        liveness_probe: Some(http_probe("/healthz", HEALTH_PORT_NAME, false, 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", HEALTH_PORT_NAME, false, 5, 3)),
         resources: Some(resources_of(("100m", "64Mi"), ("1", "256Mi"))),
         security_context: Some(hardened_security_context(OPERATOR_UID)),
         volume_mounts: Some(vec![

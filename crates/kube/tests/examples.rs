@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::ByteString;
 use serde::Serialize;
 use stator_api::load_database;
-use stator_kube::render::{Credentials, OperatorMode, RenderOptions, render};
+use stator_kube::render::{Credentials, OperatorMode, RenderOptions, TlsMaterial, render};
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
@@ -35,7 +35,10 @@ fn rendered_example_with(name: &str, options: &RenderOptions) -> String {
     let db = load_database(&text)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .database;
-    let credentials = Credentials::random();
+    let mut credentials = Credentials::random();
+    if db.spec.tls.enabled {
+        credentials = credentials.with_tls(TlsMaterial::issue(&db).unwrap());
+    }
     let manifests = render(&db, options, Some(&credentials)).unwrap();
     let mut stream = manifests.to_yaml_stream().unwrap();
     for (_, value) in credentials.iter() {
@@ -43,6 +46,14 @@ fn rendered_example_with(name: &str, options: &RenderOptions) -> String {
         assert!(
             db.spec.bootstrap.secret_name.is_some() || stream.contains(&encoded),
             "the Secret holds the generated value"
+        );
+        stream = stream.replace(&encoded, "<masked>");
+    }
+    for (_, pem) in credentials.tls().iter().flat_map(|t| t.iter()) {
+        let encoded = base64_of(pem);
+        assert!(
+            stream.contains(&encoded),
+            "the Secret NAME-tls holds the certificates"
         );
         stream = stream.replace(&encoded, "<masked>");
     }
@@ -96,7 +107,9 @@ fn postgres_3_renders_as_pinned() {
 #[test]
 fn postgres_sync_renders_as_pinned_without_a_secret() {
     let stream = rendered_example("postgres-sync");
-    assert!(!stream.contains("kind: Secret\n"));
+    // Its passwords are in an existing Secret: only the certificate Secret is rendered.
+    assert_eq!(stream.matches("kind: Secret\n").count(), 1);
+    assert!(stream.contains("name: ledger-db-tls\n"));
     insta::assert_snapshot!("postgres-sync", stream);
 }
 
@@ -113,7 +126,8 @@ fn mariadb_renders_as_pinned() {
 #[test]
 fn masked_snapshots_hold_no_generated_value() {
     let stream = rendered_example("postgres-3");
-    assert_eq!(stream.matches("<masked>").count(), 5);
+    // 5 passwords and 5 certificate files.
+    assert_eq!(stream.matches("<masked>").count(), 10);
 }
 
 #[test]

@@ -221,8 +221,12 @@ pub fn pod_instance_config(
         server_user: running_as_root.then(|| server_user_of(database.spec.engine).to_string()),
         bin_dir: None,
         peers,
-        // The pod layout of the certificate Secret is item 5 of issue 13 (not built yet).
-        tls_dir: None,
+        // The certificate Secret NAME-tls, mounted by the rendered StatefulSet.
+        tls_dir: database
+            .spec
+            .tls
+            .enabled
+            .then(|| PathBuf::from(stator_kube::render::TLS_DIR)),
         database,
     })
 }
@@ -244,6 +248,14 @@ mod tests {
     }
 
     #[test]
+    fn without_tls_the_pod_runs_plaintext() {
+        let mut db = database();
+        db.spec.tls.enabled = false;
+        let c = pod_instance_config(db, "orders-1", Some("shop"), false, &log()).unwrap();
+        assert_eq!(c.tls_dir, None);
+    }
+
+    #[test]
     fn ordinal_zero_initializes_the_primary() {
         let c = pod_instance_config(database(), "orders-0", Some("shop"), false, &log()).unwrap();
         assert_eq!(c.ordinal, 0);
@@ -254,6 +266,8 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/stator/data"));
         assert_eq!(c.secrets_dir, PathBuf::from("/run/stator/secrets"));
         assert_eq!(c.server_user, None);
+        // TLS by default: the rendered StatefulSet mounts NAME-tls there.
+        assert_eq!(c.tls_dir, Some(PathBuf::from("/etc/stator/tls")));
         // Before initialising an empty data dir it asks the other ordinals' managers.
         let peers: Vec<(String, u16)> = c
             .peers

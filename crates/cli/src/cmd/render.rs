@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use stator_kube::render::{
     Credentials, DEFAULT_STATOR_IMAGE, FILE_NAMES, GENERATED_HEADER, ManifestFile, OperatorMode,
-    RenderError, RenderOptions, SECRET_FILE, render,
+    RenderError, RenderOptions, SECRET_FILE, TlsMaterial, render,
 };
 
 use crate::error::{CliError, CliResult};
@@ -61,12 +61,19 @@ pub fn run(args: RenderArgs) -> CliResult {
                 operator_namespace: args.operator_namespace.clone(),
             }),
     };
-    let credentials = db
-        .spec
-        .bootstrap
-        .secret_name
-        .is_none()
-        .then(Credentials::random);
+    // Passwords unless an existing Secret holds them; certificates whenever TLS is on (the
+    // default): both into secret.yaml, never committed.
+    let mut credentials = Credentials::random();
+    if db.spec.tls.enabled {
+        let material = TlsMaterial::issue(db).map_err(|e| {
+            CliError::Failed(format!(
+                "cannot issue the certificates of {}: {e}",
+                db.name()
+            ))
+        })?;
+        credentials = credentials.with_tls(material);
+    }
+    let credentials = Some(credentials);
     let manifests = render(db, &options, credentials.as_ref()).map_err(render_error)?;
     let shown = format!("{}/{}", db.namespace(), db.name());
     if args.output == Path::new("-") {
@@ -74,6 +81,12 @@ pub fn run(args: RenderArgs) -> CliResult {
         std::io::stdout()
             .write_all(stream.as_bytes())
             .map_err(|e| CliError::Failed(format!("cannot write to stdout: {e}")))?;
+        if manifests.tls_secret.is_some() {
+            eprintln!(
+                "warning: the output holds the Secret {} with certificate keys; keep it private",
+                stator_kube::render::tls_secret_name(db)
+            );
+        }
         if manifests.secret.is_some() {
             eprintln!(
                 "warning: the output holds the Secret {} with generated passwords; keep it private",
@@ -106,9 +119,9 @@ fn render_error(e: RenderError) -> CliError {
         | RenderError::InvalidStatorImage { .. }
         | RenderError::MissingOwnerUid { .. }
         | RenderError::BackupNotImplemented { .. } => CliError::Invalid(e.to_string()),
-        RenderError::MissingCredentials { .. } | RenderError::Serialize { .. } => {
-            CliError::Failed(e.to_string())
-        }
+        RenderError::MissingCredentials { .. }
+        | RenderError::MissingTlsCertificates { .. }
+        | RenderError::Serialize { .. } => CliError::Failed(e.to_string()),
     }
 }
 

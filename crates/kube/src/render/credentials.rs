@@ -14,6 +14,8 @@ pub const GENERATED_LENGTH: usize = 32;
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     values: BTreeMap<&'static str, String>,
+    /// The certificates of the Secret `NAME-tls` (TLS enabled, no `spec.tls.issuerRef`).
+    tls: Option<super::tls::TlsMaterial>,
 }
 
 impl Credentials {
@@ -29,12 +31,23 @@ impl Credentials {
                 (key, value)
             })
             .collect();
-        Credentials { values }
+        Credentials { values, tls: None }
     }
 
     /// Fresh random values from the thread-local CSPRNG (ChaCha seeded by the operating system).
     pub fn random() -> Credentials {
         Credentials::generate(&mut rand::rng())
+    }
+
+    /// Adds the certificates the render puts into the Secret `NAME-tls`.
+    pub fn with_tls(mut self, tls: super::tls::TlsMaterial) -> Credentials {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The certificates, when [`Credentials::with_tls`] added them.
+    pub fn tls(&self) -> Option<&super::tls::TlsMaterial> {
+        self.tls.as_ref()
     }
 
     /// The value of `key`, one of `secret_keys::ALL`.

@@ -15,6 +15,7 @@ mod output;
 mod policy;
 mod services;
 mod statefulset;
+mod tls;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
@@ -31,6 +32,7 @@ pub use statefulset::{
     CONFIG_DIR, CONFIG_HASH_ANNOTATION, DATA_DIR, DATABASE_CONTAINER, RUN_DIR, SECRETS_DIR,
     STATOR_BIN_DIR, STATOR_IMAGE_BINARY, instance_command,
 };
+pub use tls::{TLS_DIR, TLS_SECRET_KEYS, TlsMaterial, kube_sans, tls_secret, tls_secret_name};
 
 /// The image holding the `stator` binary (at [`STATOR_IMAGE_BINARY`]) for the init container.
 pub const DEFAULT_STATOR_IMAGE: &str =
@@ -86,6 +88,13 @@ pub enum RenderError {
          credentials were given"
     )]
     MissingCredentials { name: String },
+    /// TLS is enabled (the default) and no certificates were given for the Secret `NAME-tls`.
+    #[error(
+        "Database {name:?}: spec.tls.enabled is true (the default) and no certificates were \
+         generated for the Secret {secret:?}; generate them (stator_kube::render::TlsMaterial) or \
+         set spec.tls.enabled: false to serve in plaintext"
+    )]
+    MissingTlsCertificates { name: String, secret: String },
     /// `spec.backup` is set, and nothing renders it yet: refused rather than ignored, so that
     /// no one applies manifests believing the database is backed up.
     #[error(
@@ -114,6 +123,9 @@ pub struct Manifests {
     pub service_account: ServiceAccount,
     /// `NAME-credentials`; `None` when `spec.bootstrap.secretName` names an existing Secret.
     pub secret: Option<Secret>,
+    /// `NAME-tls`, the generated certificates; `None` without TLS, and in operator mode when
+    /// the operator creates it.
+    pub tls_secret: Option<Secret>,
     pub config_map: ConfigMap,
     /// `NAME-headless`, `NAME-rw`, `NAME-ro`.
     pub services: Vec<Service>,
@@ -165,6 +177,17 @@ pub fn render(
             });
         }
     };
+    let tls_secret = match credentials.and_then(Credentials::tls) {
+        _ if !db.spec.tls.enabled => None,
+        Some(material) => Some(tls::tls_secret(db, material)),
+        None if options.operator.is_some() => None,
+        None => {
+            return Err(RenderError::MissingTlsCertificates {
+                name: db.name().to_string(),
+                secret: tls::tls_secret_name(db),
+            });
+        }
+    };
     let database_json = serde_json::to_string_pretty(&database_for_pods(db)).map_err(|e| {
         RenderError::Serialize {
             kind: "ConfigMap",
@@ -176,6 +199,7 @@ pub fn render(
     let mut manifests = Manifests {
         service_account: config::render_service_account(db),
         secret,
+        tls_secret,
         config_map: config::render_config_map(db, &database_json),
         services: vec![
             services::render_headless_service(db),
@@ -198,6 +222,7 @@ impl Manifests {
         let Manifests {
             service_account,
             secret,
+            tls_secret,
             config_map,
             services,
             pod_disruption_budget,
@@ -212,6 +237,7 @@ impl Manifests {
             &mut stateful_set.metadata,
         ];
         metas.extend(secret.as_mut().map(|s| &mut s.metadata));
+        metas.extend(tls_secret.as_mut().map(|s| &mut s.metadata));
         metas.extend(services.iter_mut().map(|s| &mut s.metadata));
         for meta in metas {
             meta.owner_references = Some(vec![owner.clone()]);

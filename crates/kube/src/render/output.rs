@@ -65,8 +65,14 @@ impl Manifests {
             FILE_NAMES[0],
             vec![document("ServiceAccount", self, &self.service_account)?],
         )];
-        if let Some(secret) = &self.secret {
-            files.push((SECRET_FILE, vec![document("Secret", self, secret)?]));
+        let secrets = self
+            .secret
+            .iter()
+            .chain(&self.tls_secret)
+            .map(|s| document("Secret", self, s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !secrets.is_empty() {
+            files.push((SECRET_FILE, secrets));
         }
         files.push((
             FILE_NAMES[2],
@@ -107,8 +113,8 @@ impl Manifests {
                 let mut contents = header.clone();
                 if name == SECRET_FILE {
                     contents.push_str(
-                        "# Holds generated passwords: keep it private, out of version control, \
-                         and apply it once.\n# The Secret is immutable: a later render has new \
+                        "# Holds generated passwords and certificate keys: keep it private, out \
+                         of version control, and apply it once.\n# The Secret is immutable: a later render has new \
                          passwords the running database does not know.\n",
                     );
                 }

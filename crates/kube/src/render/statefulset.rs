@@ -22,6 +22,7 @@ use stator_api::spec::{AntiAffinity, Engine};
 use super::RenderOptions;
 use super::config::DATABASE_JSON_KEY;
 use super::meta::{labels, object_meta, pod_selector};
+use super::tls::{TLS_DIR, tls_secret_name};
 use crate::container::{
     field_env, hardened_security_context, http_probe, mount, resources, resources_of,
     runtime_default_seccomp,
@@ -182,6 +183,7 @@ fn install_container(options: &RenderOptions, uid: i64) -> Container {
 
 fn database_container(db: &Database, managed: bool) -> Container {
     let engine = db.spec.engine;
+    let tls = db.spec.tls.enabled;
     Container {
         name: DATABASE_CONTAINER.into(),
         image: Some(db.image()),
@@ -209,18 +211,25 @@ fn database_container(db: &Database, managed: bool) -> Container {
         security_context: Some(hardened_security_context(engine.uid())),
         // Initialising or cloning a large data directory can take long: up to 30 minutes
         // before liveness applies.
-        startup_probe: Some(http_probe("/healthz", MANAGER_PORT_NAME, 10, 180)),
-        liveness_probe: Some(http_probe("/healthz", MANAGER_PORT_NAME, 10, 6)),
-        readiness_probe: Some(http_probe("/readyz", MANAGER_PORT_NAME, 5, 3)),
-        volume_mounts: Some(vec![
-            mount("stator-bin", STATOR_BIN_DIR, true),
-            mount("config", CONFIG_DIR, true),
-            mount("secrets", SECRETS_DIR, true),
-            mount(DATA_VOLUME, DATA_DIR, false),
-            mount("run", RUN_DIR, false),
-            mount("sockets", engine_socket_dir(engine), false),
-            mount("tmp", "/tmp", false),
-        ]),
+        startup_probe: Some(http_probe("/healthz", MANAGER_PORT_NAME, tls, 10, 180)),
+        liveness_probe: Some(http_probe("/healthz", MANAGER_PORT_NAME, tls, 10, 6)),
+        readiness_probe: Some(http_probe("/readyz", MANAGER_PORT_NAME, tls, 5, 3)),
+        volume_mounts: Some(
+            [
+                mount("stator-bin", STATOR_BIN_DIR, true),
+                mount("config", CONFIG_DIR, true),
+                mount("secrets", SECRETS_DIR, true),
+            ]
+            .into_iter()
+            .chain(tls.then(|| mount("tls", TLS_DIR, true)))
+            .chain([
+                mount(DATA_VOLUME, DATA_DIR, false),
+                mount("run", RUN_DIR, false),
+                mount("sockets", engine_socket_dir(engine), false),
+                mount("tmp", "/tmp", false),
+            ])
+            .collect(),
+        ),
         ..Container::default()
     }
 }
@@ -241,8 +250,22 @@ fn empty_dir_on(name: &str, size_limit: &str, medium: Option<&str>) -> Volume {
     }
 }
 
+/// The certificate Secret `NAME-tls` (TLS enabled): files 0440, readable by the fsGroup, which
+/// the instance manager copies 0600 for the server.
+fn tls_volume(db: &Database) -> Volume {
+    Volume {
+        name: "tls".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(tls_secret_name(db)),
+            default_mode: Some(SECRET_FILE_MODE),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
 fn volumes(db: &Database) -> Vec<Volume> {
-    vec![
+    let mut volumes = vec![
         empty_dir("stator-bin", "256Mi"),
         Volume {
             name: "config".into(),
@@ -266,7 +289,11 @@ fn volumes(db: &Database) -> Vec<Volume> {
         empty_dir_on("run", "16Mi", Some("Memory")),
         empty_dir("sockets", "16Mi"),
         empty_dir("tmp", "1Gi"),
-    ]
+    ];
+    if db.spec.tls.enabled {
+        volumes.insert(3, tls_volume(db));
+    }
+    volumes
 }
 
 /// One ReadWriteOnce volume per instance: `data-NAME-N`.

@@ -15,8 +15,13 @@ fn database(yaml_spec: &str) -> Database {
     load_database(&text).expect("test spec is valid").database
 }
 
+/// The same passwords and certificates every call (issued once), so renders compare equal.
 fn credentials() -> Credentials {
-    Credentials::generate(&mut StdRng::seed_from_u64(7))
+    static TLS: std::sync::OnceLock<TlsMaterial> = std::sync::OnceLock::new();
+    let material = TLS.get_or_init(|| {
+        TlsMaterial::issue(&database(THREE_POSTGRES)).expect("issues the certificates")
+    });
+    Credentials::generate(&mut StdRng::seed_from_u64(7)).with_tls(material.clone())
 }
 
 fn manifests(yaml_spec: &str) -> Manifests {
@@ -58,8 +63,8 @@ fn every_object_has_the_namespace_and_the_recommended_labels() {
         .collect();
     assert_eq!(
         docs.len(),
-        9,
-        "SA, Secret, ConfigMap, 3 Services, PDB, NP, STS"
+        10,
+        "SA, 2 Secrets (passwords, certificates), ConfigMap, 3 Services, PDB, NP, STS"
     );
     for doc in docs {
         let meta = &doc["metadata"];
@@ -604,7 +609,10 @@ fn secret_holds_every_credential_key_and_is_immutable() {
 
 #[test]
 fn an_existing_secret_is_mounted_and_none_is_rendered() {
-    let db = database("  engine: postgres\n  bootstrap:\n    secretName: my-creds\n");
+    // Without TLS: with it, the certificate Secret would still be rendered.
+    let db = database(
+        "  engine: postgres\n  tls:\n    enabled: false\n  bootstrap:\n    secretName: my-creds\n",
+    );
     for creds in [None, Some(credentials())] {
         let m = render(&db, &RenderOptions::default(), creds.as_ref()).unwrap();
         assert!(m.secret.is_none());
@@ -735,6 +743,7 @@ fn files_are_one_per_kind_in_apply_order() {
         [
             "ServiceAccount",
             "Secret",
+            "Secret",
             "ConfigMap",
             "Service",
             "Service",
@@ -759,4 +768,101 @@ fn operator_mode_without_the_database_uid_is_refused() {
     let e = render(&db, &options, Some(&credentials())).unwrap_err();
     assert!(matches!(e, RenderError::MissingOwnerUid { .. }), "{e}");
     assert!(e.to_string().contains("metadata.uid"), "{e}");
+}
+
+#[test]
+fn tls_by_default_mounts_the_certificate_secret_and_probes_over_https() {
+    let tls_volume = |m: &Manifests| {
+        pod_spec(m)
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "tls")
+            .and_then(|v| v.secret.clone())
+    };
+    let schemes = |m: &Manifests| {
+        let c = database_container(m);
+        [&c.startup_probe, &c.liveness_probe, &c.readiness_probe]
+            .iter()
+            .map(|p| {
+                let get = p.as_ref().unwrap().http_get.as_ref().unwrap();
+                assert_eq!(
+                    get.port,
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
+                        "manager".into()
+                    )
+                );
+                get.scheme.clone().unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    let m = manifests(THREE_POSTGRES);
+    let secret = m
+        .tls_secret
+        .as_ref()
+        .expect("the certificate Secret NAME-tls");
+    assert_eq!(secret.metadata.name.as_deref(), Some("shop-db-tls"));
+    let mut expected = TLS_SECRET_KEYS.to_vec();
+    expected.sort_unstable();
+    let keys: Vec<&str> = secret
+        .data
+        .as_ref()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, expected);
+    let volume = tls_volume(&m).expect("the tls volume");
+    assert_eq!(volume.secret_name.as_deref(), Some("shop-db-tls"));
+    assert_eq!(
+        volume.default_mode,
+        Some(0o440),
+        "readable by the fsGroup only"
+    );
+    let c = database_container(&m);
+    let mount = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "tls")
+        .unwrap();
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        (TLS_DIR, Some(true))
+    );
+    assert_eq!(schemes(&m), ["HTTPS", "HTTPS", "HTTPS"]);
+    let tls_file = m
+        .files()
+        .unwrap()
+        .into_iter()
+        .find(|f| f.name == SECRET_FILE)
+        .unwrap();
+    assert!(tls_file.holds_secrets && tls_file.contents.contains("name: shop-db-tls"));
+
+    // The opt-out renders today's plaintext objects.
+    let plain = manifests("  engine: postgres\n  instances: 3\n  tls:\n    enabled: false\n");
+    assert!(plain.tls_secret.is_none() && tls_volume(&plain).is_none());
+    assert_eq!(schemes(&plain), ["HTTP", "HTTP", "HTTP"]);
+
+    // Plain mode without certificates is refused, naming the field; operator mode leaves the
+    // Secret to the operator and still mounts it.
+    let db = database(THREE_POSTGRES);
+    let bare = Credentials::generate(&mut StdRng::seed_from_u64(7));
+    let e = render(&db, &RenderOptions::default(), Some(&bare)).unwrap_err();
+    assert!(
+        matches!(e, RenderError::MissingTlsCertificates { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("spec.tls.enabled"), "{e}");
+    let options = RenderOptions {
+        operator: Some(super::OperatorMode {
+            database_uid: "0f6b".into(),
+            operator_namespace: "stator-system".into(),
+        }),
+        ..RenderOptions::default()
+    };
+    let m = render(&db, &options, Some(&bare)).unwrap();
+    assert!(m.tls_secret.is_none() && tls_volume(&m).is_some());
 }

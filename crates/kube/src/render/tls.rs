@@ -1,0 +1,149 @@
+//! TLS on Kubernetes: the certificate Secret `NAME-tls` (cert-manager layout: `ca.crt`,
+//! `tls.crt`, `tls.key`, plus `client.crt`/`client.key` for the replication user), mounted into
+//! every pod at [`TLS_DIR`], which `stator instance --pod` passes on as the instance's TLS
+//! directory.
+//!
+//! Where the Secret comes from: `stator render` generates it ([`TlsMaterial::issue`]) and writes it
+//! next to the generated passwords in `secret.yaml` (mode 0600, never committed); the operator
+//! calls the same [`TlsMaterial::issue`] and [`tls_secret`] and creates the Secret when it does not
+//! exist yet. The CA's key is not part of the Secret: Stator's instance managers do not renew
+//! certificates on Kubernetes; a re-issue is a new Secret (same name) and the pods copy the new
+//! files in when the kubelet updates the mount.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use stator_api::Database;
+use stator_engine::tls::{CA_CERT, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY, TlsFiles};
+
+use super::meta::object_meta;
+
+/// Where the pods mount the certificate Secret (the instance's `tls_dir`).
+pub const TLS_DIR: &str = "/etc/stator/tls";
+
+/// The files of the Secret, in the cert-manager layout plus the replication client's pair.
+pub const TLS_SECRET_KEYS: [&str; 5] = [CA_CERT, SERVER_CERT, SERVER_KEY, CLIENT_CERT, CLIENT_KEY];
+
+/// Name of the certificate Secret of `db`.
+pub fn tls_secret_name(db: &Database) -> String {
+    format!("{}-tls", db.name())
+}
+
+/// The names clients dial on Kubernetes: `NAME-rw`, `NAME-ro` and each pod's headless name,
+/// bare, with the namespace, with `.svc` and with `.svc.cluster.local`; plus `localhost` and the
+/// loopback addresses for the pod's own connections.
+pub fn kube_sans(db: &Database) -> Vec<String> {
+    let ns = db.namespace();
+    let headless = db.headless_service_name();
+    let mut bases = vec![db.rw_service_name(), db.ro_service_name()];
+    bases.extend((0..db.spec.instances).map(|o| format!("{}.{headless}", db.instance_name(o))));
+    let mut sans = stator_engine::tls::local_sans(&[]);
+    for base in bases {
+        for suffix in ["", ".svc", ".svc.cluster.local"] {
+            if suffix.is_empty() {
+                sans.push(base.clone());
+            }
+            sans.push(format!("{base}.{ns}{suffix}"));
+        }
+    }
+    sans
+}
+
+/// A CA, a server certificate for [`kube_sans`] and a replication client certificate, in memory
+/// (the keys never touch a disk but for a 0700 temporary directory removed at once).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsMaterial {
+    files: BTreeMap<&'static str, String>,
+}
+
+impl TlsMaterial {
+    /// Issues a fresh set for `db`.
+    pub fn issue(db: &Database) -> Result<TlsMaterial, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("stator-tls-")
+            .tempdir()
+            .map_err(|e| {
+                format!("cannot create a temporary directory for the certificates: {e}")
+            })?;
+        let files = TlsFiles::new(dir.path().join("tls"));
+        let user = stator_engine::postgres::config::REPLICATION_USER;
+        files
+            .issue(db.name(), &kube_sans(db), user)
+            .map_err(|e| e.to_string())?;
+        let files = TLS_SECRET_KEYS
+            .into_iter()
+            .map(|name| Ok((name, files.read(name).map_err(|e| e.to_string())?)))
+            .collect::<Result<_, String>>()?;
+        Ok(TlsMaterial { files })
+    }
+
+    /// File names and PEM contents.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.files.iter().map(|(k, v)| (*k, v.as_str()))
+    }
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Secret `NAME-tls` holding `material` (type `kubernetes.io/tls`, as cert-manager's).
+pub fn tls_secret(db: &Database, material: &TlsMaterial) -> Secret {
+    let data: BTreeMap<String, ByteString> = material
+        .iter()
+        .map(|(key, value)| (key.to_string(), ByteString(value.as_bytes().to_vec())))
+        .collect();
+    Secret {
+        metadata: object_meta(db, tls_secret_name(db)),
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sans_cover_services_and_pods_in_every_form() {
+        let db = stator_api::load_database(
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: orders\n  namespace: shop\nspec:\n  engine: postgres\n  instances: 2\n",
+        )
+        .unwrap()
+        .database;
+        let sans = kube_sans(&db);
+        for name in [
+            "orders-rw",
+            "orders-rw.shop",
+            "orders-rw.shop.svc",
+            "orders-ro.shop.svc.cluster.local",
+            "orders-1.orders-headless",
+            "orders-1.orders-headless.shop.svc",
+            "orders-0.orders-headless.shop.svc.cluster.local",
+            "localhost",
+        ] {
+            assert!(
+                sans.iter().any(|s| s == name),
+                "{name} missing from {sans:?}"
+            );
+        }
+        assert!(!sans.iter().any(|s| s.starts_with("orders-2.")));
+        let material = TlsMaterial::issue(&db).unwrap();
+        let keys: Vec<&str> = material.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys.len(), 5);
+        assert!(!format!("{material:?}").contains("PRIVATE KEY"));
+        let secret = tls_secret(&db, &material);
+        assert_eq!(secret.metadata.name.as_deref(), Some("orders-tls"));
+        assert!(
+            !secret.data.unwrap().contains_key("ca.key"),
+            "the CA key stays out"
+        );
+    }
+}
