@@ -86,10 +86,14 @@ fn render_to_a_directory_writes_one_file_per_kind_and_the_secret_0600() {
 fn an_existing_secret_renders_no_secret_file_and_no_warning() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("out");
+    // Without TLS: with it, secret.yaml holds the certificate Secret.
+    let spec = tmp.path().join("sync.yaml");
+    let text = fs::read_to_string(example("postgres-sync.yaml")).unwrap();
+    fs::write(&spec, format!("{text}  tls:\n    enabled: false\n")).unwrap();
     let out = stator(&[
         "render",
         "-f",
-        &example("postgres-sync.yaml"),
+        spec.to_str().unwrap(),
         "-o",
         out_dir.to_str().unwrap(),
     ]);
@@ -124,6 +128,7 @@ fn dash_output_writes_one_multi_document_stream_to_stdout() {
         [
             "ServiceAccount",
             "Secret",
+            "Secret",
             "ConfigMap",
             "Service",
             "Service",
@@ -134,6 +139,7 @@ fn dash_output_writes_one_multi_document_stream_to_stdout() {
         ]
     );
     assert!(stderr(&out).contains("generated passwords"));
+    assert!(stderr(&out).contains("certificate keys"));
 }
 
 #[test]
@@ -253,8 +259,13 @@ fn an_earlier_render_is_replaced_whole() {
     let first = stator(&["render", "-f", &example("postgres-3.yaml"), "-o", dir]);
     assert!(first.status.success(), "{}", stderr(&first));
     assert!(out_dir.join("secret.yaml").exists());
-    // The next render names an existing Secret: the old secret.yaml must not survive.
-    let second = stator(&["render", "-f", &example("postgres-sync.yaml"), "-o", dir]);
+    // The next render names an existing Secret and has no TLS: the old secret.yaml must not
+    // survive.
+    let specs = tempfile::tempdir().unwrap();
+    let spec = specs.path().join("sync.yaml");
+    let text = fs::read_to_string(example("postgres-sync.yaml")).unwrap();
+    fs::write(&spec, format!("{text}  tls:\n    enabled: false\n")).unwrap();
+    let second = stator(&["render", "-f", spec.to_str().unwrap(), "-o", dir]);
     assert!(second.status.success(), "{}", stderr(&second));
     assert!(!out_dir.join("secret.yaml").exists());
     let statefulset = fs::read_to_string(out_dir.join("statefulset.yaml")).unwrap();
@@ -300,6 +311,12 @@ fn masked(stream: &str) -> (String, Vec<String>) {
             for key in secret_keys::ALL {
                 if let Some(value) = line.strip_prefix(&format!("  {key}: ")) {
                     values.push(value.to_string());
+                    return format!("  {key}: <masked>");
+                }
+            }
+            // The certificates of NAME-tls are issued anew too.
+            for key in stator_kube::render::TLS_SECRET_KEYS {
+                if line.starts_with(&format!("  {key}: ")) {
                     return format!("  {key}: <masked>");
                 }
             }
