@@ -124,11 +124,11 @@ spec:
         - name: POSTGRES_PASSWORD_FILE
           value: /run/secrets/password
         readinessProbe:
-          httpGet: {path: /readyz, port: 8008}
+          httpGet: {path: /readyz, port: 8008, scheme: HTTPS}
         livenessProbe:
-          httpGet: {path: /healthz, port: 8008}
+          httpGet: {path: /healthz, port: 8008, scheme: HTTPS}
         startupProbe:
-          httpGet: {path: /healthz, port: 8008}
+          httpGet: {path: /healthz, port: 8008, scheme: HTTPS}
           failureThreshold: 360
         resources:
           requests: {cpu: 250m, memory: 512Mi}
