@@ -190,3 +190,24 @@ fn the_human_output_names_file_line_rule_and_fix() {
         "{summary}"
     );
 }
+
+#[test]
+fn the_guide_s_servers_serve_without_tls() {
+    let (_, findings) = lint_guide();
+    assert_eq!(
+        at(
+            &findings,
+            "STATOR-TLS-001",
+            "db/postgres/pg-statefulset.yaml"
+        ),
+        vec![obj(17, "StatefulSet/postgres")]
+    );
+    assert_eq!(
+        at(
+            &findings,
+            "STATOR-TLS-002",
+            "db/mysql/mysql-statefulset.yaml"
+        ),
+        vec![obj(18, "StatefulSet/mysql")]
+    );
+}

@@ -11,6 +11,7 @@
 //! | `AVL` | [`availability`] | StatefulSet use, pod management, disruption budgets, anti-affinity |
 //! | `NET` | [`network`] | NetworkPolicy coverage and exposure outside the cluster |
 //! | `IMG` | [`images`] | image tags |
+//! | `TLS` | [`tls`] | database servers serving without TLS |
 //!
 //! Workload rules apply to database workloads only ([`crate::object::Workload::is_database`]):
 //! the linter is for database manifests, and an application Deployment next to them is not its
@@ -24,6 +25,7 @@ pub mod probes;
 pub mod resources;
 pub mod secrets;
 pub mod storage;
+pub mod tls;
 
 use crate::finding::{Finding, Rule};
 use crate::object::Manifests;
@@ -39,6 +41,7 @@ pub fn rules() -> Vec<&'static Rule> {
         availability::RULES,
         network::RULES,
         images::RULES,
+        tls::RULES,
     ]
     .into_iter()
     .flatten()
@@ -59,6 +62,7 @@ pub fn check_all(manifests: &Manifests) -> Vec<Finding> {
     availability::check(manifests, &mut out);
     network::check(manifests, &mut out);
     images::check(manifests, &mut out);
+    tls::check(manifests, &mut out);
     out
 }
 
@@ -120,9 +124,9 @@ spec:
           allowPrivilegeEscalation: false
           readOnlyRootFilesystem: true
           capabilities: {drop: [ALL]}
+        args: [-c, ssl=on]
         env:
-        - name: POSTGRES_PASSWORD_FILE
-          value: /run/secrets/password
+        - {name: POSTGRES_PASSWORD_FILE, value: /run/secrets/password}
         readinessProbe:
           httpGet: {path: /readyz, port: 8008, scheme: HTTPS}
         livenessProbe:
