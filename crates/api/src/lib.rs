@@ -33,6 +33,6 @@ pub mod status;
 pub mod validate;
 
 pub use load::{API_VERSION, InvalidSpec, KIND, Loaded, load_database};
-pub use spec::{Database, DatabaseSpec, Engine};
-pub use status::{DatabaseStatus, InstanceStatus, Phase, Role};
+pub use spec::{Database, DatabaseSpec, Engine, Reclaim};
+pub use status::{DatabaseStatus, InstanceStatus, Phase, Role, SwitchoverStatus};
 pub use validate::{FieldError, Report, validate};

@@ -191,6 +191,26 @@ pub struct StorageSpec {
     /// `allowVolumeExpansion: true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// What the operator does with the volumes when the `Database` is deleted: `Retain` (the
+    /// default) keeps the PersistentVolumeClaims and their data; `Delete` deletes them.
+    #[serde(default, skip_serializing_if = "Reclaim::is_retain")]
+    pub reclaim: Reclaim,
+}
+
+/// What happens to a deleted `Database`'s volumes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Reclaim {
+    /// The PersistentVolumeClaims are kept: deleting data needs a person.
+    #[default]
+    Retain,
+    /// The PersistentVolumeClaims are deleted with the `Database`.
+    Delete,
+}
+
+impl Reclaim {
+    pub fn is_retain(&self) -> bool {
+        *self == Reclaim::Retain
+    }
 }
 
 fn default_storage_size() -> String {
@@ -202,6 +222,7 @@ impl Default for StorageSpec {
         StorageSpec {
             size: default_storage_size(),
             storage_class_name: None,
+            reclaim: Reclaim::Retain,
         }
     }
 }

@@ -27,6 +27,35 @@ pub struct DatabaseStatus {
     /// Standard conditions: `Ready`, `Available`, `Progressing`, `FailingOver`, `SpecValid`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The operator's failover state (`stator_failover::FailoverState`): the decision core's
+    /// memory, the failover and switchover history with each event's write outage, the
+    /// timelines. A restarted or new operator leader continues a failover from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form")]
+    pub failover: Option<serde_json::Value>,
+    /// The last switchover request (`stator.dev/switchover` annotation id) the operator took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<SwitchoverStatus>,
+}
+
+/// A switchover asked through the `stator.dev/switchover` annotation.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchoverStatus {
+    /// The annotation's id: taken once.
+    pub id: String,
+    /// `pending`, `done`, `refused`, … (the failover shell's ticket state).
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// An object whose fields the API server keeps as written.
+fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 /// Lifecycle phase of a database.

@@ -1,0 +1,419 @@
+//! One high-availability loop per `Database` (MOCO's per-cluster manager): every tick it lists
+//! the database's pods and PVCs, reads each pod's `/status?fresh=1` over the pod IP, hands
+//! that to the shared failover shell ([`stator_failover::Failover`], which calls
+//! `stator_control::decide`), gives the managed instance managers their start-up orders
+//! (`/bootstrap`, `/role`) and writes the status.
+//!
+//! What counts as evidence: a pod whose manager answers is what its report says (dead and
+//! fenced included); a pod that exists and does not answer is unreachable, never down, whatever
+//! its phase; only a pod the kubelet finished deleting (gone from the API server) while its PVC
+//! holds the data is down. Pods are never deleted here.
+//!
+//! # Layout
+//! - this file: [`Loops`] (start, stop) and the loop itself.
+//! - [`runtime`]: [`PodRuntime`](runtime::PodRuntime), the failover [`Runtime`](stator_failover::Runtime)
+//!   of pods: orders over HTTP, routes as `stator.dev/role` labels, state in the status.
+
+pub mod runtime;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use kube::api::{Api, ListParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use stator_api::instance::{InstanceReport, ServerState};
+use stator_api::names::{INSTANCE_MANAGER_PORT, LABEL_DATABASE, secret_keys};
+use stator_api::orders::{BootstrapOrder, RoleOrder};
+use stator_api::{Database, InstanceStatus, Phase, SwitchoverStatus};
+use stator_failover::{Failover, FailoverState, Sighting, SwitchoverDesk};
+
+use crate::conditions::{self, DEGRADED, PROGRESSING, READY, write_status};
+use crate::SWITCHOVER_ANNOTATION;
+use runtime::{Observed, PodRuntime};
+
+/// How long a start-up order (`/bootstrap`, `/role`) is given before it is sent again.
+const ORDER_RESEND: Duration = Duration::from_secs(60);
+/// How long one `/status` may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The running loops, one per `Database` (namespace, name).
+pub struct Loops {
+    client: Client,
+    recorder: Recorder,
+    tick: Duration,
+    tasks: Mutex<HashMap<(String, String), tokio::task::JoinHandle<()>>>,
+}
+
+fn key(db: &Database) -> (String, String) {
+    (db.namespace().to_string(), db.name_any())
+}
+
+impl Loops {
+    pub fn new(client: Client, recorder: Recorder, tick: Duration) -> Loops {
+        Loops {
+            client,
+            recorder,
+            tick,
+            tasks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts the loop of `db` unless it runs.
+    pub async fn ensure(&self, db: &Database) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let k = key(db);
+        if tasks.get(&k).is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let (client, recorder, tick) = (self.client.clone(), self.recorder.clone(), self.tick);
+        let (ns, name) = k.clone();
+        tasks.insert(
+            k,
+            tokio::spawn(async move { run_loop(client, recorder, tick, ns, name).await }),
+        );
+    }
+
+    /// Stops the loop of `db`, if it runs.
+    pub async fn stop(&self, db: &Database) {
+        let task = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key(db));
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    pub async fn stop_all(&self) {
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, t)| t)
+            .collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// How many loops run.
+    pub fn len(&self) -> usize {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The api-token and monitor password from the credentials Secret (never logged).
+async fn read_secrets(client: &Client, db: &Database) -> Option<(String, Option<String>)> {
+    let name = db
+        .spec
+        .bootstrap
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| db.credentials_secret_name());
+    let api: Api<Secret> = Api::namespaced(client.clone(), db.namespace());
+    let secret = match api.get(&name).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(database = %db.name_any(), "reading Secret {name}: {e}");
+            return None;
+        }
+    };
+    let data = secret.data.unwrap_or_default();
+    let value = |k: &str| {
+        data.get(k)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+    };
+    Some((value(secret_keys::API_TOKEN)?, value(secret_keys::MONITOR_PASSWORD)))
+}
+
+/// The ordinal of pod `NAME-N` of `db`.
+pub fn ordinal_of(db: &Database, pod: &str) -> Option<u32> {
+    pod.strip_prefix(db.name())?.strip_prefix('-')?.parse().ok()
+}
+
+/// The switchover annotation: `ID` or `ID:NAME-N`.
+pub fn switchover_request(db: &Database) -> Option<(String, Option<String>)> {
+    let value = db.annotations().get(SWITCHOVER_ANNOTATION)?;
+    Some(match value.split_once(':') {
+        Some((id, to)) => (id.to_string(), Some(to.to_string())),
+        None => (value.clone(), None),
+    })
+}
+
+async fn observe(client: &Client, db: &Database) -> Result<Observed, kube::Error> {
+    let selector = format!("{LABEL_DATABASE}={}", db.name_any());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), db.namespace());
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), db.namespace());
+    let services: Api<Service> = Api::namespaced(client.clone(), db.namespace());
+    let lp = ListParams::default().labels(&selector);
+    let mut observed = Observed::default();
+    for pod in pods.list(&lp).await? {
+        if let Some(ordinal) = ordinal_of(db, &pod.name_any()) {
+            observed.pods.insert(ordinal, runtime::PodView::of(&pod));
+        }
+    }
+    for pvc in pvcs.list(&lp).await? {
+        // data-NAME-N
+        if let Some(ordinal) = pvc
+            .name_any()
+            .rsplit_once('-')
+            .and_then(|(_, n)| n.parse().ok())
+        {
+            observed.pvcs.insert(ordinal);
+        }
+    }
+    if let Some(svc) = services.get_opt(&db.rw_service_name()).await? {
+        observed.rw_ip = svc.spec.and_then(|s| s.cluster_ip).filter(|ip| ip != "None");
+    }
+    Ok(observed)
+}
+
+/// `/status?fresh=1` of each pod with an address.
+async fn probe(observed: &Observed, ordinals: &[u32]) -> Vec<Sighting> {
+    let asks = ordinals.iter().map(|&ordinal| {
+        let ip = observed.pods.get(&ordinal).and_then(|p| p.ip.clone());
+        let present = observed.pods.contains_key(&ordinal);
+        async move {
+            let Some(ip) = ip else {
+                return Sighting {
+                    ordinal,
+                    // A pod that exists is never taken for down: unreachable at worst.
+                    manager_pid: present.then_some(0),
+                    report: None,
+                    probe_error: Some(if present {
+                        "its pod has no address yet".into()
+                    } else {
+                        "its pod is gone".into()
+                    }),
+                };
+            };
+            match stator_failover::client::get_json::<InstanceReport>(
+                &ip,
+                INSTANCE_MANAGER_PORT,
+                "/status?fresh=1",
+                PROBE_TIMEOUT,
+            )
+            .await
+            {
+                Ok(report) => Sighting {
+                    ordinal,
+                    manager_pid: Some(report.manager_pid),
+                    report: Some(report),
+                    probe_error: None,
+                },
+                Err(e) => Sighting {
+                    ordinal,
+                    manager_pid: Some(0),
+                    report: None,
+                    probe_error: Some(e.detail()),
+                },
+            }
+        }
+    });
+    futures::future::join_all(asks).await
+}
+
+async fn run_loop(client: Client, recorder: Recorder, tick: Duration, ns: String, name: String) {
+    let api: Api<Database> = Api::namespaced(client.clone(), &ns);
+    let desk = Arc::new(Mutex::new(SwitchoverDesk::default()));
+    let mut failover: Option<Failover<PodRuntime>> = None;
+    let mut started: BTreeMap<u32, Instant> = BTreeMap::new();
+    let mut taken: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let db = match api.get_opt(&name).await {
+            Ok(Some(db)) => db,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(database = %name, "reading the Database: {e}");
+                tokio::time::sleep(tick).await;
+                continue;
+            }
+        };
+        if db.metadata.deletion_timestamp.is_some() {
+            return;
+        }
+        if failover.is_none() {
+            let Some((token, monitor)) = read_secrets(&client, &db).await else {
+                tokio::time::sleep(tick).await;
+                continue;
+            };
+            let rt = PodRuntime::new(client.clone(), recorder.clone(), &db, token, monitor);
+            failover = Some(Failover::load(rt, desk.clone()));
+        }
+        let Some(fo) = failover.as_mut() else { continue };
+        let observed = match observe(&client, &db).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(database = %name, "listing pods: {e}");
+                tokio::time::sleep(tick).await;
+                continue;
+            }
+        };
+        let mut ordinals: Vec<u32> = (0..db.spec.instances).collect();
+        ordinals.extend(observed.pods.keys().chain(observed.pvcs.iter()));
+        ordinals.sort_unstable();
+        ordinals.dedup();
+        let sightings = probe(&observed, &ordinals).await;
+        fo.runtime_mut().observe(observed);
+        take_switchover(&db, &desk, &mut taken);
+        let result = fo.tick(&db, &sightings).await;
+        start_instances(fo, &db, &sightings, &mut started).await;
+        fo.runtime_mut().publish_events(&db).await;
+        let state = fo.state().clone();
+        let ticket = desk.lock().unwrap_or_else(|e| e.into_inner()).last();
+        let status = instance_statuses(&db, &sightings);
+        let primary = result.primary.clone();
+        let generation = db.metadata.generation;
+        let written = write_status(&api, &db, |s| {
+            s.phase = Some(result.status.phase);
+            s.current_primary = primary.clone();
+            s.ready_instances = status.iter().filter(|i| i.ready).count() as u32;
+            s.instances = status.clone();
+            s.failover = serde_json::to_value(&state).ok();
+            let ready = result.status.phase == Phase::Ready;
+            let reason = result.status.reason.as_str();
+            let message = &result.status.message;
+            conditions::set(&mut s.conditions, READY, ready, reason, message, generation);
+            conditions::set(&mut s.conditions, PROGRESSING, !ready && result.status.phase != Phase::Degraded, reason, message, generation);
+            conditions::set(&mut s.conditions, DEGRADED, matches!(result.status.phase, Phase::Degraded | Phase::Unavailable | Phase::FailingOver), reason, message, generation);
+            if let (Some((id, _)), Some(t)) = (switchover_request(&db), &ticket) {
+                s.switchover = Some(SwitchoverStatus {
+                    id,
+                    state: t.state.as_str().into(),
+                    message: Some(t.outcome()),
+                });
+            }
+        })
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(database = %name, "{e}");
+        }
+        let pause = if result.urgent { Duration::from_secs(1).min(tick) } else { tick };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Queues the annotation's switchover once per id: an id in the status, or taken by this loop
+/// already (the status write may lag a tick), is not taken again.
+fn take_switchover(db: &Database, desk: &Mutex<SwitchoverDesk>, taken: &mut BTreeSet<String>) {
+    let Some((id, to)) = switchover_request(db) else { return };
+    let in_status = db
+        .status
+        .as_ref()
+        .and_then(|s| s.switchover.as_ref())
+        .is_some_and(|s| s.id == id);
+    if in_status || !taken.insert(id) {
+        return;
+    }
+    let target = to.and_then(|n| ordinal_of(db, &n).map(|o| (n, o)));
+    desk.lock().unwrap_or_else(|e| e.into_inner()).request(target);
+}
+
+/// Start-up orders the managed managers wait for: an empty data dir is bootstrapped (init on
+/// the first instance when the database holds no data yet, else cloned from the primary), a
+/// data dir waiting for its role is told it (the core's primary, or a replica of it). Fenced
+/// and kept-down instances get nothing.
+async fn start_instances(
+    fo: &mut Failover<PodRuntime>,
+    db: &Database,
+    sightings: &[Sighting],
+    started: &mut BTreeMap<u32, Instant>,
+) {
+    let memory = fo.memory().clone();
+    let any_data = sightings
+        .iter()
+        .any(|s| s.report.as_ref().is_some_and(|r| r.holds_data == Some(true)));
+    let primary_running = memory.primary.and_then(|p| {
+        sightings
+            .iter()
+            .find(|s| s.ordinal == p)
+            .and_then(|s| s.report.as_ref())
+            .filter(|r| r.state == ServerState::Running && r.ready)
+            .map(|_| p)
+    });
+    let first = sightings.iter().find(|s| s.report.is_some()).map(|s| s.ordinal);
+    for s in sightings {
+        let Some(report) = &s.report else { continue };
+        if report.state != ServerState::Stopped || memory.fenced.contains_key(&s.ordinal) {
+            continue;
+        }
+        if started.get(&s.ordinal).is_some_and(|t| t.elapsed() < ORDER_RESEND) {
+            continue;
+        }
+        let order = match report.holds_data {
+            Some(false) => match (primary_running, memory.primary) {
+                (Some(p), _) if p != s.ordinal => runtime::StartOrder::Bootstrap(BootstrapOrder::Clone {
+                    upstream: fo.runtime().endpoint(db, p),
+                }),
+                (None, None) if !any_data && first == Some(s.ordinal) => {
+                    runtime::StartOrder::Bootstrap(BootstrapOrder::Init)
+                }
+                _ => continue,
+            },
+            Some(true) => match (memory.primary, primary_running) {
+                (Some(p), _) if p == s.ordinal => runtime::StartOrder::Role(RoleOrder::Primary),
+                (Some(_), Some(p)) => runtime::StartOrder::Role(RoleOrder::Replica {
+                    upstream: fo.runtime().endpoint(db, p),
+                }),
+                _ => continue,
+            },
+            None => continue,
+        };
+        started.insert(s.ordinal, Instant::now());
+        fo.runtime_mut().start(db, s.ordinal, order);
+    }
+}
+
+fn instance_statuses(db: &Database, sightings: &[Sighting]) -> Vec<InstanceStatus> {
+    sightings
+        .iter()
+        .filter(|s| s.ordinal < db.spec.instances || s.report.is_some())
+        .map(|s| match &s.report {
+            Some(r) => InstanceStatus {
+                name: db.instance_name(s.ordinal),
+                role: r.role,
+                ready: r.ready,
+                position: r.position.clone(),
+                timeline: r.timeline,
+                lag: r.lag,
+                message: r.message.clone(),
+            },
+            None => InstanceStatus {
+                name: db.instance_name(s.ordinal),
+                message: s.probe_error.clone(),
+                ..InstanceStatus::default()
+            },
+        })
+        .collect()
+}
+
+/// The failover state kept in the status, if any and readable.
+pub fn saved_state(db: &Database) -> Option<FailoverState> {
+    let value = db.status.as_ref()?.failover.clone()?;
+    serde_json::from_value(value).ok()
+}
+
+/// An Event about `db` (orders given).
+pub(crate) async fn publish(recorder: &Recorder, db: &Database, reason: &str, note: String) {
+    let event = Event {
+        type_: EventType::Normal,
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &db.object_ref(&())).await {
+        tracing::warn!(database = %db.name_any(), "cannot publish event {reason}: {e}");
+    }
+}

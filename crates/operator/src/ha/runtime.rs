@@ -1,0 +1,406 @@
+//! [`PodRuntime`]: what the failover shell asks of a runtime, done with pods. Orders go to the
+//! managed instance managers over HTTP with the api-token (`/fence`, `/rebuild`, and the
+//! start-up orders `/bootstrap`, `/role`); routes are the `stator.dev/role` pod label
+//! (`primary` only on the core's `rw` target, `replica` on its `ro` targets, none on a new
+//! pod), which the `NAME-rw`/`NAME-ro` Services select; the shell's state lives in the
+//! `Database` status. It never creates or deletes a pod: the StatefulSet controller does, and
+//! a kubelet deletes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::Recorder;
+use kube::{Client, ResourceExt};
+use stator_api::instance::Endpoint;
+use stator_api::names::{INSTANCE_MANAGER_PORT, LABEL_ROLE};
+use stator_api::orders::{BootstrapOrder, FenceKind, FenceOrder, RebuildOrder, RoleOrder};
+use stator_api::{Database, Role};
+use stator_control::FenceMethod;
+use stator_failover::{FailoverState, FinalCheckpoint, Runtime, Work};
+
+/// How long an order may take.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One pod as listed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodView {
+    pub name: String,
+    pub ip: Option<String>,
+    /// Its `stator.dev/role` label.
+    pub role: Option<String>,
+}
+
+impl PodView {
+    pub fn of(pod: &Pod) -> PodView {
+        PodView {
+            name: pod.name_any(),
+            ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
+            role: pod.labels().get(LABEL_ROLE).cloned(),
+        }
+    }
+}
+
+/// What the loop listed this tick.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    pub pods: BTreeMap<u32, PodView>,
+    /// Ordinals with a PVC (their data lives on).
+    pub pvcs: BTreeSet<u32>,
+    /// The `NAME-rw` Service's cluster IP.
+    pub rw_ip: Option<String>,
+}
+
+/// A start-up order for a managed manager.
+pub enum StartOrder {
+    Bootstrap(BootstrapOrder),
+    Role(RoleOrder),
+}
+
+/// Why a runtime step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PodRuntimeError {
+    #[error("the failover state in the status of Database {name:?} cannot be read: {message}")]
+    State { name: String, message: String },
+}
+
+/// The failover runtime of one `Database`'s pods.
+pub struct PodRuntime {
+    client: Client,
+    recorder: Recorder,
+    name: String,
+    namespace: String,
+    engine_port: u16,
+    token: String,
+    monitor: Option<String>,
+    loaded: Option<serde_json::Value>,
+    recorded: Option<u32>,
+    observed: Observed,
+    /// The role label each pod should carry.
+    wanted: BTreeMap<u32, Option<Role>>,
+    /// Orders given since the last [`PodRuntime::publish_events`]: (reason, note).
+    events: Vec<(&'static str, String)>,
+    /// Instances a `/rebuild` was sent to.
+    rebuilt: BTreeSet<u32>,
+}
+
+impl PodRuntime {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        db: &Database,
+        token: String,
+        monitor: Option<String>,
+    ) -> PodRuntime {
+        let status = db.status.clone().unwrap_or_default();
+        PodRuntime {
+            client,
+            recorder,
+            name: db.name_any(),
+            namespace: db.namespace().to_string(),
+            engine_port: db.spec.engine.port(),
+            token,
+            monitor,
+            loaded: status.failover.clone(),
+            recorded: status
+                .current_primary
+                .as_deref()
+                .and_then(|p| super::ordinal_of(db, p)),
+            observed: Observed::default(),
+            wanted: BTreeMap::new(),
+            events: Vec::new(),
+            rebuilt: BTreeSet::new(),
+        }
+    }
+
+    /// What was listed this tick; pods that came back lose a stale rebuild mark.
+    pub fn observe(&mut self, observed: Observed) {
+        self.rebuilt.retain(|o| observed.pods.contains_key(o));
+        self.observed = observed;
+    }
+
+    fn host(&self, ordinal: u32) -> String {
+        self.observed
+            .pods
+            .get(&ordinal)
+            .and_then(|p| p.ip.clone())
+            .unwrap_or_else(|| {
+                format!(
+                    "{}-{ordinal}.{}-headless.{}.svc",
+                    self.name, self.name, self.namespace
+                )
+            })
+    }
+
+    /// Where instance `ordinal`'s server is reached, by name for the managers that clone or
+    /// follow it (the headless Service name resolves inside pods).
+    pub fn endpoint(&self, _db: &Database, ordinal: u32) -> Endpoint {
+        Endpoint {
+            instance: format!("{}-{ordinal}", self.name),
+            host: format!(
+                "{}-{ordinal}.{}-headless.{}.svc",
+                self.name, self.name, self.namespace
+            ),
+            port: self.engine_port,
+        }
+    }
+
+    /// Sends `body` to `path` of instance `ordinal`'s manager in a task; an Event says so.
+    fn order(&mut self, ordinal: u32, path: &'static str, body: String, what: String) -> Work {
+        let host = self.host(ordinal);
+        let token = self.token.clone();
+        let pod = format!("{}-{ordinal}", self.name);
+        self.events.push(("Order", format!("{pod}: {what}")));
+        let task = tokio::spawn(async move {
+            match stator_failover::client::post(&host, INSTANCE_MANAGER_PORT, path, &token, &body, ORDER_TIMEOUT).await {
+                Ok((200, _)) => tracing::info!(pod = %pod, "{path}: done"),
+                Ok((code, answer)) => tracing::warn!(
+                    pod = %pod,
+                    "{path}: HTTP {code}: {}",
+                    stator_failover::client::answer_text(&answer)
+                ),
+                Err(e) => tracing::warn!(pod = %pod, "{path}: {}", e.detail()),
+            }
+        });
+        Work { what, task }
+    }
+
+    /// A start-up order (`/bootstrap` or `/role`).
+    pub fn start(&mut self, _db: &Database, ordinal: u32, order: StartOrder) {
+        let (path, body, what) = match order {
+            StartOrder::Bootstrap(o) => {
+                let what = match &o {
+                    BootstrapOrder::Init => "bootstrap: init".to_string(),
+                    BootstrapOrder::Clone { upstream } => format!("bootstrap: clone {}", upstream.instance),
+                };
+                ("/bootstrap", serde_json::to_string(&o), what)
+            }
+            StartOrder::Role(o) => {
+                let what = match &o {
+                    RoleOrder::Primary => "role: primary".to_string(),
+                    RoleOrder::Replica { upstream } => format!("role: replica of {}", upstream.instance),
+                };
+                ("/role", serde_json::to_string(&o), what)
+            }
+        };
+        if let Ok(body) = body {
+            drop(self.order(ordinal, path, body, what));
+        }
+    }
+
+    /// Publishes an Event per order given since the last call.
+    pub async fn publish_events(&mut self, db: &Database) {
+        for (reason, note) in std::mem::take(&mut self.events) {
+            super::publish(&self.recorder, db, reason, note).await;
+        }
+    }
+
+    /// Labels the pods whose role label differs from what the routes want (patches only on a
+    /// change: an idle database costs no writes).
+    fn relabel(&mut self) {
+        for (ordinal, role) in self.wanted.clone() {
+            let Some(pod) = self.observed.pods.get_mut(&ordinal) else {
+                continue;
+            };
+            let want = role.map(|r| r.as_str().to_string());
+            if pod.role == want {
+                continue;
+            }
+            pod.role = want.clone();
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+            let name = pod.name.clone();
+            let patch = serde_json::json!({"metadata": {"labels": {LABEL_ROLE: want}}});
+            tokio::spawn(async move {
+                if let Err(e) = api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    tracing::warn!(pod = %name, "labelling {LABEL_ROLE}: {e}");
+                }
+            });
+        }
+    }
+}
+
+impl Runtime for PodRuntime {
+    type Error = PodRuntimeError;
+
+    fn server_endpoint(&self, _db: &Database, ordinal: u32) -> Endpoint {
+        Endpoint {
+            instance: format!("{}-{ordinal}", self.name),
+            host: self.host(ordinal),
+            port: self.engine_port,
+        }
+    }
+
+    fn manager_address(&self, _db: &Database, ordinal: u32) -> (String, u16) {
+        (self.host(ordinal), INSTANCE_MANAGER_PORT)
+    }
+
+    fn rw_address(&self, _db: &Database) -> (String, u16) {
+        let host = self
+            .observed
+            .rw_ip
+            .clone()
+            .unwrap_or_else(|| format!("{}-rw.{}.svc", self.name, self.namespace));
+        (host, self.engine_port)
+    }
+
+    fn api_token(&self) -> Result<String, Self::Error> {
+        Ok(self.token.clone())
+    }
+
+    fn monitor_password(&self) -> Option<String> {
+        self.monitor.clone()
+    }
+
+    fn load_state(&self) -> Result<Option<FailoverState>, Self::Error> {
+        match &self.loaded {
+            None => Ok(None),
+            Some(v) => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| PodRuntimeError::State {
+                    name: self.name.clone(),
+                    message: e.to_string(),
+                }),
+        }
+    }
+
+    /// The loop writes the state to the status after each tick.
+    fn save_state(&mut self, _state: &FailoverState) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn recorded_primary(&self) -> Option<u32> {
+        self.recorded
+    }
+
+    fn record_primary(&mut self, ordinal: u32, _name: &str) -> Result<(), Self::Error> {
+        self.recorded = Some(ordinal);
+        Ok(())
+    }
+
+    fn known_ordinals(&self) -> Vec<u32> {
+        let mut known: Vec<u32> = self
+            .observed
+            .pods
+            .keys()
+            .chain(self.observed.pvcs.iter())
+            .copied()
+            .collect();
+        known.sort_unstable();
+        known.dedup();
+        known
+    }
+
+    /// Not seen from outside a pod: a pod that exists answers for it through its manager.
+    fn server_pid(&self, _db: &Database, _ordinal: u32) -> Option<u32> {
+        None
+    }
+
+    fn holds_data(&self, ordinal: u32) -> bool {
+        self.observed.pvcs.contains(&ordinal)
+    }
+
+    fn data_lost(&self, _ordinal: u32, _instances: u32) -> bool {
+        false
+    }
+
+    fn data_location(&self, ordinal: u32) -> String {
+        format!("PVC data-{}-{ordinal}", self.name)
+    }
+
+    async fn final_checkpoint(&self, _ordinal: u32) -> Option<FinalCheckpoint> {
+        None
+    }
+
+    fn held(&self, _ordinal: u32) -> Option<String> {
+        None
+    }
+
+    fn set_rw(&mut self, _db: &Database, rw: Option<u32>) {
+        for (ordinal, role) in self.wanted.iter_mut() {
+            if *role == Some(Role::Primary) && Some(*ordinal) != rw {
+                *role = None;
+            }
+        }
+        if let Some(rw) = rw {
+            self.wanted.insert(rw, Some(Role::Primary));
+        }
+        self.relabel();
+    }
+
+    fn set_ro(&mut self, _db: &Database, ro: &[u32]) {
+        let ordinals: Vec<u32> = self.observed.pods.keys().copied().collect();
+        for ordinal in ordinals {
+            let entry = self.wanted.entry(ordinal).or_insert(None);
+            if *entry == Some(Role::Primary) {
+                continue;
+            }
+            *entry = ro.contains(&ordinal).then_some(Role::Replica);
+        }
+        self.relabel();
+    }
+
+    /// Connections end with the server (a fence stops it or makes it read-only).
+    fn cut(&mut self, _db: &Database, _ordinal: u32) -> usize {
+        0
+    }
+
+    fn unroute(&mut self, _db: &Database, ordinal: u32) {
+        self.wanted.insert(ordinal, None);
+        self.relabel();
+    }
+
+    fn fence(&mut self, _db: &Database, ordinal: u32, method: FenceMethod, _manager: Option<u32>) -> Option<Work> {
+        let kind = match method {
+            FenceMethod::Kill => FenceKind::Kill,
+            FenceMethod::Shutdown => FenceKind::Shutdown,
+            FenceMethod::ReadOnly => FenceKind::ReadOnly,
+        };
+        let body = serde_json::to_string(&FenceOrder {
+            kind: Some(kind),
+            release: false,
+        })
+        .ok()?;
+        Some(self.order(ordinal, "/fence", body, format!("fence ({})", kind.as_str())))
+    }
+
+    fn set_read_only(&mut self, _db: &Database, ordinal: u32, on: bool) -> Option<Work> {
+        let order = FenceOrder {
+            kind: on.then_some(FenceKind::ReadOnly),
+            release: !on,
+        };
+        let body = serde_json::to_string(&order).ok()?;
+        let what = if on { "fence (read-only)" } else { "release the fence" };
+        Some(self.order(ordinal, "/fence", body, what.into()))
+    }
+
+    /// The managed manager rebuilds by itself on `POST /rebuild` (stop, move aside within the
+    /// volume, clone): sent once per pod.
+    fn stop_for_rebuild(&mut self, ordinal: u32, _manager: Option<u32>) {
+        let Some(primary) = self.recorded else { return };
+        if !self.rebuilt.insert(ordinal) {
+            return;
+        }
+        let upstream = Endpoint {
+            instance: format!("{}-{primary}", self.name),
+            host: format!("{}-{primary}.{}-headless.{}.svc", self.name, self.name, self.namespace),
+            port: self.engine_port,
+        };
+        if let Ok(body) = serde_json::to_string(&RebuildOrder { upstream }) {
+            drop(self.order(ordinal, "/rebuild", body, format!("rebuild from {}-{primary}", self.name)));
+        }
+    }
+
+    fn move_data_aside(&mut self, ordinal: u32) -> Result<String, Self::Error> {
+        Ok(format!("{} (moved aside within the volume by its manager)", self.data_location(ordinal)))
+    }
+
+    /// Pods are created by the StatefulSet controller from `spec.instances`.
+    fn create(&mut self, _db: &Database, _ordinal: u32) {}
+
+    /// Pods are removed by the StatefulSet controller; their PVCs are kept.
+    fn remove(&mut self, _db: &Database, _ordinal: u32) {}
+}

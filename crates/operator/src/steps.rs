@@ -1,0 +1,238 @@
+//! The steps of one reconcile, each reading only the previous step's output:
+//! [`validate`] (the spec can work) → [`build`] (the objects render's operator mode makes) →
+//! [`apply`] (server-side apply in dependency order, the Secret created once, objects no longer
+//! wanted deleted by label). Only `apply` (and the status step in [`crate::conditions`]) talks to
+//! the API server; each step has its own error type.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, ListParams, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use stator_api::Database;
+use stator_api::names::LABEL_DATABASE;
+use stator_kube::render::OperatorMode;
+use stator_kube::{Credentials, Manifests, RenderError, RenderOptions};
+
+use crate::FIELD_MANAGER;
+
+/// Why a spec can never work: reported as `SpecValid=False`, never retried until it changes.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ValidateError {
+    /// The condition's reason (`InvalidSpec`, `BackupNotImplemented`).
+    pub reason: &'static str,
+    /// Every problem, each naming its field.
+    pub message: String,
+}
+
+/// A spec that passed [`validate`].
+pub struct Valid<'a> {
+    pub db: &'a Database,
+    pub uid: String,
+}
+
+/// The spec validation `stator validate` runs, plus what the operator cannot run yet.
+pub fn validate(db: &Database) -> Result<Valid<'_>, ValidateError> {
+    let report = stator_api::validate(db);
+    if !report.is_valid() {
+        let message = report
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(ValidateError {
+            reason: "InvalidSpec",
+            message,
+        });
+    }
+    if db.spec.backup.is_some() {
+        return Err(ValidateError {
+            reason: "BackupNotImplemented",
+            message: "spec.backup is set, and the operator takes no backups yet: remove it".into(),
+        });
+    }
+    let uid = db.metadata.uid.clone().unwrap_or_default();
+    Ok(Valid { db, uid })
+}
+
+/// Why the objects could not be built (a bug or an option, never the spec: [`validate`] ran).
+#[derive(Debug, thiserror::Error)]
+#[error("building the objects of Database {name:?}: {source}")]
+pub struct BuildError {
+    pub name: String,
+    #[source]
+    pub source: Box<RenderError>,
+}
+
+/// Render's operator mode. The credentials are fresh; they reach the cluster only if the
+/// Secret does not exist yet ([`apply`] never rewrites it).
+pub fn build(
+    valid: &Valid<'_>,
+    stator_image: &str,
+    operator_namespace: &str,
+) -> Result<Manifests, BuildError> {
+    let options = RenderOptions {
+        stator_image: stator_image.to_string(),
+        operator: Some(OperatorMode {
+            database_uid: valid.uid.clone(),
+            operator_namespace: operator_namespace.to_string(),
+        }),
+    };
+    stator_kube::render(valid.db, &options, Some(&Credentials::random())).map_err(|e| BuildError {
+        name: valid.db.name().to_string(),
+        source: Box::new(e),
+    })
+}
+
+/// Why applying failed: which object, which call.
+#[derive(Debug, thiserror::Error)]
+#[error("{verb} {kind} {name:?}: {source}")]
+pub struct ApplyError {
+    pub verb: &'static str,
+    pub kind: &'static str,
+    pub name: String,
+    #[source]
+    pub source: Box<kube::Error>,
+}
+
+impl ApplyError {
+    fn new(verb: &'static str, kind: &'static str, name: &str, source: kube::Error) -> Self {
+        ApplyError {
+            verb,
+            kind,
+            name: name.to_string(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The credentials Secret was created now (it did not exist).
+    pub secret_created: bool,
+    /// Objects deleted because the spec no longer asks for them (`Kind/name`).
+    pub pruned: Vec<String>,
+}
+
+async fn apply_one<K>(client: &Client, ns: &str, object: &K) -> Result<(), ApplyError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let mut object = object.clone();
+    // SSA wants apiVersion and kind in the body; k8s-openapi serializes them itself.
+    object.meta_mut().managed_fields = None;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&object),
+    )
+    .await
+    .map_err(|e| ApplyError::new("apply", kind_of::<K>(), &name, e))?;
+    Ok(())
+}
+
+fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    // Kinds of k8s-openapi types are 'static strings behind a Cow.
+    match K::kind(&()) {
+        std::borrow::Cow::Borrowed(k) => k,
+        std::borrow::Cow::Owned(_) => "object",
+    }
+}
+
+/// Creates the credentials Secret when it does not exist; an existing one is never read back
+/// for its values, patched or replaced.
+async fn create_secret_once(client: &Client, ns: &str, secret: &Secret) -> Result<bool, ApplyError> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    match api
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            },
+            secret,
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(ApplyError::new("create", "Secret", &name, e)),
+    }
+}
+
+/// Deletes the objects of kind `K` labelled for this database that are not in `wanted`.
+async fn prune<K>(
+    client: &Client,
+    db: &Database,
+    wanted: &[String],
+    pruned: &mut Vec<String>,
+) -> Result<(), ApplyError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), db.namespace());
+    let selector = format!("{LABEL_DATABASE}={}", db.name());
+    let list = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| ApplyError::new("list", kind_of::<K>(), &selector, e))?;
+    for object in list {
+        let name = object.name_any();
+        if wanted.contains(&name) {
+            continue;
+        }
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => pruned.push(format!("{}/{name}", kind_of::<K>())),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(ApplyError::new("delete", kind_of::<K>(), &name, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Makes the cluster hold `manifests`: in dependency order (ServiceAccount, Secret and
+/// ConfigMap before the StatefulSet that mounts them), server-side applied with one field
+/// manager; the Secret created once; Services the spec no longer asks for deleted by label.
+pub async fn apply(client: &Client, db: &Database, manifests: &Manifests) -> Result<Applied, ApplyError> {
+    // Destructured without `..`: a new kind cannot be forgotten here.
+    let Manifests {
+        service_account,
+        secret,
+        config_map,
+        services,
+        pod_disruption_budget,
+        network_policy,
+        stateful_set,
+    } = manifests;
+    let ns = db.namespace();
+    let mut applied = Applied::default();
+    apply_one::<ServiceAccount>(client, ns, service_account).await?;
+    if let Some(secret) = secret {
+        applied.secret_created = create_secret_once(client, ns, secret).await?;
+    }
+    apply_one::<ConfigMap>(client, ns, config_map).await?;
+    for service in services {
+        apply_one::<Service>(client, ns, service).await?;
+    }
+    apply_one::<PodDisruptionBudget>(client, ns, pod_disruption_budget).await?;
+    apply_one::<NetworkPolicy>(client, ns, network_policy).await?;
+    apply_one::<StatefulSet>(client, ns, stateful_set).await?;
+    let wanted: Vec<String> = services.iter().filter_map(|s| s.metadata.name.clone()).collect();
+    prune::<Service>(client, db, &wanted, &mut applied.pruned).await?;
+    Ok(applied)
+}
