@@ -50,6 +50,7 @@ enum Command {
     Chaos(cmd::chaos::ChaosArgs),
     Backup(cmd::backup::BackupArgs),
     Restore(cmd::backup::RestoreArgs),
+    Operator(cmd::operator::OperatorArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +69,7 @@ fn main() -> ExitCode {
         Command::Chaos(args) => cmd::chaos::run(args),
         Command::Backup(args) => cmd::backup::backup(args),
         Command::Restore(args) => cmd::backup::restore(args),
+        Command::Operator(args) => cmd::operator::run(args),
     };
     match result {
         Ok(code) => code,

@@ -39,6 +39,8 @@ pub struct OperatorOptions {
     pub lease_duration: Duration,
     /// Period of the high-availability loops.
     pub tick: Duration,
+    /// Run the high-availability loops (off only in tests of the reconcile alone).
+    pub ha_loops: bool,
 }
 
 /// What every reconcile shares.
@@ -77,7 +79,12 @@ impl Context {
                 instance: Some(options.identity.clone()),
             },
         );
-        let loops = ha::Loops::new(client.clone(), recorder.clone(), options.tick);
+        let loops = ha::Loops::new(
+            client.clone(),
+            recorder.clone(),
+            options.tick,
+            options.ha_loops,
+        );
         Arc::new(Context {
             client,
             options,
@@ -143,11 +150,15 @@ pub fn controller(client: Client, _ctx: Arc<Context>) -> Controller<Database> {
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(
-            predicates::generation.combine(predicates::finalizers),
-            Default::default(),
-        );
+        .predicate_filter(wakes(), Default::default());
     Controller::for_stream(stream, reader)
+}
+
+/// What wakes the controller: a new `metadata.generation` (spec changes, a deletion starting)
+/// or a change of the finalizers (the finalizer added, another removed). Status, labels and
+/// annotations do not: the loops read those themselves.
+pub fn wakes() -> impl Predicate<Database> + Send + 'static {
+    predicates::generation.combine(predicates::finalizers)
 }
 
 /// One reconcile of `db`, inside the finalizer.
@@ -178,19 +189,39 @@ async fn reconcile_apply(db: &Database, ctx: &Context) -> Result<Action, Error> 
         Ok(valid) => valid,
         Err(invalid) => {
             ctx.loops.stop(db).await;
-            let was_invalid = db
-                .status
-                .as_ref()
-                .is_some_and(|s| s.observed_generation == generation && conditions::is_true(s, SPEC_VALID) == Some(false));
+            let was_invalid = db.status.as_ref().is_some_and(|s| {
+                s.observed_generation == generation
+                    && conditions::is_true(s, SPEC_VALID) == Some(false)
+            });
             write_status(&api, db, |s| {
                 s.observed_generation = generation;
                 s.phase = Some(stator_api::Phase::Invalid);
-                conditions::set(&mut s.conditions, SPEC_VALID, false, invalid.reason, &invalid.message, generation);
-                conditions::set(&mut s.conditions, PROGRESSING, false, invalid.reason, "the spec must change first", generation);
+                conditions::set(
+                    &mut s.conditions,
+                    SPEC_VALID,
+                    false,
+                    invalid.reason,
+                    &invalid.message,
+                    generation,
+                );
+                conditions::set(
+                    &mut s.conditions,
+                    PROGRESSING,
+                    false,
+                    invalid.reason,
+                    "the spec must change first",
+                    generation,
+                );
             })
             .await?;
             if !was_invalid {
-                ctx.event(db, EventType::Warning, invalid.reason, invalid.message.clone()).await;
+                ctx.event(
+                    db,
+                    EventType::Warning,
+                    invalid.reason,
+                    invalid.message.clone(),
+                )
+                .await;
             }
             // Nothing to retry: a new generation wakes the controller.
             return Ok(Action::await_change());
@@ -199,16 +230,39 @@ async fn reconcile_apply(db: &Database, ctx: &Context) -> Result<Action, Error> 
     let manifests = steps::build(&valid, &ctx.options.stator_image, &ctx.options.namespace)?;
     let applied = steps::apply(&ctx.client, db, &manifests).await?;
     if applied.secret_created {
-        ctx.event(db, EventType::Normal, "CredentialsCreated", format!("created Secret {}", db.credentials_secret_name())).await;
+        ctx.event(
+            db,
+            EventType::Normal,
+            "CredentialsCreated",
+            format!("created Secret {}", db.credentials_secret_name()),
+        )
+        .await;
     }
     for object in &applied.pruned {
-        ctx.event(db, EventType::Normal, "Pruned", format!("deleted {object}: the spec no longer asks for it")).await;
+        ctx.event(
+            db,
+            EventType::Normal,
+            "Pruned",
+            format!("deleted {object}: the spec no longer asks for it"),
+        )
+        .await;
     }
     write_status(&api, db, |s| {
         s.observed_generation = generation;
         conditions::set(&mut s.conditions, SPEC_VALID, true, "Valid", "", generation);
-        if !s.conditions.iter().any(|c| c.type_ == conditions::READY && c.status == "True") {
-            conditions::set(&mut s.conditions, PROGRESSING, true, "Applied", "objects applied; instances starting", generation);
+        if !s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == conditions::READY && c.status == "True")
+        {
+            conditions::set(
+                &mut s.conditions,
+                PROGRESSING,
+                true,
+                "Applied",
+                "objects applied; instances starting",
+                generation,
+            );
         }
         if s.phase.is_none() || s.phase == Some(stator_api::Phase::Invalid) {
             s.phase = Some(stator_api::Phase::Creating);
@@ -231,7 +285,10 @@ async fn cleanup(db: &Database, ctx: &Context) -> Result<Action, Error> {
             source: Box::new(e),
         };
         // One by one: RBAC grants delete, not deletecollection.
-        let list = pvcs.list(&ListParams::default().labels(&selector)).await.map_err(err)?;
+        let list = pvcs
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(err)?;
         for pvc in list {
             match pvcs.delete(&pvc.name_any(), &DeleteParams::default()).await {
                 Ok(_) => {}
@@ -239,7 +296,13 @@ async fn cleanup(db: &Database, ctx: &Context) -> Result<Action, Error> {
                 Err(e) => return Err(err(e)),
             }
         }
-        ctx.event(db, EventType::Normal, "VolumesDeleted", "spec.storage.reclaim is Delete: PVCs deleted".into()).await;
+        ctx.event(
+            db,
+            EventType::Normal,
+            "VolumesDeleted",
+            "spec.storage.reclaim is Delete: PVCs deleted".into(),
+        )
+        .await;
     }
     Ok(Action::await_change())
 }
@@ -248,4 +311,224 @@ async fn cleanup(db: &Database, ctx: &Context) -> Result<Action, Error> {
 pub fn error_policy(db: Arc<Database>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(database = %db.name_any(), "{error}");
     Action::requeue(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    use serde_json::json;
+
+    use super::*;
+    use crate::fixtures::{DatabaseBuilder, Seen, echo, mock};
+
+    fn options() -> OperatorOptions {
+        OperatorOptions {
+            namespace: "stator-system".into(),
+            stator_image: "ghcr.io/stator-dev/stator:0.1.0".into(),
+            identity: "test".into(),
+            lease_duration: Duration::from_secs(15),
+            tick: Duration::from_secs(1),
+            ha_loops: false,
+        }
+    }
+
+    fn lines(log: &std::sync::Mutex<Vec<Seen>>) -> Vec<String> {
+        log.lock().unwrap().iter().map(Seen::line).collect()
+    }
+
+    #[tokio::test]
+    async fn a_create_adds_the_finalizer_then_applies_in_dependency_order_then_writes_status() {
+        let (client, log) = mock(Arc::new(echo));
+        let ctx = Context::new(client, options());
+        // First the finalizer, and nothing else: the finalizer change wakes the next round.
+        let db = DatabaseBuilder::test().build();
+        let action = reconcile(Arc::new(db), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::await_change());
+        assert_eq!(
+            lines(&log),
+            ["PATCH /apis/stator.dev/v1alpha1/namespaces/ns/databases/db"]
+        );
+        log.lock().unwrap().clear();
+        let db = DatabaseBuilder::test().finalized().build();
+        let action = reconcile(Arc::new(db), ctx).await.unwrap();
+        assert_eq!(action, Action::await_change());
+        let ns = "/api/v1/namespaces/ns";
+        assert_eq!(
+            lines(&log),
+            [
+                format!("PATCH {ns}/serviceaccounts/db"),
+                format!("GET {ns}/secrets/db-credentials"),
+                format!("POST {ns}/secrets"),
+                format!("PATCH {ns}/configmaps/db-config"),
+                format!("PATCH {ns}/services/db-headless"),
+                format!("PATCH {ns}/services/db-rw"),
+                format!("PATCH {ns}/services/db-ro"),
+                "PATCH /apis/policy/v1/namespaces/ns/poddisruptionbudgets/db".into(),
+                "PATCH /apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/db".into(),
+                "PATCH /apis/apps/v1/namespaces/ns/statefulsets/db".into(),
+                format!("GET {ns}/services"),
+                "POST /apis/events.k8s.io/v1/namespaces/ns/events".into(),
+                "PATCH /apis/stator.dev/v1alpha1/namespaces/ns/databases/db/status".into(),
+            ]
+        );
+        let log = log.lock().unwrap();
+        // One field manager, forced, for every apply.
+        for seen in log
+            .iter()
+            .filter(|s| s.method == "PATCH" && !s.uri.contains("databases"))
+        {
+            assert!(
+                seen.uri.contains("fieldManager=stator") && seen.uri.contains("force=true"),
+                "{}",
+                seen.uri
+            );
+        }
+        let status = &log.last().unwrap().body;
+        assert_eq!(status["status"]["observedGeneration"], json!(1));
+        let conditions = status["status"]["conditions"].as_array().unwrap();
+        let spec_valid = conditions
+            .iter()
+            .find(|c| c["type"] == "SpecValid")
+            .unwrap();
+        assert_eq!(spec_valid["status"], "True");
+        let progressing = conditions
+            .iter()
+            .find(|c| c["type"] == "Progressing")
+            .unwrap();
+        assert_eq!(progressing["status"], "True");
+        // No secret value anywhere but in the Secret's create.
+        let secret = log
+            .iter()
+            .find(|s| s.line().ends_with("/secrets") && s.method == "POST")
+            .unwrap();
+        let token = secret.body["data"]["api-token"]
+            .as_str()
+            .or(secret.body["stringData"]["api-token"].as_str())
+            .unwrap();
+        for seen in log.iter().filter(|s| !std::ptr::eq(*s, secret)) {
+            assert!(
+                !seen.body.to_string().contains(token),
+                "{} carries the api-token",
+                seen.line()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_secret_is_never_written_twice() {
+        // The API server holds the Secret already: it is read, never created, patched or replaced.
+        let (client, log) = mock(Arc::new(|seen: &Seen| {
+            if seen.method == "GET" && seen.uri.contains("/secrets/db-credentials") {
+                (
+                    200,
+                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": "db-credentials", "namespace": "ns"}}),
+                )
+            } else {
+                echo(seen)
+            }
+        }));
+        let ctx = Context::new(client, options());
+        for _ in 0..2 {
+            let db = DatabaseBuilder::test().finalized().build();
+            reconcile(Arc::new(db), ctx.clone()).await.unwrap();
+        }
+        let writes: Vec<String> = lines(&log)
+            .into_iter()
+            .filter(|l| l.contains("/secrets") && !l.starts_with("GET"))
+            .collect();
+        assert_eq!(writes, Vec::<String>::new());
+        assert_eq!(
+            lines(&log)
+                .iter()
+                .filter(|l| l.contains("/secrets/db-credentials"))
+                .count(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_spec_reports_spec_valid_false_and_an_event_and_waits_for_a_change() {
+        let (client, log) = mock(Arc::new(echo));
+        let ctx = Context::new(client, options());
+        let db = DatabaseBuilder::test().finalized().invalid().build();
+        let action = reconcile(Arc::new(db.clone()), ctx.clone()).await.unwrap();
+        // Not a requeue: only a new generation wakes it.
+        assert_eq!(action, Action::await_change());
+        let seen = log.lock().unwrap().clone();
+        let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+        assert_eq!(
+            lines,
+            [
+                "PATCH /apis/stator.dev/v1alpha1/namespaces/ns/databases/db/status",
+                "POST /apis/events.k8s.io/v1/namespaces/ns/events",
+            ]
+        );
+        let conditions = seen[0].body["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let spec_valid = conditions
+            .iter()
+            .find(|c| c["type"] == "SpecValid")
+            .unwrap();
+        assert_eq!(spec_valid["status"], "False");
+        assert!(
+            spec_valid["message"]
+                .as_str()
+                .unwrap()
+                .contains("spec.instances")
+        );
+        assert_eq!(seen[1].body["type"], "Warning");
+        // The same generation again (a resync, a restart): no write, no second Event.
+        let mut again = db;
+        again.status = serde_json::from_value(seen[0].body["status"].clone()).unwrap();
+        log.lock().unwrap().clear();
+        let action = reconcile(Arc::new(again), ctx).await.unwrap();
+        assert_eq!(action, Action::await_change());
+        assert_eq!(lines_of(&log), Vec::<String>::new());
+    }
+
+    fn lines_of(log: &std::sync::Mutex<Vec<Seen>>) -> Vec<String> {
+        lines(log)
+    }
+
+    #[tokio::test]
+    async fn a_status_only_change_does_not_wake_the_controller() {
+        let db = DatabaseBuilder::test().finalized().build();
+        let mut status_changed = db.clone();
+        status_changed.status = Some(stator_api::DatabaseStatus {
+            ready_instances: 3,
+            ..Default::default()
+        });
+        status_changed.metadata.resource_version = Some("2".into());
+        let mut annotated = status_changed.clone();
+        annotated
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("x".into(), "y".into());
+        let mut spec_changed = annotated.clone();
+        spec_changed.spec.instances = 5;
+        spec_changed.metadata.generation = Some(2);
+        let mut unfinalized = spec_changed.clone();
+        unfinalized.metadata.finalizers = None;
+        let events = [db, status_changed, annotated, spec_changed, unfinalized];
+        let woken: Vec<Database> =
+            futures::stream::iter(events.map(Ok::<_, kube::runtime::watcher::Error>))
+                .predicate_filter(wakes(), Default::default())
+                .filter_map(|r| async move { r.ok() })
+                .collect()
+                .await;
+        let generations: Vec<(Option<i64>, bool)> = woken
+            .iter()
+            .map(|d| (d.metadata.generation, d.metadata.finalizers.is_some()))
+            .collect();
+        assert_eq!(
+            generations,
+            [(Some(1), true), (Some(2), true), (Some(2), false)]
+        );
+    }
 }

@@ -122,7 +122,9 @@ impl Election {
             }
             (Step::Renew | Step::TakeOver, Some(lease)) => {
                 let lease = self.lease(lease, step == Step::TakeOver);
-                self.api.replace(&self.name, &PostParams::default(), &lease).await
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
             }
             (Step::Renew | Step::TakeOver, None) => return Ok(false),
         };
@@ -195,9 +197,19 @@ mod tests {
         let rows: [(&str, Option<Seen>, Duration, Step); 6] = [
             ("no lease: create it", None, s(0), Step::Create),
             ("ours: renew", Some(held("a")), s(0), Step::Renew),
-            ("ours, even if stale: renew", Some(held("a")), s(60), Step::Renew),
+            (
+                "ours, even if stale: renew",
+                Some(held("a")),
+                s(60),
+                Step::Renew,
+            ),
             ("another renews: wait", Some(held("b")), s(14), Step::Wait),
-            ("another stopped renewing: take over", Some(held("b")), s(15), Step::TakeOver),
+            (
+                "another stopped renewing: take over",
+                Some(held("b")),
+                s(15),
+                Step::TakeOver,
+            ),
             (
                 "released (no holder): take over",
                 Some(Seen {

@@ -18,11 +18,13 @@
 //! - [`ha`]: the per-`Database` high-availability loop and its [`Runtime`](stator_failover::Runtime)
 //!   of pods (`ha::runtime`).
 //! - [`lease`]: leader election on a `coordination.k8s.io` `Lease`.
+//! - [`health`]: the probes of the operator pod.
 //! - [`kube_cli`]: what `stator status|switchover|uri --kube` read and write.
 
 pub mod conditions;
 pub mod controller;
 pub mod ha;
+pub mod health;
 pub mod kube_cli;
 pub mod lease;
 pub mod steps;

@@ -151,11 +151,20 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
     }
 }
 
-/// Creates the credentials Secret when it does not exist; an existing one is never read back
-/// for its values, patched or replaced.
-async fn create_secret_once(client: &Client, ns: &str, secret: &Secret) -> Result<bool, ApplyError> {
+/// Creates the credentials Secret when it does not exist (read first, so an existing one is
+/// not even sent new values); an existing one is never patched or replaced.
+async fn create_secret_once(
+    client: &Client,
+    ns: &str,
+    secret: &Secret,
+) -> Result<bool, ApplyError> {
     let name = secret.metadata.name.clone().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    match api.get_metadata_opt(&name).await {
+        Ok(Some(_)) => return Ok(false),
+        Ok(None) => {}
+        Err(e) => return Err(ApplyError::new("get", "Secret", &name, e)),
+    }
     match api
         .create(
             &PostParams {
@@ -167,6 +176,7 @@ async fn create_secret_once(client: &Client, ns: &str, secret: &Secret) -> Resul
         .await
     {
         Ok(_) => Ok(true),
+        // Created meanwhile (another operator before it lost its lease): kept as it is.
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(e) => Err(ApplyError::new("create", "Secret", &name, e)),
     }
@@ -208,7 +218,11 @@ where
 /// Makes the cluster hold `manifests`: in dependency order (ServiceAccount, Secret and
 /// ConfigMap before the StatefulSet that mounts them), server-side applied with one field
 /// manager; the Secret created once; Services the spec no longer asks for deleted by label.
-pub async fn apply(client: &Client, db: &Database, manifests: &Manifests) -> Result<Applied, ApplyError> {
+pub async fn apply(
+    client: &Client,
+    db: &Database,
+    manifests: &Manifests,
+) -> Result<Applied, ApplyError> {
     // Destructured without `..`: a new kind cannot be forgotten here.
     let Manifests {
         service_account,
@@ -232,7 +246,10 @@ pub async fn apply(client: &Client, db: &Database, manifests: &Manifests) -> Res
     apply_one::<PodDisruptionBudget>(client, ns, pod_disruption_budget).await?;
     apply_one::<NetworkPolicy>(client, ns, network_policy).await?;
     apply_one::<StatefulSet>(client, ns, stateful_set).await?;
-    let wanted: Vec<String> = services.iter().filter_map(|s| s.metadata.name.clone()).collect();
+    let wanted: Vec<String> = services
+        .iter()
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
     prune::<Service>(client, db, &wanted, &mut applied.pruned).await?;
     Ok(applied)
 }

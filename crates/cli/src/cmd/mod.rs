@@ -7,6 +7,7 @@ pub mod install;
 pub mod instance;
 pub mod lint;
 pub mod local;
+pub mod operator;
 pub mod render;
 pub mod switchover;
 pub mod validate;

@@ -30,8 +30,8 @@ use stator_api::orders::{BootstrapOrder, RoleOrder};
 use stator_api::{Database, InstanceStatus, Phase, SwitchoverStatus};
 use stator_failover::{Failover, FailoverState, Sighting, SwitchoverDesk};
 
-use crate::conditions::{self, DEGRADED, PROGRESSING, READY, write_status};
 use crate::SWITCHOVER_ANNOTATION;
+use crate::conditions::{self, DEGRADED, PROGRESSING, READY, write_status};
 use runtime::{Observed, PodRuntime};
 
 /// How long a start-up order (`/bootstrap`, `/role`) is given before it is sent again.
@@ -44,6 +44,7 @@ pub struct Loops {
     client: Client,
     recorder: Recorder,
     tick: Duration,
+    enabled: bool,
     tasks: Mutex<HashMap<(String, String), tokio::task::JoinHandle<()>>>,
 }
 
@@ -52,17 +53,21 @@ fn key(db: &Database) -> (String, String) {
 }
 
 impl Loops {
-    pub fn new(client: Client, recorder: Recorder, tick: Duration) -> Loops {
+    pub fn new(client: Client, recorder: Recorder, tick: Duration, enabled: bool) -> Loops {
         Loops {
             client,
             recorder,
             tick,
+            enabled,
             tasks: Mutex::new(HashMap::new()),
         }
     }
 
     /// Starts the loop of `db` unless it runs.
     pub async fn ensure(&self, db: &Database) {
+        if !self.enabled {
+            return;
+        }
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let k = key(db);
         if tasks.get(&k).is_some_and(|t| !t.is_finished()) {
@@ -134,7 +139,10 @@ async fn read_secrets(client: &Client, db: &Database) -> Option<(String, Option<
         data.get(k)
             .and_then(|v| String::from_utf8(v.0.clone()).ok())
     };
-    Some((value(secret_keys::API_TOKEN)?, value(secret_keys::MONITOR_PASSWORD)))
+    Some((
+        value(secret_keys::API_TOKEN)?,
+        value(secret_keys::MONITOR_PASSWORD),
+    ))
 }
 
 /// The ordinal of pod `NAME-N` of `db`.
@@ -174,7 +182,10 @@ async fn observe(client: &Client, db: &Database) -> Result<Observed, kube::Error
         }
     }
     if let Some(svc) = services.get_opt(&db.rw_service_name()).await? {
-        observed.rw_ip = svc.spec.and_then(|s| s.cluster_ip).filter(|ip| ip != "None");
+        observed.rw_ip = svc
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .filter(|ip| ip != "None");
     }
     Ok(observed)
 }
@@ -251,7 +262,9 @@ async fn run_loop(client: Client, recorder: Recorder, tick: Duration, ns: String
             let rt = PodRuntime::new(client.clone(), recorder.clone(), &db, token, monitor);
             failover = Some(Failover::load(rt, desk.clone()));
         }
-        let Some(fo) = failover.as_mut() else { continue };
+        let Some(fo) = failover.as_mut() else {
+            continue;
+        };
         let observed = match observe(&client, &db).await {
             Ok(o) => o,
             Err(e) => {
@@ -285,8 +298,25 @@ async fn run_loop(client: Client, recorder: Recorder, tick: Duration, ns: String
             let reason = result.status.reason.as_str();
             let message = &result.status.message;
             conditions::set(&mut s.conditions, READY, ready, reason, message, generation);
-            conditions::set(&mut s.conditions, PROGRESSING, !ready && result.status.phase != Phase::Degraded, reason, message, generation);
-            conditions::set(&mut s.conditions, DEGRADED, matches!(result.status.phase, Phase::Degraded | Phase::Unavailable | Phase::FailingOver), reason, message, generation);
+            conditions::set(
+                &mut s.conditions,
+                PROGRESSING,
+                !ready && result.status.phase != Phase::Degraded,
+                reason,
+                message,
+                generation,
+            );
+            conditions::set(
+                &mut s.conditions,
+                DEGRADED,
+                matches!(
+                    result.status.phase,
+                    Phase::Degraded | Phase::Unavailable | Phase::FailingOver
+                ),
+                reason,
+                message,
+                generation,
+            );
             if let (Some((id, _)), Some(t)) = (switchover_request(&db), &ticket) {
                 s.switchover = Some(SwitchoverStatus {
                     id,
@@ -299,7 +329,11 @@ async fn run_loop(client: Client, recorder: Recorder, tick: Duration, ns: String
         if let Err(e) = written {
             tracing::warn!(database = %name, "{e}");
         }
-        let pause = if result.urgent { Duration::from_secs(1).min(tick) } else { tick };
+        let pause = if result.urgent {
+            Duration::from_secs(1).min(tick)
+        } else {
+            tick
+        };
         tokio::time::sleep(pause).await;
     }
 }
@@ -307,7 +341,9 @@ async fn run_loop(client: Client, recorder: Recorder, tick: Duration, ns: String
 /// Queues the annotation's switchover once per id: an id in the status, or taken by this loop
 /// already (the status write may lag a tick), is not taken again.
 fn take_switchover(db: &Database, desk: &Mutex<SwitchoverDesk>, taken: &mut BTreeSet<String>) {
-    let Some((id, to)) = switchover_request(db) else { return };
+    let Some((id, to)) = switchover_request(db) else {
+        return;
+    };
     let in_status = db
         .status
         .as_ref()
@@ -317,7 +353,9 @@ fn take_switchover(db: &Database, desk: &Mutex<SwitchoverDesk>, taken: &mut BTre
         return;
     }
     let target = to.and_then(|n| ordinal_of(db, &n).map(|o| (n, o)));
-    desk.lock().unwrap_or_else(|e| e.into_inner()).request(target);
+    desk.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .request(target);
 }
 
 /// Start-up orders the managed managers wait for: an empty data dir is bootstrapped (init on
@@ -331,9 +369,11 @@ async fn start_instances(
     started: &mut BTreeMap<u32, Instant>,
 ) {
     let memory = fo.memory().clone();
-    let any_data = sightings
-        .iter()
-        .any(|s| s.report.as_ref().is_some_and(|r| r.holds_data == Some(true)));
+    let any_data = sightings.iter().any(|s| {
+        s.report
+            .as_ref()
+            .is_some_and(|r| r.holds_data == Some(true))
+    });
     let primary_running = memory.primary.and_then(|p| {
         sightings
             .iter()
@@ -342,20 +382,28 @@ async fn start_instances(
             .filter(|r| r.state == ServerState::Running && r.ready)
             .map(|_| p)
     });
-    let first = sightings.iter().find(|s| s.report.is_some()).map(|s| s.ordinal);
+    let first = sightings
+        .iter()
+        .find(|s| s.report.is_some())
+        .map(|s| s.ordinal);
     for s in sightings {
         let Some(report) = &s.report else { continue };
         if report.state != ServerState::Stopped || memory.fenced.contains_key(&s.ordinal) {
             continue;
         }
-        if started.get(&s.ordinal).is_some_and(|t| t.elapsed() < ORDER_RESEND) {
+        if started
+            .get(&s.ordinal)
+            .is_some_and(|t| t.elapsed() < ORDER_RESEND)
+        {
             continue;
         }
         let order = match report.holds_data {
             Some(false) => match (primary_running, memory.primary) {
-                (Some(p), _) if p != s.ordinal => runtime::StartOrder::Bootstrap(BootstrapOrder::Clone {
-                    upstream: fo.runtime().endpoint(db, p),
-                }),
+                (Some(p), _) if p != s.ordinal => {
+                    runtime::StartOrder::Bootstrap(BootstrapOrder::Clone {
+                        upstream: fo.runtime().endpoint(db, p),
+                    })
+                }
                 (None, None) if !any_data && first == Some(s.ordinal) => {
                     runtime::StartOrder::Bootstrap(BootstrapOrder::Init)
                 }

@@ -153,7 +153,16 @@ impl PodRuntime {
         let pod = format!("{}-{ordinal}", self.name);
         self.events.push(("Order", format!("{pod}: {what}")));
         let task = tokio::spawn(async move {
-            match stator_failover::client::post(&host, INSTANCE_MANAGER_PORT, path, &token, &body, ORDER_TIMEOUT).await {
+            match stator_failover::client::post(
+                &host,
+                INSTANCE_MANAGER_PORT,
+                path,
+                &token,
+                &body,
+                ORDER_TIMEOUT,
+            )
+            .await
+            {
                 Ok((200, _)) => tracing::info!(pod = %pod, "{path}: done"),
                 Ok((code, answer)) => tracing::warn!(
                     pod = %pod,
@@ -172,14 +181,18 @@ impl PodRuntime {
             StartOrder::Bootstrap(o) => {
                 let what = match &o {
                     BootstrapOrder::Init => "bootstrap: init".to_string(),
-                    BootstrapOrder::Clone { upstream } => format!("bootstrap: clone {}", upstream.instance),
+                    BootstrapOrder::Clone { upstream } => {
+                        format!("bootstrap: clone {}", upstream.instance)
+                    }
                 };
                 ("/bootstrap", serde_json::to_string(&o), what)
             }
             StartOrder::Role(o) => {
                 let what = match &o {
                     RoleOrder::Primary => "role: primary".to_string(),
-                    RoleOrder::Replica { upstream } => format!("role: replica of {}", upstream.instance),
+                    RoleOrder::Replica { upstream } => {
+                        format!("role: replica of {}", upstream.instance)
+                    }
                 };
                 ("/role", serde_json::to_string(&o), what)
             }
@@ -258,12 +271,14 @@ impl Runtime for PodRuntime {
     fn load_state(&self) -> Result<Option<FailoverState>, Self::Error> {
         match &self.loaded {
             None => Ok(None),
-            Some(v) => serde_json::from_value(v.clone())
-                .map(Some)
-                .map_err(|e| PodRuntimeError::State {
-                    name: self.name.clone(),
-                    message: e.to_string(),
-                }),
+            Some(v) => {
+                serde_json::from_value(v.clone())
+                    .map(Some)
+                    .map_err(|e| PodRuntimeError::State {
+                        name: self.name.clone(),
+                        message: e.to_string(),
+                    })
+            }
         }
     }
 
@@ -353,7 +368,13 @@ impl Runtime for PodRuntime {
         self.relabel();
     }
 
-    fn fence(&mut self, _db: &Database, ordinal: u32, method: FenceMethod, _manager: Option<u32>) -> Option<Work> {
+    fn fence(
+        &mut self,
+        _db: &Database,
+        ordinal: u32,
+        method: FenceMethod,
+        _manager: Option<u32>,
+    ) -> Option<Work> {
         let kind = match method {
             FenceMethod::Kill => FenceKind::Kill,
             FenceMethod::Shutdown => FenceKind::Shutdown,
@@ -364,7 +385,12 @@ impl Runtime for PodRuntime {
             release: false,
         })
         .ok()?;
-        Some(self.order(ordinal, "/fence", body, format!("fence ({})", kind.as_str())))
+        Some(self.order(
+            ordinal,
+            "/fence",
+            body,
+            format!("fence ({})", kind.as_str()),
+        ))
     }
 
     fn set_read_only(&mut self, _db: &Database, ordinal: u32, on: bool) -> Option<Work> {
@@ -373,7 +399,11 @@ impl Runtime for PodRuntime {
             release: !on,
         };
         let body = serde_json::to_string(&order).ok()?;
-        let what = if on { "fence (read-only)" } else { "release the fence" };
+        let what = if on {
+            "fence (read-only)"
+        } else {
+            "release the fence"
+        };
         Some(self.order(ordinal, "/fence", body, what.into()))
     }
 
@@ -386,16 +416,27 @@ impl Runtime for PodRuntime {
         }
         let upstream = Endpoint {
             instance: format!("{}-{primary}", self.name),
-            host: format!("{}-{primary}.{}-headless.{}.svc", self.name, self.name, self.namespace),
+            host: format!(
+                "{}-{primary}.{}-headless.{}.svc",
+                self.name, self.name, self.namespace
+            ),
             port: self.engine_port,
         };
         if let Ok(body) = serde_json::to_string(&RebuildOrder { upstream }) {
-            drop(self.order(ordinal, "/rebuild", body, format!("rebuild from {}-{primary}", self.name)));
+            drop(self.order(
+                ordinal,
+                "/rebuild",
+                body,
+                format!("rebuild from {}-{primary}", self.name),
+            ));
         }
     }
 
     fn move_data_aside(&mut self, ordinal: u32) -> Result<String, Self::Error> {
-        Ok(format!("{} (moved aside within the volume by its manager)", self.data_location(ordinal)))
+        Ok(format!(
+            "{} (moved aside within the volume by its manager)",
+            self.data_location(ordinal)
+        ))
     }
 
     /// Pods are created by the StatefulSet controller from `spec.instances`.
