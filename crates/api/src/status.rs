@@ -27,9 +27,10 @@ pub struct DatabaseStatus {
     /// Standard conditions: `Ready`, `Available`, `Progressing`, `FailingOver`, `SpecValid`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// The operator's failover state (`stator_failover::FailoverState`): the decision core's
-    /// memory, the failover and switchover history with each event's write outage, the
-    /// timelines. A restarted or new operator leader continues a failover from it.
+    /// The operator's failover record: `state` (`stator_failover::FailoverState`: the decision
+    /// core's memory, the failover and switchover history with each event's write outage, the
+    /// timelines; a restarted or new operator leader continues a failover from it) and
+    /// `report` (`stator_failover::FailoverReport`, what `stator status --kube` prints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form")]
     pub failover: Option<serde_json::Value>,

@@ -127,6 +127,9 @@ pub struct StatusArgs {
     pub state: StateDirArg,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Ask the cluster (the kubeconfig kubectl uses) instead of the local state dir.
+    #[arg(long)]
+    pub kube: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +159,9 @@ pub struct UriArgs {
     /// the Connector/J replication form). Which clients understand it is printed on stderr.
     #[arg(long)]
     pub direct: bool,
+    /// Ask the cluster (the kubeconfig kubectl uses) instead of the local state dir.
+    #[arg(long)]
+    pub kube: bool,
 }
 
 /// Print an instance's server log (with --manager: its instance manager's log).
@@ -336,6 +342,9 @@ fn up(args: UpArgs) -> CliResult {
 
 fn status(args: StatusArgs) -> CliResult {
     let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
+    if args.kube {
+        return crate::cmd::kube::status(&db, args.output);
+    }
     let dir = args.state.resolve().open(&db).map_err(failed)?;
     let report = stator_local::runtime::current_report(&dir, &db).map_err(failed)?;
     let backups = stator_local::backup::status_summary(&dir, &db);
@@ -369,6 +378,9 @@ fn status(args: StatusArgs) -> CliResult {
 
 fn uri(args: UriArgs) -> CliResult {
     let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
+    if args.kube {
+        return crate::cmd::kube::uri(&db, args.endpoint);
+    }
     let dir = args.state.resolve().open(&db).map_err(failed)?;
     let endpoint = match (args.endpoint, args.direct) {
         (UriEndpoint::Rw, false) => Endpoint::Rw,

@@ -5,6 +5,7 @@ pub mod chaos;
 pub mod crd;
 pub mod install;
 pub mod instance;
+pub mod kube;
 pub mod lint;
 pub mod local;
 pub mod operator;

@@ -32,6 +32,9 @@ pub struct SwitchoverArgs {
     /// How long to wait for the switchover to finish, in seconds.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub timeout: u64,
+    /// Ask the cluster (the kubeconfig kubectl uses) instead of the local state dir.
+    #[arg(long)]
+    pub kube: bool,
 }
 
 /// Stop one instance for maintenance, honouring the disruption budget (like `kubectl drain`).
@@ -81,6 +84,13 @@ fn describe(ticket: &SwitchoverTicket) -> String {
 
 pub fn switchover(args: SwitchoverArgs) -> CliResult {
     let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
+    if args.kube {
+        return crate::cmd::kube::switchover(
+            &db,
+            args.to.as_deref(),
+            Duration::from_secs(args.timeout),
+        );
+    }
     let dir = StateDir::resolve(args.state.state_dir.clone())
         .open(&db)
         .map_err(failed)?;

@@ -284,6 +284,7 @@ async fn run_loop(client: Client, recorder: Recorder, tick: Duration, ns: String
         start_instances(fo, &db, &sightings, &mut started).await;
         fo.runtime_mut().publish_events(&db).await;
         let state = fo.state().clone();
+        let report = fo.report(db.name(), &result.status);
         let ticket = desk.lock().unwrap_or_else(|e| e.into_inner()).last();
         let status = instance_statuses(&db, &sightings);
         let primary = result.primary.clone();
@@ -293,7 +294,7 @@ async fn run_loop(client: Client, recorder: Recorder, tick: Duration, ns: String
             s.current_primary = primary.clone();
             s.ready_instances = status.iter().filter(|i| i.ready).count() as u32;
             s.instances = status.clone();
-            s.failover = serde_json::to_value(&state).ok();
+            s.failover = Some(serde_json::json!({"state": state, "report": report}));
             let ready = result.status.phase == Phase::Ready;
             let reason = result.status.reason.as_str();
             let message = &result.status.message;
@@ -448,7 +449,19 @@ fn instance_statuses(db: &Database, sightings: &[Sighting]) -> Vec<InstanceStatu
 
 /// The failover state kept in the status, if any and readable.
 pub fn saved_state(db: &Database) -> Option<FailoverState> {
-    let value = db.status.as_ref()?.failover.clone()?;
+    let value = db.status.as_ref()?.failover.as_ref()?.get("state")?.clone();
+    serde_json::from_value(value).ok()
+}
+
+/// The failover report kept in the status (what `stator status` prints), if any.
+pub fn saved_report(db: &Database) -> Option<stator_failover::FailoverReport> {
+    let value = db
+        .status
+        .as_ref()?
+        .failover
+        .as_ref()?
+        .get("report")?
+        .clone();
     serde_json::from_value(value).ok()
 }
 

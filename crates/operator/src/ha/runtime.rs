@@ -102,7 +102,11 @@ impl PodRuntime {
             engine_port: db.spec.engine.port(),
             token,
             monitor,
-            loaded: status.failover.clone(),
+            loaded: status
+                .failover
+                .as_ref()
+                .and_then(|f| f.get("state"))
+                .cloned(),
             recorded: status
                 .current_primary
                 .as_deref()
