@@ -294,7 +294,9 @@ async fn run_loop(client: Client, recorder: Recorder, tick: Duration, ns: String
             s.current_primary = primary.clone();
             s.ready_instances = status.iter().filter(|i| i.ready).count() as u32;
             s.instances = status.clone();
-            s.failover = Some(serde_json::json!({"state": state, "report": report}));
+            s.failover = Some(without_nulls(
+                serde_json::json!({"state": state, "report": report}),
+            ));
             let ready = result.status.phase == Phase::Ready;
             let reason = result.status.reason.as_str();
             let message = &result.status.message;
@@ -447,6 +449,20 @@ fn instance_statuses(db: &Database, sightings: &[Sighting]) -> Vec<InstanceStatu
         .collect()
 }
 
+/// `value` without its `null` fields: a JSON merge patch deletes a field set to `null`, so
+/// the status read back would never equal one written with them, and every tick would write.
+pub fn without_nulls(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k, without_nulls(v)))
+            .collect(),
+        serde_json::Value::Array(items) => items.into_iter().map(without_nulls).collect(),
+        other => other,
+    }
+}
+
 /// The failover state kept in the status, if any and readable.
 pub fn saved_state(db: &Database) -> Option<FailoverState> {
     let value = db.status.as_ref()?.failover.as_ref()?.get("state")?.clone();
@@ -476,5 +492,51 @@ pub(crate) async fn publish(recorder: &Recorder, db: &Database, reason: &str, no
     };
     if let Err(e) = recorder.publish(&event, &db.object_ref(&())).await {
         tracing::warn!(database = %db.name_any(), "cannot publish event {reason}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_failover_record_round_trips_through_a_merge_patch_unchanged() {
+        // What the API server keeps of a merge patch: fields set to null are deleted.
+        fn merged(v: &serde_json::Value) -> serde_json::Value {
+            let mut target = serde_json::json!({});
+            json_patch_merge(&mut target, v);
+            target
+        }
+        fn json_patch_merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+            if let (Some(t), Some(p)) = (target.as_object_mut(), patch.as_object()) {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        let entry = t.entry(k.clone()).or_insert(serde_json::json!({}));
+                        if v.is_object() {
+                            json_patch_merge(entry, v);
+                        } else {
+                            *entry = v.clone();
+                        }
+                    }
+                }
+            }
+        }
+        let state = FailoverState::default();
+        let written = without_nulls(serde_json::json!({"state": state}));
+        assert_eq!(
+            merged(&written),
+            written,
+            "a second tick would write the same status again"
+        );
+        // And the state is read back as it was.
+        let db_status = stator_api::DatabaseStatus {
+            failover: Some(merged(&written)),
+            ..Default::default()
+        };
+        let mut db = crate::fixtures::DatabaseBuilder::test().build();
+        db.status = Some(db_status);
+        assert_eq!(saved_state(&db), Some(state));
     }
 }

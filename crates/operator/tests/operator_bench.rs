@@ -1,0 +1,185 @@
+//! Figures of the operator on a real API server with 100 Databases whose pods stay Pending (no
+//! kubelet): its RSS, the time until all 100 are observed, spec change → observedGeneration,
+//! and the API writes per minute while they sit idle. Printed, never asserted:
+//!
+//!   cargo build --workspace --bin stator
+//!   cargo test --workspace --test operator_bench -- --ignored --nocapture
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use stator_api::Database;
+use stator_kubelet_standin::harness::ControlPlane;
+use support::*;
+
+const COUNT: usize = 100;
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Write requests (POST, PUT, PATCH, DELETE) the API server served so far, by resource.
+fn writes(cp: &ControlPlane) -> std::collections::BTreeMap<String, f64> {
+    let metrics = kubectl(cp, &["get", "--raw", "/metrics"]);
+    let mut by = std::collections::BTreeMap::new();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let field = |k: &str| {
+            line.split(&format!("{k}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_string()
+        };
+        if !matches!(
+            field("verb").as_str(),
+            "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY"
+        ) {
+            continue;
+        }
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *by.entry(field("resource")).or_insert(0.0) += value;
+    }
+    by
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: prints figures (about 3 minutes)"]
+async fn operator_with_100_idle_databases() {
+    let cp = ControlPlane::start();
+    install(&cp);
+    let kubeconfig = operator_kubeconfig(&cp);
+    let exe = std::env::current_exe().unwrap();
+    let stator = exe.parent().unwrap().parent().unwrap().join("stator");
+    let mut operator = Command::new(&stator)
+        .args([
+            "operator",
+            "--identity",
+            "bench",
+            "--health-port",
+            "0",
+            "--tick-ms",
+            "2000",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run stator operator (cargo build --workspace --bin stator first)");
+    let pid = operator.id();
+    let client = client_of(&kubeconfig).await;
+    let dbs: Api<Database> = Api::namespaced(client.clone(), "apps");
+
+    let items: Vec<serde_json::Value> = (0..COUNT)
+        .map(|i| {
+            serde_json::json!({
+                "apiVersion": "stator.dev/v1alpha1", "kind": "Database",
+                "metadata": {"name": format!("db{i}"), "namespace": "apps"},
+                "spec": {"engine": "postgres", "instances": 2, "storage": {"size": "1Gi"}},
+            })
+        })
+        .collect();
+    let path = cp.dir().join("dbs.json");
+    std::fs::write(
+        &path,
+        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),
+    )
+    .unwrap();
+    let start = Instant::now();
+    kubectl(
+        &cp,
+        &["apply", "--server-side", "-f", path.to_str().unwrap()],
+    );
+    until("all 100 Databases observed", || async {
+        let list = dbs.list(&ListParams::default()).await.ok()?;
+        let observed = list
+            .items
+            .iter()
+            .filter(|d| {
+                d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
+            })
+            .count();
+        (observed == COUNT).then_some(())
+    })
+    .await;
+    println!(
+        "100 new Databases until all observed: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    println!(
+        "operator RSS with 100 Databases (all observed): {:.1} MiB",
+        rss_kib(pid) as f64 / 1024.0
+    );
+
+    let mut samples = Vec::new();
+    for i in 0..20 {
+        let name = format!("db{i}");
+        let db = dbs
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"instances": 3}})),
+            )
+            .await
+            .unwrap();
+        let changed = Instant::now();
+        let generation = db.metadata.generation;
+        loop {
+            let db = dbs.get(&name).await.unwrap();
+            if db.status.and_then(|s| s.observed_generation) == generation {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        samples.push(changed.elapsed().as_secs_f64() * 1000.0);
+    }
+    samples.sort_by(f64::total_cmp);
+    println!(
+        "spec change -> observedGeneration over {} changes: p50 {:.0} ms, max {:.0} ms",
+        samples.len(),
+        samples[samples.len() / 2],
+        samples[samples.len() - 1]
+    );
+
+    // Idle: let the changes settle, then count a minute of writes.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let before = writes(&cp);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let after = writes(&cp);
+    let mut total = 0.0;
+    let mut parts = Vec::new();
+    for (resource, n) in &after {
+        let d = n - before.get(resource).copied().unwrap_or(0.0);
+        if d > 0.0 {
+            parts.push(format!("{resource} {d}"));
+            if resource != "leases" {
+                total += d;
+            }
+        }
+    }
+    println!(
+        "API writes in one idle minute with 100 Databases, besides Lease renewals (the operator's and the controller-manager's): {total} ({})",
+        parts.join(", ")
+    );
+    println!(
+        "operator RSS after the idle minute: {:.1} MiB",
+        rss_kib(pid) as f64 / 1024.0
+    );
+    let _ = operator.kill();
+    let _ = operator.wait();
+}
