@@ -414,7 +414,7 @@ fn operator_container(image: &str) -> Container {
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
         ]),
-        // `stator operator` (issue 10, not written yet) serves /healthz and /readyz here.
+        // `stator operator` serves /healthz and /readyz here.
         ports: Some(vec![ContainerPort {
             name: Some(HEALTH_PORT_NAME.into()),
             container_port: i32::from(HEALTH_PORT),

@@ -5,19 +5,15 @@
 //! Waits poll the API server until what is awaited holds; the bound only stops a hung test and
 //! says what never happened (no timing is asserted).
 
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use kube::{Client, ResourceExt};
 use stator_api::Database;
 use stator_kubelet_standin::harness::{ControlPlane, missing_binary};
-use stator_operator::OperatorOptions;
 use stator_operator::lease::Election;
 
 mod support;

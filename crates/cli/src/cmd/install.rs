@@ -14,8 +14,8 @@ use crate::error::{CliError, CliResult};
 /// Namespace, ServiceAccount, least-privilege RBAC (a ClusterRole for the kinds it manages in
 /// every namespace, a Role for its leader-election Lease) and a hardened Deployment.
 ///
-/// The operator (`stator operator`) is not written yet: the Deployment will not become ready
-/// until an image with it exists. deploy/ in the repository holds this output (`-o deploy/`).
+/// The Deployment runs `stator operator` from the image. deploy/ in the repository holds this
+/// output (`-o deploy/`).
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
     stator install | kubectl apply --server-side -f -\n  \
