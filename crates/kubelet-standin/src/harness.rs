@@ -170,13 +170,19 @@ impl ControlPlane {
             ],
         });
         self.kubectl(&["apply", "-f", "-"], Some(&manifest.to_string()));
+        self.token_kubeconfig("kube-system", name)
+    }
+
+    /// A kubeconfig (0600, in the control plane's dir) with a token from the TokenRequest API
+    /// for the existing ServiceAccount `namespace/name` (e.g. the operator's, from `deploy/`).
+    pub fn token_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
         let token = self.kubectl(
             &[
                 "create",
                 "token",
                 name,
                 "-n",
-                "kube-system",
+                namespace,
                 "--duration",
                 "24h",
             ],

@@ -107,12 +107,7 @@ pub fn status(spec: &Database, output: Output) -> CliResult {
 pub fn uri(spec: &Database, endpoint: UriEndpoint) -> CliResult {
     let password = block_on(async {
         let client = kube_cli::client().await.map_err(failed)?;
-        let name = spec
-            .spec
-            .bootstrap
-            .secret_name
-            .clone()
-            .unwrap_or_else(|| spec.credentials_secret_name());
+        let name = spec.credentials_secret_name();
         let secret = Api::<Secret>::namespaced(client, spec.namespace())
             .get(&name)
             .await

@@ -120,12 +120,7 @@ impl Loops {
 
 /// The api-token and monitor password from the credentials Secret (never logged).
 async fn read_secrets(client: &Client, db: &Database) -> Option<(String, Option<String>)> {
-    let name = db
-        .spec
-        .bootstrap
-        .secret_name
-        .clone()
-        .unwrap_or_else(|| db.credentials_secret_name());
+    let name = db.credentials_secret_name();
     let api: Api<Secret> = Api::namespaced(client.clone(), db.namespace());
     let secret = match api.get(&name).await {
         Ok(s) => s,

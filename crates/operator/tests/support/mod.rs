@@ -2,7 +2,6 @@
 //! `deploy/` applied, the operator's own token, and a poll that says what never happened.
 #![allow(dead_code)]
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -34,37 +33,7 @@ pub fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
 
 /// A kubeconfig (0600) with a token of the operator's own ServiceAccount from `deploy/`.
 pub fn operator_kubeconfig(cp: &ControlPlane) -> PathBuf {
-    let token = kubectl(
-        cp,
-        &[
-            "create",
-            "token",
-            "stator-operator",
-            "-n",
-            NS,
-            "--duration",
-            "24h",
-        ],
-    );
-    let admin = kube::config::Kubeconfig::read_from(&cp.kubeconfig).expect("admin kubeconfig");
-    let cluster = admin.clusters[0].cluster.clone().expect("a cluster");
-    let config = serde_json::json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": cluster.server, "certificate-authority": cluster.certificate_authority}}],
-        "users": [{"name": "op", "user": {"token": token.trim()}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "op", "namespace": NS}}],
-        "current-context": "c",
-    });
-    let path = cp.dir().join("operator.kubeconfig");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .expect("kubeconfig");
-    std::io::Write::write_all(&mut file, config.to_string().as_bytes()).expect("kubeconfig");
-    path
+    cp.token_kubeconfig(NS, "stator-operator")
 }
 
 pub async fn client_of(path: &Path) -> Client {

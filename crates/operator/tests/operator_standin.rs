@@ -1,0 +1,209 @@
+//! The operator with the kubelet stand-in running the real pods: a 2-instance PostgreSQL
+//! bootstrapped by the operator's orders reaches Ready; the `NAME-rw`/`NAME-ro` EndpointSlices
+//! (maintained by the real controller from the operator's role labels) hold the primary and the
+//! replica; a row written through rw is read through ro; the primary pod deleted → a new
+//! primary, and the old pod back as a replica on its PVC. The operator runs on its own token.
+//! Waits poll; their bound only stops a hung test (nothing is timed).
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams};
+use stator_api::{Database, Phase, Role};
+use stator_kubelet_standin::harness::{self, Cluster};
+use support::*;
+
+const DEADLINE: Duration = Duration::from_secs(420);
+
+/// Pod names behind the Service's ready endpoints.
+async fn endpoints(client: &kube::Client, service: &str) -> Vec<String> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "apps");
+    let list = slices
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let mut names: Vec<String> = list
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+        .filter_map(|e| e.target_ref.as_ref().and_then(|t| t.name.clone()))
+        .collect();
+    names.sort();
+    names
+}
+
+async fn ready_with(
+    dbs: &Api<Database>,
+    what: &str,
+    check: impl Fn(&Database) -> bool,
+) -> Database {
+    harness::wait_for(what, DEADLINE, || async {
+        let db = dbs.get("pg").await.map_err(|e| e.to_string())?;
+        if check(&db) {
+            Ok(db)
+        } else {
+            Err(format!(
+                "status: {}",
+                serde_json::to_string(&db.status).unwrap_or_default()
+            ))
+        }
+    })
+    .await
+}
+
+fn ready_roles(db: &Database) -> (Option<String>, Vec<String>) {
+    let status = db.status.clone().unwrap_or_default();
+    let replicas = status
+        .instances
+        .iter()
+        .filter(|i| i.ready && i.role == Some(Role::Replica))
+        .map(|i| i.name.clone())
+        .collect();
+    (status.current_primary, replicas)
+}
+
+async fn sql(
+    ip: std::net::Ipv4Addr,
+    password: &str,
+    query: &str,
+) -> Result<Vec<tokio_postgres::Row>, String> {
+    let conn =
+        format!("host={ip} port=5432 user=app dbname=app password={password} connect_timeout=5");
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|e| e.to_string())?;
+    client.query(query, &[]).await.map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
+    let stator = harness::stator_binary();
+    let Some(cluster) = Cluster::start(&stator, "stator-test-admin").await else {
+        return;
+    };
+    let cp = &cluster.control_plane;
+    install(cp);
+    let op = client_of(&operator_kubeconfig(cp)).await;
+    let mut opts = options("op");
+    opts.stator_image = stator_kube::render::DEFAULT_STATOR_IMAGE.into();
+    opts.tick = Duration::from_secs(1);
+    let operator = tokio::spawn(stator_operator::run(op.clone(), opts));
+
+    let path = cluster.root.path().join("pg.json");
+    std::fs::write(
+        &path,
+        serde_json::json!({
+            "apiVersion": "stator.dev/v1alpha1", "kind": "Database",
+            "metadata": {"name": "pg", "namespace": "apps"},
+            "spec": {"engine": "postgres", "version": "15", "instances": 2, "storage": {"size": "1Gi"},
+                     "bootstrap": {"database": "app", "owner": "app"}},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    kubectl(
+        cp,
+        &["apply", "--server-side", "-f", path.to_str().unwrap()],
+    );
+    let dbs: Api<Database> = Api::namespaced(op.clone(), "apps");
+    let db = ready_with(&dbs, "pg Ready with a primary and a ready replica", |db| {
+        let (primary, replicas) = ready_roles(db);
+        db.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+            && primary.is_some()
+            && replicas.len() == 1
+    })
+    .await;
+    let (primary, replicas) = ready_roles(&db);
+    let primary = primary.unwrap();
+
+    // The real EndpointSlice controller follows the operator's labels.
+    let admin = cluster.client.clone();
+    harness::wait_for(
+        "pg-rw holds the primary, pg-ro the replica",
+        DEADLINE,
+        || async {
+            let (rw, ro) = (
+                endpoints(&admin, "pg-rw").await,
+                endpoints(&admin, "pg-ro").await,
+            );
+            if rw == vec![primary.clone()] && ro == replicas {
+                Ok(())
+            } else {
+                Err(format!("rw {rw:?}, ro {ro:?}"))
+            }
+        },
+    )
+    .await;
+
+    // A row through rw, read through ro.
+    let secret: Secret = Api::namespaced(op.clone(), "apps")
+        .get("pg-credentials")
+        .await
+        .unwrap();
+    let password = String::from_utf8(secret.data.unwrap()["app-password"].0.clone()).unwrap();
+    let rw = cluster
+        .standin()
+        .service_address("apps", "pg-rw")
+        .expect("pg-rw address");
+    let ro = cluster
+        .standin()
+        .service_address("apps", "pg-ro")
+        .expect("pg-ro address");
+    harness::wait_for("a row written through pg-rw", DEADLINE, || async {
+        sql(
+            rw,
+            &password,
+            "CREATE TABLE IF NOT EXISTS t (v text); INSERT INTO t VALUES ('one')",
+        )
+        .await
+        .map(|_| ())
+    })
+    .await;
+    harness::wait_for("the row read through pg-ro", DEADLINE, || async {
+        let rows = sql(ro, &password, "SELECT v FROM t").await?;
+        (rows.len() == 1)
+            .then_some(())
+            .ok_or_else(|| format!("{} rows", rows.len()))
+    })
+    .await;
+
+    // The primary's pod deleted (as a user or a node drain would): a new primary, and the old
+    // pod, recreated by the StatefulSet controller on its PVC, back as a replica.
+    kubectl(
+        cp,
+        &["delete", "pod", &primary, "-n", "apps", "--wait=false"],
+    );
+    let db = ready_with(
+        &dbs,
+        "a new primary and the old pod back as a ready replica",
+        |db| {
+            let (now, replicas) = ready_roles(db);
+            now.as_deref().is_some_and(|p| p != primary) && replicas == vec![primary.clone()]
+        },
+    )
+    .await;
+    let report = stator_operator::ha::saved_report(&db).expect("a failover report");
+    println!(
+        "failover after the primary pod's deletion: {}",
+        report
+            .last
+            .as_ref()
+            .map(|e| e.outage.describe())
+            .unwrap_or_default()
+    );
+    let rows = sql(rw, &password, "SELECT v FROM t")
+        .await
+        .expect("read through pg-rw");
+    assert_eq!(rows.len(), 1, "the row written before the failover");
+    operator.abort();
+    cluster.stop().await;
+}
