@@ -402,7 +402,13 @@ async fn start_instances(
                         upstream: fo.runtime().endpoint(db, p),
                     })
                 }
-                (None, None) if !any_data && first == Some(s.ordinal) => {
+                // No data anywhere: the core's designated primary (else the first
+                // instance that answers) is initialised.
+                (None, designated)
+                    if !any_data
+                        && (designated == Some(s.ordinal)
+                            || (designated.is_none() && first == Some(s.ordinal))) =>
+                {
                     runtime::StartOrder::Bootstrap(BootstrapOrder::Init)
                 }
                 _ => continue,
