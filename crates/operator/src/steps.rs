@@ -227,6 +227,7 @@ pub async fn apply(
     let Manifests {
         service_account,
         secret,
+        tls_secret,
         config_map,
         services,
         pod_disruption_budget,
@@ -238,6 +239,11 @@ pub async fn apply(
     apply_one::<ServiceAccount>(client, ns, service_account).await?;
     if let Some(secret) = secret {
         applied.secret_created = create_secret_once(client, ns, secret).await?;
+    }
+    // The TLS Secret, when built, is created once too (render's operator mode leaves it to
+    // the operator, which does not issue it yet: see the report of issue 10).
+    if let Some(tls) = tls_secret {
+        create_secret_once(client, ns, tls).await?;
     }
     apply_one::<ConfigMap>(client, ns, config_map).await?;
     for service in services {
