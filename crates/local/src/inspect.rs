@@ -164,7 +164,8 @@ pub fn connection_uri(
     Ok(Uri { uri, note })
 }
 
-fn percent_encode(text: &str) -> String {
+/// `text` percent-encoded for a URI component (unreserved characters kept).
+pub fn percent_encode(text: &str) -> String {
     text.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -136,17 +136,7 @@ pub fn uri(spec: &Database, endpoint: UriEndpoint) -> CliResult {
         stator_api::Engine::Postgres => "postgresql",
         stator_api::Engine::Mysql | stator_api::Engine::Mariadb => "mysql",
     };
-    let enc = |t: &str| -> String {
-        t.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect()
-    };
+    let enc = stator_local::inspect::percent_encode;
     println!(
         "{scheme}://{}:{}@{host}:{}/{}",
         enc(&spec.spec.bootstrap.owner),
