@@ -362,6 +362,9 @@ mod tests {
                 format!("PATCH {ns}/serviceaccounts/db"),
                 format!("GET {ns}/secrets/db-credentials"),
                 format!("POST {ns}/secrets"),
+                // TLS is on by default: the CA and certificates, created once, before the pods.
+                format!("GET {ns}/secrets/db-tls"),
+                format!("POST {ns}/secrets"),
                 format!("PATCH {ns}/configmaps/db-config"),
                 format!("PATCH {ns}/services/db-headless"),
                 format!("PATCH {ns}/services/db-rw"),
@@ -415,16 +418,35 @@ mod tests {
                 seen.line()
             );
         }
+        // The TLS Secret holds what the pods mount, and the CA's key stays out of the cluster.
+        let tls = log
+            .iter()
+            .filter(|s| s.line().ends_with("/secrets") && s.method == "POST")
+            .nth(1)
+            .unwrap();
+        assert_eq!(tls.body["metadata"]["name"], "db-tls");
+        let data = tls.body["data"]
+            .as_object()
+            .or(tls.body["stringData"].as_object())
+            .unwrap();
+        for key in ["ca.crt", "tls.crt", "tls.key", "client.crt", "client.key"] {
+            assert!(data.contains_key(key), "db-tls lacks {key}");
+        }
+        assert!(!data.contains_key("ca.key"), "db-tls carries the CA's key");
     }
 
     #[tokio::test]
     async fn the_secret_is_never_written_twice() {
-        // The API server holds the Secret already: it is read, never created, patched or replaced.
+        // The API server holds the Secrets already (credentials, TLS): they are read, never
+        // created, patched or replaced.
         let (client, log) = mock(Arc::new(|seen: &Seen| {
-            if seen.method == "GET" && seen.uri.contains("/secrets/db-credentials") {
+            let existing = ["db-credentials", "db-tls"]
+                .into_iter()
+                .find(|name| seen.uri.contains(&format!("/secrets/{name}")));
+            if let (Some(name), "GET") = (existing, seen.method.as_str()) {
                 (
                     200,
-                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": "db-credentials", "namespace": "ns"}}),
+                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": name, "namespace": "ns"}}),
                 )
             } else {
                 echo(seen)
@@ -444,6 +466,13 @@ mod tests {
             lines(&log)
                 .iter()
                 .filter(|l| l.contains("/secrets/db-credentials"))
+                .count(),
+            2
+        );
+        assert_eq!(
+            lines(&log)
+                .iter()
+                .filter(|l| l.contains("/secrets/db-tls"))
                 .count(),
             2
         );

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use stator_api::Database;
 use stator_api::names::LABEL_DATABASE;
-use stator_kube::render::OperatorMode;
+use stator_kube::render::{OperatorMode, TlsMaterial, tls_secret_name};
 use stator_kube::{Credentials, Manifests, RenderError, RenderOptions};
 
 use crate::FIELD_MANAGER;
@@ -62,15 +62,24 @@ pub fn validate(db: &Database) -> Result<Valid<'_>, ValidateError> {
 
 /// Why the objects could not be built (a bug or an option, never the spec: [`validate`] ran).
 #[derive(Debug, thiserror::Error)]
-#[error("building the objects of Database {name:?}: {source}")]
-pub struct BuildError {
-    pub name: String,
-    #[source]
-    pub source: Box<RenderError>,
+pub enum BuildError {
+    #[error("building the objects of Database {name:?}: {source}")]
+    Render {
+        name: String,
+        #[source]
+        source: Box<RenderError>,
+    },
+    #[error("issuing the certificates of Database {name:?} (Secret {secret:?}): {message}")]
+    Certificates {
+        name: String,
+        secret: String,
+        message: String,
+    },
 }
 
-/// Render's operator mode. The credentials are fresh; they reach the cluster only if the
-/// Secret does not exist yet ([`apply`] never rewrites it).
+/// Render's operator mode. The credentials and, with TLS on (the default), the database's CA
+/// and certificates are fresh; they reach the cluster only if their Secret does not exist yet
+/// ([`apply`] never rewrites either: a new CA would break trust between running pods).
 pub fn build(
     valid: &Valid<'_>,
     stator_image: &str,
@@ -83,7 +92,17 @@ pub fn build(
             operator_namespace: operator_namespace.to_string(),
         }),
     };
-    stator_kube::render(valid.db, &options, Some(&Credentials::random())).map_err(|e| BuildError {
+    let mut credentials = Credentials::random();
+    if valid.db.spec.tls.enabled {
+        let material =
+            TlsMaterial::issue(valid.db).map_err(|message| BuildError::Certificates {
+                name: valid.db.name().to_string(),
+                secret: tls_secret_name(valid.db),
+                message,
+            })?;
+        credentials = credentials.with_tls(material);
+    }
+    stator_kube::render(valid.db, &options, Some(&credentials)).map_err(|e| BuildError::Render {
         name: valid.db.name().to_string(),
         source: Box::new(e),
     })
@@ -240,8 +259,8 @@ pub async fn apply(
     if let Some(secret) = secret {
         applied.secret_created = create_secret_once(client, ns, secret).await?;
     }
-    // The TLS Secret, when built, is created once too (render's operator mode leaves it to
-    // the operator, which does not issue it yet: see the report of issue 10).
+    // The TLS Secret (CA, server and replication certificates) is created once too, before
+    // the StatefulSet whose pods mount it.
     if let Some(tls) = tls_secret {
         create_secret_once(client, ns, tls).await?;
     }
