@@ -568,6 +568,20 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
     /// `/rebuild` with the server stopped: the old data aside, a clone of `upstream` in its
     /// place, the old data deleted only then (put back when the clone failed).
     async fn rebuild(&mut self, upstream: &Endpoint) -> Result<String, String> {
+        // Never move a data dir from under a live server, whatever this manager believes of
+        // its child (a server it lost track of, one restarting after a crash): checked on the
+        // data dir itself (postmaster.pid / the server's working directory).
+        match self.inner.engine.find_running() {
+            Ok(None) => {}
+            Ok(Some(running)) => {
+                return Err(format!(
+                    "a server (pid {}) still runs on {}: the data is not moved; fence it first",
+                    running.pid(),
+                    self.data_dir.display()
+                ));
+            }
+            Err(e) => return Err(format!("cannot tell whether a server runs: {e}")),
+        }
         let aside = aside_dir(&self.data_dir);
         if aside.exists() {
             // A completed earlier rebuild's leftover (the data dir holds data).
