@@ -81,6 +81,15 @@ fn logs_of(c: &Cluster, name: &str) -> String {
         .collect()
 }
 
+/// `stator ARGS` (a restore into the database of `spec`, named `name`) must succeed, else the
+/// output and the new database's logs are shown; prints how long it took, as `what`.
+fn restore_ok(c: &Cluster, args: &[&str], spec: &Path, name: &str, what: &str) {
+    let started = Instant::now();
+    let out = stator(c, args, spec);
+    assert!(out.status.success(), "{}\n{}", text(&out), logs_of(c, name));
+    println!("{what}: {:.2} s", started.elapsed().as_secs_f64());
+}
+
 fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -259,36 +268,23 @@ fn a_restore_to_a_time_or_an_lsn_holds_exactly_the_rows_committed_before_it() {
 
     // To the time T: rows 1..20, not 21..30.
     let by_time = sibling(&c, "bt", &repo);
-    let started = Instant::now();
-    let out = stator(
+    restore_ok(
         &c,
         &["restore", "--from", "bk", "--to-time", &t_text],
         &by_time,
-    );
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out),
-        logs_of(&c, "bt")
-    );
-    println!(
-        "restore to a time: {:.2} s",
-        started.elapsed().as_secs_f64()
+        "bt",
+        "restore to a time",
     );
     assert_eq!(rows_in(&c, &by_time), (1..=20).collect::<Vec<_>>());
 
     // To the LSN at T: the same rows.
     let by_lsn = sibling(&c, "bl", &repo);
-    let out = stator(
+    restore_ok(
         &c,
         &["restore", "--from", "bk", "--to-lsn", &t_lsn],
         &by_lsn,
-    );
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out),
-        logs_of(&c, "bl")
+        "bl",
+        "restore to an LSN",
     );
     assert_eq!(rows_in(&c, &by_lsn), (1..=20).collect::<Vec<_>>());
     cleanup(&c, &by_lsn);
@@ -457,18 +453,15 @@ fn after_a_failover_the_new_primary_archives_on_its_timeline_and_restores_before
         if let Some(t) = target {
             args.extend(["--to-time", t]);
         }
-        let started = Instant::now();
-        let out = stator(&c, &args, &spec);
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            text(&out),
-            logs_of(&c, name)
-        );
-        println!(
-            "restore {name} ({}) across a failover: {:.2} s",
-            target.unwrap_or("latest"),
-            started.elapsed().as_secs_f64()
+        restore_ok(
+            &c,
+            &args,
+            &spec,
+            name,
+            &format!(
+                "restore {name} ({}) across a failover",
+                target.unwrap_or("latest")
+            ),
         );
         assert_eq!(
             rows_in(&c, &spec),
@@ -573,18 +566,7 @@ fn mariadb_full_backups_restore_exactly_and_a_damaged_one_is_refused_naming_the_
         if let Some(id) = backup {
             args.extend(["--backup", id]);
         }
-        let started = Instant::now();
-        let out = stator(&c, &args, &spec);
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            text(&out),
-            logs_of(&c, name)
-        );
-        println!(
-            "mariadb restore {name}: {:.2} s",
-            started.elapsed().as_secs_f64()
-        );
+        restore_ok(&c, &args, &spec, name, &format!("mariadb restore {name}"));
         assert_eq!(mariadb_rows(&c, name), expected, "{name}");
         // The restored primary continues the copy's GTID history.
         let id = backup.unwrap_or(newest["id"].as_str().unwrap());
