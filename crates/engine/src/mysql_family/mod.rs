@@ -26,6 +26,9 @@
 
 pub mod backup;
 pub mod binaries;
+pub mod binlog;
+pub mod binlog_archive;
+pub mod binlog_path;
 pub mod config;
 pub mod dialect;
 pub mod gtid;

@@ -1,0 +1,532 @@
+//! The binary log archive of a MariaDB database in its local repository (`spec.backup`), next
+//! to the full backups of [`crate::mysql_family::repository`]:
+//!
+//! - `binlog/terms/TERM.json`: one record per term, written once: the primary that archives in
+//!   it (server id, instance) and its promotion GTID (its `gtid_slave_pos` when it began: what it
+//!   had replicated). A primary opens a new term when the newest one is another server's or
+//!   began at another position (it has replicated since: it was a replica in between).
+//! - `binlog/TERM-SERVERID/FILE.zst`: a closed binary log, compressed with `zstd`, written only
+//!   if absent; `FILE.json` next to it, written last: SHA-256 and size of the stored object and
+//!   of the original, the time the file was closed, and every transaction's GTID with the second
+//!   it was logged in (the index). The term and server id in the key keep a reused binlog name
+//!   (a rebuilt or another server's `binlog.000001`) from meeting an archived one; the same key
+//!   with different content is `ArchiveFailing`, never overwritten.
+//!
+//! A point-in-time restore reads the index ([`read_archive`]) and takes the GTID path of
+//! [`crate::mysql_family::binlog_path`].
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use stator_api::position::{MariadbGtid, MariadbGtidPosition};
+
+use crate::mysql_family::binlog::{LoggedTransaction, read_binlog};
+use crate::mysql_family::binlog_path::{ArchivedLog, Term};
+use crate::mysql_family::repository::ZSTD;
+
+/// The archive's directory inside a repository path.
+pub const BINLOG_DIR: &str = "binlog";
+const TERMS_DIR: &str = "terms";
+
+/// A term: one primary's time in office, as the archive knows it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TermRecord {
+    pub term: u64,
+    pub server_id: u32,
+    pub instance: String,
+    /// The promotion GTID position (empty for the first primary).
+    pub start: String,
+    /// Seconds since the epoch.
+    pub started: f64,
+}
+
+/// An archived binary log.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LogRecord {
+    pub term: u64,
+    pub server_id: u32,
+    /// The server's name for it (`binlog.000003`).
+    pub file: String,
+    /// Size and SHA-256 of the stored (compressed) object.
+    pub size: u64,
+    pub sha256: String,
+    /// Size and SHA-256 of the binary log itself.
+    pub source_size: u64,
+    pub source_sha256: String,
+    /// When the server closed it (its modification time), seconds since the epoch.
+    pub closed: f64,
+    /// `[domain, server, sequence, second]` of each transaction, in log order.
+    pub transactions: Vec<(u32, u32, u64, i64)>,
+}
+
+impl LogRecord {
+    /// `TERM-SERVERID/FILE`: the archive key.
+    pub fn key(&self) -> String {
+        format!("{}/{}", term_dir_name(self.term, self.server_id), self.file)
+    }
+
+    pub fn object_path(&self, repository: &Path) -> PathBuf {
+        repository
+            .join(BINLOG_DIR)
+            .join(term_dir_name(self.term, self.server_id))
+            .join(format!("{}.zst", self.file))
+    }
+
+    pub fn logged(&self) -> Vec<LoggedTransaction> {
+        self.transactions
+            .iter()
+            .map(|&(domain, server, sequence, time)| LoggedTransaction {
+                gtid: MariadbGtid {
+                    domain,
+                    server,
+                    sequence,
+                },
+                time,
+            })
+            .collect()
+    }
+}
+
+fn term_dir_name(term: u64, server_id: u32) -> String {
+    format!("{term:06}-{server_id}")
+}
+
+/// The archive as the primary's instance manager reports it (`/status` under `backup.archive`).
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveState {
+    /// The term this primary archives in.
+    pub term: Option<u64>,
+    /// Seconds since the epoch.
+    pub last_success: Option<f64>,
+    /// Binary logs archived by this manager since it started.
+    pub archived_files: u64,
+    /// Closed binary logs not archived yet, and their bytes.
+    pub pending_files: u64,
+    pub pending_bytes: u64,
+    /// The newest GTID archived.
+    pub last_gtid: Option<String>,
+    pub failures: u64,
+    pub last_error: Option<String>,
+    /// ArchiveFailing: an archive key holds other content than the binary log of that name.
+    /// Archiving stops until someone looks (the binary logs stay on the server).
+    pub failing: Option<String>,
+}
+
+/// Why a binary log was not archived.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArchiveError {
+    /// The key exists with different content: ArchiveFailing.
+    Conflict(String),
+    /// Anything else (unreadable, repository unwritable): retried.
+    Failed(String),
+}
+
+impl std::fmt::Display for ArchiveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArchiveError::Conflict(m) | ArchiveError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn private_dir(dir: &Path) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("{}: cannot create: {e}", dir.display()))
+}
+
+/// Writes `bytes` to `path` only if nothing is there: a temporary file, synced, then linked
+/// into place (a link fails on an existing name). False when the name existed.
+fn write_if_absent(path: &Path, bytes: &[u8]) -> Result<bool, String> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("{}: cannot create: {e}", tmp.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(format!("{}: cannot write: {e}", path.display())),
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: unreadable: {e}", file.display()))
+}
+
+/// The term records, by term.
+pub fn read_terms(repository: &Path) -> Result<Vec<TermRecord>, String> {
+    let dir = repository.join(BINLOG_DIR).join(TERMS_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: cannot read: {e}", dir.display())),
+    };
+    let mut terms = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            terms.push(read_json::<TermRecord>(&path)?);
+        }
+    }
+    terms.sort_by_key(|t| t.term);
+    Ok(terms)
+}
+
+/// The term a primary (`server_id`, `instance`, whose `gtid_slave_pos` is `replicated`)
+/// archives in: the newest one if it is this server's and began at this position, else a new
+/// one recorded now.
+pub fn ensure_term(
+    repository: &Path,
+    server_id: u32,
+    instance: &str,
+    replicated: &str,
+) -> Result<u64, String> {
+    let dir = repository.join(BINLOG_DIR).join(TERMS_DIR);
+    private_dir(&dir)?;
+    loop {
+        let terms = read_terms(repository)?;
+        if let Some(last) = terms.last()
+            && last.server_id == server_id
+            && last.start == replicated
+        {
+            return Ok(last.term);
+        }
+        let record = TermRecord {
+            term: terms.last().map_or(1, |t| t.term + 1),
+            server_id,
+            instance: instance.to_string(),
+            start: replicated.to_string(),
+            started: now(),
+        };
+        let text = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
+        // Another writer taking the same number wins; read again.
+        if write_if_absent(&dir.join(format!("{:06}.json", record.term)), &text)? {
+            tracing::info!(term = record.term, start = %record.start, "a new term of the binlog archive");
+            return Ok(record.term);
+        }
+    }
+}
+
+/// The archived binary logs (those with a record), by term then file name.
+pub fn read_logs(repository: &Path) -> Result<Vec<LogRecord>, String> {
+    let root = repository.join(BINLOG_DIR);
+    let entries = match std::fs::read_dir(&root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: cannot read: {e}", root.display())),
+    };
+    let mut logs = Vec::new();
+    for dir in entries.flatten().map(|e| e.path()) {
+        if !dir.is_dir() || dir.file_name().is_some_and(|n| n == TERMS_DIR) {
+            continue;
+        }
+        let files =
+            std::fs::read_dir(&dir).map_err(|e| format!("{}: cannot read: {e}", dir.display()))?;
+        for path in files.flatten().map(|e| e.path()) {
+            if path.extension().is_some_and(|e| e == "json") {
+                logs.push(read_json::<LogRecord>(&path)?);
+            }
+        }
+    }
+    logs.sort_by(|a, b| (a.term, &a.file).cmp(&(b.term, &b.file)));
+    Ok(logs)
+}
+
+/// The archive's index in the form the path selection reads.
+pub fn path_inputs(
+    terms: &[TermRecord],
+    logs: &[LogRecord],
+) -> Result<(Vec<Term>, Vec<ArchivedLog>), String> {
+    let terms = terms
+        .iter()
+        .map(|t| {
+            Ok(Term {
+                term: t.term,
+                start: t
+                    .start
+                    .parse::<MariadbGtidPosition>()
+                    .map_err(|e| format!("term {}: promotion GTID {:?}: {e}", t.term, t.start))?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let logs = logs
+        .iter()
+        .map(|l| ArchivedLog {
+            term: l.term,
+            key: l.key(),
+            transactions: l.logged(),
+        })
+        .collect();
+    Ok((terms, logs))
+}
+
+/// Checks one archived object against its record: present, of the recorded size and SHA-256.
+/// The error names the file.
+pub fn check_log(repository: &Path, log: &LogRecord) -> Result<(), String> {
+    let path = log.object_path(repository);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        format!(
+            "{}: archived binary log {} is missing: {e}",
+            path.display(),
+            log.key()
+        )
+    })?;
+    if bytes.len() as u64 != log.size {
+        return Err(format!(
+            "{}: archived binary log {} is truncated or altered: {} bytes, its record says {}",
+            path.display(),
+            log.key(),
+            bytes.len(),
+            log.size
+        ));
+    }
+    let sum = hex(&Sha256::digest(&bytes));
+    if sum != log.sha256 {
+        return Err(format!(
+            "{}: archived binary log {} is corrupt: SHA-256 {sum}, its record says {}",
+            path.display(),
+            log.key(),
+            log.sha256
+        ));
+    }
+    Ok(())
+}
+
+fn zstd(args: &[&str], input: &[u8]) -> Result<Vec<u8>, String> {
+    let mut child = Command::new(ZSTD)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{ZSTD}: cannot run: {e}"))?;
+    let mut stdin = child.stdin.take().ok_or("zstd has no input pipe")?;
+    let data = input.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&data));
+    let mut out = Vec::new();
+    child
+        .stdout
+        .take()
+        .ok_or("zstd has no output pipe")?
+        .read_to_end(&mut out)
+        .map_err(|e| format!("{ZSTD}: cannot read its output: {e}"))?;
+    let fed = feeder
+        .join()
+        .map_err(|_| "zstd's input thread panicked".to_string())?;
+    let result = child
+        .wait_with_output()
+        .map_err(|e| format!("{ZSTD}: {e}"))?;
+    if !result.status.success() {
+        return Err(format!(
+            "{ZSTD} {}: {}: {}",
+            args.join(" "),
+            result.status,
+            String::from_utf8_lossy(&result.stderr).trim()
+        ));
+    }
+    fed.map_err(|e| format!("{ZSTD}: cannot feed it: {e}"))?;
+    Ok(out)
+}
+
+/// Decompresses an archived binary log, checking it against its record first.
+pub fn read_archived_log(repository: &Path, log: &LogRecord) -> Result<Vec<u8>, String> {
+    check_log(repository, log)?;
+    let path = log.object_path(repository);
+    let bytes =
+        std::fs::read(&path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let plain = zstd(&["-q", "-d", "-c"], &bytes)?;
+    if hex(&Sha256::digest(&plain)) != log.source_sha256 {
+        return Err(format!(
+            "{}: archived binary log {} does not decompress to the logged file",
+            path.display(),
+            log.key()
+        ));
+    }
+    Ok(plain)
+}
+
+/// Archives the closed binary log `source` under term `term` of server `server_id`: compressed,
+/// hashed, written only if absent, its record last. `Ok(None)` when it was archived already
+/// (the same content under its key).
+pub fn archive_log(
+    repository: &Path,
+    term: u64,
+    server_id: u32,
+    source: &Path,
+) -> Result<Option<LogRecord>, ArchiveError> {
+    let failed = ArchiveError::Failed;
+    let file = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| failed(format!("{}: not a file", source.display())))?;
+    let dir = repository
+        .join(BINLOG_DIR)
+        .join(term_dir_name(term, server_id));
+    let record_path = dir.join(format!("{file}.json"));
+    let plain = std::fs::read(source)
+        .map_err(|e| failed(format!("{}: cannot read: {e}", source.display())))?;
+    let closed = std::fs::metadata(source)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or_else(now, |d| d.as_secs_f64());
+    let source_sha256 = hex(&Sha256::digest(&plain));
+    let conflict = |what: String| {
+        ArchiveError::Conflict(format!(
+            "{}: the archive key {}/{file} holds {what}; refusing to overwrite it (ArchiveFailing: the binary logs stay on the server)",
+            dir.display(),
+            term_dir_name(term, server_id)
+        ))
+    };
+    if record_path.exists() {
+        let record: LogRecord = read_json(&record_path).map_err(failed)?;
+        return if record.source_sha256 == source_sha256 {
+            Ok(None)
+        } else {
+            Err(conflict(format!(
+                "another binary log (SHA-256 {}, this one {source_sha256})",
+                record.source_sha256
+            )))
+        };
+    }
+    let contents = read_binlog(&plain).map_err(|e| failed(format!("{}: {e}", source.display())))?;
+    private_dir(&dir).map_err(failed)?;
+    let object = zstd(&["-q", "-c", "-3"], &plain).map_err(failed)?;
+    let object_path = dir.join(format!("{file}.zst"));
+    if !write_if_absent(&object_path, &object).map_err(failed)? {
+        // A stored object without a record: the same binary log, or a conflict.
+        let stored = std::fs::read(&object_path)
+            .map_err(|e| failed(format!("{}: cannot read: {e}", object_path.display())))?;
+        let same = zstd(&["-q", "-d", "-c"], &stored)
+            .map(|p| hex(&Sha256::digest(&p)) == source_sha256)
+            .unwrap_or(false);
+        if !same {
+            return Err(conflict("another (or a damaged) object".into()));
+        }
+        std::fs::remove_file(&object_path)
+            .map_err(|e| failed(format!("{}: cannot replace: {e}", object_path.display())))?;
+        write_if_absent(&object_path, &object).map_err(failed)?;
+    }
+    let record = LogRecord {
+        term,
+        server_id,
+        file: file.clone(),
+        size: object.len() as u64,
+        sha256: hex(&Sha256::digest(&object)),
+        source_size: plain.len() as u64,
+        source_sha256,
+        closed,
+        transactions: contents
+            .transactions
+            .iter()
+            .map(|t| (t.gtid.domain, t.gtid.server, t.gtid.sequence, t.time))
+            .collect(),
+    };
+    let text = serde_json::to_vec_pretty(&record).map_err(|e| failed(e.to_string()))?;
+    if !write_if_absent(&record_path, &text).map_err(failed)? {
+        return Err(conflict(
+            "a record written meanwhile by another archiver".into(),
+        ));
+    }
+    Ok(Some(record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binlog(seq: u64) -> Vec<u8> {
+        let mut f = crate::mysql_family::binlog::MAGIC.to_vec();
+        let mut body = seq.to_le_bytes().to_vec();
+        body.extend_from_slice(&0u32.to_le_bytes());
+        body.push(0);
+        f.extend_from_slice(&100u32.to_le_bytes());
+        f.push(162);
+        f.extend_from_slice(&7u32.to_le_bytes());
+        f.extend_from_slice(&((19 + body.len()) as u32).to_le_bytes());
+        f.extend_from_slice(&[0u8; 6]);
+        f.extend(body);
+        f
+    }
+
+    #[test]
+    fn a_key_is_written_once_and_other_content_under_it_is_archive_failing() {
+        let repo = tempfile::tempdir().unwrap();
+        let server = tempfile::tempdir().unwrap();
+        let source = server.path().join("binlog.000001");
+        std::fs::write(&source, binlog(1)).unwrap();
+        let record = archive_log(repo.path(), 1, 7, &source).unwrap().unwrap();
+        assert_eq!(record.transactions, [(0, 7, 1, 100)]);
+        assert!(check_log(repo.path(), &record).is_ok());
+        assert_eq!(read_archived_log(repo.path(), &record).unwrap(), binlog(1));
+        // Again: already there.
+        assert_eq!(archive_log(repo.path(), 1, 7, &source).unwrap(), None);
+        // A reused name with other content (a rebuilt server's binlog.000001): refused...
+        std::fs::write(&source, binlog(2)).unwrap();
+        assert!(matches!(
+            archive_log(repo.path(), 1, 7, &source),
+            Err(ArchiveError::Conflict(_))
+        ));
+        // ...but under another term it is another key.
+        assert!(archive_log(repo.path(), 2, 7, &source).unwrap().is_some());
+        assert_eq!(read_logs(repo.path()).unwrap().len(), 2);
+        // A flipped byte is named.
+        let object = record.object_path(repo.path());
+        let mut bytes = std::fs::read(&object).unwrap();
+        bytes[5] ^= 0xff;
+        std::fs::write(&object, bytes).unwrap();
+        let err = check_log(repo.path(), &record).unwrap_err();
+        assert!(err.contains(&object.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn a_primary_keeps_its_term_until_another_server_or_another_position_opens_one() {
+        let repo = tempfile::tempdir().unwrap();
+        assert_eq!(ensure_term(repo.path(), 1000, "db-0", "").unwrap(), 1);
+        assert_eq!(ensure_term(repo.path(), 1000, "db-0", "").unwrap(), 1);
+        assert_eq!(
+            ensure_term(repo.path(), 1001, "db-1", "0-1000-5").unwrap(),
+            2
+        );
+        // db-0 back in office after replicating from db-1.
+        assert_eq!(
+            ensure_term(repo.path(), 1000, "db-0", "0-1001-9").unwrap(),
+            3
+        );
+        let terms = read_terms(repo.path()).unwrap();
+        assert_eq!(terms[1].start, "0-1000-5");
+    }
+}
