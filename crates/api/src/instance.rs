@@ -105,6 +105,8 @@ pub enum RestoreTarget {
     Time(String),
     /// Stop at this LSN.
     Lsn(String),
+    /// Stop after this transaction (MariaDB, `0-1000-42`).
+    Gtid(String),
 }
 
 /// A server reachable over TCP, named by its instance.

@@ -319,6 +319,10 @@ pub struct RestoreFromSpec {
     /// Recover up to this LSN (e.g. `0/3000060`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_lsn: Option<String>,
+    /// Recover up to and including this transaction (MariaDB, e.g. `0-1000-42`). A restore to a
+    /// time or to the latest point records here the GTID it resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_gtid: Option<String>,
 }
 
 fn default_app_name() -> String {

@@ -404,10 +404,21 @@ fn validate_restore_from(db: &Database, from: &crate::spec::RestoreFromSpec, r: 
             "needs spec.backup.repository.local: the repository that holds the backups of the database restored from",
         );
     }
-    if from.target_time.is_some() && from.target_lsn.is_some() {
+    let targets = [&from.target_time, &from.target_lsn, &from.target_gtid];
+    if targets.iter().filter(|t| t.is_some()).count() > 1 {
         r.error(
             "spec.bootstrap.restoreFrom",
-            "gives both targetTime and targetLsn; give at most one",
+            "gives more than one of targetTime, targetLsn and targetGtid; give at most one",
+        );
+    }
+    if let Some(gtid) = &from.target_gtid
+        && gtid
+            .parse::<crate::position::MariadbGtidPosition>()
+            .map_or(true, |p| p.gtids().count() != 1)
+    {
+        r.error(
+            "spec.bootstrap.restoreFrom.targetGtid",
+            format!("{gtid:?} is not one GTID (e.g. 0-1000-42)"),
         );
     }
     if let Some(lsn) = &from.target_lsn
@@ -574,6 +585,23 @@ fn validate_backup(db: &Database, r: &mut Report) {
     let Some(backup) = &db.spec.backup else {
         return;
     };
+    // MariaDB keeps its binary logs by default (no expiry); with the binlog archive an expiry
+    // could drop a binary log before it is archived.
+    if db.spec.engine == crate::Engine::Mariadb {
+        for (key, value) in &db.spec.config.parameters {
+            let normal = normalize_key(db.spec.engine, key);
+            if matches!(
+                normal.as_str(),
+                "expire_logs_days" | "binlog_expire_logs_seconds"
+            ) && value.0.trim().trim_matches('"').parse::<f64>() != Ok(0.0)
+            {
+                r.error(
+                    format!("spec.config.parameters.{key}"),
+                    "would let the server drop binary logs before they are archived (spec.backup archives them); remove it or set 0",
+                );
+            }
+        }
+    }
     if !matches!(
         db.spec.engine,
         crate::Engine::Postgres | crate::Engine::Mariadb

@@ -41,6 +41,8 @@ pub struct Endpoints {
     /// pgBackRest backups (`spec.backup`, PostgreSQL): `POST /backups` and `backup` in
     /// `/status`; `None`: the endpoint answers 404.
     pub backups: Option<Arc<crate::backups::Backups>>,
+    /// A MariaDB primary's binlog archive: its state in `/status` under `backup.archive`.
+    pub binlogs: Option<Arc<crate::binlogs::BinlogArchiver>>,
 }
 
 /// One backup at a time: mariadb-backup's backup locks do not nest.
@@ -91,6 +93,13 @@ async fn status(State(e): State<Endpoints>, uri: axum::http::Uri) -> Response {
         e.status.refresh().await;
     }
     let report = e.status.report();
+    if let Some(b) = &e.binlogs {
+        let mut value = serde_json::to_value(&report).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.insert("backup".into(), serde_json::json!({ "archive": b.state() }));
+        }
+        return axum::Json(value).into_response();
+    }
     match &e.backups {
         None => axum::Json(report).into_response(),
         Some(b) => {

@@ -20,10 +20,12 @@
 //!   `/bootstrap`, `/role`, `/fence`, `/rebuild`, and `/status?fresh=1`.
 //! - [`api_token`]: the bearer token of the mutating endpoints.
 //! - [`backups`]: pgBackRest backups on the primary, the stanza, a full backup after a promotion.
+//! - [`binlogs`]: a MariaDB primary's binary log archive (`FLUSH`, archive the closed logs).
 //! - [`error`]: why the manager stopped.
 
 pub mod api_token;
 pub mod backups;
+pub mod binlogs;
 pub mod error;
 pub mod http;
 pub mod https;
@@ -164,6 +166,8 @@ async fn run_engine<E: ServerEngine>(
     let backup_watch = backups
         .clone()
         .map(|b| tokio::spawn(b.watch_forever(Duration::from_secs(2))));
+    let binlogs = binlog_archiver(&config, backup.as_ref(), &status);
+    let binlog_watch = binlogs.clone().map(|b| tokio::spawn(b.run_forever()));
 
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let endpoints = Endpoints {
@@ -173,6 +177,7 @@ async fn run_engine<E: ServerEngine>(
         engine: config.database.spec.engine,
         backup,
         backups,
+        binlogs,
     };
     let app = match mode {
         Mode::Plain => http::router(endpoints),
@@ -233,6 +238,9 @@ async fn run_engine<E: ServerEngine>(
     if let Some(watch) = backup_watch {
         watch.abort();
     }
+    if let Some(watch) = binlog_watch {
+        watch.abort();
+    }
     let _ = http_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     match &result {
@@ -240,6 +248,29 @@ async fn run_engine<E: ServerEngine>(
         Err(e) => tracing::error!(error = %e, "instance manager failed"),
     }
     result
+}
+
+/// The binlog archiver of a MariaDB instance whose spec has a local backup repository.
+fn binlog_archiver(
+    config: &InstanceConfig,
+    engine: Option<&Arc<MysqlFamily>>,
+    status: &Arc<InstanceStatus>,
+) -> Option<Arc<binlogs::BinlogArchiver>> {
+    let db = &config.database;
+    let repository = stator_engine::postgres::backrest::repository_of(db)?;
+    let timeout = db
+        .spec
+        .backup
+        .as_ref()
+        .and_then(|b| stator_api::duration::parse_duration(&b.archive_timeout))
+        .unwrap_or(Duration::from_secs(60));
+    Some(Arc::new(binlogs::BinlogArchiver::new(
+        engine?.clone(),
+        status.clone(),
+        repository,
+        (db.namespace().to_string(), db.name().to_string()),
+        timeout,
+    )))
 }
 
 /// How `/status?fresh=1` queries the server: one observation, within [`managed::FRESH_TIMEOUT`].

@@ -148,12 +148,12 @@ pub fn list(db: &Database, name: Option<&str>) -> Result<Listing, LocalError> {
     let stanza = name.unwrap_or(db.name()).to_string();
     let repository = repository_path(&repository_root(db)?, db.namespace(), &stanza);
     if db.spec.engine == Engine::Mariadb {
-        let backups = crate::backup_mariadb::list(&repository)?;
+        let mariadb = crate::backup_mariadb::list(&repository)?;
         return Ok(Listing {
             stanza,
             info: RepositoryInfo::default(),
             range: None,
-            mariadb: Some(backups),
+            mariadb: Some(mariadb),
         });
     }
     if !repository.join("backup").exists() {
@@ -179,15 +179,15 @@ pub struct Listing {
     pub stanza: String,
     pub info: RepositoryInfo,
     pub range: Option<RecoverableRange>,
-    /// A MariaDB repository's full backups (their manifests), oldest first.
-    pub mariadb: Option<Vec<stator_engine::mysql_family::repository::Manifest>>,
+    /// A MariaDB repository: its full backups (their manifests) and binlog archive.
+    pub mariadb: Option<crate::backup_mariadb::MariadbListing>,
 }
 
 impl Listing {
     /// The table `stator backup list` prints.
     pub fn table(&self) -> String {
-        if let Some(backups) = &self.mariadb {
-            return crate::backup_mariadb::table(&self.stanza, backups);
+        if let Some(mariadb) = &self.mariadb {
+            return crate::backup_mariadb::table(&self.stanza, mariadb);
         }
         let mut out = format!(
             "{:<26} {:<5} {:<23} {:<23} {:>12}  LSN\n",
@@ -315,6 +315,9 @@ pub fn resolve_restore(db: &Database) -> Result<Option<(Database, RestoreSource)
 pub fn restore_target(
     from: &stator_api::spec::RestoreFromSpec,
 ) -> Result<RestoreTarget, LocalError> {
+    if let Some(g) = &from.target_gtid {
+        return Ok(RestoreTarget::Gtid(g.clone()));
+    }
     Ok(match (&from.target_time, &from.target_lsn) {
         (Some(t), _) => {
             let at = backrest::parse_time(t).ok_or_else(|| {
@@ -482,7 +485,7 @@ pub fn status_summary(dir: &DatabaseDir, db: &Database) -> Option<serde_json::Va
     let mariadb_last = listing
         .as_ref()
         .and_then(|l| l.mariadb.as_ref())
-        .and_then(|b| b.last())
+        .and_then(|m| m.backups.last())
         .map(|m| {
             serde_json::json!({
                 "id": m.id,

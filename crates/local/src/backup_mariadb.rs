@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 use stator_api::instance::{LocalPorts, RestoreSource, RestoreTarget};
 use stator_api::names::secret_keys;
 use stator_api::{Database, Role};
+use stator_engine::mysql_family::binlog_archive::{self, RecoverableRange, TermRecord};
 use stator_engine::mysql_family::repository::{self, Manifest};
-use stator_engine::postgres::backrest::{
-    self, REPOSITORY_MARKER, RepositoryMarker, marker_conflict, read_repository_marker,
-};
+use stator_engine::postgres::backrest;
 
 use crate::error::LocalError;
 use crate::runtime::block_on;
@@ -47,24 +46,8 @@ fn backup_source(db: &Database, primary: &str) -> (String, u16) {
 
 /// Ties `repository` to `db` (writes the marker when absent; refuses another database's).
 fn claim(repository: &Path, db: &Database) -> Result<(), LocalError> {
-    let wanted = RepositoryMarker {
-        namespace: db.namespace().into(),
-        name: db.name().into(),
-        system_identifier: None,
-    };
-    match read_repository_marker(repository).map_err(failed)? {
-        Some(found) => match marker_conflict(repository, &found, &wanted) {
-            Some(why) => Err(LocalError::Invalid(why)),
-            None => Ok(()),
-        },
-        None => {
-            std::fs::create_dir_all(repository)
-                .map_err(|e| LocalError::io(repository, "create", e))?;
-            let file = repository.join(REPOSITORY_MARKER);
-            let text = serde_json::to_string_pretty(&wanted).map_err(failed)?;
-            std::fs::write(&file, text).map_err(|e| LocalError::io(&file, "write", e))
-        }
-    }
+    binlog_archive::claim_repository(repository, db.namespace(), db.name())
+        .map_err(LocalError::Invalid)
 }
 
 /// Takes a full backup now. The answer has the PostgreSQL side's fields (`label`, `kind`,
@@ -97,13 +80,30 @@ pub fn create(
     }))
 }
 
-/// The complete backups, oldest first.
-pub fn list(repository: &Path) -> Result<Vec<Manifest>, LocalError> {
-    repository::list(repository).map_err(LocalError::Failed)
+/// A MariaDB repository: its complete full backups (oldest first), the binary log archive
+/// and what they can restore.
+#[derive(Debug, Clone)]
+pub struct MariadbListing {
+    pub backups: Vec<Manifest>,
+    pub range: Option<RecoverableRange>,
+    pub archived_logs: usize,
+    pub terms: Vec<TermRecord>,
+}
+
+/// The complete backups and the archive.
+pub fn list(repository: &Path) -> Result<MariadbListing, LocalError> {
+    let backups = repository::list(repository).map_err(LocalError::Failed)?;
+    let index = binlog_archive::read_archive(repository).map_err(LocalError::Failed)?;
+    Ok(MariadbListing {
+        range: index.range(&backups),
+        archived_logs: index.logs.len(),
+        terms: index.terms,
+        backups,
+    })
 }
 
 /// The table `stator backup list` prints for MariaDB.
-pub fn table(name: &str, backups: &[Manifest]) -> String {
+pub fn table(name: &str, listing: &MariadbListing) -> String {
     let time = |t: f64| {
         let s = backrest::format_time(t);
         s.get(..19).unwrap_or(&s).to_string()
@@ -112,7 +112,7 @@ pub fn table(name: &str, backups: &[Manifest]) -> String {
         "{:<18} {:<5} {:<20} {:<20} {:>12}  GTID\n",
         "ID", "TYPE", "START (UTC)", "STOP (UTC)", "SIZE"
     );
-    for b in backups {
+    for b in &listing.backups {
         out.push_str(&format!(
             "{:<18} {:<5} {:<20} {:<20} {:>12}  {}\n",
             b.id,
@@ -123,40 +123,58 @@ pub fn table(name: &str, backups: &[Manifest]) -> String {
             b.gtid
         ));
     }
-    out.push_str(&match recoverable(backups) {
+    out.push_str(&format!(
+        "binlog archive: {} binary logs in {} term(s){}\n",
+        listing.archived_logs,
+        listing.terms.len(),
+        listing
+            .terms
+            .iter()
+            .map(|t| format!(
+                "; term {} on {} from GTID {}",
+                t.term,
+                t.instance,
+                if t.start.is_empty() { "none" } else { &t.start }
+            ))
+            .collect::<String>()
+    ));
+    out.push_str(&match recoverable(listing) {
         Some(r) => format!("recoverable: {r}\n"),
         None => format!("{name}: no backup yet: nothing can be restored\n"),
     });
     out
 }
 
-/// What can be restored: the end points of the full backups (no binlog archive yet).
-pub fn recoverable(backups: &[Manifest]) -> Option<String> {
-    let points: Vec<String> = backups
-        .iter()
-        .map(|b| format!("{} (GTID {})", b.id, b.gtid))
-        .collect();
-    (!points.is_empty()).then(|| {
-        format!(
-            "the ends of the full backups {} (no binlog archive: no point in between)",
-            points.join(", ")
-        )
-    })
+/// What can be restored, in words: from the end of the oldest backup to the end of the archive.
+pub fn recoverable(listing: &MariadbListing) -> Option<String> {
+    listing.range.as_ref().map(RecoverableRange::describe)
 }
 
-/// Re-hashes every object and checks the GTID positions; an error names each bad file.
+/// Re-hashes every object (backups and archived binary logs) and checks the GTID positions and
+/// the chain of the archive; an error names each bad file.
 pub fn verify(repository: &Path, name: &str) -> Result<String, LocalError> {
-    repository::verify(repository).map_err(|e| {
+    let damaged = |e: String| {
         LocalError::Failed(format!(
             "the repository {} of {name} is damaged:\n{e}",
             repository.display()
         ))
-    })
+    };
+    let mut report = repository::verify(repository).map_err(damaged)?;
+    let backups = repository::list(repository).map_err(LocalError::Failed)?;
+    let (archive, problems) = binlog_archive::verify_archive(repository, &backups);
+    report.push_str(&archive);
+    if problems.is_empty() {
+        Ok(report)
+    } else {
+        Err(damaged(problems.join("\n")))
+    }
 }
 
-/// `spec.bootstrap.restoreFrom` of a MariaDB database, checked before anything is written:
-/// the backup (named, else the newest), the target (the end of that backup: time targets
-/// between backups need the binlog archive, refused naming the range), and its object.
+/// `spec.bootstrap.restoreFrom` of a MariaDB database, checked before anything is written: the
+/// backup (named, else the newest that ends before the target and leads to it), the target
+/// inside the recoverable range (refused naming it), the objects the restore reads (refused
+/// naming the file). A time or the latest point is resolved here to the GTID the replay stops
+/// at, recorded as `targetGtid`, so the primary replays exactly what was checked.
 pub fn resolve_restore(
     db: &Database,
     from: &stator_api::spec::RestoreFromSpec,
@@ -168,50 +186,46 @@ pub fn resolve_restore(
             "spec.bootstrap.restoreFrom: {why} (nothing was created)"
         ))
     };
-    let backups = list(&repository)?;
-    let Some(newest) = backups.last() else {
+    let backups = repository::list(&repository).map_err(LocalError::Failed)?;
+    if backups.is_empty() {
         return Err(refuse(format!(
             "the repository of {} holds no backup yet; take one with `stator backup create` first",
             from.database
         )));
-    };
-    let chosen = match &from.backup {
-        Some(id) => backups.iter().find(|b| &b.id == id).ok_or_else(|| {
-            refuse(format!(
-                "backup {id} is not in the repository of {} (see `stator backup list`)",
-                from.database
-            ))
-        })?,
-        None => newest,
-    };
-    let range = recoverable(&backups).unwrap_or_default();
-    match &target {
-        RestoreTarget::Latest | RestoreTarget::Immediate => {}
-        RestoreTarget::Time(t) => {
-            return Err(refuse(format!(
-                "time {t} is outside the recoverable range of {}: {range}; point-in-time restores of MariaDB need the binlog archive, which is not implemented yet",
-                from.database
-            )));
-        }
-        RestoreTarget::Lsn(_) => {
-            return Err(refuse(
-                "targetLsn is PostgreSQL's; a MariaDB database restores to a backup".into(),
-            ));
-        }
     }
-    repository::check_object(&repository, chosen).map_err(|e| {
+    let wanted = binlog_archive::path_target(&target).map_err(refuse)?;
+    let index = binlog_archive::read_archive(&repository).map_err(LocalError::Failed)?;
+    let plan = index
+        .plan(
+            &repository,
+            &from.database,
+            &backups,
+            from.backup.as_deref(),
+            &wanted,
+        )
+        .map_err(refuse)?;
+    repository::check_object(&repository, &plan.backup).map_err(|e| {
         LocalError::Failed(format!("refusing to restore (nothing was created): {e}"))
     })?;
     let mut resolved = db.clone();
     if let Some(f) = resolved.spec.bootstrap.restore_from.as_mut() {
-        f.backup = Some(chosen.id.clone());
+        f.backup = Some(plan.backup.id.clone());
+        if !plan.stop.is_empty() {
+            f.target_time = None;
+            f.target_gtid = Some(plan.stop.clone());
+        }
     }
+    let target = if plan.stop.is_empty() {
+        RestoreTarget::Latest
+    } else {
+        RestoreTarget::Gtid(plan.stop.clone())
+    };
     Ok((
         resolved,
         RestoreSource {
             stanza: from.database.clone(),
             repository,
-            set: chosen.id.clone(),
+            set: plan.backup.id,
             target,
         },
     ))

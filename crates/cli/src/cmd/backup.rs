@@ -61,7 +61,7 @@ pub enum BackupAction {
 /// lies outside the recoverable range (the error names it); nothing is created then.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  stator restore -f new.yaml --from db --to-time 2026-11-26T12:00:00Z\n  stator restore -f new.yaml --from db --to-lsn 0/3000060\n  stator restore -f new.yaml --from db                     to the latest archived WAL"
+    after_help = "Examples:\n  stator restore -f new.yaml --from db --to-time 2026-11-26T12:00:00Z\n  stator restore -f new.yaml --from db --to-lsn 0/3000060\n  stator restore -f new.yaml --from db --to-gtid 0-1000-42   (MariaDB)\n  stator restore -f new.yaml --from db                     to the latest archived WAL (binlog)"
 )]
 pub struct RestoreArgs {
     /// The new database's spec file.
@@ -76,11 +76,14 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "ID")]
     pub backup: Option<String>,
     /// Recover up to this time (RFC 3339, or PostgreSQL's `2026-11-26 12:00:00.1+00`).
-    #[arg(long, value_name = "TIME", conflicts_with = "to_lsn")]
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["to_lsn", "to_gtid"])]
     pub to_time: Option<String>,
-    /// Recover up to this LSN.
-    #[arg(long, value_name = "LSN")]
+    /// Recover up to this LSN (PostgreSQL).
+    #[arg(long, value_name = "LSN", conflicts_with = "to_gtid")]
     pub to_lsn: Option<String>,
+    /// Recover up to and including this transaction (MariaDB, e.g. 0-1000-42).
+    #[arg(long, value_name = "GTID")]
+    pub to_gtid: Option<String>,
     /// How long to wait for the new database, in seconds.
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     pub timeout: u64,
@@ -120,14 +123,21 @@ pub fn backup(args: BackupArgs) -> CliResult {
                     })
                 });
                 let backups = match &listing.mariadb {
-                    Some(b) => serde_json::json!(b),
+                    Some(m) => serde_json::json!(m.backups),
                     None => serde_json::json!(listing.info.backups),
                 };
+                // MariaDB: the range with its GTIDs, and the binlog archive's terms.
+                let range = range.or_else(|| {
+                    let r = listing.mariadb.as_ref()?.range.as_ref()?;
+                    Some(serde_json::json!(r))
+                });
+                let terms = listing.mariadb.as_ref().map(|m| serde_json::json!(m.terms));
                 let value = serde_json::json!({
                     "backups": backups,
                     "archiveMin": listing.info.archive_min,
                     "archiveMax": listing.info.archive_max,
                     "recoverable": range,
+                    "binlogTerms": terms,
                 });
                 println!(
                     "{}",
@@ -172,6 +182,7 @@ pub fn restore(args: RestoreArgs) -> CliResult {
         backup: args.backup.clone(),
         target_time: args.to_time.clone(),
         target_lsn: args.to_lsn.clone(),
+        target_gtid: args.to_gtid.clone(),
     });
     let report = stator_api::validate(&db);
     if !report.errors.is_empty() {

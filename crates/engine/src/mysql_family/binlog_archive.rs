@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use stator_api::position::{MariadbGtid, MariadbGtidPosition};
 
+use crate::error::EngineError;
 use crate::mysql_family::binlog::{LoggedTransaction, read_binlog};
 use crate::mysql_family::binlog_path::{ArchivedLog, Term};
 use crate::mysql_family::repository::ZSTD;
@@ -528,5 +529,418 @@ mod tests {
         );
         let terms = read_terms(repo.path()).unwrap();
         assert_eq!(terms[1].start, "0-1000-5");
+    }
+}
+
+/// What the primary's server says of its binary logs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServerBinlogs {
+    /// `@@gtid_binlog_pos`.
+    pub logged: String,
+    /// `@@gtid_slave_pos`: what it had replicated (its promotion GTID once it is primary).
+    pub replicated: String,
+    /// `SHOW BINARY LOGS`: name and size, oldest first; the last one is being written.
+    pub files: Vec<(String, u64)>,
+}
+
+impl crate::mysql_family::MysqlFamily {
+    /// The server's binary logs and GTID positions.
+    pub async fn server_binlogs(&self) -> Result<ServerBinlogs, EngineError> {
+        use mysql_async::prelude::Queryable;
+        self.with_session(async |c: &mut mysql_async::Conn| {
+            let row: Option<(Option<String>, Option<String>)> = c
+                .query_first("SELECT @@GLOBAL.gtid_binlog_pos, @@GLOBAL.gtid_slave_pos")
+                .await
+                .map_err(|e| EngineError::mysql("reading the GTID positions", e))?;
+            let (logged, replicated) = row.unwrap_or_default();
+            let rows: Vec<mysql_async::Row> = c
+                .query("SHOW BINARY LOGS")
+                .await
+                .map_err(|e| EngineError::mysql("listing the binary logs", e))?;
+            let files = rows
+                .iter()
+                .map(|r| {
+                    (
+                        super::column(r, "Log_name"),
+                        super::column(r, "File_size").parse().unwrap_or(0),
+                    )
+                })
+                .collect();
+            Ok(ServerBinlogs {
+                logged: logged.unwrap_or_default(),
+                replicated: replicated.unwrap_or_default(),
+                files,
+            })
+        })
+        .await
+    }
+
+    /// Closes the binary log being written and opens the next (`FLUSH LOCAL BINARY LOGS`: not
+    /// written to the binary log itself, so it is no transaction on a replica).
+    pub async fn flush_binlogs(&self) -> Result<(), EngineError> {
+        self.with_session(async |c: &mut mysql_async::Conn| {
+            Self::exec(c, "flushing the binary logs", "FLUSH LOCAL BINARY LOGS").await
+        })
+        .await
+    }
+
+    /// `NAME-N`.
+    pub fn instance_name(&self) -> &str {
+        &self.instance
+    }
+
+    /// Where binary log `name` is (`log_bin = binlog`: in the data dir).
+    pub fn binlog_path(&self, name: &str) -> PathBuf {
+        self.data_dir.join(name)
+    }
+}
+
+/// What a repository can restore: from the end of its oldest backup to the end of the archive.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoverableRange {
+    pub earliest_time: f64,
+    pub earliest_gtid: String,
+    pub earliest_backup: String,
+    /// The newest time the archive covers: the close of the last archived binary log on the
+    /// history (or the end of the newest backup).
+    pub latest_time: f64,
+    pub latest_gtid: String,
+    /// The first sequence number missing from the archive while later ones are there.
+    pub gap: Option<u64>,
+}
+
+impl RecoverableRange {
+    pub fn describe(&self) -> String {
+        let time = |t: f64| crate::postgres::backrest::format_time(t.floor());
+        format!(
+            "{} (GTID {}, end of backup {}) .. {} (GTID {}){}",
+            time(self.earliest_time),
+            show(&self.earliest_gtid),
+            self.earliest_backup,
+            time(self.latest_time),
+            show(&self.latest_gtid),
+            self.gap
+                .map(|s| format!(
+                    "; the archive lacks sequence number {s} (a missing binary log): nothing past it is recoverable"
+                ))
+                .unwrap_or_default()
+        )
+    }
+}
+
+fn show(gtid: &str) -> &str {
+    if gtid.is_empty() { "none" } else { gtid }
+}
+
+/// The archive's index, read once.
+pub struct ArchiveIndex {
+    pub terms: Vec<TermRecord>,
+    pub logs: Vec<LogRecord>,
+    path_terms: Vec<Term>,
+    path_logs: Vec<ArchivedLog>,
+}
+
+/// Reads the terms and the records of the archived binary logs.
+pub fn read_archive(repository: &Path) -> Result<ArchiveIndex, String> {
+    let terms = read_terms(repository)?;
+    let logs = read_logs(repository)?;
+    let (path_terms, path_logs) = path_inputs(&terms, &logs)?;
+    Ok(ArchiveIndex {
+        terms,
+        logs,
+        path_terms,
+        path_logs,
+    })
+}
+
+/// One backup's reach: the history after it and the time its last archived log closed.
+struct Reach {
+    history: crate::mysql_family::binlog_path::History,
+    end_time: f64,
+    end_gtid: String,
+}
+
+impl ArchiveIndex {
+    fn history(&self, backup: &crate::mysql_family::repository::Manifest) -> Result<Reach, String> {
+        let from: MariadbGtidPosition = backup
+            .gtid
+            .parse()
+            .map_err(|e| format!("backup {}: GTID {:?}: {e}", backup.id, backup.gtid))?;
+        let history = crate::mysql_family::binlog_path::history_after(
+            &self.path_terms,
+            &self.path_logs,
+            &from,
+        )
+        .map_err(|e| format!("backup {}: {e}", backup.id))?;
+        let end_time = history
+            .path
+            .iter()
+            .map(|s| self.logs[s.log].closed)
+            .fold(backup.stopped, f64::max);
+        let end_gtid = history
+            .path
+            .last()
+            .map(|s| crate::mysql_family::binlog_path::gtid_text(&s.gtid))
+            .unwrap_or_else(|| backup.gtid.clone());
+        Ok(Reach {
+            history,
+            end_time,
+            end_gtid,
+        })
+    }
+
+    /// The recoverable range over `backups` (oldest first); `None` without a usable backup.
+    pub fn range(
+        &self,
+        backups: &[crate::mysql_family::repository::Manifest],
+    ) -> Option<RecoverableRange> {
+        let reaches: Vec<(&crate::mysql_family::repository::Manifest, Reach)> = backups
+            .iter()
+            .filter_map(|b| self.history(b).ok().map(|r| (b, r)))
+            .collect();
+        let (first, _) = reaches.first()?;
+        let (_, last) = reaches
+            .iter()
+            .max_by(|a, b| a.1.end_time.total_cmp(&b.1.end_time))?;
+        Some(RecoverableRange {
+            earliest_time: first.stopped,
+            earliest_gtid: first.gtid.clone(),
+            earliest_backup: first.id.clone(),
+            latest_time: last.end_time,
+            latest_gtid: last.end_gtid.clone(),
+            gap: last.history.gap,
+        })
+    }
+
+    /// Plans a restore of `database`'s repository to `target`: the backup (`chosen`, else the
+    /// newest one that ends before the target and leads to it) and the replay runs. Refused,
+    /// naming the range, when the target lies outside it; refused, naming the file, when an
+    /// archived log the replay needs does not match its record.
+    pub fn plan(
+        &self,
+        repository: &Path,
+        database: &str,
+        backups: &[crate::mysql_family::repository::Manifest],
+        chosen: Option<&str>,
+        target: &crate::mysql_family::binlog_path::PathTarget,
+    ) -> Result<RestorePlan, String> {
+        use crate::mysql_family::binlog_path::{PathTarget, replay_length, replay_runs};
+        let range = self.range(backups);
+        let outside = |what: String| match &range {
+            Some(r) => format!(
+                "{what} is outside the recoverable range of {database}: {}",
+                r.describe()
+            ),
+            None => format!("{what}: the repository of {database} holds no backup yet"),
+        };
+        let what = match target {
+            PathTarget::Latest => "the latest point".to_string(),
+            PathTarget::Gtid(g) => {
+                format!("GTID {}", crate::mysql_family::binlog_path::gtid_text(g))
+            }
+            PathTarget::Time(t) => {
+                format!("time {}", crate::postgres::backrest::format_time(*t))
+            }
+        };
+        let candidates: Vec<&crate::mysql_family::repository::Manifest> = match chosen {
+            Some(id) => backups.iter().filter(|b| b.id == id).collect(),
+            None => backups.iter().rev().collect(),
+        };
+        if candidates.is_empty() {
+            return Err(match chosen {
+                Some(id) => format!(
+                    "backup {id} is not in the repository of {database} (see `stator backup list`)"
+                ),
+                None => outside(what),
+            });
+        }
+        for backup in candidates {
+            let Ok(reach) = self.history(backup) else {
+                continue;
+            };
+            let length = match target {
+                PathTarget::Time(t) if *t < backup.stopped || *t > reach.end_time => continue,
+                PathTarget::Gtid(g) => {
+                    let at: MariadbGtidPosition = backup.gtid.parse().unwrap_or_default();
+                    if at.gtids().any(|b| b == *g) {
+                        Some(0)
+                    } else {
+                        replay_length(&reach.history, target)
+                    }
+                }
+                _ => replay_length(&reach.history, target),
+            };
+            let Some(length) = length else {
+                continue;
+            };
+            let from: MariadbGtidPosition = backup.gtid.parse().unwrap_or_default();
+            let runs = replay_runs(&reach.history, &self.path_logs, &from, length)
+                .into_iter()
+                .map(|run| {
+                    let logs: Vec<LogRecord> =
+                        run.logs.iter().map(|&i| self.logs[i].clone()).collect();
+                    for log in &logs {
+                        check_log(repository, log)
+                            .map_err(|e| format!("refusing to restore: {e}"))?;
+                    }
+                    Ok(ReplayRun {
+                        logs,
+                        after: run.after.to_string(),
+                        stop: crate::mysql_family::binlog_path::gtid_text(&run.stop),
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let stop = runs
+                .last()
+                .map(|r| r.stop.clone())
+                .unwrap_or_else(|| backup.gtid.clone());
+            return Ok(RestorePlan {
+                backup: backup.clone(),
+                runs,
+                stop,
+            });
+        }
+        Err(outside(what))
+    }
+}
+
+/// One replay: these archived logs, after position `after` up to and including `stop`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplayRun {
+    pub logs: Vec<LogRecord>,
+    pub after: String,
+    pub stop: String,
+}
+
+/// A planned restore: the full backup, then the replays; `stop` is the GTID the restored
+/// server ends at (`@@gtid_binlog_pos`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestorePlan {
+    pub backup: crate::mysql_family::repository::Manifest,
+    pub runs: Vec<ReplayRun>,
+    pub stop: String,
+}
+
+/// The target of a restore source as the path selection reads it.
+pub fn path_target(
+    target: &stator_api::instance::RestoreTarget,
+) -> Result<crate::mysql_family::binlog_path::PathTarget, String> {
+    use crate::mysql_family::binlog_path::PathTarget;
+    use stator_api::instance::RestoreTarget;
+    Ok(match target {
+        RestoreTarget::Latest | RestoreTarget::Immediate => PathTarget::Latest,
+        RestoreTarget::Time(t) => {
+            PathTarget::Time(crate::postgres::backrest::parse_time(t).ok_or_else(|| {
+                format!("targetTime {t:?} is not a time (e.g. 2026-11-26T12:00:00Z)")
+            })?)
+        }
+        RestoreTarget::Gtid(g) => {
+            let position: MariadbGtidPosition = g
+                .parse()
+                .map_err(|e| format!("targetGtid {g:?} is not a GTID (e.g. 0-1000-42): {e}"))?;
+            let mut gtids = position.gtids();
+            match (gtids.next(), gtids.next()) {
+                (Some(one), None) => PathTarget::Gtid(one),
+                _ => return Err(format!("targetGtid {g:?}: give one GTID (e.g. 0-1000-42)")),
+            }
+        }
+        RestoreTarget::Lsn(_) => {
+            return Err(
+                "targetLsn is PostgreSQL's; a MariaDB database restores to a time or a GTID".into(),
+            );
+        }
+    })
+}
+
+/// The plan of restore `source` (backup `set`, its target) from its repository.
+pub fn plan_for(source: &stator_api::instance::RestoreSource) -> Result<RestorePlan, String> {
+    let backups = crate::mysql_family::repository::list(&source.repository)?;
+    let index = read_archive(&source.repository)?;
+    index.plan(
+        &source.repository,
+        &source.stanza,
+        &backups,
+        Some(&source.set),
+        &path_target(&source.target)?,
+    )
+}
+
+/// Re-hashes every archived binary log and checks the GTID chain after each backup: the report
+/// (one line per term and a summary), and every problem found, each naming its file.
+pub fn verify_archive(
+    repository: &Path,
+    backups: &[crate::mysql_family::repository::Manifest],
+) -> (String, Vec<String>) {
+    let mut report = String::new();
+    let mut problems = Vec::new();
+    let index = match read_archive(repository) {
+        Ok(i) => i,
+        Err(e) => return (report, vec![e]),
+    };
+    for log in &index.logs {
+        if let Err(e) = check_log(repository, log) {
+            problems.push(e);
+        }
+    }
+    for t in &index.terms {
+        report.push_str(&format!(
+            "binlog term {}: {} (server id {}), promotion GTID {}\n",
+            t.term,
+            t.instance,
+            t.server_id,
+            show(&t.start)
+        ));
+    }
+    for b in backups {
+        match index.history(b) {
+            Ok(reach) => {
+                if let Some(seq) = reach.history.gap {
+                    problems.push(format!(
+                        "{}: the GTID chain after backup {} breaks at sequence number {seq}: no archived binary log holds it, though later ones are archived",
+                        repository.join(BINLOG_DIR).display(),
+                        b.id
+                    ));
+                }
+                report.push_str(&format!(
+                    "backup {}: GTID chain {} .. {} ({} transactions archived after it)\n",
+                    b.id,
+                    show(&b.gtid),
+                    show(&reach.end_gtid),
+                    reach.history.path.len()
+                ));
+            }
+            Err(e) => report.push_str(&format!("note: {e}\n")),
+        }
+    }
+    report.push_str(&format!(
+        "binlog archive: {} binary logs, SHA-256 {}\n",
+        index.logs.len(),
+        if problems.is_empty() { "ok" } else { "NOT ok" }
+    ));
+    (report, problems)
+}
+
+/// Ties `repository` to database `namespace/name`: writes the marker when absent, refuses
+/// another database's (no database ever writes into another's path).
+pub fn claim_repository(repository: &Path, namespace: &str, name: &str) -> Result<(), String> {
+    use crate::postgres::backrest::{
+        REPOSITORY_MARKER, RepositoryMarker, marker_conflict, read_repository_marker,
+    };
+    let wanted = RepositoryMarker {
+        namespace: namespace.into(),
+        name: name.into(),
+        system_identifier: None,
+    };
+    match read_repository_marker(repository).map_err(|e| e.to_string())? {
+        Some(found) => match marker_conflict(repository, &found, &wanted) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        },
+        None => {
+            private_dir(repository)?;
+            let text = serde_json::to_vec_pretty(&wanted).map_err(|e| e.to_string())?;
+            write_if_absent(&repository.join(REPOSITORY_MARKER), &text).map(|_| ())
+        }
     }
 }

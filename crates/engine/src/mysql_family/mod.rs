@@ -807,7 +807,13 @@ impl ServerEngine for MysqlFamily {
                 message: format!("{} cannot restore from a backup yet", self.dialect.engine),
             });
         }
-        self.restore_full_backup(&source.repository, &source.set)
+        let plan = crate::mysql_family::binlog_archive::plan_for(source).map_err(|message| {
+            EngineError::Config {
+                field: "spec.bootstrap.restoreFrom".into(),
+                message,
+            }
+        })?;
+        self.restore_full_backup(&source.repository, &plan.backup.id, &plan.runs)
             .await
     }
 

@@ -452,6 +452,7 @@ impl MysqlFamily {
         &self,
         repository: &Path,
         id: &str,
+        replay: &[crate::mysql_family::binlog_archive::ReplayRun],
     ) -> Result<(), EngineError> {
         let file = backup_dir(repository, id).join(MANIFEST);
         let manifest = read_manifest(&file).map_err(|message| EngineError::Config {
@@ -521,7 +522,8 @@ impl MysqlFamily {
             .run()
             .await?;
             let gtid: MariadbGtidPosition = manifest.gtid.parse()?;
-            self.set_binlog_state(&staging, &gtid).await?;
+            self.set_binlog_state(&staging, &gtid, repository, replay)
+                .await?;
             crate::data_dir::write_marker(&staging, &self.marker(None), &self.user)?;
             crate::data_dir::install_staging(&staging, &self.data_dir, &self.user)
         }
@@ -529,7 +531,9 @@ impl MysqlFamily {
         if result.is_err() {
             crate::data_dir::discard_staging(&staging, &self.data_dir);
         }
-        tracing::info!(id, gtid = %manifest.gtid, "restored from a full backup");
+        if result.is_ok() {
+            tracing::info!(id, gtid = %manifest.gtid, replays = replay.len(), "restored from a full backup");
+        }
         result
     }
 }
@@ -537,11 +541,15 @@ impl MysqlFamily {
 impl MysqlFamily {
     /// Starts the restored copy in `dir` on the socket only (no TCP, no users but the socket's
     /// root), empties its binary log and sets its GTID state to the copy's `gtid`, so the
-    /// restored primary's transactions continue that history; stops it again.
+    /// restored primary's transactions continue that history; then replays the archived binary
+    /// logs of `replay` and checks that `@@gtid_binlog_pos` is the last one's stop GTID; stops
+    /// it again. Users are made afterwards, at its first start as a primary.
     async fn set_binlog_state(
         &self,
         dir: &Path,
         gtid: &MariadbGtidPosition,
+        repository: &Path,
+        replay: &[crate::mysql_family::binlog_archive::ReplayRun],
     ) -> Result<(), EngineError> {
         let mut datadir = OsString::from("--datadir=");
         datadir.push(dir);
@@ -572,9 +580,136 @@ impl MysqlFamily {
             for statement in &statements {
                 Self::exec(c, "setting the restored GTID state", statement).await?;
             }
+            for run in replay {
+                self.replay_binlogs(repository, run).await?;
+            }
+            if let Some(last) = replay.last() {
+                use mysql_async::prelude::Queryable;
+                let reached: Option<String> = c
+                    .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
+                    .await
+                    .map_err(|e| EngineError::mysql("reading the replayed position", e))?;
+                let reached = reached.unwrap_or_default();
+                if reached != last.stop {
+                    return Err(EngineError::State(format!(
+                        "the binlog replay ended at GTID {reached:?}, not at the target {}: the restore is incomplete and was discarded",
+                        last.stop
+                    )));
+                }
+                tracing::info!(gtid = %reached, "archived binary logs replayed");
+            }
             Ok(())
         })
         .await
+    }
+}
+
+impl MysqlFamily {
+    /// `TZ=UTC mariadb-binlog --start-position=AFTER --stop-position=STOP LOGS… | mariadb`,
+    /// both as the manager's own user (the client over the socket, no password anywhere): the
+    /// archived logs decompressed (and re-checked) into a private dir of the run dir first.
+    async fn replay_binlogs(
+        &self,
+        repository: &Path,
+        run: &crate::mysql_family::binlog_archive::ReplayRun,
+    ) -> Result<(), EngineError> {
+        let dir = self.run_dir.join("replay");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| EngineError::io(&dir, "create", e))?;
+        let result = self.replay_in(repository, run, &dir).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    async fn replay_in(
+        &self,
+        repository: &Path,
+        run: &crate::mysql_family::binlog_archive::ReplayRun,
+        dir: &Path,
+    ) -> Result<(), EngineError> {
+        let mut files = Vec::new();
+        for (i, log) in run.logs.iter().enumerate() {
+            let bytes = crate::mysql_family::binlog_archive::read_archived_log(repository, log)
+                .map_err(|message| EngineError::Config {
+                    field: "spec.bootstrap.restoreFrom".into(),
+                    message: format!("refusing to restore: {message}"),
+                })?;
+            let path = dir.join(format!("{i:04}-{}", log.file));
+            std::fs::write(&path, bytes).map_err(|e| EngineError::io(&path, "write", e))?;
+            files.push(path);
+        }
+        let decoder = self.binaries.tool("mariadb-binlog")?;
+        let client = self.binaries.tool("mariadb")?;
+        let mut args: Vec<OsString> = vec!["--no-defaults".into()];
+        if !run.after.is_empty() {
+            args.push(format!("--start-position={}", run.after).into());
+        }
+        args.push(format!("--stop-position={}", run.stop).into());
+        args.push("--skip-gtid-strict-mode".into());
+        args.extend(files.iter().map(|f| f.as_os_str().to_owned()));
+        let mut decode = tokio::process::Command::new(&decoder)
+            .args(&args)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("TZ", "UTC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| EngineError::io(&decoder, "run", e))?;
+        let events = decode
+            .stdout
+            .take()
+            .ok_or_else(|| EngineError::State("mariadb-binlog has no output pipe".into()))?;
+        let events: Stdio = events
+            .try_into()
+            .map_err(|e| EngineError::io(&decoder, "pipe the output of", e))?;
+        let mut socket = OsString::from("--socket=");
+        socket.push(self.socket());
+        let apply = tokio::process::Command::new(&client)
+            .arg("--no-defaults")
+            .arg(socket)
+            .arg(format!("--user={}", self.admin))
+            .arg("--batch")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("TZ", "UTC")
+            .stdin(events)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| EngineError::io(&client, "run", e))?;
+        let applied = apply
+            .wait_with_output()
+            .await
+            .map_err(|e| EngineError::io(&client, "run", e))?;
+        let decoded = decode
+            .wait_with_output()
+            .await
+            .map_err(|e| EngineError::io(&decoder, "run", e))?;
+        if !decoded.status.success() || !applied.status.success() {
+            return Err(EngineError::State(format!(
+                "replaying the archived binary logs {} (after {:?}, up to {}) failed: mariadb-binlog {}: {}; mariadb {}: {}",
+                run.logs
+                    .iter()
+                    .map(|l| l.key())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                run.after,
+                run.stop,
+                decoded.status,
+                String::from_utf8_lossy(&decoded.stderr).trim(),
+                applied.status,
+                String::from_utf8_lossy(&applied.stderr).trim()
+            )));
+        }
+        Ok(())
     }
 }
 

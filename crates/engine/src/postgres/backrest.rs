@@ -293,7 +293,8 @@ pub fn restore_args(s: &BackrestSettings, set: &str, target: &RestoreTarget) -> 
     args.push(format!("--set={set}").into());
     match target {
         RestoreTarget::Latest => args.push("--type=default".into()),
-        RestoreTarget::Immediate => args.push("--type=immediate".into()),
+        // A GTID is MariaDB's: `choose_backup` refuses it before any restore runs.
+        RestoreTarget::Immediate | RestoreTarget::Gtid(_) => args.push("--type=immediate".into()),
         RestoreTarget::Time(t) => {
             args.push("--type=time".into());
             args.push(format!("--target={t}").into());
@@ -523,6 +524,11 @@ pub fn choose_backup(
     };
     let fits: Box<dyn Fn(&BackupInfo) -> bool> = match target {
         RestoreTarget::Latest | RestoreTarget::Immediate => Box::new(|_| true),
+        RestoreTarget::Gtid(g) => {
+            return Err(TargetError::Invalid(format!(
+                "--to-gtid {g:?}: a GTID is MariaDB's; a PostgreSQL database restores to a time or an LSN"
+            )));
+        }
         RestoreTarget::Time(t) => {
             let at = parse_time(t).ok_or_else(|| {
                 TargetError::Invalid(format!(
@@ -547,6 +553,7 @@ pub fn choose_backup(
     let target_text = match target {
         RestoreTarget::Time(t) => format!("time {t}"),
         RestoreTarget::Lsn(l) => format!("LSN {l}"),
+        RestoreTarget::Gtid(g) => format!("GTID {g}"),
         RestoreTarget::Latest => "latest".into(),
         RestoreTarget::Immediate => "immediate".into(),
     };
