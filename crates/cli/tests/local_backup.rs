@@ -1,5 +1,6 @@
 //! Backups and point-in-time restore of a local PostgreSQL database with pgBackRest, against
-//! real PostgreSQL 15 servers and a real repository (and full backups of MariaDB 10.11): rows written, a point T marked on the
+//! real PostgreSQL 15 servers and a real repository (and of MariaDB 10.11: full backups and the
+//! binlog archive): rows written, a point T marked on the
 //! server's clock, more rows written; a restore to T into a new database holds exactly the rows
 //! committed before T. Targets outside the recoverable range, an existing name and a damaged
 //! repository are refused, naming the range or the file, and nothing is created.
@@ -556,30 +557,29 @@ fn mariadb_full_backups_restore_exactly_and_a_damaged_one_is_refused_naming_the_
     assert!(c.ok(&["backup", "verify"]).contains("intact"));
     assert!(c.ok(&["status"]).contains("last backup:  2"));
 
-    // The newest backup by default; an older one by its ID.
+    // Each backup's own end, by its ID and its GTID: the restored primary continues the copy's
+    // GTID history (no binary log replayed past it).
     for (name, backup, expected) in [
-        ("ml", None, vec![1, 2, 3, 4, 5]),
-        ("mf", first["id"].as_str(), vec![1, 2, 3]),
+        ("ml", newest, vec![1, 2, 3, 4, 5]),
+        ("mf", first, vec![1, 2, 3]),
     ] {
         let spec = sibling(&c, name, &repo);
-        let mut args = vec!["restore", "--from", "mb"];
-        if let Some(id) = backup {
-            args.extend(["--backup", id]);
-        }
+        let (id, gtid) = (
+            backup["id"].as_str().unwrap(),
+            backup["gtid"].as_str().unwrap(),
+        );
+        let args = ["restore", "--from", "mb", "--backup", id, "--to-gtid", gtid];
         restore_ok(&c, &args, &spec, name, &format!("mariadb restore {name}"));
         assert_eq!(mariadb_rows(&c, name), expected, "{name}");
-        // The restored primary continues the copy's GTID history.
-        let id = backup.unwrap_or(newest["id"].as_str().unwrap());
-        let copy = backups.iter().find(|b| b["id"] == id).unwrap();
         assert_eq!(
             mariadb_root(&c, name, "SELECT @@gtid_binlog_pos"),
-            copy["gtid"].as_str().unwrap(),
+            gtid,
             "{name}"
         );
         cleanup(&c, &spec);
     }
 
-    // A time target: outside what full backups alone can reach; the error names the range.
+    // A time target before the first backup: the error names the range.
     let spec = sibling(&c, "mo", &repo);
     let out = stator(
         &c,
@@ -595,7 +595,7 @@ fn mariadb_full_backups_restore_exactly_and_a_damaged_one_is_refused_naming_the_
     assert!(!out.status.success());
     assert!(
         text(&out).contains("outside the recoverable range of mb")
-            && text(&out).contains(newest["id"].as_str().unwrap()),
+            && text(&out).contains(first["id"].as_str().unwrap()),
         "{}",
         text(&out)
     );
@@ -660,4 +660,190 @@ fn mariadb_full_backups_restore_exactly_and_a_damaged_one_is_refused_naming_the_
     }
     // Without its manifest the backup is not listed.
     assert_eq!(listing(&c)["backups"].as_array().unwrap().len(), 1);
+}
+
+/// The server's clock through `rw` (seconds since the epoch, and as RFC 3339 in UTC) and its
+/// `@@gtid_binlog_pos`.
+fn mariadb_now(c: &Cluster) -> (f64, String, String) {
+    let v = c
+        .value(
+            c.rw(),
+            "SELECT UNIX_TIMESTAMP(NOW(6)), DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%dT%H:%i:%s.%fZ'), @@gtid_binlog_pos",
+        )
+        .unwrap();
+    let parts: Vec<&str> = v.split('|').collect();
+    (
+        parts[0].parse().unwrap(),
+        parts[1].to_string(),
+        parts[2].to_string(),
+    )
+}
+
+/// `INSERT INTO t` of ids `from..=to` through `rw`.
+fn mariadb_insert(c: &Cluster, from: i64, to: i64) {
+    let values: Vec<String> = (from..=to).map(|i| format!("({i})")).collect();
+    c.sql(
+        c.rw(),
+        &format!("INSERT INTO t VALUES {}", values.join(",")),
+    )
+    .unwrap();
+}
+
+/// Waits until the binlog archive covers `after` (the server's clock): a binary log closed
+/// later holds everything logged before it.
+fn wait_binlogs_archived(c: &Cluster, after: f64) -> serde_json::Value {
+    c.eventually(
+        "the binary logs after T are archived",
+        Duration::from_secs(60),
+        || {
+            let r = listing(c)["recoverable"].clone();
+            (r["latestTime"].as_f64()? > after).then_some(r)
+        },
+    )
+}
+
+/// Rows written, T marked on the server clock with 2 s of quiet around it, more rows; the
+/// primary dies and the replica takes over (a new term of the archive), T2 marked the same way.
+/// Restores to T (before the failover), to its GTID, to T2 (after it) and to the latest point
+/// hold exactly the rows committed by then; targets outside the range are refused naming it; a
+/// flipped byte in an archived binary log fails verify and the restore, naming the file.
+#[test]
+fn mariadb_binlog_archive_restores_to_a_time_or_gtid_exactly_across_a_failover() {
+    let c = Cluster::mariadb("mp", 2);
+    let repo = repository(&c);
+    c.write_spec(2, &backup_spec(&repo));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = c.watch_command_lines(stop.clone());
+    c.up();
+    c.eventually(
+        "the scheduled first backup",
+        Duration::from_secs(120),
+        || listing(&c)["backups"].as_array()?.first().cloned(),
+    );
+    c.sql(c.rw(), "CREATE TABLE t (id bigint primary key)")
+        .unwrap();
+    mariadb_insert(&c, 1, 10);
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, t1_text, g1) = mariadb_now(&c);
+    std::thread::sleep(Duration::from_secs(2));
+    mariadb_insert(&c, 11, 20);
+    let (written, _, _) = mariadb_now(&c);
+    wait_binlogs_archived(&c, written);
+    // The archive as the primary's manager reports it.
+    let archive = c.eventually("the archive in status", Duration::from_secs(30), || {
+        let a = c.status()["backup"]["archive"].clone();
+        (a["lastSuccess"].as_f64()? > 0.0).then_some(a)
+    });
+    assert_eq!(archive["term"], 1, "{archive}");
+    assert!(archive["failing"].is_null(), "{archive}");
+
+    // The primary dies once the replica holds every row; mp-1 takes over: term 2.
+    c.eventually(
+        "the replica holds rows 1..20",
+        Duration::from_secs(60),
+        || (c.value(c.ro(), "SELECT count(*) FROM t").ok()? == "20").then_some(()),
+    );
+    c.hold_and_kill(0);
+    c.eventually(
+        "mp-1 is the writable primary",
+        Duration::from_secs(120),
+        || {
+            (c.core_primary().as_deref() == Some("mp-1")
+                && c.sql(c.rw(), "INSERT INTO t VALUES (21)").is_ok())
+            .then_some(())
+        },
+    );
+    mariadb_insert(&c, 22, 30);
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, t2_text, _) = mariadb_now(&c);
+    std::thread::sleep(Duration::from_secs(2));
+    mariadb_insert(&c, 31, 40);
+    let (written, _, _) = mariadb_now(&c);
+    let range = wait_binlogs_archived(&c, written);
+    println!("recoverable after the failover: {range}");
+    let terms = listing(&c)["binlogTerms"].clone();
+    assert_eq!(terms.as_array().map(Vec::len), Some(2), "{terms}");
+    assert_eq!(terms[1]["instance"], "mp-1", "{terms}");
+    let table = c.ok(&["backup", "list"]);
+    assert!(
+        table.contains("binlog archive:")
+            && table.contains(&format!("GTID {}", range["latestGtid"].as_str().unwrap())),
+        "{table}"
+    );
+    let verified = c.ok(&["backup", "verify"]);
+    assert!(
+        verified.contains("binlog term 2") && verified.contains("intact"),
+        "{verified}"
+    );
+
+    for (name, flag, target, expected) in [
+        ("pa", Some("--to-time"), t1_text.as_str(), 10),
+        ("pg", Some("--to-gtid"), g1.as_str(), 10),
+        ("pb", Some("--to-time"), t2_text.as_str(), 30),
+        ("pl", None, "latest", 40),
+    ] {
+        let spec = sibling(&c, name, &repo);
+        let mut args = vec!["restore", "--from", "mp"];
+        if let Some(flag) = flag {
+            args.extend([flag, target]);
+        }
+        restore_ok(
+            &c,
+            &args,
+            &spec,
+            name,
+            &format!("mariadb point-in-time restore {name} (to {target})"),
+        );
+        assert_eq!(
+            mariadb_rows(&c, name),
+            (1..=expected).collect::<Vec<_>>(),
+            "{name}: to {target}"
+        );
+        if name == "pg" {
+            assert_eq!(mariadb_root(&c, name, "SELECT @@gtid_binlog_pos"), g1);
+        }
+        cleanup(&c, &spec);
+    }
+
+    // Outside the recoverable range (before the first backup, after the last archive): the
+    // error names the range, and nothing is created.
+    for target in ["2001-01-01T00:00:00Z", "2099-01-01T00:00:00Z"] {
+        let spec = sibling(&c, "po", &repo);
+        let out = stator(&c, &["restore", "--from", "mp", "--to-time", target], &spec);
+        assert!(!out.status.success(), "{target}");
+        let said = text(&out);
+        assert!(
+            said.contains("outside the recoverable range of mp") && said.contains(" .. "),
+            "{said}"
+        );
+        assert!(!c.state_dir().join("default/po").exists(), "{target}");
+        assert!(!repo.join("default/po").exists(), "{target}");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (scans, found) = watcher.join().unwrap();
+    assert!(scans > 0);
+    assert!(found.is_empty(), "secrets on command lines: {found:?}");
+
+    // A flipped byte in an archived binary log of term 2: verify fails and a restore after the
+    // failover refuses, naming the file; nothing is created.
+    let victim = walk(&repo.join("default/mp/binlog"))
+        .into_iter()
+        .filter(|p| {
+            p.to_string_lossy().contains("/000002-") && p.extension().is_some_and(|e| e == "zst")
+        })
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("an archived binary log of term 2");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&victim, bytes).unwrap();
+    let named = victim.display().to_string();
+    let verify = c.stator(&["backup", "verify"]);
+    assert!(!verify.status.success(), "{}", text(&verify));
+    assert!(text(&verify).contains(&named), "{}", text(&verify));
+    let spec = sibling(&c, "pc", &repo);
+    let out = stator(&c, &["restore", "--from", "mp"], &spec);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&named), "{}", text(&out));
+    assert!(!c.state_dir().join("default/pc").exists());
 }
