@@ -277,3 +277,33 @@ fn every_backup_problem_is_named_in_one_pass() {
         "{e:#?}"
     );
 }
+
+#[test]
+fn a_mariadb_binlog_expiry_and_a_bad_gtid_target_are_refused_naming_the_field() {
+    let expiring = "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: shop}\nspec:\n  engine: mariadb\n  config:\n    parameters: {binlog_expire_logs_seconds: \"3600\"}\n  backup:\n    repository: {local: {path: /b}}\n";
+    let e = errors(expiring);
+    assert!(
+        e.iter().any(|m| m.starts_with(
+            "spec.config.parameters.binlog_expire_logs_seconds: would let the server drop binary logs before they are archived"
+        )),
+        "{e:?}"
+    );
+    // 0 keeps them: accepted.
+    assert!(load_database(&expiring.replace("3600", "0")).is_ok());
+    let restore = |target: &str| {
+        format!(
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {{name: shop}}\nspec:\n  engine: mariadb\n  bootstrap:\n    restoreFrom: {{database: old, {target}}}\n  backup:\n    repository: {{local: {{path: /b}}}}\n"
+        )
+    };
+    assert!(load_database(&restore("targetGtid: 0-1000-42")).is_ok());
+    let e = errors(&restore("targetGtid: \"0-1000-42,1-1000-3\""));
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("spec.bootstrap.restoreFrom.targetGtid: ")),
+        "{e:?}"
+    );
+    let e = errors(&restore(
+        "targetGtid: 0-1000-42, targetTime: \"2026-11-26T12:00:00Z\"",
+    ));
+    assert!(e.iter().any(|m| m.contains("give at most one")), "{e:?}");
+}
