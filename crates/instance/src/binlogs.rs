@@ -158,7 +158,7 @@ impl BinlogArchiver {
                         tracing::info!(file = %name, term, "binary log archived");
                     }
                     self.update(|s| {
-                        s.last_success = Some(now());
+                        s.last_success = Some(stator_engine::mysql_family::repository::now());
                         s.pending_files = s.pending_files.saturating_sub(1);
                         s.pending_bytes = s.pending_bytes.saturating_sub(*size);
                         if record.is_some() {
@@ -184,11 +184,4 @@ impl BinlogArchiver {
         }
         Ok(())
     }
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
 }

@@ -27,7 +27,7 @@ use stator_api::position::{MariadbGtid, MariadbGtidPosition};
 use crate::error::EngineError;
 use crate::mysql_family::binlog::{LoggedTransaction, read_binlog};
 use crate::mysql_family::binlog_path::{ArchivedLog, Term};
-use crate::mysql_family::repository::ZSTD;
+use crate::mysql_family::repository::{ZSTD, hex, now};
 
 /// The archive's directory inside a repository path.
 pub const BINLOG_DIR: &str = "binlog";
@@ -135,17 +135,6 @@ impl std::fmt::Display for ArchiveError {
             ArchiveError::Conflict(m) | ArchiveError::Failed(m) => f.write_str(m),
         }
     }
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn private_dir(dir: &Path) -> Result<(), String> {

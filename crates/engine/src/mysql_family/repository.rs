@@ -70,14 +70,15 @@ pub fn backup_id(seconds: f64) -> String {
         .unwrap_or_else(|_| format!("{}", seconds as i64))
 }
 
-fn now() -> f64 {
+/// Seconds since the epoch, now.
+pub fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or_default()
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
