@@ -736,6 +736,8 @@ fn mariadb_binlog_archive_restores_to_a_time_or_gtid_exactly_across_a_failover()
     });
     assert_eq!(archive["term"], 1, "{archive}");
     assert!(archive["failing"].is_null(), "{archive}");
+    let shown = c.ok(&["status"]);
+    assert!(shown.contains("archive:      last success 2"), "{shown}");
 
     // The primary dies once the replica holds every row; mp-1 takes over: term 2.
     c.eventually(
@@ -801,6 +803,15 @@ fn mariadb_binlog_archive_restores_to_a_time_or_gtid_exactly_across_a_failover()
         );
         if name == "pg" {
             assert_eq!(mariadb_root(&c, name, "SELECT @@gtid_binlog_pos"), g1);
+        }
+        if name == "pb" {
+            // Term 1's binary logs up to the promotion GTID, then term 2's: two replays.
+            let logs: String = walk(&c.state_dir().join("default").join(name))
+                .into_iter()
+                .filter(|f| f.extension().is_some_and(|e| e == "log"))
+                .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+                .collect();
+            assert!(logs.contains("replays=2"), "{}", logs_of(&c, name));
         }
         cleanup(&c, &spec);
     }

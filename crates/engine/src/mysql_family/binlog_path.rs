@@ -6,7 +6,8 @@
 //! position its primary had replicated when it took over. A term's logs are the history only up
 //! to the promotion GTID of every later term: what an older primary wrote past that point never
 //! reached the survivors (a diverged tail) and is never replayed. For each sequence number the
-//! path takes the transaction from the newest term that holds it within those bounds; the path
+//! path takes the transaction from the oldest term that holds it within those bounds (the term
+//! that wrote it, when its logs were archived; a later primary's replicated copy otherwise); the path
 //! runs from the backup's position while sequence numbers follow one another (MariaDB's strict
 //! GTID mode numbers the transactions of a domain without holes), so a missing archive file
 //! shows as a gap, never as a silent jump.
@@ -105,7 +106,7 @@ fn bounds(terms: &[Term]) -> BTreeMap<u64, u64> {
 }
 
 /// The transaction the surviving history holds at each sequence number, and the log it is taken
-/// from: the newest term's copy within that term's bound.
+/// from: the oldest term's copy within that term's bound.
 fn candidates(terms: &[Term], logs: &[ArchivedLog]) -> BTreeMap<u64, (u64, PathStep)> {
     let bounds = bounds(terms);
     let mut out: BTreeMap<u64, (u64, PathStep)> = BTreeMap::new();
@@ -130,7 +131,7 @@ fn candidates(terms: &[Term], logs: &[ArchivedLog]) -> BTreeMap<u64, (u64, PathS
                 log: index,
             };
             match out.get(&seq) {
-                Some((term, _)) if *term >= log.term => {}
+                Some((term, _)) if *term <= log.term => {}
                 _ => {
                     out.insert(seq, (log.term, step));
                 }
@@ -310,11 +311,25 @@ mod tests {
             history_after(&terms, &logs, &pos(&[g(1, 4)])),
             Err(PathError::OffHistory { .. })
         ));
-        // The newest term's copy of 2..3 is preferred: one run per term.
-        let runs = replay_runs(&h, &logs, &pos(&[g(1, 1)]), 4);
+        // From a backup at 1: term 1's own copy of 2..3, then term 2's log: one run per term.
         let from_one = history_after(&terms, &logs, &pos(&[g(1, 1)])).unwrap();
         assert_eq!(from_one.path.len(), 4);
-        assert_eq!(runs.len(), 2);
+        let runs = replay_runs(&from_one, &logs, &pos(&[g(1, 1)]), 4);
+        assert_eq!(
+            runs,
+            [
+                ReplayRun {
+                    logs: vec![0],
+                    after: pos(&[g(1, 1)]),
+                    stop: g(1, 3)
+                },
+                ReplayRun {
+                    logs: vec![2],
+                    after: pos(&[g(1, 3)]),
+                    stop: g(2, 5)
+                },
+            ]
+        );
     }
 
     #[test]
