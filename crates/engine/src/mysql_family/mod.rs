@@ -22,7 +22,11 @@
 //! - [`gtid`]: errant-transaction detection.
 //! - [`backup`]: a physical copy streamed from the upstream's instance manager (MariaDB).
 //! - [`repository`]: full backups in a local repository: stored through zstd and SHA-256,
-//!   manifest last; list, verify, restore (MariaDB).
+//!   manifest last; list, verify, restore and the binlog replay after it (MariaDB).
+//! - [`binlog`]: the transactions of a binary log file (GTID, second), read from its bytes.
+//! - [`binlog_archive`]: the binary log archive (terms, keys written once, the index), the
+//!   primary's queries for it, the recoverable range and a restore's plan.
+//! - [`binlog_path`]: the pure GTID path selection across failovers.
 
 pub mod backup;
 pub mod binaries;

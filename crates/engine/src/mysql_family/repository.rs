@@ -448,7 +448,8 @@ impl MysqlFamily {
     /// Fills the empty data dir from full backup `id` of `repository` (refused, naming the
     /// file, when its object does not match its manifest): `zstd -d | mbstream -x` into a
     /// staging dir, `mariadb-backup --prepare`; the copy's GTID position becomes this new
-    /// primary's binlog state at its first start (users are then made as for a new primary).
+    /// primary's binlog state, the archived binary logs of `replay` are replayed on top (on the
+    /// socket only), and users are then made as for a new primary at its first start.
     pub(crate) async fn restore_full_backup(
         &self,
         repository: &Path,
