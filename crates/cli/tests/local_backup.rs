@@ -857,4 +857,36 @@ fn mariadb_binlog_archive_restores_to_a_time_or_gtid_exactly_across_a_failover()
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(&named), "{}", text(&out));
     assert!(!c.state_dir().join("default/pc").exists());
+
+    // The key of the binary log mp-1 writes now already holds another log (a reused name):
+    // once it is closed, archiving it is refused and the state says ArchiveFailing.
+    let active = c
+        .root_sql(1, "SHOW BINARY LOGS")
+        .unwrap()
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let key_dir = repo.join("default/mp/binlog/000002-1001");
+    let zeros = "0".repeat(64);
+    std::fs::write(
+        key_dir.join(format!("{active}.json")),
+        format!(
+            "{{\"term\":2,\"serverId\":1001,\"file\":\"{active}\",\"size\":1,\"sha256\":\"{zeros}\",\"sourceSize\":1,\"sourceSha256\":\"{zeros}\",\"closed\":0,\"transactions\":[]}}"
+        ),
+    )
+    .unwrap();
+    mariadb_insert(&c, 41, 41);
+    let failing = c.eventually("ArchiveFailing in status", Duration::from_secs(30), || {
+        c.status()["backup"]["archive"]["failing"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(
+        failing.contains(&format!("000002-1001/{active}")),
+        "{failing}"
+    );
+    let shown = c.ok(&["status"]);
+    assert!(shown.contains("ArchiveFailing"), "{shown}");
 }
