@@ -285,6 +285,22 @@ mod tests {
         }
     }
 
+    /// After 0-1-1: `term_one` logs up to 0-1-3 (the promotion), then log 2 (term 2) to 0-2-5.
+    fn term_one_then_two(term_one: Vec<usize>) -> Vec<ReplayRun> {
+        vec![
+            ReplayRun {
+                logs: term_one,
+                after: pos(&[g(1, 1)]),
+                stop: g(1, 3),
+            },
+            ReplayRun {
+                logs: vec![2],
+                after: pos(&[g(1, 3)]),
+                stop: g(2, 5),
+            },
+        ]
+    }
+
     /// Server 1 wrote 1..=6 (4..=6 never reached server 2); server 2 took over at 3 and wrote
     /// 4..=5 of its own.
     fn failover() -> (Vec<Term>, Vec<ArchivedLog>) {
@@ -315,21 +331,7 @@ mod tests {
         let from_one = history_after(&terms, &logs, &pos(&[g(1, 1)])).unwrap();
         assert_eq!(from_one.path.len(), 4);
         let runs = replay_runs(&from_one, &logs, &pos(&[g(1, 1)]), 4);
-        assert_eq!(
-            runs,
-            [
-                ReplayRun {
-                    logs: vec![0],
-                    after: pos(&[g(1, 1)]),
-                    stop: g(1, 3)
-                },
-                ReplayRun {
-                    logs: vec![2],
-                    after: pos(&[g(1, 3)]),
-                    stop: g(2, 5)
-                },
-            ]
-        );
+        assert_eq!(runs, term_one_then_two(vec![0]));
     }
 
     #[test]
@@ -346,21 +348,7 @@ mod tests {
         assert_eq!(replay_length(&h, &PathTarget::Time(5.0)), Some(0));
         assert_eq!(replay_length(&h, &PathTarget::Latest), Some(4));
         let runs = replay_runs(&h, &logs, &from, 4);
-        assert_eq!(
-            runs,
-            [
-                ReplayRun {
-                    logs: vec![0, 1],
-                    after: from.clone(),
-                    stop: g(1, 3)
-                },
-                ReplayRun {
-                    logs: vec![2],
-                    after: pos(&[g(1, 3)]),
-                    stop: g(2, 5)
-                },
-            ]
-        );
+        assert_eq!(runs, term_one_then_two(vec![0, 1]));
     }
 
     #[test]
