@@ -7,6 +7,8 @@
 //! checksum included), next position (u32), flags (u16). A MariaDB GTID event (type 162)
 //! starts a transaction; its body begins with the sequence number (u64) and the domain (u32).
 
+use std::io::Read;
+
 use stator_api::position::MariadbGtid;
 
 /// The first bytes of every binary log file.
@@ -35,46 +37,76 @@ pub struct BinlogContents {
 /// Reads the transactions of a binary log file. An error (in words) when it is not one or an
 /// event runs past its end.
 pub fn read_binlog(bytes: &[u8]) -> Result<BinlogContents, String> {
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+    read_binlog_from(bytes)
+}
+
+/// [`read_binlog`] from a reader, an event at a time (a binary log may be a gigabyte).
+pub fn read_binlog_from(mut input: impl Read) -> Result<BinlogContents, String> {
+    let mut magic = [0u8; 4];
+    input
+        .read_exact(&mut magic)
+        .map_err(|_| "not a binary log (no \\xfebin magic)".to_string())?;
+    if &magic != MAGIC {
         return Err("not a binary log (no \\xfebin magic)".into());
     }
     let mut out = BinlogContents::default();
-    let mut pos = MAGIC.len();
-    while pos < bytes.len() {
-        let header = bytes
-            .get(pos..pos + HEADER)
-            .ok_or_else(|| format!("an event header is cut off at byte {pos}"))?;
-        let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let time = u32_at(header, 0);
-        let kind = header[4];
-        let server = u32_at(header, 5);
-        let length = u32_at(header, 9) as usize;
-        if length < HEADER || pos + length > bytes.len() {
-            return Err(format!(
-                "the event at byte {pos} claims {length} bytes; the file has {}",
-                bytes.len()
-            ));
+    let mut pos = MAGIC.len() as u64;
+    loop {
+        let mut header = [0u8; HEADER];
+        let got = read_full(&mut input, &mut header)
+            .map_err(|e| format!("reading the event at byte {pos}: {e}"))?;
+        if got == 0 {
+            return Ok(out);
         }
+        if got < HEADER {
+            return Err(format!("an event header is cut off at byte {pos}"));
+        }
+        let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let time = u32_at(&header, 0);
+        let kind = header[4];
+        let server = u32_at(&header, 5);
+        let length = u64::from(u32_at(&header, 9));
+        if length < HEADER as u64 {
+            return Err(format!("the event at byte {pos} claims {length} bytes"));
+        }
+        let mut body = (&mut input).take(length - HEADER as u64);
         if kind == GTID_EVENT {
-            let body = &bytes[pos + HEADER..pos + length];
-            if body.len() < 12 {
-                return Err(format!("the GTID event at byte {pos} is too short"));
+            let mut start = [0u8; 12];
+            if read_full(&mut body, &mut start).map_err(|e| e.to_string())? < start.len() {
+                return Err(format!("the GTID event at byte {pos} is cut off"));
             }
             let mut seq = [0u8; 8];
-            seq.copy_from_slice(&body[..8]);
+            seq.copy_from_slice(&start[..8]);
             out.transactions.push(LoggedTransaction {
                 gtid: MariadbGtid {
-                    domain: u32_at(body, 8),
+                    domain: u32_at(&start, 8),
                     server,
                     sequence: u64::from_le_bytes(seq),
                 },
                 time: i64::from(time),
             });
         }
+        std::io::copy(&mut body, &mut std::io::sink()).map_err(|e| e.to_string())?;
+        if body.limit() > 0 {
+            return Err(format!(
+                "the event at byte {pos} claims {length} bytes, past the end of the file"
+            ));
+        }
         out.closed = matches!(kind, ROTATE_EVENT | STOP_EVENT);
         pos += length;
     }
-    Ok(out)
+}
+
+/// Reads until `buf` is full or the input ends: how many bytes were read.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
 }
 
 #[cfg(test)]

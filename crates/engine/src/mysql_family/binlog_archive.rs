@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use stator_api::position::{MariadbGtid, MariadbGtidPosition};
 
 use crate::error::EngineError;
-use crate::mysql_family::binlog::{LoggedTransaction, read_binlog};
+use crate::mysql_family::binlog::{LoggedTransaction, read_binlog_from};
 use crate::mysql_family::binlog_path::{ArchivedLog, Term};
 use crate::mysql_family::repository::{ZSTD, hex, now};
 
@@ -159,13 +159,7 @@ fn write_if_absent(path: &Path, bytes: &[u8]) -> Result<bool, String> {
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(format!("{}: cannot write: {e}", path.display())),
-    }
+    link_if_absent(&tmp, path)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T, String> {
@@ -281,27 +275,64 @@ pub fn path_inputs(
     Ok((terms, logs))
 }
 
+/// Size and SHA-256 of what `reader` yields, read in chunks.
+fn hash_reader(mut reader: impl Read) -> std::io::Result<(u64, String)> {
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            return Ok((size, hex(&hasher.finalize())));
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+}
+
+fn hash_file(path: &Path) -> Result<(u64, String), String> {
+    std::fs::File::open(path)
+        .and_then(hash_reader)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))
+}
+
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
 /// Checks one archived object against its record: present, of the recorded size and SHA-256.
 /// The error names the file.
 pub fn check_log(repository: &Path, log: &LogRecord) -> Result<(), String> {
     let path = log.object_path(repository);
-    let bytes = std::fs::read(&path).map_err(|e| {
-        format!(
-            "{}: archived binary log {} is missing: {e}",
-            path.display(),
-            log.key()
-        )
-    })?;
-    if bytes.len() as u64 != log.size {
+    let (size, sum) = std::fs::File::open(&path)
+        .and_then(hash_reader)
+        .map_err(|e| {
+            format!(
+                "{}: archived binary log {} is missing or unreadable: {e}",
+                path.display(),
+                log.key()
+            )
+        })?;
+    if size != log.size {
         return Err(format!(
-            "{}: archived binary log {} is truncated or altered: {} bytes, its record says {}",
+            "{}: archived binary log {} is truncated or altered: {size} bytes, its record says {}",
             path.display(),
             log.key(),
-            bytes.len(),
             log.size
         ));
     }
-    let sum = hex(&Sha256::digest(&bytes));
     if sum != log.sha256 {
         return Err(format!(
             "{}: archived binary log {} is corrupt: SHA-256 {sum}, its record says {}",
@@ -313,64 +344,87 @@ pub fn check_log(repository: &Path, log: &LogRecord) -> Result<(), String> {
     Ok(())
 }
 
-fn zstd(args: &[&str], input: &[u8]) -> Result<Vec<u8>, String> {
+/// `zstd ARGS < input`, its output into the new file `output` (0600) or, without one, hashed
+/// as it comes: the size and SHA-256 of the output. Nothing is held in memory.
+fn zstd(args: &[&str], input: &Path, output: Option<&Path>) -> Result<(u64, String), String> {
+    let source =
+        std::fs::File::open(input).map_err(|e| format!("{}: cannot read: {e}", input.display()))?;
+    let sink = match output {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| format!("{}: cannot create: {e}", path.display()))?,
+        ),
+        None => Stdio::piped(),
+    };
     let mut child = Command::new(ZSTD)
         .args(args)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdin(Stdio::from(source))
+        .stdout(sink)
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("{ZSTD}: cannot run: {e}"))?;
-    let mut stdin = child.stdin.take().ok_or("zstd has no input pipe")?;
-    let data = input.to_vec();
-    let feeder = std::thread::spawn(move || stdin.write_all(&data));
-    let mut out = Vec::new();
-    child
-        .stdout
-        .take()
-        .ok_or("zstd has no output pipe")?
-        .read_to_end(&mut out)
-        .map_err(|e| format!("{ZSTD}: cannot read its output: {e}"))?;
-    let fed = feeder
-        .join()
-        .map_err(|_| "zstd's input thread panicked".to_string())?;
+    let hashed = child.stdout.take().map(hash_reader);
     let result = child
         .wait_with_output()
         .map_err(|e| format!("{ZSTD}: {e}"))?;
     if !result.status.success() {
         return Err(format!(
-            "{ZSTD} {}: {}: {}",
+            "{ZSTD} {} < {}: {}: {}",
             args.join(" "),
+            input.display(),
             result.status,
             String::from_utf8_lossy(&result.stderr).trim()
         ));
     }
-    fed.map_err(|e| format!("{ZSTD}: cannot feed it: {e}"))?;
-    Ok(out)
+    match (hashed, output) {
+        (Some(h), _) => h.map_err(|e| format!("{ZSTD}: cannot read its output: {e}")),
+        (None, Some(path)) => {
+            std::fs::File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("{}: cannot sync: {e}", path.display()))?;
+            hash_file(path)
+        }
+        (None, None) => Err("zstd has no output".into()),
+    }
 }
 
-/// Decompresses an archived binary log, checking it against its record first.
-pub fn read_archived_log(repository: &Path, log: &LogRecord) -> Result<Vec<u8>, String> {
+/// Decompresses an archived binary log into the new file `dest`, checking the object against
+/// its record first and the result against the logged file's SHA-256.
+pub fn read_archived_log(repository: &Path, log: &LogRecord, dest: &Path) -> Result<(), String> {
     check_log(repository, log)?;
     let path = log.object_path(repository);
-    let bytes =
-        std::fs::read(&path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let plain = zstd(&["-q", "-d", "-c"], &bytes)?;
-    if hex(&Sha256::digest(&plain)) != log.source_sha256 {
+    let (_, sum) = zstd(&["-q", "-d", "-c"], &path, Some(dest))?;
+    if sum != log.source_sha256 {
         return Err(format!(
             "{}: archived binary log {} does not decompress to the logged file",
             path.display(),
             log.key()
         ));
     }
-    Ok(plain)
+    Ok(())
+}
+
+/// Links the complete file `tmp` to `path` only if nothing is there (then removes `tmp`).
+/// False when the name existed.
+fn link_if_absent(tmp: &Path, path: &Path) -> Result<bool, String> {
+    let linked = std::fs::hard_link(tmp, path);
+    let _ = std::fs::remove_file(tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(format!("{}: cannot write: {e}", path.display())),
+    }
 }
 
 /// Archives the closed binary log `source` under term `term` of server `server_id`: compressed,
 /// hashed, written only if absent, its record last. `Ok(None)` when it was archived already
-/// (the same content under its key).
+/// (the same content under its key). Read in chunks and streamed through `zstd`.
 pub fn archive_log(
     repository: &Path,
     term: u64,
@@ -386,14 +440,23 @@ pub fn archive_log(
         .join(BINLOG_DIR)
         .join(term_dir_name(term, server_id));
     let record_path = dir.join(format!("{file}.json"));
-    let plain = std::fs::read(source)
+    let opened = std::fs::File::open(source)
         .map_err(|e| failed(format!("{}: cannot read: {e}", source.display())))?;
-    let closed = std::fs::metadata(source)
+    let closed = opened
+        .metadata()
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or_else(now, |d| d.as_secs_f64());
-    let source_sha256 = hex(&Sha256::digest(&plain));
+    let mut reader = Hashing {
+        inner: std::io::BufReader::new(opened),
+        hasher: Sha256::new(),
+        size: 0,
+    };
+    let contents =
+        read_binlog_from(&mut reader).map_err(|e| failed(format!("{}: {e}", source.display())))?;
+    let source_size = reader.size;
+    let source_sha256 = hex(&reader.hasher.finalize());
     let conflict = |what: String| {
         ArchiveError::Conflict(format!(
             "{}: the archive key {}/{file} holds {what}; refusing to overwrite it (ArchiveFailing: the binary logs stay on the server)",
@@ -412,38 +475,40 @@ pub fn archive_log(
             )))
         };
     }
-    let contents = read_binlog(&plain).map_err(|e| failed(format!("{}: {e}", source.display())))?;
     private_dir(&dir).map_err(failed)?;
-    let object = zstd(&["-q", "-c", "-3"], &plain).map_err(failed)?;
     let object_path = dir.join(format!("{file}.zst"));
-    if !write_if_absent(&object_path, &object).map_err(failed)? {
-        // A stored object without a record: the same binary log, or a conflict.
-        let stored = std::fs::read(&object_path)
-            .map_err(|e| failed(format!("{}: cannot read: {e}", object_path.display())))?;
-        let same = zstd(&["-q", "-d", "-c"], &stored)
-            .map(|p| hex(&Sha256::digest(&p)) == source_sha256)
-            .unwrap_or(false);
+    let tmp = dir.join(format!("{file}.zst.tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let stored = zstd(&["-q", "-c", "-3"], source, Some(&tmp));
+    let (size, sha256) = match stored {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(failed(e));
+        }
+    };
+    let (size, sha256) = if link_if_absent(&tmp, &object_path).map_err(failed)? {
+        (size, sha256)
+    } else {
+        // A stored object without a record: the same binary log (an archiver stopped between
+        // the two), or a conflict.
+        let same = zstd(&["-q", "-d", "-c"], &object_path, None)
+            .is_ok_and(|(_, sum)| sum == source_sha256);
         if !same {
             return Err(conflict("another (or a damaged) object".into()));
         }
-        std::fs::remove_file(&object_path)
-            .map_err(|e| failed(format!("{}: cannot replace: {e}", object_path.display())))?;
-        write_if_absent(&object_path, &object).map_err(failed)?;
-    }
+        hash_file(&object_path).map_err(failed)?
+    };
     let record = LogRecord {
         term,
         server_id,
         file: file.clone(),
-        size: object.len() as u64,
-        sha256: hex(&Sha256::digest(&object)),
-        source_size: plain.len() as u64,
+        size,
+        sha256,
+        source_size,
         source_sha256,
         closed,
-        transactions: contents
-            .transactions
-            .iter()
-            .map(|t| (t.gtid.domain, t.gtid.server, t.gtid.sequence, t.time))
-            .collect(),
+        transactions: index_of(&contents),
     };
     let text = serde_json::to_vec_pretty(&record).map_err(|e| failed(e.to_string()))?;
     if !write_if_absent(&record_path, &text).map_err(failed)? {
@@ -452,6 +517,14 @@ pub fn archive_log(
         ));
     }
     Ok(Some(record))
+}
+
+fn index_of(contents: &crate::mysql_family::binlog::BinlogContents) -> Vec<(u32, u32, u64, i64)> {
+    contents
+        .transactions
+        .iter()
+        .map(|t| (t.gtid.domain, t.gtid.server, t.gtid.sequence, t.time))
+        .collect()
 }
 
 #[cfg(test)]
@@ -481,9 +554,16 @@ mod tests {
         let record = archive_log(repo.path(), 1, 7, &source).unwrap().unwrap();
         assert_eq!(record.transactions, [(0, 7, 1, 100)]);
         assert!(check_log(repo.path(), &record).is_ok());
-        assert_eq!(read_archived_log(repo.path(), &record).unwrap(), binlog(1));
+        let plain = server.path().join("plain");
+        read_archived_log(repo.path(), &record, &plain).unwrap();
+        assert_eq!(std::fs::read(&plain).unwrap(), binlog(1));
         // Again: already there.
         assert_eq!(archive_log(repo.path(), 1, 7, &source).unwrap(), None);
+        // An archiver stopped between object and record: the same object gets its record.
+        let record_file = repo.path().join("binlog/000001-7/binlog.000001.json");
+        std::fs::remove_file(&record_file).unwrap();
+        let again = archive_log(repo.path(), 1, 7, &source).unwrap().unwrap();
+        assert_eq!(again.sha256, record.sha256);
         // A reused name with other content (a rebuilt server's binlog.000001): refused...
         std::fs::write(&source, binlog(2)).unwrap();
         assert!(matches!(

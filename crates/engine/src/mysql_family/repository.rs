@@ -635,13 +635,12 @@ impl MysqlFamily {
     ) -> Result<(), EngineError> {
         let mut files = Vec::new();
         for (i, log) in run.logs.iter().enumerate() {
-            let bytes = crate::mysql_family::binlog_archive::read_archived_log(repository, log)
+            let path = dir.join(format!("{i:04}-{}", log.file));
+            crate::mysql_family::binlog_archive::read_archived_log(repository, log, &path)
                 .map_err(|message| EngineError::Config {
                     field: "spec.bootstrap.restoreFrom".into(),
                     message: format!("refusing to restore: {message}"),
                 })?;
-            let path = dir.join(format!("{i:04}-{}", log.file));
-            std::fs::write(&path, bytes).map_err(|e| EngineError::io(&path, "write", e))?;
             files.push(path);
         }
         let decoder = self.binaries.tool("mariadb-binlog")?;
