@@ -4,8 +4,11 @@
 //! PostgreSQL (`--engine postgres`, the default):
 //! 1. Bring-up of a 3-instance PostgreSQL cluster with `stator up` vs the bare sequence by hand:
 //!    `initdb`, `pg_ctl start`, two `pg_basebackup`s, two `pg_ctl start`s.
-//! 2. `pgbench -S` and the default write mix (TPC-B-like) through the `rw` proxy vs directly to
-//!    the primary and vs HAProxy (TCP mode) in front of the same primary.
+//! 2. `pgbench -S`, the default write mix (TPC-B-like) and `sysbench oltp_read_only` (pgsql
+//!    driver) through the `rw` proxy vs directly to the primary and vs HAProxy (TCP mode, TLS
+//!    passed through) in front of the same primary; the `--direct` URI vs the primary's address;
+//!    new connections per second (`pgbench -C`) through `rw` vs direct. With TLS (the default)
+//!    every client verifies the server fully.
 //! 3. Resident memory (VmRSS) of the supervisor and of one instance manager.
 //!
 //! MariaDB (`--engine mariadb`):
@@ -16,8 +19,8 @@
 //!    primary and vs HAProxy (TCP mode).
 //! 3. Resident memory, as for PostgreSQL.
 //!
-//! Both end with a table of the ratios against their targets. Needs PostgreSQL 15, `pgbench` and
-//! `haproxy` (`apt-get install postgresql-15 haproxy`), or for MariaDB `mariadb-server`,
+//! Both end with a table of the ratios against their targets. Needs PostgreSQL 15, `pgbench`,
+//! `sysbench` and `haproxy` (`apt-get install postgresql-15 sysbench haproxy`), or for MariaDB `mariadb-server`,
 //! `mariadb-backup`, `sysbench` and `haproxy`. Passwords reach the tools through the environment
 //! (`PGPASSWORD`), stdin, or 0600 files (sysbench's `--config-file`), never a command line.
 //! Run: `stator bench local [--engine mariadb]` (see `--help` for durations and ports).
@@ -87,15 +90,14 @@ pub fn run(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
 
 fn run_postgres(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
     let bin = preflight::find_bin_dir(stator_api::Engine::Postgres, "15")?;
-    for tool in ["pgbench", "haproxy"] {
+    for (tool, package) in [
+        ("pgbench", "postgresql-client-15"),
+        ("haproxy", "haproxy"),
+        ("sysbench", "sysbench"),
+    ] {
         if which(tool).is_none() {
             return Err(CheckError::from(LocalError::BinariesMissing(format!(
-                "`{tool}` not found on PATH; install it (Debian/Ubuntu: apt-get install {})",
-                if tool == "pgbench" {
-                    "postgresql-client-15"
-                } else {
-                    "haproxy"
-                }
+                "`{tool}` not found on PATH; install it (Debian/Ubuntu: apt-get install {package})"
             ))));
         }
     }
@@ -288,27 +290,11 @@ fn run_postgres(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
             "== {label}, {clients} clients, {seconds}s per run, {} rounds (order rotated; medians)",
             args.rounds.max(1)
         );
-        // Rotating the order each round spreads drift (checkpoints, other load) over all three.
-        let targets = [primary, rw, haproxy_port];
-        let mut samples: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-        for round in 0..args.rounds.max(1) as usize {
-            for k in 0..3 {
-                let which = (round + k) % 3;
-                samples[which].push(pgbench(targets[which], &run_args)?);
-            }
-        }
-        let [direct, proxied, haproxy] = samples.map(|mut v| {
-            v.sort_by(|a, b| a.total_cmp(b));
-            v[v.len() / 2]
-        });
-        println!("  direct to the primary  {direct:>10.0} tps");
-        println!("  stator rw proxy        {proxied:>10.0} tps");
-        println!("  HAProxy (TCP mode)     {haproxy:>10.0} tps");
-        println!(
-            "  ratio rw/direct = {:.2}x (target >= 0.9x); rw/HAProxy = {:.2}x (target >= 1.0x)",
-            proxied / direct.max(1.0),
-            proxied / haproxy.max(1.0)
-        );
+        let [direct, proxied, haproxy] =
+            measure_three(args.rounds, [primary, rw, haproxy_port], |port| {
+                pgbench(port, &run_args)
+            })?;
+        print_three(direct, proxied, haproxy);
         summary.push(SummaryRow {
             measurement: format!("{label}, {clients} clients: rw proxy vs direct"),
             ours: format!("{proxied:.0} tps"),
@@ -324,6 +310,51 @@ fn run_postgres(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
             target: Target::AtLeast(1.0),
         });
     }
+
+    // sysbench oltp_read_only over the same three paths (its pgsql driver is libpq, which takes
+    // the verify-full TLS settings from the environment, as pgbench does).
+    let sysbench_config = work.root.join("sysbench.cfg");
+    write_private(
+        &sysbench_config,
+        &format!(
+            "db-driver=pgsql\npgsql-host=127.0.0.1\npgsql-user=app\npgsql-password={password}\npgsql-db=app\ntables=4\ntable-size=20000\n"
+        ),
+    )?;
+    let sysbench = |verb: &str, port: u16, extra: &[&str]| {
+        let sysbench = Sysbench {
+            config: &sysbench_config,
+            port_option: "--pgsql-port",
+            env: &tls_env,
+        };
+        sysbench.run("oltp_read_only", port, verb, extra)
+    };
+    sysbench("prepare", rw, &[])?;
+    let threads = format!("--threads={clients}");
+    let time = format!("--time={seconds}");
+    println!(
+        "== sysbench oltp_read_only (pgsql driver), {clients} threads, {seconds}s per run, {} rounds (order rotated; medians)",
+        args.rounds.max(1)
+    );
+    let [direct, proxied, haproxy] =
+        measure_three(args.rounds, [primary, rw, haproxy_port], |port| {
+            let text = sysbench("run", port, &[&threads, &time, "--report-interval=0"])?;
+            Ok(parse_sysbench_tps(&text).unwrap_or(0.0))
+        })?;
+    print_three(direct, proxied, haproxy);
+    summary.push(SummaryRow {
+        measurement: format!("sysbench oltp_read_only, {clients} threads: rw proxy vs direct"),
+        ours: format!("{proxied:.0} tps"),
+        peer: format!("{direct:.0} tps direct to the primary"),
+        ratio: proxied / direct.max(1.0),
+        target: Target::AtLeast(0.9),
+    });
+    summary.push(SummaryRow {
+        measurement: "sysbench oltp_read_only: rw proxy vs HAProxy (TCP)".into(),
+        ours: format!("{proxied:.0} tps"),
+        peer: format!("{haproxy:.0} tps through HAProxy"),
+        ratio: proxied / haproxy.max(1.0),
+        target: Target::AtLeast(1.0),
+    });
 
     // The `--direct rw` URI (libpq finds the primary: no hop) vs a client given the primary's
     // address, and new TLS connections per second (`-C`: a connection per transaction) through
@@ -709,26 +740,14 @@ fn run_mariadb(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
             db.spec.bootstrap.owner, db.spec.bootstrap.database
         ),
     )?;
-    let sysbench =
-        |test: &str, port: u16, verb: &str, extra: &[&str]| -> Result<String, CheckError> {
-            let out = Command::new("sysbench")
-                .arg(format!("--config-file={}", config.display()))
-                .arg(test)
-                .arg(format!("--mysql-port={port}"))
-                .args(extra)
-                .arg(verb)
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| LocalError::io("sysbench", "cannot run", e))?;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            if !out.status.success() {
-                return Err(CheckError::Command {
-                    what: format!("sysbench {test} {verb} on port {port}"),
-                    output: format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
-                });
-            }
-            Ok(text)
+    let sysbench = |test: &str, port: u16, verb: &str, extra: &[&str]| {
+        let sysbench = Sysbench {
+            config: &config,
+            port_option: "--mysql-port",
+            env: &[],
         };
+        sysbench.run(test, port, verb, extra)
+    };
     sysbench("oltp_read_write", rw, "prepare", &[])?;
     let seconds = format!("--time={}", args.seconds.max(1));
     let threads = format!("--threads={}", args.clients.max(1));
@@ -739,32 +758,17 @@ fn run_mariadb(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
             args.seconds.max(1),
             args.rounds.max(1)
         );
-        let targets = [primary, rw, haproxy_port];
-        let mut samples: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-        for round in 0..args.rounds.max(1) as usize {
-            for k in 0..3 {
-                let which = (round + k) % 3;
+        let [direct, proxied, haproxy] =
+            measure_three(args.rounds, [primary, rw, haproxy_port], |port| {
                 let text = sysbench(
                     test,
-                    targets[which],
+                    port,
                     "run",
                     &[&threads, &seconds, "--report-interval=0"],
                 )?;
-                samples[which].push(parse_sysbench_tps(&text).unwrap_or(0.0));
-            }
-        }
-        let [direct, proxied, haproxy] = samples.map(|mut v| {
-            v.sort_by(|a, b| a.total_cmp(b));
-            v[v.len() / 2]
-        });
-        println!("  direct to the primary  {direct:>10.0} tps");
-        println!("  stator rw proxy        {proxied:>10.0} tps");
-        println!("  HAProxy (TCP mode)     {haproxy:>10.0} tps");
-        println!(
-            "  ratio rw/direct = {:.2}x; rw/HAProxy = {:.2}x",
-            proxied / direct.max(1.0),
-            proxied / haproxy.max(1.0)
-        );
+                Ok(parse_sysbench_tps(&text).unwrap_or(0.0))
+            })?;
+        print_three(direct, proxied, haproxy);
         summary.push(SummaryRow {
             measurement: format!(
                 "sysbench {test}, {} threads: rw proxy vs direct",
@@ -797,6 +801,73 @@ fn run_mariadb(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
     );
     drop(cleanup);
     Ok(())
+}
+
+/// Runs `measure(port)` on the primary, the `rw` proxy and HAProxy, `rounds` times each, the
+/// order rotated every round so drift (checkpoints, other load) hits all three alike; the medians,
+/// in that order.
+fn measure_three(
+    rounds: u32,
+    ports: [u16; 3],
+    mut measure: impl FnMut(u16) -> Result<f64, CheckError>,
+) -> Result<[f64; 3], CheckError> {
+    let mut samples: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for round in 0..rounds.max(1) as usize {
+        for k in 0..3 {
+            let which = (round + k) % 3;
+            samples[which].push(measure(ports[which])?);
+        }
+    }
+    Ok(samples.map(|mut v| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    }))
+}
+
+/// The three medians of [`measure_three`] and their ratios.
+fn print_three(direct: f64, proxied: f64, haproxy: f64) {
+    println!("  direct to the primary  {direct:>10.0} tps");
+    println!("  stator rw proxy        {proxied:>10.0} tps");
+    println!("  HAProxy (TCP mode)     {haproxy:>10.0} tps");
+    println!(
+        "  ratio rw/direct = {:.2}x; rw/HAProxy = {:.2}x; HAProxy/direct = {:.2}x",
+        proxied / direct.max(1.0),
+        proxied / haproxy.max(1.0),
+        haproxy / direct.max(1.0)
+    );
+}
+
+/// sysbench with its options, the password among them, in a 0600 file.
+struct Sysbench<'a> {
+    config: &'a Path,
+    /// `--mysql-port` or `--pgsql-port`.
+    port_option: &'a str,
+    /// Extra environment (libpq's TLS settings for the pgsql driver).
+    env: &'a [(&'a str, std::ffi::OsString)],
+}
+
+impl Sysbench<'_> {
+    /// `sysbench --config-file=CONFIG TEST --PORT-OPTION=PORT EXTRA VERB`; its stdout.
+    fn run(&self, test: &str, port: u16, verb: &str, extra: &[&str]) -> Result<String, CheckError> {
+        let out = Command::new("sysbench")
+            .arg(format!("--config-file={}", self.config.display()))
+            .arg(test)
+            .arg(format!("{}={port}", self.port_option))
+            .args(extra)
+            .arg(verb)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| LocalError::io("sysbench", "cannot run", e))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return Err(CheckError::Command {
+                what: format!("sysbench {test} {verb} on port {port}"),
+                output: format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+            });
+        }
+        Ok(text)
+    }
 }
 
 /// Runs `stator VERB -f SPEC --state-dir STATE`; how long it took.
