@@ -240,6 +240,12 @@ fn postgres_serves_only_verified_tls_to_clients_replication_and_endpoints_and_re
 fn mariadb_serves_only_verified_tls_to_clients_replication_and_endpoints_and_renews_without_a_restart()
  {
     let cluster = Cluster::mariadb("tlsmy", 2);
+    // performance_schema (off by default in MariaDB, and not dynamic) shows each connection's
+    // session status, the replication sessions' Ssl_cipher among them.
+    cluster.write_spec(
+        2,
+        "  config:\n    parameters:\n      performance_schema: \"ON\"\n",
+    );
     cluster.up();
     let password = cluster.password();
     let ca = cluster.ca();
@@ -355,6 +361,27 @@ fn mariadb_serves_only_verified_tls_to_clients_replication_and_endpoints_and_ren
         .root_sql(0, "SELECT @@require_secure_transport")
         .unwrap();
     assert_eq!(secure, "1");
+    // The live session, seen from the primary: its Binlog Dump thread (the replica's connection)
+    // has a TLS cipher. A plaintext session would show an empty Ssl_cipher (LEFT JOIN: a row
+    // still), and no replication no row at all.
+    let sessions = cluster
+        .root_sql(
+            0,
+            "SELECT t.PROCESSLIST_USER, COALESCE(s.VARIABLE_VALUE, '') \
+             FROM performance_schema.threads t LEFT JOIN performance_schema.status_by_thread s \
+             ON s.THREAD_ID = t.THREAD_ID AND s.VARIABLE_NAME = 'Ssl_cipher' \
+             WHERE t.PROCESSLIST_COMMAND LIKE 'Binlog Dump%'",
+        )
+        .unwrap();
+    let sessions: Vec<&str> = sessions.lines().collect();
+    assert_eq!(sessions.len(), 1, "one replica, one session: {sessions:?}");
+    let (user, cipher) = sessions[0].split_once('\t').unwrap_or((sessions[0], ""));
+    assert_eq!(user, "stator_replication");
+    assert!(
+        !cipher.trim().is_empty(),
+        "the replication session has no TLS cipher: {sessions:?}"
+    );
+    println!("replication session (Binlog Dump on the primary): Ssl_cipher {cipher}");
 
     assert_endpoints_refuse_plain_http(&cluster);
 
