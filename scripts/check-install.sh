@@ -6,7 +6,10 @@
 # - the server accepts every object (server-side apply, for real) and the CRD is Established;
 # - the Deployment's pod passes the namespace's `restricted` Pod Security Standard (the
 #   ReplicaSet controller could create it; with no scheduler or kubelet here it stays Pending);
-# - the RBAC allows exactly the verbs the operator of issue 10 uses, and refuses the rest.
+# - the RBAC allows exactly the verbs the operator of issue 10 uses, and refuses the rest;
+# - every rendered example (plain and operator mode) is accepted with strict field validation
+#   (server-side dry run), its cert-manager Certificates against the CRD fixture of
+#   tests/fixtures/cert-manager.
 #
 # Scope of what it shows: the ClusterRole is bound cluster-wide (Databases may be in any
 # namespace), so every verb it grants holds in every namespace, kube-system included. The
@@ -43,6 +46,11 @@ admin apply --server-side --field-manager=stator-install -k "$root/deploy" >"$wo
 sed 's/^/  /' "$work/apply.log"
 admin wait --for=condition=Established --timeout=30s crd/databases.stator.dev >/dev/null
 echo "check-install: crd/databases.stator.dev is Established"
+# cert-manager's Certificate CRD (the fixture of tests/fixtures/cert-manager stands in for a
+# cert-manager install): the operator's rules on Certificates, and the dry run of the rendered
+# examples below, need the kind to exist.
+admin apply --server-side -f "$root/tests/fixtures/cert-manager/certificates.crd.yaml" >/dev/null
+admin wait --for=condition=Established --timeout=30s crd/certificates.cert-manager.io >/dev/null
 
 # The ReplicaSet controller creates the operator's pod only if Pod Security admission lets it.
 pod=""
@@ -124,6 +132,7 @@ for kind in statefulsets.apps services configmaps serviceaccounts poddisruptionb
     for verb in get list watch create patch delete; do expect yes "$verb" "$kind" -n shop; done
 done
 expect yes create secrets -n shop
+for verb in get create patch; do expect yes "$verb" certificates.cert-manager.io -n shop; done
 expect yes get secrets/shop-db-credentials -n shop
 for verb in get list watch patch delete; do expect yes "$verb" pods -n shop; done
 for verb in get list watch delete; do expect yes "$verb" persistentvolumeclaims -n shop; done
@@ -142,6 +151,7 @@ expect no deletecollection databases.stator.dev -n shop
 for verb in update deletecollection; do expect no "$verb" statefulsets.apps -n shop; done
 for verb in list watch patch update delete; do expect no "$verb" secrets -n shop; done
 expect no list secrets -n kube-system
+for verb in update delete; do expect no "$verb" certificates.cert-manager.io -n shop; done
 expect no list secrets --all-namespaces
 expect no create pods -n shop
 expect no update pods -n shop
@@ -218,6 +228,31 @@ request "create the Lease" operator create -f "$work/lease.yaml"
 request "renew the Lease" operator replace -f "$work/lease.yaml"
 refused "list Secrets in kube-system" operator get secrets -n kube-system
 refused "delete the Database CRD" operator delete crd databases.stator.dev
+
+# The rendered examples (plain and operator mode): the API server accepts every object, with
+# strict field validation (server-side apply, dry run; Certificates against the CRD fixture).
+stator="${STATOR:-${CARGO_TARGET_DIR:-$root/target}/debug/stator}"
+echo "check-install: rendered examples, server-side dry run ($stator)"
+mkdir "$work/render"
+for spec in "$root"/examples/*.yaml; do
+    name="$(basename "$spec" .yaml)"
+    ns="$(sed -n 's/^  namespace: *//p' "$spec" | head -n1)"
+    ns="${ns:-default}"
+    admin get namespace "$ns" >/dev/null 2>&1 || admin create namespace "$ns" >/dev/null
+    for mode in plain operator; do
+        out="$work/render/$name-$mode"
+        flags=()
+        [ "$mode" = operator ] && flags=(--operator-owner-uid 0b5e1a7c-4f7d-4c1e-9a57-5a1f2d3c4b5e)
+        if ! "$stator" render -f "$spec" -o "$out" "${flags[@]}" 2>"$work/render.log"; then
+            echo "  FAIL stator render -f examples/$name.yaml ($mode):" >&2
+            cat "$work/render.log" >&2
+            failed=1
+            continue
+        fi
+        request "examples/$name.yaml ($mode): $(ls "$out" | wc -l) files accepted" \
+            admin apply --server-side --dry-run=server --field-manager=stator -f "$out"
+    done
+done
 
 if [ "$failed" -ne 0 ]; then
     echo "check-install: FAIL (above)" >&2

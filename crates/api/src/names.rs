@@ -143,6 +143,26 @@ pub fn dns1123_label_problem(name: &str) -> Option<String> {
     None
 }
 
+/// Why `name` is not an RFC 1123 subdomain (what most Kubernetes object names and API groups
+/// must be: dot-separated labels, 253 characters at most), if it is not.
+pub fn dns1123_subdomain_problem(name: &str) -> Option<String> {
+    if name.len() > 253 {
+        return Some(format!(
+            "is {} characters long; at most 253 are allowed",
+            name.len()
+        ));
+    }
+    name.split('.').find_map(|label| {
+        dns1123_label_problem(label).map(|problem| {
+            if label.is_empty() && !name.is_empty() {
+                "has an empty part between dots".to_string()
+            } else {
+                problem.replace("and '-' are allowed", "'-' and '.' are allowed")
+            }
+        })
+    })
+}
+
 /// Why `name` is not a valid SQL identifier Stator will create (database or user), if it is not.
 /// Kept to a portable subset so that no quoting is ever needed in generated SQL.
 pub fn sql_identifier_problem(name: &str) -> Option<String> {

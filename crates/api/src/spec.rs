@@ -469,13 +469,58 @@ pub struct NetworkSpec {
 /// TLS: every TCP connection to the servers (clients through the proxies or direct,
 /// replication, clones) and to the instance managers is encrypted and verified against the
 /// database's CA; plaintext TCP is refused. Stator issues a CA, a server certificate and a
-/// client certificate for the replication user per database.
+/// client certificate for the replication user per database, unless `issuerRef` names a
+/// cert-manager issuer to do it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
     /// `false` is the explicit opt-out: everything in plaintext (`stator validate` warns).
     #[serde(default = "default_tls_enabled")]
     pub enabled: bool,
+    /// Kubernetes only: a cert-manager issuer that signs the server certificate (Secret
+    /// `NAME-tls`) and the replication user's client certificate (Secret
+    /// `NAME-replication-tls`); `stator render` and the operator then create cert-manager
+    /// `Certificate` objects instead of issuing the certificates themselves. The issuer must
+    /// put its CA into `ca.crt` (CA, SelfSigned and Vault issuers do; ACME issuers do not). The
+    /// local runtime ignores it and issues its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+}
+
+/// A cert-manager issuer, as a cert-manager `Certificate`'s `spec.issuerRef` names it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the `Issuer` (in the database's namespace) or `ClusterIssuer`.
+    pub name: String,
+    /// `Issuer` or `ClusterIssuer`.
+    pub kind: IssuerKind,
+    /// API group of the issuer; `cert-manager.io` unless an external issuer is used.
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
+}
+
+/// Which kind of cert-manager issuer.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum IssuerKind {
+    Issuer,
+    ClusterIssuer,
+}
+
+impl IssuerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssuerKind::Issuer => "Issuer",
+            IssuerKind::ClusterIssuer => "ClusterIssuer",
+        }
+    }
+}
+
+/// cert-manager's own API group.
+pub const CERT_MANAGER_GROUP: &str = "cert-manager.io";
+
+fn default_issuer_group() -> String {
+    CERT_MANAGER_GROUP.into()
 }
 
 fn default_tls_enabled() -> bool {
@@ -484,7 +529,10 @@ fn default_tls_enabled() -> bool {
 
 impl Default for TlsSpec {
     fn default() -> Self {
-        TlsSpec { enabled: true }
+        TlsSpec {
+            enabled: true,
+            issuer_ref: None,
+        }
     }
 }
 

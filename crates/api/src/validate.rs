@@ -107,10 +107,39 @@ pub fn validate(db: &Database) -> Report {
 }
 
 fn validate_tls(db: &Database, r: &mut Report) {
-    if !db.spec.tls.enabled {
+    let tls = &db.spec.tls;
+    if !tls.enabled {
         r.warn(
             "spec.tls.enabled",
             "is false: clients, replication and the instance managers' bearer token travel in plaintext, and plaintext TCP is accepted; remove it to turn TLS on",
+        );
+    }
+    let Some(issuer) = &tls.issuer_ref else {
+        return;
+    };
+    if !tls.enabled {
+        r.error(
+            "spec.tls.issuerRef",
+            "is set while spec.tls.enabled is false: no certificate is used without TLS; remove one of the two",
+        );
+    }
+    if let Some(problem) = crate::names::dns1123_subdomain_problem(&issuer.name) {
+        r.error(
+            "spec.tls.issuerRef.name",
+            format!(
+                "{:?} {problem} (the name of a cert-manager Issuer or ClusterIssuer, e.g. ca-issuer)",
+                issuer.name
+            ),
+        );
+    }
+    if let Some(problem) = crate::names::dns1123_subdomain_problem(&issuer.group) {
+        r.error(
+            "spec.tls.issuerRef.group",
+            format!(
+                "{:?} {problem} (an API group such as {})",
+                issuer.group,
+                crate::spec::CERT_MANAGER_GROUP
+            ),
         );
     }
 }

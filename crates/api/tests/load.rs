@@ -53,6 +53,59 @@ fn tls_is_on_by_default_and_turning_it_off_is_warned_about() {
 }
 
 #[test]
+fn a_tls_issuer_ref_names_a_cert_manager_issuer_and_every_mistake_its_field() {
+    let spec = |tls: &str| {
+        format!(
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {{name: shop}}\nspec: {{engine: postgres, tls: {tls}}}\n"
+        )
+    };
+    let db = load_database(&spec("{issuerRef: {name: ca-issuer, kind: ClusterIssuer}}"))
+        .unwrap()
+        .database;
+    let issuer = db.spec.tls.issuer_ref.unwrap();
+    assert_eq!(
+        (
+            issuer.name.as_str(),
+            issuer.kind.as_str(),
+            issuer.group.as_str()
+        ),
+        ("ca-issuer", "ClusterIssuer", "cert-manager.io")
+    );
+    let cases = [
+        (
+            "{issuerRef: {name: ca-issuer, kind: Issuers}}",
+            "spec.tls.issuerRef.kind",
+            "ClusterIssuer",
+        ),
+        ("{issuerRef: {kind: Issuer}}", "spec.tls.issuerRef", "name"),
+        (
+            "{issuerRef: {name: CA_Issuer, kind: Issuer}}",
+            "spec.tls.issuerRef.name",
+            "only lowercase letters",
+        ),
+        (
+            "{issuerRef: {name: ca, kind: Issuer, group: ''}}",
+            "spec.tls.issuerRef.group",
+            "cert-manager.io",
+        ),
+        (
+            "{enabled: false, issuerRef: {name: ca, kind: Issuer}}",
+            "spec.tls.issuerRef",
+            "spec.tls.enabled is false",
+        ),
+    ];
+    for (tls, path, hint) in cases {
+        let errors = errors(&spec(tls));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(&format!("{path}:")) && e.contains(hint)),
+            "{tls}: {errors:?}"
+        );
+    }
+}
+
+#[test]
 fn every_unknown_field_is_reported_with_its_path() {
     let e = errors(
         "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: shop}\nspec:\n  engine: postgres\n  instnaces: 3\n  storage: {size: 1Gi, clas: fast}\n",

@@ -273,6 +273,13 @@ fn cluster_role_rules() -> Vec<PolicyRule> {
             &["persistentvolumeclaims"],
             &["get", "list", "watch", "delete"],
         ),
+        // spec.tls.issuerRef: the cert-manager Certificates render produces, applied
+        // server-side (create + patch); deleted with their Database by the garbage collector.
+        rule(
+            "cert-manager.io",
+            &["certificates"],
+            &["get", "create", "patch"],
+        ),
         // An Event per order the operator gives (kube-runtime's Recorder: events.k8s.io/v1).
         rule("events.k8s.io", &["events"], &["create", "patch"]),
     ]

@@ -36,7 +36,7 @@ fn rendered_example_with(name: &str, options: &RenderOptions) -> String {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .database;
     let mut credentials = Credentials::random();
-    if db.spec.tls.enabled {
+    if db.spec.tls.enabled && db.spec.tls.issuer_ref.is_none() {
         credentials = credentials.with_tls(TlsMaterial::issue(&db).unwrap());
     }
     let manifests = render(&db, options, Some(&credentials)).unwrap();
@@ -86,11 +86,12 @@ fn every_example_has_a_snapshot_test() {
     );
 }
 
-const EXAMPLES: [&str; 5] = [
+const EXAMPLES: [&str; 6] = [
     "mariadb",
     "mysql",
     "postgres-1",
     "postgres-3",
+    "postgres-cert-manager",
     "postgres-sync",
 ];
 
@@ -111,6 +112,24 @@ fn postgres_sync_renders_as_pinned_without_a_secret() {
     assert_eq!(stream.matches("kind: Secret\n").count(), 1);
     assert!(stream.contains("name: ledger-db-tls\n"));
     insta::assert_snapshot!("postgres-sync", stream);
+}
+
+/// `spec.tls.issuerRef`: cert-manager Certificates instead of generated certificates, and the
+/// pods' TLS volume projected from the Secrets they fill; in operator mode too.
+#[test]
+fn postgres_cert_manager_renders_certificates_instead_of_generating_them() {
+    let stream = rendered_example("postgres-cert-manager");
+    assert_eq!(stream.matches("kind: Certificate\n").count(), 2);
+    assert!(!stream.contains("name: billing-db-tls\n  namespace: billing\ntype:"));
+    assert!(
+        !stream.contains("BEGIN"),
+        "no certificate material is rendered"
+    );
+    assert!(stream.contains("secretName: billing-db-replication-tls\n"));
+    insta::assert_snapshot!("postgres-cert-manager", stream);
+    let operated = rendered_for_the_operator("postgres-cert-manager");
+    assert_eq!(operated.matches("kind: Certificate\n").count(), 2);
+    assert_eq!(operated.matches("  ownerReferences:\n").count(), 11);
 }
 
 #[test]

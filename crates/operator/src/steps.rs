@@ -93,7 +93,9 @@ pub fn build(
         }),
     };
     let mut credentials = Credentials::random();
-    if valid.db.spec.tls.enabled {
+    // With spec.tls.issuerRef cert-manager fills NAME-tls from the Certificates render emits:
+    // a Secret of the operator's own under that name would be one cert-manager then rewrites.
+    if valid.db.spec.tls.enabled && valid.db.spec.tls.issuer_ref.is_none() {
         let material =
             TlsMaterial::issue(valid.db).map_err(|message| BuildError::Certificates {
                 name: valid.db.name().to_string(),
@@ -159,6 +161,27 @@ where
     )
     .await
     .map_err(|e| ApplyError::new("apply", kind_of::<K>(), &name, e))?;
+    Ok(())
+}
+
+/// Server-side applies a cert-manager `Certificate` (a CRD: no k8s-openapi type, so through
+/// the dynamic API).
+async fn apply_certificate(
+    client: &Client,
+    ns: &str,
+    certificate: &stator_kube::render::Certificate,
+) -> Result<(), ApplyError> {
+    let name = certificate.metadata.name.clone().unwrap_or_default();
+    let gvk = kube::api::GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate");
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &kube::api::ApiResource::from_gvk(&gvk));
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(certificate),
+    )
+    .await
+    .map_err(|e| ApplyError::new("apply", "Certificate", &name, e))?;
     Ok(())
 }
 
@@ -247,6 +270,7 @@ pub async fn apply(
         service_account,
         secret,
         tls_secret,
+        certificates,
         config_map,
         services,
         pod_disruption_budget,
@@ -263,6 +287,10 @@ pub async fn apply(
     // the StatefulSet whose pods mount it.
     if let Some(tls) = tls_secret {
         create_secret_once(client, ns, tls).await?;
+    }
+    // spec.tls.issuerRef: cert-manager's Certificates, before the pods that mount their Secrets.
+    for certificate in certificates {
+        apply_certificate(client, ns, certificate).await?;
     }
     apply_one::<ConfigMap>(client, ns, config_map).await?;
     for service in services {

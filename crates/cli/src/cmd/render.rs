@@ -62,9 +62,9 @@ pub fn run(args: RenderArgs) -> CliResult {
             }),
     };
     // Passwords unless an existing Secret holds them; certificates whenever TLS is on (the
-    // default): both into secret.yaml, never committed.
+    // default) and no cert-manager issuer makes them: both into secret.yaml, never committed.
     let mut credentials = Credentials::random();
-    if db.spec.tls.enabled {
+    if db.spec.tls.enabled && db.spec.tls.issuer_ref.is_none() {
         let material = TlsMaterial::issue(db).map_err(|e| {
             CliError::Failed(format!(
                 "cannot issue the certificates of {}: {e}",

@@ -62,6 +62,10 @@ fn the_cluster_role_grants_exactly_the_operators_verbs() {
             ("", "persistentvolumeclaims"),
             set(&["get", "list", "watch", "delete"]),
         ),
+        (
+            ("cert-manager.io", "certificates"),
+            set(&["get", "create", "patch"]),
+        ),
         (("events.k8s.io", "events"), set(&["create", "patch"])),
     ]
     .into_iter()

@@ -27,12 +27,16 @@ use stator_api::{Database, InvalidSpec, Role, validate};
 pub use config::{DATABASE_JSON_KEY, database_for_pods};
 pub use credentials::{Credentials, GENERATED_LENGTH};
 pub use meta::{COMPONENT, MANAGER, labels, owner_reference, selector_labels};
-pub use output::{FILE_NAMES, GENERATED_HEADER, ManifestFile, SECRET_FILE};
+pub use output::{CERTIFICATES_FILE, FILE_NAMES, GENERATED_HEADER, ManifestFile, SECRET_FILE};
 pub use statefulset::{
     CONFIG_DIR, CONFIG_HASH_ANNOTATION, DATA_DIR, DATABASE_CONTAINER, RUN_DIR, SECRETS_DIR,
     STATOR_BIN_DIR, STATOR_IMAGE_BINARY, instance_command,
 };
-pub use tls::{TLS_DIR, TLS_SECRET_KEYS, TlsMaterial, kube_sans, tls_secret, tls_secret_name};
+pub use tls::{
+    CERT_MANAGER_API_VERSION, Certificate, CertificatePrivateKey, CertificateSpec, TLS_DIR,
+    TLS_SECRET_KEYS, TlsMaterial, certificates, kube_sans, replication_tls_secret_name, tls_secret,
+    tls_secret_name,
+};
 
 /// The image holding the `stator` binary (at [`STATOR_IMAGE_BINARY`]) for the init container.
 pub const DEFAULT_STATOR_IMAGE: &str =
@@ -123,9 +127,12 @@ pub struct Manifests {
     pub service_account: ServiceAccount,
     /// `NAME-credentials`; `None` when `spec.bootstrap.secretName` names an existing Secret.
     pub secret: Option<Secret>,
-    /// `NAME-tls`, the generated certificates; `None` without TLS, and in operator mode when
-    /// the operator creates it.
+    /// `NAME-tls`, the generated certificates; `None` without TLS, with `spec.tls.issuerRef`,
+    /// and in operator mode when the operator creates it.
     pub tls_secret: Option<Secret>,
+    /// With `spec.tls.issuerRef`: the cert-manager `Certificate`s that fill `NAME-tls` and
+    /// `NAME-replication-tls`; empty otherwise.
+    pub certificates: Vec<Certificate>,
     pub config_map: ConfigMap,
     /// `NAME-headless`, `NAME-rw`, `NAME-ro`.
     pub services: Vec<Service>,
@@ -178,7 +185,7 @@ pub fn render(
         }
     };
     let tls_secret = match credentials.and_then(Credentials::tls) {
-        _ if !db.spec.tls.enabled => None,
+        _ if !db.spec.tls.enabled || db.spec.tls.issuer_ref.is_some() => None,
         Some(material) => Some(tls::tls_secret(db, material)),
         None if options.operator.is_some() => None,
         None => {
@@ -200,6 +207,7 @@ pub fn render(
         service_account: config::render_service_account(db),
         secret,
         tls_secret,
+        certificates: tls::certificates(db),
         config_map: config::render_config_map(db, &database_json),
         services: vec![
             services::render_headless_service(db),
@@ -223,6 +231,7 @@ impl Manifests {
             service_account,
             secret,
             tls_secret,
+            certificates,
             config_map,
             services,
             pod_disruption_budget,
@@ -238,6 +247,7 @@ impl Manifests {
         ];
         metas.extend(secret.as_mut().map(|s| &mut s.metadata));
         metas.extend(tls_secret.as_mut().map(|s| &mut s.metadata));
+        metas.extend(certificates.iter_mut().map(|c| &mut c.metadata));
         metas.extend(services.iter_mut().map(|s| &mut s.metadata));
         for meta in metas {
             meta.owner_references = Some(vec![owner.clone()]);

@@ -10,8 +10,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, PodTemplateSpec, SecretVolumeSource, TopologySpreadConstraint,
-    Volume, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ProjectedVolumeSource, SecretVolumeSource,
+    TopologySpreadConstraint, Volume, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -22,7 +22,7 @@ use stator_api::spec::{AntiAffinity, Engine};
 use super::RenderOptions;
 use super::config::DATABASE_JSON_KEY;
 use super::meta::{labels, object_meta, pod_selector};
-use super::tls::{TLS_DIR, tls_secret_name};
+use super::tls::{TLS_DIR, projected_sources, tls_secret_name};
 use crate::container::{
     field_env, hardened_security_context, http_probe, mount, resources, resources_of,
     runtime_default_seccomp,
@@ -251,8 +251,19 @@ fn empty_dir_on(name: &str, size_limit: &str, medium: Option<&str>) -> Volume {
 }
 
 /// The certificate Secret `NAME-tls` (TLS enabled): files 0440, readable by the fsGroup, which
-/// the instance manager copies 0600 for the server.
+/// the instance manager copies 0600 for the server. With `spec.tls.issuerRef`, the two Secrets
+/// cert-manager fills, projected into the same five files.
 fn tls_volume(db: &Database) -> Volume {
+    if db.spec.tls.issuer_ref.is_some() {
+        return Volume {
+            name: "tls".into(),
+            projected: Some(ProjectedVolumeSource {
+                default_mode: Some(SECRET_FILE_MODE),
+                sources: Some(projected_sources(db)),
+            }),
+            ..Volume::default()
+        };
+    }
     Volume {
         name: "tls".into(),
         secret: Some(SecretVolumeSource {

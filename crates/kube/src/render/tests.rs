@@ -732,7 +732,12 @@ fn passwords_appear_only_in_the_secret_file() {
 fn files_are_one_per_kind_in_apply_order() {
     let m = manifests(THREE_POSTGRES);
     let names: Vec<&str> = m.files().unwrap().iter().map(|f| f.name).collect();
-    assert_eq!(names, FILE_NAMES);
+    // certificates.yaml only with spec.tls.issuerRef.
+    let expected: Vec<&str> = FILE_NAMES
+        .into_iter()
+        .filter(|n| *n != CERTIFICATES_FILE)
+        .collect();
+    assert_eq!(names, expected);
     let stream = m.to_yaml_stream().unwrap();
     let kinds: Vec<&str> = stream
         .lines()
@@ -865,4 +870,68 @@ fn tls_by_default_mounts_the_certificate_secret_and_probes_over_https() {
     };
     let m = render(&db, &options, Some(&bare)).unwrap();
     assert!(m.tls_secret.is_none() && tls_volume(&m).is_some());
+}
+
+#[test]
+fn an_issuer_ref_renders_certificates_and_projects_their_secrets_into_the_tls_files() {
+    let m = manifests(
+        "  engine: postgres\n  instances: 2\n  tls:\n    issuerRef:\n      name: ca-issuer\n      kind: Issuer\n",
+    );
+    assert!(m.tls_secret.is_none(), "cert-manager fills NAME-tls");
+    let [server, client] = &m.certificates[..] else {
+        panic!("two Certificates: {:?}", m.certificates);
+    };
+    assert_eq!(server.spec.secret_name, "shop-db-tls");
+    assert_eq!(server.spec.issuer_ref.group, "cert-manager.io");
+    let db = database("  engine: postgres\n  instances: 2\n");
+    let mut sans = server.spec.dns_names.clone();
+    sans.extend(server.spec.ip_addresses.iter().cloned());
+    sans.sort();
+    let mut expected = kube_sans(&db);
+    expected.sort();
+    assert_eq!(
+        sans, expected,
+        "the server certificate covers what clients dial"
+    );
+    assert_eq!(client.spec.secret_name, "shop-db-replication-tls");
+    assert_eq!(client.spec.usages, ["client auth", "digital signature"]);
+    // The pods see the five files of TLS_SECRET_KEYS, from the two Secrets.
+    let volume = pod_spec(&m)
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "tls")
+        .unwrap();
+    assert!(volume.secret.is_none());
+    let projected = volume.projected.as_ref().unwrap();
+    assert_eq!(projected.default_mode, Some(0o440));
+    let mut files: Vec<(String, String, String)> = projected
+        .sources
+        .iter()
+        .flatten()
+        .flat_map(|s| {
+            let secret = s.secret.as_ref().unwrap();
+            secret
+                .items
+                .iter()
+                .flatten()
+                .map(|i| (i.path.clone(), secret.name.clone(), i.key.clone()))
+        })
+        .collect();
+    files.sort();
+    let mut paths: Vec<&str> = files.iter().map(|(p, _, _)| p.as_str()).collect();
+    paths.sort_unstable();
+    let mut wanted = TLS_SECRET_KEYS.to_vec();
+    wanted.sort_unstable();
+    assert_eq!(paths, wanted);
+    assert!(files.contains(&(
+        "client.key".into(),
+        "shop-db-replication-tls".into(),
+        "tls.key".into()
+    )));
+    let names: Vec<&str> = m.files().unwrap().iter().map(|f| f.name).collect();
+    assert!(names.contains(&CERTIFICATES_FILE));
+    let certificates = m.files().unwrap()[2].contents.clone();
+    assert!(certificates.contains("apiVersion: cert-manager.io/v1\nkind: Certificate\n"));
 }

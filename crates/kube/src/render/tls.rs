@@ -3,7 +3,13 @@
 //! every pod at [`TLS_DIR`], which `stator instance --pod` passes on as the instance's TLS
 //! directory.
 //!
-//! Where the Secret comes from: `stator render` generates it ([`TlsMaterial::issue`]) and writes it
+//! With `spec.tls.issuerRef`, cert-manager issues instead: render emits two `Certificate`s
+//! ([`certificates`]), the server's into the Secret `NAME-tls` and the replication user's into
+//! `NAME-replication-tls` (each `ca.crt`/`tls.crt`/`tls.key`), and the pods mount both through
+//! one projected volume that maps the second pair to `client.crt`/`client.key`
+//! ([`projected_sources`]), so [`TLS_DIR`] holds the same five files either way.
+//!
+//! Where the Secret comes from otherwise: `stator render` generates it ([`TlsMaterial::issue`]) and writes it
 //! next to the generated passwords in `secret.yaml` (mode 0600, never committed); the operator
 //! calls the same [`TlsMaterial::issue`] and [`tls_secret`] and creates the Secret when it does not
 //! exist yet. The CA's key is not part of the Secret: Stator's instance managers do not renew
@@ -14,8 +20,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{KeyToPath, Secret, SecretProjection, VolumeProjection};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
 use stator_api::Database;
+use stator_api::spec::IssuerRef;
 use stator_engine::tls::{CA_CERT, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY, TlsFiles};
 
 use super::meta::object_meta;
@@ -49,6 +58,145 @@ pub fn kube_sans(db: &Database) -> Vec<String> {
         }
     }
     sans
+}
+
+/// Name of the Secret cert-manager fills with the replication user's client certificate (with
+/// `spec.tls.issuerRef`).
+pub fn replication_tls_secret_name(db: &Database) -> String {
+    format!("{}-replication-tls", db.name())
+}
+
+/// `apiVersion` of the cert-manager objects render emits.
+pub const CERT_MANAGER_API_VERSION: &str = "cert-manager.io/v1";
+
+/// A cert-manager `Certificate` (`cert-manager.io/v1`), the fields Stator sets.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Certificate {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub metadata: ObjectMeta,
+    pub spec: CertificateSpec,
+}
+
+/// `spec` of a [`Certificate`].
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateSpec {
+    pub secret_name: String,
+    pub common_name: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ip_addresses: Vec<String>,
+    pub usages: Vec<&'static str>,
+    pub private_key: CertificatePrivateKey,
+    pub issuer_ref: IssuerRef,
+}
+
+/// `spec.privateKey`: the key kind Stator issues itself (ECDSA P-256), PKCS#8 (what every
+/// reader of the files takes), and a new key on every renewal.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificatePrivateKey {
+    pub algorithm: &'static str,
+    pub size: u16,
+    pub encoding: &'static str,
+    pub rotation_policy: &'static str,
+}
+
+const PRIVATE_KEY: CertificatePrivateKey = CertificatePrivateKey {
+    algorithm: "ECDSA",
+    size: 256,
+    encoding: "PKCS8",
+    rotation_policy: "Always",
+};
+
+/// With `spec.tls.issuerRef` (and TLS on): the server's `Certificate` (Secret `NAME-tls`, the
+/// names of [`kube_sans`]) and the replication user's (Secret `NAME-replication-tls`); else none.
+pub fn certificates(db: &Database) -> Vec<Certificate> {
+    let Some(issuer) = db
+        .spec
+        .tls
+        .issuer_ref
+        .as_ref()
+        .filter(|_| db.spec.tls.enabled)
+    else {
+        return Vec::new();
+    };
+    let (ips, names): (Vec<String>, Vec<String>) = kube_sans(db)
+        .into_iter()
+        .partition(|san| san.parse::<std::net::IpAddr>().is_ok());
+    let certificate = |name: String, spec: CertificateSpec| Certificate {
+        api_version: CERT_MANAGER_API_VERSION,
+        kind: "Certificate",
+        metadata: object_meta(db, name),
+        spec,
+    };
+    vec![
+        certificate(
+            tls_secret_name(db),
+            CertificateSpec {
+                secret_name: tls_secret_name(db),
+                common_name: db.name().to_string(),
+                dns_names: names,
+                ip_addresses: ips,
+                usages: vec!["server auth", "digital signature", "key encipherment"],
+                private_key: PRIVATE_KEY,
+                issuer_ref: issuer.clone(),
+            },
+        ),
+        certificate(
+            replication_tls_secret_name(db),
+            CertificateSpec {
+                secret_name: replication_tls_secret_name(db),
+                common_name: stator_engine::postgres::config::REPLICATION_USER.to_string(),
+                dns_names: Vec::new(),
+                ip_addresses: Vec::new(),
+                usages: vec!["client auth", "digital signature"],
+                private_key: PRIVATE_KEY,
+                issuer_ref: issuer.clone(),
+            },
+        ),
+    ]
+}
+
+/// The pods' certificate files from the two Secrets cert-manager fills: `NAME-tls` as it is
+/// (`ca.crt`, `tls.crt`, `tls.key`), and the replication pair of `NAME-replication-tls` as
+/// `client.crt`/`client.key`, the layout of [`TLS_SECRET_KEYS`].
+pub fn projected_sources(db: &Database) -> Vec<VolumeProjection> {
+    let items = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(key, path)| KeyToPath {
+                key: (*key).to_string(),
+                path: (*path).to_string(),
+                mode: None,
+            })
+            .collect()
+    };
+    let secret = |name: String, items: Vec<KeyToPath>| VolumeProjection {
+        secret: Some(SecretProjection {
+            name,
+            items: Some(items),
+            optional: Some(false),
+        }),
+        ..VolumeProjection::default()
+    };
+    vec![
+        secret(
+            tls_secret_name(db),
+            items(&[
+                (CA_CERT, CA_CERT),
+                (SERVER_CERT, SERVER_CERT),
+                (SERVER_KEY, SERVER_KEY),
+            ]),
+        ),
+        secret(
+            replication_tls_secret_name(db),
+            items(&[(SERVER_CERT, CLIENT_CERT), (SERVER_KEY, CLIENT_KEY)]),
+        ),
+    ]
 }
 
 /// A CA, a server certificate for [`kube_sans`] and a replication client certificate, in memory
