@@ -249,5 +249,55 @@ async fn operator_reconciles_databases_on_a_real_api_server_with_its_own_rbac() 
             .then_some(())
     })
     .await;
+
+    // spec.tls.issuerRef: the operator applies cert-manager's Certificates (the CRD fixture
+    // stands in for cert-manager) and issues no NAME-tls of its own; cert-manager fills it.
+    kubectl(
+        &cp,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            repo()
+                .join("tests/fixtures/cert-manager/certificates.crd.yaml")
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    kubectl(
+        &cp,
+        &[
+            "wait",
+            "--for",
+            "condition=established",
+            "crd/certificates.cert-manager.io",
+            "--timeout=60s",
+        ],
+    );
+    let mut issued = database("certs", 1, None);
+    issued["spec"]["tls"] =
+        serde_json::json!({"issuerRef": {"name": "ca", "kind": "ClusterIssuer"}});
+    apply(issued);
+    let names = until("the Certificates of certs", || async {
+        let out = kubectl(&cp, &["get", "certificates", "-n", "apps", "-o", "name"]);
+        (out.lines().count() == 2).then_some(out)
+    })
+    .await;
+    assert!(
+        names.contains("certificate.cert-manager.io/certs-tls"),
+        "{names}"
+    );
+    assert!(
+        names.contains("certificate.cert-manager.io/certs-replication-tls"),
+        "{names}"
+    );
+    until("certs' StatefulSet", || async {
+        sts.get_opt("certs").await.ok()?
+    })
+    .await;
+    assert!(
+        secrets.get_opt("certs-tls").await.unwrap().is_none(),
+        "the operator issued certs-tls itself"
+    );
     operator.abort();
 }
