@@ -294,21 +294,8 @@ fn run_postgres(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
             measure_three(args.rounds, [primary, rw, haproxy_port], |port| {
                 pgbench(port, &run_args)
             })?;
-        print_three(direct, proxied, haproxy);
-        summary.push(SummaryRow {
-            measurement: format!("{label}, {clients} clients: rw proxy vs direct"),
-            ours: format!("{proxied:.0} tps"),
-            peer: format!("{direct:.0} tps direct to the primary"),
-            ratio: proxied / direct.max(1.0),
-            target: Target::AtLeast(0.9),
-        });
-        summary.push(SummaryRow {
-            measurement: format!("{label}: rw proxy vs HAProxy (TCP)"),
-            ours: format!("{proxied:.0} tps"),
-            peer: format!("{haproxy:.0} tps through HAProxy"),
-            ratio: proxied / haproxy.max(1.0),
-            target: Target::AtLeast(1.0),
-        });
+        let load = format!("{clients} clients");
+        report_three(&mut summary, label, &load, [direct, proxied, haproxy], true);
     }
 
     // sysbench oltp_read_only over the same three paths (its pgsql driver is libpq, which takes
@@ -340,21 +327,13 @@ fn run_postgres(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
             let text = sysbench("run", port, &[&threads, &time, "--report-interval=0"])?;
             Ok(parse_sysbench_tps(&text).unwrap_or(0.0))
         })?;
-    print_three(direct, proxied, haproxy);
-    summary.push(SummaryRow {
-        measurement: format!("sysbench oltp_read_only, {clients} threads: rw proxy vs direct"),
-        ours: format!("{proxied:.0} tps"),
-        peer: format!("{direct:.0} tps direct to the primary"),
-        ratio: proxied / direct.max(1.0),
-        target: Target::AtLeast(0.9),
-    });
-    summary.push(SummaryRow {
-        measurement: "sysbench oltp_read_only: rw proxy vs HAProxy (TCP)".into(),
-        ours: format!("{proxied:.0} tps"),
-        peer: format!("{haproxy:.0} tps through HAProxy"),
-        ratio: proxied / haproxy.max(1.0),
-        target: Target::AtLeast(1.0),
-    });
+    report_three(
+        &mut summary,
+        "sysbench oltp_read_only",
+        &format!("{clients} threads"),
+        [direct, proxied, haproxy],
+        true,
+    );
 
     // The `--direct rw` URI (libpq finds the primary: no hop) vs a client given the primary's
     // address, and new TLS connections per second (`-C`: a connection per transaction) through
@@ -751,7 +730,7 @@ fn run_mariadb(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
     sysbench("oltp_read_write", rw, "prepare", &[])?;
     let seconds = format!("--time={}", args.seconds.max(1));
     let threads = format!("--threads={}", args.clients.max(1));
-    for (test, target) in [("oltp_read_only", Some(0.9)), ("oltp_read_write", None)] {
+    for (test, targeted) in [("oltp_read_only", true), ("oltp_read_write", false)] {
         println!(
             "== sysbench {test}, {} threads, {}s per run, {} rounds (order rotated; medians)",
             args.clients.max(1),
@@ -768,28 +747,13 @@ fn run_mariadb(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
                 )?;
                 Ok(parse_sysbench_tps(&text).unwrap_or(0.0))
             })?;
-        print_three(direct, proxied, haproxy);
-        summary.push(SummaryRow {
-            measurement: format!(
-                "sysbench {test}, {} threads: rw proxy vs direct",
-                args.clients.max(1)
-            ),
-            ours: format!("{proxied:.0} tps"),
-            peer: format!("{direct:.0} tps direct to the primary"),
-            ratio: proxied / direct.max(1.0),
-            target: target.map_or(Target::None, Target::AtLeast),
-        });
-        summary.push(SummaryRow {
-            measurement: format!("sysbench {test}: rw proxy vs HAProxy (TCP)"),
-            ours: format!("{proxied:.0} tps"),
-            peer: format!("{haproxy:.0} tps through HAProxy"),
-            ratio: proxied / haproxy.max(1.0),
-            target: if target.is_some() {
-                Target::AtLeast(1.0)
-            } else {
-                Target::None
-            },
-        });
+        report_three(
+            &mut summary,
+            &format!("sysbench {test}"),
+            &format!("{} threads", args.clients.max(1)),
+            [direct, proxied, haproxy],
+            targeted,
+        );
     }
 
     // 3. Memory.
@@ -824,8 +788,45 @@ fn measure_three(
     }))
 }
 
-/// The three medians of [`measure_three`] and their ratios.
-fn print_three(direct: f64, proxied: f64, haproxy: f64) {
+/// Prints the three medians of [`measure_three`] and their ratios, and adds the two comparisons
+/// of `what` under `load` to the summary: rw vs direct (target >= 0.9x) and rw vs HAProxy
+/// (target >= 1.0x), or for information only when not `targeted`.
+fn report_three(
+    summary: &mut Vec<SummaryRow>,
+    what: &str,
+    load: &str,
+    [direct, proxied, haproxy]: [f64; 3],
+    targeted: bool,
+) {
+    let target = |t: f64| {
+        if targeted {
+            Target::AtLeast(t)
+        } else {
+            Target::None
+        }
+    };
+    for (measurement, peer, tps, at_least) in [
+        (
+            format!("{what}, {load}: rw proxy vs direct"),
+            "direct to the primary",
+            direct,
+            0.9,
+        ),
+        (
+            format!("{what}: rw proxy vs HAProxy (TCP)"),
+            "through HAProxy",
+            haproxy,
+            1.0,
+        ),
+    ] {
+        summary.push(SummaryRow {
+            measurement,
+            ours: format!("{proxied:.0} tps"),
+            peer: format!("{tps:.0} tps {peer}"),
+            ratio: proxied / tps.max(1.0),
+            target: target(at_least),
+        });
+    }
     println!("  direct to the primary  {direct:>10.0} tps");
     println!("  stator rw proxy        {proxied:>10.0} tps");
     println!("  HAProxy (TCP mode)     {haproxy:>10.0} tps");
