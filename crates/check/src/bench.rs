@@ -312,6 +312,7 @@ fn run_postgres(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
             config: &sysbench_config,
             port_option: "--pgsql-port",
             env: &tls_env,
+            dir: &work.root,
         };
         sysbench.run("oltp_read_only", port, verb, extra)
     };
@@ -706,11 +707,30 @@ fn run_mariadb(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
     // sysbench reads its options, the password among them, from a 0600 file; with TLS (the
     // default; the server refuses plaintext) it connects over TLS with the database's CA.
     let config = work.root.join("sysbench.cfg");
-    let ca = dir.tls_dir().join(stator_engine::tls::CA_CERT);
-    let tls = if ca.exists() {
-        format!("mysql-ssl=on\nmysql-ssl-ca={}\n", ca.display())
+    // Debian's sysbench 1.0 knows no --mysql-ssl-ca: with --mysql-ssl=on it reads cacert.pem,
+    // client-cert.pem and client-key.pem from its working directory (a missing one fails the
+    // connection). It runs in a 0700 directory holding links to the database's CA and client pair.
+    let sysbench_dir = work.root.join("sysbench");
+    std::fs::create_dir_all(&sysbench_dir)
+        .and_then(|()| {
+            std::fs::set_permissions(&sysbench_dir, std::fs::Permissions::from_mode(0o700))
+        })
+        .map_err(|e| LocalError::io(&sysbench_dir, "cannot create", e))?;
+    let tls_dir = dir.tls_dir();
+    let tls = if tls_dir.join(stator_engine::tls::CA_CERT).exists() {
+        for (file, name) in [
+            (stator_engine::tls::CA_CERT, "cacert.pem"),
+            (stator_engine::tls::CLIENT_CERT, "client-cert.pem"),
+            (stator_engine::tls::CLIENT_KEY, "client-key.pem"),
+        ] {
+            let link = sysbench_dir.join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(tls_dir.join(file), &link)
+                .map_err(|e| LocalError::io(&link, "cannot create", e))?;
+        }
+        "mysql-ssl=on\n"
     } else {
-        String::new()
+        ""
     };
     write_private(
         &config,
@@ -724,6 +744,7 @@ fn run_mariadb(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
             config: &config,
             port_option: "--mysql-port",
             env: &[],
+            dir: &sysbench_dir,
         };
         sysbench.run(test, port, verb, extra)
     };
@@ -845,6 +866,8 @@ struct Sysbench<'a> {
     port_option: &'a str,
     /// Extra environment (libpq's TLS settings for the pgsql driver).
     env: &'a [(&'a str, std::ffi::OsString)],
+    /// Working directory (the mysql driver's TLS files).
+    dir: &'a Path,
 }
 
 impl Sysbench<'_> {
@@ -857,6 +880,7 @@ impl Sysbench<'_> {
             .args(extra)
             .arg(verb)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(self.dir)
             .stdin(Stdio::null())
             .output()
             .map_err(|e| LocalError::io("sysbench", "cannot run", e))?;
