@@ -227,6 +227,9 @@ pub struct InstanceReport {
     /// be), true once it holds data; `None` while not known yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holds_data: Option<bool>,
+    /// Backups and the archive, when this instance takes them (`spec.backup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::backup_report::BackupReport>,
 }
 
 /// Body of `POST /demote`: follow `upstream` as a replica.

@@ -11,6 +11,8 @@
 //! - [`validate`]: semantic checks, all problems at once, plus warnings.
 //! - [`parameters`]: engine defaults, keys Stator manages, the effective configuration.
 //! - [`instance`]: the runtime ↔ instance-manager contract: config file and `/status` report.
+//! - [`backup_report`]: the backups and archive an instance manager reports (`backup` in
+//!   `/status`), engine-neutral.
 //! - [`orders`]: the orders a runtime gives a managed instance manager (bootstrap, role, fence,
 //!   rebuild).
 //! - [`position`]: replication positions (LSN on a timeline, MariaDB GTID position, MySQL GTID
@@ -19,6 +21,7 @@
 //! - [`quantity`], [`duration`], [`schedule`]: the small value syntaxes specs use (a backup
 //!   schedule is 5-field cron).
 
+pub mod backup_report;
 pub mod duration;
 pub mod instance;
 pub mod load;

@@ -51,9 +51,12 @@
 //! - [`decide`](mod@decide): the pipeline of one decision.
 //! - [`backup_due`](mod@backup_due): whether a scheduled backup is due, from the schedule, the
 //!   last run and the time; missed slots give one run, never a burst.
+//! - [`backup_health`](mod@backup_health): whether backups are healthy (archive failing or
+//!   stalled, backup overdue) and when the data volume fills, from the primary's report.
 
 pub mod action;
 pub mod backup_due;
+pub mod backup_health;
 pub mod candidate;
 pub mod decide;
 pub mod input;
@@ -61,6 +64,9 @@ pub mod memory;
 
 pub use action::{Action, Bootstrap, Decision, Reason, Status};
 pub use backup_due::{BackupSchedule, Due, ScheduleError, backup_due};
+pub use backup_health::{
+    ArchiveBaseline, BackupHealth, BackupHealthInput, BackupProblem, backup_health,
+};
 pub use decide::decide;
 pub use input::{ClusterSpec, Input, InstanceFacts, Presence, Request, SpecError};
 pub use memory::{Fence, FenceMethod, Memory, Transition, TransitionKind, TransitionPhase};

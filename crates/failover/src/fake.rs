@@ -254,6 +254,7 @@ pub fn report(ordinal: u32, role: Role, position: &str, timeline: u32) -> Instan
         replication_error: None,
         errant: None,
         holds_data: Some(true),
+        backup: None,
     }
 }
 

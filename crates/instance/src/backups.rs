@@ -8,7 +8,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use stator_api::Role;
 use stator_api::instance::ServerState;
 use stator_engine::postgres::backrest::{BackupKind, BackupOutcome};
@@ -16,33 +15,8 @@ use stator_engine::{Credentials, Postgres};
 
 use crate::status::InstanceStatus;
 
-/// What `/status` reports under `backup`.
-#[derive(Serialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct BackupFacts {
-    /// The stanza exists and the repository is tied to this cluster.
-    pub stanza_ready: bool,
-    pub last_backup: Option<BackupOutcome>,
-    /// The last failed backup or stanza creation, in words.
-    pub last_error: Option<String>,
-    /// A backup runs now.
-    pub running: bool,
-    pub archive: ArchiveFacts,
-}
-
-/// The WAL archive as the server sees it.
-#[derive(Serialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ArchiveFacts {
-    /// Seconds since the epoch.
-    pub last_success: Option<f64>,
-    /// `archive_status/*.ready`: segments waiting to be archived, and their bytes.
-    pub pending_files: u64,
-    pub pending_bytes: u64,
-    pub failures: i64,
-    pub last_failure: Option<f64>,
-    pub last_error: Option<String>,
-}
+/// What `/status` reports under `backup` (engine-neutral, shared with the runtimes).
+pub use stator_api::backup_report::{ArchiveState, BackupReport as BackupFacts};
 
 /// The backup runner of one instance.
 pub struct Backups {
@@ -154,6 +128,7 @@ impl Backups {
     /// backup on the new timeline; every period, the archive facts.
     pub async fn watch_forever(self: Arc<Self>, period: Duration) {
         let mut last_role: Option<Role> = None;
+        let mut looked_up_last_backup = false;
         loop {
             let role = self.role();
             if role == Some(Role::Primary) {
@@ -167,24 +142,40 @@ impl Backups {
                         let _ = this.run(Some(BackupKind::Full)).await;
                     });
                 }
+                if !looked_up_last_backup {
+                    // What the repository holds, once: a backup from before this manager
+                    // started (or on the former primary) is the last backup too.
+                    if let Ok(newest) = self.engine.newest_backup().await {
+                        looked_up_last_backup = true;
+                        self.update(|f| {
+                            if f.last_backup.is_none() {
+                                f.last_backup = newest;
+                            }
+                        });
+                    }
+                }
                 if let Ok((last_success, failures, last_failure, last_wal)) =
                     self.engine.archiver(&self.creds).await
                 {
-                    let (files, bytes) = self.engine.archive_pending();
+                    let pending = self.engine.archive_pending();
                     self.update(|f| {
-                        f.archive = ArchiveFacts {
+                        f.archive = ArchiveState {
                             last_success,
-                            pending_files: files,
-                            pending_bytes: bytes,
-                            failures,
+                            pending_files: pending.files,
+                            pending_bytes: pending.bytes,
+                            oldest_pending_since: pending.oldest_since,
+                            failures: failures.max(0) as u64,
                             last_failure,
                             last_error: last_wal
                                 .filter(|_| last_failure > last_success)
                                 .map(|w| format!("archiving {w} failed; see the server log")),
+                            ..ArchiveState::default()
                         };
                     });
                 }
             }
+            let free = self.engine.free_bytes();
+            self.update(|f| f.free_bytes = free);
             if role.is_some() {
                 last_role = role;
             }

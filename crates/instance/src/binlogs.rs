@@ -78,6 +78,7 @@ impl BinlogArchiver {
                 tracing::warn!(error = %e, "archiving binary logs");
                 self.update(|s| {
                     s.failures += 1;
+                    s.last_failure = Some(stator_engine::mysql_family::repository::now());
                     s.last_error = Some(e);
                 });
             }

@@ -92,27 +92,22 @@ async fn status(State(e): State<Endpoints>, uri: axum::http::Uri) -> Response {
     if crate::managed::asks_fresh(uri.query()) {
         e.status.refresh().await;
     }
-    let report = e.status.report();
-    if let Some(b) = &e.binlogs {
-        let mut value = serde_json::to_value(&report).unwrap_or_default();
-        if let Some(map) = value.as_object_mut() {
-            map.insert("backup".into(), serde_json::json!({ "archive": b.state() }));
-        }
-        return axum::Json(value).into_response();
-    }
-    match &e.backups {
-        None => axum::Json(report).into_response(),
-        Some(b) => {
-            let mut value = serde_json::to_value(&report).unwrap_or_default();
-            if let Some(map) = value.as_object_mut() {
-                map.insert(
-                    "backup".into(),
-                    serde_json::to_value(b.facts()).unwrap_or_default(),
-                );
-            }
-            axum::Json(value).into_response()
-        }
-    }
+    axum::Json(report_with_backups(&e)).into_response()
+}
+
+/// The report, with the backup facts when this instance takes backups (PostgreSQL) or
+/// archives binary logs (MariaDB: the archive only; its full backups are the runtime's).
+fn report_with_backups(e: &Endpoints) -> stator_api::instance::InstanceReport {
+    let mut report = e.status.report();
+    report.backup = match (&e.backups, &e.binlogs) {
+        (Some(b), _) => Some(b.facts()),
+        (None, Some(b)) => Some(stator_api::backup_report::BackupReport {
+            archive: b.state(),
+            ..Default::default()
+        }),
+        (None, None) => None,
+    };
+    report
 }
 
 /// Body of `POST /backups`: `{"type": "full"|"diff"|"incr"}` (optional; default incremental,
@@ -151,11 +146,14 @@ async fn create_backup(State(e): State<Endpoints>, headers: HeaderMap, body: Byt
 
 async fn metrics(State(e): State<Endpoints>) -> Response {
     let snapshot = e.status.snapshot();
-    let report = e.status.report();
+    let report = report_with_backups(&e);
     let facts = MetricFacts {
         position_bytes: snapshot.observation.as_ref().and_then(|o| o.position_bytes),
         manager_uptime_seconds: e.status.started.elapsed().as_secs(),
         lag_in_transactions: e.engine.is_mysql_family(),
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
     };
     (
         [(

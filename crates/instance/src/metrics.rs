@@ -9,6 +9,8 @@ use stator_api::instance::InstanceReport;
 /// Extra facts the report does not carry.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MetricFacts {
+    /// Seconds since the epoch (ages are measured from it).
+    pub now: f64,
     /// The position as a number (PostgreSQL: LSN bytes).
     pub position_bytes: Option<u64>,
     pub manager_uptime_seconds: u64,
@@ -160,7 +162,92 @@ pub fn render_metrics(r: &InstanceReport, facts: MetricFacts) -> String {
             vec![(String::new(), lag)],
         );
     }
+    if let Some(backup) = &r.backup {
+        render_backup_metrics(&mut metric, backup, facts.now);
+    }
     out
+}
+
+/// The backup and archive samples (`backup` in `/status`).
+fn render_backup_metrics(
+    metric: &mut impl FnMut(&str, &str, &str, Vec<(String, f64)>),
+    backup: &stator_api::backup_report::BackupReport,
+    now: f64,
+) {
+    let one = |v: f64| vec![(String::new(), v)];
+    let a = &backup.archive;
+    if let Some(t) = a.last_success {
+        metric(
+            "stator_archive_last_success_timestamp_seconds",
+            "gauge",
+            "When the last WAL segment or binlog reached the repository (seconds since the epoch).",
+            one(t),
+        );
+    }
+    metric(
+        "stator_archive_pending_files",
+        "gauge",
+        "Closed WAL segments or binlogs waiting to be archived.",
+        one(a.pending_files as f64),
+    );
+    metric(
+        "stator_archive_pending_bytes",
+        "gauge",
+        "Bytes of the files waiting to be archived.",
+        one(a.pending_bytes as f64),
+    );
+    metric(
+        "stator_archive_oldest_pending_age_seconds",
+        "gauge",
+        "Seconds the oldest file waiting to be archived has waited (0 when none waits).",
+        one(a.oldest_pending_since.map_or(0.0, |t| (now - t).max(0.0))),
+    );
+    metric(
+        "stator_archive_failures_total",
+        "counter",
+        "Failed archive attempts the server counted.",
+        one(a.failures as f64),
+    );
+    metric(
+        "stator_archive_failing",
+        "gauge",
+        "1 when the last archive attempt failed or archiving stopped on a conflict (see backup.archive in /status).",
+        one(if a.failing_now() { 1.0 } else { 0.0 }),
+    );
+    if let Some(last) = &backup.last_backup {
+        metric(
+            "stator_backup_last_timestamp_seconds",
+            "gauge",
+            "When the last finished backup started (seconds since the epoch).",
+            one(last.started as f64),
+        );
+        metric(
+            "stator_backup_last_duration_seconds",
+            "gauge",
+            "How long the last finished backup took.",
+            one(last.duration_seconds),
+        );
+        metric(
+            "stator_backup_last_size_bytes",
+            "gauge",
+            "Bytes the last finished backup stored in the repository.",
+            one(last.size as f64),
+        );
+    }
+    metric(
+        "stator_backup_running",
+        "gauge",
+        "1 while a backup runs.",
+        one(if backup.running { 1.0 } else { 0.0 }),
+    );
+    if let Some(free) = backup.free_bytes {
+        metric(
+            "stator_data_volume_free_bytes",
+            "gauge",
+            "Free bytes on the data volume.",
+            one(free as f64),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -192,6 +279,7 @@ mod tests {
             replication_error: None,
             errant: None,
             holds_data: Some(true),
+            backup: None,
         }
     }
 
@@ -203,6 +291,7 @@ mod tests {
                 position_bytes: Some(0x300_0060),
                 manager_uptime_seconds: 5,
                 lag_in_transactions: false,
+                now: 0.0,
             },
         );
         assert!(
@@ -241,6 +330,62 @@ mod tests {
         assert!(!text.contains("lag_bytes"), "{text}");
     }
 
+    fn backup_report() -> stator_api::backup_report::BackupReport {
+        use stator_api::backup_report::{ArchiveState, BackupOutcome, BackupReport};
+        BackupReport {
+            stanza_ready: true,
+            last_backup: Some(BackupOutcome {
+                label: "20261126-101500F".into(),
+                kind: "full".into(),
+                started: 1_700_000_000,
+                duration_seconds: 4.5,
+                size: 5_000_000,
+            }),
+            last_error: None,
+            running: false,
+            archive: ArchiveState {
+                last_success: Some(1_700_000_050.0),
+                pending_files: 3,
+                pending_bytes: 3 * 16 * 1024 * 1024,
+                oldest_pending_since: Some(1_700_000_060.0),
+                failures: 7,
+                last_failure: Some(1_700_000_090.0),
+                last_error: Some("archiving 000000010000000000000005 failed".into()),
+                ..ArchiveState::default()
+            },
+            free_bytes: Some(10_000_000_000),
+        }
+    }
+
+    #[test]
+    fn a_primary_with_backups_shows_its_archive_last_backup_and_free_bytes() {
+        let mut r = report();
+        r.role = Some(Role::Primary);
+        r.backup = Some(backup_report());
+        let text = render_metrics(
+            &r,
+            MetricFacts {
+                now: 1_700_000_100.0,
+                ..MetricFacts::default()
+            },
+        );
+        for line in [
+            "stator_archive_last_success_timestamp_seconds{instance_name=\"db-1\"} 1700000050\n",
+            "stator_archive_pending_files{instance_name=\"db-1\"} 3\n",
+            "stator_archive_pending_bytes{instance_name=\"db-1\"} 50331648\n",
+            "stator_archive_oldest_pending_age_seconds{instance_name=\"db-1\"} 40\n",
+            "stator_archive_failures_total{instance_name=\"db-1\"} 7\n",
+            "stator_archive_failing{instance_name=\"db-1\"} 1\n",
+            "stator_backup_last_timestamp_seconds{instance_name=\"db-1\"} 1700000000\n",
+            "stator_backup_last_duration_seconds{instance_name=\"db-1\"} 4.5\n",
+            "stator_backup_last_size_bytes{instance_name=\"db-1\"} 5000000\n",
+            "stator_data_volume_free_bytes{instance_name=\"db-1\"} 10000000000\n",
+        ] {
+            assert!(text.contains(line), "missing {line}: {text}");
+        }
+        assert!(!render_metrics(&report(), MetricFacts::default()).contains("stator_archive"));
+    }
+
     #[test]
     fn label_values_are_escaped() {
         let mut r = report();
@@ -256,13 +401,24 @@ mod tests {
         mysql_replica.applier_running = Some(false);
         mysql_replica.replication_error = Some("Duplicate entry".into());
         mysql_replica.errant = Some("0-1002-5".into());
+        let mut primary = report();
+        primary.role = Some(Role::Primary);
+        primary.backup = Some(backup_report());
         let texts = [
+            render_metrics(
+                &primary,
+                MetricFacts {
+                    now: 1_700_000_100.0,
+                    ..MetricFacts::default()
+                },
+            ),
             render_metrics(
                 &report(),
                 MetricFacts {
                     position_bytes: Some(1),
                     manager_uptime_seconds: 1,
                     lag_in_transactions: false,
+                    now: 0.0,
                 },
             ),
             render_metrics(

@@ -278,6 +278,7 @@ pub fn build_report(name: &str, manager_pid: u32, s: &Snapshot, now: Instant) ->
         replication_error: o.replication_error,
         errant: o.errant,
         holds_data: s.holds_data,
+        backup: None,
     }
 }
 

@@ -477,6 +477,7 @@ mod tests {
                     replication_error: None,
                     errant: None,
                     holds_data: Some(true),
+                    backup: None,
                 }),
                 lag: None,
             }],

@@ -98,27 +98,9 @@ fn term_dir_name(term: u64, server_id: u32) -> String {
     format!("{term:06}-{server_id}")
 }
 
-/// The archive as the primary's instance manager reports it (`/status` under `backup.archive`).
-#[derive(Serialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ArchiveState {
-    /// The term this primary archives in.
-    pub term: Option<u64>,
-    /// Seconds since the epoch.
-    pub last_success: Option<f64>,
-    /// Binary logs archived by this manager since it started.
-    pub archived_files: u64,
-    /// Closed binary logs not archived yet, and their bytes.
-    pub pending_files: u64,
-    pub pending_bytes: u64,
-    /// The newest GTID archived.
-    pub last_gtid: Option<String>,
-    pub failures: u64,
-    pub last_error: Option<String>,
-    /// ArchiveFailing: an archive key holds other content than the binary log of that name.
-    /// Archiving stops until someone looks (the binary logs stay on the server).
-    pub failing: Option<String>,
-}
+/// The archive as the primary's instance manager reports it (`/status` under `backup.archive`):
+/// the engine-neutral state PostgreSQL's WAL archive reports into too.
+pub use stator_api::backup_report::ArchiveState;
 
 /// Why a binary log was not archived.
 #[derive(Debug, Clone, PartialEq)]

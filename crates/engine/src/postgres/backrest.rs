@@ -603,6 +603,49 @@ pub fn without_restore_settings(auto_conf: &str) -> String {
         .collect()
 }
 
+/// WAL waiting to be archived: see [`pending_archive`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PendingArchive {
+    pub files: u64,
+    pub bytes: u64,
+    /// Seconds since the epoch: the oldest `.ready` file's mtime (when its segment closed).
+    pub oldest_since: Option<f64>,
+}
+
+/// Counts `pg_wal/archive_status/*.ready`: the segment's own size (16 MiB unless initdb chose
+/// another) and the oldest one's time.
+pub fn pending_archive(pg_wal: &Path) -> PendingArchive {
+    let mut pending = PendingArchive::default();
+    for entry in std::fs::read_dir(pg_wal.join("archive_status"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(segment) = name.strip_suffix(".ready") else {
+            continue;
+        };
+        pending.files += 1;
+        pending.bytes += std::fs::metadata(pg_wal.join(segment)).map_or(0, |m| m.len());
+        if let Some(t) = entry.metadata().ok().and_then(|m| m.modified().ok()) {
+            let t = seconds_since_epoch(t);
+            pending.oldest_since = Some(pending.oldest_since.map_or(t, |o: f64| o.min(t)));
+        }
+    }
+    pending
+}
+
+fn seconds_since_epoch(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Free bytes (available to unprivileged users) on the volume holding `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    Some((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
+}
+
 /// The mtime (seconds since the epoch) of the newest archived WAL segment in the local
 /// repository at `repository` (stanza `stanza`): when it reached the archive.
 pub fn latest_archive_time(repository: &Path, stanza: &str) -> Option<f64> {
@@ -639,17 +682,8 @@ pub fn latest_archive_time(repository: &Path, stanza: &str) -> Option<f64> {
     newest
 }
 
-/// What a finished backup was.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct BackupOutcome {
-    pub label: String,
-    pub kind: String,
-    /// Seconds since the epoch.
-    pub started: i64,
-    pub duration_seconds: f64,
-    pub size: u64,
-}
+/// What a finished backup was (`backup.lastBackup` in `/status`).
+pub use stator_api::backup_report::BackupOutcome;
 
 impl super::Postgres {
     fn backrest(&self) -> Result<&(BackrestSettings, PathBuf), EngineError> {
@@ -787,6 +821,19 @@ impl super::Postgres {
         parse_info(&out).map_err(EngineError::State)
     }
 
+    /// The newest backup in the repository, as a finished backup (for `/status` after the
+    /// manager started: what it ran itself is not all there is).
+    pub async fn newest_backup(&self) -> Result<Option<BackupOutcome>, EngineError> {
+        let info = self.backup_info().await?;
+        Ok(info.backups.last().map(|b| BackupOutcome {
+            label: b.label.clone(),
+            kind: b.kind.clone(),
+            started: b.start,
+            duration_seconds: (b.stop - b.start) as f64,
+            size: b.size,
+        }))
+    }
+
     /// Runs one backup on this (primary) instance; retention runs after it.
     pub async fn backup(&self, kind: BackupKind) -> Result<BackupOutcome, EngineError> {
         let (settings, _) = self.backrest()?;
@@ -813,16 +860,15 @@ impl super::Postgres {
     }
 
     /// Archive facts for `/status`: WAL segments waiting (`archive_status/*.ready`, which
-    /// also counts failures `pg_stat_archiver` misses) and their bytes.
-    pub fn archive_pending(&self) -> (u64, u64) {
-        let dir = self.data_dir.join("pg_wal").join("archive_status");
-        let mut files = 0;
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().ends_with(".ready") {
-                files += 1;
-            }
-        }
-        (files, files * 16 * 1024 * 1024)
+    /// also counts failures `pg_stat_archiver` misses: an `archive_command` killed by a signal
+    /// or exiting over 125), their bytes, and when the oldest of them became ready.
+    pub fn archive_pending(&self) -> PendingArchive {
+        pending_archive(&self.data_dir.join("pg_wal"))
+    }
+
+    /// Free bytes on the volume of the data dir.
+    pub fn free_bytes(&self) -> Option<u64> {
+        free_bytes(&self.data_dir)
     }
 
     /// `pg_stat_archiver`: last archived time, failures, last failed time.
