@@ -524,7 +524,22 @@ pub fn status_summary(dir: &DatabaseDir, db: &Database) -> Option<serde_json::Va
         "archive": facts.as_ref().map(|f| f["archive"].clone()),
         "lastError": facts.as_ref().map(|f| f["lastError"].clone()),
         "running": facts.as_ref().map(|f| f["running"].clone()),
+        "archiveLagSeconds": facts.as_ref().map(|f| archive_lag(&f["archive"])),
+        "freeBytes": facts.as_ref().map(|f| f["freeBytes"].clone()),
     }))
+}
+
+/// How far the archive is behind: seconds the oldest file waiting to be archived has waited
+/// (0 when none waits).
+fn archive_lag(archive: &serde_json::Value) -> f64 {
+    let now = stator_failover::clock::wall_ms() as f64 / 1000.0;
+    match (
+        archive["pendingFiles"].as_u64(),
+        archive["oldestPendingSince"].as_f64(),
+    ) {
+        (Some(n), Some(since)) if n > 0 => (now - since).max(0.0).round(),
+        _ => 0.0,
+    }
 }
 
 /// The `/status` of instance `ordinal`'s manager, if it answers within 2 s (the database's
@@ -573,8 +588,10 @@ pub fn render_summary(summary: &serde_json::Value) -> String {
             .map(backrest::format_time)
             .unwrap_or_else(|| "never".into());
         out.push_str(&format!(
-            "  archive:      last success {last}, {} segment(s) waiting, {} failure(s){}\n",
+            "  archive:      last success {last}, lag {} s, {} segment(s) ({} bytes) waiting, {} failure(s){}\n",
+            summary["archiveLagSeconds"].as_f64().unwrap_or(0.0),
             a["pendingFiles"],
+            a["pendingBytes"],
             a["failures"],
             a["lastError"]
                 .as_str()
@@ -584,6 +601,9 @@ pub fn render_summary(summary: &serde_json::Value) -> String {
     }
     if let Some(e) = summary["lastError"].as_str() {
         out.push_str(&format!("  last backup error: {e}\n"));
+    }
+    if let Some(free) = summary["freeBytes"].as_u64() {
+        out.push_str(&format!("  data volume:  {free} bytes free\n"));
     }
     out
 }

@@ -36,6 +36,27 @@ pub struct SupervisorReport {
     /// last ones and the last switchover request (see [`crate::failover::FailoverReport`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<crate::failover::FailoverReport>,
+    /// The `BackupsHealthy` condition, with `spec.backup` (`stator_control::backup_health`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups_healthy: Option<BackupsCondition>,
+}
+
+/// The `BackupsHealthy` condition: the decision core's verdict on the primary's archive and
+/// backups.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupsCondition {
+    pub status: bool,
+    /// `Healthy`, `ArchiveFailing`, `ArchiveStalled`, `BackupOverdue`.
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// While the archive fails: when the waiting files fill the data volume, at their growth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_full_in_seconds: Option<f64>,
+    /// The phase is `Degraded` only because of this condition (every instance is ready).
+    #[serde(default)]
+    pub degrades_phase: bool,
 }
 
 /// One instance: what the supervisor did with it and what its manager last reported.
@@ -170,7 +191,13 @@ impl SupervisorReport {
     /// Every desired instance ready, nothing beyond `spec.instances` left running, and the
     /// latest spec seen.
     pub fn is_settled(&self) -> bool {
-        self.generation == self.observed_generation && self.phase == Phase::Ready
+        self.generation == self.observed_generation
+            && (self.phase == Phase::Ready
+                || self.phase == Phase::Degraded
+                    && self
+                        .backups_healthy
+                        .as_ref()
+                        .is_some_and(|b| b.degrades_phase))
     }
 
     /// Fills each replica's [`ReplicaLag`] from the primary's reported position and the
@@ -327,6 +354,12 @@ pub fn render_table(report: &SupervisorReport) -> String {
             None => ", no supervisor running".into(),
         }
     );
+    if let Some(b) = report.backups_healthy.as_ref().filter(|b| !b.status) {
+        out.push_str(&format!(
+            "BackupsHealthy: False ({}): {}\n\n",
+            b.reason, b.message
+        ));
+    }
     out.push_str(&align(&rows));
     if !report.removed.is_empty() {
         let removed: Vec<String> = report
@@ -497,6 +530,7 @@ mod tests {
             },
             message: None,
             failover: None,
+            backups_healthy: None,
         }
     }
 

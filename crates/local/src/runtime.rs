@@ -134,6 +134,7 @@ pub fn current_report(dir: &DatabaseDir, db: &Database) -> Result<SupervisorRepo
             )
         }),
         failover: None,
+        backups_healthy: None,
     };
     report.measure_lag();
     Ok(report)

@@ -36,7 +36,7 @@ use crate::plan::{Host, instance_config, ordinal_of};
 use crate::preflight;
 use crate::process;
 use crate::proxy::{self, ProxyKind, Routes};
-use crate::report::{InstanceRow, Proxies, ProxyRoute, SupervisorReport};
+use crate::report::{BackupsCondition, InstanceRow, Proxies, ProxyRoute, SupervisorReport};
 use crate::secrets::read_secret;
 use crate::state::{AppliedSpec, DatabaseDir, Marker, create_dir, write_json};
 
@@ -173,6 +173,11 @@ struct Supervisor<'a> {
     urgent: bool,
     /// `database.json` says the database has data.
     identity_recorded: bool,
+    /// Backups: since when they are expected (the primary first ready, ms since the epoch)
+    /// and the failing archive's first sample ([`stator_control::backup_health`]).
+    backups_expected_since: Option<u64>,
+    archive_baseline: Option<stator_control::ArchiveBaseline>,
+    backups_reason: String,
 }
 
 async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
@@ -263,6 +268,9 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         keep_down: BTreeSet::new(),
         urgent: false,
         identity_recorded: false,
+        backups_expected_since: None,
+        archive_baseline: None,
+        backups_reason: "Healthy".into(),
     };
     supervisor.adopt().await;
     if supervisor.slots.is_empty() {
@@ -330,6 +338,7 @@ pub(crate) fn initial_report(applied: &AppliedSpec, dir: &DatabaseDir) -> Superv
         proxies: Proxies::unrouted(db.spec.local.listen_address.clone(), ports),
         message: None,
         failover: None,
+        backups_healthy: None,
     }
 }
 
@@ -884,7 +893,12 @@ impl Supervisor<'_> {
                 excess: slot.ordinal >= desired,
                 manager_restarts: slot.restarts,
                 manager_crashes: slot.crashes,
-                report: slot.report.clone(),
+                // The backup facts change with every write (free bytes): they are judged into
+                // `backups_healthy` and shown by `stator status`, not kept per row.
+                report: slot.report.clone().map(|mut r| {
+                    r.backup = None;
+                    r
+                }),
                 lag: None,
             });
         }
@@ -914,6 +928,14 @@ impl Supervisor<'_> {
             Phase::Unavailable
         } else {
             Phase::Creating
+        };
+        let backups_healthy = self.judge_backups(&db, primary_ordinal, primary_ready);
+        let (phase, backups_healthy) = match backups_healthy {
+            Some(mut b) if !b.status && phase == Phase::Ready => {
+                b.degrades_phase = true;
+                (Phase::Degraded, Some(b))
+            }
+            other => (phase, other),
         };
         let name = |o: &u32| db.instance_name(*o);
         let rw_targets: Vec<String> = status.rw.iter().map(name).collect();
@@ -972,6 +994,7 @@ impl Supervisor<'_> {
                 None
             },
             failover: Some(failover_report),
+            backups_healthy,
         };
         report.measure_lag();
         self.settled = report.phase == Phase::Ready;
@@ -979,6 +1002,53 @@ impl Supervisor<'_> {
         if let Ok(mut shared) = self.report.lock() {
             *shared = report;
         }
+    }
+
+    /// The `BackupsHealthy` condition (with `spec.backup`): the decision core judges what the
+    /// primary's instance manager last reported of its archive and backups.
+    fn judge_backups(
+        &mut self,
+        db: &Database,
+        primary_ordinal: u32,
+        primary_ready: bool,
+    ) -> Option<BackupsCondition> {
+        let backup = db.spec.backup.as_ref()?;
+        let now_ms = stator_failover::clock::wall_ms();
+        if primary_ready && self.backups_expected_since.is_none() {
+            self.backups_expected_since = Some(now_ms);
+        }
+        let schedule = stator_control::BackupSchedule::parse(&backup.schedule).ok();
+        let report = self
+            .slots
+            .get(&primary_ordinal)
+            .filter(|_| primary_ready)
+            .and_then(|s| s.report.as_ref())
+            .and_then(|r| r.backup.as_ref());
+        let health = stator_control::backup_health(stator_control::BackupHealthInput {
+            now_ms,
+            archive_timeout_ms: stator_api::duration::parse_duration(&backup.archive_timeout)
+                .map_or(60_000, |d| d.as_millis() as u64),
+            schedule: schedule.as_ref(),
+            expected_since_ms: self.backups_expected_since.unwrap_or(now_ms),
+            report,
+            baseline: self.archive_baseline,
+        });
+        self.archive_baseline = health.baseline;
+        if health.reason != self.backups_reason {
+            if health.healthy {
+                tracing::info!("backups are healthy again");
+            } else {
+                tracing::warn!(reason = %health.reason, "backups are not healthy: {}", health.message);
+            }
+            self.backups_reason = health.reason.clone();
+        }
+        Some(BackupsCondition {
+            status: health.healthy,
+            reason: health.reason,
+            message: health.message,
+            disk_full_in_seconds: health.disk_full_in_seconds,
+            degrades_phase: false,
+        })
     }
 
     fn write_snapshot(&mut self, report: &SupervisorReport) {
