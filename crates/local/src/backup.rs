@@ -251,21 +251,34 @@ fn verify_repository(repository: &Path, stanza: &str) -> Result<String, LocalErr
             l.contains("invalid") && !l.contains("invalid: 0")
                 || l.contains("error") && !l.contains("0 error")
                 || l.contains("missing") && !l.contains("missing: 0")
+                || l.contains("no usable")
         })
         .collect();
     if out.status.success() && bad.is_empty() {
-        Ok(text)
-    } else {
-        Err(LocalError::Failed(format!(
-            "the repository {} of {stanza} is damaged; pgbackrest verify:\n{}",
-            repository.display(),
-            if bad.is_empty() {
-                text.trim().to_string()
-            } else {
-                bad.join("\n")
-            }
-        )))
+        return Ok(text);
     }
+    let files = backrest::damaged_files(&text, repository, stanza);
+    Err(LocalError::Failed(format!(
+        "the repository {} of {stanza} is damaged{}; pgbackrest verify:\n{}",
+        repository.display(),
+        if files.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ": {}",
+                files
+                    .iter()
+                    .map(|f| format!("{} (damaged or missing)", f.display()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+        if bad.is_empty() {
+            text.trim().to_string()
+        } else {
+            bad.join("\n")
+        }
+    )))
 }
 
 /// `spec.bootstrap.restoreFrom`, checked and completed before anything is written: the
@@ -280,6 +293,11 @@ pub fn resolve_restore(db: &Database) -> Result<Option<(Database, RestoreSource)
     if db.spec.engine == Engine::Mariadb {
         return crate::backup_mariadb::resolve_restore(db, from, repository, target).map(Some);
     }
+    // A damaged repository is refused first, naming the file: a missing backup.info would
+    // otherwise read as "no backup", and a damaged backup must never be replaced by another.
+    verify_repository(&repository, &from.database).map_err(|e| {
+        LocalError::Failed(format!("refusing to restore (nothing was created): {e}"))
+    })?;
     let info = repository_info(&repository, &from.database)?;
     let chosen = choose_backup(
         &from.database,
@@ -292,9 +310,6 @@ pub fn resolve_restore(db: &Database) -> Result<Option<(Database, RestoreSource)
         LocalError::Invalid(format!(
             "spec.bootstrap.restoreFrom: {e} (nothing was created)"
         ))
-    })?;
-    verify_repository(&repository, &from.database).map_err(|e| {
-        LocalError::Failed(format!("refusing to restore (nothing was created): {e}"))
     })?;
     let mut resolved = db.clone();
     if let Some(f) = resolved.spec.bootstrap.restore_from.as_mut() {

@@ -349,6 +349,51 @@ pub struct RepositoryInfo {
     pub status: String,
 }
 
+/// The repository files `pgbackrest verify --verbose --output=text` (its `text`) finds damaged
+/// or missing in the local repository at `repository`, stanza `stanza`: a file with an invalid
+/// checksum or size or missing, a backup without its `backup.manifest`, a stanza without a
+/// usable `backup.info` or `archive.info`. Paths in the repository, in the order found.
+pub fn damaged_files(text: &str, repository: &Path, stanza: &str) -> Vec<PathBuf> {
+    let backup_dir = repository.join("backup").join(stanza);
+    let archive_dir = repository.join("archive").join(stanza);
+    let mut found: Vec<PathBuf> = Vec::new();
+    let mut add = |p: PathBuf| {
+        if !found.contains(&p) {
+            found.push(p);
+        }
+    };
+    for line in text.lines() {
+        let l = line.trim();
+        let lower = l.to_ascii_lowercase();
+        if lower.contains("no usable backup.info") {
+            add(backup_dir.join("backup.info"));
+        } else if lower.contains("no usable archive.info") {
+            add(archive_dir.join("archive.info"));
+        } else if lower.contains("status: manifest missing")
+            && let Some(label) = l
+                .split_once("backup: ")
+                .and_then(|(_, rest)| rest.split(',').next())
+        {
+            add(backup_dir.join(label.trim()).join("backup.manifest"));
+        } else if (lower.contains("invalid") || lower.contains("missing"))
+            && let Some(quoted) = l.split('\'').nth(1)
+            && !quoted.is_empty()
+        {
+            // `LABEL/pg_data/…` for a backup's file; `ARCHIVEID/…` (e.g. `15-1/…`) for WAL.
+            let first = quoted.split('/').next().unwrap_or_default();
+            let archive_id = first
+                .split_once('-')
+                .is_some_and(|(v, n)| v.parse::<u32>().is_ok() && n.parse::<u32>().is_ok());
+            add(if archive_id {
+                archive_dir.join(quoted)
+            } else {
+                backup_dir.join(quoted)
+            });
+        }
+    }
+    found
+}
+
 /// Reads `pgbackrest info --output=json` for one stanza.
 pub fn parse_info(json: &str) -> Result<RepositoryInfo, String> {
     let v: serde_json::Value =
@@ -1054,6 +1099,29 @@ impl super::Postgres {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn damaged_files_name_the_file_the_manifest_and_the_info_files() {
+        let text = "2026-11-26 15:59:02.725 P01   INFO: invalid checksum '20261126-155812F/pg_data/base/5/1255.zst'\n\
+                    P01 INFO: invalid size '15-1/0000000100000000/000000010000000000000003-abc.zst'\n\
+                    backup: 20261126-160000F, status: manifest missing, total files checked: 0\n\
+                    No usable backup.info file\n\
+                    No usable archive.info file\n\
+                    missing: 0, checksum invalid: 0, size invalid: 0, other: 0\n";
+        let repo = Path::new("/r/default/db");
+        let got = damaged_files(text, repo, "db");
+        let want: Vec<PathBuf> = [
+            "/r/default/db/backup/db/20261126-155812F/pg_data/base/5/1255.zst",
+            "/r/default/db/archive/db/15-1/0000000100000000/000000010000000000000003-abc.zst",
+            "/r/default/db/backup/db/20261126-160000F/backup.manifest",
+            "/r/default/db/backup/db/backup.info",
+            "/r/default/db/archive/db/archive.info",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(got, want);
+    }
+
     use super::*;
 
     fn settings() -> BackrestSettings {
