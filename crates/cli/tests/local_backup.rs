@@ -486,6 +486,192 @@ fn after_a_failover_the_new_primary_archives_on_its_timeline_and_restores_before
     }
 }
 
+/// The primary instance manager's `/metrics` (HTTPS, verified against the database's CA).
+fn metrics(c: &Cluster) -> String {
+    let port = c.instances()[0]["managerPort"].as_u64().unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(c.ca())
+        .arg(format!("https://127.0.0.1:{port}/metrics"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn an_unwritable_repository_degrades_the_database_and_once_fixed_the_archive_catches_up_and_a_restore_inside_the_outage_is_exact()
+ {
+    let c = Cluster::new("ur", 1);
+    let repo = repository(&c);
+    c.write_spec(
+        1,
+        &backup_spec(&repo).replace("archiveTimeout: 1s", "archiveTimeout: 5s"),
+    );
+    c.up();
+    c.psql(
+        c.rw(),
+        "CREATE TABLE t (id bigint primary key); INSERT INTO t SELECT generate_series(1, 10);
+         CREATE TABLE noise (at timestamptz)",
+    )
+    .unwrap();
+    first_backup(&c);
+    c.eventually("backups healthy", Duration::from_secs(60), || {
+        (c.status()["backupsHealthy"]["status"] == true).then_some(())
+    });
+    let label = std::fs::read_dir(repo.join("default/ur/backup/ur"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with('F'))
+        .unwrap()
+        .file_name();
+
+    // The repository's directory replaced by a file (root ignores chmod): archive-push fails.
+    let own = repo.join("default/ur");
+    let moved = repo.join("default/ur.moved");
+    std::fs::rename(&own, &moved).unwrap();
+    std::fs::write(&own, "not a directory").unwrap();
+    let broken = Instant::now();
+    let write = || c.psql(c.rw(), "INSERT INTO noise VALUES (now())").unwrap();
+    let seen = c.eventually(
+        "the status says the archive fails",
+        Duration::from_secs(120),
+        || {
+            write();
+            let s = c.status();
+            let b = &s["backupsHealthy"];
+            (s["phase"] == "Degraded"
+                && b["status"] == false
+                && b["reason"].as_str()?.starts_with("Archive"))
+            .then(|| s)
+        },
+    );
+    println!(
+        "unwritable repository: Degraded/{} in stator status after {:.1} s (2 x archiveTimeout = 10 s): {}",
+        seen["backupsHealthy"]["reason"],
+        broken.elapsed().as_secs_f64(),
+        seen["backupsHealthy"]["message"]
+    );
+    assert!(
+        seen["backup"]["archive"]["pendingFiles"].as_u64().unwrap() > 0,
+        "{seen}"
+    );
+    let table = c.ok(&["status"]);
+    assert!(
+        table.contains("BackupsHealthy: False (Archive") && table.contains("lag "),
+        "{table}"
+    );
+    let exposed = c.eventually("the metrics say so", Duration::from_secs(60), || {
+        write();
+        let m = metrics(&c);
+        (m.contains("stator_archive_failing{instance_name=\"ur-0\"} 1")
+            && !m.contains("stator_archive_pending_files{instance_name=\"ur-0\"} 0\n"))
+        .then_some(m)
+    });
+    println!(
+        "unwritable repository: in /metrics after {:.1} s",
+        broken.elapsed().as_secs_f64()
+    );
+    for name in [
+        "stator_archive_pending_bytes",
+        "stator_archive_oldest_pending_age_seconds",
+        "stator_archive_failures_total",
+        "stator_backup_last_timestamp_seconds",
+        "stator_data_volume_free_bytes",
+    ] {
+        assert!(exposed.contains(name), "{name} missing: {exposed}");
+    }
+
+    // T inside the outage.
+    c.psql(c.rw(), "INSERT INTO t SELECT generate_series(11, 20)")
+        .unwrap();
+    let (t_text, _, _) = server_now(&c);
+    std::thread::sleep(Duration::from_millis(300));
+    c.psql(c.rw(), "INSERT INTO t SELECT generate_series(21, 30)")
+        .unwrap();
+    let (_, written, _) = server_now(&c);
+
+    // Fixed: the archive catches up (nothing was dropped) and the database is healthy again.
+    std::fs::remove_file(&own).unwrap();
+    std::fs::rename(&moved, &own).unwrap();
+    let fixed = Instant::now();
+    wait_archived(&c, written);
+    c.eventually("healthy again", Duration::from_secs(60), || {
+        let s = c.status();
+        (s["phase"] == "Ready" && s["backupsHealthy"]["status"] == true).then_some(())
+    });
+    println!(
+        "repository fixed: archive caught up and healthy after {:.1} s",
+        fixed.elapsed().as_secs_f64()
+    );
+    let spec = sibling(&c, "uo", &repo);
+    restore_ok(
+        &c,
+        &["restore", "--from", "ur", "--to-time", &t_text],
+        &spec,
+        "uo",
+        "restore to a time inside the outage",
+    );
+    assert_eq!(rows_in(&c, &spec), (1..=20).collect::<Vec<_>>());
+    cleanup(&c, &spec);
+
+    // A truncated file, a backup without its manifest, a stanza without backup.info: verify
+    // fails and a restore refuses, naming the file; nothing is created.
+    let backup_dir = own.join("backup/ur");
+    let victim = walk(&backup_dir.join(&label))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("pg_data/base/"))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .unwrap();
+    let good = std::fs::read(&victim).unwrap();
+    let manifest = backup_dir.join(&label).join("backup.manifest");
+    let info = backup_dir.join("backup.info");
+    let aside = c.dir.path().join("aside");
+    std::fs::create_dir_all(&aside).unwrap();
+    for (damage, named) in [
+        ("truncated", &victim),
+        ("no backup.manifest", &manifest),
+        ("no backup.info", &info),
+    ] {
+        // pgBackRest falls back to the `.copy` of a manifest or info file: both go.
+        let both = |p: &PathBuf| [p.clone(), PathBuf::from(format!("{}.copy", p.display()))];
+        match damage {
+            "truncated" => std::fs::write(&victim, &good[..good.len() / 2]).unwrap(),
+            _ => {
+                for f in both(named) {
+                    std::fs::rename(&f, aside.join(f.file_name().unwrap())).unwrap();
+                }
+            }
+        }
+        let named_text = named.display().to_string();
+        let verify = c.stator(&["backup", "verify"]);
+        assert!(!verify.status.success(), "{damage}: {}", text(&verify));
+        assert!(
+            text(&verify).contains(&named_text),
+            "{damage}: names {named_text}: {}",
+            text(&verify)
+        );
+        let spec = sibling(&c, "ud", &repo);
+        let out = stator(&c, &["restore", "--from", "ur"], &spec);
+        assert!(!out.status.success(), "{damage}: {}", text(&out));
+        assert!(
+            text(&out).contains(&named_text),
+            "{damage}: names {named_text}: {}",
+            text(&out)
+        );
+        assert!(!c.state_dir().join("default/ud").exists(), "{damage}");
+        match damage {
+            "truncated" => std::fs::write(&victim, &good).unwrap(),
+            _ => {
+                for f in both(named) {
+                    std::fs::rename(aside.join(f.file_name().unwrap()), &f).unwrap();
+                }
+            }
+        }
+    }
+    let verified = c.ok(&["backup", "verify"]);
+    assert!(verified.contains("intact"), "{verified}");
+}
+
 /// What `sql` prints, run as root over the socket of sibling MariaDB database `name`'s primary.
 fn mariadb_root(c: &Cluster, name: &str, sql: &str) -> String {
     let socket = c.state_dir().join(format!(
