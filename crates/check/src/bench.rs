@@ -440,14 +440,14 @@ impl Drop for Cleanup {
     }
 }
 
-fn as_user<'a>(command: &'a mut Command, user: Option<&ServerUser>) -> &'a mut Command {
+pub(crate) fn as_user<'a>(command: &'a mut Command, user: Option<&ServerUser>) -> &'a mut Command {
     if let Some(u) = user {
         command.uid(u.uid).gid(u.gid);
     }
     command.stdin(Stdio::null())
 }
 
-fn run_step(command: &mut Command, what: &str) -> Result<(), CheckError> {
+pub(crate) fn run_step(command: &mut Command, what: &str) -> Result<(), CheckError> {
     let out = command.output().map_err(|source| CheckError::Spawn {
         what: what.to_string(),
         source,
@@ -901,7 +901,7 @@ impl Sysbench<'_> {
 }
 
 /// Runs `stator VERB -f SPEC --state-dir STATE`; how long it took.
-fn stator_command(
+pub(crate) fn stator_command(
     exe: &Path,
     spec: &Path,
     state: &Path,
@@ -1396,7 +1396,7 @@ fn wait_port(port: u16, timeout: Duration) -> Result<(), CheckError> {
     Err(CheckError::NothingListens(port))
 }
 
-fn which(program: &str) -> Option<PathBuf> {
+pub(crate) fn which(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(program))
         .find(|p| p.is_file())

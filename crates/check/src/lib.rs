@@ -1,6 +1,6 @@
 //! Proof and measurement of a running database: the consistency checker behind `stator chaos
 //! run` (a writer, a fault loop and a watcher; lost writes and moments with two writable
-//! instances counted) and the benchmarks `stator bench local` and `stator bench failover`.
+//! instances counted) and the benchmarks `stator bench local`, `failover`, `backup` and `rpo`.
 //!
 //! The checker drives a database only through a [`Target`]: where to connect, which instance
 //! is the primary, how to fail one. The local runtime is [`LocalTarget`]; a Kubernetes database
@@ -13,9 +13,12 @@
 //! - [`fault`]: the [`Fault`]s a round injects.
 //! - [`bench`]: `stator bench local`, against the same steps by hand and HAProxy.
 //! - [`bench_failover`]: `stator bench failover`, the failover write outage against Patroni.
+//! - [`bench_backup`]: `stator bench backup` against pgBackRest by hand, and `stator bench rpo`,
+//!   the seconds and rows an archive-only restore loses.
 //! - [`error`]: [`CheckError`] and the checker's SQL errors.
 
 pub mod bench;
+pub mod bench_backup;
 pub mod bench_failover;
 pub mod checker;
 pub mod error;

@@ -236,6 +236,12 @@ pub enum BenchCommand {
     /// Failover write outage: Stator's lost-node and in-place rounds vs Patroni + etcd +
     /// HAProxy at its defaults and tuned (`scripts/bench/patroni_baseline.sh`).
     Failover(stator_check::bench_failover::FailoverBenchArgs),
+    /// A full backup and a restore vs pgBackRest by hand with the same settings, and the bytes
+    /// stored (PostgreSQL; about 1 GiB by default, `--size-mib`).
+    Backup(stator_check::bench_backup::BackupBenchArgs),
+    /// The seconds and rows an archive-only restore to the latest point loses when the database
+    /// is destroyed under a writer committing every 10 ms, per archiveTimeout (60 s and 5 s).
+    Rpo(stator_check::bench_backup::RpoBenchArgs),
 }
 
 pub fn run(command: LocalCommand) -> CliResult {
@@ -250,6 +256,14 @@ pub fn run(command: LocalCommand) -> CliResult {
         LocalCommand::Keep(args) => supervise(args, true),
         LocalCommand::Bench(BenchCommand::Failover(args)) => {
             stator_check::bench_failover::run(&args, &current_exe()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LocalCommand::Bench(BenchCommand::Backup(args)) => {
+            stator_check::bench_backup::run_backup(&args, &current_exe()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LocalCommand::Bench(BenchCommand::Rpo(args)) => {
+            stator_check::bench_backup::run_rpo(&args, &current_exe()?)?;
             Ok(ExitCode::SUCCESS)
         }
         LocalCommand::Tls(TlsCommand::Renew(args)) => tls_renew(args),
