@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use stator_engine::postgres::backrest::parse_info;
 use stator_local::LocalError;
 use stator_local::preflight::{self, ServerUser};
 
@@ -62,7 +61,7 @@ pub struct RpoBenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "60s,5s")]
     pub archive_timeouts: Vec<String>,
     /// Seconds the writer commits before the database is destroyed.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 90)]
     pub write_seconds: u64,
     /// Work directory (default: a new one under /tmp, removed afterwards).
     #[arg(long)]
@@ -305,7 +304,6 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
         .cloned()
         .unwrap_or_default();
     let stator_label = last["label"].as_str().unwrap_or_default().to_string();
-    let stator_size = last["size"].as_u64().unwrap_or(0);
 
     let db_dir = state.join("default").join("bb");
     let run_dir = db_dir.join("instances/bb-0/run");
@@ -324,9 +322,6 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
             .arg(format!("--pg1-port={}", args.port_base + 10))
             .arg(format!("--pg1-socket-path={}", run_dir.display()))
             .arg("--pg1-user=postgres")
-            .arg(format!("--compress-type={}", args.compression))
-            .arg(format!("--process-max={}", args.parallel))
-            .arg("--start-fast")
             .arg(format!("--lock-path={}", hand_work.display()))
             .arg("--log-level-file=off")
             .arg("--log-level-console=warn")
@@ -346,19 +341,32 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
     let started = Instant::now();
     run_step(
         as_user(
-            &mut hand(&["--no-archive-check", "backup", "--type=full"]),
+            &mut hand(&[
+                &format!("--compress-type={}", args.compression),
+                &format!("--process-max={}", args.parallel),
+                "--start-fast",
+                "--no-archive-check",
+                "backup",
+                "--type=full",
+            ]),
             user.as_ref(),
         ),
         "pgbackrest backup (by hand)",
     )?;
     let hand_backup = started.elapsed();
-    let info = as_user(&mut hand(&["info", "--output=json"]), user.as_ref())
-        .output()
-        .map_err(|e| LocalError::io(&pgbackrest, "cannot run", e))?;
-    let hand_size = parse_info(&String::from_utf8_lossy(&info.stdout))
-        .ok()
-        .and_then(|i| i.backups.last().map(|b| b.size))
-        .unwrap_or(0);
+    // Bytes stored: the full backup's directory in each repository.
+    let full_dir_bytes = |backups: &Path| {
+        std::fs::read_dir(backups)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with('F'))
+            .map(|e| e.path())
+            .max()
+            .map_or(0, |d| dir_bytes(&d))
+    };
+    let hand_size = full_dir_bytes(&hand_repo.join("backup/bb"));
+    let stator_size = dir_bytes(&repo.join("default/bb/backup/bb").join(&stator_label));
 
     // 2. Restores of Stator's full backup, to the end of the archive.
     let restored = root.join("rb.yaml");
@@ -383,7 +391,10 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
             Command::new(&pgbackrest)
                 .arg("--config=/dev/null")
                 .arg("--stanza=bb")
-                .arg(format!("--repo1-path={}", repo.join("default/bb").display()))
+                .arg(format!(
+                    "--repo1-path={}",
+                    repo.join("default/bb").display()
+                ))
                 .arg(format!("--pg1-path={}", hand_data.display()))
                 .arg(format!("--process-max={}", args.parallel))
                 .arg(format!("--lock-path={}", hand_work.display()))
@@ -413,7 +424,7 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
                 .args(["start", "-w", "-s", "-t", "3600", "-D"])
                 .arg(&hand_data)
                 .arg("-l")
-                .arg(root.join("hand-restore.log")),
+                .arg(hand_socket.join("server.log")),
             user.as_ref(),
         ),
         "pg_ctl start (by hand)",
@@ -434,9 +445,9 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!();
     println!(
-        "Backup benchmark: about {} MiB (pgbench scale {scale}, {} MiB of data dir), compression {}, parallel {}",
+        "Backup benchmark: about {} MiB (pgbench scale {scale}; base/ holds {} MiB), compression {}, parallel {}",
         args.size_mib,
-        dir_bytes(&data_dir) / (1024 * 1024),
+        dir_bytes(&data_dir.join("base")) / (1024 * 1024),
         args.compression,
         args.parallel
     );
@@ -492,20 +503,50 @@ fn destroy(exe: &Path, spec: &Path, state: &Path, db_dir: &Path) -> Result<(), C
         }
     }
     for row in status["instances"].as_array().into_iter().flatten() {
-        for field in ["managerPid", "pid"] {
-            if let Some(pid) = row[field].as_i64() {
+        for pid in [&row["managerPid"], &row["report"]["pid"]] {
+            if let Some(pid) = pid.as_i64() {
                 pids.push(pid as i32);
             }
         }
     }
+    // And whatever else runs on the database's dir (a server whose manager died first).
+    let dir = db_dir.to_string_lossy().into_owned();
+    pids.extend(processes_on(&dir));
     for pid in pids {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Once more: anything started while the first round was being killed.
+    std::thread::sleep(Duration::from_millis(200));
+    for pid in processes_on(&dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
     Ok(())
+}
+
+/// Processes whose command line names `dir`.
+fn processes_on(dir: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(dir) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 pub fn run_rpo(args: &RpoBenchArgs, exe: &Path) -> Result<(), CheckError> {
@@ -529,7 +570,14 @@ pub fn run_rpo(args: &RpoBenchArgs, exe: &Path) -> Result<(), CheckError> {
         let name = format!("rpo{n}");
         let spec = root.join(format!("{name}.yaml"));
         // Plain connections: the writer measures the archive, not TLS.
-        write_spec(&spec, &name, 2, base, &backup, "  tls:\n    enabled: false\n")?;
+        write_spec(
+            &spec,
+            &name,
+            2,
+            base,
+            &backup,
+            "  tls:\n    enabled: false\n",
+        )?;
         let restored_name = format!("rr{n}");
         let restored = root.join(format!("{restored_name}.yaml"));
         write_spec(
@@ -560,6 +608,7 @@ pub fn run_rpo(args: &RpoBenchArgs, exe: &Path) -> Result<(), CheckError> {
                 .connect_timeout(Duration::from_secs(5));
             c
         };
+        let writer_started_ms = stator_failover::clock::wall_ms();
         let (acked, last_ack_ms) = runtime.block_on(async {
             let (client, conn) = connect(base)
                 .connect(tokio_postgres::NoTls)
@@ -579,10 +628,7 @@ pub fn run_rpo(args: &RpoBenchArgs, exe: &Path) -> Result<(), CheckError> {
                 tick.tick().await;
                 id += 1;
                 if client
-                    .execute(
-                        "INSERT INTO rpo VALUES ($1, clock_timestamp())",
-                        &[&id],
-                    )
+                    .execute("INSERT INTO rpo VALUES ($1, clock_timestamp())", &[&id])
                     .await
                     .is_ok()
                 {
@@ -597,8 +643,11 @@ pub fn run_rpo(args: &RpoBenchArgs, exe: &Path) -> Result<(), CheckError> {
         let db_dir = state.join("default").join(&name);
         destroy(exe, &spec, &state, &db_dir)?;
         let destroyed_ms = stator_failover::clock::wall_ms();
-        std::fs::remove_dir_all(&db_dir).map_err(|e| LocalError::io(&db_dir, "cannot remove", e))?;
-        println!("archiveTimeout {timeout}: destroyed; restoring from the archive to the latest point");
+        std::fs::remove_dir_all(&db_dir)
+            .map_err(|e| LocalError::io(&db_dir, "cannot remove", e))?;
+        println!(
+            "archiveTimeout {timeout}: destroyed; restoring from the archive to the latest point"
+        );
         let started = Instant::now();
         stator_output(exe, &restored, &state, &["restore", "--from", &name])?;
         let restore_seconds = started.elapsed().as_secs_f64();
@@ -611,17 +660,33 @@ pub fn run_rpo(args: &RpoBenchArgs, exe: &Path) -> Result<(), CheckError> {
                 .await
                 .map_err(|e| LocalError::Failed(format!("connecting to the restored rw: {e}")))?;
             tokio::spawn(conn);
+            // The table itself is lost when its creation never reached the archive.
+            let exists: bool = client
+                .query_one("SELECT to_regclass('public.rpo') IS NOT NULL", &[])
+                .await
+                .map_err(|e| LocalError::Failed(format!("reading the restored rows: {e:?}")))?
+                .get(0);
+            if !exists {
+                return Ok((0, 0, 0));
+            }
             let row = client
                 .query_one(
                     "SELECT count(*), coalesce(max(id), 0), coalesce((extract(epoch FROM max(at)) * 1000)::bigint, 0) FROM rpo",
                     &[],
                 )
                 .await
-                .map_err(|e| LocalError::Failed(format!("reading the restored rows: {e}")))?;
+                .map_err(|e| LocalError::Failed(format!("reading the restored rows: {e:?}")))?;
             Ok::<_, CheckError>((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)))
         })?;
         let lost = acked.iter().filter(|id| **id > max_id).count();
-        let seconds_lost = last_ack_ms.saturating_sub(max_at_ms.max(0) as u64) as f64 / 1000.0;
+        // From the last commit restored (or the writer's start, when nothing was) to the last
+        // one acknowledged.
+        let reference_ms = if max_at_ms > 0 {
+            max_at_ms as u64
+        } else {
+            writer_started_ms
+        };
+        let seconds_lost = last_ack_ms.saturating_sub(reference_ms) as f64 / 1000.0;
         let line = format!(
             "archiveTimeout {timeout:>4}: {} rows acknowledged in {} s, {} restored, {lost} lost ({seconds_lost:.2} s of commits; destroyed {:.2} s after the last one); restore {restore_seconds:.1} s",
             acked.len(),

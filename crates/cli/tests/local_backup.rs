@@ -542,7 +542,7 @@ fn an_unwritable_repository_degrades_the_database_and_once_fixed_the_archive_cat
             (s["phase"] == "Degraded"
                 && b["status"] == false
                 && b["reason"].as_str()?.starts_with("Archive"))
-            .then(|| s)
+            .then_some(s)
         },
     );
     println!(

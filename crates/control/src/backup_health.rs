@@ -304,6 +304,15 @@ mod tests {
         r
     }
 
+    /// (name, the primary's report, schedule, now, the reasons expected).
+    type Row = (
+        &'static str,
+        Option<BackupReport>,
+        Option<&'static str>,
+        u64,
+        Vec<&'static str>,
+    );
+
     #[test]
     fn situations() {
         let hourly = Some("0 * * * *");
@@ -321,8 +330,7 @@ mod tests {
         running_late.running = true;
         let mut never_running = report(None);
         never_running.running = true;
-        // (name, report, schedule, now, expected reasons)
-        let rows: Vec<(&str, Option<BackupReport>, Option<&str>, u64, Vec<&str>)> = vec![
+        let rows: Vec<Row> = vec![
             (
                 "no primary reports: nothing to judge",
                 None,
