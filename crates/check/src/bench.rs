@@ -73,8 +73,9 @@ pub struct BenchArgs {
 /// of a throughput run (it fences the primary: every client aborts) measures nothing.
 const BENCH_FAILOVER: &str = "  failover:\n    detectionTimeout: 30s\n";
 
-struct Work {
-    root: PathBuf,
+/// The work directory; removed on drop when the benchmark made it.
+pub(crate) struct Work {
+    pub(crate) root: PathBuf,
     remove: bool,
 }
 
@@ -107,20 +108,7 @@ fn run_postgres(args: &BenchArgs, exe: &Path) -> Result<(), CheckError> {
         }
     }
     let user = preflight::server_user(stator_api::Engine::Postgres)?;
-    let work = match &args.work_dir {
-        Some(dir) => Work {
-            root: dir.clone(),
-            remove: false,
-        },
-        None => Work {
-            root: PathBuf::from(format!("/tmp/stator-bench-{}", std::process::id())),
-            remove: true,
-        },
-    };
-    std::fs::create_dir_all(&work.root)
-        .map_err(|e| LocalError::io(&work.root, "cannot create", e))?;
-    std::fs::set_permissions(&work.root, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| LocalError::io(&work.root, "cannot set permissions", e))?;
+    let work = Work::create(args)?;
     let stator_base = args.port_base;
     let hand_base = args.port_base + 50;
     let spec = work.root.join("bench.yaml");
@@ -908,6 +896,17 @@ pub(crate) fn stator_command(
     verb: &[&str],
 ) -> Result<Duration, CheckError> {
     let started = Instant::now();
+    stator_output(exe, spec, state, verb)?;
+    Ok(started.elapsed())
+}
+
+/// `stator VERB -f SPEC --state-dir STATE`, which must succeed: its standard output.
+pub(crate) fn stator_output(
+    exe: &Path,
+    spec: &Path,
+    state: &Path,
+    verb: &[&str],
+) -> Result<String, CheckError> {
     let out = Command::new(exe)
         .args(verb)
         .arg("-f")
@@ -922,18 +921,23 @@ pub(crate) fn stator_command(
             output: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
-    Ok(started.elapsed())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl Work {
     fn create(args: &BenchArgs) -> Result<Work, CheckError> {
-        let work = match &args.work_dir {
+        Work::in_dir(args.work_dir.as_ref(), "stator-bench")
+    }
+
+    /// `dir`, kept afterwards; or a new `/tmp/PREFIX-PID`, removed afterwards.
+    pub(crate) fn in_dir(dir: Option<&PathBuf>, prefix: &str) -> Result<Work, CheckError> {
+        let work = match dir {
             Some(dir) => Work {
                 root: dir.clone(),
                 remove: false,
             },
             None => Work {
-                root: PathBuf::from(format!("/tmp/stator-bench-{}", std::process::id())),
+                root: PathBuf::from(format!("/tmp/{prefix}-{}", std::process::id())),
                 remove: true,
             },
         };

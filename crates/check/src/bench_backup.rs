@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use stator_local::LocalError;
 use stator_local::preflight::{self, ServerUser};
 
-use crate::bench::{as_user, run_step, stator_command, which};
+use crate::bench::{Work, as_user, run_step, stator_command, stator_output, which};
 use crate::error::CheckError;
 
 /// Options of `stator bench backup`.
@@ -66,40 +66,6 @@ pub struct RpoBenchArgs {
     /// Work directory (default: a new one under /tmp, removed afterwards).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
-}
-
-/// The work directory; removed on drop when the benchmark made it.
-struct Work {
-    root: PathBuf,
-    remove: bool,
-}
-
-impl Work {
-    fn create(dir: Option<&PathBuf>, what: &str) -> Result<Work, CheckError> {
-        let work = match dir {
-            Some(d) => Work {
-                root: d.clone(),
-                remove: false,
-            },
-            None => Work {
-                root: PathBuf::from(format!("/tmp/stator-bench-{what}-{}", std::process::id())),
-                remove: true,
-            },
-        };
-        std::fs::create_dir_all(&work.root)
-            .map_err(|e| LocalError::io(&work.root, "cannot create", e))?;
-        std::fs::set_permissions(&work.root, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| LocalError::io(&work.root, "cannot set permissions", e))?;
-        Ok(work)
-    }
-}
-
-impl Drop for Work {
-    fn drop(&mut self) {
-        if self.remove {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
-    }
 }
 
 /// Databases this benchmark made (removed with their data on drop) and a server started by
@@ -149,29 +115,6 @@ fn write_spec(
         ),
     )
     .map_err(|e| LocalError::io(path, "cannot write", e).into())
-}
-
-fn stator_output(
-    exe: &Path,
-    spec: &Path,
-    state: &Path,
-    verb: &[&str],
-) -> Result<String, CheckError> {
-    let out = Command::new(exe)
-        .args(verb)
-        .arg("-f")
-        .arg(spec)
-        .arg("--state-dir")
-        .arg(state)
-        .output()
-        .map_err(|e| LocalError::io(exe, "cannot run", e))?;
-    if !out.status.success() {
-        return Err(CheckError::Command {
-            what: format!("stator {verb:?}"),
-            output: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `stator backup list -o json`, once it lists at least one backup (the schedule takes the
@@ -249,7 +192,7 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
         )));
     }
     let user = preflight::server_user(stator_api::Engine::Postgres)?;
-    let work = Work::create(args.work_dir.as_ref(), "backup")?;
+    let work = Work::in_dir(args.work_dir.as_ref(), "stator-bench-backup")?;
     let root = &work.root;
     let state = root.join("state");
     let repo = root.join("repo");
@@ -550,7 +493,7 @@ fn processes_on(dir: &str) -> Vec<i32> {
 }
 
 pub fn run_rpo(args: &RpoBenchArgs, exe: &Path) -> Result<(), CheckError> {
-    let work = Work::create(args.work_dir.as_ref(), "rpo")?;
+    let work = Work::in_dir(args.work_dir.as_ref(), "stator-bench-rpo")?;
     let root = &work.root;
     let state = root.join("state");
     let runtime = tokio::runtime::Builder::new_multi_thread()
