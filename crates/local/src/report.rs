@@ -705,6 +705,30 @@ mod tests {
     }
 
     #[test]
+    fn unhealthy_backups_show_in_the_table_and_a_database_degraded_only_by_them_is_settled() {
+        let mut report = sample();
+        report.phase = Phase::Degraded;
+        report.backups_healthy = Some(BackupsCondition {
+            status: false,
+            reason: "ArchiveFailing".into(),
+            message: "the archive is failing: archiving 000000010000000000000003 failed".into(),
+            disk_full_in_seconds: Some(3600.0),
+            degrades_phase: true,
+        });
+        let table = render_table(&report);
+        assert!(
+            table.contains("BackupsHealthy: False (ArchiveFailing): the archive is failing"),
+            "{table}"
+        );
+        assert!(report.is_settled(), "up returns: every instance is ready");
+        report.backups_healthy.as_mut().unwrap().degrades_phase = false;
+        assert!(
+            !report.is_settled(),
+            "Degraded by an instance is not settled"
+        );
+    }
+
+    #[test]
     fn report_round_trips_through_json() {
         let report = sample();
         let text = serde_json::to_string(&report).unwrap();

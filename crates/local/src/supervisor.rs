@@ -997,7 +997,12 @@ impl Supervisor<'_> {
             backups_healthy,
         };
         report.measure_lag();
-        self.settled = report.phase == Phase::Ready;
+        // Degraded only by its backups is settled too: the instances need nothing.
+        self.settled = report.phase == Phase::Ready
+            || report
+                .backups_healthy
+                .as_ref()
+                .is_some_and(|b| b.degrades_phase);
         self.write_snapshot(&report);
         if let Ok(mut shared) = self.report.lock() {
             *shared = report;
