@@ -1389,7 +1389,7 @@ fn start_haproxy(dir: &Path, port: u16, primary: u16) -> Result<Child, CheckErro
         .map_err(|e| LocalError::io("haproxy", "cannot start", e).into())
 }
 
-fn wait_port(port: u16, timeout: Duration) -> Result<(), CheckError> {
+pub(crate) fn wait_port(port: u16, timeout: Duration) -> Result<(), CheckError> {
     let started = Instant::now();
     while started.elapsed() < timeout {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {

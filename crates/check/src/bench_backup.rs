@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use stator_local::LocalError;
 use stator_local::preflight::{self, ServerUser};
 
-use crate::bench::{Work, as_user, run_step, stator_command, stator_output, which};
+use crate::bench::{Work, as_user, run_step, stator_command, stator_output, wait_port, which};
 use crate::error::CheckError;
 
 /// Options of `stator bench backup`.
@@ -46,7 +46,8 @@ pub struct BackupBenchArgs {
     /// Work directory (default: a new one under /tmp, removed afterwards).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
-    /// Which engine to measure (MariaDB is not measured yet).
+    /// Which engine to measure (MariaDB: a full backup and its restore; `--parallel` and
+    /// `--compression` do not apply: Stator stores MariaDB backups with zstd -3, one stream).
     #[arg(long, default_value = "postgres", value_parser = ["postgres", "mariadb"])]
     pub engine: String,
 }
@@ -180,9 +181,7 @@ fn private_dir(path: &Path, user: Option<&ServerUser>) -> Result<(), CheckError>
 
 pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> {
     if args.engine == "mariadb" {
-        return Err(CheckError::from(LocalError::Invalid(
-            "--engine mariadb: the backup benchmark measures PostgreSQL only so far (MariaDB's full backups are not benchmarked yet)".into(),
-        )));
+        return run_backup_mariadb(args, exe);
     }
     let bin = preflight::find_bin_dir(stator_api::Engine::Postgres, "15")?;
     let pgbackrest = preflight::find_pgbackrest()?;
@@ -645,5 +644,225 @@ pub fn run_rpo(args: &RpoBenchArgs, exe: &Path) -> Result<(), CheckError> {
     for line in lines {
         println!("  {line}");
     }
+    Ok(())
+}
+
+/// Runs `script` with `bash -c` as `user`: a pipeline as an operator types it.
+fn shell(script: &str, user: Option<&ServerUser>, what: &str) -> Result<Duration, CheckError> {
+    let started = Instant::now();
+    run_step(
+        as_user(Command::new("bash").arg("-c").arg(script), user),
+        what,
+    )?;
+    Ok(started.elapsed())
+}
+
+/// `bench backup --engine mariadb`: `stator backup create` vs `mariadb-backup --backup
+/// --stream=xbstream | zstd -3` + `sha256sum` by hand; `stator restore` vs `zstd -d | mbstream
+/// -x`, `--prepare`, `--copy-back` and a server start by hand.
+fn run_backup_mariadb(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> {
+    let engine = stator_api::Engine::Mariadb;
+    let bin = preflight::find_bin_dir(engine, engine.default_version())?;
+    let tool = |name: &str| {
+        preflight::find_tool(&bin, name).ok_or_else(|| {
+            LocalError::BinariesMissing(format!(
+                "`{name}` not found; install it (Debian/Ubuntu: apt-get install mariadb-server mariadb-backup zstd)"
+            ))
+        })
+    };
+    let (backup_tool, mbstream, client) =
+        (tool("mariadb-backup")?, tool("mbstream")?, tool("mariadb")?);
+    let zstd = stator_engine::mysql_family::repository::ZSTD;
+    let user = preflight::server_user(engine)?;
+    let work = Work::in_dir(args.work_dir.as_ref(), "stator-bench-backup")?;
+    let root = &work.root;
+    let state = root.join("state");
+    let repo = root.join("repo");
+    std::fs::create_dir_all(&repo).map_err(|e| LocalError::io(&repo, "cannot create", e))?;
+    let backup = format!(
+        "    repository:\n      local:\n        path: {}\n",
+        repo.display()
+    );
+    let spec = root.join("mb.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: mb\nspec:\n  engine: mariadb\n  instances: 1\n  local:\n    portBase: {}\n  backup:\n{backup}",
+            args.port_base
+        ),
+    )
+    .map_err(|e| LocalError::io(&spec, "cannot write", e))?;
+    let mut made = Made {
+        exe,
+        state: state.clone(),
+        specs: vec![spec.clone()],
+        hand: None,
+    };
+    println!(
+        "stator up (MariaDB, 1 instance, repository {})",
+        repo.display()
+    );
+    stator_command(exe, &spec, &state, &["up"])?;
+    wait_first_backup(exe, &spec, &state)?;
+    let run_dir = state.join("default/mb/instances/mb-0/run");
+    let socket = run_dir.join("mariadb.sock");
+    let data_dir = state.join("default/mb/data-mb-0");
+    // About 250 bytes a row in InnoDB.
+    let rows = (args.size_mib * 1024 * 1024 / 250).max(1000);
+    println!("loading {rows} rows (about {} MiB)", args.size_mib);
+    run_step(
+        Command::new(&client)
+            .args(["--no-defaults", "-u", "root"])
+            .arg(format!("--socket={}", socket.display()))
+            .arg("-e")
+            .arg(format!(
+                "CREATE TABLE app.b (id INT PRIMARY KEY, pad CHAR(200) NOT NULL) ENGINE=InnoDB; \
+                 INSERT INTO app.b SELECT seq, REPEAT(MD5(seq), 6) FROM app.seq_1_to_{rows}"
+            )),
+        "loading the data",
+    )?;
+
+    // 1. Full backups.
+    let started = Instant::now();
+    stator_output(exe, &spec, &state, &["backup", "create"])?;
+    let stator_backup = started.elapsed();
+    let listing: serde_json::Value = serde_json::from_str(&stator_output(
+        exe,
+        &spec,
+        &state,
+        &["backup", "list", "-o", "json"],
+    )?)
+    .unwrap_or_default();
+    let last = listing["mariadb"]
+        .as_array()
+        .or_else(|| listing["backups"].as_array())
+        .and_then(|b| b.last())
+        .cloned()
+        .unwrap_or_default();
+    let stator_id = last["id"]
+        .as_str()
+        .or_else(|| last["label"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let stator_size = dir_bytes(&stator_engine::mysql_family::repository::backup_dir(
+        &repo.join("default/mb"),
+        &stator_id,
+    ));
+
+    let hand = root.join("hand");
+    private_dir(&hand, user.as_ref())?;
+    let object = hand.join("full.xbstream.zst");
+    let hand_backup = shell(
+        &format!(
+            "set -e -o pipefail; {tool} --no-defaults --backup --stream=xbstream --datadir={data} --socket={socket} --user={login} --target-dir={hand}/tmp --tmpdir={hand} 2>{hand}/backup.log | {zstd} -q -c -3 > {object}; sha256sum {object} > {object}.sha256",
+            tool = backup_tool.display(),
+            data = data_dir.display(),
+            socket = socket.display(),
+            login = user.as_ref().map_or("root", |u| u.name.as_str()),
+            hand = hand.display(),
+            object = object.display(),
+        ),
+        user.as_ref(),
+        "mariadb-backup | zstd (by hand)",
+    )?;
+    let hand_size = std::fs::metadata(&object).map_or(0, |m| m.len());
+
+    // 2. Restores.
+    let restored = root.join("mr.yaml");
+    std::fs::write(
+        &restored,
+        format!(
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: mr\nspec:\n  engine: mariadb\n  instances: 1\n  local:\n    portBase: {}\n  backup:\n{backup}",
+            args.port_base + 50
+        ),
+    )
+    .map_err(|e| LocalError::io(&restored, "cannot write", e))?;
+    made.specs.push(restored.clone());
+    let started = Instant::now();
+    stator_output(
+        exe,
+        &restored,
+        &state,
+        &["restore", "--from", "mb", "--backup", &stator_id],
+    )?;
+    let stator_restore = started.elapsed();
+
+    let port = args.port_base + 90;
+    let hand_restore = shell(
+        &format!(
+            "set -e; mkdir {hand}/staging {hand}/data; {zstd} -q -d -c {object} | {mbstream} -x -C {hand}/staging; \
+             {tool} --no-defaults --prepare --target-dir={hand}/staging 2>{hand}/prepare.log; \
+             {tool} --no-defaults --copy-back --target-dir={hand}/staging --datadir={hand}/data 2>{hand}/copy-back.log",
+            tool = backup_tool.display(),
+            mbstream = mbstream.display(),
+            hand = hand.display(),
+            object = object.display(),
+        ),
+        user.as_ref(),
+        "zstd -d | mbstream -x, --prepare, --copy-back (by hand)",
+    )?;
+    let started = Instant::now();
+    let mut server = as_user(
+        Command::new(bin.join("mariadbd"))
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}/data", hand.display()))
+            .arg(format!("--socket={}/s.sock", hand.display()))
+            .arg(format!("--pid-file={}/s.pid", hand.display()))
+            .arg(format!("--log-error={}/server.log", hand.display()))
+            .arg(format!("--port={port}"))
+            .arg("--bind-address=127.0.0.1"),
+        user.as_ref(),
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .map_err(|e| LocalError::io(bin.join("mariadbd"), "cannot start", e))?;
+    let waited = wait_port(port, Duration::from_secs(600));
+    let hand_restore = hand_restore + started.elapsed();
+    let _ = server.kill();
+    let _ = server.wait();
+    waited?;
+
+    let ratio = |s: Duration, h: Duration| s.as_secs_f64() / h.as_secs_f64();
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!();
+    println!(
+        "Backup benchmark (MariaDB): about {} MiB ({rows} rows; the data dir holds {} MiB), zstd -3",
+        args.size_mib,
+        dir_bytes(&data_dir) / (1024 * 1024),
+    );
+    println!(
+        "{:<34} {:>10} {:>10} {:>8}",
+        "", "stator", "by hand", "ratio"
+    );
+    println!(
+        "{:<34} {:>9.2}s {:>9.2}s {:>7.2}x",
+        "full backup (time)",
+        stator_backup.as_secs_f64(),
+        hand_backup.as_secs_f64(),
+        ratio(stator_backup, hand_backup)
+    );
+    println!(
+        "{:<34} {:>9.2}s {:>9.2}s {:>7.2}x",
+        "restore (until the server listens)",
+        stator_restore.as_secs_f64(),
+        hand_restore.as_secs_f64(),
+        ratio(stator_restore, hand_restore)
+    );
+    println!(
+        "{:<34} {:>7.1}MiB {:>7.1}MiB {:>7.2}x",
+        "bytes stored (the full backup)",
+        mib(stator_size),
+        mib(hand_size),
+        stator_size as f64 / hand_size.max(1) as f64
+    );
+    println!(
+        "speed vs by hand (target >= 0.9): backup {:.2}, restore {:.2}",
+        1.0 / ratio(stator_backup, hand_backup),
+        1.0 / ratio(stator_restore, hand_restore)
+    );
+    println!(
+        "(by hand: mariadb-backup --backup --stream=xbstream | zstd -3, then sha256sum; restore: zstd -d | mbstream -x, --prepare, --copy-back, mariadbd until it listens. stator restore also verifies the backup's hash, sets the GTID state, creates the users and brings the new database up.)"
+    );
     Ok(())
 }
