@@ -1010,7 +1010,8 @@ impl Supervisor<'_> {
     }
 
     /// The `BackupsHealthy` condition (with `spec.backup`): the decision core judges what the
-    /// primary's instance manager last reported of its archive and backups.
+    /// primary's instance manager last reported of its archive and backups; `None` while no
+    /// ready primary reports them.
     fn judge_backups(
         &mut self,
         db: &Database,
@@ -1029,6 +1030,9 @@ impl Supervisor<'_> {
             .filter(|_| primary_ready)
             .and_then(|s| s.report.as_ref())
             .and_then(|r| r.backup.as_ref());
+        // Nothing judged, nothing claimed: no ready primary, or an engine whose manager does
+        // not report its backups yet (MariaDB).
+        report?;
         let health = stator_control::backup_health(stator_control::BackupHealthInput {
             now_ms,
             archive_timeout_ms: stator_api::duration::parse_duration(&backup.archive_timeout)
