@@ -515,9 +515,16 @@ fn an_unwritable_repository_degrades_the_database_and_once_fixed_the_archive_cat
     )
     .unwrap();
     first_backup(&c);
-    c.eventually("backups healthy", Duration::from_secs(60), || {
-        (c.status()["backupsHealthy"]["status"] == true).then_some(())
-    });
+    // The first backup finished in the primary's manager too (it reads the repository after
+    // the backup: breaking the repository before would fail that backup).
+    c.eventually(
+        "backups healthy, the first backup done",
+        Duration::from_secs(60),
+        || {
+            let s = c.status();
+            (s["backupsHealthy"]["status"] == true && s["backup"]["running"] == false).then_some(())
+        },
+    );
     let label = std::fs::read_dir(repo.join("default/ur/backup/ur"))
         .unwrap()
         .flatten()
@@ -554,6 +561,19 @@ fn an_unwritable_repository_degrades_the_database_and_once_fixed_the_archive_cat
     assert!(
         seen["backup"]["archive"]["pendingFiles"].as_u64().unwrap() > 0,
         "{seen}"
+    );
+    // pgBackRest's own words say why (the repository's path is a file now).
+    c.eventually(
+        "the archive's error says why",
+        Duration::from_secs(60),
+        || {
+            write();
+            let s = c.status();
+            s["backup"]["archive"]["lastError"]
+                .as_str()?
+                .contains("Not a directory")
+                .then_some(())
+        },
     );
     let table = c.ok(&["status"]);
     assert!(

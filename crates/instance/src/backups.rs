@@ -158,6 +158,10 @@ impl Backups {
                     self.engine.archiver(&self.creds).await
                 {
                     let pending = self.engine.archive_pending();
+                    let failing = last_failure > last_success;
+                    let told = failing
+                        .then(|| self.engine.last_archive_push_error())
+                        .flatten();
                     self.update(|f| {
                         f.archive = ArchiveState {
                             last_success,
@@ -166,9 +170,10 @@ impl Backups {
                             oldest_pending_since: pending.oldest_since,
                             failures: failures.max(0) as u64,
                             last_failure,
-                            last_error: last_wal
-                                .filter(|_| last_failure > last_success)
-                                .map(|w| format!("archiving {w} failed; see the server log")),
+                            last_error: last_wal.filter(|_| failing).map(|w| match &told {
+                                Some(why) => format!("archiving {w} failed: {why}"),
+                                None => format!("archiving {w} failed; see the server log"),
+                            }),
                             ..ArchiveState::default()
                         };
                     });

@@ -685,6 +685,30 @@ fn seconds_since_epoch(t: std::time::SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// The last pgBackRest error in `log` (`ERROR: [NNN]: …` and its indented continuation
+/// lines, without the hints), on one line.
+pub fn last_error_line(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let start = lines
+        .iter()
+        .rposition(|l| l.starts_with("ERROR: [") || l.contains(" ERROR: ["))?;
+    let first = lines[start];
+    let mut message = first[first.find("ERROR: [")? + "ERROR: ".len()..]
+        .trim()
+        .to_string();
+    for more in lines[start + 1..]
+        .iter()
+        .take_while(|l| l.starts_with(' ') || l.starts_with('\t'))
+        .map(|l| l.trim())
+        .filter(|l| !l.starts_with("HINT:"))
+        .take(4)
+    {
+        message.push(' ');
+        message.push_str(more);
+    }
+    Some(message)
+}
+
 /// Free bytes (available to unprivileged users) on the volume holding `path`.
 pub fn free_bytes(path: &Path) -> Option<u64> {
     let s = nix::sys::statvfs::statvfs(path).ok()?;
@@ -911,6 +935,19 @@ impl super::Postgres {
         pending_archive(&self.data_dir.join("pg_wal"))
     }
 
+    /// pgBackRest's last error in the server log (where `archive_command`'s output goes), in
+    /// its own words: e.g. why the repository cannot be written.
+    pub fn last_archive_push_error(&self) -> Option<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::File::open(&self.log_file).ok()?;
+        let len = file.metadata().ok()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))
+            .ok()?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).ok()?;
+        last_error_line(&String::from_utf8_lossy(&tail))
+    }
+
     /// Free bytes on the volume of the data dir.
     pub fn free_bytes(&self) -> Option<u64> {
         free_bytes(&self.data_dir)
@@ -1099,6 +1136,25 @@ impl super::Postgres {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_last_error_of_a_log_is_its_message() {
+        let log = concat!(
+            "2026-11-26 16:38:39.151 GMT [31073] LOG:  archive command failed with exit code 103\n",
+            "ERROR: [103]: unable to find a valid repository:\n",
+            "       repo1: [FileOpenError] unable to load info file '/r/archive/ex/archive.info':\n",
+            "       FileOpenError: unable to open file '/r/archive/ex/archive.info' for read: [20] Not a directory\n",
+            "       HINT: archive.info cannot be opened but is required to push/get WAL segments.\n",
+            "2026-11-26 16:38:42.114 GMT [31073] LOG:  archive command failed with exit code 103\n",
+        );
+        assert_eq!(
+            last_error_line(log).as_deref(),
+            Some(
+                "[103]: unable to find a valid repository: repo1: [FileOpenError] unable to load info file '/r/archive/ex/archive.info': FileOpenError: unable to open file '/r/archive/ex/archive.info' for read: [20] Not a directory"
+            )
+        );
+        assert_eq!(last_error_line("LOG: all fine\n"), None);
+    }
+
     #[test]
     fn damaged_files_name_the_file_the_manifest_and_the_info_files() {
         let text = "2026-11-26 15:59:02.725 P01   INFO: invalid checksum '20261126-155812F/pg_data/base/5/1255.zst'\n\
