@@ -69,6 +69,53 @@ pub struct RpoBenchArgs {
     pub work_dir: Option<PathBuf>,
 }
 
+/// What `bench backup` measured, Stator's and by hand.
+struct Figures {
+    stator_backup: Duration,
+    hand_backup: Duration,
+    restore_what: &'static str,
+    stator_restore: Duration,
+    hand_restore: Duration,
+    stator_size: u64,
+    hand_size: u64,
+}
+
+impl Figures {
+    /// The table of times, bytes and ratios (Stator / by hand), then `note`.
+    fn print(&self, note: &str) {
+        let ratio = |s: Duration, h: Duration| s.as_secs_f64() / h.as_secs_f64();
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        println!(
+            "{:<34} {:>10} {:>10} {:>8}",
+            "", "stator", "by hand", "ratio"
+        );
+        for (what, s, h) in [
+            ("full backup (time)", self.stator_backup, self.hand_backup),
+            (self.restore_what, self.stator_restore, self.hand_restore),
+        ] {
+            println!(
+                "{what:<34} {:>9.2}s {:>9.2}s {:>7.2}x",
+                s.as_secs_f64(),
+                h.as_secs_f64(),
+                ratio(s, h)
+            );
+        }
+        println!(
+            "{:<34} {:>7.1}MiB {:>7.1}MiB {:>7.2}x",
+            "bytes stored (the full backup)",
+            mib(self.stator_size),
+            mib(self.hand_size),
+            self.stator_size as f64 / self.hand_size.max(1) as f64
+        );
+        println!(
+            "speed vs by hand (target >= 0.9): backup {:.2}, restore {:.2}",
+            1.0 / ratio(self.stator_backup, self.hand_backup),
+            1.0 / ratio(self.stator_restore, self.hand_restore)
+        );
+        println!("{note}");
+    }
+}
+
 /// Databases this benchmark made (removed with their data on drop) and a server started by
 /// hand (stopped immediately on drop).
 struct Made<'a> {
@@ -123,19 +170,28 @@ fn write_spec(
 fn wait_first_backup(exe: &Path, spec: &Path, state: &Path) -> Result<(), CheckError> {
     let started = Instant::now();
     loop {
-        let list = stator_output(exe, spec, state, &["backup", "list", "-o", "json"])?;
-        let v: serde_json::Value = serde_json::from_str(&list).unwrap_or_default();
-        if v["backups"].as_array().is_some_and(|b| !b.is_empty()) {
+        if !listed_backups(exe, spec, state)?.is_empty() {
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(300) {
             return Err(CheckError::Command {
                 what: "waiting for the first scheduled backup".into(),
-                output: list,
+                output: "no backup listed after 300 s".into(),
             });
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// The backups `stator backup list -o json` lists, oldest first.
+fn listed_backups(
+    exe: &Path,
+    spec: &Path,
+    state: &Path,
+) -> Result<Vec<serde_json::Value>, CheckError> {
+    let list = stator_output(exe, spec, state, &["backup", "list", "-o", "json"])?;
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap_or_default();
+    Ok(v["backups"].as_array().cloned().unwrap_or_default())
 }
 
 /// The application password in `stator uri`.
@@ -230,20 +286,10 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
     )?;
 
     // 1. Full backups.
-    let started = Instant::now();
-    stator_output(exe, &spec, &state, &["backup", "create", "--type", "full"])?;
-    let stator_backup = started.elapsed();
-    let listing: serde_json::Value = serde_json::from_str(&stator_output(
-        exe,
-        &spec,
-        &state,
-        &["backup", "list", "-o", "json"],
-    )?)
-    .unwrap_or_default();
-    let last = listing["backups"]
-        .as_array()
-        .and_then(|b| b.last())
-        .cloned()
+    let stator_backup =
+        stator_command(exe, &spec, &state, &["backup", "create", "--type", "full"])?;
+    let last = listed_backups(exe, &spec, &state)?
+        .pop()
         .unwrap_or_default();
     let stator_label = last["label"].as_str().unwrap_or_default().to_string();
 
@@ -314,14 +360,12 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
     let restored = root.join("rb.yaml");
     write_spec(&restored, "rb", 1, args.port_base + 50, &backup, "")?;
     made.specs.push(restored.clone());
-    let started = Instant::now();
-    stator_output(
+    let stator_restore = stator_command(
         exe,
         &restored,
         &state,
         &["restore", "--from", "bb", "--backup", &stator_label],
     )?;
-    let stator_restore = started.elapsed();
 
     let hand_data = root.join("hand-restore");
     let hand_socket = root.join("hand-socket");
@@ -383,8 +427,6 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
     }
     let hand_restore = started.elapsed();
 
-    let ratio = |s: Duration, h: Duration| s.as_secs_f64() / h.as_secs_f64();
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!();
     println!(
         "Backup benchmark: about {} MiB (pgbench scale {scale}; base/ holds {} MiB), compression {}, parallel {}",
@@ -393,38 +435,17 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
         args.compression,
         args.parallel
     );
-    println!(
-        "{:<34} {:>10} {:>10} {:>8}",
-        "", "stator", "by hand", "ratio"
-    );
-    println!(
-        "{:<34} {:>9.2}s {:>9.2}s {:>7.2}x",
-        "full backup (time)",
-        stator_backup.as_secs_f64(),
-        hand_backup.as_secs_f64(),
-        ratio(stator_backup, hand_backup)
-    );
-    println!(
-        "{:<34} {:>9.2}s {:>9.2}s {:>7.2}x",
-        "restore to the end of the archive",
-        stator_restore.as_secs_f64(),
-        hand_restore.as_secs_f64(),
-        ratio(stator_restore, hand_restore)
-    );
-    println!(
-        "{:<34} {:>7.1}MiB {:>7.1}MiB {:>7.2}x",
-        "bytes stored (the full backup)",
-        mib(stator_size),
-        mib(hand_size),
-        stator_size as f64 / hand_size.max(1) as f64
-    );
-    println!(
-        "speed vs by hand (target >= 0.9): backup {:.2}, restore {:.2}",
-        1.0 / ratio(stator_backup, hand_backup),
-        1.0 / ratio(stator_restore, hand_restore)
-    );
-    println!(
-        "(stator restore includes pgbackrest verify of the repository, which refuses a damaged backup, and bringing the new database up; by hand: restore + recovery only. The backup by hand skips the archive check.)"
+    Figures {
+        stator_backup,
+        hand_backup,
+        restore_what: "restore to the end of the archive",
+        stator_restore,
+        hand_restore,
+        stator_size,
+        hand_size,
+    }
+    .print(
+        "(stator restore includes pgbackrest verify of the repository, which refuses a damaged backup, and bringing the new database up; by hand: restore + recovery only. The backup by hand skips the archive check.)",
     );
     Ok(())
 }
@@ -723,27 +744,11 @@ fn run_backup_mariadb(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckErr
     )?;
 
     // 1. Full backups.
-    let started = Instant::now();
-    stator_output(exe, &spec, &state, &["backup", "create"])?;
-    let stator_backup = started.elapsed();
-    let listing: serde_json::Value = serde_json::from_str(&stator_output(
-        exe,
-        &spec,
-        &state,
-        &["backup", "list", "-o", "json"],
-    )?)
-    .unwrap_or_default();
-    let last = listing["mariadb"]
-        .as_array()
-        .or_else(|| listing["backups"].as_array())
-        .and_then(|b| b.last())
-        .cloned()
+    let stator_backup = stator_command(exe, &spec, &state, &["backup", "create"])?;
+    let last = listed_backups(exe, &spec, &state)?
+        .pop()
         .unwrap_or_default();
-    let stator_id = last["id"]
-        .as_str()
-        .or_else(|| last["label"].as_str())
-        .unwrap_or_default()
-        .to_string();
+    let stator_id = last["id"].as_str().unwrap_or_default().to_string();
     let stator_size = dir_bytes(&stator_engine::mysql_family::repository::backup_dir(
         &repo.join("default/mb"),
         &stator_id,
@@ -778,14 +783,12 @@ fn run_backup_mariadb(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckErr
     )
     .map_err(|e| LocalError::io(&restored, "cannot write", e))?;
     made.specs.push(restored.clone());
-    let started = Instant::now();
-    stator_output(
+    let stator_restore = stator_command(
         exe,
         &restored,
         &state,
         &["restore", "--from", "mb", "--backup", &stator_id],
     )?;
-    let stator_restore = started.elapsed();
 
     let port = args.port_base + 90;
     let hand_restore = shell(
@@ -823,46 +826,23 @@ fn run_backup_mariadb(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckErr
     let _ = server.wait();
     waited?;
 
-    let ratio = |s: Duration, h: Duration| s.as_secs_f64() / h.as_secs_f64();
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!();
     println!(
         "Backup benchmark (MariaDB): about {} MiB ({rows} rows; the data dir holds {} MiB), zstd -3",
         args.size_mib,
         dir_bytes(&data_dir) / (1024 * 1024),
     );
-    println!(
-        "{:<34} {:>10} {:>10} {:>8}",
-        "", "stator", "by hand", "ratio"
-    );
-    println!(
-        "{:<34} {:>9.2}s {:>9.2}s {:>7.2}x",
-        "full backup (time)",
-        stator_backup.as_secs_f64(),
-        hand_backup.as_secs_f64(),
-        ratio(stator_backup, hand_backup)
-    );
-    println!(
-        "{:<34} {:>9.2}s {:>9.2}s {:>7.2}x",
-        "restore (until the server listens)",
-        stator_restore.as_secs_f64(),
-        hand_restore.as_secs_f64(),
-        ratio(stator_restore, hand_restore)
-    );
-    println!(
-        "{:<34} {:>7.1}MiB {:>7.1}MiB {:>7.2}x",
-        "bytes stored (the full backup)",
-        mib(stator_size),
-        mib(hand_size),
-        stator_size as f64 / hand_size.max(1) as f64
-    );
-    println!(
-        "speed vs by hand (target >= 0.9): backup {:.2}, restore {:.2}",
-        1.0 / ratio(stator_backup, hand_backup),
-        1.0 / ratio(stator_restore, hand_restore)
-    );
-    println!(
-        "(by hand: mariadb-backup --backup --stream=xbstream | zstd -3, then sha256sum; restore: zstd -d | mbstream -x, --prepare, --copy-back, mariadbd until it listens. stator restore also verifies the backup's hash, sets the GTID state, creates the users and brings the new database up.)"
+    Figures {
+        stator_backup,
+        hand_backup,
+        restore_what: "restore (until the server listens)",
+        stator_restore,
+        hand_restore,
+        stator_size,
+        hand_size,
+    }
+    .print(
+        "(by hand: mariadb-backup --backup --stream=xbstream | zstd -3, then sha256sum; restore: zstd -d | mbstream -x, --prepare, --copy-back, mariadbd until it listens. stator restore also verifies the backup's hash, sets the GTID state, creates the users and brings the new database up.)",
     );
     Ok(())
 }
