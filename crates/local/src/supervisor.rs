@@ -1023,15 +1023,18 @@ impl Supervisor<'_> {
         if primary_ready && self.backups_expected_since.is_none() {
             self.backups_expected_since = Some(now_ms);
         }
-        let schedule = stator_control::BackupSchedule::parse(&backup.schedule).ok();
+        // MariaDB's full backups are taken by the runtime, not by the manager that reports: its
+        // report carries the binlog archive only, so only the archive is judged.
+        let schedule = stator_control::BackupSchedule::parse(&backup.schedule)
+            .ok()
+            .filter(|_| db.spec.engine != stator_api::Engine::Mariadb);
         let report = self
             .slots
             .get(&primary_ordinal)
             .filter(|_| primary_ready)
             .and_then(|s| s.report.as_ref())
             .and_then(|r| r.backup.as_ref());
-        // Nothing judged, nothing claimed: no ready primary, or an engine whose manager does
-        // not report its backups yet (MariaDB).
+        // Nothing judged, nothing claimed while no ready primary reports.
         report?;
         let health = stator_control::backup_health(stator_control::BackupHealthInput {
             now_ms,
