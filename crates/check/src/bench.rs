@@ -71,7 +71,7 @@ pub struct BenchArgs {
 /// The benchmark's clusters detect a lost primary after 30 s, not the default 2 s: on a loaded
 /// machine a starved instance manager misses its checks for seconds, and a failover in the middle
 /// of a throughput run (it fences the primary: every client aborts) measures nothing.
-const BENCH_FAILOVER: &str = "  failover:\n    detectionTimeout: 30s\n";
+pub(crate) const BENCH_FAILOVER: &str = "  failover:\n    detectionTimeout: 30s\n";
 
 /// The work directory; removed on drop when the benchmark made it.
 pub(crate) struct Work {

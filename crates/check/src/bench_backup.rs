@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use stator_local::LocalError;
 use stator_local::preflight::{self, ServerUser};
 
-use crate::bench::{Work, as_user, run_step, stator_command, stator_output, wait_port, which};
+use crate::bench::{
+    BENCH_FAILOVER, Work, as_user, run_step, stator_command, stator_output, wait_port, which,
+};
 use crate::error::CheckError;
 
 /// Options of `stator bench backup`.
@@ -147,7 +149,8 @@ impl Drop for Made<'_> {
     }
 }
 
-/// A database spec with a local repository.
+/// A database spec with a local repository (failover slow to trigger, as in every benchmark's
+/// cluster: a starved manager on a loaded machine is not a lost primary).
 fn write_spec(
     path: &Path,
     name: &str,
@@ -159,7 +162,7 @@ fn write_spec(
     std::fs::write(
         path,
         format!(
-            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: {name}\nspec:\n  engine: postgres\n  instances: {instances}\n  local:\n    portBase: {port_base}\n{extra}  backup:\n{backup}"
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: {name}\nspec:\n  engine: postgres\n  instances: {instances}\n  local:\n    portBase: {port_base}\n{BENCH_FAILOVER}{extra}  backup:\n{backup}"
         ),
     )
     .map_err(|e| LocalError::io(path, "cannot write", e).into())
@@ -708,7 +711,7 @@ fn run_backup_mariadb(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckErr
     std::fs::write(
         &spec,
         format!(
-            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: mb\nspec:\n  engine: mariadb\n  instances: 1\n  local:\n    portBase: {}\n  backup:\n{backup}",
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: mb\nspec:\n  engine: mariadb\n  instances: 1\n  local:\n    portBase: {}\n{BENCH_FAILOVER}  backup:\n{backup}",
             args.port_base
         ),
     )
@@ -777,7 +780,7 @@ fn run_backup_mariadb(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckErr
     std::fs::write(
         &restored,
         format!(
-            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: mr\nspec:\n  engine: mariadb\n  instances: 1\n  local:\n    portBase: {}\n  backup:\n{backup}",
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: mr\nspec:\n  engine: mariadb\n  instances: 1\n  local:\n    portBase: {}\n{BENCH_FAILOVER}  backup:\n{backup}",
             args.port_base + 50
         ),
     )
