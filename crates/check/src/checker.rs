@@ -437,8 +437,6 @@ impl Access {
             Engine::Postgres => {
                 let mut config = tokio_postgres::Config::new();
                 config
-                    .host(&self.host)
-                    .port(port)
                     .user(&self.user)
                     .password(&self.password)
                     .dbname(&self.database)

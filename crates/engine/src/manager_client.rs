@@ -3,9 +3,10 @@
 //! as a bearer token: `/promote`, `/demote`, `/reload` to a manager, `/switchover` to the
 //! supervisor), and a streamed `GET` (`/backup`). Its users: the failover shell, the local
 //! runtime, an instance manager asking its peers and cloning from its upstream. One request per
-//! connection, on hyper, over TLS verified against the database's CA where this process trusts
-//! one for the endpoint ([`crate::tls::connect_http`]). The token only ever travels in the
-//! `Authorization` header.
+//! connection, on hyper, over TLS verified against the database's CA: the one this process
+//! registered for the endpoint (the `host, port` functions), or the one the caller's
+//! [`Dial`] carries (the `*_at` functions: the operator, which reaches many databases by pod
+//! IPs that change). The token only ever travels in the `Authorization` header.
 
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
+
+pub use crate::tls::Dial;
 
 /// Largest answer accepted.
 const MAX_RESPONSE: usize = 4 << 20;
@@ -49,11 +52,17 @@ pub async fn get_json<T: DeserializeOwned>(
     path: &str,
     timeout: Duration,
 ) -> Result<T, ClientError> {
-    let (status, body) = request(host, port, "GET", path, None, None, timeout).await?;
-    let target = format!(
-        "{}://{host}:{port}{path}",
-        crate::tls::http_scheme(host, port)
-    );
+    get_json_at(&Dial::registered(host, port), path, timeout).await
+}
+
+/// `GET path` at `dial`, decoded as JSON.
+pub async fn get_json_at<T: DeserializeOwned>(
+    dial: &Dial,
+    path: &str,
+    timeout: Duration,
+) -> Result<T, ClientError> {
+    let (status, body) = request_at(dial, "GET", path, None, None, timeout).await?;
+    let target = target(dial, path);
     if status != 200 {
         return Err(ClientError::Status(
             target,
@@ -62,6 +71,11 @@ pub async fn get_json<T: DeserializeOwned>(
         ));
     }
     serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(target, e.to_string()))
+}
+
+/// `https://host:port/path` (or `http`), for messages.
+fn target(dial: &Dial, path: &str) -> String {
+    format!("{}://{}:{}{path}", dial.scheme(), dial.host, dial.port)
 }
 
 /// `POST http://host:port/path` with `body` (JSON) and `Authorization: Bearer token`; the
@@ -74,7 +88,18 @@ pub async fn post(
     body: &str,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), ClientError> {
-    request(host, port, "POST", path, Some(token), Some(body), timeout).await
+    post_at(&Dial::registered(host, port), path, token, body, timeout).await
+}
+
+/// [`post`] to `dial`.
+pub async fn post_at(
+    dial: &Dial,
+    path: &str,
+    token: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), ClientError> {
+    request_at(dial, "POST", path, Some(token), Some(body), timeout).await
 }
 
 /// The `error` (or `result`) field of a JSON answer, else the body as text.
@@ -99,11 +124,9 @@ pub async fn get_stream(
     bearer: Option<&str>,
     connect_timeout: Duration,
 ) -> Result<Streaming, ClientError> {
-    let target = format!(
-        "{}://{host}:{port}{path}",
-        crate::tls::http_scheme(host, port)
-    );
-    let tcp = tokio::time::timeout(connect_timeout, crate::tls::connect_http(host, port))
+    let dial = Dial::registered(host, port);
+    let target = target(&dial, path);
+    let tcp = tokio::time::timeout(connect_timeout, dial.connect())
         .await
         .map_err(|_| ClientError::Timeout(target.clone(), connect_timeout))?
         .map_err(|e| ClientError::Connect(target.clone(), e))?;
@@ -178,12 +201,31 @@ pub async fn request(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), ClientError> {
-    let target = format!(
-        "{}://{host}:{port}{path}",
-        crate::tls::http_scheme(host, port)
-    );
+    request_at(
+        &Dial::registered(host, port),
+        method,
+        path,
+        bearer,
+        body,
+        timeout,
+    )
+    .await
+}
+
+/// [`request`] to `dial`.
+pub async fn request_at(
+    dial: &Dial,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), ClientError> {
+    let target = target(dial, path);
+    let (host, port) = (dial.host.as_str(), dial.port);
     let exchange = async {
-        let tcp = crate::tls::connect_http(host, port)
+        let tcp = dial
+            .connect()
             .await
             .map_err(|e| ClientError::Connect(target.clone(), e))?;
         let (status, answer, _driver) =

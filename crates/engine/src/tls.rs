@@ -383,47 +383,213 @@ impl ResolvesServerCert for ReloadingCertificate {
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// How clients reach instance managers: over TLS verified against the database's CA, or plain
-/// when the database opted out (`spec.tls.enabled: false`).
-#[derive(Clone, Debug)]
-pub enum HttpTransport {
-    Plain,
-    Tls(Arc<ClientConfig>),
+/// Trust in one database's CA, held in memory: what a client needs that reaches many
+/// databases, each with its own CA (the operator reads it from each Database's Secret
+/// `NAME-tls`). No key: only the CA certificate.
+#[derive(Clone)]
+pub struct CaTrust {
+    config: Arc<ClientConfig>,
+    ca_pem: Arc<[u8]>,
 }
 
-impl HttpTransport {
-    /// TLS with the CA of `files`, plain without.
-    pub fn for_files(files: Option<&TlsFiles>) -> Result<HttpTransport, EngineError> {
-        match files {
-            Some(f) => Ok(HttpTransport::Tls(f.client_config()?)),
-            None => Ok(HttpTransport::Plain),
+impl std::fmt::Debug for CaTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaTrust").finish_non_exhaustive()
+    }
+}
+
+impl CaTrust {
+    /// Trust in the CA certificate(s) of `pem`; `source` names where it came from, for errors
+    /// (`Secret shop/orders-tls, key ca.crt`).
+    pub fn from_pem(pem: &[u8], source: &str) -> Result<CaTrust, EngineError> {
+        let path = Path::new(source);
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| tls_error(path, format!("is not a PEM certificate: {e}")))?;
+        if certs.is_empty() {
+            return Err(tls_error(path, "holds no PEM certificate"));
+        }
+        let mut roots = RootCertStore::empty();
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| tls_error(path, format!("is not a usable CA: {e}")))?;
+        }
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_error(path, e))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(CaTrust {
+            config: Arc::new(config),
+            ca_pem: pem.into(),
+        })
+    }
+}
+
+/// How a client trusts one endpoint.
+#[derive(Clone, Debug, Default)]
+pub enum Trust {
+    /// As this process registered the endpoint ([`trust_endpoints`], [`trust_by_default`]);
+    /// plaintext where nothing is registered. The local runtime and the instance managers.
+    #[default]
+    Registered,
+    /// Plaintext (a database with `spec.tls.enabled: false`).
+    Plain,
+    /// TLS verified against `ca`, the certificate checked for `server_name` rather than the
+    /// address dialled: a pod is dialled by its IP, which changes when the pod is recreated and
+    /// is in no certificate, and verified as its stable DNS name, which is.
+    Verified { ca: CaTrust, server_name: String },
+}
+
+/// Where a client connects and how it trusts what answers there.
+#[derive(Clone, Debug)]
+pub struct Dial {
+    pub host: String,
+    pub port: u16,
+    pub trust: Trust,
+}
+
+impl Dial {
+    /// `host:port` as this process registered it ([`Trust::Registered`]).
+    pub fn registered(host: impl Into<String>, port: u16) -> Dial {
+        Dial {
+            host: host.into(),
+            port,
+            trust: Trust::Registered,
+        }
+    }
+
+    /// What the client does: plaintext, or TLS with a client configuration and the name the
+    /// certificate must carry.
+    fn resolve(&self) -> Resolved {
+        match &self.trust {
+            Trust::Plain => Resolved::Plain,
+            Trust::Registered => match trusted_for(&self.host, self.port) {
+                Some(t) => Resolved::Tls {
+                    config: t.config,
+                    ca: CaSource::File(t.files.ca_cert()),
+                    server_name: self.host.clone(),
+                },
+                None => Resolved::Plain,
+            },
+            Trust::Verified { ca, server_name } => Resolved::Tls {
+                config: ca.config.clone(),
+                ca: CaSource::Pem(ca.ca_pem.clone()),
+                server_name: server_name.clone(),
+            },
         }
     }
 
     /// `https` or `http`.
     pub fn scheme(&self) -> &'static str {
-        match self {
-            HttpTransport::Plain => "http",
-            HttpTransport::Tls(_) => "https",
+        match self.resolve() {
+            Resolved::Plain => "http",
+            Resolved::Tls { .. } => "https",
         }
     }
 
-    /// Connects to `host:port`, verifying the certificate is valid for `host`.
-    pub async fn connect(&self, host: &str, port: u16) -> std::io::Result<Box<dyn Stream>> {
-        let tcp = TcpStream::connect((host, port)).await?;
+    /// An HTTP connection: TLS verified against the trusted CA, or plaintext.
+    pub async fn connect(&self) -> std::io::Result<Box<dyn Stream>> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
         let _ = tcp.set_nodelay(true);
-        match self {
-            HttpTransport::Plain => Ok(Box::new(tcp)),
-            HttpTransport::Tls(config) => {
-                let name = ServerName::try_from(host.to_string())
+        match self.resolve() {
+            Resolved::Plain => Ok(Box::new(tcp)),
+            Resolved::Tls {
+                config,
+                server_name,
+                ..
+            } => {
+                let name = ServerName::try_from(server_name)
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-                let stream = tokio_rustls::TlsConnector::from(config.clone())
+                let stream = tokio_rustls::TlsConnector::from(config)
                     .connect(name, tcp)
                     .await?;
                 Ok(Box::new(stream))
             }
         }
     }
+
+    /// Sets where `config` connects (host, and the address when the verified name is not the
+    /// one dialled) and whether it requires TLS; the connector that verifies the chain and the
+    /// name (sslmode=verify-full) or uses none.
+    pub fn postgres(
+        &self,
+        config: &mut tokio_postgres::Config,
+    ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+        config.port(self.port);
+        match self.resolve() {
+            Resolved::Plain => {
+                config.host(&self.host);
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                let tls = ClientConfig::builder_with_provider(provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| e.to_string())?
+                    .with_root_certificates(RootCertStore::empty())
+                    .with_no_client_auth();
+                Ok(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+            }
+            Resolved::Tls {
+                config: tls,
+                server_name,
+                ..
+            } => {
+                // tokio-postgres verifies the certificate for `host` and dials `hostaddr`
+                // when it is set.
+                config.host(&server_name);
+                if server_name != self.host {
+                    let ip: std::net::IpAddr = self.host.parse().map_err(|_| {
+                        format!(
+                            "{}: a server verified as {server_name:?} must be dialled by IP address",
+                            self.host
+                        )
+                    })?;
+                    config.hostaddr(ip);
+                }
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Ok(tokio_postgres_rustls::MakeRustlsConnect::new(
+                    (*tls).clone(),
+                ))
+            }
+        }
+    }
+
+    /// mysql_async's TLS options: the server verified against the trusted CA, for the name
+    /// trusted; `None` for plaintext.
+    pub fn mysql(&self) -> Option<mysql_async::SslOpts> {
+        match self.resolve() {
+            Resolved::Plain => None,
+            Resolved::Tls {
+                ca, server_name, ..
+            } => {
+                let opts = mysql_async::SslOpts::default();
+                let opts = match ca {
+                    CaSource::File(path) => opts.with_root_certs(vec![path.into()]),
+                    CaSource::Pem(pem) => opts.with_root_certs(vec![pem.to_vec().into()]),
+                };
+                Some(if server_name != self.host {
+                    opts.with_danger_tls_hostname_override(Some(server_name))
+                } else {
+                    opts
+                })
+            }
+        }
+    }
+}
+
+/// Where a client's CA comes from (mysql_async takes a file or the PEM).
+enum CaSource {
+    File(PathBuf),
+    Pem(Arc<[u8]>),
+}
+
+enum Resolved {
+    Plain,
+    Tls {
+        config: Arc<ClientConfig>,
+        ca: CaSource,
+        server_name: String,
+    },
 }
 
 /// Which endpoints speak TLS, for the clients of this process: a port registered with a
@@ -431,7 +597,7 @@ impl HttpTransport {
 /// or, for any other, the process's default set ([`trust_by_default`]; an instance manager's
 /// own database, whose peers and upstream it talks to). Neither: plaintext.
 #[derive(Default)]
-struct Trust {
+struct Registry {
     by_endpoint: HashMap<(String, u16), Trusted>,
     default: Option<Trusted>,
 }
@@ -439,15 +605,15 @@ struct Trust {
 #[derive(Clone)]
 struct Trusted {
     files: TlsFiles,
-    http: HttpTransport,
+    config: Arc<ClientConfig>,
 }
 
-static TRUST: LazyLock<RwLock<Trust>> = LazyLock::new(|| RwLock::new(Trust::default()));
+static TRUST: LazyLock<RwLock<Registry>> = LazyLock::new(|| RwLock::new(Registry::default()));
 
 fn trusted(files: &TlsFiles) -> Result<Trusted, EngineError> {
     Ok(Trusted {
         files: files.clone(),
-        http: HttpTransport::for_files(Some(files))?,
+        config: files.client_config()?,
     })
 }
 
@@ -486,46 +652,31 @@ fn trusted_for(host: &str, port: u16) -> Option<Trusted> {
         .cloned()
 }
 
-/// `https` or `http` for `host:port`.
+/// `https` or `http` for `host:port`, as registered.
 pub fn http_scheme(host: &str, port: u16) -> &'static str {
-    trusted_for(host, port).map_or("http", |t| t.http.scheme())
+    Dial::registered(host, port).scheme()
 }
 
-/// An HTTP connection to `host:port`: TLS verified against its database's CA when trusted.
+/// An HTTP connection to `host:port`: TLS verified against its database's CA when registered.
 pub async fn connect_http(host: &str, port: u16) -> std::io::Result<Box<dyn Stream>> {
-    match trusted_for(host, port) {
-        Some(t) => t.http.connect(host, port).await,
-        None => HttpTransport::Plain.connect(host, port).await,
-    }
+    Dial::registered(host, port).connect().await
 }
 
-/// The tokio-postgres connector for `host:port`, with `config` set to require TLS there
-/// (rustls verifies the chain and the host name: sslmode=verify-full) or to use none.
+/// The tokio-postgres connector for `host:port` as registered, with `config` set to dial it
+/// and to require TLS there (rustls verifies the chain and the host name: sslmode=verify-full)
+/// or to use none.
 pub fn postgres_tls(
     config: &mut tokio_postgres::Config,
     host: &str,
     port: u16,
 ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
-    match trusted_for(host, port) {
-        Some(t) => {
-            config.ssl_mode(tokio_postgres::config::SslMode::Require);
-            t.files.postgres_connector().map_err(|e| e.to_string())
-        }
-        None => {
-            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-            let tls = ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(RootCertStore::empty())
-                .with_no_client_auth();
-            Ok(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
-        }
-    }
+    Dial::registered(host, port).postgres(config)
 }
 
-/// mysql_async's TLS options for `host:port`: its database's CA, host name verified.
+/// mysql_async's TLS options for `host:port` as registered: its database's CA, host name
+/// verified.
 pub fn mysql_tls(host: &str, port: u16) -> Option<mysql_async::SslOpts> {
-    trusted_for(host, port).map(|t| t.files.mysql_ssl_opts())
+    Dial::registered(host, port).mysql()
 }
 
 /// The names a server certificate covers for a server reachable at `addresses`: each of them,

@@ -9,6 +9,7 @@ use stator_api::Database;
 use stator_api::instance::{Endpoint, InstanceReport, ServerState};
 use stator_api::{Engine, Role};
 use stator_control::FenceMethod;
+use stator_engine::tls::Dial;
 
 use crate::history::FailoverState;
 use crate::runtime::{FinalCheckpoint, Runtime, Sighting, Work};
@@ -93,12 +94,12 @@ impl Runtime for FakeRuntime {
     }
 
     /// Nothing listens there: an order fails at once, and stays in flight for its settle time.
-    fn manager_address(&self, _db: &Database, _ordinal: u32) -> (String, u16) {
-        ("127.0.0.1".into(), 1)
+    fn manager_address(&self, _db: &Database, _ordinal: u32) -> Dial {
+        Dial::registered("127.0.0.1", 1)
     }
 
-    fn rw_address(&self, _db: &Database) -> (String, u16) {
-        ("127.0.0.1".into(), 1)
+    fn rw_address(&self, _db: &Database) -> Dial {
+        Dial::registered("127.0.0.1", 1)
     }
 
     fn api_token(&self) -> Result<String, String> {

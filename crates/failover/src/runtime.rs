@@ -13,6 +13,7 @@ use std::future::Future;
 use stator_api::Database;
 use stator_api::instance::{Endpoint, InstanceReport};
 use stator_control::FenceMethod;
+use stator_engine::tls::Dial;
 
 use crate::history::FailoverState;
 
@@ -64,11 +65,19 @@ pub trait Runtime: Send {
     /// by replicas told to follow it).
     fn server_endpoint(&self, db: &Database, ordinal: u32) -> Endpoint;
 
-    /// Host and port of instance `ordinal`'s manager HTTP endpoint.
-    fn manager_address(&self, db: &Database, ordinal: u32) -> (String, u16);
+    /// Where this process reaches instance `ordinal`'s server for the shell's direct query,
+    /// and how it trusts it: by default [`Runtime::server_endpoint`] as this process
+    /// registered it.
+    fn server_dial(&self, db: &Database, ordinal: u32) -> Dial {
+        let endpoint = self.server_endpoint(db, ordinal);
+        Dial::registered(endpoint.host, endpoint.port)
+    }
 
-    /// Host and port of the `rw` service, for the write check that ends an outage.
-    fn rw_address(&self, db: &Database) -> (String, u16);
+    /// Where instance `ordinal`'s manager HTTP endpoint is reached, and how it is trusted.
+    fn manager_address(&self, db: &Database, ordinal: u32) -> Dial;
+
+    /// Where the `rw` service is reached, for the write check that ends an outage.
+    fn rw_address(&self, db: &Database) -> Dial;
 
     // ----------------------------------------------------------------------------- secrets
 

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use stator_api::Engine;
+use stator_engine::tls::Dial;
 
 /// How long the direct query to the primary's server may take before the primary counts as
 /// hung for this tick.
@@ -59,8 +60,7 @@ pub enum WriteCheckError {
 /// PostgreSQL without a monitor password known: nothing is asked, nothing is known.
 pub async fn query_server(
     engine: Engine,
-    host: &str,
-    port: u16,
+    dial: &Dial,
     monitor_password: Option<&str>,
 ) -> Result<ServerAnswer, ServerError> {
     match engine {
@@ -70,8 +70,7 @@ pub async fn query_server(
             };
             let query = async {
                 let row = monitor_query(
-                    host,
-                    port,
+                    dial,
                     password,
                     "stator-supervisor",
                     "SELECT NOT pg_is_in_recovery() AND \
@@ -92,7 +91,7 @@ pub async fn query_server(
         Engine::Mysql | Engine::Mariadb => {
             use tokio::io::AsyncReadExt;
             let greet = async {
-                let mut stream = tokio::net::TcpStream::connect((host, port))
+                let mut stream = tokio::net::TcpStream::connect((dial.host.as_str(), dial.port))
                     .await
                     .map_err(|e| ServerError::Connect(e.to_string()))?;
                 let mut b = [0u8; 5];
@@ -112,24 +111,20 @@ pub async fn query_server(
 
 /// One query on a PostgreSQL server as the monitor user, on a connection of its own.
 async fn monitor_query(
-    host: &str,
-    port: u16,
+    dial: &Dial,
     password: &str,
     application_name: &str,
     sql: &str,
 ) -> Result<tokio_postgres::Row, ServerError> {
     let mut config = tokio_postgres::Config::new();
     config
-        .host(host)
-        .port(port)
         .user(stator_engine::postgres::config::MONITOR_USER)
         .password(password)
         .dbname("postgres")
         .application_name(application_name)
         .connect_timeout(SERVER_PROBE_TIMEOUT);
-    // TLS verified against the database's CA where this process trusts one (verify-full).
-    let tls =
-        stator_engine::tls::postgres_tls(&mut config, host, port).map_err(ServerError::Connect)?;
+    // TLS verified against the database's CA where the dial trusts one (verify-full).
+    let tls = dial.postgres(&mut config).map_err(ServerError::Connect)?;
     let (client, connection) = config
         .connect(tls)
         .await
@@ -144,7 +139,7 @@ async fn monitor_query(
     row
 }
 
-/// One write check through the `rw` proxy at `host:port`, as the monitor user; `Ok` when the
+/// One write check through the `rw` proxy at `dial`, as the monitor user; `Ok` when the
 /// server behind it accepted it.
 ///
 /// PostgreSQL: a read-write transaction that takes a transaction id and commits it
@@ -156,16 +151,14 @@ async fn monitor_query(
 /// writes, not that one was committed.
 pub async fn write_through(
     engine: Engine,
-    host: &str,
-    port: u16,
+    dial: &Dial,
     password: &str,
 ) -> Result<(), WriteCheckError> {
     let check = async {
         match engine {
             Engine::Postgres => {
                 let row = monitor_query(
-                    host,
-                    port,
+                    dial,
                     password,
                     "stator-write-check",
                     "SELECT CASE WHEN current_setting('transaction_read_only') = 'off' \
@@ -181,11 +174,11 @@ pub async fn write_through(
             Engine::Mysql | Engine::Mariadb => {
                 use mysql_async::prelude::Queryable;
                 let opts = mysql_async::OptsBuilder::default()
-                    .ip_or_hostname(host.to_string())
-                    .tcp_port(port)
+                    .ip_or_hostname(dial.host.clone())
+                    .tcp_port(dial.port)
                     .user(Some(stator_engine::mysql_family::config::MONITOR_USER))
                     .pass(Some(password.to_string()))
-                    .ssl_opts(stator_engine::tls::mysql_tls(host, port))
+                    .ssl_opts(dial.mysql())
                     // Never the server's Unix socket: that would bypass `rw`.
                     .prefer_socket(false);
                 let mut conn = mysql_async::Conn::new(opts)
@@ -217,14 +210,14 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let why = query_server(Engine::Mariadb, "127.0.0.1", port, None)
+        let why = query_server(Engine::Mariadb, &Dial::registered("127.0.0.1", port), None)
             .await
             .unwrap_err()
             .to_string();
         assert!(why.starts_with("cannot connect: "), "{why}");
         // PostgreSQL without the monitor password is not asked.
         assert_eq!(
-            query_server(Engine::Postgres, "127.0.0.1", port, None)
+            query_server(Engine::Postgres, &Dial::registered("127.0.0.1", port), None)
                 .await
                 .unwrap(),
             ServerAnswer::default()

@@ -354,13 +354,12 @@ impl<R: Runtime> Failover<R> {
             if facts.state != ServerState::Running {
                 continue;
             }
-            let server = self.rt.server_endpoint(db, ordinal);
+            let server = self.rt.server_dial(db, ordinal);
             let password = match engine {
                 Engine::Postgres => self.monitor_password(),
                 Engine::Mysql | Engine::Mariadb => None,
             };
-            let answer =
-                server::query_server(engine, &server.host, server.port, password.as_deref()).await;
+            let answer = server::query_server(engine, &server, password.as_deref()).await;
             let presence = match answer {
                 Err(why) if Some(ordinal) == memory.primary && candidate.is_none() => {
                     Presence::Unreachable {
@@ -503,12 +502,12 @@ impl<R: Runtime> Failover<R> {
         let Some(password) = self.monitor_password() else {
             return;
         };
-        let (host, port) = self.rt.rw_address(db);
+        let rw = self.rt.rw_address(db);
         let engine = db.spec.engine;
         self.write_check = Some((
             started,
             tokio::spawn(async move {
-                server::write_through(engine, &host, port, &password).await?;
+                server::write_through(engine, &rw, &password).await?;
                 Ok(crate::clock::wall_ms())
             }),
         ));
@@ -925,7 +924,7 @@ impl<R: Runtime> Failover<R> {
                 return;
             }
         };
-        let (host, port) = self.rt.manager_address(db, ordinal);
+        let manager = self.rt.manager_address(db, ordinal);
         let name = spec.instance_name(ordinal);
         let label = what.clone();
         tracing::info!("{name}: ordering {what}");
@@ -937,7 +936,7 @@ impl<R: Runtime> Failover<R> {
                     serde_json::to_string(&DemoteRequest { upstream }).unwrap_or_default(),
                 ),
             };
-            match client::post(&host, port, path, &token, &body, ORDER_TIMEOUT).await {
+            match client::post_at(&manager, path, &token, &body, ORDER_TIMEOUT).await {
                 Ok((200, _)) => tracing::info!("{name}: {label}: done"),
                 Ok((code, body)) => tracing::warn!(
                     "{name}: {label}: refused (HTTP {code}): {}",

@@ -19,6 +19,7 @@ use stator_api::instance::{Endpoint, LocalPorts};
 use stator_api::names::secret_keys;
 use stator_control::FenceMethod;
 use stator_engine::procfs;
+use stator_engine::tls::Dial;
 use stator_failover::{FailoverState, FinalCheckpoint, Runtime, Work};
 
 pub use stator_failover::clock::{monotonic_ms, rfc3339, wall_ms};
@@ -115,15 +116,15 @@ impl Runtime for LocalRuntime {
         }
     }
 
-    fn manager_address(&self, db: &Database, ordinal: u32) -> (String, u16) {
-        (
+    fn manager_address(&self, db: &Database, ordinal: u32) -> Dial {
+        Dial::registered(
             db.spec.local.listen_address.clone(),
             LocalPorts::of(db).manager(ordinal),
         )
     }
 
-    fn rw_address(&self, db: &Database) -> (String, u16) {
-        (
+    fn rw_address(&self, db: &Database) -> Dial {
+        Dial::registered(
             db.spec.local.listen_address.clone(),
             LocalPorts::of(db).rw(),
         )

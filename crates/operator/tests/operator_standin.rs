@@ -1,7 +1,7 @@
-//! The operator with the kubelet stand-in running the real pods: a 2-instance PostgreSQL
+//! The operator with the kubelet stand-in running the real pods: a 3-instance PostgreSQL
 //! bootstrapped by the operator's orders reaches Ready; the `NAME-rw`/`NAME-ro` EndpointSlices
 //! (maintained by the real controller from the operator's role labels) hold the primary and the
-//! replica; a row written through rw is read through ro; the primary pod deleted → a new
+//! replicas; a row written through rw is read through ro; the primary pod deleted → a new
 //! primary, and the old pod back as a replica on its PVC. The operator runs on its own token.
 //! Waits poll; their bound only stops a hung test (nothing is timed).
 
@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
 use stator_api::{Database, Phase, Role};
+use stator_engine::tls::{CaTrust, Dial, Trust};
 use stator_kubelet_standin::harness::{self, Cluster};
 use support::*;
 
@@ -66,22 +67,56 @@ fn ready_roles(db: &Database) -> (Option<String>, Vec<String>) {
     (status.current_primary, replicas)
 }
 
+/// The database's CA, from the Secret `pg-tls` the operator issued.
+async fn ca_of(client: &kube::Client) -> CaTrust {
+    let secret: Secret = Api::namespaced(client.clone(), "apps")
+        .get("pg-tls")
+        .await
+        .expect("Secret pg-tls");
+    let pem = secret.data.expect("data")["ca.crt"].0.clone();
+    CaTrust::from_pem(&pem, "Secret apps/pg-tls").expect("a CA")
+}
+
+/// `query` as the app user through `service` (its stand-in address), over TLS verified as the
+/// Service's name against the database's CA.
 async fn sql(
     ip: std::net::Ipv4Addr,
+    service: &str,
+    ca: &CaTrust,
     password: &str,
     query: &str,
 ) -> Result<Vec<tokio_postgres::Row>, String> {
-    let conn =
-        format!("host={ip} port=5432 user=app dbname=app password={password} connect_timeout=5");
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
+    let dial = Dial {
+        host: ip.to_string(),
+        port: 5432,
+        trust: Trust::Verified {
+            ca: ca.clone(),
+            server_name: format!("{service}.apps.svc"),
+        },
+    };
+    let mut config = tokio_postgres::Config::new();
+    config
+        .user("app")
+        .dbname("app")
+        .password(password)
+        .connect_timeout(Duration::from_secs(5));
+    let tls = dial.postgres(&mut config)?;
+    let (client, connection) = config.connect(tls).await.map_err(said)?;
     tokio::spawn(connection);
-    client
-        .simple_query("SELECT 1")
-        .await
-        .map_err(|e| e.to_string())?;
-    client.query(query, &[]).await.map_err(|e| e.to_string())
+    if query.starts_with("SELECT") {
+        client.query(query, &[]).await.map_err(said)
+    } else {
+        client.batch_execute(query).await.map_err(said)?;
+        Ok(Vec::new())
+    }
+}
+
+/// What the server said, not only "db error".
+fn said(e: tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +140,7 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
         serde_json::json!({
             "apiVersion": "stator.dev/v1alpha1", "kind": "Database",
             "metadata": {"name": "pg", "namespace": "apps"},
-            "spec": {"engine": "postgres", "version": "15", "instances": 2, "storage": {"size": "1Gi"},
+            "spec": {"engine": "postgres", "version": "15", "instances": 3, "storage": {"size": "1Gi"},
                      "bootstrap": {"database": "app", "owner": "app"}},
         })
         .to_string(),
@@ -120,7 +155,7 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
         let (primary, replicas) = ready_roles(db);
         db.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
             && primary.is_some()
-            && replicas.len() == 1
+            && replicas.len() == 2
     })
     .await;
     let (primary, replicas) = ready_roles(&db);
@@ -151,6 +186,7 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
         .await
         .unwrap();
     let password = String::from_utf8(secret.data.unwrap()["app-password"].0.clone()).unwrap();
+    let ca = ca_of(&op).await;
     let rw = cluster
         .standin()
         .service_address("apps", "pg-rw")
@@ -162,6 +198,8 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
     harness::wait_for("a row written through pg-rw", DEADLINE, || async {
         sql(
             rw,
+            "pg-rw",
+            &ca,
             &password,
             "CREATE TABLE IF NOT EXISTS t (v text); INSERT INTO t VALUES ('one')",
         )
@@ -170,7 +208,7 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
     })
     .await;
     harness::wait_for("the row read through pg-ro", DEADLINE, || async {
-        let rows = sql(ro, &password, "SELECT v FROM t").await?;
+        let rows = sql(ro, "pg-ro", &ca, &password, "SELECT v FROM t").await?;
         (rows.len() == 1)
             .then_some(())
             .ok_or_else(|| format!("{} rows", rows.len()))
@@ -188,7 +226,9 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
         "a new primary and the old pod back as a ready replica",
         |db| {
             let (now, replicas) = ready_roles(db);
-            now.as_deref().is_some_and(|p| p != primary) && replicas == vec![primary.clone()]
+            now.as_deref().is_some_and(|p| p != primary)
+                && replicas.len() == 2
+                && replicas.contains(&primary)
         },
     )
     .await;
@@ -201,7 +241,7 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
             .map(|e| e.outage.describe())
             .unwrap_or_default()
     );
-    let rows = sql(rw, &password, "SELECT v FROM t")
+    let rows = sql(rw, "pg-rw", &ca, &password, "SELECT v FROM t")
         .await
         .expect("read through pg-rw");
     assert_eq!(rows.len(), 1, "the row written before the failover");

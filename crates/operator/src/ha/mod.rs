@@ -28,7 +28,9 @@ use stator_api::instance::{InstanceReport, ServerState};
 use stator_api::names::{INSTANCE_MANAGER_PORT, LABEL_DATABASE, secret_keys};
 use stator_api::orders::{BootstrapOrder, RoleOrder};
 use stator_api::{Database, InstanceStatus, Phase, SwitchoverStatus};
+use stator_engine::tls::{self, CaTrust};
 use stator_failover::{Failover, FailoverState, Sighting, SwitchoverDesk};
+use stator_kube::render::tls_secret_name;
 
 use crate::SWITCHOVER_ANNOTATION;
 use crate::conditions::{self, DEGRADED, PROGRESSING, READY, write_status};
@@ -119,25 +121,53 @@ impl Loops {
 }
 
 /// The api-token and monitor password from the credentials Secret (never logged).
-async fn read_secrets(client: &Client, db: &Database) -> Option<(String, Option<String>)> {
-    let name = db.credentials_secret_name();
+/// What the loop needs of the database's Secrets: the api-token, the monitor password and,
+/// with TLS on, the CA of Secret `NAME-tls` (never a key).
+struct Secrets {
+    token: String,
+    monitor: Option<String>,
+    ca: Option<CaTrust>,
+}
+
+async fn read_secrets(client: &Client, db: &Database) -> Option<Secrets> {
     let api: Api<Secret> = Api::namespaced(client.clone(), db.namespace());
-    let secret = match api.get(&name).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(database = %db.name_any(), "reading Secret {name}: {e}");
-            return None;
+    let read = |name: String| {
+        let api = api.clone();
+        async move {
+            match api.get(&name).await {
+                Ok(s) => Some(s.data.unwrap_or_default()),
+                Err(e) => {
+                    tracing::warn!(database = %db.name_any(), "reading Secret {name}: {e}");
+                    None
+                }
+            }
         }
     };
-    let data = secret.data.unwrap_or_default();
+    let data = read(db.credentials_secret_name()).await?;
     let value = |k: &str| {
         data.get(k)
             .and_then(|v| String::from_utf8(v.0.clone()).ok())
     };
-    Some((
-        value(secret_keys::API_TOKEN)?,
-        value(secret_keys::MONITOR_PASSWORD),
-    ))
+    let ca = if db.spec.tls.enabled {
+        let name = tls_secret_name(db);
+        let tls = read(name.clone()).await?;
+        let source = format!("Secret {}/{name}, key {}", db.namespace(), tls::CA_CERT);
+        let pem = tls.get(tls::CA_CERT).map(|v| v.0.as_slice()).unwrap_or(&[]);
+        match CaTrust::from_pem(pem, &source) {
+            Ok(ca) => Some(ca),
+            Err(e) => {
+                tracing::warn!(database = %db.name_any(), "{e}");
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    Some(Secrets {
+        token: value(secret_keys::API_TOKEN)?,
+        monitor: value(secret_keys::MONITOR_PASSWORD),
+        ca,
+    })
 }
 
 /// The ordinal of pod `NAME-N` of `db`.
@@ -186,12 +216,14 @@ async fn observe(client: &Client, db: &Database) -> Result<Observed, kube::Error
 }
 
 /// `/status?fresh=1` of each pod with an address.
-async fn probe(observed: &Observed, ordinals: &[u32]) -> Vec<Sighting> {
+async fn probe(rt: &PodRuntime, ordinals: &[u32]) -> Vec<Sighting> {
+    let observed = rt.observed();
     let asks = ordinals.iter().map(|&ordinal| {
         let ip = observed.pods.get(&ordinal).and_then(|p| p.ip.clone());
         let present = observed.pods.contains_key(&ordinal);
+        let manager = rt.dial(ordinal, INSTANCE_MANAGER_PORT);
         async move {
-            let Some(ip) = ip else {
+            if ip.is_none() {
                 return Sighting {
                     ordinal,
                     // A pod that exists is never taken for down: unreachable at worst.
@@ -204,9 +236,8 @@ async fn probe(observed: &Observed, ordinals: &[u32]) -> Vec<Sighting> {
                     }),
                 };
             };
-            match stator_failover::client::get_json::<InstanceReport>(
-                &ip,
-                INSTANCE_MANAGER_PORT,
+            match stator_failover::client::get_json_at::<InstanceReport>(
+                &manager,
                 "/status?fresh=1",
                 PROBE_TIMEOUT,
             )
@@ -250,11 +281,18 @@ async fn run_loop(client: Client, recorder: Recorder, tick: Duration, ns: String
             return;
         }
         if failover.is_none() {
-            let Some((token, monitor)) = read_secrets(&client, &db).await else {
+            let Some(secrets) = read_secrets(&client, &db).await else {
                 tokio::time::sleep(tick).await;
                 continue;
             };
-            let rt = PodRuntime::new(client.clone(), recorder.clone(), &db, token, monitor);
+            let rt = PodRuntime::new(
+                client.clone(),
+                recorder.clone(),
+                &db,
+                secrets.token,
+                secrets.monitor,
+                secrets.ca,
+            );
             failover = Some(Failover::load(rt, desk.clone()));
         }
         let Some(fo) = failover.as_mut() else {
@@ -272,8 +310,8 @@ async fn run_loop(client: Client, recorder: Recorder, tick: Duration, ns: String
         ordinals.extend(observed.pods.keys().chain(observed.pvcs.iter()));
         ordinals.sort_unstable();
         ordinals.dedup();
-        let sightings = probe(&observed, &ordinals).await;
         fo.runtime_mut().observe(observed);
+        let sightings = probe(fo.runtime(), &ordinals).await;
         take_switchover(&db, &desk, &mut taken);
         let result = fo.tick(&db, &sightings).await;
         start_instances(fo, &db, &sightings, &mut started).await;

@@ -18,6 +18,7 @@ use stator_api::names::{INSTANCE_MANAGER_PORT, LABEL_ROLE};
 use stator_api::orders::{BootstrapOrder, FenceKind, FenceOrder, RebuildOrder, RoleOrder};
 use stator_api::{Database, Role};
 use stator_control::FenceMethod;
+use stator_engine::tls::{CaTrust, Dial, Trust};
 use stator_failover::{FailoverState, FinalCheckpoint, Runtime, Work};
 
 /// How long an order may take.
@@ -74,6 +75,8 @@ pub struct PodRuntime {
     engine_port: u16,
     token: String,
     monitor: Option<String>,
+    /// The database's CA (Secret `NAME-tls`); `None` when its TLS is off.
+    ca: Option<CaTrust>,
     loaded: Option<serde_json::Value>,
     recorded: Option<u32>,
     observed: Observed,
@@ -92,6 +95,7 @@ impl PodRuntime {
         db: &Database,
         token: String,
         monitor: Option<String>,
+        ca: Option<CaTrust>,
     ) -> PodRuntime {
         let status = db.status.clone().unwrap_or_default();
         PodRuntime {
@@ -102,6 +106,7 @@ impl PodRuntime {
             engine_port: db.spec.engine.port(),
             token,
             monitor,
+            ca,
             loaded: status
                 .failover
                 .as_ref()
@@ -118,54 +123,78 @@ impl PodRuntime {
         }
     }
 
+    /// What was listed this tick.
+    pub fn observed(&self) -> &Observed {
+        &self.observed
+    }
+
     /// What was listed this tick; pods that came back lose a stale rebuild mark.
     pub fn observe(&mut self, observed: Observed) {
         self.rebuilt.retain(|o| observed.pods.contains_key(o));
         self.observed = observed;
     }
 
-    fn host(&self, ordinal: u32) -> String {
-        self.observed
+    /// Pod `NAME-N`'s stable DNS name (through the headless Service): what its peers dial,
+    /// and what its certificate names.
+    fn dns_name(&self, ordinal: u32) -> String {
+        format!(
+            "{}-{ordinal}.{}-headless.{}.svc",
+            self.name, self.name, self.namespace
+        )
+    }
+
+    /// How the operator reaches `port` of instance `ordinal`'s pod: its IP (the operator
+    /// resolves no cluster names), verified as its DNS name against the database's CA. The
+    /// trust travels with the dial, so many Databases, each with its own CA, and pod IPs that
+    /// change when a pod is recreated need no process-wide registry.
+    pub fn dial(&self, ordinal: u32, port: u16) -> Dial {
+        let name = self.dns_name(ordinal);
+        let host = self
+            .observed
             .pods
             .get(&ordinal)
             .and_then(|p| p.ip.clone())
-            .unwrap_or_else(|| {
-                format!(
-                    "{}-{ordinal}.{}-headless.{}.svc",
-                    self.name, self.name, self.namespace
-                )
-            })
+            .unwrap_or_else(|| name.clone());
+        Dial {
+            host,
+            port,
+            trust: self.trust(name),
+        }
+    }
+
+    fn trust(&self, server_name: String) -> Trust {
+        match &self.ca {
+            Some(ca) => Trust::Verified {
+                ca: ca.clone(),
+                server_name,
+            },
+            None => Trust::Plain,
+        }
     }
 
     /// Where instance `ordinal`'s server is reached, by name for the managers that clone or
     /// follow it (the headless Service name resolves inside pods).
     pub fn endpoint(&self, _db: &Database, ordinal: u32) -> Endpoint {
+        self.endpoint_of(ordinal)
+    }
+
+    fn endpoint_of(&self, ordinal: u32) -> Endpoint {
         Endpoint {
             instance: format!("{}-{ordinal}", self.name),
-            host: format!(
-                "{}-{ordinal}.{}-headless.{}.svc",
-                self.name, self.name, self.namespace
-            ),
+            host: self.dns_name(ordinal),
             port: self.engine_port,
         }
     }
 
     /// Sends `body` to `path` of instance `ordinal`'s manager in a task; an Event says so.
     fn order(&mut self, ordinal: u32, path: &'static str, body: String, what: String) -> Work {
-        let host = self.host(ordinal);
+        let manager = self.dial(ordinal, INSTANCE_MANAGER_PORT);
         let token = self.token.clone();
         let pod = format!("{}-{ordinal}", self.name);
         self.events.push(("Order", format!("{pod}: {what}")));
         let task = tokio::spawn(async move {
-            match stator_failover::client::post(
-                &host,
-                INSTANCE_MANAGER_PORT,
-                path,
-                &token,
-                &body,
-                ORDER_TIMEOUT,
-            )
-            .await
+            match stator_failover::client::post_at(&manager, path, &token, &body, ORDER_TIMEOUT)
+                .await
             {
                 Ok((200, _)) => tracing::info!(pod = %pod, "{path}: done"),
                 Ok((code, answer)) => tracing::warn!(
@@ -243,25 +272,27 @@ impl PodRuntime {
 impl Runtime for PodRuntime {
     type Error = PodRuntimeError;
 
-    fn server_endpoint(&self, _db: &Database, ordinal: u32) -> Endpoint {
-        Endpoint {
-            instance: format!("{}-{ordinal}", self.name),
-            host: self.host(ordinal),
+    /// The DNS name: a replica told to follow it dials it from inside its pod.
+    fn server_endpoint(&self, db: &Database, ordinal: u32) -> Endpoint {
+        self.endpoint(db, ordinal)
+    }
+
+    fn server_dial(&self, _db: &Database, ordinal: u32) -> Dial {
+        self.dial(ordinal, self.engine_port)
+    }
+
+    fn manager_address(&self, _db: &Database, ordinal: u32) -> Dial {
+        self.dial(ordinal, INSTANCE_MANAGER_PORT)
+    }
+
+    /// The Service's cluster IP, verified as its DNS name.
+    fn rw_address(&self, _db: &Database) -> Dial {
+        let name = format!("{}-rw.{}.svc", self.name, self.namespace);
+        Dial {
+            host: self.observed.rw_ip.clone().unwrap_or_else(|| name.clone()),
             port: self.engine_port,
+            trust: self.trust(name),
         }
-    }
-
-    fn manager_address(&self, _db: &Database, ordinal: u32) -> (String, u16) {
-        (self.host(ordinal), INSTANCE_MANAGER_PORT)
-    }
-
-    fn rw_address(&self, _db: &Database) -> (String, u16) {
-        let host = self
-            .observed
-            .rw_ip
-            .clone()
-            .unwrap_or_else(|| format!("{}-rw.{}.svc", self.name, self.namespace));
-        (host, self.engine_port)
     }
 
     fn api_token(&self) -> Result<String, Self::Error> {
@@ -418,14 +449,7 @@ impl Runtime for PodRuntime {
         if !self.rebuilt.insert(ordinal) {
             return;
         }
-        let upstream = Endpoint {
-            instance: format!("{}-{primary}", self.name),
-            host: format!(
-                "{}-{primary}.{}-headless.{}.svc",
-                self.name, self.name, self.namespace
-            ),
-            port: self.engine_port,
-        };
+        let upstream = self.endpoint_of(primary);
         if let Ok(body) = serde_json::to_string(&RebuildOrder { upstream }) {
             drop(self.order(
                 ordinal,
