@@ -63,8 +63,12 @@ pub struct StatusError {
     pub source: Box<kube::Error>,
 }
 
-/// Applies `change` to the status of `db` (as last read) and writes it when it differs; on a
-/// conflict (the other writer came first) reads it again and retries. Whether it wrote.
+/// Applies `change` to the status of `db` (as last read) and writes it when it differs, as a
+/// JSON merge patch from the old status to the new one, so a field the new status no longer
+/// has is deleted (a merge patch of the new status alone keeps every field it omits: a
+/// finished transition stayed in the saved failover state, and a leader loading it would
+/// resume a failover long done); on a conflict (the other writer came first) reads it again
+/// and retries. Whether it wrote.
 pub async fn write_status(
     api: &Api<Database>,
     db: &Database,
@@ -83,11 +87,15 @@ pub async fn write_status(
         if new == old {
             return Ok(false);
         }
+        let (old_json, new_json) = (
+            serde_json::to_value(&old).unwrap_or_default(),
+            serde_json::to_value(&new).unwrap_or_default(),
+        );
         let patch = serde_json::json!({
             "apiVersion": stator_api::API_VERSION,
             "kind": stator_api::KIND,
             "metadata": {"resourceVersion": current.metadata.resource_version},
-            "status": new,
+            "status": merge_patch(&old_json, &new_json),
         });
         match api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -101,4 +109,83 @@ pub async fn write_status(
         }
     }
     Ok(false)
+}
+
+/// The JSON merge patch (RFC 7386) that turns `old` into `new`: changed fields, and `null` for
+/// each field `old` has and `new` has not.
+pub fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut patch = serde_json::Map::new();
+            for (k, v) in n {
+                match o.get(k) {
+                    Some(was) if was == v => {}
+                    Some(was) => {
+                        patch.insert(k.clone(), merge_patch(was, v));
+                    }
+                    None => {
+                        patch.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            for k in o.keys().filter(|k| !n.contains_key(*k)) {
+                patch.insert(k.clone(), Value::Null);
+            }
+            Value::Object(patch)
+        }
+        _ => new.clone(),
+    }
+}
+
+/// What the API server keeps of `patch` merged into `target` (RFC 7386), for tests.
+#[cfg(test)]
+pub(crate) fn apply_merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let Some(p) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::json!({});
+    }
+    let Some(t) = target.as_object_mut() else {
+        return;
+    };
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            apply_merge_patch(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    /// The failover state after a failover finished: its transition is gone. Written as the
+    /// new status alone, the merge kept the old transition (the stand-in run's status showed a
+    /// failover "promoting" long after it was done).
+    #[test]
+    fn a_field_the_new_status_drops_is_deleted_by_the_patch() {
+        let old = serde_json::json!({
+            "phase": "FailingOver",
+            "failover": {"state": {"memory": {"primary": 1, "transition": {"from": 0}},
+                                   "current": {"from": "pg-0"}}},
+        });
+        let new = serde_json::json!({
+            "phase": "Ready",
+            "failover": {"state": {"memory": {"primary": 1}}},
+        });
+        let mut stored = old.clone();
+        apply_merge_patch(&mut stored, &merge_patch(&old, &new));
+        assert_eq!(stored, new);
+        // Unchanged fields are not sent again.
+        assert_eq!(
+            merge_patch(&new, &new),
+            serde_json::json!({}),
+            "an unchanged status patches nothing"
+        );
+    }
 }

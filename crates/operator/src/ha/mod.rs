@@ -314,7 +314,7 @@ async fn run_loop(client: Client, recorder: Recorder, tick: Duration, ns: String
         let sightings = probe(fo.runtime(), &ordinals).await;
         take_switchover(&db, &desk, &mut taken);
         let result = fo.tick(&db, &sightings).await;
-        start_instances(fo, &db, &sightings, &mut started).await;
+        start_instances(fo, &db, &sightings, &result.keep_down, &mut started).await;
         fo.runtime_mut().publish_events(&db).await;
         let state = fo.state().clone();
         let report = fo.report(db.name(), &result.status);
@@ -394,17 +394,41 @@ fn take_switchover(db: &Database, desk: &Mutex<SwitchoverDesk>, taken: &mut BTre
         .request(target);
 }
 
-/// Start-up orders the managed managers wait for: an empty data dir is bootstrapped (init on
-/// the first instance when the database holds no data yet, else cloned from the primary), a
-/// data dir waiting for its role is told it (the core's primary, or a replica of it). Fenced
-/// and kept-down instances get nothing.
+/// Gives the start-up orders of [`start_orders`], each at most once per [`ORDER_RESEND`].
 async fn start_instances(
     fo: &mut Failover<PodRuntime>,
     db: &Database,
     sightings: &[Sighting],
+    keep_down: &BTreeSet<u32>,
     started: &mut BTreeMap<u32, Instant>,
 ) {
-    let memory = fo.memory().clone();
+    let orders = start_orders(fo.memory(), keep_down, sightings, |o| {
+        fo.runtime().endpoint(db, o)
+    });
+    for (ordinal, order) in orders {
+        if started
+            .get(&ordinal)
+            .is_some_and(|t| t.elapsed() < ORDER_RESEND)
+        {
+            continue;
+        }
+        started.insert(ordinal, Instant::now());
+        fo.runtime_mut().start(db, ordinal, order);
+    }
+}
+
+/// Start-up orders the managed managers wait for: an empty data dir is bootstrapped (init on
+/// the first instance when the database holds no data yet, else cloned from the primary), a
+/// data dir waiting for its role is told it (the core's primary, or a replica of it), a fenced
+/// instance the core lets back (no longer in `keep_down`: it rejoins as a replica of a
+/// confirmed primary) has its fence released first. Instances the shell keeps down get
+/// nothing. `endpoint`: where instance N's server is reached from the pods.
+fn start_orders(
+    memory: &stator_control::Memory,
+    keep_down: &BTreeSet<u32>,
+    sightings: &[Sighting],
+    endpoint: impl Fn(u32) -> stator_api::instance::Endpoint,
+) -> Vec<(u32, runtime::StartOrder)> {
     let any_data = sightings.iter().any(|s| {
         s.report
             .as_ref()
@@ -422,22 +446,19 @@ async fn start_instances(
         .iter()
         .find(|s| s.report.is_some())
         .map(|s| s.ordinal);
+    let mut orders = Vec::new();
     for s in sightings {
         let Some(report) = &s.report else { continue };
-        if report.state != ServerState::Stopped || memory.fenced.contains_key(&s.ordinal) {
+        if report.state != ServerState::Stopped || keep_down.contains(&s.ordinal) {
             continue;
         }
-        if started
-            .get(&s.ordinal)
-            .is_some_and(|t| t.elapsed() < ORDER_RESEND)
-        {
-            continue;
-        }
+        let fenced = memory.fenced.contains_key(&s.ordinal);
         let order = match report.holds_data {
+            Some(false) if fenced => continue,
             Some(false) => match (primary_running, memory.primary) {
                 (Some(p), _) if p != s.ordinal => {
                     runtime::StartOrder::Bootstrap(BootstrapOrder::Clone {
-                        upstream: fo.runtime().endpoint(db, p),
+                        upstream: endpoint(p),
                     })
                 }
                 // No data anywhere: the core's designated primary (else the first
@@ -452,17 +473,26 @@ async fn start_instances(
                 _ => continue,
             },
             Some(true) => match (memory.primary, primary_running) {
-                (Some(p), _) if p == s.ordinal => runtime::StartOrder::Role(RoleOrder::Primary),
-                (Some(_), Some(p)) => runtime::StartOrder::Role(RoleOrder::Replica {
-                    upstream: fo.runtime().endpoint(db, p),
-                }),
+                (Some(p), _) if p == s.ordinal && !fenced => {
+                    runtime::StartOrder::Role(RoleOrder::Primary)
+                }
+                (Some(p), Some(running)) if p != s.ordinal => {
+                    let role = RoleOrder::Replica {
+                        upstream: endpoint(running),
+                    };
+                    if fenced {
+                        runtime::StartOrder::Rejoin(role)
+                    } else {
+                        runtime::StartOrder::Role(role)
+                    }
+                }
                 _ => continue,
             },
             None => continue,
         };
-        started.insert(s.ordinal, Instant::now());
-        fo.runtime_mut().start(db, s.ordinal, order);
+        orders.push((s.ordinal, order));
     }
+    orders
 }
 
 fn instance_statuses(db: &Database, sightings: &[Sighting]) -> Vec<InstanceStatus> {
@@ -537,30 +567,79 @@ pub(crate) async fn publish(recorder: &Recorder, db: &Database, reason: &str, no
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stator_api::instance::Endpoint;
+    use stator_control::{Fence, FenceMethod, Memory};
+
+    /// Instance `ordinal`'s manager answers with `state`.
+    fn sighting(ordinal: u32, state: &str, ready: bool, holds_data: bool) -> Sighting {
+        let report: InstanceReport = serde_json::from_value(serde_json::json!({
+            "name": format!("pg-{ordinal}"), "state": state, "ready": ready,
+            "role": if state == "running" { Some("primary") } else { None },
+            "managerPid": 10 + ordinal, "restarts": 0, "readOnly": false, "holdsData": holds_data,
+        }))
+        .expect("a report");
+        Sighting {
+            ordinal,
+            manager_pid: Some(report.manager_pid),
+            report: Some(report),
+            probe_error: None,
+        }
+    }
+
+    fn endpoint(ordinal: u32) -> Endpoint {
+        Endpoint {
+            instance: format!("pg-{ordinal}"),
+            host: format!("pg-{ordinal}.pg-headless.apps.svc"),
+            port: 5432,
+        }
+    }
+
+    /// The old primary's pod deleted: the core failed over to pg-1 and fenced pg-0 when its
+    /// recreated pod reported (its data dir was a primary's); its manager holds the fence and
+    /// waits. Once the shell lets it back (not kept down), it must get its fence released and
+    /// its role; fenced instances got nothing before, so it stayed stopped forever.
+    #[test]
+    fn a_fenced_former_primary_let_back_is_released_then_told_to_follow() {
+        let memory = Memory {
+            primary: Some(1),
+            primary_confirmed: true,
+            fenced: [(
+                0,
+                Fence {
+                    method: FenceMethod::Kill,
+                    confirmed: true,
+                    floor: None,
+                },
+            )]
+            .into(),
+            ..Memory::default()
+        };
+        let sightings = vec![
+            sighting(0, "stopped", false, true),
+            sighting(1, "running", true, true),
+        ];
+        let orders = start_orders(&memory, &BTreeSet::new(), &sightings, endpoint);
+        match orders.as_slice() {
+            [(0, runtime::StartOrder::Rejoin(RoleOrder::Replica { upstream }))] => {
+                assert_eq!(upstream, &endpoint(1))
+            }
+            other => panic!(
+                "expected a rejoin of pg-0 following pg-1, got {} orders",
+                other.len()
+            ),
+        }
+        // Kept down (the primary not confirmed yet, a transition): nothing.
+        let kept: BTreeSet<u32> = [0].into();
+        assert!(start_orders(&memory, &kept, &sightings, endpoint).is_empty());
+    }
 
     #[test]
     fn the_failover_record_round_trips_through_a_merge_patch_unchanged() {
         // What the API server keeps of a merge patch: fields set to null are deleted.
         fn merged(v: &serde_json::Value) -> serde_json::Value {
             let mut target = serde_json::json!({});
-            json_patch_merge(&mut target, v);
+            crate::conditions::apply_merge_patch(&mut target, v);
             target
-        }
-        fn json_patch_merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
-            if let (Some(t), Some(p)) = (target.as_object_mut(), patch.as_object()) {
-                for (k, v) in p {
-                    if v.is_null() {
-                        t.remove(k);
-                    } else {
-                        let entry = t.entry(k.clone()).or_insert(serde_json::json!({}));
-                        if v.is_object() {
-                            json_patch_merge(entry, v);
-                        } else {
-                            *entry = v.clone();
-                        }
-                    }
-                }
-            }
         }
         let state = FailoverState::default();
         let written = without_nulls(serde_json::json!({"state": state}));

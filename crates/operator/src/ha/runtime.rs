@@ -57,6 +57,9 @@ pub struct Observed {
 pub enum StartOrder {
     Bootstrap(BootstrapOrder),
     Role(RoleOrder),
+    /// A fenced instance the core lets back: its fence released (its manager then waits for
+    /// its role when its data was a primary's), then its role.
+    Rejoin(RoleOrder),
 }
 
 /// Why a runtime step failed.
@@ -188,29 +191,49 @@ impl PodRuntime {
 
     /// Sends `body` to `path` of instance `ordinal`'s manager in a task; an Event says so.
     fn order(&mut self, ordinal: u32, path: &'static str, body: String, what: String) -> Work {
+        self.orders(ordinal, vec![(path, body)], what)
+    }
+
+    /// Sends each `(path, body)` in turn to instance `ordinal`'s manager, in one task, the next
+    /// only once the previous one was carried out; an Event says so.
+    fn orders(&mut self, ordinal: u32, steps: Vec<(&'static str, String)>, what: String) -> Work {
         let manager = self.dial(ordinal, INSTANCE_MANAGER_PORT);
         let token = self.token.clone();
         let pod = format!("{}-{ordinal}", self.name);
         self.events.push(("Order", format!("{pod}: {what}")));
         let task = tokio::spawn(async move {
-            match stator_failover::client::post_at(&manager, path, &token, &body, ORDER_TIMEOUT)
-                .await
-            {
-                Ok((200, _)) => tracing::info!(pod = %pod, "{path}: done"),
-                Ok((code, answer)) => tracing::warn!(
-                    pod = %pod,
-                    "{path}: HTTP {code}: {}",
-                    stator_failover::client::answer_text(&answer)
-                ),
-                Err(e) => tracing::warn!(pod = %pod, "{path}: {}", e.detail()),
+            for (path, body) in steps {
+                match stator_failover::client::post_at(&manager, path, &token, &body, ORDER_TIMEOUT)
+                    .await
+                {
+                    Ok((200, _)) => tracing::info!(pod = %pod, "{path}: done"),
+                    Ok((code, answer)) => {
+                        tracing::warn!(
+                            pod = %pod,
+                            "{path}: HTTP {code}: {}",
+                            stator_failover::client::answer_text(&answer)
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %pod, "{path}: {}", e.detail());
+                        return;
+                    }
+                }
             }
         });
         Work { what, task }
     }
 
-    /// A start-up order (`/bootstrap` or `/role`).
+    /// A start-up order (`/bootstrap` or `/role`; a fenced instance the core lets rejoin:
+    /// `/fence` released, then `/role`).
     pub fn start(&mut self, _db: &Database, ordinal: u32, order: StartOrder) {
-        let (path, body, what) = match order {
+        let role = |o: &RoleOrder| match o {
+            RoleOrder::Primary => "role: primary".to_string(),
+            RoleOrder::Replica { upstream } => format!("role: replica of {}", upstream.instance),
+        };
+        let json = |v: Result<String, serde_json::Error>| v.unwrap_or_default();
+        let (steps, what) = match order {
             StartOrder::Bootstrap(o) => {
                 let what = match &o {
                     BootstrapOrder::Init => "bootstrap: init".to_string(),
@@ -218,21 +241,24 @@ impl PodRuntime {
                         format!("bootstrap: clone {}", upstream.instance)
                     }
                 };
-                ("/bootstrap", serde_json::to_string(&o), what)
+                (vec![("/bootstrap", json(serde_json::to_string(&o)))], what)
             }
-            StartOrder::Role(o) => {
-                let what = match &o {
-                    RoleOrder::Primary => "role: primary".to_string(),
-                    RoleOrder::Replica { upstream } => {
-                        format!("role: replica of {}", upstream.instance)
-                    }
+            StartOrder::Role(o) => (vec![("/role", json(serde_json::to_string(&o)))], role(&o)),
+            StartOrder::Rejoin(o) => {
+                let release = FenceOrder {
+                    kind: None,
+                    release: true,
                 };
-                ("/role", serde_json::to_string(&o), what)
+                (
+                    vec![
+                        ("/fence", json(serde_json::to_string(&release))),
+                        ("/role", json(serde_json::to_string(&o))),
+                    ],
+                    format!("release the fence, {}", role(&o)),
+                )
             }
         };
-        if let Ok(body) = body {
-            drop(self.order(ordinal, path, body, what));
-        }
+        drop(self.orders(ordinal, steps, what));
     }
 
     /// Publishes an Event per order given since the last call.
