@@ -121,10 +121,12 @@ pub async fn run(client: Client, options: OperatorOptions) {
     tracing::info!(identity = %options.identity, "leading: reconciling Databases");
     let ctx = Context::new(client.clone(), options);
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
-    let keeper = tokio::spawn(async move {
+    // Aborted when `run` ends or is dropped: a dropped operator must not go on renewing its
+    // Lease (no other could ever lead).
+    let keeper = AbortOnDrop(tokio::spawn(async move {
         election.keep().await;
         let _ = lost_tx.send(());
-    });
+    }));
     let lost = async move {
         let _ = lost_rx.await;
     };
@@ -138,7 +140,16 @@ pub async fn run(client: Client, options: OperatorOptions) {
         })
         .await;
     ctx.loops.stop_all().await;
-    keeper.abort();
+    drop(keeper);
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The controller: Databases in every namespace, woken by a new generation or a finalizer

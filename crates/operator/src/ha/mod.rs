@@ -120,6 +120,21 @@ impl Loops {
     }
 }
 
+/// The loops end with their owner, as with a killed process: an operator whose `run` future is
+/// dropped (lease lost, aborted) leaves no loop acting on its Databases behind.
+impl Drop for Loops {
+    fn drop(&mut self) {
+        for (_, task) in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
+            task.abort();
+        }
+    }
+}
+
 /// The api-token and monitor password from the credentials Secret (never logged).
 /// What the loop needs of the database's Secrets: the api-token, the monitor password and,
 /// with TLS on, the CA of Secret `NAME-tls` (never a key).
