@@ -1,11 +1,11 @@
-//! The operator with the kubelet stand-in running the real pods: a 3-instance PostgreSQL
-//! bootstrapped by the operator's orders reaches Ready; the `NAME-rw`/`NAME-ro` EndpointSlices
+//! The operator with the kubelet stand-in running the real pods: a 3-instance PostgreSQL (and
+//! a 3-instance MariaDB) bootstrapped by the operator's orders reaches Ready; the `NAME-rw`/`NAME-ro` EndpointSlices
 //! (maintained by the real controller from the operator's role labels) hold the primary and the
 //! replicas; a row written through rw is read through ro; the primary pod deleted → a new
 //! primary, and the old pod back as a replica on its PVC; `stator switchover --kube`; the
 //! primary's container killed → restarted or failed over; the operator killed during a
-//! failover → the next one finishes it; the Database deleted → its objects
-//! gone, its PVCs kept. Replication is synchronous and every row acknowledged before a drill
+//! failover → the next one finishes it; the Database deleted → its objects gone, its PVCs
+//! kept (PostgreSQL; MariaDB goes as far as the pod deletion). Replication is synchronous and every row acknowledged before a drill
 //! is read after it. The operator runs on its own token.
 //! Waits poll; their bound only stops a hung test (nothing is timed).
 
@@ -16,7 +16,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
-use stator_api::{Database, Phase, Role};
+use stator_api::{Database, Engine, Phase, Role};
 use stator_engine::tls::{CaTrust, Dial, Trust};
 use stator_kubelet_standin::harness::{self, Cluster};
 use support::*;
@@ -43,11 +43,12 @@ async fn endpoints(client: &kube::Client, service: &str) -> Vec<String> {
 
 async fn ready_with(
     dbs: &Api<Database>,
+    name: &str,
     what: &str,
     check: impl Fn(&Database) -> bool,
 ) -> Database {
     harness::wait_for(what, DEADLINE, || async {
-        let db = dbs.get("pg").await.map_err(|e| e.to_string())?;
+        let db = dbs.get(name).await.map_err(|e| e.to_string())?;
         if check(&db) {
             Ok(db)
         } else {
@@ -71,47 +72,117 @@ fn ready_roles(db: &Database) -> (Option<String>, Vec<String>) {
     (status.current_primary, replicas)
 }
 
-/// The database's CA, from the Secret `pg-tls` the operator issued.
-async fn ca_of(client: &kube::Client) -> CaTrust {
-    let secret: Secret = Api::namespaced(client.clone(), "apps")
-        .get("pg-tls")
-        .await
-        .expect("Secret pg-tls");
-    let pem = secret.data.expect("data")["ca.crt"].0.clone();
-    CaTrust::from_pem(&pem, "Secret apps/pg-tls").expect("a CA")
+/// How the test reaches one database through its Services: the app login, over TLS verified
+/// as the Service's name against the database's CA (from the Secret `NAME-tls` the operator
+/// issued).
+struct Sql {
+    engine: Engine,
+    name: String,
+    ca: CaTrust,
+    password: String,
+    rw: std::net::Ipv4Addr,
+    ro: std::net::Ipv4Addr,
 }
 
-/// `query` as the app user through `service` (its stand-in address), over TLS verified as the
-/// Service's name against the database's CA.
-async fn sql(
-    ip: std::net::Ipv4Addr,
-    service: &str,
-    ca: &CaTrust,
-    password: &str,
-    query: &str,
-) -> Result<Vec<tokio_postgres::Row>, String> {
-    let dial = Dial {
-        host: ip.to_string(),
-        port: 5432,
-        trust: Trust::Verified {
-            ca: ca.clone(),
-            server_name: format!("{service}.apps.svc"),
-        },
-    };
-    let mut config = tokio_postgres::Config::new();
-    config
-        .user("app")
-        .dbname("app")
-        .password(password)
-        .connect_timeout(Duration::from_secs(5));
-    let tls = dial.postgres(&mut config)?;
-    let (client, connection) = config.connect(tls).await.map_err(said)?;
-    tokio::spawn(connection);
-    if query.starts_with("SELECT") {
-        client.query(query, &[]).await.map_err(said)
-    } else {
-        client.batch_execute(query).await.map_err(said)?;
-        Ok(Vec::new())
+impl Sql {
+    async fn of(cluster: &Cluster, op: &kube::Client, engine: Engine, name: &str) -> Sql {
+        let secrets: Api<Secret> = Api::namespaced(op.clone(), "apps");
+        let data = |s: Secret| s.data.expect("data");
+        let credentials = data(secrets.get(&format!("{name}-credentials")).await.unwrap());
+        let tls = data(secrets.get(&format!("{name}-tls")).await.unwrap());
+        let address = |service: String| {
+            cluster
+                .standin()
+                .service_address("apps", &service)
+                .expect("a Service address")
+        };
+        Sql {
+            engine,
+            name: name.into(),
+            ca: CaTrust::from_pem(&tls["ca.crt"].0, "Secret NAME-tls").expect("a CA"),
+            password: String::from_utf8(credentials["app-password"].0.clone()).unwrap(),
+            rw: address(format!("{name}-rw")),
+            ro: address(format!("{name}-ro")),
+        }
+    }
+
+    /// Runs `query` (statements separated by `;`, or one `SELECT`) through `NAME-rw` (`rw`)
+    /// or `NAME-ro`; the rows a `SELECT` returned.
+    async fn run(&self, rw: bool, query: &str) -> Result<usize, String> {
+        let (ip, service) = if rw {
+            (self.rw, format!("{}-rw", self.name))
+        } else {
+            (self.ro, format!("{}-ro", self.name))
+        };
+        let dial = Dial {
+            host: ip.to_string(),
+            port: self.engine.port(),
+            trust: Trust::Verified {
+                ca: self.ca.clone(),
+                server_name: format!("{service}.apps.svc"),
+            },
+        };
+        match self.engine {
+            Engine::Postgres => {
+                let mut config = tokio_postgres::Config::new();
+                config
+                    .user("app")
+                    .dbname("app")
+                    .password(&self.password)
+                    .connect_timeout(Duration::from_secs(5));
+                let tls = dial.postgres(&mut config)?;
+                let (client, connection) = config.connect(tls).await.map_err(said)?;
+                tokio::spawn(connection);
+                if query.starts_with("SELECT") {
+                    Ok(client.query(query, &[]).await.map_err(said)?.len())
+                } else {
+                    client.batch_execute(query).await.map_err(said)?;
+                    Ok(0)
+                }
+            }
+            Engine::Mysql | Engine::Mariadb => {
+                use mysql_async::prelude::Queryable;
+                let opts = mysql_async::OptsBuilder::default()
+                    .ip_or_hostname(dial.host.clone())
+                    .tcp_port(dial.port)
+                    .user(Some("app"))
+                    .pass(Some(self.password.clone()))
+                    .db_name(Some("app"))
+                    .ssl_opts(dial.mysql())
+                    .prefer_socket(false);
+                let text = |e: mysql_async::Error| e.to_string();
+                let mut conn = mysql_async::Conn::new(opts).await.map_err(text)?;
+                let rows = if query.starts_with("SELECT") {
+                    conn.query::<String, _>(query).await.map_err(text)?.len()
+                } else {
+                    for statement in query.split(';').filter(|q| !q.trim().is_empty()) {
+                        conn.query_drop(statement).await.map_err(text)?;
+                    }
+                    0
+                };
+                let _ = conn.disconnect().await;
+                Ok(rows)
+            }
+        }
+    }
+
+    /// Writes `value` through rw, then waits until ro returns `rows` rows: every earlier
+    /// acknowledged write is still there.
+    async fn write_and_read(&self, value: &str, rows: usize) {
+        let insert = format!("INSERT INTO t VALUES ('{value}')");
+        harness::wait_for(
+            &format!("{value:?} written through rw"),
+            DEADLINE,
+            || async { self.run(true, &insert).await.map(|_| ()) },
+        )
+        .await;
+        harness::wait_for(&format!("{rows} rows through ro"), DEADLINE, || async {
+            let got = self.run(false, "SELECT v FROM t").await?;
+            (got == rows)
+                .then_some(())
+                .ok_or_else(|| format!("{got} rows"))
+        })
+        .await;
     }
 }
 
@@ -123,27 +194,41 @@ fn said(e: tokio_postgres::Error) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
+/// A running operator and database, past its first failover.
+struct Running {
+    cluster: Cluster,
+    op: kube::Client,
+    operator: tokio::task::JoinHandle<()>,
+    dbs: Api<Database>,
+    sql: Sql,
+    /// The database's manifest, for the CLI.
+    path: std::path::PathBuf,
+    /// The first primary, deleted and back as a replica.
+    first: String,
+    /// The primary the failover chose.
+    failed_over_to: String,
+}
+
+/// A cluster and the operator on its own token; a 3-instance synchronous `engine` database
+/// `name` reaches Ready with its EndpointSlices right, a row written through rw is read
+/// through ro; its primary pod deleted → a new primary, the old pod back as a replica on its
+/// PVC, the row still there. `None` when the control plane cannot run here.
+async fn bring_up(engine: Engine, name: &str, version: &str) -> Option<Running> {
     let stator = harness::stator_binary();
-    let Some(cluster) = Cluster::start(&stator, "stator-test-admin").await else {
-        return;
-    };
+    let cluster = Cluster::start(&stator, "stator-test-admin").await?;
     let cp = &cluster.control_plane;
     install(cp);
     let op = client_of(&operator_kubeconfig(cp)).await;
-    let mut opts = options("op");
-    opts.stator_image = stator_kube::render::DEFAULT_STATOR_IMAGE.into();
-    opts.tick = Duration::from_secs(1);
-    let operator = tokio::spawn(stator_operator::run(op.clone(), opts));
+    let operator = tokio::spawn(stator_operator::run(op.clone(), operator_options("op")));
 
-    let path = cluster.root.path().join("pg.json");
+    let path = cluster.root.path().join(format!("{name}.json"));
     std::fs::write(
         &path,
         serde_json::json!({
             "apiVersion": "stator.dev/v1alpha1", "kind": "Database",
-            "metadata": {"name": "pg", "namespace": "apps"},
-            "spec": {"engine": "postgres", "version": "15", "instances": 3, "storage": {"size": "1Gi"},
+            "metadata": {"name": name, "namespace": "apps"},
+            "spec": {"engine": engine.as_str(), "version": version, "instances": 3,
+                     "storage": {"size": "1Gi"},
                      "replication": {"synchronous": true},
                      "bootstrap": {"database": "app", "owner": "app"}},
         })
@@ -155,12 +240,17 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
         &["apply", "--server-side", "-f", path.to_str().unwrap()],
     );
     let dbs: Api<Database> = Api::namespaced(op.clone(), "apps");
-    let db = ready_with(&dbs, "pg Ready with a primary and a ready replica", |db| {
-        let (primary, replicas) = ready_roles(db);
-        db.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
-            && primary.is_some()
-            && replicas.len() == 2
-    })
+    let db = ready_with(
+        &dbs,
+        name,
+        "Ready with a primary and two ready replicas",
+        |db| {
+            let (primary, replicas) = ready_roles(db);
+            db.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+                && primary.is_some()
+                && replicas.len() == 2
+        },
+    )
     .await;
     let (primary, replicas) = ready_roles(&db);
     let primary = primary.unwrap();
@@ -168,12 +258,12 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
     // The real EndpointSlice controller follows the operator's labels.
     let admin = cluster.client.clone();
     harness::wait_for(
-        "pg-rw holds the primary, pg-ro the replica",
+        "NAME-rw holds the primary, NAME-ro the replicas",
         DEADLINE,
         || async {
             let (rw, ro) = (
-                endpoints(&admin, "pg-rw").await,
-                endpoints(&admin, "pg-ro").await,
+                endpoints(&admin, &format!("{name}-rw")).await,
+                endpoints(&admin, &format!("{name}-ro")).await,
             );
             if rw == vec![primary.clone()] && ro == replicas {
                 Ok(())
@@ -185,37 +275,21 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
     .await;
 
     // A row through rw, read through ro.
-    let secret: Secret = Api::namespaced(op.clone(), "apps")
-        .get("pg-credentials")
-        .await
-        .unwrap();
-    let password = String::from_utf8(secret.data.unwrap()["app-password"].0.clone()).unwrap();
-    let ca = ca_of(&op).await;
-    let rw = cluster
-        .standin()
-        .service_address("apps", "pg-rw")
-        .expect("pg-rw address");
-    let ro = cluster
-        .standin()
-        .service_address("apps", "pg-ro")
-        .expect("pg-ro address");
-    harness::wait_for("a row written through pg-rw", DEADLINE, || async {
-        sql(
-            rw,
-            "pg-rw",
-            &ca,
-            &password,
-            "CREATE TABLE IF NOT EXISTS t (v text); INSERT INTO t VALUES ('one')",
+    let sql = Sql::of(&cluster, &op, engine, name).await;
+    harness::wait_for("a row written through rw", DEADLINE, || async {
+        sql.run(
+            true,
+            "CREATE TABLE IF NOT EXISTS t (v varchar(20)); INSERT INTO t VALUES ('one')",
         )
         .await
         .map(|_| ())
     })
     .await;
-    harness::wait_for("the row read through pg-ro", DEADLINE, || async {
-        let rows = sql(ro, "pg-ro", &ca, &password, "SELECT v FROM t").await?;
-        (rows.len() == 1)
+    harness::wait_for("the row read through ro", DEADLINE, || async {
+        let rows = sql.run(false, "SELECT v FROM t").await?;
+        (rows == 1)
             .then_some(())
-            .ok_or_else(|| format!("{} rows", rows.len()))
+            .ok_or_else(|| format!("{rows} rows"))
     })
     .await;
 
@@ -227,6 +301,7 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
     );
     let db = ready_with(
         &dbs,
+        name,
         "a new primary and the old pod back as a ready replica",
         |db| {
             let (now, replicas) = ready_roles(db);
@@ -238,18 +313,65 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
     .await;
     let report = stator_operator::ha::saved_report(&db).expect("a failover report");
     println!(
-        "failover after the primary pod's deletion: {}",
+        "{name}: failover after the primary pod's deletion: {}",
         report
             .last
             .as_ref()
             .map(|e| e.outage.describe())
             .unwrap_or_default()
     );
-    let rows = sql(rw, "pg-rw", &ca, &password, "SELECT v FROM t")
+    let rows = sql
+        .run(true, "SELECT v FROM t")
         .await
-        .expect("read through pg-rw");
-    assert_eq!(rows.len(), 1, "the row written before the failover");
-    let failed_over_to = db.status.and_then(|s| s.current_primary).unwrap();
+        .expect("read through rw");
+    assert_eq!(rows, 1, "the row written before the failover");
+    Some(Running {
+        cluster,
+        op,
+        operator,
+        dbs,
+        sql,
+        path,
+        first: primary,
+        failed_over_to: db.status.and_then(|s| s.current_primary).unwrap(),
+    })
+}
+
+fn operator_options(identity: &str) -> stator_operator::OperatorOptions {
+    let mut o = options(identity);
+    o.stator_image = stator_kube::render::DEFAULT_STATOR_IMAGE.into();
+    o.tick = Duration::from_secs(1);
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_bootstraps_routes_and_fails_over_mariadb_on_the_standin() {
+    let Some(r) = bring_up(Engine::Mariadb, "mdb", "10.11").await else {
+        return;
+    };
+    r.sql.write_and_read("two", 2).await;
+    r.operator.abort();
+    r.cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
+    let Some(Running {
+        cluster,
+        op,
+        operator,
+        dbs,
+        sql,
+        path,
+        first: primary,
+        failed_over_to,
+    }) = bring_up(Engine::Postgres, "pg", "15").await
+    else {
+        return;
+    };
+    let stator = harness::stator_binary();
+    let cp = &cluster.control_plane;
+    let admin = cluster.client.clone();
 
     // `stator switchover --kube` to the old primary, back as a replica: the CLI sets the
     // annotation, the loop carries it out once, the CLI prints the outcome.
@@ -273,6 +395,7 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
     assert!(said.contains(&format!("primary {primary}")), "{said}");
     ready_with(
         &dbs,
+        "pg",
         "the switchover's target primary, two ready replicas",
         |db| {
             let (now, replicas) = ready_roles(db);
@@ -282,7 +405,7 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
         },
     )
     .await;
-    write_and_read(rw, ro, &ca, &password, "two", 2).await;
+    sql.write_and_read("two", 2).await;
 
     // The primary's container killed: restarted by the kubelet, or failed over.
     assert!(
@@ -293,14 +416,14 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
             .expect("kill the primary's container"),
         "the primary's container was running"
     );
-    ready_with(&dbs, "a primary and two ready replicas again", |db| {
+    ready_with(&dbs, "pg", "a primary and two ready replicas again", |db| {
         let (now, replicas) = ready_roles(db);
         db.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
             && now.is_some()
             && replicas.len() == 2
     })
     .await;
-    write_and_read(rw, ro, &ca, &password, "three", 3).await;
+    sql.write_and_read("three", 3).await;
 
     // The operator killed during a failover: the primary's pod deleted, the operator dropped
     // once its loop has started the failover (with everything it started, as a killed process
@@ -333,14 +456,13 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
     operator.abort();
     let _ = operator.await;
     println!("operator killed with the failover {started}");
-    let operator = tokio::spawn(stator_operator::run(op.clone(), {
-        let mut o = options("op-next");
-        o.stator_image = stator_kube::render::DEFAULT_STATOR_IMAGE.into();
-        o.tick = Duration::from_secs(1);
-        o
-    }));
+    let operator = tokio::spawn(stator_operator::run(
+        op.clone(),
+        operator_options("op-next"),
+    ));
     let db = ready_with(
         &dbs,
+        "pg",
         "the next operator finished the failover, the old pod back as a replica",
         |db| {
             let (now, replicas) = ready_roles(db);
@@ -356,38 +478,12 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
         report.current.is_none(),
         "no failover left in progress in the status"
     );
-    write_and_read(rw, ro, &ca, &password, "four", 4).await;
+    sql.write_and_read("four", 4).await;
 
     // The Database deleted: the operator's objects go, the PVCs stay.
     operator_owned_objects_go_and_pvcs_stay(cp, &op, &admin).await;
     operator.abort();
     cluster.stop().await;
-}
-
-/// Writes `value` through rw, then waits until ro returns `rows` rows: every earlier
-/// acknowledged write is still there.
-async fn write_and_read(
-    rw: std::net::Ipv4Addr,
-    ro: std::net::Ipv4Addr,
-    ca: &CaTrust,
-    password: &str,
-    value: &str,
-    rows: usize,
-) {
-    let insert = format!("INSERT INTO t VALUES ('{value}')");
-    harness::wait_for(
-        &format!("{value:?} written through pg-rw"),
-        DEADLINE,
-        || async { sql(rw, "pg-rw", ca, password, &insert).await.map(|_| ()) },
-    )
-    .await;
-    harness::wait_for(&format!("{rows} rows through pg-ro"), DEADLINE, || async {
-        let got = sql(ro, "pg-ro", ca, password, "SELECT v FROM t").await?;
-        (got.len() == rows)
-            .then_some(())
-            .ok_or_else(|| format!("{} rows", got.len()))
-    })
-    .await;
 }
 
 async fn operator_owned_objects_go_and_pvcs_stay(
