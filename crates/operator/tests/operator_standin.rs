@@ -509,28 +509,13 @@ async fn operator_owned_objects_go_and_pvcs_stay(
         DEADLINE,
         || async {
             let left = [
-                dbs.get_opt("pg")
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|_| "Database pg"),
-                sts.get_opt("pg")
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|_| "StatefulSet pg"),
-                services
-                    .get_opt("pg-rw")
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|_| "Service pg-rw"),
-                secrets
-                    .get_opt("pg-credentials")
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|_| "Secret pg-credentials"),
+                there(dbs.get_opt("pg").await, "Database pg"),
+                there(sts.get_opt("pg").await, "StatefulSet pg"),
+                there(services.get_opt("pg-rw").await, "Service pg-rw"),
+                there(
+                    secrets.get_opt("pg-credentials").await,
+                    "Secret pg-credentials",
+                ),
             ];
             let left: Vec<&str> = left.into_iter().flatten().collect();
             if left.is_empty() {
@@ -546,4 +531,9 @@ async fn operator_owned_objects_go_and_pvcs_stay(
         claims,
         "PVCs were deleted without spec.storage.reclaim: Delete"
     );
+}
+
+/// `what`, when the object was found.
+fn there<T>(found: Result<Option<T>, kube::Error>, what: &'static str) -> Option<&'static str> {
+    found.ok().flatten().map(|_| what)
 }
