@@ -839,6 +839,65 @@ mod tests {
         assert!(v.renewal_due(61));
     }
 
+    /// Serves one TLS handshake with `files` on a free port and writes `ok`; the port.
+    async fn serve_once(files: &TlsFiles) -> u16 {
+        let acceptor = tokio_rustls::TlsAcceptor::from(files.server_config().unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = tls.write_all(b"ok").await;
+                    let _ = tls.shutdown().await;
+                }
+            }
+        });
+        port
+    }
+
+    async fn read_through(dial: &Dial) -> std::io::Result<String> {
+        use tokio::io::AsyncReadExt;
+        let mut stream = dial.connect().await?;
+        let mut got = String::new();
+        stream.read_to_string(&mut got).await?;
+        Ok(got)
+    }
+
+    /// The operator's case: a pod dialled by its IP, which no certificate names, verified as
+    /// its DNS name against a CA held in memory (nothing registered process-wide).
+    #[tokio::test]
+    async fn a_dial_verifies_the_name_it_carries_against_its_own_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles::new(dir.path().join("tls"));
+        let name = "pg-0.pg-headless.apps.svc";
+        files.issue("pg", &[name.to_string()], "r").unwrap();
+        let port = serve_once(&files).await;
+        let pem = files.read(CA_CERT).unwrap();
+        let ca = CaTrust::from_pem(pem.as_bytes(), "ca.crt").unwrap();
+        let dial = |server_name: &str, ca: &CaTrust| Dial {
+            host: "127.0.0.1".into(),
+            port,
+            trust: Trust::Verified {
+                ca: ca.clone(),
+                server_name: server_name.into(),
+            },
+        };
+        assert_eq!(read_through(&dial(name, &ca)).await.unwrap(), "ok");
+        assert_eq!(dial(name, &ca).scheme(), "https");
+        // The address itself is in no certificate: refused.
+        assert!(read_through(&dial("127.0.0.1", &ca)).await.is_err());
+        // Another database's CA: refused.
+        let other = TlsFiles::new(dir.path().join("other"));
+        other.issue("other", &[name.to_string()], "r").unwrap();
+        let other_pem = other.read(CA_CERT).unwrap();
+        let other_ca = CaTrust::from_pem(other_pem.as_bytes(), "other ca.crt").unwrap();
+        assert!(read_through(&dial(name, &other_ca)).await.is_err());
+        // Not a certificate: named.
+        let e = CaTrust::from_pem(b"nonsense", "Secret apps/pg-tls, key ca.crt").unwrap_err();
+        assert!(e.to_string().contains("Secret apps/pg-tls"), "{e}");
+    }
+
     #[test]
     fn a_missing_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
