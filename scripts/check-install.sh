@@ -51,6 +51,10 @@ echo "check-install: crd/databases.stator.dev is Established"
 # examples below, need the kind to exist.
 admin apply --server-side -f "$root/tests/fixtures/cert-manager/certificates.crd.yaml" >/dev/null
 admin wait --for=condition=Established --timeout=30s crd/certificates.cert-manager.io >/dev/null
+# The CSI VolumeSnapshot CRD (tests/fixtures/volume-snapshot stands in for the external
+# snapshotter): the dry run of a render with --volume-snapshot below needs the kind.
+admin apply --server-side -f "$root/tests/fixtures/volume-snapshot/volumesnapshots.crd.yaml" >/dev/null
+admin wait --for=condition=Established --timeout=30s crd/volumesnapshots.snapshot.storage.k8s.io >/dev/null
 
 # The ReplicaSet controller creates the operator's pod only if Pod Security admission lets it.
 pod=""
@@ -239,10 +243,15 @@ for spec in "$root"/examples/*.yaml; do
     ns="$(sed -n 's/^  namespace: *//p' "$spec" | head -n1)"
     ns="${ns:-default}"
     admin get namespace "$ns" >/dev/null 2>&1 || admin create namespace "$ns" >/dev/null
-    for mode in plain operator; do
+    modes=(plain operator)
+    # Examples with backups: also with a VolumeSnapshot and volumes restored from one.
+    case "$name" in *backup*) modes+=(snapshots) ;; esac
+    for mode in "${modes[@]}"; do
         out="$work/render/$name-$mode"
         flags=()
         [ "$mode" = operator ] && flags=(--operator-owner-uid 0b5e1a7c-4f7d-4c1e-9a57-5a1f2d3c4b5e)
+        [ "$mode" = snapshots ] && flags=(--volume-snapshot snap-1 \
+            --volume-snapshot-class csi-snapclass --restore-from-snapshot snap-0)
         if ! "$stator" render -f "$spec" -o "$out" "${flags[@]}" 2>"$work/render.log"; then
             echo "  FAIL stator render -f examples/$name.yaml ($mode):" >&2
             cat "$work/render.log" >&2

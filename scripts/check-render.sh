@@ -46,6 +46,18 @@ for spec in "${specs[@]}"; do
         failed=1
     fi
 done
+# CSI volume snapshots (render options): a VolumeSnapshot of a replica's volume, and volumes
+# created from it (the volume claim template's dataSource).
+for spec in "$root"/examples/*backup*.yaml; do
+    name="$(basename "$spec" .yaml)-snapshots"
+    if ! "$stator" render -f "$spec" -o "$work/out/$name" --volume-snapshot snap-1 \
+        --volume-snapshot-class csi-snapclass --restore-from-snapshot snap-0 \
+        2>"$work/log/$name"; then
+        echo "check-render: FAIL: stator render -f $spec --volume-snapshot ..." >&2
+        cat "$work/log/$name" >&2
+        failed=1
+    fi
+done
 [ "$failed" -eq 0 ] || exit 1
 rendered=("$work"/out/*/*.yaml)
 echo "check-render: rendered ${#specs[@]} examples (plain and operator mode) into ${#rendered[@]} files"
@@ -63,11 +75,12 @@ else
     failed=1
 fi
 
-# Custom resources render emits (cert-manager Certificates, with spec.tls.issuerRef) have no
+# Custom resources render emits (cert-manager Certificates, with spec.tls.issuerRef; CSI
+# VolumeSnapshots, with --volume-snapshot) have no
 # schema in kubernetes-validate (it only warns): they are checked, as strictly, against the CRD
 # fixtures in tests/fixtures/ (every object of a fixture's kind must validate; unknown fields are
 # refused as the API server's strict field validation does).
-crds=("$root"/tests/fixtures/cert-manager/*.crd.yaml)
+crds=("$root"/tests/fixtures/cert-manager/*.crd.yaml "$root"/tests/fixtures/volume-snapshot/*.crd.yaml)
 echo "check-render: custom resources against ${crds[*]#"$root"/}"
 if "$bin/python" - "${#crds[@]}" "${crds[@]}" "${rendered[@]}" <<'PY'
 import sys, yaml, jsonschema

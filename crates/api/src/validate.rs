@@ -639,8 +639,8 @@ fn validate_backup(db: &Database, r: &mut Report) {
         r.warn(
             "spec.backup",
             "backups are implemented only for PostgreSQL and MariaDB with a local repository under \
-             `stator up`: `stator up` refuses this spec and `stator render` refuses any spec \
-             that sets spec.backup",
+             `stator up`: `stator up` refuses this spec (`stator render` renders an s3 \
+             repository, and refuses a local one)",
         );
     }
     let BackupSpec {

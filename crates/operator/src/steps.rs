@@ -91,6 +91,7 @@ pub fn build(
             database_uid: valid.uid.clone(),
             operator_namespace: operator_namespace.to_string(),
         }),
+        ..RenderOptions::default()
     };
     let mut credentials = Credentials::random();
     // With spec.tls.issuerRef cert-manager fills NAME-tls from the Certificates render emits:
@@ -276,6 +277,10 @@ pub async fn apply(
         pod_disruption_budget,
         network_policy,
         stateful_set,
+        // Plain mode only: operator mode renders neither (the operator refuses spec.backup
+        // until it schedules backups itself, and takes no VolumeSnapshots).
+        cron_job: _,
+        volume_snapshot: _,
     } = manifests;
     let ns = db.namespace();
     let mut applied = Applied::default();

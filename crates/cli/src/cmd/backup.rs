@@ -51,6 +51,20 @@ pub enum BackupAction {
         #[command(flatten)]
         state: StateDirArg,
     },
+    /// In a pod (the rendered NAME-backup CronJob): ask the instance managers, through the
+    /// headless Service, for a backup; the primary's takes it, the others refuse.
+    #[command(hide = true)]
+    Request {
+        /// The database's database.json (the ConfigMap NAME-config).
+        #[arg(long, value_name = "FILE")]
+        database: PathBuf,
+        /// A file holding the instance managers' API token (never the token itself).
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+        /// The CA that signed the instance managers' certificates (spec.tls.enabled).
+        #[arg(long, value_name = "FILE")]
+        ca_file: PathBuf,
+    },
 }
 
 /// Create a new database from another one's backups, recovered to a point in time.
@@ -91,6 +105,11 @@ pub struct RestoreArgs {
 
 pub fn backup(args: BackupArgs) -> CliResult {
     match args.action {
+        BackupAction::Request {
+            database,
+            token_file,
+            ca_file,
+        } => request(&database, &token_file, &ca_file),
         BackupAction::Create { file, state, kind } => {
             let db = crate::spec_file::load_for(&file, crate::spec_file::Warnings::Quiet)?.database;
             let dir = StateDir::resolve(state.state_dir.clone())
@@ -156,6 +175,66 @@ pub fn backup(args: BackupArgs) -> CliResult {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `stator backup request`: `POST /backups` to each instance manager in turn
+/// (`NAME-N.NAME-headless.NAMESPACE.svc`), until one (the primary) takes the backup.
+fn request(
+    database: &std::path::Path,
+    token_file: &std::path::Path,
+    ca_file: &std::path::Path,
+) -> CliResult {
+    let db = crate::spec_file::load_for(database, crate::spec_file::Warnings::Quiet)?.database;
+    let token = std::fs::read_to_string(token_file)
+        .map_err(|e| CliError::Invalid(format!("--token-file {}: {e}", token_file.display())))?;
+    let token = token.trim().to_string();
+    if db.spec.tls.enabled {
+        let dir = ca_file.parent().unwrap_or(std::path::Path::new("."));
+        stator_engine::tls::trust_by_default(&stator_engine::tls::TlsFiles::new(dir))
+            .map_err(|e| CliError::Invalid(format!("--ca-file {}: {e}", ca_file.display())))?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
+    let mut refusals = Vec::new();
+    for ordinal in 0..db.spec.instances {
+        let host = format!(
+            "{}.{}.{}.svc",
+            db.instance_name(ordinal),
+            db.headless_service_name(),
+            db.namespace()
+        );
+        let answer = runtime.block_on(stator_engine::manager_client::post(
+            &host,
+            stator_api::names::INSTANCE_MANAGER_PORT,
+            "/backups",
+            &token,
+            "{}",
+            Duration::from_secs(6 * 3600),
+        ));
+        match answer {
+            Ok((200, body)) => {
+                println!(
+                    "backup taken by {}: {}",
+                    db.instance_name(ordinal),
+                    String::from_utf8_lossy(&body).trim()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok((code, body)) => refusals.push(format!(
+                "{} (HTTP {code}): {}",
+                db.instance_name(ordinal),
+                stator_engine::manager_client::answer_text(&body)
+            )),
+            Err(e) => refusals.push(format!("{}: {e}", db.instance_name(ordinal))),
+        }
+    }
+    Err(CliError::Failed(format!(
+        "no instance of {} took the backup:\n  {}",
+        db.name(),
+        refusals.join("\n  ")
+    )))
 }
 
 pub fn restore(args: RestoreArgs) -> CliResult {

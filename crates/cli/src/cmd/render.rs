@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use stator_kube::render::{
     Credentials, DEFAULT_STATOR_IMAGE, FILE_NAMES, GENERATED_HEADER, ManifestFile, OperatorMode,
-    RenderError, RenderOptions, SECRET_FILE, TlsMaterial, render,
+    RenderError, RenderOptions, SECRET_FILE, SnapshotOptions, TlsMaterial, render,
 };
 
 use crate::error::{CliError, CliResult};
@@ -46,6 +46,17 @@ pub struct RenderArgs {
     #[arg(long, value_name = "NAMESPACE", hide = true, requires = "operator_owner_uid",
           default_value = stator_kube::install::DEFAULT_NAMESPACE)]
     pub operator_namespace: String,
+    /// Also write a CSI VolumeSnapshot of this name (volumesnapshot.yaml) of the last
+    /// instance's volume, a replica's when there are two or more instances.
+    #[arg(long, value_name = "NAME")]
+    pub volume_snapshot: Option<String>,
+    /// The VolumeSnapshotClass of --volume-snapshot (default: the cluster's default class).
+    #[arg(long, value_name = "CLASS", requires = "volume_snapshot")]
+    pub volume_snapshot_class: Option<String>,
+    /// Create the instances' volumes from this VolumeSnapshot (the volume claim template's
+    /// dataSource): a new database restored from a snapshot of another one's volume.
+    #[arg(long, value_name = "NAME")]
+    pub restore_from_snapshot: Option<String>,
 }
 
 pub fn run(args: RenderArgs) -> CliResult {
@@ -60,6 +71,11 @@ pub fn run(args: RenderArgs) -> CliResult {
                 database_uid,
                 operator_namespace: args.operator_namespace.clone(),
             }),
+        snapshots: SnapshotOptions {
+            take: args.volume_snapshot.clone(),
+            class: args.volume_snapshot_class.clone(),
+            restore_from: args.restore_from_snapshot.clone(),
+        },
     };
     // Passwords unless an existing Secret holds them; certificates whenever TLS is on (the
     // default) and no cert-manager issuer makes them: both into secret.yaml, never committed.
@@ -118,7 +134,8 @@ fn render_error(e: RenderError) -> CliError {
         RenderError::InvalidSpec { .. }
         | RenderError::InvalidStatorImage { .. }
         | RenderError::MissingOwnerUid { .. }
-        | RenderError::BackupNotImplemented { .. } => CliError::Invalid(e.to_string()),
+        | RenderError::LocalRepository { .. }
+        | RenderError::SnapshotsInOperatorMode { .. } => CliError::Invalid(e.to_string()),
         RenderError::MissingCredentials { .. }
         | RenderError::MissingTlsCertificates { .. }
         | RenderError::Serialize { .. } => CliError::Failed(e.to_string()),

@@ -26,11 +26,20 @@ pub const SUPERUSER_PASSFILE: &str = "superuser.pgpass";
 /// Where pgBackRest is installed by Debian's `pgbackrest` package.
 pub const DEFAULT_PROGRAM: &str = "/usr/bin/pgbackrest";
 
-/// Finds the `pgbackrest` program: `/usr/bin/pgbackrest`, else the first one on PATH.
+/// Finds the `pgbackrest` program: `/usr/bin/pgbackrest`, else one next to the running
+/// `stator` (in a pod, the init container copies both into one directory), else the first one
+/// on PATH.
 pub fn find_program() -> Option<PathBuf> {
     let default = PathBuf::from(DEFAULT_PROGRAM);
     if default.is_file() {
         return Some(default);
+    }
+    if let Some(beside) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("pgbackrest")))
+        .filter(|p| p.is_file())
+    {
+        return Some(beside);
     }
     std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)

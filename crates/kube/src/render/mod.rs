@@ -8,6 +8,7 @@
 //! owned by the `Database`, with the pods left to the operator ([`OperatorMode`]). Without it the
 //! output is the plain `stator render` one, byte for byte.
 
+mod backup;
 mod config;
 mod credentials;
 mod meta;
@@ -18,12 +19,18 @@ mod statefulset;
 mod tls;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use stator_api::{Database, InvalidSpec, Role, validate};
 
+pub use backup::{
+    BACKUP_COMPONENT, BACKUP_SECRET_FILE_MODE, BACKUP_SECRETS_DIR, PGBACKREST_BIN,
+    STATOR_IMAGE_PGBACKREST, SnapshotOptions, VOLUME_SNAPSHOT_API_VERSION, VolumeSnapshot,
+    cron_job_name,
+};
 pub use config::{DATABASE_JSON_KEY, database_for_pods};
 pub use credentials::{Credentials, GENERATED_LENGTH};
 pub use meta::{COMPONENT, MANAGER, labels, owner_reference, selector_labels};
@@ -51,6 +58,8 @@ pub struct RenderOptions {
     /// `Some`: the objects are for the operator to apply (operator mode); `None`: plain
     /// manifests a person applies (`stator render`).
     pub operator: Option<OperatorMode>,
+    /// VolumeSnapshots to emit and to restore the volumes from (plain mode only).
+    pub snapshots: SnapshotOptions,
 }
 
 impl Default for RenderOptions {
@@ -58,6 +67,7 @@ impl Default for RenderOptions {
         RenderOptions {
             stator_image: DEFAULT_STATOR_IMAGE.to_string(),
             operator: None,
+            snapshots: SnapshotOptions::default(),
         }
     }
 }
@@ -99,14 +109,21 @@ pub enum RenderError {
          set spec.tls.enabled: false to serve in plaintext"
     )]
     MissingTlsCertificates { name: String, secret: String },
-    /// `spec.backup` is set, and nothing renders it yet: refused rather than ignored, so that
-    /// no one applies manifests believing the database is backed up.
+    /// `spec.backup.repository.local` is a directory of the local runtime's machine: no pod can
+    /// reach it.
     #[error(
-        "Database {name:?}: spec.backup is set, but backups are not implemented yet in this \
-         version of Stator: the rendered manifests would take no backups and archive no WAL. \
-         Remove spec.backup to render without backups (nothing was written)"
+        "Database {name:?}: spec.backup.repository.local is for the local runtime only (`stator \
+         up`): no pod can reach a directory of this machine. Render with \
+         spec.backup.repository.s3 (endpoint, bucket, region, credentialsSecretName) instead \
+         (nothing was written)"
     )]
-    BackupNotImplemented { name: String },
+    LocalRepository { name: String },
+    /// VolumeSnapshots are plain-mode render options; the operator takes none.
+    #[error(
+        "Database {name:?}: --volume-snapshot and --restore-from-snapshot are options of a plain \
+         render, not of operator mode"
+    )]
+    SnapshotsInOperatorMode { name: String },
     /// Operator mode without the `Database`'s `metadata.uid`: owner references need it.
     #[error(
         "Database {name:?}: operator mode needs the Database's metadata.uid for the owner \
@@ -139,6 +156,10 @@ pub struct Manifests {
     pub pod_disruption_budget: PodDisruptionBudget,
     pub network_policy: NetworkPolicy,
     pub stateful_set: StatefulSet,
+    /// `NAME-backup` (`spec.backup`, plain mode): the schedule of backups.
+    pub cron_job: Option<CronJob>,
+    /// The VolumeSnapshot asked for with [`SnapshotOptions::take`].
+    pub volume_snapshot: Option<VolumeSnapshot>,
 }
 
 /// Renders the objects of `db`. `credentials` fill the generated Secret; they are required
@@ -157,8 +178,9 @@ pub fn render(
             },
         });
     }
-    if db.spec.backup.is_some() {
-        return Err(RenderError::BackupNotImplemented {
+    backup::s3_repository(db)?;
+    if options.operator.is_some() && options.snapshots != SnapshotOptions::default() {
+        return Err(RenderError::SnapshotsInOperatorMode {
             name: db.name().to_string(),
         });
     }
@@ -217,6 +239,8 @@ pub fn render(
         pod_disruption_budget: policy::render_pod_disruption_budget(db),
         network_policy: policy::render_network_policy(db, options.operator.as_ref()),
         stateful_set: statefulset::render_stateful_set(db, options, &config_hash),
+        cron_job: backup::render_cron_job(db, options),
+        volume_snapshot: backup::render_volume_snapshot(db, &options.snapshots),
     };
     if let Some(operator) = &options.operator {
         manifests.set_owner(&meta::owner_reference(db, &operator.database_uid));
@@ -237,6 +261,8 @@ impl Manifests {
             pod_disruption_budget,
             network_policy,
             stateful_set,
+            cron_job,
+            volume_snapshot,
         } = self;
         let mut metas = vec![
             &mut service_account.metadata,
@@ -249,6 +275,8 @@ impl Manifests {
         metas.extend(tls_secret.as_mut().map(|s| &mut s.metadata));
         metas.extend(certificates.iter_mut().map(|c| &mut c.metadata));
         metas.extend(services.iter_mut().map(|s| &mut s.metadata));
+        metas.extend(cron_job.as_mut().map(|c| &mut c.metadata));
+        metas.extend(volume_snapshot.as_mut().map(|v| &mut v.metadata));
         for meta in metas {
             meta.owner_references = Some(vec![owner.clone()]);
         }

@@ -15,7 +15,7 @@ pub const SECRET_FILE: &str = "secret.yaml";
 pub const CERTIFICATES_FILE: &str = "certificates.yaml";
 
 /// Every file name a render can produce, in apply order.
-pub const FILE_NAMES: [&str; 8] = [
+pub const FILE_NAMES: [&str; 10] = [
     "serviceaccount.yaml",
     SECRET_FILE,
     CERTIFICATES_FILE,
@@ -24,7 +24,15 @@ pub const FILE_NAMES: [&str; 8] = [
     "pdb.yaml",
     "networkpolicy.yaml",
     "statefulset.yaml",
+    CRON_JOB_FILE,
+    VOLUME_SNAPSHOT_FILE,
 ];
+
+/// The file holding the backup CronJob (`spec.backup`, plain mode).
+pub const CRON_JOB_FILE: &str = "cronjob.yaml";
+
+/// The file holding the VolumeSnapshot (`--volume-snapshot`).
+pub const VOLUME_SNAPSHOT_FILE: &str = "volumesnapshot.yaml";
 
 /// One rendered file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +120,15 @@ impl Manifests {
             FILE_NAMES[7],
             vec![document("StatefulSet", self, &self.stateful_set)?],
         ));
+        if let Some(cron_job) = &self.cron_job {
+            files.push((CRON_JOB_FILE, vec![document("CronJob", self, cron_job)?]));
+        }
+        if let Some(snapshot) = &self.volume_snapshot {
+            files.push((
+                VOLUME_SNAPSHOT_FILE,
+                vec![document("VolumeSnapshot", self, snapshot)?],
+            ));
+        }
         Ok(files)
     }
 

@@ -80,7 +80,9 @@ const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// replication and cloning). Egress: DNS, and the database's own pods on those two ports.
 ///
 /// Operator mode (`operator`: the operator's namespace) adds one ingress rule: the operator's
-/// pods to the instance manager, for its `/status` reads and its orders.
+/// pods to the instance manager, for its `/status` reads and its orders. `spec.backup` adds the
+/// egress to the repository's port, and in plain mode the backup CronJob's pods to the
+/// instance manager.
 pub fn render_network_policy(db: &Database, operator: Option<&OperatorMode>) -> NetworkPolicy {
     let port = db.spec.engine.port();
     let clients = if db.spec.network.allow_from.is_empty() {
@@ -116,22 +118,44 @@ pub fn render_network_policy(db: &Database, operator: Option<&OperatorMode>) -> 
             ports: Some(vec![tcp(INSTANCE_MANAGER_PORT)]),
         });
     }
+    // spec.backup, plain mode: the backup CronJob's pods ask the instance managers for a backup.
+    if db.spec.backup.is_some() && operator.is_none() {
+        ingress.push(NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(super::backup::backup_job_labels(db)),
+                    match_expressions: None,
+                }),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: Some(vec![tcp(INSTANCE_MANAGER_PORT)]),
+        });
+    }
+    let mut egress = vec![
+        NetworkPolicyEgressRule {
+            to: None,
+            ports: Some(dns),
+        },
+        NetworkPolicyEgressRule {
+            to: Some(vec![own_pods(db)]),
+            ports: Some(peer_ports),
+        },
+    ];
+    // spec.backup: the repository's endpoint, by port (a NetworkPolicy cannot name a host, and
+    // the store's addresses are not known here).
+    if let Some(port) = super::backup::repository_port(db) {
+        egress.push(NetworkPolicyEgressRule {
+            to: None,
+            ports: Some(vec![tcp(port)]),
+        });
+    }
     NetworkPolicy {
         metadata: object_meta(db, db.name()),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(pod_selector(db)),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
             ingress: Some(ingress),
-            egress: Some(vec![
-                NetworkPolicyEgressRule {
-                    to: None,
-                    ports: Some(dns),
-                },
-                NetworkPolicyEgressRule {
-                    to: Some(vec![own_pods(db)]),
-                    ports: Some(peer_ports),
-                },
-            ]),
+            egress: Some(egress),
         }),
     }
 }

@@ -20,6 +20,7 @@ use stator_api::names::INSTANCE_MANAGER_PORT;
 use stator_api::spec::{AntiAffinity, Engine};
 
 use super::RenderOptions;
+use super::backup::{self, STATOR_IMAGE_PGBACKREST};
 use super::config::DATABASE_JSON_KEY;
 use super::meta::{labels, object_meta, pod_selector};
 use super::tls::{TLS_DIR, projected_sources, tls_secret_name};
@@ -127,7 +128,7 @@ pub fn render_stateful_set(
                 }),
                 spec: Some(pod_spec(db, options)),
             },
-            volume_claim_templates: Some(vec![data_claim(db)]),
+            volume_claim_templates: Some(vec![data_claim(db, options)]),
             ..StatefulSetSpec::default()
         }),
         status: None,
@@ -151,7 +152,7 @@ fn pod_spec(db: &Database, options: &RenderOptions) -> PodSpec {
             seccomp_profile: Some(runtime_default_seccomp()),
             ..PodSecurityContext::default()
         }),
-        init_containers: Some(vec![install_container(options, uid)]),
+        init_containers: Some(vec![install_container(db, options, uid)]),
         containers: vec![database_container(db, options.operator.is_some())],
         volumes: Some(volumes(db)),
         affinity: affinity(db),
@@ -163,17 +164,21 @@ fn pod_spec(db: &Database, options: &RenderOptions) -> PodSpec {
     }
 }
 
-/// The init container: copies `stator` from the Stator image into the shared emptyDir.
-fn install_container(options: &RenderOptions, uid: i64) -> Container {
+/// The init container: copies `stator` from the Stator image into the shared emptyDir (and,
+/// for PostgreSQL with `spec.backup`, `pgbackrest` too: the official image has none).
+fn install_container(db: &Database, options: &RenderOptions, uid: i64) -> Container {
+    let mut command = vec!["cp".to_string(), STATOR_IMAGE_BINARY.into()];
+    if backup::copies_pgbackrest(db) {
+        command.push(STATOR_IMAGE_PGBACKREST.into());
+        command.push(format!("{STATOR_BIN_DIR}/"));
+    } else {
+        command.push(format!("{STATOR_BIN_DIR}/stator"));
+    }
     Container {
         name: "install-stator".into(),
         image: Some(options.stator_image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
-        command: Some(vec![
-            "cp".into(),
-            STATOR_IMAGE_BINARY.into(),
-            format!("{STATOR_BIN_DIR}/stator"),
-        ]),
+        command: Some(command),
         resources: Some(resources_of(("50m", "32Mi"), ("200m", "128Mi"))),
         security_context: Some(hardened_security_context(uid)),
         volume_mounts: Some(vec![mount("stator-bin", STATOR_BIN_DIR, false)]),
@@ -222,6 +227,7 @@ fn database_container(db: &Database, managed: bool) -> Container {
             ]
             .into_iter()
             .chain(tls.then(|| mount("tls", TLS_DIR, true)))
+            .chain(backup::repository_mounts(db))
             .chain([
                 mount(DATA_VOLUME, DATA_DIR, false),
                 mount("run", RUN_DIR, false),
@@ -304,11 +310,13 @@ fn volumes(db: &Database) -> Vec<Volume> {
     if db.spec.tls.enabled {
         volumes.insert(3, tls_volume(db));
     }
+    volumes.extend(backup::repository_volumes(db));
     volumes
 }
 
 /// One ReadWriteOnce volume per instance: `data-NAME-N`.
-fn data_claim(db: &Database) -> PersistentVolumeClaim {
+/// `--restore-from-snapshot`: every volume starts as a copy of that VolumeSnapshot.
+fn data_claim(db: &Database, options: &RenderOptions) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
         metadata: ObjectMeta {
             name: Some(DATA_VOLUME.into()),
@@ -318,6 +326,7 @@ fn data_claim(db: &Database) -> PersistentVolumeClaim {
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: db.spec.storage.storage_class_name.clone(),
+            data_source: backup::snapshot_data_source(&options.snapshots),
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([(
                     "storage".to_string(),
