@@ -86,11 +86,12 @@ fn every_example_has_a_snapshot_test() {
     );
 }
 
-const EXAMPLES: [&str; 6] = [
+const EXAMPLES: [&str; 7] = [
     "mariadb",
     "mysql",
     "postgres-1",
     "postgres-3",
+    "postgres-backup-s3",
     "postgres-cert-manager",
     "postgres-sync",
 ];
@@ -130,6 +131,16 @@ fn postgres_cert_manager_renders_certificates_instead_of_generating_them() {
     let operated = rendered_for_the_operator("postgres-cert-manager");
     assert_eq!(operated.matches("kind: Certificate\n").count(), 2);
     assert_eq!(operated.matches("  ownerReferences:\n").count(), 11);
+}
+
+/// spec.backup on S3: the CronJob (plain mode only), the repository's Secrets as files.
+#[test]
+fn postgres_backup_s3_renders_as_pinned() {
+    let stream = rendered_example("postgres-backup-s3");
+    assert_eq!(stream.matches("kind: CronJob\n").count(), 1);
+    insta::assert_snapshot!("postgres-backup-s3", stream);
+    let operated = rendered_for_the_operator("postgres-backup-s3");
+    assert_eq!(operated.matches("kind: CronJob\n").count(), 0);
 }
 
 #[test]

@@ -935,3 +935,210 @@ fn an_issuer_ref_renders_certificates_and_projects_their_secrets_into_the_tls_fi
     let certificates = m.files().unwrap()[2].contents.clone();
     assert!(certificates.contains("apiVersion: cert-manager.io/v1\nkind: Certificate\n"));
 }
+
+const S3_BACKUP: &str = "  engine: postgres\n  instances: 2\n  backup:\n    repository:\n      s3:\n        endpoint: s3.example.test:9443\n        bucket: shop-backups\n        region: us-east-1\n        credentialsSecretName: shop-s3\n        caSecretName: shop-s3-ca\n    schedule: \"15 2 * * *\"\n    encryption:\n      secretName: shop-s3\n";
+
+/// spec.backup on S3: the repository's Secrets as 0400 files at a documented path (never env,
+/// never a literal), pgbackrest copied by the init container, egress to the endpoint's port,
+/// and the NAME-backup CronJob asking the managers for a backup with a token read from a file.
+#[test]
+fn an_s3_backup_renders_its_secrets_as_files_a_cron_job_and_egress() {
+    let m = manifests(S3_BACKUP);
+    let stream = m.to_yaml_stream().unwrap();
+    // Two Secrets (credentials, CA; the encryption Secret is the credentials one: mounted once).
+    let volumes = pod_spec(&m).volumes.as_ref().unwrap();
+    let backup: Vec<_> = volumes
+        .iter()
+        .filter_map(|v| v.secret.as_ref().filter(|_| v.name.starts_with("backup-")))
+        .collect();
+    assert_eq!(backup.len(), 2, "{backup:?}");
+    for secret in &backup {
+        assert_eq!(secret.default_mode, Some(0o400));
+    }
+    let mounts = database_container(&m).volume_mounts.as_ref().unwrap();
+    for name in ["shop-s3", "shop-s3-ca"] {
+        let path = format!("{BACKUP_SECRETS_DIR}/{name}");
+        assert!(
+            mounts
+                .iter()
+                .any(|v| v.mount_path == path && v.read_only == Some(true)),
+            "{path} not mounted read-only"
+        );
+    }
+    // No environment variable comes from a Secret, anywhere.
+    assert!(
+        !stream.contains("secretKeyRef"),
+        "a Secret as env:\n{stream}"
+    );
+    assert!(!stream.contains("access-key"), "a key name in a manifest");
+    // The init container copies pgbackrest next to stator.
+    let init = &pod_spec(&m).init_containers.as_ref().unwrap()[0];
+    let command = init.command.as_ref().unwrap();
+    assert!(
+        command.contains(&STATOR_IMAGE_PGBACKREST.to_string()),
+        "{command:?}"
+    );
+    assert_eq!(command.last().map(String::as_str), Some("/stator/"));
+    // Egress to the repository's port.
+    let egress = m
+        .network_policy
+        .spec
+        .as_ref()
+        .unwrap()
+        .egress
+        .as_ref()
+        .unwrap();
+    let ports: Vec<_> = egress
+        .iter()
+        .flat_map(|r| r.ports.iter().flatten())
+        .filter_map(|p| p.port.clone())
+        .collect();
+    assert!(
+        ports.contains(&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9443)),
+        "{ports:?}"
+    );
+    // The CronJob: Forbid, the spec's schedule in UTC, the stator image, no API token, the
+    // token as a 0400 file, hardened, and its pods never selected as the database's.
+    let cron = m.cron_job.as_ref().expect("a CronJob");
+    assert_eq!(cron.metadata.name.as_deref(), Some("shop-db-backup"));
+    let spec = cron.spec.as_ref().unwrap();
+    assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+    assert_eq!(spec.schedule, "15 2 * * *");
+    assert_eq!(spec.time_zone.as_deref(), Some("Etc/UTC"));
+    let job = spec.job_template.spec.as_ref().unwrap();
+    let pod = job.template.spec.as_ref().unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let container = &pod.containers[0];
+    assert_eq!(container.image.as_deref(), Some(DEFAULT_STATOR_IMAGE));
+    assert!(container.env.is_none());
+    let sc = container.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let command = container.command.as_ref().unwrap().join(" ");
+    assert!(command.contains("backup request"), "{command}");
+    assert!(
+        command.contains("--token-file /etc/stator/token/api-token"),
+        "{command}"
+    );
+    let token = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "token")
+        .and_then(|v| v.secret.as_ref())
+        .unwrap();
+    assert_eq!(token.default_mode, Some(0o400));
+    assert_eq!(token.items.as_ref().unwrap()[0].key, secret_keys::API_TOKEN);
+    let labels = job
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
+    assert!(!labels.contains_key(LABEL_DATABASE), "{labels:?}");
+    // The database's pods admit the job's pods to the instance manager.
+    let ingress = m
+        .network_policy
+        .spec
+        .as_ref()
+        .unwrap()
+        .ingress
+        .as_ref()
+        .unwrap();
+    assert!(ingress.iter().any(|r| {
+        r.from.iter().flatten().any(|p| {
+            p.pod_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                == Some(labels)
+        })
+    }));
+    // Operator mode: no CronJob (the operator schedules backups).
+    let operated = render(
+        &database(S3_BACKUP),
+        &RenderOptions {
+            operator: Some(super::OperatorMode {
+                database_uid: "0f6b".into(),
+                operator_namespace: "stator-system".into(),
+            }),
+            ..RenderOptions::default()
+        },
+        Some(&credentials()),
+    )
+    .unwrap();
+    assert!(operated.cron_job.is_none());
+}
+
+#[test]
+fn a_local_repository_is_refused_naming_the_field() {
+    let db = database(
+        "  engine: postgres\n  backup:\n    repository:\n      local:\n        path: /srv/backups\n",
+    );
+    let err = render(&db, &RenderOptions::default(), Some(&credentials())).unwrap_err();
+    assert!(matches!(err, RenderError::LocalRepository { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("spec.backup.repository.local"), "{text}");
+    assert!(text.contains("local runtime only"), "{text}");
+}
+
+/// --volume-snapshot: a VolumeSnapshot of the last instance's (a replica's) volume;
+/// --restore-from-snapshot: the volume claim template's dataSource. Not in operator mode.
+#[test]
+fn volume_snapshots_of_a_replica_and_restores_from_one() {
+    let db = database(THREE_POSTGRES);
+    let options = RenderOptions {
+        snapshots: SnapshotOptions {
+            take: Some("snap-1".into()),
+            class: Some("csi-snapclass".into()),
+            restore_from: Some("snap-0".into()),
+        },
+        ..RenderOptions::default()
+    };
+    let m = render(&db, &options, Some(&credentials())).unwrap();
+    let snapshot = m.volume_snapshot.as_ref().unwrap();
+    assert_eq!(snapshot.api_version, VOLUME_SNAPSHOT_API_VERSION);
+    assert_eq!(
+        snapshot.spec.source.persistent_volume_claim_name,
+        "data-shop-db-2"
+    );
+    assert_eq!(
+        snapshot.spec.volume_snapshot_class_name.as_deref(),
+        Some("csi-snapclass")
+    );
+    let claim = &m
+        .stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .volume_claim_templates
+        .as_ref()
+        .unwrap()[0];
+    let source = claim.spec.as_ref().unwrap().data_source.as_ref().unwrap();
+    assert_eq!(
+        (
+            source.api_group.as_deref(),
+            source.kind.as_str(),
+            source.name.as_str()
+        ),
+        (Some("snapshot.storage.k8s.io"), "VolumeSnapshot", "snap-0")
+    );
+    let files = m.files().unwrap();
+    assert!(files.iter().any(|f| f.name == "volumesnapshot.yaml"));
+    // Without the options: neither.
+    let plain = manifests(THREE_POSTGRES);
+    assert!(plain.volume_snapshot.is_none());
+    assert!(!plain.to_yaml_stream().unwrap().contains("dataSource"));
+    let operator = RenderOptions {
+        operator: Some(super::OperatorMode {
+            database_uid: "0f6b".into(),
+            operator_namespace: "stator-system".into(),
+        }),
+        ..options
+    };
+    assert!(matches!(
+        render(&db, &operator, Some(&credentials())),
+        Err(RenderError::SnapshotsInOperatorMode { .. })
+    ));
+}
