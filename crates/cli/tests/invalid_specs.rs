@@ -246,7 +246,7 @@ fn misspelled_and_invalid_parameters_are_refused_by_the_servers_own_list() {
 }
 
 /// A valid `spec.backup` is accepted by `validate`; what is not implemented is refused with
-/// exit 2, naming the field, writing nothing: `render` always, `up` for MariaDB and for an s3
+/// exit 2, naming the field, writing nothing: `render` a local repository, `up` for MySQL and for an s3
 /// repository (PostgreSQL with a local repository runs: see local_backup.rs). No one may
 /// believe they have backups when they do not.
 #[test]
@@ -269,9 +269,9 @@ fn a_backup_section_is_refused_where_backups_are_not_implemented() {
 
     let out = dir.path().join("out");
     let (code, stderr) = run(&["render", "-f", spec, "-o", out.to_str().unwrap()]);
-    assert_eq!(code, 2, "render refuses:\n{stderr}");
+    assert_eq!(code, 2, "render refuses a local repository:\n{stderr}");
     assert!(
-        stderr.contains("spec.backup is set, but backups are not implemented yet"),
+        stderr.contains("spec.backup.repository.local is for the local runtime only"),
         "{stderr}"
     );
     assert!(!out.exists(), "render wrote {}", out.display());
