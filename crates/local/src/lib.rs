@@ -20,6 +20,7 @@
 //!   fences by signals, data dirs moved aside, `failover.json`, holds (drain), the proxies'
 //!   routes.
 //! - [`switchover`]: `stator switchover` and `stator drain` (with the disruption budget).
+//! - [`snapshot`]: `stator snapshot`: a drained replica's data dir copied, then uncordoned.
 //! - [`report`]: the supervisor's report and the `status` table.
 //! - [`supervisor`]: the background process that runs it all; [`endpoint`]: its HTTP endpoint
 //!   (`/status`, `POST /switchover`).
@@ -47,6 +48,7 @@ pub mod report;
 pub mod runtime;
 pub mod secrets;
 pub mod service;
+pub mod snapshot;
 pub mod state;
 pub mod stop;
 pub mod supervisor;

@@ -62,6 +62,57 @@ pub struct DrainArgs {
     pub timeout: u64,
 }
 
+/// Copy a replica's data dir, consistently: the local runtime's VolumeSnapshot.
+///
+/// The replica is drained (it leaves the ro route and its server stops cleanly), its data dir
+/// is copied with `cp -a --reflink=auto` into the database's snapshots/ directory, and it is
+/// uncordoned and back in the ro route before this returns. Refuses the primary (a running
+/// server's data dir is never copied) and a database with one instance.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  stator snapshot -f examples/postgres-3.yaml                  the replica with the highest ordinal\n  stator snapshot -f examples/postgres-3.yaml --instance pg-1"
+)]
+pub struct SnapshotArgs {
+    /// The Database spec file (`-` for stdin).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub state: StateDirArg,
+    /// The replica to copy, NAME-N (default: the replica with the highest ordinal).
+    #[arg(long, value_name = "NAME-N")]
+    pub instance: Option<String>,
+    /// How long to wait for the stop, and for the return to the ro route, in seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+pub fn snapshot(args: SnapshotArgs) -> CliResult {
+    let db = crate::spec_file::load_for(&args.file, crate::spec_file::Warnings::Quiet)?.database;
+    let dir = StateDir::resolve(args.state.state_dir.clone())
+        .open(&db)
+        .map_err(failed)?;
+    let taken = stator_local::snapshot::snapshot(
+        &dir,
+        &db,
+        args.instance.as_deref(),
+        Duration::from_secs(args.timeout),
+    )
+    .map_err(failed)?;
+    println!(
+        "snapshot of {} in {} ({} out of the ro route for {:.1} s{})",
+        taken.instance,
+        taken.path.display(),
+        taken.instance,
+        taken.out_of_route.as_secs_f64(),
+        if taken.uncordoned {
+            ""
+        } else {
+            "; it was drained before and stays drained"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn failed(e: LocalError) -> CliError {
     if e.is_invalid() {
         CliError::Invalid(e.to_string())
