@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SecretVolumeSource, TypedLocalObjectReference, Volume, VolumeMount,
+    Container, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, SecretVolumeSource,
+    TypedLocalObjectReference, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
@@ -179,15 +179,7 @@ pub fn render_cron_job(db: &Database, options: &RenderOptions) -> Option<CronJob
     }
     let uid = db.spec.engine.uid();
     let mut volumes = vec![
-        Volume {
-            name: "config".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: db.config_map_name(),
-                default_mode: Some(0o444),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
+        super::statefulset::config_volume(db),
         one_key_volume(
             "token",
             &db.credentials_secret_name(),

@@ -34,7 +34,10 @@ pub use backup::{
 pub use config::{DATABASE_JSON_KEY, database_for_pods};
 pub use credentials::{Credentials, GENERATED_LENGTH};
 pub use meta::{COMPONENT, MANAGER, labels, owner_reference, selector_labels};
-pub use output::{CERTIFICATES_FILE, FILE_NAMES, GENERATED_HEADER, ManifestFile, SECRET_FILE};
+pub use output::{
+    CERTIFICATES_FILE, CRON_JOB_FILE, FILE_NAMES, GENERATED_HEADER, ManifestFile, SECRET_FILE,
+    VOLUME_SNAPSHOT_FILE,
+};
 pub use statefulset::{
     CONFIG_DIR, CONFIG_HASH_ANNOTATION, DATA_DIR, DATABASE_CONTAINER, RUN_DIR, SECRETS_DIR,
     STATOR_BIN_DIR, STATOR_IMAGE_BINARY, instance_command,

@@ -281,18 +281,23 @@ fn tls_volume(db: &Database) -> Volume {
     }
 }
 
+/// The ConfigMap `NAME-config` (`database.json`) as the volume `config`, world-readable.
+pub(super) fn config_volume(db: &Database) -> Volume {
+    Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: db.config_map_name(),
+            default_mode: Some(0o444),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
 fn volumes(db: &Database) -> Vec<Volume> {
     let mut volumes = vec![
         empty_dir("stator-bin", "256Mi"),
-        Volume {
-            name: "config".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: db.config_map_name(),
-                default_mode: Some(0o444),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
+        config_volume(db),
         Volume {
             name: "secrets".into(),
             secret: Some(SecretVolumeSource {

@@ -732,10 +732,11 @@ fn passwords_appear_only_in_the_secret_file() {
 fn files_are_one_per_kind_in_apply_order() {
     let m = manifests(THREE_POSTGRES);
     let names: Vec<&str> = m.files().unwrap().iter().map(|f| f.name).collect();
-    // certificates.yaml only with spec.tls.issuerRef.
+    // certificates.yaml only with spec.tls.issuerRef; cronjob.yaml only with spec.backup;
+    // volumesnapshot.yaml only with --volume-snapshot.
     let expected: Vec<&str> = FILE_NAMES
         .into_iter()
-        .filter(|n| *n != CERTIFICATES_FILE)
+        .filter(|n| ![CERTIFICATES_FILE, CRON_JOB_FILE, VOLUME_SNAPSHOT_FILE].contains(n))
         .collect();
     assert_eq!(names, expected);
     let stream = m.to_yaml_stream().unwrap();
@@ -1029,14 +1030,11 @@ fn an_s3_backup_renders_its_secrets_as_files_a_cron_job_and_egress() {
         .unwrap();
     assert_eq!(token.default_mode, Some(0o400));
     assert_eq!(token.items.as_ref().unwrap()[0].key, secret_keys::API_TOKEN);
-    let labels = job
-        .template
-        .metadata
-        .as_ref()
-        .unwrap()
-        .labels
-        .as_ref()
-        .unwrap();
+    let labels = backup::backup_job_labels(&database(S3_BACKUP));
+    assert_eq!(
+        job.template.metadata.as_ref().unwrap().labels.as_ref(),
+        Some(&labels)
+    );
     assert!(!labels.contains_key(LABEL_DATABASE), "{labels:?}");
     // The database's pods admit the job's pods to the instance manager.
     let ingress = m
@@ -1052,7 +1050,7 @@ fn an_s3_backup_renders_its_secrets_as_files_a_cron_job_and_egress() {
             p.pod_selector
                 .as_ref()
                 .and_then(|s| s.match_labels.as_ref())
-                == Some(labels)
+                == Some(&labels)
         })
     }));
     // Operator mode: no CronJob (the operator schedules backups).
