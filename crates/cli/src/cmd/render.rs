@@ -15,7 +15,8 @@ use crate::error::{CliError, CliResult};
 
 /// Write the Kubernetes objects that run a Database without the operator: ServiceAccount,
 /// Secret (generated passwords), ConfigMap, Services (headless, NAME-rw, NAME-ro),
-/// PodDisruptionBudget, NetworkPolicy and StatefulSet, one file per kind.
+/// PodDisruptionBudget, NetworkPolicy and StatefulSet, one file per kind; with spec.backup (an
+/// s3 repository) the CronJob NAME-backup, and with --volume-snapshot a VolumeSnapshot.
 ///
 /// The spec is validated first: an invalid spec exits 2 and writes nothing. The directory is
 /// written beside and then moved into place, so it is never left half-written. The Secret
