@@ -159,3 +159,17 @@ fn a_snapshot_of_a_replica_starts_as_a_standalone_server_and_the_replica_returns
         "the copy is not the database"
     );
 }
+
+/// One instance is its primary: refused by name before anything is asked of the runtime.
+#[test]
+fn a_one_instance_database_is_refused_naming_its_primary() {
+    let cluster = Cluster::new("one", 1);
+    let out = cluster.stator(&["snapshot"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("one-0 is the only instance") && stderr.contains("spec.instances: 2"),
+        "{stderr}"
+    );
+    assert!(!cluster.db_dir().join("snapshots").exists());
+}

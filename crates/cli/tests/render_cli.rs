@@ -415,3 +415,39 @@ fn operator_mode_renders_owned_objects_and_managed_pods() {
     assert!(stderr(&out).contains("metadata.uid"), "{}", stderr(&out));
     assert!(out.stdout.is_empty());
 }
+
+/// The backup CronJob's command (`stator backup request`, as cronjob.yaml runs it) reads the
+/// token and the CA from files, naming the option whose file is missing (exit 2), before it
+/// asks anything of the network.
+#[test]
+fn the_backup_jobs_command_names_a_missing_token_or_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let spec = example("postgres-backup-s3.yaml");
+    let out = stator(&["render", "-f", &spec, "-o", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cron = fs::read_to_string(out_dir.join("cronjob.yaml")).unwrap();
+    assert!(cron.contains("- request\n"), "{cron}");
+    let token = dir.path().join("api-token");
+    let missing = dir.path().join("none").join("ca.crt");
+    let run = |token: &Path| {
+        stator(&[
+            "backup",
+            "request",
+            "--database",
+            &spec,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--ca-file",
+            missing.to_str().unwrap(),
+        ])
+    };
+    let out = run(&token);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--token-file"), "{}", stderr(&out));
+    fs::write(&token, "t0ken\n").unwrap();
+    let out = run(&token);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--ca-file"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("t0ken"), "{}", stderr(&out));
+}

@@ -53,6 +53,15 @@ pub fn snapshot(
     instance: Option<&str>,
     timeout: Duration,
 ) -> Result<Snapshot, LocalError> {
+    if db.spec.instances < 2 {
+        return Err(LocalError::Invalid(format!(
+            "{} is the only instance of {} and so its primary: a snapshot stops a replica while \
+             it copies, never the primary (run 2 instances: spec.instances: 2); nothing was \
+             changed",
+            db.instance_name(0),
+            db.name()
+        )));
+    }
     let report = fetch_report(dir, db)?;
     let primary = report
         .failover

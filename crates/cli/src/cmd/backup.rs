@@ -61,7 +61,8 @@ pub enum BackupAction {
         /// A file holding the instance managers' API token (never the token itself).
         #[arg(long, value_name = "FILE")]
         token_file: PathBuf,
-        /// The CA that signed the instance managers' certificates (spec.tls.enabled).
+        /// The CA that signed the instance managers' certificates (spec.tls.enabled), a file
+        /// named ca.crt.
         #[arg(long, value_name = "FILE")]
         ca_file: PathBuf,
     },
@@ -189,6 +190,14 @@ fn request(
         .map_err(|e| CliError::Invalid(format!("--token-file {}: {e}", token_file.display())))?;
     let token = token.trim().to_string();
     if db.spec.tls.enabled {
+        // The engine's TLS files are a directory in the cert-manager layout: the CA is `ca.crt`.
+        if ca_file.file_name() != Some(std::ffi::OsStr::new(stator_engine::tls::CA_CERT)) {
+            return Err(CliError::Invalid(format!(
+                "--ca-file {}: expected a file named {}",
+                ca_file.display(),
+                stator_engine::tls::CA_CERT
+            )));
+        }
         let dir = ca_file.parent().unwrap_or(std::path::Path::new("."));
         stator_engine::tls::trust_by_default(&stator_engine::tls::TlsFiles::new(dir))
             .map_err(|e| CliError::Invalid(format!("--ca-file {}: {e}", ca_file.display())))?;
