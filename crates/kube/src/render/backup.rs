@@ -78,22 +78,27 @@ fn secret_names(backup: &BackupSpec, s3: &S3Repository) -> Vec<String> {
     names
 }
 
-fn secret_volume_name(index: usize) -> String {
-    format!("backup-secret-{index}")
-}
-
-/// The database pods' volumes for the repository's Secrets (empty without `spec.backup`).
-pub fn repository_volumes(db: &Database) -> Vec<Volume> {
+/// Each Secret of [`secret_names`] with its volume's name (`backup-secret-N`); empty without
+/// `spec.backup`.
+fn repository_secrets(db: &Database) -> Vec<(String, String)> {
     let (Some(backup), Ok(Some(s3))) = (&db.spec.backup, s3_repository(db)) else {
         return Vec::new();
     };
     secret_names(backup, s3)
         .into_iter()
         .enumerate()
-        .map(|(i, name)| Volume {
-            name: secret_volume_name(i),
+        .map(|(i, name)| (format!("backup-secret-{i}"), name))
+        .collect()
+}
+
+/// The database pods' volumes for the repository's Secrets (empty without `spec.backup`).
+pub fn repository_volumes(db: &Database) -> Vec<Volume> {
+    repository_secrets(db)
+        .into_iter()
+        .map(|(volume, secret)| Volume {
+            name: volume,
             secret: Some(SecretVolumeSource {
-                secret_name: Some(name),
+                secret_name: Some(secret),
                 default_mode: Some(BACKUP_SECRET_FILE_MODE),
                 ..SecretVolumeSource::default()
             }),
@@ -102,21 +107,12 @@ pub fn repository_volumes(db: &Database) -> Vec<Volume> {
         .collect()
 }
 
-/// The database container's mounts of [`repository_volumes`].
+/// The database container's mounts of [`repository_volumes`]: each at
+/// [`BACKUP_SECRETS_DIR`]`/SECRET`, read-only.
 pub fn repository_mounts(db: &Database) -> Vec<VolumeMount> {
-    let (Some(backup), Ok(Some(s3))) = (&db.spec.backup, s3_repository(db)) else {
-        return Vec::new();
-    };
-    secret_names(backup, s3)
+    repository_secrets(db)
         .into_iter()
-        .enumerate()
-        .map(|(i, name)| {
-            mount(
-                &secret_volume_name(i),
-                &format!("{BACKUP_SECRETS_DIR}/{name}"),
-                true,
-            )
-        })
+        .map(|(volume, secret)| mount(&volume, &format!("{BACKUP_SECRETS_DIR}/{secret}"), true))
         .collect()
 }
 

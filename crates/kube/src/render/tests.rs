@@ -52,6 +52,16 @@ fn database_container(m: &Manifests) -> &Container {
         .unwrap()
 }
 
+fn claim_templates(m: &Manifests) -> &[k8s_openapi::api::core::v1::PersistentVolumeClaim] {
+    m.stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .volume_claim_templates
+        .as_ref()
+        .unwrap()
+}
+
 const THREE_POSTGRES: &str = "  engine: postgres\n  instances: 3\n";
 
 #[test]
@@ -136,14 +146,7 @@ fn statefulset_starts_instances_in_order_behind_the_headless_service() {
 #[test]
 fn volume_claim_template_is_one_read_write_once_volume_of_the_spec_size_and_class() {
     let m = manifests("  engine: mysql\n  storage:\n    size: 33Gi\n    storageClassName: fast\n");
-    let claims = m
-        .stateful_set
-        .spec
-        .as_ref()
-        .unwrap()
-        .volume_claim_templates
-        .as_ref()
-        .unwrap();
+    let claims = claim_templates(&m);
     assert_eq!(claims.len(), 1);
     let claim = &claims[0];
     assert_eq!(claim.metadata.name.as_deref(), Some("data"));
@@ -1105,14 +1108,7 @@ fn volume_snapshots_of_a_replica_and_restores_from_one() {
         snapshot.spec.volume_snapshot_class_name.as_deref(),
         Some("csi-snapclass")
     );
-    let claim = &m
-        .stateful_set
-        .spec
-        .as_ref()
-        .unwrap()
-        .volume_claim_templates
-        .as_ref()
-        .unwrap()[0];
+    let claim = &claim_templates(&m)[0];
     let source = claim.spec.as_ref().unwrap().data_source.as_ref().unwrap();
     assert_eq!(
         (
