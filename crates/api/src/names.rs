@@ -18,6 +18,12 @@ pub const LABEL_DATABASE: &str = "stator.dev/database";
 /// Port of the instance manager's HTTP endpoints inside a pod.
 pub const INSTANCE_MANAGER_PORT: u16 = 8008;
 
+/// In a pod: where the Secrets `spec.backup` names (`repository.s3.credentialsSecretName`,
+/// `repository.s3.caSecretName`, `encryption.secretName`) are mounted, one directory per Secret
+/// named after it, one file per key (`BACKUP_SECRETS_DIR/SECRET/KEY`): the instance manager's
+/// root of the repository's Secrets.
+pub const BACKUP_SECRETS_DIR: &str = "/etc/stator/backup-secrets";
+
 /// Longest database name: the StatefulSet controller labels pods with
 /// `controller-revision-hash: NAME-<10 chars>`, which must fit in 63.
 pub const MAX_NAME_LEN: usize = 52;

@@ -34,7 +34,7 @@ use super::{RenderError, RenderOptions};
 use crate::container::{hardened_security_context, mount, resources_of, runtime_default_seccomp};
 
 /// Root of the repository's Secrets in a pod: one directory per Secret, named after it.
-pub const BACKUP_SECRETS_DIR: &str = "/etc/stator/backup-secrets";
+pub use stator_api::names::BACKUP_SECRETS_DIR;
 /// Mode of the repository's key files.
 pub const BACKUP_SECRET_FILE_MODE: i32 = 0o400;
 /// Where the init container puts `pgbackrest` (PostgreSQL with `spec.backup`).
