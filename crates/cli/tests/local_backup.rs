@@ -1042,14 +1042,25 @@ fn mariadb_binlog_archive_restores_to_a_time_or_gtid_exactly_across_a_failover()
     assert!(found.is_empty(), "secrets on command lines: {found:?}");
 
     // A flipped byte in an archived binary log of term 2: verify fails and a restore after the
-    // failover refuses, naming the file; nothing is created.
+    // failover refuses, naming the file; nothing is created. The victim must be a log the
+    // restore replays: one holding a transaction term 2 itself wrote (its record lists the
+    // writing server), not one of mp-1's logs from before its promotion, which hold only term
+    // 1's replicated transactions that the replay takes from term 1 (picking the largest log
+    // picked one of those whenever the rotation fell that way, and the restore rightly passed).
     let victim = walk(&repo.join("default/mp/binlog"))
         .into_iter()
         .filter(|p| {
             p.to_string_lossy().contains("/000002-") && p.extension().is_some_and(|e| e == "zst")
         })
+        .filter(|p| {
+            let record: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(p.with_extension("json")).unwrap()).unwrap();
+            record["transactions"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|gtid| gtid[1] == record["serverId"]))
+        })
         .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .expect("an archived binary log of term 2");
+        .expect("an archived binary log holding a transaction of term 2");
     let mut bytes = std::fs::read(&victim).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
