@@ -25,6 +25,11 @@ pub struct InstanceConfig {
     pub run_dir: PathBuf,
     /// Directory holding one 0600 file per credential key.
     pub secrets_dir: PathBuf,
+    /// The namespace's other Secrets the spec names (`spec.backup.repository.s3`'s), one
+    /// directory per Secret holding one 0600 file per key. Locally
+    /// `STATE/NAMESPACE/.secrets/`; `None`: none available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_root: Option<PathBuf>,
     /// Where the server's log goes (appended).
     pub log_file: PathBuf,
     /// Address the server and the HTTP endpoints bind.

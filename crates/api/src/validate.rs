@@ -426,11 +426,11 @@ fn validate_restore_from(db: &Database, from: &crate::spec::RestoreFromSpec, r: 
         .spec
         .backup
         .as_ref()
-        .is_none_or(|b| b.repository.local.is_none())
+        .is_none_or(|b| b.repository.local.is_none() && b.repository.s3.is_none())
     {
         r.error(
             "spec.bootstrap.restoreFrom",
-            "needs spec.backup.repository.local: the repository that holds the backups of the database restored from",
+            "needs spec.backup.repository (local or s3): the repository that holds the backups of the database restored from",
         );
     }
     let targets = [&from.target_time, &from.target_lsn, &from.target_gtid];
@@ -631,16 +631,17 @@ fn validate_backup(db: &Database, r: &mut Report) {
             }
         }
     }
-    if !matches!(
-        db.spec.engine,
-        crate::Engine::Postgres | crate::Engine::Mariadb
-    ) || backup.repository.local.is_none()
-    {
+    let implemented = match db.spec.engine {
+        crate::Engine::Postgres => true,
+        crate::Engine::Mariadb => backup.repository.local.is_some(),
+        _ => false,
+    };
+    if !implemented {
         r.warn(
             "spec.backup",
-            "backups are implemented only for PostgreSQL and MariaDB with a local repository under \
-             `stator up`: `stator up` refuses this spec (`stator render` renders an s3 \
-             repository, and refuses a local one)",
+            "backups are implemented only for PostgreSQL (local or S3 repository) and MariaDB \
+             (local repository) under `stator up`: `stator up` refuses this spec (`stator \
+             render` renders an s3 repository, and refuses a local one)",
         );
     }
     let BackupSpec {

@@ -36,6 +36,12 @@ fn sibling(source: &Cluster, name: &str, repo: &Path) -> PathBuf {
 
 /// A new database `name` of `instances` instances sharing `source`'s state dir and repository.
 fn sibling_of(source: &Cluster, name: &str, repo: &Path, instances: u32) -> PathBuf {
+    sibling_with(source, name, &backup_spec(repo), instances)
+}
+
+/// A new database `name` of `instances` instances sharing `source`'s state dir, with `backup`
+/// (its `spec.backup` lines).
+fn sibling_with(source: &Cluster, name: &str, backup: &str, instances: u32) -> PathBuf {
     let spec = source.dir.path().join(format!("{name}.yaml"));
     let base = local_support::free_port_base();
     std::fs::write(
@@ -43,7 +49,7 @@ fn sibling_of(source: &Cluster, name: &str, repo: &Path, instances: u32) -> Path
         format!(
             "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: {name}\nspec:\n  engine: {}\n  instances: {instances}\n  local:\n    portBase: {base}\n{}",
             source.engine,
-            backup_spec(repo)
+            backup
         ),
     )
     .unwrap();
@@ -1106,4 +1112,108 @@ fn mariadb_binlog_archive_restores_to_a_time_or_gtid_exactly_across_a_failover()
     );
     let shown = c.ok(&["status"]);
     assert!(shown.contains("ArchiveFailing"), "{shown}");
+}
+
+/// PostgreSQL with its repository in S3 (SeaweedFS on 127.0.0.1, TLS): `pgbackrest.conf`
+/// (0600) names the bucket and holds the keys, which never reach a command line or a log; the
+/// marker ties `/stator/default/s3pg` to the database; restores to T and to the latest point
+/// hold exactly the rows committed before them; a wrong key is refused, naming the Secret, and
+/// nothing is created.
+#[test]
+fn an_s3_repository_restores_to_a_time_and_to_the_latest_point_and_refuses_a_wrong_key() {
+    let s3 = local_support::s3::S3Server::start();
+    let c = Cluster::new("s3pg", 2);
+    s3.write_secrets(&c.state_dir(), "s3-keys", "s3-ca");
+    let backup = s3.backup_spec("s3-keys", "s3-ca");
+    c.write_spec(2, &backup);
+    let stop = Arc::new(AtomicBool::new(false));
+    let secrets = vec![s3.secret_key.clone(), s3.access_key.clone()];
+    let watcher = local_support::scan_cmdlines(secrets, stop.clone());
+    c.up();
+
+    let conf = walk(&c.db_dir())
+        .into_iter()
+        .find(|p| p.ends_with("pgbackrest.conf"))
+        .expect("a pgbackrest.conf");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&conf).unwrap().mode() & 0o777, 0o600);
+    let conf_text = std::fs::read_to_string(&conf).unwrap();
+    for line in [
+        "repo1-type=s3".to_string(),
+        format!("repo1-storage-port={}", s3.port),
+        "repo1-s3-uri-style=path".into(),
+        "repo1-path=/stator/default/s3pg".into(),
+        format!("repo1-s3-key-secret={}", s3.secret_key),
+    ] {
+        assert!(conf_text.contains(&line), "{line} not in {conf_text}");
+    }
+
+    c.psql(
+        c.rw(),
+        "CREATE TABLE t (id bigint primary key); INSERT INTO t SELECT generate_series(1, 10)",
+    )
+    .unwrap();
+    let started = Instant::now();
+    first_backup(&c);
+    println!(
+        "first backup to S3 (scheduled, waited for): {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    c.psql(c.rw(), "INSERT INTO t SELECT generate_series(11, 20)")
+        .unwrap();
+    let (t_text, t_epoch, _) = server_now(&c);
+    std::thread::sleep(Duration::from_millis(300));
+    c.psql(c.rw(), "INSERT INTO t SELECT generate_series(21, 30)")
+        .unwrap();
+    wait_archived(&c, t_epoch);
+    let verified = c.ok(&["backup", "verify"]);
+    assert!(verified.contains("intact"), "{verified}");
+
+    let by_time = sibling_with(&c, "s3t", &backup, 1);
+    restore_ok(
+        &c,
+        &["restore", "--from", "s3pg", "--to-time", &t_text],
+        &by_time,
+        "s3t",
+        "restore from S3 to a time",
+    );
+    assert_eq!(rows_in(&c, &by_time), (1..=20).collect::<Vec<_>>());
+    cleanup(&c, &by_time);
+    let latest = sibling_with(&c, "s3l", &backup, 1);
+    restore_ok(
+        &c,
+        &["restore", "--from", "s3pg"],
+        &latest,
+        "s3l",
+        "restore from S3 to the latest point",
+    );
+    assert_eq!(rows_in(&c, &latest), (1..=30).collect::<Vec<_>>());
+    cleanup(&c, &latest);
+
+    stop.store(true, Ordering::SeqCst);
+    let found = watcher.join().unwrap();
+    assert!(found.0 > 0);
+    assert!(
+        found.1.is_empty(),
+        "S3 keys on command lines: {:?}",
+        found.1
+    );
+    let logs = c.all_logs() + &logs_of(&c, "s3t") + &logs_of(&c, "s3l");
+    assert!(!logs.contains(&s3.secret_key), "the secret key in a log");
+
+    // A wrong key: the listing and a restore are refused, naming the Secret; nothing created.
+    s3.write_keys(&c.state_dir(), "s3-keys", "not-the-key");
+    let out = c.stator(&["backup", "list"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    println!("a wrong key: {said}");
+    assert!(
+        said.contains("403") && said.contains("credentialsSecretName"),
+        "{said}"
+    );
+    let refused = sibling_with(&c, "s3w", &backup, 1);
+    let out = stator(&c, &["restore", "--from", "s3pg"], &refused);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("403"), "{}", text(&out));
+    assert!(!c.state_dir().join("default/s3w").exists());
 }

@@ -53,6 +53,7 @@ fn setup(name: &str) -> (tempfile::TempDir, InstanceConfig) {
         data_dir: dir.path().join("data"),
         run_dir: dir.path().join("run"),
         secrets_dir: secrets,
+        secrets_root: None,
         log_file: dir.path().join("server.log"),
         listen_address: "127.0.0.1".into(),
         port: free_port(),

@@ -77,6 +77,7 @@ async fn a_mysql8_primary_is_initialized_started_given_users_and_observed() {
         data_dir: dir.path().join("data"),
         run_dir: dir.path().join("run"),
         secrets_dir: secrets,
+        secrets_root: None,
         log_file: dir.path().join("server.log"),
         listen_address: "127.0.0.1".into(),
         port: free_port(),

@@ -13,8 +13,8 @@ use stator_api::instance::{LocalPorts, RestoreSource, RestoreTarget};
 use stator_api::names::secret_keys;
 use stator_api::{Database, Engine};
 use stator_engine::postgres::backrest::{
-    self, BackupInfo, RecoverableRange, RepositoryInfo, choose_backup, latest_archive_time,
-    parse_info, read_repository_marker, repository_path,
+    self, BackupInfo, RecoverableRange, RepositoryInfo, S3Settings, choose_backup,
+    latest_archive_time, parse_info, read_repository_marker, repository_path,
 };
 
 use crate::error::LocalError;
@@ -22,10 +22,11 @@ use crate::runtime::block_on;
 use crate::secrets::read_secret;
 use crate::state::DatabaseDir;
 
-/// What `up` refuses of `spec.backup`: everything but PostgreSQL or MariaDB with a local,
-/// unencrypted repository; and a missing pgBackRest (PostgreSQL) or zstd (MariaDB). Names the
-/// field.
-pub fn check_spec(db: &Database) -> Result<(), LocalError> {
+/// What `up` refuses of `spec.backup`: everything but PostgreSQL (local or S3 repository) or
+/// MariaDB (local repository), unencrypted; an S3 repository whose Secrets are missing from
+/// `secrets_root` ([`crate::state::StateDir::secrets_root`]); and a missing pgBackRest
+/// (PostgreSQL) or zstd (MariaDB). Names the field.
+pub fn check_spec(db: &Database, secrets_root: &Path) -> Result<(), LocalError> {
     let Some(backup) = &db.spec.backup else {
         return Ok(());
     };
@@ -43,12 +44,27 @@ pub fn check_spec(db: &Database) -> Result<(), LocalError> {
             ),
         );
     }
-    if backup.repository.s3.is_some() {
+    if backup.repository.s3.is_some() && db.spec.engine == Engine::Mariadb {
         return refuse(
             "spec.backup.repository.s3",
-            "S3 repositories are not implemented yet; use repository.local: {path: /srv/backups}"
+            "S3 repositories of MariaDB are not implemented yet; use repository.local: {path: /srv/backups}"
                 .into(),
         );
+    }
+    if let Some(s3) = S3Settings::of(db, Some(secrets_root)).map_err(engine_invalid)? {
+        s3.render().map_err(engine_invalid)?;
+        if let Some(ca) = &s3.ca_file
+            && !ca.is_file()
+        {
+            return refuse(
+                "spec.backup.repository.s3.caSecretName",
+                format!(
+                    "{} is missing: a local Secret is a directory of one 0600 file per key (here {})",
+                    ca.display(),
+                    backrest::S3_CA
+                ),
+            );
+        }
     }
     if backup.encryption.is_some() {
         return refuse(
@@ -72,6 +88,41 @@ pub fn check_spec(db: &Database) -> Result<(), LocalError> {
     crate::preflight::find_pgbackrest().map(|_| ())
 }
 
+fn engine_invalid(e: stator_engine::EngineError) -> LocalError {
+    LocalError::Invalid(format!("{e} (nothing was changed)"))
+}
+
+/// Where a database's backups are, as the local commands reach them: a directory, or a path in
+/// an S3 bucket.
+#[derive(Clone, Debug)]
+pub struct Repository {
+    /// The directory, or the path inside the bucket.
+    pub path: PathBuf,
+    pub s3: Option<S3Settings>,
+}
+
+impl Repository {
+    /// The repository of database `name` in `db`'s namespace and `spec.backup.repository`.
+    pub fn of(db: &Database, name: &str, secrets_root: &Path) -> Result<Repository, LocalError> {
+        let path = backrest::repository_path_of(db, name).ok_or_else(|| {
+            LocalError::Invalid(format!(
+                "{}: spec.backup.repository is not set: this database has no backups here",
+                db.name()
+            ))
+        })?;
+        let s3 = S3Settings::of(db, Some(secrets_root)).map_err(engine_invalid)?;
+        Ok(Repository { path, s3 })
+    }
+
+    /// `/srv/backups/default/shop`, or `s3://bucket/stator/default/shop`.
+    pub fn describe(&self) -> String {
+        match &self.s3 {
+            Some(s3) => format!("s3://{}{}", s3.bucket, self.path.display()),
+            None => self.path.display().to_string(),
+        }
+    }
+}
+
 /// The repository root (`spec.backup.repository.local.path`).
 fn repository_root(db: &Database) -> Result<PathBuf, LocalError> {
     db.spec
@@ -89,7 +140,10 @@ fn repository_root(db: &Database) -> Result<PathBuf, LocalError> {
 
 /// `pgbackrest info --output=json` of `stanza` in `repository`, run by this user with no log file
 /// (it only reads the repository).
-pub fn repository_info(repository: &Path, stanza: &str) -> Result<RepositoryInfo, LocalError> {
+pub fn repository_info(
+    repository: &Repository,
+    stanza: &str,
+) -> Result<RepositoryInfo, LocalError> {
     let out = pgbackrest(
         repository,
         stanza,
@@ -98,24 +152,55 @@ pub fn repository_info(repository: &Path, stanza: &str) -> Result<RepositoryInfo
     if !out.status.success() {
         return Err(LocalError::Failed(format!(
             "pgbackrest info of {stanza} in {} failed: {}",
-            repository.display(),
+            repository.describe(),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    parse_info(&String::from_utf8_lossy(&out.stdout)).map_err(LocalError::Failed)
+    let json = String::from_utf8_lossy(&out.stdout);
+    // pgBackRest reports a repository it cannot reach (a refused key, a bad CA) in the status
+    // of a successful `info`: an S3 repository is then an error, not "no backups".
+    if repository.s3.is_some()
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&json)
+        && let Some(status) = v[0]["repo"][0]["status"].as_object()
+        && status.get("code").and_then(|c| c.as_i64()) == Some(99)
+    {
+        let message = status.get("message").and_then(|m| m.as_str()).unwrap_or("");
+        return Err(s3_failure(repository, "pgbackrest info", message));
+    }
+    parse_info(&json).map_err(LocalError::Failed)
 }
 
+/// Runs pgBackRest on `repository`. An S3 repository's keys go into a 0600 configuration
+/// file in a private temporary directory (removed afterwards), never on the command line.
 fn pgbackrest(
-    repository: &Path,
+    repository: &Repository,
     stanza: &str,
     args: &[&str],
 ) -> Result<std::process::Output, LocalError> {
     let program = crate::preflight::find_pgbackrest()?;
-    Command::new(&program)
-        .arg(format!("--repo1-path={}", repository.display()))
+    let mut command = Command::new(&program);
+    let config_dir;
+    match &repository.s3 {
+        None => {
+            command
+                .arg(format!("--repo1-path={}", repository.path.display()))
+                .arg("--config=/dev/null");
+        }
+        Some(s3) => {
+            config_dir = PrivateDir::new()?;
+            let config = config_dir.0.join(backrest::CONFIG_FILE);
+            let text = format!(
+                "[global]\n{}repo1-path={}\n",
+                s3.render().map_err(engine_invalid)?,
+                repository.path.display()
+            );
+            write_private(&config, &text)?;
+            command.arg(format!("--config={}", config.display()));
+        }
+    }
+    command
         .arg(format!("--stanza={stanza}"))
         .arg("--log-level-file=off")
-        .arg("--config=/dev/null")
         .args(args)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
@@ -123,32 +208,142 @@ fn pgbackrest(
         .map_err(|e| LocalError::io(&program, "cannot run", e))
 }
 
+/// An S3 repository `what` could not use: the first line of pgBackRest's `message` and the S3
+/// error code, and where the keys and the CA come from.
+fn s3_failure(repository: &Repository, what: &str, message: &str) -> LocalError {
+    let first = message.lines().next().unwrap_or("").trim();
+    let code = message
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| format!(" ({code})"))
+        .unwrap_or_default();
+    let keys = repository
+        .s3
+        .as_ref()
+        .map(|s3| s3.credentials_dir.display().to_string())
+        .unwrap_or_default();
+    LocalError::Failed(format!(
+        "{what}: {} refused or unreachable: {first}{code}; check the keys of spec.backup.repository.s3.credentialsSecretName (the files in {keys}), the endpoint and caSecretName",
+        repository.describe()
+    ))
+}
+
+/// A new 0700 directory under the temporary directory, removed when dropped.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn new() -> Result<PrivateDir, LocalError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = std::env::temp_dir().join(format!(
+            "stator-pgbackrest-{}",
+            crate::secrets::generate_secret()
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| LocalError::io(&path, "cannot create", e))?;
+        Ok(PrivateDir(path))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes a new 0600 file.
+fn write_private(path: &Path, text: &str) -> Result<(), LocalError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| LocalError::io(path, "cannot write", e))
+}
+
+/// The marker of `repository`, if it has one.
+fn repository_marker(
+    repository: &Repository,
+    stanza: &str,
+) -> Result<Option<backrest::RepositoryMarker>, LocalError> {
+    if repository.s3.is_none() {
+        return read_repository_marker(&repository.path)
+            .map_err(|e| LocalError::Failed(e.to_string()));
+    }
+    let out = pgbackrest(
+        repository,
+        stanza,
+        &["repo-get", "--raw", backrest::REPOSITORY_MARKER],
+    )?;
+    // pgBackRest's error 055: the file is missing.
+    if out.status.code() == Some(55) {
+        return Ok(None);
+    }
+    if !out.status.success() {
+        return Err(s3_failure(
+            repository,
+            &format!("reading {}", backrest::REPOSITORY_MARKER),
+            String::from_utf8_lossy(&out.stderr).trim(),
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map(Some).map_err(|e| {
+        LocalError::Failed(format!(
+            "{}/{} is not a Stator repository marker: {e}",
+            repository.describe(),
+            backrest::REPOSITORY_MARKER
+        ))
+    })
+}
+
+/// When the newest WAL segment reached `repository` (seconds since the epoch).
+fn archive_time(repository: &Repository, stanza: &str) -> Option<f64> {
+    if repository.s3.is_none() {
+        return latest_archive_time(&repository.path, stanza);
+    }
+    let archive = format!("archive/{stanza}");
+    let out = pgbackrest(
+        repository,
+        stanza,
+        &["repo-ls", "--recurse", "--output=json", &archive],
+    )
+    .ok()?;
+    backrest::latest_archive_time_in_listing(&String::from_utf8_lossy(&out.stdout))
+}
+
 /// The repository of database `name` (same namespace as `db`) and its marker's check.
-fn source_repository(db: &Database, name: &str) -> Result<PathBuf, LocalError> {
-    let path = repository_path(&repository_root(db)?, db.namespace(), name);
-    match read_repository_marker(&path).map_err(|e| LocalError::Failed(e.to_string()))? {
-        Some(m) if m.name == name && m.namespace == db.namespace() => Ok(path),
+fn source_repository(
+    db: &Database,
+    name: &str,
+    secrets_root: &Path,
+) -> Result<Repository, LocalError> {
+    let repository = Repository::of(db, name, secrets_root)?;
+    match repository_marker(&repository, name)? {
+        Some(m) if m.name == name && m.namespace == db.namespace() => Ok(repository),
         Some(m) => Err(LocalError::Invalid(format!(
             "{}: belongs to {}/{}, not {}/{name}",
-            path.display(),
+            repository.describe(),
             m.namespace,
             m.name,
             db.namespace()
         ))),
         None => Err(LocalError::Invalid(format!(
             "spec.bootstrap.restoreFrom.database: {name:?} has no backups in {} (no {} there); see `stator backup list -f` of that database",
-            path.display(),
+            repository.describe(),
             backrest::REPOSITORY_MARKER
         ))),
     }
 }
 
 /// Backups and recoverable range of `db` (its own repository, or database `name`'s).
-pub fn list(db: &Database, name: Option<&str>) -> Result<Listing, LocalError> {
+pub fn list(db: &Database, name: Option<&str>, secrets_root: &Path) -> Result<Listing, LocalError> {
     let stanza = name.unwrap_or(db.name()).to_string();
-    let repository = repository_path(&repository_root(db)?, db.namespace(), &stanza);
+    let repository = Repository::of(db, &stanza, secrets_root)?;
     if db.spec.engine == Engine::Mariadb {
-        let mariadb = crate::backup_mariadb::list(&repository)?;
+        let mariadb = crate::backup_mariadb::list(&repository.path)?;
         return Ok(Listing {
             stanza,
             info: RepositoryInfo::default(),
@@ -156,7 +351,7 @@ pub fn list(db: &Database, name: Option<&str>) -> Result<Listing, LocalError> {
             mariadb: Some(mariadb),
         });
     }
-    if !repository.join("backup").exists() {
+    if repository.s3.is_none() && !repository.path.join("backup").exists() {
         return Ok(Listing {
             stanza,
             info: RepositoryInfo::default(),
@@ -165,7 +360,7 @@ pub fn list(db: &Database, name: Option<&str>) -> Result<Listing, LocalError> {
         });
     }
     let info = repository_info(&repository, &stanza)?;
-    let range = RecoverableRange::of(&info, latest_archive_time(&repository, &stanza));
+    let range = RecoverableRange::of(&info, archive_time(&repository, &stanza));
     Ok(Listing {
         stanza,
         info,
@@ -219,16 +414,20 @@ impl Listing {
 
 /// `pgbackrest verify` of `db`'s repository: Ok with its report, or an error naming the
 /// invalid files.
-pub fn verify(db: &Database, name: Option<&str>) -> Result<String, LocalError> {
+pub fn verify(
+    db: &Database,
+    name: Option<&str>,
+    secrets_root: &Path,
+) -> Result<String, LocalError> {
     let stanza = name.unwrap_or(db.name());
-    let repository = repository_path(&repository_root(db)?, db.namespace(), stanza);
+    let repository = Repository::of(db, stanza, secrets_root)?;
     if db.spec.engine == Engine::Mariadb {
-        return crate::backup_mariadb::verify(&repository, stanza);
+        return crate::backup_mariadb::verify(&repository.path, stanza);
     }
     verify_repository(&repository, stanza)
 }
 
-fn verify_repository(repository: &Path, stanza: &str) -> Result<String, LocalError> {
+fn verify_repository(repository: &Repository, stanza: &str) -> Result<String, LocalError> {
     let out = pgbackrest(
         repository,
         stanza,
@@ -257,10 +456,10 @@ fn verify_repository(repository: &Path, stanza: &str) -> Result<String, LocalErr
     if out.status.success() && bad.is_empty() {
         return Ok(text);
     }
-    let files = backrest::damaged_files(&text, repository, stanza);
+    let files = backrest::damaged_files(&text, &repository.path, stanza);
     Err(LocalError::Failed(format!(
         "the repository {} of {stanza} is damaged{}; pgbackrest verify:\n{}",
-        repository.display(),
+        repository.describe(),
         if files.is_empty() {
             String::new()
         } else {
@@ -284,14 +483,17 @@ fn verify_repository(repository: &Path, stanza: &str) -> Result<String, LocalErr
 /// `spec.bootstrap.restoreFrom`, checked and completed before anything is written: the
 /// source's repository, the target inside its range, the backup chosen, the repository
 /// verified. The source the primary's instance manager restores.
-pub fn resolve_restore(db: &Database) -> Result<Option<(Database, RestoreSource)>, LocalError> {
+pub fn resolve_restore(
+    db: &Database,
+    secrets_root: &Path,
+) -> Result<Option<(Database, RestoreSource)>, LocalError> {
     let Some(from) = &db.spec.bootstrap.restore_from else {
         return Ok(None);
     };
-    let repository = source_repository(db, &from.database)?;
+    let repository = source_repository(db, &from.database, secrets_root)?;
     let target = restore_target(from)?;
     if db.spec.engine == Engine::Mariadb {
-        return crate::backup_mariadb::resolve_restore(db, from, repository, target).map(Some);
+        return crate::backup_mariadb::resolve_restore(db, from, repository.path, target).map(Some);
     }
     // A damaged repository is refused first, naming the file: a missing backup.info would
     // otherwise read as "no backup", and a damaged backup must never be replaced by another.
@@ -302,7 +504,7 @@ pub fn resolve_restore(db: &Database) -> Result<Option<(Database, RestoreSource)
     let chosen = choose_backup(
         &from.database,
         &info,
-        latest_archive_time(&repository, &from.database),
+        archive_time(&repository, &from.database),
         &target,
         from.backup.as_deref(),
     )
@@ -319,7 +521,7 @@ pub fn resolve_restore(db: &Database) -> Result<Option<(Database, RestoreSource)
         resolved,
         RestoreSource {
             stanza: from.database.clone(),
-            repository,
+            repository: repository.path,
             set: chosen.label,
             target,
         },
@@ -352,7 +554,7 @@ pub fn restore_source(db: &Database) -> Option<RestoreSource> {
     let from = db.spec.bootstrap.restore_from.as_ref()?;
     Some(RestoreSource {
         stanza: from.database.clone(),
-        repository: repository_path(&repository_root(db).ok()?, db.namespace(), &from.database),
+        repository: backrest::repository_path_of(db, &from.database)?,
         set: from.backup.clone()?,
         target: restore_target(from).ok()?,
     })
@@ -365,10 +567,15 @@ pub fn create(
     kind: Option<&str>,
     primary_ordinal: u32,
 ) -> Result<serde_json::Value, LocalError> {
-    let root = repository_root(db)?;
+    if backrest::repository_path_of(db, db.name()).is_none() {
+        return Err(LocalError::Invalid(format!(
+            "{}: spec.backup.repository is not set: this database has no backups here",
+            db.name()
+        )));
+    }
     crate::transport::register(db, dir)?;
     if db.spec.engine == Engine::Mariadb {
-        let repository = repository_path(&root, db.namespace(), db.name());
+        let repository = repository_path(&repository_root(db)?, db.namespace(), db.name());
         return crate::backup_mariadb::create(dir, db, &repository);
     }
     let token = read_secret(&dir.secrets_dir(), secret_keys::API_TOKEN)?;
@@ -427,7 +634,7 @@ pub async fn schedule_forever(dir: DatabaseDir) {
             continue;
         };
         if !matches!(db.spec.engine, Engine::Postgres | Engine::Mariadb)
-            || backup.repository.local.is_none()
+            || backup.repository.local.is_none() && db.spec.engine == Engine::Mariadb
         {
             continue;
         }
@@ -496,7 +703,7 @@ pub async fn schedule_forever(dir: DatabaseDir) {
 /// archive as the primary's instance manager reports it (`backup` in its `/status`).
 pub fn status_summary(dir: &DatabaseDir, db: &Database) -> Option<serde_json::Value> {
     db.spec.backup.as_ref()?;
-    let listing = list(db, None).ok();
+    let listing = list(db, None, &dir.namespace_secrets()).ok();
     let mariadb_last = listing
         .as_ref()
         .and_then(|l| l.mariadb.as_ref())

@@ -46,6 +46,7 @@ pub fn instance_config(
         data_dir: dir.data_dir(ordinal),
         run_dir: dir.run_dir(ordinal),
         secrets_dir: dir.secrets_dir(),
+        secrets_root: Some(dir.namespace_secrets()),
         log_file: dir.server_log(ordinal),
         listen_address: db.spec.local.listen_address.clone(),
         port: ports.server(ordinal),

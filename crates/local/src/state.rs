@@ -56,6 +56,13 @@ impl StateDir {
         }
     }
 
+    /// The local Secrets of `namespace` a spec names by `...SecretName` (S3 repository keys
+    /// and CA): `STATE/NAMESPACE/.secrets/SECRET/KEY`, one 0600 file per key (the leading dot
+    /// keeps it apart from the databases, whose names cannot start with one).
+    pub fn secrets_root(&self, namespace: &str) -> PathBuf {
+        self.root.join(namespace).join(".secrets")
+    }
+
     pub fn database_of(&self, db: &Database) -> DatabaseDir {
         self.database(db.namespace(), db.name())
     }
@@ -149,6 +156,13 @@ impl DatabaseDir {
     }
     pub fn secrets_dir(&self) -> PathBuf {
         self.root.join("secrets")
+    }
+    /// [`StateDir::secrets_root`] of this database's namespace.
+    pub fn namespace_secrets(&self) -> PathBuf {
+        self.root
+            .parent()
+            .map(|ns| ns.join(".secrets"))
+            .unwrap_or_else(|| self.root.join(".secrets"))
     }
     /// The database's certificates (`ca.crt`, `tls.crt`, `tls.key`, …), 0700, keys 0600.
     pub fn tls_dir(&self) -> PathBuf {

@@ -55,13 +55,13 @@ pub struct UpOutcome {
 pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
     // What is not implemented is refused, never ignored: no one may believe they have
     // backups when they do not.
-    crate::backup::check_spec(db)?;
     let dir = options.state.database_of(db);
+    crate::backup::check_spec(db, &dir.namespace_secrets())?;
     // A new database restored from a backup: the target is checked and the backup chosen
     // before anything is written; an existing one never restores again.
     let resolved;
     let db = if db.spec.bootstrap.restore_from.is_some() && !dir.spec_file().exists() {
-        resolved = crate::backup::resolve_restore(db)?.map(|(db, _)| db);
+        resolved = crate::backup::resolve_restore(db, &dir.namespace_secrets())?.map(|(db, _)| db);
         resolved.as_ref().unwrap_or(db)
     } else {
         db

@@ -130,9 +130,14 @@ pub fn backup(args: BackupArgs) -> CliResult {
             );
             Ok(ExitCode::SUCCESS)
         }
-        BackupAction::List { file, output, .. } => {
+        BackupAction::List {
+            file,
+            output,
+            state,
+        } => {
             let db = crate::spec_file::load_for(&file, crate::spec_file::Warnings::Quiet)?.database;
-            let listing = stator_local::backup::list(&db, None).map_err(failed)?;
+            let secrets = StateDir::resolve(state.state_dir.clone()).secrets_root(db.namespace());
+            let listing = stator_local::backup::list(&db, None, &secrets).map_err(failed)?;
             if output == "json" {
                 let range = listing.range.as_ref().map(|r| {
                     serde_json::json!({
@@ -168,9 +173,10 @@ pub fn backup(args: BackupArgs) -> CliResult {
             }
             Ok(ExitCode::SUCCESS)
         }
-        BackupAction::Verify { file, .. } => {
+        BackupAction::Verify { file, state } => {
             let db = crate::spec_file::load_for(&file, crate::spec_file::Warnings::Quiet)?.database;
-            let report = stator_local::backup::verify(&db, None).map_err(failed)?;
+            let secrets = StateDir::resolve(state.state_dir.clone()).secrets_root(db.namespace());
+            let report = stator_local::backup::verify(&db, None, &secrets).map_err(failed)?;
             print!("{report}");
             println!("verify: the repository of {} is intact", db.name());
             Ok(ExitCode::SUCCESS)

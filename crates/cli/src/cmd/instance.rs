@@ -213,6 +213,7 @@ pub fn pod_instance_config(
         data_dir: PathBuf::from(POD_DATA_DIR),
         run_dir: PathBuf::from(POD_RUN_DIR),
         secrets_dir: PathBuf::from(POD_SECRETS_DIR),
+        secrets_root: None,
         log_file: server_log.to_path_buf(),
         listen_address: "0.0.0.0".into(),
         port,

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod failover;
+pub mod s3;
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;

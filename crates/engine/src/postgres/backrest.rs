@@ -63,6 +63,130 @@ pub fn repository_of(db: &Database) -> Option<PathBuf> {
     ))
 }
 
+/// The repository path of database `name` (in `db`'s namespace and repository): a directory
+/// (`local.path/NAMESPACE/NAME`) or a path inside the bucket (`s3.path/NAMESPACE/NAME`).
+pub fn repository_path_of(db: &Database, name: &str) -> Option<PathBuf> {
+    let repository = &db.spec.backup.as_ref()?.repository;
+    let root = match (&repository.local, &repository.s3) {
+        (Some(local), _) => &local.path,
+        (None, Some(s3)) => &s3.path,
+        (None, None) => return None,
+    };
+    Some(repository_path(Path::new(root), db.namespace(), name))
+}
+
+/// The key of the `credentialsSecretName` Secret holding the access key id.
+pub const S3_ACCESS_KEY_ID: &str = "access-key-id";
+/// The key of the `credentialsSecretName` Secret holding the secret access key.
+pub const S3_SECRET_ACCESS_KEY: &str = "secret-access-key";
+/// The key of the `caSecretName` Secret holding the CA certificate.
+pub const S3_CA: &str = "ca.crt";
+
+/// A repository in an S3 bucket as pgBackRest reaches it (always TLS, path-style URIs). The
+/// keys stay in their Secret's files until they are written into a 0600 `pgbackrest.conf`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct S3Settings {
+    pub host: String,
+    pub port: u16,
+    pub bucket: String,
+    pub region: String,
+    /// The CA that signed the endpoint's certificate (`caSecretName`'s `ca.crt`); `None`: the
+    /// system's CAs.
+    pub ca_file: Option<PathBuf>,
+    /// The `credentialsSecretName` Secret: a directory with one 0600 file per key.
+    pub credentials_dir: PathBuf,
+}
+
+impl S3Settings {
+    /// The S3 settings of `db`, its Secrets read from `secrets_root` (one directory per Secret
+    /// of the namespace). `Ok(None)` without an S3 repository; an error naming the field when
+    /// the endpoint is not `host:port` or the Secrets have no store here.
+    pub fn of(db: &Database, secrets_root: Option<&Path>) -> Result<Option<Self>, EngineError> {
+        let Some(s3) = db
+            .spec
+            .backup
+            .as_ref()
+            .and_then(|b| b.repository.s3.as_ref())
+        else {
+            return Ok(None);
+        };
+        let (host, port) = s3
+            .endpoint
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| EngineError::Config {
+                field: "spec.backup.repository.s3.endpoint".into(),
+                message: format!(
+                    "{:?} is not host:port (e.g. s3.eu-west-1.amazonaws.com:443)",
+                    s3.endpoint
+                ),
+            })?;
+        let root = secrets_root.ok_or_else(|| EngineError::Config {
+            field: "spec.backup.repository.s3.credentialsSecretName".into(),
+            message: format!(
+                "{:?}: this instance has no Secrets directory to read it from",
+                s3.credentials_secret_name
+            ),
+        })?;
+        Ok(Some(S3Settings {
+            host,
+            port,
+            bucket: s3.bucket.clone(),
+            region: s3.region.clone(),
+            ca_file: s3.ca_secret_name.as_ref().map(|n| root.join(n).join(S3_CA)),
+            credentials_dir: root.join(&s3.credentials_secret_name),
+        }))
+    }
+
+    /// The `repo1-*` lines of `pgbackrest.conf` for this bucket, keys included (read from
+    /// their 0600 files): only ever written into a 0600 file.
+    pub fn render(&self) -> Result<String, EngineError> {
+        let key = |k: &str| {
+            crate::credentials::read_secret(&self.credentials_dir, k).map_err(|e| {
+                EngineError::Config {
+                    field: "spec.backup.repository.s3.credentialsSecretName".into(),
+                    message: format!(
+                        "{e} (the Secret holds {S3_ACCESS_KEY_ID} and {S3_SECRET_ACCESS_KEY})"
+                    ),
+                }
+            })
+        };
+        let (id, secret) = (key(S3_ACCESS_KEY_ID)?, key(S3_SECRET_ACCESS_KEY)?);
+        let mut out = format!(
+            "repo1-type=s3\n\
+             repo1-s3-endpoint={host}\n\
+             repo1-storage-port={port}\n\
+             repo1-s3-bucket={bucket}\n\
+             repo1-s3-region={region}\n\
+             repo1-s3-uri-style=path\n\
+             repo1-s3-key={id}\n\
+             repo1-s3-key-secret={secret}\n",
+            host = conf_value("spec.backup.repository.s3.endpoint", &self.host)?,
+            port = self.port,
+            bucket = conf_value("spec.backup.repository.s3.bucket", &self.bucket)?,
+            region = conf_value("spec.backup.repository.s3.region", &self.region)?,
+            id = conf_value(
+                "spec.backup.repository.s3.credentialsSecretName",
+                id.expose()
+            )?,
+            secret = conf_value(
+                "spec.backup.repository.s3.credentialsSecretName",
+                secret.expose()
+            )?,
+        );
+        if let Some(ca) = &self.ca_file {
+            out.push_str(&format!(
+                "repo1-storage-ca-file={}\n",
+                conf_value(
+                    "spec.backup.repository.s3.caSecretName",
+                    &ca.to_string_lossy()
+                )?
+            ));
+        }
+        Ok(out)
+    }
+}
+
 /// What the repository marker records.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -132,16 +256,25 @@ pub struct BackrestSettings {
     /// since pgBackRest's defaults (`/tmp/pgbackrest`, `/var/log/pgbackrest`) collide between
     /// instances on one machine.
     pub run_dir: PathBuf,
+    /// The bucket, when the repository is in S3 (`repository` is then the path inside it).
+    pub s3: Option<S3Settings>,
 }
 
 impl BackrestSettings {
     /// The settings of `db`'s instance whose data dir, port and run dir are given. `None`
-    /// without a local repository.
-    pub fn of(db: &Database, pg_path: &Path, pg_port: u16, run_dir: &Path) -> Option<Self> {
+    /// without a repository; `s3`: the bucket of an S3 repository ([`S3Settings::of`]).
+    pub fn of(
+        db: &Database,
+        pg_path: &Path,
+        pg_port: u16,
+        run_dir: &Path,
+        s3: Option<S3Settings>,
+    ) -> Option<Self> {
         let backup = db.spec.backup.as_ref()?;
         Some(BackrestSettings {
             stanza: db.name().to_string(),
-            repository: repository_of(db)?,
+            repository: repository_path_of(db, db.name())?,
+            s3,
             retention_full: backup.retention.full.max(1),
             compression: backup.compression,
             parallel: backup.parallel.max(1),
@@ -193,15 +326,20 @@ fn conf_value(field: &str, value: &str) -> Result<String, EngineError> {
     Ok(value.to_string())
 }
 
-/// Renders `pgbackrest.conf`. It holds no secret (the password comes from `PGPASSFILE`) and
-/// never sets `archive-push-queue-max`: WAL is never dropped to save disk.
+/// Renders `pgbackrest.conf`. The superuser password is not in it (it comes from
+/// `PGPASSFILE`); an S3 repository's keys are, so it is only ever written 0600. It never sets
+/// `archive-push-queue-max`: WAL is never dropped to save disk.
 pub fn render_config(s: &BackrestSettings) -> Result<String, EngineError> {
     let [lock, log, spool] = s.work_dirs();
     let path = |field: &str, p: &Path| conf_value(field, &p.to_string_lossy());
+    let s3 = match &s.s3 {
+        Some(s3) => s3.render()?,
+        None => String::new(),
+    };
     Ok(format!(
         "# Written by Stator; edit spec.backup instead.\n\
          [global]\n\
-         repo1-path={repo}\n\
+         {s3}repo1-path={repo}\n\
          repo1-retention-full={retention}\n\
          compress-type={compress}\n\
          process-max={parallel}\n\
@@ -760,6 +898,26 @@ pub fn latest_archive_time(repository: &Path, stanza: &str) -> Option<f64> {
     newest
 }
 
+/// [`latest_archive_time`] of a repository pgBackRest lists (`repo-ls --recurse --output=json
+/// archive/STANZA`: an S3 repository): the newest segment's time.
+pub fn latest_archive_time_in_listing(json: &str) -> Option<f64> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    v.as_object()?
+        .iter()
+        .filter(|(path, entry)| {
+            let name = path.rsplit('/').next().unwrap_or(path);
+            entry["type"] == "file"
+                && name.len() >= 25
+                && !name.contains(".partial")
+                && !name.contains(".backup")
+                && name
+                    .get(..24)
+                    .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .filter_map(|(_, entry)| entry["time"].as_f64())
+        .reduce(f64::max)
+}
+
 /// What a finished backup was (`backup.lastBackup` in `/status`).
 pub use stator_api::backup_report::BackupOutcome;
 
@@ -792,6 +950,7 @@ impl super::Postgres {
         }
         self.user
             .create_private_dir(&settings.run_dir.join("pgbackrest"))?;
+        let settings = &self.with_ca_copy(settings)?;
         self.user
             .write_file(&settings.config_path(), &render_config(settings)?, 0o600)?;
         self.user.write_file(
@@ -809,10 +968,114 @@ impl super::Postgres {
         Ok(Some((archive_command(program, settings), timeout)))
     }
 
+    /// `settings` with the S3 CA copied into the run dir, owned by the server user (who runs
+    /// `archive-push` and may not read the Secret's file).
+    fn with_ca_copy(&self, settings: &BackrestSettings) -> Result<BackrestSettings, EngineError> {
+        let mut settings = settings.clone();
+        if let Some(s3) = settings.s3.as_mut()
+            && let Some(ca) = &s3.ca_file
+        {
+            let text = std::fs::read_to_string(ca).map_err(|e| EngineError::Config {
+                field: "spec.backup.repository.s3.caSecretName".into(),
+                message: format!("cannot read {}: {e}", ca.display()),
+            })?;
+            let dir = self.run_dir.join("pgbackrest");
+            self.user.create_private_dir(&dir)?;
+            let copy = dir.join(S3_CA);
+            self.user.write_file(&copy, &text, 0o600)?;
+            s3.ca_file = Some(copy);
+        }
+        Ok(settings)
+    }
+
+    /// Checks the marker of an S3 repository and, with a system identifier, writes it
+    /// (`pgbackrest repo-ls`/`repo-get`/`repo-put` with the instance's own configuration: the
+    /// keys never reach a command line).
+    async fn prepare_s3_repository(
+        &self,
+        system_identifier: Option<u64>,
+    ) -> Result<(), EngineError> {
+        let (settings, _) = self.backrest()?;
+        let run = |args: Vec<&str>, input: Option<String>| {
+            let mut all = common(settings);
+            all.truncate(1);
+            all.extend(args.into_iter().map(OsString::from));
+            async move {
+                let inv = self.backrest_invocation(all)?;
+                let mut tool = inv.spawn_piped(input.is_some(), true)?;
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                if let (Some(text), Some(stdin)) = (input, tool.child.stdin.as_mut()) {
+                    stdin
+                        .write_all(text.as_bytes())
+                        .await
+                        .map_err(|e| EngineError::io(&inv.program, "write to", e))?;
+                }
+                drop(tool.child.stdin.take());
+                let mut out = String::new();
+                if let Some(stdout) = tool.child.stdout.as_mut() {
+                    stdout
+                        .read_to_string(&mut out)
+                        .await
+                        .map_err(|e| EngineError::io(&inv.program, "read the output of", e))?;
+                }
+                tool.finish().await?;
+                Ok::<String, EngineError>(out)
+            }
+        };
+        let listing = run(
+            vec![
+                "repo-ls",
+                "--output=json",
+                "--filter=^stator-repository\\.json$",
+            ],
+            None,
+        )
+        .await?;
+        let found = if listing.contains(REPOSITORY_MARKER) {
+            let text = run(vec!["repo-get", "--raw", REPOSITORY_MARKER], None).await?;
+            Some(
+                serde_json::from_str::<RepositoryMarker>(&text).map_err(|e| {
+                    EngineError::Config {
+                        field: "spec.backup.repository.s3.path".into(),
+                        message: format!(
+                            "{}/{REPOSITORY_MARKER} is not a Stator repository marker: {e}",
+                            settings.repository.display()
+                        ),
+                    }
+                })?,
+            )
+        } else {
+            None
+        };
+        let wanted = RepositoryMarker {
+            namespace: self.namespace.clone(),
+            name: self.database.clone(),
+            system_identifier,
+        };
+        if let Some(found) = &found
+            && let Some(why) = marker_conflict(&settings.repository, found, &wanted)
+        {
+            return Err(EngineError::Config {
+                field: "spec.backup.repository.s3.path".into(),
+                message: why,
+            });
+        }
+        if system_identifier.is_some() && found.as_ref() != Some(&wanted) {
+            let text = serde_json::to_string_pretty(&wanted)
+                .map_err(|e| EngineError::State(e.to_string()))?;
+            run(vec!["repo-put", "--raw", REPOSITORY_MARKER], Some(text)).await?;
+        }
+        Ok(())
+    }
+
     /// Creates the repository path (owned by the server user) and checks its marker; with a
-    /// system identifier, writes the marker.
+    /// system identifier, writes the marker. An S3 repository is checked in
+    /// [`Self::stanza_create`] instead.
     fn prepare_repository(&self, system_identifier: Option<u64>) -> Result<(), EngineError> {
         let (settings, _) = self.backrest()?;
+        if settings.s3.is_some() {
+            return Ok(());
+        }
         let repo = &settings.repository;
         if !repo.exists() {
             std::fs::create_dir_all(repo).map_err(|e| EngineError::io(repo, "create", e))?;
@@ -877,6 +1140,9 @@ impl super::Postgres {
             .await?;
         self.prepare_repository(system_identifier)?;
         let (settings, _) = self.backrest()?;
+        if settings.s3.is_some() {
+            self.prepare_s3_repository(system_identifier).await?;
+        }
         self.backrest_invocation(stanza_create_args(settings))?
             .run()
             .await
@@ -998,7 +1264,7 @@ impl super::Postgres {
             stanza: source.stanza.clone(),
             repository: source.repository.clone(),
             pg_path: staging.clone(),
-            ..own.clone()
+            ..self.with_ca_copy(own)?
         };
         let config = self.run_dir.join("pgbackrest-restore.conf");
         let result = async {
@@ -1199,8 +1465,73 @@ mod tests {
             pg_path: "/var/lib/stator/default/shop/data-shop-0".into(),
             pg_port: 20010,
             socket_dir: "/run/shop-0".into(),
+            s3: None,
             run_dir: "/run/shop-0".into(),
         }
+    }
+
+    #[test]
+    fn an_s3_repository_names_the_bucket_and_its_keys_come_from_the_secret_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("s3-keys");
+        std::fs::create_dir(&keys).unwrap();
+        for (k, v) in [(S3_ACCESS_KEY_ID, "AKID"), (S3_SECRET_ACCESS_KEY, "SECRET")] {
+            std::fs::write(keys.join(k), v).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(keys.join(k), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let mut s = settings();
+        s.repository = "/stator/default/shop".into();
+        s.s3 = Some(S3Settings {
+            host: "127.0.0.1".into(),
+            port: 9000,
+            bucket: "b".into(),
+            region: "us-east-1".into(),
+            ca_file: Some("/run/shop-0/pgbackrest/ca.crt".into()),
+            credentials_dir: keys.clone(),
+        });
+        let text = render_config(&s).unwrap();
+        for line in [
+            "repo1-type=s3\n",
+            "repo1-s3-endpoint=127.0.0.1\n",
+            "repo1-storage-port=9000\n",
+            "repo1-s3-bucket=b\n",
+            "repo1-s3-uri-style=path\n",
+            "repo1-s3-key=AKID\n",
+            "repo1-s3-key-secret=SECRET\n",
+            "repo1-storage-ca-file=/run/shop-0/pgbackrest/ca.crt\n",
+            "repo1-path=/stator/default/shop\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in {text}");
+        }
+        // The argument lists never carry the keys: they are only in the 0600 file.
+        for args in [
+            backup_args(&s, BackupKind::Full),
+            info_args(&s),
+            verify_args(&s),
+        ] {
+            let joined = format!("{args:?}");
+            assert!(
+                !joined.contains("SECRET") && !joined.contains("AKID"),
+                "{joined}"
+            );
+        }
+        assert!(!archive_command(Path::new("/usr/bin/pgbackrest"), &s).contains("SECRET"));
+        // A missing key names the field.
+        std::fs::remove_file(keys.join(S3_SECRET_ACCESS_KEY)).unwrap();
+        let e = render_config(&s).unwrap_err().to_string();
+        assert!(e.contains("credentialsSecretName"), "{e}");
+    }
+
+    #[test]
+    fn the_newest_archived_segment_of_an_s3_listing_is_found() {
+        let json = r#"{".":{"type":"path"},
+            "15-1/0000000100000000/000000010000000000000003-aa.zst":{"type":"file","size":1,"time":1700000300},
+            "15-1/0000000100000000/000000010000000000000002-bb.zst":{"type":"file","size":1,"time":1700000200},
+            "15-1/0000000100000000/000000010000000000000004.00000028.backup":{"type":"file","size":1,"time":1700000900},
+            "15-1/00000002.history":{"type":"file","size":1,"time":1700000950}}"#;
+        assert_eq!(latest_archive_time_in_listing(json), Some(1700000300.0));
+        assert_eq!(latest_archive_time_in_listing("{}"), None);
     }
 
     #[test]
