@@ -1217,3 +1217,114 @@ fn an_s3_repository_restores_to_a_time_and_to_the_latest_point_and_refuses_a_wro
     assert!(text(&out).contains("403"), "{}", text(&out));
     assert!(!c.state_dir().join("default/s3w").exists());
 }
+
+/// The repository storage a MariaDB repository moves onto (`stator_engine::object_store`): on a
+/// directory and on S3 (SeaweedFS, TLS), a key is written only when absent (S3: one `PUT` with
+/// `If-None-Match: *`), so different content under it is never stored; get, list and delete
+/// behave alike; a wrong key is refused with HTTP 403, naming the Secret.
+#[test]
+fn the_object_stores_write_a_key_only_once_on_a_directory_and_on_s3() {
+    use stator_engine::object_store::{DirStore, ObjectStore, Put, S3Store};
+    async fn exercise(store: &impl ObjectStore, what: &str) {
+        assert_eq!(store.get("b/1.json").await.unwrap(), None, "{what}");
+        assert_eq!(
+            store
+                .put_if_absent("b/1.json", b"one".to_vec())
+                .await
+                .unwrap(),
+            Put::Written,
+            "{what}"
+        );
+        assert_eq!(
+            store
+                .put_if_absent("b/1.json", b"two".to_vec())
+                .await
+                .unwrap(),
+            Put::Exists,
+            "{what}: a second put under a key changes nothing"
+        );
+        assert_eq!(
+            store.get("b/1.json").await.unwrap().as_deref(),
+            Some(&b"one"[..]),
+            "{what}"
+        );
+        store
+            .put_if_absent("b/2.json", b"2".to_vec())
+            .await
+            .unwrap();
+        store
+            .put_if_absent("c/3.json", b"3".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.list("b").await.unwrap(),
+            vec!["b/1.json".to_string(), "b/2.json".into()],
+            "{what}"
+        );
+        store.delete("b/1.json").await.unwrap();
+        assert_eq!(store.get("b/1.json").await.unwrap(), None, "{what}");
+        assert_eq!(
+            store
+                .put_if_absent("b/1.json", b"three".to_vec())
+                .await
+                .unwrap(),
+            Put::Written,
+            "{what}: a deleted key can be written again"
+        );
+    }
+    let s3 = local_support::s3::S3Server::start();
+    let state = s3.dir.path().join("state");
+    s3.write_secrets(&state, "s3-keys", "s3-ca");
+    let secrets = state.join("default/.secrets");
+    let settings = stator_engine::postgres::backrest::S3Settings {
+        host: "127.0.0.1".into(),
+        port: s3.port,
+        bucket: local_support::s3::BUCKET.into(),
+        region: "us-east-1".into(),
+        ca_file: None,
+        credentials_dir: secrets.join("s3-keys"),
+    };
+    let tls = stator_engine::tls::TlsFiles::new(secrets.join("s3-ca"))
+        .client_config()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        exercise(
+            &DirStore {
+                root: dir.path().to_path_buf(),
+            },
+            "directory",
+        )
+        .await;
+        println!("directory store: {:.3} s", started.elapsed().as_secs_f64());
+        let store = S3Store::new(&settings, Path::new("/stator/default/md"), tls.clone()).unwrap();
+        let started = Instant::now();
+        exercise(&store, "S3").await;
+        println!("S3 store: {:.3} s", started.elapsed().as_secs_f64());
+        // Another database's prefix sees none of it.
+        let other =
+            S3Store::new(&settings, Path::new("/stator/default/other"), tls.clone()).unwrap();
+        assert!(other.list("b").await.unwrap().is_empty());
+
+        s3.write_keys(&state, "s3-keys", "not-the-key");
+        let wrong = S3Store::new(&settings, Path::new("/stator/default/md"), tls).unwrap();
+        let e = wrong
+            .put_if_absent("b/9.json", b"9".to_vec())
+            .await
+            .unwrap_err();
+        println!("a wrong key: {e}");
+        assert!(
+            e.contains("403") && e.contains("credentialsSecretName"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("not-the-key") && !e.contains("X-Amz-Signature"),
+            "{e}"
+        );
+    });
+}

@@ -16,6 +16,8 @@
 //! - [`postgres`]: PostgreSQL's implementation, its config files and binaries.
 //! - [`mysql_family`]: the MySQL family's implementation, shared by its flavors.
 //! - [`mariadb`], [`mysql`]: what is MariaDB's and MySQL 8's own (the [`mysql_family::Dialect`]s).
+//! - [`object_store`]: a repository's objects in a directory or an S3 bucket (put-if-absent,
+//!   get, list, delete).
 //! - [`data_dir`]: the marker naming the database a data directory belongs to.
 //! - [`credentials`]: passwords read from the secrets directory, redacted in `Debug`.
 //! - [`server_user`]: the unprivileged OS user a server runs as, and file ownership.
@@ -34,6 +36,7 @@ pub mod manager_client;
 pub mod mariadb;
 pub mod mysql;
 pub mod mysql_family;
+pub mod object_store;
 pub mod parameter_check;
 pub mod postgres;
 pub mod process;
