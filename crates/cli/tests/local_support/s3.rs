@@ -15,6 +15,8 @@ pub const BUCKET: &str = "stator";
 pub struct S3Server {
     pub dir: tempfile::TempDir,
     child: Child,
+    /// The first of the ports it was given.
+    base: u16,
     /// The S3 (HTTPS) port.
     pub port: u16,
     pub access_key: String,
@@ -122,8 +124,6 @@ impl S3Server {
                 dir.path().join("s3.sock").display()
             ))
             .current_dir(dir.path())
-            // Its gRPC sockets go to $TMPDIR.
-            .env("TMPDIR", dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -132,6 +132,7 @@ impl S3Server {
         let server = S3Server {
             dir,
             child,
+            base,
             port,
             access_key,
             secret_key,
@@ -211,5 +212,18 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Its gRPC servers' Unix sockets, which it always puts in /tmp, named by their ports.
+        for (kind, offset) in [
+            ("master", 1),
+            ("volume", 3),
+            ("filer", 5),
+            ("s3", 7),
+            ("admin", 9),
+        ] {
+            let _ = std::fs::remove_file(format!(
+                "/tmp/seaweedfs-{kind}-grpc-{}.sock",
+                self.base + offset
+            ));
+        }
     }
 }

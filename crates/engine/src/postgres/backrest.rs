@@ -1000,27 +1000,7 @@ impl super::Postgres {
             let mut all = common(settings);
             all.truncate(1);
             all.extend(args.into_iter().map(OsString::from));
-            async move {
-                let inv = self.backrest_invocation(all)?;
-                let mut tool = inv.spawn_piped(input.is_some(), true)?;
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                if let (Some(text), Some(stdin)) = (input, tool.child.stdin.as_mut()) {
-                    stdin
-                        .write_all(text.as_bytes())
-                        .await
-                        .map_err(|e| EngineError::io(&inv.program, "write to", e))?;
-                }
-                drop(tool.child.stdin.take());
-                let mut out = String::new();
-                if let Some(stdout) = tool.child.stdout.as_mut() {
-                    stdout
-                        .read_to_string(&mut out)
-                        .await
-                        .map_err(|e| EngineError::io(&inv.program, "read the output of", e))?;
-                }
-                tool.finish().await?;
-                Ok::<String, EngineError>(out)
-            }
+            self.backrest_output(all, input)
         };
         let listing = run(
             vec![
@@ -1148,20 +1128,37 @@ impl super::Postgres {
             .await
     }
 
-    /// `pgbackrest info --output=json`, read.
-    pub async fn backup_info(&self) -> Result<RepositoryInfo, EngineError> {
-        let (settings, _) = self.backrest()?;
-        let inv = self.backrest_invocation(info_args(settings))?;
-        let mut tool = inv.spawn_piped(false, true)?;
+    /// Runs pgBackRest with `args` (`input` on its stdin); its stdout.
+    async fn backrest_output(
+        &self,
+        args: Vec<OsString>,
+        input: Option<String>,
+    ) -> Result<String, EngineError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let inv = self.backrest_invocation(args)?;
+        let mut tool = inv.spawn_piped(input.is_some(), true)?;
+        if let (Some(text), Some(stdin)) = (input, tool.child.stdin.as_mut()) {
+            stdin
+                .write_all(text.as_bytes())
+                .await
+                .map_err(|e| EngineError::io(&inv.program, "write to", e))?;
+        }
+        drop(tool.child.stdin.take());
         let mut out = String::new();
         if let Some(stdout) = tool.child.stdout.as_mut() {
-            use tokio::io::AsyncReadExt;
             stdout
                 .read_to_string(&mut out)
                 .await
                 .map_err(|e| EngineError::io(&inv.program, "read the output of", e))?;
         }
         tool.finish().await?;
+        Ok(out)
+    }
+
+    /// `pgbackrest info --output=json`, read.
+    pub async fn backup_info(&self) -> Result<RepositoryInfo, EngineError> {
+        let (settings, _) = self.backrest()?;
+        let out = self.backrest_output(info_args(settings), None).await?;
         parse_info(&out).map_err(EngineError::State)
     }
 
