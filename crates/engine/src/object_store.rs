@@ -191,6 +191,19 @@ impl S3Store {
         }
     }
 
+    /// A TLS connection to the endpoint, its certificate verified for the endpoint's host.
+    async fn connect(
+        &self,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+    }
+
     /// Sends one request to a signed URL; the status and the body. Errors name the bucket and
     /// the key, never the URL.
     async fn send(
@@ -203,15 +216,12 @@ impl S3Store {
     ) -> Result<(u16, Vec<u8>), String> {
         let target = format!("s3://{}/{what}", self.bucket.name());
         let exchange = async {
-            let tcp = crate::tls::HttpTransport::Tls(self.tls.clone())
-                .connect(&self.host, self.port)
-                .await
-                .map_err(|e| {
-                    format!(
-                        "{target}: cannot connect to {}:{}: {e}",
-                        self.host, self.port
-                    )
-                })?;
+            let tcp = self.connect().await.map_err(|e| {
+                format!(
+                    "{target}: cannot connect to {}:{}: {e}",
+                    self.host, self.port
+                )
+            })?;
             let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                 .await
                 .map_err(|e| format!("{target}: {e}"))?;
