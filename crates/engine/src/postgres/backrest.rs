@@ -1027,25 +1027,44 @@ impl super::Postgres {
         } else {
             None
         };
+        let field = "spec.backup.repository.s3.path";
+        if let Some(text) =
+            self.marker_to_write(&settings.repository, field, found, system_identifier)?
+        {
+            run(vec!["repo-put", "--raw", REPOSITORY_MARKER], Some(text)).await?;
+        }
+        Ok(())
+    }
+
+    /// Checks the marker `found` in `repo` against this database (an error naming `field` when
+    /// it belongs to another); the marker to write, when there is a system identifier and the
+    /// repository does not hold it yet.
+    fn marker_to_write(
+        &self,
+        repo: &Path,
+        field: &str,
+        found: Option<RepositoryMarker>,
+        system_identifier: Option<u64>,
+    ) -> Result<Option<String>, EngineError> {
         let wanted = RepositoryMarker {
             namespace: self.namespace.clone(),
             name: self.database.clone(),
             system_identifier,
         };
         if let Some(found) = &found
-            && let Some(why) = marker_conflict(&settings.repository, found, &wanted)
+            && let Some(why) = marker_conflict(repo, found, &wanted)
         {
             return Err(EngineError::Config {
-                field: "spec.backup.repository.s3.path".into(),
+                field: field.into(),
                 message: why,
             });
         }
-        if system_identifier.is_some() && found.as_ref() != Some(&wanted) {
-            let text = serde_json::to_string_pretty(&wanted)
-                .map_err(|e| EngineError::State(e.to_string()))?;
-            run(vec!["repo-put", "--raw", REPOSITORY_MARKER], Some(text)).await?;
+        if system_identifier.is_none() || found.as_ref() == Some(&wanted) {
+            return Ok(None);
         }
-        Ok(())
+        serde_json::to_string_pretty(&wanted)
+            .map(Some)
+            .map_err(|e| EngineError::State(e.to_string()))
     }
 
     /// Creates the repository path (owned by the server user) and checks its marker; with a
@@ -1062,23 +1081,9 @@ impl super::Postgres {
             self.user.own(repo, 0o750)?;
         }
         self.user.check_reachable(repo)?;
-        let wanted = RepositoryMarker {
-            namespace: self.namespace.clone(),
-            name: self.database.clone(),
-            system_identifier,
-        };
         let found = read_repository_marker(repo)?;
-        if let Some(found) = &found
-            && let Some(why) = marker_conflict(repo, found, &wanted)
-        {
-            return Err(EngineError::Config {
-                field: "spec.backup.repository.local.path".into(),
-                message: why,
-            });
-        }
-        if system_identifier.is_some() && found.as_ref() != Some(&wanted) {
-            let text = serde_json::to_string_pretty(&wanted)
-                .map_err(|e| EngineError::State(e.to_string()))?;
+        let field = "spec.backup.repository.local.path";
+        if let Some(text) = self.marker_to_write(repo, field, found, system_identifier)? {
             self.user
                 .write_file(&repo.join(REPOSITORY_MARKER), &text, 0o640)?;
         }
