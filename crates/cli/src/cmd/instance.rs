@@ -213,7 +213,9 @@ pub fn pod_instance_config(
         data_dir: PathBuf::from(POD_DATA_DIR),
         run_dir: PathBuf::from(POD_RUN_DIR),
         secrets_dir: PathBuf::from(POD_SECRETS_DIR),
-        secrets_root: None,
+        // The Secrets spec.backup names, mounted one directory per Secret by the rendered
+        // StatefulSet (the local runtime's STATE/NAMESPACE/.secrets has the same layout).
+        secrets_root: Some(PathBuf::from(stator_api::names::BACKUP_SECRETS_DIR)),
         log_file: server_log.to_path_buf(),
         listen_address: "0.0.0.0".into(),
         port,
@@ -269,6 +271,11 @@ mod tests {
         assert_eq!(c.server_user, None);
         // TLS by default: the rendered StatefulSet mounts NAME-tls there.
         assert_eq!(c.tls_dir, Some(PathBuf::from("/etc/stator/tls")));
+        // spec.backup's Secrets: where render mounts them (one directory per Secret).
+        assert_eq!(
+            c.secrets_root,
+            Some(PathBuf::from("/etc/stator/backup-secrets"))
+        );
         // Before initialising an empty data dir it asks the other ordinals' managers.
         let peers: Vec<(String, u16)> = c
             .peers
