@@ -951,6 +951,38 @@ fn mariadb_binlog_archive_restores_to_a_time_or_gtid_exactly_across_a_failover()
     let shown = c.ok(&["status"]);
     assert!(shown.contains("archive:      last success 2"), "{shown}");
 
+    // Purge: a second full backup holds rows 1..20; writes after it (to another table) close
+    // three more binary logs. The archived logs inside that backup leave the primary; the one
+    // that was being written during the backup holds a later write and stays, and so does every
+    // later one.
+    c.eventually(
+        "the replica holds rows 1..20",
+        Duration::from_secs(60),
+        || (c.value(c.ro(), "SELECT count(*) FROM t").ok()? == "20").then_some(()),
+    );
+    let before = binlog_names(&c, 0);
+    c.ok(&["backup", "create"]);
+    c.sql(c.rw(), "CREATE TABLE u (id bigint primary key)")
+        .unwrap();
+    for i in 1..=3 {
+        std::thread::sleep(Duration::from_millis(1500));
+        c.sql(c.rw(), &format!("INSERT INTO u VALUES ({i})"))
+            .unwrap();
+    }
+    let (written, _, _) = mariadb_now(&c);
+    wait_binlogs_archived(&c, written);
+    let (inside, during) = before.split_at(before.len() - 1);
+    let left = c.eventually(
+        "the archived binary logs inside the backup are purged",
+        Duration::from_secs(30),
+        || {
+            let now = binlog_names(&c, 0);
+            (!now.iter().any(|n| inside.contains(n))).then_some(now)
+        },
+    );
+    println!("binary logs before the backup {before:?}, after the purge {left:?}");
+    assert_eq!(left.first(), during.first(), "{before:?} -> {left:?}");
+
     // The primary dies once the replica holds every row; mp-1 takes over: term 2.
     c.eventually(
         "the replica holds rows 1..20",
@@ -1112,6 +1144,23 @@ fn mariadb_binlog_archive_restores_to_a_time_or_gtid_exactly_across_a_failover()
     );
     let shown = c.ok(&["status"]);
     assert!(shown.contains("ArchiveFailing"), "{shown}");
+    // The unarchived log stays on the server, behind newer ones.
+    mariadb_insert(&c, 42, 42);
+    std::thread::sleep(Duration::from_secs(3));
+    let names = binlog_names(&c, 1);
+    assert!(
+        names.contains(&active) && names.last() != Some(&active),
+        "{active} in {names:?}"
+    );
+}
+
+/// The binary logs `SHOW BINARY LOGS` lists on instance `ordinal`, oldest first.
+fn binlog_names(c: &Cluster, ordinal: u32) -> Vec<String> {
+    c.root_sql(ordinal, "SHOW BINARY LOGS")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
 }
 
 /// PostgreSQL with its repository in S3 (SeaweedFS on 127.0.0.1, TLS): `pgbackrest.conf`

@@ -635,6 +635,25 @@ impl crate::mysql_family::MysqlFamily {
         .await
     }
 
+    /// Deletes the binary logs before `name` (`PURGE BINARY LOGS TO`). The server itself
+    /// keeps a log a connected replica is still reading, and every log after it.
+    pub async fn purge_binlogs_to(&self, name: &str) -> Result<(), EngineError> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(EngineError::State(format!(
+                "binary log name {name:?}: expected letters, digits, '.', '_' or '-'"
+            )));
+        }
+        let sql = format!("PURGE BINARY LOGS TO '{name}'");
+        self.with_session(async |c: &mut mysql_async::Conn| {
+            Self::exec(c, "purging the archived binary logs", &sql).await
+        })
+        .await
+    }
+
     /// `NAME-N`.
     pub fn instance_name(&self) -> &str {
         &self.instance
