@@ -96,15 +96,13 @@ async fn status(State(e): State<Endpoints>, uri: axum::http::Uri) -> Response {
 }
 
 /// The report, with the backup facts when this instance takes backups (PostgreSQL) or
-/// archives binary logs (MariaDB: the archive only; its full backups are the runtime's).
+/// archives binary logs (MariaDB: the archive, and the runtime's full backups as the
+/// repository holds them).
 fn report_with_backups(e: &Endpoints) -> stator_api::instance::InstanceReport {
     let mut report = e.status.report();
     report.backup = match (&e.backups, &e.binlogs) {
         (Some(b), _) => Some(b.facts()),
-        (None, Some(b)) => Some(stator_api::backup_report::BackupReport {
-            archive: b.state(),
-            ..Default::default()
-        }),
+        (None, Some(b)) => b.report(),
         (None, None) => None,
     };
     report

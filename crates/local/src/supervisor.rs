@@ -1023,11 +1023,9 @@ impl Supervisor<'_> {
         if primary_ready && self.backups_expected_since.is_none() {
             self.backups_expected_since = Some(now_ms);
         }
-        // MariaDB's full backups are taken by the runtime, not by the manager that reports: its
-        // report carries the binlog archive only, so only the archive is judged.
-        let schedule = stator_control::BackupSchedule::parse(&backup.schedule)
-            .ok()
-            .filter(|_| db.spec.engine != stator_api::Engine::Mariadb);
+        // MariaDB's full backups are the runtime's: its primary's manager reports them as the
+        // repository's manifests hold them, so they are judged like PostgreSQL's.
+        let schedule = stator_control::BackupSchedule::parse(&backup.schedule).ok();
         let report = self
             .slots
             .get(&primary_ordinal)

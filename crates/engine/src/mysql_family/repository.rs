@@ -97,6 +97,26 @@ pub fn list(repository: &Path) -> Result<Vec<Manifest>, String> {
     Ok(out)
 }
 
+/// The modification times (seconds since the epoch) of the streams of the unfinished backups:
+/// backup directories without a manifest (being written, or abandoned).
+pub fn unfinished(repository: &Path) -> Vec<f64> {
+    backup_dirs(repository)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|dir| !dir.join(MANIFEST).exists())
+        .filter_map(|dir| {
+            let modified = std::fs::metadata(dir.join(OBJECT))
+                .or_else(|_| std::fs::metadata(&dir))
+                .and_then(|m| m.modified())
+                .ok()?;
+            modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs_f64())
+        })
+        .collect()
+}
+
 fn backup_dirs(repository: &Path) -> Result<Vec<PathBuf>, String> {
     let full = repository.join(FULL_DIR);
     let entries = match std::fs::read_dir(&full) {
