@@ -424,10 +424,22 @@ pub fn verify(
     if db.spec.engine == Engine::Mariadb {
         return crate::backup_mariadb::verify(&repository.path, stanza);
     }
-    verify_repository(&repository, stanza)
+    verify_repository(&repository, stanza, parallel(db))
 }
 
-fn verify_repository(repository: &Repository, stanza: &str) -> Result<String, LocalError> {
+/// `spec.backup.parallel` (default 2): pgBackRest's `process-max`, for `verify` too.
+fn parallel(db: &Database) -> u32 {
+    db.spec.backup.as_ref().map_or(2, |b| b.parallel.max(1))
+}
+
+/// `pgbackrest verify` of the whole repository (pgBackRest 2.45's verify cannot be limited to
+/// one backup set), its files checked by `parallel` processes as the backup and the restore
+/// use.
+fn verify_repository(
+    repository: &Repository,
+    stanza: &str,
+    parallel: u32,
+) -> Result<String, LocalError> {
     let out = pgbackrest(
         repository,
         stanza,
@@ -436,6 +448,7 @@ fn verify_repository(repository: &Repository, stanza: &str) -> Result<String, Lo
             "--verbose",
             "--output=text",
             "--log-level-console=info",
+            &format!("--process-max={parallel}"),
         ],
     )?;
     let text = format!(
@@ -497,7 +510,7 @@ pub fn resolve_restore(
     }
     // A damaged repository is refused first, naming the file: a missing backup.info would
     // otherwise read as "no backup", and a damaged backup must never be replaced by another.
-    verify_repository(&repository, &from.database).map_err(|e| {
+    verify_repository(&repository, &from.database, parallel(db)).map_err(|e| {
         LocalError::Failed(format!("refusing to restore (nothing was created): {e}"))
     })?;
     let info = repository_info(&repository, &from.database)?;
