@@ -131,7 +131,7 @@ impl BinlogArchiver {
         loop {
             // The repository's backups: at once, then every few seconds, on every instance
             // (the next primary reports them from its first pass).
-            if pass % BACKUPS_EVERY == 0 {
+            if pass.is_multiple_of(BACKUPS_EVERY) {
                 self.refresh_backups().await;
             }
             pass += 1;
