@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use stator_api::Engine;
+use stator_engine::tls::Dial;
 
 use crate::error::{CheckError, NotReady, SqlError};
 use crate::fault::Fault;
@@ -201,6 +202,9 @@ pub struct CheckReport {
     /// Why the check could not finish all rounds, if it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,
+    /// Drills someone else ran under the writer ([`Writing`]), instead of rounds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drills: Vec<Drill>,
 }
 
 impl CheckReport {
@@ -211,16 +215,57 @@ impl CheckReport {
 
     /// The text `stator chaos run` prints.
     pub fn render(&self) -> String {
+        let mut out = if self.drills.is_empty() {
+            self.render_rounds()
+        } else {
+            self.render_drills()
+        };
+        self.render_findings(&mut out);
+        out
+    }
+
+    fn replication(&self) -> &'static str {
+        if self.synchronous {
+            "synchronous"
+        } else {
+            "asynchronous"
+        }
+    }
+
+    fn render_drills(&self) -> String {
+        let mut out = format!(
+            "Consistency check of {} ({}, {} instances, {} replication): {} drill(s) under one writer\n\n",
+            self.database,
+            self.engine,
+            self.instances,
+            self.replication(),
+            self.drills.len()
+        );
+        let mut rows = vec![
+            ["DRILL", "LASTED", "OUTAGE", "WRITES ACKNOWLEDGED"]
+                .map(String::from)
+                .to_vec(),
+        ];
+        for d in &self.drills {
+            rows.push(vec![
+                d.name.clone(),
+                format!("{:.1}s", d.seconds),
+                format!("{:.3}s", d.outage_seconds),
+                d.writes_acknowledged.to_string(),
+            ]);
+        }
+        out.push_str(&align(&rows));
+        out.push_str("(outage: the longest stretch without an acknowledged write while the drill lasted)\n\n");
+        out
+    }
+
+    fn render_rounds(&self) -> String {
         let mut out = format!(
             "Consistency check of {} ({}, {} instances, {} replication, detection timeout {}): fault {}, {} of {} failover(s) in {} round(s)\n\n",
             self.database,
             self.engine,
             self.instances,
-            if self.synchronous {
-                "synchronous"
-            } else {
-                "asynchronous"
-            },
+            self.replication(),
             self.detection_timeout,
             self.fault,
             self.failovers,
@@ -276,6 +321,10 @@ impl CheckReport {
             )),
             None => out.push_str("write outage: no round completed\n"),
         }
+        out
+    }
+
+    fn render_findings(&self, out: &mut String) {
         out.push_str(&format!(
             "writes: {} attempted, {} acknowledged, {} acknowledged but LOST{}; {} unacknowledged present (in flight at a fault)\n",
             self.writes_attempted,
@@ -325,7 +374,6 @@ impl CheckReport {
             },
             self.duration_seconds
         ));
-        out
     }
 }
 
@@ -360,8 +408,6 @@ fn align(rows: &[Vec<String>]) -> String {
 #[derive(Clone)]
 pub struct Access {
     pub engine: Engine,
-    /// Where `rw` and every instance's server listen.
-    pub host: String,
     pub user: String,
     pub password: String,
     pub database: String,
@@ -376,13 +422,24 @@ enum Login {
     Monitor,
 }
 
-/// The server process a session reached: its port and when it started (milliseconds since
-/// the epoch). A killed PostgreSQL postmaster's orphaned backends may still acknowledge a write
-/// for a few milliseconds; the start time tells that server from the one restarted in place.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The server process a session reached: who it is, as the server itself says (instances of
+/// a Kubernetes database share one port on different addresses, so the port alone does not
+/// tell them apart), and when it started (milliseconds since the epoch). A killed PostgreSQL
+/// postmaster's orphaned backends may still acknowledge a write for a few milliseconds; the
+/// start time tells that server from the one restarted in place.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Server {
-    port: u16,
+    id: ServerId,
     started: i64,
+}
+
+/// Who a server is: PostgreSQL's address the session arrived at (`inet_server_addr()`) and
+/// port; MariaDB/MySQL's `server_id` (unique per instance) and port. Through `rw` it names the
+/// server behind the proxy; the watcher learns which instance each one is.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ServerId {
+    at: String,
+    port: u16,
 }
 
 /// One connection, of either engine, with the server behind it (asked once at connect:
@@ -425,10 +482,11 @@ fn text(e: impl std::fmt::Display) -> SqlError {
 impl Access {
     async fn connect(
         &self,
-        port: u16,
+        dial: &Dial,
         timeout: Duration,
         login: Login,
     ) -> Result<Session, SqlError> {
+        let port = dial.port;
         let (user, password) = match login {
             Login::App => (&self.user, &self.password),
             Login::Monitor => (&self.monitor_user, &self.monitor_password),
@@ -442,8 +500,7 @@ impl Access {
                     .dbname(&self.database)
                     .application_name("stator-chaos")
                     .connect_timeout(timeout);
-                let tls = stator_engine::tls::postgres_tls(&mut config, &self.host, port)
-                    .map_err(|e| SqlError::at(port, e))?;
+                let tls = dial.postgres(&mut config).map_err(|e| SqlError::at(port, e))?;
                 let (client, connection) = tokio::time::timeout(timeout, config.connect(tls))
                     .await
                     .map_err(|_| SqlError::Timeout { port, timeout })?
@@ -454,19 +511,23 @@ impl Access {
                 let row = tokio::time::timeout(
                     timeout,
                     client.query_one(
-                        "SELECT inet_server_port(), (extract(epoch FROM pg_postmaster_start_time()) * 1000)::bigint",
+                        "SELECT coalesce(host(inet_server_addr()), ''), inet_server_port(), (extract(epoch FROM pg_postmaster_start_time()) * 1000)::bigint",
                         &[],
                     ),
                 )
                 .await
                 .map_err(|_| SqlError::Timeout { port, timeout })?
                 .map_err(|e| SqlError::at(port, e))?;
-                let own: Option<i32> = row.try_get(0).map_err(text)?;
-                let started: i64 = row.try_get(1).map_err(text)?;
+                let at: String = row.try_get(0).map_err(text)?;
+                let own: Option<i32> = row.try_get(1).map_err(text)?;
+                let started: i64 = row.try_get(2).map_err(text)?;
                 Ok(Session::Postgres {
                     client,
                     server: Server {
-                        port: own.and_then(|p| u16::try_from(p).ok()).unwrap_or(0),
+                        id: ServerId {
+                            at,
+                            port: own.and_then(|p| u16::try_from(p).ok()).unwrap_or(0),
+                        },
                         started,
                     },
                     _connection: connection,
@@ -475,11 +536,11 @@ impl Access {
             Engine::Mysql | Engine::Mariadb => {
                 use mysql_async::prelude::Queryable;
                 let mut opts = mysql_async::OptsBuilder::default()
-                    .ip_or_hostname(self.host.clone())
+                    .ip_or_hostname(dial.host.clone())
                     .tcp_port(port)
                     .user(Some(user.clone()))
                     .pass(Some(password.clone()))
-                    .ssl_opts(stator_engine::tls::mysql_tls(&self.host, port))
+                    .ssl_opts(dial.mysql())
                     // Never switch to the server's Unix socket: that would bypass `rw`.
                     .prefer_socket(false)
                     .stmt_cache_size(0);
@@ -488,15 +549,18 @@ impl Access {
                 }
                 let connect = async {
                     let mut conn = mysql_async::Conn::new(opts).await.map_err(text)?;
-                    let own: Option<(i64, i64)> = conn
+                    let own: Option<(i64, i64, i64)> = conn
                         .query_first(
-                            "SELECT @@port, CAST(UNIX_TIMESTAMP() - VARIABLE_VALUE AS SIGNED) * 1000 FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'",
+                            "SELECT @@server_id, @@port, CAST(UNIX_TIMESTAMP() - VARIABLE_VALUE AS SIGNED) * 1000 FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'",
                         )
                         .await
                         .map_err(text)?;
-                    let (own, started) = own.unwrap_or((0, 0));
+                    let (server_id, own, started) = own.unwrap_or((0, 0, 0));
                     let server = Server {
-                        port: u16::try_from(own).unwrap_or(0),
+                        id: ServerId {
+                            at: format!("server_id {server_id}"),
+                            port: u16::try_from(own).unwrap_or(0),
+                        },
                         started,
                     };
                     Ok::<_, SqlError>((conn, server))
@@ -512,6 +576,12 @@ impl Access {
 }
 
 impl Session {
+    fn server(&self) -> &Server {
+        match self {
+            Session::Postgres { server, .. } | Session::Mysql { server, .. } => server,
+        }
+    }
+
     /// Ends the session politely (MariaDB logs every connection dropped without COM_QUIT).
     async fn close(self) {
         if let Session::Mysql { conn, .. } = self {
@@ -582,14 +652,14 @@ impl Session {
                     )
                     .await
                     .map_err(text)?;
-                Ok(*server)
+                Ok(server.clone())
             }
             Session::Mysql { conn, server } => {
                 use mysql_async::prelude::Queryable;
                 conn.query_drop(format!("INSERT INTO {TABLE} (id) VALUES ({id})"))
                     .await
                     .map_err(text)?;
-                Ok(*server)
+                Ok(server.clone())
             }
         }
     }
@@ -656,7 +726,7 @@ impl Session {
 }
 
 /// An acknowledged write.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Ack {
     id: u64,
     /// When the insert was sent, and when it was acknowledged.
@@ -673,26 +743,46 @@ struct WriterLog {
 }
 
 impl WriterLog {
-    /// The first write sent after `t0` and acknowledged, neither by the `held` port nor by
+    /// The first write sent after `t0` and acknowledged, neither by the `held` server nor by
     /// the `dead` server process. (A write in flight at the fault may still be acknowledged,
     /// and a killed postmaster's orphaned backends may acknowledge one more: neither says
     /// that the database takes writes again.)
-    fn first_after(&self, t0: Instant, held: Option<u16>, dead: Option<Server>) -> Option<Ack> {
+    fn first_after(
+        &self,
+        t0: Instant,
+        held: Option<&ServerId>,
+        dead: Option<&Server>,
+    ) -> Option<Ack> {
         let start = self.acks.partition_point(|a| a.at <= t0);
         self.acks[start..]
             .iter()
-            .find(|a| a.sent >= t0 && Some(a.server.port) != held && Some(a.server) != dead)
-            .copied()
+            .find(|a| a.sent >= t0 && Some(&a.server.id) != held && Some(&a.server) != dead)
+            .cloned()
     }
 
-    /// The server that acknowledged the last write before `t0` on `port`.
-    fn server_before(&self, t0: Instant, port: u16) -> Option<Server> {
+    /// The server process that acknowledged the last write before `t0` as server `id`.
+    fn server_before(&self, t0: Instant, id: &ServerId) -> Option<Server> {
         let end = self.acks.partition_point(|a| a.at <= t0);
         self.acks[..end]
             .iter()
             .rev()
-            .find(|a| a.server.port == port)
-            .map(|a| a.server)
+            .find(|a| a.server.id == *id)
+            .map(|a| a.server.clone())
+    }
+
+    /// The longest stretch of `[from, to]` without an acknowledgement (from `from` to the
+    /// first, between two, from the last to `to`): a drill's write outage.
+    fn longest_gap(&self, from: Instant, to: Instant) -> (f64, u64) {
+        let start = self.acks.partition_point(|a| a.at <= from);
+        let end = self.acks.partition_point(|a| a.at <= to);
+        let mut last = from;
+        let mut longest = Duration::ZERO;
+        for a in &self.acks[start..end] {
+            longest = longest.max(a.at.duration_since(last));
+            last = a.at;
+        }
+        longest = longest.max(to.duration_since(last));
+        (longest.as_secs_f64(), (end - start) as u64)
     }
 
     fn acked_since(&self, t: Instant) -> bool {
@@ -702,7 +792,7 @@ impl WriterLog {
 
 async fn write_loop(
     access: Access,
-    port: u16,
+    rw: Dial,
     first: u64,
     interval: Duration,
     log: Arc<Mutex<WriterLog>>,
@@ -712,7 +802,7 @@ async fn write_loop(
     let mut next = first;
     while !stop.load(Ordering::SeqCst) {
         if session.is_none() {
-            match access.connect(port, CONNECT_TIMEOUT, Login::App).await {
+            match access.connect(&rw, CONNECT_TIMEOUT, Login::App).await {
                 Ok(s) => session = Some(s),
                 Err(e) => {
                     if let Ok(mut l) = log.lock() {
@@ -772,17 +862,38 @@ struct WatchLog {
     rounds: u64,
     split_brain: Vec<Moment>,
     fenced_overlap: Vec<Moment>,
+    /// Which instance each server is, as the probes found them (latest first-found wins).
+    names: std::collections::BTreeMap<ServerId, String>,
 }
 
-async fn probe_one(access: &Access, port: u16) -> Option<Writability> {
+impl WatchLog {
+    /// The instance server `id` is, as last probed.
+    fn name_of(&self, id: &ServerId) -> String {
+        self.names
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| format!("{}:{}", id.at, id.port))
+    }
+
+    /// The server instance `name` was, as last probed.
+    fn id_of(&self, name: &str) -> Option<ServerId> {
+        self.names
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(id, _)| id.clone())
+    }
+}
+
+async fn probe_one(access: &Access, dial: &Dial) -> Option<(ServerId, Writability)> {
     let attempt = async {
         let mut s = access
-            .connect(port, PROBE_TIMEOUT, Login::Monitor)
+            .connect(dial, PROBE_TIMEOUT, Login::Monitor)
             .await
             .ok()?;
+        let id = s.server().id.clone();
         let seen = s.writability().await.ok();
         s.close().await;
-        seen
+        Some((id, seen?))
     };
     tokio::time::timeout(PROBE_TIMEOUT, attempt)
         .await
@@ -790,21 +901,27 @@ async fn probe_one(access: &Access, port: u16) -> Option<Writability> {
         .flatten()
 }
 
-async fn watch_loop(
-    access: Access,
-    instances: Vec<(String, u16)>,
+async fn watch_loop<T: Target + Clone + Send + 'static>(
+    target: T,
     interval: Duration,
     started: Instant,
     log: Arc<Mutex<WatchLog>>,
     stop: Arc<AtomicBool>,
 ) {
+    let access = target.access().clone();
+    let mut instances = Vec::new();
     while !stop.load(Ordering::SeqCst) {
+        // Where the instances are now (a recreated pod may have another address); the last
+        // known ones while the runtime cannot say.
+        if let Ok(now) = target.instances().await {
+            instances = now;
+        }
         let at = started.elapsed().as_secs_f64();
-        let probes = instances.iter().map(|(name, port)| {
+        let probes = instances.iter().map(|(name, dial)| {
             let access = access.clone();
             let name = name.clone();
-            let port = *port;
-            async move { (name, probe_one(&access, port).await) }
+            let dial = dial.clone();
+            async move { (name, probe_one(&access, &dial).await) }
         });
         let mut handles = Vec::new();
         for p in probes {
@@ -812,8 +929,10 @@ async fn watch_loop(
         }
         let mut writable = Vec::new();
         let mut primaries = Vec::new();
+        let mut seen = Vec::new();
         for h in handles {
-            if let Ok((name, Some(w))) = h.await {
+            if let Ok((name, Some((id, w)))) = h.await {
+                seen.push((id, name.clone()));
                 if w.primary {
                     primaries.push(name.clone());
                 }
@@ -824,6 +943,11 @@ async fn watch_loop(
         }
         if let Ok(mut l) = log.lock() {
             l.rounds += 1;
+            for (id, name) in seen {
+                // A name's server changes when its pod comes back at another address.
+                l.names.retain(|k, n| *n != name || *k == id);
+                l.names.insert(id, name);
+            }
             if writable.len() > 1 {
                 l.split_brain.push(Moment {
                     at_seconds: at,
@@ -841,8 +965,8 @@ async fn watch_loop(
 }
 
 /// Runs the check on `target` (it must be running); `progress` gets one line per step.
-pub fn check(
-    target: &impl Target,
+pub fn check<T: Target + Clone + Send + 'static>(
+    target: &T,
     options: &CheckOptions,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<CheckReport, CheckError> {
@@ -903,77 +1027,271 @@ async fn wait_ready(
     }
 }
 
-async fn check_async(
-    target: &impl Target,
+/// The writer and the watcher of a check, running against a target while someone else acts
+/// on it: a round of [`check`] or a test's own drills ([`Writing::drill`] names each; its
+/// write outage is the longest stretch without an acknowledged write while it lasts).
+pub struct Writing {
+    started: Instant,
+    /// The highest number written before this run.
+    first: u64,
+    stop: Arc<AtomicBool>,
+    writer: Arc<Mutex<WriterLog>>,
+    watch: Arc<Mutex<WatchLog>>,
+    writer_task: tokio::task::JoinHandle<()>,
+    watch_task: tokio::task::JoinHandle<()>,
+    drills: Vec<Drill>,
+    current: Option<(String, Instant)>,
+}
+
+/// One drill a test ran under the writer, and the writes it cost.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Drill {
+    pub name: String,
+    /// How long it lasted (until the next drill or the end).
+    pub seconds: f64,
+    /// The longest stretch without an acknowledged write while it lasted.
+    pub outage_seconds: f64,
+    pub writes_acknowledged: u64,
+}
+
+impl Writing {
+    /// Creates the table through `rw` once the database takes writes, then starts the writer
+    /// and the watcher (in the current tokio runtime).
+    pub async fn start<T: Target + Clone + Send + 'static>(
+        target: &T,
+        options: &CheckOptions,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Writing, CheckError> {
+        let started = Instant::now();
+        let access = target.access();
+        let rw = target.rw();
+
+        // The table, through rw, once the cluster takes writes.
+        progress(&format!("creating table {TABLE} through rw"));
+        let deadline = Instant::now() + options.round_timeout;
+        let first = loop {
+            let attempt = async {
+                let mut s = access
+                    .connect(&rw, Duration::from_secs(2), Login::App)
+                    .await?;
+                let max = tokio::time::timeout(Duration::from_secs(10), async {
+                    s.create_table().await?;
+                    s.max_id().await
+                })
+                .await
+                .map_err(|_| SqlError::Slow("10s"))??;
+                s.close().await;
+                Ok::<_, SqlError>(max)
+            };
+            match attempt.await {
+                Ok(max) => break max,
+                Err(e) if Instant::now() > deadline => {
+                    // It may exist (created, then no answer): the run leaves nothing behind.
+                    let dropped = drop_table(target, Duration::from_secs(5)).await;
+                    return Err(CheckError::NoTable {
+                        database: target.key(),
+                        port: rw.port,
+                        cause: e,
+                        left: dropped.err(),
+                    });
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        };
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = Arc::new(Mutex::new(WriterLog::default()));
+        let watch = Arc::new(Mutex::new(WatchLog::default()));
+        let writer_task = tokio::spawn(write_loop(
+            access.clone(),
+            rw,
+            first,
+            options.write_interval,
+            writer.clone(),
+            stop.clone(),
+        ));
+        let watch_task = tokio::spawn(watch_loop(
+            target.clone(),
+            options.probe_interval,
+            started,
+            watch.clone(),
+            stop.clone(),
+        ));
+        Ok(Writing {
+            started,
+            first,
+            stop,
+            writer,
+            watch,
+            writer_task,
+            watch_task,
+            drills: Vec::new(),
+            current: None,
+        })
+    }
+
+    /// Ends the drill under way, if any, and starts `name`.
+    pub fn drill(&mut self, name: &str) {
+        self.end_drill();
+        self.current = Some((name.to_string(), Instant::now()));
+    }
+
+    fn end_drill(&mut self) {
+        if let Some((name, from)) = self.current.take() {
+            let to = Instant::now();
+            let (outage, acked) = self
+                .writer
+                .lock()
+                .map(|l| l.longest_gap(from, to))
+                .unwrap_or_default();
+            self.drills.push(Drill {
+                name,
+                seconds: to.duration_since(from).as_secs_f64(),
+                outage_seconds: outage,
+                writes_acknowledged: acked,
+            });
+        }
+    }
+
+    /// Ends the drill under way, stops the writer and the watcher, reads every row back
+    /// through `rw` and drops the table: the report (its `drills` filled, no rounds).
+    pub async fn finish<T: Target>(
+        mut self,
+        target: &T,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> CheckReport {
+        self.end_drill();
+        self.report(target, Fault::Kill, 0, Vec::new(), None, progress)
+            .await
+    }
+
+    async fn report<T: Target>(
+        self,
+        target: &T,
+        fault: Fault,
+        asked: u32,
+        rounds: Vec<Round>,
+        mut aborted: Option<String>,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> CheckReport {
+        let Writing {
+            started,
+            first,
+            stop,
+            writer,
+            watch,
+            writer_task,
+            watch_task,
+            drills,
+            current: _,
+        } = self;
+        stop.store(true, Ordering::SeqCst);
+        let _ = writer_task.await;
+        let _ = watch_task.await;
+        let db = target.database();
+        let (access, rw) = (target.access(), target.rw());
+
+        // Read every row back from the primary, through rw.
+        let mut read_back_from = None;
+        let mut present: BTreeSet<u64> = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut read_error = String::new();
+        while Instant::now() < deadline {
+            let attempt = async {
+                let mut s = access
+                    .connect(&rw, Duration::from_secs(2), Login::App)
+                    .await?;
+                let ids = tokio::time::timeout(Duration::from_secs(30), s.read_ids())
+                    .await
+                    .map_err(|_| SqlError::Slow("30s"))??;
+                s.close().await;
+                Ok::<_, SqlError>(ids)
+            };
+            match attempt.await {
+                Ok(ids) => {
+                    // Rows of an earlier run on the same table are not this run's business.
+                    present = ids.into_iter().filter(|id| *id > first).collect();
+                    read_back_from = target.observe().await.ok().map(|r| r.primary);
+                    break;
+                }
+                Err(e) => {
+                    read_error = e.to_string();
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        let (acks, attempts) = writer
+            .lock()
+            .map(|l| (l.acks.clone(), l.attempts))
+            .unwrap_or_default();
+        let acked: BTreeSet<u64> = acks.iter().map(|a| a.id).collect();
+        let (lost, unacknowledged_present) = if read_back_from.is_some() {
+            let lost: Vec<u64> = acked.difference(&present).copied().collect();
+            (lost, present.difference(&acked).count() as u64)
+        } else {
+            if aborted.is_none() {
+                aborted = Some(format!(
+                    "cannot read the rows back through rw: {read_error}"
+                ));
+            }
+            (Vec::new(), 0)
+        };
+        let (probe_rounds, split_brain, fenced_overlap) = watch
+            .lock()
+            .map(|l| (l.rounds, l.split_brain.clone(), l.fenced_overlap.clone()))
+            .unwrap_or_default();
+        let table_dropped = match drop_table(target, Duration::from_secs(60)).await {
+            Ok(()) => {
+                progress(&format!("dropped table {TABLE}"));
+                true
+            }
+            Err(e) => {
+                progress(&format!("cannot drop table {TABLE}: {e}"));
+                false
+            }
+        };
+        let outages: Vec<f64> = rounds.iter().filter_map(|r| r.outage_seconds).collect();
+        CheckReport {
+            database: target.key(),
+            engine: db.spec.engine.to_string(),
+            instances: db.spec.instances,
+            synchronous: db.spec.replication.synchronous,
+            fault,
+            detection_timeout: db.spec.failover.detection_timeout.clone(),
+            failovers_asked: asked,
+            failovers: rounds.iter().filter(|r| r.failover).count() as u32,
+            outage: Spread::of(&outages),
+            rounds,
+            writes_attempted: attempts,
+            writes_acknowledged: acked.len() as u64,
+            writes_lost: lost.len() as u64,
+            lost_sample: lost.into_iter().take(50).collect(),
+            unacknowledged_present,
+            read_back_from,
+            probe_rounds,
+            split_brain,
+            fenced_overlap,
+            duration_seconds: started.elapsed().as_secs_f64(),
+            table_dropped: Some(table_dropped),
+            aborted,
+            drills,
+        }
+    }
+}
+
+async fn check_async<T: Target + Clone + Send + 'static>(
+    target: &T,
     options: &CheckOptions,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<CheckReport, CheckError> {
-    let started = Instant::now();
+    let running = Writing::start(target, options, progress).await?;
+    let (started, writer, watch) = (
+        running.started,
+        running.writer.clone(),
+        running.watch.clone(),
+    );
     let db = target.database();
-    let access = target.access();
-    let rw = target.rw_port();
-    let instances: Vec<(String, u16)> = target.instances();
-    let name_of_port = |port: u16| {
-        instances
-            .iter()
-            .find(|(_, p)| *p == port)
-            .map(|(n, _)| n.clone())
-            .unwrap_or_else(|| format!("port {port}"))
-    };
-
-    // The table, through rw, once the cluster takes writes.
-    progress(&format!("creating table {TABLE} through rw"));
-    let deadline = Instant::now() + options.round_timeout;
-    let first = loop {
-        let attempt = async {
-            let mut s = access
-                .connect(rw, Duration::from_secs(2), Login::App)
-                .await?;
-            let max = tokio::time::timeout(Duration::from_secs(10), async {
-                s.create_table().await?;
-                s.max_id().await
-            })
-            .await
-            .map_err(|_| SqlError::Slow("10s"))??;
-            s.close().await;
-            Ok::<_, SqlError>(max)
-        };
-        match attempt.await {
-            Ok(max) => break max,
-            Err(e) if Instant::now() > deadline => {
-                // It may exist (created, then no answer): the run leaves nothing behind.
-                let dropped = drop_table(target, Duration::from_secs(5)).await;
-                return Err(CheckError::NoTable {
-                    database: target.key(),
-                    port: rw,
-                    cause: e,
-                    left: dropped.err(),
-                });
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    };
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = Arc::new(Mutex::new(WriterLog::default()));
-    let watch = Arc::new(Mutex::new(WatchLog::default()));
-    let writer_task = tokio::spawn(write_loop(
-        access.clone(),
-        rw,
-        first,
-        options.write_interval,
-        writer.clone(),
-        stop.clone(),
-    ));
-    let watch_task = tokio::spawn(watch_loop(
-        access.clone(),
-        instances.clone(),
-        options.probe_interval,
-        started,
-        watch.clone(),
-        stop.clone(),
-    ));
-
     let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
     let mut rounds: Vec<Round> = Vec::new();
     let mut aborted = None;
@@ -1012,10 +1330,7 @@ async fn check_async(
             Ok(r) if r.ready => r.primary,
             _ => report.primary,
         };
-        let failed_port = instances
-            .iter()
-            .find(|(n, _)| *n == primary)
-            .map(|(_, p)| *p);
+        let failed = watch.lock().ok().and_then(|l| l.id_of(&primary));
         let t0 = Instant::now();
         let injected = match target.inject(&primary, options.fault) {
             Ok(i) => i,
@@ -1042,22 +1357,23 @@ async fn check_async(
         };
         // A held instance cannot acknowledge; a killed one's orphaned backends may, once.
         let held = if options.fault.holds() {
-            failed_port
+            failed.as_ref()
         } else {
             None
         };
-        let dead =
-            failed_port.and_then(|p| writer.lock().ok().and_then(|l| l.server_before(t0, p)));
+        let dead = failed
+            .as_ref()
+            .and_then(|id| writer.lock().ok().and_then(|l| l.server_before(t0, id)));
         let deadline = t0 + options.round_timeout;
         let mut next_report = Instant::now();
         loop {
             let first = writer
                 .lock()
                 .ok()
-                .and_then(|l| l.first_after(t0, held, dead));
+                .and_then(|l| l.first_after(t0, held, dead.as_ref()));
             if let Some(ack) = first {
                 round.outage_seconds = Some(ack.at.duration_since(t0).as_secs_f64());
-                round.writes_resumed_on = Some(name_of_port(ack.server.port));
+                round.writes_resumed_on = watch.lock().ok().map(|l| l.name_of(&ack.server.id));
                 break;
             }
             if Instant::now() > deadline {
@@ -1140,105 +1456,20 @@ async fn check_async(
         }
     }
 
-    stop.store(true, Ordering::SeqCst);
-    let _ = writer_task.await;
-    let _ = watch_task.await;
-
-    // Read every row back from the primary, through rw.
-    let mut read_back_from = None;
-    let mut present: BTreeSet<u64> = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut read_error = String::new();
-    while Instant::now() < deadline {
-        let attempt = async {
-            let mut s = access
-                .connect(rw, Duration::from_secs(2), Login::App)
-                .await?;
-            let ids = tokio::time::timeout(Duration::from_secs(30), s.read_ids())
-                .await
-                .map_err(|_| SqlError::Slow("30s"))??;
-            s.close().await;
-            Ok::<_, SqlError>(ids)
-        };
-        match attempt.await {
-            Ok(ids) => {
-                // Rows of an earlier run on the same table are not this run's business.
-                present = ids.into_iter().filter(|id| *id > first).collect();
-                read_back_from = target.observe().await.ok().map(|r| r.primary);
-                break;
-            }
-            Err(e) => {
-                read_error = e.to_string();
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-    let (acks, attempts) = writer
-        .lock()
-        .map(|l| (l.acks.clone(), l.attempts))
-        .unwrap_or_default();
-    let acked: BTreeSet<u64> = acks.iter().map(|a| a.id).collect();
-    let (lost, unacknowledged_present) = if read_back_from.is_some() {
-        let lost: Vec<u64> = acked.difference(&present).copied().collect();
-        (lost, present.difference(&acked).count() as u64)
-    } else {
-        if aborted.is_none() {
-            aborted = Some(format!(
-                "cannot read the rows back through rw: {read_error}"
-            ));
-        }
-        (Vec::new(), 0)
-    };
-    let (probe_rounds, split_brain, fenced_overlap) = watch
-        .lock()
-        .map(|l| (l.rounds, l.split_brain.clone(), l.fenced_overlap.clone()))
-        .unwrap_or_default();
-    let table_dropped = match drop_table(target, Duration::from_secs(60)).await {
-        Ok(()) => {
-            progress(&format!("dropped table {TABLE}"));
-            true
-        }
-        Err(e) => {
-            progress(&format!("cannot drop table {TABLE}: {e}"));
-            false
-        }
-    };
-    let outages: Vec<f64> = rounds.iter().filter_map(|r| r.outage_seconds).collect();
-    Ok(CheckReport {
-        database: target.key(),
-        engine: db.spec.engine.to_string(),
-        instances: db.spec.instances,
-        synchronous: db.spec.replication.synchronous,
-        fault: options.fault,
-        detection_timeout: db.spec.failover.detection_timeout.clone(),
-        failovers_asked: options.failovers,
-        failovers: rounds.iter().filter(|r| r.failover).count() as u32,
-        outage: Spread::of(&outages),
-        rounds,
-        writes_attempted: attempts,
-        writes_acknowledged: acked.len() as u64,
-        writes_lost: lost.len() as u64,
-        lost_sample: lost.into_iter().take(50).collect(),
-        unacknowledged_present,
-        read_back_from,
-        probe_rounds,
-        split_brain,
-        fenced_overlap,
-        duration_seconds: started.elapsed().as_secs_f64(),
-        table_dropped: Some(table_dropped),
-        aborted,
-    })
+    Ok(running
+        .report(target, options.fault, options.failovers, rounds, aborted, progress)
+        .await)
 }
 
 /// Drops the checker's table through `rw`, retrying until `timeout` (a failover may be under
 /// way when the run ends).
 async fn drop_table(target: &impl Target, timeout: Duration) -> Result<(), SqlError> {
-    let (access, rw) = (target.access(), target.rw_port());
+    let (access, rw) = (target.access(), target.rw());
     let deadline = Instant::now() + timeout;
     loop {
         let attempt = async {
             let mut s = access
-                .connect(rw, Duration::from_secs(2), Login::App)
+                .connect(&rw, Duration::from_secs(2), Login::App)
                 .await?;
             tokio::time::timeout(Duration::from_secs(10), s.drop_table())
                 .await
@@ -1275,16 +1506,21 @@ mod tests {
         let base = Instant::now();
         let at = |ms| base + Duration::from_millis(ms);
         let t0 = at(100);
+        // Pods share one port on different addresses.
+        let id = |at: &str| ServerId {
+            at: at.into(),
+            port: 5432,
+        };
         let old = Server {
-            port: 10,
+            id: id("127.0.0.2"),
             started: 1,
         };
         let restarted = Server {
-            port: 10,
+            id: id("127.0.0.2"),
             started: 2,
         };
         let other = Server {
-            port: 11,
+            id: id("127.0.0.3"),
             started: 1,
         };
         let ack = |id, sent, acked, server| Ack {
@@ -1295,25 +1531,37 @@ mod tests {
         };
         let log = WriterLog {
             acks: vec![
-                ack(1, 0, 50, old),
-                ack(2, 90, 105, old),
-                ack(3, 106, 110, old),
+                ack(1, 0, 50, old.clone()),
+                ack(2, 90, 105, old.clone()),
+                ack(3, 106, 110, old.clone()),
                 ack(4, 300, 800, restarted),
                 ack(5, 850, 900, other),
             ],
             attempts: 5,
             last_error: None,
         };
-        assert_eq!(log.server_before(t0, 10), Some(old));
+        assert_eq!(log.server_before(t0, &id("127.0.0.2")), Some(old.clone()));
+        assert_eq!(log.server_before(t0, &id("127.0.0.3")), None);
         // Write 2 was in flight at the fault: acknowledged after it, but sent before.
         assert_eq!(log.first_after(t0, None, None).map(|a| a.id), Some(3));
         // Write 3 was acknowledged by the killed server's orphaned backend; write 4 by the
         // server restarted in place.
-        assert_eq!(log.first_after(t0, None, Some(old)).map(|a| a.id), Some(4));
+        assert_eq!(log.first_after(t0, None, Some(&old)).map(|a| a.id), Some(4));
         // A held server acknowledges nothing that counts.
-        assert_eq!(log.first_after(t0, Some(10), None).map(|a| a.id), Some(5));
+        assert_eq!(
+            log.first_after(t0, Some(&id("127.0.0.2")), None).map(|a| a.id),
+            Some(5)
+        );
         assert!(log.first_after(at(900), None, None).is_none());
         assert!(log.acked_since(at(10)) && !log.acked_since(at(900)));
+        // A drill from 100 to 1000 ms: acknowledged at 105, 110, 800, 900; the longest
+        // stretch without one is 110 -> 800.
+        let (gap, acked) = log.longest_gap(at(100), at(1000));
+        assert!((gap - 0.690).abs() < 1e-9, "{gap}");
+        assert_eq!(acked, 4);
+        // Nothing acknowledged in it: the whole drill.
+        let (gap, acked) = log.longest_gap(at(1000), at(1500));
+        assert!((gap - 0.5).abs() < 1e-9 && acked == 0, "{gap}");
     }
 
     fn report(lost: u64, split: usize, aborted: Option<&str>) -> CheckReport {
@@ -1356,6 +1604,7 @@ mod tests {
             duration_seconds: 12.0,
             table_dropped: Some(true),
             aborted: aborted.map(String::from),
+            drills: Vec::new(),
         }
     }
 
@@ -1378,6 +1627,21 @@ mod tests {
         assert!(text.contains("1 of 1 failover(s) in 1 round(s)"), "{text}");
         assert!(text.contains("table stator_chaos: dropped"), "{text}");
         assert!(report(0, 0, None).render().contains("verdict: OK"));
+    }
+
+    #[test]
+    fn a_report_of_drills_lists_each_drill_s_outage() {
+        let mut r = report(0, 0, None);
+        r.drills = vec![Drill {
+            name: "primary pod deleted".into(),
+            seconds: 12.0,
+            outage_seconds: 3.25,
+            writes_acknowledged: 300,
+        }];
+        let text = r.render();
+        assert!(text.contains("1 drill(s) under one writer"), "{text}");
+        assert!(text.contains("primary pod deleted   12.0s    3.250s"), "{text}");
+        assert!(text.contains("verdict: OK"), "{text}");
     }
 
     #[test]

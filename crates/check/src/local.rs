@@ -8,6 +8,7 @@ use stator_api::names::secret_keys;
 use stator_api::{Database, Phase, Role};
 // The monitoring user the MariaDB/MySQL probes log in as (the instance manager creates it).
 use stator_engine::mysql_family::config::MONITOR_USER;
+use stator_engine::tls::Dial;
 use stator_failover::client;
 use stator_local::chaos::{self, Injected};
 use stator_local::report::SupervisorReport;
@@ -20,9 +21,12 @@ use crate::fault::Fault;
 use crate::target::{Injection, Observation, Target};
 
 /// A database running under its supervisor in a local state dir.
+#[derive(Clone)]
 pub struct LocalTarget {
     dir: DatabaseDir,
     db: Database,
+    /// Where `rw` and every instance's server listen.
+    host: String,
     access: Access,
     ports: LocalPorts,
 }
@@ -55,7 +59,6 @@ impl LocalTarget {
         let monitor_password = read_secret(&dir.secrets_dir(), secret_keys::MONITOR_PASSWORD)?;
         let access = Access {
             engine: db.spec.engine,
-            host: db.spec.local.listen_address.clone(),
             user: db.spec.bootstrap.owner.clone(),
             password,
             database: db.spec.bootstrap.database.clone(),
@@ -65,6 +68,7 @@ impl LocalTarget {
         let ports = LocalPorts::of(&db);
         Ok(LocalTarget {
             dir: dir.clone(),
+            host: db.spec.local.listen_address.clone(),
             db,
             access,
             ports,
@@ -85,19 +89,22 @@ impl Target for LocalTarget {
         &self.access
     }
 
-    fn rw_port(&self) -> u16 {
-        self.ports.rw()
+    fn rw(&self) -> Dial {
+        Dial::registered(&self.host, self.ports.rw())
     }
 
-    fn instances(&self) -> Vec<(String, u16)> {
-        (0..self.db.spec.instances)
-            .map(|o| (self.db.instance_name(o), self.ports.server(o)))
-            .collect()
+    async fn instances(&self) -> Result<Vec<(String, Dial)>, CheckError> {
+        Ok((0..self.db.spec.instances)
+            .map(|o| {
+                let port = self.ports.server(o);
+                (self.db.instance_name(o), Dial::registered(&self.host, port))
+            })
+            .collect())
     }
 
     async fn observe(&self) -> Result<Observation, CheckError> {
         let report = client::get_json::<SupervisorReport>(
-            &self.access.host,
+            &self.host,
             self.ports.supervisor(),
             "/status",
             Duration::from_secs(2),

@@ -4,12 +4,15 @@
 //! runtime's target is [`LocalTarget`](crate::LocalTarget); a Kubernetes database can be one
 //! too (the `rw` Service, the pods' addresses, the `Database` status, pod deletion).
 //!
-//! The checker identifies the server behind a connection by its port (`inet_server_port()`,
-//! `@@port`): every instance of a target must listen on its own port.
+//! The checker identifies the server behind a connection as the server says it is (PostgreSQL:
+//! the address the session arrived at and the port; MariaDB/MySQL: `server_id` and the port),
+//! so instances may share a port on different addresses (pods) or an address on different
+//! ports (the local runtime).
 
 use std::future::Future;
 
 use stator_api::Database;
+use stator_engine::tls::Dial;
 
 use crate::checker::Access;
 use crate::error::CheckError;
@@ -43,14 +46,15 @@ pub trait Target: Sync {
     /// The database as applied.
     fn database(&self) -> &Database;
 
-    /// The logins and the host every port below is on.
+    /// The logins.
     fn access(&self) -> &Access;
 
-    /// The `rw` service's port.
-    fn rw_port(&self) -> u16;
+    /// Where the `rw` service is, and how its certificate is trusted.
+    fn rw(&self) -> Dial;
 
-    /// Every instance's name and its server's port, probed directly by the watcher.
-    fn instances(&self) -> Vec<(String, u16)>;
+    /// Every instance's name and where its server is now, probed directly by the watcher
+    /// (asked again each probe round: a recreated pod may have another address).
+    fn instances(&self) -> impl Future<Output = Result<Vec<(String, Dial)>, CheckError>> + Send;
 
     /// What the runtime says now.
     fn observe(&self) -> impl Future<Output = Result<Observation, CheckError>> + Send;
