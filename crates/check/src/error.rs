@@ -47,6 +47,10 @@ pub enum CheckError {
     NotReplicating { port: u16, status: String },
     #[error("nothing listens on port {0}")]
     NothingListens(u16),
+    /// A target other than the local runtime failed to look or act, in its own words (e.g.
+    /// the Kubernetes API's error, or a fault it does not inject).
+    #[error("{0}")]
+    Target(String),
 }
 
 /// What to do about a table that may be left behind.

@@ -13,10 +13,13 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
+use stator_api::names::{LABEL_DATABASE, secret_keys};
 use stator_api::{Database, Engine, Phase, Role};
+use stator_check::checker::{Access, CheckOptions, CheckReport, Writing};
+use stator_check::{CheckError, Fault, Injection, Observation, Target};
 use stator_engine::tls::{CaTrust, Dial, Trust};
 use stator_kubelet_standin::harness::{self, Cluster};
 use support::*;
@@ -186,6 +189,158 @@ impl Sql {
     }
 }
 
+/// A Database on the stand-in as the checker's target: writes through `NAME-rw`'s loopback
+/// address (the stand-in forwards it to the ready endpoints), each pod probed at its IP and
+/// verified as its DNS name, the primary and readiness as the `Database` status says. The
+/// test runs the drills itself: this target injects no fault.
+#[derive(Clone)]
+struct KubeTarget {
+    db: Database,
+    dbs: Api<Database>,
+    pods: Api<Pod>,
+    access: Access,
+    ca: CaTrust,
+    rw: std::net::Ipv4Addr,
+}
+
+impl KubeTarget {
+    async fn of(sql: &Sql, op: &kube::Client, admin: &kube::Client) -> KubeTarget {
+        let dbs: Api<Database> = Api::namespaced(op.clone(), "apps");
+        let db = dbs.get(&sql.name).await.expect("the Database");
+        let secrets: Api<Secret> = Api::namespaced(op.clone(), "apps");
+        let credentials = secrets
+            .get(&format!("{}-credentials", sql.name))
+            .await
+            .expect("the credentials")
+            .data
+            .expect("data");
+        let monitor = credentials
+            .get(secret_keys::MONITOR_PASSWORD)
+            .map(|v| String::from_utf8_lossy(&v.0).to_string())
+            .unwrap_or_default();
+        KubeTarget {
+            access: Access {
+                engine: sql.engine,
+                user: "app".into(),
+                password: sql.password.clone(),
+                database: "app".into(),
+                monitor_user: stator_engine::mysql_family::config::MONITOR_USER.into(),
+                monitor_password: monitor,
+            },
+            db,
+            dbs,
+            pods: Api::namespaced(admin.clone(), "apps"),
+            ca: sql.ca.clone(),
+            rw: sql.rw,
+        }
+    }
+
+    fn name(&self) -> String {
+        self.db.metadata.name.clone().unwrap_or_default()
+    }
+}
+
+impl Target for KubeTarget {
+    fn key(&self) -> String {
+        format!("apps/{}", self.name())
+    }
+
+    fn database(&self) -> &Database {
+        &self.db
+    }
+
+    fn access(&self) -> &Access {
+        &self.access
+    }
+
+    fn rw(&self) -> Dial {
+        Dial {
+            host: self.rw.to_string(),
+            port: self.access.engine.port(),
+            trust: Trust::Verified {
+                ca: self.ca.clone(),
+                server_name: format!("{}-rw.apps.svc", self.name()),
+            },
+        }
+    }
+
+    async fn instances(&self) -> Result<Vec<(String, Dial)>, CheckError> {
+        let name = self.name();
+        let pods = self
+            .pods
+            .list(&ListParams::default().labels(&format!("{LABEL_DATABASE}={name}")))
+            .await
+            .map_err(|e| CheckError::Target(format!("list the pods of {name}: {e}")))?;
+        Ok(pods
+            .items
+            .into_iter()
+            .filter_map(|p| {
+                let pod = p.metadata.name?;
+                let ip = p.status?.pod_ip?;
+                let dial = Dial {
+                    host: ip,
+                    port: self.access.engine.port(),
+                    trust: Trust::Verified {
+                        ca: self.ca.clone(),
+                        server_name: format!("{pod}.{name}-headless.apps.svc"),
+                    },
+                };
+                Some((pod, dial))
+            })
+            .collect())
+    }
+
+    async fn observe(&self) -> Result<Observation, CheckError> {
+        let db = self
+            .dbs
+            .get(&self.name())
+            .await
+            .map_err(|e| CheckError::Target(format!("get the Database: {e}")))?;
+        let status = db.status.unwrap_or_default();
+        Ok(Observation {
+            primary: status.current_primary.clone().unwrap_or_default(),
+            ready: status.phase == Some(Phase::Ready),
+            unready: format!("phase {:?}", status.phase),
+        })
+    }
+
+    fn inject(&self, _: &str, _: Fault) -> Result<Injection, CheckError> {
+        Err(CheckError::Target("the test runs the drills".into()))
+    }
+
+    fn resume(&self, _: &str) -> Result<Injection, CheckError> {
+        Err(CheckError::Target("the test runs the drills".into()))
+    }
+}
+
+/// The checker's writer and watcher over `target`, started once rows go through rw.
+async fn start_writing(target: &KubeTarget) -> Writing {
+    Writing::start(target, &CheckOptions::default(), &|line| {
+        println!("checker: {line}")
+    })
+    .await
+    .expect("the checker's table through rw")
+}
+
+/// Stops the checker, prints its report and holds it to its verdict: no moment with two
+/// writable instances, no acknowledged write lost (replication is synchronous).
+async fn finish_writing(writing: Writing, target: &KubeTarget) -> CheckReport {
+    let report = writing
+        .finish(target, &|line| println!("checker: {line}"))
+        .await;
+    println!("{}", report.render());
+    assert!(
+        report.split_brain.is_empty(),
+        "moments with two writable instances:\n{}",
+        report.render()
+    );
+    assert_eq!(report.writes_lost, 0, "{}", report.render());
+    assert!(report.aborted.is_none(), "{}", report.render());
+    assert!(report.writes_acknowledged > 0, "{}", report.render());
+    assert!(report.probe_rounds > 0, "{}", report.render());
+    report
+}
+
 /// What the server said, not only "db error".
 fn said(e: tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -207,6 +362,9 @@ struct Running {
     first: String,
     /// The primary the failover chose.
     failed_over_to: String,
+    /// The checker, writing since before the first drill.
+    target: KubeTarget,
+    writing: Writing,
 }
 
 /// A cluster and the operator on its own token; a 3-instance synchronous `engine` database
@@ -293,8 +451,13 @@ async fn bring_up(engine: Engine, name: &str, version: &str) -> Option<Running> 
     })
     .await;
 
+    // From here on, every drill runs under the checker's writer.
+    let target = KubeTarget::of(&sql, &op, &admin).await;
+    let mut writing = start_writing(&target).await;
+
     // The primary's pod deleted (as a user or a node drain would): a new primary, and the old
     // pod, recreated by the StatefulSet controller on its PVC, back as a replica.
+    writing.drill("primary pod deleted");
     kubectl(
         cp,
         &["delete", "pod", &primary, "-n", "apps", "--wait=false"],
@@ -334,6 +497,8 @@ async fn bring_up(engine: Engine, name: &str, version: &str) -> Option<Running> 
         path,
         first: primary,
         failed_over_to: db.status.and_then(|s| s.current_primary).unwrap(),
+        target,
+        writing,
     })
 }
 
@@ -350,6 +515,7 @@ async fn operator_bootstraps_routes_and_fails_over_mariadb_on_the_standin() {
         return;
     };
     r.sql.write_and_read("two", 2).await;
+    finish_writing(r.writing, &r.target).await;
     r.operator.abort();
     r.cluster.stop().await;
 }
@@ -365,6 +531,8 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
         path,
         first: primary,
         failed_over_to,
+        target,
+        mut writing,
     }) = bring_up(Engine::Postgres, "pg", "15").await
     else {
         return;
@@ -375,6 +543,7 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
 
     // `stator switchover --kube` to the old primary, back as a replica: the CLI sets the
     // annotation, the loop carries it out once, the CLI prints the outcome.
+    writing.drill("stator switchover --kube");
     let out = std::process::Command::new(&stator)
         .args(["switchover", "-f", path.to_str().unwrap(), "--kube", "--to"])
         .arg(&primary)
@@ -408,6 +577,7 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
     sql.write_and_read("two", 2).await;
 
     // The primary's container killed: restarted by the kubelet, or failed over.
+    writing.drill("primary container killed");
     assert!(
         cluster
             .standin()
@@ -429,6 +599,7 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
     // once its loop has started the failover (with everything it started, as a killed process
     // would), and a new operator (another identity) takes the Lease when it expires, loads the
     // failover state from the status and finishes it.
+    writing.drill("operator killed during a failover");
     let db = dbs.get("pg").await.unwrap();
     let before = db.status.and_then(|s| s.current_primary).unwrap();
     kubectl(
@@ -479,6 +650,7 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
         "no failover left in progress in the status"
     );
     sql.write_and_read("four", 4).await;
+    finish_writing(writing, &target).await;
 
     // The Database deleted: the operator's objects go, the PVCs stay.
     operator_owned_objects_go_and_pvcs_stay(cp, &op, &admin).await;
