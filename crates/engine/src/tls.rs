@@ -864,6 +864,34 @@ mod tests {
         Ok(got)
     }
 
+    /// A pod added by scaling after the certificate was issued: covered by the wildcard of
+    /// the headless Service, which names exactly one label (not a deeper name).
+    #[tokio::test]
+    async fn a_wildcard_of_the_headless_service_covers_a_pod_added_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles::new(dir.path().join("tls"));
+        let sans = ["pg-0.pg-headless.apps.svc", "*.pg-headless.apps.svc"].map(String::from);
+        files.issue("pg", &sans, "r").unwrap();
+        let pem = files.read(CA_CERT).unwrap();
+        let ca = CaTrust::from_pem(pem.as_bytes(), "ca.crt").unwrap();
+        for (name, accepted) in [
+            ("pg-4.pg-headless.apps.svc", true),
+            ("a.pg-4.pg-headless.apps.svc", false),
+            ("pg-4.other-headless.apps.svc", false),
+        ] {
+            let port = serve_once(&files).await;
+            let dial = Dial {
+                host: "127.0.0.1".into(),
+                port,
+                trust: Trust::Verified {
+                    ca: ca.clone(),
+                    server_name: name.into(),
+                },
+            };
+            assert_eq!(read_through(&dial).await.is_ok(), accepted, "{name}");
+        }
+    }
+
     /// The operator's case: a pod dialled by its IP, which no certificate names, verified as
     /// its DNS name against a CA held in memory (nothing registered process-wide).
     #[tokio::test]

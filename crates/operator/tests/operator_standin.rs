@@ -650,6 +650,42 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
         "no failover left in progress in the status"
     );
     sql.write_and_read("four", 4).await;
+
+    // Scaled 3 -> 5: the new pods are cloned, verified by the certificate issued for 3 (its
+    // wildcard of the headless Service), and serve as replicas; back to 3 (the two new pods,
+    // never the primary, go; their PVCs stay).
+    for (instances, replicas) in [(5, 4), (3, 2)] {
+        writing.drill(&format!("scale to {instances}"));
+        kubectl(
+            cp,
+            &[
+                "patch",
+                "database",
+                "pg",
+                "-n",
+                "apps",
+                "--type",
+                "merge",
+                "-p",
+                &format!("{{\"spec\":{{\"instances\":{instances}}}}}"),
+            ],
+        );
+        ready_with(
+            &dbs,
+            "pg",
+            &format!("{instances} instances, {replicas} ready replicas"),
+            |db| {
+                let (now, ready) = ready_roles(db);
+                let status = db.status.clone().unwrap_or_default();
+                status.phase == Some(Phase::Ready)
+                    && now.is_some()
+                    && ready.len() == replicas
+                    && status.instances.len() == instances
+            },
+        )
+        .await;
+    }
+    sql.write_and_read("five", 5).await;
     finish_writing(writing, &target).await;
 
     // The Database deleted: the operator's objects go, the PVCs stay.

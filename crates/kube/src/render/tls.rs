@@ -60,6 +60,21 @@ pub fn kube_sans(db: &Database) -> Vec<String> {
     sans
 }
 
+/// The names of the certificate Stator issues itself: [`kube_sans`] and every pod of the
+/// headless Service (`*.NAME-headless.NS.svc`, with and without `.svc`/`.svc.cluster.local`),
+/// so that pods added by scaling are covered by the certificate issued once (the Secret is
+/// never rewritten). cert-manager's Certificate names only [`kube_sans`]: it is rendered again
+/// with `spec.instances` and cert-manager reissues. (rustls, libpq's `verify-full` and
+/// OpenSSL's host check all take a wildcard in the leftmost label.)
+pub fn issued_sans(db: &Database) -> Vec<String> {
+    let (ns, headless) = (db.namespace(), db.headless_service_name());
+    let mut sans = kube_sans(db);
+    sans.extend(
+        ["", ".svc", ".svc.cluster.local"].map(|suffix| format!("*.{headless}.{ns}{suffix}")),
+    );
+    sans
+}
+
 /// Name of the Secret cert-manager fills with the replication user's client certificate (with
 /// `spec.tls.issuerRef`).
 pub fn replication_tls_secret_name(db: &Database) -> String {
@@ -199,7 +214,7 @@ pub fn projected_sources(db: &Database) -> Vec<VolumeProjection> {
     ]
 }
 
-/// A CA, a server certificate for [`kube_sans`] and a replication client certificate, in memory
+/// A CA, a server certificate for [`issued_sans`] and a replication client certificate, in memory
 /// (the keys never touch a disk but for a 0700 temporary directory removed at once).
 #[derive(Clone, PartialEq, Eq)]
 pub struct TlsMaterial {
@@ -218,7 +233,7 @@ impl TlsMaterial {
         let files = TlsFiles::new(dir.path().join("tls"));
         let user = stator_engine::postgres::config::REPLICATION_USER;
         files
-            .issue(db.name(), &kube_sans(db), user)
+            .issue(db.name(), &issued_sans(db), user)
             .map_err(|e| e.to_string())?;
         let files = TLS_SECRET_KEYS
             .into_iter()
@@ -283,6 +298,16 @@ mod tests {
             );
         }
         assert!(!sans.iter().any(|s| s.starts_with("orders-2.")));
+        // What Stator issues itself also covers pods added later by scaling.
+        let issued = issued_sans(&db);
+        assert!(issued.starts_with(&sans));
+        for wildcard in [
+            "*.orders-headless.shop",
+            "*.orders-headless.shop.svc",
+            "*.orders-headless.shop.svc.cluster.local",
+        ] {
+            assert!(issued.iter().any(|s| s == wildcard), "{issued:?}");
+        }
         let material = TlsMaterial::issue(&db).unwrap();
         let keys: Vec<&str> = material.iter().map(|(k, _)| k).collect();
         assert_eq!(keys.len(), 5);
