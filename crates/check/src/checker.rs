@@ -500,7 +500,9 @@ impl Access {
                     .dbname(&self.database)
                     .application_name("stator-chaos")
                     .connect_timeout(timeout);
-                let tls = dial.postgres(&mut config).map_err(|e| SqlError::at(port, e))?;
+                let tls = dial
+                    .postgres(&mut config)
+                    .map_err(|e| SqlError::at(port, e))?;
                 let (client, connection) = tokio::time::timeout(timeout, config.connect(tls))
                     .await
                     .map_err(|_| SqlError::Timeout { port, timeout })?
@@ -1457,7 +1459,14 @@ async fn check_async<T: Target + Clone + Send + 'static>(
     }
 
     Ok(running
-        .report(target, options.fault, options.failovers, rounds, aborted, progress)
+        .report(
+            target,
+            options.fault,
+            options.failovers,
+            rounds,
+            aborted,
+            progress,
+        )
         .await)
 }
 
@@ -1549,7 +1558,8 @@ mod tests {
         assert_eq!(log.first_after(t0, None, Some(&old)).map(|a| a.id), Some(4));
         // A held server acknowledges nothing that counts.
         assert_eq!(
-            log.first_after(t0, Some(&id("127.0.0.2")), None).map(|a| a.id),
+            log.first_after(t0, Some(&id("127.0.0.2")), None)
+                .map(|a| a.id),
             Some(5)
         );
         assert!(log.first_after(at(900), None, None).is_none());
@@ -1640,7 +1650,10 @@ mod tests {
         }];
         let text = r.render();
         assert!(text.contains("1 drill(s) under one writer"), "{text}");
-        assert!(text.contains("primary pod deleted   12.0s    3.250s"), "{text}");
+        assert!(
+            text.contains("primary pod deleted   12.0s    3.250s"),
+            "{text}"
+        );
         assert!(text.contains("verdict: OK"), "{text}");
     }
 
