@@ -1177,20 +1177,11 @@ impl Writing {
         mut aborted: Option<String>,
         progress: &(dyn Fn(&str) + Sync),
     ) -> CheckReport {
-        let Writing {
-            started,
-            first,
-            stop,
-            writer,
-            watch,
-            writer_task,
-            watch_task,
-            drills,
-            current: _,
-        } = self;
-        stop.store(true, Ordering::SeqCst);
-        let _ = writer_task.await;
-        let _ = watch_task.await;
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.writer_task.await;
+        let _ = self.watch_task.await;
+        let (started, first, writer, watch, drills) =
+            (self.started, self.first, self.writer, self.watch, self.drills);
         let db = target.database();
         let (access, rw) = (target.access(), target.rw());
 
