@@ -5,8 +5,12 @@
 //! primary, and the old pod back as a replica on its PVC; `stator switchover --kube`; the
 //! primary's container killed → restarted or failed over; the operator killed during a
 //! failover → the next one finishes it; the Database deleted → its objects gone, its PVCs
-//! kept (PostgreSQL; MariaDB goes as far as the pod deletion). Replication is synchronous and every row acknowledged before a drill
-//! is read after it. The operator runs on its own token.
+//! kept (PostgreSQL; MariaDB goes as far as the pod deletion); PostgreSQL scaled 3 -> 5 -> 3 (the
+//! new pods verified by the certificate issued for 3). Replication is synchronous and every row
+//! acknowledged before a drill is read after it; from the first pod deletion on, every drill
+//! runs under the consistency checker's writer and watcher, held to its verdict (no moment with
+//! two writable instances, no acknowledged write lost), each drill's outage printed. The
+//! operator runs on its own token.
 //! Waits poll; their bound only stops a hung test (nothing is timed).
 
 mod support;
