@@ -1180,8 +1180,13 @@ impl Writing {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.writer_task.await;
         let _ = self.watch_task.await;
-        let (started, first, writer, watch, drills) =
-            (self.started, self.first, self.writer, self.watch, self.drills);
+        let (started, first, writer, watch, drills) = (
+            self.started,
+            self.first,
+            self.writer,
+            self.watch,
+            self.drills,
+        );
         let db = target.database();
         let (access, rw) = (target.access(), target.rw());
 
