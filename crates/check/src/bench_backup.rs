@@ -4,9 +4,10 @@
 //! `bench backup`: a 1-instance database with a local repository is filled with about
 //! `--size-mib` of pgbench data; then, as ratios against pgBackRest run by hand with the same
 //! settings (compression, process-max, start-fast), on the same server and the same data:
-//! 1. a full backup: `stator backup create --type full` vs `pgbackrest backup --type=full` into
-//!    a second repository (by hand with `--no-archive-check`: it does not wait for the WAL of
-//!    the backup to reach the archive, which Stator's backup does);
+//! 1. a full backup: `stator backup create --type full` (the CLI orders it from the primary's
+//!    instance manager, which runs pgBackRest) vs `pgbackrest backup --type=full` by hand with
+//!    the instance manager's own `pgbackrest.conf` (same repository, same settings, the same
+//!    archive check);
 //! 2. a restore of that backup to the end of the archive: `stator restore --from` (verify,
 //!    restore, recovery, promotion, the new database up and ready) vs `pgbackrest restore` +
 //!    `pg_ctl start` until the recovery ended;
@@ -299,47 +300,25 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
     let db_dir = state.join("default").join("bb");
     let run_dir = db_dir.join("instances/bb-0/run");
     let data_dir = db_dir.join("data-bb-0");
-    let hand_repo = root.join("hand-repo");
     let hand_work = root.join("hand-work");
-    for d in [&hand_repo, &hand_work] {
-        private_dir(d, user.as_ref())?;
-    }
-    let hand = |extra: &[&str]| {
-        let mut c = Command::new(&pgbackrest);
-        c.arg("--config=/dev/null")
-            .arg("--stanza=bb")
-            .arg(format!("--repo1-path={}", hand_repo.display()))
-            .arg(format!("--pg1-path={}", data_dir.display()))
-            .arg(format!("--pg1-port={}", args.port_base + 10))
-            .arg(format!("--pg1-socket-path={}", run_dir.display()))
-            .arg("--pg1-user=postgres")
-            .arg(format!("--lock-path={}", hand_work.display()))
-            .arg("--log-level-file=off")
-            .arg("--log-level-console=warn")
-            .args(extra)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env(
-                "PGPASSFILE",
-                run_dir.join(stator_engine::postgres::backrest::SUPERUSER_PASSFILE),
-            );
-        c
-    };
-    run_step(
-        as_user(&mut hand(&["stanza-create"]), user.as_ref()),
-        "pgbackrest stanza-create (by hand)",
-    )?;
+    private_dir(&hand_work, user.as_ref())?;
+    // By hand with the very settings the instance manager uses: its pgbackrest.conf (same
+    // repository, stanza, compression, process-max, start-fast, and the archive check, which
+    // waits for the backup's WAL to reach the archive).
+    let config = run_dir.join(stator_engine::postgres::backrest::CONFIG_FILE);
     let started = Instant::now();
     run_step(
         as_user(
-            &mut hand(&[
-                &format!("--compress-type={}", args.compression),
-                &format!("--process-max={}", args.parallel),
-                "--start-fast",
-                "--no-archive-check",
-                "backup",
-                "--type=full",
-            ]),
+            Command::new(&pgbackrest)
+                .arg(format!("--config={}", config.display()))
+                .arg("--stanza=bb")
+                .args(["backup", "--type=full"])
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env(
+                    "PGPASSFILE",
+                    run_dir.join(stator_engine::postgres::backrest::SUPERUSER_PASSFILE),
+                ),
             user.as_ref(),
         ),
         "pgbackrest backup (by hand)",
@@ -356,7 +335,8 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
             .max()
             .map_or(0, |d| dir_bytes(&d))
     };
-    let hand_size = full_dir_bytes(&hand_repo.join("backup/bb"));
+    // The newest full backup is the one by hand (same repository, a later label).
+    let hand_size = full_dir_bytes(&repo.join("default/bb/backup/bb"));
     let stator_size = dir_bytes(&repo.join("default/bb/backup/bb").join(&stator_label));
 
     // 2. Restores of Stator's full backup, to the end of the archive.
@@ -448,7 +428,7 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
         hand_size,
     }
     .print(
-        "(stator restore includes pgbackrest verify of the repository, which refuses a damaged backup, and bringing the new database up; by hand: restore + recovery only. The backup by hand skips the archive check.)",
+        "(stator restore includes pgbackrest verify of the repository, which refuses a damaged backup, and bringing the new database up; by hand: restore + recovery only. The backup by hand runs pgbackrest with the instance manager's own pgbackrest.conf.)",
     );
     Ok(())
 }
