@@ -13,7 +13,7 @@ use stator_api::instance::{LocalPorts, RestoreSource, RestoreTarget};
 use stator_api::names::secret_keys;
 use stator_api::{Database, Engine};
 use stator_engine::postgres::backrest::{
-    self, BackupInfo, RecoverableRange, RepositoryInfo, S3Settings, choose_backup,
+    self, BackupInfo, Encryption, RecoverableRange, RepositoryInfo, S3Settings, choose_backup,
     latest_archive_time, parse_info, read_repository_marker, repository_path,
 };
 
@@ -22,10 +22,11 @@ use crate::runtime::block_on;
 use crate::secrets::read_secret;
 use crate::state::DatabaseDir;
 
-/// What `up` refuses of `spec.backup`: everything but PostgreSQL (local or S3 repository) or
-/// MariaDB (local repository), unencrypted; an S3 repository whose Secrets are missing from
-/// `secrets_root` ([`crate::state::StateDir::secrets_root`]); and a missing pgBackRest
-/// (PostgreSQL) or zstd (MariaDB). Names the field.
+/// What `up` refuses of `spec.backup`: everything but PostgreSQL (local or S3 repository,
+/// encrypted or not) or MariaDB (local repository, unencrypted); an S3 repository whose Secrets
+/// are missing from `secrets_root` ([`crate::state::StateDir::secrets_root`]); an encryption
+/// Secret without its `passphrase` file there; and a missing pgBackRest (PostgreSQL) or zstd
+/// (MariaDB). Names the field.
 pub fn check_spec(db: &Database, secrets_root: &Path) -> Result<(), LocalError> {
     let Some(backup) = &db.spec.backup else {
         return Ok(());
@@ -66,11 +67,17 @@ pub fn check_spec(db: &Database, secrets_root: &Path) -> Result<(), LocalError> 
             );
         }
     }
-    if backup.encryption.is_some() {
+    if backup.encryption.is_some() && db.spec.engine != Engine::Postgres {
         return refuse(
             "spec.backup.encryption",
-            "encrypted repositories are not implemented yet; remove it".into(),
+            format!(
+                "encrypted repositories are supported for postgres only for now, not {}; remove it",
+                db.spec.engine
+            ),
         );
+    }
+    if let Some(encryption) = Encryption::of(db, Some(secrets_root)).map_err(engine_invalid)? {
+        encryption.passphrase().map_err(engine_invalid)?;
     }
     if db.spec.engine == Engine::Mariadb {
         let zstd = Path::new(stator_engine::mysql_family::repository::ZSTD);
@@ -99,6 +106,8 @@ pub struct Repository {
     /// The directory, or the path inside the bucket.
     pub path: PathBuf,
     pub s3: Option<S3Settings>,
+    /// The passphrase of an encrypted repository (`spec.backup.encryption`).
+    pub encryption: Option<Encryption>,
 }
 
 impl Repository {
@@ -111,7 +120,12 @@ impl Repository {
             ))
         })?;
         let s3 = S3Settings::of(db, Some(secrets_root)).map_err(engine_invalid)?;
-        Ok(Repository { path, s3 })
+        let encryption = Encryption::of(db, Some(secrets_root)).map_err(engine_invalid)?;
+        Ok(Repository {
+            path,
+            s3,
+            encryption,
+        })
     }
 
     /// `/srv/backups/default/shop`, or `s3://bucket/stator/default/shop`.
@@ -157,21 +171,73 @@ pub fn repository_info(
         )));
     }
     let json = String::from_utf8_lossy(&out.stdout);
-    // pgBackRest reports a repository it cannot reach (a refused key, a bad CA) in the status
-    // of a successful `info`: an S3 repository is then an error, not "no backups".
-    if repository.s3.is_some()
-        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&json)
-        && let Some(status) = v[0]["repo"][0]["status"].as_object()
-        && status.get("code").and_then(|c| c.as_i64()) == Some(99)
-    {
-        let message = status.get("message").and_then(|m| m.as_str()).unwrap_or("");
-        return Err(s3_failure(repository, "pgbackrest info", message));
+    // pgBackRest reports a repository it cannot reach (a refused key, a bad CA) or whose info
+    // files it cannot decrypt in the status of a successful `info`: that is then an error, not
+    // "no backups".
+    if let Some(message) = repository_status_error(&json) {
+        if let Some(e) = decryption_failure(repository, stanza, &message) {
+            return Err(e);
+        }
+        if repository.s3.is_some() {
+            return Err(s3_failure(repository, "pgbackrest info", &message));
+        }
     }
     parse_info(&json).map_err(LocalError::Failed)
 }
 
-/// Runs pgBackRest on `repository`. An S3 repository's keys go into a 0600 configuration
-/// file in a private temporary directory (removed afterwards), never on the command line.
+/// The message of the repository's status in `pgbackrest info --output=json`, when it is an
+/// error (code 99: the repository or its info files could not be read).
+fn repository_status_error(json: &str) -> Option<String> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        // What a wrong passphrase decrypts an info file to may not even make valid JSON of
+        // pgBackRest's message: the error is then read from the text.
+        return json
+            .contains("\"code\":99")
+            .then(|| json.split_once("\"message\":\"").map_or(json, |(_, m)| m))
+            .map(|m| m.replace("\\n", "\n"));
+    };
+    let status = v[0]["repo"][0]["status"].as_object()?;
+    (status.get("code").and_then(|c| c.as_i64()) == Some(99)).then(|| {
+        status
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("")
+            .to_string()
+    })
+}
+
+/// When pgBackRest could not load `stanza`'s info files because of the repository's
+/// encryption (pgBackRest's `message`): the error saying so, naming
+/// `spec.backup.encryption.secretName` and the passphrase's file. Never quotes the message past
+/// its first line: what a wrong passphrase decrypts to is noise.
+fn decryption_failure(repository: &Repository, stanza: &str, message: &str) -> Option<LocalError> {
+    if !message.contains("unable to load info file") {
+        return None;
+    }
+    let first = message.lines().next().unwrap_or("").trim();
+    let why = match &repository.encryption {
+        // A passphrase given, and the files are not OpenSSL-encrypted at all.
+        Some(e) if message.contains("cipher header invalid") => format!(
+            "it is not encrypted, but spec.backup.encryption.secretName names a passphrase ({}): remove spec.backup.encryption to read it, or back up into a new repository path",
+            e.passphrase_file.display()
+        ),
+        Some(e) => format!(
+            "the passphrase of spec.backup.encryption.secretName ({}) does not decrypt it: it is not the passphrase the repository was encrypted with (or both copies of its info file are damaged)",
+            e.passphrase_file.display()
+        ),
+        // OpenSSL's salted format: the repository is encrypted, no passphrase given.
+        None if message.contains("Salted__") => "it is encrypted, and spec.backup.encryption is not set: set spec.backup.encryption.secretName to the Secret whose passphrase key encrypted it".to_string(),
+        None => return None,
+    };
+    Some(LocalError::Failed(format!(
+        "the repository {} of {stanza} cannot be read: {why} (pgBackRest: {first})",
+        repository.describe()
+    )))
+}
+
+/// Runs pgBackRest on `repository`. An S3 repository's keys and an encrypted repository's
+/// passphrase go into a 0600 configuration file in a private temporary directory (removed
+/// afterwards), never on the command line.
 fn pgbackrest(
     repository: &Repository,
     stanza: &str,
@@ -180,23 +246,26 @@ fn pgbackrest(
     let program = crate::preflight::find_pgbackrest()?;
     let mut command = Command::new(&program);
     let config_dir;
-    match &repository.s3 {
-        None => {
-            command
-                .arg(format!("--repo1-path={}", repository.path.display()))
-                .arg("--config=/dev/null");
-        }
-        Some(s3) => {
-            config_dir = PrivateDir::new()?;
-            let config = config_dir.0.join(backrest::CONFIG_FILE);
-            let text = format!(
-                "[global]\n{}repo1-path={}\n",
-                s3.render().map_err(engine_invalid)?,
-                repository.path.display()
-            );
-            write_private(&config, &text)?;
-            command.arg(format!("--config={}", config.display()));
-        }
+    let mut global = String::new();
+    if let Some(s3) = &repository.s3 {
+        global.push_str(&s3.render().map_err(engine_invalid)?);
+    }
+    if let Some(encryption) = &repository.encryption {
+        global.push_str(&encryption.render().map_err(engine_invalid)?);
+    }
+    if global.is_empty() {
+        command
+            .arg(format!("--repo1-path={}", repository.path.display()))
+            .arg("--config=/dev/null");
+    } else {
+        config_dir = PrivateDir::new()?;
+        let config = config_dir.0.join(backrest::CONFIG_FILE);
+        let text = format!(
+            "[global]\n{global}repo1-path={}\n",
+            repository.path.display()
+        );
+        write_private(&config, &text)?;
+        command.arg(format!("--config={}", config.display()));
     }
     command
         .arg(format!("--stanza={stanza}"))
@@ -468,6 +537,19 @@ fn verify_repository(
         .collect();
     if out.status.success() && bad.is_empty() {
         return Ok(text);
+    }
+    // Info files that cannot be loaded may be a passphrase that does not decrypt them, not
+    // damage: `info` tells which.
+    if text.contains("No usable backup.info")
+        && let Ok(info) = pgbackrest(
+            repository,
+            stanza,
+            &["info", "--output=json", "--log-level-console=warn"],
+        )
+        && let Some(message) = repository_status_error(&String::from_utf8_lossy(&info.stdout))
+        && let Some(e) = decryption_failure(repository, stanza, &message)
+    {
+        return Err(e);
     }
     let files = backrest::damaged_files(&text, &repository.path, stanza);
     Err(LocalError::Failed(format!(

@@ -187,6 +187,75 @@ impl S3Settings {
     }
 }
 
+/// The key of the `spec.backup.encryption.secretName` Secret holding the repository's
+/// passphrase.
+pub const ENCRYPTION_PASSPHRASE: &str = "passphrase";
+/// The cipher pgBackRest encrypts an encrypted repository with.
+pub const CIPHER_TYPE: &str = "aes-256-cbc";
+
+/// An encrypted repository (`spec.backup.encryption`): pgBackRest's own encryption
+/// (`repo1-cipher-type`, `repo1-cipher-pass`). The passphrase stays in its Secret's file until it
+/// is written into a 0600 `pgbackrest.conf`: never an argument, an environment variable or a log
+/// line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Encryption {
+    /// The Secret's file holding the passphrase (`SECRETS_ROOT/SECRET/passphrase`).
+    pub passphrase_file: PathBuf,
+}
+
+impl Encryption {
+    /// The encryption of `db`'s repository, its Secret read from `secrets_root` (one directory
+    /// per Secret of the namespace). `Ok(None)` without `spec.backup.encryption`; an error
+    /// naming the field when the instance has no Secrets directory.
+    pub fn of(db: &Database, secrets_root: Option<&Path>) -> Result<Option<Self>, EngineError> {
+        let Some(encryption) = db.spec.backup.as_ref().and_then(|b| b.encryption.as_ref()) else {
+            return Ok(None);
+        };
+        let root = secrets_root.ok_or_else(|| EngineError::Config {
+            field: "spec.backup.encryption.secretName".into(),
+            message: format!(
+                "{:?}: this instance has no Secrets directory to read it from",
+                encryption.secret_name
+            ),
+        })?;
+        Ok(Some(Encryption {
+            passphrase_file: root
+                .join(&encryption.secret_name)
+                .join(ENCRYPTION_PASSPHRASE),
+        }))
+    }
+
+    /// Reads the passphrase, an error naming `spec.backup.encryption.secretName` and the file
+    /// expected when it is missing, empty, more than one line or readable by others.
+    pub fn passphrase(&self) -> Result<crate::credentials::Secret, EngineError> {
+        let (dir, key) = match (
+            self.passphrase_file.parent(),
+            self.passphrase_file.file_name(),
+        ) {
+            (Some(dir), Some(key)) => (dir, key.to_string_lossy().into_owned()),
+            _ => (Path::new("."), ENCRYPTION_PASSPHRASE.to_string()),
+        };
+        crate::credentials::read_secret(dir, &key).map_err(|e| EngineError::Config {
+            field: "spec.backup.encryption.secretName".into(),
+            message: format!(
+                "{e} (the Secret holds the repository's passphrase under the key {ENCRYPTION_PASSPHRASE:?}: one line, mode 0600)"
+            ),
+        })
+    }
+
+    /// The `repo1-cipher-*` lines of `pgbackrest.conf`, the passphrase included: only ever
+    /// written into a 0600 file.
+    pub fn render(&self) -> Result<String, EngineError> {
+        let pass = self.passphrase()?;
+        Ok(format!(
+            "repo1-cipher-type={CIPHER_TYPE}
+repo1-cipher-pass={}
+",
+            conf_value("spec.backup.encryption.secretName", pass.expose())?
+        ))
+    }
+}
+
 /// What the repository marker records.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -258,23 +327,28 @@ pub struct BackrestSettings {
     pub run_dir: PathBuf,
     /// The bucket, when the repository is in S3 (`repository` is then the path inside it).
     pub s3: Option<S3Settings>,
+    /// The repository's encryption (`spec.backup.encryption`).
+    pub encryption: Option<Encryption>,
 }
 
 impl BackrestSettings {
     /// The settings of `db`'s instance whose data dir, port and run dir are given. `None`
-    /// without a repository; `s3`: the bucket of an S3 repository ([`S3Settings::of`]).
+    /// without a repository; `s3`: the bucket of an S3 repository ([`S3Settings::of`]);
+    /// `encryption`: the repository's passphrase ([`Encryption::of`]).
     pub fn of(
         db: &Database,
         pg_path: &Path,
         pg_port: u16,
         run_dir: &Path,
         s3: Option<S3Settings>,
+        encryption: Option<Encryption>,
     ) -> Option<Self> {
         let backup = db.spec.backup.as_ref()?;
         Some(BackrestSettings {
             stanza: db.name().to_string(),
             repository: repository_path_of(db, db.name())?,
             s3,
+            encryption,
             retention_full: backup.retention.full.max(1),
             compression: backup.compression,
             parallel: backup.parallel.max(1),
@@ -327,15 +401,19 @@ fn conf_value(field: &str, value: &str) -> Result<String, EngineError> {
 }
 
 /// Renders `pgbackrest.conf`. The superuser password is not in it (it comes from
-/// `PGPASSFILE`); an S3 repository's keys are, so it is only ever written 0600. It never sets
-/// `archive-push-queue-max`: WAL is never dropped to save disk.
+/// `PGPASSFILE`); an S3 repository's keys and an encrypted repository's passphrase are, so it
+/// is only ever written 0600. It never sets `archive-push-queue-max`: WAL is never dropped to
+/// save disk.
 pub fn render_config(s: &BackrestSettings) -> Result<String, EngineError> {
     let [lock, log, spool] = s.work_dirs();
     let path = |field: &str, p: &Path| conf_value(field, &p.to_string_lossy());
-    let s3 = match &s.s3 {
+    let mut s3 = match &s.s3 {
         Some(s3) => s3.render()?,
         None => String::new(),
     };
+    if let Some(encryption) = &s.encryption {
+        s3.push_str(&encryption.render()?);
+    }
     Ok(format!(
         "# Written by Stator; edit spec.backup instead.\n\
          [global]\n\
@@ -1468,6 +1546,7 @@ mod tests {
             pg_port: 20010,
             socket_dir: "/run/shop-0".into(),
             s3: None,
+            encryption: None,
             run_dir: "/run/shop-0".into(),
         }
     }
@@ -1567,10 +1646,81 @@ mod tests {
         );
     }
 
+    /// A Secret directory `name` under `root` holding `passphrase` (0600).
+    fn passphrase_secret(root: &Path, name: &str, passphrase: &str) -> Encryption {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(ENCRYPTION_PASSPHRASE);
+        std::fs::write(&file, format!("{passphrase}\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Encryption {
+            passphrase_file: file,
+        }
+    }
+
+    #[test]
+    fn an_encrypted_repository_gets_its_passphrase_from_the_secret_file_into_the_config_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings();
+        s.encryption = Some(passphrase_secret(dir.path(), "backup-key", "correct horse"));
+        let text = render_config(&s).unwrap();
+        for line in [
+            "repo1-cipher-type=aes-256-cbc\n",
+            "repo1-cipher-pass=correct horse\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in {text}");
+        }
+        // In [global]: every command (archive-push, backup, restore, info) reads it.
+        let global = text.split("\n[shop]").next().unwrap();
+        assert!(global.contains("repo1-cipher-pass="), "{text}");
+        assert!(!archive_command(Path::new("/usr/bin/pgbackrest"), &s).contains("horse"));
+
+        // The spec's Secret is found under the instance's Secrets root, key `passphrase`.
+        let db = stator_api::load::load_database(
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {name: shop}\nspec:\n  engine: postgres\n  backup:\n    repository: {local: {path: /srv/b}}\n    encryption: {secretName: backup-key}\n",
+        )
+        .unwrap()
+        .database;
+        let found = Encryption::of(&db, Some(dir.path())).unwrap().unwrap();
+        assert_eq!(found, *s.encryption.as_ref().unwrap());
+        let e = Encryption::of(&db, None).unwrap_err().to_string();
+        assert!(e.contains("spec.backup.encryption.secretName"), "{e}");
+
+        // A missing key, an empty one, or one others may read: the field and the file expected.
+        let file = dir.path().join("backup-key").join(ENCRYPTION_PASSPHRASE);
+        for (content, mode) in [(None, 0o600), (Some(""), 0o600), (Some("p"), 0o644)] {
+            let _ = std::fs::remove_file(&file);
+            if let Some(content) = content {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::write(&file, content).unwrap();
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+            let e = render_config(&s).unwrap_err().to_string();
+            assert!(
+                e.contains("spec.backup.encryption.secretName")
+                    && e.contains(&file.display().to_string())
+                    && e.contains("passphrase"),
+                "{content:?}: {e}"
+            );
+        }
+    }
+
     #[test]
     fn no_argument_list_carries_a_secret() {
-        let s = settings();
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings();
+        let passphrase = "the-repository-passphrase-9f2c";
+        s.encryption = Some(passphrase_secret(dir.path(), "backup-key", passphrase));
         let secret = "hunter2-the-superuser-password";
+        assert!(
+            render_config(&s).unwrap().contains(passphrase),
+            "the passphrase is in the 0600 config"
+        );
+        assert!(
+            !archive_command(Path::new("/usr/bin/pgbackrest"), &s).contains(passphrase),
+            "nor in archive_command"
+        );
         let lists = [
             stanza_create_args(&s),
             backup_args(&s, BackupKind::Full),
@@ -1592,7 +1742,10 @@ mod tests {
         for args in lists {
             for a in &args {
                 let a = a.to_string_lossy();
-                assert!(!a.contains(secret) && !a.contains("pass"), "{a}");
+                assert!(
+                    !a.contains(secret) && !a.contains(passphrase) && !a.contains("pass"),
+                    "{a}"
+                );
                 assert!(
                     a.starts_with("--") || a.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
                     "only options and the command: {a}"

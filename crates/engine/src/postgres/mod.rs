@@ -121,12 +121,14 @@ impl Postgres {
         user.check_reachable(&config.data_dir)?;
         user.check_reachable(&config.run_dir)?;
         let s3 = backrest::S3Settings::of(db, config.secrets_root.as_deref())?;
+        let encryption = backrest::Encryption::of(db, config.secrets_root.as_deref())?;
         let backrest = match backrest::BackrestSettings::of(
             db,
             &config.data_dir,
             config.port,
             &config.run_dir,
             s3,
+            encryption,
         ) {
             None => None,
             Some(settings) => {
