@@ -1377,3 +1377,257 @@ fn the_object_stores_write_a_key_only_once_on_a_directory_and_on_s3() {
         );
     });
 }
+
+/// Writes the local Secret `name` (`STATE/default/.secrets/NAME/passphrase`, 0600, its
+/// directories 0700) holding `passphrase`.
+fn write_passphrase(c: &Cluster, name: &str, passphrase: &str) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let secrets = c.state_dir().join("default/.secrets");
+    let dir = secrets.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for d in [&secrets, &dir] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let file = dir.join("passphrase");
+    let _ = std::fs::remove_file(&file);
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .unwrap()
+        .write_all(format!("{passphrase}\n").as_bytes())
+        .unwrap();
+}
+
+/// `spec.backup` on the local repository `repo`, uncompressed (so that only the encryption
+/// stands between a row's bytes and the repository's files), encrypted with the Secret `key`.
+fn encrypted_spec(repo: &Path, key: Option<&str>) -> String {
+    let mut spec = backup_spec(repo) + "    compression: none\n";
+    if let Some(key) = key {
+        spec.push_str(&format!("    encryption:\n      secretName: {key}\n"));
+    }
+    spec
+}
+
+/// A row value no file of an encrypted repository may show.
+const PLAIN_ROW: &str = "stator-plaintext-row-5b1e0c";
+
+#[test]
+fn an_encrypted_repository_restores_to_a_time_exactly_and_holds_no_plaintext_or_passphrase() {
+    let c = Cluster::new("enc", 1);
+    let repo = repository(&c);
+    let passphrase = "enc-passphrase-7d3f9a1c0b";
+    let backup = encrypted_spec(&repo, Some("backup-key"));
+    c.write_spec(1, &backup);
+
+    // No Secret yet: refused naming the field and the file expected; nothing created.
+    let out = c.stator(&["up"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    println!("the passphrase missing: {said}");
+    let expected = c.state_dir().join("default/.secrets/backup-key/passphrase");
+    assert!(
+        said.contains("spec.backup.encryption.secretName")
+            && said.contains(&expected.display().to_string()),
+        "{said}"
+    );
+    assert!(!c.db_dir().exists(), "nothing created");
+    assert!(!repo.join("default/enc").exists(), "nothing created");
+
+    write_passphrase(&c, "backup-key", passphrase);
+    let stop = Arc::new(AtomicBool::new(false));
+    let argv_watcher = local_support::scan_cmdlines(vec![passphrase.to_string()], stop.clone());
+    let watcher = c.watch_command_lines(stop.clone());
+    c.up();
+
+    // The passphrase is in the 0600 pgbackrest.conf only.
+    let conf = walk(&c.db_dir())
+        .into_iter()
+        .find(|p| p.ends_with("pgbackrest.conf"))
+        .expect("a pgbackrest.conf");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&conf).unwrap().mode() & 0o777, 0o600);
+    let conf_text = std::fs::read_to_string(&conf).unwrap();
+    for line in [
+        "repo1-cipher-type=aes-256-cbc\n".to_string(),
+        format!("repo1-cipher-pass={passphrase}\n"),
+        "compress-type=none\n".into(),
+    ] {
+        assert!(conf_text.contains(&line), "{line:?} not in {conf_text}");
+    }
+
+    c.psql(
+        c.rw(),
+        &format!(
+            "CREATE TABLE t (id bigint primary key, v text); INSERT INTO t SELECT i, '{PLAIN_ROW}' FROM generate_series(1, 10) i"
+        ),
+    )
+    .unwrap();
+    first_backup(&c);
+    c.psql(
+        c.rw(),
+        &format!("INSERT INTO t SELECT i, '{PLAIN_ROW}' FROM generate_series(11, 20) i"),
+    )
+    .unwrap();
+    let (t_text, t_epoch, _) = server_now(&c);
+    std::thread::sleep(Duration::from_millis(300));
+    c.psql(
+        c.rw(),
+        &format!("INSERT INTO t SELECT i, '{PLAIN_ROW}' FROM generate_series(21, 30) i"),
+    )
+    .unwrap();
+    wait_archived(&c, t_epoch);
+    let list = c.ok(&["backup", "list"]);
+    assert!(list.contains("full"), "{list}");
+    let verified = c.ok(&["backup", "verify"]);
+    assert!(verified.contains("intact"), "{verified}");
+
+    // Every file pgBackRest wrote is OpenSSL ciphertext (`Salted__`): the info files, the
+    // manifest, the backup's files and the archived WAL; no file holds the row's bytes (the
+    // repository is uncompressed: without encryption they would be there).
+    let stanza_files: Vec<PathBuf> = walk(&repo.join("default/enc"))
+        .into_iter()
+        .filter(|p| !p.ends_with("stator-repository.json"))
+        .filter(|p| std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false))
+        .collect();
+    let of_kind = |what: &str| {
+        stanza_files
+            .iter()
+            .filter(|p| p.to_string_lossy().contains(what))
+            .count()
+    };
+    for what in [
+        "backup.info",
+        "archive.info",
+        "backup.manifest",
+        "pg_data/base/",
+        "archive/enc/15-1/",
+    ] {
+        assert!(of_kind(what) > 0, "no {what} in {stanza_files:?}");
+    }
+    let mut checked = 0;
+    for file in &stanza_files {
+        // The archive keeps going: a temporary file may be renamed away meanwhile.
+        let Ok(bytes) = std::fs::read(file) else {
+            continue;
+        };
+        checked += 1;
+        assert!(
+            bytes.starts_with(b"Salted__"),
+            "{} is not encrypted",
+            file.display()
+        );
+        assert!(
+            !bytes
+                .windows(PLAIN_ROW.len())
+                .any(|w| w == PLAIN_ROW.as_bytes()),
+            "{} holds a row in plain text",
+            file.display()
+        );
+    }
+    println!("{checked} files in the repository, all encrypted");
+    // pgBackRest itself, without the passphrase, cannot read the repository.
+    let plain = std::process::Command::new("/usr/bin/pgbackrest")
+        .arg("--config=/dev/null")
+        .arg(format!(
+            "--repo1-path={}",
+            repo.join("default/enc").display()
+        ))
+        .args([
+            "--stanza=enc",
+            "--log-level-file=off",
+            "info",
+            "--output=json",
+        ])
+        .output()
+        .unwrap();
+    let plain = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        plain.contains("unable to load info file") && !plain.contains("\"label\""),
+        "{plain}"
+    );
+
+    // Restored to T with the same Secret: rows 1..20, not 21..30.
+    let by_time = sibling_with(&c, "et", &backup, 1);
+    restore_ok(
+        &c,
+        &["restore", "--from", "enc", "--to-time", &t_text],
+        &by_time,
+        "et",
+        "restore from an encrypted repository to a time",
+    );
+    assert_eq!(rows_in(&c, &by_time), (1..=20).collect::<Vec<_>>());
+    cleanup(&c, &by_time);
+
+    stop.store(true, Ordering::SeqCst);
+    let (scans, found) = argv_watcher.join().unwrap();
+    assert!(scans > 0);
+    assert!(
+        found.is_empty(),
+        "the passphrase on a command line: {found:?}"
+    );
+    let (scans, found) = watcher.join().unwrap();
+    assert!(scans > 0);
+    assert!(found.is_empty(), "secrets on command lines: {found:?}");
+
+    // Nowhere but in the Secret and the 0600 pgbackrest.conf: no log, no spec.json, no status.
+    let status = c.ok(&["status", "-o", "json"]);
+    assert!(!status.contains(passphrase), "the passphrase in status");
+    for file in walk(&c.state_dir()) {
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue;
+        };
+        if bytes
+            .windows(passphrase.len())
+            .any(|w| w == passphrase.as_bytes())
+        {
+            let mode = std::fs::metadata(&file).unwrap().mode() & 0o777;
+            assert!(
+                file.ends_with(".secrets/backup-key/passphrase")
+                    || file.ends_with("pgbackrest.conf") && mode == 0o600,
+                "the passphrase in {} (mode {mode:o})",
+                file.display()
+            );
+        }
+    }
+
+    // A passphrase that does not decrypt it, or none: refused saying so, nothing created.
+    write_passphrase(&c, "other-key", "not-the-passphrase");
+    for (name, spec, expected) in [
+        (
+            "ew",
+            encrypted_spec(&repo, Some("other-key")),
+            "does not decrypt it",
+        ),
+        (
+            "en",
+            backup_spec(&repo),
+            "spec.backup.encryption is not set",
+        ),
+    ] {
+        let spec = sibling_with(&c, name, &spec, 1);
+        let out = stator(
+            &c,
+            &["restore", "--from", "enc", "--to-time", &t_text],
+            &spec,
+        );
+        assert!(!out.status.success(), "{}", text(&out));
+        let said = text(&out);
+        println!("restore {name}: {said}");
+        assert!(
+            said.contains(expected) && said.contains("spec.backup.encryption"),
+            "{said}"
+        );
+        assert!(said.contains("nothing was created"), "{said}");
+        assert!(!said.contains("not-the-passphrase") && !said.contains(passphrase));
+        assert!(!c.state_dir().join("default").join(name).exists());
+        assert!(!repo.join("default").join(name).exists());
+    }
+    // `backup list` with the wrong passphrase says so too.
+    write_passphrase(&c, "backup-key", "not-the-passphrase");
+    let out = c.stator(&["backup", "list"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("does not decrypt it"), "{}", text(&out));
+}
