@@ -1631,3 +1631,183 @@ fn an_encrypted_repository_restores_to_a_time_exactly_and_holds_no_plaintext_or_
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("does not decrypt it"), "{}", text(&out));
 }
+
+/// The objects of an S3 repository as stored: `pgbackrest repo-get --raw` of each of `paths`
+/// (relative to the database's repository path) with a configuration that has the bucket's
+/// keys and no passphrase.
+fn s3_objects_as_stored(
+    s3: &local_support::s3::S3Server,
+    repo_path: &str,
+    stanza: &str,
+    paths: &[String],
+) -> Vec<(String, Vec<u8>)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let config = s3.dir.path().join(format!("raw-{stanza}.conf"));
+    let conf = format!(
+        "[global]\nrepo1-type=s3\nrepo1-s3-endpoint=127.0.0.1\nrepo1-storage-port={}\nrepo1-s3-bucket={}\nrepo1-s3-region=us-east-1\nrepo1-s3-uri-style=path\nrepo1-s3-key={}\nrepo1-s3-key-secret={}\nrepo1-storage-ca-file={}\nrepo1-path={repo_path}\nlog-level-file=off\n",
+        s3.port,
+        local_support::s3::BUCKET,
+        s3.access_key,
+        s3.secret_key,
+        s3.ca().display()
+    );
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&config)
+        .unwrap()
+        .write_all(conf.as_bytes())
+        .unwrap();
+    let pgbackrest = |args: &[&str]| {
+        std::process::Command::new("/usr/bin/pgbackrest")
+            .arg(format!("--config={}", config.display()))
+            .arg(format!("--stanza={stanza}"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut out = Vec::new();
+    for path in paths {
+        let got = pgbackrest(&["repo-get", "--raw", path]);
+        assert!(got.status.success(), "repo-get {path}: {}", text(&got));
+        out.push((path.clone(), got.stdout));
+    }
+    out
+}
+
+#[test]
+fn an_encrypted_s3_repository_restores_to_a_time_exactly_and_stores_only_ciphertext() {
+    let s3 = local_support::s3::S3Server::start();
+    let c = Cluster::new("encs3", 2);
+    s3.write_secrets(&c.state_dir(), "s3-keys", "s3-ca");
+    let passphrase = "s3-passphrase-41c8e07d";
+    write_passphrase(&c, "backup-key", passphrase);
+    let backup = s3.backup_spec("s3-keys", "s3-ca")
+        + "    compression: none\n    encryption:\n      secretName: backup-key\n";
+    c.write_spec(2, &backup);
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = local_support::scan_cmdlines(
+        vec![passphrase.to_string(), s3.secret_key.clone()],
+        stop.clone(),
+    );
+    c.up();
+
+    c.psql(
+        c.rw(),
+        &format!(
+            "CREATE TABLE t (id bigint primary key, v text); INSERT INTO t SELECT i, '{PLAIN_ROW}' FROM generate_series(1, 10) i"
+        ),
+    )
+    .unwrap();
+    first_backup(&c);
+    c.psql(
+        c.rw(),
+        &format!("INSERT INTO t SELECT i, '{PLAIN_ROW}' FROM generate_series(11, 20) i"),
+    )
+    .unwrap();
+    let (t_text, t_epoch, _) = server_now(&c);
+    std::thread::sleep(Duration::from_millis(300));
+    c.psql(
+        c.rw(),
+        &format!("INSERT INTO t SELECT i, '{PLAIN_ROW}' FROM generate_series(21, 30) i"),
+    )
+    .unwrap();
+    wait_archived(&c, t_epoch);
+    let verified = c.ok(&["backup", "verify"]);
+    assert!(verified.contains("intact"), "{verified}");
+
+    // As stored in the bucket: the info files, the backup's manifest and archived WAL are
+    // ciphertext, and none holds the row's bytes.
+    let label = listing(&c)["backups"][0]["label"]
+        .as_str()
+        .expect("a backup label")
+        .to_string();
+    let mut paths = vec![
+        "backup/encs3/backup.info".to_string(),
+        "archive/encs3/archive.info".into(),
+        format!("backup/encs3/{label}/backup.manifest"),
+    ];
+    let stored = s3_objects_as_stored(&s3, "/stator/default/encs3", "encs3", &paths);
+    // And the WAL segments archived: listed, then fetched the same way.
+    let config_dir = s3.dir.path().join("raw-encs3.conf");
+    let ls = std::process::Command::new("/usr/bin/pgbackrest")
+        .arg(format!("--config={}", config_dir.display()))
+        .args([
+            "--stanza=encs3",
+            "repo-ls",
+            "--recurse",
+            "--output=json",
+            "archive/encs3",
+        ])
+        .output()
+        .unwrap();
+    let listing_json: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let segments: Vec<String> = listing_json
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, v)| v["type"] == "file" && k.contains("/0000"))
+        .map(|(k, _)| format!("archive/encs3/{k}"))
+        .take(20)
+        .collect();
+    assert!(!segments.is_empty(), "no archived WAL: {listing_json}");
+    paths = segments;
+    let stored: Vec<_> = stored
+        .into_iter()
+        .chain(s3_objects_as_stored(
+            &s3,
+            "/stator/default/encs3",
+            "encs3",
+            &paths,
+        ))
+        .collect();
+    for (path, bytes) in &stored {
+        assert!(bytes.starts_with(b"Salted__"), "{path} is not encrypted");
+        assert!(
+            !bytes
+                .windows(PLAIN_ROW.len())
+                .any(|w| w == PLAIN_ROW.as_bytes()),
+            "{path} holds a row in plain text"
+        );
+    }
+    println!(
+        "{} objects fetched from the bucket, all encrypted",
+        stored.len()
+    );
+
+    let by_time = sibling_with(&c, "encs3t", &backup, 1);
+    restore_ok(
+        &c,
+        &["restore", "--from", "encs3", "--to-time", &t_text],
+        &by_time,
+        "encs3t",
+        "restore from an encrypted S3 repository to a time",
+    );
+    assert_eq!(rows_in(&c, &by_time), (1..=20).collect::<Vec<_>>());
+    cleanup(&c, &by_time);
+
+    stop.store(true, Ordering::SeqCst);
+    let (scans, found) = watcher.join().unwrap();
+    assert!(scans > 0);
+    assert!(found.is_empty(), "a secret on a command line: {found:?}");
+    let logs = c.all_logs() + &logs_of(&c, "encs3t");
+    assert!(!logs.contains(passphrase), "the passphrase in a log");
+
+    // A passphrase that does not decrypt it: refused saying so, nothing created.
+    write_passphrase(&c, "other-key", "not-the-passphrase");
+    let wrong = s3.backup_spec("s3-keys", "s3-ca")
+        + "    compression: none\n    encryption:\n      secretName: other-key\n";
+    let spec = sibling_with(&c, "encs3w", &wrong, 1);
+    let out = stator(&c, &["restore", "--from", "encs3"], &spec);
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    println!("a wrong passphrase: {said}");
+    assert!(
+        said.contains("does not decrypt it") && said.contains("nothing was created"),
+        "{said}"
+    );
+    assert!(!c.state_dir().join("default/encs3w").exists());
+}
