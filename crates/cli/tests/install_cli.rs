@@ -84,6 +84,12 @@ fn install_names_the_namespace_and_image_it_is_given() {
     assert!(!stream.contains("stator-system"));
     assert!(stream.contains("namespace: ops\n"));
     assert!(stream.contains("image: registry.example/stator:1.2.3\n"));
+    // The operator gives the database pods' init container the same image.
+    assert!(
+        stream
+            .contains("args:\n        - --stator-image\n        - registry.example/stator:1.2.3\n"),
+        "{stream}"
+    );
 }
 
 #[test]

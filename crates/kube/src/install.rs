@@ -416,6 +416,9 @@ fn operator_container(image: &str) -> Container {
         // a restart must not wait on, or fail for want of, the registry.
         image_pull_policy: Some("IfNotPresent".into()),
         command: Some(vec![STATOR_IMAGE_BINARY.into(), "operator".into()]),
+        // The database pods' init container copies `stator` from the same image: without it
+        // the operator would give them its default image, not the one installed.
+        args: Some(vec!["--stator-image".into(), image.into()]),
         // The Lease holder's identity and namespace.
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
