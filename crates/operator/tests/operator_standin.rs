@@ -17,15 +17,14 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
-use stator_api::names::{LABEL_DATABASE, secret_keys};
 use stator_api::{Database, Engine, Phase, Role};
-use stator_check::checker::{Access, CheckOptions, CheckReport, Writing};
-use stator_check::{CheckError, Fault, Injection, Observation, Target};
+use stator_check::checker::Writing;
 use stator_engine::tls::{CaTrust, Dial, Trust};
 use stator_kubelet_standin::harness::{self, Cluster};
+use support::target::{KubeTarget, Reach, finish_writing, start_writing};
 use support::*;
 
 const DEADLINE: Duration = Duration::from_secs(420);
@@ -193,156 +192,20 @@ impl Sql {
     }
 }
 
-/// A Database on the stand-in as the checker's target: writes through `NAME-rw`'s loopback
-/// address (the stand-in forwards it to the ready endpoints), each pod probed at its IP and
-/// verified as its DNS name, the primary and readiness as the `Database` status says. The
-/// test runs the drills itself: this target injects no fault.
-#[derive(Clone)]
-struct KubeTarget {
-    db: Database,
-    dbs: Api<Database>,
-    pods: Api<Pod>,
-    access: Access,
-    ca: CaTrust,
-    rw: std::net::Ipv4Addr,
-}
-
-impl KubeTarget {
-    async fn of(sql: &Sql, op: &kube::Client, admin: &kube::Client) -> KubeTarget {
-        let dbs: Api<Database> = Api::namespaced(op.clone(), "apps");
-        let db = dbs.get(&sql.name).await.expect("the Database");
-        let secrets: Api<Secret> = Api::namespaced(op.clone(), "apps");
-        let credentials = secrets
-            .get(&format!("{}-credentials", sql.name))
-            .await
-            .expect("the credentials")
-            .data
-            .expect("data");
-        let monitor = credentials
-            .get(secret_keys::MONITOR_PASSWORD)
-            .map(|v| String::from_utf8_lossy(&v.0).to_string())
-            .unwrap_or_default();
-        KubeTarget {
-            access: Access {
-                engine: sql.engine,
-                user: "app".into(),
-                password: sql.password.clone(),
-                database: "app".into(),
-                monitor_user: stator_engine::mysql_family::config::MONITOR_USER.into(),
-                monitor_password: monitor,
-            },
-            db,
-            dbs,
-            pods: Api::namespaced(admin.clone(), "apps"),
-            ca: sql.ca.clone(),
-            rw: sql.rw,
-        }
-    }
-
-    fn name(&self) -> String {
-        self.db.metadata.name.clone().unwrap_or_default()
-    }
-}
-
-impl Target for KubeTarget {
-    fn key(&self) -> String {
-        format!("apps/{}", self.name())
-    }
-
-    fn database(&self) -> &Database {
-        &self.db
-    }
-
-    fn access(&self) -> &Access {
-        &self.access
-    }
-
-    fn rw(&self) -> Dial {
-        Dial {
-            host: self.rw.to_string(),
-            port: self.access.engine.port(),
-            trust: Trust::Verified {
-                ca: self.ca.clone(),
-                server_name: format!("{}-rw.apps.svc", self.name()),
-            },
-        }
-    }
-
-    async fn instances(&self) -> Result<Vec<(String, Dial)>, CheckError> {
-        let name = self.name();
-        let pods = self
-            .pods
-            .list(&ListParams::default().labels(&format!("{LABEL_DATABASE}={name}")))
-            .await
-            .map_err(|e| CheckError::Target(format!("list the pods of {name}: {e}")))?;
-        Ok(pods
-            .items
-            .into_iter()
-            .filter_map(|p| {
-                let pod = p.metadata.name?;
-                let ip = p.status?.pod_ip?;
-                let dial = Dial {
-                    host: ip,
-                    port: self.access.engine.port(),
-                    trust: Trust::Verified {
-                        ca: self.ca.clone(),
-                        server_name: format!("{pod}.{name}-headless.apps.svc"),
-                    },
-                };
-                Some((pod, dial))
-            })
-            .collect())
-    }
-
-    async fn observe(&self) -> Result<Observation, CheckError> {
-        let db = self
-            .dbs
-            .get(&self.name())
-            .await
-            .map_err(|e| CheckError::Target(format!("get the Database: {e}")))?;
-        let status = db.status.unwrap_or_default();
-        Ok(Observation {
-            primary: status.current_primary.clone().unwrap_or_default(),
-            ready: status.phase == Some(Phase::Ready),
-            unready: format!("phase {:?}", status.phase),
-        })
-    }
-
-    fn inject(&self, _: &str, _: Fault) -> Result<Injection, CheckError> {
-        Err(CheckError::Target("the test runs the drills".into()))
-    }
-
-    fn resume(&self, _: &str) -> Result<Injection, CheckError> {
-        Err(CheckError::Target("the test runs the drills".into()))
-    }
-}
-
-/// The checker's writer and watcher over `target`, started once rows go through rw.
-async fn start_writing(target: &KubeTarget) -> Writing {
-    Writing::start(target, &CheckOptions::default(), &|line| {
-        println!("checker: {line}")
-    })
+/// The database of `sql` as the checker's target: writes through `NAME-rw`'s loopback address
+/// (the stand-in forwards it to the ready endpoints), each pod probed at its IP.
+async fn kube_target(sql: &Sql, op: &kube::Client, admin: &kube::Client) -> KubeTarget {
+    let rw = (sql.rw.to_string(), sql.engine.port());
+    KubeTarget::new(
+        op,
+        admin,
+        "apps",
+        &sql.name,
+        sql.ca.clone(),
+        rw,
+        Reach::PodIp,
+    )
     .await
-    .expect("the checker's table through rw")
-}
-
-/// Stops the checker, prints its report and holds it to its verdict: no moment with two
-/// writable instances, no acknowledged write lost (replication is synchronous).
-async fn finish_writing(writing: Writing, target: &KubeTarget) -> CheckReport {
-    let report = writing
-        .finish(target, &|line| println!("checker: {line}"))
-        .await;
-    println!("{}", report.render());
-    assert!(
-        report.split_brain.is_empty(),
-        "moments with two writable instances:\n{}",
-        report.render()
-    );
-    assert_eq!(report.writes_lost, 0, "{}", report.render());
-    assert!(report.aborted.is_none(), "{}", report.render());
-    assert!(report.writes_acknowledged > 0, "{}", report.render());
-    assert!(report.probe_rounds > 0, "{}", report.render());
-    report
 }
 
 /// What the server said, not only "db error".
@@ -456,7 +319,7 @@ async fn bring_up(engine: Engine, name: &str, version: &str) -> Option<Running> 
     .await;
 
     // From here on, every drill runs under the checker's writer.
-    let target = KubeTarget::of(&sql, &op, &admin).await;
+    let target = kube_target(&sql, &op, &admin).await;
     let mut writing = start_writing(&target).await;
 
     // The primary's pod deleted (as a user or a node drain would): a new primary, and the old

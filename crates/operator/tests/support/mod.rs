@@ -2,6 +2,8 @@
 //! `deploy/` applied, the operator's own token, and a poll that says what never happened.
 #![allow(dead_code)]
 
+pub mod target;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
