@@ -20,8 +20,8 @@ pub const INSTANCE_MANAGER_PORT: u16 = 8008;
 
 /// In a pod: where the Secrets `spec.backup` names (`repository.s3.credentialsSecretName`,
 /// `repository.s3.caSecretName`, `encryption.secretName`) are mounted, one directory per Secret
-/// named after it, one file per key (`BACKUP_SECRETS_DIR/SECRET/KEY`): the instance manager's
-/// root of the repository's Secrets.
+/// named after it, one file per key (`BACKUP_SECRETS_DIR/SECRET/KEY`), group-readable: the
+/// instance manager stages an owner-only copy of it and reads the repository's Secrets there.
 pub const BACKUP_SECRETS_DIR: &str = "/etc/stator/backup-secrets";
 
 /// Longest database name: the StatefulSet controller labels pods with

@@ -54,6 +54,11 @@ pub const POD_RUN_DIR: &str = "/run/stator/instance";
 pub const POD_MOUNTED_SECRETS_DIR: &str = "/etc/stator/secrets";
 /// The staged copy the instance manager reads (owner-only, as everywhere else).
 pub const POD_SECRETS_DIR: &str = "/run/stator/secrets";
+/// The staged copy of the Secrets `spec.backup` names (mounted, group-readable, under
+/// [`stator_api::names::BACKUP_SECRETS_DIR`]): one 0600 file per key, `SECRET/KEY`, which the
+/// manager reads (S3 keys, CA, the repository's passphrase) as it reads the local runtime's
+/// `STATE/NAMESPACE/.secrets`.
+pub const POD_BACKUP_SECRETS_DIR: &str = "/run/stator/backup-secrets";
 
 pub fn run(args: InstanceArgs) -> CliResult {
     let config = if let Some(path) = &args.config {
@@ -80,6 +85,10 @@ pub fn run(args: InstanceArgs) -> CliResult {
             &args.server_log,
         )?;
         stage_secrets(Path::new(POD_MOUNTED_SECRETS_DIR), &config.secrets_dir)?;
+        stage_backup_secrets(
+            Path::new(stator_api::names::BACKUP_SECRETS_DIR),
+            Path::new(POD_BACKUP_SECRETS_DIR),
+        )?;
         config
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -105,8 +114,7 @@ pub fn run(args: InstanceArgs) -> CliResult {
 /// Copies every credential file from the Secret mount `from` into `to` (created 0700), each file
 /// written 0600 through a temporary name and renamed, so a reader never sees a partial secret.
 pub fn stage_secrets(from: &Path, to: &Path) -> Result<(), CliError> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
     let failed = |what: String| CliError::Failed(format!("staging the pod's secrets: {what}"));
     std::fs::DirBuilder::new()
@@ -124,21 +132,75 @@ pub fn stage_secrets(from: &Path, to: &Path) -> Result<(), CliError> {
                 source.display()
             ))
         })?;
-        let staged = to.join(format!(".{key}.new"));
-        let _ = std::fs::remove_file(&staged);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&staged)
-            .map_err(|e| failed(format!("cannot write {}: {e}", staged.display())))?;
-        file.write_all(&value)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| failed(format!("cannot write {}: {e}", staged.display())))?;
-        std::fs::rename(&staged, to.join(key))
-            .map_err(|e| failed(format!("cannot place {}: {e}", to.join(key).display())))?;
+        write_private_file(to, key, &value).map_err(failed)?;
     }
     Ok(())
+}
+
+/// Copies every Secret mounted under `from` (one directory per Secret, one file per key; the
+/// kubelet's hidden `..data` entries skipped) into `to/SECRET/KEY`, the directories 0700 and the
+/// files 0600 like [`stage_secrets`]: the mounted files are group-readable (fsGroup), which the
+/// manager's reader refuses for a secret. Nothing to do when `from` does not exist (no
+/// `spec.backup`).
+pub fn stage_backup_secrets(from: &Path, to: &Path) -> Result<(), CliError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let failed =
+        |what: String| CliError::Failed(format!("staging the pod's spec.backup Secrets: {what}"));
+    let entries = match std::fs::read_dir(from) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(failed(format!("cannot list {}: {e}", from.display()))),
+    };
+    let private_dir = |dir: &Path| {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))
+    };
+    private_dir(to)?;
+    for secret in entries.flatten() {
+        let name = secret.file_name();
+        if name.to_string_lossy().starts_with('.') || !secret.path().is_dir() {
+            continue;
+        }
+        let staged_dir = to.join(&name);
+        private_dir(&staged_dir)?;
+        let keys = std::fs::read_dir(secret.path())
+            .map_err(|e| failed(format!("cannot list {}: {e}", secret.path().display())))?;
+        for key in keys.flatten() {
+            let key_name = key.file_name();
+            // `..data` and `..TIMESTAMP`: the kubelet's atomic-update machinery, not keys.
+            if key_name.to_string_lossy().starts_with("..") || !key.path().is_file() {
+                continue;
+            }
+            let value = std::fs::read(key.path())
+                .map_err(|e| failed(format!("cannot read {}: {e}", key.path().display())))?;
+            write_private_file(&staged_dir, &key_name.to_string_lossy(), &value).map_err(failed)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `dir/key` (0600) through a temporary name and a rename, so a reader never sees a
+/// partial secret.
+fn write_private_file(dir: &Path, key: &str, value: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let staged = dir.join(format!(".{key}.new"));
+    let _ = std::fs::remove_file(&staged);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staged)
+        .map_err(|e| format!("cannot write {}: {e}", staged.display()))?;
+    file.write_all(value)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", staged.display()))?;
+    std::fs::rename(&staged, dir.join(key))
+        .map_err(|e| format!("cannot place {}: {e}", dir.join(key).display()))
 }
 
 fn read_config(path: &Path) -> Result<InstanceConfig, CliError> {
@@ -214,8 +276,9 @@ pub fn pod_instance_config(
         run_dir: PathBuf::from(POD_RUN_DIR),
         secrets_dir: PathBuf::from(POD_SECRETS_DIR),
         // The Secrets spec.backup names, mounted one directory per Secret by the rendered
-        // StatefulSet (the local runtime's STATE/NAMESPACE/.secrets has the same layout).
-        secrets_root: Some(PathBuf::from(stator_api::names::BACKUP_SECRETS_DIR)),
+        // StatefulSet and staged owner-only (the local runtime's STATE/NAMESPACE/.secrets has
+        // the same layout).
+        secrets_root: Some(PathBuf::from(POD_BACKUP_SECRETS_DIR)),
         log_file: server_log.to_path_buf(),
         listen_address: "0.0.0.0".into(),
         port,
@@ -271,10 +334,11 @@ mod tests {
         assert_eq!(c.server_user, None);
         // TLS by default: the rendered StatefulSet mounts NAME-tls there.
         assert_eq!(c.tls_dir, Some(PathBuf::from("/etc/stator/tls")));
-        // spec.backup's Secrets: where render mounts them (one directory per Secret).
+        // spec.backup's Secrets: the owner-only copy of what render mounts (one directory per
+        // Secret), staged on the run volume.
         assert_eq!(
             c.secrets_root,
-            Some(PathBuf::from("/etc/stator/backup-secrets"))
+            Some(PathBuf::from("/run/stator/backup-secrets"))
         );
         // Before initialising an empty data dir it asks the other ordinals' managers.
         let peers: Vec<(String, u16)> = c
@@ -372,6 +436,64 @@ mod tests {
         stator_engine::credentials::Credentials::read(&staged).unwrap();
         // Staging again (a restarted container) replaces the files in place.
         stage_secrets(mount.path(), &staged).unwrap();
+    }
+
+    #[test]
+    fn mounted_backup_secrets_are_staged_owner_only_so_the_engine_reads_them() {
+        use stator_engine::postgres::backrest::{ENCRYPTION_PASSPHRASE, Encryption};
+        use std::os::unix::fs::{PermissionsExt, symlink};
+
+        // As the kubelet lays out a Secret volume: keys are symlinks into `..data`, a
+        // timestamped directory of group-readable files.
+        let mount = tempfile::tempdir().unwrap();
+        let secret = mount.path().join("backup-key");
+        let data = secret.join("..2026_11_27_00_00_00.1");
+        std::fs::create_dir_all(&data).unwrap();
+        let file = data.join(ENCRYPTION_PASSPHRASE);
+        std::fs::write(&file, "the-passphrase").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o440)).unwrap();
+        symlink("..2026_11_27_00_00_00.1", secret.join("..data")).unwrap();
+        symlink(
+            format!("..data/{ENCRYPTION_PASSPHRASE}"),
+            secret.join(ENCRYPTION_PASSPHRASE),
+        )
+        .unwrap();
+        let mounted = Encryption {
+            passphrase_file: secret.join(ENCRYPTION_PASSPHRASE),
+        };
+        assert!(
+            mounted.passphrase().is_err(),
+            "the mounted, group-readable file is refused as it is"
+        );
+
+        let run = tempfile::tempdir().unwrap();
+        let staged = run.path().join("backup-secrets");
+        stage_backup_secrets(mount.path(), &staged).unwrap();
+        let staged_file = staged.join("backup-key").join(ENCRYPTION_PASSPHRASE);
+        assert_eq!(
+            std::fs::metadata(&staged_file)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        let names: Vec<_> = std::fs::read_dir(staged.join("backup-key"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![ENCRYPTION_PASSPHRASE.to_string()]);
+        let passphrase = Encryption {
+            passphrase_file: staged_file,
+        }
+        .passphrase()
+        .unwrap();
+        assert_eq!(passphrase.expose(), "the-passphrase");
+        // Again (a restarted container), and without a mount (no spec.backup): fine.
+        stage_backup_secrets(mount.path(), &staged).unwrap();
+        stage_backup_secrets(&mount.path().join("none"), &run.path().join("x")).unwrap();
+        assert!(!run.path().join("x").exists());
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! `encryption.secretName`) is mounted read-only at [`BACKUP_SECRETS_DIR`]`/SECRET_NAME/`, one
 //! file per key, mode 0400 (the kubelet adds the group's read bit for the pod's `fsGroup`, which
 //! is how the non-root instance manager reads them). The instance manager reads
-//! `spec.backup` from its `database.json` and its keys from these files, and writes them only
+//! `spec.backup` from its `database.json`, copies these files owner-only onto its run volume
+//! (`stator instance --pod`: it refuses a secret file others may read) and writes the keys only
 //! into its 0600 `pgbackrest.conf`: never an environment variable, never a literal here.
 
 use std::collections::BTreeMap;
