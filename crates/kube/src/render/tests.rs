@@ -942,6 +942,39 @@ fn an_issuer_ref_renders_certificates_and_projects_their_secrets_into_the_tls_fi
 
 const S3_BACKUP: &str = "  engine: postgres\n  instances: 2\n  backup:\n    repository:\n      s3:\n        endpoint: s3.example.test:9443\n        bucket: shop-backups\n        region: us-east-1\n        credentialsSecretName: shop-s3\n        caSecretName: shop-s3-ca\n    schedule: \"15 2 * * *\"\n    encryption:\n      secretName: shop-s3\n";
 
+/// An encryption Secret of its own (not the credentials one) is mounted beside the others, read
+/// only, 0400, where the instance manager looks for `SECRET/passphrase`.
+#[test]
+fn a_separate_encryption_secret_is_mounted_with_the_repository_secrets() {
+    let m = manifests(&S3_BACKUP.replace(
+        "    encryption:\n      secretName: shop-s3\n",
+        "    encryption:\n      secretName: shop-backup-key\n",
+    ));
+    let volumes = pod_spec(&m).volumes.as_ref().unwrap();
+    let key = volumes
+        .iter()
+        .find_map(|v| {
+            v.secret
+                .as_ref()
+                .filter(|s| s.secret_name.as_deref() == Some("shop-backup-key"))
+                .map(|s| (v.name.clone(), s))
+        })
+        .expect("a volume of the encryption Secret");
+    assert_eq!(key.1.default_mode, Some(0o400));
+    let mounts = database_container(&m).volume_mounts.as_ref().unwrap();
+    let mount = mounts
+        .iter()
+        .find(|v| v.name == key.0)
+        .expect("mounted in the database container");
+    assert_eq!(
+        mount.mount_path,
+        format!("{BACKUP_SECRETS_DIR}/shop-backup-key")
+    );
+    assert_eq!(mount.read_only, Some(true));
+    let stream = m.to_yaml_stream().unwrap();
+    assert!(!stream.contains("passphrase"), "a key name in a manifest");
+}
+
 /// spec.backup on S3: the repository's Secrets as 0400 files at a documented path (never env,
 /// never a literal), pgbackrest copied by the init container, egress to the endpoint's port,
 /// and the NAME-backup CronJob asking the managers for a backup with a token read from a file.
