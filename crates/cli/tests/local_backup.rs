@@ -721,13 +721,161 @@ fn mariadb_rows(c: &Cluster, name: &str) -> Vec<i64> {
         .collect()
 }
 
+/// The repository of a MariaDB test: a directory, or a bucket on SeaweedFS (TLS, the keys and
+/// the CA in local Secrets of the cluster's state dir). The test reads and damages objects
+/// through the engine's own object store, so the same assertions run on both.
+struct TestRepo {
+    /// The local repository's directory (`spec.backup.repository.local.path`).
+    dir: PathBuf,
+    s3: Option<local_support::s3::S3Server>,
+}
+
+impl TestRepo {
+    fn local(c: &Cluster) -> TestRepo {
+        TestRepo {
+            dir: repository(c),
+            s3: None,
+        }
+    }
+
+    fn s3(c: &Cluster) -> TestRepo {
+        let server = local_support::s3::S3Server::start();
+        server.write_secrets(&c.state_dir(), "s3-keys", "s3-ca");
+        TestRepo {
+            dir: repository(c),
+            s3: Some(server),
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        if self.s3.is_some() { "S3" } else { "local" }
+    }
+
+    /// Its `spec.backup` lines.
+    fn spec(&self) -> String {
+        match &self.s3 {
+            Some(s3) => s3.backup_spec("s3-keys", "s3-ca"),
+            None => backup_spec(&self.dir),
+        }
+    }
+
+    /// The store at the repository root (keys `default/NAME/...`).
+    fn store(&self) -> stator_engine::object_store::Store {
+        use stator_engine::object_store::{DirStore, S3Store, Store};
+        match &self.s3 {
+            None => Store::Dir(DirStore {
+                root: self.dir.clone(),
+            }),
+            Some(s3) => {
+                let secrets = s3.dir.path().join("client");
+                std::fs::create_dir_all(&secrets).unwrap();
+                std::fs::copy(s3.ca(), secrets.join("ca.crt")).unwrap();
+                for (key, value) in [
+                    ("access-key-id", &s3.access_key),
+                    ("secret-access-key", &s3.secret_key),
+                ] {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::write(secrets.join(key), value).unwrap();
+                    std::fs::set_permissions(
+                        secrets.join(key),
+                        std::fs::Permissions::from_mode(0o600),
+                    )
+                    .unwrap();
+                }
+                let settings = stator_engine::postgres::backrest::S3Settings {
+                    host: "127.0.0.1".into(),
+                    port: s3.port,
+                    bucket: local_support::s3::BUCKET.into(),
+                    region: "us-east-1".into(),
+                    ca_file: Some(secrets.join("ca.crt")),
+                    credentials_dir: secrets.clone(),
+                };
+                let tls = stator_engine::tls::TlsFiles::new(&secrets)
+                    .client_config()
+                    .unwrap();
+                Store::S3(S3Store::new(&settings, Path::new("/stator"), tls).unwrap())
+            }
+        }
+    }
+
+    fn run<T>(&self, f: impl AsyncFnOnce(&stator_engine::object_store::Store) -> T) -> T {
+        let store = self.store();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f(&store))
+    }
+
+    /// Where `key` is, as the errors name it: a file's path, or `s3://stator/stator/KEY`.
+    fn location(&self, key: &str) -> String {
+        use stator_engine::object_store::ObjectStore;
+        self.store().location(key)
+    }
+
+    fn read(&self, key: &str) -> Option<Vec<u8>> {
+        use stator_engine::object_store::ObjectStore;
+        self.run(async |s| s.get(key).await.unwrap())
+    }
+
+    /// Replaces what is under `key` (the test damaging the repository).
+    fn write(&self, key: &str, bytes: &[u8]) {
+        use stator_engine::object_store::ObjectStore;
+        self.run(async |s| {
+            s.delete(key).await.unwrap();
+            s.put_if_absent(key, bytes.to_vec()).await.unwrap();
+        })
+    }
+
+    fn remove(&self, key: &str) {
+        use stator_engine::object_store::ObjectStore;
+        self.run(async |s| s.delete(key).await.unwrap())
+    }
+
+    fn keys(&self, prefix: &str) -> Vec<String> {
+        use stator_engine::object_store::ObjectStore;
+        self.run(async |s| s.list(prefix).await.unwrap())
+    }
+
+    fn holds(&self, prefix: &str) -> bool {
+        !self.keys(prefix).is_empty()
+    }
+
+    /// The S3 keys, which must never show on a command line or in a log.
+    fn secrets(&self) -> Vec<String> {
+        self.s3
+            .as_ref()
+            .map(|s| vec![s.secret_key.clone(), s.access_key.clone()])
+            .unwrap_or_default()
+    }
+}
+
+/// A new 1-instance database `name` sharing `source`'s state dir and `repo`.
+fn sibling_in(source: &Cluster, name: &str, repo: &TestRepo) -> PathBuf {
+    sibling_with(source, name, &repo.spec(), 1)
+}
+
 #[test]
 fn mariadb_full_backups_restore_exactly_and_a_damaged_one_is_refused_naming_the_file() {
     let c = Cluster::mariadb("mb", 2);
-    let repo = repository(&c);
-    c.write_spec(2, &backup_spec(&repo));
+    let repo = TestRepo::local(&c);
+    mariadb_full_backups(c, repo);
+}
+
+/// The same on S3 (SeaweedFS, TLS): and a wrong key is refused, naming credentialsSecretName.
+#[test]
+fn mariadb_full_backups_on_s3_restore_exactly_refuse_a_damaged_one_and_a_wrong_key() {
+    let c = Cluster::mariadb("mb", 2);
+    let repo = TestRepo::s3(&c);
+    mariadb_full_backups(c, repo);
+}
+
+fn mariadb_full_backups(c: Cluster, repo: TestRepo) {
+    c.write_spec(2, &repo.spec());
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = c.watch_command_lines(stop.clone());
+    let s3_stop = Arc::new(AtomicBool::new(false));
+    let s3_watcher = local_support::scan_cmdlines(repo.secrets(), s3_stop.clone());
     c.up();
     // The supervisor's schedule takes the first backup at once (none yet means due).
     let scheduled = c.eventually(
@@ -775,13 +923,14 @@ fn mariadb_full_backups_restore_exactly_and_a_damaged_one_is_refused_naming_the_
         ("ml", newest, vec![1, 2, 3, 4, 5]),
         ("mf", first, vec![1, 2, 3]),
     ] {
-        let spec = sibling(&c, name, &repo);
+        let spec = sibling_in(&c, name, &repo);
         let (id, gtid) = (
             backup["id"].as_str().unwrap(),
             backup["gtid"].as_str().unwrap(),
         );
         let args = ["restore", "--from", "mb", "--backup", id, "--to-gtid", gtid];
-        restore_ok(&c, &args, &spec, name, &format!("mariadb restore {name}"));
+        let what = format!("mariadb restore {name} ({})", repo.what());
+        restore_ok(&c, &args, &spec, name, &what);
         assert_eq!(mariadb_rows(&c, name), expected, "{name}");
         assert_eq!(
             mariadb_root(&c, name, "SELECT @@gtid_binlog_pos"),
@@ -792,7 +941,7 @@ fn mariadb_full_backups_restore_exactly_and_a_damaged_one_is_refused_naming_the_
     }
 
     // A time target before the first backup: the error names the range.
-    let spec = sibling(&c, "mo", &repo);
+    let spec = sibling_in(&c, "mo", &repo);
     let out = stator(
         &c,
         &[
@@ -812,42 +961,47 @@ fn mariadb_full_backups_restore_exactly_and_a_damaged_one_is_refused_naming_the_
         text(&out)
     );
     assert!(!c.state_dir().join("default/mo").exists());
-    assert!(!repo.join("default/mo").exists());
+    assert!(!repo.holds("default/mo/"));
     stop.store(true, Ordering::SeqCst);
     let (scans, found) = watcher.join().unwrap();
     assert!(scans > 0);
     assert!(found.is_empty(), "secrets on command lines: {found:?}");
+    s3_stop.store(true, Ordering::SeqCst);
+    let (_, found) = s3_watcher.join().unwrap();
+    assert!(found.is_empty(), "S3 keys on command lines: {found:?}");
 
     // A flipped byte, a truncated object, a missing manifest: verify fails and a restore
     // refuses, naming the file; nothing is created.
-    let dir = repo
-        .join("default/mb/full")
-        .join(newest["id"].as_str().unwrap());
-    let object = dir.join("full.xbstream.zst");
-    // The copy holds the password hashes: its owner's alone.
-    use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(&object).unwrap().mode() & 0o777, 0o600);
-    let good = std::fs::read(&object).unwrap();
+    let dir = format!("default/mb/full/{}", newest["id"].as_str().unwrap());
+    let object = format!("{dir}/full.xbstream.zst");
+    if repo.s3.is_none() {
+        // The copy holds the password hashes: its owner's alone.
+        use std::os::unix::fs::MetadataExt;
+        let file = repo.dir.join(&object);
+        assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+    }
+    let good = repo.read(&object).unwrap();
     let mut flipped = good.clone();
     flipped[good.len() / 2] ^= 0xff;
-    let manifest = dir.join("manifest.json");
+    let manifest = format!("{dir}/manifest.json");
+    let manifest_bytes = repo.read(&manifest).unwrap();
     for (damage, named) in [
         ("flipped", &object),
         ("truncated", &object),
         ("no manifest", &manifest),
     ] {
         match damage {
-            "flipped" => std::fs::write(&object, &flipped).unwrap(),
-            "truncated" => std::fs::write(&object, &good[..good.len() / 2]).unwrap(),
+            "flipped" => repo.write(&object, &flipped),
+            "truncated" => repo.write(&object, &good[..good.len() / 2]),
             _ => {
-                std::fs::write(&object, &good).unwrap();
-                std::fs::rename(&manifest, dir.join("moved")).unwrap();
+                repo.write(&object, &good);
+                repo.remove(&manifest);
             }
         }
         let verify = c.stator(&["backup", "verify"]);
         assert!(!verify.status.success(), "{damage}");
         assert!(
-            text(&verify).contains(&named.display().to_string()),
+            text(&verify).contains(&repo.location(named)),
             "{damage}: {}",
             text(&verify)
         );
@@ -865,13 +1019,43 @@ fn mariadb_full_backups_restore_exactly_and_a_damaged_one_is_refused_naming_the_
         assert!(!out.status.success(), "{damage}");
         let said = text(&out);
         assert!(
-            said.contains(&object.display().to_string()) || said.contains("not in the repository"),
+            said.contains(&repo.location(&object)) || said.contains("not in the repository"),
             "{damage}: {said}"
         );
         assert!(!c.state_dir().join("default/mo").exists(), "{damage}");
     }
     // Without its manifest the backup is not listed.
     assert_eq!(listing(&c)["backups"].as_array().unwrap().len(), 1);
+    repo.write(&manifest, &manifest_bytes);
+    assert_eq!(listing(&c)["backups"].as_array().unwrap().len(), 2);
+    if repo.s3.is_none() {
+        return;
+    }
+    let logs = c.all_logs();
+    for secret in repo.secrets() {
+        assert!(!logs.contains(&secret), "an S3 key in a log");
+    }
+    // A wrong key: the listing and a restore are refused, naming the Secret; nothing created.
+    let s3 = repo.s3.as_ref().unwrap();
+    s3.write_keys(&c.state_dir(), "s3-keys", "not-the-key");
+    let out = c.stator(&["backup", "list"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    println!("a wrong key: {said}");
+    assert!(
+        said.contains("403") && said.contains("credentialsSecretName"),
+        "{said}"
+    );
+    assert!(!said.contains("not-the-key"), "{said}");
+    let refused = sibling_in(&c, "mw", &repo);
+    let out = stator(&c, &["restore", "--from", "mb"], &refused);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("403") && text(&out).contains("credentialsSecretName"),
+        "{}",
+        text(&out)
+    );
+    assert!(!c.state_dir().join("default/mw").exists());
 }
 
 /// The server's clock through `rw` (seconds since the epoch, and as RFC 3339 in UTC) and its
@@ -922,8 +1106,20 @@ fn wait_binlogs_archived(c: &Cluster, after: f64) -> serde_json::Value {
 #[test]
 fn mariadb_binlog_archive_restores_to_a_time_or_gtid_exactly_across_a_failover() {
     let c = Cluster::mariadb("mp", 2);
-    let repo = repository(&c);
-    c.write_spec(2, &backup_spec(&repo));
+    let repo = TestRepo::local(&c);
+    mariadb_binlog_archive(c, repo);
+}
+
+/// The same with the repository on S3 (SeaweedFS, TLS).
+#[test]
+fn mariadb_binlog_archive_on_s3_restores_to_a_time_or_gtid_exactly_across_a_failover() {
+    let c = Cluster::mariadb("mp", 2);
+    let repo = TestRepo::s3(&c);
+    mariadb_binlog_archive(c, repo);
+}
+
+fn mariadb_binlog_archive(c: Cluster, repo: TestRepo) {
+    c.write_spec(2, &repo.spec());
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = c.watch_command_lines(stop.clone());
     c.up();
@@ -1028,7 +1224,7 @@ fn mariadb_binlog_archive_restores_to_a_time_or_gtid_exactly_across_a_failover()
         ("pb", Some("--to-time"), t2_text.as_str(), 30),
         ("pl", None, "latest", 40),
     ] {
-        let spec = sibling(&c, name, &repo);
+        let spec = sibling_in(&c, name, &repo);
         let mut args = vec!["restore", "--from", "mp"];
         if let Some(flag) = flag {
             args.extend([flag, target]);
@@ -1038,7 +1234,10 @@ fn mariadb_binlog_archive_restores_to_a_time_or_gtid_exactly_across_a_failover()
             &args,
             &spec,
             name,
-            &format!("mariadb point-in-time restore {name} (to {target})"),
+            &format!(
+                "mariadb point-in-time restore {name} (to {target}, {})",
+                repo.what()
+            ),
         );
         assert_eq!(
             mariadb_rows(&c, name),
@@ -1063,7 +1262,7 @@ fn mariadb_binlog_archive_restores_to_a_time_or_gtid_exactly_across_a_failover()
     // Outside the recoverable range (before the first backup, after the last archive): the
     // error names the range, and nothing is created.
     for target in ["2001-01-01T00:00:00Z", "2099-01-01T00:00:00Z"] {
-        let spec = sibling(&c, "po", &repo);
+        let spec = sibling_in(&c, "po", &repo);
         let out = stator(&c, &["restore", "--from", "mp", "--to-time", target], &spec);
         assert!(!out.status.success(), "{target}");
         let said = text(&out);
@@ -1072,7 +1271,7 @@ fn mariadb_binlog_archive_restores_to_a_time_or_gtid_exactly_across_a_failover()
             "{said}"
         );
         assert!(!c.state_dir().join("default/po").exists(), "{target}");
-        assert!(!repo.join("default/po").exists(), "{target}");
+        assert!(!repo.holds("default/po/"), "{target}");
     }
     stop.store(true, Ordering::SeqCst);
     let (scans, found) = watcher.join().unwrap();
@@ -1085,29 +1284,32 @@ fn mariadb_binlog_archive_restores_to_a_time_or_gtid_exactly_across_a_failover()
     // writing server), not one of mp-1's logs from before its promotion, which hold only term
     // 1's replicated transactions that the replay takes from term 1 (picking the largest log
     // picked one of those whenever the rotation fell that way, and the restore rightly passed).
-    let victim = walk(&repo.join("default/mp/binlog"))
+    let victim = repo
+        .keys("default/mp/binlog/000002-")
         .into_iter()
-        .filter(|p| {
-            p.to_string_lossy().contains("/000002-") && p.extension().is_some_and(|e| e == "zst")
-        })
-        .filter(|p| {
-            let record: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(p.with_extension("json")).unwrap()).unwrap();
+        .filter(|k| k.ends_with(".zst"))
+        .filter(|k| {
+            let record: serde_json::Value = serde_json::from_slice(
+                &repo
+                    .read(&format!("{}.json", k.trim_end_matches(".zst")))
+                    .unwrap(),
+            )
+            .unwrap();
             record["transactions"]
                 .as_array()
                 .is_some_and(|t| t.iter().any(|gtid| gtid[1] == record["serverId"]))
         })
-        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .max_by_key(|k| repo.read(k).map_or(0, |b| b.len()))
         .expect("an archived binary log holding a transaction of term 2");
-    let mut bytes = std::fs::read(&victim).unwrap();
+    let mut bytes = repo.read(&victim).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
-    std::fs::write(&victim, bytes).unwrap();
-    let named = victim.display().to_string();
+    repo.write(&victim, &bytes);
+    let named = repo.location(&victim);
     let verify = c.stator(&["backup", "verify"]);
     assert!(!verify.status.success(), "{}", text(&verify));
     assert!(text(&verify).contains(&named), "{}", text(&verify));
-    let spec = sibling(&c, "pc", &repo);
+    let spec = sibling_in(&c, "pc", &repo);
     let out = stator(&c, &["restore", "--from", "mp"], &spec);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(&named), "{}", text(&out));
@@ -1123,15 +1325,14 @@ fn mariadb_binlog_archive_restores_to_a_time_or_gtid_exactly_across_a_failover()
         .and_then(|l| l.split_whitespace().next())
         .unwrap()
         .to_string();
-    let key_dir = repo.join("default/mp/binlog/000002-1001");
     let zeros = "0".repeat(64);
-    std::fs::write(
-        key_dir.join(format!("{active}.json")),
+    repo.write(
+        &format!("default/mp/binlog/000002-1001/{active}.json"),
         format!(
             "{{\"term\":2,\"serverId\":1001,\"file\":\"{active}\",\"size\":1,\"sha256\":\"{zeros}\",\"sourceSize\":1,\"sourceSha256\":\"{zeros}\",\"closed\":0,\"transactions\":[]}}"
-        ),
-    )
-    .unwrap();
+        )
+        .as_bytes(),
+    );
     mariadb_insert(&c, 41, 41);
     let failing = c.eventually("ArchiveFailing in status", Duration::from_secs(30), || {
         c.status()["backup"]["archive"]["failing"]
@@ -1152,6 +1353,135 @@ fn mariadb_binlog_archive_restores_to_a_time_or_gtid_exactly_across_a_failover()
         names.contains(&active) && names.last() != Some(&active),
         "{active} in {names:?}"
     );
+}
+
+/// A MariaDB repository made unwritable (its directory replaced by a file, since root ignores
+/// chmod; on S3 the server stopped): the status says so (Degraded, BackupsHealthy Archive…)
+/// within 2×archiveTimeout; the binary logs wait on the server; once fixed the archive catches
+/// up and a restore to a time inside the outage holds exactly the rows committed before it.
+#[test]
+fn mariadb_an_unwritable_repository_degrades_the_database_and_the_archive_catches_up() {
+    let c = Cluster::mariadb("mu", 1);
+    let repo = TestRepo::local(&c);
+    mariadb_unwritable(c, repo);
+}
+
+#[test]
+fn mariadb_an_unwritable_s3_repository_degrades_the_database_and_the_archive_catches_up() {
+    let c = Cluster::mariadb("mu", 1);
+    let repo = TestRepo::s3(&c);
+    mariadb_unwritable(c, repo);
+}
+
+fn mariadb_unwritable(c: Cluster, mut repo: TestRepo) {
+    c.write_spec(
+        1,
+        &repo
+            .spec()
+            .replace("archiveTimeout: 1s", "archiveTimeout: 5s"),
+    );
+    c.up();
+    c.eventually(
+        "the scheduled first backup",
+        Duration::from_secs(120),
+        || listing(&c)["backups"].as_array()?.first().cloned(),
+    );
+    c.sql(c.rw(), "CREATE TABLE t (id bigint primary key)")
+        .unwrap();
+    mariadb_insert(&c, 1, 10);
+    let (written, _, _) = mariadb_now(&c);
+    wait_binlogs_archived(&c, written);
+    c.eventually(
+        "backups healthy, the first backup done",
+        Duration::from_secs(60),
+        || {
+            let s = c.status();
+            (s["backupsHealthy"]["status"] == true && s["backup"]["running"] == false).then_some(())
+        },
+    );
+
+    let own = repo.dir.join("default/mu");
+    let moved = repo.dir.join("default/mu.moved");
+    match repo.s3.as_mut() {
+        Some(s3) => s3.stop(),
+        None => {
+            std::fs::rename(&own, &moved).unwrap();
+            std::fs::write(&own, "not a directory").unwrap();
+        }
+    }
+    let broken = Instant::now();
+    let mut n = 100;
+    let mut write = || {
+        n += 1;
+        c.sql(c.rw(), &format!("CREATE TABLE IF NOT EXISTS noise (id bigint primary key); INSERT INTO noise VALUES ({n})"))
+            .unwrap();
+    };
+    let seen = c.eventually(
+        "the status says the archive fails",
+        Duration::from_secs(120),
+        || {
+            write();
+            let s = c.status();
+            let b = &s["backupsHealthy"];
+            (s["phase"] == "Degraded"
+                && b["status"] == false
+                && b["reason"].as_str()?.starts_with("Archive"))
+            .then_some(s)
+        },
+    );
+    println!(
+        "unwritable MariaDB repository ({}): Degraded/{} in stator status after {:.1} s (2 x archiveTimeout = 10 s): {}; last error: {}",
+        repo.what(),
+        seen["backupsHealthy"]["reason"],
+        broken.elapsed().as_secs_f64(),
+        seen["backupsHealthy"]["message"],
+        seen["backup"]["archive"]["lastError"]
+    );
+    assert!(
+        seen["backup"]["archive"]["pendingFiles"].as_u64().unwrap() > 0,
+        "{seen}"
+    );
+
+    // T inside the outage, with 2 s of quiet around it.
+    mariadb_insert(&c, 11, 20);
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, t_text, _) = mariadb_now(&c);
+    std::thread::sleep(Duration::from_secs(2));
+    mariadb_insert(&c, 21, 30);
+    let (written, _, _) = mariadb_now(&c);
+
+    // Fixed: the archive catches up (nothing was dropped) and the database is healthy again.
+    match repo.s3.as_mut() {
+        Some(s3) => s3.restart(),
+        None => {
+            std::fs::remove_file(&own).unwrap();
+            std::fs::rename(&moved, &own).unwrap();
+        }
+    }
+    let fixed = Instant::now();
+    wait_binlogs_archived(&c, written);
+    c.eventually("healthy again", Duration::from_secs(60), || {
+        let s = c.status();
+        (s["phase"] == "Ready" && s["backupsHealthy"]["status"] == true).then_some(())
+    });
+    println!(
+        "repository fixed ({}): archive caught up and healthy after {:.1} s",
+        repo.what(),
+        fixed.elapsed().as_secs_f64()
+    );
+    let spec = sibling_in(&c, "mv", &repo);
+    restore_ok(
+        &c,
+        &["restore", "--from", "mu", "--to-time", &t_text],
+        &spec,
+        "mv",
+        &format!(
+            "mariadb restore to a time inside the outage ({})",
+            repo.what()
+        ),
+    );
+    assert_eq!(mariadb_rows(&c, "mv"), (1..=20).collect::<Vec<_>>());
+    cleanup(&c, &spec);
 }
 
 /// The binary logs `SHOW BINARY LOGS` lists on instance `ordinal`, oldest first.

@@ -38,7 +38,219 @@ pub trait ObjectStore {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, String>;
     /// Removes `key` (absent is fine).
     async fn delete(&self, key: &str) -> Result<(), String>;
+    /// Every key under `prefix` with when it was last written (seconds since the epoch).
+    async fn list_modified(&self, prefix: &str) -> Result<Vec<(String, f64)>, String>;
+    /// Where `key` is, for messages: a file's path, or `s3://BUCKET/PREFIX/KEY`. Never a URL
+    /// with a signature.
+    fn location(&self, key: &str) -> String;
 }
+
+/// The size of the parts a large object is stored in ([`put_stream_if_absent`]): part 0 under
+/// the key itself, part N under `KEY.part-NNNNN`. One part at a time is held in memory, so a
+/// backup of gigabytes streams through a fixed buffer, and every part is an ordinary
+/// put-if-absent `PUT` (no multipart upload, whose completion SeaweedFS does not make
+/// conditional). An object that fits one part is stored exactly as a single object.
+pub const PART_SIZE: usize = 32 << 20;
+
+/// The key of part `index` of the object stored under `key`.
+pub fn part_key(key: &str, index: u32) -> String {
+    if index == 0 {
+        key.to_string()
+    } else {
+        format!("{key}.part-{index:05}")
+    }
+}
+
+/// What [`put_stream_if_absent`] stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// `Exists`: part 0 was there already and nothing was written.
+    pub put: Put,
+    pub size: u64,
+    /// SHA-256 of the whole stream, lowercase hex.
+    pub sha256: String,
+    pub parts: u32,
+}
+
+/// Stores what `reader` yields under `key`, in parts of [`PART_SIZE`], each written only if
+/// absent, hashing it as it passes. When part 0 exists nothing is written (`Put::Exists`, the
+/// rest of the stream is not read). A later part that exists already is an error (a damaged or
+/// concurrent object), never overwritten.
+pub async fn put_stream_if_absent<S: ObjectStore + ?Sized>(
+    store: &S,
+    key: &str,
+    mut reader: impl tokio::io::AsyncRead + Unpin,
+) -> Result<Stored, String> {
+    use sha2::Digest;
+    use tokio::io::AsyncReadExt;
+    let mut hasher = sha2::Sha256::new();
+    let (mut size, mut parts) = (0u64, 0u32);
+    loop {
+        let mut part = Vec::with_capacity(PART_SIZE.min(1 << 20));
+        let mut limited = (&mut reader).take(PART_SIZE as u64);
+        limited
+            .read_to_end(&mut part)
+            .await
+            .map_err(|e| format!("{}: cannot read what is stored: {e}", store.location(key)))?;
+        if part.is_empty() && parts > 0 {
+            break;
+        }
+        let full = part.len() == PART_SIZE;
+        hasher.update(&part);
+        size += part.len() as u64;
+        let name = part_key(key, parts);
+        match store.put_if_absent(&name, part).await? {
+            Put::Written => {}
+            Put::Exists if parts == 0 => {
+                return Ok(Stored {
+                    put: Put::Exists,
+                    size: 0,
+                    sha256: String::new(),
+                    parts: 0,
+                });
+            }
+            Put::Exists => {
+                return Err(format!(
+                    "{}: exists already; refusing to overwrite it",
+                    store.location(&name)
+                ));
+            }
+        }
+        parts += 1;
+        if !full {
+            break;
+        }
+    }
+    Ok(Stored {
+        put: Put::Written,
+        size,
+        sha256: crate::mysql_family::repository::hex(&hasher.finalize()),
+        parts,
+    })
+}
+
+/// Reads the `parts` parts of the object under `key` into `sink` in order (one part in memory
+/// at a time): its size and SHA-256. A missing part is an error naming it.
+pub async fn get_stream<S: ObjectStore + ?Sized>(
+    store: &S,
+    key: &str,
+    parts: u32,
+    mut sink: impl tokio::io::AsyncWrite + Unpin,
+) -> Result<(u64, String), String> {
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0u64;
+    for index in 0..parts.max(1) {
+        let name = part_key(key, index);
+        let Some(bytes) = store.get(&name).await? else {
+            return Err(format!("{}: missing", store.location(&name)));
+        };
+        hasher.update(&bytes);
+        size += bytes.len() as u64;
+        sink.write_all(&bytes)
+            .await
+            .map_err(|e| format!("{}: cannot pass it on: {e}", store.location(&name)))?;
+    }
+    sink.flush()
+        .await
+        .map_err(|e| format!("{}: cannot pass it on: {e}", store.location(key)))?;
+    Ok((
+        size,
+        crate::mysql_family::repository::hex(&hasher.finalize()),
+    ))
+}
+
+/// Removes every key under `prefix`.
+pub async fn delete_under<S: ObjectStore + ?Sized>(store: &S, prefix: &str) -> Result<(), String> {
+    for key in store.list(prefix).await? {
+        store.delete(&key).await?;
+    }
+    Ok(())
+}
+
+/// A repository's storage: a directory (`repository.local`) or an S3 bucket (`repository.s3`).
+#[derive(Debug)]
+pub enum Store {
+    Dir(DirStore),
+    S3(S3Store),
+}
+
+impl Store {
+    /// The store of the repository at `path`: a directory, or with `s3` the path inside the
+    /// bucket. The S3 keys come from the `credentialsSecretName` Secret's files and the
+    /// endpoint is verified against `caSecretName`'s `ca.crt`, which an S3 repository of
+    /// MariaDB requires (this client carries no public CA list).
+    pub fn open(
+        path: &Path,
+        s3: Option<&crate::postgres::backrest::S3Settings>,
+    ) -> Result<Store, String> {
+        let Some(settings) = s3 else {
+            return Ok(Store::Dir(DirStore {
+                root: path.to_path_buf(),
+            }));
+        };
+        let field = "spec.backup.repository.s3.caSecretName";
+        let ca = settings.ca_file.as_ref().ok_or_else(|| {
+            format!(
+                "{field}: required for an S3 repository of MariaDB: the Secret's {} is the CA the endpoint's certificate is verified against",
+                crate::tls::CA_CERT
+            )
+        })?;
+        let dir = ca.parent().unwrap_or(Path::new("/"));
+        let tls = crate::tls::TlsFiles::new(dir)
+            .client_config()
+            .map_err(|e| format!("{field}: {e}"))?;
+        Ok(Store::S3(S3Store::new(settings, path, tls)?))
+    }
+
+    pub fn is_s3(&self) -> bool {
+        matches!(self, Store::S3(_))
+    }
+}
+
+impl ObjectStore for Store {
+    async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<Put, String> {
+        match self {
+            Store::Dir(s) => s.put_if_absent(key, bytes).await,
+            Store::S3(s) => s.put_if_absent(key, bytes).await,
+        }
+    }
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        match self {
+            Store::Dir(s) => s.get(key).await,
+            Store::S3(s) => s.get(key).await,
+        }
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, String> {
+        match self {
+            Store::Dir(s) => s.list(prefix).await,
+            Store::S3(s) => s.list(prefix).await,
+        }
+    }
+    async fn delete(&self, key: &str) -> Result<(), String> {
+        match self {
+            Store::Dir(s) => s.delete(key).await,
+            Store::S3(s) => s.delete(key).await,
+        }
+    }
+    async fn list_modified(&self, prefix: &str) -> Result<Vec<(String, f64)>, String> {
+        match self {
+            Store::Dir(s) => s.list_modified(prefix).await,
+            Store::S3(s) => s.list_modified(prefix).await,
+        }
+    }
+    fn location(&self, key: &str) -> String {
+        match self {
+            Store::Dir(s) => s.location(key),
+            Store::S3(s) => s.location(key),
+        }
+    }
+}
+
+/// What marks a [`DirStore`]'s temporary file (never listed).
+const TMP_MARK: &str = ".stator-tmp-";
+static TMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A directory: keys are files under it.
 #[derive(Clone, Debug)]
@@ -49,16 +261,33 @@ pub struct DirStore {
 impl ObjectStore for DirStore {
     async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<Put, String> {
         use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let path = self.root.join(key);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
+            // A repository holds copies of every table and the password hashes: its owner's.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
                 .map_err(|e| format!("{}: cannot create: {e}", parent.display()))?;
         }
         // Written whole under a temporary name, then linked: the key appears complete or not.
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        std::fs::File::create(&tmp)
+        let tmp = PathBuf::from(format!(
+            "{}{TMP_MARK}{}-{}",
+            path.display(),
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
             .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
-            .map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                format!("{}: cannot write: {e}", tmp.display())
+            })?;
         let linked = std::fs::hard_link(&tmp, &path);
         let _ = std::fs::remove_file(&tmp);
         match linked {
@@ -78,7 +307,35 @@ impl ObjectStore for DirStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, String> {
-        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), String> {
+        Ok(self
+            .list_modified(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), String> {
+        let path = self.root.join(key);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                // Empty directories left behind go too (a removed backup's).
+                let mut dir = path.parent();
+                while let Some(d) = dir {
+                    if d == self.root || std::fs::remove_dir(d).is_err() {
+                        break;
+                    }
+                    dir = d.parent();
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("{}: cannot remove: {e}", path.display())),
+        }
+    }
+
+    async fn list_modified(&self, prefix: &str) -> Result<Vec<(String, f64)>, String> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, f64)>) -> Result<(), String> {
             let entries = match std::fs::read_dir(dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -89,23 +346,38 @@ impl ObjectStore for DirStore {
                 if path.is_dir() {
                     walk(root, &path, out)?;
                 } else if let Ok(rel) = path.strip_prefix(root) {
-                    out.push(rel.to_string_lossy().into_owned());
+                    let rel = rel.to_string_lossy().into_owned();
+                    if rel.contains(TMP_MARK) {
+                        continue;
+                    }
+                    let modified = entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    out.push((rel, modified));
                 }
             }
             Ok(())
         }
+        // As S3: every key that starts with `prefix`; the walk starts at its directory part.
+        let dir = match prefix.rfind('/') {
+            Some(i) => self.root.join(&prefix[..i]),
+            None => self.root.clone(),
+        };
         let mut out = Vec::new();
-        walk(&self.root, &self.root.join(prefix), &mut out)?;
-        out.sort();
+        walk(&self.root, &dir, &mut out)?;
+        out.retain(|(k, _)| k.starts_with(prefix));
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
-    async fn delete(&self, key: &str) -> Result<(), String> {
-        let path = self.root.join(key);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("{}: cannot remove: {e}", path.display())),
+    fn location(&self, key: &str) -> String {
+        if key.is_empty() {
+            self.root.display().to_string()
+        } else {
+            self.root.join(key).display().to_string()
         }
     }
 }
@@ -318,6 +590,19 @@ impl ObjectStore for S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, String> {
+        Ok(self
+            .list_modified(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    fn location(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.bucket.name(), self.full_key(key))
+    }
+
+    async fn list_modified(&self, prefix: &str) -> Result<Vec<(String, f64)>, String> {
         let full = self.full_key(prefix);
         let creds = self.credentials();
         let mut keys = Vec::new();
@@ -346,17 +631,20 @@ impl ObjectStore for S3Store {
             } else {
                 self.prefix.len() + 1
             };
-            keys.extend(
-                page.contents
-                    .into_iter()
-                    .filter_map(|o| o.key.get(strip..).map(str::to_string)),
-            );
+            keys.extend(page.contents.into_iter().filter_map(|o| {
+                let modified = o
+                    .last_modified
+                    .as_deref()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .map_or(0.0, |t| t.as_millisecond() as f64 / 1000.0);
+                o.key.get(strip..).map(|k| (k.to_string(), modified))
+            }));
             match page.next_continuation_token {
                 Some(t) => token = Some(t),
                 None => break,
             }
         }
-        keys.sort();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(keys)
     }
 

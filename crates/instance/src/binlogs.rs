@@ -1,4 +1,4 @@
-//! The binary log archive of a MariaDB primary (`spec.backup`, local repository): while this
+//! The binary log archive of a MariaDB primary (`spec.backup`, a local or S3 repository): while this
 //! instance is the running primary, every `archiveTimeout` with writes it closes the binary
 //! log being written (`FLUSH LOCAL BINARY LOGS`) and archives every closed one not archived
 //! yet, in its term ([`stator_engine::mysql_family::binlog_archive`]). The instance manager does
@@ -22,7 +22,6 @@
 //! volume's ([`backup_facts`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +32,7 @@ use stator_engine::MysqlFamily;
 use stator_engine::mysql_family::binlog_archive::{self, ArchiveError, ArchiveState, LogRecord};
 use stator_engine::mysql_family::repository::Manifest;
 use stator_engine::mysql_family::{gtid, repository};
+use stator_engine::object_store::Store;
 
 use crate::status::InstanceStatus;
 
@@ -40,7 +40,8 @@ use crate::status::InstanceStatus;
 pub struct BinlogArchiver {
     engine: Arc<MysqlFamily>,
     status: Arc<InstanceStatus>,
-    repository: PathBuf,
+    /// The repository: a directory or a path in an S3 bucket.
+    store: Arc<Store>,
     /// `namespace/name` of the database: the repository's marker must name it.
     owner: (String, String),
     timeout: Duration,
@@ -53,14 +54,14 @@ impl BinlogArchiver {
     pub fn new(
         engine: Arc<MysqlFamily>,
         status: Arc<InstanceStatus>,
-        repository: PathBuf,
+        store: Store,
         owner: (String, String),
         timeout: Duration,
     ) -> Self {
         BinlogArchiver {
             engine,
             status,
-            repository,
+            store: Arc::new(store),
             owner,
             timeout,
             state: Mutex::new(ArchiveState::default()),
@@ -79,14 +80,11 @@ impl BinlogArchiver {
 
     /// Reads the repository's backups and the data volume's free bytes.
     async fn refresh_backups(&self) {
-        let (repository, data_dir) = (
-            self.repository.clone(),
-            self.engine.data_dir().to_path_buf(),
-        );
+        let data_dir = self.engine.data_dir().to_path_buf();
         let window = (2 * self.timeout).max(BACKUP_STREAM_QUIET).as_secs_f64();
-        let read = tokio::task::spawn_blocking(move || {
-            let manifests = repository::list(&repository)?;
-            let unfinished = repository::unfinished(&repository);
+        let read = async {
+            let manifests = repository::list(&*self.store).await?;
+            let unfinished = repository::unfinished(&*self.store).await;
             let free = stator_engine::postgres::backrest::free_bytes(&data_dir);
             Ok::<_, String>(backup_facts(
                 &manifests,
@@ -95,16 +93,16 @@ impl BinlogArchiver {
                 window,
                 free,
             ))
-        })
-        .await;
-        match read {
+        };
+        // Bounded: an unreachable store must not hold up archiving.
+        match tokio::time::timeout(STORE_READ_TIMEOUT, read).await {
             Ok(Ok(facts)) => {
                 if let Ok(mut r) = self.backups.lock() {
                     *r = Some(facts);
                 }
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "reading the repository's backups"),
-            Err(e) => tracing::warn!(error = %e, "reading the repository's backups"),
+            Err(_) => tracing::warn!("reading the repository's backups: no answer within 10 s"),
         }
     }
 
@@ -161,19 +159,14 @@ impl BinlogArchiver {
             .server_binlogs()
             .await
             .map_err(|e| e.to_string())?;
-        let (repository, id, instance, replicated) = (
-            self.repository.clone(),
+        let (id, instance) = (
             self.engine.server_id(),
             self.engine.instance_name().to_string(),
-            server.replicated.clone(),
         );
-        let (namespace, name) = self.owner.clone();
-        let term = tokio::task::spawn_blocking(move || {
-            binlog_archive::claim_repository(&repository, &namespace, &name)?;
-            binlog_archive::ensure_term(&repository, id, &instance, &replicated)
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        let (namespace, name) = &self.owner;
+        binlog_archive::claim_repository(&*self.store, namespace, name).await?;
+        let term =
+            binlog_archive::ensure_term(&*self.store, id, &instance, &server.replicated).await?;
         self.update(|s| s.term = Some(term));
         // Writes since the last flush (or since this primary took office) and archiveTimeout
         // passed: close the current binary log.
@@ -204,16 +197,8 @@ impl BinlogArchiver {
             s.pending_bytes = waiting.iter().map(|(_, size)| size).sum();
         });
         for (name, size) in waiting {
-            let (repository, source, id) = (
-                self.repository.clone(),
-                self.engine.binlog_path(name),
-                self.engine.server_id(),
-            );
-            let result = tokio::task::spawn_blocking(move || {
-                binlog_archive::archive_log(&repository, term, id, &source)
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+            let (source, id) = (self.engine.binlog_path(name), self.engine.server_id());
+            let result = binlog_archive::archive_log(&*self.store, term, id, &source).await;
             match result {
                 Ok(record) => {
                     archived.insert((term, name.clone()));
@@ -275,18 +260,14 @@ impl BinlogArchiver {
         {
             return Ok(());
         }
-        let (repo, id) = (self.repository.clone(), self.engine.server_id());
-        let (backup, records) = tokio::task::spawn_blocking(move || {
-            let backup = repository::list(&repo)?.pop().map(|m| m.gtid);
-            let records: HashMap<String, LogRecord> = binlog_archive::read_logs(&repo)?
-                .into_iter()
-                .filter(|r| r.term == term && r.server_id == id)
-                .map(|r| (r.file.clone(), r))
-                .collect();
-            Ok::<_, String>((backup, records))
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        let id = self.engine.server_id();
+        let backup = repository::list(&*self.store).await?.pop().map(|m| m.gtid);
+        let records: HashMap<String, LogRecord> = binlog_archive::read_logs(&*self.store)
+            .await?
+            .into_iter()
+            .filter(|r| r.term == term && r.server_id == id)
+            .map(|r| (r.file.clone(), r))
+            .collect();
         let Some(backup) = backup else {
             return Ok(());
         };
@@ -312,6 +293,9 @@ const BACKUPS_EVERY: u64 = 5;
 
 /// How long one purge may take.
 const PURGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one read of the repository's backups may take.
+const STORE_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A backup whose stream grew this recently runs (at least this long, or 2×archiveTimeout).
 const BACKUP_STREAM_QUIET: Duration = Duration::from_secs(60);
@@ -403,6 +387,7 @@ mod tests {
             source_sha256: String::new(),
             closed: 0.0,
             transactions: sequences.iter().map(|&q| (0, 1000, q, 0)).collect(),
+            parts: 1,
         }
     }
 
@@ -417,6 +402,7 @@ mod tests {
             size: 123,
             sha256: String::new(),
             object: repository::OBJECT.into(),
+            parts: 1,
         };
         let now = 10_000.0;
         let r = backup_facts(

@@ -250,14 +250,22 @@ async fn run_engine<E: ServerEngine>(
     result
 }
 
-/// The binlog archiver of a MariaDB instance whose spec has a local backup repository.
+/// The binlog archiver of a MariaDB instance whose spec has a backup repository (local or S3).
 fn binlog_archiver(
     config: &InstanceConfig,
     engine: Option<&Arc<MysqlFamily>>,
     status: &Arc<InstanceStatus>,
 ) -> Option<Arc<binlogs::BinlogArchiver>> {
     let db = &config.database;
-    let repository = stator_engine::postgres::backrest::repository_of(db)?;
+    let engine = engine?;
+    let path = stator_engine::postgres::backrest::repository_path_of(db, db.name())?;
+    let store = match engine.repository_store(&path) {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!(error = %e, "the backup repository cannot be used: binary logs are not archived");
+            return None;
+        }
+    };
     let timeout = db
         .spec
         .backup
@@ -265,9 +273,9 @@ fn binlog_archiver(
         .and_then(|b| stator_api::duration::parse_duration(&b.archive_timeout))
         .unwrap_or(Duration::from_secs(60));
     Some(Arc::new(binlogs::BinlogArchiver::new(
-        engine?.clone(),
+        engine.clone(),
         status.clone(),
-        repository,
+        store,
         (db.namespace().to_string(), db.name().to_string()),
         timeout,
     )))

@@ -1,5 +1,5 @@
-//! Backups of the local runtime (`spec.backup`, PostgreSQL with a local repository; MariaDB's
-//! full backups are in [`crate::backup_mariadb`], dispatched from here):
+//! Backups of the local runtime (`spec.backup`, PostgreSQL with a local or S3 repository;
+//! MariaDB's, local or S3, are in [`crate::backup_mariadb`], dispatched from here):
 //! what `up` refuses, `stator backup create|list|verify`, and the check `stator restore` (and
 //! `up` of a spec with `spec.bootstrap.restoreFrom`) makes before anything is written: the
 //! source's repository exists, the target lies inside its recoverable range, and the backup to
@@ -14,7 +14,7 @@ use stator_api::names::secret_keys;
 use stator_api::{Database, Engine};
 use stator_engine::postgres::backrest::{
     self, BackupInfo, Encryption, RecoverableRange, RepositoryInfo, S3Settings, choose_backup,
-    latest_archive_time, parse_info, read_repository_marker, repository_path,
+    latest_archive_time, parse_info, read_repository_marker,
 };
 
 use crate::error::LocalError;
@@ -23,10 +23,10 @@ use crate::secrets::read_secret;
 use crate::state::DatabaseDir;
 
 /// What `up` refuses of `spec.backup`: everything but PostgreSQL (local or S3 repository,
-/// encrypted or not) or MariaDB (local repository, unencrypted); an S3 repository whose Secrets
-/// are missing from `secrets_root` ([`crate::state::StateDir::secrets_root`]); an encryption
-/// Secret without its `passphrase` file there; and a missing pgBackRest (PostgreSQL) or zstd
-/// (MariaDB). Names the field.
+/// encrypted or not) or MariaDB (local or S3 repository, the S3 one with its `caSecretName`,
+/// unencrypted); an S3 repository whose Secrets are missing from `secrets_root`
+/// ([`crate::state::StateDir::secrets_root`]); an encryption Secret without its `passphrase`
+/// file there; and a missing pgBackRest (PostgreSQL) or zstd (MariaDB). Names the field.
 pub fn check_spec(db: &Database, secrets_root: &Path) -> Result<(), LocalError> {
     let Some(backup) = &db.spec.backup else {
         return Ok(());
@@ -45,11 +45,13 @@ pub fn check_spec(db: &Database, secrets_root: &Path) -> Result<(), LocalError> 
             ),
         );
     }
-    if backup.repository.s3.is_some() && db.spec.engine == Engine::Mariadb {
+    if let Some(s3) = &backup.repository.s3
+        && db.spec.engine == Engine::Mariadb
+        && s3.ca_secret_name.is_none()
+    {
         return refuse(
-            "spec.backup.repository.s3",
-            "S3 repositories of MariaDB are not implemented yet; use repository.local: {path: /srv/backups}"
-                .into(),
+            "spec.backup.repository.s3.caSecretName",
+            "required for an S3 repository of MariaDB: the CA (its ca.crt) the endpoint's certificate is verified against".into(),
         );
     }
     if let Some(s3) = S3Settings::of(db, Some(secrets_root)).map_err(engine_invalid)? {
@@ -135,21 +137,6 @@ impl Repository {
             None => self.path.display().to_string(),
         }
     }
-}
-
-/// The repository root (`spec.backup.repository.local.path`).
-fn repository_root(db: &Database) -> Result<PathBuf, LocalError> {
-    db.spec
-        .backup
-        .as_ref()
-        .and_then(|b| b.repository.local.as_ref())
-        .map(|l| PathBuf::from(&l.path))
-        .ok_or_else(|| {
-            LocalError::Invalid(format!(
-                "{}: spec.backup.repository.local is not set: this database has no backups here",
-                db.name()
-            ))
-        })
 }
 
 /// `pgbackrest info --output=json` of `stanza` in `repository`, run by this user with no log file
@@ -412,7 +399,7 @@ pub fn list(db: &Database, name: Option<&str>, secrets_root: &Path) -> Result<Li
     let stanza = name.unwrap_or(db.name()).to_string();
     let repository = Repository::of(db, &stanza, secrets_root)?;
     if db.spec.engine == Engine::Mariadb {
-        let mariadb = crate::backup_mariadb::list(&repository.path)?;
+        let mariadb = crate::backup_mariadb::list(&repository)?;
         return Ok(Listing {
             stanza,
             info: RepositoryInfo::default(),
@@ -491,7 +478,7 @@ pub fn verify(
     let stanza = name.unwrap_or(db.name());
     let repository = Repository::of(db, stanza, secrets_root)?;
     if db.spec.engine == Engine::Mariadb {
-        return crate::backup_mariadb::verify(&repository.path, stanza);
+        return crate::backup_mariadb::verify(&repository, stanza);
     }
     verify_repository(&repository, stanza, parallel(db))
 }
@@ -585,11 +572,13 @@ pub fn resolve_restore(
     let Some(from) = &db.spec.bootstrap.restore_from else {
         return Ok(None);
     };
+    if db.spec.engine == Engine::Mariadb {
+        let repository = Repository::of(db, &from.database, secrets_root)?;
+        let target = restore_target(from)?;
+        return crate::backup_mariadb::resolve_restore(db, from, &repository, target).map(Some);
+    }
     let repository = source_repository(db, &from.database, secrets_root)?;
     let target = restore_target(from)?;
-    if db.spec.engine == Engine::Mariadb {
-        return crate::backup_mariadb::resolve_restore(db, from, repository.path, target).map(Some);
-    }
     // A damaged repository is refused first, naming the file: a missing backup.info would
     // otherwise read as "no backup", and a damaged backup must never be replaced by another.
     verify_repository(&repository, &from.database, parallel(db)).map_err(|e| {
@@ -670,7 +659,7 @@ pub fn create(
     }
     crate::transport::register(db, dir)?;
     if db.spec.engine == Engine::Mariadb {
-        let repository = repository_path(&repository_root(db)?, db.namespace(), db.name());
+        let repository = Repository::of(db, db.name(), &dir.namespace_secrets())?;
         return crate::backup_mariadb::create(dir, db, &repository);
     }
     let token = read_secret(&dir.secrets_dir(), secret_keys::API_TOKEN)?;
@@ -728,9 +717,7 @@ pub async fn schedule_forever(dir: DatabaseDir) {
         let Some(backup) = db.spec.backup.as_ref() else {
             continue;
         };
-        if !matches!(db.spec.engine, Engine::Postgres | Engine::Mariadb)
-            || backup.repository.local.is_none() && db.spec.engine == Engine::Mariadb
-        {
+        if !matches!(db.spec.engine, Engine::Postgres | Engine::Mariadb) {
             continue;
         }
         let Ok(schedule) = BackupSchedule::parse(&backup.schedule) else {

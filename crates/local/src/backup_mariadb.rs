@@ -1,11 +1,11 @@
-//! Backups of a local MariaDB database (`spec.backup` with a local repository): `stator backup
-//! create` stores a full backup streamed from a ready replica's instance manager (`GET
+//! Backups of a local MariaDB database (`spec.backup` with a local or S3 repository): `stator
+//! backup create` stores a full backup streamed from a ready replica's instance manager (`GET
 //! /backup`), else the primary's; list and verify read the manifests and re-hash the objects;
 //! a restore is checked (repository, backup, target, objects) before anything is written.
-//! The repository path and its marker are PostgreSQL's ([`crate::backup`]); the storing,
-//! hashing and manifests are the engine's ([`stator_engine::mysql_family::repository`]).
-
-use std::path::{Path, PathBuf};
+//! The repository path, its marker and the S3 settings (bucket, CA and keys from local
+//! Secrets) are PostgreSQL's ([`crate::backup`]); the storing, hashing and manifests are the
+//! engine's ([`stator_engine::mysql_family::repository`]) over its object store
+//! ([`stator_engine::object_store`]): the same code on a directory and on S3.
 
 use stator_api::instance::{LocalPorts, RestoreSource, RestoreTarget};
 use stator_api::names::secret_keys;
@@ -14,13 +14,28 @@ use stator_engine::mysql_family::binlog_archive::{self, RecoverableRange, TermRe
 use stator_engine::mysql_family::repository::{self, Manifest};
 use stator_engine::postgres::backrest;
 
+use stator_engine::object_store::{ObjectStore, Store};
+
+use crate::backup::Repository;
 use crate::error::LocalError;
 use crate::runtime::block_on;
 use crate::secrets::read_secret;
 use crate::state::DatabaseDir;
 
-fn failed(e: impl std::fmt::Display) -> LocalError {
-    LocalError::Failed(e.to_string())
+/// The store of `repository`: its directory, or its path in the S3 bucket.
+fn open(repository: &Repository) -> Result<Store, LocalError> {
+    Store::open(&repository.path, repository.s3.as_ref()).map_err(LocalError::Invalid)
+}
+
+/// A store error; on S3 it names where the keys and the CA come from.
+fn store_failed(store: &Store, e: String) -> LocalError {
+    if store.is_s3() && !e.contains("credentialsSecretName") {
+        LocalError::Failed(format!(
+            "{e}; check spec.backup.repository.s3 (the endpoint, caSecretName and the keys of credentialsSecretName)"
+        ))
+    } else {
+        LocalError::Failed(e)
+    }
 }
 
 /// The instance a full backup is streamed from: a ready replica if one answers, else the
@@ -44,31 +59,33 @@ fn backup_source(db: &Database, primary: &str) -> (String, u16) {
     (primary.to_string(), ports.manager(ordinal))
 }
 
-/// Ties `repository` to `db` (writes the marker when absent; refuses another database's).
-fn claim(repository: &Path, db: &Database) -> Result<(), LocalError> {
-    binlog_archive::claim_repository(repository, db.namespace(), db.name())
-        .map_err(LocalError::Invalid)
-}
-
 /// Takes a full backup now. The answer has the PostgreSQL side's fields (`label`, `kind`,
 /// `size`, `durationSeconds`) and the GTID.
 pub fn create(
     dir: &DatabaseDir,
     db: &Database,
-    repository: &Path,
+    repository: &Repository,
 ) -> Result<serde_json::Value, LocalError> {
-    claim(repository, db)?;
+    let store = open(repository)?;
     let token = read_secret(&dir.secrets_dir(), secret_keys::API_TOKEN)?;
     let (source, port) = backup_source(db, &dir.read_primary());
     let host = db.spec.local.listen_address.clone();
-    let repo = repository.to_path_buf();
-    let m = block_on(async move {
-        repository::store_full_backup(&host, port, token.as_str(), &source, &repo).await
-    })?
-    .map_err(failed)?;
-    // Retention runs after each success.
     let full = db.spec.backup.as_ref().map_or(1, |b| b.retention.full);
-    let expired = repository::apply_retention(repository, full).map_err(LocalError::Failed)?;
+    let (m, expired) = block_on(async {
+        // Ties the repository to `db` (writes the marker when absent; refuses another
+        // database's).
+        binlog_archive::claim_repository(&store, db.namespace(), db.name())
+            .await
+            .map_err(LocalError::Invalid)?;
+        let m = repository::store_full_backup(&host, port, token.as_str(), &source, &store)
+            .await
+            .map_err(|e| store_failed(&store, e.to_string()))?;
+        // Retention runs after each success.
+        let expired = repository::apply_retention(&store, full)
+            .await
+            .map_err(|e| store_failed(&store, e))?;
+        Ok::<_, LocalError>((m, expired))
+    })??;
     Ok(serde_json::json!({
         "expired": expired,
         "label": m.id,
@@ -91,15 +108,22 @@ pub struct MariadbListing {
 }
 
 /// The complete backups and the archive.
-pub fn list(repository: &Path) -> Result<MariadbListing, LocalError> {
-    let backups = repository::list(repository).map_err(LocalError::Failed)?;
-    let index = binlog_archive::read_archive(repository).map_err(LocalError::Failed)?;
-    Ok(MariadbListing {
-        range: index.range(&backups),
-        archived_logs: index.logs.len(),
-        terms: index.terms,
-        backups,
-    })
+pub fn list(repository: &Repository) -> Result<MariadbListing, LocalError> {
+    let store = open(repository)?;
+    block_on(async {
+        let backups = repository::list(&store)
+            .await
+            .map_err(|e| store_failed(&store, e))?;
+        let index = binlog_archive::read_archive(&store)
+            .await
+            .map_err(|e| store_failed(&store, e))?;
+        Ok(MariadbListing {
+            range: index.range(&backups),
+            archived_logs: index.logs.len(),
+            terms: index.terms,
+            backups,
+        })
+    })?
 }
 
 /// The table `stator backup list` prints for MariaDB.
@@ -152,22 +176,27 @@ pub fn recoverable(listing: &MariadbListing) -> Option<String> {
 
 /// Re-hashes every object (backups and archived binary logs) and checks the GTID positions and
 /// the chain of the archive; an error names each bad file.
-pub fn verify(repository: &Path, name: &str) -> Result<String, LocalError> {
+pub fn verify(repository: &Repository, name: &str) -> Result<String, LocalError> {
+    let store = open(repository)?;
     let damaged = |e: String| {
         LocalError::Failed(format!(
             "the repository {} of {name} is damaged:\n{e}",
-            repository.display()
+            repository.describe()
         ))
     };
-    let mut report = repository::verify(repository).map_err(damaged)?;
-    let backups = repository::list(repository).map_err(LocalError::Failed)?;
-    let (archive, problems) = binlog_archive::verify_archive(repository, &backups);
-    report.push_str(&archive);
-    if problems.is_empty() {
-        Ok(report)
-    } else {
-        Err(damaged(problems.join("\n")))
-    }
+    block_on(async {
+        let mut report = repository::verify(&store).await.map_err(damaged)?;
+        let backups = repository::list(&store)
+            .await
+            .map_err(|e| store_failed(&store, e))?;
+        let (archive, problems) = binlog_archive::verify_archive(&store, &backups).await;
+        report.push_str(&archive);
+        if problems.is_empty() {
+            Ok(report)
+        } else {
+            Err(damaged(problems.join("\n")))
+        }
+    })?
 }
 
 /// `spec.bootstrap.restoreFrom` of a MariaDB database, checked before anything is written: the
@@ -178,7 +207,7 @@ pub fn verify(repository: &Path, name: &str) -> Result<String, LocalError> {
 pub fn resolve_restore(
     db: &Database,
     from: &stator_api::spec::RestoreFromSpec,
-    repository: PathBuf,
+    repository: &Repository,
     target: RestoreTarget,
 ) -> Result<(Database, RestoreSource), LocalError> {
     let refuse = |why: String| {
@@ -186,27 +215,74 @@ pub fn resolve_restore(
             "spec.bootstrap.restoreFrom: {why} (nothing was created)"
         ))
     };
-    let backups = repository::list(&repository).map_err(LocalError::Failed)?;
-    if backups.is_empty() {
-        return Err(refuse(format!(
-            "the repository of {} holds no backup yet; take one with `stator backup create` first",
-            from.database
-        )));
-    }
-    let wanted = binlog_archive::path_target(&target).map_err(refuse)?;
-    let index = binlog_archive::read_archive(&repository).map_err(LocalError::Failed)?;
-    let plan = index
-        .plan(
-            &repository,
-            &from.database,
-            &backups,
-            from.backup.as_deref(),
-            &wanted,
-        )
-        .map_err(refuse)?;
-    repository::check_object(&repository, &plan.backup).map_err(|e| {
-        LocalError::Failed(format!("refusing to restore (nothing was created): {e}"))
-    })?;
+    let store = open(repository)?;
+    let plan = block_on(async {
+        // The source's marker must name it.
+        let marker = store
+            .get(backrest::REPOSITORY_MARKER)
+            .await
+            .map_err(|e| store_failed(&store, e))?;
+        let marker: Option<backrest::RepositoryMarker> = marker
+            .map(|bytes| {
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    LocalError::Failed(format!(
+                        "{}: is not a Stator repository marker: {e}",
+                        store.location(backrest::REPOSITORY_MARKER)
+                    ))
+                })
+            })
+            .transpose()?;
+        match marker {
+            Some(m) if m.name == from.database && m.namespace == db.namespace() => {}
+            Some(m) => {
+                return Err(LocalError::Invalid(format!(
+                    "{}: belongs to {}/{}, not {}/{}",
+                    repository.describe(),
+                    m.namespace,
+                    m.name,
+                    db.namespace(),
+                    from.database
+                )));
+            }
+            None => {
+                return Err(LocalError::Invalid(format!(
+                    "spec.bootstrap.restoreFrom.database: {:?} has no backups in {} (no {} there); see `stator backup list -f` of that database",
+                    from.database,
+                    repository.describe(),
+                    backrest::REPOSITORY_MARKER
+                )));
+            }
+        }
+        let backups = repository::list(&store)
+            .await
+            .map_err(|e| store_failed(&store, e))?;
+        if backups.is_empty() {
+            return Err(refuse(format!(
+                "the repository of {} holds no backup yet; take one with `stator backup create` first",
+                from.database
+            )));
+        }
+        let wanted = binlog_archive::path_target(&target).map_err(refuse)?;
+        let index = binlog_archive::read_archive(&store)
+            .await
+            .map_err(|e| store_failed(&store, e))?;
+        let plan = index
+            .plan(
+                &store,
+                &from.database,
+                &backups,
+                from.backup.as_deref(),
+                &wanted,
+            )
+            .await
+            .map_err(refuse)?;
+        repository::check_object(&store, &plan.backup)
+            .await
+            .map_err(|e| {
+                LocalError::Failed(format!("refusing to restore (nothing was created): {e}"))
+            })?;
+        Ok(plan)
+    })??;
     let mut resolved = db.clone();
     if let Some(f) = resolved.spec.bootstrap.restore_from.as_mut() {
         f.backup = Some(plan.backup.id.clone());
@@ -224,7 +300,7 @@ pub fn resolve_restore(
         resolved,
         RestoreSource {
             stanza: from.database.clone(),
-            repository,
+            repository: repository.path.clone(),
             set: plan.backup.id,
             target,
         },

@@ -14,7 +14,8 @@ pub const BUCKET: &str = "stator";
 
 pub struct S3Server {
     pub dir: tempfile::TempDir,
-    child: Child,
+    /// `None` while stopped ([`S3Server::stop`]).
+    child: Option<Child>,
     /// The first of the ports it was given.
     base: u16,
     /// The S3 (HTTPS) port.
@@ -86,11 +87,33 @@ impl S3Server {
 
         let base = super::free_port_base();
         let port = base + 6;
+        let mut server = S3Server {
+            dir,
+            child: None,
+            base,
+            port,
+            access_key,
+            secret_key,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts the server (again, on the same ports and data) and waits until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the S3 server runs already");
+        let dir = self.dir.path();
+        let config = dir.join("s3.json");
+        let base = self.base;
         let p = |offset: u16| (base + offset).to_string();
-        let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
-        let child = Command::new(&weed)
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("weed.log"))
+            .unwrap();
+        let child = Command::new(weed())
             .arg("mini")
-            .arg(format!("-dir={}", dir.path().join("data").display()))
+            .arg(format!("-dir={}", dir.join("data").display()))
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
             .args(["-master.port", &p(0), "-master.port.grpc", &p(1)])
             .args(["-volume.port", &p(2), "-volume.port.grpc", &p(3)])
@@ -105,40 +128,49 @@ impl S3Server {
             ])
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
             .arg(format!("-s3.config={}", config.display()))
-            .arg(format!(
-                "-s3.cert.file={}",
-                dir.path().join("tls.crt").display()
-            ))
-            .arg(format!(
-                "-s3.key.file={}",
-                dir.path().join("tls.key").display()
-            ))
+            .arg(format!("-s3.cert.file={}", dir.join("tls.crt").display()))
+            .arg(format!("-s3.key.file={}", dir.join("tls.key").display()))
             .arg(format!("-bucket={BUCKET}"))
             // Its Unix sockets default to /tmp; here they go with the rest.
             .arg(format!(
                 "-filer.localSocket={}",
-                dir.path().join("filer.sock").display()
+                dir.join("filer.sock").display()
             ))
-            .arg(format!(
-                "-s3.localSocket={}",
-                dir.path().join("s3.sock").display()
-            ))
-            .current_dir(dir.path())
+            .arg(format!("-s3.localSocket={}", dir.join("s3.sock").display()))
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        let server = S3Server {
-            dir,
-            child,
-            base,
-            port,
-            access_key,
-            secret_key,
-        };
-        server.wait_ready();
-        server
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Stops the server (its data stays): the repository is unreachable until
+    /// [`S3Server::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.remove_sockets();
+    }
+
+    fn remove_sockets(&self) {
+        // Its gRPC servers' Unix sockets, which it always puts in /tmp, named by their ports.
+        for (kind, offset) in [
+            ("master", 1),
+            ("volume", 3),
+            ("filer", 5),
+            ("s3", 7),
+            ("admin", 9),
+        ] {
+            let _ = std::fs::remove_file(format!(
+                "/tmp/seaweedfs-{kind}-grpc-{}.sock",
+                self.base + offset
+            ));
+        }
     }
 
     /// The CA of the server's certificate (the certificate itself).
@@ -210,20 +242,6 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Its gRPC servers' Unix sockets, which it always puts in /tmp, named by their ports.
-        for (kind, offset) in [
-            ("master", 1),
-            ("volume", 3),
-            ("filer", 5),
-            ("s3", 7),
-            ("admin", 9),
-        ] {
-            let _ = std::fs::remove_file(format!(
-                "/tmp/seaweedfs-{kind}-grpc-{}.sock",
-                self.base + offset
-            ));
-        }
+        self.stop();
     }
 }

@@ -1,5 +1,6 @@
-//! The binary log archive of a MariaDB database in its local repository (`spec.backup`), next
-//! to the full backups of [`crate::mysql_family::repository`]:
+//! The binary log archive of a MariaDB database in its repository (`spec.backup`: a directory
+//! or an S3 bucket, through [`crate::object_store`]), next to the full backups of
+//! [`crate::mysql_family::repository`]:
 //!
 //! - `binlog/terms/TERM.json`: one record per term, written once: the primary that archives in
 //!   it (server id, instance) and its promotion GTID (its `gtid_slave_pos` when it began: what it
@@ -15,10 +16,9 @@
 //! A point-in-time restore reads the index ([`read_archive`]) and takes the GTID path of
 //! [`crate::mysql_family::binlog_path`].
 
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -28,10 +28,15 @@ use crate::error::EngineError;
 use crate::mysql_family::binlog::{LoggedTransaction, read_binlog_from};
 use crate::mysql_family::binlog_path::{ArchivedLog, Term};
 use crate::mysql_family::repository::{ZSTD, hex, now};
+use crate::object_store::{ObjectStore, Put, get_stream, put_stream_if_absent};
 
 /// The archive's directory inside a repository path.
 pub const BINLOG_DIR: &str = "binlog";
 const TERMS_DIR: &str = "terms";
+
+fn one() -> u32 {
+    1
+}
 
 /// A term: one primary's time in office, as the archive knows it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -64,6 +69,9 @@ pub struct LogRecord {
     pub closed: f64,
     /// `[domain, server, sequence, second]` of each transaction, in log order.
     pub transactions: Vec<(u32, u32, u64, i64)>,
+    /// The parts the object is stored in ([`crate::object_store::put_stream_if_absent`]).
+    #[serde(default = "one")]
+    pub parts: u32,
 }
 
 impl LogRecord {
@@ -72,11 +80,9 @@ impl LogRecord {
         format!("{}/{}", term_dir_name(self.term, self.server_id), self.file)
     }
 
-    pub fn object_path(&self, repository: &Path) -> PathBuf {
-        repository
-            .join(BINLOG_DIR)
-            .join(term_dir_name(self.term, self.server_id))
-            .join(format!("{}.zst", self.file))
+    /// The stored object's key in the repository: `binlog/TERM-SERVERID/FILE.zst`.
+    pub fn object_key(&self) -> String {
+        log_key(self.term, self.server_id, &format!("{}.zst", self.file))
     }
 
     pub fn logged(&self) -> Vec<LoggedTransaction> {
@@ -96,6 +102,10 @@ impl LogRecord {
 
 fn term_dir_name(term: u64, server_id: u32) -> String {
     format!("{term:06}-{server_id}")
+}
+
+fn log_key(term: u64, server_id: u32, name: &str) -> String {
+    format!("{BINLOG_DIR}/{}/{name}", term_dir_name(term, server_id))
 }
 
 /// The archive as the primary's instance manager reports it (`/status` under `backup.archive`):
@@ -119,50 +129,23 @@ impl std::fmt::Display for ArchiveError {
     }
 }
 
-fn private_dir(dir: &Path) -> Result<(), String> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("{}: cannot create: {e}", dir.display()))
-}
-
-/// Writes `bytes` to `path` only if nothing is there: a temporary file, synced, then linked
-/// into place (a link fails on an existing name). False when the name existed.
-fn write_if_absent(path: &Path, bytes: &[u8]) -> Result<bool, String> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| format!("{}: cannot create: {e}", tmp.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
-    link_if_absent(&tmp, path)
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: unreadable: {e}", file.display()))
+async fn read_json<T: serde::de::DeserializeOwned>(
+    store: &impl ObjectStore,
+    key: &str,
+) -> Result<T, String> {
+    let bytes = store
+        .get(key)
+        .await?
+        .ok_or_else(|| format!("{}: missing", store.location(key)))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("{}: unreadable: {e}", store.location(key)))
 }
 
 /// The term records, by term.
-pub fn read_terms(repository: &Path) -> Result<Vec<TermRecord>, String> {
-    let dir = repository.join(BINLOG_DIR).join(TERMS_DIR);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: cannot read: {e}", dir.display())),
-    };
+pub async fn read_terms(store: &impl ObjectStore) -> Result<Vec<TermRecord>, String> {
     let mut terms = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "json") {
-            terms.push(read_json::<TermRecord>(&path)?);
+    for key in store.list(&format!("{BINLOG_DIR}/{TERMS_DIR}/")).await? {
+        if key.ends_with(".json") {
+            terms.push(read_json::<TermRecord>(store, &key).await?);
         }
     }
     terms.sort_by_key(|t| t.term);
@@ -172,16 +155,14 @@ pub fn read_terms(repository: &Path) -> Result<Vec<TermRecord>, String> {
 /// The term a primary (`server_id`, `instance`, whose `gtid_slave_pos` is `replicated`)
 /// archives in: the newest one if it is this server's and began at this position, else a new
 /// one recorded now.
-pub fn ensure_term(
-    repository: &Path,
+pub async fn ensure_term(
+    store: &impl ObjectStore,
     server_id: u32,
     instance: &str,
     replicated: &str,
 ) -> Result<u64, String> {
-    let dir = repository.join(BINLOG_DIR).join(TERMS_DIR);
-    private_dir(&dir)?;
     loop {
-        let terms = read_terms(repository)?;
+        let terms = read_terms(store).await?;
         if let Some(last) = terms.last()
             && last.server_id == server_id
             && last.start == replicated
@@ -197,7 +178,8 @@ pub fn ensure_term(
         };
         let text = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
         // Another writer taking the same number wins; read again.
-        if write_if_absent(&dir.join(format!("{:06}.json", record.term)), &text)? {
+        let key = format!("{BINLOG_DIR}/{TERMS_DIR}/{:06}.json", record.term);
+        if store.put_if_absent(&key, text).await? == Put::Written {
             tracing::info!(term = record.term, start = %record.start, "a new term of the binlog archive");
             return Ok(record.term);
         }
@@ -205,25 +187,14 @@ pub fn ensure_term(
 }
 
 /// The archived binary logs (those with a record), by term then file name.
-pub fn read_logs(repository: &Path) -> Result<Vec<LogRecord>, String> {
-    let root = repository.join(BINLOG_DIR);
-    let entries = match std::fs::read_dir(&root) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: cannot read: {e}", root.display())),
-    };
+pub async fn read_logs(store: &impl ObjectStore) -> Result<Vec<LogRecord>, String> {
+    let terms = format!("{BINLOG_DIR}/{TERMS_DIR}/");
     let mut logs = Vec::new();
-    for dir in entries.flatten().map(|e| e.path()) {
-        if !dir.is_dir() || dir.file_name().is_some_and(|n| n == TERMS_DIR) {
+    for key in store.list(&format!("{BINLOG_DIR}/")).await? {
+        if key.starts_with(&terms) || !key.ends_with(".json") {
             continue;
         }
-        let files =
-            std::fs::read_dir(&dir).map_err(|e| format!("{}: cannot read: {e}", dir.display()))?;
-        for path in files.flatten().map(|e| e.path()) {
-            if path.extension().is_some_and(|e| e == "json") {
-                logs.push(read_json::<LogRecord>(&path)?);
-            }
-        }
+        logs.push(read_json::<LogRecord>(store, &key).await?);
     }
     logs.sort_by(|a, b| (a.term, &a.file).cmp(&(b.term, &b.file)));
     Ok(logs)
@@ -257,27 +228,6 @@ pub fn path_inputs(
     Ok((terms, logs))
 }
 
-/// Size and SHA-256 of what `reader` yields, read in chunks.
-fn hash_reader(mut reader: impl Read) -> std::io::Result<(u64, String)> {
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            return Ok((size, hex(&hasher.finalize())));
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-}
-
-fn hash_file(path: &Path) -> Result<(u64, String), String> {
-    std::fs::File::open(path)
-        .and_then(hash_reader)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))
-}
-
 /// A reader that hashes what passes through it.
 struct Hashing<R> {
     inner: R,
@@ -295,30 +245,28 @@ impl<R: Read> Read for Hashing<R> {
 }
 
 /// Checks one archived object against its record: present, of the recorded size and SHA-256.
-/// The error names the file.
-pub fn check_log(repository: &Path, log: &LogRecord) -> Result<(), String> {
-    let path = log.object_path(repository);
-    let (size, sum) = std::fs::File::open(&path)
-        .and_then(hash_reader)
+/// The error names the object.
+pub async fn check_log(store: &impl ObjectStore, log: &LogRecord) -> Result<(), String> {
+    let key = log.object_key();
+    let here = store.location(&key);
+    let (size, sum) = get_stream(store, &key, log.parts, tokio::io::sink())
+        .await
         .map_err(|e| {
             format!(
-                "{}: archived binary log {} is missing or unreadable: {e}",
-                path.display(),
+                "{here}: archived binary log {} is missing or unreadable: {e}",
                 log.key()
             )
         })?;
     if size != log.size {
         return Err(format!(
-            "{}: archived binary log {} is truncated or altered: {size} bytes, its record says {}",
-            path.display(),
+            "{here}: archived binary log {} is truncated or altered: {size} bytes, its record says {}",
             log.key(),
             log.size
         ));
     }
     if sum != log.sha256 {
         return Err(format!(
-            "{}: archived binary log {} is corrupt: SHA-256 {sum}, its record says {}",
-            path.display(),
+            "{here}: archived binary log {} is corrupt: SHA-256 {sum}, its record says {}",
             log.key(),
             log.sha256
         ));
@@ -326,89 +274,116 @@ pub fn check_log(repository: &Path, log: &LogRecord) -> Result<(), String> {
     Ok(())
 }
 
-/// `zstd ARGS < input`, its output into the new file `output` (0600) or, without one, hashed
-/// as it comes: the size and SHA-256 of the output. Nothing is held in memory.
-fn zstd(args: &[&str], input: &Path, output: Option<&Path>) -> Result<(u64, String), String> {
-    let source =
-        std::fs::File::open(input).map_err(|e| format!("{}: cannot read: {e}", input.display()))?;
-    let sink = match output {
-        Some(path) => Stdio::from(
-            std::fs::OpenOptions::new()
+/// The object under `key` (`parts` parts) through `zstd -d`: the size and SHA-256 of what it
+/// decompresses to, written into the new file `dest` (0600) when one is given.
+async fn decompress(
+    store: &impl ObjectStore,
+    key: &str,
+    parts: u32,
+    dest: Option<&Path>,
+) -> Result<(u64, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut child = tokio::process::Command::new(ZSTD)
+        .args(["-q", "-d", "-c"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("{ZSTD}: cannot run: {e}"))?;
+    let input = child.stdin.take().ok_or("zstd has no input pipe")?;
+    let mut output = child.stdout.take().ok_or("zstd has no output pipe")?;
+    let mut file = match dest {
+        Some(path) => Some(
+            tokio::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
+                .await
                 .map_err(|e| format!("{}: cannot create: {e}", path.display()))?,
         ),
-        None => Stdio::piped(),
+        None => None,
     };
-    let mut child = Command::new(ZSTD)
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .stdin(Stdio::from(source))
-        .stdout(sink)
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{ZSTD}: cannot run: {e}"))?;
-    let hashed = child.stdout.take().map(hash_reader);
+    let feed = async move {
+        let mut input = input;
+        let r = get_stream(store, key, parts, &mut input).await;
+        drop(input);
+        r
+    };
+    let drain = async {
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = output
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("{ZSTD}: cannot read its output: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+            if let (Some(f), Some(path)) = (file.as_mut(), dest) {
+                f.write_all(&buf[..n])
+                    .await
+                    .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
+            }
+        }
+        if let (Some(f), Some(path)) = (file.as_mut(), dest) {
+            f.sync_all()
+                .await
+                .map_err(|e| format!("{}: cannot sync: {e}", path.display()))?;
+        }
+        Ok::<_, String>((size, hex(&hasher.finalize())))
+    };
+    let (fed, drained) = tokio::join!(feed, drain);
     let result = child
         .wait_with_output()
+        .await
         .map_err(|e| format!("{ZSTD}: {e}"))?;
+    fed?;
+    let drained = drained?;
     if !result.status.success() {
         return Err(format!(
-            "{ZSTD} {} < {}: {}: {}",
-            args.join(" "),
-            input.display(),
+            "{}: {ZSTD} -d: {}: {}",
+            store.location(key),
             result.status,
             String::from_utf8_lossy(&result.stderr).trim()
         ));
     }
-    match (hashed, output) {
-        (Some(h), _) => h.map_err(|e| format!("{ZSTD}: cannot read its output: {e}")),
-        (None, Some(path)) => {
-            std::fs::File::open(path)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| format!("{}: cannot sync: {e}", path.display()))?;
-            hash_file(path)
-        }
-        (None, None) => Err("zstd has no output".into()),
-    }
+    Ok(drained)
 }
 
 /// Decompresses an archived binary log into the new file `dest`, checking the object against
 /// its record first and the result against the logged file's SHA-256.
-pub fn read_archived_log(repository: &Path, log: &LogRecord, dest: &Path) -> Result<(), String> {
-    check_log(repository, log)?;
-    let path = log.object_path(repository);
-    let (_, sum) = zstd(&["-q", "-d", "-c"], &path, Some(dest))?;
+pub async fn read_archived_log(
+    store: &impl ObjectStore,
+    log: &LogRecord,
+    dest: &Path,
+) -> Result<(), String> {
+    check_log(store, log).await?;
+    let key = log.object_key();
+    let (_, sum) = decompress(store, &key, log.parts, Some(dest)).await?;
     if sum != log.source_sha256 {
         return Err(format!(
             "{}: archived binary log {} does not decompress to the logged file",
-            path.display(),
+            store.location(&key),
             log.key()
         ));
     }
     Ok(())
 }
 
-/// Links the complete file `tmp` to `path` only if nothing is there (then removes `tmp`).
-/// False when the name existed.
-fn link_if_absent(tmp: &Path, path: &Path) -> Result<bool, String> {
-    let linked = std::fs::hard_link(tmp, path);
-    let _ = std::fs::remove_file(tmp);
-    match linked {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(format!("{}: cannot write: {e}", path.display())),
-    }
-}
-
-/// Archives the closed binary log `source` under term `term` of server `server_id`: compressed,
-/// hashed, written only if absent, its record last. `Ok(None)` when it was archived already
-/// (the same content under its key). Read in chunks and streamed through `zstd`.
-pub fn archive_log(
-    repository: &Path,
+/// Archives the closed binary log `source` under term `term` of server `server_id`: compressed
+/// by `zstd` straight from the file into the store (in parts, hashed as it passes), written
+/// only if absent, its record last. `Ok(None)` when it was archived already (the same content
+/// under its key). The file is read in chunks; nothing of it is held whole in memory.
+pub async fn archive_log(
+    store: &impl ObjectStore,
     term: u64,
     server_id: u32,
     source: &Path,
@@ -418,36 +393,45 @@ pub fn archive_log(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| failed(format!("{}: not a file", source.display())))?;
-    let dir = repository
-        .join(BINLOG_DIR)
-        .join(term_dir_name(term, server_id));
-    let record_path = dir.join(format!("{file}.json"));
-    let opened = std::fs::File::open(source)
-        .map_err(|e| failed(format!("{}: cannot read: {e}", source.display())))?;
-    let closed = opened
-        .metadata()
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or_else(now, |d| d.as_secs_f64());
-    let mut reader = Hashing {
-        inner: std::io::BufReader::new(opened),
-        hasher: Sha256::new(),
-        size: 0,
-    };
-    let contents =
-        read_binlog_from(&mut reader).map_err(|e| failed(format!("{}: {e}", source.display())))?;
-    let source_size = reader.size;
-    let source_sha256 = hex(&reader.hasher.finalize());
+    let record_key = log_key(term, server_id, &format!("{file}.json"));
+    let object_key = log_key(term, server_id, &format!("{file}.zst"));
+    let read_from = source.to_path_buf();
+    let (closed, contents, source_size, source_sha256) = tokio::task::spawn_blocking(move || {
+        let opened = std::fs::File::open(&read_from)
+            .map_err(|e| format!("{}: cannot read: {e}", read_from.display()))?;
+        let closed = opened
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or_else(now, |d| d.as_secs_f64());
+        let mut reader = Hashing {
+            inner: std::io::BufReader::new(opened),
+            hasher: Sha256::new(),
+            size: 0,
+        };
+        let contents =
+            read_binlog_from(&mut reader).map_err(|e| format!("{}: {e}", read_from.display()))?;
+        Ok::<_, String>((
+            closed,
+            contents,
+            reader.size,
+            hex(&reader.hasher.finalize()),
+        ))
+    })
+    .await
+    .map_err(|e| failed(e.to_string()))?
+    .map_err(failed)?;
     let conflict = |what: String| {
         ArchiveError::Conflict(format!(
             "{}: the archive key {}/{file} holds {what}; refusing to overwrite it (ArchiveFailing: the binary logs stay on the server)",
-            dir.display(),
+            store.location(&format!("{BINLOG_DIR}/{}", term_dir_name(term, server_id))),
             term_dir_name(term, server_id)
         ))
     };
-    if record_path.exists() {
-        let record: LogRecord = read_json(&record_path).map_err(failed)?;
+    if let Some(bytes) = store.get(&record_key).await.map_err(failed)? {
+        let record: LogRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| failed(format!("{}: unreadable: {e}", store.location(&record_key))))?;
         return if record.source_sha256 == source_sha256 {
             Ok(None)
         } else {
@@ -457,29 +441,57 @@ pub fn archive_log(
             )))
         };
     }
-    private_dir(&dir).map_err(failed)?;
-    let object_path = dir.join(format!("{file}.zst"));
-    let tmp = dir.join(format!("{file}.zst.tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let stored = zstd(&["-q", "-c", "-3"], source, Some(&tmp));
-    let (size, sha256) = match stored {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(failed(e));
+    let input = std::fs::File::open(source)
+        .map_err(|e| failed(format!("{}: cannot read: {e}", source.display())))?;
+    let mut zstd = tokio::process::Command::new(ZSTD)
+        .args(["-q", "-c", "-3"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::from(input))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| failed(format!("{ZSTD}: cannot run: {e}")))?;
+    let compressed = zstd
+        .stdout
+        .take()
+        .ok_or_else(|| failed("zstd has no output pipe".into()))?;
+    let stored = put_stream_if_absent(store, &object_key, compressed).await;
+    let status = zstd
+        .wait_with_output()
+        .await
+        .map_err(|e| failed(format!("{ZSTD}: {e}")))?;
+    let stored = stored.map_err(failed)?;
+    let (size, sha256, parts) = if stored.put == Put::Written {
+        if !status.status.success() {
+            let _ = crate::object_store::delete_under(store, &object_key).await;
+            return Err(failed(format!(
+                "{ZSTD} < {}: {}: {}",
+                source.display(),
+                status.status,
+                String::from_utf8_lossy(&status.stderr).trim()
+            )));
         }
-    };
-    let (size, sha256) = if link_if_absent(&tmp, &object_path).map_err(failed)? {
-        (size, sha256)
+        (stored.size, stored.sha256, stored.parts)
     } else {
         // A stored object without a record: the same binary log (an archiver stopped between
         // the two), or a conflict.
-        let same = zstd(&["-q", "-d", "-c"], &object_path, None)
+        let parts = 1 + store
+            .list(&format!("{object_key}.part-"))
+            .await
+            .map_err(failed)?
+            .len() as u32;
+        let same = decompress(store, &object_key, parts, None)
+            .await
             .is_ok_and(|(_, sum)| sum == source_sha256);
         if !same {
             return Err(conflict("another (or a damaged) object".into()));
         }
-        hash_file(&object_path).map_err(failed)?
+        let (size, sum) = get_stream(store, &object_key, parts, tokio::io::sink())
+            .await
+            .map_err(failed)?;
+        (size, sum, parts)
     };
     let record = LogRecord {
         term,
@@ -491,9 +503,15 @@ pub fn archive_log(
         source_sha256,
         closed,
         transactions: index_of(&contents),
+        parts,
     };
     let text = serde_json::to_vec_pretty(&record).map_err(|e| failed(e.to_string()))?;
-    if !write_if_absent(&record_path, &text).map_err(failed)? {
+    if store
+        .put_if_absent(&record_key, text)
+        .await
+        .map_err(failed)?
+        == Put::Exists
+    {
         return Err(conflict(
             "a record written meanwhile by another archiver".into(),
         ));
@@ -527,59 +545,109 @@ mod tests {
         f
     }
 
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
     #[test]
     fn a_key_is_written_once_and_other_content_under_it_is_archive_failing() {
         let repo = tempfile::tempdir().unwrap();
+        let store = crate::object_store::DirStore {
+            root: repo.path().to_path_buf(),
+        };
         let server = tempfile::tempdir().unwrap();
         let source = server.path().join("binlog.000001");
         std::fs::write(&source, binlog(1)).unwrap();
-        let record = archive_log(repo.path(), 1, 7, &source).unwrap().unwrap();
-        assert_eq!(record.transactions, [(0, 7, 1, 100)]);
-        assert!(check_log(repo.path(), &record).is_ok());
-        let plain = server.path().join("plain");
-        read_archived_log(repo.path(), &record, &plain).unwrap();
-        assert_eq!(std::fs::read(&plain).unwrap(), binlog(1));
-        // Again: already there.
-        assert_eq!(archive_log(repo.path(), 1, 7, &source).unwrap(), None);
-        // An archiver stopped between object and record: the same object gets its record.
-        let record_file = repo.path().join("binlog/000001-7/binlog.000001.json");
-        std::fs::remove_file(&record_file).unwrap();
-        let again = archive_log(repo.path(), 1, 7, &source).unwrap().unwrap();
-        assert_eq!(again.sha256, record.sha256);
-        // A reused name with other content (a rebuilt server's binlog.000001): refused...
-        std::fs::write(&source, binlog(2)).unwrap();
-        assert!(matches!(
-            archive_log(repo.path(), 1, 7, &source),
-            Err(ArchiveError::Conflict(_))
-        ));
-        // ...but under another term it is another key.
-        assert!(archive_log(repo.path(), 2, 7, &source).unwrap().is_some());
-        assert_eq!(read_logs(repo.path()).unwrap().len(), 2);
-        // A flipped byte is named.
-        let object = record.object_path(repo.path());
-        let mut bytes = std::fs::read(&object).unwrap();
-        bytes[5] ^= 0xff;
-        std::fs::write(&object, bytes).unwrap();
-        let err = check_log(repo.path(), &record).unwrap_err();
-        assert!(err.contains(&object.display().to_string()), "{err}");
+        run(async {
+            let record = archive_log(&store, 1, 7, &source).await.unwrap().unwrap();
+            assert_eq!(record.transactions, [(0, 7, 1, 100)]);
+            assert_eq!(record.parts, 1);
+            assert!(check_log(&store, &record).await.is_ok());
+            let plain = server.path().join("plain");
+            read_archived_log(&store, &record, &plain).await.unwrap();
+            assert_eq!(std::fs::read(&plain).unwrap(), binlog(1));
+            // Again: already there.
+            assert_eq!(archive_log(&store, 1, 7, &source).await.unwrap(), None);
+            // An archiver stopped between object and record: the same object gets its record.
+            let record_file = repo.path().join("binlog/000001-7/binlog.000001.json");
+            std::fs::remove_file(&record_file).unwrap();
+            let again = archive_log(&store, 1, 7, &source).await.unwrap().unwrap();
+            assert_eq!(again.sha256, record.sha256);
+            // A reused name with other content (a rebuilt server's binlog.000001): refused...
+            std::fs::write(&source, binlog(2)).unwrap();
+            assert!(matches!(
+                archive_log(&store, 1, 7, &source).await,
+                Err(ArchiveError::Conflict(_))
+            ));
+            // ...also when only the object is there (no record yet).
+            std::fs::remove_file(&record_file).unwrap();
+            assert!(matches!(
+                archive_log(&store, 1, 7, &source).await,
+                Err(ArchiveError::Conflict(_))
+            ));
+            // ...but under another term it is another key.
+            assert!(archive_log(&store, 2, 7, &source).await.unwrap().is_some());
+            assert_eq!(read_logs(&store).await.unwrap().len(), 1);
+            // A flipped byte is named.
+            let object = repo.path().join(record.object_key());
+            let mut bytes = std::fs::read(&object).unwrap();
+            bytes[5] ^= 0xff;
+            std::fs::write(&object, bytes).unwrap();
+            let err = check_log(&store, &record).await.unwrap_err();
+            assert!(err.contains(&object.display().to_string()), "{err}");
+            // A repository that is a file now: an error, never a silent success.
+            let broken = crate::object_store::DirStore {
+                root: source.clone(),
+            };
+            assert!(matches!(
+                archive_log(&broken, 3, 7, &source).await,
+                Err(ArchiveError::Failed(_))
+            ));
+        });
     }
 
     #[test]
     fn a_primary_keeps_its_term_until_another_server_or_another_position_opens_one() {
         let repo = tempfile::tempdir().unwrap();
-        assert_eq!(ensure_term(repo.path(), 1000, "db-0", "").unwrap(), 1);
-        assert_eq!(ensure_term(repo.path(), 1000, "db-0", "").unwrap(), 1);
-        assert_eq!(
-            ensure_term(repo.path(), 1001, "db-1", "0-1000-5").unwrap(),
-            2
-        );
-        // db-0 back in office after replicating from db-1.
-        assert_eq!(
-            ensure_term(repo.path(), 1000, "db-0", "0-1001-9").unwrap(),
-            3
-        );
-        let terms = read_terms(repo.path()).unwrap();
-        assert_eq!(terms[1].start, "0-1000-5");
+        let store = crate::object_store::DirStore {
+            root: repo.path().to_path_buf(),
+        };
+        run(async {
+            assert_eq!(ensure_term(&store, 1000, "db-0", "").await.unwrap(), 1);
+            assert_eq!(ensure_term(&store, 1000, "db-0", "").await.unwrap(), 1);
+            assert_eq!(
+                ensure_term(&store, 1001, "db-1", "0-1000-5").await.unwrap(),
+                2
+            );
+            // db-0 back in office after replicating from db-1.
+            assert_eq!(
+                ensure_term(&store, 1000, "db-0", "0-1001-9").await.unwrap(),
+                3
+            );
+            let terms = read_terms(&store).await.unwrap();
+            assert_eq!(terms[1].start, "0-1000-5");
+        });
+    }
+
+    #[test]
+    fn a_repository_marker_ties_the_store_to_one_database() {
+        let repo = tempfile::tempdir().unwrap();
+        let store = crate::object_store::DirStore {
+            root: repo.path().to_path_buf(),
+        };
+        run(async {
+            claim_repository(&store, "default", "a").await.unwrap();
+            claim_repository(&store, "default", "a").await.unwrap();
+            let err = claim_repository(&store, "default", "b").await.unwrap_err();
+            assert!(
+                err.contains("default/a") && err.contains("default/b"),
+                "{err}"
+            );
+        });
     }
 }
 
@@ -712,9 +780,9 @@ pub struct ArchiveIndex {
 }
 
 /// Reads the terms and the records of the archived binary logs.
-pub fn read_archive(repository: &Path) -> Result<ArchiveIndex, String> {
-    let terms = read_terms(repository)?;
-    let logs = read_logs(repository)?;
+pub async fn read_archive(store: &impl ObjectStore) -> Result<ArchiveIndex, String> {
+    let terms = read_terms(store).await?;
+    let logs = read_logs(store).await?;
     let (path_terms, path_logs) = path_inputs(&terms, &logs)?;
     Ok(ArchiveIndex {
         terms,
@@ -787,9 +855,9 @@ impl ArchiveIndex {
     /// newest one that ends before the target and leads to it) and the replay runs. Refused,
     /// naming the range, when the target lies outside it; refused, naming the file, when an
     /// archived log the replay needs does not match its record.
-    pub fn plan(
+    pub async fn plan(
         &self,
-        repository: &Path,
+        store: &impl ObjectStore,
         database: &str,
         backups: &[crate::mysql_family::repository::Manifest],
         chosen: Option<&str>,
@@ -845,22 +913,20 @@ impl ArchiveIndex {
                 continue;
             };
             let from: MariadbGtidPosition = backup.gtid.parse().unwrap_or_default();
-            let runs = replay_runs(&reach.history, &self.path_logs, &from, length)
-                .into_iter()
-                .map(|run| {
-                    let logs: Vec<LogRecord> =
-                        run.logs.iter().map(|&i| self.logs[i].clone()).collect();
-                    for log in &logs {
-                        check_log(repository, log)
-                            .map_err(|e| format!("refusing to restore: {e}"))?;
-                    }
-                    Ok(ReplayRun {
-                        logs,
-                        after: run.after.to_string(),
-                        stop: crate::mysql_family::binlog_path::gtid_text(&run.stop),
-                    })
-                })
-                .collect::<Result<Vec<_>, String>>()?;
+            let mut runs = Vec::new();
+            for run in replay_runs(&reach.history, &self.path_logs, &from, length) {
+                let logs: Vec<LogRecord> = run.logs.iter().map(|&i| self.logs[i].clone()).collect();
+                for log in &logs {
+                    check_log(store, log)
+                        .await
+                        .map_err(|e| format!("refusing to restore: {e}"))?;
+                }
+                runs.push(ReplayRun {
+                    logs,
+                    after: run.after.to_string(),
+                    stop: crate::mysql_family::binlog_path::gtid_text(&run.stop),
+                });
+            }
             let stop = runs
                 .last()
                 .map(|r| r.stop.clone())
@@ -923,33 +989,38 @@ pub fn path_target(
     })
 }
 
-/// The plan of restore `source` (backup `set`, its target) from its repository.
-pub fn plan_for(source: &stator_api::instance::RestoreSource) -> Result<RestorePlan, String> {
-    let backups = crate::mysql_family::repository::list(&source.repository)?;
-    let index = read_archive(&source.repository)?;
-    index.plan(
-        &source.repository,
-        &source.stanza,
-        &backups,
-        Some(&source.set),
-        &path_target(&source.target)?,
-    )
+/// The plan of restore `source` (backup `set`, its target) from its repository's `store`.
+pub async fn plan_for(
+    store: &impl ObjectStore,
+    source: &stator_api::instance::RestoreSource,
+) -> Result<RestorePlan, String> {
+    let backups = crate::mysql_family::repository::list(store).await?;
+    let index = read_archive(store).await?;
+    index
+        .plan(
+            store,
+            &source.stanza,
+            &backups,
+            Some(&source.set),
+            &path_target(&source.target)?,
+        )
+        .await
 }
 
 /// Re-hashes every archived binary log and checks the GTID chain after each backup: the report
 /// (one line per term and a summary), and every problem found, each naming its file.
-pub fn verify_archive(
-    repository: &Path,
+pub async fn verify_archive(
+    store: &impl ObjectStore,
     backups: &[crate::mysql_family::repository::Manifest],
 ) -> (String, Vec<String>) {
     let mut report = String::new();
     let mut problems = Vec::new();
-    let index = match read_archive(repository) {
+    let index = match read_archive(store).await {
         Ok(i) => i,
         Err(e) => return (report, vec![e]),
     };
     for log in &index.logs {
-        if let Err(e) = check_log(repository, log) {
+        if let Err(e) = check_log(store, log).await {
             problems.push(e);
         }
     }
@@ -968,7 +1039,7 @@ pub fn verify_archive(
                 if let Some(seq) = reach.history.gap {
                     problems.push(format!(
                         "{}: the GTID chain after backup {} breaks at sequence number {seq}: no archived binary log holds it, though later ones are archived",
-                        repository.join(BINLOG_DIR).display(),
+                        store.location(BINLOG_DIR),
                         b.id
                     ));
                 }
@@ -991,26 +1062,44 @@ pub fn verify_archive(
     (report, problems)
 }
 
-/// Ties `repository` to database `namespace/name`: writes the marker when absent, refuses
-/// another database's (no database ever writes into another's path).
-pub fn claim_repository(repository: &Path, namespace: &str, name: &str) -> Result<(), String> {
-    use crate::postgres::backrest::{
-        REPOSITORY_MARKER, RepositoryMarker, marker_conflict, read_repository_marker,
-    };
+/// Ties the repository in `store` to database `namespace/name`: writes the marker when
+/// absent, refuses another database's (no database ever writes into another's path).
+pub async fn claim_repository(
+    store: &impl ObjectStore,
+    namespace: &str,
+    name: &str,
+) -> Result<(), String> {
+    use crate::postgres::backrest::{REPOSITORY_MARKER, RepositoryMarker, marker_conflict};
     let wanted = RepositoryMarker {
         namespace: namespace.into(),
         name: name.into(),
         system_identifier: None,
     };
-    match read_repository_marker(repository).map_err(|e| e.to_string())? {
-        Some(found) => match marker_conflict(repository, &found, &wanted) {
-            Some(why) => Err(why),
-            None => Ok(()),
-        },
+    let here = store.location("");
+    let found = match store.get(REPOSITORY_MARKER).await? {
+        Some(bytes) => Some(
+            serde_json::from_slice::<RepositoryMarker>(&bytes).map_err(|e| {
+                format!(
+                    "{}: is not a Stator repository marker: {e}",
+                    store.location(REPOSITORY_MARKER)
+                )
+            })?,
+        ),
+        None => None,
+    };
+    let found = match found {
+        Some(found) => found,
         None => {
-            private_dir(repository)?;
             let text = serde_json::to_vec_pretty(&wanted).map_err(|e| e.to_string())?;
-            write_if_absent(&repository.join(REPOSITORY_MARKER), &text).map(|_| ())
+            if store.put_if_absent(REPOSITORY_MARKER, text).await? == Put::Written {
+                return Ok(());
+            }
+            // Another writer claimed it meanwhile: it must be this database too.
+            read_json(store, REPOSITORY_MARKER).await?
         }
+    };
+    match marker_conflict(Path::new(&here), &found, &wanted) {
+        Some(why) => Err(why),
+        None => Ok(()),
     }
 }

@@ -21,7 +21,7 @@
 //! - [`binaries`]: finding the programs.
 //! - [`gtid`]: errant-transaction detection.
 //! - [`backup`]: a physical copy streamed from the upstream's instance manager (MariaDB).
-//! - [`repository`]: full backups in a local repository: stored through zstd and SHA-256,
+//! - [`repository`]: full backups in a repository (directory or S3): stored through zstd and SHA-256,
 //!   manifest last; list, verify, restore and the binlog replay after it (MariaDB).
 //! - [`binlog`]: the transactions of a binary log file (GTID, second), read from its bytes.
 //! - [`binlog_archive`]: the binary log archive (terms, keys written once, the index), the
@@ -107,6 +107,9 @@ pub struct MysqlFamily {
     parameters: std::sync::Mutex<BTreeMap<String, String>>,
     /// The certificates the server serves; `None`: TLS is off.
     tls: Option<ServerTls>,
+    /// The bucket of an S3 backup repository (`spec.backup.repository.s3`), whose Secrets
+    /// are read from the instance's Secrets root; `None`: a local one, or none.
+    s3: Option<crate::postgres::backrest::S3Settings>,
 }
 
 impl std::fmt::Debug for MysqlFamily {
@@ -241,6 +244,18 @@ impl MysqlFamily {
             upstream_session: Mutex::new(None),
             parameters: std::sync::Mutex::new(effective_parameters(&db.spec)),
             tls: ServerTls::for_config(config),
+            s3: crate::postgres::backrest::S3Settings::of(db, config.secrets_root.as_deref())?,
+        })
+    }
+
+    /// The store of the backup repository at `path` (this database's, or a restore source's
+    /// in the same `spec.backup.repository`): a directory, or a path in the S3 bucket.
+    pub fn repository_store(&self, path: &Path) -> Result<crate::object_store::Store, EngineError> {
+        crate::object_store::Store::open(path, self.s3.as_ref()).map_err(|message| {
+            EngineError::Config {
+                field: "spec.backup.repository".into(),
+                message,
+            }
         })
     }
 
@@ -811,13 +826,14 @@ impl ServerEngine for MysqlFamily {
                 message: format!("{} cannot restore from a backup yet", self.dialect.engine),
             });
         }
-        let plan = crate::mysql_family::binlog_archive::plan_for(source).map_err(|message| {
-            EngineError::Config {
+        let store = self.repository_store(&source.repository)?;
+        let plan = crate::mysql_family::binlog_archive::plan_for(&store, source)
+            .await
+            .map_err(|message| EngineError::Config {
                 field: "spec.bootstrap.restoreFrom".into(),
                 message,
-            }
-        })?;
-        self.restore_full_backup(&source.repository, &plan.backup.id, &plan.runs)
+            })?;
+        self.restore_full_backup(&store, &plan.backup.id, &plan.runs)
             .await
     }
 

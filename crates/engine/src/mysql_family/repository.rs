@@ -1,28 +1,32 @@
-//! Full backups of a MariaDB database in a local repository (`spec.backup`): the
-//! `mariadb-backup` stream an instance manager serves on `GET /backup` is stored in one pass,
-//! compressed with the `zstd` program and hashed with SHA-256, as
-//! `PATH/NAMESPACE/NAME/full/ID/full.xbstream.zst`; its manifest (GTID position from
-//! `mariadb_backup_binlog_info`, times, size, hash) is written LAST, so a backup without one is
-//! incomplete and never listed. Verify re-hashes every object; a restore refuses a backup whose
-//! object is missing, truncated or altered, naming the file, and never falls back to another.
+//! Full backups of a MariaDB database in its repository (`spec.backup`, a local directory or an
+//! S3 bucket, both behind [`crate::object_store::ObjectStore`], so the same code runs on
+//! either): the `mariadb-backup` stream an instance manager serves on `GET /backup` is stored
+//! in one pass, compressed with the `zstd` program and hashed with SHA-256, under
+//! `PATH/NAMESPACE/NAME/full/ID/full.xbstream.zst`. A large object is stored in parts of
+//! [`crate::object_store::PART_SIZE`] (part N > 0 under `full.xbstream.zst.part-NNNNN`), each
+//! an ordinary put-if-absent, so at most one part is in memory: a backup of gigabytes streams.
+//! Its manifest (GTID position from `mariadb_backup_binlog_info`, times, size, hash, parts) is
+//! written LAST, so a backup without one is incomplete and never listed. Verify re-hashes every
+//! object; a restore refuses a backup whose object is missing, truncated or altered, naming the
+//! file (or `s3://BUCKET/KEY`), and never falls back to another.
 //!
 //! The repository marker (`stator-repository.json`) ties the path to one database, as for
 //! PostgreSQL ([`crate::postgres::backrest::RepositoryMarker`]).
 
 use std::ffi::OsString;
-use std::io::Read;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use stator_api::position::MariadbGtidPosition;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::EngineError;
 use crate::mysql_family::MysqlFamily;
 use crate::mysql_family::backup::{BACKUP_PATH, fetch_backup};
+use crate::object_store::{
+    ObjectStore, Put, Store, delete_under, get_stream, put_stream_if_absent,
+};
 
 /// The directory of the full backups inside a repository path.
 pub const FULL_DIR: &str = "full";
@@ -32,6 +36,10 @@ pub const MANIFEST: &str = "manifest.json";
 pub const OBJECT: &str = "full.xbstream.zst";
 /// Where Debian's `zstd` package installs the compressor.
 pub const ZSTD: &str = "/usr/bin/zstd";
+
+fn one() -> u32 {
+    1
+}
 
 /// What a finished full backup is: everything `list`, `verify` and a restore need.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -50,15 +58,25 @@ pub struct Manifest {
     /// SHA-256 of the stored object, lowercase hex.
     pub sha256: String,
     pub object: String,
+    /// The parts the object is stored in ([`crate::object_store::PART_SIZE`] each; part 0
+    /// under the object's key, part N under `KEY.part-NNNNN`).
+    #[serde(default = "one")]
+    pub parts: u32,
 }
 
 impl Manifest {
-    pub fn object_path(&self, repository: &Path) -> PathBuf {
-        backup_dir(repository, &self.id).join(&self.object)
+    /// The object's key in the repository.
+    pub fn object_key(&self) -> String {
+        format!("{}/{}", backup_key(&self.id), self.object)
     }
 }
 
-/// The directory of backup `id`.
+/// The key prefix of backup `id`: `full/ID`.
+pub fn backup_key(id: &str) -> String {
+    format!("{FULL_DIR}/{id}")
+}
+
+/// The directory of backup `id` in a local repository.
 pub fn backup_dir(repository: &Path, id: &str) -> PathBuf {
     repository.join(FULL_DIR).join(id)
 }
@@ -82,126 +100,112 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The complete backups of a repository (those with a manifest), oldest first. A directory
-/// without a manifest is an incomplete backup and is left out; an unreadable manifest is an
-/// error naming it.
-pub fn list(repository: &Path) -> Result<Vec<Manifest>, String> {
+/// The backups of a repository: ID, whether it has a manifest, when its newest key was written.
+async fn backup_ids(store: &impl ObjectStore) -> Result<Vec<(String, bool, f64)>, String> {
+    let mut out: Vec<(String, bool, f64)> = Vec::new();
+    for (key, modified) in store.list_modified(&format!("{FULL_DIR}/")).await? {
+        let Some((id, name)) = key
+            .strip_prefix(&format!("{FULL_DIR}/"))
+            .and_then(|r| r.split_once('/'))
+        else {
+            continue;
+        };
+        match out.last_mut() {
+            Some(last) if last.0 == id => {
+                last.1 |= name == MANIFEST;
+                last.2 = last.2.max(modified);
+            }
+            _ => out.push((id.to_string(), name == MANIFEST, modified)),
+        }
+    }
+    Ok(out)
+}
+
+/// The complete backups of a repository (those with a manifest), oldest first. A backup
+/// without a manifest is incomplete and is left out; an unreadable manifest is an error naming
+/// it.
+pub async fn list(store: &impl ObjectStore) -> Result<Vec<Manifest>, String> {
     let mut out = Vec::new();
-    for dir in backup_dirs(repository)? {
-        let file = dir.join(MANIFEST);
-        if file.exists() {
-            out.push(read_manifest(&file)?);
+    for (id, complete, _) in backup_ids(store).await? {
+        if complete {
+            out.push(read_manifest(store, &id).await?);
         }
     }
     out.sort_by(|a, b| a.stopped.total_cmp(&b.stopped));
     Ok(out)
 }
 
-/// The modification times (seconds since the epoch) of the streams of the unfinished backups:
-/// backup directories without a manifest (being written, or abandoned).
-pub fn unfinished(repository: &Path) -> Vec<f64> {
-    backup_dirs(repository)
+/// When the unfinished backups (without a manifest: being written, or abandoned) were last
+/// written to, seconds since the epoch.
+pub async fn unfinished(store: &impl ObjectStore) -> Vec<f64> {
+    backup_ids(store)
+        .await
         .unwrap_or_default()
         .into_iter()
-        .filter(|dir| !dir.join(MANIFEST).exists())
-        .filter_map(|dir| {
-            let modified = std::fs::metadata(dir.join(OBJECT))
-                .or_else(|_| std::fs::metadata(&dir))
-                .and_then(|m| m.modified())
-                .ok()?;
-            modified
-                .duration_since(std::time::UNIX_EPOCH)
-                .ok()
-                .map(|d| d.as_secs_f64())
-        })
+        .filter(|(_, complete, _)| !complete)
+        .map(|(_, _, modified)| modified)
         .collect()
 }
 
-fn backup_dirs(repository: &Path) -> Result<Vec<PathBuf>, String> {
-    let full = repository.join(FULL_DIR);
-    let entries = match std::fs::read_dir(&full) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: cannot read: {e}", full.display())),
-    };
-    let mut dirs: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    Ok(dirs)
-}
-
-fn read_manifest(file: &Path) -> Result<Manifest, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
-    serde_json::from_str(&text)
-        .map_err(|e| format!("{}: is not a backup manifest: {e}", file.display()))
+/// The manifest of backup `id`; an error naming it when it is absent or unreadable.
+pub async fn read_manifest(store: &impl ObjectStore, id: &str) -> Result<Manifest, String> {
+    let key = format!("{}/{MANIFEST}", backup_key(id));
+    let bytes = store.get(&key).await?.ok_or_else(|| {
+        format!(
+            "{}: missing: backup {id} is incomplete",
+            store.location(&key)
+        )
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{}: is not a backup manifest: {e}", store.location(&key)))
 }
 
 /// Checks one backup's object against its manifest: present, of the recorded size, of the
-/// recorded SHA-256. The error names the file.
-pub fn check_object(repository: &Path, m: &Manifest) -> Result<(), String> {
-    let path = m.object_path(repository);
-    let mut file = std::fs::File::open(&path)
-        .map_err(|e| format!("{}: backup {} is incomplete: {e}", path.display(), m.id))?;
-    let len = file.metadata().map(|md| md.len()).unwrap_or(0);
+/// recorded SHA-256. The error names the object.
+pub async fn check_object(store: &impl ObjectStore, m: &Manifest) -> Result<(), String> {
+    let key = m.object_key();
+    let here = store.location(&key);
+    let (len, sum) = get_stream(store, &key, m.parts, tokio::io::sink())
+        .await
+        .map_err(|e| format!("{here}: backup {} is incomplete: {e}", m.id))?;
     if len != m.size {
         return Err(format!(
-            "{}: backup {} is truncated or altered: {len} bytes, its manifest says {}",
-            path.display(),
-            m.id,
-            m.size
+            "{here}: backup {} is truncated or altered: {len} bytes, its manifest says {}",
+            m.id, m.size
         ));
     }
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    let sum = hex(&hasher.finalize());
     if sum != m.sha256 {
         return Err(format!(
-            "{}: backup {} is corrupt: SHA-256 {sum}, its manifest says {}",
-            path.display(),
-            m.id,
-            m.sha256
+            "{here}: backup {} is corrupt: SHA-256 {sum}, its manifest says {}",
+            m.id, m.sha256
         ));
     }
     Ok(())
 }
 
 /// Re-hashes every object of the repository and checks the GTID positions of the backups:
-/// Ok with one line per backup, or every problem found, each naming its file.
-pub fn verify(repository: &Path) -> Result<String, String> {
+/// Ok with one line per backup, or every problem found, each naming its object.
+pub async fn verify(store: &impl ObjectStore) -> Result<String, String> {
     let mut report = String::new();
     let mut problems = Vec::new();
     let mut previous: Option<(String, MariadbGtidPosition)> = None;
-    for dir in backup_dirs(repository)? {
-        let file = dir.join(MANIFEST);
-        if !file.exists() {
+    for (id, complete, _) in backup_ids(store).await? {
+        if !complete {
             problems.push(format!(
                 "{}: missing: the backup in {} is incomplete",
-                file.display(),
-                dir.display()
+                store.location(&format!("{}/{MANIFEST}", backup_key(&id))),
+                store.location(&backup_key(&id))
             ));
             continue;
         }
-        let m = match read_manifest(&file) {
+        let m = match read_manifest(store, &id).await {
             Ok(m) => m,
             Err(e) => {
                 problems.push(e);
                 continue;
             }
         };
-        if let Err(e) = check_object(repository, &m) {
+        if let Err(e) = check_object(store, &m).await {
             problems.push(e);
             continue;
         }
@@ -217,7 +221,11 @@ pub fn verify(repository: &Path) -> Result<String, String> {
                 }
                 previous = Some((m.id.clone(), g));
             }
-            Err(e) => problems.push(format!("{}: gtid {:?}: {e}", file.display(), m.gtid)),
+            Err(e) => problems.push(format!(
+                "{}: gtid {:?}: {e}",
+                store.location(&format!("{}/{MANIFEST}", backup_key(&id))),
+                m.gtid
+            )),
         }
         report.push_str(&format!(
             "backup {}: {} bytes, SHA-256 ok, GTID {}\n",
@@ -233,15 +241,15 @@ pub fn verify(repository: &Path) -> Result<String, String> {
 
 /// Keeps the newest `full` complete backups and removes the older ones (each one's manifest
 /// first, so a half-removed backup is never listed). The IDs removed.
-pub fn apply_retention(repository: &Path, full: u32) -> Result<Vec<String>, String> {
-    let backups = list(repository)?;
+pub async fn apply_retention(store: &impl ObjectStore, full: u32) -> Result<Vec<String>, String> {
+    let backups = list(store).await?;
     let excess = backups.len().saturating_sub(full.max(1) as usize);
     let mut removed = Vec::new();
     for m in &backups[..excess] {
-        let dir = backup_dir(repository, &m.id);
-        std::fs::remove_file(dir.join(MANIFEST))
-            .and_then(|()| std::fs::remove_dir_all(&dir))
-            .map_err(|e| format!("{}: cannot remove: {e}", dir.display()))?;
+        store
+            .delete(&format!("{}/{MANIFEST}", backup_key(&m.id)))
+            .await?;
+        delete_under(store, &format!("{}/", backup_key(&m.id))).await?;
         removed.push(m.id.clone());
     }
     Ok(removed)
@@ -328,34 +336,29 @@ impl XbstreamScanner {
 }
 
 /// Takes a full backup: `GET /backup` of the instance manager at `host:port` (instance
-/// `source`), compressed by `zstd` into the repository and hashed as it is written, then the
-/// manifest. A failure leaves no manifest (and removes the partial object).
+/// `source`), compressed by `zstd` into the repository's store and hashed as it is written
+/// (in parts of [`crate::object_store::PART_SIZE`], one in memory at a time), then the
+/// manifest. A failure leaves no manifest (and removes what was stored).
 pub async fn store_full_backup(
     host: &str,
     port: u16,
     token: &str,
     source: &str,
-    repository: &Path,
+    store: &Store,
 ) -> Result<Manifest, EngineError> {
     let started = now();
     let id = backup_id(started);
-    let dir = backup_dir(repository, &id);
-    if dir.exists() {
+    let prefix = format!("{}/", backup_key(&id));
+    let existing = store.list(&prefix).await.map_err(EngineError::State)?;
+    if !existing.is_empty() {
         return Err(EngineError::State(format!(
             "{}: a backup with this ID exists already; try again in a second",
-            dir.display()
+            store.location(&backup_key(&id))
         )));
     }
-    // The copy holds every table and the password hashes: only its owner may read it.
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| EngineError::io(&dir, "create", e))?;
-    let result = store_into(host, port, token, source, &dir, &id, started).await;
+    let result = store_into(host, port, token, source, store, &id, started).await;
     if result.is_err() {
-        let _ = std::fs::remove_file(dir.join(OBJECT));
-        let _ = std::fs::remove_dir(&dir);
+        let _ = delete_under(store, &prefix).await;
     }
     result
 }
@@ -365,7 +368,7 @@ async fn store_into(
     port: u16,
     token: &str,
     source: &str,
-    dir: &Path,
+    store: &Store,
     id: &str,
     started: f64,
 ) -> Result<Manifest, EngineError> {
@@ -374,7 +377,7 @@ async fn store_into(
             "backup stream from {source} ({host}:{port}{BACKUP_PATH}): {message}"
         ))
     };
-    let object = dir.join(OBJECT);
+    let key = format!("{}/{OBJECT}", backup_key(id));
     let mut zstd = tokio::process::Command::new(ZSTD)
         .args(["-q", "-c", "-3"])
         .env_clear()
@@ -389,52 +392,29 @@ async fn store_into(
         .stdin
         .take()
         .ok_or_else(|| EngineError::State("zstd has no input pipe".into()))?;
-    let mut compressed = zstd
+    let compressed = zstd
         .stdout
         .take()
         .ok_or_else(|| EngineError::State("zstd has no output pipe".into()))?;
-    let object_path = object.clone();
-    // The compressed stream is hashed and written as zstd produces it.
-    let writer = tokio::spawn(async move {
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&object_path)
-            .await
-            .map_err(|e| EngineError::io(&object_path, "create", e))?;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = compressed
-                .read(&mut buf)
-                .await
-                .map_err(|e| EngineError::io(ZSTD, "read the output of", e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-            file.write_all(&buf[..n])
-                .await
-                .map_err(|e| EngineError::io(&object_path, "write", e))?;
-        }
-        file.sync_all()
-            .await
-            .map_err(|e| EngineError::io(&object_path, "sync", e))?;
-        Ok::<_, EngineError>((size, hex(&hasher.finalize())))
-    });
     let mut scanner = XbstreamScanner::default();
-    let fetched = fetch_backup(host, port, token, sink, "zstd", |data| scanner.feed(data)).await;
+    // The compressed stream is hashed and stored as zstd produces it, while the backup streams
+    // in: both run here, together.
+    let (fetched, stored) = tokio::join!(
+        fetch_backup(host, port, token, sink, "zstd", |data| scanner.feed(data)),
+        put_stream_if_absent(store, &key, compressed)
+    );
     let status = zstd
         .wait()
         .await
         .map_err(|e| EngineError::io(ZSTD, "run", e))?;
-    let (size, sha256) = writer
-        .await
-        .map_err(|e| EngineError::State(format!("writing the backup: {e}")))??;
     let received = fetched?;
+    let stored = stored.map_err(|e| EngineError::State(format!("storing the backup: {e}")))?;
+    if stored.put == Put::Exists {
+        return Err(EngineError::State(format!(
+            "{}: exists already; try again in a second",
+            store.location(&key)
+        )));
+    }
     if !status.success() {
         return Err(EngineError::State(format!("zstd failed: {status}")));
     }
@@ -450,17 +430,28 @@ async fn store_into(
         gtid: gtid.to_string(),
         started,
         stopped: now(),
-        size,
-        sha256,
+        size: stored.size,
+        sha256: stored.sha256,
         object: OBJECT.into(),
+        parts: stored.parts,
     };
-    let text = serde_json::to_string_pretty(&manifest)
+    let text = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| EngineError::State(format!("the manifest: {e}")))?;
-    let tmp = dir.join(format!("{MANIFEST}.tmp"));
-    std::fs::write(&tmp, text).map_err(|e| EngineError::io(&tmp, "write", e))?;
-    std::fs::rename(&tmp, dir.join(MANIFEST))
-        .map_err(|e| EngineError::io(dir.join(MANIFEST), "write", e))?;
-    tracing::info!(id, bytes = size, gtid = %manifest.gtid, "full backup stored");
+    let manifest_key = format!("{}/{MANIFEST}", backup_key(id));
+    match store
+        .put_if_absent(&manifest_key, text)
+        .await
+        .map_err(EngineError::State)?
+    {
+        Put::Written => {}
+        Put::Exists => {
+            return Err(EngineError::State(format!(
+                "{}: exists already; refusing to overwrite it",
+                store.location(&manifest_key)
+            )));
+        }
+    }
+    tracing::info!(id, bytes = manifest.size, parts = manifest.parts, gtid = %manifest.gtid, "full backup stored");
     Ok(manifest)
 }
 
@@ -472,19 +463,22 @@ impl MysqlFamily {
     /// socket only), and users are then made as for a new primary at its first start.
     pub(crate) async fn restore_full_backup(
         &self,
-        repository: &Path,
+        store: &Store,
         id: &str,
         replay: &[crate::mysql_family::binlog_archive::ReplayRun],
     ) -> Result<(), EngineError> {
-        let file = backup_dir(repository, id).join(MANIFEST);
-        let manifest = read_manifest(&file).map_err(|message| EngineError::Config {
-            field: "spec.bootstrap.restoreFrom.backup".into(),
-            message,
-        })?;
-        check_object(repository, &manifest).map_err(|message| EngineError::Config {
-            field: "spec.bootstrap.restoreFrom.backup".into(),
-            message: format!("refusing to restore: {message}"),
-        })?;
+        let manifest = read_manifest(store, id)
+            .await
+            .map_err(|message| EngineError::Config {
+                field: "spec.bootstrap.restoreFrom.backup".into(),
+                message,
+            })?;
+        check_object(store, &manifest)
+            .await
+            .map_err(|message| EngineError::Config {
+                field: "spec.bootstrap.restoreFrom.backup".into(),
+                message: format!("refusing to restore: {message}"),
+            })?;
         self.prepare_dirs()?;
         let staging = crate::data_dir::staging_dir(&self.data_dir, &self.user)?;
         let result = async {
@@ -504,34 +498,38 @@ impl MysqlFamily {
                     vec!["-q".into(), "-d".into(), "-c".into()],
                 )
                 .spawn_piped(true, true)?;
-            // The object is the repository owner's (0600): read here, fed to zstd.
-            let object = manifest.object_path(repository);
-            let mut input = tokio::fs::File::open(&object)
-                .await
-                .map_err(|e| EngineError::io(&object, "open", e))?;
-            let mut feed = unzip
+            // The object is read here, a part at a time, and fed to zstd.
+            let (key, parts) = (manifest.object_key(), manifest.parts);
+            let feed = unzip
                 .child
                 .stdin
                 .take()
                 .ok_or_else(|| EngineError::State("zstd has no input pipe".into()))?;
-            let feeder = tokio::spawn(async move {
-                let r = tokio::io::copy(&mut input, &mut feed).await;
+            let feeder = async move {
+                let mut feed = feed;
+                let r = get_stream(store, &key, parts, &mut feed).await;
                 drop(feed);
                 r
-            });
+            };
             let mut source = unzip
                 .child
                 .stdout
                 .take()
                 .ok_or_else(|| EngineError::State("zstd has no output pipe".into()))?;
-            let copied = tokio::io::copy(&mut source, &mut sink).await;
-            drop(sink);
+            let (copied, fed) = tokio::join!(
+                async {
+                    let r = tokio::io::copy(&mut source, &mut sink).await;
+                    drop(sink);
+                    r
+                },
+                feeder
+            );
             let unzipped = unzip.finish().await;
             let unpacked = unpack.finish().await;
-            let fed = feeder
-                .await
-                .map_err(|e| EngineError::State(format!("reading the backup: {e}")))?;
-            fed.map_err(|e| EngineError::io(&object, "read", e))?;
+            fed.map_err(|message| EngineError::Config {
+                field: "spec.bootstrap.restoreFrom.backup".into(),
+                message: format!("refusing to restore: {message}"),
+            })?;
             copied.map_err(|e| EngineError::io(ZSTD, "copy the output of", e))?;
             unzipped?;
             unpacked?;
@@ -544,7 +542,7 @@ impl MysqlFamily {
             .run()
             .await?;
             let gtid: MariadbGtidPosition = manifest.gtid.parse()?;
-            self.set_binlog_state(&staging, &gtid, repository, replay)
+            self.set_binlog_state(&staging, &gtid, store, replay)
                 .await?;
             crate::data_dir::write_marker(&staging, &self.marker(None), &self.user)?;
             crate::data_dir::install_staging(&staging, &self.data_dir, &self.user)
@@ -570,7 +568,7 @@ impl MysqlFamily {
         &self,
         dir: &Path,
         gtid: &MariadbGtidPosition,
-        repository: &Path,
+        store: &Store,
         replay: &[crate::mysql_family::binlog_archive::ReplayRun],
     ) -> Result<(), EngineError> {
         let mut datadir = OsString::from("--datadir=");
@@ -603,7 +601,7 @@ impl MysqlFamily {
                 Self::exec(c, "setting the restored GTID state", statement).await?;
             }
             for run in replay {
-                self.replay_binlogs(repository, run).await?;
+                self.replay_binlogs(store, run).await?;
             }
             if let Some(last) = replay.last() {
                 use mysql_async::prelude::Queryable;
@@ -632,7 +630,7 @@ impl MysqlFamily {
     /// archived logs decompressed (and re-checked) into a private dir of the run dir first.
     async fn replay_binlogs(
         &self,
-        repository: &Path,
+        store: &Store,
         run: &crate::mysql_family::binlog_archive::ReplayRun,
     ) -> Result<(), EngineError> {
         let dir = self.run_dir.join("replay");
@@ -642,21 +640,22 @@ impl MysqlFamily {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| EngineError::io(&dir, "create", e))?;
-        let result = self.replay_in(repository, run, &dir).await;
+        let result = self.replay_in(store, run, &dir).await;
         let _ = std::fs::remove_dir_all(&dir);
         result
     }
 
     async fn replay_in(
         &self,
-        repository: &Path,
+        store: &Store,
         run: &crate::mysql_family::binlog_archive::ReplayRun,
         dir: &Path,
     ) -> Result<(), EngineError> {
         let mut files = Vec::new();
         for (i, log) in run.logs.iter().enumerate() {
             let path = dir.join(format!("{i:04}-{}", log.file));
-            crate::mysql_family::binlog_archive::read_archived_log(repository, log, &path)
+            crate::mysql_family::binlog_archive::read_archived_log(store, log, &path)
+                .await
                 .map_err(|message| EngineError::Config {
                     field: "spec.bootstrap.restoreFrom".into(),
                     message: format!("refusing to restore: {message}"),
@@ -772,45 +771,116 @@ mod tests {
         }
     }
 
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn sha(bytes: &[u8]) -> String {
+        use sha2::Digest;
+        hex(&sha2::Sha256::digest(bytes))
+    }
+
     #[test]
     fn verify_names_the_missing_manifest_and_the_altered_object() {
         let repo = tempfile::tempdir().unwrap();
+        let store = crate::object_store::DirStore {
+            root: repo.path().to_path_buf(),
+        };
         let id = "20261126T120000Z";
         let dir = backup_dir(repo.path(), id);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(OBJECT), b"abc").unwrap();
-        let err = verify(repo.path()).unwrap_err();
-        assert!(
-            err.contains(&dir.join(MANIFEST).display().to_string()),
-            "{err}"
-        );
-        assert!(list(repo.path()).unwrap().is_empty());
-        let m = Manifest {
-            id: id.into(),
-            source: "db-1".into(),
-            gtid: "0-1-7".into(),
-            started: 1.0,
-            stopped: 2.0,
-            size: 3,
-            sha256: hex(&Sha256::digest(b"abc")),
-            object: OBJECT.into(),
+        run(async {
+            let err = verify(&store).await.unwrap_err();
+            assert!(
+                err.contains(&dir.join(MANIFEST).display().to_string()),
+                "{err}"
+            );
+            assert!(list(&store).await.unwrap().is_empty());
+            let m = Manifest {
+                id: id.into(),
+                source: "db-1".into(),
+                gtid: "0-1-7".into(),
+                started: 1.0,
+                stopped: 2.0,
+                size: 3,
+                sha256: sha(b"abc"),
+                object: OBJECT.into(),
+                parts: 1,
+            };
+            std::fs::write(dir.join(MANIFEST), serde_json::to_string(&m).unwrap()).unwrap();
+            assert!(verify(&store).await.is_ok());
+            std::fs::write(dir.join(OBJECT), b"abd").unwrap();
+            let err = verify(&store).await.unwrap_err();
+            assert!(
+                err.contains(&dir.join(OBJECT).display().to_string()) && err.contains("corrupt")
+            );
+            std::fs::write(dir.join(OBJECT), b"ab").unwrap();
+            let err = verify(&store).await.unwrap_err();
+            assert!(err.contains("truncated"), "{err}");
+        });
+    }
+
+    #[test]
+    fn a_large_object_is_stored_in_parts_and_read_back_whole() {
+        use crate::object_store::{PART_SIZE, get_stream, part_key, put_stream_if_absent};
+        let repo = tempfile::tempdir().unwrap();
+        let store = crate::object_store::DirStore {
+            root: repo.path().to_path_buf(),
         };
-        std::fs::write(dir.join(MANIFEST), serde_json::to_string(&m).unwrap()).unwrap();
-        assert!(verify(repo.path()).is_ok());
-        std::fs::write(dir.join(OBJECT), b"abd").unwrap();
-        let err = verify(repo.path()).unwrap_err();
-        assert!(err.contains(&dir.join(OBJECT).display().to_string()) && err.contains("corrupt"));
-        std::fs::write(dir.join(OBJECT), b"ab").unwrap();
-        let err = verify(repo.path()).unwrap_err();
-        assert!(err.contains("truncated"), "{err}");
+        let data: Vec<u8> = (0..PART_SIZE * 2 + 12345)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        run(async {
+            let stored = put_stream_if_absent(&store, "full/X/o", &data[..])
+                .await
+                .unwrap();
+            assert_eq!((stored.parts, stored.size), (3, data.len() as u64));
+            assert_eq!(stored.sha256, sha(&data));
+            assert_eq!(
+                std::fs::metadata(repo.path().join(part_key("full/X/o", 2)))
+                    .unwrap()
+                    .len(),
+                12345
+            );
+            let mut back = Vec::new();
+            let (size, sum) = get_stream(&store, "full/X/o", 3, &mut back).await.unwrap();
+            assert_eq!((size, sum), (data.len() as u64, sha(&data)));
+            assert!(back == data);
+            // Again under the same key: nothing written.
+            let again = put_stream_if_absent(&store, "full/X/o", &b"other"[..])
+                .await
+                .unwrap();
+            assert_eq!(again.put, crate::object_store::Put::Exists);
+            // A missing part is named.
+            std::fs::remove_file(repo.path().join(part_key("full/X/o", 1))).unwrap();
+            let err = get_stream(&store, "full/X/o", 3, tokio::io::sink())
+                .await
+                .unwrap_err();
+            assert!(err.contains("o.part-00001: missing"), "{err}");
+            // Exactly one part's worth: one part.
+            let exact = vec![1u8; PART_SIZE];
+            let stored = put_stream_if_absent(&store, "full/Y/o", &exact[..])
+                .await
+                .unwrap();
+            assert_eq!(stored.parts, 1);
+        });
     }
 
     #[test]
     fn retention_keeps_the_newest_complete_backups() {
         let repo = tempfile::tempdir().unwrap();
+        let store = crate::object_store::DirStore {
+            root: repo.path().to_path_buf(),
+        };
         for (i, id) in ["A", "B", "C"].iter().enumerate() {
             let dir = backup_dir(repo.path(), id);
             std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(OBJECT), b"").unwrap();
             let m = Manifest {
                 id: id.to_string(),
                 source: "db-1".into(),
@@ -820,21 +890,27 @@ mod tests {
                 size: 0,
                 sha256: String::new(),
                 object: OBJECT.into(),
+                parts: 1,
             };
             std::fs::write(dir.join(MANIFEST), serde_json::to_string(&m).unwrap()).unwrap();
         }
         // An incomplete one (no manifest) is neither counted nor removed.
         std::fs::create_dir_all(backup_dir(repo.path(), "D")).unwrap();
-        assert_eq!(
-            apply_retention(repo.path(), 2).unwrap(),
-            vec!["A".to_string()]
-        );
-        let left: Vec<String> = list(repo.path())
-            .unwrap()
-            .into_iter()
-            .map(|m| m.id)
-            .collect();
-        assert_eq!(left, ["B", "C"]);
+        std::fs::write(backup_dir(repo.path(), "D").join(OBJECT), b"x").unwrap();
+        run(async {
+            assert_eq!(
+                apply_retention(&store, 2).await.unwrap(),
+                vec!["A".to_string()]
+            );
+            let left: Vec<String> = list(&store)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.id)
+                .collect();
+            assert_eq!(left, ["B", "C"]);
+            assert_eq!(unfinished(&store).await.len(), 1);
+        });
         assert!(backup_dir(repo.path(), "D").exists());
         assert!(!backup_dir(repo.path(), "A").exists());
     }
