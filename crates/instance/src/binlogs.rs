@@ -116,9 +116,16 @@ impl BinlogArchiver {
         }
     }
 
-    fn is_running_primary(&self) -> bool {
+    /// Whether this instance is the running primary now; `before`: what the last pass said.
+    fn is_running_primary(&self, before: bool) -> bool {
         let s = self.status.snapshot();
-        s.state == ServerState::Running && s.observation.and_then(|o| o.role) == Some(Role::Primary)
+        let observed = s.observation.is_some();
+        acts_as_primary(
+            s.state,
+            s.observation.and_then(|o| o.role),
+            observed,
+            before,
+        )
     }
 
     /// Runs while the manager runs; archives only while this instance is the running primary.
@@ -126,6 +133,7 @@ impl BinlogArchiver {
         let mut flushed_at: Option<(Instant, String)> = None;
         let mut archived: HashSet<(u64, String)> = HashSet::new();
         let mut pass: u64 = 0;
+        let mut primary = false;
         loop {
             // The repository's backups: at once, then every few seconds, on every instance
             // (the next primary reports them from its first pass).
@@ -134,7 +142,20 @@ impl BinlogArchiver {
             }
             pass += 1;
             tokio::time::sleep(Duration::from_secs(1)).await;
-            if !self.is_running_primary() {
+            let now_primary = self.is_running_primary(primary);
+            if now_primary != primary {
+                tracing::info!(
+                    primary = now_primary,
+                    "the binlog archiver {}",
+                    if now_primary {
+                        "starts: this instance is the running primary"
+                    } else {
+                        "pauses: this instance is not the running primary"
+                    }
+                );
+                primary = now_primary;
+            }
+            if !primary {
                 flushed_at = None;
                 continue;
             }
@@ -159,17 +180,9 @@ impl BinlogArchiver {
             .server_binlogs()
             .await
             .map_err(|e| e.to_string())?;
-        let (id, instance) = (
-            self.engine.server_id(),
-            self.engine.instance_name().to_string(),
-        );
-        let (namespace, name) = &self.owner;
-        binlog_archive::claim_repository(&*self.store, namespace, name).await?;
-        let term =
-            binlog_archive::ensure_term(&*self.store, id, &instance, &server.replicated).await?;
-        self.update(|s| s.term = Some(term));
         // Writes since the last flush (or since this primary took office) and archiveTimeout
-        // passed: close the current binary log.
+        // passed: close the current binary log. Before the repository is touched, so that
+        // while it is unreachable the closed logs pile up on the server and show as pending.
         let due = match flushed_at {
             None => !server.logged.is_empty(),
             Some((at, logged)) => *logged != server.logged && at.elapsed() >= self.timeout,
@@ -188,14 +201,34 @@ impl BinlogArchiver {
             server
         };
         let closed = &server.files[..server.files.len().saturating_sub(1)];
-        let waiting: Vec<&(String, u64)> = closed
-            .iter()
-            .filter(|(name, _)| !archived.contains(&(term, name.clone())))
-            .collect();
-        self.update(|s| {
-            s.pending_files = waiting.len() as u64;
-            s.pending_bytes = waiting.iter().map(|(_, size)| size).sum();
-        });
+        let pending = |term: Option<u64>| -> Vec<&(String, u64)> {
+            closed
+                .iter()
+                .filter(|(name, _)| match term {
+                    Some(t) => !archived.contains(&(t, name.clone())),
+                    None => !archived.iter().any(|(_, n)| n == name),
+                })
+                .collect()
+        };
+        let show = |waiting: &[&(String, u64)]| {
+            self.update(|s| {
+                s.pending_files = waiting.len() as u64;
+                s.pending_bytes = waiting.iter().map(|(_, size)| size).sum();
+            });
+        };
+        // As far as known before the repository answers: not archived in any term.
+        show(&pending(None));
+        let (id, instance) = (
+            self.engine.server_id(),
+            self.engine.instance_name().to_string(),
+        );
+        let (namespace, name) = &self.owner;
+        binlog_archive::claim_repository(&*self.store, namespace, name).await?;
+        let term =
+            binlog_archive::ensure_term(&*self.store, id, &instance, &server.replicated).await?;
+        self.update(|s| s.term = Some(term));
+        let waiting = pending(Some(term));
+        show(&waiting);
         for (name, size) in waiting {
             let (source, id) = (self.engine.binlog_path(name), self.engine.server_id());
             let result = binlog_archive::archive_log(&*self.store, term, id, &source).await;
@@ -285,6 +318,28 @@ impl BinlogArchiver {
             .map_err(|e| e.to_string())?;
         tracing::info!(to = %to, backup = %backup, "archived binary logs purged");
         Ok(())
+    }
+}
+
+/// Whether the archiver acts for the running primary. The server must be running; its role is
+/// the last observation's. Without an observation (a `/status?fresh=1` query that got no
+/// answer within its 2 s clears it until the next periodic observation) the role is what it
+/// was (`before`): a slow answer is no evidence of a role change, and pausing on it stalled
+/// the archive after a promotion, silently, whenever fresh queries kept timing out. A
+/// demotion always shows: the server is stopped (not running) or observed as a replica.
+pub fn acts_as_primary(
+    state: ServerState,
+    role: Option<Role>,
+    observed: bool,
+    before: bool,
+) -> bool {
+    if state != ServerState::Running {
+        return false;
+    }
+    if observed {
+        role == Some(Role::Primary)
+    } else {
+        before
     }
 }
 
@@ -389,6 +444,19 @@ mod tests {
             transactions: sequences.iter().map(|&q| (0, 1000, q, 0)).collect(),
             parts: 1,
         }
+    }
+
+    #[test]
+    fn an_unanswered_fresh_query_does_not_pause_the_archiver_but_a_stop_or_a_demotion_does() {
+        use ServerState::{Running, Stopped};
+        let primary = Some(Role::Primary);
+        assert!(acts_as_primary(Running, primary, true, false));
+        // No observation now (a fresh query timed out): as before.
+        assert!(acts_as_primary(Running, None, false, true));
+        assert!(!acts_as_primary(Running, None, false, false));
+        // Observed as a replica, or not running: never.
+        assert!(!acts_as_primary(Running, Some(Role::Replica), true, true));
+        assert!(!acts_as_primary(Stopped, primary, true, true));
     }
 
     #[test]

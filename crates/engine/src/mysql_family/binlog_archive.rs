@@ -666,7 +666,7 @@ impl crate::mysql_family::MysqlFamily {
     /// The server's binary logs and GTID positions.
     pub async fn server_binlogs(&self) -> Result<ServerBinlogs, EngineError> {
         use mysql_async::prelude::Queryable;
-        self.with_session(async |c: &mut mysql_async::Conn| {
+        self.with_archive_session(async |c: &mut mysql_async::Conn| {
             let row: Option<(Option<String>, Option<String>)> = c
                 .query_first("SELECT @@GLOBAL.gtid_binlog_pos, @@GLOBAL.gtid_slave_pos")
                 .await
@@ -697,7 +697,7 @@ impl crate::mysql_family::MysqlFamily {
     /// Closes the binary log being written and opens the next (`FLUSH LOCAL BINARY LOGS`: not
     /// written to the binary log itself, so it is no transaction on a replica).
     pub async fn flush_binlogs(&self) -> Result<(), EngineError> {
-        self.with_session(async |c: &mut mysql_async::Conn| {
+        self.with_archive_session(async |c: &mut mysql_async::Conn| {
             Self::exec(c, "flushing the binary logs", "FLUSH LOCAL BINARY LOGS").await
         })
         .await
@@ -716,7 +716,7 @@ impl crate::mysql_family::MysqlFamily {
             )));
         }
         let sql = format!("PURGE BINARY LOGS TO '{name}'");
-        self.with_session(async |c: &mut mysql_async::Conn| {
+        self.with_archive_session(async |c: &mut mysql_async::Conn| {
             Self::exec(c, "purging the archived binary logs", &sql).await
         })
         .await

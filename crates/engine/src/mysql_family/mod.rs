@@ -81,6 +81,8 @@ pub const MAX_READY_LAG_SECONDS: f64 = 30.0;
 const MAX_SOCKET_PATH: usize = 107;
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one use of the binlog archiver's session may take.
+const ARCHIVE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// One MariaDB or MySQL instance.
 pub struct MysqlFamily {
@@ -102,6 +104,9 @@ pub struct MysqlFamily {
     admin: String,
     binaries: Binaries,
     session: Mutex<Option<Conn>>,
+    /// The binlog archiver's own session ([`MysqlFamily::with_archive_session`]): never the
+    /// observation's, so neither waits on the other's statements.
+    archive_session: Mutex<Option<Conn>>,
     upstream_session: Mutex<Option<(Endpoint, Conn)>>,
     /// The effective parameters the option file is written with (changed by a reload).
     parameters: std::sync::Mutex<BTreeMap<String, String>>,
@@ -241,6 +246,7 @@ impl MysqlFamily {
             admin,
             binaries,
             session: Mutex::new(None),
+            archive_session: Mutex::new(None),
             upstream_session: Mutex::new(None),
             parameters: std::sync::Mutex::new(effective_parameters(&db.spec)),
             tls: ServerTls::for_config(config),
@@ -425,7 +431,35 @@ impl MysqlFamily {
         result
     }
 
+    /// The binlog archiver's session: its own connection, (re)connected when needed, each
+    /// use bounded by [`ARCHIVE_STATEMENT_TIMEOUT`] and dropped after an error or a timeout
+    /// (a connection abandoned mid-statement is never reused).
+    pub(crate) async fn with_archive_session<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut Conn) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let mut guard = self.archive_session.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.connect_admin().await?);
+        }
+        let conn = guard
+            .as_mut()
+            .ok_or_else(|| EngineError::Connect("no session".into()))?;
+        let result = match tokio::time::timeout(ARCHIVE_STATEMENT_TIMEOUT, work(conn)).await {
+            Ok(r) => r,
+            Err(_) => Err(EngineError::Connect(format!(
+                "the server did not answer the archiver within {} s",
+                ARCHIVE_STATEMENT_TIMEOUT.as_secs()
+            ))),
+        };
+        if result.is_err() {
+            *guard = None;
+        }
+        result
+    }
+
     async fn drop_sessions(&self) {
+        *self.archive_session.lock().await = None;
         *self.session.lock().await = None;
         *self.upstream_session.lock().await = None;
     }
