@@ -793,7 +793,9 @@ impl TestRepo {
                 let tls = stator_engine::tls::TlsFiles::new(&secrets)
                     .client_config()
                     .unwrap();
-                Store::S3(S3Store::new(&settings, Path::new("/stator"), tls).unwrap())
+                Store::S3(Box::new(
+                    S3Store::new(&settings, Path::new("/stator"), tls).unwrap(),
+                ))
             }
         }
     }

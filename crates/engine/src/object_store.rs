@@ -173,7 +173,7 @@ pub async fn delete_under<S: ObjectStore + ?Sized>(store: &S, prefix: &str) -> R
 #[derive(Debug)]
 pub enum Store {
     Dir(DirStore),
-    S3(S3Store),
+    S3(Box<S3Store>),
 }
 
 impl Store {
@@ -201,7 +201,7 @@ impl Store {
         let tls = crate::tls::TlsFiles::new(dir)
             .client_config()
             .map_err(|e| format!("{field}: {e}"))?;
-        Ok(Store::S3(S3Store::new(settings, path, tls)?))
+        Ok(Store::S3(Box::new(S3Store::new(settings, path, tls)?)))
     }
 
     pub fn is_s3(&self) -> bool {
