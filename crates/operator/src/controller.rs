@@ -16,7 +16,7 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector;
+use kube::runtime::reflector::{Store, store::Writer};
 use kube::runtime::utils::{Predicate, WatchStreamExt, predicates};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -25,6 +25,7 @@ use stator_api::{Database, Reclaim};
 
 use crate::conditions::{self, PROGRESSING, SPEC_VALID, StatusError, write_status};
 use crate::steps::{self, ApplyError, BuildError};
+use crate::stores::{self, Stores};
 use crate::{FIELD_MANAGER, FINALIZER, ha, lease};
 
 /// How the operator runs.
@@ -49,6 +50,8 @@ pub struct Context {
     pub options: OperatorOptions,
     pub recorder: Recorder,
     pub loops: ha::Loops,
+    /// The caches of Databases, pods, PVCs and Services ([`crate::stores`]).
+    pub stores: Stores,
 }
 
 /// Why one reconcile failed: the step, and what.
@@ -71,7 +74,12 @@ pub enum Error {
 }
 
 impl Context {
+    /// A context whose caches are never filled (tests of the reconcile alone).
     pub fn new(client: Client, options: OperatorOptions) -> Arc<Context> {
+        Context::with_stores(client, options, stores::new().0)
+    }
+
+    pub fn with_stores(client: Client, options: OperatorOptions, stores: Stores) -> Arc<Context> {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -82,6 +90,7 @@ impl Context {
         let loops = ha::Loops::new(
             client.clone(),
             recorder.clone(),
+            stores.clone(),
             options.tick,
             options.ha_loops,
         );
@@ -90,6 +99,7 @@ impl Context {
             options,
             recorder,
             loops,
+            stores,
         })
     }
 
@@ -119,7 +129,9 @@ pub async fn run(client: Client, options: OperatorOptions) {
     );
     election.acquire().await;
     tracing::info!(identity = %options.identity, "leading: reconciling Databases");
-    let ctx = Context::new(client.clone(), options);
+    let (stores, writers) = stores::new();
+    let ctx = Context::with_stores(client.clone(), options, stores.clone());
+    let (databases, watches) = writers.spawn(&client);
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     // Aborted when `run` ends or is dropped: a dropped operator must not go on renewing its
     // Lease (no other could ever lead).
@@ -130,7 +142,7 @@ pub async fn run(client: Client, options: OperatorOptions) {
     let lost = async move {
         let _ = lost_rx.await;
     };
-    controller(client, ctx.clone())
+    controller(client, databases, stores.databases)
         .graceful_shutdown_on(lost)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -140,6 +152,7 @@ pub async fn run(client: Client, options: OperatorOptions) {
         })
         .await;
     ctx.loops.stop_all().await;
+    drop(watches);
     drop(keeper);
 }
 
@@ -154,11 +167,16 @@ impl Drop for AbortOnDrop {
 
 /// The controller: Databases in every namespace, woken by a new generation or a finalizer
 /// change only (status writes, by the loops or by itself, never wake it).
-pub fn controller(client: Client, _ctx: Arc<Context>) -> Controller<Database> {
+/// `writer` fills `reader`, the cache the high-availability loops read their Database from.
+pub fn controller(
+    client: Client,
+    writer: Writer<Database>,
+    reader: Store<Database>,
+) -> Controller<Database> {
     let api: Api<Database> = Api::all(client);
-    let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(stores::trim_metadata)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(wakes(), Default::default());
@@ -529,6 +547,54 @@ mod tests {
         let action = reconcile(Arc::new(again), ctx).await.unwrap();
         assert_eq!(action, Action::await_change());
         assert_eq!(lines_of(&log), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn each_order_is_its_own_event_with_its_own_note() {
+        // Two different orders to the same pod in one tick. They were both reason "Order"
+        // about the Database: the Recorder folded the second into the first's series (a
+        // PATCH of its count), so `kubectl get events` showed only the first note.
+        use crate::ha::runtime::{PodRuntime, StartOrder};
+        use stator_api::orders::{BootstrapOrder, RoleOrder};
+        let (client, log) = mock(Arc::new(echo));
+        let ctx = Context::new(client.clone(), options());
+        let db = DatabaseBuilder::test().finalized().build();
+        let mut rt = PodRuntime::new(client, ctx.recorder.clone(), &db, "t".into(), None, None);
+        rt.start(&db, 0, StartOrder::Bootstrap(BootstrapOrder::Init));
+        rt.start(&db, 0, StartOrder::Role(RoleOrder::Primary));
+        rt.publish_events(&db).await;
+        let log = log.lock().unwrap().clone();
+        let events: Vec<(String, String, String)> = log
+            .iter()
+            .filter(|s| s.uri.contains("/events"))
+            .map(|s| {
+                (
+                    s.method.clone(),
+                    s.body["reason"].as_str().unwrap_or("").to_string(),
+                    s.body["note"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [
+                (
+                    "POST".into(),
+                    "BootstrapInit".into(),
+                    "db-0: bootstrap: init".into()
+                ),
+                (
+                    "POST".into(),
+                    "RolePrimary".into(),
+                    "db-0: role: primary".into()
+                ),
+            ]
+        );
+        // Each names the pod it went to.
+        for seen in log.iter().filter(|s| s.uri.contains("/events")) {
+            assert_eq!(seen.body["related"]["name"], "db-0");
+            assert_eq!(seen.body["related"]["kind"], "Pod");
+        }
     }
 
     fn lines_of(log: &std::sync::Mutex<Vec<Seen>>) -> Vec<String> {

@@ -17,6 +17,7 @@
 //!   both the controller and the loops use.
 //! - [`ha`]: the per-`Database` high-availability loop and its [`Runtime`](stator_failover::Runtime)
 //!   of pods (`ha::runtime`).
+//! - [`stores`]: the watch caches of Databases, pods, PVCs and Services the loops read.
 //! - [`lease`]: leader election on a `coordination.k8s.io` `Lease`.
 //! - [`health`]: the probes of the operator pod.
 //! - [`kube_cli`]: what `stator status|switchover|uri --kube` read and write.
@@ -28,6 +29,7 @@ pub mod health;
 pub mod kube_cli;
 pub mod lease;
 pub mod steps;
+pub mod stores;
 
 #[cfg(test)]
 mod fixtures;

@@ -1,5 +1,5 @@
-//! One high-availability loop per `Database` (MOCO's per-cluster manager): every tick it lists
-//! the database's pods and PVCs, reads each pod's `/status?fresh=1` over the pod IP, hands
+//! One high-availability loop per `Database` (MOCO's per-cluster manager): every tick it takes
+//! the database's pods and PVCs from the operator's caches ([`crate::stores`]), reads each pod's `/status?fresh=1` over the pod IP, hands
 //! that to the shared failover shell ([`stator_failover::Failover`], which calls
 //! `stator_control::decide`), gives the managed instance managers their start-up orders
 //! (`/bootstrap`, `/role`) and writes the status.
@@ -20,12 +20,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use stator_api::instance::{InstanceReport, ServerState};
-use stator_api::names::{INSTANCE_MANAGER_PORT, LABEL_DATABASE, secret_keys};
+use stator_api::names::{INSTANCE_MANAGER_PORT, secret_keys};
 use stator_api::orders::{BootstrapOrder, RoleOrder};
 use stator_api::{Database, InstanceStatus, Phase, SwitchoverStatus};
 use stator_engine::tls::{self, CaTrust};
@@ -34,6 +34,7 @@ use stator_kube::render::tls_secret_name;
 
 use crate::SWITCHOVER_ANNOTATION;
 use crate::conditions::{self, DEGRADED, PROGRESSING, READY, write_status};
+use crate::stores::Stores;
 use runtime::{Observed, PodRuntime};
 
 /// How long a start-up order (`/bootstrap`, `/role`) is given before it is sent again.
@@ -45,6 +46,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Loops {
     client: Client,
     recorder: Recorder,
+    stores: Stores,
     tick: Duration,
     enabled: bool,
     tasks: Mutex<HashMap<(String, String), tokio::task::JoinHandle<()>>>,
@@ -55,10 +57,17 @@ fn key(db: &Database) -> (String, String) {
 }
 
 impl Loops {
-    pub fn new(client: Client, recorder: Recorder, tick: Duration, enabled: bool) -> Loops {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        stores: Stores,
+        tick: Duration,
+        enabled: bool,
+    ) -> Loops {
         Loops {
             client,
             recorder,
+            stores,
             tick,
             enabled,
             tasks: Mutex::new(HashMap::new()),
@@ -76,10 +85,11 @@ impl Loops {
             return;
         }
         let (client, recorder, tick) = (self.client.clone(), self.recorder.clone(), self.tick);
+        let stores = self.stores.clone();
         let (ns, name) = k.clone();
         tasks.insert(
             k,
-            tokio::spawn(async move { run_loop(client, recorder, tick, ns, name).await }),
+            tokio::spawn(async move { run_loop(client, recorder, stores, tick, ns, name).await }),
         );
     }
 
@@ -199,19 +209,16 @@ pub fn switchover_request(db: &Database) -> Option<(String, Option<String>)> {
     })
 }
 
-async fn observe(client: &Client, db: &Database) -> Result<Observed, kube::Error> {
-    let selector = format!("{LABEL_DATABASE}={}", db.name_any());
-    let pods: Api<Pod> = Api::namespaced(client.clone(), db.namespace());
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), db.namespace());
-    let services: Api<Service> = Api::namespaced(client.clone(), db.namespace());
-    let lp = ListParams::default().labels(&selector);
+/// The database's pods, PVCs and `NAME-rw` address, from the operator's caches.
+fn observe(stores: &Stores, db: &Database) -> Observed {
+    let (ns, name) = key(db);
     let mut observed = Observed::default();
-    for pod in pods.list(&lp).await? {
+    for pod in stores.pods_of(&ns, &name) {
         if let Some(ordinal) = ordinal_of(db, &pod.name_any()) {
             observed.pods.insert(ordinal, runtime::PodView::of(&pod));
         }
     }
-    for pvc in pvcs.list(&lp).await? {
+    for pvc in stores.pvcs_of(&ns, &name) {
         // data-NAME-N
         if let Some(ordinal) = pvc
             .name_any()
@@ -221,13 +228,14 @@ async fn observe(client: &Client, db: &Database) -> Result<Observed, kube::Error
             observed.pvcs.insert(ordinal);
         }
     }
-    if let Some(svc) = services.get_opt(&db.rw_service_name()).await? {
+    if let Some(svc) = stores.service(&ns, &db.rw_service_name()) {
         observed.rw_ip = svc
             .spec
-            .and_then(|s| s.cluster_ip)
+            .as_ref()
+            .and_then(|s| s.cluster_ip.clone())
             .filter(|ip| ip != "None");
     }
-    Ok(observed)
+    observed
 }
 
 /// `/status?fresh=1` of each pod with an address.
@@ -276,22 +284,28 @@ async fn probe(rt: &PodRuntime, ordinals: &[u32]) -> Vec<Sighting> {
     futures::future::join_all(asks).await
 }
 
-async fn run_loop(client: Client, recorder: Recorder, tick: Duration, ns: String, name: String) {
+async fn run_loop(
+    client: Client,
+    recorder: Recorder,
+    stores: Stores,
+    tick: Duration,
+    ns: String,
+    name: String,
+) {
     let api: Api<Database> = Api::namespaced(client.clone(), &ns);
+    // An empty cache would read as "every pod is gone": wait for the first lists.
+    if !stores.ready().await {
+        return;
+    }
     let desk = Arc::new(Mutex::new(SwitchoverDesk::default()));
     let mut failover: Option<Failover<PodRuntime>> = None;
     let mut started: BTreeMap<u32, Instant> = BTreeMap::new();
     let mut taken: BTreeSet<String> = BTreeSet::new();
     loop {
-        let db = match api.get_opt(&name).await {
-            Ok(Some(db)) => db,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(database = %name, "reading the Database: {e}");
-                tokio::time::sleep(tick).await;
-                continue;
-            }
+        let Some(db) = stores.database(&ns, &name) else {
+            return;
         };
+        let db = Database::clone(&db);
         if db.metadata.deletion_timestamp.is_some() {
             return;
         }
@@ -313,14 +327,7 @@ async fn run_loop(client: Client, recorder: Recorder, tick: Duration, ns: String
         let Some(fo) = failover.as_mut() else {
             continue;
         };
-        let observed = match observe(&client, &db).await {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(database = %name, "listing pods: {e}");
-                tokio::time::sleep(tick).await;
-                continue;
-            }
-        };
+        let observed = observe(&stores, &db);
         let mut ordinals: Vec<u32> = (0..db.spec.instances).collect();
         ordinals.extend(observed.pods.keys().chain(observed.pvcs.iter()));
         ordinals.sort_unstable();
@@ -565,14 +572,20 @@ pub fn saved_report(db: &Database) -> Option<stator_failover::FailoverReport> {
     serde_json::from_value(value).ok()
 }
 
-/// An Event about `db` (orders given).
-pub(crate) async fn publish(recorder: &Recorder, db: &Database, reason: &str, note: String) {
+/// An Event about `db` (an order given to pod `related`).
+pub(crate) async fn publish(
+    recorder: &Recorder,
+    db: &Database,
+    reason: &str,
+    note: String,
+    related: Option<k8s_openapi::api::core::v1::ObjectReference>,
+) {
     let event = Event {
         type_: EventType::Normal,
         reason: reason.into(),
         note: Some(note),
         action: reason.into(),
-        secondary: None,
+        secondary: related,
     };
     if let Err(e) = recorder.publish(&event, &db.object_ref(&())).await {
         tracing::warn!(database = %db.name_any(), "cannot publish event {reason}: {e}");

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::Recorder;
 use kube::{Client, ResourceExt};
@@ -85,8 +85,8 @@ pub struct PodRuntime {
     observed: Observed,
     /// The role label each pod should carry.
     wanted: BTreeMap<u32, Option<Role>>,
-    /// Orders given since the last [`PodRuntime::publish_events`]: (reason, note).
-    events: Vec<(&'static str, String)>,
+    /// Orders given since the last [`PodRuntime::publish_events`]: (reason, pod, note).
+    events: Vec<(&'static str, String, String)>,
     /// Instances a `/rebuild` was sent to.
     rebuilt: BTreeSet<u32>,
 }
@@ -190,17 +190,33 @@ impl PodRuntime {
     }
 
     /// Sends `body` to `path` of instance `ordinal`'s manager in a task; an Event says so.
-    fn order(&mut self, ordinal: u32, path: &'static str, body: String, what: String) -> Work {
-        self.orders(ordinal, vec![(path, body)], what)
+    fn order(
+        &mut self,
+        ordinal: u32,
+        reason: &'static str,
+        path: &'static str,
+        body: String,
+        what: String,
+    ) -> Work {
+        self.orders(ordinal, reason, vec![(path, body)], what)
     }
 
     /// Sends each `(path, body)` in turn to instance `ordinal`'s manager, in one task, the next
-    /// only once the previous one was carried out; an Event says so.
-    fn orders(&mut self, ordinal: u32, steps: Vec<(&'static str, String)>, what: String) -> Work {
+    /// only once the previous one was carried out; an Event says so, its `reason` the kind of
+    /// order (the Recorder folds Events of one reason about one object into a series that
+    /// shows only the first note: each kind of order, to each pod, is its own Event).
+    fn orders(
+        &mut self,
+        ordinal: u32,
+        reason: &'static str,
+        steps: Vec<(&'static str, String)>,
+        what: String,
+    ) -> Work {
         let manager = self.dial(ordinal, INSTANCE_MANAGER_PORT);
         let token = self.token.clone();
         let pod = format!("{}-{ordinal}", self.name);
-        self.events.push(("Order", format!("{pod}: {what}")));
+        self.events
+            .push((reason, pod.clone(), format!("{pod}: {what}")));
         let task = tokio::spawn(async move {
             for (path, body) in steps {
                 match stator_failover::client::post_at(&manager, path, &token, &body, ORDER_TIMEOUT)
@@ -233,7 +249,11 @@ impl PodRuntime {
             RoleOrder::Replica { upstream } => format!("role: replica of {}", upstream.instance),
         };
         let json = |v: Result<String, serde_json::Error>| v.unwrap_or_default();
-        let (steps, what) = match order {
+        let reason_of = |o: &RoleOrder| match o {
+            RoleOrder::Primary => "RolePrimary",
+            RoleOrder::Replica { .. } => "RoleReplica",
+        };
+        let (reason, steps, what) = match order {
             StartOrder::Bootstrap(o) => {
                 let what = match &o {
                     BootstrapOrder::Init => "bootstrap: init".to_string(),
@@ -241,15 +261,28 @@ impl PodRuntime {
                         format!("bootstrap: clone {}", upstream.instance)
                     }
                 };
-                (vec![("/bootstrap", json(serde_json::to_string(&o)))], what)
+                let reason = match &o {
+                    BootstrapOrder::Init => "BootstrapInit",
+                    BootstrapOrder::Clone { .. } => "BootstrapClone",
+                };
+                (
+                    reason,
+                    vec![("/bootstrap", json(serde_json::to_string(&o)))],
+                    what,
+                )
             }
-            StartOrder::Role(o) => (vec![("/role", json(serde_json::to_string(&o)))], role(&o)),
+            StartOrder::Role(o) => (
+                reason_of(&o),
+                vec![("/role", json(serde_json::to_string(&o)))],
+                role(&o),
+            ),
             StartOrder::Rejoin(o) => {
                 let release = FenceOrder {
                     kind: None,
                     release: true,
                 };
                 (
+                    "Rejoin",
                     vec![
                         ("/fence", json(serde_json::to_string(&release))),
                         ("/role", json(serde_json::to_string(&o))),
@@ -258,13 +291,20 @@ impl PodRuntime {
                 )
             }
         };
-        drop(self.orders(ordinal, steps, what));
+        drop(self.orders(ordinal, reason, steps, what));
     }
 
     /// Publishes an Event per order given since the last call.
     pub async fn publish_events(&mut self, db: &Database) {
-        for (reason, note) in std::mem::take(&mut self.events) {
-            super::publish(&self.recorder, db, reason, note).await;
+        for (reason, pod, note) in std::mem::take(&mut self.events) {
+            let pod = ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod),
+                namespace: Some(self.namespace.clone()),
+                ..ObjectReference::default()
+            };
+            super::publish(&self.recorder, db, reason, note, Some(pod)).await;
         }
     }
 
@@ -448,6 +488,7 @@ impl Runtime for PodRuntime {
         .ok()?;
         Some(self.order(
             ordinal,
+            "Fence",
             "/fence",
             body,
             format!("fence ({})", kind.as_str()),
@@ -460,12 +501,12 @@ impl Runtime for PodRuntime {
             release: !on,
         };
         let body = serde_json::to_string(&order).ok()?;
-        let what = if on {
-            "fence (read-only)"
+        let (reason, what) = if on {
+            ("FenceReadOnly", "fence (read-only)")
         } else {
-            "release the fence"
+            ("Unfence", "release the fence")
         };
-        Some(self.order(ordinal, "/fence", body, what.into()))
+        Some(self.order(ordinal, reason, "/fence", body, what.into()))
     }
 
     /// The managed manager rebuilds by itself on `POST /rebuild` (stop, move aside within the
@@ -479,6 +520,7 @@ impl Runtime for PodRuntime {
         if let Ok(body) = serde_json::to_string(&RebuildOrder { upstream }) {
             drop(self.order(
                 ordinal,
+                "Rebuild",
                 "/rebuild",
                 body,
                 format!("rebuild from {}-{primary}", self.name),
