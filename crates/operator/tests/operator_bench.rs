@@ -57,6 +57,27 @@ fn writes(cp: &ControlPlane) -> std::collections::BTreeMap<String, f64> {
     by
 }
 
+/// Event writes so far by reporting controller: each Event is one create, and each repeat
+/// folded into its series one patch (`series.count` in all).
+fn event_writes_by_reporter(cp: &ControlPlane) -> std::collections::BTreeMap<String, f64> {
+    let listed = kubectl(cp, &["get", "events.events.k8s.io", "-A", "-o", "json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap_or_default();
+    let mut by = std::collections::BTreeMap::new();
+    for e in listed["items"].as_array().into_iter().flatten() {
+        let reporter = e["reportingController"]
+            .as_str()
+            .or(e["deprecatedSource"]["component"].as_str())
+            .unwrap_or("?")
+            .to_string();
+        let count = e["series"]["count"]
+            .as_f64()
+            .or(e["deprecatedCount"].as_f64())
+            .unwrap_or(1.0);
+        *by.entry(reporter).or_insert(0.0) += count;
+    }
+    by
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: prints figures (about 3 minutes)"]
 async fn operator_with_100_idle_databases() {
@@ -159,8 +180,10 @@ async fn operator_with_100_idle_databases() {
     // Idle: let the changes settle, then count a minute of writes.
     tokio::time::sleep(Duration::from_secs(20)).await;
     let before = writes(&cp);
+    let events_before = event_writes_by_reporter(&cp);
     tokio::time::sleep(Duration::from_secs(60)).await;
     let after = writes(&cp);
+    let events_after = event_writes_by_reporter(&cp);
     let mut total = 0.0;
     let mut parts = Vec::new();
     for (resource, n) in &after {
@@ -175,6 +198,23 @@ async fn operator_with_100_idle_databases() {
     println!(
         "API writes in one idle minute with 100 Databases, besides Lease renewals (the operator's and the controller-manager's): {total} ({})",
         parts.join(", ")
+    );
+    // The Events in that total are mostly the control plane's (PVCs that no volume binds):
+    // who wrote them.
+    let mut reporters = Vec::new();
+    for (reporter, n) in &events_after {
+        let d = n - events_before.get(reporter).copied().unwrap_or(0.0);
+        if d > 0.0 {
+            reporters.push(format!("{reporter} {d}"));
+        }
+    }
+    println!(
+        "Event writes in that minute by reporter (the operator's is \"stator\"): {}",
+        if reporters.is_empty() {
+            "none".to_string()
+        } else {
+            reporters.join(", ")
+        }
     );
     println!(
         "operator RSS after the idle minute: {:.1} MiB",
