@@ -177,7 +177,15 @@ async fn operator_with_100_idle_databases() {
         samples[samples.len() - 1]
     );
 
-    // Idle: let the changes settle, then count a minute of writes.
+    // Idle: let the changes settle (the StatefulSet controller has made every pod the 20
+    // changes ask for, 2 per Database and 1 more for each changed one), then count a minute of
+    // writes.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "apps");
+    until("every pod created", || async {
+        let n = pods.list(&ListParams::default()).await.ok()?.items.len();
+        (n == 2 * COUNT + samples.len()).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(20)).await;
     let before = writes(&cp);
     let events_before = event_writes_by_reporter(&cp);
