@@ -300,7 +300,8 @@ impl Cluster {
             .expect("temp dir");
         let standin_kubeconfig = control_plane.standin_kubeconfig();
         let kubeconfig = control_plane.service_account_kubeconfig(account, "cluster-admin");
-        let config = crate::Config::new(&standin_kubeconfig, root.path(), subnet.octet, stator);
+        let mut config = crate::Config::new(&standin_kubeconfig, root.path(), subnet.octet, stator);
+        config.logs = std::env::var_os("STATOR_STANDIN_LOGS").map(PathBuf::from);
         let standin = crate::StandIn::start(config)
             .await
             .expect("stand-in starts");

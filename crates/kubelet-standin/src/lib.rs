@@ -177,6 +177,11 @@ pub struct Config {
     pub subnet: u8,
     pub images: Vec<Image>,
     pub nodes: usize,
+    /// Where container logs go instead of the pod's directory, kept after the pod is gone
+    /// (`NAMESPACE_POD_UID/CONTAINER.log`, as a kubelet's `/var/log/pods`, which a kubelet
+    /// removes with the pod): set from `STATOR_STANDIN_LOGS` by the harness, to read what the
+    /// instance managers said after a failed test.
+    pub logs: Option<PathBuf>,
 }
 
 impl Config {
@@ -193,6 +198,7 @@ impl Config {
             root: root.to_path_buf(),
             subnet,
             nodes: 3,
+            logs: None,
             images: vec![
                 Image {
                     prefix: "ghcr.io/stator-dev/stator".into(),

@@ -674,7 +674,20 @@ impl Worker {
             }
         };
         let name = self.ctrs[i].spec.name.clone();
-        let log = self.dir.join("logs").join(format!("{name}.log"));
+        let log = match &self.shared.config.logs {
+            Some(kept) => {
+                let meta = &self.pod.metadata;
+                let dir = kept.join(format!(
+                    "{}_{}_{}",
+                    meta.namespace.as_deref().unwrap_or_default(),
+                    meta.name.as_deref().unwrap_or_default(),
+                    meta.uid.as_deref().unwrap_or_default()
+                ));
+                let _ = std::fs::create_dir_all(&dir);
+                dir.join(format!("{name}.log"))
+            }
+            None => self.dir.join("logs").join(format!("{name}.log")),
+        };
         let spawned = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

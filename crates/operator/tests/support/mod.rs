@@ -91,3 +91,29 @@ pub fn install(cp: &ControlPlane) {
     );
     kubectl(cp, &["create", "namespace", "apps"]);
 }
+
+/// With `STATOR_STANDIN_LOGS=DIR`, the operator's log goes to `DIR/operator.log` (filter:
+/// `RUST_LOG`, else `info`) and the stand-in keeps each container's log there too, so what the
+/// operator and the instance managers said outlives a failed test. Without it: no log.
+pub fn keep_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let Some(dir) = std::env::var_os("STATOR_STANDIN_LOGS") else {
+        return;
+    };
+    ONCE.call_once(|| {
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).expect("the log directory");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("operator.log"))
+            .expect("the operator's log");
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .try_init();
+    });
+}
