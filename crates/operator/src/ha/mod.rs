@@ -37,7 +37,8 @@ use crate::conditions::{self, DEGRADED, PROGRESSING, READY, write_status};
 use crate::stores::Stores;
 use runtime::{Observed, PodRuntime};
 
-/// How long a start-up order (`/bootstrap`, `/role`) is given before it is sent again.
+/// How long a start-up order (`/bootstrap`, `/role`) is given before the same order is sent
+/// again to the same pod.
 const ORDER_RESEND: Duration = Duration::from_secs(60);
 /// How long one `/status` may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -299,7 +300,7 @@ async fn run_loop(
     }
     let desk = Arc::new(Mutex::new(SwitchoverDesk::default()));
     let mut failover: Option<Failover<PodRuntime>> = None;
-    let mut started: BTreeMap<u32, Instant> = BTreeMap::new();
+    let mut started: BTreeMap<u32, Sent> = BTreeMap::new();
     let mut taken: BTreeSet<String> = BTreeSet::new();
     loop {
         let Some(db) = stores.database(&ns, &name) else {
@@ -416,25 +417,57 @@ fn take_switchover(db: &Database, desk: &Mutex<SwitchoverDesk>, taken: &mut BTre
         .request(target);
 }
 
-/// Gives the start-up orders of [`start_orders`], each at most once per [`ORDER_RESEND`].
+/// The last start-up order given to an instance: to which pod (UID), what kind, when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Sent {
+    pod: String,
+    kind: &'static str,
+    at: Instant,
+}
+
+/// Whether `order` to instance `ordinal`, now in pod `pod`, waits: the same kind of order went
+/// to the same pod less than [`ORDER_RESEND`] ago (it may still be carried out). Another kind
+/// of order, or a pod created again since (a new manager, which got nothing), does not wait:
+/// a former primary's recreated pod, fenced, must not wait out the minute of its first
+/// bootstrap before it is let back as a replica.
+fn waits(last: Option<&Sent>, pod: &str, order: &runtime::StartOrder, now: Instant) -> bool {
+    last.is_some_and(|s| {
+        s.pod == pod && s.kind == order.kind() && now.duration_since(s.at) < ORDER_RESEND
+    })
+}
+
+/// Gives the start-up orders of [`start_orders`]; the same one to the same pod at most once
+/// per [`ORDER_RESEND`] ([`waits`]).
 async fn start_instances(
     fo: &mut Failover<PodRuntime>,
     db: &Database,
     sightings: &[Sighting],
     keep_down: &BTreeSet<u32>,
-    started: &mut BTreeMap<u32, Instant>,
+    started: &mut BTreeMap<u32, Sent>,
 ) {
     let orders = start_orders(fo.memory(), keep_down, sightings, |o| {
         fo.runtime().endpoint(db, o)
     });
+    let now = Instant::now();
     for (ordinal, order) in orders {
-        if started
+        let pod = fo
+            .runtime()
+            .observed()
+            .pods
             .get(&ordinal)
-            .is_some_and(|t| t.elapsed() < ORDER_RESEND)
-        {
+            .map(|p| p.uid.clone())
+            .unwrap_or_default();
+        if waits(started.get(&ordinal), &pod, &order, now) {
             continue;
         }
-        started.insert(ordinal, Instant::now());
+        started.insert(
+            ordinal,
+            Sent {
+                pod,
+                kind: order.kind(),
+                at: now,
+            },
+        );
         fo.runtime_mut().start(db, ordinal, order);
     }
 }
@@ -659,6 +692,37 @@ mod tests {
         // Kept down (the primary not confirmed yet, a transition): nothing.
         let kept: BTreeSet<u32> = [0].into();
         assert!(start_orders(&memory, &kept, &sightings, endpoint).is_empty());
+    }
+
+    /// The stand-in run that found it: pg-0 bootstrapped, its pod deleted 20 s later, the
+    /// failover done, and pg-0's recreated pod (fenced) got its rejoin only a minute after its
+    /// bootstrap, the throttle keyed by ordinal alone.
+    #[test]
+    fn a_start_order_waits_only_for_the_same_order_to_the_same_pod() {
+        let t0 = Instant::now();
+        let rejoin = runtime::StartOrder::Rejoin(RoleOrder::Replica {
+            upstream: endpoint(1),
+        });
+        let init = runtime::StartOrder::Bootstrap(BootstrapOrder::Init);
+        let bootstrapped = Sent {
+            pod: "uid-a".into(),
+            kind: init.kind(),
+            at: t0,
+        };
+        let soon = t0 + Duration::from_secs(20);
+        // The same order to the same pod, within the minute: it may still be carried out.
+        assert!(waits(Some(&bootstrapped), "uid-a", &init, soon));
+        // Resent after the minute.
+        assert!(!waits(
+            Some(&bootstrapped),
+            "uid-a",
+            &init,
+            t0 + ORDER_RESEND + Duration::from_secs(1)
+        ));
+        // Another kind of order, or the pod created again: at once.
+        assert!(!waits(Some(&bootstrapped), "uid-a", &rejoin, soon));
+        assert!(!waits(Some(&bootstrapped), "uid-b", &init, soon));
+        assert!(!waits(None, "uid-a", &init, soon));
     }
 
     #[test]

@@ -28,6 +28,9 @@ const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodView {
     pub name: String,
+    /// Its UID: a pod deleted and created again under the same name is another pod, whose
+    /// manager has been given no order yet.
+    pub uid: String,
     pub ip: Option<String>,
     /// Its `stator.dev/role` label.
     pub role: Option<String>,
@@ -37,6 +40,7 @@ impl PodView {
     pub fn of(pod: &Pod) -> PodView {
         PodView {
             name: pod.name_any(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
             ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
             role: pod.labels().get(LABEL_ROLE).cloned(),
         }
@@ -54,6 +58,7 @@ pub struct Observed {
 }
 
 /// A start-up order for a managed manager.
+#[derive(Debug)]
 pub enum StartOrder {
     Bootstrap(BootstrapOrder),
     Role(RoleOrder),
@@ -89,6 +94,19 @@ pub struct PodRuntime {
     events: Vec<(&'static str, String, String)>,
     /// Instances a `/rebuild` was sent to.
     rebuilt: BTreeSet<u32>,
+}
+
+impl StartOrder {
+    /// The kind of order, without its upstream: what a resend is counted by.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StartOrder::Bootstrap(BootstrapOrder::Init) => "bootstrap init",
+            StartOrder::Bootstrap(BootstrapOrder::Clone { .. }) => "bootstrap clone",
+            StartOrder::Role(RoleOrder::Primary) => "role primary",
+            StartOrder::Role(RoleOrder::Replica { .. }) => "role replica",
+            StartOrder::Rejoin(_) => "rejoin",
+        }
+    }
 }
 
 impl PodRuntime {
