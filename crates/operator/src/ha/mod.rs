@@ -239,6 +239,35 @@ fn observe(stores: &Stores, db: &Database) -> Observed {
     observed
 }
 
+/// A pod missing from the cache is evidence the failover acts on (its kubelet finished
+/// deleting it: with its PVC holding the data, the instance is down). The cache may lag, so
+/// that evidence is taken from the API server itself: each instance with a PVC and no cached
+/// pod is read there, and a pod found is observed as it is. No read while every pod with a
+/// PVC is cached (an idle database).
+async fn confirm_gone(
+    client: &Client,
+    db: &Database,
+    observed: &mut Observed,
+) -> Result<(), kube::Error> {
+    let missing: Vec<u32> = observed
+        .pvcs
+        .iter()
+        .filter(|o| !observed.pods.contains_key(o))
+        .copied()
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(client.clone(), db.namespace());
+    for ordinal in missing {
+        if let Some(pod) = pods.get_opt(&db.instance_name(ordinal)).await? {
+            observed.pods.insert(ordinal, runtime::PodView::of(&pod));
+        }
+    }
+    Ok(())
+}
+
 /// `/status?fresh=1` of each pod with an address.
 async fn probe(rt: &PodRuntime, ordinals: &[u32]) -> Vec<Sighting> {
     let observed = rt.observed();
@@ -315,10 +344,23 @@ async fn run_loop(
                 tokio::time::sleep(tick).await;
                 continue;
             };
+            // The saved failover state is loaded from the API server, never from the cache:
+            // a cache lagging the last status write (this loop's before a restart, or the
+            // previous leader's) would resume a failover from a state older than the one
+            // already acted on.
+            let saved = match api.get_opt(&name).await {
+                Ok(Some(saved)) => saved,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(database = %name, "reading the Database: {e}");
+                    tokio::time::sleep(tick).await;
+                    continue;
+                }
+            };
             let rt = PodRuntime::new(
                 client.clone(),
                 recorder.clone(),
-                &db,
+                &saved,
                 secrets.token,
                 secrets.monitor,
                 secrets.ca,
@@ -328,7 +370,12 @@ async fn run_loop(
         let Some(fo) = failover.as_mut() else {
             continue;
         };
-        let observed = observe(&stores, &db);
+        let mut observed = observe(&stores, &db);
+        if let Err(e) = confirm_gone(&client, &db, &mut observed).await {
+            tracing::warn!(database = %name, "reading pods: {e}");
+            tokio::time::sleep(tick).await;
+            continue;
+        }
         let mut ordinals: Vec<u32> = (0..db.spec.instances).collect();
         ordinals.extend(observed.pods.keys().chain(observed.pvcs.iter()));
         ordinals.sort_unstable();
