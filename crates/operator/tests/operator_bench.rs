@@ -2,8 +2,11 @@
 //! kubelet): its RSS, the time until all 100 are observed, spec change → observedGeneration,
 //! and the API writes per minute while they sit idle. Printed, never asserted:
 //!
-//!   cargo build --workspace --bin stator
-//!   cargo test --workspace --test operator_bench -- --ignored --nocapture
+//!   cargo build --release --bin stator
+//!   cargo test --release -p stator-operator --test operator_bench -- --ignored --nocapture
+//!
+//! (the operator binary is the `stator` next to the test's profile directory: a release test
+//! runs the release binary, whose RSS is the shipped one's).
 
 mod support;
 
@@ -17,13 +20,27 @@ use support::*;
 
 const COUNT: usize = 100;
 
-fn rss_kib(pid: u32) -> u64 {
+/// Field `field` (kB) of `/proc/PID/status`.
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The process's RSS, and what it is made of: anonymous memory (heap, stacks) and the
+/// binary's and libraries' pages read in (file-backed, shared with the page cache).
+fn rss(pid: u32) -> String {
+    let mib = |field| status_kib(pid, field) as f64 / 1024.0;
+    format!(
+        "{:.1} MiB (anonymous {:.1} MiB, file-backed {:.1} MiB; {} threads)",
+        mib("VmRSS:"),
+        mib("RssAnon:"),
+        mib("RssFile:"),
+        status_kib(pid, "Threads:")
+    )
 }
 
 /// Write requests (POST, PUT, PATCH, DELETE) the API server served so far, by resource.
@@ -86,6 +103,15 @@ async fn operator_with_100_idle_databases() {
     let kubeconfig = operator_kubeconfig(&cp);
     let exe = std::env::current_exe().unwrap();
     let stator = exe.parent().unwrap().parent().unwrap().join("stator");
+    println!(
+        "profile: {} (operator binary {})",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        stator.display()
+    );
     let mut operator = Command::new(&stator)
         .args([
             "operator",
@@ -143,8 +169,8 @@ async fn operator_with_100_idle_databases() {
         start.elapsed().as_secs_f64()
     );
     println!(
-        "operator RSS with 100 Databases (all observed): {:.1} MiB",
-        rss_kib(pid) as f64 / 1024.0
+        "operator RSS with 100 Databases (all observed): {}",
+        rss(pid)
     );
 
     let mut samples = Vec::new();
@@ -224,10 +250,7 @@ async fn operator_with_100_idle_databases() {
             reporters.join(", ")
         }
     );
-    println!(
-        "operator RSS after the idle minute: {:.1} MiB",
-        rss_kib(pid) as f64 / 1024.0
-    );
+    println!("operator RSS after the idle minute: {}", rss(pid));
     let _ = operator.kill();
     let _ = operator.wait();
 }
