@@ -239,6 +239,7 @@ struct Running {
 /// through ro; its primary pod deleted → a new primary, the old pod back as a replica on its
 /// PVC, the row still there. `None` when the control plane cannot run here.
 async fn bring_up(engine: Engine, name: &str, version: &str) -> Option<Running> {
+    keep_logs();
     let stator = harness::stator_binary();
     let cluster = Cluster::start(&stator, "stator-test-admin").await?;
     let cp = &cluster.control_plane;
@@ -611,4 +612,204 @@ async fn operator_owned_objects_go_and_pvcs_stay(
 /// `what`, when the object was found.
 fn there<T>(found: Result<Option<T>, kube::Error>, what: &'static str) -> Option<&'static str> {
     found.ok().flatten().map(|_| what)
+}
+
+/// Primary-pod deletions in the outage benchmark (the first is `bring_up`'s).
+const DELETIONS: usize = 10;
+
+/// The write outage of a primary failure, the operator on the stand-in against the local
+/// runtime, in one run (a benchmark: figures printed, nothing timed is asserted; the checker's
+/// verdicts still are). Both sides: a 3-instance synchronous PostgreSQL 15 with the default
+/// detection timeout, the checker's writer inserting a row every 20 ms through rw.
+///
+/// - stand-in: [`DELETIONS`] deletions of the primary's pod, each once the database is Ready
+///   again with the old pod back as a replica; a drill's outage is the longest stretch without
+///   an acknowledged write while it lasted;
+/// - local: `stator chaos run --failovers DELETIONS` (its default fault, `stop-node`: the
+///   primary's manager and server SIGSTOPped, held until writes resumed elsewhere); a round's
+///   outage is fault → next acknowledged write.
+///
+///   cargo build --bin stator
+///   cargo test -p stator-operator --test operator_standin -- --ignored --nocapture outage
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: prints figures (about 10 minutes)"]
+async fn primary_pod_deletion_outage_against_the_local_chaos_run() {
+    let Some(Running {
+        cluster,
+        operator,
+        dbs,
+        target,
+        mut writing,
+        ..
+    }) = bring_up(Engine::Postgres, "pg", "15").await
+    else {
+        return;
+    };
+    let cp = &cluster.control_plane;
+    for n in 2..=DELETIONS {
+        let db = ready_with(&dbs, "pg", "Ready before the next deletion", |db| {
+            let (now, replicas) = ready_roles(db);
+            db.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+                && now.is_some()
+                && replicas.len() == 2
+        })
+        .await;
+        let before = db.status.and_then(|s| s.current_primary).unwrap();
+        println!("deletion {n} of {DELETIONS}: {before}");
+        writing.drill("primary pod deleted");
+        kubectl(
+            cp,
+            &["delete", "pod", &before, "-n", "apps", "--wait=false"],
+        );
+        ready_with(
+            &dbs,
+            "pg",
+            "a new primary, Ready, and the old pod back as a ready replica",
+            |db| {
+                let (now, replicas) = ready_roles(db);
+                db.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+                    && now.as_deref().is_some_and(|p| p != before)
+                    && replicas.len() == 2
+                    && replicas.contains(&before)
+            },
+        )
+        .await;
+    }
+    let report = finish_writing(writing, &target).await;
+    operator.abort();
+    cluster.stop().await;
+    let standin: Vec<f64> = report
+        .drills
+        .iter()
+        .filter(|d| d.name == "primary pod deleted")
+        .map(|d| d.outage_seconds)
+        .collect();
+    assert_eq!(standin.len(), DELETIONS, "{}", report.render());
+
+    let stator = harness::stator_binary();
+    let local = tokio::task::spawn_blocking(move || local_chaos_run(&stator, DELETIONS as u32))
+        .await
+        .expect("the local run");
+    println!("{}", local.render());
+    assert!(local.passed(), "{}", local.render());
+    let local_outages: Vec<f64> = local
+        .rounds
+        .iter()
+        .filter_map(|r| r.outage_seconds)
+        .collect();
+
+    let spread = |v: &[f64]| stator_check::checker::Spread::of(v).expect("outages");
+    let (s, l) = (spread(&standin), spread(&local_outages));
+    let line = |what: &str, s: &stator_check::checker::Spread| {
+        println!(
+            "{what}: p50 {:.3}s  p95 {:.3}s  max {:.3}s  (n={})",
+            s.p50, s.p95, s.max, s.count
+        )
+    };
+    println!(
+        "\n== write outage of a primary failure: 3-instance synchronous PostgreSQL 15, detection timeout {}, a write every 20 ms ({} build)",
+        local.detection_timeout,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    line(
+        "stand-in, operator: primary pod deleted (longest gap without an acknowledged write per drill)",
+        &s,
+    );
+    line(
+        &format!(
+            "local, stator chaos run --fault {} (fault -> next acknowledged write)",
+            local.fault
+        ),
+        &l,
+    );
+    println!(
+        "p50 stand-in / p50 local: {:.2}x (target <= 1.5x)",
+        s.p50 / l.p50
+    );
+}
+
+/// A local 3-instance synchronous PostgreSQL 15 (`stator up` in a temp state dir on free
+/// ports) put through `stator chaos run --failovers FAILOVERS -o json`; purged afterwards.
+fn local_chaos_run(stator: &std::path::Path, failovers: u32) -> CheckReport {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    struct Purge {
+        stator: std::path::PathBuf,
+        spec: std::path::PathBuf,
+        state: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+    }
+    impl Purge {
+        fn run(&self, args: &[&str]) -> std::process::Output {
+            Command::new(&self.stator)
+                .args(args)
+                .arg("-f")
+                .arg(&self.spec)
+                .arg("--state-dir")
+                .arg(&self.state)
+                .output()
+                .expect("run stator")
+        }
+    }
+    impl Drop for Purge {
+        fn drop(&mut self) {
+            let _ = self.run(&["delete", "--purge"]);
+        }
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("stator-outage-")
+        .tempdir()
+        .expect("temp dir");
+    // The servers run as `postgres` and must be able to enter the state dir.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = dir.path().join("local.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: outage\nspec:\n  engine: postgres\n  version: \"15\"\n  instances: 3\n  replication:\n    synchronous: true\n  bootstrap:\n    database: app\n    owner: app\n  local:\n    portBase: {}\n",
+            free_port_base()
+        ),
+    )
+    .unwrap();
+    let cluster = Purge {
+        stator: stator.to_path_buf(),
+        state: dir.path().join("state"),
+        spec,
+        _dir: dir,
+    };
+    let up = cluster.run(&["up"]);
+    assert!(
+        up.status.success(),
+        "stator up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let run = cluster.run(&[
+        "chaos",
+        "run",
+        "--failovers",
+        &failovers.to_string(),
+        "-o",
+        "json",
+    ]);
+    serde_json::from_slice(&run.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stator chaos run printed no report ({e}): {}",
+            String::from_utf8_lossy(&run.stderr)
+        )
+    })
+}
+
+/// A base port whose 50 ports are free now, below Linux's ephemeral range.
+fn free_port_base() -> u16 {
+    let start = 20000 + (std::process::id() % 100) as u16 * 100;
+    (0..100u16)
+        .map(|i| start.wrapping_add(i * 50) % 12000 + 20000)
+        .find(|&base| {
+            (base..base + 50).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        })
+        .expect("50 free ports")
 }
