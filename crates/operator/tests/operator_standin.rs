@@ -734,7 +734,7 @@ async fn primary_pod_deletion_outage_against_the_local_chaos_run() {
 
 /// A local 3-instance synchronous PostgreSQL 15 (`stator up` in a temp state dir on free
 /// ports) put through `stator chaos run --failovers FAILOVERS -o json`; purged afterwards.
-fn local_chaos_run(stator: &std::path::Path, failovers: u32) -> CheckReport {
+fn local_chaos_run(stator: &std::path::Path, failovers: u32) -> stator_check::checker::CheckReport {
     use std::os::unix::fs::PermissionsExt;
     use std::process::Command;
     struct Purge {

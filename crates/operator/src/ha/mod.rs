@@ -578,15 +578,14 @@ fn start_orders(
                 (Some(p), _) if p == s.ordinal && !fenced => {
                     runtime::StartOrder::Role(RoleOrder::Primary)
                 }
+                // Released first even when the core holds no fence on it: a fence its manager
+                // still holds from an order the core no longer counts (one that crossed a
+                // release, or a former leader's) refused every `/role` for good; releasing no
+                // fence is answered "not fenced".
                 (Some(p), Some(running)) if p != s.ordinal => {
-                    let role = RoleOrder::Replica {
+                    runtime::StartOrder::Rejoin(RoleOrder::Replica {
                         upstream: endpoint(running),
-                    };
-                    if fenced {
-                        runtime::StartOrder::Rejoin(role)
-                    } else {
-                        runtime::StartOrder::Role(role)
-                    }
+                    })
                 }
                 _ => continue,
             },
@@ -739,6 +738,30 @@ mod tests {
         // Kept down (the primary not confirmed yet, a transition): nothing.
         let kept: BTreeSet<u32> = [0].into();
         assert!(start_orders(&memory, &kept, &sightings, endpoint).is_empty());
+    }
+
+    /// The stand-in drill that found it: after the operator was killed during a failover,
+    /// pg-1's manager held a kill fence the new leader's core did not count; the loop sent it
+    /// a bare `/role` every minute, refused each time ("fenced (kill)"), and the drill never
+    /// got its replica back. A stopped data dir let back as a replica is released first.
+    #[test]
+    fn a_replica_let_back_is_released_first_even_when_the_core_holds_no_fence() {
+        let memory = Memory {
+            primary: Some(2),
+            primary_confirmed: true,
+            ..Memory::default()
+        };
+        let sightings = vec![
+            sighting(1, "stopped", false, true),
+            sighting(2, "running", true, true),
+        ];
+        let orders = start_orders(&memory, &BTreeSet::new(), &sightings, endpoint);
+        match orders.as_slice() {
+            [(1, runtime::StartOrder::Rejoin(RoleOrder::Replica { upstream }))] => {
+                assert_eq!(upstream, &endpoint(2))
+            }
+            other => panic!("expected a rejoin of pg-1 following pg-2, got {other:?}"),
+        }
     }
 
     /// The stand-in run that found it: pg-0 bootstrapped, its pod deleted 20 s later, the
