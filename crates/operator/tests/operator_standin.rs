@@ -625,9 +625,9 @@ const DELETIONS: usize = 10;
 /// - stand-in: [`DELETIONS`] deletions of the primary's pod, each once the database is Ready
 ///   again with the old pod back as a replica; a drill's outage is the longest stretch without
 ///   an acknowledged write while it lasted;
-/// - local: `stator chaos run --failovers DELETIONS` (its default fault, `stop-node`: the
-///   primary's manager and server SIGSTOPped, held until writes resumed elsewhere); a round's
-///   outage is fault → next acknowledged write.
+/// - local: `stator chaos run --failovers DELETIONS` (its default fault, `stop`: the primary's
+///   server processes SIGSTOPped, resumed once writes resumed elsewhere); a round's outage is
+///   fault → next acknowledged write.
 ///
 ///   cargo build --bin stator
 ///   cargo test -p stator-operator --test operator_standin -- --ignored --nocapture outage
