@@ -68,6 +68,22 @@ fn claim_mount_point(path: &Path, file: bool, standin: u8) -> io::Result<()> {
 /// Stand-in `standin` stops: removes the mount points no other stand-in uses (deepest first).
 pub(crate) fn release_mount_points(standin: u8) {
     let mut points = MOUNT_POINTS.lock().unwrap_or_else(|e| e.into_inner());
+    // This process's stand-ins are counted above; another process's (a parallel test binary)
+    // are not, and removing a mount point its pods use detaches their volumes: a stopping
+    // stand-in wiped the data and Secret files of every pod of a concurrent test process.
+    // While another process holds a stand-in subnet, the mount points stay (empty paths).
+    let ours: BTreeSet<u8> = points
+        .values()
+        .flatten()
+        .copied()
+        .chain([standin])
+        .collect();
+    if other_process_runs_a_standin(&ours) {
+        for users in points.values_mut() {
+            users.remove(&standin);
+        }
+        return;
+    }
     let mut unused: Vec<PathBuf> = Vec::new();
     points.retain(|path, users| {
         users.remove(&standin);
@@ -84,6 +100,17 @@ pub(crate) fn release_mount_points(standin: u8) {
             let _ = std::fs::remove_file(&p);
         }
     }
+}
+
+/// Whether a stand-in subnet other than `ours` is held (its abstract socket bound, see
+/// `harness::claim_subnet`): another process runs a stand-in.
+fn other_process_runs_a_standin(ours: &BTreeSet<u8>) -> bool {
+    use std::os::linux::net::SocketAddrExt;
+    (100..=250u8).filter(|o| !ours.contains(o)).any(|octet| {
+        let name = format!("stator-kubelet-standin-198.18.{octet}");
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .is_ok_and(|addr| std::os::unix::net::UnixListener::bind_addr(&addr).is_err())
+    })
 }
 
 /// Where the child keeps its mount sources open while it mounts (closed before exec).
