@@ -227,7 +227,22 @@ pub fn render(
             message: e.to_string(),
         }
     })? + "\n";
-    let config_hash = fnv1a_hex(database_json.as_bytes());
+    let config_hash = match &options.operator {
+        None => fnv1a_hex(database_json.as_bytes()),
+        // Operator mode: spec.instances is left out. Scaling creates or removes pods and
+        // changes none (a managed manager never reads it), so it must not give the pods a new
+        // revision the operator would then roll through every pod.
+        Some(_) => {
+            let mut unscaled = database_for_pods(db);
+            unscaled.spec.instances = 0;
+            let json = serde_json::to_string(&unscaled).map_err(|e| RenderError::Serialize {
+                kind: "StatefulSet",
+                name: db.name().to_string(),
+                message: e.to_string(),
+            })?;
+            fnv1a_hex(json.as_bytes())
+        }
+    };
     let mut manifests = Manifests {
         service_account: config::render_service_account(db),
         secret,

@@ -718,6 +718,30 @@ fn a_changed_spec_changes_the_pod_template_config_hash() {
     assert_eq!(hash(&a), hash(&manifests(THREE_POSTGRES)));
 }
 
+/// Operator mode: scaling gives the pods no new revision (the operator would roll every pod
+/// for nothing), a parameter does; plain mode keeps hashing the whole spec, as before.
+#[test]
+fn in_operator_mode_scaling_keeps_the_pod_template_and_a_parameter_changes_it() {
+    let hash = |spec: &str, operator: bool| {
+        let options = RenderOptions {
+            operator: operator.then(|| super::OperatorMode {
+                database_uid: "0b5e1a7c-4f7d-4c1e-9a57-5a1f2d3c4b5e".into(),
+                operator_namespace: "stator-system".into(),
+            }),
+            ..RenderOptions::default()
+        };
+        let m = render(&database(spec), &options, Some(&credentials())).expect("renders");
+        let template = m.stateful_set.spec.unwrap().template;
+        template.metadata.unwrap().annotations.unwrap()[CONFIG_HASH_ANNOTATION].clone()
+    };
+    let five = THREE_POSTGRES.replace("instances: 3", "instances: 5");
+    assert_ne!(five, THREE_POSTGRES);
+    let tuned = format!("{THREE_POSTGRES}  config:\n    parameters:\n      work_mem: 8MB\n");
+    assert_eq!(hash(THREE_POSTGRES, true), hash(&five, true));
+    assert_ne!(hash(THREE_POSTGRES, true), hash(&tuned, true));
+    assert_ne!(hash(THREE_POSTGRES, false), hash(&five, false));
+}
+
 #[test]
 fn passwords_appear_only_in_the_secret_file() {
     let m = manifests(THREE_POSTGRES);
