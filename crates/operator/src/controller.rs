@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{Store, store::Writer};
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::utils::{Predicate, WatchStreamExt, predicates};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -52,6 +53,10 @@ pub struct Context {
     pub loops: ha::Loops,
     /// The caches of Databases, pods, PVCs and Services ([`crate::stores`]).
     pub stores: Stores,
+    /// What the loops' cores keep: the StatefulSet's replicas are held over the primary.
+    pub holds: Arc<ha::scale::Holds>,
+    /// The loops' wake-ups, taken by [`controller`] (`reconcile_on`).
+    woken: std::sync::Mutex<Option<UnboundedReceiver<ObjectRef<Database>>>>,
 }
 
 /// Why one reconcile failed: the step, and what.
@@ -87,12 +92,15 @@ impl Context {
                 instance: Some(options.identity.clone()),
             },
         );
+        let (holds, woken) = ha::scale::Holds::new();
+        let holds = Arc::new(holds);
         let loops = ha::Loops::new(
             client.clone(),
             recorder.clone(),
             stores.clone(),
             options.tick,
             options.ha_loops,
+            holds.clone(),
         );
         Arc::new(Context {
             client,
@@ -100,6 +108,8 @@ impl Context {
             recorder,
             loops,
             stores,
+            holds,
+            woken: std::sync::Mutex::new(Some(woken)),
         })
     }
 
@@ -142,7 +152,7 @@ pub async fn run(client: Client, options: OperatorOptions) {
     let lost = async move {
         let _ = lost_rx.await;
     };
-    controller(client, databases, stores.databases)
+    controller(client, &ctx, databases, stores.databases)
         .graceful_shutdown_on(lost)
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -166,10 +176,12 @@ impl Drop for AbortOnDrop {
 }
 
 /// The controller: Databases in every namespace, woken by a new generation or a finalizer
-/// change only (status writes, by the loops or by itself, never wake it).
+/// change only (status writes, by the loops or by itself, never wake it), and by a loop whose
+/// core moved the primary the StatefulSet's replicas are held over ([`ha::scale`]).
 /// `writer` fills `reader`, the cache the high-availability loops read their Database from.
 pub fn controller(
     client: Client,
+    ctx: &Context,
     writer: Writer<Database>,
     reader: Store<Database>,
 ) -> Controller<Database> {
@@ -180,7 +192,12 @@ pub fn controller(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(wakes(), Default::default());
-    Controller::for_stream(stream, reader)
+    let controller = Controller::for_stream(stream, reader);
+    let woken = ctx.woken.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match woken {
+        Some(woken) => controller.reconcile_on(woken),
+        None => controller,
+    }
 }
 
 /// What wakes the controller: a new `metadata.generation` (spec changes, a deletion starting)
@@ -256,7 +273,21 @@ async fn reconcile_apply(db: &Database, ctx: &Context) -> Result<Action, Error> 
             return Ok(Action::await_change());
         }
     };
-    let manifests = steps::build(&valid, &ctx.options.stator_image, &ctx.options.namespace)?;
+    let replicas = ctx.holds.replicas(db);
+    let manifests = steps::build(
+        &valid,
+        &ctx.options.stator_image,
+        &ctx.options.namespace,
+        replicas,
+    )?;
+    if replicas != db.spec.instances {
+        tracing::info!(
+            database = %db.name_any(),
+            "StatefulSet replicas held at {replicas} (spec.instances {}): the primary is \
+             switched away before its pod is removed",
+            db.spec.instances
+        );
+    }
     let applied = steps::apply(&ctx.client, db, &manifests).await?;
     if applied.secret_created {
         ctx.event(
@@ -595,6 +626,34 @@ mod tests {
             assert_eq!(seen.body["related"]["name"], "db-0");
             assert_eq!(seen.body["related"]["kind"], "Pod");
         }
+    }
+
+    /// Scaled 5 -> 2 with the primary on ordinal 4: the StatefulSet keeps 5 replicas until
+    /// the loop says the core moved the primary below 2, then 2.
+    #[tokio::test]
+    async fn the_statefulset_keeps_the_primary_until_the_loop_says_it_moved() {
+        let (client, log) = mock(Arc::new(echo));
+        let ctx = Context::new(client, options());
+        let mut db = DatabaseBuilder::test().finalized().build();
+        db.spec.instances = 2;
+        let applied_replicas = || {
+            let log = log.lock().unwrap();
+            let sts = log
+                .iter()
+                .rfind(|s| s.method == "PATCH" && s.uri.contains("/statefulsets/"))
+                .expect("the StatefulSet applied");
+            sts.body["spec"]["replicas"].clone()
+        };
+        ctx.holds.update(&db, Some(4));
+        reconcile(Arc::new(db.clone()), ctx.clone()).await.unwrap();
+        assert_eq!(applied_replicas(), json!(5));
+        ctx.holds.update(&db, Some(1));
+        reconcile(Arc::new(db.clone()), ctx.clone()).await.unwrap();
+        assert_eq!(applied_replicas(), json!(2));
+        // Scaling up is never held back.
+        db.spec.instances = 5;
+        reconcile(Arc::new(db), ctx).await.unwrap();
+        assert_eq!(applied_replicas(), json!(5));
     }
 
     fn lines_of(log: &std::sync::Mutex<Vec<Seen>>) -> Vec<String> {

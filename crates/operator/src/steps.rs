@@ -80,10 +80,13 @@ pub enum BuildError {
 /// Render's operator mode. The credentials and, with TLS on (the default), the database's CA
 /// and certificates are fresh; they reach the cluster only if their Secret does not exist yet
 /// ([`apply`] never rewrites either: a new CA would break trust between running pods).
+/// `replicas`: the StatefulSet's, `spec.instances` held over a primary the core has not
+/// switched away yet ([`crate::ha::scale`]); never below `spec.instances`.
 pub fn build(
     valid: &Valid<'_>,
     stator_image: &str,
     operator_namespace: &str,
+    replicas: u32,
 ) -> Result<Manifests, BuildError> {
     let options = RenderOptions {
         stator_image: stator_image.to_string(),
@@ -105,10 +108,18 @@ pub fn build(
             })?;
         credentials = credentials.with_tls(material);
     }
-    stator_kube::render(valid.db, &options, Some(&credentials)).map_err(|e| BuildError::Render {
-        name: valid.db.name().to_string(),
-        source: Box::new(e),
-    })
+    let mut manifests =
+        stator_kube::render(valid.db, &options, Some(&credentials)).map_err(|e| {
+            BuildError::Render {
+                name: valid.db.name().to_string(),
+                source: Box::new(e),
+            }
+        })?;
+    if let Some(spec) = manifests.stateful_set.spec.as_mut() {
+        let replicas = replicas.max(valid.db.spec.instances);
+        spec.replicas = Some(i32::try_from(replicas).unwrap_or(i32::MAX));
+    }
+    Ok(manifests)
 }
 
 /// Why applying failed: which object, which call.

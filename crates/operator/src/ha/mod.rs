@@ -11,10 +11,13 @@
 //!
 //! # Layout
 //! - this file: [`Loops`] (start, stop) and the loop itself.
+//! - [`scale`]: the StatefulSet's replicas held over the primary until the core moved it below
+//!   `spec.instances`, and the controller woken when that changes.
 //! - [`runtime`]: [`PodRuntime`](runtime::PodRuntime), the failover [`Runtime`](stator_failover::Runtime)
 //!   of pods: orders over HTTP, routes as `stator.dev/role` labels, state in the status.
 
 pub mod runtime;
+pub mod scale;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -51,6 +54,8 @@ pub struct Loops {
     tick: Duration,
     enabled: bool,
     tasks: Mutex<HashMap<(String, String), tokio::task::JoinHandle<()>>>,
+    /// What each loop's core keeps, for the replicas the controller applies.
+    holds: Arc<scale::Holds>,
 }
 
 fn key(db: &Database) -> (String, String) {
@@ -64,6 +69,7 @@ impl Loops {
         stores: Stores,
         tick: Duration,
         enabled: bool,
+        holds: Arc<scale::Holds>,
     ) -> Loops {
         Loops {
             client,
@@ -72,6 +78,7 @@ impl Loops {
             tick,
             enabled,
             tasks: Mutex::new(HashMap::new()),
+            holds,
         }
     }
 
@@ -87,10 +94,13 @@ impl Loops {
         }
         let (client, recorder, tick) = (self.client.clone(), self.recorder.clone(), self.tick);
         let stores = self.stores.clone();
+        let holds = self.holds.clone();
         let (ns, name) = k.clone();
         tasks.insert(
             k,
-            tokio::spawn(async move { run_loop(client, recorder, stores, tick, ns, name).await }),
+            tokio::spawn(
+                async move { run_loop(client, recorder, stores, tick, holds, ns, name).await },
+            ),
         );
     }
 
@@ -101,6 +111,7 @@ impl Loops {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key(db));
+        self.holds.forget(db);
         if let Some(task) = task {
             task.abort();
             let _ = task.await;
@@ -319,6 +330,7 @@ async fn run_loop(
     recorder: Recorder,
     stores: Stores,
     tick: Duration,
+    holds: Arc<scale::Holds>,
     ns: String,
     name: String,
 ) {
@@ -435,6 +447,9 @@ async fn run_loop(
         if let Err(e) = written {
             tracing::warn!(database = %name, "{e}");
         }
+        // After the status write: a controller woken to lower the replicas finds the new
+        // primary recorded.
+        holds.update(&db, scale::kept(fo.memory()));
         let pause = if result.urgent {
             Duration::from_secs(1).min(tick)
         } else {
