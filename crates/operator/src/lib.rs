@@ -16,8 +16,8 @@
 //! - [`conditions`]: `Ready`, `Progressing`, `Degraded`, `SpecValid` and the status writer
 //!   both the controller and the loops use.
 //! - [`ha`]: the per-`Database` high-availability loop and its [`Runtime`](stator_failover::Runtime)
-//!   of pods (`ha::runtime`) and the replicas held over the primary on a scale-down
-//!   (`ha::scale`).
+//!   of pods (`ha::runtime`), the rollout of a spec change (`ha::rollout`) and the replicas
+//!   held over the primary on a scale-down (`ha::scale`).
 //! - [`stores`]: the watch caches of Databases, pods, PVCs and Services the loops read.
 //! - [`lease`]: leader election on a `coordination.k8s.io` `Lease`.
 //! - [`health`]: the probes of the operator pod.

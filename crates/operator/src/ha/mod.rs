@@ -7,15 +7,18 @@
 //! What counts as evidence: a pod whose manager answers is what its report says (dead and
 //! fenced included); a pod that exists and does not answer is unreachable, never down, whatever
 //! its phase; only a pod the kubelet finished deleting (gone from the API server) while its PVC
-//! holds the data is down. Pods are never deleted here.
+//! holds the data is down. Pods are deleted only to roll a spec change ([`rollout`]).
 //!
 //! # Layout
 //! - this file: [`Loops`] (start, stop) and the loop itself.
+//! - [`rollout`]: a new StatefulSet revision rolled one pod at a time, the primary last after a
+//!   switchover.
 //! - [`scale`]: the StatefulSet's replicas held over the primary until the core moved it below
 //!   `spec.instances`, and the controller woken when that changes.
 //! - [`runtime`]: [`PodRuntime`](runtime::PodRuntime), the failover [`Runtime`](stator_failover::Runtime)
 //!   of pods: orders over HTTP, routes as `stator.dev/role` labels, state in the status.
 
+pub mod rollout;
 pub mod runtime;
 pub mod scale;
 
@@ -340,6 +343,7 @@ async fn run_loop(
         return;
     }
     let desk = Arc::new(Mutex::new(SwitchoverDesk::default()));
+    let mut rollout = rollout::Rollout::default();
     let mut failover: Option<Failover<PodRuntime>> = None;
     let mut started: BTreeMap<u32, Sent> = BTreeMap::new();
     let mut taken: BTreeSet<String> = BTreeSet::new();
@@ -398,9 +402,28 @@ async fn run_loop(
         let result = fo.tick(&db, &sightings).await;
         start_instances(fo, &db, &sightings, &result.keep_down, &mut started).await;
         fo.runtime_mut().publish_events(&db).await;
+        let rolling = rollout
+            .step(
+                &client,
+                &recorder,
+                &db,
+                rollout::Tick {
+                    memory: fo.memory(),
+                    status: &result.status,
+                    sightings: &sightings,
+                    observed: fo.runtime().observed(),
+                    desk: &desk,
+                },
+            )
+            .await;
         let state = fo.state().clone();
         let report = fo.report(db.name(), &result.status);
-        let ticket = desk.lock().unwrap_or_else(|e| e.into_inner()).last();
+        // The annotation's ticket, not one the rollout asked for.
+        let ticket = desk
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .filter(|t| !rollout.owns(t.id));
         let status = instance_statuses(&db, &sightings);
         let primary = result.primary.clone();
         let generation = db.metadata.generation;
@@ -424,6 +447,17 @@ async fn run_loop(
                 message,
                 generation,
             );
+            if let Some(rolling) = &rolling {
+                let reason = rollout::REASON;
+                conditions::set(
+                    &mut s.conditions,
+                    PROGRESSING,
+                    true,
+                    reason,
+                    rolling,
+                    generation,
+                );
+            }
             conditions::set(
                 &mut s.conditions,
                 DEGRADED,
@@ -664,6 +698,17 @@ pub fn saved_report(db: &Database) -> Option<stator_failover::FailoverReport> {
         .get("report")?
         .clone();
     serde_json::from_value(value).ok()
+}
+
+/// The reference an Event names pod `name` of `namespace` by.
+pub(crate) fn pod_ref(namespace: &str, name: &str) -> k8s_openapi::api::core::v1::ObjectReference {
+    k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        ..Default::default()
+    }
 }
 
 /// An Event about `db` (an order given to pod `related`).

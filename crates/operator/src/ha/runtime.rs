@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::Recorder;
 use kube::{Client, ResourceExt};
@@ -34,15 +34,30 @@ pub struct PodView {
     pub ip: Option<String>,
     /// Its `stator.dev/role` label.
     pub role: Option<String>,
+    /// Its `controller-revision-hash` label: the StatefulSet revision it was created from.
+    pub revision: Option<String>,
+    /// Its `Ready` condition is `True` (the kubelet's probes; what EndpointSlices follow).
+    pub ready: bool,
+    /// Its deletion has started.
+    pub deleting: bool,
 }
+
+/// The label the StatefulSet controller puts on each pod: the revision it was created from.
+pub const REVISION_LABEL: &str = "controller-revision-hash";
 
 impl PodView {
     pub fn of(pod: &Pod) -> PodView {
+        let status = pod.status.as_ref();
         PodView {
             name: pod.name_any(),
-            uid: pod.metadata.uid.clone().unwrap_or_default(),
-            ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
+            ip: status.and_then(|s| s.pod_ip.clone()),
             role: pod.labels().get(LABEL_ROLE).cloned(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            revision: pod.labels().get(REVISION_LABEL).cloned(),
+            ready: status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            deleting: pod.metadata.deletion_timestamp.is_some(),
         }
     }
 }
@@ -315,13 +330,7 @@ impl PodRuntime {
     /// Publishes an Event per order given since the last call.
     pub async fn publish_events(&mut self, db: &Database) {
         for (reason, pod, note) in std::mem::take(&mut self.events) {
-            let pod = ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(pod),
-                namespace: Some(self.namespace.clone()),
-                ..ObjectReference::default()
-            };
+            let pod = super::pod_ref(&self.namespace, &pod);
             super::publish(&self.recorder, db, reason, note, Some(pod)).await;
         }
     }
