@@ -4,22 +4,28 @@
 //! replicas; a row written through rw is read through ro; the primary pod deleted → a new
 //! primary, and the old pod back as a replica on its PVC; `stator switchover --kube`; the
 //! primary's container killed → restarted or failed over; the operator killed during a
-//! failover → the next one finishes it; the Database deleted → its objects gone, its PVCs
-//! kept (PostgreSQL; MariaDB goes as far as the pod deletion); PostgreSQL scaled 3 -> 5 -> 3 (the
-//! new pods verified by the certificate issued for 3). Replication is synchronous and every row
-//! acknowledged before a drill is read after it; from the first pod deletion on, every drill
-//! runs under the consistency checker's writer and watcher, held to its verdict (no moment with
-//! two writable instances, no acknowledged write lost), each drill's outage printed. The
-//! operator runs on its own token.
+//! failover → the next one finishes it; a spec change that needs a restart (`shared_buffers`)
+//! rolled by the operator (the StatefulSet is `OnDelete`): the replicas' pods deleted one at a
+//! time, highest ordinal first, each back ready and routed before the next, then the primary's
+//! after a switchover, never two database pods missing or unready at once (polled); scaled
+//! 3 -> 5 (the new pods verified by the certificate issued for 3), switched over to pg-4, then
+//! scaled to 2: pg-4's pod goes only after the core switched away from it (the StatefulSet's
+//! replicas are held at 5 until then), and the PVCs of pg-2..4 stay; the Database deleted →
+//! its objects gone, its PVCs kept (PostgreSQL; MariaDB goes as far as the pod deletion).
+//! Replication is synchronous and every row acknowledged before a drill is read after it; from
+//! the first pod deletion on, every drill runs under the consistency checker's writer and
+//! watcher, held to its verdict (no moment with two writable instances, no acknowledged write
+//! lost), each drill's outage printed. The operator runs on its own token.
 //! Waits poll; their bound only stops a hung test (nothing is timed).
 
 mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
+use stator_api::names::LABEL_DATABASE;
 use stator_api::{Database, Engine, Phase, Role};
 use stator_check::checker::Writing;
 use stator_engine::tls::{CaTrust, Dial, Trust};
@@ -412,24 +418,7 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
     // `stator switchover --kube` to the old primary, back as a replica: the CLI sets the
     // annotation, the loop carries it out once, the CLI prints the outcome.
     writing.drill("stator switchover --kube");
-    let out = std::process::Command::new(&stator)
-        .args(["switchover", "-f", path.to_str().unwrap(), "--kube", "--to"])
-        .arg(&primary)
-        // A person's kubeconfig, as kubectl finds it (a token: rustls refuses the X.509 v1
-        // admin certificate of the control plane).
-        .env(
-            "KUBECONFIG",
-            cp.service_account_kubeconfig("stator-test-admin", "cluster-admin"),
-        )
-        .output()
-        .expect("run stator switchover --kube");
-    let said = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "stator switchover --kube: {said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(said.contains(&format!("primary {primary}")), "{said}");
+    switchover_cli(cp, &stator, &path, &primary);
     ready_with(
         &dbs,
         "pg",
@@ -519,41 +508,28 @@ async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
     );
     sql.write_and_read("four", 4).await;
 
-    // Scaled 3 -> 5: the new pods are cloned, verified by the certificate issued for 3 (its
-    // wildcard of the headless Service), and serve as replicas; back to 3 (the two new pods,
-    // never the primary, go; their PVCs stay).
-    for (instances, replicas) in [(5, 4), (3, 2)] {
-        writing.drill(&format!("scale to {instances}"));
-        kubectl(
-            cp,
-            &[
-                "patch",
-                "database",
-                "pg",
-                "-n",
-                "apps",
-                "--type",
-                "merge",
-                "-p",
-                &format!("{{\"spec\":{{\"instances\":{instances}}}}}"),
-            ],
-        );
-        ready_with(
-            &dbs,
-            "pg",
-            &format!("{instances} instances, {replicas} ready replicas"),
-            |db| {
-                let (now, ready) = ready_roles(db);
-                let status = db.status.clone().unwrap_or_default();
-                status.phase == Some(Phase::Ready)
-                    && now.is_some()
-                    && ready.len() == replicas
-                    && status.instances.len() == instances
-            },
-        )
-        .await;
-    }
+    // A parameter that needs a restart: the pods roll one at a time, replicas first, then
+    // the primary after a switchover.
+    writing.drill("spec change rolled");
+    spec_change_rolls(cp, &admin, &dbs).await;
     sql.write_and_read("five", 5).await;
+
+    // Scaled 3 -> 5: the new pods are cloned, verified by the certificate issued for 3 (its
+    // wildcard of the headless Service), and serve as replicas. The primary switched over to
+    // pg-4, then scaled to 2: the StatefulSet keeps pg-4 until the core switched away from
+    // it, then drops pg-2..4 (their PVCs stay).
+    writing.drill("scale to 5");
+    scale(cp, &dbs, 5, 4).await;
+    writing.drill("stator switchover --kube to pg-4");
+    switchover_cli(cp, &stator, &path, "pg-4");
+    ready_with(&dbs, "pg", "pg-4 primary, four ready replicas", |db| {
+        let (now, replicas) = ready_roles(db);
+        now.as_deref() == Some("pg-4") && replicas.len() == 4
+    })
+    .await;
+    writing.drill("scale to 2 with the primary on pg-4");
+    scale_down_past_the_primary(cp, &admin, &dbs).await;
+    sql.write_and_read("six", 6).await;
     finish_writing(writing, &target).await;
 
     // The Database deleted: the operator's objects go, the PVCs stay.
@@ -812,4 +788,326 @@ fn free_port_base() -> u16 {
             (base..base + 50).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
         })
         .expect("50 free ports")
+}
+
+/// `stator switchover --kube --to TO` on `path`, as a person runs it; it prints the outcome.
+fn switchover_cli(
+    cp: &harness::ControlPlane,
+    stator: &std::path::Path,
+    path: &std::path::Path,
+    to: &str,
+) {
+    let out = std::process::Command::new(stator)
+        .args(["switchover", "-f", path.to_str().unwrap(), "--kube", "--to"])
+        .arg(to)
+        // A person's kubeconfig, as kubectl finds it (a token: rustls refuses the X.509 v1
+        // admin certificate of the control plane).
+        .env(
+            "KUBECONFIG",
+            cp.service_account_kubeconfig("stator-test-admin", "cluster-admin"),
+        )
+        .output()
+        .expect("run stator switchover --kube");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "stator switchover --kube: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains(&format!("primary {to}")), "{said}");
+}
+
+/// `spec.instances` of pg set to `instances`; Ready with `replicas` ready replicas.
+async fn scale(cp: &harness::ControlPlane, dbs: &Api<Database>, instances: usize, replicas: usize) {
+    kubectl(
+        cp,
+        &[
+            "patch",
+            "database",
+            "pg",
+            "-n",
+            "apps",
+            "--type",
+            "merge",
+            "-p",
+            &format!("{{\"spec\":{{\"instances\":{instances}}}}}"),
+        ],
+    );
+    ready_with(
+        dbs,
+        "pg",
+        &format!("{instances} instances, {replicas} ready replicas"),
+        |db| {
+            let (now, ready) = ready_roles(db);
+            let status = db.status.clone().unwrap_or_default();
+            status.phase == Some(Phase::Ready)
+                && now.is_some()
+                && ready.len() == replicas
+                && status.instances.len() == instances
+        },
+    )
+    .await;
+}
+
+/// One database pod as one poll saw it.
+#[derive(Clone, Debug)]
+struct PodSeen {
+    uid: String,
+    revision: Option<String>,
+    ready: bool,
+    deleting: bool,
+}
+
+/// The pods of pg by ordinal.
+async fn pods_of_pg(admin: &kube::Client) -> std::collections::BTreeMap<u32, PodSeen> {
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "apps");
+    let list = pods
+        .list(&ListParams::default().labels(&format!("{LABEL_DATABASE}=pg")))
+        .await
+        .expect("list the pods");
+    list.items
+        .into_iter()
+        .filter_map(|p| {
+            let ordinal = p
+                .metadata
+                .name
+                .as_deref()?
+                .strip_prefix("pg-")?
+                .parse()
+                .ok()?;
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let seen = PodSeen {
+                uid: p.metadata.uid.clone().unwrap_or_default(),
+                revision: p
+                    .metadata
+                    .labels
+                    .as_ref()?
+                    .get("controller-revision-hash")
+                    .cloned(),
+                ready,
+                deleting: p.metadata.deletion_timestamp.is_some(),
+            };
+            Some((ordinal, seen))
+        })
+        .collect()
+}
+
+async fn update_revision(admin: &kube::Client) -> Option<String> {
+    let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(admin.clone(), "apps");
+    sts.get("pg").await.ok()?.status?.update_revision
+}
+
+/// A parameter that needs a restart (`shared_buffers`) changed on a 3-instance pg: every pod
+/// is recreated at the StatefulSet's new revision, one at a time (never two database pods
+/// missing or unready at once, polled), the replicas first (highest ordinal first), the
+/// primary last, and only after a switchover moved the writes away from it.
+async fn spec_change_rolls(cp: &harness::ControlPlane, admin: &kube::Client, dbs: &Api<Database>) {
+    let db = dbs.get("pg").await.unwrap();
+    let old_primary = db
+        .status
+        .as_ref()
+        .and_then(|s| s.current_primary.clone())
+        .unwrap();
+    let old_ordinal: u32 = old_primary.strip_prefix("pg-").unwrap().parse().unwrap();
+    let old_revision = update_revision(admin).await.expect("an update revision");
+    let first = pods_of_pg(admin).await;
+    assert_eq!(first.len(), 3, "{first:?}");
+    kubectl(
+        cp,
+        &[
+            "patch",
+            "database",
+            "pg",
+            "-n",
+            "apps",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"config":{"parameters":{"shared_buffers":"64MB"}}}}"#,
+        ],
+    );
+    let mut worst: (usize, String) = (0, String::new());
+    let mut worst_gone: (usize, String) = (0, String::new());
+    let mut replaced: Vec<u32> = Vec::new();
+    // The primary (by the status) when the old primary's pod was first seen deleted.
+    let mut primary_at_its_deletion: Option<Option<String>> = None;
+    let mut progress_seen: Option<String> = None;
+    let start = std::time::Instant::now();
+    loop {
+        let pods = pods_of_pg(admin).await;
+        let db = dbs.get("pg").await.unwrap();
+        let status = db.status.clone().unwrap_or_default();
+        let down: Vec<String> = (0..3u32)
+            .filter(|o| pods.get(o).is_none_or(|p| p.deleting || !p.ready))
+            .map(|o| format!("pg-{o}"))
+            .collect();
+        let gone: Vec<String> = (0..3u32)
+            .filter(|o| pods.get(o).is_none_or(|p| p.deleting))
+            .map(|o| format!("pg-{o}"))
+            .collect();
+        if down.len() > worst.0 {
+            worst = (down.len(), format!("{down:?} at {:?}", start.elapsed()));
+        }
+        if gone.len() > worst_gone.0 {
+            worst_gone = (gone.len(), format!("{gone:?}"));
+        }
+        for o in 0..3u32 {
+            let changed = pods
+                .get(&o)
+                .is_none_or(|p| p.deleting || p.uid != first[&o].uid);
+            if changed && !replaced.contains(&o) {
+                replaced.push(o);
+                if o == old_ordinal {
+                    primary_at_its_deletion = Some(status.current_primary.clone());
+                }
+            }
+        }
+        if let Some(c) = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Progressing" && c.reason == "RollingUpdate")
+        {
+            progress_seen.get_or_insert_with(|| c.message.clone());
+        }
+        let revision = update_revision(admin).await.unwrap_or_default();
+        let (primary, replicas) = ready_roles(&db);
+        let rolled = revision != old_revision
+            && (0..3u32).all(|o| {
+                pods.get(&o).is_some_and(|p| {
+                    !p.deleting && p.ready && p.revision.as_deref() == Some(revision.as_str())
+                })
+            });
+        if rolled && status.phase == Some(Phase::Ready) && primary.is_some() && replicas.len() == 2
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the rollout never finished: revision {revision}, pods {pods:?}, status {}",
+            serde_json::to_string(&db.status).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "pg: rolled pods in order {replaced:?}; at most {} pod(s) missing or unready at once \
+         ({}), at most {} missing at once; Progressing said {progress_seen:?}",
+        worst.0, worst.1, worst_gone.0
+    );
+    assert!(
+        worst.0 <= 1,
+        "two database pods missing or unready at once: {}",
+        worst.1
+    );
+    let mut expected: Vec<u32> = (0..3u32).rev().filter(|o| *o != old_ordinal).collect();
+    expected.push(old_ordinal);
+    assert_eq!(
+        replaced, expected,
+        "replicas highest first, then the old primary"
+    );
+    let then = primary_at_its_deletion.expect("the old primary's pod was replaced");
+    assert!(
+        then.as_deref().is_some_and(|p| p != old_primary),
+        "the old primary's pod was deleted while the status said the primary was {then:?}"
+    );
+    let db = dbs.get("pg").await.unwrap();
+    let report = stator_operator::ha::saved_report(&db).expect("a failover report");
+    let last = report.last.expect("the switchover in the history");
+    assert_eq!(last.kind.as_str(), "switchover", "{last:?}");
+    assert_eq!(last.from.as_deref(), Some(old_primary.as_str()), "{last:?}");
+    assert_eq!(last.outcome.as_str(), "done", "{last:?}");
+    println!("pg: the rollout's switchover: {}", last.outage.describe());
+    assert!(
+        progress_seen.is_some_and(|m| m.starts_with("rolling update: ")),
+        "the Progressing condition never said the rollout's progress"
+    );
+}
+
+/// pg at 5 instances with its primary on pg-4, scaled to 2: the core switches over first (to
+/// pg-0 or pg-1), and only then is pg-4's pod deleted; the StatefulSet ends at 2 replicas,
+/// the PVCs of pg-2..4 kept.
+async fn scale_down_past_the_primary(
+    cp: &harness::ControlPlane,
+    admin: &kube::Client,
+    dbs: &Api<Database>,
+) {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let sts: Api<StatefulSet> = Api::namespaced(admin.clone(), "apps");
+    let replicas_of = |s: &StatefulSet| s.spec.as_ref().and_then(|s| s.replicas);
+    kubectl(
+        cp,
+        &[
+            "patch",
+            "database",
+            "pg",
+            "-n",
+            "apps",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"instances":2}}"#,
+        ],
+    );
+    // Until pg-4's pod is seen deleted: what the status said then.
+    let start = std::time::Instant::now();
+    let mut held_seen = false;
+    let at_deletion = loop {
+        let pods = pods_of_pg(admin).await;
+        let db = dbs.get("pg").await.unwrap();
+        let replicas = replicas_of(&sts.get("pg").await.unwrap());
+        held_seen |= db.metadata.generation
+            == db.status.as_ref().and_then(|s| s.observed_generation)
+            && replicas == Some(5);
+        if pods.get(&4).is_none_or(|p| p.deleting) {
+            break db;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "pg-4 was never deleted: {pods:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let then = at_deletion
+        .status
+        .as_ref()
+        .and_then(|s| s.current_primary.clone());
+    assert!(
+        matches!(then.as_deref(), Some("pg-0" | "pg-1")),
+        "pg-4's pod was deleted while the primary was {then:?}"
+    );
+    let report = stator_operator::ha::saved_report(&at_deletion).expect("a failover report");
+    let last = report.last.expect("the switchover in the history");
+    assert_eq!(last.kind.as_str(), "switchover", "{last:?}");
+    assert_eq!(last.from.as_deref(), Some("pg-4"), "{last:?}");
+    assert_eq!(last.outcome.as_str(), "done", "{last:?}");
+    println!(
+        "pg: scaled to 2: switched over from pg-4 to {} before its pod went (replicas held at 5 \
+         seen: {held_seen}); {}",
+        then.unwrap_or_default(),
+        last.outage.describe()
+    );
+    ready_with(dbs, "pg", "2 instances, 1 ready replica", |db| {
+        let (now, ready) = ready_roles(db);
+        let status = db.status.clone().unwrap_or_default();
+        status.phase == Some(Phase::Ready)
+            && matches!(now.as_deref(), Some("pg-0" | "pg-1"))
+            && ready.len() == 1
+            && status.instances.len() == 2
+    })
+    .await;
+    assert_eq!(replicas_of(&sts.get("pg").await.unwrap()), Some(2));
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(admin.clone(), "apps");
+    for o in 2..5 {
+        assert!(
+            pvcs.get_opt(&format!("data-pg-{o}"))
+                .await
+                .unwrap()
+                .is_some(),
+            "the PVC of pg-{o} was deleted"
+        );
+    }
 }
