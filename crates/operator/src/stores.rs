@@ -6,8 +6,9 @@
 //!
 //! - Databases: the controller's own watch (full objects: the loops need spec, annotations and
 //!   status), without `managedFields`.
-//! - Pods of any Database (label `stator.dev/database`): only the name, labels, owner data and
-//!   `status.podIP` are kept (what [`crate::ha::runtime::PodView`] reads).
+//! - Pods of any Database (label `stator.dev/database`): only the metadata without annotations,
+//!   `status.podIP` and the `Ready` condition are kept (what [`crate::ha::runtime::PodView`]
+//!   reads).
 //! - PVCs: a metadata-only watch (the loop only needs which ordinals have one).
 //! - Services of any Database: only `spec.clusterIP` (`NAME-rw`'s address).
 //!
@@ -75,9 +76,14 @@ fn trim_pod(pod: &mut Pod) {
     trim_metadata(pod);
     pod.metadata.annotations = None;
     pod.spec = None;
-    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+    let status = pod.status.take().unwrap_or_default();
+    // The rollout waits on the Ready condition (what EndpointSlices follow); the others go.
+    let ready = status
+        .conditions
+        .map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect());
     pod.status = Some(PodStatus {
-        pod_ip: ip,
+        pod_ip: status.pod_ip,
+        conditions: ready,
         ..PodStatus::default()
     });
 }
@@ -199,7 +205,9 @@ mod tests {
                 "annotations": {"a": "b"},
                 "managedFields": [{"manager": "kubelet", "operation": "Update"}]},
             "spec": {"containers": [{"name": "c", "image": "i"}]},
-            "status": {"podIP": "10.0.0.1", "phase": "Running"},
+            "status": {"podIP": "10.0.0.1", "phase": "Running", "conditions": [
+                {"type": "Initialized", "status": "True"},
+                {"type": "Ready", "status": "True"}]},
         }))
         .unwrap();
         let view = crate::ha::runtime::PodView::of(&pod);
@@ -207,6 +215,9 @@ mod tests {
         trim_pod(&mut trimmed);
         assert_eq!(crate::ha::runtime::PodView::of(&trimmed), view);
         assert!(trimmed.spec.is_none() && trimmed.metadata.managed_fields.is_none());
-        assert_eq!(trimmed.status.unwrap().phase, None);
+        assert!(view.ready, "the Ready condition is read");
+        let status = trimmed.status.unwrap();
+        assert_eq!(status.phase, None);
+        assert_eq!(status.conditions.map(|c| c.len()), Some(1));
     }
 }
