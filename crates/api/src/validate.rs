@@ -633,15 +633,15 @@ fn validate_backup(db: &Database, r: &mut Report) {
     }
     let implemented = match db.spec.engine {
         crate::Engine::Postgres => true,
-        crate::Engine::Mariadb => backup.repository.local.is_some(),
+        crate::Engine::Mariadb => true,
         _ => false,
     };
     if !implemented {
         r.warn(
             "spec.backup",
-            "backups are implemented only for PostgreSQL (local or S3 repository) and MariaDB \
-             (local repository) under `stator up`: `stator up` refuses this spec (`stator \
-             render` renders an s3 repository, and refuses a local one)",
+            "backups are implemented only for PostgreSQL and MariaDB (local or S3 repository) \
+             under `stator up`: `stator up` refuses this spec (`stator render` renders an s3 \
+             repository, and refuses a local one)",
         );
     }
     let BackupSpec {

@@ -284,7 +284,7 @@ fn a_backup_section_is_refused_where_backups_are_not_implemented() {
         ),
         (
             "engine: mariadb\nbackup:\n  repository: {s3: {endpoint: 's3.example:443', bucket: backups, region: r, credentialsSecretName: k}}",
-            "spec.backup.repository.s3: S3 repositories of MariaDB are not implemented yet",
+            "spec.backup.repository.s3.caSecretName: required for an S3 repository of MariaDB",
         ),
         // PostgreSQL on S3 runs, but not without its keys: the local Secret `k` is missing.
         (

@@ -12,7 +12,7 @@ use stator_local::StateDir;
 use crate::cmd::local::{StateDirArg, failed};
 use crate::error::{CliError, CliResult};
 
-/// Backups of a database (`spec.backup`, PostgreSQL or MariaDB with a local repository).
+/// Backups of a database (`spec.backup`, PostgreSQL or MariaDB, in a local or S3 repository).
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Examples:\n  stator backup create -f db.yaml              an incremental backup (the first one is full)\n  stator backup create -f db.yaml --type full\n  stator backup list -f db.yaml                 ID, times, size, LSN range, recoverable range\n  stator backup verify -f db.yaml               pgbackrest verify: every file of every backup and the WAL\n                                                (MariaDB: re-hashes every backup, checks its manifest)"
