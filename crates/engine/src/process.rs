@@ -258,13 +258,7 @@ impl ServerProcess {
     /// lost to init), and waits until the server is gone: a fence that must work on a hung
     /// or stopped server too.
     pub async fn kill_tree(&mut self) -> String {
-        let mut doomed = vec![self.pid];
-        doomed.extend(descendants(self.pid));
-        for pid in doomed {
-            if let Ok(pid) = i32::try_from(pid) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
+        kill_tree_now(self.pid);
         self.exited().await
     }
 
@@ -287,6 +281,19 @@ impl ServerProcess {
             }
         }
         self.exited().await
+    }
+}
+
+/// SIGKILL to `root` and every process under it (collected first, so none is lost to init),
+/// without waiting: the kill fence's signals, for a caller that cannot await (the lease's
+/// self-fencing thread). [`ServerProcess::kill_tree`] sends these and waits.
+pub fn kill_tree_now(root: u32) {
+    let mut doomed = vec![root];
+    doomed.extend(descendants(root));
+    for pid in doomed {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
 }
 

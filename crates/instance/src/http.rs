@@ -43,6 +43,9 @@ pub struct Endpoints {
     pub backups: Option<Arc<crate::backups::Backups>>,
     /// A MariaDB primary's binlog archive: its state in `/status` under `backup.archive`.
     pub binlogs: Option<Arc<crate::binlogs::BinlogArchiver>>,
+    /// Lease mode (`--managed --lease`): the write lease, whose facts `/status` adds and
+    /// without which `/promote` is refused.
+    pub lease: Option<Arc<crate::self_fencing::SelfFencing>>,
 }
 
 /// One backup at a time: mariadb-backup's backup locks do not nest.
@@ -92,13 +95,21 @@ async fn status(State(e): State<Endpoints>, uri: axum::http::Uri) -> Response {
     if crate::managed::asks_fresh(uri.query()) {
         e.status.refresh().await;
     }
-    axum::Json(report_with_backups(&e)).into_response()
+    match &e.lease {
+        None => axum::Json(report_with_backups(&e)).into_response(),
+        Some(lease) => {
+            let mut report =
+                serde_json::to_value(report_with_backups(&e)).unwrap_or_else(|_| json!({}));
+            lease.add_facts(&mut report);
+            axum::Json(report).into_response()
+        }
+    }
 }
 
 /// The report, with the backup facts when this instance takes backups (PostgreSQL) or
 /// archives binary logs (MariaDB: the archive, and the runtime's full backups as the
 /// repository holds them).
-fn report_with_backups(e: &Endpoints) -> stator_api::instance::InstanceReport {
+pub(crate) fn report_with_backups(e: &Endpoints) -> stator_api::instance::InstanceReport {
     let mut report = e.status.report();
     report.backup = match (&e.backups, &e.binlogs) {
         (Some(b), _) => Some(b.facts()),
@@ -208,6 +219,14 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
 async fn promote(State(e): State<Endpoints>, headers: HeaderMap) -> Response {
     if let Some(refused) = check_token(&e, &headers) {
         return refused;
+    }
+    if let Some(lease) = &e.lease
+        && !lease.holds_write_lease()
+    {
+        return error(
+            StatusCode::CONFLICT,
+            "lease mode: this instance holds no valid write lease; POST /lease naming it as the writer first",
+        );
     }
     tracing::info!("promotion requested");
     ask(&e, Command::Promote).await

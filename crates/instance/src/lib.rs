@@ -18,6 +18,10 @@
 //!   when no peer holds (or may hold) the database's data; otherwise it is cloned.
 //! - [`managed`]: the managed mode (the operator's pods): no role of its own; the orders
 //!   `/bootstrap`, `/role`, `/fence`, `/rebuild`, and `/status?fresh=1`.
+//! - [`lease`]: the write lease's bookkeeping (pure): grants, terms, the failsafe.
+//! - [`self_fencing`]: lease mode (`--managed --lease`): `POST /lease`, `POST /confirm`, the
+//!   clock and incarnation, the persisted term, the watchdog thread that kills a primary whose
+//!   lease expired, the failsafe rounds.
 //! - [`api_token`]: the bearer token of the mutating endpoints.
 //! - [`backups`]: pgBackRest backups on the primary, the stanza, a full backup after a promotion.
 //! - [`binlogs`]: a MariaDB primary's binary log archive (`FLUSH`, archive the closed logs).
@@ -29,9 +33,11 @@ pub mod binlogs;
 pub mod error;
 pub mod http;
 pub mod https;
+pub mod lease;
 pub mod managed;
 pub mod metrics;
 pub mod peers;
+pub mod self_fencing;
 pub mod status;
 pub mod supervisor;
 
@@ -80,6 +86,9 @@ pub enum Mode {
     Plain,
     /// Only on orders ([`managed`]); the config's `bootstrap` and `peers` are not used.
     Managed,
+    /// [`Mode::Managed`], and a primary serves only under the operator's write lease
+    /// ([`self_fencing`]); the config's `peers` are asked to confirm the failsafe.
+    Leased,
 }
 
 /// Runs the instance manager until SIGTERM or SIGINT (Ok, server stopped cleanly) or until the
@@ -154,6 +163,33 @@ async fn run_engine<E: ServerEngine>(
     let status = Arc::new(InstanceStatus::new(name.clone()));
     status.set_query(fresh_query(engine.clone(), creds.clone()));
     let (commands_tx, commands_rx) = mpsc::channel(8);
+    let lease = match mode {
+        Mode::Leased => Some(self_fencing::SelfFencing::open(
+            &name,
+            &config.data_dir,
+            config.peers.clone(),
+            config.secrets_dir.clone(),
+        )?),
+        Mode::Plain | Mode::Managed => None,
+    };
+    let watchdog = match &lease {
+        Some(l) => {
+            let engine = engine.clone();
+            let may_be_primary = Box::new(move || match engine.inspect_data_dir() {
+                Ok(stator_engine::DataDirState::Ready(m)) => m.follows.is_none(),
+                Ok(stator_engine::DataDirState::Empty) => false,
+                Err(_) => true,
+            });
+            let thread = l
+                .spawn_watchdog(status.clone(), config.data_dir.clone(), may_be_primary)
+                .map_err(|e| InstanceError::Failed {
+                    instance: name.clone(),
+                    message: format!("cannot start the lease watchdog thread: {e}"),
+                })?;
+            Some((thread, tokio::spawn(l.clone().failsafe_forever())))
+        }
+        None => None,
+    };
 
     let observer = tokio::spawn(supervisor::observe_forever(
         engine.clone(),
@@ -178,10 +214,13 @@ async fn run_engine<E: ServerEngine>(
         backup,
         backups,
         binlogs,
+        lease: lease.clone(),
     };
     let app = match mode {
         Mode::Plain => http::router(endpoints),
-        Mode::Managed => http::router(endpoints.clone()).merge(managed::router(endpoints)),
+        Mode::Managed | Mode::Leased => {
+            http::router(endpoints.clone()).merge(managed::router(endpoints))
+        }
     };
     let stopped = async move {
         let _ = http_stop_rx.await;
@@ -222,13 +261,21 @@ async fn run_engine<E: ServerEngine>(
     };
     let result = match mode {
         Mode::Plain => supervisor.run().await,
-        Mode::Managed => {
+        Mode::Managed | Mode::Leased => {
             tracing::info!(instance = %name, "managed: the server starts only on orders");
             managed::ManagedSupervisor::new(supervisor, config.data_dir.clone())
+                .with_lease(lease.clone())
                 .run()
                 .await
         }
     };
+    if let Some(l) = &lease {
+        l.stop();
+    }
+    if let Some((thread, failsafe)) = watchdog {
+        failsafe.abort();
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
 
     signals.abort();
     if let Some(reaper) = reaper {

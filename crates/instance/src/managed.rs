@@ -25,8 +25,16 @@
 //!
 //! A refused order answers 409 saying why and what would be accepted; a bad body 400 naming
 //! the field. `/promote`, `/demote` and `/reload` work as for every manager.
+//!
+//! In lease mode (`--managed --lease`, [`crate::self_fencing`]) it also takes `POST /lease`
+//! and `POST /confirm`; a primary's data directory starts only while this instance holds a
+//! valid write lease (after `/role primary` or `/bootstrap init`, it waits for one), a
+//! crashed primary is not restarted without one, `/promote` needs one, and a server killed
+//! by the lease's watchdog is held as under a `kill` fence, reported "fenced (kill) by lease
+//! expiry".
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -42,6 +50,7 @@ use stator_engine::{DataDirState, ServerEngine, ServerProcess};
 
 use crate::error::InstanceError;
 use crate::http::{Endpoints, ask, check_token, error, json_body};
+use crate::self_fencing::SelfFencing;
 use crate::supervisor::{Backoff, Command, Reply, Served, Supervisor};
 
 /// How long `GET /status?fresh=1` waits for the server's answer.
@@ -221,12 +230,19 @@ pub fn parse_rebuild(body: &[u8]) -> Result<Order, String> {
 
 /// The order endpoints, merged into [`crate::http::router`]'s in managed mode.
 pub fn router(endpoints: Endpoints) -> Router {
-    Router::new()
+    let orders = Router::new()
         .route("/bootstrap", post(bootstrap))
         .route("/role", post(role))
         .route("/fence", post(fence).delete(release))
-        .route("/rebuild", post(rebuild))
-        .with_state(endpoints)
+        .route("/rebuild", post(rebuild));
+    let orders = if endpoints.lease.is_some() {
+        orders
+            .route("/lease", post(crate::self_fencing::lease))
+            .route("/confirm", post(crate::self_fencing::confirm))
+    } else {
+        orders
+    };
+    orders.with_state(endpoints)
 }
 
 async fn order(
@@ -277,6 +293,14 @@ pub fn aside_dir(data_dir: &Path) -> PathBuf {
     data_dir.with_file_name(format!(".{name}.stator-old"))
 }
 
+/// Waits for a grant in lease mode; never otherwise.
+async fn lease_granted(lease: Option<&SelfFencing>) {
+    match lease {
+        Some(l) => l.granted().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What to do next.
 enum Next {
     Start,
@@ -295,6 +319,8 @@ pub struct ManagedSupervisor<E: ServerEngine> {
     /// The data directory may start as the primary it was (a `/role primary` or a `/bootstrap
     /// init` said so since the last fence or start of the manager).
     primary_allowed: bool,
+    /// Lease mode: a primary starts only under a valid write lease.
+    lease: Option<Arc<SelfFencing>>,
 }
 
 impl<E: ServerEngine> ManagedSupervisor<E> {
@@ -304,7 +330,30 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
             data_dir,
             fence: None,
             primary_allowed: false,
+            lease: None,
         }
+    }
+
+    /// In lease mode.
+    pub fn with_lease(mut self, lease: Option<Arc<SelfFencing>>) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Why the lease's watchdog killed the server, when it did: the fence is held as a `kill`
+    /// fence from then on.
+    fn lease_fence(&mut self) -> Option<String> {
+        let why = self.lease.as_ref()?.fenced()?;
+        if self.fence.is_none() {
+            self.fence = Some(FenceKind::Kill);
+            self.primary_allowed = false;
+        }
+        Some(why)
+    }
+
+    /// Lease mode without a valid write lease: a primary must not start.
+    fn lacks_write_lease(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| !l.holds_write_lease())
     }
 
     /// Runs until shut down (Ok) or until the data directory cannot be used (Err).
@@ -369,7 +418,13 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
         let holds_data = matches!(state, DataDirState::Ready(_));
         let was_primary = matches!(&state, DataDirState::Ready(m) if m.follows.is_none());
         self.status().update(|s| s.holds_data = Some(holds_data));
+        let by_lease = self.lease_fence();
+        let mut waits_for_lease = false;
         let waiting = match (&self.fence, &state) {
+            (Some(_), _) if by_lease.is_some() => format!(
+                "{}; the server stays stopped until POST /fence {{\"release\": true}} or DELETE /fence",
+                by_lease.as_deref().unwrap_or_default()
+            ),
             (Some(kind), _) => format!(
                 "fenced ({}): the server stays stopped until POST /fence {{\"release\": true}} or DELETE /fence",
                 kind.as_str()
@@ -379,6 +434,13 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
             }
             (None, DataDirState::Ready(_)) if was_primary && !self.primary_allowed => {
                 "the data dir was a primary's: waiting for POST /role (primary, or replica of an upstream)".into()
+            }
+            (None, DataDirState::Ready(_)) if was_primary && self.lacks_write_lease() => {
+                waits_for_lease = true;
+                format!(
+                    "the data dir is a primary's and this manager is in lease mode: waiting for POST /lease naming {} as the writer",
+                    self.status().name
+                )
             }
             (None, DataDirState::Ready(_)) => return Ok(Next::Start),
         };
@@ -394,8 +456,19 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
         };
         self.status().update(|s| s.final_checkpoint = checkpoint);
         tracing::info!("{waiting}");
+        let lease = self.lease.clone();
         loop {
-            let Some(command) = self.inner.commands.recv().await else {
+            let command = tokio::select! {
+                command = self.inner.commands.recv() => command,
+                _ = lease_granted(lease.as_deref()), if waits_for_lease => {
+                    if self.lacks_write_lease() {
+                        continue;
+                    }
+                    tracing::info!("a write lease names this instance: starting its primary");
+                    return Ok(Next::Decide);
+                }
+            };
+            let Some(command) = command else {
                 return Ok(Next::Exit);
             };
             let (order, reply) = match command {
@@ -429,6 +502,9 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
                             let _ = reply.send(Err(format!("releasing the fence failed: {e}")));
                             continue;
                         }
+                    }
+                    if let Some(lease) = &self.lease {
+                        lease.release();
                     }
                     let _ = reply.send(Ok(match self.fence.take() {
                         Some(kind) => format!("released the {} fence", kind.as_str()),
@@ -649,6 +725,20 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
         let mut backoff = Backoff::default();
         let mut pending: Option<Reply> = None;
         loop {
+            if self.lease.is_some() && self.lacks_write_lease() {
+                let primary = matches!(
+                    self.inner.engine.inspect_data_dir(),
+                    Ok(DataDirState::Ready(m)) if m.follows.is_none()
+                );
+                if primary {
+                    // hold() says it waits for a lease.
+                    if let Some(reply) = pending.take() {
+                        let _ =
+                            reply.send(Err("no write lease: the primary is not started".into()));
+                    }
+                    return Ok(Next::Decide);
+                }
+            }
             let mut server = self.start_server()?;
             if let Some(reply) = pending.take() {
                 let _ = reply.send(Ok("rejoined; the server is starting as a replica".into()));
@@ -683,16 +773,20 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
                 }
                 Served::Exited(how) => {
                     self.status().update(|s| s.pid = None);
+                    let by_lease = self.lease_fence();
                     if let Some(kind) = self.fence {
                         tracing::warn!(how = %how, "the server died while fenced; it is not restarted");
                         self.primary_allowed = false;
-                        self.status().set_state(
-                            ServerState::Stopped,
-                            Some(format!(
+                        let message = match by_lease {
+                            Some(why) => {
+                                format!("{why}; the server {how} and stays down until released")
+                            }
+                            None => format!(
                                 "server {how} while fenced ({}); not restarted",
                                 kind.as_str()
-                            )),
-                        );
+                            ),
+                        };
+                        self.status().set_state(ServerState::Stopped, Some(message));
                         return Ok(Next::Decide);
                     }
                     let delay = backoff.next_delay(started.elapsed());

@@ -33,6 +33,11 @@ pub struct InstanceArgs {
     /// /fence and POST /rebuild are obeyed (all with the api-token).
     #[arg(long, requires = "pod")]
     pub managed: bool,
+    /// With --managed: lease mode. A primary serves only under the operator's write lease
+    /// (POST /lease); when it expires the manager kills its server unless every other ordinal's
+    /// manager confirms (POST /confirm) that the operator, not the primary, is gone.
+    #[arg(long, requires = "managed")]
+    pub lease: bool,
     /// The Database (JSON or YAML) the pod belongs to; used with --pod.
     #[arg(long, value_name = "FILE")]
     pub database: Option<PathBuf>,
@@ -77,13 +82,18 @@ pub fn run(args: InstanceArgs) -> CliResult {
             )
         })?;
         let namespace = std::env::var("POD_NAMESPACE").ok();
-        let config = pod_instance_config(
+        let mut config = pod_instance_config(
             database,
             &pod_name,
             namespace.as_deref(),
             stator_instance::running_as_root(),
             &args.server_log,
         )?;
+        if args.lease {
+            // The failsafe asks every other ordinal, not only ordinal 0's peers.
+            config.peers =
+                every_other_ordinal(&config.database, config.ordinal, namespace.as_deref());
+        }
         stage_secrets(Path::new(POD_MOUNTED_SECRETS_DIR), &config.secrets_dir)?;
         stage_backup_secrets(
             Path::new(stator_api::names::BACKUP_SECRETS_DIR),
@@ -97,10 +107,10 @@ pub fn run(args: InstanceArgs) -> CliResult {
         .build()
         .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
     // Managed: the ordinal-derived bootstrap and peers are not used; the operator's orders are.
-    let mode = if args.managed {
-        stator_instance::Mode::Managed
-    } else {
-        stator_instance::Mode::Plain
+    let mode = match (args.managed, args.lease) {
+        (true, true) => stator_instance::Mode::Leased,
+        (true, false) => stator_instance::Mode::Managed,
+        (false, _) => stator_instance::Mode::Plain,
     };
     match runtime.block_on(stator_instance::run_in(config, mode)) {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -223,6 +233,32 @@ pub fn server_user_of(engine: stator_api::Engine) -> &'static str {
     }
 }
 
+/// The managers of every ordinal of `database` but `ordinal`, over the headless Service.
+pub fn every_other_ordinal(
+    database: &Database,
+    ordinal: u32,
+    namespace: Option<&str>,
+) -> Vec<Peer> {
+    let namespace = namespace
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| database.namespace());
+    (0..database.spec.instances)
+        .filter(|o| *o != ordinal)
+        .map(|o| Peer {
+            server: Endpoint {
+                instance: database.instance_name(o),
+                host: format!(
+                    "{}.{}.{namespace}.svc",
+                    database.instance_name(o),
+                    database.headless_service_name()
+                ),
+                port: database.spec.engine.port(),
+            },
+            http_port: INSTANCE_MANAGER_PORT,
+        })
+        .collect()
+}
+
 /// The instance config of pod `pod_name` (`NAME-N`) of `database`: ordinal 0 starts as the
 /// primary, every other ordinal clones `NAME-0` through the headless Service. Ordinal 0 has the
 /// other ordinals as peers: with an empty data dir (a lost volume) it initialises only when
@@ -259,13 +295,10 @@ pub fn pod_instance_config(
         port,
     };
     let (bootstrap, peers) = if ordinal == 0 {
-        let peers = (1..database.spec.instances)
-            .map(|o| Peer {
-                server: endpoint(o),
-                http_port: INSTANCE_MANAGER_PORT,
-            })
-            .collect();
-        (Bootstrap::InitPrimary, peers)
+        (
+            Bootstrap::InitPrimary,
+            every_other_ordinal(&database, 0, Some(namespace.as_str())),
+        )
     } else {
         let upstream = endpoint(0);
         (Bootstrap::CloneFrom { upstream }, Vec::new())
@@ -351,6 +384,21 @@ mod tests {
             vec![
                 ("orders-1.orders-headless.shop.svc".to_string(), 8008),
                 ("orders-2.orders-headless.shop.svc".to_string(), 8008)
+            ]
+        );
+    }
+
+    #[test]
+    fn in_lease_mode_every_other_ordinal_is_a_peer_to_confirm_the_failsafe() {
+        let peers: Vec<String> = every_other_ordinal(&database(), 1, Some("prod"))
+            .into_iter()
+            .map(|p| format!("{}:{} {}", p.server.host, p.http_port, p.server.instance))
+            .collect();
+        assert_eq!(
+            peers,
+            vec![
+                "orders-0.orders-headless.prod.svc:8008 orders-0".to_string(),
+                "orders-2.orders-headless.prod.svc:8008 orders-2".to_string()
             ]
         );
     }

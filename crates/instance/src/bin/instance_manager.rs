@@ -1,5 +1,5 @@
 //! The instance manager as a bare program, for the integration tests (they kill it with
-//! `kill -9` and start another): `instance_manager CONFIG.json [--managed]`. The real entry
+//! `kill -9` and start another): `instance_manager CONFIG.json [--managed [--lease]]`. The real entry
 //! point is `stator instance --config FILE` (`--pod --managed` in the operator's pods).
 
 use std::process::ExitCode;
@@ -19,15 +19,18 @@ fn main() -> ExitCode {
         )
         .init();
     let Some(path) = std::env::args().nth(1) else {
-        eprintln!("usage: instance_manager CONFIG.json [--managed]");
+        eprintln!("usage: instance_manager CONFIG.json [--managed [--lease]]");
         return ExitCode::from(2);
     };
-    let mode = match std::env::args().nth(2).as_deref() {
-        None => stator_instance::Mode::Plain,
-        Some("--managed") => stator_instance::Mode::Managed,
-        Some(other) => {
+    let rest: Vec<String> = std::env::args().skip(2).collect();
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let mode = match rest.as_slice() {
+        [] => stator_instance::Mode::Plain,
+        ["--managed"] => stator_instance::Mode::Managed,
+        ["--managed", "--lease"] => stator_instance::Mode::Leased,
+        other => {
             eprintln!(
-                "error: unknown argument {other:?}; usage: instance_manager CONFIG.json [--managed]"
+                "error: unknown arguments {other:?}; usage: instance_manager CONFIG.json [--managed [--lease]]"
             );
             return ExitCode::from(2);
         }
