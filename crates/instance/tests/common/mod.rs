@@ -178,6 +178,11 @@ impl Cluster {
     pub fn start_managed(&self, config: &InstanceConfig) -> Manager {
         Manager::start_with(config.clone(), self.dir.path(), &["--managed"])
     }
+
+    /// The same in lease mode (`--managed --lease`): a primary serves only under a write lease.
+    pub fn start_leased(&self, config: &InstanceConfig) -> Manager {
+        Manager::start_with(config.clone(), self.dir.path(), &["--managed", "--lease"])
+    }
 }
 
 /// An instance manager process; killed with its server when dropped.
