@@ -12,8 +12,17 @@
 //! | `DELETE /fence` | none | releases the fence |
 //! | `POST /rebuild` | `{"upstream": ENDPOINT}` | the data dir holds data |
 //! | `GET /status?fresh=1` | none | queries the server now (bounded) instead of the cached report |
+//! | `POST /lease` | [`LeaseOrder`] | lease mode (`--managed --lease`): every tick, to every instance |
+//! | `POST /confirm` | [`ConfirmOrder`] | lease mode: a writer whose lease ends asks its peers |
 //!
 //! `ENDPOINT` is `{"instance": "NAME-N", "host": "…", "port": N}`.
+//!
+//! In lease mode, `GET /status` and every answer of `/lease` and `/confirm` add to the report
+//! `clock` (the manager's `CLOCK_BOOTTIME` in milliseconds, read when answering),
+//! `incarnation` (16 hex digits, new at every start of the manager) and `lease` (`term`,
+//! `writer`, `expiresAt`, `holdsWriteLease`, `lengthMs`, `heardAt`, `failsafeUntil`,
+//! `failsafe`, `fenced`); `/lease` and `/confirm` answer 200 with `result`, or 409 with
+//! `error` starting with the field refused (`incarnation:`, `term:`, `writer:`, `expiresAt:`).
 
 use serde::{Deserialize, Serialize};
 
@@ -78,4 +87,26 @@ pub struct FenceOrder {
 #[serde(rename_all = "camelCase")]
 pub struct RebuildOrder {
     pub upstream: Endpoint,
+}
+
+/// `POST /lease`: the write lease. `writer` (`NAME-N`) may write at `term`; `expires_at` is
+/// on the receiving manager's clock (a `clock` it reported, plus L); `incarnation` is the one
+/// it reported. Only the writer holds a lease; every other instance records the term, the
+/// writer and that it heard the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseOrder {
+    pub term: u64,
+    pub writer: String,
+    pub expires_at: u64,
+    pub incarnation: String,
+}
+
+/// `POST /confirm`: a writer asking a peer whether it still follows `writer` at `term` and
+/// has not heard the operator for a lease length.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfirmOrder {
+    pub term: u64,
+    pub writer: String,
 }

@@ -409,7 +409,8 @@ mod tests {
         let mut b = book();
         b.accept(&grant(2, ME, 10_000), 1_000).unwrap();
         let before = b.clone();
-        let cases: Vec<(Grant, fn(&Refusal) -> bool)> = vec![
+        type Case = (Grant, fn(&Refusal) -> bool);
+        let cases: Vec<Case> = vec![
             (grant(2, ME, 10_000), |r| {
                 matches!(r, Refusal::NotLater { .. })
             }),

@@ -346,16 +346,25 @@ impl SelfFencing {
             if g.stopping {
                 return;
             }
-            let now = clock();
-            if g.fenced.is_none() && !g.book.may_write(now) {
+            if g.fenced.is_none() && !g.book.may_write(clock()) {
+                // Looked at without the lock (the /proc and marker reads must not hold up a
+                // grant), then checked again under it: a grant taken meanwhile wins.
+                drop(g);
                 let snapshot = status.snapshot();
                 let observed_primary = snapshot
                     .observation
                     .as_ref()
                     .is_some_and(|o| o.role == Some(Role::Primary));
-                if let Some(pid) = snapshot.pid
-                    && stator_engine::process::process_serves_data_dir(pid, data_dir)
-                    && (observed_primary || may_be_primary())
+                let doomed = snapshot.pid.filter(|pid| {
+                    stator_engine::process::process_serves_data_dir(*pid, data_dir)
+                        && (observed_primary || may_be_primary())
+                });
+                g = self.lock();
+                let now = clock();
+                if let Some(pid) = doomed
+                    && g.fenced.is_none()
+                    && !g.book.may_write(now)
+                    && !g.stopping
                 {
                     let why = self.why_fenced(&g, now);
                     g.fenced = Some(why.clone());
@@ -366,6 +375,7 @@ impl SelfFencing {
                     continue;
                 }
             }
+            let now = clock();
             let wait = match g.book.writes_until() {
                 Some(until) if until > now => Duration::from_millis(until - now).min(WATCH_EVERY),
                 _ => WATCH_EVERY,
@@ -687,6 +697,21 @@ mod tests {
             let why = parse_lease(body.as_bytes()).expect_err(body);
             assert!(why.contains(field), "{body}: {why} does not name {field}");
         }
+        // What the operator sends (stator_api's order types) is what the manager reads.
+        let order = stator_api::orders::LeaseOrder {
+            term: 9,
+            writer: "db-1".into(),
+            expires_at: 77,
+            incarnation: "cd".into(),
+        };
+        let grant = parse_lease(&serde_json::to_vec(&order).unwrap()).unwrap();
+        assert_eq!((grant.term, grant.expires_at), (9, 77));
+        let asked = stator_api::orders::ConfirmOrder {
+            term: 9,
+            writer: "db-1".into(),
+        };
+        let parsed = parse_confirm(&serde_json::to_vec(&asked).unwrap()).unwrap();
+        assert_eq!(parsed.writer, "db-1");
         assert!(
             parse_confirm(br#"{"term": 1}"#)
                 .unwrap_err()
