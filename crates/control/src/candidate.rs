@@ -280,6 +280,7 @@ mod tests {
             now_ms: 0,
             memory: Memory::default(),
             request: None,
+            leases: None,
         }
     }
 

@@ -19,6 +19,7 @@ use crate::candidate::{
     ordinals, relay_log_backlog,
 };
 use crate::input::{Input, Presence, Request};
+use crate::lease::DownVerdict;
 use crate::memory::{Fence, FenceMethod, Memory, Transition, TransitionKind, TransitionPhase};
 
 /// Decides the next actions. Pure and deterministic: the same input gives the same decision.
@@ -99,10 +100,9 @@ impl Run<'_> {
     fn confirm_fences(&mut self) {
         let input = self.input;
         for (&ordinal, fence) in self.memory.fenced.iter_mut() {
-            let presence = input.presence(ordinal);
-            if presence.writable() {
+            if input.presence(ordinal).writable() {
                 fence.confirmed = false;
-            } else if presence.cannot_write() {
+            } else if input.cannot_write(ordinal) {
                 fence.confirmed = true;
             }
         }
@@ -185,9 +185,11 @@ impl Run<'_> {
             || self.memory.transition.as_ref().and_then(|t| t.from) == Some(ordinal);
         if was_writer {
             // Never ordered fenced: whatever it looks like now, it may be restarted writable.
-            return !matches!(presence, Presence::Absent);
+            return !matches!(presence, Presence::Absent) || !self.input.lease_void(ordinal);
         }
-        claims_primary(presence)
+        // Only known through the runtime, and a lease naming it may still be valid (a
+        // candidate ordered promoted that was cut off since).
+        claims_primary(presence) || (presence.facts().is_none() && !self.input.lease_void(ordinal))
     }
 
     /// Instances other than `except` that block a promotion because they may accept writes.
@@ -201,9 +203,66 @@ impl Run<'_> {
     fn describe_blocking(&self, blocking: &[u32]) -> String {
         blocking
             .iter()
-            .map(|o| format!("{} ({})", self.name(*o), self.presence(*o).describe()))
+            .map(|o| {
+                let presence = self.presence(*o);
+                match &self.input.leases {
+                    Some(leases) if presence.facts().is_none() && !self.input.lease_void(*o) => {
+                        format!(
+                            "{} ({}; a lease of it may be valid for {} ms more)",
+                            self.name(*o),
+                            presence.describe(),
+                            leases.may_hold_lease_until(*o).saturating_sub(self.now())
+                        )
+                    }
+                    _ => format!("{} ({})", self.name(*o), presence.describe()),
+                }
+            })
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// The shell's time when a lease of one of `blocking` may end, the earliest: when to
+    /// decide again (`None` without leases or when no lease holds them).
+    fn lease_recheck(&self, blocking: &[u32]) -> Option<u64> {
+        let leases = self.input.leases.as_ref()?;
+        blocking
+            .iter()
+            .filter(|o| self.presence(**o).facts().is_none() && !self.input.lease_void(**o))
+            .map(|o| leases.may_hold_lease_until(*o))
+            .min()
+    }
+
+    /// With leases, when some other instance counts as unable to write only by the lease rule
+    /// (down or absent, not reported): `candidate` must itself have answered continuously for
+    /// the Down bound. Why not, when it has not.
+    fn candidate_unproven(&self, candidate: u32) -> Option<(String, Option<u64>)> {
+        let leases = self.input.leases.as_ref()?;
+        let by_rule = ordinals(self.input, &self.memory)
+            .into_iter()
+            .any(|o| o != candidate && self.presence(o).facts().is_none());
+        if !by_rule {
+            return None;
+        }
+        match leases.candidate_verdict(candidate, self.now()) {
+            DownVerdict::CandidateNotReachableLongEnough { since_ms, until_ms } => {
+                let bound = leases.down_after_ms();
+                let why = match since_ms {
+                    Some(since) => format!(
+                        "{} has answered its leases for {} ms, and must for {bound} ms before \
+                         an instance it cannot see is taken for down",
+                        self.name(candidate),
+                        self.now().saturating_sub(since)
+                    ),
+                    None => format!(
+                        "{} does not answer its leases now, and must for {bound} ms before an \
+                         instance it cannot see is taken for down",
+                        self.name(candidate)
+                    ),
+                };
+                Some((why, until_ms))
+            }
+            DownVerdict::Down | DownVerdict::LeaseMayBeValid { .. } => None,
+        }
     }
 
     // ----------------------------------------------------------------------------- primary
@@ -574,7 +633,8 @@ impl Run<'_> {
                         self.transition_title(&t),
                         self.describe_blocking(&blocking)
                     );
-                    self.wait(message.clone(), None);
+                    let recheck = self.lease_recheck(&blocking);
+                    self.wait(message.clone(), recheck);
                     self.say(Phase::FailingOver, Reason::Fencing, message);
                     return;
                 }
@@ -682,7 +742,8 @@ impl Run<'_> {
                 self.describe_blocking(&blocking),
                 self.name(old)
             );
-            self.wait(message.clone(), None);
+            let recheck = self.lease_recheck(&blocking);
+            self.wait(message.clone(), recheck);
             self.say(Phase::FailingOver, Reason::Fencing, message);
             return;
         }
@@ -717,7 +778,18 @@ impl Run<'_> {
                 self.name(candidate),
                 self.describe_blocking(&blocking)
             );
-            self.wait(message.clone(), None);
+            let recheck = self.lease_recheck(&blocking);
+            self.wait(message.clone(), recheck);
+            self.say(Phase::FailingOver, Reason::Fencing, message);
+            return;
+        }
+        if let Some((why, recheck)) = self.candidate_unproven(candidate) {
+            let message = format!(
+                "{}: {} is chosen, but {why}",
+                self.transition_title(t),
+                self.name(candidate)
+            );
+            self.wait(message.clone(), recheck);
             self.say(Phase::FailingOver, Reason::Fencing, message);
             return;
         }
@@ -873,7 +945,8 @@ impl Run<'_> {
                 self.describe_blocking(&blocking),
                 self.name(candidate)
             );
-            self.wait(message.clone(), None);
+            let recheck = self.lease_recheck(&blocking);
+            self.wait(message.clone(), recheck);
             self.say(Phase::FailingOver, Reason::Fencing, message);
             return;
         }

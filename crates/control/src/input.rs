@@ -9,6 +9,7 @@ use stator_api::instance::{InstanceReport, ServerState};
 use stator_api::position::{PositionError, ReplicationPosition};
 use stator_api::{Database, Engine, Role};
 
+use crate::lease::LeaseLedger;
 use crate::memory::Memory;
 
 /// The part of the `Database` spec the decision core needs.
@@ -264,6 +265,15 @@ pub struct Input {
     pub memory: Memory,
     #[serde(default)]
     pub request: Option<Request>,
+    /// The write leases the shell sent, when it sends them ([`LeaseLedger`]). With a ledger,
+    /// an instance the shell knows only as down or absent (not from its manager's own report)
+    /// counts as unable to write only once no lease of it can be valid
+    /// ([`LeaseLedger::lease_void`]), and a replica is promoted over such an instance only once
+    /// it has answered continuously for the Down bound ([`LeaseLedger::candidate_verdict`]).
+    /// It can only delay a fence's confirmation or a promotion, never hasten one. `None`: no
+    /// leases (the local runtime today), the core decides as without them.
+    #[serde(default)]
+    pub leases: Option<LeaseLedger>,
 }
 
 impl Input {
@@ -276,6 +286,20 @@ impl Input {
     /// The report of instance `ordinal`, when it answered.
     pub fn facts(&self, ordinal: u32) -> Option<&InstanceFacts> {
         self.presence(ordinal).facts()
+    }
+
+    /// `ordinal` is known unable to write: [`Presence::cannot_write`], and, when it was not its
+    /// manager that said so (down or absent), no lease of it can be valid any more.
+    pub fn cannot_write(&self, ordinal: u32) -> bool {
+        let presence = self.presence(ordinal);
+        presence.cannot_write() && (presence.facts().is_some() || self.lease_void(ordinal))
+    }
+
+    /// No lease naming `ordinal` the writer can be valid now; always true without a ledger.
+    pub fn lease_void(&self, ordinal: u32) -> bool {
+        self.leases
+            .as_ref()
+            .is_none_or(|l| l.lease_void(ordinal, self.now_ms))
     }
 }
 

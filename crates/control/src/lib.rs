@@ -49,6 +49,10 @@
 //! - [`action`]: what it returns: [`Action`]s, the new memory and a [`Status`].
 //! - [`candidate`]: choosing the replica to promote and the checks that make it safe.
 //! - [`decide`](mod@decide): the pipeline of one decision.
+//! - [`lease`]: the write-lease ledger the shells keep and the Down rule: an unreachable
+//!   instance that may hold a write lease counts as unable to write only once no lease of it
+//!   can be valid on its own clock. Given to `decide` as the optional [`Input::leases`], it
+//!   only ever delays a fence's confirmation and a promotion.
 //! - [`backup_due`](mod@backup_due): whether a scheduled backup is due, from the schedule, the
 //!   last run and the time; missed slots give one run, never a burst.
 //! - [`backup_health`](mod@backup_health): whether backups are healthy (archive failing or
@@ -60,6 +64,7 @@ pub mod backup_health;
 pub mod candidate;
 pub mod decide;
 pub mod input;
+pub mod lease;
 pub mod memory;
 
 pub use action::{Action, Bootstrap, Decision, Reason, Status};
@@ -69,4 +74,7 @@ pub use backup_health::{
 };
 pub use decide::decide;
 pub use input::{ClusterSpec, Input, InstanceFacts, Presence, Request, SpecError};
+pub use lease::{
+    DownVerdict, Lease, LeaseLedger, LeaseOrder, down_after_ms, lease_length_ms, max_silence_ms,
+};
 pub use memory::{Fence, FenceMethod, Memory, Transition, TransitionKind, TransitionPhase};

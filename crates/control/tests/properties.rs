@@ -234,6 +234,7 @@ fn situation() -> impl Strategy<Value = Input> {
                     now_ms: now,
                     memory,
                     request: request.map(|to| Request::Switchover { to }),
+                    leases: None,
                 },
             )
     })
@@ -324,6 +325,7 @@ fn failover_situation() -> impl Strategy<Value = Input> {
                         fork: fork.map(|(t, n)| position(engine, t, n, false)),
                     },
                     request: None,
+                    leases: None,
                 }
             })
     })
@@ -950,6 +952,7 @@ impl World {
             now_ms: self.now,
             memory: self.memory.clone(),
             request,
+            leases: None,
         };
         let decision = decide(&input);
         for action in &decision.actions {

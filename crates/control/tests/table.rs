@@ -166,6 +166,7 @@ fn input(spec: ClusterSpec, observed: Vec<(u32, Presence)>, memory: Memory) -> I
         now_ms: NOW,
         memory,
         request: None,
+        leases: None,
     }
 }
 

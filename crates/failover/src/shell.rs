@@ -216,6 +216,8 @@ impl<R: Runtime> Failover<R> {
             now_ms: self.rt.monotonic_ms(),
             memory: self.state.memory.clone(),
             request,
+            // The leases are not sent yet: decided as without them.
+            leases: None,
         };
         let decision = stator_control::decide(&input);
         self.follow_transition(&spec, &input, &decision);

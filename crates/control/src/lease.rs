@@ -1,0 +1,438 @@
+//! Write leases and the Down rule: when an instance that cannot be reached, and may hold a
+//! write lease, counts as unable to write, so that another instance may be promoted.
+//!
+//! The shell (the operator, later the local supervisor) sends every instance manager a lease
+//! each tick, `POST /lease {term, writer, expiresAt, incarnation}`; the answer carries the
+//! manager's `CLOCK_BOOTTIME` reading and its incarnation. A manager serves writes only while
+//! it holds a lease naming itself whose `expiresAt` its own clock has not reached, and refuses
+//! leases with a lower term or another incarnation. [`LeaseLedger`] is the shell's record of
+//! those exchanges for one database; it computes each lease and answers the one question the
+//! core needs: may this instance still hold a valid lease?
+//!
+//! # Times
+//! Two kinds of clock meet here and are never mixed:
+//! - the shell's monotonic clock (`*_ms` fields named `sent`, `at`, `until`, `since`, and the
+//!   `now_ms` arguments): the same clock as [`Input::now_ms`](crate::Input::now_ms);
+//! - each manager's `CLOCK_BOOTTIME` in milliseconds (`clock_ms`, `expires_at_ms`): only ever
+//!   compared with the same manager's clock, and only by the manager.
+//!
+//! # The lease length
+//! L is `spec.failover.detectionTimeout` ([`lease_length_ms`]): a primary cut off from the
+//! shell stops taking writes after L without a renewal, which is as long as the shell waits
+//! before it starts failing that primary over; so the self-fence and the detection fire at
+//! about the same moment and the Down rule below adds only the 1 % and the margin on top of
+//! the detection timeout. The shell must renew well within L (each tick, at a period of a
+//! fraction of L): a lease's `expiresAt` is the manager's *last* clock reading + L, so a lease
+//! lasts L minus the age of that reading.
+//!
+//! # The Down rule
+//! `expiresAt` = the manager's last clock reading `c` + L. The reading was taken before its
+//! answer came back, so before the shell sent the lease built on it. The manager's clock runs
+//! at a rate within ±1 % of the shell's, so it advances L in at most L / 0.99 of the shell's
+//! time: the lease is void on the manager's own clock at the latest L / 0.99 after the lease's
+//! request was **sent** (not answered: an answer says nothing about when the reading was taken,
+//! and a lease never answered may have been applied all the same). An instance unreachable
+//! since counts as Down only once [`down_after_ms`] = L / 0.99 + max(L / 10, 250 ms) has
+//! passed since the send of the last lease naming it the writer, and the promotion candidate
+//! has itself answered continuously for that long (so it has heard the shell within L all
+//! along, and will not vouch for the old writer in the manager's failsafe). Pod phase, node
+//! conditions or a deleted pod never shorten the wait: the rule looks at nothing but the
+//! ledger and the time.
+//!
+//! A new ledger (a shell that starts, a new operator leader) knows nothing of the leases its
+//! predecessor sent: it counts every instance as holding a lease sent at its own start.
+//! Limit: a predecessor that ran with a longer L (the detection timeout was shortened since)
+//! may have granted leases longer than that.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The clock rate a manager's clock is allowed to run at, relative to the shell's, at the
+/// slowest: 99 % (±1 % skew). A slower clock would keep a lease valid past the Down bound.
+pub const SLOWEST_CLOCK_PERCENT: u64 = 99;
+
+/// The least safety margin added to L / 0.99.
+pub const MIN_MARGIN_MS: u64 = 250;
+
+/// How many exchanges per instance the ledger keeps for display and for matching late answers.
+/// Safety never depends on them: what the rule needs is folded in when a lease is sent.
+pub const RECENT_EXCHANGES: usize = 64;
+
+/// The lease length L for a detection timeout (`spec.failover.detectionTimeout` in ms): equal
+/// to it, see the module documentation.
+pub fn lease_length_ms(detection_timeout_ms: u64) -> u64 {
+    detection_timeout_ms
+}
+
+/// How long after the send of the last lease naming an unreachable instance the writer it
+/// counts as Down: `ceil(L / 0.99) + max(L / 10, 250 ms)`.
+pub fn down_after_ms(lease_ms: u64) -> u64 {
+    lease_ms
+        .saturating_mul(100)
+        .div_ceil(SLOWEST_CLOCK_PERCENT)
+        .saturating_add((lease_ms / 10).max(MIN_MARGIN_MS))
+}
+
+/// The longest silence (the shell's time between two moments an instance heard it) that still
+/// counts as reachable continuously: 0.99 L, so that the instance, on a clock up to 1 % fast,
+/// has never gone L without hearing the shell.
+pub fn max_silence_ms(lease_ms: u64) -> u64 {
+    lease_ms.saturating_mul(SLOWEST_CLOCK_PERCENT) / 100
+}
+
+/// A lease as the instance manager receives it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    /// The core's term; a manager refuses a lower one.
+    pub term: u64,
+    /// The instance allowed to write, by ordinal; `None`: no one.
+    pub writer: Option<u32>,
+    /// On the manager's clock (ms of its `CLOCK_BOOTTIME`): the reading it last reported + L.
+    pub expires_at_ms: u64,
+    /// The incarnation that reported that reading; any other refuses the lease.
+    pub incarnation: String,
+}
+
+/// What the shell must send to one instance manager, from [`LeaseLedger::send`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseOrder {
+    pub ordinal: u32,
+    /// Pass back to [`LeaseLedger::answered`] or [`LeaseLedger::failed`].
+    pub id: u64,
+    /// `None`: no clock reading of this manager is known yet, so nothing can be granted: send
+    /// a request that grants nothing (no writer, `expiresAt` 0) to learn its clock.
+    pub lease: Option<Lease>,
+}
+
+/// A manager's clock reading, from an answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClockReading {
+    /// The manager's `CLOCK_BOOTTIME`, ms.
+    pub clock_ms: u64,
+    pub incarnation: String,
+    /// The send of the request it answered (shell's clock).
+    pub sent_ms: u64,
+    /// When the answer came back (shell's clock).
+    pub answered_ms: u64,
+}
+
+/// How an exchange ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "outcome"
+)]
+pub enum Outcome {
+    /// Sent, no answer yet.
+    Pending,
+    /// Answered at `at_ms` (shell's clock) with the manager's clock reading.
+    Answered {
+        at_ms: u64,
+        clock_ms: u64,
+        incarnation: String,
+    },
+    /// Gave up at `at_ms` (timeout, connection refused, an error without a clock reading).
+    Failed { at_ms: u64 },
+}
+
+/// One request to one manager.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Exchange {
+    pub id: u64,
+    /// When the request was sent (shell's clock).
+    pub sent_ms: u64,
+    /// `None`: a request for the clock reading only.
+    pub lease: Option<Lease>,
+    pub outcome: Outcome,
+}
+
+/// An unbroken run of answers from one instance: it heard the shell at least every
+/// [`max_silence_ms`], and no request sent during the run failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Streak {
+    /// The first answer of the run came back then: the instance is known to have heard the
+    /// shell since (at the earliest).
+    pub since_ms: u64,
+    /// The send of the run's first answered request.
+    pub first_sent_ms: u64,
+    /// The send of the run's latest answered request: the instance heard the shell after it.
+    pub last_sent_ms: u64,
+}
+
+/// What the ledger holds about one instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceLeases {
+    /// The latest exchanges, in the order they were sent (at most [`RECENT_EXCHANGES`]).
+    #[serde(default)]
+    pub recent: Vec<Exchange>,
+    /// The reading the next lease is built on.
+    #[serde(default)]
+    pub reading: Option<ClockReading>,
+    /// Until then (shell's clock) a lease naming this instance the writer may be valid on its
+    /// clock: the greatest `sent + down_after(L)` over every such lease ever sent.
+    #[serde(default)]
+    pub writer_lease_until_ms: Option<u64>,
+    /// The send of the latest request that failed.
+    #[serde(default)]
+    pub last_failure_sent_ms: Option<u64>,
+    #[serde(default)]
+    pub streak: Option<Streak>,
+}
+
+/// Why an unreachable instance does not count as Down yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "verdict"
+)]
+pub enum DownVerdict {
+    /// It counts as Down: no lease naming it can be valid, and the candidate has answered
+    /// continuously for the whole bound.
+    Down,
+    /// A lease naming it may be valid on its clock until `until_ms`.
+    LeaseMayBeValid { until_ms: u64 },
+    /// The candidate has not answered continuously for long enough: it answers since
+    /// `since_ms` (`None`: it does not answer now), and would have to until `until_ms`.
+    CandidateNotReachableLongEnough {
+        since_ms: Option<u64>,
+        until_ms: Option<u64>,
+    },
+}
+
+/// The lease exchanges of one database, on the shell's monotonic clock. Pure: the shell passes
+/// the time and reports what came back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseLedger {
+    /// L, ms: the length of the leases sent from now on.
+    pub lease_ms: u64,
+    /// Any instance may hold a lease an earlier shell sent, until then.
+    pub inherited_until_ms: u64,
+    next_id: u64,
+    #[serde(default)]
+    instances: BTreeMap<u32, InstanceLeases>,
+}
+
+impl LeaseLedger {
+    /// A ledger started at `now_ms`, sending leases of `lease_ms`. Every instance counts as
+    /// holding a lease sent at `now_ms` by a predecessor.
+    pub fn new(lease_ms: u64, now_ms: u64) -> LeaseLedger {
+        LeaseLedger {
+            lease_ms,
+            inherited_until_ms: now_ms.saturating_add(down_after_ms(lease_ms)),
+            next_id: 0,
+            instances: BTreeMap::new(),
+        }
+    }
+
+    /// The length of the leases sent from now on (the detection timeout changed). Leases sent
+    /// before keep the bound they were sent with.
+    pub fn set_lease_ms(&mut self, lease_ms: u64) {
+        self.lease_ms = lease_ms;
+    }
+
+    /// [`down_after_ms`] of the current L.
+    pub fn down_after_ms(&self) -> u64 {
+        down_after_ms(self.lease_ms)
+    }
+
+    /// What the ledger holds about `ordinal`.
+    pub fn instance(&self, ordinal: u32) -> Option<&InstanceLeases> {
+        self.instances.get(&ordinal)
+    }
+
+    /// The shell sends `ordinal`'s manager a lease of `term` naming `writer` now: records the
+    /// send and returns what to send. From this moment on the lease counts as granted, whether
+    /// or not it is ever answered.
+    pub fn send(
+        &mut self,
+        ordinal: u32,
+        term: u64,
+        writer: Option<u32>,
+        now_ms: u64,
+    ) -> LeaseOrder {
+        let id = self.next_id;
+        self.next_id += 1;
+        let lease_ms = self.lease_ms;
+        let entry = self.instances.entry(ordinal).or_default();
+        let lease = entry.reading.as_ref().map(|r| Lease {
+            term,
+            writer,
+            expires_at_ms: r.clock_ms.saturating_add(lease_ms),
+            incarnation: r.incarnation.clone(),
+        });
+        if lease.is_some() && writer == Some(ordinal) {
+            let until = now_ms.saturating_add(down_after_ms(lease_ms));
+            entry.writer_lease_until_ms =
+                Some(entry.writer_lease_until_ms.map_or(until, |u| u.max(until)));
+        }
+        entry.recent.push(Exchange {
+            id,
+            sent_ms: now_ms,
+            lease: lease.clone(),
+            outcome: Outcome::Pending,
+        });
+        if entry.recent.len() > RECENT_EXCHANGES {
+            let extra = entry.recent.len() - RECENT_EXCHANGES;
+            entry.recent.drain(..extra);
+        }
+        LeaseOrder { ordinal, id, lease }
+    }
+
+    /// The answer to exchange `id` came back at `now_ms` with the manager's clock reading and
+    /// incarnation (whether it accepted the lease or refused it). A duplicate, or the answer to
+    /// an exchange the ledger no longer holds, changes nothing. False when ignored.
+    pub fn answered(
+        &mut self,
+        ordinal: u32,
+        id: u64,
+        now_ms: u64,
+        clock_ms: u64,
+        incarnation: &str,
+    ) -> bool {
+        let silence = max_silence_ms(self.lease_ms);
+        let Some(entry) = self.instances.get_mut(&ordinal) else {
+            return false;
+        };
+        let Some(exchange) = entry.recent.iter_mut().find(|e| e.id == id) else {
+            return false;
+        };
+        if matches!(exchange.outcome, Outcome::Answered { .. }) {
+            return false;
+        }
+        let sent = exchange.sent_ms;
+        exchange.outcome = Outcome::Answered {
+            at_ms: now_ms,
+            clock_ms,
+            incarnation: incarnation.to_string(),
+        };
+        let fresher = match &entry.reading {
+            None => true,
+            Some(r) if r.incarnation == incarnation => clock_ms > r.clock_ms,
+            Some(r) => sent > r.sent_ms,
+        };
+        if fresher {
+            entry.reading = Some(ClockReading {
+                clock_ms,
+                incarnation: incarnation.to_string(),
+                sent_ms: sent,
+                answered_ms: now_ms,
+            });
+        }
+        if entry.last_failure_sent_ms.is_some_and(|f| f >= sent) {
+            // A request sent at or after this one failed: the run is broken there.
+            return true;
+        }
+        let fresh_run = Streak {
+            since_ms: now_ms,
+            first_sent_ms: sent,
+            last_sent_ms: sent,
+        };
+        match &mut entry.streak {
+            Some(streak) if sent > streak.last_sent_ms => {
+                // It heard the shell after the previous send and before this answer.
+                if now_ms.saturating_sub(streak.last_sent_ms) <= silence {
+                    streak.last_sent_ms = sent;
+                } else {
+                    entry.streak = Some(fresh_run);
+                }
+            }
+            // An earlier request answered late: it says nothing new.
+            Some(_) => {}
+            None => entry.streak = Some(fresh_run),
+        }
+        true
+    }
+
+    /// Exchange `id` failed at `now_ms` (no answer carrying a clock reading). It breaks the run
+    /// of answers it was sent in. False when ignored (unknown, or already ended).
+    pub fn failed(&mut self, ordinal: u32, id: u64, now_ms: u64) -> bool {
+        let Some(entry) = self.instances.get_mut(&ordinal) else {
+            return false;
+        };
+        let Some(exchange) = entry.recent.iter_mut().find(|e| e.id == id) else {
+            return false;
+        };
+        if exchange.outcome != Outcome::Pending {
+            return false;
+        }
+        exchange.outcome = Outcome::Failed { at_ms: now_ms };
+        let sent = exchange.sent_ms;
+        entry.last_failure_sent_ms = Some(entry.last_failure_sent_ms.map_or(sent, |f| f.max(sent)));
+        if entry
+            .streak
+            .as_ref()
+            .is_some_and(|s| sent >= s.first_sent_ms)
+        {
+            entry.streak = None;
+        }
+        true
+    }
+
+    /// Until when (shell's clock, exclusive) a lease naming `ordinal` the writer may be valid
+    /// on its manager's clock: the bound of the last such lease sent, or of the leases an
+    /// earlier shell may have sent before this ledger started.
+    pub fn may_hold_lease_until(&self, ordinal: u32) -> u64 {
+        let granted = self
+            .instances
+            .get(&ordinal)
+            .and_then(|i| i.writer_lease_until_ms)
+            .unwrap_or(0);
+        granted.max(self.inherited_until_ms)
+    }
+
+    /// No lease naming `ordinal` can be valid at `now_ms`.
+    pub fn lease_void(&self, ordinal: u32, now_ms: u64) -> bool {
+        now_ms >= self.may_hold_lease_until(ordinal)
+    }
+
+    /// Since when `ordinal` has answered continuously, if it still does at `now_ms`: it heard
+    /// the shell within [`max_silence_ms`] of every moment since, and no request sent to it
+    /// since failed.
+    pub fn reachable_since(&self, ordinal: u32, now_ms: u64) -> Option<u64> {
+        let streak = self.instances.get(&ordinal)?.streak.as_ref()?;
+        (now_ms.saturating_sub(streak.last_sent_ms) <= max_silence_ms(self.lease_ms))
+            .then_some(streak.since_ms)
+    }
+
+    /// `candidate` has answered continuously for [`LeaseLedger::down_after_ms`] at `now_ms`;
+    /// otherwise why not.
+    pub fn candidate_verdict(&self, candidate: u32, now_ms: u64) -> DownVerdict {
+        match self.reachable_since(candidate, now_ms) {
+            Some(since) => {
+                let until = since.saturating_add(self.down_after_ms());
+                if now_ms >= until {
+                    DownVerdict::Down
+                } else {
+                    DownVerdict::CandidateNotReachableLongEnough {
+                        since_ms: Some(since),
+                        until_ms: Some(until),
+                    }
+                }
+            }
+            None => DownVerdict::CandidateNotReachableLongEnough {
+                since_ms: None,
+                until_ms: None,
+            },
+        }
+    }
+
+    /// The Down rule: may `writer`, which the shell cannot reach, be taken for Down at `now_ms`
+    /// so that `candidate` is promoted? Only the ledger and the time count.
+    pub fn judge_down(&self, writer: u32, candidate: u32, now_ms: u64) -> DownVerdict {
+        let until = self.may_hold_lease_until(writer);
+        if now_ms < until {
+            return DownVerdict::LeaseMayBeValid { until_ms: until };
+        }
+        self.candidate_verdict(candidate, now_ms)
+    }
+}
