@@ -68,10 +68,9 @@ pub fn lease_length_ms(detection_timeout_ms: u64) -> u64 {
 /// How long after the send of the last lease naming an unreachable instance the writer it
 /// counts as Down: `ceil(L / 0.99) + max(L / 10, 250 ms)`.
 pub fn down_after_ms(lease_ms: u64) -> u64 {
-    lease_ms
-        .saturating_mul(100)
-        .div_ceil(SLOWEST_CLOCK_PERCENT)
-        .saturating_add((lease_ms / 10).max(MIN_MARGIN_MS))
+    let slowest = (u128::from(lease_ms) * 100).div_ceil(u128::from(SLOWEST_CLOCK_PERCENT));
+    let margin = u128::from((lease_ms / 10).max(MIN_MARGIN_MS));
+    u64::try_from(slowest + margin).unwrap_or(u64::MAX)
 }
 
 /// The longest silence (the shell's time between two moments an instance heard it) that still
@@ -434,5 +433,569 @@ impl LeaseLedger {
             return DownVerdict::LeaseMayBeValid { until_ms: until };
         }
         self.candidate_verdict(candidate, now_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: u64 = 2_000;
+    /// `down_after_ms(L)`: ceil(2000 / 0.99) = 2021, + max(200, 250).
+    const B: u64 = 2_271;
+    const WRITER: u32 = 0;
+    const CANDIDATE: u32 = 1;
+
+    /// One thing that happens to the ledger. Exchanges are named by the order they were sent
+    /// in the row (0, 1, …), which is also the id the ledger gives them.
+    #[derive(Clone, Copy)]
+    enum Step {
+        /// Send `to` a lease naming `writer`.
+        Send {
+            to: u32,
+            writer: Option<u32>,
+            at: u64,
+        },
+        Answer {
+            to: u32,
+            nth: u64,
+            at: u64,
+            clock: u64,
+        },
+        Fail {
+            to: u32,
+            nth: u64,
+            at: u64,
+        },
+        /// `to` answers every request, sent every 500 ms from `from` to `until`, 10 ms later.
+        Heartbeat {
+            to: u32,
+            from: u64,
+            until: u64,
+        },
+    }
+    use Step::*;
+
+    fn run(steps: &[Step]) -> LeaseLedger {
+        let mut ledger = LeaseLedger::new(L, 0);
+        for step in steps {
+            match *step {
+                Send { to, writer, at } => {
+                    ledger.send(to, 1, writer, at);
+                }
+                Answer { to, nth, at, clock } => {
+                    ledger.answered(to, nth, at, clock, "a");
+                }
+                Fail { to, nth, at } => {
+                    ledger.failed(to, nth, at);
+                }
+                Heartbeat { to, from, until } => {
+                    let mut at = from;
+                    while at <= until {
+                        let order = ledger.send(to, 1, Some(WRITER), at);
+                        ledger.answered(to, order.id, at + 10, 1_000_000 + at, "c");
+                        at += 500;
+                    }
+                }
+            }
+        }
+        ledger
+    }
+
+    /// The writer's clock is known (a probe at 100 answered at 110), the candidate answers
+    /// all along from 100 to 20 000.
+    fn known() -> Vec<Step> {
+        vec![
+            Send {
+                to: WRITER,
+                writer: None,
+                at: 100,
+            },
+            Answer {
+                to: WRITER,
+                nth: 0,
+                at: 110,
+                clock: 50_000,
+            },
+            Heartbeat {
+                to: CANDIDATE,
+                from: 100,
+                until: 20_000,
+            },
+        ]
+    }
+
+    fn with(mut steps: Vec<Step>, more: &[Step]) -> Vec<Step> {
+        steps.extend_from_slice(more);
+        steps
+    }
+
+    /// The id of the first exchange after `known()`.
+    const NEXT: u64 = 1 + 40;
+
+    fn lease_at(at: u64) -> Step {
+        Send {
+            to: WRITER,
+            writer: Some(WRITER),
+            at,
+        }
+    }
+
+    /// The writer answers the first lease after `known()`.
+    fn answer_at(at: u64) -> Step {
+        Answer {
+            to: WRITER,
+            nth: NEXT,
+            at,
+            clock: 60_000,
+        }
+    }
+
+    fn may_be_valid(until_ms: u64) -> DownVerdict {
+        DownVerdict::LeaseMayBeValid { until_ms }
+    }
+
+    fn too_briefly(since: Option<u64>) -> DownVerdict {
+        DownVerdict::CandidateNotReachableLongEnough {
+            since_ms: since,
+            until_ms: since.map(|s| s + B),
+        }
+    }
+
+    #[test]
+    fn the_down_rule_table() {
+        let rows: Vec<(&str, Vec<Step>, u64, DownVerdict)> = vec![
+            (
+                "one ms before the bound after the last lease's send, it may still be valid",
+                with(known(), &[lease_at(10_000), answer_at(10_050)]),
+                10_000 + B - 1,
+                may_be_valid(10_000 + B),
+            ),
+            (
+                "exactly at the bound it is down",
+                with(known(), &[lease_at(10_000), answer_at(10_050)]),
+                10_000 + B,
+                DownVerdict::Down,
+            ),
+            (
+                "a lease never answered counts as granted at its send",
+                with(known(), &[lease_at(10_000)]),
+                10_000 + B - 1,
+                may_be_valid(10_000 + B),
+            ),
+            (
+                "a lease whose request failed counts as granted at its send",
+                with(
+                    known(),
+                    &[
+                        lease_at(10_000),
+                        Fail {
+                            to: WRITER,
+                            nth: NEXT,
+                            at: 10_300,
+                        },
+                    ],
+                ),
+                10_000 + B - 1,
+                may_be_valid(10_000 + B),
+            ),
+            (
+                "a late answer neither shortens nor extends the bound",
+                with(
+                    known(),
+                    &[
+                        lease_at(10_000),
+                        Answer {
+                            to: WRITER,
+                            nth: NEXT,
+                            at: 11_900,
+                            clock: 60_000,
+                        },
+                    ],
+                ),
+                10_000 + B,
+                DownVerdict::Down,
+            ),
+            (
+                "a later lease moves the bound",
+                with(known(), &[lease_at(10_000), lease_at(10_500)]),
+                10_000 + B,
+                may_be_valid(10_500 + B),
+            ),
+            (
+                "an earlier lease sent after a later one does not pull the bound back",
+                with(known(), &[lease_at(10_500), lease_at(10_500)]),
+                10_500 + B - 1,
+                may_be_valid(10_500 + B),
+            ),
+            (
+                "a lease naming another writer does not hold the instance it is sent to",
+                with(
+                    known(),
+                    &[Send {
+                        to: WRITER,
+                        writer: Some(CANDIDATE),
+                        at: 11_000,
+                    }],
+                ),
+                11_001,
+                DownVerdict::Down,
+            ),
+            (
+                "a request without a known clock reading grants nothing",
+                with(
+                    known(),
+                    &[Send {
+                        to: 2,
+                        writer: Some(2),
+                        at: 11_000,
+                    }],
+                ),
+                11_001,
+                DownVerdict::Down,
+            ),
+            (
+                "a new ledger counts every instance as holding a lease sent at its start",
+                known(),
+                B - 1,
+                may_be_valid(B),
+            ),
+            (
+                "a new ledger's inherited leases end at the bound",
+                vec![Heartbeat {
+                    to: CANDIDATE,
+                    from: 0,
+                    until: 20_000,
+                }],
+                // The candidate answers since 10, so it is enough only from 10 + B.
+                10 + B,
+                DownVerdict::Down,
+            ),
+            (
+                "a candidate reachable too briefly blocks; its first answer counts, not its send",
+                vec![
+                    Send {
+                        to: WRITER,
+                        writer: None,
+                        at: 100,
+                    },
+                    Answer {
+                        to: WRITER,
+                        nth: 0,
+                        at: 110,
+                        clock: 50_000,
+                    },
+                    lease_at(10_000),
+                    Heartbeat {
+                        to: CANDIDATE,
+                        from: 11_000,
+                        until: 20_000,
+                    },
+                ],
+                10_000 + B,
+                too_briefly(Some(11_010)),
+            ),
+            (
+                "a candidate reachable for exactly the bound is enough",
+                vec![
+                    Send {
+                        to: WRITER,
+                        writer: None,
+                        at: 100,
+                    },
+                    Answer {
+                        to: WRITER,
+                        nth: 0,
+                        at: 110,
+                        clock: 50_000,
+                    },
+                    lease_at(10_000),
+                    Heartbeat {
+                        to: CANDIDATE,
+                        from: 11_000,
+                        until: 20_000,
+                    },
+                ],
+                11_010 + B,
+                DownVerdict::Down,
+            ),
+            (
+                "a failed request breaks the candidate's run: it counts from the next answer",
+                vec![
+                    lease_at(5_000),
+                    Heartbeat {
+                        to: CANDIDATE,
+                        from: 100,
+                        until: 10_500,
+                    },
+                    // id 22: sent at 11 000, fails.
+                    Send {
+                        to: CANDIDATE,
+                        writer: None,
+                        at: 11_000,
+                    },
+                    Fail {
+                        to: CANDIDATE,
+                        nth: 22,
+                        at: 11_400,
+                    },
+                    Heartbeat {
+                        to: CANDIDATE,
+                        from: 11_500,
+                        until: 20_000,
+                    },
+                ],
+                12_000,
+                too_briefly(Some(11_510)),
+            ),
+            (
+                "a failure of a request sent before the run reported late does not break it",
+                vec![
+                    lease_at(5_000),
+                    // id 1: sent at 50, fails only at 3 000, long after the run began.
+                    Send {
+                        to: CANDIDATE,
+                        writer: None,
+                        at: 50,
+                    },
+                    Heartbeat {
+                        to: CANDIDATE,
+                        from: 100,
+                        until: 2_600,
+                    },
+                    Fail {
+                        to: CANDIDATE,
+                        nth: 1,
+                        at: 3_000,
+                    },
+                    Heartbeat {
+                        to: CANDIDATE,
+                        from: 3_100,
+                        until: 20_000,
+                    },
+                ],
+                // A failure breaks only runs it was sent in; 50 < the run's first send 100.
+                12_000,
+                DownVerdict::Down,
+            ),
+            (
+                "a candidate silent for more than 0.99 L starts a new run",
+                vec![
+                    lease_at(5_000),
+                    Heartbeat {
+                        to: CANDIDATE,
+                        from: 100,
+                        until: 8_000,
+                    },
+                    Heartbeat {
+                        to: CANDIDATE,
+                        from: 10_000,
+                        until: 20_000,
+                    },
+                ],
+                12_000,
+                too_briefly(Some(10_010)),
+            ),
+            (
+                "a candidate silent for 0.99 L exactly keeps its run",
+                vec![
+                    lease_at(5_000),
+                    Heartbeat {
+                        to: CANDIDATE,
+                        from: 100,
+                        until: 7_600,
+                    },
+                    // 7 600 + 1 970 + 10 = 9 580: heard within 1 980 of the last send.
+                    Heartbeat {
+                        to: CANDIDATE,
+                        from: 9_570,
+                        until: 20_000,
+                    },
+                ],
+                12_000,
+                DownVerdict::Down,
+            ),
+            (
+                "a candidate that stopped answering is not reachable now",
+                with(
+                    vec![lease_at(5_000)],
+                    &[Heartbeat {
+                        to: CANDIDATE,
+                        from: 100,
+                        until: 9_000,
+                    }],
+                ),
+                9_000 + 1_981,
+                too_briefly(None),
+            ),
+            (
+                "a candidate's late answer after a silence starts a new run at the answer",
+                vec![
+                    lease_at(5_000),
+                    Heartbeat {
+                        to: CANDIDATE,
+                        from: 100,
+                        until: 9_000,
+                    },
+                    // id 19: sent at 9 500, answered only at 11 600 (2 600 after 9 000).
+                    Send {
+                        to: CANDIDATE,
+                        writer: None,
+                        at: 9_500,
+                    },
+                    Answer {
+                        to: CANDIDATE,
+                        nth: 19,
+                        at: 11_600,
+                        clock: 2_000_000,
+                    },
+                    Heartbeat {
+                        to: CANDIDATE,
+                        from: 11_700,
+                        until: 20_000,
+                    },
+                ],
+                // It heard the shell some time after 9 500: no proof of within 0.99 L at
+                // 11 600, so the run starts again at the next answer.
+                12_000,
+                too_briefly(Some(11_710)),
+            ),
+            (
+                "a late answer alone does not make a candidate reachable now",
+                vec![
+                    lease_at(5_000),
+                    Heartbeat {
+                        to: CANDIDATE,
+                        from: 100,
+                        until: 9_000,
+                    },
+                    Send {
+                        to: CANDIDATE,
+                        writer: None,
+                        at: 9_500,
+                    },
+                    Answer {
+                        to: CANDIDATE,
+                        nth: 19,
+                        at: 11_600,
+                        clock: 2_000_000,
+                    },
+                ],
+                11_600,
+                too_briefly(None),
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (name, steps, at, want) in rows {
+            let got = run(&steps).judge_down(WRITER, CANDIDATE, at);
+            if got != want {
+                failures.push(format!("{name}: at {at} want {want:?}, got {got:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "\n{}\n", failures.join("\n"));
+    }
+
+    #[test]
+    fn the_bound_is_l_over_0_99_plus_a_tenth_of_l_or_250_ms() {
+        assert_eq!(down_after_ms(2_000), 2_021 + 250);
+        assert_eq!(down_after_ms(1_000), 1_011 + 250);
+        assert_eq!(down_after_ms(2_500), 2_526 + 250);
+        assert_eq!(down_after_ms(3_000), 3_031 + 300);
+        assert_eq!(down_after_ms(300_000), 303_031 + 30_000);
+        assert_eq!(down_after_ms(99), 100 + 250);
+        assert_eq!(down_after_ms(u64::MAX), u64::MAX);
+        assert!(down_after_ms(u64::MAX / 2) > u64::MAX / 2);
+        assert_eq!(max_silence_ms(2_000), 1_980);
+        assert_eq!(lease_length_ms(2_000), 2_000);
+    }
+
+    #[test]
+    fn a_lease_expires_at_the_managers_last_reading_plus_l_for_its_incarnation() {
+        let mut ledger = LeaseLedger::new(L, 0);
+        let probe = ledger.send(0, 3, Some(0), 100);
+        assert_eq!(probe.lease, None, "no reading yet: nothing is granted");
+        assert_eq!(
+            ledger.may_hold_lease_until(0),
+            B,
+            "only the inherited bound"
+        );
+        assert!(ledger.answered(0, probe.id, 120, 7_000, "x"));
+        assert!(
+            !ledger.answered(0, probe.id, 130, 9_000, "x"),
+            "a duplicate"
+        );
+        let order = ledger.send(0, 3, Some(0), 200);
+        assert_eq!(
+            order.lease,
+            Some(Lease {
+                term: 3,
+                writer: Some(0),
+                expires_at_ms: 9_000,
+                incarnation: "x".into(),
+            })
+        );
+        assert_eq!(ledger.may_hold_lease_until(0), 200 + B);
+        // A restarted manager (new incarnation, another clock) answers the newer request; the
+        // old incarnation's answer to the older request arrives after it and is not used.
+        let newer = ledger.send(0, 3, Some(0), 300);
+        assert!(ledger.answered(0, newer.id, 320, 100, "y"));
+        assert!(ledger.answered(0, order.id, 330, 7_500, "x"));
+        let next = ledger.send(0, 3, Some(0), 400).lease.unwrap();
+        assert_eq!(
+            (next.expires_at_ms, next.incarnation.as_str()),
+            (2_100, "y")
+        );
+        // Within one incarnation the highest reading is used, whatever order answers came in.
+        let a = ledger.send(0, 3, Some(0), 500);
+        let b = ledger.send(0, 3, Some(0), 510);
+        assert!(ledger.answered(0, b.id, 520, 400, "y"));
+        assert!(ledger.answered(0, a.id, 530, 390, "y"));
+        assert_eq!(
+            ledger.send(0, 3, None, 600).lease.unwrap().expires_at_ms,
+            2_400
+        );
+        assert_eq!(ledger.may_hold_lease_until(0), 510 + B);
+    }
+
+    #[test]
+    fn forgetting_old_exchanges_never_shortens_a_bound() {
+        let mut ledger = LeaseLedger::new(L, 0);
+        let probe = ledger.send(0, 1, None, 0);
+        ledger.answered(0, probe.id, 1, 10, "x");
+        let lease = ledger.send(0, 1, Some(0), 10_000);
+        for i in 0..(RECENT_EXCHANGES as u64 * 2) {
+            ledger.send(0, 1, Some(1), 10_000 + i);
+        }
+        let held = ledger.instance(0).unwrap();
+        assert_eq!(held.recent.len(), RECENT_EXCHANGES);
+        assert!(held.recent.iter().all(|e| e.id != lease.id));
+        assert!(
+            !ledger.answered(0, lease.id, 10_200, 20, "x"),
+            "forgotten: ignored"
+        );
+        assert_eq!(ledger.may_hold_lease_until(0), 10_000 + B);
+    }
+
+    #[test]
+    fn a_shorter_lease_length_keeps_the_bounds_of_the_leases_already_sent() {
+        let mut ledger = LeaseLedger::new(10_000, 0);
+        let probe = ledger.send(0, 1, None, 0);
+        ledger.answered(0, probe.id, 1, 10, "x");
+        ledger.send(0, 1, Some(0), 100_000);
+        ledger.set_lease_ms(1_000);
+        ledger.send(0, 1, Some(0), 100_100);
+        assert_eq!(
+            ledger.may_hold_lease_until(0),
+            100_000 + down_after_ms(10_000)
+        );
+        assert_eq!(ledger.down_after_ms(), down_after_ms(1_000));
+    }
+
+    #[test]
+    fn the_ledger_round_trips_through_json() {
+        let ledger = run(&with(known(), &[lease_at(10_000)]));
+        let text = serde_json::to_string(&ledger).unwrap();
+        let back: LeaseLedger = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, ledger);
     }
 }
