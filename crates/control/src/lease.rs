@@ -152,7 +152,9 @@ pub struct Exchange {
 }
 
 /// An unbroken run of answers from one instance: it heard the shell at least every
-/// [`max_silence_ms`], and no request sent during the run failed.
+/// [`max_silence_ms`]. A request lost between two answers that came soon enough does not break
+/// it: what the run proves is that the instance never went L without hearing the shell, so it
+/// never vouched for a writer the shell had stopped renewing (the manager's failsafe).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Streak {
@@ -327,10 +329,6 @@ impl LeaseLedger {
                 answered_ms: now_ms,
             });
         }
-        if entry.last_failure_sent_ms.is_some_and(|f| f >= sent) {
-            // A request sent at or after this one failed: the run is broken there.
-            return true;
-        }
         let fresh_run = Streak {
             since_ms: now_ms,
             first_sent_ms: sent,
@@ -352,8 +350,10 @@ impl LeaseLedger {
         true
     }
 
-    /// Exchange `id` failed at `now_ms` (no answer carrying a clock reading). It breaks the run
-    /// of answers it was sent in. False when ignored (unknown, or already ended).
+    /// Exchange `id` failed at `now_ms` (no answer carrying a clock reading). Recorded for the
+    /// record only: the lease it carried still counts as granted at its send, and a run of
+    /// answers breaks on silence, not on one request lost among answered ones. False when
+    /// ignored (unknown, or already ended).
     pub fn failed(&mut self, ordinal: u32, id: u64, now_ms: u64) -> bool {
         let Some(entry) = self.instances.get_mut(&ordinal) else {
             return false;
@@ -367,13 +367,6 @@ impl LeaseLedger {
         exchange.outcome = Outcome::Failed { at_ms: now_ms };
         let sent = exchange.sent_ms;
         entry.last_failure_sent_ms = Some(entry.last_failure_sent_ms.map_or(sent, |f| f.max(sent)));
-        if entry
-            .streak
-            .as_ref()
-            .is_some_and(|s| sent >= s.first_sent_ms)
-        {
-            entry.streak = None;
-        }
         true
     }
 
@@ -395,8 +388,7 @@ impl LeaseLedger {
     }
 
     /// Since when `ordinal` has answered continuously, if it still does at `now_ms`: it heard
-    /// the shell within [`max_silence_ms`] of every moment since, and no request sent to it
-    /// since failed.
+    /// the shell within [`max_silence_ms`] of every moment since.
     pub fn reachable_since(&self, ordinal: u32, now_ms: u64) -> Option<u64> {
         let streak = self.instances.get(&ordinal)?.streak.as_ref()?;
         (now_ms.saturating_sub(streak.last_sent_ms) <= max_silence_ms(self.lease_ms))
@@ -720,7 +712,7 @@ mod tests {
                 DownVerdict::Down,
             ),
             (
-                "a failed request breaks the candidate's run: it counts from the next answer",
+                "a request lost between timely answers does not break the candidate's run",
                 vec![
                     lease_at(5_000),
                     Heartbeat {
@@ -728,7 +720,7 @@ mod tests {
                         from: 100,
                         until: 10_500,
                     },
-                    // id 22: sent at 11 000, fails.
+                    // id 22: sent at 11 000, fails; the next answer comes 1 010 after 10 500.
                     Send {
                         to: CANDIDATE,
                         writer: None,
@@ -746,37 +738,66 @@ mod tests {
                     },
                 ],
                 12_000,
-                too_briefly(Some(11_510)),
+                DownVerdict::Down,
             ),
             (
-                "a failure of a request sent before the run reported late does not break it",
+                "requests failing for longer than 0.99 L break the run: it counts from the next answer",
                 vec![
                     lease_at(5_000),
-                    // id 1: sent at 50, fails only at 3 000, long after the run began.
-                    Send {
-                        to: CANDIDATE,
-                        writer: None,
-                        at: 50,
-                    },
                     Heartbeat {
                         to: CANDIDATE,
                         from: 100,
-                        until: 2_600,
+                        until: 9_000,
+                    },
+                    // ids 19, 20, 21, 22: sent 9 500 to 11 000, all fail.
+                    Send {
+                        to: CANDIDATE,
+                        writer: None,
+                        at: 9_500,
+                    },
+                    Send {
+                        to: CANDIDATE,
+                        writer: None,
+                        at: 10_000,
+                    },
+                    Send {
+                        to: CANDIDATE,
+                        writer: None,
+                        at: 10_500,
+                    },
+                    Send {
+                        to: CANDIDATE,
+                        writer: None,
+                        at: 11_000,
                     },
                     Fail {
                         to: CANDIDATE,
-                        nth: 1,
-                        at: 3_000,
+                        nth: 19,
+                        at: 10_000,
+                    },
+                    Fail {
+                        to: CANDIDATE,
+                        nth: 20,
+                        at: 10_500,
+                    },
+                    Fail {
+                        to: CANDIDATE,
+                        nth: 21,
+                        at: 11_000,
+                    },
+                    Fail {
+                        to: CANDIDATE,
+                        nth: 22,
+                        at: 11_500,
                     },
                     Heartbeat {
                         to: CANDIDATE,
-                        from: 3_100,
+                        from: 11_500,
                         until: 20_000,
                     },
                 ],
-                // A failure breaks only runs it was sent in; 50 < the run's first send 100.
                 12_000,
-                DownVerdict::Down,
+                too_briefly(Some(11_510)),
             ),
             (
                 "a candidate silent for more than 0.99 L starts a new run",
