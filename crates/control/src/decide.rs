@@ -124,17 +124,7 @@ impl Run<'_> {
 
     /// The instance allowed to accept writes right now, if any.
     fn authorised_writer(&self) -> Option<u32> {
-        match &self.memory.transition {
-            Some(Transition {
-                phase: TransitionPhase::Promoting { candidate, .. },
-                ..
-            }) => Some(*candidate),
-            Some(_) => None,
-            None => self
-                .memory
-                .primary
-                .filter(|p| !self.memory.fenced.contains_key(p)),
-        }
+        self.memory.authorised_writer()
     }
 
     /// Any instance other than the authorised writer that accepts writes, or reports itself a

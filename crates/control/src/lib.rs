@@ -14,6 +14,13 @@
 //! - A primary is failed over only after it looked unhealthy (unreachable, down, hung, not
 //!   ready, refusing writes) for the whole detection timeout; one healthy observation resets the
 //!   clock. With failover disabled the loss is reported, nothing is done.
+//! - With write leases ([`Input::leases`], a [`LeaseLedger`]): an instance known only
+//!   through the runtime as down or absent (a deleted pod, a pod not running, a node lost)
+//!   counts as unable to write only once no lease naming it can be valid on its own clock:
+//!   [`down_after_ms`] = L/0.99 + max(L/10, 250 ms) after the send of the last one, L being
+//!   the detection timeout; and a replica is promoted over such an instance only once it has
+//!   itself answered its leases for that long. The ledger only ever delays; without one the
+//!   core decides as it always did.
 //! - A primary whose data is gone ([`Presence::Absent`]: no data dir / no PVC) while other
 //!   instances hold data is failed over at once, confirmed or not, once every one of them
 //!   reports what it holds: an empty primary would lose every write. It is created again as a
@@ -40,6 +47,11 @@
 //!   fenced primary its final position (PostgreSQL: the latest checkpoint location from
 //!   `pg_controldata`, with its timeline).
 //! - Route `rw` and `ro` by [`Status::rw`] and [`Status::ro`].
+//! - A shell that sends write leases keeps one [`LeaseLedger`] per database on the clock it
+//!   passes as `now_ms`, calls [`LeaseLedger::send`] for each lease before sending it, reports
+//!   every answer and failure, names as writer only the instance the core authorises (the
+//!   unfenced primary outside a transition, the candidate while it is being promoted), and
+//!   passes the ledger in [`Input::leases`].
 //!
 //! # Layout
 //! - [`input`]: what `decide` is given: [`ClusterSpec`], [`Presence`] and [`InstanceFacts`] per

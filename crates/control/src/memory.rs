@@ -49,6 +49,22 @@ pub struct Memory {
     pub fork: Option<ReplicationPosition>,
 }
 
+impl Memory {
+    /// The instance allowed to accept writes now, if any: the candidate while it is being
+    /// promoted (or restored), none during the rest of a transition, otherwise the primary
+    /// unless it is fenced. The only instance a shell may name the writer in a lease.
+    pub fn authorised_writer(&self) -> Option<u32> {
+        match &self.transition {
+            Some(Transition {
+                phase: TransitionPhase::Promoting { candidate, .. },
+                ..
+            }) => Some(*candidate),
+            Some(_) => None,
+            None => self.primary.filter(|p| !self.fenced.contains_key(p)),
+        }
+    }
+}
+
 /// A fence the core ordered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
