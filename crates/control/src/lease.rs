@@ -468,6 +468,27 @@ mod tests {
     }
     use Step::*;
 
+    fn send(to: u32, writer: Option<u32>, at: u64) -> Step {
+        Send { to, writer, at }
+    }
+
+    fn answer(to: u32, nth: u64, at: u64, clock: u64) -> Step {
+        Answer { to, nth, at, clock }
+    }
+
+    fn fail(to: u32, nth: u64, at: u64) -> Step {
+        Fail { to, nth, at }
+    }
+
+    fn beat(to: u32, from: u64, until: u64) -> Step {
+        Heartbeat { to, from, until }
+    }
+
+    /// The writer's clock is known: a probe at 100 answered at 110.
+    fn writer_known() -> Vec<Step> {
+        vec![send(WRITER, None, 100), answer(WRITER, 0, 110, 50_000)]
+    }
+
     fn run(steps: &[Step]) -> LeaseLedger {
         let mut ledger = LeaseLedger::new(L, 0);
         for step in steps {
@@ -497,24 +518,7 @@ mod tests {
     /// The writer's clock is known (a probe at 100 answered at 110), the candidate answers
     /// all along from 100 to 20 000.
     fn known() -> Vec<Step> {
-        vec![
-            Send {
-                to: WRITER,
-                writer: None,
-                at: 100,
-            },
-            Answer {
-                to: WRITER,
-                nth: 0,
-                at: 110,
-                clock: 50_000,
-            },
-            Heartbeat {
-                to: CANDIDATE,
-                from: 100,
-                until: 20_000,
-            },
-        ]
+        with(writer_known(), &[beat(CANDIDATE, 100, 20_000)])
     }
 
     fn with(mut steps: Vec<Step>, more: &[Step]) -> Vec<Step> {
@@ -577,17 +581,7 @@ mod tests {
             ),
             (
                 "a lease whose request failed counts as granted at its send",
-                with(
-                    known(),
-                    &[
-                        lease_at(10_000),
-                        Fail {
-                            to: WRITER,
-                            nth: NEXT,
-                            at: 10_300,
-                        },
-                    ],
-                ),
+                with(known(), &[lease_at(10_000), fail(WRITER, NEXT, 10_300)]),
                 10_000 + B - 1,
                 may_be_valid(10_000 + B),
             ),
@@ -595,15 +589,7 @@ mod tests {
                 "a late answer neither shortens nor extends the bound",
                 with(
                     known(),
-                    &[
-                        lease_at(10_000),
-                        Answer {
-                            to: WRITER,
-                            nth: NEXT,
-                            at: 11_900,
-                            clock: 60_000,
-                        },
-                    ],
+                    &[lease_at(10_000), answer(WRITER, NEXT, 11_900, 60_000)],
                 ),
                 10_000 + B,
                 DownVerdict::Down,
@@ -622,27 +608,13 @@ mod tests {
             ),
             (
                 "a lease naming another writer does not hold the instance it is sent to",
-                with(
-                    known(),
-                    &[Send {
-                        to: WRITER,
-                        writer: Some(CANDIDATE),
-                        at: 11_000,
-                    }],
-                ),
+                with(known(), &[send(WRITER, Some(CANDIDATE), 11_000)]),
                 11_001,
                 DownVerdict::Down,
             ),
             (
                 "a request without a known clock reading grants nothing",
-                with(
-                    known(),
-                    &[Send {
-                        to: 2,
-                        writer: Some(2),
-                        at: 11_000,
-                    }],
-                ),
+                with(known(), &[send(2, Some(2), 11_000)]),
                 11_001,
                 DownVerdict::Down,
             ),
@@ -654,60 +626,26 @@ mod tests {
             ),
             (
                 "a new ledger's inherited leases end at the bound",
-                vec![Heartbeat {
-                    to: CANDIDATE,
-                    from: 0,
-                    until: 20_000,
-                }],
+                vec![beat(CANDIDATE, 0, 20_000)],
                 // The candidate answers since 10, so it is enough only from 10 + B.
                 10 + B,
                 DownVerdict::Down,
             ),
             (
                 "a candidate reachable too briefly blocks; its first answer counts, not its send",
-                vec![
-                    Send {
-                        to: WRITER,
-                        writer: None,
-                        at: 100,
-                    },
-                    Answer {
-                        to: WRITER,
-                        nth: 0,
-                        at: 110,
-                        clock: 50_000,
-                    },
-                    lease_at(10_000),
-                    Heartbeat {
-                        to: CANDIDATE,
-                        from: 11_000,
-                        until: 20_000,
-                    },
-                ],
+                with(
+                    writer_known(),
+                    &[lease_at(10_000), beat(CANDIDATE, 11_000, 20_000)],
+                ),
                 10_000 + B,
                 too_briefly(Some(11_010)),
             ),
             (
                 "a candidate reachable for exactly the bound is enough",
-                vec![
-                    Send {
-                        to: WRITER,
-                        writer: None,
-                        at: 100,
-                    },
-                    Answer {
-                        to: WRITER,
-                        nth: 0,
-                        at: 110,
-                        clock: 50_000,
-                    },
-                    lease_at(10_000),
-                    Heartbeat {
-                        to: CANDIDATE,
-                        from: 11_000,
-                        until: 20_000,
-                    },
-                ],
+                with(
+                    writer_known(),
+                    &[lease_at(10_000), beat(CANDIDATE, 11_000, 20_000)],
+                ),
                 11_010 + B,
                 DownVerdict::Down,
             ),
@@ -715,27 +653,11 @@ mod tests {
                 "a request lost between timely answers does not break the candidate's run",
                 vec![
                     lease_at(5_000),
-                    Heartbeat {
-                        to: CANDIDATE,
-                        from: 100,
-                        until: 10_500,
-                    },
+                    beat(CANDIDATE, 100, 10_500),
                     // id 22: sent at 11 000, fails; the next answer comes 1 010 after 10 500.
-                    Send {
-                        to: CANDIDATE,
-                        writer: None,
-                        at: 11_000,
-                    },
-                    Fail {
-                        to: CANDIDATE,
-                        nth: 22,
-                        at: 11_400,
-                    },
-                    Heartbeat {
-                        to: CANDIDATE,
-                        from: 11_500,
-                        until: 20_000,
-                    },
+                    send(CANDIDATE, None, 11_000),
+                    fail(CANDIDATE, 22, 11_400),
+                    beat(CANDIDATE, 11_500, 20_000),
                 ],
                 12_000,
                 DownVerdict::Down,
@@ -744,57 +666,17 @@ mod tests {
                 "requests failing for longer than 0.99 L break the run: it counts from the next answer",
                 vec![
                     lease_at(5_000),
-                    Heartbeat {
-                        to: CANDIDATE,
-                        from: 100,
-                        until: 9_000,
-                    },
+                    beat(CANDIDATE, 100, 9_000),
                     // ids 19, 20, 21, 22: sent 9 500 to 11 000, all fail.
-                    Send {
-                        to: CANDIDATE,
-                        writer: None,
-                        at: 9_500,
-                    },
-                    Send {
-                        to: CANDIDATE,
-                        writer: None,
-                        at: 10_000,
-                    },
-                    Send {
-                        to: CANDIDATE,
-                        writer: None,
-                        at: 10_500,
-                    },
-                    Send {
-                        to: CANDIDATE,
-                        writer: None,
-                        at: 11_000,
-                    },
-                    Fail {
-                        to: CANDIDATE,
-                        nth: 19,
-                        at: 10_000,
-                    },
-                    Fail {
-                        to: CANDIDATE,
-                        nth: 20,
-                        at: 10_500,
-                    },
-                    Fail {
-                        to: CANDIDATE,
-                        nth: 21,
-                        at: 11_000,
-                    },
-                    Fail {
-                        to: CANDIDATE,
-                        nth: 22,
-                        at: 11_500,
-                    },
-                    Heartbeat {
-                        to: CANDIDATE,
-                        from: 11_500,
-                        until: 20_000,
-                    },
+                    send(CANDIDATE, None, 9_500),
+                    send(CANDIDATE, None, 10_000),
+                    send(CANDIDATE, None, 10_500),
+                    send(CANDIDATE, None, 11_000),
+                    fail(CANDIDATE, 19, 10_000),
+                    fail(CANDIDATE, 20, 10_500),
+                    fail(CANDIDATE, 21, 11_000),
+                    fail(CANDIDATE, 22, 11_500),
+                    beat(CANDIDATE, 11_500, 20_000),
                 ],
                 12_000,
                 too_briefly(Some(11_510)),
@@ -803,16 +685,8 @@ mod tests {
                 "a candidate silent for more than 0.99 L starts a new run",
                 vec![
                     lease_at(5_000),
-                    Heartbeat {
-                        to: CANDIDATE,
-                        from: 100,
-                        until: 8_000,
-                    },
-                    Heartbeat {
-                        to: CANDIDATE,
-                        from: 10_000,
-                        until: 20_000,
-                    },
+                    beat(CANDIDATE, 100, 8_000),
+                    beat(CANDIDATE, 10_000, 20_000),
                 ],
                 12_000,
                 too_briefly(Some(10_010)),
@@ -821,31 +695,16 @@ mod tests {
                 "a candidate silent for 0.99 L exactly keeps its run",
                 vec![
                     lease_at(5_000),
-                    Heartbeat {
-                        to: CANDIDATE,
-                        from: 100,
-                        until: 7_600,
-                    },
+                    beat(CANDIDATE, 100, 7_600),
                     // 7 600 + 1 970 + 10 = 9 580: heard within 1 980 of the last send.
-                    Heartbeat {
-                        to: CANDIDATE,
-                        from: 9_570,
-                        until: 20_000,
-                    },
+                    beat(CANDIDATE, 9_570, 20_000),
                 ],
                 12_000,
                 DownVerdict::Down,
             ),
             (
                 "a candidate that stopped answering is not reachable now",
-                with(
-                    vec![lease_at(5_000)],
-                    &[Heartbeat {
-                        to: CANDIDATE,
-                        from: 100,
-                        until: 9_000,
-                    }],
-                ),
+                with(vec![lease_at(5_000)], &[beat(CANDIDATE, 100, 9_000)]),
                 9_000 + 1_981,
                 too_briefly(None),
             ),
@@ -853,28 +712,11 @@ mod tests {
                 "a candidate's late answer after a silence starts a new run at the answer",
                 vec![
                     lease_at(5_000),
-                    Heartbeat {
-                        to: CANDIDATE,
-                        from: 100,
-                        until: 9_000,
-                    },
+                    beat(CANDIDATE, 100, 9_000),
                     // id 19: sent at 9 500, answered only at 11 600 (2 600 after 9 000).
-                    Send {
-                        to: CANDIDATE,
-                        writer: None,
-                        at: 9_500,
-                    },
-                    Answer {
-                        to: CANDIDATE,
-                        nth: 19,
-                        at: 11_600,
-                        clock: 2_000_000,
-                    },
-                    Heartbeat {
-                        to: CANDIDATE,
-                        from: 11_700,
-                        until: 20_000,
-                    },
+                    send(CANDIDATE, None, 9_500),
+                    answer(CANDIDATE, 19, 11_600, 2_000_000),
+                    beat(CANDIDATE, 11_700, 20_000),
                 ],
                 // It heard the shell some time after 9 500: no proof of within 0.99 L at
                 // 11 600, so the run starts again at the next answer.
@@ -885,22 +727,9 @@ mod tests {
                 "a late answer alone does not make a candidate reachable now",
                 vec![
                     lease_at(5_000),
-                    Heartbeat {
-                        to: CANDIDATE,
-                        from: 100,
-                        until: 9_000,
-                    },
-                    Send {
-                        to: CANDIDATE,
-                        writer: None,
-                        at: 9_500,
-                    },
-                    Answer {
-                        to: CANDIDATE,
-                        nth: 19,
-                        at: 11_600,
-                        clock: 2_000_000,
-                    },
+                    beat(CANDIDATE, 100, 9_000),
+                    send(CANDIDATE, None, 9_500),
+                    answer(CANDIDATE, 19, 11_600, 2_000_000),
                 ],
                 11_600,
                 too_briefly(None),
