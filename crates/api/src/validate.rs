@@ -631,11 +631,10 @@ fn validate_backup(db: &Database, r: &mut Report) {
             }
         }
     }
-    let implemented = match db.spec.engine {
-        crate::Engine::Postgres => true,
-        crate::Engine::Mariadb => true,
-        _ => false,
-    };
+    let implemented = matches!(
+        db.spec.engine,
+        crate::Engine::Postgres | crate::Engine::Mariadb
+    );
     if !implemented {
         r.warn(
             "spec.backup",
