@@ -205,6 +205,9 @@ pub fn may_lack_acknowledged_writes(
         match presence.facts() {
             _ if matches!(presence, crate::input::Presence::Absent) => continue,
             Some(f) if f.diverged => continue,
+            // Created after the last promotion (a scale-up) and not cloned yet: it never
+            // acknowledged anything.
+            Some(f) if f.empty => continue,
             Some(f) => match f.held() {
                 Some(theirs) if held.includes(&theirs) => continue,
                 Some(theirs) => {
@@ -261,6 +264,7 @@ mod tests {
             upstream: Some(0),
             replication_error: None,
             diverged: false,
+            empty: false,
             message: None,
         })
     }
@@ -308,6 +312,50 @@ mod tests {
                 .0,
             2
         );
+    }
+
+    /// Scaled up to 4 with demo-3's pod created but not cloned yet (its manager reports an
+    /// empty data dir, hence no position): the primary dies. demo-3 is a synchronous standby
+    /// on record, but it holds nothing; one that holds data and reports no position (its
+    /// server stopped) still blocks.
+    #[test]
+    fn an_empty_synchronous_standby_holds_no_acknowledged_write() {
+        let stopped = |empty| {
+            Presence::Reported(InstanceFacts {
+                state: ServerState::Stopped,
+                role: None,
+                ready: false,
+                read_only: false,
+                position: None,
+                received_position: None,
+                upstream: None,
+                replication_error: None,
+                diverged: false,
+                empty,
+                message: Some("the data dir is empty: waiting for POST /bootstrap".into()),
+            })
+        };
+        let memory = Memory {
+            sync_standbys: [1, 2, 3].into_iter().collect(),
+            ..Memory::default()
+        };
+        let held = ReplicationPosition::Wal(WalPosition {
+            timeline: 1,
+            lsn: Lsn(9),
+        });
+        let mut i = input(vec![
+            (1, replica(1, 9)),
+            (2, replica(1, 9)),
+            (3, stopped(true)),
+        ]);
+        i.spec.synchronous = true;
+        assert_eq!(
+            may_lack_acknowledged_writes(&i, &memory, 1, &held, Some(0)),
+            None
+        );
+        i.observed.insert(3, stopped(false));
+        let why = may_lack_acknowledged_writes(&i, &memory, 1, &held, Some(0)).unwrap();
+        assert!(why.contains("demo-3 may hold acknowledged writes"), "{why}");
     }
 
     #[test]

@@ -125,6 +125,10 @@ pub struct InstanceFacts {
     /// family) or WAL past the point where the primary's timeline forked (PostgreSQL).
     #[serde(default)]
     pub diverged: bool,
+    /// Its manager reports an empty data dir (never bootstrapped, or cloned again after a
+    /// rebuild): it holds no transaction, acknowledged or not.
+    #[serde(default)]
+    pub empty: bool,
     /// Why it is not ready, in words.
     #[serde(default)]
     pub message: Option<String>,
@@ -152,6 +156,7 @@ impl InstanceFacts {
             upstream: report.upstream.as_deref().and_then(|u| spec.ordinal_of(u)),
             replication_error: report.replication_error.clone(),
             diverged: report.errant.is_some(),
+            empty: report.holds_data == Some(false),
             message: report.message.clone(),
         })
     }

@@ -51,6 +51,7 @@ fn replica(lsn: u64) -> Presence {
         upstream: Some(0),
         replication_error: None,
         diverged: false,
+        empty: false,
         message: None,
     })
 }
@@ -227,6 +228,7 @@ fn the_lease_table() {
                 upstream: None,
                 replication_error: None,
                 diverged: false,
+                empty: false,
                 message: None,
             }),
             leases: Some(ledger(NOW - 10, NOW - 100)),
@@ -314,6 +316,7 @@ fn presence() -> impl Strategy<Value = Presence> {
                 upstream: None,
                 replication_error: None,
                 diverged: false,
+                empty: false,
                 message: None,
             })
         }),

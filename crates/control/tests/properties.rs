@@ -115,6 +115,7 @@ fn facts(engine: Engine) -> impl Strategy<Value = InstanceFacts> {
                     upstream,
                     replication_error: None,
                     diverged,
+                    empty: false,
                     message: None,
                 }
             },
@@ -259,6 +260,7 @@ fn failover_situation() -> impl Strategy<Value = Input> {
                     upstream: None,
                     replication_error: None,
                     diverged: false,
+                    empty: false,
                     message: None,
                 })),
             ],
@@ -276,6 +278,7 @@ fn failover_situation() -> impl Strategy<Value = Input> {
                                 upstream: Some(0),
                                 replication_error: None,
                                 diverged,
+                                empty: false,
                                 message: None,
                             })
                         }
@@ -678,6 +681,7 @@ impl World {
                     upstream: if node.primary { None } else { node.upstream },
                     replication_error: None,
                     diverged: self.errant(ordinal),
+                    empty: false,
                     message: None,
                 })
             };

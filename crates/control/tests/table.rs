@@ -55,6 +55,7 @@ fn running(role: Role, position: ReplicationPosition) -> InstanceFacts {
         upstream: None,
         replication_error: None,
         diverged: false,
+        empty: false,
         message: None,
     }
 }

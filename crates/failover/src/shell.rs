@@ -449,6 +449,7 @@ impl<R: Runtime> Failover<R> {
             upstream: None,
             replication_error: None,
             diverged: false,
+            empty: false,
             message: Some(format!(
                 "fenced: shut down cleanly, final checkpoint {} on timeline {}",
                 control.lsn, control.timeline

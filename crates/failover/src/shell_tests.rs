@@ -499,6 +499,7 @@ fn facts(position: &str, timeline: u32) -> InstanceFacts {
         upstream: Some(0),
         replication_error: None,
         diverged: false,
+        empty: false,
         message: None,
     }
 }
