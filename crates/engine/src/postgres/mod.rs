@@ -855,7 +855,24 @@ impl ServerEngine for Postgres {
             ],
         );
         inv.env.push(("PGPASSFILE".into(), self.passfile().into()));
-        inv.run().await?;
+        // pg_rewind copies every non-relation file of the source's data dir, our marker
+        // included: one that fails part-way can leave it truncated, and a manager that cannot
+        // read its marker refuses every later order (seen on the stand-in: an empty stator.json
+        // after a pg_rewind whose source went away). The marker is put back as it was, so
+        // the rejoin can be ordered again.
+        let before = read_marker(&self.data_dir).ok().flatten();
+        if let Err(e) = inv.run().await {
+            if let Some(before) = &before
+                && read_marker(&self.data_dir).ok().flatten().as_ref() != Some(before)
+            {
+                tracing::warn!(
+                    instance = %self.instance,
+                    "pg_rewind failed part-way and left the marker changed; it is restored"
+                );
+                write_marker(&self.data_dir, before, &self.user)?;
+            }
+            return Err(e);
+        }
         self.write_standby_signal(&self.data_dir)?;
         write_marker(
             &self.data_dir,
