@@ -56,8 +56,11 @@ pub enum WriteCheckError {
 }
 
 /// A real query on the server at `host:port` with [`SERVER_PROBE_TIMEOUT`]: whether it accepts
-/// writes and what it received, when the engine tells (MariaDB: only its greeting is read).
+/// writes and what it received, when the engine tells.
 /// PostgreSQL without a monitor password known: nothing is asked, nothing is known.
+/// MariaDB/MySQL without a password: only its greeting is read (a hung server sends none);
+/// with one, `@@global.read_only` is read as the monitor user, which tells a promoted
+/// replica's `read_only` off as soon as it is, not at its manager's next observation.
 pub async fn query_server(
     engine: Engine,
     dial: &Dial,
@@ -89,6 +92,22 @@ pub async fn query_server(
             }
         }
         Engine::Mysql | Engine::Mariadb => {
+            if let Some(password) = monitor_password {
+                let query = async {
+                    let read_only = mysql_read_only(dial, password).await.map_err(|e| match e {
+                        WriteCheckError::Connect(e) => ServerError::Connect(e),
+                        other => ServerError::Query(other.to_string()),
+                    })?;
+                    Ok(ServerAnswer {
+                        writable: Some(read_only == Some(0)),
+                        received: None,
+                    })
+                };
+                return match tokio::time::timeout(SERVER_PROBE_TIMEOUT, query).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(ServerError::QueryTimeout(SERVER_PROBE_TIMEOUT)),
+                };
+            }
             use tokio::io::AsyncReadExt;
             let greet = async {
                 let mut stream = tokio::net::TcpStream::connect((dial.host.as_str(), dial.port))
@@ -171,34 +190,37 @@ pub async fn write_through(
                     None => Err(WriteCheckError::ReadOnly),
                 }
             }
-            Engine::Mysql | Engine::Mariadb => {
-                use mysql_async::prelude::Queryable;
-                let opts = mysql_async::OptsBuilder::default()
-                    .ip_or_hostname(dial.host.clone())
-                    .tcp_port(dial.port)
-                    .user(Some(stator_engine::mysql_family::config::MONITOR_USER))
-                    .pass(Some(password.to_string()))
-                    .ssl_opts(dial.mysql())
-                    // Never the server's Unix socket: that would bypass `rw`.
-                    .prefer_socket(false);
-                let mut conn = mysql_async::Conn::new(opts)
-                    .await
-                    .map_err(|e| WriteCheckError::Connect(e.to_string()))?;
-                let read_only: Option<i64> = conn
-                    .query_first("SELECT @@global.read_only")
-                    .await
-                    .map_err(|e| WriteCheckError::ReadOnlyUnknown(e.to_string()))?;
-                let _ = conn.disconnect().await;
-                match read_only {
-                    Some(0) => Ok(()),
-                    _ => Err(WriteCheckError::ReadOnly),
-                }
-            }
+            Engine::Mysql | Engine::Mariadb => match mysql_read_only(dial, password).await? {
+                Some(0) => Ok(()),
+                _ => Err(WriteCheckError::ReadOnly),
+            },
         }
     };
     tokio::time::timeout(WRITE_CHECK_TIMEOUT, check)
         .await
         .map_err(|_| WriteCheckError::Timeout(WRITE_CHECK_TIMEOUT))?
+}
+
+/// `@@global.read_only` of the MariaDB/MySQL server at `dial`, as the monitor user, on a
+/// connection of its own over TCP (never the server's Unix socket: that would bypass `rw`).
+async fn mysql_read_only(dial: &Dial, password: &str) -> Result<Option<i64>, WriteCheckError> {
+    use mysql_async::prelude::Queryable;
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(dial.host.clone())
+        .tcp_port(dial.port)
+        .user(Some(stator_engine::mysql_family::config::MONITOR_USER))
+        .pass(Some(password.to_string()))
+        .ssl_opts(dial.mysql())
+        .prefer_socket(false);
+    let mut conn = mysql_async::Conn::new(opts)
+        .await
+        .map_err(|e| WriteCheckError::Connect(e.to_string()))?;
+    let read_only: Option<i64> = conn
+        .query_first("SELECT @@global.read_only")
+        .await
+        .map_err(|e| WriteCheckError::ReadOnlyUnknown(e.to_string()))?;
+    let _ = conn.disconnect().await;
+    Ok(read_only)
 }
 
 #[cfg(test)]

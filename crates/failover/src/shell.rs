@@ -357,8 +357,15 @@ impl<R: Runtime> Failover<R> {
                 continue;
             }
             let server = self.rt.server_dial(db, ordinal);
+            // MariaDB/MySQL: the primary's probe reads only the greeting (what a hang withholds);
+            // the candidate being promoted is asked its `read_only` as the monitor user, so
+            // its promotion is seen the moment it took effect, not at its manager's next
+            // observation (up to a second later, all of it write outage).
             let password = match engine {
                 Engine::Postgres => self.monitor_password(),
+                Engine::Mysql | Engine::Mariadb if Some(ordinal) == candidate => {
+                    self.monitor_password()
+                }
                 Engine::Mysql | Engine::Mariadb => None,
             };
             let answer = server::query_server(engine, &server, password.as_deref()).await;
