@@ -156,6 +156,21 @@ pub trait ServerEngine: Send + Sync + 'static {
         creds: &Credentials,
     ) -> impl Future<Output = Result<(), EngineError>> + Send;
 
+    /// With the server running as a replica: makes it follow `upstream` instead without a
+    /// restart, when the engine can tell online that this is safe (the same checks as
+    /// [`rejoin`](Self::rejoin)). `Ok(true)`: it follows `upstream` now; `Ok(false)`: not done
+    /// online (a primary, errant transactions, an engine that cannot), the caller stops the
+    /// server and rejoins. An error may leave replication stopped, never pointed elsewhere:
+    /// the caller rejoins offline then too.
+    fn repoint_running(
+        &self,
+        upstream: &Endpoint,
+        creds: &Credentials,
+    ) -> impl Future<Output = Result<bool, EngineError>> + Send {
+        let _ = (upstream, creds);
+        std::future::ready(Ok(false))
+    }
+
     /// Fences a running server read-only (`on`) or releases that fence: it keeps running and
     /// serving reads, and refuses writes (MySQL family: `read_only`; PostgreSQL:
     /// `default_transaction_read_only`) until released. On a stopped server it changes only

@@ -424,7 +424,13 @@ impl<E: ServerEngine> Supervisor<E> {
                 how = server.exited() => return Served::Exited(how),
                 cmd = self.commands.recv() => match cmd {
                     None | Some(Command::Shutdown) => return Served::Shutdown,
-                    Some(Command::Demote(upstream, reply)) => return Served::Rejoin(upstream, reply),
+                    Some(Command::Demote(upstream, reply)) => {
+                        if running && self.repointed_running(&upstream).await {
+                            let _ = reply.send(Ok(format!("following {} (re-pointed without a restart)", upstream.instance)));
+                            continue;
+                        }
+                        return Served::Rejoin(upstream, reply);
+                    }
                     Some(Command::Order(order, reply)) => return Served::Order(order, reply),
                     Some(Command::Reload(parameters, reply)) => {
                         if !running {
@@ -472,6 +478,25 @@ impl<E: ServerEngine> Supervisor<E> {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// A running replica told to follow another upstream: re-pointed in place when the engine
+    /// can tell that is safe ([`ServerEngine::repoint_running`]), and observed at once so
+    /// `/status` names the new upstream. False: the caller stops the server and rejoins.
+    async fn repointed_running(&self, upstream: &Endpoint) -> bool {
+        match self.engine.repoint_running(upstream, &self.creds).await {
+            Ok(true) => {
+                let observed = self.engine.observe(&self.creds).await;
+                self.status
+                    .record_observation(observed.map_err(|e| e.to_string()), false);
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, upstream = %upstream.instance, "re-pointing the running replica failed; stopping it to rejoin");
+                false
             }
         }
     }

@@ -1288,6 +1288,91 @@ impl ServerEngine for MysqlFamily {
         )?;
         self.write_config(creds)
     }
+
+    /// MariaDB: a running read-only replica is re-pointed in place (a failover's surviving
+    /// replicas; with semi-sync, the new primary's first commit waits for one of them, so a
+    /// restart here is write outage). Under the session lock, so no observation re-points
+    /// replication meanwhile: replication is stopped (its GTIDs then move no more: `read_only`
+    /// keeps clients out), its binary log is checked against the upstream's exactly as
+    /// [`rejoin`](Self::rejoin) does, and only without errant transactions is the old upstream
+    /// forgotten and the new one followed from `gtid_current_pos`. MySQL, a primary, a server
+    /// that is not read-only or errant transactions: `Ok(false)`, the offline rejoin decides.
+    async fn repoint_running(
+        &self,
+        upstream: &Endpoint,
+        creds: &Credentials,
+    ) -> Result<bool, EngineError> {
+        let d = self.dialect;
+        if d.engine != Engine::Mariadb || self.follows().is_none() {
+            return Ok(false);
+        }
+        let repointed = self
+            .with_session(async |c: &mut Conn| {
+                let row: Option<Row> = c
+                    .query_first(format!(
+                        "SELECT @@GLOBAL.read_only, {}, {}",
+                        d.executed_position, d.logged_position
+                    ))
+                    .await
+                    .map_err(|e| EngineError::mysql("reading the local GTIDs", e))?;
+                let row = row.ok_or_else(|| EngineError::State("no GTID row".into()))?;
+                let get = |i: usize| {
+                    row.get_opt::<Option<String>, usize>(i)
+                        .and_then(|v| v.ok())
+                        .flatten()
+                        .unwrap_or_default()
+                };
+                let read_only = get(0);
+                if !(read_only == "1" || read_only.eq_ignore_ascii_case("on"))
+                    || self.follows().is_none()
+                {
+                    return Ok(false);
+                }
+                if self.replica_status(c).await?.is_some() {
+                    Self::exec(c, "stopping replication", d.stop_replica).await?;
+                }
+                // Read again with replication stopped: nothing applies any more.
+                let row: Option<Row> = c
+                    .query_first(format!(
+                        "SELECT {}, {}",
+                        d.executed_position, d.logged_position
+                    ))
+                    .await
+                    .map_err(|e| EngineError::mysql("reading the local GTIDs", e))?;
+                let row = row.ok_or_else(|| EngineError::State("no GTID row".into()))?;
+                let get = |i: usize| {
+                    row.get_opt::<Option<String>, usize>(i)
+                        .and_then(|v| v.ok())
+                        .flatten()
+                        .unwrap_or_default()
+                };
+                let (executed, logged) = (get(0), get(1));
+                let (up_logged, up_slave_pos, _) = self.upstream_positions(upstream, creds).await?;
+                if self
+                    .errant(&logged, &up_logged, &up_slave_pos, &upstream.instance)?
+                    .is_some()
+                {
+                    return Ok(false);
+                }
+                Self::exec(c, "forgetting the upstream", d.reset_replica_all).await?;
+                let position: MariadbGtidPosition = executed.parse()?;
+                self.user
+                    .write_file(&self.start_position_file(), &position.to_string(), 0o600)?;
+                write_marker(
+                    &self.data_dir,
+                    &self.marker(Some(upstream.clone())),
+                    &self.user,
+                )?;
+                self.ensure_replication(c, upstream, creds).await?;
+                Ok(true)
+            })
+            .await?;
+        if repointed {
+            tracing::info!(instance = %self.instance, upstream = %upstream.instance, "re-pointed replication without a restart");
+            self.write_config(creds)?;
+        }
+        Ok(repointed)
+    }
 }
 
 #[cfg(test)]
