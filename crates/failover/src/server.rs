@@ -55,7 +55,8 @@ pub enum WriteCheckError {
     Timeout(Duration),
 }
 
-/// A real query on the server at `host:port` with [`SERVER_PROBE_TIMEOUT`]: whether it accepts
+/// A real query on the server at `host:port` within `limit` (at most [`SERVER_PROBE_TIMEOUT`]
+/// but for a primary at its detection deadline): whether it accepts
 /// writes and what it received, when the engine tells.
 /// PostgreSQL without a monitor password known: nothing is asked, nothing is known.
 /// MariaDB/MySQL without a password: only its greeting is read (a hung server sends none);
@@ -65,6 +66,7 @@ pub async fn query_server(
     engine: Engine,
     dial: &Dial,
     monitor_password: Option<&str>,
+    limit: Duration,
 ) -> Result<ServerAnswer, ServerError> {
     match engine {
         Engine::Postgres => {
@@ -86,9 +88,9 @@ pub async fn query_server(
                     received: row.get::<_, Option<String>>(1),
                 })
             };
-            match tokio::time::timeout(SERVER_PROBE_TIMEOUT, query).await {
+            match tokio::time::timeout(limit, query).await {
                 Ok(answer) => answer,
-                Err(_) => Err(ServerError::QueryTimeout(SERVER_PROBE_TIMEOUT)),
+                Err(_) => Err(ServerError::QueryTimeout(limit)),
             }
         }
         Engine::Mysql | Engine::Mariadb => {
@@ -103,9 +105,9 @@ pub async fn query_server(
                         received: None,
                     })
                 };
-                return match tokio::time::timeout(SERVER_PROBE_TIMEOUT, query).await {
+                return match tokio::time::timeout(limit, query).await {
                     Ok(answer) => answer,
-                    Err(_) => Err(ServerError::QueryTimeout(SERVER_PROBE_TIMEOUT)),
+                    Err(_) => Err(ServerError::QueryTimeout(limit)),
                 };
             }
             use tokio::io::AsyncReadExt;
@@ -120,9 +122,9 @@ pub async fn query_server(
                     .map_err(ServerError::NoGreeting)?;
                 Ok(ServerAnswer::default())
             };
-            match tokio::time::timeout(SERVER_PROBE_TIMEOUT, greet).await {
+            match tokio::time::timeout(limit, greet).await {
                 Ok(answer) => answer,
-                Err(_) => Err(ServerError::GreetingTimeout(SERVER_PROBE_TIMEOUT)),
+                Err(_) => Err(ServerError::GreetingTimeout(limit)),
             }
         }
     }
@@ -232,16 +234,26 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let why = query_server(Engine::Mariadb, &Dial::registered("127.0.0.1", port), None)
-            .await
-            .unwrap_err()
-            .to_string();
+        let why = query_server(
+            Engine::Mariadb,
+            &Dial::registered("127.0.0.1", port),
+            None,
+            SERVER_PROBE_TIMEOUT,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(why.starts_with("cannot connect: "), "{why}");
         // PostgreSQL without the monitor password is not asked.
         assert_eq!(
-            query_server(Engine::Postgres, &Dial::registered("127.0.0.1", port), None)
-                .await
-                .unwrap(),
+            query_server(
+                Engine::Postgres,
+                &Dial::registered("127.0.0.1", port),
+                None,
+                SERVER_PROBE_TIMEOUT
+            )
+            .await
+            .unwrap(),
             ServerAnswer::default()
         );
         assert_eq!(

@@ -41,6 +41,17 @@ const ORDER_TIMEOUT: Duration = Duration::from_secs(150);
 const ORDER_SETTLE: Duration = Duration::from_millis(1500);
 /// How many finished failovers and switchovers the state keeps.
 const HISTORY: usize = 20;
+/// The pause [`Tick::sooner`] asks for after a decision that fences or promotes: the killed
+/// processes are gone and a promotion answered within moments, and every tick until they are
+/// seen is write outage.
+const QUICK_PAUSE: Duration = Duration::from_millis(20);
+/// At most this many quick ticks in a row (an order that takes long is then watched at the
+/// runtime's own pace).
+const QUICK_TICKS: u32 = 10;
+/// The shortest direct query to an unhealthy primary at its detection deadline: the query is
+/// cut to end at the deadline (so the decision falls there, not up to a whole query later),
+/// never below this.
+const DEADLINE_PROBE_FLOOR: Duration = Duration::from_millis(150);
 
 /// Work for an instance not answered yet (an order, a clean shutdown, a `read_only` switch).
 struct InFlight {
@@ -77,6 +88,9 @@ pub struct Tick {
     pub keep_down: BTreeSet<u32>,
     /// Something is wrong or in progress: tick fast.
     pub urgent: bool,
+    /// Tick again within this, sooner than the runtime's fast pace: a detection deadline
+    /// falls before it, or a fence or promotion was just carried out.
+    pub sooner: Option<Duration>,
 }
 
 /// The failover shell of one database, acting through its runtime `R`.
@@ -104,6 +118,8 @@ pub struct Failover<R: Runtime> {
     monitor_password: Option<String>,
     /// The recorded primary kept down because its data is gone (said once).
     data_lost: Option<u32>,
+    /// Quick ticks in a row so far ([`QUICK_TICKS`]).
+    quick_ticks: u32,
 }
 
 impl<R: Runtime> Failover<R> {
@@ -143,6 +159,7 @@ impl<R: Runtime> Failover<R> {
             measuring: None,
             monitor_password: None,
             data_lost: None,
+            quick_ticks: 0,
         }
     }
 
@@ -205,6 +222,7 @@ impl<R: Runtime> Failover<R> {
                     primary: None,
                     keep_down: BTreeSet::new(),
                     urgent: false,
+                    sooner: None,
                 };
             }
         };
@@ -234,11 +252,50 @@ impl<R: Runtime> Failover<R> {
             decision.status.reason,
             stator_control::Reason::Healthy | stator_control::Reason::Degraded
         ) || self.state.memory.transition.is_some();
+        let sooner = self.sooner(&decision);
         Tick {
             status: decision.status,
             primary,
             keep_down,
             urgent,
+            sooner,
+        }
+    }
+
+    /// When to tick again at the latest, when sooner than the runtime's pace matters: at the
+    /// core's recheck time (an unhealthy primary's detection deadline), and right after a
+    /// decision that fences or promotes, for at most [`QUICK_TICKS`] ticks in a row.
+    fn sooner(&mut self, decision: &Decision) -> Option<Duration> {
+        let now = self.rt.monotonic_ms();
+        let recheck = decision
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Wait {
+                    recheck_at_ms: Some(at),
+                    ..
+                } => Some(
+                    Duration::from_millis(at.saturating_sub(now)).max(Duration::from_millis(5)),
+                ),
+                _ => None,
+            })
+            .min();
+        let acting = decision
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Fence { .. } | Action::Promote { .. }));
+        let quick = if acting && self.quick_ticks < QUICK_TICKS {
+            self.quick_ticks += 1;
+            Some(QUICK_PAUSE)
+        } else {
+            if !acting {
+                self.quick_ticks = 0;
+            }
+            None
+        };
+        match (recheck, quick) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -368,7 +425,18 @@ impl<R: Runtime> Failover<R> {
                 }
                 Engine::Mysql | Engine::Mariadb => None,
             };
-            let answer = server::query_server(engine, &server, password.as_deref()).await;
+            // An unhealthy primary's query ends at its detection deadline at the latest, so the
+            // decision that fails it over falls there and not up to a whole query later.
+            let limit = match memory.primary_unhealthy_since_ms {
+                Some(since) if Some(ordinal) == memory.primary && candidate.is_none() => {
+                    let deadline = since.saturating_add(spec.detection_timeout_ms);
+                    let left = deadline.saturating_sub(self.rt.monotonic_ms());
+                    Duration::from_millis(left)
+                        .clamp(DEADLINE_PROBE_FLOOR, server::SERVER_PROBE_TIMEOUT)
+                }
+                _ => server::SERVER_PROBE_TIMEOUT,
+            };
+            let answer = server::query_server(engine, &server, password.as_deref(), limit).await;
             let presence = match answer {
                 Err(why) if Some(ordinal) == memory.primary && candidate.is_none() => {
                     Presence::Unreachable {

@@ -171,6 +171,8 @@ struct Supervisor<'a> {
     keep_down: BTreeSet<u32>,
     /// The last tick found something wrong or in progress: tick fast.
     urgent: bool,
+    /// The last tick asked for the next one sooner than even that ([`Tick::sooner`]).
+    sooner: Option<Duration>,
     /// `database.json` says the database has data.
     identity_recorded: bool,
     /// Backups: since when they are expected (the primary first ready, ms since the epoch)
@@ -267,6 +269,7 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         failover,
         keep_down: BTreeSet::new(),
         urgent: false,
+        sooner: None,
         identity_recorded: false,
         backups_expected_since: None,
         archive_baseline: None,
@@ -302,11 +305,13 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         source,
     })?;
     while keep_going {
-        let pause = if supervisor.settled && !supervisor.urgent {
+        let pace = if supervisor.settled && !supervisor.urgent {
             TICK_STEADY
         } else {
             TICK_BUSY
         };
+        // Sooner at a detection deadline and right after a fence or promotion.
+        let pause = supervisor.sooner.map_or(pace, |s| s.min(pace));
         tokio::select! {
             _ = tokio::time::sleep(pause) => keep_going = supervisor.step().await,
             _ = sigterm.recv() => break,
@@ -430,6 +435,7 @@ impl Supervisor<'_> {
         let tick = self.failover.tick(&db, &sightings).await;
         self.keep_down = tick.keep_down.clone();
         self.urgent = tick.urgent;
+        self.sooner = tick.sooner;
         let primary = self.dir.read_primary();
         self.stop_excess(desired);
         self.stop_held();
