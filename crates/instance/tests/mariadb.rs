@@ -319,3 +319,72 @@ fn synchronous_replication_is_lossless_and_a_promoted_replica_keeps_it() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(semi_sync(&replica), ["ON,ON,AFTER_SYNC,86400000,ON,ON"]);
 }
+
+#[test]
+fn a_running_replica_follows_a_promoted_sibling_without_a_restart_unless_it_holds_errant_writes() {
+    let cluster = Cluster::new("mrp");
+    let sync = "  replication:\n    synchronous: true\n";
+    let mut old = cluster.start(&cluster.mariadb_config(0, Bootstrap::InitPrimary, sync));
+    old.wait_ready();
+    let replica = |ordinal: u32| {
+        let m = cluster.start(&cluster.mariadb_config(
+            ordinal,
+            Bootstrap::CloneFrom {
+                upstream: old.endpoint(),
+            },
+            sync,
+        ));
+        m.wait_ready();
+        m
+    };
+    let new = replica(1);
+    let other = replica(2);
+    // Synchronous: a commit waits for a replica, so the first one comes once they run.
+    let pw = app(&cluster);
+    maria_sql(
+        old.config.port,
+        "app",
+        &pw,
+        "CREATE TABLE app.t (id INT PRIMARY KEY); INSERT INTO app.t VALUES (1)",
+    )
+    .unwrap();
+    for m in [&new, &other] {
+        wait_rows(m, &cluster, "SELECT COUNT(*) FROM app.t", &["1"]);
+    }
+    let pid = other.status()["pid"].as_u64().unwrap();
+
+    // A failover: the primary is gone, a replica is promoted, the other one follows it.
+    old.terminate();
+    let (code, body) = new.post("/promote", Some(&token(&cluster)), "");
+    assert_eq!(code, 200, "{body}\n{}", new.logs());
+    let demote = serde_json::json!({ "upstream": new.endpoint() }).to_string();
+    let (code, body) = other.post("/demote", Some(&token(&cluster)), &demote);
+    assert_eq!(code, 200, "{body}\n{}", other.logs());
+    assert!(body.contains("without a restart"), "{body}");
+    let status = other.wait_status("following mrp-1", |s| s["upstream"] == "mrp-1");
+    assert_eq!(
+        status["pid"].as_u64(),
+        Some(pid),
+        "the same server: {status}"
+    );
+    assert_eq!(status["readOnly"], true, "{status}");
+    // The new primary's semi-synchronous commit is acknowledged by it, and it has the row.
+    maria_sql(new.config.port, "app", &pw, "INSERT INTO app.t VALUES (2)").unwrap();
+    wait_rows(&other, &cluster, "SELECT COUNT(*) FROM app.t", &["2"]);
+
+    // A write of its own (root passes read_only) is an errant transaction: not re-pointed in
+    // place, the offline rejoin refuses it as before.
+    maria_root(
+        &other.config.run_dir.join("mariadb.sock"),
+        "INSERT INTO app.t VALUES (100)",
+    )
+    .unwrap();
+    let (code, body) = other.post("/demote", Some(&token(&cluster)), &demote);
+    assert_eq!(code, 409, "{body}\n{}", other.logs());
+    assert!(
+        body.contains("0-1002-") && body.contains("mrp-1") && body.contains("rebuild"),
+        "{body}"
+    );
+    let status = other.wait_status("failed, stopped", |s| s["state"] == "failed");
+    assert!(status["pid"].is_null(), "{status}");
+}
