@@ -144,6 +144,10 @@ fn rows() -> Vec<Row> {
                             format!("{:?}", tick.status)
                         })?;
                         ensure(tick.urgent, || "not urgent".into())?;
+                        // The next tick is asked for no later than the detection deadline.
+                        ensure(tick.sooner == Some(Duration::from_millis(1_900)), || {
+                            format!("sooner {:?}", tick.sooner)
+                        })?;
                         let did = shell.runtime_mut().take_did();
                         ensure(did.is_empty(), || {
                             format!("acted before the timeout: {did:?}")
@@ -163,6 +167,10 @@ fn rows() -> Vec<Row> {
                         )?;
                         ensure(tick.keep_down.contains(&0), || {
                             format!("db-0 may start: {:?}", tick.keep_down)
+                        })?;
+                        // A fence was carried out: its effect is looked for at once.
+                        ensure(tick.sooner == Some(QUICK_PAUSE), || {
+                            format!("sooner {:?}", tick.sooner)
                         })?;
                         ensure(shell.runtime().rw.is_none(), || "rw still routed".into())?;
                         let current = shell.state().current.clone();
@@ -185,6 +193,9 @@ fn rows() -> Vec<Row> {
                         let order = shell.in_flight.get(&1).map(|f| f.what.clone());
                         ensure(order.as_deref() == Some("promote (term 2)"), || {
                             format!("order to db-1 {order:?}, status {:?}", tick.status)
+                        })?;
+                        ensure(tick.sooner == Some(QUICK_PAUSE), || {
+                            format!("sooner {:?}", tick.sooner)
                         })
                     },
                 },
@@ -212,6 +223,10 @@ fn rows() -> Vec<Row> {
                         )?;
                         ensure(shell.state().timelines.get(&1) == Some(&2), || {
                             format!("timelines {:?}", shell.state().timelines)
+                        })?;
+                        // Done: back to the runtime's own pace.
+                        ensure(tick.sooner.is_none(), || {
+                            format!("sooner {:?}", tick.sooner)
                         })
                     },
                 },
