@@ -41,9 +41,11 @@ const ORDER_TIMEOUT: Duration = Duration::from_secs(150);
 const ORDER_SETTLE: Duration = Duration::from_millis(1500);
 /// How many finished failovers and switchovers the state keeps.
 const HISTORY: usize = 20;
-/// The pause [`Tick::sooner`] asks for after a decision that fences or promotes: the killed
-/// processes are gone and a promotion answered within moments, and every tick until they are
-/// seen is write outage.
+/// The pause [`Tick::sooner`] asks for after a decision that promotes: a promotion answers
+/// within moments, and every tick until it is seen is write outage. Not after a fence: the
+/// candidate is chosen at the tick that sees the fence done, and the replicas' reports need
+/// the runtime's own pace to catch up with the kill (a replica's observation hung on the frozen
+/// primary completes only then); choosing sooner would choose on older positions.
 const QUICK_PAUSE: Duration = Duration::from_millis(20);
 /// At most this many quick ticks in a row (an order that takes long is then watched at the
 /// runtime's own pace).
@@ -89,7 +91,7 @@ pub struct Tick {
     /// Something is wrong or in progress: tick fast.
     pub urgent: bool,
     /// Tick again within this, sooner than the runtime's fast pace: a detection deadline
-    /// falls before it, or a fence or promotion was just carried out.
+    /// falls before it, or a promotion was just ordered.
     pub sooner: Option<Duration>,
 }
 
@@ -264,7 +266,7 @@ impl<R: Runtime> Failover<R> {
 
     /// When to tick again at the latest, when sooner than the runtime's pace matters: at the
     /// core's recheck time (an unhealthy primary's detection deadline), and right after a
-    /// decision that fences or promotes, for at most [`QUICK_TICKS`] ticks in a row.
+    /// decision that promotes, for at most [`QUICK_TICKS`] ticks in a row.
     fn sooner(&mut self, decision: &Decision) -> Option<Duration> {
         let now = self.rt.monotonic_ms();
         let recheck = decision
@@ -283,7 +285,7 @@ impl<R: Runtime> Failover<R> {
         let acting = decision
             .actions
             .iter()
-            .any(|a| matches!(a, Action::Fence { .. } | Action::Promote { .. }));
+            .any(|a| matches!(a, Action::Promote { .. }));
         let quick = if acting && self.quick_ticks < QUICK_TICKS {
             self.quick_ticks += 1;
             Some(QUICK_PAUSE)

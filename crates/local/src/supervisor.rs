@@ -310,7 +310,7 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         } else {
             TICK_BUSY
         };
-        // Sooner at a detection deadline and right after a fence or promotion.
+        // Sooner at a detection deadline and right after a promotion was ordered.
         let pause = supervisor.sooner.map_or(pace, |s| s.min(pace));
         tokio::select! {
             _ = tokio::time::sleep(pause) => keep_going = supervisor.step().await,
