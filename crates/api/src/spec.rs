@@ -361,6 +361,14 @@ pub struct FailoverSpec {
     /// is promoted, as a duration (`2s`, `1500ms`, `1m`). Between 1s and 5m.
     #[serde(default = "default_detection_timeout")]
     pub detection_timeout: String,
+    /// Kubernetes only, opt-in: write-lease fencing. The operator grants the primary a write
+    /// lease as long as the detection timeout and renews it (every replica first, then the
+    /// primary); a primary whose lease runs out kills its own server unless every replica
+    /// confirms the operator, not the primary, is gone. A replica is promoted over a primary it
+    /// cannot see only once no lease of that primary can still be valid. Changing it rolls the
+    /// pods. The local runtime ignores it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lease: bool,
 }
 
 fn default_true() -> bool {
@@ -376,6 +384,7 @@ impl Default for FailoverSpec {
         FailoverSpec {
             enabled: true,
             detection_timeout: default_detection_timeout(),
+            lease: false,
         }
     }
 }

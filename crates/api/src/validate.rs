@@ -525,6 +525,13 @@ fn validate_availability(db: &Database, r: &mut Report) {
              use 2 or more instances for availability",
         );
     }
+    if spec.failover.lease && n == 1 {
+        r.warn(
+            "spec.failover.lease",
+            "with 1 instance no replica can confirm that the operator, not the primary, is gone: \
+             an operator outage longer than spec.failover.detectionTimeout stops the primary",
+        );
+    }
     if spec.scheduling.anti_affinity == AntiAffinity::Required && n > 1 {
         r.warn(
             "spec.scheduling.antiAffinity",

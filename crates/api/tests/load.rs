@@ -183,3 +183,33 @@ fn an_unknown_engine_does_not_hide_the_other_problems() {
     assert!(e.iter().any(|m| m.starts_with("spec.instances:")), "{e:?}");
     assert!(!e.iter().any(|m| m.starts_with("spec.version")), "{e:?}");
 }
+
+#[test]
+fn write_leases_are_off_by_default_and_a_bad_value_names_the_field() {
+    let spec = |failover: &str| {
+        format!(
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata: {{name: shop}}\nspec: {{engine: postgres, instances: {failover}}}\n"
+        )
+    };
+    let off = load_database(&spec("3")).unwrap();
+    assert!(!off.database.spec.failover.lease);
+    // Absent, it is not written back: specs without it serialise as before.
+    let json = serde_json::to_value(&off.database.spec.failover).unwrap();
+    assert!(json.get("lease").is_none(), "{json}");
+    let on = load_database(&spec("3, failover: {lease: true}")).unwrap();
+    assert!(on.database.spec.failover.lease);
+    assert!(!on.warnings.iter().any(|w| w.path == "spec.failover.lease"));
+    // One instance: no replica can vouch for it when the operator is gone.
+    let single = load_database(&spec("1, failover: {lease: true}")).unwrap();
+    assert!(
+        single
+            .warnings
+            .iter()
+            .any(|w| w.path == "spec.failover.lease")
+    );
+    assert!(
+        errors(&spec("3, failover: {lease: sometimes}"))
+            .iter()
+            .any(|e| e.contains("spec.failover")),
+    );
+}

@@ -94,6 +94,22 @@ pub struct Lease {
     pub incarnation: String,
 }
 
+impl Lease {
+    /// The body of the manager's `POST /lease` ([`stator_api::orders::LeaseOrder`]): the same
+    /// term, `expiresAt` the same milliseconds of the manager's clock, the same incarnation,
+    /// and the writer by its instance name (`NAME-N`, from `name`), which is what a manager
+    /// knows itself by. `None` without a writer: a manager's lease always names one, so a
+    /// lease naming none can only be a request for the clock reading (`GET /status`).
+    pub fn order(&self, name: impl Fn(u32) -> String) -> Option<stator_api::orders::LeaseOrder> {
+        Some(stator_api::orders::LeaseOrder {
+            term: self.term,
+            writer: name(self.writer?),
+            expires_at: self.expires_at_ms,
+            incarnation: self.incarnation.clone(),
+        })
+    }
+}
+
 /// What the shell must send to one instance manager, from [`LeaseLedger::send`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -431,6 +447,29 @@ impl LeaseLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ledger's lease and the manager's `POST /lease` body agree: the writer as the name
+    /// the manager knows itself by, `expiresAt` in the same milliseconds of its clock.
+    #[test]
+    fn a_lease_is_sent_as_the_managers_lease_order() {
+        let lease = Lease {
+            term: 3,
+            writer: Some(2),
+            expires_at_ms: 12_345,
+            incarnation: "0123456789abcdef".into(),
+        };
+        let order = lease.order(|o| format!("pg-{o}")).expect("names a writer");
+        assert_eq!(
+            serde_json::to_value(&order).unwrap(),
+            serde_json::json!({"term": 3, "writer": "pg-2", "expiresAt": 12_345,
+                               "incarnation": "0123456789abcdef"})
+        );
+        let nobody = Lease {
+            writer: None,
+            ..lease
+        };
+        assert_eq!(nobody.order(|o| format!("pg-{o}")), None);
+    }
 
     const L: u64 = 2_000;
     /// `down_after_ms(L)`: ceil(2000 / 0.99) = 2021, + max(200, 250).

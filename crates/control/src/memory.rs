@@ -63,6 +63,27 @@ impl Memory {
             None => self.primary.filter(|p| !self.fenced.contains_key(p)),
         }
     }
+
+    /// The term a lease sent now carries: the term the candidate being promoted will hold
+    /// (`term + 1`: the term is counted only once the promotion is seen, but a manager takes
+    /// one writer per term, so the candidate's lease must already carry its own), otherwise
+    /// the current term (a restored primary keeps its own).
+    pub fn lease_term(&self) -> u64 {
+        match &self.transition {
+            Some(Transition {
+                phase: TransitionPhase::Promoting { restore: false, .. },
+                ..
+            }) => self.term + 1,
+            _ => self.term,
+        }
+    }
+
+    /// The instance a lease sent now names: [`Memory::authorised_writer`], else the primary
+    /// the instances follow at [`Memory::lease_term`] (named to the others only, so that they
+    /// hear the shell at that term; it gets no write lease).
+    pub fn lease_writer(&self) -> Option<u32> {
+        self.authorised_writer().or(self.primary)
+    }
 }
 
 /// A fence the core ordered.
@@ -141,4 +162,54 @@ pub enum TransitionPhase {
         #[serde(default)]
         fork: Option<ReplicationPosition>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn during(phase: TransitionPhase) -> Memory {
+        Memory {
+            term: 4,
+            primary: Some(0),
+            transition: Some(Transition {
+                kind: TransitionKind::Failover,
+                from: Some(0),
+                target: None,
+                started_ms: 0,
+                phase,
+            }),
+            ..Memory::default()
+        }
+    }
+
+    /// A manager takes one writer per term: the candidate's lease carries the term its
+    /// promotion starts, the old primary is named to the others at its own term while it is
+    /// being fenced, and a restored primary keeps its term.
+    #[test]
+    fn a_lease_names_the_candidate_at_the_term_its_promotion_starts() {
+        let steady = Memory {
+            term: 4,
+            primary: Some(0),
+            ..Memory::default()
+        };
+        assert_eq!((steady.lease_term(), steady.lease_writer()), (4, Some(0)));
+        assert_eq!(steady.authorised_writer(), Some(0));
+        let fencing = during(TransitionPhase::Fencing);
+        assert_eq!((fencing.lease_term(), fencing.lease_writer()), (4, Some(0)));
+        assert_eq!(fencing.authorised_writer(), None);
+        let promoting = |restore| {
+            during(TransitionPhase::Promoting {
+                candidate: if restore { 0 } else { 2 },
+                since_ms: 0,
+                restore,
+                fork: None,
+            })
+        };
+        let m = promoting(false);
+        assert_eq!((m.lease_term(), m.lease_writer()), (5, Some(2)));
+        let m = promoting(true);
+        assert_eq!((m.lease_term(), m.lease_writer()), (4, Some(0)));
+        assert_eq!(Memory::default().lease_writer(), None);
+    }
 }

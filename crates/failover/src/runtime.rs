@@ -12,7 +12,7 @@ use std::future::Future;
 
 use stator_api::Database;
 use stator_api::instance::{Endpoint, InstanceReport};
-use stator_control::FenceMethod;
+use stator_control::{FenceMethod, LeaseLedger, Memory};
 use stator_engine::tls::Dial;
 
 use crate::history::FailoverState;
@@ -127,6 +127,23 @@ pub trait Runtime: Send {
         &self,
         ordinal: u32,
     ) -> impl Future<Output = Option<FinalCheckpoint>> + Send;
+
+    // ----------------------------------------------------------------------------- leases
+
+    /// The write leases this runtime sends, as they stand before a decision (on the clock of
+    /// [`Runtime::monotonic_ms`]); `None`: it sends none, and the core decides without them.
+    fn leases(&self) -> Option<LeaseLedger> {
+        None
+    }
+
+    /// The core decided `memory` (its actions not carried out yet): a runtime that sends
+    /// leases names [`Memory::lease_writer`] at [`Memory::lease_term`] from now on, and when
+    /// the writer changed it grants before returning, so that a promotion ordered next finds
+    /// its lease in place. Nothing by default.
+    fn lease_to(&mut self, db: &Database, memory: &Memory) -> impl Future<Output = ()> + Send {
+        let _ = (db, memory);
+        async {}
+    }
 
     // ----------------------------------------------------------------------------- hold down
 

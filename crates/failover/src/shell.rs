@@ -236,13 +236,15 @@ impl<R: Runtime> Failover<R> {
             now_ms: self.rt.monotonic_ms(),
             memory: self.state.memory.clone(),
             request,
-            // The leases are not sent yet: decided as without them.
-            leases: None,
+            // A runtime that sends no leases gives none: decided as without them.
+            leases: self.rt.leases(),
         };
         let decision = stator_control::decide(&input);
         self.follow_transition(&spec, &input, &decision);
         self.state.memory = decision.memory.clone();
         self.save();
+        // Before the actions: a candidate ordered promoted must hold its lease first.
+        self.rt.lease_to(db, &decision.memory).await;
         let primary = self.record_primary(&spec);
         self.route(db, &spec, &decision.status);
         self.check_write(db).await;

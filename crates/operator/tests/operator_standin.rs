@@ -245,6 +245,11 @@ struct Running {
 /// through ro; its primary pod deleted → a new primary, the old pod back as a replica on its
 /// PVC, the row still there. `None` when the control plane cannot run here.
 async fn bring_up(engine: Engine, name: &str, version: &str) -> Option<Running> {
+    bring_up_with(engine, name, version, false).await
+}
+
+/// [`bring_up`], with `spec.failover.lease: true` when `lease` (else no `failover` at all).
+async fn bring_up_with(engine: Engine, name: &str, version: &str, lease: bool) -> Option<Running> {
     keep_logs();
     let stator = harness::stator_binary();
     let cluster = Cluster::start(&stator, "stator-test-admin").await?;
@@ -254,19 +259,18 @@ async fn bring_up(engine: Engine, name: &str, version: &str) -> Option<Running> 
     let operator = tokio::spawn(stator_operator::run(op.clone(), operator_options("op")));
 
     let path = cluster.root.path().join(format!("{name}.json"));
-    std::fs::write(
-        &path,
-        serde_json::json!({
-            "apiVersion": "stator.dev/v1alpha1", "kind": "Database",
-            "metadata": {"name": name, "namespace": "apps"},
-            "spec": {"engine": engine.as_str(), "version": version, "instances": 3,
-                     "storage": {"size": "1Gi"},
-                     "replication": {"synchronous": true},
-                     "bootstrap": {"database": "app", "owner": "app"}},
-        })
-        .to_string(),
-    )
-    .unwrap();
+    let mut manifest = serde_json::json!({
+        "apiVersion": "stator.dev/v1alpha1", "kind": "Database",
+        "metadata": {"name": name, "namespace": "apps"},
+        "spec": {"engine": engine.as_str(), "version": version, "instances": 3,
+                 "storage": {"size": "1Gi"},
+                 "replication": {"synchronous": true},
+                 "bootstrap": {"database": "app", "owner": "app"}},
+    });
+    if lease {
+        manifest["spec"]["failover"] = serde_json::json!({"lease": true});
+    }
+    std::fs::write(&path, manifest.to_string()).unwrap();
     kubectl(
         cp,
         &["apply", "--server-side", "-f", path.to_str().unwrap()],
@@ -392,6 +396,120 @@ async fn operator_bootstraps_routes_and_fails_over_mariadb_on_the_standin() {
     finish_writing(r.writing, &r.target).await;
     r.operator.abort();
     r.cluster.stop().await;
+}
+
+/// The lease facts pod `pod`'s manager reports (`GET /status` at its IP, verified as its
+/// headless name against the database's CA): `lease` with `clock` and `incarnation`.
+async fn lease_facts(
+    sql: &Sql,
+    admin: &kube::Client,
+    pod: &str,
+) -> Result<serde_json::Value, String> {
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "apps");
+    let ip = pods
+        .get(pod)
+        .await
+        .map_err(|e| e.to_string())?
+        .status
+        .and_then(|s| s.pod_ip)
+        .ok_or("no pod IP yet")?;
+    let dial = Dial {
+        host: ip,
+        port: stator_api::names::INSTANCE_MANAGER_PORT,
+        trust: Trust::Verified {
+            ca: sql.ca.clone(),
+            server_name: format!("{pod}.{}-headless.apps.svc", sql.name),
+        },
+    };
+    let report: serde_json::Value =
+        stator_failover::client::get_json_at(&dial, "/status", Duration::from_secs(5))
+            .await
+            .map_err(|e| e.to_string())?;
+    for field in ["clock", "incarnation", "lease"] {
+        if report.get(field).is_none() {
+            return Err(format!(
+                "{pod}: no {field:?} in its report: not in lease mode"
+            ));
+        }
+    }
+    Ok(report["lease"].clone())
+}
+
+/// Write leases on (`spec.failover.lease: true`): the pods run `--managed --lease`, so a
+/// primary serves only under the operator's write lease. The bring-up (the first primary
+/// waits for its lease after `/bootstrap init`), the primary pod's deletion (the new primary
+/// promoted under a lease of the next term, after the Down rule's bound) and a switchover (the
+/// lease handed to the target) all go through under the checker's writer: no acknowledged
+/// write lost, never two writable instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_fails_over_postgres_with_write_leases_on_the_standin() {
+    let Some(Running {
+        cluster,
+        op,
+        operator,
+        dbs,
+        sql,
+        path,
+        first,
+        failed_over_to,
+        target,
+        mut writing,
+    }) = bring_up_with(Engine::Postgres, "pgl", "15", true).await
+    else {
+        return;
+    };
+    let admin = cluster.client.clone();
+    let holds = |lease: &serde_json::Value| lease["holdsWriteLease"] == serde_json::json!(true);
+    // The new primary holds the write lease; the old one, back as a replica, follows it at
+    // the same term.
+    let (primary_lease, replica_lease) = harness::wait_for(
+        "the new primary holds a write lease, the old one follows it",
+        DEADLINE,
+        || async {
+            let p = lease_facts(&sql, &admin, &failed_over_to).await?;
+            let r = lease_facts(&sql, &admin, &first).await?;
+            if holds(&p) && !holds(&r) && r["writer"] == serde_json::json!(failed_over_to) {
+                Ok((p, r))
+            } else {
+                Err(format!("{failed_over_to}: {p}; {first}: {r}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(primary_lease["term"], replica_lease["term"]);
+    println!("pgl: after the failover: {failed_over_to} {primary_lease}; {first} {replica_lease}");
+    sql.write_and_read("two", 2).await;
+
+    // A switchover back to the first primary: the lease goes to it at the next term.
+    writing.drill("stator switchover --kube");
+    let stator = harness::stator_binary();
+    switchover_cli(&cluster.control_plane, &stator, &path, &first);
+    ready_with(
+        &dbs,
+        "pgl",
+        "the switchover's target primary, two ready replicas",
+        |db| {
+            let (now, replicas) = ready_roles(db);
+            now.as_deref() == Some(first.as_str())
+                && replicas.len() == 2
+                && replicas.contains(&failed_over_to)
+        },
+    )
+    .await;
+    let lease = harness::wait_for("the target holds the write lease", DEADLINE, || async {
+        let l = lease_facts(&sql, &admin, &first).await?;
+        holds(&l).then_some(l.clone()).ok_or_else(|| l.to_string())
+    })
+    .await;
+    assert!(
+        lease["term"].as_u64() > primary_lease["term"].as_u64(),
+        "the switchover's lease is of a later term: {lease} after {primary_lease}"
+    );
+    sql.write_and_read("three", 3).await;
+    finish_writing(writing, &target).await;
+    drop(op);
+    operator.abort();
+    cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

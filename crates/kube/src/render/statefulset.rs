@@ -72,14 +72,19 @@ fn engine_socket_dir(engine: Engine) -> &'static str {
 }
 
 /// The database container's command: the instance manager, which runs the server. `managed`
-/// (operator mode): it never picks its role, but waits for the operator's orders.
-pub fn instance_command(managed: bool) -> Vec<String> {
+/// (operator mode): it never picks its role, but waits for the operator's orders; `lease`
+/// (operator mode with `spec.failover.lease`): a primary serves only under the operator's
+/// write lease.
+pub fn instance_command(managed: bool, lease: bool) -> Vec<String> {
     let mut command: Vec<String> = [&format!("{STATOR_BIN_DIR}/stator"), "instance", "--pod"]
         .into_iter()
         .map(str::to_string)
         .collect();
     if managed {
         command.push("--managed".into());
+        if lease {
+            command.push("--lease".into());
+        }
     }
     command.push("--database".into());
     command.push(format!("{CONFIG_DIR}/{DATABASE_JSON_KEY}"));
@@ -193,7 +198,7 @@ fn database_container(db: &Database, managed: bool) -> Container {
         name: DATABASE_CONTAINER.into(),
         image: Some(db.image()),
         image_pull_policy: Some("IfNotPresent".into()),
-        command: Some(instance_command(managed)),
+        command: Some(instance_command(managed, db.spec.failover.lease)),
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),

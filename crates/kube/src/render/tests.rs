@@ -742,6 +742,30 @@ fn in_operator_mode_scaling_keeps_the_pod_template_and_a_parameter_changes_it() 
     assert_ne!(hash(THREE_POSTGRES, false), hash(&five, false));
 }
 
+/// `spec.failover.lease` puts the operator's pods in lease mode (`--lease`); plain `stator
+/// render` pods have no operator to grant leases and never get it; without the field the
+/// rendered objects are byte for byte what they were.
+#[test]
+fn write_leases_put_only_the_operators_pods_in_lease_mode() {
+    let command = |spec: &str, operator: bool| {
+        let options = RenderOptions {
+            operator: operator.then(|| super::OperatorMode {
+                database_uid: "0b5e1a7c-4f7d-4c1e-9a57-5a1f2d3c4b5e".into(),
+                operator_namespace: "stator-system".into(),
+            }),
+            ..RenderOptions::default()
+        };
+        let m = render(&database(spec), &options, Some(&credentials())).expect("renders");
+        database_container(&m).command.clone().unwrap_or_default()
+    };
+    let leased = format!("{THREE_POSTGRES}  failover:\n    lease: true\n");
+    let off = format!("{THREE_POSTGRES}  failover:\n    lease: false\n");
+    assert!(command(&leased, true).contains(&"--lease".to_string()));
+    assert!(!command(THREE_POSTGRES, true).contains(&"--lease".to_string()));
+    assert!(!command(&leased, false).contains(&"--lease".to_string()));
+    assert_eq!(manifests(&off), manifests(THREE_POSTGRES));
+}
+
 #[test]
 fn passwords_appear_only_in_the_secret_file() {
     let m = manifests(THREE_POSTGRES);

@@ -15,9 +15,12 @@
 //!   switchover.
 //! - [`scale`]: the StatefulSet's replicas held over the primary until the core moved it below
 //!   `spec.instances`, and the controller woken when that changes.
+//! - [`lease`]: with `spec.failover.lease`, the write leases granted to the pods' managers and
+//!   the ledger the core judges an unreachable primary by.
 //! - [`runtime`]: [`PodRuntime`](runtime::PodRuntime), the failover [`Runtime`](stator_failover::Runtime)
 //!   of pods: orders over HTTP, routes as `stator.dev/role` labels, state in the status.
 
+pub mod lease;
 pub mod rollout;
 pub mod runtime;
 pub mod scale;

@@ -13,13 +13,17 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::Recorder;
 use kube::{Client, ResourceExt};
+use stator_api::duration::parse_duration;
 use stator_api::instance::Endpoint;
 use stator_api::names::{INSTANCE_MANAGER_PORT, LABEL_ROLE};
 use stator_api::orders::{BootstrapOrder, FenceKind, FenceOrder, RebuildOrder, RoleOrder};
 use stator_api::{Database, Role};
-use stator_control::FenceMethod;
+use stator_control::{FenceMethod, LeaseLedger, Memory, lease_length_ms};
 use stator_engine::tls::{CaTrust, Dial, Trust};
 use stator_failover::{FailoverState, FinalCheckpoint, Runtime, Work};
+
+/// L when the detection timeout cannot be read (validation refuses such a spec).
+const DEFAULT_LEASE_MS: u64 = 2_000;
 
 /// How long an order may take.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -109,6 +113,9 @@ pub struct PodRuntime {
     events: Vec<(&'static str, String, String)>,
     /// Instances a `/rebuild` was sent to.
     rebuilt: BTreeSet<u32>,
+    /// The write leases, once `spec.failover.lease` is on (kept while this runtime lives: pods
+    /// started in lease mode need them until they are rolled).
+    leases: Option<super::lease::Leases>,
 }
 
 impl StartOrder {
@@ -156,6 +163,7 @@ impl PodRuntime {
             wanted: BTreeMap::new(),
             events: Vec::new(),
             rebuilt: BTreeSet::new(),
+            leases: None,
         }
     }
 
@@ -364,6 +372,35 @@ impl PodRuntime {
 
 impl Runtime for PodRuntime {
     type Error = PodRuntimeError;
+
+    fn leases(&self) -> Option<LeaseLedger> {
+        self.leases.as_ref().map(|l| l.ledger())
+    }
+
+    /// With `spec.failover.lease`: every pod with an address is leased to (started the first
+    /// time), naming the writer `memory` gives.
+    async fn lease_to(&mut self, db: &Database, memory: &Memory) {
+        if self.leases.is_none() && !db.spec.failover.lease {
+            return;
+        }
+        let lease_ms = lease_length_ms(
+            parse_duration(&db.spec.failover.detection_timeout).map_or(DEFAULT_LEASE_MS, |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+            }),
+        );
+        let managers = self
+            .observed
+            .pods
+            .iter()
+            .filter(|(_, p)| p.ip.is_some())
+            .map(|(o, _)| (*o, self.dial(*o, INSTANCE_MANAGER_PORT)))
+            .collect();
+        let plan = super::lease::Plan::of(memory, managers);
+        let leases = self.leases.get_or_insert_with(|| {
+            super::lease::Leases::start(&self.name, self.token.clone(), lease_ms)
+        });
+        leases.plan(plan, lease_ms).await;
+    }
 
     /// The DNS name: a replica told to follow it dials it from inside its pod.
     fn server_endpoint(&self, db: &Database, ordinal: u32) -> Endpoint {

@@ -1,0 +1,363 @@
+//! Write leases (`spec.failover.lease: true`): the operator's half of lease fencing. The pods
+//! then run `stator instance --managed --lease`, whose primary serves only while it holds a
+//! write lease and kills its own server when the lease runs out (unless every peer confirms
+//! the operator, not the primary, is gone). [`Leases`] keeps one [`LeaseLedger`] per
+//! `Database` loop and a task that renews the leases every [`period`] (a quarter of L, L being
+//! `spec.failover.detectionTimeout`), on its own, so a slow tick of the loop (a status write,
+//! a probe timing out) never lets a healthy primary's lease run out:
+//!
+//! - each round `POST /lease` goes to every pod with an address, **every other pod first and
+//!   the writer last**: a peer renewed after the writer could, during an operator outage, still
+//!   be within L of hearing the operator when the writer asks it to confirm, and the writer
+//!   would fence itself for nothing;
+//! - the writer named is [`Memory::lease_writer`] at [`Memory::lease_term`]: the core's
+//!   authorised writer gets a write lease; when there is none (a failover fencing the old
+//!   primary) the old primary is named to the others only, and is itself only asked for its
+//!   clock (`GET /status`): nothing renews its lease;
+//! - a manager whose clock reading is not known yet (a new ledger, a restarted manager: another
+//!   incarnation) is asked for it first and granted at once in the same round;
+//! - every send, answer and failure goes into the ledger, which the failover shell passes to
+//!   the core ([`stator_failover::Runtime::leases`]), so an unreachable instance whose lease
+//!   may still be valid is never taken for down;
+//! - when the writer changes (bootstrap, promotion, restore), [`Leases::plan`] starts a round
+//!   at once and waits for it, so the new writer holds its lease before the promotion is
+//!   ordered and a bootstrapped primary starts without waiting for the next round.
+//!
+//! A new loop (a restarted operator, a new leader) starts a new ledger: the core then counts
+//! every instance as holding a lease sent at the ledger's start.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use stator_control::{LeaseLedger, Memory};
+use stator_engine::manager_client::request_at;
+use stator_engine::tls::Dial;
+use tokio::sync::{Notify, watch};
+
+/// The least time between two rounds.
+const MIN_PERIOD: Duration = Duration::from_millis(100);
+
+/// The time between two rounds for leases of `lease_ms`: a quarter of L, so a lease is
+/// renewed about four times before it would end, and a round whose peer answers only at the
+/// [`timeout`] still leaves the writer half a lease.
+pub fn period(lease_ms: u64) -> Duration {
+    Duration::from_millis(lease_ms / 4).max(MIN_PERIOD)
+}
+
+/// How long one exchange may take: a quarter of L, at least 250 ms, at most 2 s.
+pub fn timeout(lease_ms: u64) -> Duration {
+    Duration::from_millis((lease_ms / 4).clamp(250, 2_000))
+}
+
+/// Whom the leases name, and where the managers are.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub term: u64,
+    /// [`Memory::lease_writer`].
+    pub writer: Option<u32>,
+    /// [`Memory::authorised_writer`]: the only instance granted a write lease.
+    pub authorised: Option<u32>,
+    /// Each pod's manager with an address.
+    pub managers: BTreeMap<u32, Dial>,
+}
+
+impl Plan {
+    /// The plan for `memory`, with the managers at `managers`.
+    pub fn of(memory: &Memory, managers: BTreeMap<u32, Dial>) -> Plan {
+        Plan {
+            term: memory.lease_term(),
+            writer: memory.lease_writer(),
+            authorised: memory.authorised_writer(),
+            managers,
+        }
+    }
+
+    /// The writer a lease to `ordinal` names (in the ledger: a write lease only when it is
+    /// `ordinal` itself); `None`: only its clock is asked for.
+    fn names_to(&self, ordinal: u32) -> Option<u32> {
+        match self.writer {
+            Some(w) if w == ordinal => self.authorised.filter(|a| *a == ordinal),
+            other => other,
+        }
+    }
+
+    /// The order of a round: every manager but the writer's, then the writer's.
+    fn rounds(&self) -> (Vec<u32>, Option<u32>) {
+        let peers = self
+            .managers
+            .keys()
+            .copied()
+            .filter(|o| Some(*o) != self.writer)
+            .collect();
+        let writer = self.writer.filter(|w| self.managers.contains_key(w));
+        (peers, writer)
+    }
+}
+
+struct Shared {
+    ledger: LeaseLedger,
+    plan: Plan,
+    /// Bumped when whom the leases name changes.
+    generation: u64,
+}
+
+/// The leases of one `Database`, renewed by a task of their own; it ends with this value.
+pub struct Leases {
+    shared: Arc<Mutex<Shared>>,
+    wake: Arc<Notify>,
+    /// The generation of the plan the last finished round used.
+    done: watch::Receiver<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Leases {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Leases {
+    /// Starts renewing leases of `lease_ms` for database `name` (pods `NAME-N`), with the
+    /// api-token `token`; nothing is sent before the first [`Leases::plan`].
+    pub fn start(name: &str, token: String, lease_ms: u64) -> Leases {
+        let now = stator_failover::clock::monotonic_ms();
+        let shared = Arc::new(Mutex::new(Shared {
+            ledger: LeaseLedger::new(lease_ms, now),
+            plan: Plan::default(),
+            generation: 0,
+        }));
+        let wake = Arc::new(Notify::new());
+        let (done_tx, done) = watch::channel(0);
+        let task = tokio::spawn(renew_forever(
+            shared.clone(),
+            wake.clone(),
+            done_tx,
+            name.to_string(),
+            token,
+        ));
+        Leases {
+            shared,
+            wake,
+            done,
+            task,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The ledger as it stands, for the core.
+    pub fn ledger(&self) -> LeaseLedger {
+        self.lock().ledger.clone()
+    }
+
+    /// From now on the leases follow `plan`, of length `lease_ms`. When whom they name
+    /// changed, a round starts at once and this waits for it (at most two exchange timeouts):
+    /// a writer just named holds its lease when this returns, unless it did not answer.
+    pub async fn plan(&mut self, plan: Plan, lease_ms: u64) {
+        let waited = {
+            let mut s = self.lock();
+            s.ledger.set_lease_ms(lease_ms);
+            let renamed = (s.plan.term, s.plan.writer, s.plan.authorised)
+                != (plan.term, plan.writer, plan.authorised);
+            let new_pods = s.plan.managers.keys().ne(plan.managers.keys());
+            if renamed {
+                s.generation += 1;
+            }
+            s.plan = plan;
+            (renamed || new_pods).then_some((renamed, s.generation))
+        };
+        let Some((renamed, generation)) = waited else {
+            return;
+        };
+        self.wake.notify_one();
+        if renamed {
+            let _ = tokio::time::timeout(
+                timeout(lease_ms) * 2,
+                self.done.wait_for(|g| *g >= generation),
+            )
+            .await;
+        }
+    }
+}
+
+/// What a manager's answer to `/lease` or `/status` says of its clock.
+#[derive(Deserialize)]
+struct ClockAnswer {
+    clock: u64,
+    incarnation: String,
+}
+
+async fn renew_forever(
+    shared: Arc<Mutex<Shared>>,
+    wake: Arc<Notify>,
+    done: watch::Sender<u64>,
+    name: String,
+    token: String,
+) {
+    loop {
+        let (plan, generation, lease_ms) = {
+            let s = shared.lock().unwrap_or_else(|e| e.into_inner());
+            (s.plan.clone(), s.generation, s.ledger.lease_ms)
+        };
+        let (peers, writer) = plan.rounds();
+        let exchange = |o| exchange(&shared, &plan, &name, &token, o, timeout(lease_ms));
+        futures::future::join_all(peers.into_iter().map(exchange)).await;
+        if let Some(w) = writer {
+            exchange(w).await;
+        }
+        done.send_replace(generation);
+        tokio::select! {
+            _ = tokio::time::sleep(period(lease_ms)) => {}
+            _ = wake.notified() => {}
+        }
+    }
+}
+
+/// One lease to `ordinal`'s manager, recorded in the ledger; when its clock reading was not
+/// known (or it answered as another incarnation), granted again at once with the new one.
+async fn exchange(
+    shared: &Mutex<Shared>,
+    plan: &Plan,
+    name: &str,
+    token: &str,
+    ordinal: u32,
+    timeout: Duration,
+) {
+    let Some(manager) = plan.managers.get(&ordinal) else {
+        return;
+    };
+    let lock = || shared.lock().unwrap_or_else(|e| e.into_inner());
+    let names = plan.names_to(ordinal);
+    for _ in 0..2 {
+        let sent = lock().ledger.send(
+            ordinal,
+            plan.term,
+            names,
+            stator_failover::clock::monotonic_ms(),
+        );
+        let order = sent
+            .lease
+            .as_ref()
+            .and_then(|l| l.order(|o| format!("{name}-{o}")));
+        let answer = match &order {
+            Some(order) => {
+                let body = serde_json::to_string(order).unwrap_or_default();
+                request_at(manager, "POST", "/lease", Some(token), Some(&body), timeout).await
+            }
+            None => request_at(manager, "GET", "/status", Some(token), None, timeout).await,
+        };
+        let now = stator_failover::clock::monotonic_ms();
+        let pod = format!("{name}-{ordinal}");
+        let clock = match answer {
+            Ok((status, body)) => {
+                if status != 200 {
+                    tracing::debug!(
+                        pod = %pod,
+                        "lease: HTTP {status}: {}",
+                        stator_failover::client::answer_text(&body)
+                    );
+                }
+                serde_json::from_slice::<ClockAnswer>(&body).ok()
+            }
+            Err(e) => {
+                tracing::debug!(pod = %pod, "lease: {}", e.detail());
+                None
+            }
+        };
+        let Some(clock) = clock else {
+            lock().ledger.failed(ordinal, sent.id, now);
+            return;
+        };
+        lock()
+            .ledger
+            .answered(ordinal, sent.id, now, clock.clock, &clock.incarnation);
+        let granted_to_it = sent
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.incarnation == clock.incarnation);
+        // A lease that named nobody was only a question for the clock.
+        if granted_to_it || names.is_none() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stator_control::{Transition, TransitionKind, TransitionPhase};
+
+    fn managers(ordinals: &[u32]) -> BTreeMap<u32, Dial> {
+        ordinals
+            .iter()
+            .map(|o| (*o, Dial::registered("127.0.0.1", 8000 + *o as u16)))
+            .collect()
+    }
+
+    /// Every other pod is renewed before the writer; the writer's lease is a write lease only
+    /// while the core authorises it, and a pod without an address is skipped.
+    #[test]
+    fn a_round_renews_every_peer_before_the_writer() {
+        let steady = Memory {
+            term: 2,
+            primary: Some(1),
+            ..Memory::default()
+        };
+        let plan = Plan::of(&steady, managers(&[0, 1, 2]));
+        assert_eq!(plan.rounds(), (vec![0, 2], Some(1)));
+        assert_eq!(plan.names_to(1), Some(1));
+        assert_eq!(plan.names_to(0), Some(1));
+        // The writer's pod has no address: the peers still hear the operator.
+        let plan = Plan::of(&steady, managers(&[0, 2]));
+        assert_eq!(plan.rounds(), (vec![0, 2], None));
+        // Fencing the old primary: it is named to the others, and only asked for its clock.
+        let fencing = Memory {
+            transition: Some(Transition {
+                kind: TransitionKind::Failover,
+                from: Some(1),
+                target: None,
+                started_ms: 0,
+                phase: TransitionPhase::Fencing,
+            }),
+            ..steady.clone()
+        };
+        let plan = Plan::of(&fencing, managers(&[0, 1, 2]));
+        assert_eq!(plan.names_to(1), None);
+        assert_eq!(plan.names_to(2), Some(1));
+        assert_eq!(plan.term, 2);
+        // Promoting pg-2: it is the writer, at the term its promotion starts, renewed last.
+        let promoting = Memory {
+            transition: Some(Transition {
+                phase: TransitionPhase::Promoting {
+                    candidate: 2,
+                    since_ms: 0,
+                    restore: false,
+                    fork: None,
+                },
+                ..fencing.transition.clone().unwrap()
+            }),
+            ..steady
+        };
+        let plan = Plan::of(&promoting, managers(&[0, 1, 2]));
+        assert_eq!(plan.rounds(), (vec![0, 1], Some(2)));
+        assert_eq!(
+            (plan.term, plan.names_to(2), plan.names_to(1)),
+            (3, Some(2), Some(2))
+        );
+        // No primary yet: only clocks.
+        let plan = Plan::of(&Memory::default(), managers(&[0]));
+        assert_eq!(plan.names_to(0), None);
+    }
+
+    #[test]
+    fn renewals_come_four_times_a_lease_and_never_faster_than_the_floor() {
+        assert_eq!(period(2_000), Duration::from_millis(500));
+        assert_eq!(timeout(2_000), Duration::from_millis(500));
+        assert_eq!(period(100), MIN_PERIOD);
+        assert_eq!(timeout(60_000), Duration::from_secs(2));
+    }
+}
