@@ -439,8 +439,9 @@ async fn lease_facts(
 /// primary serves only under the operator's write lease. The bring-up (the first primary
 /// waits for its lease after `/bootstrap init`), the primary pod's deletion (the new primary
 /// promoted under a lease of the next term, after the Down rule's bound) and a switchover (the
-/// lease handed to the target) all go through under the checker's writer: no acknowledged
-/// write lost, never two writable instances.
+/// lease handed to the target) all go through under the checker's writer, and the operator
+/// stopped for 3 × L causes no failover (the replicas confirm the primary's failsafe): no
+/// acknowledged write lost, never two writable instances.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_fails_over_postgres_with_write_leases_on_the_standin() {
     let Some(Running {
@@ -506,6 +507,53 @@ async fn operator_fails_over_postgres_with_write_leases_on_the_standin() {
         "the switchover's lease is of a later term: {lease} after {primary_lease}"
     );
     sql.write_and_read("three", 3).await;
+
+    // The operator stopped for 3 × L (L = the default detectionTimeout, 2 s): nobody renews
+    // the leases. Every replica, renewed before the primary each round, stops hearing the
+    // operator first and confirms the primary's failsafe rounds, so the primary keeps serving
+    // past its lease: no self-fence, no failover. The next operator renews the same lease.
+    writing.drill("operator stopped for 3 x L");
+    operator.abort();
+    let _ = operator.await;
+    let stopped = std::time::Instant::now();
+    let mut failsafe = None;
+    while stopped.elapsed() < Duration::from_secs(6) {
+        if let Ok(l) = lease_facts(&sql, &admin, &first).await {
+            assert!(
+                l["fenced"].is_null(),
+                "{first} fenced itself with the operator stopped: {l}"
+            );
+            if !l["failsafeUntil"].is_null() {
+                failsafe = Some(l);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let failsafe = failsafe.expect("the primary went on under the failsafe");
+    println!("pgl: with the operator stopped: {first} {failsafe}");
+    let operator = tokio::spawn(stator_operator::run(
+        op.clone(),
+        operator_options("op-next"),
+    ));
+    sql.write_and_read("four", 4).await;
+    harness::wait_for(
+        "the next operator renews the same writer's lease",
+        DEADLINE,
+        || async {
+            let l = lease_facts(&sql, &admin, &first).await?;
+            let renewed = holds(&l)
+                && l["term"] == lease["term"]
+                && l["heardAt"].as_u64() > failsafe["heardAt"].as_u64();
+            renewed.then_some(()).ok_or_else(|| l.to_string())
+        },
+    )
+    .await;
+    let db = dbs.get("pgl").await.unwrap();
+    assert_eq!(
+        db.status.and_then(|s| s.current_primary).as_deref(),
+        Some(first.as_str()),
+        "no failover while the operator was stopped"
+    );
     finish_writing(writing, &target).await;
     drop(op);
     operator.abort();
