@@ -560,6 +560,28 @@ async fn operator_fails_over_postgres_with_write_leases_on_the_standin() {
     cluster.stop().await;
 }
 
+/// MariaDB with write leases: the bring-up and the primary pod's deletion under the checker's
+/// writer, the new primary holding the write lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_fails_over_mariadb_with_write_leases_on_the_standin() {
+    let Some(r) = bring_up_with(Engine::Mariadb, "mdbl", "10.11", true).await else {
+        return;
+    };
+    let admin = r.cluster.client.clone();
+    let lease = harness::wait_for("the new primary holds a write lease", DEADLINE, || async {
+        let l = lease_facts(&r.sql, &admin, &r.failed_over_to).await?;
+        (l["holdsWriteLease"] == serde_json::json!(true))
+            .then_some(l.clone())
+            .ok_or_else(|| l.to_string())
+    })
+    .await;
+    println!("mdbl: after the failover: {} {lease}", r.failed_over_to);
+    r.sql.write_and_read("two", 2).await;
+    finish_writing(r.writing, &r.target).await;
+    r.operator.abort();
+    r.cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_bootstraps_routes_and_fails_over_postgres_on_the_standin() {
     let Some(Running {

@@ -7,9 +7,11 @@
 //! a probe timing out) never lets a healthy primary's lease run out:
 //!
 //! - each round `POST /lease` goes to every pod with an address, **every other pod first and
-//!   the writer last**: a peer renewed after the writer could, during an operator outage, still
-//!   be within L of hearing the operator when the writer asks it to confirm, and the writer
-//!   would fence itself for nothing;
+//!   the writer last**, the writer's lease built on a clock reading taken after the others'
+//!   renewals: a peer confirms the writer's failsafe once its last reading + L has passed on
+//!   its clock, and the writer's lease ends at its own reading + L, so a writer whose reading
+//!   were not the later one by more than a failsafe round would, during an operator outage,
+//!   fence itself before its peers confirm (the drill "operator stopped for 3 × L" found it);
 //! - the writer named is [`Memory::lease_writer`] at [`Memory::lease_term`]: the core's
 //!   authorised writer gets a write lease; when there is none (a failover fencing the old
 //!   primary) the old primary is named to the others only, and is itself only asked for its
@@ -204,10 +206,17 @@ async fn renew_forever(
             (s.plan.clone(), s.generation, s.ledger.lease_ms)
         };
         let (peers, writer) = plan.rounds();
-        let exchange = |o| exchange(&shared, &plan, &name, &token, o, timeout(lease_ms));
-        futures::future::join_all(peers.into_iter().map(exchange)).await;
+        let exchange =
+            |o, names| exchange(&shared, &plan, &name, &token, o, names, timeout(lease_ms));
+        futures::future::join_all(peers.into_iter().map(|o| exchange(o, plan.names_to(o)))).await;
         if let Some(w) = writer {
-            exchange(w).await;
+            // The writer's lease is built on a reading taken now, after the peers were
+            // renewed: a peer confirms the failsafe once its own last reading + L has passed,
+            // the writer's lease ends at its reading + L, so the writer's reading must be the
+            // later one by more than a failsafe round, or during an operator outage the
+            // writer fences itself before its peers would confirm.
+            exchange(w, None).await;
+            exchange(w, plan.names_to(w)).await;
         }
         done.send_replace(generation);
         tokio::select! {
@@ -217,21 +226,22 @@ async fn renew_forever(
     }
 }
 
-/// One lease to `ordinal`'s manager, recorded in the ledger; when its clock reading was not
-/// known (or it answered as another incarnation), granted again at once with the new one.
+/// One lease to `ordinal`'s manager naming `names` (`None`: a question for its clock only,
+/// `GET /status`), recorded in the ledger; when its clock reading was not known (or it
+/// answered as another incarnation), granted again at once with the new one.
 async fn exchange(
     shared: &Mutex<Shared>,
     plan: &Plan,
     name: &str,
     token: &str,
     ordinal: u32,
+    names: Option<u32>,
     timeout: Duration,
 ) {
     let Some(manager) = plan.managers.get(&ordinal) else {
         return;
     };
     let lock = || shared.lock().unwrap_or_else(|e| e.into_inner());
-    let names = plan.names_to(ordinal);
     for _ in 0..2 {
         let sent = lock().ledger.send(
             ordinal,
