@@ -28,7 +28,7 @@
 //! A new loop (a restarted operator, a new leader) starts a new ledger: the core then counts
 //! every instance as holding a lease sent at the ledger's start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,12 +66,16 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The plan for `memory`, with the managers at `managers`.
-    pub fn of(memory: &Memory, managers: BTreeMap<u32, Dial>) -> Plan {
+    /// The plan for `memory`, with the managers at `managers`. `initialised`: the instance
+    /// the loop ordered `/bootstrap init` while the core remembers no primary (the database's
+    /// first instance, which the core adopts once it serves): it is the writer until the core
+    /// names one, or its manager would wait for a lease forever.
+    pub fn of(memory: &Memory, managers: BTreeMap<u32, Dial>, initialised: Option<u32>) -> Plan {
+        let first = initialised.filter(|_| memory.primary.is_none() && memory.transition.is_none());
         Plan {
             term: memory.lease_term(),
-            writer: memory.lease_writer(),
-            authorised: memory.authorised_writer(),
+            writer: memory.lease_writer().or(first),
+            authorised: memory.authorised_writer().or(first),
             managers,
         }
     }
@@ -100,6 +104,9 @@ impl Plan {
 
 struct Shared {
     ledger: LeaseLedger,
+    /// Pods whose manager answered without a clock reading: not in lease mode (started before
+    /// `spec.failover.lease` was turned on, and not rolled yet).
+    unleased: BTreeSet<u32>,
     plan: Plan,
     /// Bumped when whom the leases name changes.
     generation: u64,
@@ -127,6 +134,7 @@ impl Leases {
         let now = stator_failover::clock::monotonic_ms();
         let shared = Arc::new(Mutex::new(Shared {
             ledger: LeaseLedger::new(lease_ms, now),
+            unleased: BTreeSet::new(),
             plan: Plan::default(),
             generation: 0,
         }));
@@ -151,9 +159,13 @@ impl Leases {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The ledger as it stands, for the core.
-    pub fn ledger(&self) -> LeaseLedger {
-        self.lock().ledger.clone()
+    /// The ledger as it stands, for the core; `None` while a pod's manager is not in lease
+    /// mode (the pods are being rolled into or out of it): such a manager never answers a
+    /// lease, so the core would wait for it forever before promoting it over a pod that is
+    /// gone; it decides as without leases until every pod runs in lease mode.
+    pub fn ledger(&self) -> Option<LeaseLedger> {
+        let s = self.lock();
+        s.unleased.is_empty().then(|| s.ledger.clone())
     }
 
     /// From now on the leases follow `plan`, of length `lease_ms`. When whom they name
@@ -169,6 +181,7 @@ impl Leases {
             if renamed {
                 s.generation += 1;
             }
+            s.unleased.retain(|o| plan.managers.contains_key(o));
             s.plan = plan;
             (renamed || new_pods).then_some((renamed, s.generation))
         };
@@ -271,7 +284,18 @@ async fn exchange(
                         stator_failover::client::answer_text(&body)
                     );
                 }
-                serde_json::from_slice::<ClockAnswer>(&body).ok()
+                let clock = serde_json::from_slice::<ClockAnswer>(&body).ok();
+                let mut s = lock();
+                if clock.is_some() {
+                    s.unleased.remove(&ordinal);
+                } else if s.unleased.insert(ordinal) {
+                    tracing::warn!(
+                        pod = %pod,
+                        "its manager answers without a lease clock: not in lease mode (yet); \
+                         failovers are decided without leases until every pod is"
+                    );
+                }
+                clock
             }
             Err(e) => {
                 tracing::debug!(pod = %pod, "lease: {}", e.detail());
@@ -317,12 +341,12 @@ mod tests {
             primary: Some(1),
             ..Memory::default()
         };
-        let plan = Plan::of(&steady, managers(&[0, 1, 2]));
+        let plan = Plan::of(&steady, managers(&[0, 1, 2]), None);
         assert_eq!(plan.rounds(), (vec![0, 2], Some(1)));
         assert_eq!(plan.names_to(1), Some(1));
         assert_eq!(plan.names_to(0), Some(1));
         // The writer's pod has no address: the peers still hear the operator.
-        let plan = Plan::of(&steady, managers(&[0, 2]));
+        let plan = Plan::of(&steady, managers(&[0, 2]), None);
         assert_eq!(plan.rounds(), (vec![0, 2], None));
         // Fencing the old primary: it is named to the others, and only asked for its clock.
         let fencing = Memory {
@@ -335,7 +359,7 @@ mod tests {
             }),
             ..steady.clone()
         };
-        let plan = Plan::of(&fencing, managers(&[0, 1, 2]));
+        let plan = Plan::of(&fencing, managers(&[0, 1, 2]), Some(2));
         assert_eq!(plan.names_to(1), None);
         assert_eq!(plan.names_to(2), Some(1));
         assert_eq!(plan.term, 2);
@@ -352,15 +376,19 @@ mod tests {
             }),
             ..steady
         };
-        let plan = Plan::of(&promoting, managers(&[0, 1, 2]));
+        let plan = Plan::of(&promoting, managers(&[0, 1, 2]), None);
         assert_eq!(plan.rounds(), (vec![0, 1], Some(2)));
         assert_eq!(
             (plan.term, plan.names_to(2), plan.names_to(1)),
             (3, Some(2), Some(2))
         );
-        // No primary yet: only clocks.
-        let plan = Plan::of(&Memory::default(), managers(&[0]));
+        // No primary yet: only clocks; the instance ordered initialised is the writer until
+        // the core names one (a stale one is ignored once it does).
+        let plan = Plan::of(&Memory::default(), managers(&[0, 1]), None);
         assert_eq!(plan.names_to(0), None);
+        let plan = Plan::of(&Memory::default(), managers(&[0, 1]), Some(1));
+        assert_eq!(plan.rounds(), (vec![0], Some(1)));
+        assert_eq!((plan.names_to(1), plan.names_to(0)), (Some(1), Some(1)));
     }
 
     #[test]

@@ -116,6 +116,10 @@ pub struct PodRuntime {
     /// The write leases, once `spec.failover.lease` is on (kept while this runtime lives: pods
     /// started in lease mode need them until they are rolled).
     leases: Option<super::lease::Leases>,
+    /// `spec.failover.lease` as of the last tick.
+    lease_on: bool,
+    /// The instance last ordered `/bootstrap init` while the core remembered no primary.
+    initialised: Option<u32>,
 }
 
 impl StartOrder {
@@ -164,6 +168,8 @@ impl PodRuntime {
             events: Vec::new(),
             rebuilt: BTreeSet::new(),
             leases: None,
+            lease_on: false,
+            initialised: None,
         }
     }
 
@@ -294,6 +300,9 @@ impl PodRuntime {
             RoleOrder::Primary => "RolePrimary",
             RoleOrder::Replica { .. } => "RoleReplica",
         };
+        if matches!(order, StartOrder::Bootstrap(BootstrapOrder::Init)) {
+            self.initialised = Some(ordinal);
+        }
         let (reason, steps, what) = match order {
             StartOrder::Bootstrap(o) => {
                 let what = match &o {
@@ -373,14 +382,20 @@ impl PodRuntime {
 impl Runtime for PodRuntime {
     type Error = PodRuntimeError;
 
+    /// Only while `spec.failover.lease` is on: turned off, the leases go on for the pods still
+    /// in lease mode until they are rolled, and the core decides as without them.
     fn leases(&self) -> Option<LeaseLedger> {
-        self.leases.as_ref().map(|l| l.ledger())
+        self.leases
+            .as_ref()
+            .filter(|_| self.lease_on)
+            .and_then(|l| l.ledger())
     }
 
     /// With `spec.failover.lease`: every pod with an address is leased to (started the first
     /// time), naming the writer `memory` gives.
     async fn lease_to(&mut self, db: &Database, memory: &Memory) {
-        if self.leases.is_none() && !db.spec.failover.lease {
+        self.lease_on = db.spec.failover.lease;
+        if self.leases.is_none() && !self.lease_on {
             return;
         }
         let lease_ms = lease_length_ms(
@@ -395,7 +410,10 @@ impl Runtime for PodRuntime {
             .filter(|(_, p)| p.ip.is_some())
             .map(|(o, _)| (*o, self.dial(*o, INSTANCE_MANAGER_PORT)))
             .collect();
-        let plan = super::lease::Plan::of(memory, managers);
+        if memory.primary.is_some() {
+            self.initialised = None;
+        }
+        let plan = super::lease::Plan::of(memory, managers, self.initialised);
         let leases = self.leases.get_or_insert_with(|| {
             super::lease::Leases::start(&self.name, self.token.clone(), lease_ms)
         });
