@@ -107,7 +107,18 @@ fn text(out: &std::process::Output) -> String {
 
 /// Waits until the archive holds the WAL written up to `after` (seconds since the epoch): a
 /// segment archived later holds everything written before it.
+///
+/// A write to a side table first: archive_timeout closes a segment only when WAL was written
+/// since the last switch, so when its switch fell between the last write to `t` and the
+/// reading of `after`, no segment would ever be archived after `after` (seen in CI: 60 s of
+/// waiting on an idle primary).
 fn wait_archived(c: &Cluster, after: f64) {
+    c.psql(
+        c.rw(),
+        "CREATE TABLE IF NOT EXISTS archive_tick (at timestamptz); \
+         INSERT INTO archive_tick VALUES (now())",
+    )
+    .unwrap();
     c.eventually(
         "the WAL after T is archived",
         Duration::from_secs(60),
