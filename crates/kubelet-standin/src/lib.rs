@@ -18,7 +18,11 @@
 //!   EndpointSlice controller could never publish such a pod. The stand-in takes
 //!   `198.18.S.0/24` (RFC 2544's benchmarking range, never routed), where `S` is the
 //!   stand-in's [`Config::subnet`] (so stand-ins of parallel tests never share an address):
-//!   node K is `198.18.S.K`, pods get `.10`–`.199` and Services `.200`–`.254`;
+//!   node K is `198.18.S.K`, pods get `.10`–`.199` and Services `.200`–`.254`; pod addresses
+//!   are handed out round-robin as the CNI host-local IPAM plugin does (a recreated pod does
+//!   not get the address its predecessor just freed). A CNI bridge plugin also sends a
+//!   gratuitous ARP for a new pod's address; the stand-in does not, so an address reused after
+//!   the range wrapped around is reached only once the host's stale ARP entry expires;
 //! - network: a CNI-bridge-like network the stand-in makes itself: a switch namespace
 //!   (`stator-standin-S`) with a bridge, a veth pair to the host (`sth-S` on the host), and a
 //!   network namespace per pod (`stator-standin-S-K`) on the bridge, so each pod has its own
@@ -247,6 +251,9 @@ pub(crate) struct Shared {
     config: Config,
     nodes: Vec<Arc<node::NodeHandle>>,
     pods: Mutex<HashMap<String, PodHandle>>,
+    /// The last pod address octet handed out: the next pod gets the next free one after it
+    /// ([`next_pod_octet`]).
+    last_pod_octet: Mutex<Option<u8>>,
     /// tmpfs mounts, unmounted when the stand-in stops (pods unmount theirs when torn down).
     tmpfs: Mutex<Vec<PathBuf>>,
     services: service::Forwards,
@@ -304,6 +311,7 @@ impl StandIn {
             config,
             nodes,
             pods: Mutex::new(HashMap::new()),
+            last_pod_octet: Mutex::new(None),
             tmpfs: Mutex::new(Vec::new()),
             services: Mutex::new(HashMap::new()),
         });
@@ -471,6 +479,25 @@ impl Drop for StandIn {
 /// Address `k` of the stand-in's subnet `S`: `198.18.S.k`.
 pub fn address(subnet: u8, k: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, subnet, k)
+}
+
+/// The address octet of the next pod: the first free one after `last` (the last handed out),
+/// wrapping around [`net::PODS`]; `None` when every one is in use. Round-robin, as the CNI
+/// host-local IPAM plugin allocates: a pod created again right after its predecessor was
+/// removed gets another address than the one just freed. Taking the lowest free one instead
+/// gave it that very address, which the host's neighbour (ARP) table still mapped to the
+/// deleted pod's MAC for 15-45 s (a REACHABLE entry is not re-resolved before it goes stale),
+/// so everything the host sent to the new pod (the operator's orders, the probes) was dropped
+/// meanwhile.
+fn next_pod_octet(last: Option<u8>, used: &BTreeSet<u8>) -> Option<u8> {
+    let (first, end) = (*net::PODS.start(), *net::PODS.end());
+    let start = match last {
+        Some(k) if k >= first && k < end => k + 1,
+        _ => first,
+    };
+    (start..=end)
+        .chain(first..start)
+        .find(|k| !used.contains(k))
 }
 
 fn pod_key(pod: &Pod) -> String {
@@ -663,13 +690,14 @@ async fn sync(shared: &Arc<Shared>) -> Result<(), Error> {
             continue;
         }
         let mut pods_rt = shared.pods.lock().unwrap();
-        let used: BTreeSet<Ipv4Addr> = pods_rt.values().map(|h| h.ip).collect();
-        let Some(ip) = net::PODS
-            .map(|k| address(shared.config.subnet, k))
-            .find(|ip| !used.contains(ip))
-        else {
+        let used: BTreeSet<u8> = pods_rt.values().map(|h| h.ip.octets()[3]).collect();
+        let mut last = shared.last_pod_octet.lock().unwrap();
+        let Some(k) = next_pod_octet(*last, &used) else {
             continue;
         };
+        *last = Some(k);
+        drop(last);
+        let ip = address(shared.config.subnet, k);
         let (tx, rx) = mpsc::unbounded_channel();
         let groups = pod::Groups::default();
         let task = tokio::spawn(pod::Worker::run(
@@ -721,4 +749,29 @@ async fn sync(shared: &Arc<Shared>) -> Result<(), Error> {
 
     hosts::write_all(shared, &pods);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_gets_the_next_free_address_after_the_last_not_the_one_just_freed() {
+        let used = |ks: &[u8]| ks.iter().copied().collect::<BTreeSet<u8>>();
+        // The first pods: .10, then on.
+        assert_eq!(next_pod_octet(None, &used(&[])), Some(10));
+        assert_eq!(next_pod_octet(Some(12), &used(&[10, 11, 12])), Some(13));
+        // pg-0 at .10 deleted and created again: not .10, which the host may still map to the
+        // old pod's MAC.
+        assert_eq!(next_pod_octet(Some(12), &used(&[11, 12])), Some(13));
+        // In-use addresses are skipped; at the end of the range it wraps around.
+        assert_eq!(next_pod_octet(Some(12), &used(&[13, 14])), Some(15));
+        assert_eq!(next_pod_octet(Some(199), &used(&[10, 11])), Some(12));
+        assert_eq!(next_pod_octet(Some(198), &used(&[199])), Some(10));
+        // Every one in use: none.
+        let all: BTreeSet<u8> = net::PODS.collect();
+        assert_eq!(next_pod_octet(Some(50), &all), None);
+        let but_50: BTreeSet<u8> = net::PODS.filter(|k| *k != 50).collect();
+        assert_eq!(next_pod_octet(Some(50), &but_50), Some(50));
+    }
 }
