@@ -1133,6 +1133,21 @@ impl Writing {
         })
     }
 
+    /// Whether a write was acknowledged since the drill under way started (false without
+    /// one): a test that waits for it before its next drill measures each drill's whole
+    /// outage, not the part of it before the next drill began.
+    pub fn acknowledged_in_drill(&self) -> bool {
+        let Some((_, from)) = &self.current else {
+            return false;
+        };
+        self.writer.lock().is_ok_and(|l| l.acked_since(*from))
+    }
+
+    /// The writer's last error, if any (why it does not write, while it does not).
+    pub fn last_error(&self) -> Option<String> {
+        self.writer.lock().ok().and_then(|l| l.last_error.clone())
+    }
+
     /// Ends the drill under way, if any, and starts `name`.
     pub fn drill(&mut self, name: &str) {
         self.end_drill();

@@ -838,6 +838,23 @@ async fn primary_pod_deletion_outage_against_the_local_chaos_run() {
             },
         )
         .await;
+        // The drill lasts until a write is acknowledged again: the next deletion must not cut
+        // its outage short.
+        harness::wait_for(
+            "a write acknowledged since the deletion",
+            DEADLINE,
+            || async {
+                if writing.acknowledged_in_drill() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the writer's last error: {:?}",
+                        writing.last_error()
+                    ))
+                }
+            },
+        )
+        .await;
     }
     let report = finish_writing(writing, &target).await;
     operator.abort();
