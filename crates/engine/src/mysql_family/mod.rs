@@ -175,6 +175,31 @@ fn column(row: &Row, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The first row of `sql`, `N` columns as text (empty when NULL); `what` names the query in
+/// errors.
+async fn texts<const N: usize>(
+    c: &mut Conn,
+    what: &'static str,
+    sql: &str,
+) -> Result<[String; N], EngineError> {
+    let row: Option<Row> = c
+        .query_first(sql)
+        .await
+        .map_err(|e| EngineError::mysql(what, e))?;
+    let row = row.ok_or_else(|| EngineError::State(format!("{what}: no row")))?;
+    Ok(std::array::from_fn(|i| {
+        row.get_opt::<Option<String>, usize>(i)
+            .and_then(|v| v.ok())
+            .flatten()
+            .unwrap_or_default()
+    }))
+}
+
+/// A boolean system variable as the text protocol sends it.
+fn is_on(value: &str) -> bool {
+    value == "1" || value.eq_ignore_ascii_case("on")
+}
+
 fn is_running(thread: &str) -> bool {
     thread.eq_ignore_ascii_case("yes")
 }
@@ -624,20 +649,22 @@ impl MysqlFamily {
             d.logged_position, d.executed_position
         );
         self.with_upstream(upstream, creds, async |c: &mut Conn| {
-            let row: Option<Row> = c
-                .query_first(query.as_str())
-                .await
-                .map_err(|e| EngineError::mysql("reading the upstream's GTIDs", e))?;
-            let row =
-                row.ok_or_else(|| EngineError::State("no GTID row from the upstream".into()))?;
-            let get = |i: usize| {
-                row.get_opt::<Option<String>, usize>(i)
-                    .and_then(|v| v.ok())
-                    .flatten()
-                    .unwrap_or_default()
-            };
-            Ok((get(0), get(1), get(2)))
+            let [logged, slave_pos, executed] =
+                texts(c, "reading the upstream's GTIDs", &query).await?;
+            Ok((logged, slave_pos, executed))
         })
+        .await
+    }
+
+    /// This server's executed and logged GTID sets (MariaDB: `gtid_current_pos`,
+    /// `gtid_binlog_pos`).
+    async fn local_gtids(&self, c: &mut Conn) -> Result<[String; 2], EngineError> {
+        let d = self.dialect;
+        texts(
+            c,
+            "reading the local GTIDs",
+            &format!("SELECT {}, {}", d.executed_position, d.logged_position),
+        )
         .await
     }
 
@@ -1097,21 +1124,15 @@ impl ServerEngine for MysqlFamily {
                         return Err(e);
                     }
                 }
-                let row: Option<Row> = c
-                    .query_first(format!(
+                let [version, read_only, executed, logged] = texts(
+                    c,
+                    "reading the server state",
+                    &format!(
                         "SELECT VERSION(), @@GLOBAL.read_only, {}, {}",
                         d.executed_position, d.logged_position
-                    ))
-                    .await
-                    .map_err(|e| EngineError::mysql("reading the server state", e))?;
-                let row = row.ok_or_else(|| EngineError::State("no server state row".into()))?;
-                let get = |i: usize| {
-                    row.get_opt::<Option<String>, usize>(i)
-                        .and_then(|v| v.ok())
-                        .flatten()
-                        .unwrap_or_default()
-                };
-                let (version, read_only, executed, logged) = (get(0), get(1), get(2), get(3));
+                    ),
+                )
+                .await?;
                 let uptime: Option<Row> = c
                     .query_first("SHOW GLOBAL STATUS LIKE 'Uptime'")
                     .await
@@ -1120,7 +1141,7 @@ impl ServerEngine for MysqlFamily {
                 let status = self.replica_status(c).await?;
                 Ok((
                     version,
-                    read_only == "1" || read_only.eq_ignore_ascii_case("on"),
+                    is_on(&read_only),
                     executed,
                     logged,
                     uptime,
@@ -1243,26 +1264,13 @@ impl ServerEngine for MysqlFamily {
         let d = self.dialect;
         let (executed, logged) = self
             .with_private_server(async |c: &mut Conn| {
-                let row: Option<Row> = c
-                    .query_first(format!(
-                        "SELECT {}, {}",
-                        d.executed_position, d.logged_position
-                    ))
-                    .await
-                    .map_err(|e| EngineError::mysql("reading the local GTIDs", e))?;
-                let row = row.ok_or_else(|| EngineError::State("no GTID row".into()))?;
-                let get = |i: usize| {
-                    row.get_opt::<Option<String>, usize>(i)
-                        .and_then(|v| v.ok())
-                        .flatten()
-                        .unwrap_or_default()
-                };
+                let [executed, logged] = self.local_gtids(c).await?;
                 // Forget the old upstream, if any: the next start points at the new one.
                 if self.replica_status(c).await?.is_some() {
                     Self::exec(c, "stopping replication", d.stop_replica).await?;
                     Self::exec(c, "forgetting the upstream", d.reset_replica_all).await?;
                 }
-                Ok((get(0), get(1)))
+                Ok((executed, logged))
             })
             .await?;
         let (up_logged, up_slave_pos, _) = self.upstream_positions(upstream, creds).await?;
@@ -1308,45 +1316,16 @@ impl ServerEngine for MysqlFamily {
         }
         let repointed = self
             .with_session(async |c: &mut Conn| {
-                let row: Option<Row> = c
-                    .query_first(format!(
-                        "SELECT @@GLOBAL.read_only, {}, {}",
-                        d.executed_position, d.logged_position
-                    ))
-                    .await
-                    .map_err(|e| EngineError::mysql("reading the local GTIDs", e))?;
-                let row = row.ok_or_else(|| EngineError::State("no GTID row".into()))?;
-                let get = |i: usize| {
-                    row.get_opt::<Option<String>, usize>(i)
-                        .and_then(|v| v.ok())
-                        .flatten()
-                        .unwrap_or_default()
-                };
-                let read_only = get(0);
-                if !(read_only == "1" || read_only.eq_ignore_ascii_case("on"))
-                    || self.follows().is_none()
-                {
+                let [read_only] =
+                    texts(c, "reading read_only", "SELECT @@GLOBAL.read_only").await?;
+                if !is_on(&read_only) || self.follows().is_none() {
                     return Ok(false);
                 }
                 if self.replica_status(c).await?.is_some() {
                     Self::exec(c, "stopping replication", d.stop_replica).await?;
                 }
-                // Read again with replication stopped: nothing applies any more.
-                let row: Option<Row> = c
-                    .query_first(format!(
-                        "SELECT {}, {}",
-                        d.executed_position, d.logged_position
-                    ))
-                    .await
-                    .map_err(|e| EngineError::mysql("reading the local GTIDs", e))?;
-                let row = row.ok_or_else(|| EngineError::State("no GTID row".into()))?;
-                let get = |i: usize| {
-                    row.get_opt::<Option<String>, usize>(i)
-                        .and_then(|v| v.ok())
-                        .flatten()
-                        .unwrap_or_default()
-                };
-                let (executed, logged) = (get(0), get(1));
+                // Read with replication stopped: nothing applies any more.
+                let [executed, logged] = self.local_gtids(c).await?;
                 let (up_logged, up_slave_pos, _) = self.upstream_positions(upstream, creds).await?;
                 if self
                     .errant(&logged, &up_logged, &up_slave_pos, &upstream.instance)?
