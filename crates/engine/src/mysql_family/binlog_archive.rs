@@ -27,7 +27,7 @@ use stator_api::position::{MariadbGtid, MariadbGtidPosition};
 use crate::error::EngineError;
 use crate::mysql_family::binlog::{LoggedTransaction, read_binlog_from};
 use crate::mysql_family::binlog_path::{ArchivedLog, Term};
-use crate::mysql_family::repository::{ZSTD, hex, now};
+use crate::mysql_family::repository::{ZSTD, hex, now, zstd};
 use crate::object_store::{ObjectStore, Put, get_stream, put_stream_if_absent};
 
 /// The archive's directory inside a repository path.
@@ -283,14 +283,9 @@ async fn decompress(
     dest: Option<&Path>,
 ) -> Result<(u64, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut child = tokio::process::Command::new(ZSTD)
-        .args(["-q", "-d", "-c"])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
+    let mut child = zstd(&["-q", "-d", "-c"])
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("{ZSTD}: cannot run: {e}"))?;
     let input = child.stdin.take().ok_or("zstd has no input pipe")?;
@@ -443,14 +438,9 @@ pub async fn archive_log(
     }
     let input = std::fs::File::open(source)
         .map_err(|e| failed(format!("{}: cannot read: {e}", source.display())))?;
-    let mut zstd = tokio::process::Command::new(ZSTD)
-        .args(["-q", "-c", "-3"])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
+    let mut zstd = zstd(&["-q", "-c", "-3"])
         .stdin(Stdio::from(input))
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .map_err(|e| failed(format!("{ZSTD}: cannot run: {e}")))?;
     let compressed = zstd

@@ -37,6 +37,19 @@ pub const OBJECT: &str = "full.xbstream.zst";
 /// Where Debian's `zstd` package installs the compressor.
 pub const ZSTD: &str = "/usr/bin/zstd";
 
+/// `zstd ARGS` with a cleared environment, its output piped, killed when dropped; the caller
+/// sets its input and error stream.
+pub fn zstd(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(ZSTD);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
 fn one() -> u32 {
     1
 }
@@ -378,14 +391,9 @@ async fn store_into(
         ))
     };
     let key = format!("{}/{OBJECT}", backup_key(id));
-    let mut zstd = tokio::process::Command::new(ZSTD)
-        .args(["-q", "-c", "-3"])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
+    let mut zstd = zstd(&["-q", "-c", "-3"])
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .map_err(|e| EngineError::io(ZSTD, "run", e))?;
     let sink = zstd
