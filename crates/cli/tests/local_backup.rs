@@ -131,6 +131,24 @@ fn wait_archived(c: &Cluster, after: f64) {
     );
 }
 
+/// Writes with `write` until `stator status` says the archive fails (Degraded, BackupsHealthy
+/// false for an Archive… reason); the status then.
+fn wait_archive_failing(c: &Cluster, write: &mut impl FnMut()) -> serde_json::Value {
+    c.eventually(
+        "the status says the archive fails",
+        Duration::from_secs(120),
+        || {
+            write();
+            let s = c.status();
+            let b = &s["backupsHealthy"];
+            (s["phase"] == "Degraded"
+                && b["status"] == false
+                && b["reason"].as_str()?.starts_with("Archive"))
+            .then_some(s)
+        },
+    )
+}
+
 fn server_now(c: &Cluster) -> (String, f64, String) {
     let row = c
         .psql(
@@ -555,20 +573,10 @@ fn an_unwritable_repository_degrades_the_database_and_once_fixed_the_archive_cat
     std::fs::rename(&own, &moved).unwrap();
     std::fs::write(&own, "not a directory").unwrap();
     let broken = Instant::now();
-    let write = || c.psql(c.rw(), "INSERT INTO noise VALUES (now())").unwrap();
-    let seen = c.eventually(
-        "the status says the archive fails",
-        Duration::from_secs(120),
-        || {
-            write();
-            let s = c.status();
-            let b = &s["backupsHealthy"];
-            (s["phase"] == "Degraded"
-                && b["status"] == false
-                && b["reason"].as_str()?.starts_with("Archive"))
-            .then_some(s)
-        },
-    );
+    let mut write = || {
+        c.psql(c.rw(), "INSERT INTO noise VALUES (now())").unwrap();
+    };
+    let seen = wait_archive_failing(&c, &mut write);
     println!(
         "unwritable repository: Degraded/{} in stator status after {:.1} s (2 x archiveTimeout = 10 s): {}",
         seen["backupsHealthy"]["reason"],
@@ -1429,19 +1437,7 @@ fn mariadb_unwritable(c: Cluster, mut repo: TestRepo) {
         c.sql(c.rw(), &format!("CREATE TABLE IF NOT EXISTS noise (id bigint primary key); INSERT INTO noise VALUES ({n})"))
             .unwrap();
     };
-    let seen = c.eventually(
-        "the status says the archive fails",
-        Duration::from_secs(120),
-        || {
-            write();
-            let s = c.status();
-            let b = &s["backupsHealthy"];
-            (s["phase"] == "Degraded"
-                && b["status"] == false
-                && b["reason"].as_str()?.starts_with("Archive"))
-            .then_some(s)
-        },
-    );
+    let seen = wait_archive_failing(&c, &mut write);
     println!(
         "unwritable MariaDB repository ({}): Degraded/{} in stator status after {:.1} s (2 x archiveTimeout = 10 s): {}; last error: {}",
         repo.what(),
