@@ -869,7 +869,9 @@ impl ServerEngine for Postgres {
                     instance = %self.instance,
                     "pg_rewind failed part-way and left the marker changed; it is restored"
                 );
-                write_marker(&self.data_dir, before, &self.user)?;
+                if let Err(w) = write_marker(&self.data_dir, before, &self.user) {
+                    tracing::error!(instance = %self.instance, "restoring the marker: {w}");
+                }
             }
             return Err(e);
         }
