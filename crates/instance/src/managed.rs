@@ -725,7 +725,17 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
         let mut backoff = Backoff::default();
         let mut pending: Option<Reply> = None;
         loop {
-            if self.lease.is_some() && self.lacks_write_lease() {
+            // A lease fence the watchdog recorded while no server ran (a clean stop under
+            // way): held as any fence, never a start.
+            if self.lease_fence().is_some() {
+                if let Some(reply) = pending.take() {
+                    let _ = reply.send(Err(
+                        "fenced by lease expiry: the server stays stopped".into()
+                    ));
+                }
+                return Ok(Next::Decide);
+            }
+            if self.lacks_write_lease() {
                 let primary = matches!(
                     self.inner.engine.inspect_data_dir(),
                     Ok(DataDirState::Ready(m)) if m.follows.is_none()

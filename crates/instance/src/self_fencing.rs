@@ -283,7 +283,10 @@ impl SelfFencing {
                 }
             }
         }
-        let result = self.lock().book.accept(&grant, clock());
+        // At the arrival reading the check passed on: a slow fsync of the term must not turn
+        // it into ExpiredOnArrival after the term was written (memory and file would disagree,
+        // and a second writer at that term could pass the check).
+        let result = self.lock().book.accept(&grant, now);
         self.changed.notify_all();
         match result {
             Ok(granted) => {
@@ -346,7 +349,9 @@ impl SelfFencing {
             if g.stopping {
                 return;
             }
-            if g.fenced.is_none() && !g.book.may_write(clock()) {
+            // Not only while unfenced: a fence recorded while a clean stop was under way does
+            // not stop the server a rejoin starts next, and that one may be promoted later.
+            if !g.book.may_write(clock()) {
                 // Looked at without the lock (the /proc and marker reads must not hold up a
                 // grant), then checked again under it: a grant taken meanwhile wins.
                 drop(g);
@@ -362,12 +367,13 @@ impl SelfFencing {
                 g = self.lock();
                 let now = clock();
                 if let Some(pid) = doomed
-                    && g.fenced.is_none()
                     && !g.book.may_write(now)
                     && !g.stopping
                 {
                     let why = self.why_fenced(&g, now);
-                    g.fenced = Some(why.clone());
+                    if g.fenced.is_none() {
+                        g.fenced = Some(why.clone());
+                    }
                     drop(g);
                     tracing::error!(pid, "{why}: killing the server and every process under it");
                     stator_engine::process::kill_tree_now(pid);
