@@ -488,9 +488,8 @@ impl<E: ServerEngine> Supervisor<E> {
     async fn repointed_running(&self, upstream: &Endpoint) -> bool {
         match self.engine.repoint_running(upstream, &self.creds).await {
             Ok(true) => {
-                let observed = self.engine.observe(&self.creds).await;
-                self.status
-                    .record_observation(observed.map_err(|e| e.to_string()), false);
+                // Bounded, as every fresh query: the serve loop waits for it.
+                self.status.refresh().await;
                 true
             }
             Ok(false) => false,
