@@ -260,16 +260,19 @@ fn observe(stores: &Stores, db: &Database) -> Observed {
 /// deleting it: with its PVC holding the data, the instance is down). The cache may lag, so
 /// that evidence is taken from the API server itself: each instance with a PVC and no cached
 /// pod is read there, and a pod found is observed as it is. No read while every pod with a
-/// PVC is cached (an idle database).
+/// PVC is cached (an idle database). Ordinals at or above the StatefulSet's `replicas` are
+/// not read: their PVCs stay after a scale-down and no pod comes back for them, so they would
+/// cost a read every tick for good.
 async fn confirm_gone(
     client: &Client,
     db: &Database,
+    replicas: u32,
     observed: &mut Observed,
 ) -> Result<(), kube::Error> {
     let missing: Vec<u32> = observed
         .pvcs
         .iter()
-        .filter(|o| !observed.pods.contains_key(o))
+        .filter(|o| **o < replicas && !observed.pods.contains_key(o))
         .copied()
         .collect();
     if missing.is_empty() {
@@ -390,7 +393,7 @@ async fn run_loop(
             continue;
         };
         let mut observed = observe(&stores, &db);
-        if let Err(e) = confirm_gone(&client, &db, &mut observed).await {
+        if let Err(e) = confirm_gone(&client, &db, holds.replicas(&db), &mut observed).await {
             tracing::warn!(database = %name, "reading pods: {e}");
             tokio::time::sleep(tick).await;
             continue;

@@ -66,17 +66,13 @@ impl Holds {
         )
     }
 
-    fn key(db: &Database) -> (String, String) {
-        (db.namespace().to_string(), db.name_any())
-    }
-
     /// The replicas the controller applies for `db` now.
     pub fn replicas(&self, db: &Database) -> u32 {
         let known = self
             .kept
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&Self::key(db))
+            .get(&super::key(db))
             .copied();
         // The loop's knowledge when it has any (fresher than the status the controller read),
         // else the status's record.
@@ -92,9 +88,12 @@ impl Holds {
             .kept
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(Self::key(db), kept);
+            .insert(super::key(db), kept);
         let before = previous.unwrap_or_else(|| recorded(db));
-        if before != kept {
+        // Only a change of the held count needs the controller: a failover at a constant
+        // count changes `kept` and not the StatefulSet.
+        let instances = db.spec.instances;
+        if held_replicas(instances, before) != held_replicas(instances, kept) {
             tracing::info!(
                 database = %db.name_any(),
                 "the primary the core keeps changed: {before:?} -> {kept:?}; reconciling the replicas"
@@ -108,7 +107,7 @@ impl Holds {
         self.kept
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&Self::key(db));
+            .remove(&super::key(db));
     }
 }
 
@@ -170,7 +169,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_controller_is_woken_when_the_kept_ordinal_changes_and_only_then() {
+    async fn the_controller_is_woken_when_the_held_count_changes_and_only_then() {
         let (holds, mut woken) = Holds::new();
         let db = scaled_to_2_with_primary(Some("db-4"));
         // The loop's first word agrees with the status: nothing to do.
@@ -180,6 +179,9 @@ mod tests {
         holds.update(&db, Some(0));
         assert_eq!(holds.replicas(&db), 2);
         holds.update(&db, Some(0));
+        // A failover to db-1 at 2 instances: the count stays 2, the controller sleeps.
+        holds.update(&db, Some(1));
+        assert_eq!(holds.replicas(&db), 2);
         drop(holds);
         let refs: Vec<ObjectRef<Database>> = woken.by_ref().collect().await;
         assert_eq!(refs, vec![ObjectRef::from_obj(&db)]);
