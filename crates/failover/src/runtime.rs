@@ -139,9 +139,15 @@ pub trait Runtime: Send {
     /// The core decided `memory` (its actions not carried out yet): a runtime that sends
     /// leases names [`Memory::lease_writer`] at [`Memory::lease_term`] from now on, and when
     /// the writer changed it grants before returning, so that a promotion ordered next finds
-    /// its lease in place. Nothing by default.
-    fn lease_to(&mut self, db: &Database, memory: &Memory) -> impl Future<Output = ()> + Send {
-        let _ = (db, memory);
+    /// its lease in place; leases last [`stator_control::lease_length_ms`] of the detection
+    /// timeout. Nothing by default.
+    fn lease_to(
+        &mut self,
+        db: &Database,
+        detection_timeout_ms: u64,
+        memory: &Memory,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (db, detection_timeout_ms, memory);
         async {}
     }
 

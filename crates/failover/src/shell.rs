@@ -244,7 +244,9 @@ impl<R: Runtime> Failover<R> {
         self.state.memory = decision.memory.clone();
         self.save();
         // Before the actions: a candidate ordered promoted must hold its lease first.
-        self.rt.lease_to(db, &decision.memory).await;
+        self.rt
+            .lease_to(db, spec.detection_timeout_ms, &decision.memory)
+            .await;
         let primary = self.record_primary(&spec);
         self.route(db, &spec, &decision.status);
         self.check_write(db).await;

@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::Recorder;
 use kube::{Client, ResourceExt};
-use stator_api::duration::parse_duration;
 use stator_api::instance::Endpoint;
 use stator_api::names::{INSTANCE_MANAGER_PORT, LABEL_ROLE};
 use stator_api::orders::{BootstrapOrder, FenceKind, FenceOrder, RebuildOrder, RoleOrder};
@@ -21,9 +20,6 @@ use stator_api::{Database, Role};
 use stator_control::{FenceMethod, LeaseLedger, Memory, lease_length_ms};
 use stator_engine::tls::{CaTrust, Dial, Trust};
 use stator_failover::{FailoverState, FinalCheckpoint, Runtime, Work};
-
-/// L when the detection timeout cannot be read (validation refuses such a spec).
-const DEFAULT_LEASE_MS: u64 = 2_000;
 
 /// How long an order may take.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -393,16 +389,12 @@ impl Runtime for PodRuntime {
 
     /// With `spec.failover.lease`: every pod with an address is leased to (started the first
     /// time), naming the writer `memory` gives.
-    async fn lease_to(&mut self, db: &Database, memory: &Memory) {
+    async fn lease_to(&mut self, db: &Database, detection_timeout_ms: u64, memory: &Memory) {
         self.lease_on = db.spec.failover.lease;
         if self.leases.is_none() && !self.lease_on {
             return;
         }
-        let lease_ms = lease_length_ms(
-            parse_duration(&db.spec.failover.detection_timeout).map_or(DEFAULT_LEASE_MS, |d| {
-                u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-            }),
-        );
+        let lease_ms = lease_length_ms(detection_timeout_ms);
         let managers = self
             .observed
             .pods
