@@ -99,16 +99,8 @@ fn trim_service(svc: &mut Service) {
     svc.status = None;
 }
 
-/// A task aborted when its handle is dropped.
-pub struct Watches(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for Watches {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
-    }
-}
+/// The watch tasks, aborted when dropped.
+pub type Watches = Vec<crate::controller::AbortOnDrop>;
 
 impl Writers {
     /// Starts the watches of pods, PVCs and Services (in every namespace, of Databases only);
@@ -136,7 +128,13 @@ impl Writers {
             tokio::spawn(drain(pvcs)),
             tokio::spawn(drain(services)),
         ];
-        (self.databases, Watches(tasks))
+        (
+            self.databases,
+            tasks
+                .into_iter()
+                .map(crate::controller::AbortOnDrop)
+                .collect(),
+        )
     }
 }
 
