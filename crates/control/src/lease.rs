@@ -177,8 +177,6 @@ pub struct Streak {
     /// The first answer of the run came back then: the instance is known to have heard the
     /// shell since (at the earliest).
     pub since_ms: u64,
-    /// The send of the run's first answered request.
-    pub first_sent_ms: u64,
     /// The send of the run's latest answered request: the instance heard the shell after it.
     pub last_sent_ms: u64,
 }
@@ -197,9 +195,6 @@ pub struct InstanceLeases {
     /// clock: the greatest `sent + down_after(L)` over every such lease ever sent.
     #[serde(default)]
     pub writer_lease_until_ms: Option<u64>,
-    /// The send of the latest request that failed.
-    #[serde(default)]
-    pub last_failure_sent_ms: Option<u64>,
     #[serde(default)]
     pub streak: Option<Streak>,
 }
@@ -347,7 +342,6 @@ impl LeaseLedger {
         }
         let fresh_run = Streak {
             since_ms: now_ms,
-            first_sent_ms: sent,
             last_sent_ms: sent,
         };
         match &mut entry.streak {
@@ -381,8 +375,6 @@ impl LeaseLedger {
             return false;
         }
         exchange.outcome = Outcome::Failed { at_ms: now_ms };
-        let sent = exchange.sent_ms;
-        entry.last_failure_sent_ms = Some(entry.last_failure_sent_ms.map_or(sent, |f| f.max(sent)));
         true
     }
 
