@@ -1289,9 +1289,13 @@ async fn scale_down_past_the_primary(
     assert_eq!(last.kind.as_str(), "switchover", "{last:?}");
     assert_eq!(last.from.as_deref(), Some("pg-4"), "{last:?}");
     assert_eq!(last.outcome.as_str(), "done", "{last:?}");
+    assert!(
+        held_seen,
+        "the StatefulSet was never seen held at 5 replicas once the operator took the new spec"
+    );
     println!(
         "pg: scaled to 2: switched over from pg-4 to {} before its pod went (replicas held at 5 \
-         seen: {held_seen}); {}",
+         seen); {}",
         then.unwrap_or_default(),
         last.outage.describe()
     );
