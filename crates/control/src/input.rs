@@ -275,8 +275,10 @@ pub struct Input {
     /// counts as unable to write only once no lease of it can be valid
     /// ([`LeaseLedger::lease_void`]), and a replica is promoted over such an instance only once
     /// it has answered continuously for the Down bound ([`LeaseLedger::candidate_verdict`]).
-    /// It can only delay a fence's confirmation or a promotion, never hasten one. `None`: no
-    /// leases (the local runtime today), the core decides as without them.
+    /// For down and absent instances it can only delay a fence's confirmation or a promotion;
+    /// an unreachable instance, which without a ledger never counts as unable to write, counts
+    /// so once no lease of it can be valid (a frozen node, a partition). `None`: no leases (the
+    /// local runtime today), the core decides as without them.
     #[serde(default)]
     pub leases: Option<LeaseLedger>,
 }
@@ -294,10 +296,17 @@ impl Input {
     }
 
     /// `ordinal` is known unable to write: [`Presence::cannot_write`], and, when it was not its
-    /// manager that said so (down or absent), no lease of it can be valid any more.
+    /// manager that said so (down or absent), no lease of it can be valid any more. With a
+    /// lease ledger, an unreachable instance is unable to write once no lease of it can be
+    /// valid (its manager kills its server when the lease ends); without one, never.
     pub fn cannot_write(&self, ordinal: u32) -> bool {
         let presence = self.presence(ordinal);
-        presence.cannot_write() && (presence.facts().is_some() || self.lease_void(ordinal))
+        match presence {
+            Presence::Unreachable { .. } => self.leases.is_some() && self.lease_void(ordinal),
+            _ => {
+                presence.cannot_write() && (presence.facts().is_some() || self.lease_void(ordinal))
+            }
+        }
     }
 
     /// No lease naming `ordinal` the writer can be valid now; always true without a ledger.

@@ -26,14 +26,17 @@
 //! lasts L minus the age of that reading.
 //!
 //! # The Down rule
-//! `expiresAt` = the manager's last clock reading `c` + L. The reading was taken before its
-//! answer came back, so before the shell sent the lease built on it. The manager's clock runs
-//! at a rate within ±1 % of the shell's, so it advances L in at most L / 0.99 of the shell's
-//! time: the lease is void on the manager's own clock at the latest L / 0.99 after the lease's
-//! request was **sent** (not answered: an answer says nothing about when the reading was taken,
-//! and a lease never answered may have been applied all the same). An instance unreachable
-//! since counts as Down only once [`down_after_ms`] = L / 0.99 + max(L / 10, 250 ms) has
-//! passed since the send of the last lease naming it the writer, and the promotion candidate
+//! `expiresAt` = the manager's clock reading `c` the lease is built on + L. The reading was
+//! taken before its answer came back (however long the request took to arrive, the manager
+//! read its clock before answering). The manager's clock runs at a rate within ±1 % of the
+//! shell's, so it advances L in at most L / 0.99 of the shell's time: the lease is void on the
+//! manager's own clock at the latest L / 0.99 after the **answer that carried its reading**
+//! came back, however late the lease itself is sent, delivered or answered (a lease never
+//! answered may have been applied all the same; it still ends at `c` + L). So a shell that
+//! keeps sending leases to a writer it no longer hears extends nothing: each is built on the
+//! last reading it got. An instance unreachable since counts as Down only once
+//! [`down_after_ms`] = L / 0.99 + max(L / 10, 250 ms) has passed since that answer, for the
+//! reading of every lease naming it the writer that was ever sent, and the promotion candidate
 //! has itself answered continuously for that long (so it has heard the shell within L all
 //! along, and will not vouch for the old writer in the manager's failsafe). Pod phase, node
 //! conditions or a deleted pod never shorten the wait: the rule looks at nothing but the
@@ -65,8 +68,8 @@ pub fn lease_length_ms(detection_timeout_ms: u64) -> u64 {
     detection_timeout_ms
 }
 
-/// How long after the send of the last lease naming an unreachable instance the writer it
-/// counts as Down: `ceil(L / 0.99) + max(L / 10, 250 ms)`.
+/// How long after the answer carrying the reading of the last lease naming an unreachable
+/// instance the writer it counts as Down: `ceil(L / 0.99) + max(L / 10, 250 ms)`.
 pub fn down_after_ms(lease_ms: u64) -> u64 {
     let slowest = (u128::from(lease_ms) * 100).div_ceil(u128::from(SLOWEST_CLOCK_PERCENT));
     let margin = u128::from((lease_ms / 10).max(MIN_MARGIN_MS));
@@ -282,8 +285,11 @@ impl LeaseLedger {
             expires_at_ms: r.clock_ms.saturating_add(lease_ms),
             incarnation: r.incarnation.clone(),
         });
-        if lease.is_some() && writer == Some(ordinal) {
-            let until = now_ms.saturating_add(down_after_ms(lease_ms));
+        if let Some(reading) = entry.reading.as_ref().filter(|_| writer == Some(ordinal)) {
+            // The lease ends at the reading + L on the manager's clock, and the reading was
+            // taken before its answer came back: at the latest L / 0.99 after that answer,
+            // however late this lease is sent or delivered.
+            let until = reading.answered_ms.saturating_add(down_after_ms(lease_ms));
             entry.writer_lease_until_ms =
                 Some(entry.writer_lease_until_ms.map_or(until, |u| u.max(until)));
         }
@@ -568,16 +574,6 @@ mod tests {
         }
     }
 
-    /// The writer answers the first lease after `known()`.
-    fn answer_at(at: u64) -> Step {
-        Answer {
-            to: WRITER,
-            nth: NEXT,
-            at,
-            clock: 60_000,
-        }
-    }
-
     fn may_be_valid(until_ms: u64) -> DownVerdict {
         DownVerdict::LeaseMayBeValid { until_ms }
     }
@@ -589,53 +585,95 @@ mod tests {
         }
     }
 
+    /// A fresh reading of the writer's clock: a request sent at `at` - 20 (exchange `nth`)
+    /// answered at `at`.
+    fn read(nth: u64, at: u64) -> [Step; 2] {
+        [
+            send(WRITER, None, at - 20),
+            answer(WRITER, nth, at, 60_000 + at),
+        ]
+    }
+
+    /// `known()`, then the writer's clock read at `at` (exchange `NEXT`) and a lease naming it
+    /// sent at `lease` (exchange `NEXT + 1`).
+    fn read_then_lease(at: u64, lease: u64) -> Vec<Step> {
+        let mut steps = with(known(), &read(NEXT, at));
+        steps.push(lease_at(lease));
+        steps
+    }
+
     #[test]
     fn the_down_rule_table() {
         let rows: Vec<(&str, Vec<Step>, u64, DownVerdict)> = vec![
             (
-                "one ms before the bound after the last lease's send, it may still be valid",
-                with(known(), &[lease_at(10_000), answer_at(10_050)]),
+                "one ms before the bound after the answer carrying the lease's reading, it may \
+                 still be valid",
+                read_then_lease(10_000, 10_000),
                 10_000 + B - 1,
                 may_be_valid(10_000 + B),
             ),
             (
                 "exactly at the bound it is down",
-                with(known(), &[lease_at(10_000), answer_at(10_050)]),
+                read_then_lease(10_000, 10_000),
                 10_000 + B,
                 DownVerdict::Down,
             ),
             (
-                "a lease never answered counts as granted at its send",
-                with(known(), &[lease_at(10_000)]),
-                10_000 + B - 1,
-                may_be_valid(10_000 + B),
+                "a lease sent long after its reading ends with the reading, not its send",
+                read_then_lease(5_000, 10_000),
+                5_000 + B,
+                DownVerdict::Down,
             ),
             (
-                "a lease whose request failed counts as granted at its send",
-                with(known(), &[lease_at(10_000), fail(WRITER, NEXT, 10_300)]),
-                10_000 + B - 1,
-                may_be_valid(10_000 + B),
-            ),
-            (
-                "a late answer neither shortens nor extends the bound",
+                "leases sent on to a writer that stopped answering extend nothing",
                 with(
-                    known(),
-                    &[lease_at(10_000), answer(WRITER, NEXT, 11_900, 60_000)],
+                    read_then_lease(5_000, 5_000),
+                    &[lease_at(5_500), lease_at(6_000), lease_at(7_000)],
+                ),
+                5_000 + B - 1,
+                may_be_valid(5_000 + B),
+            ),
+            (
+                "a lease whose request failed counts as granted all the same",
+                with(
+                    read_then_lease(10_000, 10_000),
+                    &[fail(WRITER, NEXT + 1, 10_300)],
+                ),
+                10_000 + B - 1,
+                may_be_valid(10_000 + B),
+            ),
+            (
+                "the answer to a lease extends nothing by itself: only a lease built on it does",
+                with(
+                    read_then_lease(10_000, 10_000),
+                    &[answer(WRITER, NEXT + 1, 11_900, 80_000)],
                 ),
                 10_000 + B,
                 DownVerdict::Down,
             ),
             (
-                "a later lease moves the bound",
-                with(known(), &[lease_at(10_000), lease_at(10_500)]),
+                "a later lease on a later reading moves the bound",
+                with(
+                    read_then_lease(10_000, 10_000),
+                    &[answer(WRITER, NEXT + 1, 10_500, 80_000), lease_at(10_600)],
+                ),
                 10_000 + B,
                 may_be_valid(10_500 + B),
             ),
             (
-                "an earlier lease sent after a later one does not pull the bound back",
-                with(known(), &[lease_at(10_500), lease_at(10_500)]),
-                10_500 + B - 1,
-                may_be_valid(10_500 + B),
+                "a reading taken earlier but answered later is not the one a lease is built on",
+                with(
+                    known(),
+                    &[
+                        send(WRITER, None, 9_980),
+                        send(WRITER, None, 10_000),
+                        answer(WRITER, NEXT + 1, 10_100, 70_000),
+                        answer(WRITER, NEXT, 10_400, 69_990),
+                        lease_at(10_500),
+                    ],
+                ),
+                10_100 + B - 1,
+                may_be_valid(10_100 + B),
             ),
             (
                 "a lease naming another writer does not hold the instance it is sent to",
@@ -815,7 +853,11 @@ mod tests {
                 incarnation: "x".into(),
             })
         );
-        assert_eq!(ledger.may_hold_lease_until(0), 200 + B);
+        assert_eq!(
+            ledger.may_hold_lease_until(0),
+            120 + B,
+            "from the answer carrying the reading, not from the send"
+        );
         // A restarted manager (new incarnation, another clock) answers the newer request; the
         // old incarnation's answer to the older request arrives after it and is not used.
         let newer = ledger.send(0, 3, Some(0), 300);
@@ -832,17 +874,21 @@ mod tests {
         assert!(ledger.answered(0, b.id, 520, 400, "y"));
         assert!(ledger.answered(0, a.id, 530, 390, "y"));
         assert_eq!(
-            ledger.send(0, 3, None, 600).lease.unwrap().expires_at_ms,
+            ledger.send(0, 3, Some(0), 600).lease.unwrap().expires_at_ms,
             2_400
         );
-        assert_eq!(ledger.may_hold_lease_until(0), 510 + B);
+        assert_eq!(
+            ledger.may_hold_lease_until(0),
+            520 + B,
+            "the reading of 400 came back at 520"
+        );
     }
 
     #[test]
     fn forgetting_old_exchanges_never_shortens_a_bound() {
         let mut ledger = LeaseLedger::new(L, 0);
-        let probe = ledger.send(0, 1, None, 0);
-        ledger.answered(0, probe.id, 1, 10, "x");
+        let probe = ledger.send(0, 1, None, 9_980);
+        ledger.answered(0, probe.id, 9_990, 10, "x");
         let lease = ledger.send(0, 1, Some(0), 10_000);
         for i in 0..(RECENT_EXCHANGES as u64 * 2) {
             ledger.send(0, 1, Some(1), 10_000 + i);
@@ -854,20 +900,20 @@ mod tests {
             !ledger.answered(0, lease.id, 10_200, 20, "x"),
             "forgotten: ignored"
         );
-        assert_eq!(ledger.may_hold_lease_until(0), 10_000 + B);
+        assert_eq!(ledger.may_hold_lease_until(0), 9_990 + B);
     }
 
     #[test]
     fn a_shorter_lease_length_keeps_the_bounds_of_the_leases_already_sent() {
         let mut ledger = LeaseLedger::new(10_000, 0);
-        let probe = ledger.send(0, 1, None, 0);
-        ledger.answered(0, probe.id, 1, 10, "x");
+        let probe = ledger.send(0, 1, None, 99_980);
+        ledger.answered(0, probe.id, 99_990, 10, "x");
         ledger.send(0, 1, Some(0), 100_000);
         ledger.set_lease_ms(1_000);
         ledger.send(0, 1, Some(0), 100_100);
         assert_eq!(
             ledger.may_hold_lease_until(0),
-            100_000 + down_after_ms(10_000)
+            99_990 + down_after_ms(10_000)
         );
         assert_eq!(ledger.down_after_ms(), down_after_ms(1_000));
     }

@@ -15,12 +15,15 @@
 //!   ready, refusing writes) for the whole detection timeout; one healthy observation resets the
 //!   clock. With failover disabled the loss is reported, nothing is done.
 //! - With write leases ([`Input::leases`], a [`LeaseLedger`]): an instance known only
-//!   through the runtime as down or absent (a deleted pod, a pod not running, a node lost)
-//!   counts as unable to write only once no lease naming it can be valid on its own clock:
-//!   [`down_after_ms`] = L/0.99 + max(L/10, 250 ms) after the send of the last one, L being
-//!   the detection timeout; and a replica is promoted over such an instance only once it has
-//!   itself answered its leases for that long. The ledger only ever delays; without one the
-//!   core decides as it always did.
+//!   through the runtime as down or absent (a deleted pod, a pod not running, a node lost), or
+//!   not known at all (unreachable: a frozen node, a partition), counts as unable to write only
+//!   once no lease naming it can be valid on its own clock: [`down_after_ms`] = L/0.99 +
+//!   max(L/10, 250 ms) after the answer carrying the reading of the last one, L being the
+//!   detection timeout; and a replica is promoted over such an instance only once it has
+//!   itself answered its leases for that long. For down and absent instances the ledger only
+//!   ever delays; an unreachable one, which without leases never counts as unable to write
+//!   (it blocks every promotion), counts so by the lease rule alone: its manager kills its
+//!   server when its lease ends. Without a ledger the core decides as it always did.
 //! - A primary whose data is gone ([`Presence::Absent`]: no data dir / no PVC) while other
 //!   instances hold data is failed over at once, confirmed or not, once every one of them
 //!   reports what it holds: an empty primary would lose every write. It is created again as a

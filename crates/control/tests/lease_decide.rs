@@ -1,9 +1,10 @@
 //! The lease ledger as the decision core's optional input: with it, an instance the shell
-//! knows only as down or absent (a deleted pod, a pod not running) counts as unable to write
-//! only once no lease of it can be valid, and a replica is promoted over it only once it has
-//! answered for the Down bound. Table rows pin the cases; a property checks over random
-//! situations that a ledger only ever delays (never adds a promotion, an unfence or a fence
-//! confirmation).
+//! knows only as down or absent (a deleted pod, a pod not running) or cannot reach at all (a
+//! frozen node, a partition) counts as unable to write only once no lease of it can be valid,
+//! and a replica is promoted over it only once it has answered for the Down bound. Table rows
+//! pin the cases; a property checks over random situations that a ledger only ever delays
+//! (never adds a promotion, an unfence or a fence confirmation) beyond what it says of an
+//! unreachable instance whose leases are all void: that it is down.
 
 use std::collections::BTreeMap;
 
@@ -56,6 +57,12 @@ fn replica(lsn: u64) -> Presence {
     })
 }
 
+fn unreachable() -> Presence {
+    Presence::Unreachable {
+        reason: "timeout".into(),
+    }
+}
+
 fn pod_gone() -> Presence {
     Presence::Down {
         reason: "its pod is gone".into(),
@@ -92,12 +99,13 @@ fn failing_over() -> Memory {
     }
 }
 
-/// A ledger started long ago: the writer 0 was last sent a lease at `last_lease`, the
-/// replicas answer every 200 ms from `answering_from` to NOW.
+/// A ledger started long ago: the writer 0 was last sent a lease at `last_lease`, built on a
+/// clock reading that came back at that moment; the replicas answer every 200 ms from
+/// `answering_from` to NOW.
 fn ledger(last_lease: u64, answering_from: u64) -> LeaseLedger {
     let mut ledger = LeaseLedger::new(TIMEOUT, 0);
-    let probe = ledger.send(0, 1, None, 10);
-    ledger.answered(0, probe.id, 20, 5_000, "w");
+    let probe = ledger.send(0, 1, None, last_lease - 10);
+    ledger.answered(0, probe.id, last_lease, 5_000 + last_lease, "w");
     ledger.send(0, 1, Some(0), last_lease);
     for ordinal in [1, 2] {
         let mut at = answering_from;
@@ -238,15 +246,57 @@ fn the_lease_table() {
             says: "promoting demo-1",
         },
         Row {
-            name: "an unreachable primary stays blocking with or without a ledger",
-            primary: Presence::Unreachable {
-                reason: "timeout".into(),
-            },
-            leases: Some(ledger(NOW - 100_000, 0)),
+            name: "without a ledger an unreachable primary blocks for ever",
+            primary: unreachable(),
+            leases: None,
             promoted: vec![],
             confirmed: false,
             recheck: None,
             says: "fencing demo-0",
+        },
+        Row {
+            name: "an unreachable primary whose lease may be valid holds the promotion back",
+            primary: unreachable(),
+            leases: Some(ledger(NOW - 1_000, 0)),
+            promoted: vec![],
+            confirmed: false,
+            recheck: Some(NOW - 1_000 + B),
+            says: "may be valid for 1271 ms more",
+        },
+        Row {
+            name: "an unreachable primary whose lease is void counts as down (a frozen node)",
+            primary: unreachable(),
+            leases: Some(ledger(NOW - B, 0)),
+            promoted: vec![1],
+            confirmed: true,
+            recheck: None,
+            says: "promoting demo-1",
+        },
+        Row {
+            name: "leases sent to a writer no longer answering extend nothing: each is built on \
+                   the last reading it answered",
+            primary: unreachable(),
+            leases: Some({
+                let mut l = ledger(NOW - B, 0);
+                for at in [NOW - 1_500, NOW - 1_000, NOW - 500, NOW - 10] {
+                    let order = l.send(0, 1, Some(0), at);
+                    l.failed(0, order.id, at + 400);
+                }
+                l
+            }),
+            promoted: vec![1],
+            confirmed: true,
+            recheck: None,
+            says: "promoting demo-1",
+        },
+        Row {
+            name: "an unreachable primary and a candidate answering too briefly: no promotion",
+            primary: unreachable(),
+            leases: Some(ledger(NOW - 10_000, NOW - 1_000)),
+            promoted: vec![],
+            confirmed: true,
+            recheck: Some(NOW - 1_000 + 5 + B),
+            says: "has answered its leases for 995 ms, and must for 2271 ms",
         },
     ];
     let mut failures = Vec::new();
@@ -427,7 +477,10 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 1_000, ..ProptestConfig::default() })]
 
     /// A ledger never adds a promotion, an unfence or a fence confirmation to what the same
-    /// situation decides without one.
+    /// situation decides without one, once each unreachable instance whose every lease is
+    /// void is taken for down there (what the lease rule says of it: its manager killed its
+    /// server when the lease ended). An unreachable instance a lease of which may be valid
+    /// stays unreachable on both sides, so it never counts as unable to write.
     #[test]
     fn a_ledger_only_ever_delays(
         observed in prop::collection::btree_map(0u32..4, presence(), 1..5),
@@ -435,16 +488,24 @@ proptest! {
         started in 0u64..10_000,
         exchanges in exchanges(),
     ) {
-        let without = Input {
+        let ledger = random_ledger(started, exchanges);
+        let with = Input {
             spec: spec(3),
-            observed,
+            observed: observed.clone(),
             now_ms: NOW,
             memory,
             request: None,
-            leases: None,
+            leases: Some(ledger.clone()),
         };
-        let mut with = without.clone();
-        with.leases = Some(random_ledger(started, exchanges));
+        let mut without = with.clone();
+        without.leases = None;
+        without.observed = observed
+            .into_iter()
+            .map(|(o, p)| match p {
+                Presence::Unreachable { .. } if ledger.lease_void(o, NOW) => (o, pod_gone()),
+                p => (o, p),
+            })
+            .collect();
         let (plain, leased) = (decide(&without), decide(&with));
         for o in promoted(&leased) {
             prop_assert!(
