@@ -81,6 +81,10 @@ pub const MAX_READY_LAG_SECONDS: f64 = 30.0;
 const MAX_SOCKET_PATH: usize = 107;
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a replica's report waits for its upstream's positions (see `with_upstream`): well
+/// within the managed manager's fresh-status bound (1 s), so a frozen upstream leaves time for
+/// the replica's own facts.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(400);
 /// How long one use of the binlog archiver's session may take.
 const ARCHIVE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(8);
 
@@ -590,42 +594,56 @@ impl MysqlFamily {
         Ok(())
     }
 
-    /// A session with the upstream as the monitoring user, over TCP.
+    /// A session with the upstream as the monitoring user, over TCP; the whole exchange (the
+    /// session's lock, connecting, the work) within [`UPSTREAM_TIMEOUT`]. What it serves is
+    /// extra (errant transactions, the lag in transactions): a frozen or cut-off upstream
+    /// must not hold up this instance's own report, which the failover that replaces that
+    /// upstream needs (the node-freeze drill found a replica's `/status?fresh=1` timing out on
+    /// a 3 s connect to its frozen primary, so no replica could be promoted). A session that
+    /// failed or ran out of time is dropped.
     async fn with_upstream<T>(
         &self,
         upstream: &Endpoint,
         creds: &Credentials,
         work: impl AsyncFnOnce(&mut Conn) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
-        let mut guard = self.upstream_session.lock().await;
+        let late = || {
+            EngineError::Connect(format!(
+                "{} did not answer within {} ms",
+                upstream.instance,
+                UPSTREAM_TIMEOUT.as_millis()
+            ))
+        };
+        let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
+        let mut guard = tokio::time::timeout_at(deadline, self.upstream_session.lock())
+            .await
+            .map_err(|_| late())?;
         if guard.as_ref().is_some_and(|(e, _)| e != upstream) {
             *guard = None;
         }
-        if guard.is_none() {
-            let opts = OptsBuilder::default()
-                .ip_or_hostname(upstream.host.clone())
-                .tcp_port(upstream.port)
-                .user(Some(MONITOR_USER))
-                .pass(Some(creds.monitor.expose().to_string()))
-                .prefer_socket(false)
-                .ssl_opts(self.tls.as_ref().map(|t| t.files().mysql_ssl_opts()))
-                .stmt_cache_size(0);
-            let conn = match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts)).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return Err(EngineError::Connect(e.to_string())),
-                Err(_) => {
-                    return Err(EngineError::Connect(format!(
-                        "{} did not answer within 3s",
-                        upstream.instance
-                    )));
-                }
+        let exchange = async {
+            if guard.is_none() {
+                let opts = OptsBuilder::default()
+                    .ip_or_hostname(upstream.host.clone())
+                    .tcp_port(upstream.port)
+                    .user(Some(MONITOR_USER))
+                    .pass(Some(creds.monitor.expose().to_string()))
+                    .prefer_socket(false)
+                    .ssl_opts(self.tls.as_ref().map(|t| t.files().mysql_ssl_opts()))
+                    .stmt_cache_size(0);
+                let conn = Conn::new(opts)
+                    .await
+                    .map_err(|e| EngineError::Connect(e.to_string()))?;
+                *guard = Some((upstream.clone(), conn));
+            }
+            let Some((_, conn)) = guard.as_mut() else {
+                return Err(EngineError::Connect("no upstream session".into()));
             };
-            *guard = Some((upstream.clone(), conn));
-        }
-        let Some((_, conn)) = guard.as_mut() else {
-            return Err(EngineError::Connect("no upstream session".into()));
+            work(conn).await
         };
-        let result = work(conn).await;
+        let result = tokio::time::timeout_at(deadline, exchange)
+            .await
+            .unwrap_or_else(|_| Err(late()));
         if result.is_err() {
             *guard = None;
         }
