@@ -53,8 +53,11 @@ use crate::http::{Endpoints, ask, check_token, error, json_body};
 use crate::self_fencing::SelfFencing;
 use crate::supervisor::{Backoff, Command, Reply, Served, Supervisor};
 
-/// How long `GET /status?fresh=1` waits for the server's answer.
-pub const FRESH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `GET /status?fresh=1` waits for the server's answer: within the operator's probe
+/// timeout (1.5 s), so a hung server is reported as hung rather than its manager taken for
+/// unreachable, and short, since the operator's loop waits for the slowest pod each tick
+/// (a healthy server answers in milliseconds).
+pub const FRESH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// An order, parsed and checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -447,14 +450,17 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
         if was_primary {
             self.stop_leftover_server().await?;
         }
-        self.status()
-            .set_state(ServerState::Stopped, Some(waiting.clone()));
+        // The final checkpoint first, the waiting state after it: a report that says it waits
+        // for its role carries the position the core decides on (it read `role: null` for a
+        // moment under load before).
         let checkpoint = if was_primary {
             self.inner.engine.final_checkpoint().await
         } else {
             None
         };
         self.status().update(|s| s.final_checkpoint = checkpoint);
+        self.status()
+            .set_state(ServerState::Stopped, Some(waiting.clone()));
         tracing::info!("{waiting}");
         let lease = self.lease.clone();
         loop {
@@ -546,22 +552,31 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
                             return Ok(Next::Start);
                         }
                         RoleOrder::Replica { upstream } => {
-                            let result = self
-                                .inner
-                                .engine
-                                .rejoin(&upstream, &self.inner.creds)
-                                .await
-                                .map(|()| {
-                                    format!(
+                            match self.inner.engine.rejoin(&upstream, &self.inner.creds).await {
+                                Ok(()) => {
+                                    let _ = reply.send(Ok(format!(
                                         "now follows {}; starting as a replica",
                                         upstream.instance
-                                    )
-                                })
-                                .map_err(|e| e.to_string());
-                            let done = result.is_ok();
-                            let _ = reply.send(result);
-                            if done {
-                                return Ok(Next::Start);
+                                    )));
+                                    return Ok(Next::Start);
+                                }
+                                Err(e) => {
+                                    // Errant transactions never go away by asking again: the
+                                    // report says so (`errant`), so the core orders a rebuild
+                                    // instead of the same rejoin (the node-freeze drill found
+                                    // a thawed MariaDB primary refused /role every minute).
+                                    if matches!(e, stator_engine::EngineError::Errant { .. }) {
+                                        let errant = e.to_string();
+                                        self.status().update(|s| {
+                                            s.observation = Some(stator_engine::Observation {
+                                                role: Some(stator_api::Role::Primary),
+                                                errant: Some(errant),
+                                                ..Default::default()
+                                            });
+                                        });
+                                    }
+                                    let _ = reply.send(Err(e.to_string()));
+                                }
                             }
                         }
                     }
