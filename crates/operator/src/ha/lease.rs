@@ -41,6 +41,9 @@ use tokio::sync::{Notify, watch};
 /// The least time between two rounds.
 const MIN_PERIOD: Duration = Duration::from_millis(100);
 
+/// How long an exchange with a manager whose last exchange failed may take.
+const QUICK_TIMEOUT: Duration = Duration::from_millis(150);
+
 /// The time between two rounds for leases of `lease_ms`: a quarter of L, so a lease is
 /// renewed about four times before it would end, and a round whose peer answers only at the
 /// [`timeout`] still leaves the writer half a lease.
@@ -169,8 +172,10 @@ impl Leases {
     }
 
     /// From now on the leases follow `plan`, of length `lease_ms`. When whom they name
-    /// changed, a round starts at once and this waits for it (at most two exchange timeouts):
-    /// a writer just named holds its lease when this returns, unless it did not answer.
+    /// changed, a round starts at once and this waits for it (at most four exchange timeouts:
+    /// the round in flight may have to end first, and a round is at most a peers' exchange
+    /// and the writer's two): a writer just named holds its lease when this returns, unless
+    /// it did not answer.
     pub async fn plan(&mut self, plan: Plan, lease_ms: u64) {
         let waited = {
             let mut s = self.lock();
@@ -191,7 +196,7 @@ impl Leases {
         self.wake.notify_one();
         if renamed {
             let _ = tokio::time::timeout(
-                timeout(lease_ms) * 2,
+                timeout(lease_ms) * 4,
                 self.done.wait_for(|g| *g >= generation),
             )
             .await;
@@ -219,23 +224,47 @@ async fn renew_forever(
             (s.plan.clone(), s.generation, s.ledger.lease_ms)
         };
         let (peers, writer) = plan.rounds();
-        let exchange =
-            |o, names| exchange(&shared, &plan, &name, &token, o, names, timeout(lease_ms));
+        let exchange = |o, names| {
+            let limit = exchange_timeout(&shared, o, lease_ms);
+            exchange(&shared, &plan, &name, &token, o, names, limit)
+        };
         futures::future::join_all(peers.into_iter().map(|o| exchange(o, plan.names_to(o)))).await;
         if let Some(w) = writer {
             // The writer's lease is built on a reading taken now, after the peers were
             // renewed: a peer confirms the failsafe once its own last reading + L has passed,
             // the writer's lease ends at its reading + L, so the writer's reading must be the
             // later one by more than a failsafe round, or during an operator outage the
-            // writer fences itself before its peers would confirm.
+            // writer fences itself before its peers would confirm. A writer that is only
+            // named (an old primary being fenced) is only asked for its clock, once.
             exchange(w, None).await;
-            exchange(w, plan.names_to(w)).await;
+            if plan.names_to(w).is_some() {
+                exchange(w, plan.names_to(w)).await;
+            }
         }
         done.send_replace(generation);
         tokio::select! {
             _ = tokio::time::sleep(period(lease_ms)) => {}
             _ = wake.notified() => {}
         }
+    }
+}
+
+/// How long an exchange with `ordinal` may take: [`timeout`], or [`QUICK_TIMEOUT`] when its
+/// last exchange failed: a manager that stopped answering (a frozen node, a partition) must
+/// not hold every round up for a full timeout, which would delay the renewal of every lease
+/// behind it and a new writer's first lease (a promotion waits for it). One that answers
+/// again within the shorter time gets the full one from the next exchange on.
+fn exchange_timeout(shared: &Mutex<Shared>, ordinal: u32, lease_ms: u64) -> Duration {
+    let s = shared.lock().unwrap_or_else(|e| e.into_inner());
+    let failing = s
+        .ledger
+        .instance(ordinal)
+        .and_then(|i| i.recent.last())
+        .is_some_and(|e| matches!(e.outcome, stator_control::lease::Outcome::Failed { .. }));
+    if failing {
+        timeout(lease_ms).min(QUICK_TIMEOUT)
+    } else {
+        timeout(lease_ms)
     }
 }
 

@@ -49,8 +49,11 @@ use runtime::{Observed, PodRuntime};
 /// How long a start-up order (`/bootstrap`, `/role`) is given before the same order is sent
 /// again to the same pod.
 const ORDER_RESEND: Duration = Duration::from_secs(60);
-/// How long one `/status` may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one `/status` may take: the manager's own bound on its server's answer
+/// (`FRESH_TIMEOUT`, 1 s) and some. Every tick waits for its slowest probe, and a primary is
+/// seen unhealthy only when its probe ends: with 3 s, a frozen node added 3 s to detection
+/// and to every tick of the failover after it.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1_500);
 
 /// The running loops, one per `Database` (namespace, name).
 pub struct Loops {
