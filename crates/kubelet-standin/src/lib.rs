@@ -425,6 +425,27 @@ impl StandIn {
         }
     }
 
+    /// Fault drill: thaw a node [`StandIn::stop_node`] stopped: its pods' processes continue
+    /// (all at once, as a resumed VM's), its Lease is renewed again at the next heartbeat and
+    /// the stand-in handles its pods again (a pod deleted meanwhile is terminated then).
+    pub fn start_node(&self, name: &str) {
+        let Some((i, n)) = self
+            .shared
+            .nodes
+            .iter()
+            .enumerate()
+            .find(|(_, n)| n.name == name)
+        else {
+            return;
+        };
+        for h in self.shared.pods.lock().unwrap().values() {
+            if h.node == i {
+                let _ = h.orders.send(pod::Order::Thaw);
+            }
+        }
+        n.stopped.store(false, Ordering::SeqCst);
+    }
+
     /// Stops the stand-in: every pod's processes are stopped (SIGTERM, then SIGKILL after a
     /// few seconds; the pods stay in the API, as when a kubelet dies) and the host is cleaned.
     pub async fn shutdown(mut self) {

@@ -1,8 +1,8 @@
 //! The stand-in's Nodes: registered Ready, with a heartbeat Lease in `kube-node-lease` renewed
 //! every 10 s (a kubelet's renew interval: a quarter of the 40 s lease duration) and the Ready
 //! condition re-posted every 5 minutes (the kubelet's `nodeStatusReportFrequency`). A stopped
-//! node (fault drill) renews nothing, so the node lifecycle controller marks it NotReady on its
-//! own schedule.
+//! node (fault drill) renews nothing until it is thawed, so the node lifecycle controller marks
+//! it NotReady on its own schedule.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -142,13 +142,13 @@ async fn renew_lease(client: &kube::Client, node: &NodeHandle) -> Result<(), Err
 }
 
 /// Renews the node's Lease every [`LEASE_RENEW`] and re-posts its status every 5 minutes,
-/// until the node is stopped.
+/// except while the node is stopped.
 pub(crate) async fn heartbeat(client: kube::Client, node: Arc<NodeHandle>) {
     let mut since_status = Duration::ZERO;
     loop {
         tokio::time::sleep(LEASE_RENEW).await;
         if node.is_stopped() {
-            return;
+            continue;
         }
         if let Err(e) = renew_lease(&client, &node).await {
             tracing::warn!(node = %node.name, "{e}");

@@ -41,6 +41,8 @@ pub(crate) enum Order {
     KillContainer(String),
     /// SIGSTOP every process and stop handling the pod (the stop-node drill).
     Freeze,
+    /// SIGCONT every process and handle the pod again (the node thawed).
+    Thaw,
 }
 
 /// Process groups of a pod's running containers, by container name (read by the stand-in's
@@ -247,13 +249,23 @@ impl Worker {
                             signal_container(c.pgid, c.mnt.as_deref(), libc::SIGSTOP);
                         }
                         // A stopped node's kubelet does nothing more; the processes stay
-                        // stopped until the stand-in stops (its Drop kills them).
+                        // stopped until the node thaws or the stand-in stops (its Drop kills
+                        // them). Orders given meanwhile (a deletion) are not seen, as by a
+                        // frozen kubelet; the next sync after the thaw gives them again.
                         loop {
-                            if orders.recv().await.is_none() {
-                                return;
+                            match orders.recv().await {
+                                None => return,
+                                Some(Order::Thaw) => break,
+                                Some(_) => {}
                             }
                         }
+                        // The whole node resumes at once: every container's processes
+                        // continue, as a VM or a cgroup freezer resumes them.
+                        for c in &w.ctrs {
+                            signal_container(c.pgid, c.mnt.as_deref(), libc::SIGCONT);
+                        }
                     }
+                    Some(Order::Thaw) => {}
                     None => {
                         w.terminate(Duration::ZERO, false).await;
                         return;

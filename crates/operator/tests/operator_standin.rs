@@ -435,12 +435,67 @@ async fn lease_facts(
     Ok(report["lease"].clone())
 }
 
+/// The node-freeze drill (issue 11): the node of `primary`'s pod is stopped (every process of
+/// its pods SIGSTOPped, its heartbeat Lease no longer renewed, its pods no longer handled), so
+/// the operator can reach neither the primary's manager nor its server, and nothing reports
+/// it dead. The Down rule alone lets the operator promote: once no lease of the frozen
+/// primary can be valid on its own clock. The node is thawed after the new primary is Ready;
+/// the old primary's manager finds its lease expired and kills its server before anything is
+/// acknowledged, and it comes back as a replica. Returns the new primary.
+async fn node_freeze_drill(
+    cluster: &Cluster,
+    dbs: &Api<Database>,
+    name: &str,
+    primary: &str,
+    writing: &mut Writing,
+) -> String {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "apps");
+    let node = pods
+        .get(primary)
+        .await
+        .expect("the primary's pod")
+        .spec
+        .and_then(|s| s.node_name)
+        .expect("the primary's pod is bound to a node");
+    writing.drill(&format!("node {node} of {primary} frozen"));
+    cluster.standin().stop_node(&node);
+    let db = ready_with(
+        dbs,
+        name,
+        "a new primary while the old one's node is frozen",
+        |db| {
+            let (now, replicas) = ready_roles(db);
+            now.is_some_and(|p| p != primary) && !replicas.is_empty()
+        },
+    )
+    .await;
+    let promoted = db
+        .status
+        .and_then(|s| s.current_primary)
+        .expect("a current primary");
+    println!("{name}: {node} frozen: {promoted} promoted over {primary}");
+    writing.drill(&format!("node {node} thawed"));
+    cluster.standin().start_node(&node);
+    ready_with(
+        dbs,
+        name,
+        "the thawed old primary back as a replica",
+        |db| {
+            let (now, replicas) = ready_roles(db);
+            now.as_deref() == Some(promoted.as_str()) && replicas.iter().any(|r| r == primary)
+        },
+    )
+    .await;
+    promoted
+}
+
 /// Write leases on (`spec.failover.lease: true`): the pods run `--managed --lease`, so a
 /// primary serves only under the operator's write lease. The bring-up (the first primary
 /// waits for its lease after `/bootstrap init`), the primary pod's deletion (the new primary
 /// promoted under a lease of the next term, after the Down rule's bound) and a switchover (the
 /// lease handed to the target) all go through under the checker's writer, and the operator
-/// stopped for 3 × L causes no failover (the replicas confirm the primary's failsafe): no
+/// stopped for 3 × L causes no failover (the replicas confirm the primary's failsafe), and the
+/// primary's node frozen ([`node_freeze_drill`]) is failed over by the lease rule alone: no
 /// acknowledged write lost, never two writable instances.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_fails_over_postgres_with_write_leases_on_the_standin() {
@@ -554,14 +609,27 @@ async fn operator_fails_over_postgres_with_write_leases_on_the_standin() {
         Some(first.as_str()),
         "no failover while the operator was stopped"
     );
+    let promoted = node_freeze_drill(&cluster, &dbs, "pgl", &first, &mut writing).await;
+    sql.write_and_read("five", 5).await;
+    let lease = harness::wait_for(
+        "the promoted primary holds the write lease",
+        DEADLINE,
+        || async {
+            let l = lease_facts(&sql, &admin, &promoted).await?;
+            holds(&l).then_some(l.clone()).ok_or_else(|| l.to_string())
+        },
+    )
+    .await;
+    println!("pgl: after the node freeze: {promoted} {lease}");
     finish_writing(writing, &target).await;
     drop(op);
     operator.abort();
     cluster.stop().await;
 }
 
-/// MariaDB with write leases: the bring-up and the primary pod's deletion under the checker's
-/// writer, the new primary holding the write lease.
+/// MariaDB with write leases: the bring-up, the primary pod's deletion and the primary's node
+/// frozen ([`node_freeze_drill`]) under the checker's writer, the new primary holding the
+/// write lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_fails_over_mariadb_with_write_leases_on_the_standin() {
     let Some(r) = bring_up_with(Engine::Mariadb, "mdbl", "10.11", true).await else {
@@ -577,7 +645,12 @@ async fn operator_fails_over_mariadb_with_write_leases_on_the_standin() {
     .await;
     println!("mdbl: after the failover: {} {lease}", r.failed_over_to);
     r.sql.write_and_read("two", 2).await;
-    finish_writing(r.writing, &r.target).await;
+    let mut writing = r.writing;
+    let promoted =
+        node_freeze_drill(&r.cluster, &r.dbs, "mdbl", &r.failed_over_to, &mut writing).await;
+    r.sql.write_and_read("three", 3).await;
+    println!("mdbl: after the node freeze: {promoted} is the primary");
+    finish_writing(writing, &r.target).await;
     r.operator.abort();
     r.cluster.stop().await;
 }
@@ -1319,4 +1392,183 @@ async fn scale_down_past_the_primary(
             "the PVC of pg-{o} was deleted"
         );
     }
+}
+
+/// Node freezes in the lease benchmark.
+const FREEZES: usize = 10;
+
+/// The write outage of a frozen primary (issue 11's benchmark; figures printed, nothing timed
+/// is asserted, the checker's verdicts still are), in one run:
+///
+/// - stand-in, operator with write leases (`spec.failover.lease: true`, L = the default
+///   detection timeout, 2 s), 3-instance synchronous PostgreSQL 15: [`FREEZES`] rounds of
+///   [`node_freeze_drill`] (the primary's node frozen: nothing reports the primary dead, the
+///   Down rule alone lets the operator promote; thawed once the new primary is Ready); a
+///   round's outage is the longest stretch without an acknowledged write while it lasted;
+/// - local: `stator chaos run --failovers FREEZES` (fault `stop`: the primary's server
+///   SIGSTOPped), the same spec without leases;
+/// - tuned Patroni + etcd + HAProxy (`../shared/bench/patroni_baseline.sh`, kill -9 of the
+///   leader's node) with ttl matched to L (`MODES=l2=2/1/1`; Patroni warns that loop_wait +
+///   2 × retry_timeout exceeds the ttl) and at its documented minimum (`b`: ttl 20).
+///
+///   cargo build --bin stator
+///   cargo test -p stator-operator --test operator_standin -- --ignored --nocapture frozen
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: prints figures (about 25 minutes; installs Patroni when missing)"]
+async fn frozen_primary_outage_against_the_local_hang_and_tuned_patroni() {
+    let Some(Running {
+        cluster,
+        operator,
+        dbs,
+        target,
+        mut writing,
+        ..
+    }) = bring_up_with(Engine::Postgres, "pgf", "15", true).await
+    else {
+        return;
+    };
+    for n in 1..=FREEZES {
+        let db = ready_with(&dbs, "pgf", "Ready before the next freeze", |db| {
+            let (now, replicas) = ready_roles(db);
+            db.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+                && now.is_some()
+                && replicas.len() == 2
+        })
+        .await;
+        let before = db.status.and_then(|s| s.current_primary).unwrap();
+        println!("freeze {n} of {FREEZES}: {before}");
+        node_freeze_drill(&cluster, &dbs, "pgf", &before, &mut writing).await;
+        harness::wait_for("a write acknowledged since the thaw", DEADLINE, || async {
+            if writing.acknowledged_in_drill() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the writer's last error: {:?}",
+                    writing.last_error()
+                ))
+            }
+        })
+        .await;
+    }
+    let report = finish_writing(writing, &target).await;
+    operator.abort();
+    cluster.stop().await;
+    let frozen: Vec<f64> = report
+        .drills
+        .iter()
+        .filter(|d| d.name.ends_with("frozen"))
+        .map(|d| d.outage_seconds)
+        .collect();
+    assert_eq!(frozen.len(), FREEZES, "{}", report.render());
+
+    let stator = harness::stator_binary();
+    let local = tokio::task::spawn_blocking(move || local_chaos_run(&stator, FREEZES as u32))
+        .await
+        .expect("the local run");
+    println!("{}", local.render());
+    assert!(local.passed(), "{}", local.render());
+    let local_outages: Vec<f64> = local
+        .rounds
+        .iter()
+        .filter_map(|r| r.outage_seconds)
+        .collect();
+
+    let patroni = tokio::task::spawn_blocking(|| patroni_baseline(FREEZES, "l2=2/1/1,b"))
+        .await
+        .expect("the Patroni run");
+
+    let spread = |v: &[f64]| stator_check::checker::Spread::of(v).expect("outages");
+    let line = |what: &str, s: &stator_check::checker::Spread| {
+        println!(
+            "{what}: p50 {:.3}s  p95 {:.3}s  max {:.3}s  (n={})",
+            s.p50, s.p95, s.max, s.count
+        )
+    };
+    let (f, l) = (spread(&frozen), spread(&local_outages));
+    println!(
+        "\n== write outage of a frozen or lost primary: 3-instance synchronous PostgreSQL 15, a write every 20 ms ({} build)",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    line(
+        "stand-in, operator with write leases, L 2 s: primary's node frozen (longest gap without an acknowledged write per round)",
+        &f,
+    );
+    println!(
+        "  target p50 <= L + 1.5 s = 3.5 s: {}",
+        if f.p50 <= 3.5 { "met" } else { "missed" }
+    );
+    line(
+        &format!(
+            "local, stator chaos run --fault {}, detection {} (fault -> next acknowledged write)",
+            local.fault, local.detection_timeout
+        ),
+        &l,
+    );
+    println!(
+        "  target p50 <= L + 0.5 s = 2.5 s: {}",
+        if l.p50 <= 2.5 { "met" } else { "missed" }
+    );
+    for (mode, outages) in &patroni {
+        let p = spread(outages);
+        line(
+            &format!(
+                "Patroni + etcd + HAProxy, mode {mode}: leader node killed (kill -9 -> next acknowledged write)"
+            ),
+            &p,
+        );
+        println!(
+            "  p50 stand-in frozen / p50 Patroni {mode}: {:.2}x; p50 local / p50 Patroni {mode}: {:.2}x",
+            f.p50 / p.p50,
+            l.p50 / p.p50
+        );
+    }
+}
+
+/// Runs `../shared/bench/patroni_baseline.sh ROUNDS` (beside the project; another path in
+/// `STATOR_PATRONI_BASELINE`) with `MODES=modes` (no postmaster-only rounds) and returns each
+/// mode's node-loss outages from its results.json.
+fn patroni_baseline(rounds: usize, modes: &str) -> Vec<(String, Vec<f64>)> {
+    let script = std::env::var_os("STATOR_PATRONI_BASELINE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../shared/bench/patroni_baseline.sh")
+        });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let results = dir.path().join("results.json");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(rounds.to_string())
+        .env("MODES", modes)
+        .env("PM_ROUNDS", "0")
+        .env("RESULTS", &results)
+        .output()
+        .expect("run patroni_baseline.sh");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "patroni_baseline.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&results).expect("results.json")).unwrap();
+    let mut by_mode: Vec<(String, Vec<f64>)> = Vec::new();
+    for round in parsed["rounds"].as_array().into_iter().flatten() {
+        if round["kind"].as_str() != Some("node-loss") {
+            continue;
+        }
+        let (Some(mode), Some(outage)) = (round["mode"].as_str(), round["outage_s"].as_f64())
+        else {
+            continue;
+        };
+        match by_mode.iter_mut().find(|(m, _)| m == mode) {
+            Some((_, v)) => v.push(outage),
+            None => by_mode.push((mode.to_string(), vec![outage])),
+        }
+    }
+    by_mode
 }
