@@ -434,7 +434,7 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
         hand_size,
     }
     .print(
-        "(stator restore includes pgbackrest verify of the repository, which refuses a damaged backup, and bringing the new database up; by hand: restore + recovery only. The backup by hand runs pgbackrest with the instance manager's own pgbackrest.conf.)",
+        "(stator restore includes pgbackrest verify of the whole repository, run beside the restore and recovery, which refuses a damaged backup, and bringing the new database up; by hand: restore + recovery + promotion only, timed once the restored database's first backup ended and it was removed. The backup by hand runs pgbackrest with the instance manager's own pgbackrest.conf.)",
     );
     Ok(())
 }

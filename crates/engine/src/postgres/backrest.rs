@@ -1514,7 +1514,7 @@ impl super::Postgres {
         let mut server = self.invocation("postgres", args).spawn_server(dir)?;
         let pidfile = dir.join("postmaster.pid");
         loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             if !server.is_alive() {
                 let how = server.exited().await;
                 let log = std::fs::read_to_string(&self.log_file).unwrap_or_default();
