@@ -403,7 +403,9 @@ fn a_restore_to_a_time_or_an_lsn_holds_exactly_the_rows_committed_before_it() {
 /// process left.
 fn refused_after_start(c: &Cluster, repo: &Path, name: &str, said: &str) {
     assert!(
-        said.contains(&format!("default/{name} was removed again: nothing was created")),
+        said.contains(&format!(
+            "default/{name} was removed again: nothing was created"
+        )),
         "{said}"
     );
     let dir = c.state_dir().join("default").join(name);
@@ -1074,6 +1076,13 @@ fn mariadb_full_backups(c: Cluster, repo: TestRepo) {
             "{damage}: {said}"
         );
         assert!(!c.state_dir().join("default/mo").exists(), "{damage}");
+        if damage != "no manifest" {
+            // Checked as it was restored: the new database was started, then removed again.
+            assert!(
+                said.contains("default/mo was removed again: nothing was created"),
+                "{damage}: {said}"
+            );
+        }
     }
     // Without its manifest the backup is not listed.
     assert_eq!(listing(&c)["backups"].as_array().unwrap().len(), 1);

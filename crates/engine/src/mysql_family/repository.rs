@@ -181,6 +181,13 @@ pub async fn check_object(store: &impl ObjectStore, m: &Manifest) -> Result<(), 
     let (len, sum) = get_stream(store, &key, m.parts, tokio::io::sink())
         .await
         .map_err(|e| format!("{here}: backup {} is incomplete: {e}", m.id))?;
+    check_read(store, m, len, &sum)
+}
+
+/// Whether `len` bytes hashing to `sum`, as read from backup `m`'s object, are what its
+/// manifest says; the error names the object.
+fn check_read(store: &impl ObjectStore, m: &Manifest, len: u64, sum: &str) -> Result<(), String> {
+    let here = store.location(&m.object_key());
     if len != m.size {
         return Err(format!(
             "{here}: backup {} is truncated or altered: {len} bytes, its manifest says {}",
@@ -481,12 +488,6 @@ impl MysqlFamily {
                 field: "spec.bootstrap.restoreFrom.backup".into(),
                 message,
             })?;
-        check_object(store, &manifest)
-            .await
-            .map_err(|message| EngineError::Config {
-                field: "spec.bootstrap.restoreFrom.backup".into(),
-                message: format!("refusing to restore: {message}"),
-            })?;
         self.prepare_dirs()?;
         let staging = crate::data_dir::staging_dir(&self.data_dir, &self.user)?;
         let result = async {
@@ -534,7 +535,15 @@ impl MysqlFamily {
             );
             let unzipped = unzip.finish().await;
             let unpacked = unpack.finish().await;
-            fed.map_err(|message| EngineError::Config {
+            // The object is checked as it is unpacked (one read, not a check and then a
+            // restore): the staging dir is discarded unless its length and SHA-256 are the
+            // manifest's. A read that failed (or zstd that stopped reading a damaged stream) is
+            // told apart from damage by reading the object once more.
+            let checked = match fed {
+                Ok((len, sum)) => check_read(store, &manifest, len, &sum),
+                Err(e) => Err(check_object(store, &manifest).await.err().unwrap_or(e)),
+            };
+            checked.map_err(|message| EngineError::Config {
                 field: "spec.bootstrap.restoreFrom.backup".into(),
                 message: format!("refusing to restore: {message}"),
             })?;

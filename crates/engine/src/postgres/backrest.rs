@@ -643,14 +643,19 @@ async fn verify_repository(
         Some(s3) => format!("s3://{}{}", s3.bucket, settings.repository.display()),
         None => settings.repository.display().to_string(),
     };
-    verify_verdict(&text, success, &settings.repository, &describe, &settings.stanza).map_err(
-        |damage| {
-            tracing::error!("refusing the restore: {damage}");
-            EngineError::State(format!(
-                "refusing to restore (nothing was created): {damage}"
-            ))
-        },
+    verify_verdict(
+        &text,
+        success,
+        &settings.repository,
+        &describe,
+        &settings.stanza,
     )
+    .map_err(|damage| {
+        tracing::error!("refusing the restore: {damage}");
+        EngineError::State(format!(
+            "refusing to restore (nothing was created): {damage}"
+        ))
+    })
 }
 
 /// The repository files `pgbackrest verify --verbose --output=text` (its `text`) finds damaged
