@@ -538,8 +538,10 @@ fn verify_repository(
 }
 
 /// `spec.bootstrap.restoreFrom`, checked and completed before anything is written: the
-/// source's repository, the target inside its range, the backup chosen, the repository
-/// verified. The source the primary's instance manager restores.
+/// source's repository, the target inside its range, the backup chosen (the repository is
+/// verified here only when none can be; otherwise the primary's instance manager verifies it
+/// beside the restore and installs nothing unless it is intact). The source the primary's
+/// instance manager restores.
 pub fn resolve_restore(
     db: &Database,
     secrets_root: &Path,

@@ -496,7 +496,7 @@ impl MysqlFamily {
             let mut unpack = self
                 .invocation(self.binaries.tool("mbstream")?, vec!["-x".into(), target])
                 .spawn_piped(true, false)?;
-            let mut sink = unpack
+            let sink = unpack
                 .child
                 .stdin
                 .take()
@@ -520,16 +520,18 @@ impl MysqlFamily {
                 drop(feed);
                 r
             };
-            let mut source = unzip
+            let source = unzip
                 .child
                 .stdout
                 .take()
                 .ok_or_else(|| EngineError::State("zstd has no output pipe".into()))?;
+            // Both ends of the copy close when it ends, also when mbstream stopped reading (a
+            // damaged stream): zstd then stops too, and so does the feed; nothing waits on a
+            // full pipe.
             let (copied, fed) = tokio::join!(
-                async {
-                    let r = tokio::io::copy(&mut source, &mut sink).await;
-                    drop(sink);
-                    r
+                async move {
+                    let (mut source, mut sink) = (source, sink);
+                    tokio::io::copy(&mut source, &mut sink).await
                 },
                 feeder
             );
@@ -537,19 +539,24 @@ impl MysqlFamily {
             let unpacked = unpack.finish().await;
             // The object is checked as it is unpacked (one read, not a check and then a
             // restore): the staging dir is discarded unless its length and SHA-256 are the
-            // manifest's. A read that failed (or zstd that stopped reading a damaged stream) is
-            // told apart from damage by reading the object once more.
-            let checked = match fed {
-                Ok((len, sum)) => check_read(store, &manifest, len, &sum),
-                Err(e) => Err(check_object(store, &manifest).await.err().unwrap_or(e)),
+            // manifest's. When the feed stopped (a read that failed, or zstd or mbstream that
+            // stopped on a damaged stream), the object is read once more to tell damage from
+            // the tools' or the store's failure.
+            let damage = match &fed {
+                Ok((len, sum)) => check_read(store, &manifest, *len, sum).err(),
+                Err(_) => check_object(store, &manifest).await.err(),
             };
-            checked.map_err(|message| EngineError::Config {
+            let refuse = |message: String| EngineError::Config {
                 field: "spec.bootstrap.restoreFrom.backup".into(),
                 message: format!("refusing to restore: {message}"),
-            })?;
+            };
+            if let Some(message) = damage {
+                return Err(refuse(message));
+            }
             copied.map_err(|e| EngineError::io(ZSTD, "copy the output of", e))?;
             unzipped?;
             unpacked?;
+            fed.map_err(refuse)?;
             let mut target = OsString::from("--target-dir=");
             target.push(&staging);
             self.invocation(

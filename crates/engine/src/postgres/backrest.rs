@@ -1632,6 +1632,26 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    #[test]
+    fn verify_verdict_passes_an_intact_repository_and_names_a_damaged_file() {
+        let repo = Path::new("/r/default/db");
+        let intact = "stanza: db\nstatus: ok\n  backup: 20261126-155812F, status: valid, total files checked: 9, total valid files: 9\n    missing: 0, checksum invalid: 0, size invalid: 0, other: 0\n";
+        assert_eq!(
+            verify_verdict(intact, true, repo, "/r/default/db", "db"),
+            Ok(())
+        );
+        // A non-zero exit is never intact, whatever the text says.
+        assert!(verify_verdict(intact, false, repo, "/r/default/db", "db").is_err());
+        let damaged = "P01 INFO: invalid checksum '20261126-155812F/pg_data/base/5/1255.zst'\n";
+        let said = verify_verdict(damaged, true, repo, "s3://b/default/db", "db").unwrap_err();
+        assert!(
+            said.contains("s3://b/default/db of db is damaged")
+                && said.contains("/r/default/db/backup/db/20261126-155812F/pg_data/base/5/1255.zst (damaged or missing)")
+                && said.contains("invalid checksum"),
+            "{said}"
+        );
+    }
+
     use super::*;
 
     fn settings() -> BackrestSettings {
