@@ -395,7 +395,34 @@ fn a_restore_to_a_time_or_an_lsn_holds_exactly_the_rows_committed_before_it() {
     let out = stator(&c, &["restore", "--from", "bk"], &spec);
     assert!(!out.status.success());
     assert!(text(&out).contains(&stem), "names {stem}: {}", text(&out));
-    assert!(!c.state_dir().join("default/bc").exists());
+    refused_after_start(&c, &repo, "bc", &text(&out));
+}
+
+/// A restore the instance manager's `pgbackrest verify` (run beside the restore) refused: the
+/// new database `name` was started and is gone again: no state dir, no repository path, no
+/// process left.
+fn refused_after_start(c: &Cluster, repo: &Path, name: &str, said: &str) {
+    assert!(
+        said.contains(&format!(
+            "default/{name} was removed again: nothing was created"
+        )),
+        "{said}"
+    );
+    let dir = c.state_dir().join("default").join(name);
+    assert!(!dir.exists(), "{}", dir.display());
+    assert!(!repo.join("default").join(name).exists(), "{name}");
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| {
+            let cmdline = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).ok()?)
+                .replace('\0', " ");
+            let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
+            (cmdline.contains(&*dir.to_string_lossy()) || cwd.starts_with(&dir)).then_some(cmdline)
+        })
+        .collect();
+    assert!(left.is_empty(), "processes of {name} left: {left:?}");
 }
 
 /// Waits for the first backup, which the supervisor's schedule takes at once (a database that
@@ -704,6 +731,11 @@ fn an_unwritable_repository_degrades_the_database_and_once_fixed_the_archive_cat
             text(&out)
         );
         assert!(!c.state_dir().join("default/ud").exists(), "{damage}");
+        assert!(!repo.join("default/ud").exists(), "{damage}");
+        if damage != "no backup.info" {
+            // A backup can still be chosen: the restore started, and its verify refused it.
+            refused_after_start(&c, &repo, "ud", &text(&out));
+        }
         match damage {
             "truncated" => std::fs::write(&victim, &good).unwrap(),
             _ => {
@@ -1044,6 +1076,13 @@ fn mariadb_full_backups(c: Cluster, repo: TestRepo) {
             "{damage}: {said}"
         );
         assert!(!c.state_dir().join("default/mo").exists(), "{damage}");
+        if damage != "no manifest" {
+            // Checked as it was restored: the new database was started, then removed again.
+            assert!(
+                said.contains("default/mo was removed again: nothing was created"),
+                "{damage}: {said}"
+            );
+        }
     }
     // Without its manifest the backup is not listed.
     assert_eq!(listing(&c)["backups"].as_array().unwrap().len(), 1);

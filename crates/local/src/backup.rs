@@ -512,19 +512,15 @@ fn verify_repository(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let bad: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            let l = l.to_ascii_lowercase();
-            l.contains("invalid") && !l.contains("invalid: 0")
-                || l.contains("error") && !l.contains("0 error")
-                || l.contains("missing") && !l.contains("missing: 0")
-                || l.contains("no usable")
-        })
-        .collect();
-    if out.status.success() && bad.is_empty() {
+    let Err(damage) = backrest::verify_verdict(
+        &text,
+        out.status.success(),
+        &repository.path,
+        &repository.describe(),
+        stanza,
+    ) else {
         return Ok(text);
-    }
+    };
     // Info files that cannot be loaded may be a passphrase that does not decrypt them, not
     // damage: `info` tells which.
     if text.contains("No usable backup.info")
@@ -538,33 +534,14 @@ fn verify_repository(
     {
         return Err(e);
     }
-    let files = backrest::damaged_files(&text, &repository.path, stanza);
-    Err(LocalError::Failed(format!(
-        "the repository {} of {stanza} is damaged{}; pgbackrest verify:\n{}",
-        repository.describe(),
-        if files.is_empty() {
-            String::new()
-        } else {
-            format!(
-                ": {}",
-                files
-                    .iter()
-                    .map(|f| format!("{} (damaged or missing)", f.display()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        },
-        if bad.is_empty() {
-            text.trim().to_string()
-        } else {
-            bad.join("\n")
-        }
-    )))
+    Err(LocalError::Failed(damage))
 }
 
 /// `spec.bootstrap.restoreFrom`, checked and completed before anything is written: the
-/// source's repository, the target inside its range, the backup chosen, the repository
-/// verified. The source the primary's instance manager restores.
+/// source's repository, the target inside its range, the backup chosen (the repository is
+/// verified here only when none can be; otherwise the primary's instance manager verifies it
+/// beside the restore and installs nothing unless it is intact). The source the primary's
+/// instance manager restores.
 pub fn resolve_restore(
     db: &Database,
     secrets_root: &Path,
@@ -579,24 +556,34 @@ pub fn resolve_restore(
     }
     let repository = source_repository(db, &from.database, secrets_root)?;
     let target = restore_target(from)?;
-    // A damaged repository is refused first, naming the file: a missing backup.info would
-    // otherwise read as "no backup", and a damaged backup must never be replaced by another.
-    verify_repository(&repository, &from.database, parallel(db)).map_err(|e| {
-        LocalError::Failed(format!("refusing to restore (nothing was created): {e}"))
-    })?;
-    let info = repository_info(&repository, &from.database)?;
-    let chosen = choose_backup(
-        &from.database,
-        &info,
-        archive_time(&repository, &from.database),
-        &target,
-        from.backup.as_deref(),
-    )
-    .map_err(|e| {
-        LocalError::Invalid(format!(
-            "spec.bootstrap.restoreFrom: {e} (nothing was created)"
-        ))
-    })?;
+    let chosen = repository_info(&repository, &from.database).and_then(|info| {
+        choose_backup(
+            &from.database,
+            &info,
+            archive_time(&repository, &from.database),
+            &target,
+            from.backup.as_deref(),
+        )
+        .map_err(|e| {
+            LocalError::Invalid(format!(
+                "spec.bootstrap.restoreFrom: {e} (nothing was created)"
+            ))
+        })
+    });
+    // The repository is verified while the primary's instance manager restores (the data dir
+    // is installed only once `pgbackrest verify` passed). When no backup can be chosen, it is
+    // verified here first: a damaged repository is refused naming the file (a missing
+    // backup.info would otherwise read as "no backup", and a damaged backup must never be
+    // replaced by another).
+    let chosen = match chosen {
+        Ok(chosen) => chosen,
+        Err(e) => {
+            verify_repository(&repository, &from.database, parallel(db)).map_err(|v| {
+                LocalError::Failed(format!("refusing to restore (nothing was created): {v}"))
+            })?;
+            return Err(e);
+        }
+    };
     let mut resolved = db.clone();
     if let Some(f) = resolved.spec.bootstrap.restore_from.as_mut() {
         f.backup = Some(chosen.label.clone());

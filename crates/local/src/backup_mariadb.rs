@@ -201,8 +201,8 @@ pub fn verify(repository: &Repository, name: &str) -> Result<String, LocalError>
 
 /// `spec.bootstrap.restoreFrom` of a MariaDB database, checked before anything is written: the
 /// backup (named, else the newest that ends before the target and leads to it), the target
-/// inside the recoverable range (refused naming it), the objects the restore reads (refused
-/// naming the file). A time or the latest point is resolved here to the GTID the replay stops
+/// inside the recoverable range (refused naming it). The backup's object is checked (length,
+/// SHA-256, refused naming the file) by the instance manager as it restores it. A time or the latest point is resolved here to the GTID the replay stops
 /// at, recorded as `targetGtid`, so the primary replays exactly what was checked.
 pub fn resolve_restore(
     db: &Database,
@@ -276,11 +276,9 @@ pub fn resolve_restore(
             )
             .await
             .map_err(refuse)?;
-        repository::check_object(&store, &plan.backup)
-            .await
-            .map_err(|e| {
-                LocalError::Failed(format!("refusing to restore (nothing was created): {e}"))
-            })?;
+        // The backup's object is not read here: the primary's instance manager checks its
+        // length and SHA-256 as it unpacks it and installs nothing unless they match, and `up`
+        // removes a new database whose restore failed.
         Ok(plan)
     })??;
     let mut resolved = db.clone();

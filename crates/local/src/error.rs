@@ -32,6 +32,10 @@ pub enum LocalError {
     NotFound(String),
     #[error("{0}")]
     Failed(String),
+    /// `up` stopped waiting: the database is not ready within the timeout, and it keeps
+    /// trying in the background.
+    #[error("{0}")]
+    NotReady(String),
     #[error("cannot start the async runtime: {0}")]
     AsyncRuntime(#[source] std::io::Error),
     /// The supervisor cannot serve one of its ports.

@@ -60,7 +60,8 @@ pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
     // A new database restored from a backup: the target is checked and the backup chosen
     // before anything is written; an existing one never restores again.
     let resolved;
-    let db = if db.spec.bootstrap.restore_from.is_some() && !dir.spec_file().exists() {
+    let restoring = db.spec.bootstrap.restore_from.is_some() && !dir.spec_file().exists();
+    let db = if restoring {
         resolved = crate::backup::resolve_restore(db, &dir.namespace_secrets())?.map(|(db, _)| db);
         resolved.as_ref().unwrap_or(db)
     } else {
@@ -68,7 +69,26 @@ pub fn up(db: &Database, options: &UpOptions) -> Result<UpOutcome, LocalError> {
     };
     dir.check_access()?;
     let (lock, created) = lock_up(&dir)?;
-    let result = up_locked(db, options, &dir, lock, !created.is_empty());
+    let mut result = up_locked(db, options, &dir, lock, !created.is_empty());
+    if restoring
+        && dir.spec_file().exists()
+        && let Err(e) = &result
+        && !matches!(e, LocalError::NotReady(_))
+    {
+        // A restore that failed (a damaged repository the instance manager's verify refused,
+        // a restore or recovery that failed) leaves nothing behind: the new database is
+        // stopped and removed; it never served the restored data.
+        result = Err(match crate::stop::delete(&dir, true) {
+            Ok(_) => LocalError::Failed(format!(
+                "{e}\n{} was removed again: nothing was created",
+                dir.key()
+            )),
+            Err(d) => LocalError::Failed(format!(
+                "{e}\nremoving {} again failed too: {d}; remove it with `stator delete --purge`",
+                dir.key()
+            )),
+        });
+    }
     if result.is_err() {
         // A failed `up` of a new database leaves nothing behind, not even its lock.
         if !dir.spec_file().exists() {
@@ -443,7 +463,7 @@ fn wait_settled(
     let mut ever_ran: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
     loop {
         if started.elapsed() > timeout {
-            return Err(LocalError::Failed(format!(
+            return Err(LocalError::NotReady(format!(
                 "{} is not ready after {timeout:?}{}; it keeps trying in the background: see `stator status` and `stator logs`",
                 dir.key(),
                 if last_error.is_empty() {

@@ -181,6 +181,13 @@ pub async fn check_object(store: &impl ObjectStore, m: &Manifest) -> Result<(), 
     let (len, sum) = get_stream(store, &key, m.parts, tokio::io::sink())
         .await
         .map_err(|e| format!("{here}: backup {} is incomplete: {e}", m.id))?;
+    check_read(store, m, len, &sum)
+}
+
+/// Whether `len` bytes hashing to `sum`, as read from backup `m`'s object, are what its
+/// manifest says; the error names the object.
+fn check_read(store: &impl ObjectStore, m: &Manifest, len: u64, sum: &str) -> Result<(), String> {
+    let here = store.location(&m.object_key());
     if len != m.size {
         return Err(format!(
             "{here}: backup {} is truncated or altered: {len} bytes, its manifest says {}",
@@ -481,12 +488,6 @@ impl MysqlFamily {
                 field: "spec.bootstrap.restoreFrom.backup".into(),
                 message,
             })?;
-        check_object(store, &manifest)
-            .await
-            .map_err(|message| EngineError::Config {
-                field: "spec.bootstrap.restoreFrom.backup".into(),
-                message: format!("refusing to restore: {message}"),
-            })?;
         self.prepare_dirs()?;
         let staging = crate::data_dir::staging_dir(&self.data_dir, &self.user)?;
         let result = async {
@@ -495,7 +496,7 @@ impl MysqlFamily {
             let mut unpack = self
                 .invocation(self.binaries.tool("mbstream")?, vec!["-x".into(), target])
                 .spawn_piped(true, false)?;
-            let mut sink = unpack
+            let sink = unpack
                 .child
                 .stdin
                 .take()
@@ -519,28 +520,43 @@ impl MysqlFamily {
                 drop(feed);
                 r
             };
-            let mut source = unzip
+            let source = unzip
                 .child
                 .stdout
                 .take()
                 .ok_or_else(|| EngineError::State("zstd has no output pipe".into()))?;
+            // Both ends of the copy close when it ends, also when mbstream stopped reading (a
+            // damaged stream): zstd then stops too, and so does the feed; nothing waits on a
+            // full pipe.
             let (copied, fed) = tokio::join!(
-                async {
-                    let r = tokio::io::copy(&mut source, &mut sink).await;
-                    drop(sink);
-                    r
+                async move {
+                    let (mut source, mut sink) = (source, sink);
+                    tokio::io::copy(&mut source, &mut sink).await
                 },
                 feeder
             );
             let unzipped = unzip.finish().await;
             let unpacked = unpack.finish().await;
-            fed.map_err(|message| EngineError::Config {
+            // The object is checked as it is unpacked (one read, not a check and then a
+            // restore): the staging dir is discarded unless its length and SHA-256 are the
+            // manifest's. When the feed stopped (a read that failed, or zstd or mbstream that
+            // stopped on a damaged stream), the object is read once more to tell damage from
+            // the tools' or the store's failure.
+            let damage = match &fed {
+                Ok((len, sum)) => check_read(store, &manifest, *len, sum).err(),
+                Err(_) => check_object(store, &manifest).await.err(),
+            };
+            let refuse = |message: String| EngineError::Config {
                 field: "spec.bootstrap.restoreFrom.backup".into(),
                 message: format!("refusing to restore: {message}"),
-            })?;
+            };
+            if let Some(message) = damage {
+                return Err(refuse(message));
+            }
             copied.map_err(|e| EngineError::io(ZSTD, "copy the output of", e))?;
             unzipped?;
             unpacked?;
+            fed.map_err(refuse)?;
             let mut target = OsString::from("--target-dir=");
             target.push(&staging);
             self.invocation(

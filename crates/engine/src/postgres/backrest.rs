@@ -574,6 +574,90 @@ pub struct RepositoryInfo {
     pub status: String,
 }
 
+/// What `pgbackrest verify --verbose --output=text --log-level-console=info` (its console
+/// `text`, and whether it exited 0) says of the repository described as `describe` (a
+/// directory, or `s3://BUCKET/PATH`) whose path is `repository`: Ok when every file is
+/// intact; otherwise the error, naming the damaged or missing files (see [`damaged_files`])
+/// and quoting the lines that report them.
+pub fn verify_verdict(
+    text: &str,
+    success: bool,
+    repository: &Path,
+    describe: &str,
+    stanza: &str,
+) -> Result<(), String> {
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("invalid") && !l.contains("invalid: 0")
+                || l.contains("error") && !l.contains("0 error")
+                || l.contains("missing") && !l.contains("missing: 0")
+                || l.contains("no usable")
+        })
+        .collect();
+    if success && bad.is_empty() {
+        return Ok(());
+    }
+    let files = damaged_files(text, repository, stanza);
+    Err(format!(
+        "the repository {describe} of {stanza} is damaged{}; pgbackrest verify:\n{}",
+        if files.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ": {}",
+                files
+                    .iter()
+                    .map(|f| format!("{} (damaged or missing)", f.display()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+        if bad.is_empty() {
+            text.trim().to_string()
+        } else {
+            bad.join("\n")
+        }
+    ))
+}
+
+/// Runs `pgbackrest verify` (`invocation`, with its console output on stdout) of the repository
+/// of `settings`: Ok when every file is intact, otherwise an error naming the damaged or missing
+/// files ([`verify_verdict`]).
+async fn verify_repository(
+    invocation: crate::process::Invocation,
+    settings: &BackrestSettings,
+) -> Result<(), EngineError> {
+    use tokio::io::AsyncReadExt;
+    let mut tool = invocation.spawn_piped(false, true)?;
+    let mut text = String::new();
+    if let Some(stdout) = tool.child.stdout.as_mut() {
+        stdout
+            .read_to_string(&mut text)
+            .await
+            .map_err(|e| EngineError::io(&invocation.program, "read the output of", e))?;
+    }
+    let success = tool.finish().await.is_ok();
+    let describe = match &settings.s3 {
+        Some(s3) => format!("s3://{}{}", s3.bucket, settings.repository.display()),
+        None => settings.repository.display().to_string(),
+    };
+    verify_verdict(
+        &text,
+        success,
+        &settings.repository,
+        &describe,
+        &settings.stanza,
+    )
+    .map_err(|damage| {
+        tracing::error!("refusing the restore: {damage}");
+        EngineError::State(format!(
+            "refusing to restore (nothing was created): {damage}"
+        ))
+    })
+}
+
 /// The repository files `pgbackrest verify --verbose --output=text` (its `text`) finds damaged
 /// or missing in the local repository at `repository`, stanza `stanza`: a file with an invalid
 /// checksum or size or missing, a backup without its `backup.manifest`, a stanza without a
@@ -1347,13 +1431,10 @@ impl super::Postgres {
             ..self.with_ca_copy(own)?
         };
         let config = self.run_dir.join("pgbackrest-restore.conf");
-        let result = async {
-            self.user
-                .write_file(&config, &render_config(&settings)?, 0o600)?;
-            let mut args = restore_args(&settings, &source.set, &source.target);
-            let mut flag = OsString::from("--config=");
-            flag.push(&config);
-            args[0] = flag;
+        let mut flag = OsString::from("--config=");
+        flag.push(&config);
+        let invocation = |mut args: Vec<OsString>| {
+            args[0] = flag.clone();
             crate::process::Invocation {
                 program: program.clone(),
                 args,
@@ -1362,9 +1443,27 @@ impl super::Postgres {
                 log_file: self.log_file.clone(),
                 cwd: Some(self.run_dir.clone()),
             }
-            .run()
-            .await?;
-            self.recover(&staging, creds).await?;
+        };
+        let result = async {
+            self.user
+                .write_file(&config, &render_config(&settings)?, 0o600)?;
+            // The whole repository is verified while the set is restored and recovered
+            // (pgBackRest 2.45's verify cannot be limited to one set): the data dir is
+            // installed only once both succeeded, and a damaged repository is refused naming
+            // its files, also when it made the restore itself fail.
+            let restored = async {
+                invocation(restore_args(&settings, &source.set, &source.target))
+                    .run()
+                    .await?;
+                self.recover(&staging, creds).await
+            };
+            let mut verify = verify_args(&settings);
+            verify.push("--log-level-console=info".into());
+            verify.push("--log-level-stderr=off".into());
+            let (restored, verified) =
+                tokio::join!(restored, verify_repository(invocation(verify), &settings));
+            verified?;
+            restored?;
             let auto = staging.join("postgresql.auto.conf");
             let text = std::fs::read_to_string(&auto).unwrap_or_default();
             self.user
@@ -1420,7 +1519,7 @@ impl super::Postgres {
         let mut server = self.invocation("postgres", args).spawn_server(dir)?;
         let pidfile = dir.join("postmaster.pid");
         loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             if !server.is_alive() {
                 let how = server.exited().await;
                 let log = std::fs::read_to_string(&self.log_file).unwrap_or_default();
@@ -1531,6 +1630,26 @@ mod tests {
         .map(PathBuf::from)
         .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn verify_verdict_passes_an_intact_repository_and_names_a_damaged_file() {
+        let repo = Path::new("/r/default/db");
+        let intact = "stanza: db\nstatus: ok\n  backup: 20261126-155812F, status: valid, total files checked: 9, total valid files: 9\n    missing: 0, checksum invalid: 0, size invalid: 0, other: 0\n";
+        assert_eq!(
+            verify_verdict(intact, true, repo, "/r/default/db", "db"),
+            Ok(())
+        );
+        // A non-zero exit is never intact, whatever the text says.
+        assert!(verify_verdict(intact, false, repo, "/r/default/db", "db").is_err());
+        let damaged = "P01 INFO: invalid checksum '20261126-155812F/pg_data/base/5/1255.zst'\n";
+        let said = verify_verdict(damaged, true, repo, "s3://b/default/db", "db").unwrap_err();
+        assert!(
+            said.contains("s3://b/default/db of db is damaged")
+                && said.contains("/r/default/db/backup/db/20261126-155812F/pg_data/base/5/1255.zst (damaged or missing)")
+                && said.contains("invalid checksum"),
+            "{said}"
+        );
     }
 
     use super::*;
