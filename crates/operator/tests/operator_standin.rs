@@ -1408,13 +1408,14 @@ const FREEZES: usize = 10;
 /// - local: `stator chaos run --failovers FREEZES` (fault `stop`: the primary's server
 ///   SIGSTOPped), the same spec without leases;
 /// - tuned Patroni + etcd + HAProxy (`../shared/bench/patroni_baseline.sh`, kill -9 of the
-///   leader's node) with ttl matched to L (`MODES=l2=2/1/1`; Patroni warns that loop_wait +
-///   2 × retry_timeout exceeds the ttl) and at its documented minimum (`b`: ttl 20).
+///   leader's node) with ttl matched to L (`l2=2/1/1`, one round: Patroni warns that
+///   loop_wait + 2 × retry_timeout exceeds the ttl, and did not fail over within 300 s when
+///   measured), below its documented minimum (`c`: ttl 10) and at it (`b`: ttl 20).
 ///
 ///   cargo build --bin stator
 ///   cargo test -p stator-operator --test operator_standin -- --ignored --nocapture frozen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a benchmark: prints figures (about 25 minutes; installs Patroni when missing)"]
+#[ignore = "a benchmark: prints figures (about 40 minutes; installs Patroni when missing)"]
 async fn frozen_primary_outage_against_the_local_hang_and_tuned_patroni() {
     let Some(Running {
         cluster,
@@ -1473,9 +1474,19 @@ async fn frozen_primary_outage_against_the_local_hang_and_tuned_patroni() {
         .filter_map(|r| r.outage_seconds)
         .collect();
 
-    let patroni = tokio::task::spawn_blocking(|| patroni_baseline(FREEZES, "l2=2/1/1,b"))
-        .await
-        .expect("the Patroni run");
+    // Each Patroni mode on its own: at ttl 2 (L), Patroni 3.0.2 never failed over in 300 s
+    // (measured), which must not lose the other modes' figures.
+    let mut patroni = Vec::new();
+    for mode in ["l2=2/1/1", "c", "b"] {
+        let rounds = if mode.starts_with("l2") { 1 } else { FREEZES };
+        let run = tokio::task::spawn_blocking(move || patroni_baseline(rounds, mode))
+            .await
+            .expect("the Patroni run");
+        match run {
+            Ok(modes) => patroni.extend(modes),
+            Err(why) => println!("Patroni mode {mode}: no figures: {why}"),
+        }
+    }
 
     let spread = |v: &[f64]| stator_check::checker::Spread::of(v).expect("outages");
     let line = |what: &str, s: &stator_check::checker::Spread| {
@@ -1531,7 +1542,7 @@ async fn frozen_primary_outage_against_the_local_hang_and_tuned_patroni() {
 /// Runs `../shared/bench/patroni_baseline.sh ROUNDS` (beside the project; another path in
 /// `STATOR_PATRONI_BASELINE`) with `MODES=modes` (no postmaster-only rounds) and returns each
 /// mode's node-loss outages from its results.json.
-fn patroni_baseline(rounds: usize, modes: &str) -> Vec<(String, Vec<f64>)> {
+fn patroni_baseline(rounds: usize, modes: &str) -> Result<Vec<(String, Vec<f64>)>, String> {
     let script = std::env::var_os("STATOR_PATRONI_BASELINE")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
@@ -1549,13 +1560,15 @@ fn patroni_baseline(rounds: usize, modes: &str) -> Vec<(String, Vec<f64>)> {
         .output()
         .expect("run patroni_baseline.sh");
     println!("{}", String::from_utf8_lossy(&out.stdout));
-    assert!(
-        out.status.success(),
-        "patroni_baseline.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let parsed: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&results).expect("results.json")).unwrap();
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last: Vec<&str> = stderr.lines().rev().take(3).collect();
+        return Err(format!("patroni_baseline.sh failed: {}", last.join(" / ")));
+    }
+    let parsed: serde_json::Value = std::fs::read(&results)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or("no results.json")?;
     let mut by_mode: Vec<(String, Vec<f64>)> = Vec::new();
     for round in parsed["rounds"].as_array().into_iter().flatten() {
         if round["kind"].as_str() != Some("node-loss") {
@@ -1570,5 +1583,5 @@ fn patroni_baseline(rounds: usize, modes: &str) -> Vec<(String, Vec<f64>)> {
             None => by_mode.push((mode.to_string(), vec![outage])),
         }
     }
-    by_mode
+    Ok(by_mode)
 }
