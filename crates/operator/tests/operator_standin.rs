@@ -269,6 +269,11 @@ async fn bring_up_with(engine: Engine, name: &str, version: &str, lease: bool) -
     });
     if lease {
         manifest["spec"]["failover"] = serde_json::json!({"lease": true});
+        // One instance per node, as a production database runs: the node-freeze drill
+        // freezes the primary's node, and with the default (preferred) anti-affinity a
+        // recreated pod may share it (the stand-in honours required terms only), so the
+        // drill froze a synchronous standby too and the failover rightly stayed blocked.
+        manifest["spec"]["scheduling"] = serde_json::json!({"antiAffinity": "required"});
     }
     std::fs::write(&path, manifest.to_string()).unwrap();
     kubectl(
@@ -449,6 +454,21 @@ async fn node_freeze_drill(
     primary: &str,
     writing: &mut Writing,
 ) -> String {
+    // From a steady state: the primary and both replicas ready (a replica still rejoining
+    // after the previous drill may hold acknowledged writes the other lacks, and a failover
+    // would rightly wait for it).
+    ready_with(
+        dbs,
+        name,
+        "Ready with two ready replicas before the freeze",
+        |db| {
+            let (now, replicas) = ready_roles(db);
+            db.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+                && now.as_deref() == Some(primary)
+                && replicas.len() == 2
+        },
+    )
+    .await;
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "apps");
     let node = pods
         .get(primary)
