@@ -41,8 +41,9 @@ use tokio::sync::{Notify, watch};
 /// The least time between two rounds.
 const MIN_PERIOD: Duration = Duration::from_millis(100);
 
-/// How long an exchange with a manager whose last exchange failed may take.
-const QUICK_TIMEOUT: Duration = Duration::from_millis(150);
+/// How long an exchange with a manager whose last exchange failed may take (never the
+/// authorised writer's).
+const QUICK_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// The time between two rounds for leases of `lease_ms`: a quarter of L, so a lease is
 /// renewed about four times before it would end, and a round whose peer answers only at the
@@ -225,7 +226,13 @@ async fn renew_forever(
         };
         let (peers, writer) = plan.rounds();
         let exchange = |o, names| {
-            let limit = exchange_timeout(&shared, o, lease_ms);
+            let limit = if plan.authorised == Some(o) {
+                // The writer's renewals always get the full time: a slow answer under load
+                // must not turn into a run of quick failures and a lease let run out.
+                timeout(lease_ms)
+            } else {
+                exchange_timeout(&shared, o, lease_ms)
+            };
             exchange(&shared, &plan, &name, &token, o, names, limit)
         };
         futures::future::join_all(peers.into_iter().map(|o| exchange(o, plan.names_to(o)))).await;
@@ -249,8 +256,8 @@ async fn renew_forever(
     }
 }
 
-/// How long an exchange with `ordinal` may take: [`timeout`], or [`QUICK_TIMEOUT`] when its
-/// last exchange failed: a manager that stopped answering (a frozen node, a partition) must
+/// How long an exchange with `ordinal` (not the authorised writer) may take: [`timeout`], or
+/// [`QUICK_TIMEOUT`] when its last exchange failed: a manager that stopped answering (a frozen node, a partition) must
 /// not hold every round up for a full timeout, which would delay the renewal of every lease
 /// behind it and a new writer's first lease (a promotion waits for it). One that answers
 /// again within the shorter time gets the full one from the next exchange on.
