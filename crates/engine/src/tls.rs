@@ -22,6 +22,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::client::Resumption;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -383,6 +384,10 @@ impl ResolvesServerCert for ReloadingCertificate {
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
+/// Server names whose TLS sessions a [`CaTrust`] keeps for resumption: a database's instances
+/// (`spec.instances` is at most 16).
+const TRUST_SESSION_NAMES: usize = 16;
+
 /// Trust in one database's CA, held in memory: what a client needs that reaches many
 /// databases, each with its own CA (the operator reads it from each Database's Secret
 /// `NAME-tls`). No key: only the CA certificate.
@@ -415,11 +420,15 @@ impl CaTrust {
                 .add(cert)
                 .map_err(|e| tls_error(path, format!("is not a usable CA: {e}")))?;
         }
-        let config = ClientConfig::builder_with_provider(provider())
+        let mut config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| tls_error(path, e))?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // Session tickets are kept per server name, and one CA's servers are one database's
+        // instances (at most 16). rustls' default cache is sized for 256 names and allocated
+        // whole up front: about 14 KiB per trust, which the operator holds once per Database.
+        config.resumption = Resumption::in_memory_sessions(TRUST_SESSION_NAMES);
         Ok(CaTrust {
             config: Arc::new(config),
             ca_pem: pem.into(),

@@ -2,19 +2,25 @@
 //! kubelet): its RSS, the time until all 100 are observed, spec change → observedGeneration,
 //! and the API writes per minute while they sit idle. Printed, never asserted:
 //!
-//!   cargo build --release --bin stator
-//!   cargo test --release -p stator-operator --test operator_bench -- --ignored --nocapture
+//!   cargo build --release -p stator --bin stator
+//!   STATOR_BIN=$CARGO_TARGET_DIR/release/stator \
+//!     cargo test -p stator-operator --test operator_bench -- --ignored --nocapture
 //!
-//! (the operator binary is the `stator` next to the test's profile directory: a release test
-//! runs the release binary, whose RSS is the shipped one's).
+//! The operator is the binary users run, the release `stator` (`deploy/Dockerfile` builds
+//! `--release`), named by `STATOR_BIN`; the test around it may be a debug build (its own
+//! profile changes no figure of the operator's, and a release build of the stand-in and its
+//! dependencies only for this run costs many minutes). Without `STATOR_BIN` it runs the
+//! `stator` of its own profile directory.
 
 mod support;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use stator_api::Database;
+use stator_kube::install::LEASE_NAME;
 use stator_kubelet_standin::harness::ControlPlane;
 use support::*;
 
@@ -40,6 +46,83 @@ fn rss(pid: u32) -> String {
         mib("RssAnon:"),
         mib("RssFile:"),
         status_kib(pid, "Threads:")
+    )
+}
+
+/// What the resident set is made of, from `/proc/PID/smaps`: the `stator` binary's own pages,
+/// other files (the C library, the loader), the `[heap]` (glibc's main arena), thread stacks
+/// (the mapping each thread's stack pointer, from `/proc/PID/task/TID/syscall`, lies in) and
+/// other anonymous mappings (large allocations, other arenas), in MiB.
+fn smaps(pid: u32) -> String {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    // (start, end, path, rss kB, anonymous kB)
+    let mut maps: Vec<(u64, u64, String, u64, u64)> = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-')
+            && let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
+        {
+            let path = words.nth(4).unwrap_or("").to_string();
+            maps.push((a, b, path, 0, 0));
+        } else if let Some(last) = maps.last_mut() {
+            let mut kib = || {
+                words
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            match first {
+                "Rss:" => last.3 = kib(),
+                "Anonymous:" => last.4 = kib(),
+                _ => {}
+            }
+        }
+    }
+    let mut stack_pointers = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let syscall = std::fs::read_to_string(task.path().join("syscall")).unwrap_or_default();
+        let words: Vec<&str> = syscall.split_whitespace().collect();
+        if words.len() >= 9
+            && let Some(sp) = words[words.len() - 2].strip_prefix("0x")
+            && let Ok(sp) = u64::from_str_radix(sp, 16)
+        {
+            stack_pointers.push(sp);
+        }
+    }
+    let threads = stack_pointers.len();
+    let (mut binary, mut files, mut heap, mut stacks, mut anon, mut count) = (0, 0, 0, 0, 0, 0);
+    for (start, end, path, rss, anonymous) in &maps {
+        let file_backed = rss - anonymous.min(rss);
+        if stack_pointers.iter().any(|sp| (start..end).contains(&sp)) || path == "[stack]" {
+            stacks += rss;
+        } else if path == "[heap]" {
+            heap += rss;
+        } else if Path::new(path) == exe {
+            binary += file_backed;
+            anon += anonymous;
+        } else if path.starts_with('/') {
+            files += file_backed;
+            anon += anonymous;
+        } else {
+            anon += rss;
+            count += usize::from(*rss > 0);
+        }
+    }
+    let mib = |k: u64| k as f64 / 1024.0;
+    format!(
+        "binary {:.1}, other files {:.1}, [heap] {:.1}, thread stacks {:.1} ({threads} threads), \
+         other anonymous {:.1} ({count} mappings) MiB",
+        mib(binary),
+        mib(files),
+        mib(heap),
+        mib(stacks),
+        mib(anon)
     )
 }
 
@@ -101,16 +184,22 @@ async fn operator_with_100_idle_databases() {
     let cp = ControlPlane::start();
     install(&cp);
     let kubeconfig = operator_kubeconfig(&cp);
-    let exe = std::env::current_exe().unwrap();
-    let stator = exe.parent().unwrap().parent().unwrap().join("stator");
+    // STATOR_BIN (as the stand-in suites), else the `stator` of this test's profile.
+    let stator = std::env::var_os("STATOR_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().unwrap().parent().unwrap().join("stator")
+        });
     println!(
-        "profile: {} (operator binary {})",
+        "test profile: {}; operator binary {} ({:.1} MiB)",
         if cfg!(debug_assertions) {
             "debug"
         } else {
             "release"
         },
-        stator.display()
+        stator.display(),
+        std::fs::metadata(&stator).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0
     );
     let mut operator = Command::new(&stator)
         .args([
@@ -131,6 +220,17 @@ async fn operator_with_100_idle_databases() {
     let pid = operator.id();
     let client = client_of(&kubeconfig).await;
     let dbs: Api<Database> = Api::namespaced(client.clone(), "apps");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), NS);
+    until("the operator leads", || async {
+        let lease = leases.get_opt(LEASE_NAME).await.ok()??;
+        (lease.spec?.holder_identity?.as_str() == "bench").then_some(())
+    })
+    .await;
+    // Its watches listed (nothing yet): what it costs before any Database.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    println!("operator RSS leading, no Database: {}", rss(pid));
+    println!("  smaps: {}", smaps(pid));
 
     let items: Vec<serde_json::Value> = (0..COUNT)
         .map(|i| {
@@ -172,6 +272,7 @@ async fn operator_with_100_idle_databases() {
         "operator RSS with 100 Databases (all observed): {}",
         rss(pid)
     );
+    println!("  smaps: {}", smaps(pid));
 
     let mut samples = Vec::new();
     for i in 0..20 {
@@ -251,6 +352,7 @@ async fn operator_with_100_idle_databases() {
         }
     );
     println!("operator RSS after the idle minute: {}", rss(pid));
+    println!("  smaps: {}", smaps(pid));
     let _ = operator.kill();
     let _ = operator.wait();
 }
