@@ -656,18 +656,35 @@ pub fn create(
         Some(k) => serde_json::json!({ "type": k }).to_string(),
         None => "{}".to_string(),
     };
-    let (code, answer) = block_on(async {
-        stator_engine::manager_client::post(
-            &host,
-            port,
-            "/backups",
-            token.as_str(),
-            &body,
-            Duration::from_secs(3600),
-        )
-        .await
-    })?
-    .map_err(|e| LocalError::Failed(format!("the primary's instance manager: {e}")))?;
+    // A backup already running (the schedule's, or another `backup create`) is waited for,
+    // then this one runs: what was asked for (its type) is what the caller gets. A test's
+    // incremental backup was refused when the schedule's first backup started a moment before.
+    let started = std::time::Instant::now();
+    let mut said = false;
+    let (code, answer) = loop {
+        let (code, answer) = block_on(async {
+            stator_engine::manager_client::post(
+                &host,
+                port,
+                "/backups",
+                token.as_str(),
+                &body,
+                Duration::from_secs(3600),
+            )
+            .await
+        })?
+        .map_err(|e| LocalError::Failed(format!("the primary's instance manager: {e}")))?;
+        let running = code == 409
+            && stator_engine::manager_client::answer_text(&answer).contains("already running");
+        if !running || started.elapsed() > Duration::from_secs(3600) {
+            break (code, answer);
+        }
+        if !said {
+            said = true;
+            tracing::info!("a backup is already running on the primary: waiting for it to end");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     if code != 200 {
         return Err(LocalError::Failed(format!(
             "the backup failed (HTTP {code}): {}",
