@@ -405,16 +405,19 @@ impl StandIn {
         Ok(())
     }
 
-    /// Fault drill: stop a node: its pods' processes are SIGSTOPped, its Lease is no longer
-    /// renewed and the stand-in no longer handles its pods.
-    pub fn stop_node(&self, name: &str) {
-        let Some((i, n)) = self
-            .shared
+    /// Node `name` and its index.
+    fn node(&self, name: &str) -> Option<(usize, &Arc<node::NodeHandle>)> {
+        self.shared
             .nodes
             .iter()
             .enumerate()
             .find(|(_, n)| n.name == name)
-        else {
+    }
+
+    /// Fault drill: stop a node: its pods' processes are SIGSTOPped, its Lease is no longer
+    /// renewed and the stand-in no longer handles its pods.
+    pub fn stop_node(&self, name: &str) {
+        let Some((i, n)) = self.node(name) else {
             return;
         };
         n.stopped.store(true, Ordering::SeqCst);
@@ -429,13 +432,7 @@ impl StandIn {
     /// (all at once, as a resumed VM's), its Lease is renewed again at the next heartbeat and
     /// the stand-in handles its pods again (a pod deleted meanwhile is terminated then).
     pub fn start_node(&self, name: &str) {
-        let Some((i, n)) = self
-            .shared
-            .nodes
-            .iter()
-            .enumerate()
-            .find(|(_, n)| n.name == name)
-        else {
+        let Some((i, n)) = self.node(name) else {
             return;
         };
         for h in self.shared.pods.lock().unwrap().values() {

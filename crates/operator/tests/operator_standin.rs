@@ -904,14 +904,7 @@ async fn primary_pod_deletion_outage_against_the_local_chaos_run() {
     };
     let cp = &cluster.control_plane;
     for n in 2..=DELETIONS {
-        let db = ready_with(&dbs, "pg", "Ready before the next deletion", |db| {
-            let (now, replicas) = ready_roles(db);
-            db.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
-                && now.is_some()
-                && replicas.len() == 2
-        })
-        .await;
-        let before = db.status.and_then(|s| s.current_primary).unwrap();
+        let before = steady_primary(&dbs, "pg").await;
         println!("deletion {n} of {DELETIONS}: {before}");
         writing.drill("primary pod deleted");
         kubectl(
@@ -933,21 +926,7 @@ async fn primary_pod_deletion_outage_against_the_local_chaos_run() {
         .await;
         // The drill lasts until a write is acknowledged again: the next deletion must not cut
         // its outage short.
-        harness::wait_for(
-            "a write acknowledged since the deletion",
-            DEADLINE,
-            || async {
-                if writing.acknowledged_in_drill() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "the writer's last error: {:?}",
-                        writing.last_error()
-                    ))
-                }
-            },
-        )
-        .await;
+        acknowledged_since_the_drill(&writing).await;
     }
     let report = finish_writing(writing, &target).await;
     operator.abort();
@@ -960,26 +939,9 @@ async fn primary_pod_deletion_outage_against_the_local_chaos_run() {
         .collect();
     assert_eq!(standin.len(), DELETIONS, "{}", report.render());
 
-    let stator = harness::stator_binary();
-    let local = tokio::task::spawn_blocking(move || local_chaos_run(&stator, DELETIONS as u32))
-        .await
-        .expect("the local run");
-    println!("{}", local.render());
-    assert!(local.passed(), "{}", local.render());
-    let local_outages: Vec<f64> = local
-        .rounds
-        .iter()
-        .filter_map(|r| r.outage_seconds)
-        .collect();
+    let (local, local_outages) = local_outages(DELETIONS).await;
 
-    let spread = |v: &[f64]| stator_check::checker::Spread::of(v).expect("outages");
     let (s, l) = (spread(&standin), spread(&local_outages));
-    let line = |what: &str, s: &stator_check::checker::Spread| {
-        println!(
-            "{what}: p50 {:.3}s  p95 {:.3}s  max {:.3}s  (n={})",
-            s.p50, s.p95, s.max, s.count
-        )
-    };
     println!(
         "\n== write outage of a primary failure: 3-instance synchronous PostgreSQL 15, detection timeout {}, a write every 20 ms ({} build)",
         local.detection_timeout,
@@ -1004,6 +966,70 @@ async fn primary_pod_deletion_outage_against_the_local_chaos_run() {
         "p50 stand-in / p50 local: {:.2}x (target <= 1.5x)",
         s.p50 / l.p50
     );
+}
+
+/// Waits until `name` is Ready with its primary and two ready replicas (a benchmark's next
+/// round starts from there); the primary.
+async fn steady_primary(dbs: &Api<Database>, name: &str) -> String {
+    let db = ready_with(dbs, name, "Ready before the next round", |db| {
+        let (now, replicas) = ready_roles(db);
+        db.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+            && now.is_some()
+            && replicas.len() == 2
+    })
+    .await;
+    db.status
+        .and_then(|s| s.current_primary)
+        .expect("a Ready database has a primary")
+}
+
+/// The drill lasts until a write is acknowledged again: the next round must not cut its
+/// outage short.
+async fn acknowledged_since_the_drill(writing: &Writing) {
+    harness::wait_for(
+        "a write acknowledged since the drill began",
+        DEADLINE,
+        || async {
+            if writing.acknowledged_in_drill() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the writer's last error: {:?}",
+                    writing.last_error()
+                ))
+            }
+        },
+    )
+    .await;
+}
+
+/// [`local_chaos_run`] of `rounds` failovers, printed and checked: its report and each
+/// round's outage.
+async fn local_outages(rounds: usize) -> (stator_check::checker::CheckReport, Vec<f64>) {
+    let stator = harness::stator_binary();
+    let local = tokio::task::spawn_blocking(move || local_chaos_run(&stator, rounds as u32))
+        .await
+        .expect("the local run");
+    println!("{}", local.render());
+    assert!(local.passed(), "{}", local.render());
+    let outages = local
+        .rounds
+        .iter()
+        .filter_map(|r| r.outage_seconds)
+        .collect();
+    (local, outages)
+}
+
+fn spread(outages: &[f64]) -> stator_check::checker::Spread {
+    stator_check::checker::Spread::of(outages).expect("outages")
+}
+
+/// One benchmark line: `what`: p50, p95, max.
+fn line(what: &str, s: &stator_check::checker::Spread) {
+    println!(
+        "{what}: p50 {:.3}s  p95 {:.3}s  max {:.3}s  (n={})",
+        s.p50, s.p95, s.max, s.count
+    )
 }
 
 /// A local 3-instance synchronous PostgreSQL 15 (`stator up` in a temp state dir on free
@@ -1449,27 +1475,10 @@ async fn frozen_primary_outage_against_the_local_hang_and_tuned_patroni() {
         return;
     };
     for n in 1..=FREEZES {
-        let db = ready_with(&dbs, "pgf", "Ready before the next freeze", |db| {
-            let (now, replicas) = ready_roles(db);
-            db.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
-                && now.is_some()
-                && replicas.len() == 2
-        })
-        .await;
-        let before = db.status.and_then(|s| s.current_primary).unwrap();
+        let before = steady_primary(&dbs, "pgf").await;
         println!("freeze {n} of {FREEZES}: {before}");
         node_freeze_drill(&cluster, &dbs, "pgf", &before, &mut writing).await;
-        harness::wait_for("a write acknowledged since the thaw", DEADLINE, || async {
-            if writing.acknowledged_in_drill() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "the writer's last error: {:?}",
-                    writing.last_error()
-                ))
-            }
-        })
-        .await;
+        acknowledged_since_the_drill(&writing).await;
     }
     let report = finish_writing(writing, &target).await;
     operator.abort();
@@ -1482,17 +1491,7 @@ async fn frozen_primary_outage_against_the_local_hang_and_tuned_patroni() {
         .collect();
     assert_eq!(frozen.len(), FREEZES, "{}", report.render());
 
-    let stator = harness::stator_binary();
-    let local = tokio::task::spawn_blocking(move || local_chaos_run(&stator, FREEZES as u32))
-        .await
-        .expect("the local run");
-    println!("{}", local.render());
-    assert!(local.passed(), "{}", local.render());
-    let local_outages: Vec<f64> = local
-        .rounds
-        .iter()
-        .filter_map(|r| r.outage_seconds)
-        .collect();
+    let (local, local_outages) = local_outages(FREEZES).await;
 
     // Each Patroni mode on its own: at ttl 2 (L), Patroni 3.0.2 never failed over in 300 s
     // (measured), which must not lose the other modes' figures.
@@ -1508,13 +1507,6 @@ async fn frozen_primary_outage_against_the_local_hang_and_tuned_patroni() {
         }
     }
 
-    let spread = |v: &[f64]| stator_check::checker::Spread::of(v).expect("outages");
-    let line = |what: &str, s: &stator_check::checker::Spread| {
-        println!(
-            "{what}: p50 {:.3}s  p95 {:.3}s  max {:.3}s  (n={})",
-            s.p50, s.p95, s.max, s.count
-        )
-    };
     let (f, l) = (spread(&frozen), spread(&local_outages));
     println!(
         "\n== write outage of a frozen or lost primary: 3-instance synchronous PostgreSQL 15, a write every 20 ms ({} build)",
