@@ -45,6 +45,9 @@ pub struct FakeRuntime {
     /// Where every server is reached (the shell asks a MySQL-family primary for its greeting
     /// directly); nothing listens on port 1.
     pub server_port: u16,
+    /// A kill fence is work that never ends (an order over HTTP to an address nothing
+    /// answers), as the operator's are; otherwise it is done at once (a signal), as locally.
+    pub hanging_kills: bool,
 }
 
 /// The wall clock is the monotonic one moved by this much.
@@ -65,6 +68,7 @@ impl FakeRuntime {
             ro: Vec::new(),
             did: Vec::new(),
             server_port: 1,
+            hanging_kills: false,
         }
     }
 
@@ -191,10 +195,17 @@ impl Runtime for FakeRuntime {
         _manager: Option<u32>,
     ) -> Option<Work> {
         self.did.push(Did::Fence(ordinal, method));
-        (method == FenceMethod::Shutdown).then(|| Work {
-            what: "shutdown".into(),
-            task: tokio::spawn(async {}),
-        })
+        match method {
+            FenceMethod::Shutdown => Some(Work {
+                what: "shutdown".into(),
+                task: tokio::spawn(async {}),
+            }),
+            FenceMethod::Kill if self.hanging_kills => Some(Work {
+                what: "kill".into(),
+                task: tokio::spawn(std::future::pending()),
+            }),
+            _ => None,
+        }
     }
 
     fn set_read_only(&mut self, _db: &Database, ordinal: u32, on: bool) -> Option<Work> {

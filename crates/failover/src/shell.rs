@@ -60,6 +60,8 @@ struct InFlight {
     what: String,
     since: Instant,
     task: tokio::task::JoinHandle<()>,
+    /// A kill fence: given up once the core no longer waits for it.
+    kill: bool,
 }
 
 impl From<Work> for InFlight {
@@ -68,6 +70,7 @@ impl From<Work> for InFlight {
             what: work.what,
             since: Instant::now(),
             task: work.task,
+            kill: false,
         }
     }
 }
@@ -197,19 +200,7 @@ impl<R: Runtime> Failover<R> {
 
     /// One round: observe, decide, act, route. The routes are changed here and only here.
     pub async fn tick(&mut self, db: &Database, sightings: &[Sighting]) -> Tick {
-        self.in_flight.retain(|_, f| {
-            // A finished order is remembered for a moment: its effect shows only in the next
-            // observations, and repeating it meanwhile would only disturb it.
-            let keep = if f.task.is_finished() {
-                f.since.elapsed() < ORDER_SETTLE
-            } else {
-                f.since.elapsed() < ORDER_TIMEOUT
-            };
-            if !keep {
-                f.task.abort();
-            }
-            keep
-        });
+        self.drop_settled_orders();
         let spec = match ClusterSpec::from_database(db) {
             Ok(spec) => spec,
             Err(e) => {
@@ -243,6 +234,8 @@ impl<R: Runtime> Failover<R> {
         self.follow_transition(&spec, &input, &decision);
         self.state.memory = decision.memory.clone();
         self.save();
+        // A kill fence this decision confirmed no longer holds the instance's next order.
+        self.drop_settled_orders();
         // Before the actions: a candidate ordered promoted must hold its lease first.
         self.rt
             .lease_to(db, spec.detection_timeout_ms, &decision.memory)
@@ -266,6 +259,33 @@ impl<R: Runtime> Failover<R> {
             urgent,
             sooner,
         }
+    }
+
+    /// Forgets the orders in flight that are done with: finished ones after a moment, hung
+    /// ones after [`ORDER_TIMEOUT`], and kill fences the core no longer waits for (aborted).
+    fn drop_settled_orders(&mut self) {
+        let fenced = &self.state.memory.fenced;
+        self.in_flight.retain(|ordinal, f| {
+            // A kill the core no longer waits for (its fence confirmed, or released) is given
+            // up: one still connecting to the address of a pod gone since held back every
+            // later order to the instance (the node-freeze benchmark's first round waited 70 s
+            // for a promotion behind one, until the old address gave "No route to host"), and
+            // it must not land after the release. (Found by a helper on its outage branch.)
+            let obsolete = f.kill && fenced.get(ordinal).is_none_or(|fence| fence.confirmed);
+            // A finished order is remembered for a moment: its effect shows only in the next
+            // observations, and repeating it meanwhile would only disturb it.
+            let keep = if obsolete {
+                false
+            } else if f.task.is_finished() {
+                f.since.elapsed() < ORDER_SETTLE
+            } else {
+                f.since.elapsed() < ORDER_TIMEOUT
+            };
+            if !keep {
+                f.task.abort();
+            }
+            keep
+        });
     }
 
     /// When to tick again at the latest, when sooner than the runtime's pace matters: at the
@@ -979,7 +999,9 @@ impl<R: Runtime> Failover<R> {
             return;
         }
         if let Some(work) = self.rt.fence(db, ordinal, method, manager) {
-            self.in_flight.insert(ordinal, InFlight::from(work));
+            let mut order = InFlight::from(work);
+            order.kill = method == FenceMethod::Kill;
+            self.in_flight.insert(ordinal, order);
         }
     }
 

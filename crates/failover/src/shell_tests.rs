@@ -257,6 +257,47 @@ fn rows() -> Vec<Row> {
             }],
         ),
         Row::postgres(
+            "a kill fence still hanging once the fence is confirmed is given up, not left to \
+             block the instance's next orders",
+            vec![
+                settle(),
+                Step {
+                    advance_ms: 2_500,
+                    before: |shell| shell.rt.hanging_kills = true,
+                    sightings: primary_gone,
+                    expect: |_, shell| {
+                        let did = shell.runtime_mut().take_did();
+                        ensure(did.contains(&Did::Fence(0, FenceMethod::Kill)), || {
+                            format!("did {did:?}")
+                        })?;
+                        ensure(shell.in_flight.get(&0).is_some_and(|f| f.kill), || {
+                            "the kill is not in flight".into()
+                        })
+                    },
+                },
+                Step {
+                    advance_ms: 100,
+                    before: nothing,
+                    sightings: primary_gone,
+                    expect: |_, shell| {
+                        // db-0 is seen gone: its fence is confirmed, the kill no longer needed.
+                        ensure(
+                            shell
+                                .state
+                                .memory
+                                .fenced
+                                .get(&0)
+                                .is_some_and(|f| f.confirmed),
+                            || format!("fences {:?}", shell.state.memory.fenced),
+                        )?;
+                        ensure(!shell.in_flight.contains_key(&0), || {
+                            "the hanging kill is still in flight".into()
+                        })
+                    },
+                },
+            ],
+        ),
+        Row::postgres(
             "a server running without its manager is unreachable, not down",
             vec![
                 settle(),
