@@ -108,21 +108,24 @@ fn text(out: &std::process::Output) -> String {
 /// Waits until the archive holds the WAL written up to `after` (seconds since the epoch): a
 /// segment archived later holds everything written before it.
 ///
-/// A write to a side table first: archive_timeout closes a segment only when WAL was written
-/// since the last switch, so when its switch fell between the last write to `t` and the
-/// reading of `after`, no segment would ever be archived after `after` (seen in CI: 60 s of
-/// waiting on an idle primary).
+/// A write to a side table at each look: archive_timeout closes a segment only when WAL was
+/// written since the last switch, so when its switch fell between the last write to `t` and
+/// the reading of `after`, no segment would ever be archived after `after` (seen in CI: 60 s
+/// of waiting on an idle primary). One write is not enough either: an object store dates a
+/// segment to the second, so one archived in the same second as `after` reads as older (CI
+/// again, on S3); the next write's segment comes a switch later.
 fn wait_archived(c: &Cluster, after: f64) {
     c.psql(
         c.rw(),
-        "CREATE TABLE IF NOT EXISTS archive_tick (at timestamptz); \
-         INSERT INTO archive_tick VALUES (now())",
+        "CREATE TABLE IF NOT EXISTS archive_tick (at timestamptz)",
     )
     .unwrap();
     c.eventually(
         "the WAL after T is archived",
         Duration::from_secs(60),
         || {
+            c.psql(c.rw(), "INSERT INTO archive_tick VALUES (now())")
+                .ok()?;
             let list = c.ok(&["backup", "list", "-o", "json"]);
             let v: serde_json::Value = serde_json::from_str(&list).ok()?;
             let latest = v["recoverable"]["latestTime"].as_f64()?;
