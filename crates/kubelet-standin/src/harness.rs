@@ -34,16 +34,20 @@ pub fn missing_binary() -> Option<String> {
     None
 }
 
-/// The built `stator` binary the Stator image maps to: `STATOR_BIN`, else `debug/stator` in
-/// `CARGO_TARGET_DIR` or the checkout's `target`. Panics, saying how to build it, if missing.
+/// The built `stator` binary the Stator image maps to: `STATOR_BIN`, else the `stator` of the
+/// running test's own profile directory (`TARGET/debug/stator` for `cargo test`,
+/// `TARGET/release/stator` for `cargo test --release`, whatever the target dir). Panics, saying
+/// how to build it, if missing.
 pub fn stator_binary() -> PathBuf {
     let path = std::env::var_os("STATOR_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-                .join("debug/stator")
+            // A test runs as TARGET/PROFILE/deps/NAME-HASH.
+            let exe = std::env::current_exe().unwrap_or_default();
+            exe.parent()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new("target/debug"))
+                .join("stator")
         });
     assert!(
         path.is_file(),

@@ -184,13 +184,7 @@ async fn operator_with_100_idle_databases() {
     let cp = ControlPlane::start();
     install(&cp);
     let kubeconfig = operator_kubeconfig(&cp);
-    // STATOR_BIN (as the stand-in suites), else the `stator` of this test's profile.
-    let stator = std::env::var_os("STATOR_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            let exe = std::env::current_exe().unwrap();
-            exe.parent().unwrap().parent().unwrap().join("stator")
-        });
+    let stator = stator_kubelet_standin::harness::stator_binary();
     println!(
         "test profile: {}; operator binary {} ({:.1} MiB)",
         if cfg!(debug_assertions) {
