@@ -346,178 +346,218 @@ async fn run_loop(
     ns: String,
     name: String,
 ) {
-    let api: Api<Database> = Api::namespaced(client.clone(), &ns);
     // An empty cache would read as "every pod is gone": wait for the first lists.
     if !stores.ready().await {
         return;
     }
-    let desk = Arc::new(Mutex::new(SwitchoverDesk::default()));
-    let mut rollout = rollout::Rollout::default();
-    let mut failover: Option<Failover<PodRuntime>> = None;
-    let mut started: BTreeMap<u32, Sent> = BTreeMap::new();
-    let mut taken: BTreeSet<String> = BTreeSet::new();
+    let mut state = LoopState {
+        api: Api::namespaced(client.clone(), &ns),
+        client,
+        recorder,
+        stores,
+        tick,
+        holds,
+        ns,
+        name,
+        desk: Arc::new(Mutex::new(SwitchoverDesk::default())),
+        rollout: rollout::Rollout::default(),
+        failover: None,
+        started: BTreeMap::new(),
+        taken: BTreeSet::new(),
+    };
     // Idle, 100 loops are 100 tasks asleep: what one holds while it sleeps is paid 100 times.
-    // Each round's work lives in the block below and is dropped before the pause (the
-    // Database, its sightings, the status written), and the larger steps are boxed, so the
-    // task keeps only the loop's own state between rounds, not room for every step's future.
+    // A round is boxed, so it is allocated while it runs and freed before the pause (with the
+    // Database, its sightings and the status written): a sleeping task keeps only the loop's
+    // own state, not room for the round's largest step.
     loop {
-        let pause = {
-            let Some(db) = stores.database(&ns, &name) else {
-                return;
-            };
-            if db.metadata.deletion_timestamp.is_some() {
-                return;
-            }
-            if failover.is_none() {
-                let Some(secrets) = Box::pin(read_secrets(&client, &db)).await else {
-                    tokio::time::sleep(tick).await;
-                    continue;
-                };
-                // The saved failover state is loaded from the API server, never from the cache:
-                // a cache lagging the last status write (this loop's before a restart, or the
-                // previous leader's) would resume a failover from a state older than the one
-                // already acted on.
-                let saved = match Box::pin(api.get_opt(&name)).await {
-                    Ok(Some(saved)) => saved,
-                    Ok(None) => return,
-                    Err(e) => {
-                        tracing::warn!(database = %name, "reading the Database: {e}");
-                        tokio::time::sleep(tick).await;
-                        continue;
-                    }
-                };
-                let rt = PodRuntime::new(
-                    client.clone(),
-                    recorder.clone(),
-                    &saved,
-                    secrets.token,
-                    secrets.monitor,
-                    secrets.ca,
-                );
-                failover = Some(Failover::load(rt, desk.clone()));
-            }
-            let Some(fo) = failover.as_mut() else {
-                continue;
-            };
-            let mut observed = observe(&stores, &db);
-            if let Err(e) = Box::pin(confirm_gone(
-                &client,
-                &db,
-                holds.replicas(&db),
-                &mut observed,
-            ))
-            .await
-            {
-                tracing::warn!(database = %name, "reading pods: {e}");
-                tokio::time::sleep(tick).await;
-                continue;
-            }
-            let mut ordinals: Vec<u32> = (0..db.spec.instances).collect();
-            ordinals.extend(observed.pods.keys().chain(observed.pvcs.iter()));
-            ordinals.sort_unstable();
-            ordinals.dedup();
-            fo.runtime_mut().observe(observed);
-            let sightings = Box::pin(probe(fo.runtime(), &ordinals)).await;
-            take_switchover(&db, &desk, &mut taken);
-            let result = Box::pin(fo.tick(&db, &sightings)).await;
-            Box::pin(start_instances(
-                fo,
-                &db,
-                &sightings,
-                &result.keep_down,
-                &mut started,
-            ))
-            .await;
-            Box::pin(fo.runtime_mut().publish_events(&db)).await;
-            let rolling = Box::pin(rollout.step(
-                &client,
-                &recorder,
-                &db,
-                rollout::Tick {
-                    memory: fo.memory(),
-                    status: &result.status,
-                    sightings: &sightings,
-                    observed: fo.runtime().observed(),
-                    desk: &desk,
-                },
-            ))
-            .await;
-            let state = fo.state().clone();
-            let report = fo.report(db.name(), &result.status);
-            // The annotation's ticket, not one the rollout asked for.
-            let ticket = desk
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .last()
-                .filter(|t| !rollout.owns(t.id));
-            let status = instance_statuses(&db, &sightings);
-            let primary = result.primary.clone();
-            let generation = db.metadata.generation;
-            let written = Box::pin(write_status(&api, &db, |s| {
-                s.phase = Some(result.status.phase);
-                s.current_primary = primary.clone();
-                s.ready_instances = status.iter().filter(|i| i.ready).count() as u32;
-                s.instances = status.clone();
-                s.failover = Some(without_nulls(
-                    serde_json::json!({"state": state, "report": report}),
-                ));
-                let ready = result.status.phase == Phase::Ready;
-                let reason = result.status.reason.as_str();
-                let message = &result.status.message;
-                conditions::set(&mut s.conditions, READY, ready, reason, message, generation);
-                conditions::set(
-                    &mut s.conditions,
-                    PROGRESSING,
-                    !ready && result.status.phase != Phase::Degraded,
-                    reason,
-                    message,
-                    generation,
-                );
-                if let Some(rolling) = &rolling {
-                    let reason = rollout::REASON;
-                    conditions::set(
-                        &mut s.conditions,
-                        PROGRESSING,
-                        true,
-                        reason,
-                        rolling,
-                        generation,
-                    );
-                }
-                conditions::set(
-                    &mut s.conditions,
-                    DEGRADED,
-                    matches!(
-                        result.status.phase,
-                        Phase::Degraded | Phase::Unavailable | Phase::FailingOver
-                    ),
-                    reason,
-                    message,
-                    generation,
-                );
-                if let (Some((id, _)), Some(t)) = (switchover_request(&db), &ticket) {
-                    s.switchover = Some(SwitchoverStatus {
-                        id,
-                        state: t.state.as_str().into(),
-                        message: Some(t.outcome()),
-                    });
-                }
-            }))
-            .await;
-            if let Err(e) = written {
-                tracing::warn!(database = %name, "{e}");
-            }
-            // After the status write: a controller woken to lower the replicas finds the new
-            // primary recorded.
-            holds.update(&db, scale::kept(fo.memory()));
-            if result.urgent {
-                Duration::from_secs(1).min(tick)
-            } else {
-                tick
+        match Box::pin(round(&mut state)).await {
+            Round::Stop => return,
+            Round::Pause(pause) => tokio::time::sleep(pause).await,
+        }
+    }
+}
+
+/// What one Database's loop keeps between rounds.
+struct LoopState {
+    client: Client,
+    recorder: Recorder,
+    stores: Stores,
+    tick: Duration,
+    holds: Arc<scale::Holds>,
+    ns: String,
+    name: String,
+    api: Api<Database>,
+    desk: Arc<Mutex<SwitchoverDesk>>,
+    rollout: rollout::Rollout,
+    /// Made at the first round that can read the Database's Secrets and saved state.
+    failover: Option<Failover<PodRuntime>>,
+    started: BTreeMap<u32, Sent>,
+    taken: BTreeSet<String>,
+}
+
+/// How a round ended.
+enum Round {
+    /// The Database is gone or being deleted: the loop ends.
+    Stop,
+    /// Run the next round after this pause.
+    Pause(Duration),
+}
+
+/// One round of a Database's loop: observe the pods, tick the failover shell, start what must
+/// start, roll, write the status.
+async fn round(l: &mut LoopState) -> Round {
+    let LoopState {
+        client,
+        recorder,
+        stores,
+        tick,
+        holds,
+        ns,
+        name,
+        api,
+        desk,
+        rollout,
+        failover,
+        started,
+        taken,
+    } = l;
+    let tick = *tick;
+    let Some(db) = stores.database(ns, name) else {
+        return Round::Stop;
+    };
+    if db.metadata.deletion_timestamp.is_some() {
+        return Round::Stop;
+    }
+    if failover.is_none() {
+        let Some(secrets) = read_secrets(client, &db).await else {
+            return Round::Pause(tick);
+        };
+        // The saved failover state is loaded from the API server, never from the cache: a
+        // cache lagging the last status write (this loop's before a restart, or the previous
+        // leader's) would resume a failover from a state older than the one already acted on.
+        let saved = match api.get_opt(name).await {
+            Ok(Some(saved)) => saved,
+            Ok(None) => return Round::Stop,
+            Err(e) => {
+                tracing::warn!(database = %name, "reading the Database: {e}");
+                return Round::Pause(tick);
             }
         };
-        tokio::time::sleep(pause).await;
+        let rt = PodRuntime::new(
+            client.clone(),
+            recorder.clone(),
+            &saved,
+            secrets.token,
+            secrets.monitor,
+            secrets.ca,
+        );
+        *failover = Some(Failover::load(rt, desk.clone()));
     }
+    let Some(fo) = failover.as_mut() else {
+        return Round::Pause(tick);
+    };
+    let mut observed = observe(stores, &db);
+    if let Err(e) = confirm_gone(client, &db, holds.replicas(&db), &mut observed).await {
+        tracing::warn!(database = %name, "reading pods: {e}");
+        return Round::Pause(tick);
+    }
+    let mut ordinals: Vec<u32> = (0..db.spec.instances).collect();
+    ordinals.extend(observed.pods.keys().chain(observed.pvcs.iter()));
+    ordinals.sort_unstable();
+    ordinals.dedup();
+    fo.runtime_mut().observe(observed);
+    let sightings = probe(fo.runtime(), &ordinals).await;
+    take_switchover(&db, desk, taken);
+    let result = fo.tick(&db, &sightings).await;
+    start_instances(fo, &db, &sightings, &result.keep_down, started).await;
+    fo.runtime_mut().publish_events(&db).await;
+    let rolling = rollout
+        .step(
+            client,
+            recorder,
+            &db,
+            rollout::Tick {
+                memory: fo.memory(),
+                status: &result.status,
+                sightings: &sightings,
+                observed: fo.runtime().observed(),
+                desk,
+            },
+        )
+        .await;
+    let state = fo.state().clone();
+    let report = fo.report(db.name(), &result.status);
+    // The annotation's ticket, not one the rollout asked for.
+    let ticket = desk
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .last()
+        .filter(|t| !rollout.owns(t.id));
+    let status = instance_statuses(&db, &sightings);
+    let primary = result.primary.clone();
+    let generation = db.metadata.generation;
+    let written = write_status(api, &db, |s| {
+        s.phase = Some(result.status.phase);
+        s.current_primary = primary.clone();
+        s.ready_instances = status.iter().filter(|i| i.ready).count() as u32;
+        s.instances = status.clone();
+        s.failover = Some(without_nulls(
+            serde_json::json!({"state": state, "report": report}),
+        ));
+        let ready = result.status.phase == Phase::Ready;
+        let reason = result.status.reason.as_str();
+        let message = &result.status.message;
+        conditions::set(&mut s.conditions, READY, ready, reason, message, generation);
+        conditions::set(
+            &mut s.conditions,
+            PROGRESSING,
+            !ready && result.status.phase != Phase::Degraded,
+            reason,
+            message,
+            generation,
+        );
+        if let Some(rolling) = &rolling {
+            let reason = rollout::REASON;
+            conditions::set(
+                &mut s.conditions,
+                PROGRESSING,
+                true,
+                reason,
+                rolling,
+                generation,
+            );
+        }
+        conditions::set(
+            &mut s.conditions,
+            DEGRADED,
+            matches!(
+                result.status.phase,
+                Phase::Degraded | Phase::Unavailable | Phase::FailingOver
+            ),
+            reason,
+            message,
+            generation,
+        );
+        if let (Some((id, _)), Some(t)) = (switchover_request(&db), &ticket) {
+            s.switchover = Some(SwitchoverStatus {
+                id,
+                state: t.state.as_str().into(),
+                message: Some(t.outcome()),
+            });
+        }
+    })
+    .await;
+    if let Err(e) = written {
+        tracing::warn!(database = %name, "{e}");
+    }
+    // After the status write: a controller woken to lower the replicas finds the new
+    // primary recorded.
+    holds.update(&db, scale::kept(fo.memory()));
+    Round::Pause(if result.urgent {
+        Duration::from_secs(1).min(tick)
+    } else {
+        tick
+    })
 }
 
 /// Queues the annotation's switchover once per id: an id in the status, or taken by this loop
