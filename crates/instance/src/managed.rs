@@ -565,15 +565,11 @@ impl<E: ServerEngine> ManagedSupervisor<E> {
                                     // report says so (`errant`), so the core orders a rebuild
                                     // instead of the same rejoin (the node-freeze drill found
                                     // a thawed MariaDB primary refused /role every minute).
-                                    if matches!(e, stator_engine::EngineError::Errant { .. }) {
-                                        let errant = e.to_string();
-                                        self.status().update(|s| {
-                                            s.observation = Some(stator_engine::Observation {
-                                                role: Some(stator_api::Role::Primary),
-                                                errant: Some(errant),
-                                                ..Default::default()
-                                            });
-                                        });
+                                    if crate::supervisor::holds_errant_transactions(&e) {
+                                        self.status().record_errant(
+                                            Some(stator_api::Role::Primary),
+                                            e.to_string(),
+                                        );
                                     }
                                     let _ = reply.send(Err(e.to_string()));
                                 }

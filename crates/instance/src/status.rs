@@ -141,6 +141,20 @@ impl InstanceStatus {
         }
     }
 
+    /// The data dir holds transactions its upstream lacks (`why`, the engine's refusal to make
+    /// it follow): the report carries it as `errant`, so the decision core orders a rebuild
+    /// instead of the same rejoin again; `role` is the role the data dir had. Kept until the
+    /// next observation or state change.
+    pub fn record_errant(&self, role: Option<stator_api::Role>, why: String) {
+        self.update(|s| {
+            s.observation = Some(Observation {
+                role,
+                errant: Some(why),
+                ..Default::default()
+            });
+        });
+    }
+
     /// Changes the facts under the lock.
     pub fn update(&self, change: impl FnOnce(&mut Snapshot)) {
         let mut g = match self.inner.lock() {

@@ -376,12 +376,7 @@ impl<E: ServerEngine> Supervisor<E> {
                         )),
                     );
                     if errant {
-                        self.status.update(|s| {
-                            s.observation = Some(stator_engine::Observation {
-                                errant: Some(e.to_string()),
-                                ..Default::default()
-                            });
-                        });
+                        self.status.record_errant(None, e.to_string());
                     }
                     if !self.pause(delay).await {
                         return Ok(false);
@@ -532,7 +527,7 @@ fn refuse_order(reply: Reply) {
 
 /// The engine refused to make this data dir follow its upstream because it holds transactions
 /// the upstream does not have (MySQL family: errant GTIDs).
-fn holds_errant_transactions(e: &EngineError) -> bool {
+pub(crate) fn holds_errant_transactions(e: &EngineError) -> bool {
     matches!(e, EngineError::Errant { .. })
 }
 
