@@ -202,8 +202,9 @@ pub fn verify(repository: &Repository, name: &str) -> Result<String, LocalError>
 /// `spec.bootstrap.restoreFrom` of a MariaDB database, checked before anything is written: the
 /// backup (named, else the newest that ends before the target and leads to it), the target
 /// inside the recoverable range (refused naming it). The backup's object is checked (length,
-/// SHA-256, refused naming the file) by the instance manager as it restores it. A time or the latest point is resolved here to the GTID the replay stops
-/// at, recorded as `targetGtid`, so the primary replays exactly what was checked.
+/// SHA-256, refused naming the file) by the instance manager as it restores it. A time or the
+/// latest point is resolved here to the GTID the replay stops at, recorded as `targetGtid`,
+/// so the primary replays exactly what was checked.
 pub fn resolve_restore(
     db: &Database,
     from: &stator_api::spec::RestoreFromSpec,

@@ -257,10 +257,11 @@ async fn renew_forever(
 }
 
 /// How long an exchange with `ordinal` (not the authorised writer) may take: [`timeout`], or
-/// [`QUICK_TIMEOUT`] when its last exchange failed: a manager that stopped answering (a frozen node, a partition) must
-/// not hold every round up for a full timeout, which would delay the renewal of every lease
-/// behind it and a new writer's first lease (a promotion waits for it). One that answers
-/// again within the shorter time gets the full one from the next exchange on.
+/// [`QUICK_TIMEOUT`] when its last exchange failed: a manager that stopped answering (a frozen
+/// node, a partition) must not hold every round up for a full timeout, which would delay the
+/// renewal of every lease behind it and a new writer's first lease (a promotion waits for
+/// it). One that answers again within the shorter time gets the full one from the next
+/// exchange on.
 fn exchange_timeout(shared: &Mutex<Shared>, ordinal: u32, lease_ms: u64) -> Duration {
     let s = shared.lock().unwrap_or_else(|e| e.into_inner());
     let failing = s
