@@ -440,38 +440,28 @@ async fn lease_facts(
     Ok(report["lease"].clone())
 }
 
-/// The node-freeze drill (issue 11): the node of `primary`'s pod is stopped (every process of
-/// its pods SIGSTOPped, its heartbeat Lease no longer renewed, its pods no longer handled), so
-/// the operator can reach neither the primary's manager nor its server, and nothing reports
-/// it dead. The Down rule alone lets the operator promote: once no lease of the frozen
-/// primary can be valid on its own clock. The node is thawed after the new primary is Ready;
+/// The node-freeze drill (issue 11): once `name` is Ready with both replicas, the node of its
+/// primary's pod is stopped (every process of its pods SIGSTOPped, its heartbeat Lease no
+/// longer renewed, its pods no longer handled), so the operator can reach neither the
+/// primary's manager nor its server, and nothing reports it dead. The Down rule alone lets the
+/// operator promote: once no lease of the frozen primary can be valid on its own clock (the
+/// drill waits for the new primary while the node is still frozen). The node is thawed after
+/// the new primary is Ready;
 /// the old primary's manager finds its lease expired and kills its server before anything is
 /// acknowledged, and it comes back as a replica. Returns the new primary.
 async fn node_freeze_drill(
     cluster: &Cluster,
     dbs: &Api<Database>,
     name: &str,
-    primary: &str,
     writing: &mut Writing,
 ) -> String {
     // From a steady state: the primary and both replicas ready (a replica still rejoining
     // after the previous drill may hold acknowledged writes the other lacks, and a failover
     // would rightly wait for it).
-    ready_with(
-        dbs,
-        name,
-        "Ready with two ready replicas before the freeze",
-        |db| {
-            let (now, replicas) = ready_roles(db);
-            db.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
-                && now.as_deref() == Some(primary)
-                && replicas.len() == 2
-        },
-    )
-    .await;
+    let primary = steady_primary(dbs, name).await;
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "apps");
     let node = pods
-        .get(primary)
+        .get(&primary)
         .await
         .expect("the primary's pod")
         .spec
@@ -502,7 +492,7 @@ async fn node_freeze_drill(
         "the thawed old primary back as a replica",
         |db| {
             let (now, replicas) = ready_roles(db);
-            now.as_deref() == Some(promoted.as_str()) && replicas.iter().any(|r| r == primary)
+            now.as_deref() == Some(promoted.as_str()) && replicas.contains(&primary)
         },
     )
     .await;
@@ -629,7 +619,7 @@ async fn operator_fails_over_postgres_with_write_leases_on_the_standin() {
         Some(first.as_str()),
         "no failover while the operator was stopped"
     );
-    let promoted = node_freeze_drill(&cluster, &dbs, "pgl", &first, &mut writing).await;
+    let promoted = node_freeze_drill(&cluster, &dbs, "pgl", &mut writing).await;
     sql.write_and_read("five", 5).await;
     let lease = harness::wait_for(
         "the promoted primary holds the write lease",
@@ -666,8 +656,7 @@ async fn operator_fails_over_mariadb_with_write_leases_on_the_standin() {
     println!("mdbl: after the failover: {} {lease}", r.failed_over_to);
     r.sql.write_and_read("two", 2).await;
     let mut writing = r.writing;
-    let promoted =
-        node_freeze_drill(&r.cluster, &r.dbs, "mdbl", &r.failed_over_to, &mut writing).await;
+    let promoted = node_freeze_drill(&r.cluster, &r.dbs, "mdbl", &mut writing).await;
     r.sql.write_and_read("three", 3).await;
     println!("mdbl: after the node freeze: {promoted} is the primary");
     finish_writing(writing, &r.target).await;
@@ -968,8 +957,8 @@ async fn primary_pod_deletion_outage_against_the_local_chaos_run() {
     );
 }
 
-/// Waits until `name` is Ready with its primary and two ready replicas (a benchmark's next
-/// round starts from there); the primary.
+/// Waits until `name` is Ready with its primary and two ready replicas (a drill or a
+/// benchmark's next round starts from there); the primary.
 async fn steady_primary(dbs: &Api<Database>, name: &str) -> String {
     let db = ready_with(dbs, name, "Ready before the next round", |db| {
         let (now, replicas) = ready_roles(db);
@@ -1475,9 +1464,8 @@ async fn frozen_primary_outage_against_the_local_hang_and_tuned_patroni() {
         return;
     };
     for n in 1..=FREEZES {
-        let before = steady_primary(&dbs, "pgf").await;
-        println!("freeze {n} of {FREEZES}: {before}");
-        node_freeze_drill(&cluster, &dbs, "pgf", &before, &mut writing).await;
+        println!("freeze {n} of {FREEZES}");
+        node_freeze_drill(&cluster, &dbs, "pgf", &mut writing).await;
         acknowledged_since_the_drill(&writing).await;
     }
     let report = finish_writing(writing, &target).await;
