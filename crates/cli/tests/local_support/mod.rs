@@ -412,6 +412,19 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A failing test's state dir (logs, status, events) is copied out before it is purged
+        // when STATOR_TEST_KEEP names a directory: the flakes worth a look are the rare ones.
+        if std::thread::panicking()
+            && let Some(keep) = std::env::var_os("STATOR_TEST_KEEP")
+        {
+            let to = PathBuf::from(keep).join(format!("{}-{}", self.name, std::process::id()));
+            let _ = std::fs::create_dir_all(&to);
+            let _ = Command::new("cp")
+                .arg("-a")
+                .arg(self.state_dir())
+                .arg(&to)
+                .status();
+        }
         let _ = Command::new(STATOR)
             .args(["delete", "--purge", "-f"])
             .arg(&self.spec)
