@@ -125,6 +125,8 @@ pub struct Failover<R: Runtime> {
     data_lost: Option<u32>,
     /// Quick ticks in a row so far ([`QUICK_TICKS`]).
     quick_ticks: u32,
+    /// The step of the transition in progress last written to the log.
+    last_step: Option<String>,
 }
 
 impl<R: Runtime> Failover<R> {
@@ -165,6 +167,7 @@ impl<R: Runtime> Failover<R> {
             monitor_password: None,
             data_lost: None,
             quick_ticks: 0,
+            last_step: None,
         }
     }
 
@@ -196,6 +199,23 @@ impl<R: Runtime> Failover<R> {
     /// The memory the core holds now.
     pub fn memory(&self) -> &Memory {
         &self.state.memory
+    }
+
+    /// A failover may choose whom to promote in the next tick: its old primary's fence is
+    /// ordered (the tick that confirms it also chooses the candidate). The next reports should
+    /// be read from the servers then (`/status?fresh=1`), not from their managers' last
+    /// periodic observation, which may predate a transaction a replica received (and
+    /// acknowledged, in synchronous mode) just before the primary stopped: a candidate chosen
+    /// on it lacks what another replica holds, which then diverges. The runtime probes after
+    /// it reaped the fenced processes, so a fence confirmed in that tick was carried out
+    /// before the replicas were asked. Not asked before the fence: a fresh report waits for
+    /// its check of the frozen upstream, bounded but not free, and the detection pays for it.
+    pub fn wants_fresh_reports(&self) -> bool {
+        let memory = &self.state.memory;
+        memory.transition.as_ref().is_some_and(|t| {
+            t.kind == TransitionKind::Failover
+                && t.from.is_none_or(|old| memory.fenced.contains_key(&old))
+        })
     }
 
     /// One round: observe, decide, act, route. The routes are changed here and only here.
@@ -759,6 +779,50 @@ impl<R: Runtime> Failover<R> {
 
     // ------------------------------------------------------------------------------ bookkeeping
 
+    /// Writes each new step of a transition to the log, as the status says it, and with a
+    /// promotion what every instance reported holding: the candidate choice can be checked
+    /// afterwards (a rare chaos-check failure promoted one replica while another turned out
+    /// to hold a transaction it lacked, and nothing said what the core had seen).
+    fn log_transition_step(&mut self, spec: &ClusterSpec, input: &Input, decision: &Decision) {
+        let during = input.memory.transition.is_some() || decision.memory.transition.is_some();
+        let message = &decision.status.message;
+        if !during || self.last_step.as_ref() == Some(message) {
+            if !during {
+                self.last_step = None;
+            }
+            return;
+        }
+        tracing::info!("{message}");
+        self.last_step = Some(message.clone());
+        if decision
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Promote { .. }))
+        {
+            let seen: Vec<String> = input
+                .observed
+                .iter()
+                .map(|(o, presence)| {
+                    let what = match presence.facts() {
+                        Some(f) => format!(
+                            "{} {}{}, holds {}",
+                            f.state.as_str(),
+                            f.role.map_or("no role".to_string(), |r| r.to_string()),
+                            f.upstream
+                                .map(|u| format!(" of {}", spec.instance_name(u)))
+                                .unwrap_or_default(),
+                            f.held()
+                                .map_or("nothing reported".to_string(), |h| h.to_string())
+                        ),
+                        None => presence.describe(),
+                    };
+                    format!("{} {what}", spec.instance_name(*o))
+                })
+                .collect();
+            tracing::info!("as the promotion was ordered: {}", seen.join("; "));
+        }
+    }
+
     /// Records the start and the end of transitions as events.
     fn follow_transition(&mut self, spec: &ClusterSpec, input: &Input, decision: &Decision) {
         let before = &input.memory;
@@ -766,6 +830,7 @@ impl<R: Runtime> Failover<R> {
         let now_mono = input.now_ms;
         let wall_now = self.rt.wall_ms();
         let to_wall = |mono: u64| wall_now.saturating_sub(now_mono.saturating_sub(mono));
+        self.log_transition_step(spec, input, decision);
         if let Some(t) = &after.transition {
             let kind = EventKind::from(t.kind);
             let fresh = self.state.current.as_ref().is_none_or(|c| c.kind != kind);

@@ -148,6 +148,10 @@ fn rows() -> Vec<Row> {
                         ensure(tick.sooner == Some(Duration::from_millis(1_900)), || {
                             format!("sooner {:?}", tick.sooner)
                         })?;
+                        // Before the fence, reports come from the last observations.
+                        ensure(!shell.wants_fresh_reports(), || {
+                            "fresh reports asked before the fence".into()
+                        })?;
                         let did = shell.runtime_mut().take_did();
                         ensure(did.is_empty(), || {
                             format!("acted before the timeout: {did:?}")
@@ -174,6 +178,10 @@ fn rows() -> Vec<Row> {
                             format!("sooner {:?}", tick.sooner)
                         })?;
                         ensure(shell.runtime().rw.is_none(), || "rw still routed".into())?;
+                        // The next tick may confirm the fence and choose: fresh reports.
+                        ensure(shell.wants_fresh_reports(), || {
+                            "no fresh reports asked for the candidate choice".into()
+                        })?;
                         let current = shell.state().current.clone();
                         ensure(
                             current.as_ref().is_some_and(|e| {
@@ -225,7 +233,10 @@ fn rows() -> Vec<Row> {
                         ensure(shell.state().timelines.get(&1) == Some(&2), || {
                             format!("timelines {:?}", shell.state().timelines)
                         })?;
-                        // Done: back to the runtime's own pace.
+                        // Done: back to the runtime's own pace and its last observations.
+                        ensure(!shell.wants_fresh_reports(), || {
+                            "fresh reports still asked".into()
+                        })?;
                         ensure(tick.sooner.is_none(), || {
                             format!("sooner {:?}", tick.sooner)
                         })

@@ -50,6 +50,10 @@ const TICK_BUSY: Duration = Duration::from_millis(100);
 /// How long a `/status` request may take: short, because a hung instance manager must not slow
 /// down the ticks that detect a lost primary.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+/// How long a `/status?fresh=1` request may take (while a failover chooses its candidate):
+/// the manager's own bound on querying its server, and a little for the exchange.
+const FRESH_PROBE_TIMEOUT: Duration =
+    stator_instance::managed::FRESH_TIMEOUT.saturating_add(Duration::from_millis(200));
 /// How long an instance manager may take to apply changed parameters without a restart.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long instance managers get to stop their servers cleanly (fast shutdown) before the
@@ -429,7 +433,8 @@ impl Supervisor<'_> {
         }
         let desired = self.db().spec.instances;
         self.reap();
-        self.probe_all().await;
+        let fresh = self.failover.wants_fresh_reports();
+        self.probe_all(fresh).await;
         let sightings = self.sightings(desired);
         let db = self.db().clone();
         let tick = self.failover.tick(&db, &sightings).await;
@@ -531,8 +536,15 @@ impl Supervisor<'_> {
         }
     }
 
-    async fn probe_all(&mut self) {
+    /// Asks every instance manager for its report; `fresh`: read from its server now
+    /// (`/status?fresh=1`, within [`FRESH_PROBE_TIMEOUT`]) rather than its last observation.
+    async fn probe_all(&mut self, fresh: bool) {
         let ports = LocalPorts::of(self.db());
+        let (path, timeout) = if fresh {
+            ("/status?fresh=1", FRESH_PROBE_TIMEOUT)
+        } else {
+            ("/status", PROBE_TIMEOUT)
+        };
         let mut probes = tokio::task::JoinSet::new();
         for slot in self.slots.values() {
             if slot.pid.is_some() {
@@ -541,7 +553,7 @@ impl Supervisor<'_> {
                 let ordinal = slot.ordinal;
                 probes.spawn(async move {
                     let answer: Result<InstanceReport, _> =
-                        client::get_json(&address, port, "/status", PROBE_TIMEOUT).await;
+                        client::get_json(&address, port, path, timeout).await;
                     (ordinal, answer)
                 });
             }
