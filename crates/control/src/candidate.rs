@@ -89,6 +89,30 @@ pub(crate) fn diverged_past_fork(
     }
 }
 
+/// Why no replica could replace `primary` in a failover (none is eligible: each is fenced,
+/// down, unreachable, not running, diverged, being removed or reports no position), or `None`
+/// when at least one could. Which one, and whether it is safe, is decided after the fence.
+pub fn no_replacement(input: &Input, memory: &Memory, primary: u32) -> Option<String> {
+    let mut excuses = Vec::new();
+    for ordinal in ordinals(input, memory) {
+        if ordinal == primary {
+            continue;
+        }
+        match ineligibility(input, memory, ordinal, Some(primary)) {
+            None => return None,
+            Some(why) if ordinal < input.spec.instances => {
+                excuses.push(format!("{} {why}", input.spec.instance_name(ordinal)));
+            }
+            Some(_) => {}
+        }
+    }
+    Some(if excuses.is_empty() {
+        "there are no replicas".to_string()
+    } else {
+        excuses.join("; ")
+    })
+}
+
 /// The most advanced eligible replica and what it holds, or why there is none.
 /// `prefer` wins ties.
 pub fn choose_promotion_candidate(

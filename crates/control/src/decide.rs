@@ -16,7 +16,7 @@ use stator_api::{Engine, Phase, Role};
 use crate::action::{Action, Bootstrap, Decision, Reason, Status};
 use crate::candidate::{
     choose_promotion_candidate, diverged_past_fork, ineligibility, may_lack_acknowledged_writes,
-    ordinals, relay_log_backlog,
+    no_replacement, ordinals, relay_log_backlog,
 };
 use crate::input::{Input, Presence, Request};
 use crate::lease::DownVerdict;
@@ -428,6 +428,20 @@ impl Run<'_> {
             );
             self.wait(message.clone(), Some(since.saturating_add(timeout)));
             self.say(Phase::Unavailable, Reason::PrimaryUnhealthy, message);
+            return;
+        }
+        // A failover kills the primary before it chooses; with no replica able to take its
+        // place that only destroys the one instance that may still serve (a 2-instance
+        // synchronous MariaDB whose replica was being cloned from a primary observed slowly
+        // lost both, for good). Wait for the primary, or for a replica that can replace it.
+        if let Some(why) = no_replacement(self.input, &self.memory, primary) {
+            let message = format!(
+                "primary {} has been {how} for {elapsed} ms, but no replica can take its place \
+                 ({why}); not failing over: waiting for it to recover or for a replica",
+                self.name(primary)
+            );
+            self.wait(message.clone(), None);
+            self.say(Phase::Unavailable, Reason::FailoverBlocked, message);
             return;
         }
         self.notes.push(format!(

@@ -522,6 +522,33 @@ fn rows() -> Vec<Row> {
             },
         },
         Row {
+            name: "with no replica able to replace it, an unhealthy primary is not fenced",
+            input: input(
+                maria(2),
+                vec![
+                    (
+                        0,
+                        with(primary(mariadb("0-1000-90")), |f| {
+                            f.ready = false;
+                            f.message = Some("no recent observation of the server".into());
+                        }),
+                    ),
+                    (1, unreachable()),
+                ],
+                Memory {
+                    primary_unhealthy_since_ms: Some(NOW - 3 * TIMEOUT),
+                    ..serving(0, 2)
+                },
+            ),
+            actions: vec![],
+            reason: Reason::FailoverBlocked,
+            says: "no replica can take its place (demo-1 is unreachable (connection refused)); not failing over",
+            then: |d| {
+                assert!(d.memory.transition.is_none());
+                assert!(d.memory.fenced.is_empty());
+            },
+        },
+        Row {
             name: "a down primary is still fenced first: a sighting before the order proves nothing",
             input: input(
                 pg(2),
