@@ -320,6 +320,76 @@ fn synchronous_replication_is_lossless_and_a_promoted_replica_keeps_it() {
     assert_eq!(semi_sync(&replica), ["ON,ON,AFTER_SYNC,86400000,ON,ON"]);
 }
 
+/// Synchronous mode, no replica connected: a client's commit waits for an acknowledgement
+/// nobody can give, and mariadb-backup's commit barrier waits for that commit, so the clone
+/// that would bring a replica back (a 2-instance database rebuilding its replica after a
+/// failover) hung for the semi-sync timeout, a day. The primary's manager cuts the waiting
+/// client session; the clone finishes and the replica acknowledges from then on.
+#[test]
+fn a_clone_of_a_synchronous_primary_with_no_replica_is_not_held_up_by_a_commit_waiting_for_an_ack()
+{
+    let cluster = Cluster::new("mbk");
+    let sync = "  replication:\n    synchronous: true\n";
+    let primary = cluster.start(&cluster.mariadb_config(0, Bootstrap::InitPrimary, sync));
+    primary.wait_ready();
+    let socket = primary.config.run_dir.join("mariadb.sock");
+    // Not binary-logged, so not waiting for an acknowledgement: the table is in the data files.
+    maria_root(
+        &socket,
+        "SET SESSION sql_log_bin = 0; CREATE TABLE app.w (id INT PRIMARY KEY)",
+    )
+    .unwrap();
+    let port = primary.config.port;
+    let pw = app(&cluster);
+    let writer =
+        std::thread::spawn(move || maria_sql(port, "app", &pw, "INSERT INTO app.w VALUES (1)"));
+    // The write waits for an acknowledgement.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while maria_root(
+        &socket,
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE STATE = 'Waiting for semi-sync ACK from slave'",
+    )
+    .unwrap()
+        != ["1"]
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never waited for an acknowledgement"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let replica = cluster.start(&cluster.mariadb_config(
+        1,
+        Bootstrap::CloneFrom {
+            upstream: primary.endpoint(),
+        },
+        sync,
+    ));
+    replica.wait_ready();
+    // The cut client got no acknowledgement (its connection was closed), not a success.
+    let answer = writer.join().unwrap();
+    assert!(
+        answer
+            .as_ref()
+            .is_err_and(|e| !e.contains("no answer within")),
+        "{answer:?}\n{}",
+        primary.logs()
+    );
+    assert!(
+        primary.logs().contains("cut a client session"),
+        "{}",
+        primary.logs()
+    );
+    // From now on the replica acknowledges: a new write returns, and it is on the replica.
+    maria_sql(port, "app", &app(&cluster), "INSERT INTO app.w VALUES (2)").unwrap();
+    wait_rows(
+        &replica,
+        &cluster,
+        "SELECT COUNT(*) FROM app.w WHERE id = 2",
+        &["1"],
+    );
+}
+
 #[test]
 fn a_running_replica_follows_a_promoted_sibling_without_a_restart_unless_it_holds_errant_writes() {
     let cluster = Cluster::new("mrp");

@@ -35,12 +35,86 @@ pub const BACKUP_PATH: &str = "/backup";
 pub struct BackupStream {
     pub stdout: tokio::process::ChildStdout,
     tool: PipedTool,
+    /// Synchronous mode: [`release_commit_barrier`], for as long as the backup runs.
+    _barrier: Option<AbortOnDrop>,
 }
 
 impl BackupStream {
     /// Waits for mariadb-backup; an error when it failed (the stream is then incomplete).
     pub async fn finish(self) -> Result<(), EngineError> {
         self.tool.finish().await
+    }
+}
+
+/// A task stopped when its owner goes.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How often the commit barrier of a running backup is checked, and how long a client must have
+/// waited for an acknowledgement before it is cut.
+const BARRIER_CHECK: Duration = Duration::from_millis(500);
+const ACK_WAIT_CUT_SECONDS: u32 = 2;
+
+/// The client sessions to cut: each has waited [`ACK_WAIT_CUT_SECONDS`] or more for a
+/// semi-synchronous acknowledgement while no semi-synchronous replica is connected and the
+/// backup's `BACKUP STAGE BLOCK_COMMIT` waits for their commits.
+const STUCK_ACK_WAITS: &str = "SELECT p.ID FROM information_schema.PROCESSLIST p \
+     WHERE p.STATE = 'Waiting for semi-sync ACK from slave' AND p.TIME >= ? \
+     AND (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS \
+          WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_MASTER_CLIENTS') = '0' \
+     AND EXISTS (SELECT 1 FROM information_schema.PROCESSLIST b \
+                 WHERE b.INFO LIKE 'BACKUP STAGE BLOCK_COMMIT%')";
+
+/// Synchronous mode, while a backup of this server runs: a commit that waits for an
+/// acknowledgement no replica can give (none is connected) holds up mariadb-backup's
+/// `BACKUP STAGE BLOCK_COMMIT`, and with it the clone that would bring a replica back to give
+/// it: a deadlock that lasts until the semi-sync timeout (a day). Found with a 2-instance
+/// synchronous MariaDB whose only replica was rebuilt after a failover (it held the frozen
+/// primary's unacknowledged tail) while a client wrote. Such a client session is cut
+/// (`KILL CONNECTION`): its write was never acknowledged, which synchronous mode allows to be
+/// kept or lost, and the barrier passes. Nothing is cut while a replica is connected.
+async fn release_commit_barrier(socket: String, admin: String, instance: String) {
+    use mysql_async::prelude::Queryable;
+    let mut session: Option<Conn> = None;
+    loop {
+        tokio::time::sleep(BARRIER_CHECK).await;
+        if session.is_none() {
+            let opts = mysql_async::OptsBuilder::default()
+                .socket(Some(socket.clone()))
+                .user(Some(admin.clone()))
+                .prefer_socket(true)
+                .stmt_cache_size(0);
+            session = tokio::time::timeout(Duration::from_secs(3), Conn::new(opts))
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let Some(c) = session.as_mut() else {
+            continue;
+        };
+        let stuck: Result<Vec<u64>, _> = c.exec(STUCK_ACK_WAITS, (ACK_WAIT_CUT_SECONDS,)).await;
+        let Ok(stuck) = stuck else {
+            session = None;
+            continue;
+        };
+        for id in stuck {
+            // The id comes from the server as a number: nothing else goes into the statement.
+            if c.query_drop(format!("KILL CONNECTION {id}")).await.is_ok() {
+                tracing::warn!(
+                    instance = %instance,
+                    session = id,
+                    "cut a client session that waited for a semi-synchronous acknowledgement no \
+                     replica can give (none is connected): its write is not acknowledged, and \
+                     the backup that brings a replica back needed its commit to end"
+                );
+            }
+        }
     }
 }
 
@@ -78,7 +152,18 @@ impl MysqlFamily {
             .stdout
             .take()
             .ok_or_else(|| EngineError::State("mariadb-backup has no output pipe".into()))?;
-        Ok(BackupStream { stdout, tool })
+        let barrier = self.spec.replication.synchronous.then(|| {
+            AbortOnDrop(tokio::spawn(release_commit_barrier(
+                self.socket().to_string_lossy().into_owned(),
+                self.admin.clone(),
+                self.instance.clone(),
+            )))
+        });
+        Ok(BackupStream {
+            stdout,
+            tool,
+            _barrier: barrier,
+        })
     }
 
     /// Fills `staging` with a prepared copy of `upstream`, streamed from its instance manager,
