@@ -90,11 +90,28 @@ impl ControlPlane {
             .prefix("stator-kube-")
             .tempdir()
             .expect("temp dir for the control plane");
-        let out = Command::new("bash")
-            .arg(kube_dir().join("start.sh"))
-            .arg(dir.path())
-            .output()
-            .expect("run shared/kube/start.sh");
+        // start.sh unpacks the binaries into its cache on first use, through one temp name
+        // per binary: two first starts at once race on it ("mv: cannot stat
+        // '…/kube-apiserver.tmp'", a fresh CI machine's two parallel stand-in tests). The first
+        // start of this process runs alone; once it succeeded the cache is warm and the
+        // others run side by side.
+        static CACHE_WARM: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+        let run = || {
+            Command::new("bash")
+                .arg(kube_dir().join("start.sh"))
+                .arg(dir.path())
+                .output()
+                .expect("run shared/kube/start.sh")
+        };
+        let mut warm = CACHE_WARM.lock().unwrap_or_else(|e| e.into_inner());
+        let out = if *warm {
+            drop(warm);
+            run()
+        } else {
+            let out = run();
+            *warm = out.status.success();
+            out
+        };
         let mut guard = ControlPlane {
             kubeconfig: dir.path().join("admin.kubeconfig"),
             kubectl: PathBuf::new(),
