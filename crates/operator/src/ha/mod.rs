@@ -406,59 +406,45 @@ enum Round {
 /// One round of a Database's loop: observe the pods, tick the failover shell, start what must
 /// start, roll, write the status.
 async fn round(l: &mut LoopState) -> Round {
-    let LoopState {
-        client,
-        recorder,
-        stores,
-        tick,
-        holds,
-        ns,
-        name,
-        api,
-        desk,
-        rollout,
-        failover,
-        started,
-        taken,
-    } = l;
-    let tick = *tick;
-    let Some(db) = stores.database(ns, name) else {
+    let tick = l.tick;
+    let Some(db) = l.stores.database(&l.ns, &l.name) else {
         return Round::Stop;
     };
     if db.metadata.deletion_timestamp.is_some() {
         return Round::Stop;
     }
-    if failover.is_none() {
-        let Some(secrets) = read_secrets(client, &db).await else {
-            return Round::Pause(tick);
-        };
-        // The saved failover state is loaded from the API server, never from the cache: a
-        // cache lagging the last status write (this loop's before a restart, or the previous
-        // leader's) would resume a failover from a state older than the one already acted on.
-        let saved = match api.get_opt(name).await {
-            Ok(Some(saved)) => saved,
-            Ok(None) => return Round::Stop,
-            Err(e) => {
-                tracing::warn!(database = %name, "reading the Database: {e}");
+    let fo = match &mut l.failover {
+        Some(fo) => fo,
+        slot @ None => {
+            let Some(secrets) = read_secrets(&l.client, &db).await else {
                 return Round::Pause(tick);
-            }
-        };
-        let rt = PodRuntime::new(
-            client.clone(),
-            recorder.clone(),
-            &saved,
-            secrets.token,
-            secrets.monitor,
-            secrets.ca,
-        );
-        *failover = Some(Failover::load(rt, desk.clone()));
-    }
-    let Some(fo) = failover.as_mut() else {
-        return Round::Pause(tick);
+            };
+            // The saved failover state is loaded from the API server, never from the cache: a
+            // cache lagging the last status write (this loop's before a restart, or the
+            // previous leader's) would resume a failover from a state older than the one
+            // already acted on.
+            let saved = match l.api.get_opt(&l.name).await {
+                Ok(Some(saved)) => saved,
+                Ok(None) => return Round::Stop,
+                Err(e) => {
+                    tracing::warn!(database = %l.name, "reading the Database: {e}");
+                    return Round::Pause(tick);
+                }
+            };
+            let rt = PodRuntime::new(
+                l.client.clone(),
+                l.recorder.clone(),
+                &saved,
+                secrets.token,
+                secrets.monitor,
+                secrets.ca,
+            );
+            slot.insert(Failover::load(rt, l.desk.clone()))
+        }
     };
-    let mut observed = observe(stores, &db);
-    if let Err(e) = confirm_gone(client, &db, holds.replicas(&db), &mut observed).await {
-        tracing::warn!(database = %name, "reading pods: {e}");
+    let mut observed = observe(&l.stores, &db);
+    if let Err(e) = confirm_gone(&l.client, &db, l.holds.replicas(&db), &mut observed).await {
+        tracing::warn!(database = %l.name, "reading pods: {e}");
         return Round::Pause(tick);
     }
     let mut ordinals: Vec<u32> = (0..db.spec.instances).collect();
@@ -467,36 +453,38 @@ async fn round(l: &mut LoopState) -> Round {
     ordinals.dedup();
     fo.runtime_mut().observe(observed);
     let sightings = probe(fo.runtime(), &ordinals).await;
-    take_switchover(&db, desk, taken);
+    take_switchover(&db, &l.desk, &mut l.taken);
     let result = fo.tick(&db, &sightings).await;
-    start_instances(fo, &db, &sightings, &result.keep_down, started).await;
+    start_instances(fo, &db, &sightings, &result.keep_down, &mut l.started).await;
     fo.runtime_mut().publish_events(&db).await;
-    let rolling = rollout
+    let rolling = l
+        .rollout
         .step(
-            client,
-            recorder,
+            &l.client,
+            &l.recorder,
             &db,
             rollout::Tick {
                 memory: fo.memory(),
                 status: &result.status,
                 sightings: &sightings,
                 observed: fo.runtime().observed(),
-                desk,
+                desk: &l.desk,
             },
         )
         .await;
     let state = fo.state().clone();
     let report = fo.report(db.name(), &result.status);
     // The annotation's ticket, not one the rollout asked for.
-    let ticket = desk
+    let ticket = l
+        .desk
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .last()
-        .filter(|t| !rollout.owns(t.id));
+        .filter(|t| !l.rollout.owns(t.id));
     let status = instance_statuses(&db, &sightings);
     let primary = result.primary.clone();
     let generation = db.metadata.generation;
-    let written = write_status(api, &db, |s| {
+    let written = write_status(&l.api, &db, |s| {
         s.phase = Some(result.status.phase);
         s.current_primary = primary.clone();
         s.ready_instances = status.iter().filter(|i| i.ready).count() as u32;
@@ -548,11 +536,11 @@ async fn round(l: &mut LoopState) -> Round {
     })
     .await;
     if let Err(e) = written {
-        tracing::warn!(database = %name, "{e}");
+        tracing::warn!(database = %l.name, "{e}");
     }
     // After the status write: a controller woken to lower the replicas finds the new
     // primary recorded.
-    holds.update(&db, scale::kept(fo.memory()));
+    l.holds.update(&db, scale::kept(fo.memory()));
     Round::Pause(if result.urgent {
         Duration::from_secs(1).min(tick)
     } else {
