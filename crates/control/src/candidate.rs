@@ -89,38 +89,13 @@ pub(crate) fn diverged_past_fork(
     }
 }
 
-/// Why no replica could replace `primary` in a failover (none is eligible: each is fenced,
-/// down, unreachable, not running, diverged, being removed or reports no position), or `None`
-/// when at least one could. Which one, and whether it is safe, is decided after the fence.
-pub fn no_replacement(input: &Input, memory: &Memory, primary: u32) -> Option<String> {
-    let mut excuses = Vec::new();
-    for ordinal in ordinals(input, memory) {
-        if ordinal == primary {
-            continue;
-        }
-        match ineligibility(input, memory, ordinal, Some(primary)) {
-            None => return None,
-            Some(why) if ordinal < input.spec.instances => {
-                excuses.push(format!("{} {why}", input.spec.instance_name(ordinal)));
-            }
-            Some(_) => {}
-        }
-    }
-    Some(if excuses.is_empty() {
-        "there are no replicas".to_string()
-    } else {
-        excuses.join("; ")
-    })
-}
-
-/// The most advanced eligible replica and what it holds, or why there is none.
-/// `prefer` wins ties.
-pub fn choose_promotion_candidate(
+/// The replicas that could replace `from` and what each holds, or why there is none (each
+/// excused: fenced, down, unreachable, not running, diverged, being removed, no position).
+fn eligible_replicas(
     input: &Input,
     memory: &Memory,
     from: Option<u32>,
-    prefer: Option<u32>,
-) -> Result<(u32, ReplicationPosition), String> {
+) -> Result<Vec<(u32, ReplicationPosition)>, String> {
     let spec = &input.spec;
     let mut eligible: Vec<(u32, ReplicationPosition)> = Vec::new();
     let mut excuses: Vec<String> = Vec::new();
@@ -141,14 +116,33 @@ pub fn choose_promotion_candidate(
             }
         }
     }
-    if eligible.is_empty() {
-        let detail = if excuses.is_empty() {
-            "there are no replicas".to_string()
-        } else {
-            excuses.join("; ")
-        };
-        return Err(format!("no replica can be promoted: {detail}"));
+    if !eligible.is_empty() {
+        return Ok(eligible);
     }
+    Err(if excuses.is_empty() {
+        "there are no replicas".to_string()
+    } else {
+        excuses.join("; ")
+    })
+}
+
+/// Why no replica could replace `primary` in a failover, or `None` when at least one could.
+/// Which one, and whether it is safe, is decided after the fence.
+pub fn no_replacement(input: &Input, memory: &Memory, primary: u32) -> Option<String> {
+    eligible_replicas(input, memory, Some(primary)).err()
+}
+
+/// The most advanced eligible replica and what it holds, or why there is none.
+/// `prefer` wins ties.
+pub fn choose_promotion_candidate(
+    input: &Input,
+    memory: &Memory,
+    from: Option<u32>,
+    prefer: Option<u32>,
+) -> Result<(u32, ReplicationPosition), String> {
+    let spec = &input.spec;
+    let eligible = eligible_replicas(input, memory, from)
+        .map_err(|why| format!("no replica can be promoted: {why}"))?;
     let tops: Vec<&(u32, ReplicationPosition)> = eligible
         .iter()
         .filter(|(_, held)| eligible.iter().all(|(_, other)| held.includes(other)))
