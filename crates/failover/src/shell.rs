@@ -202,7 +202,8 @@ impl<R: Runtime> Failover<R> {
     }
 
     /// A failover may choose whom to promote in the next tick: its old primary's fence is
-    /// ordered (the tick that confirms it also chooses the candidate). The next reports should
+    /// ordered (the tick that confirms it also chooses the candidate) and no promotion is
+    /// under way (once one is ordered, its candidate is asked directly). The next reports should
     /// be read from the servers then (`/status?fresh=1`), not from their managers' last
     /// periodic observation, which may predate a transaction a replica received (and
     /// acknowledged, in synchronous mode) just before the primary stopped: a candidate chosen
@@ -214,6 +215,7 @@ impl<R: Runtime> Failover<R> {
         let memory = &self.state.memory;
         memory.transition.as_ref().is_some_and(|t| {
             t.kind == TransitionKind::Failover
+                && t.phase == TransitionPhase::Fencing
                 && t.from.is_none_or(|old| memory.fenced.contains_key(&old))
         })
     }
@@ -251,6 +253,7 @@ impl<R: Runtime> Failover<R> {
             leases: self.rt.leases(),
         };
         let decision = stator_control::decide(&input);
+        self.log_transition_step(&spec, &input, &decision);
         self.follow_transition(&spec, &input, &decision);
         self.state.memory = decision.memory.clone();
         self.save();
@@ -784,12 +787,12 @@ impl<R: Runtime> Failover<R> {
     /// afterwards (a rare chaos-check failure promoted one replica while another turned out
     /// to hold a transaction it lacked, and nothing said what the core had seen).
     fn log_transition_step(&mut self, spec: &ClusterSpec, input: &Input, decision: &Decision) {
-        let during = input.memory.transition.is_some() || decision.memory.transition.is_some();
+        if input.memory.transition.is_none() && decision.memory.transition.is_none() {
+            self.last_step = None;
+            return;
+        }
         let message = &decision.status.message;
-        if !during || self.last_step.as_ref() == Some(message) {
-            if !during {
-                self.last_step = None;
-            }
+        if self.last_step.as_ref() == Some(message) {
             return;
         }
         tracing::info!("{message}");
@@ -830,7 +833,6 @@ impl<R: Runtime> Failover<R> {
         let now_mono = input.now_ms;
         let wall_now = self.rt.wall_ms();
         let to_wall = |mono: u64| wall_now.saturating_sub(now_mono.saturating_sub(mono));
-        self.log_transition_step(spec, input, decision);
         if let Some(t) = &after.transition {
             let kind = EventKind::from(t.kind);
             let fresh = self.state.current.as_ref().is_none_or(|c| c.kind != kind);

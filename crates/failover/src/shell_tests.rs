@@ -203,6 +203,10 @@ fn rows() -> Vec<Row> {
                         ensure(order.as_deref() == Some("promote (term 2)"), || {
                             format!("order to db-1 {order:?}, status {:?}", tick.status)
                         })?;
+                        // The candidate is chosen: it is asked directly from now on.
+                        ensure(!shell.wants_fresh_reports(), || {
+                            "fresh reports still asked after the promotion was ordered".into()
+                        })?;
                         ensure(tick.sooner == Some(QUICK_PAUSE), || {
                             format!("sooner {:?}", tick.sooner)
                         })
