@@ -43,6 +43,7 @@ pub mod process;
 pub mod procfs;
 pub mod server_engine;
 pub mod server_user;
+pub mod task;
 pub mod tls;
 
 pub use credentials::{Credentials, Secret};

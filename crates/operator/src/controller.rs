@@ -145,7 +145,7 @@ pub async fn run(client: Client, options: OperatorOptions) {
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     // Aborted when `run` ends or is dropped: a dropped operator must not go on renewing its
     // Lease (no other could ever lead).
-    let keeper = AbortOnDrop(tokio::spawn(async move {
+    let keeper = stator_engine::task::AbortOnDrop(tokio::spawn(async move {
         election.keep().await;
         let _ = lost_tx.send(());
     }));
@@ -164,15 +164,6 @@ pub async fn run(client: Client, options: OperatorOptions) {
     ctx.loops.stop_all().await;
     drop(watches);
     drop(keeper);
-}
-
-/// A task aborted when its handle is dropped.
-pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The controller: Databases in every namespace, woken by a new generation or a finalizer

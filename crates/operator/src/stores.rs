@@ -100,7 +100,7 @@ fn trim_service(svc: &mut Service) {
 }
 
 /// The watch tasks, aborted when dropped.
-pub type Watches = Vec<crate::controller::AbortOnDrop>;
+pub type Watches = Vec<stator_engine::task::AbortOnDrop>;
 
 impl Writers {
     /// Starts the watches of pods, PVCs and Services (in every namespace, of Databases only);
@@ -132,7 +132,7 @@ impl Writers {
             self.databases,
             tasks
                 .into_iter()
-                .map(crate::controller::AbortOnDrop)
+                .map(stator_engine::task::AbortOnDrop)
                 .collect(),
         )
     }

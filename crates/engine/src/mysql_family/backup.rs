@@ -23,9 +23,10 @@ use tokio::io::AsyncWriteExt;
 use crate::credentials::Credentials;
 use crate::error::EngineError;
 use crate::manager_client;
-use crate::mysql_family::MysqlFamily;
 use crate::mysql_family::config::REPLICATION_USER;
+use crate::mysql_family::{MysqlFamily, connect};
 use crate::process::PipedTool;
+use crate::task::AbortOnDrop;
 
 /// The path of the backup endpoint on an instance manager.
 pub const BACKUP_PATH: &str = "/backup";
@@ -35,7 +36,7 @@ pub const BACKUP_PATH: &str = "/backup";
 pub struct BackupStream {
     pub stdout: tokio::process::ChildStdout,
     tool: PipedTool,
-    /// Synchronous mode: [`release_commit_barrier`], for as long as the backup runs.
+    /// A synchronous primary: [`release_commit_barrier`], for as long as the backup runs.
     _barrier: Option<AbortOnDrop>,
 }
 
@@ -43,16 +44,6 @@ impl BackupStream {
     /// Waits for mariadb-backup; an error when it failed (the stream is then incomplete).
     pub async fn finish(self) -> Result<(), EngineError> {
         self.tool.finish().await
-    }
-}
-
-/// A task stopped when its owner goes.
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -79,21 +70,13 @@ const STUCK_ACK_WAITS: &str = "SELECT p.ID FROM information_schema.PROCESSLIST p
 /// primary's unacknowledged tail) while a client wrote. Such a client session is cut
 /// (`KILL CONNECTION`): its write was never acknowledged, which synchronous mode allows to be
 /// kept or lost, and the barrier passes. Nothing is cut while a replica is connected.
-async fn release_commit_barrier(socket: String, admin: String, instance: String) {
+async fn release_commit_barrier(admin: mysql_async::OptsBuilder, instance: String) {
     use mysql_async::prelude::Queryable;
     let mut session: Option<Conn> = None;
     loop {
         tokio::time::sleep(BARRIER_CHECK).await;
         if session.is_none() {
-            let opts = mysql_async::OptsBuilder::default()
-                .socket(Some(socket.clone()))
-                .user(Some(admin.clone()))
-                .prefer_socket(true)
-                .stmt_cache_size(0);
-            session = tokio::time::timeout(Duration::from_secs(3), Conn::new(opts))
-                .await
-                .ok()
-                .and_then(Result::ok);
+            session = connect(admin.clone()).await.ok();
         }
         let Some(c) = session.as_mut() else {
             continue;
@@ -152,10 +135,11 @@ impl MysqlFamily {
             .stdout
             .take()
             .ok_or_else(|| EngineError::State("mariadb-backup has no output pipe".into()))?;
-        let barrier = self.spec.replication.synchronous.then(|| {
+        // Only a primary waits for acknowledgements (a replica's backup has nothing to cut).
+        let primary = self.follows().is_none();
+        let barrier = (self.spec.replication.synchronous && primary).then(|| {
             AbortOnDrop(tokio::spawn(release_commit_barrier(
-                self.socket().to_string_lossy().into_owned(),
-                self.admin.clone(),
+                self.admin_opts(),
                 self.instance.clone(),
             )))
         });

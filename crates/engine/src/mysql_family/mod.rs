@@ -179,6 +179,18 @@ fn column(row: &Row, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A session opened with `opts`, within [`CONNECT_TIMEOUT`].
+pub(crate) async fn connect(opts: OptsBuilder) -> Result<Conn, EngineError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(EngineError::Connect(e.to_string())),
+        Err(_) => Err(EngineError::Connect(format!(
+            "the server did not answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 /// The first row of `sql`, `N` columns as text (empty when NULL); `what` names the query in
 /// errors.
 async fn texts<const N: usize>(
@@ -427,18 +439,16 @@ impl MysqlFamily {
 
     /// Connects over the socket as the manager's own OS user.
     async fn connect_admin(&self) -> Result<Conn, EngineError> {
-        let opts = OptsBuilder::default()
+        connect(self.admin_opts()).await
+    }
+
+    /// How the administrator reaches this server: over its socket, by the OS user.
+    pub(crate) fn admin_opts(&self) -> OptsBuilder {
+        OptsBuilder::default()
             .socket(Some(self.socket().to_string_lossy().into_owned()))
             .user(Some(self.admin.clone()))
             .prefer_socket(true)
-            .stmt_cache_size(0);
-        match tokio::time::timeout(CONNECT_TIMEOUT, Conn::new(opts)).await {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(EngineError::Connect(e.to_string())),
-            Err(_) => Err(EngineError::Connect(
-                "the server did not answer within 3s".into(),
-            )),
-        }
+            .stmt_cache_size(0)
     }
 
     /// The cached administrator session, (re)connected when needed; dropped after an error.
