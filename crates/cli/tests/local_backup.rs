@@ -1170,24 +1170,17 @@ fn wait_binlogs_archived(c: &Cluster, after: f64) -> serde_json::Value {
     )
 }
 
-/// Every domain of the MariaDB GTID position `logged` (`D-S-N,…`) is at or below the same
-/// domain's sequence number in `archived`; false when `logged` names nothing.
+/// The archive's latest GTID holds every transaction of `logged` (both MariaDB GTID
+/// positions); false when `logged` holds nothing or either cannot be read.
 fn gtid_covers(archived: &str, logged: &str) -> bool {
-    let parse = |p: &str| -> Vec<(u64, u64)> {
-        p.split(',')
-            .filter_map(|g| {
-                let mut parts = g.trim().split('-');
-                let domain = parts.next()?.parse().ok()?;
-                let _server = parts.next()?;
-                Some((domain, parts.next()?.parse().ok()?))
-            })
-            .collect()
-    };
-    let (archived, logged) = (parse(archived), parse(logged));
-    !logged.is_empty()
-        && logged
-            .iter()
-            .all(|(d, n)| archived.iter().any(|(ad, an)| ad == d && an >= n))
+    use stator_api::position::MariadbGtidPosition;
+    match (
+        archived.parse::<MariadbGtidPosition>(),
+        logged.parse::<MariadbGtidPosition>(),
+    ) {
+        (Ok(archived), Ok(logged)) => !logged.is_empty() && logged.is_subset_of(&archived),
+        _ => false,
+    }
 }
 
 /// Rows written, T marked on the server clock with 2 s of quiet around it, more rows; the
