@@ -446,9 +446,9 @@ async fn lease_facts(
 /// primary's manager nor its server, and nothing reports it dead. The Down rule alone lets the
 /// operator promote: once no lease of the frozen primary can be valid on its own clock (the
 /// drill waits for the new primary while the node is still frozen). The node is thawed after
-/// the new primary is Ready;
-/// the old primary's manager finds its lease expired and kills its server before anything is
-/// acknowledged, and it comes back as a replica. Returns the new primary.
+/// the new primary is Ready; the old primary's manager finds its lease expired and kills its
+/// server before anything is acknowledged, and it comes back as a replica. Returns the new
+/// primary.
 async fn node_freeze_drill(
     cluster: &Cluster,
     dbs: &Api<Database>,
