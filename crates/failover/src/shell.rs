@@ -806,20 +806,16 @@ impl<R: Runtime> Failover<R> {
                 .observed
                 .iter()
                 .map(|(o, presence)| {
-                    let what = match presence.facts() {
-                        Some(f) => format!(
-                            "{} {}{}, holds {}",
-                            f.state.as_str(),
-                            f.role.map_or("no role".to_string(), |r| r.to_string()),
-                            f.upstream
-                                .map(|u| format!(" of {}", spec.instance_name(u)))
-                                .unwrap_or_default(),
-                            f.held()
-                                .map_or("nothing reported".to_string(), |h| h.to_string())
-                        ),
-                        None => presence.describe(),
-                    };
-                    format!("{} {what}", spec.instance_name(*o))
+                    let mut what = format!("{} {}", spec.instance_name(*o), presence.describe());
+                    if let Some(f) = presence.facts() {
+                        if let Some(u) = f.upstream {
+                            what.push_str(&format!(", of {}", spec.instance_name(u)));
+                        }
+                        let held = f.held();
+                        let held = held.map_or("nothing reported".to_string(), |h| h.to_string());
+                        what.push_str(&format!(", holds {held}"));
+                    }
+                    what
                 })
                 .collect();
             tracing::info!("as the promotion was ordered: {}", seen.join("; "));
