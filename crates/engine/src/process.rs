@@ -111,10 +111,20 @@ impl Invocation {
     /// Starts a tool whose standard input and/or output are pipes the caller feeds or drains
     /// (a backup stream); wait for it with [`PipedTool::finish`]. Its stderr goes to the log.
     pub fn spawn_piped(&self, stdin: bool, stdout: bool) -> Result<PipedTool, EngineError> {
+        self.spawn_with(stdin.then(Stdio::piped), stdout)
+    }
+
+    /// [`Self::spawn_piped`] reading `stdin`: another tool's output (a pipe between two
+    /// tools that nothing here copies through).
+    pub fn spawn_reading(&self, stdin: Stdio, stdout: bool) -> Result<PipedTool, EngineError> {
+        self.spawn_with(Some(stdin), stdout)
+    }
+
+    fn spawn_with(&self, stdin: Option<Stdio>, stdout: bool) -> Result<PipedTool, EngineError> {
         tracing::info!(command = %self.describe(), user = %self.user.name, "running");
         let mut cmd = self.command()?;
-        if stdin {
-            cmd.stdin(Stdio::piped());
+        if let Some(stdin) = stdin {
+            cmd.stdin(stdin);
         }
         if stdout {
             cmd.stdout(Stdio::piped());

@@ -493,48 +493,35 @@ impl MysqlFamily {
         let result = async {
             let mut target = OsString::from("--directory=");
             target.push(&staging);
-            let mut unpack = self
-                .invocation(self.binaries.tool("mbstream")?, vec!["-x".into(), target])
-                .spawn_piped(true, false)?;
-            let sink = unpack
-                .child
-                .stdin
-                .take()
-                .ok_or_else(|| EngineError::State("mbstream has no input pipe".into()))?;
+            // `zstd -d | mbstream -x`, one pipe between the two tools as in a shell: the
+            // unpacked copy (eight times the object or more) passes through nothing here.
             let mut unzip = self
                 .invocation(
                     PathBuf::from(ZSTD),
                     vec!["-q".into(), "-d".into(), "-c".into()],
                 )
                 .spawn_piped(true, true)?;
-            // The object is read here, a part at a time, and fed to zstd.
+            let unzipped: Stdio = unzip
+                .child
+                .stdout
+                .take()
+                .ok_or_else(|| EngineError::State("zstd has no output pipe".into()))?
+                .try_into()
+                .map_err(|e| EngineError::io(ZSTD, "pass on the output of", e))?;
+            let unpack = self
+                .invocation(self.binaries.tool("mbstream")?, vec!["-x".into(), target])
+                .spawn_reading(unzipped, false)?;
+            // The object is read here, a part at a time, and fed to zstd. When mbstream stops
+            // reading (a damaged stream), zstd's writes fail and it exits, and so does the
+            // feed: nothing waits on a full pipe.
             let (key, parts) = (manifest.object_key(), manifest.parts);
-            let feed = unzip
+            let mut feed = unzip
                 .child
                 .stdin
                 .take()
                 .ok_or_else(|| EngineError::State("zstd has no input pipe".into()))?;
-            let feeder = async move {
-                let mut feed = feed;
-                let r = get_stream(store, &key, parts, &mut feed).await;
-                drop(feed);
-                r
-            };
-            let source = unzip
-                .child
-                .stdout
-                .take()
-                .ok_or_else(|| EngineError::State("zstd has no output pipe".into()))?;
-            // Both ends of the copy close when it ends, also when mbstream stopped reading (a
-            // damaged stream): zstd then stops too, and so does the feed; nothing waits on a
-            // full pipe.
-            let (copied, fed) = tokio::join!(
-                async move {
-                    let (mut source, mut sink) = (source, sink);
-                    tokio::io::copy(&mut source, &mut sink).await
-                },
-                feeder
-            );
+            let fed = get_stream(store, &key, parts, &mut feed).await;
+            drop(feed);
             let unzipped = unzip.finish().await;
             let unpacked = unpack.finish().await;
             // The object is checked as it is unpacked (one read, not a check and then a
@@ -553,7 +540,6 @@ impl MysqlFamily {
             if let Some(message) = damage {
                 return Err(refuse(message));
             }
-            copied.map_err(|e| EngineError::io(ZSTD, "copy the output of", e))?;
             unzipped?;
             unpacked?;
             fed.map_err(refuse)?;
