@@ -135,6 +135,7 @@ pub async fn get_stream(
         status,
         body,
         target,
+        trailers: None,
         _driver: driver,
     })
 }
@@ -144,6 +145,7 @@ pub struct Streaming {
     pub status: u16,
     body: Incoming,
     target: String,
+    trailers: Option<hyper::HeaderMap>,
     /// Held for its Drop: the connection lives as long as the answer.
     _driver: Driver,
 }
@@ -153,11 +155,14 @@ impl Streaming {
     pub async fn chunk(&mut self) -> Option<Result<Bytes, ClientError>> {
         loop {
             match self.body.frame().await? {
-                Ok(frame) => {
-                    if let Ok(data) = frame.into_data() {
-                        return Some(Ok(data));
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => return Some(Ok(data)),
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            self.trailers = Some(trailers);
+                        }
                     }
-                }
+                },
                 Err(e) => {
                     return Some(Err(ClientError::Protocol(
                         self.target.clone(),
@@ -166,6 +171,13 @@ impl Streaming {
                 }
             }
         }
+    }
+
+    /// Trailer `name` of the answer, once its body has ended (the request says it takes
+    /// trailers: `TE: trailers`).
+    pub fn trailer(&self, name: &str) -> Option<String> {
+        let value = self.trailers.as_ref()?.get(name)?;
+        value.to_str().ok().map(str::to_string)
     }
 
     /// The rest of the body as text (an error's explanation).
@@ -272,6 +284,11 @@ async fn send(
     }
     if body.is_some() {
         builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+    } else {
+        // A streamed answer may end with trailers (the compressed `/backup`'s GTID position).
+        builder = builder
+            .header(hyper::header::TE, "trailers")
+            .header(hyper::header::CONNECTION, "TE");
     }
     let payload = Full::new(Bytes::from(body.unwrap_or_default().to_string()));
     let request = builder.body(payload).map_err(|e| protocol(&e))?;
@@ -387,6 +404,36 @@ mod tests {
             request.contains("authorization: bearer t0k\r\n"),
             "{request}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_says_it_takes_trailers_and_keeps_them() {
+        let (port, server) = serve_once(
+            b"HTTP/1.1 200 OK\r\nTrailer: stator-backup-gtid\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nstator-backup-gtid: 0-1-7\r\n\r\n",
+            "\r\n\r\n",
+        )
+        .await;
+        let mut answer = get_stream(
+            "127.0.0.1",
+            port,
+            "/backup?compression=zstd",
+            Some("t0k"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.trailer("stator-backup-gtid"), None, "not before the end");
+        let mut body = Vec::new();
+        while let Some(piece) = answer.chunk().await {
+            body.extend_from_slice(&piece.unwrap());
+        }
+        assert_eq!(body, b"abc");
+        assert_eq!(
+            answer.trailer("stator-backup-gtid").as_deref(),
+            Some("0-1-7")
+        );
+        let request = server.await.unwrap().to_ascii_lowercase();
+        assert!(request.contains("\r\nte: trailers\r\n"), "{request}");
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! The HTTP endpoints: `/healthz`, `/readyz`, `/status`, `/metrics` for anyone who can reach the
 //! port; `/promote`, `/demote`, `/reload` (changed parameters, applied without a restart where
 //! the engine allows it) and `GET /backup` (a MariaDB instance's physical copy, streamed
-//! as `mariadb-backup --stream=xbstream` for a replica being cloned) only with the bearer token.
+//! as `mariadb-backup --stream=xbstream` for a replica being cloned, or with
+//! `?compression=zstd` compressed for a repository) only with the bearer token.
 //! A managed instance manager adds its order endpoints ([`crate::managed::router`]).
 
 use std::path::PathBuf;
@@ -10,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use stator_api::instance::{DemoteRequest, ReloadRequest, ServerState};
 use stator_engine::MysqlFamily;
-use stator_engine::mysql_family::backup::BackupStream;
+use stator_engine::mysql_family::backup::{BackupStream, COMPRESSED_QUERY, GTID_TRAILER};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
 
@@ -264,7 +265,14 @@ async fn reload(State(e): State<Endpoints>, headers: HeaderMap, body: Bytes) -> 
 
 /// Streams a physical copy of this instance's data directory. A failed backup ends the response
 /// without its final chunk, so the receiver sees an incomplete transfer, never a short copy.
-async fn backup(State(e): State<Endpoints>, headers: HeaderMap) -> Response {
+///
+/// With `?compression=zstd` (a full backup for a repository) the stream is compressed here and
+/// ends with trailer `stator-backup-gtid`, the copy's GTID position.
+async fn backup(
+    State(e): State<Endpoints>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     if let Some(refused) = check_token(&e, &headers) {
         return refused;
     }
@@ -286,6 +294,19 @@ async fn backup(State(e): State<Endpoints>, headers: HeaderMap) -> Response {
             "a backup is already streaming from this instance; retry when it is done",
         );
     };
+    let compressed = match query.as_deref() {
+        None | Some("") => false,
+        Some(COMPRESSED_QUERY) => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("query {other:?}: /backup takes {COMPRESSED_QUERY:?} or no query"),
+            );
+        }
+    };
+    if compressed {
+        return compressed_backup(&engine, permit);
+    }
     let stream = match engine.start_backup_stream() {
         Ok(s) => s,
         Err(err) => {
@@ -332,4 +353,62 @@ async fn backup(State(e): State<Endpoints>, headers: HeaderMap) -> Response {
 struct BackupState {
     stream: BackupStream,
     _permit: SemaphorePermit<'static>,
+}
+
+/// `GET /backup?compression=zstd`: zstd's output as the body, then the GTID trailer; a failed
+/// backup ends the body without its final chunk, as the plain stream does.
+fn compressed_backup(engine: &MysqlFamily, permit: SemaphorePermit<'static>) -> Response {
+    let stream = match engine.start_compressed_backup_stream() {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!(error = %err, "starting a backup");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string());
+        }
+    };
+    tracing::info!("streaming a compressed backup");
+    let frames = futures_util::stream::unfold(Some((stream, permit)), |state| async move {
+        let (mut stream, permit) = state?;
+        let mut buf = vec![0u8; BACKUP_CHUNK];
+        match stream.stdout.read(&mut buf).await {
+            Ok(0) => match stream.finish().await {
+                Ok(gtid) => {
+                    drop(permit);
+                    tracing::info!(gtid, "compressed backup streamed");
+                    let mut trailers = HeaderMap::new();
+                    match header::HeaderValue::from_str(&gtid) {
+                        Ok(value) => {
+                            trailers.insert(GTID_TRAILER, value);
+                            Some((Ok(http_body::Frame::trailers(trailers)), None))
+                        }
+                        Err(_) => Some((
+                            Err(std::io::Error::other(format!(
+                                "the copy's GTID position {gtid:?} cannot be sent"
+                            ))),
+                            None,
+                        )),
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "the backup failed; aborting the stream");
+                    Some((Err(std::io::Error::other(err.to_string())), None))
+                }
+            },
+            Ok(n) => {
+                buf.truncate(n);
+                Some((
+                    Ok(http_body::Frame::data(Bytes::from(buf))),
+                    Some((stream, permit)),
+                ))
+            }
+            Err(err) => Some((Err(err), None)),
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/zstd"),
+            (header::TRAILER, GTID_TRAILER),
+        ],
+        axum::body::Body::new(http_body_util::StreamBody::new(frames)),
+    )
+        .into_response()
 }
