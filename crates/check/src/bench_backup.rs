@@ -53,6 +53,11 @@ pub struct BackupBenchArgs {
     /// `--compression` do not apply: Stator stores MariaDB backups with zstd -3, one stream).
     #[arg(long, default_value = "postgres", value_parser = ["postgres", "mariadb"])]
     pub engine: String,
+    /// MariaDB: rounds of each pair (Stator and by hand), the order alternating between rounds
+    /// so that neither side always runs on the other's leftovers (dirty pages, a busy
+    /// server); the ratio is the median of the rounds' ratios.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
 }
 
 /// Options of `stator bench rpo`.
@@ -72,35 +77,90 @@ pub struct RpoBenchArgs {
     pub work_dir: Option<PathBuf>,
 }
 
+/// One operation timed in rounds, Stator's and by hand side by side.
+#[derive(Default)]
+struct Pairs {
+    /// (Stator, by hand), one per round.
+    rounds: Vec<(Duration, Duration)>,
+}
+
+impl Pairs {
+    fn of(stator: Duration, hand: Duration) -> Pairs {
+        Pairs {
+            rounds: vec![(stator, hand)],
+        }
+    }
+
+    fn median(mut values: Vec<f64>) -> f64 {
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        match n {
+            0 => f64::NAN,
+            _ if n % 2 == 1 => values[n / 2],
+            _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+        }
+    }
+
+    fn stator(&self) -> f64 {
+        Self::median(self.rounds.iter().map(|r| r.0.as_secs_f64()).collect())
+    }
+
+    fn hand(&self) -> f64 {
+        Self::median(self.rounds.iter().map(|r| r.1.as_secs_f64()).collect())
+    }
+
+    /// Stator's time over the time by hand: the median of the rounds' ratios.
+    fn ratio(&self) -> f64 {
+        Self::median(
+            self.rounds
+                .iter()
+                .map(|(s, h)| s.as_secs_f64() / h.as_secs_f64())
+                .collect(),
+        )
+    }
+
+    /// Each round's times, when there was more than one.
+    fn detail(&self) -> String {
+        if self.rounds.len() < 2 {
+            return String::new();
+        }
+        let each: Vec<String> = self
+            .rounds
+            .iter()
+            .map(|(s, h)| format!("{:.2}/{:.2}", s.as_secs_f64(), h.as_secs_f64()))
+            .collect();
+        format!("  (rounds, stator/by hand s: {})", each.join(", "))
+    }
+}
+
 /// What `bench backup` measured, Stator's and by hand.
 struct Figures {
-    stator_backup: Duration,
-    hand_backup: Duration,
+    backup: Pairs,
     restore_what: &'static str,
-    stator_restore: Duration,
-    hand_restore: Duration,
+    restore: Pairs,
     stator_size: u64,
     hand_size: u64,
 }
 
 impl Figures {
-    /// The table of times, bytes and ratios (Stator / by hand), then `note`.
+    /// The table of times (medians over the rounds), bytes and ratios (Stator / by hand),
+    /// then `note`.
     fn print(&self, note: &str) {
-        let ratio = |s: Duration, h: Duration| s.as_secs_f64() / h.as_secs_f64();
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         println!(
             "{:<34} {:>10} {:>10} {:>8}",
             "", "stator", "by hand", "ratio"
         );
-        for (what, s, h) in [
-            ("full backup (time)", self.stator_backup, self.hand_backup),
-            (self.restore_what, self.stator_restore, self.hand_restore),
+        for (what, pairs) in [
+            ("full backup (time)", &self.backup),
+            (self.restore_what, &self.restore),
         ] {
             println!(
-                "{what:<34} {:>9.2}s {:>9.2}s {:>7.2}x",
-                s.as_secs_f64(),
-                h.as_secs_f64(),
-                ratio(s, h)
+                "{what:<34} {:>9.2}s {:>9.2}s {:>7.2}x{}",
+                pairs.stator(),
+                pairs.hand(),
+                pairs.ratio(),
+                pairs.detail()
             );
         }
         println!(
@@ -112,8 +172,8 @@ impl Figures {
         );
         println!(
             "speed vs by hand (target >= 0.9): backup {:.2}, restore {:.2}",
-            1.0 / ratio(self.stator_backup, self.hand_backup),
-            1.0 / ratio(self.stator_restore, self.hand_restore)
+            1.0 / self.backup.ratio(),
+            1.0 / self.restore.ratio()
         );
         println!("{note}");
     }
@@ -425,11 +485,9 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
         args.parallel
     );
     Figures {
-        stator_backup,
-        hand_backup,
+        backup: Pairs::of(stator_backup, hand_backup),
         restore_what: "restore to the end of the archive",
-        stator_restore,
-        hand_restore,
+        restore: Pairs::of(stator_restore, hand_restore),
         stator_size,
         hand_size,
     }
@@ -732,36 +790,46 @@ fn run_backup_mariadb(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckErr
         "loading the data",
     )?;
 
-    // 1. Full backups.
-    let stator_backup = stator_command(exe, &spec, &state, &["backup", "create"])?;
-    let last = listed_backups(exe, &spec, &state)?
-        .pop()
-        .unwrap_or_default();
-    let stator_id = last["id"].as_str().unwrap_or_default().to_string();
+    // 1. Full backups, in rounds: Stator's, then by hand, and the other way round in the next.
+    let hand = root.join("hand");
+    private_dir(&hand, user.as_ref())?;
+    let object = hand.join("full.xbstream.zst");
+    let login = user.as_ref().map_or("root", |u| u.name.as_str());
+    let mut backups = Pairs::default();
+    let mut stator_id = String::new();
+    for round in 0..args.rounds.max(1) {
+        let mut times = (Duration::ZERO, Duration::ZERO);
+        for stator_turn in turns(round) {
+            if stator_turn {
+                times.0 = stator_command(exe, &spec, &state, &["backup", "create"])?;
+                let last = listed_backups(exe, &spec, &state)?
+                    .pop()
+                    .unwrap_or_default();
+                stator_id = last["id"].as_str().unwrap_or_default().to_string();
+            } else {
+                times.1 = shell(
+                    &format!(
+                        "set -e -o pipefail; rm -rf {hand}/tmp; {tool} --no-defaults --backup --stream=xbstream --datadir={data} --socket={socket} --user={login} --target-dir={hand}/tmp --tmpdir={hand} 2>{hand}/backup.log | {zstd} -q -c -3 > {object}; sha256sum {object} > {object}.sha256",
+                        tool = backup_tool.display(),
+                        data = data_dir.display(),
+                        socket = socket.display(),
+                        hand = hand.display(),
+                        object = object.display(),
+                    ),
+                    user.as_ref(),
+                    "mariadb-backup | zstd (by hand)",
+                )?;
+            }
+        }
+        backups.rounds.push(times);
+    }
     let stator_size = dir_bytes(&stator_engine::mysql_family::repository::backup_dir(
         &repo.join("default/mb"),
         &stator_id,
     ));
-
-    let hand = root.join("hand");
-    private_dir(&hand, user.as_ref())?;
-    let object = hand.join("full.xbstream.zst");
-    let hand_backup = shell(
-        &format!(
-            "set -e -o pipefail; {tool} --no-defaults --backup --stream=xbstream --datadir={data} --socket={socket} --user={login} --target-dir={hand}/tmp --tmpdir={hand} 2>{hand}/backup.log | {zstd} -q -c -3 > {object}; sha256sum {object} > {object}.sha256",
-            tool = backup_tool.display(),
-            data = data_dir.display(),
-            socket = socket.display(),
-            login = user.as_ref().map_or("root", |u| u.name.as_str()),
-            hand = hand.display(),
-            object = object.display(),
-        ),
-        user.as_ref(),
-        "mariadb-backup | zstd (by hand)",
-    )?;
     let hand_size = std::fs::metadata(&object).map_or(0, |m| m.len());
 
-    // 2. Restores.
+    // 2. Restores, in rounds the same way.
     let restored = root.join("mr.yaml");
     std::fs::write(
         &restored,
@@ -771,72 +839,118 @@ fn run_backup_mariadb(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckErr
         ),
     )
     .map_err(|e| LocalError::io(&restored, "cannot write", e))?;
-    made.specs.push(restored.clone());
-    let stator_restore = stator_command(
-        exe,
-        &restored,
-        &state,
-        &["restore", "--from", "mb", "--backup", &stator_id],
-    )?;
-    // As for PostgreSQL: the restored database's first backup finishes and the database is
-    // removed before the restore by hand is timed.
-    wait_first_backup(exe, &restored, &state)?;
-    stator_command(exe, &restored, &state, &["delete", "--purge"])?;
-    made.specs.retain(|s| *s != restored);
-
     let port = args.port_base + 90;
-    let hand_restore = shell(
-        &format!(
-            "set -e; mkdir {hand}/staging {hand}/data; {zstd} -q -d -c {object} | {mbstream} -x -C {hand}/staging; \
-             {tool} --no-defaults --prepare --target-dir={hand}/staging 2>{hand}/prepare.log; \
-             {tool} --no-defaults --copy-back --target-dir={hand}/staging --datadir={hand}/data 2>{hand}/copy-back.log",
-            tool = backup_tool.display(),
-            mbstream = mbstream.display(),
-            hand = hand.display(),
-            object = object.display(),
-        ),
-        user.as_ref(),
-        "zstd -d | mbstream -x, --prepare, --copy-back (by hand)",
-    )?;
-    let started = Instant::now();
-    let mut server = as_user(
-        Command::new(bin.join("mariadbd"))
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}/data", hand.display()))
-            .arg(format!("--socket={}/s.sock", hand.display()))
-            .arg(format!("--pid-file={}/s.pid", hand.display()))
-            .arg(format!("--log-error={}/server.log", hand.display()))
-            .arg(format!("--port={port}"))
-            .arg("--bind-address=127.0.0.1"),
-        user.as_ref(),
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .map_err(|e| LocalError::io(bin.join("mariadbd"), "cannot start", e))?;
-    let waited = wait_port(port, Duration::from_secs(600));
-    let hand_restore = hand_restore + started.elapsed();
-    let _ = server.kill();
-    let _ = server.wait();
-    waited?;
+    let mut restores = Pairs::default();
+    for round in 0..args.rounds.max(1) {
+        let mut times = (Duration::ZERO, Duration::ZERO);
+        for stator_turn in turns(round) {
+            if stator_turn {
+                made.specs.push(restored.clone());
+                times.0 = stator_command(
+                    exe,
+                    &restored,
+                    &state,
+                    &["restore", "--from", "mb", "--backup", &stator_id],
+                )?;
+                // As for PostgreSQL: the restored database's first backup finishes and the
+                // database is removed before anything else is timed.
+                wait_first_backup(exe, &restored, &state)?;
+                stator_command(exe, &restored, &state, &["delete", "--purge"])?;
+                made.specs.retain(|s| *s != restored);
+            } else {
+                times.1 = hand_restore(&HandRestore {
+                    bin: &bin,
+                    backup_tool: &backup_tool,
+                    mbstream: &mbstream,
+                    zstd,
+                    object: &object,
+                    dir: &hand.join(format!("restore-{round}")),
+                    port,
+                    user: user.as_ref(),
+                })?;
+            }
+        }
+        restores.rounds.push(times);
+    }
 
     println!();
     println!(
-        "Backup benchmark (MariaDB): about {} MiB ({rows} rows; the data dir holds {} MiB), zstd -3",
+        "Backup benchmark (MariaDB): about {} MiB ({rows} rows; the data dir holds {} MiB), zstd -3, {} rounds",
         args.size_mib,
         dir_bytes(&data_dir) / (1024 * 1024),
+        args.rounds.max(1),
     );
     Figures {
-        stator_backup,
-        hand_backup,
+        backup: backups,
         restore_what: "restore (until the server listens)",
-        stator_restore,
-        hand_restore,
+        restore: restores,
         stator_size,
         hand_size,
     }
     .print(
-        "(by hand: mariadb-backup --backup --stream=xbstream | zstd -3, then sha256sum; restore: zstd -d | mbstream -x, --prepare, --copy-back, mariadbd until it listens. stator restore also verifies the backup's hash, sets the GTID state, creates the users and brings the new database up.)",
+        "(by hand: mariadb-backup --backup --stream=xbstream | zstd -3, then sha256sum; restore: zstd -d | mbstream -x, --prepare, --copy-back, mariadbd until it listens. stator restore also verifies the backup's hash, sets the GTID state, creates the users and brings the new database up. Rounds alternate which side runs first.)",
     );
     Ok(())
+}
+
+/// The order of a round's pair: Stator first in even rounds, by hand first in odd ones.
+fn turns(round: u32) -> [bool; 2] {
+    let stator_first = round % 2 == 0;
+    [stator_first, !stator_first]
+}
+
+/// A MariaDB restore by hand: what it needs.
+struct HandRestore<'a> {
+    bin: &'a Path,
+    backup_tool: &'a Path,
+    mbstream: &'a Path,
+    zstd: &'a str,
+    object: &'a Path,
+    /// A new directory for this restore (removed afterwards).
+    dir: &'a Path,
+    port: u16,
+    user: Option<&'a ServerUser>,
+}
+
+/// `zstd -d | mbstream -x`, `--prepare`, `--copy-back`, then `mariadbd` until it listens: the
+/// time it took. The server is stopped and the directory removed afterwards.
+fn hand_restore(h: &HandRestore) -> Result<Duration, CheckError> {
+    private_dir(h.dir, h.user)?;
+    let dir = h.dir.display();
+    let unpacked = shell(
+        &format!(
+            "set -e; mkdir {dir}/staging {dir}/data; {zstd} -q -d -c {object} | {mbstream} -x -C {dir}/staging; \
+             {tool} --no-defaults --prepare --target-dir={dir}/staging 2>{dir}/prepare.log; \
+             {tool} --no-defaults --copy-back --target-dir={dir}/staging --datadir={dir}/data 2>{dir}/copy-back.log",
+            zstd = h.zstd,
+            tool = h.backup_tool.display(),
+            mbstream = h.mbstream.display(),
+            object = h.object.display(),
+        ),
+        h.user,
+        "zstd -d | mbstream -x, --prepare, --copy-back (by hand)",
+    )?;
+    let started = Instant::now();
+    let mut server = as_user(
+        Command::new(h.bin.join("mariadbd"))
+            .arg("--no-defaults")
+            .arg(format!("--datadir={dir}/data"))
+            .arg(format!("--socket={dir}/s.sock"))
+            .arg(format!("--pid-file={dir}/s.pid"))
+            .arg(format!("--log-error={dir}/server.log"))
+            .arg(format!("--port={}", h.port))
+            .arg("--bind-address=127.0.0.1"),
+        h.user,
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .map_err(|e| LocalError::io(h.bin.join("mariadbd"), "cannot start", e))?;
+    let waited = wait_port(h.port, Duration::from_secs(600));
+    let took = unpacked + started.elapsed();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(h.dir);
+    waited?;
+    Ok(took)
 }
