@@ -895,7 +895,7 @@ fn run_backup_mariadb(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckErr
 
 /// The order of a round's pair: Stator first in even rounds, by hand first in odd ones.
 fn turns(round: u32) -> [bool; 2] {
-    let stator_first = round % 2 == 0;
+    let stator_first = round.is_multiple_of(2);
     [stator_first, !stator_first]
 }
 

@@ -422,7 +422,11 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(answer.trailer("stator-backup-gtid"), None, "not before the end");
+        assert_eq!(
+            answer.trailer("stator-backup-gtid"),
+            None,
+            "not before the end"
+        );
         let mut body = Vec::new();
         while let Some(piece) = answer.chunk().await {
             body.extend_from_slice(&piece.unwrap());

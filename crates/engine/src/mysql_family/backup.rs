@@ -263,14 +263,7 @@ impl MysqlFamily {
             .take()
             .ok_or_else(|| EngineError::State("mbstream has no input pipe".into()))?;
         tracing::info!(upstream = %upstream.instance, host = %upstream.host, port, "receiving a backup stream");
-        let fetched = fetch_backup(
-            &upstream.host,
-            port,
-            token.expose(),
-            sink,
-            "mbstream",
-        )
-        .await;
+        let fetched = fetch_backup(&upstream.host, port, token.expose(), sink, "mbstream").await;
         let unpacked = unpack.finish().await;
         fetched?;
         unpacked?;

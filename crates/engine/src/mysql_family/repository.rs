@@ -405,9 +405,10 @@ async fn store_into(
     // Compressed where it is taken (`?compression=zstd`): an eighth of the bytes cross the
     // network, and the GTID position comes in the answer's trailer.
     let path = format!("{BACKUP_PATH}?{COMPRESSED_QUERY}");
-    let mut answer = manager_client::get_stream(host, port, &path, Some(token), Duration::from_secs(10))
-        .await
-        .map_err(|e| failed(e.detail()))?;
+    let mut answer =
+        manager_client::get_stream(host, port, &path, Some(token), Duration::from_secs(10))
+            .await
+            .map_err(|e| failed(e.detail()))?;
     if !(200..300).contains(&answer.status) {
         let status = answer.status;
         let text = answer.text().await;
@@ -420,7 +421,10 @@ async fn store_into(
         let mut received: u64 = 0;
         while let Some(data) = answer.chunk().await {
             let data = data.map_err(|e| {
-                failed(format!("interrupted after {received} bytes: {}", e.detail()))
+                failed(format!(
+                    "interrupted after {received} bytes: {}",
+                    e.detail()
+                ))
             })?;
             received += data.len() as u64;
             // The store stopped reading (it failed, or part 0 exists): its error says why.
