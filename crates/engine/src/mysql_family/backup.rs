@@ -263,7 +263,15 @@ impl MysqlFamily {
             .take()
             .ok_or_else(|| EngineError::State("mbstream has no input pipe".into()))?;
         tracing::info!(upstream = %upstream.instance, host = %upstream.host, port, "receiving a backup stream");
-        let fetched = fetch_backup(&upstream.host, port, token.expose(), sink, "mbstream").await;
+        let fetched = fetch_backup(
+            &upstream.host,
+            port,
+            BACKUP_PATH,
+            token.expose(),
+            sink,
+            "mbstream",
+        )
+        .await;
         let unpacked = unpack.finish().await;
         fetched?;
         unpacked?;
@@ -388,29 +396,24 @@ impl MysqlFamily {
     }
 }
 
-/// GETs the backup stream from an instance manager (over TLS when the database has it) and
-/// writes it into `sink` (program `reader`). The bytes received.
+/// GETs `path` (the backup stream, plain or compressed) from an instance manager (over TLS when
+/// the database has it) and writes it into `sink` (program or store `reader`), closing it at
+/// the end. The bytes received, and the answer, whose trailers can be read now.
 pub(crate) async fn fetch_backup(
     host: &str,
     port: u16,
+    path: &str,
     token: &str,
-    mut sink: tokio::process::ChildStdin,
+    mut sink: impl tokio::io::AsyncWrite + Unpin,
     reader: &str,
-) -> Result<u64, EngineError> {
+) -> Result<(u64, manager_client::Streaming), EngineError> {
     let failed = |message: String| {
-        EngineError::Connect(format!(
-            "backup stream from {host}:{port}{BACKUP_PATH}: {message}"
-        ))
+        EngineError::Connect(format!("backup stream from {host}:{port}{path}: {message}"))
     };
-    let mut answer = manager_client::get_stream(
-        host,
-        port,
-        BACKUP_PATH,
-        Some(token),
-        Duration::from_secs(10),
-    )
-    .await
-    .map_err(|e| failed(e.detail()))?;
+    let mut answer =
+        manager_client::get_stream(host, port, path, Some(token), Duration::from_secs(10))
+            .await
+            .map_err(|e| failed(e.detail()))?;
     if !(200..300).contains(&answer.status) {
         let status = answer.status;
         let text = answer.text().await;
@@ -432,5 +435,5 @@ pub(crate) async fn fetch_backup(
     sink.shutdown().await.ok();
     drop(sink);
     tracing::info!(bytes = received, "backup stream received");
-    Ok(received)
+    Ok((received, answer))
 }

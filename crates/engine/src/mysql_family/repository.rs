@@ -17,15 +17,13 @@ use std::ffi::OsString;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use stator_api::position::MariadbGtidPosition;
 
 use crate::error::EngineError;
-use crate::manager_client;
 use crate::mysql_family::MysqlFamily;
-use crate::mysql_family::backup::{BACKUP_PATH, COMPRESSED_QUERY, GTID_TRAILER};
+use crate::mysql_family::backup::{BACKUP_PATH, COMPRESSED_QUERY, GTID_TRAILER, fetch_backup};
 use crate::object_store::{
     ObjectStore, Put, Store, delete_under, get_stream, put_stream_if_absent,
 };
@@ -405,45 +403,21 @@ async fn store_into(
     // Compressed where it is taken (`?compression=zstd`): an eighth of the bytes cross the
     // network, and the GTID position comes in the answer's trailer.
     let path = format!("{BACKUP_PATH}?{COMPRESSED_QUERY}");
-    let mut answer =
-        manager_client::get_stream(host, port, &path, Some(token), Duration::from_secs(10))
-            .await
-            .map_err(|e| failed(e.detail()))?;
-    if !(200..300).contains(&answer.status) {
-        let status = answer.status;
-        let text = answer.text().await;
-        return Err(failed(format!("HTTP {status}: {text}")));
-    }
-    use tokio::io::AsyncWriteExt;
-    // The answer is hashed and stored as it arrives, through a pipe in memory.
-    let (mut sink, compressed) = tokio::io::duplex(PIPE_BUFFER);
-    let received = async {
-        let mut received: u64 = 0;
-        while let Some(data) = answer.chunk().await {
-            let data = data.map_err(|e| {
-                failed(format!(
-                    "interrupted after {received} bytes: {}",
-                    e.detail()
-                ))
-            })?;
-            received += data.len() as u64;
-            // The store stopped reading (it failed, or part 0 exists): its error says why.
-            if sink.write_all(&data).await.is_err() {
-                break;
-            }
-        }
-        drop(sink);
-        Ok::<_, EngineError>(received)
-    };
-    let (received, stored) = tokio::join!(received, put_stream_if_absent(store, &key, compressed));
+    // The answer is hashed and stored as it arrives, through a pipe in memory. When the store
+    // stops reading (it failed, or part 0 exists), its own outcome says why.
+    let (sink, compressed) = tokio::io::duplex(PIPE_BUFFER);
+    let (fetched, stored) = tokio::join!(
+        fetch_backup(host, port, &path, token, sink, "the repository"),
+        put_stream_if_absent(store, &key, compressed)
+    );
     let stored = stored.map_err(|e| EngineError::State(format!("storing the backup: {e}")))?;
-    let received = received?;
     if stored.put == Put::Exists {
         return Err(EngineError::State(format!(
             "{}: exists already; try again in a second",
             store.location(&key)
         )));
     }
+    let (received, answer) = fetched?;
     let gtid = answer.trailer(GTID_TRAILER).ok_or_else(|| {
         failed(format!(
             "the stream ({received} bytes) ended without the copy's GTID position: incomplete"
