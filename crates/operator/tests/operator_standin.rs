@@ -30,7 +30,9 @@ use stator_api::{Database, Engine, Phase, Role};
 use stator_check::checker::Writing;
 use stator_engine::tls::{CaTrust, Dial, Trust};
 use stator_kubelet_standin::harness::{self, Cluster};
-use support::target::{KubeTarget, Reach, finish_writing, start_writing};
+use support::target::{
+    KubeTarget, Reach, finish_writing, finish_writing_asynchronous, start_writing,
+};
 use support::*;
 
 const DEADLINE: Duration = Duration::from_secs(420);
@@ -245,11 +247,18 @@ struct Running {
 /// through ro; its primary pod deleted → a new primary, the old pod back as a replica on its
 /// PVC, the row still there. `None` when the control plane cannot run here.
 async fn bring_up(engine: Engine, name: &str, version: &str) -> Option<Running> {
-    bring_up_with(engine, name, version, false).await
+    bring_up_with(engine, name, version, false, true).await
 }
 
-/// [`bring_up`], with `spec.failover.lease: true` when `lease` (else no `failover` at all).
-async fn bring_up_with(engine: Engine, name: &str, version: &str, lease: bool) -> Option<Running> {
+/// [`bring_up`], with `spec.failover.lease: true` when `lease` (else no `failover` at all),
+/// and asynchronous replication unless `synchronous`.
+async fn bring_up_with(
+    engine: Engine,
+    name: &str,
+    version: &str,
+    lease: bool,
+    synchronous: bool,
+) -> Option<Running> {
     keep_logs();
     let stator = harness::stator_binary();
     let cluster = Cluster::start(&stator, "stator-test-admin").await?;
@@ -264,7 +273,7 @@ async fn bring_up_with(engine: Engine, name: &str, version: &str, lease: bool) -
         "metadata": {"name": name, "namespace": "apps"},
         "spec": {"engine": engine.as_str(), "version": version, "instances": 3,
                  "storage": {"size": "1Gi"},
-                 "replication": {"synchronous": true},
+                 "replication": {"synchronous": synchronous},
                  "bootstrap": {"database": "app", "owner": "app"}},
     });
     if lease {
@@ -499,6 +508,71 @@ async fn node_freeze_drill(
     promoted
 }
 
+/// The operator-down drill (issue 11): the operator stopped for 3 × L (L = the default
+/// detectionTimeout, 2 s), so nobody renews the leases. Every replica, renewed before the
+/// primary each round, stops hearing the operator first and confirms the primary's failsafe
+/// rounds, so the primary keeps serving past its lease: no self-fence, no failover. A next
+/// operator (returned) renews the same writer's lease at the same term.
+async fn operator_down_drill(
+    sql: &Sql,
+    admin: &kube::Client,
+    op: &kube::Client,
+    dbs: &Api<Database>,
+    operator: tokio::task::JoinHandle<()>,
+    writing: &mut Writing,
+) -> tokio::task::JoinHandle<()> {
+    let name = sql.name.clone();
+    let primary = steady_primary(dbs, &name).await;
+    let holds = |lease: &serde_json::Value| lease["holdsWriteLease"] == serde_json::json!(true);
+    let lease = harness::wait_for("the primary holds the write lease", DEADLINE, || async {
+        let l = lease_facts(sql, admin, &primary).await?;
+        holds(&l).then_some(l.clone()).ok_or_else(|| l.to_string())
+    })
+    .await;
+    writing.drill("operator stopped for 3 x L");
+    operator.abort();
+    let _ = operator.await;
+    let stopped = std::time::Instant::now();
+    let mut failsafe = None;
+    while stopped.elapsed() < Duration::from_secs(6) {
+        if let Ok(l) = lease_facts(sql, admin, &primary).await {
+            assert!(
+                l["fenced"].is_null(),
+                "{primary} fenced itself with the operator stopped: {l}"
+            );
+            if !l["failsafeUntil"].is_null() {
+                failsafe = Some(l);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let failsafe = failsafe.expect("the primary went on under the failsafe");
+    println!("{name}: with the operator stopped: {primary} {failsafe}");
+    let operator = tokio::spawn(stator_operator::run(
+        op.clone(),
+        operator_options("op-next"),
+    ));
+    harness::wait_for(
+        "the next operator renews the same writer's lease",
+        DEADLINE,
+        || async {
+            let l = lease_facts(sql, admin, &primary).await?;
+            let renewed = holds(&l)
+                && l["term"] == lease["term"]
+                && l["heardAt"].as_u64() > failsafe["heardAt"].as_u64();
+            renewed.then_some(()).ok_or_else(|| l.to_string())
+        },
+    )
+    .await;
+    let db = dbs.get(&name).await.unwrap();
+    assert_eq!(
+        db.status.and_then(|s| s.current_primary).as_deref(),
+        Some(primary.as_str()),
+        "no failover while the operator was stopped"
+    );
+    operator
+}
+
 /// Write leases on (`spec.failover.lease: true`): the pods run `--managed --lease`, so a
 /// primary serves only under the operator's write lease. The bring-up (the first primary
 /// waits for its lease after `/bootstrap init`), the primary pod's deletion (the new primary
@@ -520,7 +594,7 @@ async fn operator_fails_over_postgres_with_write_leases_on_the_standin() {
         failed_over_to,
         target,
         mut writing,
-    }) = bring_up_with(Engine::Postgres, "pgl", "15", true).await
+    }) = bring_up_with(Engine::Postgres, "pgl", "15", true, true).await
     else {
         return;
     };
@@ -573,52 +647,8 @@ async fn operator_fails_over_postgres_with_write_leases_on_the_standin() {
     );
     sql.write_and_read("three", 3).await;
 
-    // The operator stopped for 3 × L (L = the default detectionTimeout, 2 s): nobody renews
-    // the leases. Every replica, renewed before the primary each round, stops hearing the
-    // operator first and confirms the primary's failsafe rounds, so the primary keeps serving
-    // past its lease: no self-fence, no failover. The next operator renews the same lease.
-    writing.drill("operator stopped for 3 x L");
-    operator.abort();
-    let _ = operator.await;
-    let stopped = std::time::Instant::now();
-    let mut failsafe = None;
-    while stopped.elapsed() < Duration::from_secs(6) {
-        if let Ok(l) = lease_facts(&sql, &admin, &first).await {
-            assert!(
-                l["fenced"].is_null(),
-                "{first} fenced itself with the operator stopped: {l}"
-            );
-            if !l["failsafeUntil"].is_null() {
-                failsafe = Some(l);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let failsafe = failsafe.expect("the primary went on under the failsafe");
-    println!("pgl: with the operator stopped: {first} {failsafe}");
-    let operator = tokio::spawn(stator_operator::run(
-        op.clone(),
-        operator_options("op-next"),
-    ));
+    let operator = operator_down_drill(&sql, &admin, &op, &dbs, operator, &mut writing).await;
     sql.write_and_read("four", 4).await;
-    harness::wait_for(
-        "the next operator renews the same writer's lease",
-        DEADLINE,
-        || async {
-            let l = lease_facts(&sql, &admin, &first).await?;
-            let renewed = holds(&l)
-                && l["term"] == lease["term"]
-                && l["heardAt"].as_u64() > failsafe["heardAt"].as_u64();
-            renewed.then_some(()).ok_or_else(|| l.to_string())
-        },
-    )
-    .await;
-    let db = dbs.get("pgl").await.unwrap();
-    assert_eq!(
-        db.status.and_then(|s| s.current_primary).as_deref(),
-        Some(first.as_str()),
-        "no failover while the operator was stopped"
-    );
     let promoted = node_freeze_drill(&cluster, &dbs, "pgl", &mut writing).await;
     sql.write_and_read("five", 5).await;
     let lease = harness::wait_for(
@@ -637,12 +667,12 @@ async fn operator_fails_over_postgres_with_write_leases_on_the_standin() {
     cluster.stop().await;
 }
 
-/// MariaDB with write leases: the bring-up, the primary pod's deletion and the primary's node
-/// frozen ([`node_freeze_drill`]) under the checker's writer, the new primary holding the
-/// write lease.
+/// MariaDB with write leases: the bring-up, the primary pod's deletion, the operator stopped
+/// for 3 × L ([`operator_down_drill`]) and the primary's node frozen ([`node_freeze_drill`])
+/// under the checker's writer, the new primary holding the write lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_fails_over_mariadb_with_write_leases_on_the_standin() {
-    let Some(r) = bring_up_with(Engine::Mariadb, "mdbl", "10.11", true).await else {
+    let Some(r) = bring_up_with(Engine::Mariadb, "mdbl", "10.11", true, true).await else {
         return;
     };
     let admin = r.cluster.client.clone();
@@ -656,12 +686,51 @@ async fn operator_fails_over_mariadb_with_write_leases_on_the_standin() {
     println!("mdbl: after the failover: {} {lease}", r.failed_over_to);
     r.sql.write_and_read("two", 2).await;
     let mut writing = r.writing;
-    let promoted = node_freeze_drill(&r.cluster, &r.dbs, "mdbl", &mut writing).await;
+    let operator =
+        operator_down_drill(&r.sql, &admin, &r.op, &r.dbs, r.operator, &mut writing).await;
     r.sql.write_and_read("three", 3).await;
+    let promoted = node_freeze_drill(&r.cluster, &r.dbs, "mdbl", &mut writing).await;
+    r.sql.write_and_read("four", 4).await;
     println!("mdbl: after the node freeze: {promoted} is the primary");
     finish_writing(writing, &r.target).await;
-    r.operator.abort();
+    operator.abort();
     r.cluster.stop().await;
+}
+
+/// The lease drills with asynchronous replication, for both engines: the primary pod deleted
+/// (in the bring-up), the operator stopped for 3 × L ([`operator_down_drill`]: no failover,
+/// the primary goes on under the failsafe) and the primary's node frozen
+/// ([`node_freeze_drill`]: failed over by the lease rule alone). Asynchronous replication may
+/// lose what a frozen primary acknowledged and had not sent; never two writable instances.
+async fn asynchronous_lease_drills(engine: Engine, name: &str, version: &str) {
+    let Some(r) = bring_up_with(engine, name, version, true, false).await else {
+        return;
+    };
+    let admin = r.cluster.client.clone();
+    let mut writing = r.writing;
+    r.sql.write_and_read("two", 2).await;
+    let operator =
+        operator_down_drill(&r.sql, &admin, &r.op, &r.dbs, r.operator, &mut writing).await;
+    r.sql.write_and_read("three", 3).await;
+    let promoted = node_freeze_drill(&r.cluster, &r.dbs, name, &mut writing).await;
+    println!("{name}: after the node freeze: {promoted} is the primary");
+    let report = finish_writing_asynchronous(writing, &r.target).await;
+    println!(
+        "{name} (asynchronous): {} acknowledged writes lost",
+        report.writes_lost
+    );
+    operator.abort();
+    r.cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_fails_over_asynchronous_postgres_with_write_leases_on_the_standin() {
+    asynchronous_lease_drills(Engine::Postgres, "pga", "15").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_fails_over_asynchronous_mariadb_with_write_leases_on_the_standin() {
+    asynchronous_lease_drills(Engine::Mariadb, "mdba", "10.11").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1459,7 +1528,7 @@ async fn frozen_primary_outage_against_the_local_hang_and_tuned_patroni() {
         target,
         mut writing,
         ..
-    }) = bring_up_with(Engine::Postgres, "pgf", "15", true).await
+    }) = bring_up_with(Engine::Postgres, "pgf", "15", true, true).await
     else {
         return;
     };

@@ -596,7 +596,13 @@ async fn start_instances(
     keep_down: &BTreeSet<u32>,
     started: &mut BTreeMap<u32, Sent>,
 ) {
-    let orders = start_orders(fo.memory(), keep_down, sightings, |o| {
+    let pods = &fo.runtime().observed().pods;
+    let init = runtime::StartOrder::Bootstrap(BootstrapOrder::Init).kind();
+    let init_sent = started
+        .iter()
+        .find(|(o, s)| s.kind == init && pods.get(o).is_some_and(|p| p.uid == s.pod))
+        .map(|(o, _)| *o);
+    let orders = start_orders(fo.memory(), keep_down, sightings, init_sent, |o| {
         fo.runtime().endpoint(db, o)
     });
     let now = Instant::now();
@@ -624,7 +630,9 @@ async fn start_instances(
 }
 
 /// Start-up orders the managed managers wait for: an empty data dir is bootstrapped (init on
-/// the first instance when the database holds no data yet, else cloned from the primary), a
+/// one instance when the database holds no data yet: the one an init was ordered to already,
+/// `init_sent`, else the first that answers; none while one initialises; else cloned from the
+/// primary), a
 /// data dir waiting for its role is told it (the core's primary, or a replica of it), a fenced
 /// instance the core lets back (no longer in `keep_down`: it rejoins as a replica of a
 /// confirmed primary) has its fence released first. Instances the shell keeps down get
@@ -633,6 +641,7 @@ fn start_orders(
     memory: &stator_control::Memory,
     keep_down: &BTreeSet<u32>,
     sightings: &[Sighting],
+    init_sent: Option<u32>,
     endpoint: impl Fn(u32) -> stator_api::instance::Endpoint,
 ) -> Vec<(u32, runtime::StartOrder)> {
     let any_data = sightings.iter().any(|s| {
@@ -648,10 +657,23 @@ fn start_orders(
             .filter(|r| r.state == ServerState::Running && r.ready)
             .map(|_| p)
     });
-    let first = sightings
-        .iter()
-        .find(|s| s.report.is_some())
-        .map(|s| s.ordinal);
+    // An instance creating its data dir while no primary runs is a new primary being
+    // initialised (a clone needs a running upstream): no second one is initialised beside it.
+    // Found on the stand-in under load: pg-2 answered first and got the init; a second later
+    // pg-0 answered too, came first in order, and got a second init while pg-2's ran.
+    let initializing = primary_running.is_none()
+        && sightings.iter().any(|s| {
+            s.report
+                .as_ref()
+                .is_some_and(|r| r.state == ServerState::Initializing)
+        });
+    // The instance an init was ordered to stays the one (its order may not have arrived yet).
+    let first = init_sent.or_else(|| {
+        sightings
+            .iter()
+            .find(|s| s.report.is_some())
+            .map(|s| s.ordinal)
+    });
     let mut orders = Vec::new();
     for s in sightings {
         let Some(report) = &s.report else { continue };
@@ -671,6 +693,7 @@ fn start_orders(
                 // instance that answers) is initialised.
                 (None, designated)
                     if !any_data
+                        && !initializing
                         && (designated == Some(s.ordinal)
                             || (designated.is_none() && first == Some(s.ordinal))) =>
                 {
@@ -840,7 +863,7 @@ mod tests {
             sighting(0, "stopped", false, true),
             sighting(1, "running", true, true),
         ];
-        let orders = start_orders(&memory, &BTreeSet::new(), &sightings, endpoint);
+        let orders = start_orders(&memory, &BTreeSet::new(), &sightings, None, endpoint);
         match orders.as_slice() {
             [(0, runtime::StartOrder::Rejoin(RoleOrder::Replica { upstream }))] => {
                 assert_eq!(upstream, &endpoint(1))
@@ -852,7 +875,7 @@ mod tests {
         }
         // Kept down (the primary not confirmed yet, a transition): nothing.
         let kept: BTreeSet<u32> = [0].into();
-        assert!(start_orders(&memory, &kept, &sightings, endpoint).is_empty());
+        assert!(start_orders(&memory, &kept, &sightings, None, endpoint).is_empty());
     }
 
     /// The stand-in drill that found it: after the operator was killed during a failover,
@@ -870,13 +893,46 @@ mod tests {
             sighting(1, "stopped", false, true),
             sighting(2, "running", true, true),
         ];
-        let orders = start_orders(&memory, &BTreeSet::new(), &sightings, endpoint);
+        let orders = start_orders(&memory, &BTreeSet::new(), &sightings, None, endpoint);
         match orders.as_slice() {
             [(1, runtime::StartOrder::Rejoin(RoleOrder::Replica { upstream }))] => {
                 assert_eq!(upstream, &endpoint(2))
             }
             other => panic!("expected a rejoin of pg-1 following pg-2, got {other:?}"),
         }
+    }
+
+    /// The stand-in run that found it (a PostgreSQL bring-up at load 5): pg-2's manager
+    /// answered first and got `/bootstrap init`; a round later pg-0's answered too, came first
+    /// in order, and got a second init while pg-2's ran: two primaries of one new database.
+    #[test]
+    fn a_new_database_is_initialised_on_one_instance_only() {
+        let memory = Memory::default();
+        let init = |orders: &[(u32, runtime::StartOrder)]| -> Vec<u32> {
+            orders
+                .iter()
+                .filter(|(_, o)| matches!(o, runtime::StartOrder::Bootstrap(BootstrapOrder::Init)))
+                .map(|(n, _)| *n)
+                .collect()
+        };
+        // pg-2 initialising, pg-0 empty and answering: nothing for pg-0.
+        let sightings = vec![
+            sighting(0, "stopped", false, false),
+            sighting(2, "initializing", false, false),
+        ];
+        let none = start_orders(&memory, &BTreeSet::new(), &sightings, None, endpoint);
+        assert!(init(&none).is_empty(), "{none:?}");
+        // pg-2 got the init, which has not arrived yet (it still reports stopped and empty):
+        // pg-2 again, never pg-0.
+        let sightings = vec![
+            sighting(0, "stopped", false, false),
+            sighting(2, "stopped", false, false),
+        ];
+        let again = start_orders(&memory, &BTreeSet::new(), &sightings, Some(2), endpoint);
+        assert_eq!(init(&again), vec![2], "{again:?}");
+        // Nothing ordered yet: the first that answers.
+        let first = start_orders(&memory, &BTreeSet::new(), &sightings, None, endpoint);
+        assert_eq!(init(&first), vec![0], "{first:?}");
     }
 
     /// The stand-in run that found it: pg-0 bootstrapped, its pod deleted 20 s later, the

@@ -178,6 +178,15 @@ pub async fn start_writing(target: &KubeTarget) -> Writing {
 /// Stops the checker, prints its report and holds it to its verdict: no moment with two
 /// writable instances, no acknowledged write lost (replication is synchronous).
 pub async fn finish_writing(writing: Writing, target: &KubeTarget) -> CheckReport {
+    let report = finish_writing_asynchronous(writing, target).await;
+    assert_eq!(report.writes_lost, 0, "{}", report.render());
+    report
+}
+
+/// [`finish_writing`] for asynchronous replication, which may lose the acknowledged writes a
+/// lost primary had not sent yet: never two writable instances, and the checker saw writes
+/// and probed throughout; the writes lost are printed, not held to zero.
+pub async fn finish_writing_asynchronous(writing: Writing, target: &KubeTarget) -> CheckReport {
     let report = writing
         .finish(target, &|line| println!("checker: {line}"))
         .await;
@@ -187,7 +196,6 @@ pub async fn finish_writing(writing: Writing, target: &KubeTarget) -> CheckRepor
         "moments with two writable instances:\n{}",
         report.render()
     );
-    assert_eq!(report.writes_lost, 0, "{}", report.render());
     assert!(report.aborted.is_none(), "{}", report.render());
     assert!(report.writes_acknowledged > 0, "{}", report.render());
     assert!(report.probe_rounds > 0, "{}", report.render());
