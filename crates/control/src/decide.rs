@@ -914,8 +914,9 @@ impl Run<'_> {
             self.memory.primary_serving_at_ms = Some(self.now());
             self.memory.transition = None;
             self.memory.fenced.remove(&candidate);
+            // A restore is counted too: its lease carried the next term.
+            self.memory.term += 1;
             if !restore {
-                self.memory.term += 1;
                 if let Some(fork) = &fork {
                     for fence in self.memory.fenced.values_mut() {
                         fence.floor = Some(match &fence.floor {
@@ -960,8 +961,11 @@ impl Run<'_> {
         let elapsed = self.now().saturating_sub(since_ms);
         if !progressing && elapsed >= self.input.spec.detection_timeout_ms {
             // Give the candidate up; it may still turn writable, so it is fenced like any
-            // instance that was ever told it may write.
+            // instance that was ever told it may write. Its term is spent: its lease named it
+            // at `term + 1`, and the managers that took that lease refuse the same term naming
+            // the next candidate (or the restored primary).
             self.order_fence(candidate, FenceMethod::Kill);
+            self.memory.term += 1;
             self.set_phase(TransitionPhase::Fencing);
             let message = format!(
                 "{title}: {} is {} {elapsed} ms after it was told to take writes; giving it up \

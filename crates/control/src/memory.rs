@@ -67,11 +67,14 @@ impl Memory {
     /// The term a lease sent now carries: the term the candidate being promoted will hold
     /// (`term + 1`: the term is counted only once the promotion is seen, but a manager takes
     /// one writer per term, so the candidate's lease must already carry its own), otherwise
-    /// the current term (a restored primary keeps its own).
+    /// the current term. A restored primary is promoted again at a new term like any
+    /// candidate: the term it held before may since have been handed to the switchover's
+    /// target (a lease of `term + 1` naming the target), and the managers that took it refuse
+    /// that term naming anyone else.
     pub fn lease_term(&self) -> u64 {
         match &self.transition {
             Some(Transition {
-                phase: TransitionPhase::Promoting { restore: false, .. },
+                phase: TransitionPhase::Promoting { .. },
                 ..
             }) => self.term + 1,
             _ => self.term,
@@ -185,7 +188,7 @@ mod tests {
 
     /// A manager takes one writer per term: the candidate's lease carries the term its
     /// promotion starts, the old primary is named to the others at its own term while it is
-    /// being fenced, and a restored primary keeps its term.
+    /// being fenced, and a restored primary gets a new term too.
     #[test]
     fn a_lease_names_the_candidate_at_the_term_its_promotion_starts() {
         let steady = Memory {
@@ -209,7 +212,7 @@ mod tests {
         let m = promoting(false);
         assert_eq!((m.lease_term(), m.lease_writer()), (5, Some(2)));
         let m = promoting(true);
-        assert_eq!((m.lease_term(), m.lease_writer()), (4, Some(0)));
+        assert_eq!((m.lease_term(), m.lease_writer()), (5, Some(0)));
         assert_eq!(Memory::default().lease_writer(), None);
     }
 }

@@ -950,7 +950,13 @@ fn rows() -> Vec<Row> {
             actions: vec![fence(1, FenceMethod::Kill)],
             reason: Reason::FailoverBlocked,
             says: "giving it up",
-            then: |d| assert!(d.memory.fenced.contains_key(&1)),
+            // Its term is spent: its lease named it at term 2, and the managers that took
+            // that lease refuse term 2 naming the next candidate; the next one gets term 3.
+            then: |d| {
+                assert!(d.memory.fenced.contains_key(&1));
+                assert_eq!(d.memory.term, 2);
+                assert_eq!(d.memory.lease_term(), 2);
+            },
         },
         Row {
             name: "a returning old primary past the fork rejoins after pg_rewind",
