@@ -94,6 +94,21 @@ pub trait Runtime: Send {
 
     fn save_state(&mut self, state: &FailoverState) -> Result<(), Self::Error>;
 
+    /// Write-ahead: `state`, just decided, persisted where a next shell loads it from, before
+    /// any of its actions is carried out. A runtime whose [`Runtime::save_state`] already
+    /// persists (a file) needs nothing here. The operator's store is the Database's status,
+    /// written at the end of its round: an operator killed between a decision's orders (a
+    /// candidate's lease of a new term, `/promote`) and that write left a next leader an older
+    /// state than the managers had acted on, and it undid a switchover's promotion it did
+    /// not know of (found by the restart-during-hand-over drill).
+    fn persist_state(
+        &mut self,
+        state: &FailoverState,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = state;
+        async { Ok(()) }
+    }
+
     /// The primary the runtime starts instances against (the local `primary` record).
     fn recorded_primary(&self) -> Option<u32>;
 

@@ -103,6 +103,8 @@ pub struct Failover<R: Runtime> {
     rt: R,
     state: FailoverState,
     saved: String,
+    /// The state last persisted by [`Runtime::persist_state`].
+    persisted: String,
     desk: Arc<Mutex<SwitchoverDesk>>,
     running_ticket: Option<RunningTicket>,
     in_flight: BTreeMap<u32, InFlight>,
@@ -154,6 +156,7 @@ impl<R: Runtime> Failover<R> {
         Failover {
             rt: runtime,
             saved: serde_json::to_string(&state).unwrap_or_default(),
+            persisted: serde_json::to_string(&state).unwrap_or_default(),
             state,
             desk,
             running_ticket: None,
@@ -257,6 +260,7 @@ impl<R: Runtime> Failover<R> {
         self.follow_transition(&spec, &input, &decision);
         self.state.memory = decision.memory.clone();
         self.save();
+        self.persist().await;
         // A kill fence this decision confirmed no longer holds the instance's next order.
         self.drop_settled_orders();
         // Before the actions: a candidate ordered promoted must hold its lease first.
@@ -890,6 +894,18 @@ impl<R: Runtime> Failover<R> {
             self.state.history.push(event);
             let excess = self.state.history.len().saturating_sub(HISTORY);
             self.state.history.drain(..excess);
+        }
+    }
+
+    /// Write-ahead ([`Runtime::persist_state`]): the state decided, before its actions; only
+    /// when it changed.
+    async fn persist(&mut self) {
+        let text = serde_json::to_string(&self.state).unwrap_or_default();
+        if text != self.persisted {
+            match self.rt.persist_state(&self.state).await {
+                Ok(()) => self.persisted = text,
+                Err(e) => tracing::error!("{e}"),
+            }
         }
     }
 

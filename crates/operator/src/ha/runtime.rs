@@ -87,6 +87,10 @@ pub enum StartOrder {
 pub enum PodRuntimeError {
     #[error("the failover state in the status of Database {name:?} cannot be read: {message}")]
     State { name: String, message: String },
+    #[error(
+        "the failover state cannot be written into the status of Database {name:?} before the orders it decided: {message}"
+    )]
+    Persist { name: String, message: String },
 }
 
 /// The failover runtime of one `Database`'s pods.
@@ -458,8 +462,37 @@ impl Runtime for PodRuntime {
     }
 
     /// The loop writes the state to the status after each tick.
+    /// The state goes into the status with the rest of the round's status ([`super::round`]),
+    /// and before the actions by [`Runtime::persist_state`].
     fn save_state(&mut self, _state: &FailoverState) -> Result<(), Self::Error> {
         Ok(())
+    }
+
+    /// `status.failover.state` replaced, exactly: a patch computed against the Database as
+    /// read now, applied to that version only (retried on a conflict).
+    async fn persist_state(&mut self, state: &FailoverState) -> Result<(), Self::Error> {
+        let api: Api<Database> = Api::namespaced(self.client.clone(), &self.namespace);
+        let failed = |message: String| PodRuntimeError::Persist {
+            name: self.name.clone(),
+            message,
+        };
+        let db = api
+            .get(&self.name)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let value = super::without_nulls(serde_json::json!(state));
+        crate::conditions::write_status(&api, &db, |s| {
+            let mut failover = s
+                .failover
+                .clone()
+                .filter(serde_json::Value::is_object)
+                .unwrap_or_else(|| serde_json::json!({}));
+            failover["state"] = value.clone();
+            s.failover = Some(failover);
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| failed(e.to_string()))
     }
 
     fn recorded_primary(&self) -> Option<u32> {
