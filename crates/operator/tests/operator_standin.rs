@@ -573,6 +573,93 @@ async fn operator_down_drill(
     operator
 }
 
+/// The restart-during-hand-over drill (issue 11): a switchover asked for by the annotation, and
+/// the operator dropped (with everything it started, as a killed process would) the moment the
+/// write lease is handed over: the target holds a lease of a later term. A next operator
+/// (returned) loads the switchover from the status and finishes it: the target the primary
+/// under its lease, the old primary back as a replica.
+async fn operator_restart_during_handover_drill(
+    cluster: &Cluster,
+    sql: &Sql,
+    op: &kube::Client,
+    dbs: &Api<Database>,
+    operator: tokio::task::JoinHandle<()>,
+    writing: &mut Writing,
+) -> tokio::task::JoinHandle<()> {
+    let (name, admin) = (sql.name.clone(), cluster.client.clone());
+    let primary = steady_primary(dbs, &name).await;
+    let db = dbs.get(&name).await.unwrap();
+    let to = ready_roles(&db)
+        .1
+        .into_iter()
+        .next()
+        .expect("a ready replica");
+    let holds = |lease: &serde_json::Value| lease["holdsWriteLease"] == serde_json::json!(true);
+    let old = harness::wait_for("the primary holds the write lease", DEADLINE, || async {
+        let l = lease_facts(sql, &admin, &primary).await?;
+        holds(&l).then_some(l.clone()).ok_or_else(|| l.to_string())
+    })
+    .await;
+    let old_term = old["term"].as_u64().expect("a term");
+    writing.drill("operator restarted during a lease hand-over");
+    kubectl(
+        &cluster.control_plane,
+        &[
+            "annotate",
+            "database",
+            &name,
+            "-n",
+            "apps",
+            "--overwrite",
+            &format!("{}=handover:{to}", stator_operator::SWITCHOVER_ANNOTATION),
+        ],
+    );
+    // Polled closely (the hand-over takes a moment): the target's lease of a later term.
+    let asked = std::time::Instant::now();
+    let handed = loop {
+        if let Ok(l) = lease_facts(sql, &admin, &to).await
+            && l["term"].as_u64().is_some_and(|t| t > old_term)
+        {
+            break l;
+        }
+        assert!(
+            asked.elapsed() < DEADLINE,
+            "{name}: the lease was never handed to {to}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    operator.abort();
+    let _ = operator.await;
+    let promoted = dbs
+        .get(&name)
+        .await
+        .ok()
+        .and_then(|d| d.status?.current_primary);
+    println!(
+        "{name}: operator dropped during the hand-over to {to}: {handed} (the status's primary then: {promoted:?})"
+    );
+    let operator = tokio::spawn(stator_operator::run(
+        op.clone(),
+        operator_options("op-handover"),
+    ));
+    ready_with(
+        dbs,
+        &name,
+        "the next operator finished the switchover, the old primary a replica",
+        |db| {
+            let (now, replicas) = ready_roles(db);
+            now.as_deref() == Some(to.as_str()) && replicas.contains(&primary)
+        },
+    )
+    .await;
+    harness::wait_for("the target holds the write lease", DEADLINE, || async {
+        let l = lease_facts(sql, &admin, &to).await?;
+        holds(&l).then_some(()).ok_or_else(|| l.to_string())
+    })
+    .await;
+    operator
+}
+
 /// Write leases on (`spec.failover.lease: true`): the pods run `--managed --lease`, so a
 /// primary serves only under the operator's write lease. The bring-up (the first primary
 /// waits for its lease after `/bootstrap init`), the primary pod's deletion (the new primary
@@ -661,6 +748,10 @@ async fn operator_fails_over_postgres_with_write_leases_on_the_standin() {
     )
     .await;
     println!("pgl: after the node freeze: {promoted} {lease}");
+    let operator =
+        operator_restart_during_handover_drill(&cluster, &sql, &op, &dbs, operator, &mut writing)
+            .await;
+    sql.write_and_read("six", 6).await;
     finish_writing(writing, &target).await;
     drop(op);
     operator.abort();
@@ -692,6 +783,16 @@ async fn operator_fails_over_mariadb_with_write_leases_on_the_standin() {
     let promoted = node_freeze_drill(&r.cluster, &r.dbs, "mdbl", &mut writing).await;
     r.sql.write_and_read("four", 4).await;
     println!("mdbl: after the node freeze: {promoted} is the primary");
+    let operator = operator_restart_during_handover_drill(
+        &r.cluster,
+        &r.sql,
+        &r.op,
+        &r.dbs,
+        operator,
+        &mut writing,
+    )
+    .await;
+    r.sql.write_and_read("five", 5).await;
     finish_writing(writing, &r.target).await;
     operator.abort();
     r.cluster.stop().await;
