@@ -702,8 +702,13 @@ fn start_orders(
                 _ => continue,
             },
             Some(true) => match (memory.primary, primary_running) {
+                // Released first too: a primary the core restored (a switchover given up)
+                // may hold the kill fence its manager took (lease expiry, or the core's own
+                // fence before the restore); `Unfence` releases nothing on PostgreSQL, and a
+                // bare `/role` was refused "fenced (kill)" every round (the restart-during-
+                // hand-over drill: FailingOver for good).
                 (Some(p), _) if p == s.ordinal && !fenced => {
-                    runtime::StartOrder::Role(RoleOrder::Primary)
+                    runtime::StartOrder::Rejoin(RoleOrder::Primary)
                 }
                 // Released first even when the core holds no fence on it: a fence its manager
                 // still holds from an order the core no longer counts (one that crossed a
@@ -900,6 +905,28 @@ mod tests {
             }
             other => panic!("expected a rejoin of pg-1 following pg-2, got {other:?}"),
         }
+    }
+
+    /// The restart-during-hand-over drill: the switchover's target fenced itself (its lease
+    /// ran out while no operator led), the core gave the switchover up and restored pg-1,
+    /// whose manager held a kill fence; `/role primary` alone was refused every round. The
+    /// core's primary, stopped, is released before it is told its role.
+    #[test]
+    fn a_restored_primary_holding_a_fence_is_released_before_its_role() {
+        let memory = Memory {
+            primary: Some(1),
+            primary_confirmed: true,
+            ..Memory::default()
+        };
+        let sightings = vec![sighting(1, "stopped", false, true)];
+        let orders = start_orders(&memory, &BTreeSet::new(), &sightings, None, endpoint);
+        assert!(
+            matches!(
+                orders.as_slice(),
+                [(1, runtime::StartOrder::Rejoin(RoleOrder::Primary))]
+            ),
+            "{orders:?}"
+        );
     }
 
     /// The stand-in run that found it (a PostgreSQL bring-up at load 5): pg-2's manager
