@@ -54,6 +54,8 @@ const ORDER_RESEND: Duration = Duration::from_secs(60);
 /// seen unhealthy only when its probe ends: with 3 s, a frozen node added 3 s to detection
 /// and to every tick of the failover after it.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1_500);
+/// The pace of a loop while something is wrong or in progress ([`stator_failover::Tick::urgent`]).
+const URGENT_TICK: Duration = Duration::from_secs(1);
 
 /// The running loops, one per `Database` (namespace, name).
 pub struct Loops {
@@ -541,11 +543,18 @@ async fn round(l: &mut LoopState) -> Round {
     // After the status write: a controller woken to lower the replicas finds the new
     // primary recorded.
     l.holds.update(&db, scale::kept(fo.memory()));
-    Round::Pause(if result.urgent {
-        Duration::from_secs(1).min(tick)
-    } else {
-        tick
-    })
+    Round::Pause(pause(tick, result.urgent, result.sooner))
+}
+
+/// The pause before a Database's next round: its `tick` while all is well, at most
+/// [`URGENT_TICK`] while something is wrong or in progress, and sooner still when the failover
+/// shell asks ([`stator_failover::Tick::sooner`]: an unhealthy primary's detection deadline,
+/// so the failover is decided there and not up to a tick later; a promotion just ordered, so
+/// it is seen, and `rw` routed to it, as soon as it took effect: every round until then is
+/// write outage).
+fn pause(tick: Duration, urgent: bool, sooner: Option<Duration>) -> Duration {
+    let pace = if urgent { URGENT_TICK.min(tick) } else { tick };
+    sooner.map_or(pace, |s| s.min(pace))
 }
 
 /// Queues the annotation's switchover once per id: an id in the status, or taken by this loop
@@ -991,6 +1000,34 @@ mod tests {
         assert!(!waits(Some(&bootstrapped), "uid-a", &rejoin, soon));
         assert!(!waits(Some(&bootstrapped), "uid-b", &init, soon));
         assert!(!waits(None, "uid-a", &init, soon));
+    }
+
+    /// The stand-in benchmark that found it: the loop paused a whole second after ordering a
+    /// promotion (the shell asked for 20 ms), so each failover's promotion was seen, and `rw`
+    /// routed to it, up to a second after it took effect.
+    #[test]
+    fn the_loop_pauses_no_longer_than_the_shell_asks() {
+        let ms = Duration::from_millis;
+        let tick = Duration::from_secs(5);
+        // (urgent, sooner) -> pause
+        let table = [
+            ((false, None), tick),
+            ((true, None), URGENT_TICK),
+            ((true, Some(ms(20))), ms(20)),
+            ((false, Some(ms(1_900))), ms(1_900)),
+            // Never later than the pace.
+            ((true, Some(ms(4_000))), URGENT_TICK),
+            ((false, Some(ms(9_000))), tick),
+        ];
+        for ((urgent, sooner), want) in table {
+            assert_eq!(
+                pause(tick, urgent, sooner),
+                want,
+                "urgent {urgent}, sooner {sooner:?}"
+            );
+        }
+        // A tick shorter than the urgent pace is kept.
+        assert_eq!(pause(ms(300), true, None), ms(300));
     }
 
     #[test]
