@@ -56,6 +56,12 @@ const ORDER_RESEND: Duration = Duration::from_secs(60);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1_500);
 /// The pace of a loop while something is wrong or in progress ([`stator_failover::Tick::urgent`]).
 const URGENT_TICK: Duration = Duration::from_secs(1);
+/// The pace while a failover or switchover runs: each of its steps (the fence seen done and
+/// the candidate chosen, the promotion, the replicas repointed) waits for a round, and every
+/// round until the promotion is write outage (the local supervisor's busy pace is 100 ms).
+/// Only while the transition lasts: a database that stays broken is watched at
+/// [`URGENT_TICK`], so many of them do not cost a probe of every pod five times a second.
+const TRANSITION_TICK: Duration = Duration::from_millis(200);
 
 /// The running loops, one per `Database` (namespace, name).
 pub struct Loops {
@@ -543,17 +549,26 @@ async fn round(l: &mut LoopState) -> Round {
     // After the status write: a controller woken to lower the replicas finds the new
     // primary recorded.
     l.holds.update(&db, scale::kept(fo.memory()));
-    Round::Pause(pause(tick, result.urgent, result.sooner))
+    let transition = fo.memory().transition.is_some();
+    Round::Pause(pause(tick, result.urgent, transition, result.sooner))
 }
 
 /// The pause before a Database's next round: its `tick` while all is well, at most
-/// [`URGENT_TICK`] while something is wrong or in progress, and sooner still when the failover
-/// shell asks ([`stator_failover::Tick::sooner`]: an unhealthy primary's detection deadline,
-/// so the failover is decided there and not up to a tick later; a promotion just ordered, so
-/// it is seen, and `rw` routed to it, as soon as it took effect: every round until then is
-/// write outage).
-fn pause(tick: Duration, urgent: bool, sooner: Option<Duration>) -> Duration {
-    let pace = if urgent { URGENT_TICK.min(tick) } else { tick };
+/// [`URGENT_TICK`] while something is wrong or in progress, [`TRANSITION_TICK`] while a
+/// failover or switchover runs, and sooner still when the failover shell asks
+/// ([`stator_failover::Tick::sooner`]: an unhealthy primary's detection deadline, so the
+/// failover is decided there and not up to a tick later; a promotion just ordered, so it is
+/// seen, and `rw` routed to it, as soon as it took effect: every round until then is write
+/// outage).
+fn pause(tick: Duration, urgent: bool, transition: bool, sooner: Option<Duration>) -> Duration {
+    let pace = if transition {
+        TRANSITION_TICK
+    } else if urgent {
+        URGENT_TICK
+    } else {
+        tick
+    };
+    let pace = pace.min(tick);
     sooner.map_or(pace, |s| s.min(pace))
 }
 
@@ -1009,25 +1024,30 @@ mod tests {
     fn the_loop_pauses_no_longer_than_the_shell_asks() {
         let ms = Duration::from_millis;
         let tick = Duration::from_secs(5);
-        // (urgent, sooner) -> pause
+        // (urgent, transition, sooner) -> pause
         let table = [
-            ((false, None), tick),
-            ((true, None), URGENT_TICK),
-            ((true, Some(ms(20))), ms(20)),
-            ((false, Some(ms(1_900))), ms(1_900)),
+            ((false, false, None), tick),
+            ((true, false, None), URGENT_TICK),
+            ((true, false, Some(ms(20))), ms(20)),
+            ((false, false, Some(ms(1_900))), ms(1_900)),
+            // A failover or switchover runs: each of its steps waits for a round.
+            ((true, true, None), TRANSITION_TICK),
+            ((true, true, Some(ms(20))), ms(20)),
             // Never later than the pace.
-            ((true, Some(ms(4_000))), URGENT_TICK),
-            ((false, Some(ms(9_000))), tick),
+            ((true, false, Some(ms(4_000))), URGENT_TICK),
+            ((true, true, Some(ms(4_000))), TRANSITION_TICK),
+            ((false, false, Some(ms(9_000))), tick),
         ];
-        for ((urgent, sooner), want) in table {
+        for ((urgent, transition, sooner), want) in table {
             assert_eq!(
-                pause(tick, urgent, sooner),
+                pause(tick, urgent, transition, sooner),
                 want,
-                "urgent {urgent}, sooner {sooner:?}"
+                "urgent {urgent}, transition {transition}, sooner {sooner:?}"
             );
         }
-        // A tick shorter than the urgent pace is kept.
-        assert_eq!(pause(ms(300), true, None), ms(300));
+        // A tick shorter than the pace is kept.
+        assert_eq!(pause(ms(300), true, false, None), ms(300));
+        assert_eq!(pause(ms(100), true, true, None), ms(100));
     }
 
     #[test]
