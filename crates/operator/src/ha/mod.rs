@@ -49,6 +49,12 @@ use runtime::{Observed, PodRuntime};
 /// How long a start-up order (`/bootstrap`, `/role`) is given before the same order is sent
 /// again to the same pod.
 const ORDER_RESEND: Duration = Duration::from_secs(60);
+/// How long after a start-up order that was not carried out (refused, its manager not
+/// reached) the same order is given again: its manager still waits for one, and what refused it
+/// may have passed (seen on the stand-in: a pod just recreated could not resolve its new
+/// primary's name yet, so its `pg_rewind` failed, and it stayed stopped for the minute of
+/// [`ORDER_RESEND`]).
+const ORDER_RETRY: Duration = Duration::from_secs(5);
 /// How long one `/status` may take: the manager's own bound on its server's answer
 /// (`FRESH_TIMEOUT`, 1 s) and some. Every tick waits for its slowest probe, and a primary is
 /// seen unhealthy only when its probe ends: with 3 s, a frozen node added 3 s to detection
@@ -592,27 +598,36 @@ fn take_switchover(db: &Database, desk: &Mutex<SwitchoverDesk>, taken: &mut BTre
         .request(target);
 }
 
-/// The last start-up order given to an instance: to which pod (UID), what kind, when.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The last start-up order given to an instance: to which pod (UID), what kind, when, and
+/// whether it was carried out.
+#[derive(Clone, Debug)]
 struct Sent {
     pod: String,
     kind: &'static str,
     at: Instant,
+    outcome: runtime::Outcome,
 }
 
 /// Whether `order` to instance `ordinal`, now in pod `pod`, waits: the same kind of order went
 /// to the same pod less than [`ORDER_RESEND`] ago (it may still be carried out). Another kind
 /// of order, or a pod created again since (a new manager, which got nothing), does not wait:
 /// a former primary's recreated pod, fenced, must not wait out the minute of its first
-/// bootstrap before it is let back as a replica.
+/// bootstrap before it is let back as a replica. One that was not carried out waits only
+/// [`ORDER_RETRY`].
 fn waits(last: Option<&Sent>, pod: &str, order: &runtime::StartOrder, now: Instant) -> bool {
     last.is_some_and(|s| {
-        s.pod == pod && s.kind == order.kind() && now.duration_since(s.at) < ORDER_RESEND
+        let since = now.duration_since(s.at);
+        let wait = if s.outcome.failed() {
+            ORDER_RETRY
+        } else {
+            ORDER_RESEND
+        };
+        s.pod == pod && s.kind == order.kind() && since < wait
     })
 }
 
 /// Gives the start-up orders of [`start_orders`]; the same one to the same pod at most once
-/// per [`ORDER_RESEND`] ([`waits`]).
+/// per [`ORDER_RESEND`], or [`ORDER_RETRY`] after it was not carried out ([`waits`]).
 async fn start_instances(
     fo: &mut Failover<PodRuntime>,
     db: &Database,
@@ -641,15 +656,17 @@ async fn start_instances(
         if waits(started.get(&ordinal), &pod, &order, now) {
             continue;
         }
+        let kind = order.kind();
+        let outcome = fo.runtime_mut().start(db, ordinal, order);
         started.insert(
             ordinal,
             Sent {
                 pod,
-                kind: order.kind(),
+                kind,
                 at: now,
+                outcome,
             },
         );
-        fo.runtime_mut().start(db, ordinal, order);
     }
 }
 
@@ -1000,6 +1017,7 @@ mod tests {
             pod: "uid-a".into(),
             kind: init.kind(),
             at: t0,
+            outcome: runtime::Outcome::default(),
         };
         let soon = t0 + Duration::from_secs(20);
         // The same order to the same pod, within the minute: it may still be carried out.
@@ -1015,6 +1033,37 @@ mod tests {
         assert!(!waits(Some(&bootstrapped), "uid-a", &rejoin, soon));
         assert!(!waits(Some(&bootstrapped), "uid-b", &init, soon));
         assert!(!waits(None, "uid-a", &init, soon));
+    }
+
+    /// The stand-in benchmark that found it: a former primary's recreated pod was told to
+    /// rejoin moments after the promotion, before its pod could resolve the new primary's
+    /// name; its `pg_rewind` failed, the order was refused, and the same order waited out the
+    /// minute of [`ORDER_RESEND`], the pod stopped all that while. One not carried out is given
+    /// again after [`ORDER_RETRY`].
+    #[test]
+    fn a_start_order_that_was_not_carried_out_is_given_again_soon() {
+        let t0 = Instant::now();
+        let rejoin = runtime::StartOrder::Rejoin(RoleOrder::Replica {
+            upstream: endpoint(1),
+        });
+        let sent = Sent {
+            pod: "uid-a".into(),
+            kind: rejoin.kind(),
+            at: t0,
+            outcome: runtime::Outcome::default(),
+        };
+        let later = t0 + ORDER_RETRY + Duration::from_secs(1);
+        // Carried out, or still under way: it waits.
+        assert!(waits(Some(&sent), "uid-a", &rejoin, later));
+        sent.outcome.fail();
+        // Refused: not at once (every round would send it again), but well within the minute.
+        assert!(waits(
+            Some(&sent),
+            "uid-a",
+            &rejoin,
+            t0 + Duration::from_secs(1)
+        ));
+        assert!(!waits(Some(&sent), "uid-a", &rejoin, later));
     }
 
     /// The stand-in benchmark that found it: the loop paused a whole second after ordering a

@@ -7,6 +7,8 @@
 //! a kubelet deletes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -80,6 +82,22 @@ pub enum StartOrder {
     /// A fenced instance the core lets back: its fence released (its manager then waits for
     /// its role when its data was a primary's), then its role.
     Rejoin(RoleOrder),
+}
+
+/// Whether a start-up order was not carried out: set once one of its steps was refused or its
+/// manager not reached (the manager then still waits for it, so it may be given again).
+#[derive(Clone, Debug, Default)]
+pub struct Outcome(Arc<AtomicBool>);
+
+impl Outcome {
+    /// The order was refused, or its manager not reached.
+    pub fn failed(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn fail(&self) {
+        self.0.store(true, Ordering::Relaxed)
+    }
 }
 
 /// Why a runtime step failed.
@@ -245,19 +263,27 @@ impl PodRuntime {
         body: String,
         what: String,
     ) -> Work {
-        self.orders(ordinal, reason, vec![(path, body)], what)
+        self.orders(
+            ordinal,
+            reason,
+            vec![(path, body)],
+            what,
+            Outcome::default(),
+        )
     }
 
     /// Sends each `(path, body)` in turn to instance `ordinal`'s manager, in one task, the next
     /// only once the previous one was carried out; an Event says so, its `reason` the kind of
     /// order (the Recorder folds Events of one reason about one object into a series that
     /// shows only the first note: each kind of order, to each pod, is its own Event).
+    /// `outcome` is marked failed when a step is refused or the manager is not reached.
     fn orders(
         &mut self,
         ordinal: u32,
         reason: &'static str,
         steps: Vec<(&'static str, String)>,
         what: String,
+        outcome: Outcome,
     ) -> Work {
         let manager = self.dial(ordinal, INSTANCE_MANAGER_PORT);
         let token = self.token.clone();
@@ -276,10 +302,12 @@ impl PodRuntime {
                             "{path}: HTTP {code}: {}",
                             stator_failover::client::answer_text(&answer)
                         );
+                        outcome.fail();
                         return;
                     }
                     Err(e) => {
                         tracing::warn!(pod = %pod, "{path}: {}", e.detail());
+                        outcome.fail();
                         return;
                     }
                 }
@@ -289,8 +317,8 @@ impl PodRuntime {
     }
 
     /// A start-up order (`/bootstrap` or `/role`; a fenced instance the core lets rejoin:
-    /// `/fence` released, then `/role`).
-    pub fn start(&mut self, _db: &Database, ordinal: u32, order: StartOrder) {
+    /// `/fence` released, then `/role`). Its [`Outcome`] says when it was not carried out.
+    pub fn start(&mut self, _db: &Database, ordinal: u32, order: StartOrder) -> Outcome {
         let role = |o: &RoleOrder| match o {
             RoleOrder::Primary => "role: primary".to_string(),
             RoleOrder::Replica { upstream } => format!("role: replica of {}", upstream.instance),
@@ -341,7 +369,9 @@ impl PodRuntime {
                 )
             }
         };
-        drop(self.orders(ordinal, reason, steps, what));
+        let outcome = Outcome::default();
+        drop(self.orders(ordinal, reason, steps, what, outcome.clone()));
+        outcome
     }
 
     /// Publishes an Event per order given since the last call.
