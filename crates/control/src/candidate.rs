@@ -7,7 +7,8 @@
 //! - The candidate is the most advanced of them: it holds everything every other candidate
 //!   holds (PostgreSQL: newest timeline, then highest received/replayed LSN; MySQL family: a
 //!   GTID superset of the others' received and executed sets). Ties go to the requested target,
-//!   then to the lowest ordinal. When no candidate holds what all others hold (incomparable
+//!   then to one clients can be routed to ([`Input::unroutable`]), then to the lowest ordinal.
+//!   When no candidate holds what all others hold (incomparable
 //!   GTID sets), nobody is promoted and the status says so.
 //! - MySQL family: the candidate is promoted only once it has applied its relay log (its
 //!   executed set holds its retrieved set), or it would lose transactions it already received.
@@ -133,7 +134,8 @@ pub fn no_replacement(input: &Input, memory: &Memory, primary: u32) -> Option<St
 }
 
 /// The most advanced eligible replica and what it holds, or why there is none.
-/// `prefer` wins ties.
+/// `prefer` wins ties, then a routable replica ([`Input::unroutable`]), then the lowest
+/// ordinal.
 pub fn choose_promotion_candidate(
     input: &Input,
     memory: &Memory,
@@ -150,6 +152,7 @@ pub fn choose_promotion_candidate(
     let chosen = tops
         .iter()
         .find(|(o, _)| Some(*o) == prefer)
+        .or_else(|| tops.iter().find(|(o, _)| !input.unroutable.contains(o)))
         .or_else(|| tops.first());
     match chosen {
         Some((ordinal, held)) => Ok((*ordinal, held.clone())),
@@ -303,6 +306,7 @@ mod tests {
             memory: Memory::default(),
             request: None,
             leases: None,
+            unroutable: Default::default(),
         }
     }
 
@@ -329,6 +333,38 @@ mod tests {
                 .unwrap()
                 .0,
             2
+        );
+    }
+
+    /// The stand-in benchmark that found it: the deleted primary's two replicas held the same
+    /// and the lowest ordinal was promoted, a pod recreated seconds before whose startup probe
+    /// (every 10 s) had not passed yet: Kubernetes routed `rw` to it only then, 4-5 s of write
+    /// outage more than promoting the other. A routable replica wins ties; never over a more
+    /// advanced one, nor over the requested target.
+    #[test]
+    fn a_routable_replica_wins_ties_and_nothing_else() {
+        let mut i = input(vec![
+            (1, replica(1, 9)),
+            (2, replica(1, 9)),
+            (3, replica(1, 9)),
+        ]);
+        i.unroutable = [1].into();
+        let m = Memory::default();
+        let chosen = |i: &Input, prefer| {
+            choose_promotion_candidate(i, &m, Some(0), prefer)
+                .unwrap()
+                .0
+        };
+        assert_eq!(chosen(&i, None), 2);
+        assert_eq!(chosen(&i, Some(1)), 1, "the requested target first");
+        i.unroutable = [1, 2, 3].into();
+        assert_eq!(chosen(&i, None), 1, "none routable: the lowest ordinal");
+        let mut ahead = input(vec![(1, replica(1, 10)), (2, replica(1, 9))]);
+        ahead.unroutable = [1].into();
+        assert_eq!(
+            chosen(&ahead, None),
+            1,
+            "the most advanced, routable or not"
         );
     }
 

@@ -1,7 +1,7 @@
 //! What `decide` is given: the spec facts that matter for failover, what was observed of each
 //! instance, and an optional operator request (a planned switchover).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use stator_api::duration::parse_duration;
@@ -281,6 +281,13 @@ pub struct Input {
     /// local runtime today), the core decides as without them.
     #[serde(default)]
     pub leases: Option<LeaseLedger>,
+    /// Instances the runtime cannot route clients to yet (on Kubernetes, a pod its kubelet
+    /// does not count Ready: Services leave it out until a readiness probe passes, up to a
+    /// startup probe's period after the pod started). Among replicas that hold the same, one
+    /// clients can reach is promoted first. Empty: every instance is routable (the local
+    /// runtime's proxies follow the core at once).
+    #[serde(default)]
+    pub unroutable: BTreeSet<u32>,
 }
 
 impl Input {

@@ -126,6 +126,7 @@ fn input(observed: Vec<(u32, Presence)>, memory: Memory, leases: Option<LeaseLed
         memory,
         request: None,
         leases,
+        unroutable: Default::default(),
     }
 }
 
@@ -496,6 +497,7 @@ proptest! {
             memory,
             request: None,
             leases: Some(ledger.clone()),
+            unroutable: Default::default(),
         };
         let mut without = with.clone();
         without.leases = None;

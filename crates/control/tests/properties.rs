@@ -236,6 +236,7 @@ fn situation() -> impl Strategy<Value = Input> {
                     memory,
                     request: request.map(|to| Request::Switchover { to }),
                     leases: None,
+                    unroutable: Default::default(),
                 },
             )
     })
@@ -329,6 +330,7 @@ fn failover_situation() -> impl Strategy<Value = Input> {
                     },
                     request: None,
                     leases: None,
+                    unroutable: Default::default(),
                 }
             })
     })
@@ -957,6 +959,7 @@ impl World {
             memory: self.memory.clone(),
             request,
             leases: None,
+            unroutable: Default::default(),
         };
         let decision = decide(&input);
         for action in &decision.actions {

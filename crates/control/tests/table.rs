@@ -168,6 +168,7 @@ fn input(spec: ClusterSpec, observed: Vec<(u32, Presence)>, memory: Memory) -> I
         memory,
         request: None,
         leases: None,
+        unroutable: Default::default(),
     }
 }
 

@@ -151,6 +151,14 @@ pub trait Runtime: Send {
         None
     }
 
+    /// Whether clients can be routed to instance `ordinal` now, were it made the primary (a
+    /// pod that Kubernetes counts Ready); among equally advanced replicas the core promotes a
+    /// routable one first ([`stator_control::Input::unroutable`]). By default every instance
+    /// is.
+    fn routable(&self, _ordinal: u32) -> bool {
+        true
+    }
+
     /// The core decided `memory` (its actions not carried out yet): a runtime that sends
     /// leases names [`Memory::lease_writer`] at [`Memory::lease_term`] from now on, and when
     /// the writer changed it grants before returning, so that a promotion ordered next finds

@@ -254,6 +254,11 @@ impl<R: Runtime> Failover<R> {
             request,
             // A runtime that sends no leases gives none: decided as without them.
             leases: self.rt.leases(),
+            unroutable: sightings
+                .iter()
+                .map(|s| s.ordinal)
+                .filter(|o| !self.rt.routable(*o))
+                .collect(),
         };
         let decision = stator_control::decide(&input);
         self.log_transition_step(&spec, &input, &decision);

@@ -446,6 +446,13 @@ impl Runtime for PodRuntime {
         leases.plan(plan, lease_ms).await;
     }
 
+    /// Its pod is Ready (its kubelet's readiness probe passed): `NAME-rw`'s EndpointSlice
+    /// lists only Ready pods, so a primary whose pod is not Ready is out of reach of clients
+    /// (a pod recreated moments ago: until its startup probe, every 10 s, passed).
+    fn routable(&self, ordinal: u32) -> bool {
+        self.observed.pods.get(&ordinal).is_some_and(|p| p.ready)
+    }
+
     /// The DNS name: a replica told to follow it dials it from inside its pod.
     fn server_endpoint(&self, db: &Database, ordinal: u32) -> Endpoint {
         self.endpoint(db, ordinal)
