@@ -53,7 +53,7 @@ pub struct BackupBenchArgs {
     /// `--compression` do not apply: Stator stores MariaDB backups with zstd -3, one stream).
     #[arg(long, default_value = "postgres", value_parser = ["postgres", "mariadb"])]
     pub engine: String,
-    /// MariaDB: rounds of each pair (Stator and by hand), the order alternating between rounds
+    /// Rounds of each pair (Stator and by hand), the order alternating between rounds
     /// so that neither side always runs on the other's leftovers (dirty pages, a busy
     /// server); the ratio is the median of the rounds' ratios.
     #[arg(long, default_value_t = 3)]
@@ -85,12 +85,6 @@ struct Pairs {
 }
 
 impl Pairs {
-    fn of(stator: Duration, hand: Duration) -> Pairs {
-        Pairs {
-            rounds: vec![(stator, hand)],
-        }
-    }
-
     fn median(mut values: Vec<f64>) -> f64 {
         values.sort_by(f64::total_cmp);
         let n = values.len();
@@ -349,14 +343,7 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
         "pgbench -i",
     )?;
 
-    // 1. Full backups.
-    let stator_backup =
-        stator_command(exe, &spec, &state, &["backup", "create", "--type", "full"])?;
-    let last = listed_backups(exe, &spec, &state)?
-        .pop()
-        .unwrap_or_default();
-    let stator_label = last["label"].as_str().unwrap_or_default().to_string();
-
+    // 1. Full backups, in rounds: Stator's, then by hand, and the other way round in the next.
     let db_dir = state.join("default").join("bb");
     let run_dir = db_dir.join("instances/bb-0/run");
     let data_dir = db_dir.join("data-bb-0");
@@ -366,24 +353,41 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
     // repository, stanza, compression, process-max, start-fast, and the archive check, which
     // waits for the backup's WAL to reach the archive).
     let config = run_dir.join(stator_engine::postgres::backrest::CONFIG_FILE);
-    let started = Instant::now();
-    run_step(
-        as_user(
-            Command::new(&pgbackrest)
-                .arg(format!("--config={}", config.display()))
-                .arg("--stanza=bb")
-                .args(["backup", "--type=full"])
-                .env_clear()
-                .env("PATH", "/usr/bin:/bin")
-                .env(
-                    "PGPASSFILE",
-                    run_dir.join(stator_engine::postgres::backrest::SUPERUSER_PASSFILE),
-                ),
-            user.as_ref(),
-        ),
-        "pgbackrest backup (by hand)",
-    )?;
-    let hand_backup = started.elapsed();
+    let mut backups = Pairs::default();
+    let mut stator_label = String::new();
+    for round in 0..args.rounds.max(1) {
+        let mut times = (Duration::ZERO, Duration::ZERO);
+        for stator_turn in turns(round) {
+            if stator_turn {
+                times.0 =
+                    stator_command(exe, &spec, &state, &["backup", "create", "--type", "full"])?;
+                let last = listed_backups(exe, &spec, &state)?
+                    .pop()
+                    .unwrap_or_default();
+                stator_label = last["label"].as_str().unwrap_or_default().to_string();
+            } else {
+                let started = Instant::now();
+                run_step(
+                    as_user(
+                        Command::new(&pgbackrest)
+                            .arg(format!("--config={}", config.display()))
+                            .arg("--stanza=bb")
+                            .args(["backup", "--type=full"])
+                            .env_clear()
+                            .env("PATH", "/usr/bin:/bin")
+                            .env(
+                                "PGPASSFILE",
+                                run_dir.join(stator_engine::postgres::backrest::SUPERUSER_PASSFILE),
+                            ),
+                        user.as_ref(),
+                    ),
+                    "pgbackrest backup (by hand)",
+                )?;
+                times.1 = started.elapsed();
+            }
+        }
+        backups.rounds.push(times);
+    }
     // Bytes stored: the full backup's directory in each repository.
     let full_dir_bytes = |backups: &Path| {
         std::fs::read_dir(backups)
@@ -395,86 +399,50 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
             .max()
             .map_or(0, |d| dir_bytes(&d))
     };
-    // The newest full backup is the one by hand (same repository, a later label).
+    // The newest full backup is the last one by hand or Stator's; both are the same data.
     let hand_size = full_dir_bytes(&repo.join("default/bb/backup/bb"));
     let stator_size = dir_bytes(&repo.join("default/bb/backup/bb").join(&stator_label));
 
-    // 2. Restores of Stator's full backup, to the end of the archive.
+    // 2. Restores of Stator's last full backup, to the end of the archive, in rounds the same
+    // way.
     let restored = root.join("rb.yaml");
     write_spec(&restored, "rb", 1, args.port_base + 50, &backup, "")?;
-    made.specs.push(restored.clone());
-    let stator_restore = stator_command(
-        exe,
-        &restored,
-        &state,
-        &["restore", "--from", "bb", "--backup", &stator_label],
-    )?;
-    // The restored database takes its first backup at once: that backup finishes, and the
-    // database is removed, before the restore by hand is timed, which would otherwise share
-    // the machine with it.
-    wait_first_backup(exe, &restored, &state)?;
-    stator_command(exe, &restored, &state, &["delete", "--purge"])?;
-    made.specs.retain(|s| *s != restored);
-
-    let hand_data = root.join("hand-restore");
-    let hand_socket = root.join("hand-socket");
-    private_dir(&hand_data, user.as_ref())?;
-    private_dir(&hand_socket, user.as_ref())?;
-    let started = Instant::now();
-    run_step(
-        as_user(
-            Command::new(&pgbackrest)
-                .arg("--config=/dev/null")
-                .arg("--stanza=bb")
-                .arg(format!(
-                    "--repo1-path={}",
-                    repo.join("default/bb").display()
-                ))
-                .arg(format!("--pg1-path={}", hand_data.display()))
-                .arg(format!("--process-max={}", args.parallel))
-                .arg(format!("--lock-path={}", hand_work.display()))
-                .arg("--log-level-file=off")
-                .arg("--log-level-console=warn")
-                .arg(format!("--set={stator_label}"))
-                .args(["--type=default", "--archive-mode=off", "restore"])
-                .env_clear()
-                .env("PATH", "/usr/bin:/bin"),
-            user.as_ref(),
-        ),
-        "pgbackrest restore (by hand)",
-    )?;
-    // Its own port and socket, as a second server on the machine needs.
-    let auto = hand_data.join("postgresql.auto.conf");
-    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
-    text.push_str(&format!(
-        "port = {}\nunix_socket_directories = '{}'\nlisten_addresses = '127.0.0.1'\n",
-        args.port_base + 90,
-        hand_socket.display()
-    ));
-    std::fs::write(&auto, text).map_err(|e| LocalError::io(&auto, "cannot write", e))?;
-    made.hand = Some((bin.clone(), hand_data.clone(), user.clone()));
-    run_step(
-        as_user(
-            Command::new(bin.join("pg_ctl"))
-                .args(["start", "-w", "-s", "-t", "3600", "-D"])
-                .arg(&hand_data)
-                .arg("-l")
-                .arg(hand_socket.join("server.log")),
-            user.as_ref(),
-        ),
-        "pg_ctl start (by hand)",
-    )?;
-    // Recovery ended and the server promoted: recovery.signal is gone.
-    while hand_data.join("recovery.signal").exists() {
-        if started.elapsed() > Duration::from_secs(3600) {
-            return Err(CheckError::Command {
-                what: "the restore by hand".into(),
-                output: "recovery did not end within an hour".into(),
-            });
+    let mut restores = Pairs::default();
+    for round in 0..args.rounds.max(1) {
+        let mut times = (Duration::ZERO, Duration::ZERO);
+        for stator_turn in turns(round) {
+            if stator_turn {
+                made.specs.push(restored.clone());
+                times.0 = stator_command(
+                    exe,
+                    &restored,
+                    &state,
+                    &["restore", "--from", "bb", "--backup", &stator_label],
+                )?;
+                // The restored database takes its first backup at once: that backup
+                // finishes, and the database is removed, before anything else is timed.
+                wait_first_backup(exe, &restored, &state)?;
+                stator_command(exe, &restored, &state, &["delete", "--purge"])?;
+                made.specs.retain(|s| *s != restored);
+            } else {
+                times.1 = hand_restore_postgres(
+                    &HandRestorePostgres {
+                        bin: &bin,
+                        pgbackrest: &pgbackrest,
+                        repo: &repo.join("default/bb"),
+                        lock: &hand_work,
+                        label: &stator_label,
+                        parallel: args.parallel,
+                        dir: &root.join(format!("hand-restore-{round}")),
+                        port: args.port_base + 90,
+                        user: user.as_ref(),
+                    },
+                    &mut made,
+                )?;
+            }
         }
-        std::thread::sleep(Duration::from_millis(20));
+        restores.rounds.push(times);
     }
-    let hand_restore = started.elapsed();
 
     println!();
     println!(
@@ -485,9 +453,9 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
         args.parallel
     );
     Figures {
-        backup: Pairs::of(stator_backup, hand_backup),
+        backup: backups,
         restore_what: "restore to the end of the archive",
-        restore: Pairs::of(stator_restore, hand_restore),
+        restore: restores,
         stator_size,
         hand_size,
     }
@@ -495,6 +463,95 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
         "(stator restore includes pgbackrest verify of the whole repository, run beside the restore and recovery, which refuses a damaged backup, and bringing the new database up; by hand: restore + recovery + promotion only, timed once the restored database's first backup ended and it was removed. The backup by hand runs pgbackrest with the instance manager's own pgbackrest.conf.)",
     );
     Ok(())
+}
+
+/// A PostgreSQL restore by hand: what it needs.
+struct HandRestorePostgres<'a> {
+    bin: &'a Path,
+    pgbackrest: &'a Path,
+    /// The repository path (`repo1-path`).
+    repo: &'a Path,
+    lock: &'a Path,
+    label: &'a str,
+    parallel: u32,
+    /// A new directory for this restore: the data dir and the socket (removed afterwards).
+    dir: &'a Path,
+    port: u16,
+    user: Option<&'a ServerUser>,
+}
+
+/// `pgbackrest restore` of set `label`, then `pg_ctl start` until the recovery ended and the
+/// server promoted: the time it took. The server is stopped and the directory removed
+/// afterwards (`made` stops it if this fails half-way).
+fn hand_restore_postgres(h: &HandRestorePostgres, made: &mut Made) -> Result<Duration, CheckError> {
+    let data = h.dir.join("data");
+    let socket = h.dir.join("socket");
+    private_dir(h.dir, h.user)?;
+    private_dir(&data, h.user)?;
+    private_dir(&socket, h.user)?;
+    let started = Instant::now();
+    run_step(
+        as_user(
+            Command::new(h.pgbackrest)
+                .arg("--config=/dev/null")
+                .arg("--stanza=bb")
+                .arg(format!("--repo1-path={}", h.repo.display()))
+                .arg(format!("--pg1-path={}", data.display()))
+                .arg(format!("--process-max={}", h.parallel))
+                .arg(format!("--lock-path={}", h.lock.display()))
+                .arg("--log-level-file=off")
+                .arg("--log-level-console=warn")
+                .arg(format!("--set={}", h.label))
+                .args(["--type=default", "--archive-mode=off", "restore"])
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin"),
+            h.user,
+        ),
+        "pgbackrest restore (by hand)",
+    )?;
+    // Its own port and socket, as a second server on the machine needs.
+    let auto = data.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+    text.push_str(&format!(
+        "port = {}\nunix_socket_directories = '{}'\nlisten_addresses = '127.0.0.1'\n",
+        h.port,
+        socket.display()
+    ));
+    std::fs::write(&auto, text).map_err(|e| LocalError::io(&auto, "cannot write", e))?;
+    made.hand = Some((h.bin.to_path_buf(), data.clone(), h.user.cloned()));
+    run_step(
+        as_user(
+            Command::new(h.bin.join("pg_ctl"))
+                .args(["start", "-w", "-s", "-t", "3600", "-D"])
+                .arg(&data)
+                .arg("-l")
+                .arg(socket.join("server.log")),
+            h.user,
+        ),
+        "pg_ctl start (by hand)",
+    )?;
+    // Recovery ended and the server promoted: recovery.signal is gone.
+    while data.join("recovery.signal").exists() {
+        if started.elapsed() > Duration::from_secs(3600) {
+            return Err(CheckError::Command {
+                what: "the restore by hand".into(),
+                output: "recovery did not end within an hour".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = started.elapsed();
+    if let Some((bin, data, user)) = made.hand.take() {
+        let _ = as_user(
+            Command::new(bin.join("pg_ctl"))
+                .args(["stop", "-m", "immediate", "-D"])
+                .arg(&data),
+            user.as_ref(),
+        )
+        .output();
+    }
+    let _ = std::fs::remove_dir_all(h.dir);
+    Ok(took)
 }
 
 /// Kills every process of the local database at `db_dir` with SIGKILL: the keeper and the
