@@ -424,13 +424,7 @@ impl Drop for Cleanup {
             for n in 0..3 {
                 let data = dir.join(format!("d{n}"));
                 if data.join("postmaster.pid").exists() {
-                    let _ = as_user(
-                        Command::new(bin.join("pg_ctl"))
-                            .args(["stop", "-m", "immediate", "-D"])
-                            .arg(&data),
-                        user.as_ref(),
-                    )
-                    .output();
+                    stop_immediately(&bin, &data, user.as_ref());
                 }
             }
         }
@@ -441,6 +435,18 @@ impl Drop for Cleanup {
             .arg(&self.state)
             .output();
     }
+}
+
+/// `pg_ctl stop -m immediate` of a PostgreSQL server started by hand on `data` (as `user`);
+/// a server already gone is fine.
+pub(crate) fn stop_immediately(bin: &Path, data: &Path, user: Option<&ServerUser>) {
+    let _ = as_user(
+        Command::new(bin.join("pg_ctl"))
+            .args(["stop", "-m", "immediate", "-D"])
+            .arg(data),
+        user,
+    )
+    .output();
 }
 
 pub(crate) fn as_user<'a>(command: &'a mut Command, user: Option<&ServerUser>) -> &'a mut Command {

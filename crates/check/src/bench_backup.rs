@@ -27,7 +27,8 @@ use stator_local::LocalError;
 use stator_local::preflight::{self, ServerUser};
 
 use crate::bench::{
-    BENCH_FAILOVER, Work, as_user, run_step, stator_command, stator_output, wait_port, which,
+    BENCH_FAILOVER, Work, as_user, run_step, stator_command, stator_output, stop_immediately,
+    wait_port, which,
 };
 use crate::error::CheckError;
 
@@ -185,13 +186,7 @@ struct Made<'a> {
 impl Drop for Made<'_> {
     fn drop(&mut self) {
         if let Some((bin, data, user)) = self.hand.take() {
-            let _ = as_user(
-                Command::new(bin.join("pg_ctl"))
-                    .args(["stop", "-m", "immediate", "-D"])
-                    .arg(&data),
-                user.as_ref(),
-            )
-            .output();
+            stop_immediately(&bin, &data, user.as_ref());
         }
         for spec in self.specs.drain(..).rev() {
             let _ = Command::new(self.exe)
@@ -412,18 +407,7 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
         let mut times = (Duration::ZERO, Duration::ZERO);
         for stator_turn in turns(round) {
             if stator_turn {
-                made.specs.push(restored.clone());
-                times.0 = stator_command(
-                    exe,
-                    &restored,
-                    &state,
-                    &["restore", "--from", "bb", "--backup", &stator_label],
-                )?;
-                // The restored database takes its first backup at once: that backup
-                // finishes, and the database is removed, before anything else is timed.
-                wait_first_backup(exe, &restored, &state)?;
-                stator_command(exe, &restored, &state, &["delete", "--purge"])?;
-                made.specs.retain(|s| *s != restored);
+                times.0 = stator_restore(&mut made, &restored, "bb", &stator_label)?;
             } else {
                 times.1 = hand_restore_postgres(
                     &HandRestorePostgres {
@@ -463,6 +447,28 @@ pub fn run_backup(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckError> 
         "(stator restore includes pgbackrest verify of the whole repository, run beside the restore and recovery, which refuses a damaged backup, and bringing the new database up; by hand: restore + recovery + promotion only, timed once the restored database's first backup ended and it was removed. The backup by hand runs pgbackrest with the instance manager's own pgbackrest.conf.)",
     );
     Ok(())
+}
+
+/// `stator restore -f restored --from FROM --backup ID`: the time it took. The restored
+/// database takes its first backup at once; that backup finishes, and the database is removed,
+/// before anything else is timed (`made` removes it if this fails half-way).
+fn stator_restore(
+    made: &mut Made,
+    restored: &Path,
+    from: &str,
+    id: &str,
+) -> Result<Duration, CheckError> {
+    made.specs.push(restored.to_path_buf());
+    let took = stator_command(
+        made.exe,
+        restored,
+        &made.state,
+        &["restore", "--from", from, "--backup", id],
+    )?;
+    wait_first_backup(made.exe, restored, &made.state)?;
+    stator_command(made.exe, restored, &made.state, &["delete", "--purge"])?;
+    made.specs.retain(|s| s != restored);
+    Ok(took)
 }
 
 /// A PostgreSQL restore by hand: what it needs.
@@ -542,13 +548,7 @@ fn hand_restore_postgres(h: &HandRestorePostgres, made: &mut Made) -> Result<Dur
     }
     let took = started.elapsed();
     if let Some((bin, data, user)) = made.hand.take() {
-        let _ = as_user(
-            Command::new(bin.join("pg_ctl"))
-                .args(["stop", "-m", "immediate", "-D"])
-                .arg(&data),
-            user.as_ref(),
-        )
-        .output();
+        stop_immediately(&bin, &data, user.as_ref());
     }
     let _ = std::fs::remove_dir_all(h.dir);
     Ok(took)
@@ -902,18 +902,7 @@ fn run_backup_mariadb(args: &BackupBenchArgs, exe: &Path) -> Result<(), CheckErr
         let mut times = (Duration::ZERO, Duration::ZERO);
         for stator_turn in turns(round) {
             if stator_turn {
-                made.specs.push(restored.clone());
-                times.0 = stator_command(
-                    exe,
-                    &restored,
-                    &state,
-                    &["restore", "--from", "mb", "--backup", &stator_id],
-                )?;
-                // As for PostgreSQL: the restored database's first backup finishes and the
-                // database is removed before anything else is timed.
-                wait_first_backup(exe, &restored, &state)?;
-                stator_command(exe, &restored, &state, &["delete", "--purge"])?;
-                made.specs.retain(|s| *s != restored);
+                times.0 = stator_restore(&mut made, &restored, "mb", &stator_id)?;
             } else {
                 times.1 = hand_restore(&HandRestore {
                     bin: &bin,
