@@ -168,8 +168,13 @@ impl Run<'_> {
     fn may_write(&self, ordinal: u32) -> bool {
         let presence = self.presence(ordinal);
         if let Some(fence) = self.memory.fenced.get(&ordinal) {
-            // Only a sighting after the order counts (`confirm_fences`).
-            return !fence.confirmed;
+            // Only a sighting after the order counts (`confirm_fences`). An instance that
+            // cannot be reached and whose every lease is void cannot write whether or not the
+            // order reached it: the lease rule is a matter of time, not of sightings, so the
+            // failover goes on in the decision that ordered the fence, not a round later.
+            let void = matches!(presence, Presence::Unreachable { .. })
+                && self.input.cannot_write(ordinal);
+            return !fence.confirmed && !void;
         }
         let was_writer = self.memory.primary == Some(ordinal)
             || self.memory.transition.as_ref().and_then(|t| t.from) == Some(ordinal);

@@ -342,6 +342,47 @@ fn a_fresh_ledger_holds_every_instance_for_one_bound() {
     assert_eq!(recheck(&decision), Some(NOW - 100 + down_after_ms(TIMEOUT)));
 }
 
+/// A primary no longer reached (a frozen node), detected at its timeout: when its every
+/// lease is already void and the candidate has answered for the bound, the decision that
+/// starts the failover orders the kill fence (it still goes out) and promotes at once; the
+/// lease rule needs no sighting, so the fence is not waited for a round. While a lease may
+/// still be valid, the same decision orders the fence and promotes nobody.
+#[test]
+fn an_unreachable_primary_whose_leases_are_void_is_failed_over_in_one_decision() {
+    let steady = Memory {
+        term: 1,
+        primary: Some(0),
+        primary_confirmed: true,
+        primary_unhealthy_since_ms: None,
+        primary_serving_at_ms: Some(NOW - TIMEOUT - 1),
+        transition: None,
+        fenced: BTreeMap::new(),
+        sync_standbys: [1, 2].into(),
+        fork: None,
+    };
+    let fenced = |d: &Decision| {
+        d.actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Fence {
+                    ordinal: 0,
+                    method: FenceMethod::Kill
+                }
+            )
+        })
+    };
+    for (last_lease, promotes) in [(NOW - B, true), (NOW - B + 1, false)] {
+        let decision = decide(&input(
+            vec![(0, unreachable()), (1, replica(100)), (2, replica(90))],
+            steady.clone(),
+            Some(ledger(last_lease, 0)),
+        ));
+        assert!(fenced(&decision), "{:?}", decision.actions);
+        let expected: Vec<u32> = if promotes { vec![1] } else { vec![] };
+        assert_eq!(promoted(&decision), expected, "{}", decision.status.message);
+    }
+}
+
 // ------------------------------------------------------------------------- only later
 
 fn presence() -> impl Strategy<Value = Presence> {

@@ -120,6 +120,8 @@ struct Shared {
 pub struct Leases {
     shared: Arc<Mutex<Shared>>,
     wake: Arc<Notify>,
+    /// Told when a new writer is authorised: the round in flight is abandoned.
+    renamed: Arc<Notify>,
     /// The generation of the plan the last finished round used.
     done: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
@@ -143,10 +145,12 @@ impl Leases {
             generation: 0,
         }));
         let wake = Arc::new(Notify::new());
+        let renamed = Arc::new(Notify::new());
         let (done_tx, done) = watch::channel(0);
         let task = tokio::spawn(renew_forever(
             shared.clone(),
             wake.clone(),
+            renamed.clone(),
             done_tx,
             name.to_string(),
             token,
@@ -154,6 +158,7 @@ impl Leases {
         Leases {
             shared,
             wake,
+            renamed,
             done,
             task,
         }
@@ -173,10 +178,11 @@ impl Leases {
     }
 
     /// From now on the leases follow `plan`, of length `lease_ms`. When whom they name
-    /// changed, a round starts at once and this waits for it (at most four exchange timeouts:
-    /// the round in flight may have to end first, and a round is at most a peers' exchange
-    /// and the writer's two): a writer just named holds its lease when this returns, unless
-    /// it did not answer.
+    /// changed, a round starts at once; when it authorises a writer, the round in flight is
+    /// abandoned and this waits for the new one (at most four exchange timeouts; a round is at
+    /// most a peers' exchange and the writer's two, peers that stopped answering are not
+    /// waited for): a writer just named holds its lease when this returns, unless it did not
+    /// answer.
     pub async fn plan(&mut self, plan: Plan, lease_ms: u64) {
         let waited = {
             let mut s = self.lock();
@@ -191,11 +197,17 @@ impl Leases {
             s.plan = plan;
             (renamed || new_pods).then_some((renamed, s.generation))
         };
+        let authorised = self.lock().plan.authorised.is_some();
         let Some((renamed, generation)) = waited else {
             return;
         };
         self.wake.notify_one();
-        if renamed {
+        // Only a writer just named must hold its lease before the caller goes on (a
+        // promotion is ordered after this). A plan naming no authorised writer (a failover
+        // fencing the old primary) renews nothing anyone waits for: the ledger already
+        // counts every lease sent, so the Down rule needs no round to end.
+        if renamed && authorised {
+            self.renamed.notify_one();
             let _ = tokio::time::timeout(
                 timeout(lease_ms) * 4,
                 self.done.wait_for(|g| *g >= generation),
@@ -215,11 +227,24 @@ struct ClockAnswer {
 async fn renew_forever(
     shared: Arc<Mutex<Shared>>,
     wake: Arc<Notify>,
+    renamed: Arc<Notify>,
     done: watch::Sender<u64>,
     name: String,
     token: String,
 ) {
+    // Peers being asked on a task of their own (see below), aborted with this task.
+    let mut asking: BTreeSet<u32> = BTreeSet::new();
+    let mut askers: tokio::task::JoinSet<u32> = tokio::task::JoinSet::new();
     loop {
+        while let Some(done) = askers.try_join_next() {
+            match done {
+                Ok(o) => {
+                    asking.remove(&o);
+                }
+                // Which one is unknown: each may be asked again.
+                Err(_) => asking.clear(),
+            }
+        }
         let (plan, generation, lease_ms) = {
             let s = shared.lock().unwrap_or_else(|e| e.into_inner());
             (s.plan.clone(), s.generation, s.ledger.lease_ms)
@@ -235,18 +260,71 @@ async fn renew_forever(
             };
             exchange(&shared, &plan, &name, &token, o, names, limit)
         };
-        futures::future::join_all(peers.into_iter().map(|o| exchange(o, plan.names_to(o)))).await;
-        if let Some(w) = writer {
-            // The writer's lease is built on a reading taken now, after the peers were
-            // renewed: a peer confirms the failsafe once its own last reading + L has passed,
-            // the writer's lease ends at its reading + L, so the writer's reading must be the
-            // later one by more than a failsafe round, or during an operator outage the
-            // writer fences itself before its peers would confirm. A writer that is only
-            // named (an old primary being fenced) is only asked for its clock, once.
-            exchange(w, None).await;
-            if plan.names_to(w).is_some() {
-                exchange(w, plan.names_to(w)).await;
+        // A peer whose last exchange failed (a frozen node, a partition) is asked on its own
+        // task, never awaited by the round: it would hold up, by its timeout, the writer's
+        // renewal, the round a promotion waits for, and every lease behind it. One still
+        // being asked from an earlier round is skipped. It answers again: it is awaited
+        // again from the next round on, so the writer's reading is the later one once more
+        // (until then only the failsafe's timing is at stake, never the Down rule, which
+        // counts every lease as granted when sent).
+        let (answering, mut failing): (Vec<u32>, Vec<u32>) =
+            peers.into_iter().partition(|o| !last_failed(&shared, *o));
+        // A writer only named (an old primary being fenced: only its clock is asked) is a
+        // peer like the others here.
+        let writer = match writer {
+            Some(w) if plan.names_to(w).is_none() && last_failed(&shared, w) => {
+                failing.push(w);
+                None
             }
+            w => w,
+        };
+        for o in failing {
+            if !asking.insert(o) {
+                continue;
+            }
+            let (shared, plan, name, token) =
+                (shared.clone(), plan.clone(), name.clone(), token.clone());
+            askers.spawn(async move {
+                let limit = exchange_timeout(&shared, o, lease_ms);
+                self::exchange(&shared, &plan, &name, &token, o, plan.names_to(o), limit).await;
+                o
+            });
+        }
+        let round = async {
+            futures::future::join_all(answering.into_iter().map(|o| exchange(o, plan.names_to(o))))
+                .await;
+            if let Some(w) = writer {
+                // The writer's lease is built on a reading taken now, after the peers were
+                // renewed: a peer confirms the failsafe once its own last reading + L has
+                // passed, the writer's lease ends at its reading + L, so the writer's reading
+                // must be the later one by more than a failsafe round, or during an operator
+                // outage the writer fences itself before its peers would confirm. A writer
+                // that is only named (an old primary being fenced) is only asked for its
+                // clock, once.
+                exchange(w, None).await;
+                if plan.names_to(w).is_some() {
+                    exchange(w, plan.names_to(w)).await;
+                }
+            }
+        };
+        // A new writer named meanwhile ends this round at once: its renewal to the old
+        // writer may be waiting out a frozen node's timeout, and the promotion waits for the
+        // new writer's lease. What the round sent stays in the ledger, granted when sent.
+        let renamed_since = async {
+            loop {
+                renamed.notified().await;
+                let now = shared.lock().unwrap_or_else(|e| e.into_inner()).generation;
+                if now != generation {
+                    return;
+                }
+            }
+        };
+        let finished = tokio::select! {
+            () = round => true,
+            () = renamed_since => false,
+        };
+        if !finished {
+            continue;
         }
         done.send_replace(generation);
         tokio::select! {
@@ -263,17 +341,25 @@ async fn renew_forever(
 /// it). One that answers again within the shorter time gets the full one from the next
 /// exchange on.
 fn exchange_timeout(shared: &Mutex<Shared>, ordinal: u32, lease_ms: u64) -> Duration {
-    let s = shared.lock().unwrap_or_else(|e| e.into_inner());
-    let failing = s
-        .ledger
-        .instance(ordinal)
-        .and_then(|i| i.recent.last())
-        .is_some_and(|e| matches!(e.outcome, stator_control::lease::Outcome::Failed { .. }));
-    if failing {
+    if last_failed(shared, ordinal) {
         timeout(lease_ms).min(QUICK_TIMEOUT)
     } else {
         timeout(lease_ms)
     }
+}
+
+/// The last exchange with `ordinal` that ended failed (no answer with a clock reading).
+fn last_failed(shared: &Mutex<Shared>, ordinal: u32) -> bool {
+    let s = shared.lock().unwrap_or_else(|e| e.into_inner());
+    s.ledger
+        .instance(ordinal)
+        .and_then(|i| {
+            i.recent
+                .iter()
+                .rev()
+                .find(|e| e.outcome != stator_control::lease::Outcome::Pending)
+        })
+        .is_some_and(|e| matches!(e.outcome, stator_control::lease::Outcome::Failed { .. }))
 }
 
 /// One lease to `ordinal`'s manager naming `names` (`None`: a question for its clock only,
