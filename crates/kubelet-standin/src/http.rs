@@ -28,15 +28,40 @@ where
     Ok((code, body.to_string()))
 }
 
-/// Sends one HTTP/1.1 `request` to `host:port`, over TLS (certificate not verified) when
-/// `https`; the status code and body.
+/// Connects to `host:port` from `source` (any port), or from the address the kernel picks.
+pub(crate) async fn connect(
+    host: &str,
+    port: u16,
+    source: Option<std::net::Ipv4Addr>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let Some(source) = source else {
+        return tokio::net::TcpStream::connect((host, port)).await;
+    };
+    let mut last = std::io::Error::other(format!("{host}:{port}: no IPv4 address"));
+    for to in tokio::net::lookup_host((host, port)).await? {
+        if !to.is_ipv4() {
+            continue;
+        }
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((source, 0).into())?;
+        match socket.connect(to).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Sends one HTTP/1.1 `request` to `host:port` (from `source` when given), over TLS
+/// (certificate not verified) when `https`; the status code and body.
 pub(crate) async fn exchange(
     host: &str,
     port: u16,
+    source: Option<std::net::Ipv4Addr>,
     https: bool,
     request: &str,
 ) -> std::io::Result<(u16, String)> {
-    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    let tcp = connect(host, port, source).await?;
     if https {
         let name = rustls::pki_types::ServerName::try_from(host.to_string())
             .map_err(std::io::Error::other)?;
@@ -74,7 +99,7 @@ pub async fn request(
     }
     req.push_str("\r\n");
     req.push_str(body);
-    exchange(&ip.to_string(), port, https, &req).await
+    exchange(&ip.to_string(), port, None, https, &req).await
 }
 
 /// Whether the container's probes on `port_name` speak HTTPS (`scheme: HTTPS`): how a test

@@ -18,7 +18,8 @@
 //!   EndpointSlice controller could never publish such a pod. The stand-in takes
 //!   `198.18.S.0/24` (RFC 2544's benchmarking range, never routed), where `S` is the
 //!   stand-in's [`Config::subnet`] (so stand-ins of parallel tests never share an address):
-//!   node K is `198.18.S.K`, pods get `.10`–`.199` and Services `.200`–`.254`; pod addresses
+//!   node K is `198.18.S.K` (K from 1, at most 8), the host's own address (the default source
+//!   of the host's connections) `.9`, pods get `.10`–`.199` and Services `.200`–`.254`; pod addresses
 //!   are handed out round-robin as the CNI host-local IPAM plugin does (a recreated pod does
 //!   not get the address its predecessor just freed). A CNI bridge plugin also sends a
 //!   gratuitous ARP for a new pod's address; the stand-in does not, so an address reused after
@@ -292,6 +293,8 @@ impl StandIn {
                 .write_accounts(&dir)
                 .map_err(|e| Error::Io(dir.clone(), e))?;
         }
+        // Node addresses end below the host's own.
+        config.nodes = config.nodes.clamp(1, net::MAX_NODES);
         let network = net::Network::create(config.subnet, config.nodes)
             .map_err(|e| Error::Io(net::namespace_path(config.subnet), e))?;
         let nodes: Vec<Arc<node::NodeHandle>> = (0..config.nodes)
@@ -403,6 +406,31 @@ impl StandIn {
             .await
             .map_err(|e| Error::Kube("delete pod", e))?;
         Ok(())
+    }
+
+    /// The host's own address on the stand-in's network (`198.18.S.9`): the source of every
+    /// connection from the host that binds none (the test, an operator it runs, the Service
+    /// forwarders); the kubelet's probes come from their node's address instead.
+    pub fn host_address(&self) -> Ipv4Addr {
+        address(self.shared.config.subnet, net::HOST)
+    }
+
+    /// Fault drill: a partition between port `port` of the pod at `pod_ip` and the host's own
+    /// address ([`StandIn::host_address`]): inside the pod's network namespace, every TCP
+    /// segment from that port to that address is dropped (`ip rule … blackhole`), so a
+    /// connection from the host to the port gets no answer, while the kubelet's probes, the
+    /// pod's other ports and the other pods still pass. `cut: false` heals it.
+    pub fn cut_from_host(&self, pod_ip: Ipv4Addr, port: u16, cut: bool) -> Result<(), Error> {
+        let subnet = self.shared.config.subnet;
+        let [_, _, s, k] = pod_ip.octets();
+        if s != subnet || !net::PODS.contains(&k) {
+            return Err(Error::Io(
+                net::namespace_path(subnet),
+                std::io::Error::other(format!("{pod_ip} is no pod address of this stand-in")),
+            ));
+        }
+        net::cut_host(subnet, k, port, cut)
+            .map_err(|e| Error::Io(net::pod_namespace_path(subnet, k), e))
     }
 
     /// Node `name` and its index.

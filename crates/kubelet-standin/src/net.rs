@@ -2,9 +2,12 @@
 //! (`stator-standin-S`) holding a bridge `br0`, a veth pair from the host into it (`sth-S` on
 //! the host, `stn-S` on the bridge), and for each pod a network namespace of its own
 //! (`stator-standin-S-K`, where `198.18.S.K` is the pod's address) whose `eth0` is a veth on
-//! the bridge. The host end (`sth-S`) holds the node addresses (`198.18.S.1/24`, then `.2` and
-//! up as /32) and the Service addresses (`.200`–`.254` as /32, where the stand-in's forwarders
-//! listen). So the host (the test, the stand-in's probes and forwarders) reaches a pod through
+//! the bridge. The host end (`sth-S`) holds the host's own address (`198.18.S.9/24`, [`HOST`]:
+//! the source of every connection from the host that binds none: the test, an operator run by
+//! it, the Service forwarders), the node addresses (`.1` to `.8` as /32: a kubelet's probes
+//! come from its node's address, so a drill can cut the host's address from a pod without
+//! cutting its probes) and the Service addresses (`.200`–`.254` as /32, where the stand-in's
+//! forwarders listen). So the host (the test, the stand-in's probes and forwarders) reaches a pod through
 //! the veth, a pod reaches another pod over the bridge, and a pod reaches a Service or its
 //! node through the on-link /24; each pod has its own `127.0.0.1` and its own ports (two pods
 //! both listen on `0.0.0.0:5432`). Nothing of `198.18.S.0/24` is an address of the host outside
@@ -24,6 +27,10 @@ use crate::address;
 
 /// The first and last pod address octets.
 pub(crate) const PODS: std::ops::RangeInclusive<u8> = 10..=199;
+/// The host's own address octet (the /24 on the host end: the default source address).
+pub(crate) const HOST: u8 = 9;
+/// The most nodes: their addresses are `.1` up to below [`HOST`].
+pub(crate) const MAX_NODES: usize = HOST as usize - 1;
 /// The first and last Service address octets.
 pub(crate) const SERVICES: std::ops::RangeInclusive<u8> = 200..=254;
 
@@ -99,6 +106,26 @@ pub(crate) fn add_pod(subnet: u8, k: u8) -> io::Result<()> {
         let _ = ip(&["netns", "del", &pod], None);
     }
     made
+}
+
+/// Fault drill: in the network namespace of the pod at `198.18.S.K`, every TCP segment from
+/// its `port` to the host's own address is dropped (`ip rule … blackhole`): a partition
+/// between the pod's `port` and whatever on the host connects from that address (the test's
+/// operator), while the kubelet's probes (from node addresses) and every other port still pass.
+/// `cut: false` heals it; healing what is not cut is fine.
+pub(crate) fn cut_host(subnet: u8, k: u8, port: u16, cut: bool) -> io::Result<()> {
+    let rule = format!(
+        "rule {} to {}/32 ipproto tcp sport {port} blackhole\n",
+        if cut { "add" } else { "del" },
+        address(subnet, HOST)
+    );
+    match ip(
+        &["-n", &pod_namespace(subnet, k), "-batch", "-"],
+        Some(&rule),
+    ) {
+        Err(_) if !cut => Ok(()),
+        other => other,
+    }
 }
 
 /// Deletes the pod's network namespace (its veth goes with it); gone is fine.
@@ -209,10 +236,10 @@ fn make(subnet: u8, nodes: usize) -> io::Result<()> {
         ],
         None,
     )?;
-    // Node addresses (node 0's is the /24 that routes the subnet into the veth), then the
-    // Services'.
-    let mut host_batch = format!("addr add {}/24 dev {host}\n", address(subnet, 1));
-    for k in 2..=nodes.clamp(1, usize::from(*PODS.start() - 1)) as u8 {
+    // The host's address first (the /24 that routes the subnet into the veth, so the
+    // default source), then the nodes' and the Services'.
+    let mut host_batch = format!("addr add {}/24 dev {host}\n", address(subnet, HOST));
+    for k in 1..=nodes.clamp(1, MAX_NODES) as u8 {
         host_batch.push_str(&format!("addr add {}/32 dev {host}\n", address(subnet, k)));
     }
     for k in SERVICES {
@@ -252,7 +279,7 @@ mod tests {
         let network = Network::create(s, 3).expect("network over a stale one");
         assert!(output(&["netns", "list"]).contains(&namespace(s)));
         let host = output(&["-br", "addr", "show", "dev", &host_end(s)]);
-        for a in [".1/24", ".3/32", ".200/32", ".254/32"] {
+        for a in [".9/24", ".1/32", ".3/32", ".200/32", ".254/32"] {
             assert!(host.contains(&format!("198.18.{s}{a}")), "{a} in {host}");
         }
         let bridge = output(&["-n", &namespace(s), "-br", "link", "show", "master", BRIDGE]);

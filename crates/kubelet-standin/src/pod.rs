@@ -747,7 +747,7 @@ impl Worker {
     /// Starts the probe loops of these kinds that container `i` declares. A startup probe's
     /// loop ends at its first success.
     fn spawn_probes(&mut self, i: usize, kinds: &[Kind]) {
-        let ip = self.ip;
+        let (ip, node_ip) = (self.ip, self.host_ip);
         let tx = self.probe_tx.clone();
         let c = &mut self.ctrs[i];
         let Some(launch) = c.launch.clone() else {
@@ -763,7 +763,7 @@ impl Worker {
                 let t = probe::timing(&probe);
                 tokio::time::sleep(t.initial_delay).await;
                 loop {
-                    let ok = probe::run_once(&probe, &spec, ip, &launch).await;
+                    let ok = probe::run_once(&probe, &spec, ip, node_ip, &launch).await;
                     if tx.send((i, generation, kind, ok)).is_err() || (kind == Kind::Startup && ok)
                     {
                         return;

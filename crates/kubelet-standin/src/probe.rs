@@ -1,7 +1,8 @@
 //! Readiness and liveness probes as declared: `exec` (run in the container's network and mount
 //! namespaces as its user), `httpGet` (HTTP/1.1 GET, success on 200–399, as `kube-probe`) and
 //! `tcpSocket`; the last two connect from the host to the pod's address, through the veth
-//! into the pods' network namespace, as a kubelet connects from its node.
+//! into the pods' network namespace, from the address of the pod's node, as a kubelet
+//! connects from its node.
 //! Periods, delays, timeouts and thresholds are the pod's, with the Kubernetes defaults.
 //!
 //! `httpGet` with `scheme: HTTPS` speaks TLS without verifying the server's certificate, as a
@@ -66,6 +67,7 @@ pub(crate) async fn run_once(
     probe: &Probe,
     container: &Container,
     pod_ip: Ipv4Addr,
+    node_ip: Ipv4Addr,
     launch: &Launch,
 ) -> bool {
     let timeout = timing(probe).timeout;
@@ -102,7 +104,7 @@ pub(crate) async fn run_once(
             .scheme
             .as_deref()
             .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
-        let exchange = crate::http::exchange(&host, port, https, &request);
+        let exchange = crate::http::exchange(&host, port, Some(node_ip), https, &request);
         return matches!(
             tokio::time::timeout(timeout, exchange).await,
             Ok(Ok((200..=399, _)))
@@ -113,7 +115,7 @@ pub(crate) async fn run_once(
             return false;
         };
         let host = tcp.host.clone().unwrap_or_else(|| pod_ip.to_string());
-        let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+        let connect = crate::http::connect(&host, port, Some(node_ip));
         return matches!(tokio::time::timeout(timeout, connect).await, Ok(Ok(_)));
     }
     false

@@ -508,6 +508,71 @@ async fn node_freeze_drill(
     promoted
 }
 
+/// The partition drill (issue 11): once `name` is Ready with both replicas, the operator is
+/// cut from its primary's instance manager (inside the pod's network namespace, every TCP
+/// segment from the manager's port to the host's own address, the source of the operator the
+/// test runs, is dropped) while its clients, its peers and the kubelet's probes still reach
+/// it. Nobody reports the primary dead and its server keeps serving: its lease runs out,
+/// its peers, who still hear the operator, refuse its failsafe, and its manager kills its
+/// server; the operator promotes a replica once the Down rule lets it. (The server's own port
+/// stays open to the host: the checker's watcher shares the host's address, and the operator
+/// queries a server directly only while its manager answers.) Healed once the new primary is
+/// Ready; the old primary comes back as a replica. Returns the new primary.
+async fn partition_drill(
+    cluster: &Cluster,
+    dbs: &Api<Database>,
+    name: &str,
+    writing: &mut Writing,
+) -> String {
+    let primary = steady_primary(dbs, name).await;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "apps");
+    let ip: std::net::Ipv4Addr = pods
+        .get(&primary)
+        .await
+        .expect("the primary's pod")
+        .status
+        .and_then(|s| s.pod_ip)
+        .and_then(|ip| ip.parse().ok())
+        .expect("the primary's pod has an address");
+    let port = stator_api::names::INSTANCE_MANAGER_PORT;
+    writing.drill(&format!("operator cut from {primary}"));
+    cluster
+        .standin()
+        .cut_from_host(ip, port, true)
+        .expect("cut the operator from the primary's manager");
+    let db = ready_with(
+        dbs,
+        name,
+        "a new primary while the old one is cut from the operator",
+        |db| {
+            let (now, replicas) = ready_roles(db);
+            now.is_some_and(|p| p != primary) && !replicas.is_empty()
+        },
+    )
+    .await;
+    let promoted = db
+        .status
+        .and_then(|s| s.current_primary)
+        .expect("a current primary");
+    println!("{name}: operator cut from {primary}: {promoted} promoted");
+    writing.drill(&format!("{primary} reconnected"));
+    cluster
+        .standin()
+        .cut_from_host(ip, port, false)
+        .expect("heal the partition");
+    ready_with(
+        dbs,
+        name,
+        "the old primary back as a replica after the partition",
+        |db| {
+            let (now, replicas) = ready_roles(db);
+            now.as_deref() == Some(promoted.as_str()) && replicas.contains(&primary)
+        },
+    )
+    .await;
+    promoted
+}
+
 /// The operator-down drill (issue 11): the operator stopped for 3 × L (L = the default
 /// detectionTimeout, 2 s), so nobody renews the leases. Every replica, renewed before the
 /// primary each round, stops hearing the operator first and confirms the primary's failsafe
@@ -764,10 +829,13 @@ async fn operator_fails_over_postgres_with_write_leases_on_the_standin() {
     )
     .await;
     println!("pgl: after the node freeze: {promoted} {lease}");
+    let promoted = partition_drill(&cluster, &dbs, "pgl", &mut writing).await;
+    sql.write_and_read("partition", 6).await;
+    println!("pgl: after the partition: {promoted} is the primary");
     let operator =
         operator_restart_during_handover_drill(&cluster, &sql, &op, &dbs, operator, &mut writing)
             .await;
-    sql.write_and_read("six", 6).await;
+    sql.write_and_read("six", 7).await;
     finish_writing(writing, &target).await;
     drop(op);
     operator.abort();
@@ -799,6 +867,9 @@ async fn operator_fails_over_mariadb_with_write_leases_on_the_standin() {
     let promoted = node_freeze_drill(&r.cluster, &r.dbs, "mdbl", &mut writing).await;
     r.sql.write_and_read("four", 4).await;
     println!("mdbl: after the node freeze: {promoted} is the primary");
+    let promoted = partition_drill(&r.cluster, &r.dbs, "mdbl", &mut writing).await;
+    r.sql.write_and_read("partition", 5).await;
+    println!("mdbl: after the partition: {promoted} is the primary");
     let operator = operator_restart_during_handover_drill(
         &r.cluster,
         &r.sql,
@@ -808,7 +879,7 @@ async fn operator_fails_over_mariadb_with_write_leases_on_the_standin() {
         &mut writing,
     )
     .await;
-    r.sql.write_and_read("five", 5).await;
+    r.sql.write_and_read("five", 6).await;
     finish_writing(writing, &r.target).await;
     operator.abort();
     r.cluster.stop().await;
@@ -831,6 +902,8 @@ async fn asynchronous_lease_drills(engine: Engine, name: &str, version: &str) {
     r.sql.write_and_read("three", 3).await;
     let promoted = node_freeze_drill(&r.cluster, &r.dbs, name, &mut writing).await;
     println!("{name}: after the node freeze: {promoted} is the primary");
+    let promoted = partition_drill(&r.cluster, &r.dbs, name, &mut writing).await;
+    println!("{name}: after the partition: {promoted} is the primary");
     let report = finish_writing_asynchronous(writing, &r.target).await;
     println!(
         "{name} (asynchronous): {} acknowledged writes lost",
@@ -1114,7 +1187,7 @@ async fn primary_pod_deletion_outage_against_the_local_chaos_run() {
         .collect();
     assert_eq!(standin.len(), DELETIONS, "{}", report.render());
 
-    let (local, local_outages) = local_outages(DELETIONS).await;
+    let (local, local_outages) = local_outages(Engine::Postgres, DELETIONS).await;
 
     let (s, l) = (spread(&standin), spread(&local_outages));
     println!(
@@ -1180,11 +1253,15 @@ async fn acknowledged_since_the_drill(writing: &Writing) {
 
 /// [`local_chaos_run`] of `rounds` failovers, printed and checked: its report and each
 /// round's outage.
-async fn local_outages(rounds: usize) -> (stator_check::checker::CheckReport, Vec<f64>) {
+async fn local_outages(
+    engine: Engine,
+    rounds: usize,
+) -> (stator_check::checker::CheckReport, Vec<f64>) {
     let stator = harness::stator_binary();
-    let local = tokio::task::spawn_blocking(move || local_chaos_run(&stator, rounds as u32))
-        .await
-        .expect("the local run");
+    let local =
+        tokio::task::spawn_blocking(move || local_chaos_run(&stator, engine, rounds as u32))
+            .await
+            .expect("the local run");
     println!("{}", local.render());
     assert!(local.passed(), "{}", local.render());
     let outages = local
@@ -1207,9 +1284,14 @@ fn line(what: &str, s: &stator_check::checker::Spread) {
     )
 }
 
-/// A local 3-instance synchronous PostgreSQL 15 (`stator up` in a temp state dir on free
-/// ports) put through `stator chaos run --failovers FAILOVERS -o json`; purged afterwards.
-fn local_chaos_run(stator: &std::path::Path, failovers: u32) -> stator_check::checker::CheckReport {
+/// A local 3-instance synchronous PostgreSQL 15 or MariaDB 10.11 (`stator up` in a temp state
+/// dir on free ports) put through `stator chaos run --failovers FAILOVERS -o json`; purged
+/// afterwards.
+fn local_chaos_run(
+    stator: &std::path::Path,
+    engine: Engine,
+    failovers: u32,
+) -> stator_check::checker::CheckReport {
     use std::os::unix::fs::PermissionsExt;
     use std::process::Command;
     struct Purge {
@@ -1245,7 +1327,12 @@ fn local_chaos_run(stator: &std::path::Path, failovers: u32) -> stator_check::ch
     std::fs::write(
         &spec,
         format!(
-            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: outage\nspec:\n  engine: postgres\n  version: \"15\"\n  instances: 3\n  replication:\n    synchronous: true\n  bootstrap:\n    database: app\n    owner: app\n  local:\n    portBase: {}\n",
+            "apiVersion: stator.dev/v1alpha1\nkind: Database\nmetadata:\n  name: outage\nspec:\n  engine: {}\n  version: \"{}\"\n  instances: 3\n  replication:\n    synchronous: true\n  bootstrap:\n    database: app\n    owner: app\n  local:\n    portBase: {}\n",
+            engine.as_str(),
+            match engine {
+                Engine::Postgres => "15",
+                Engine::Mysql | Engine::Mariadb => "10.11",
+            },
             free_port_base()
         ),
     )
@@ -1618,7 +1705,7 @@ async fn scale_down_past_the_primary(
 /// Node freezes in the lease benchmark.
 const FREEZES: usize = 10;
 
-/// The write outage of a frozen primary (issue 11's benchmark; figures printed, nothing timed
+/// The write outage of a frozen or partitioned primary (issue 11's benchmark; figures printed, nothing timed
 /// is asserted, the checker's verdicts still are), in one run:
 ///
 /// - stand-in, operator with write leases (`spec.failover.lease: true`, L = the default
@@ -1626,8 +1713,10 @@ const FREEZES: usize = 10;
 ///   [`node_freeze_drill`] (the primary's node frozen: nothing reports the primary dead, the
 ///   Down rule alone lets the operator promote; thawed once the new primary is Ready); a
 ///   round's outage is the longest stretch without an acknowledged write while it lasted;
+///   then as many rounds of [`partition_drill`] (the operator cut from the primary's
+///   instance manager, its clients not: the primary fences itself when its lease runs out);
 /// - local: `stator chaos run --failovers FREEZES` (fault `stop`: the primary's server
-///   SIGSTOPped), the same spec without leases;
+///   SIGSTOPped), the same spec without leases, for PostgreSQL 15 and MariaDB 10.11;
 /// - tuned Patroni + etcd + HAProxy (`../shared/bench/patroni_baseline.sh`, kill -9 of the
 ///   leader's node) with ttl matched to L (`l2=2/1/1`, one round: Patroni warns that
 ///   loop_wait + 2 × retry_timeout exceeds the ttl, and did not fail over within 300 s when
@@ -1654,18 +1743,29 @@ async fn frozen_primary_outage_against_the_local_hang_and_tuned_patroni() {
         node_freeze_drill(&cluster, &dbs, "pgf", &mut writing).await;
         acknowledged_since_the_drill(&writing).await;
     }
+    for n in 1..=FREEZES {
+        println!("partition {n} of {FREEZES}");
+        partition_drill(&cluster, &dbs, "pgf", &mut writing).await;
+        acknowledged_since_the_drill(&writing).await;
+    }
     let report = finish_writing(writing, &target).await;
     operator.abort();
     cluster.stop().await;
-    let frozen: Vec<f64> = report
-        .drills
-        .iter()
-        .filter(|d| d.name.ends_with("frozen"))
-        .map(|d| d.outage_seconds)
-        .collect();
+    let outages = |what: fn(&str) -> bool| -> Vec<f64> {
+        report
+            .drills
+            .iter()
+            .filter(|d| what(&d.name))
+            .map(|d| d.outage_seconds)
+            .collect()
+    };
+    let frozen = outages(|name| name.ends_with("frozen"));
+    let cut = outages(|name| name.starts_with("operator cut from"));
     assert_eq!(frozen.len(), FREEZES, "{}", report.render());
+    assert_eq!(cut.len(), FREEZES, "{}", report.render());
 
-    let (local, local_outages) = local_outages(FREEZES).await;
+    let (_, local_mariadb) = local_outages(Engine::Mariadb, FREEZES).await;
+    let (local, local_outages) = local_outages(Engine::Postgres, FREEZES).await;
 
     // Each Patroni mode on its own: at ttl 2 (L), Patroni 3.0.2 never failed over in 300 s
     // (measured), which must not lose the other modes' figures.
@@ -1681,7 +1781,12 @@ async fn frozen_primary_outage_against_the_local_hang_and_tuned_patroni() {
         }
     }
 
-    let (f, l) = (spread(&frozen), spread(&local_outages));
+    let (f, c, l, m) = (
+        spread(&frozen),
+        spread(&cut),
+        spread(&local_outages),
+        spread(&local_mariadb),
+    );
     println!(
         "\n== write outage of a frozen or lost primary: 3-instance synchronous PostgreSQL 15, a write every 20 ms ({} build)",
         if cfg!(debug_assertions) {
@@ -1699,6 +1804,14 @@ async fn frozen_primary_outage_against_the_local_hang_and_tuned_patroni() {
         if f.p50 <= 3.5 { "met" } else { "missed" }
     );
     line(
+        "stand-in, the same: the operator cut from the primary's instance manager, clients not (longest gap per round)",
+        &c,
+    );
+    println!(
+        "  target p50 <= L + 1.5 s = 3.5 s: {}",
+        if c.p50 <= 3.5 { "met" } else { "missed" }
+    );
+    line(
         &format!(
             "local, stator chaos run --fault {}, detection {} (fault -> next acknowledged write)",
             local.fault, local.detection_timeout
@@ -1709,6 +1822,14 @@ async fn frozen_primary_outage_against_the_local_hang_and_tuned_patroni() {
         "  target p50 <= L + 0.5 s = 2.5 s: {}",
         if l.p50 <= 2.5 { "met" } else { "missed" }
     );
+    line(
+        "local, the same with a 3-instance synchronous MariaDB 10.11",
+        &m,
+    );
+    println!(
+        "  target p50 <= L + 0.5 s = 2.5 s: {}",
+        if m.p50 <= 2.5 { "met" } else { "missed" }
+    );
     for (mode, outages) in &patroni {
         let p = spread(outages);
         line(
@@ -1718,8 +1839,9 @@ async fn frozen_primary_outage_against_the_local_hang_and_tuned_patroni() {
             &p,
         );
         println!(
-            "  p50 stand-in frozen / p50 Patroni {mode}: {:.2}x; p50 local / p50 Patroni {mode}: {:.2}x",
+            "  p50 stand-in frozen / p50 Patroni {mode}: {:.2}x; partitioned: {:.2}x; p50 local / p50 Patroni {mode}: {:.2}x",
             f.p50 / p.p50,
+            c.p50 / p.p50,
             l.p50 / p.p50
         );
     }
