@@ -95,6 +95,10 @@ pub struct Lease {
     pub expires_at_ms: u64,
     /// The incarnation that reported that reading; any other refuses the lease.
     pub incarnation: String,
+    /// L when it was sent: a peer confirms the writer's failsafe only after this long without
+    /// hearing the shell (see [`stator_api::orders::LeaseOrder::length_ms`]).
+    #[serde(default)]
+    pub length_ms: u64,
 }
 
 impl Lease {
@@ -109,6 +113,7 @@ impl Lease {
             writer: name(self.writer?),
             expires_at: self.expires_at_ms,
             incarnation: self.incarnation.clone(),
+            length_ms: Some(self.length_ms),
         })
     }
 }
@@ -284,6 +289,7 @@ impl LeaseLedger {
             writer,
             expires_at_ms: r.clock_ms.saturating_add(lease_ms),
             incarnation: r.incarnation.clone(),
+            length_ms: lease_ms,
         });
         if let Some(reading) = entry.reading.as_ref().filter(|_| writer == Some(ordinal)) {
             // The lease ends at the reading + L on the manager's clock, and the reading was
@@ -455,12 +461,13 @@ mod tests {
             writer: Some(2),
             expires_at_ms: 12_345,
             incarnation: "0123456789abcdef".into(),
+            length_ms: 2_000,
         };
         let order = lease.order(|o| format!("pg-{o}")).expect("names a writer");
         assert_eq!(
             serde_json::to_value(&order).unwrap(),
             serde_json::json!({"term": 3, "writer": "pg-2", "expiresAt": 12_345,
-                               "incarnation": "0123456789abcdef"})
+                               "incarnation": "0123456789abcdef", "lengthMs": 2_000})
         );
         let nobody = Lease {
             writer: None,
@@ -851,6 +858,7 @@ mod tests {
                 writer: Some(0),
                 expires_at_ms: 9_000,
                 incarnation: "x".into(),
+                length_ms: L,
             })
         );
         assert_eq!(

@@ -16,6 +16,8 @@
 //! - L, the lease length, is `expiresAt` minus this manager's clock when the grant arrived
 //!   (at most the operator's L: the request's travel time is lost, which shortens the
 //!   failsafe and never lengthens it);
+//! - a peer's quiet time, after which it confirms, is the operator's L (`lengthMs` of the
+//!   grant), never the shorter arrival-based L;
 //! - failsafe: while it may write, the writer asks every peer to confirm; a round that every
 //!   peer confirmed, started at clock `t0`, lets it write until `t0 + L`. A round started
 //!   after the right to write lapsed extends nothing (a fenced writer is not revived);
@@ -39,6 +41,9 @@ pub struct Grant {
     pub expires_at: Millis,
     /// The manager incarnation the operator means.
     pub incarnation: String,
+    /// The operator's L (`lengthMs`), when it says it: how long a peer must not hear the
+    /// operator before it confirms a writer's failsafe.
+    pub length: Option<Millis>,
 }
 
 /// `POST /confirm`: a writer asking a peer whether it still follows it at this term.
@@ -164,8 +169,16 @@ pub struct LeaseBook {
     write_expires: Option<Millis>,
     /// When the last grant of this incarnation at the highest term arrived.
     heard_at: Option<Millis>,
-    /// L, from the last accepted grant.
+    /// L, from the last accepted grant: `expiresAt` minus its arrival (the writer's
+    /// failsafe length: shorter than the operator's L, which only shortens the failsafe).
     length: Option<Millis>,
+    /// How long this peer must not hear the operator before it confirms a writer's failsafe:
+    /// the operator's L from the last accepted grant, never less than `length`. Not the
+    /// arrival-based `length`: a grant is built on a clock reading a round old, so that is
+    /// shorter, and a peer confirming sooner than the operator's L may vouch for a writer the
+    /// operator is failing over (the operator counts a replica reachable while it answers
+    /// within 0.99 L; the stand-in's partition drill found it).
+    quiet: Option<Millis>,
     /// Until when every peer's confirmation lets this writer go on after its lease.
     failsafe_until: Option<Millis>,
 }
@@ -186,6 +199,7 @@ impl LeaseBook {
             write_expires: None,
             heard_at: None,
             length: None,
+            quiet: None,
             failsafe_until: None,
         }
     }
@@ -280,7 +294,9 @@ impl LeaseBook {
             self.failsafe_until = None;
         }
         self.writer = Some(g.writer.clone());
-        self.length = Some(g.expires_at - now);
+        let arrived = g.expires_at - now;
+        self.length = Some(arrived);
+        self.quiet = Some(g.length.map_or(arrived, |l| l.max(arrived)));
         if g.writer == self.me {
             self.write_expires = Some(g.expires_at);
             Ok(Granted::WriteLease {
@@ -358,7 +374,7 @@ impl LeaseBook {
         if asked.writer == self.me {
             return Err(Unconfirmed::IsTheWriter);
         }
-        let (Some(heard), Some(length)) = (self.heard_at, self.length) else {
+        let (Some(heard), Some(length)) = (self.heard_at, self.quiet) else {
             return Err(Unconfirmed::NeverHeard);
         };
         let ago = now.saturating_sub(heard);
@@ -383,6 +399,7 @@ mod tests {
             writer: writer.into(),
             expires_at,
             incarnation: INC.into(),
+            length: None,
         }
     }
 
@@ -514,6 +531,38 @@ mod tests {
         assert!(!c.failsafe_confirmed(&asked, 3_000));
     }
 
+    /// A grant built on a reading a round old arrives with less than L left; the peer still
+    /// waits the operator's L (`lengthMs`) before it confirms, never the arrival-based rest.
+    #[test]
+    fn a_peer_waits_the_operators_lease_length_not_what_was_left_of_a_grant() {
+        let asked = Confirmation {
+            term: 1,
+            writer: "db-1".into(),
+        };
+        // L = 2 000 on the operator's side; the reading was 1 500 ms old at arrival, so
+        // 500 ms were left of the grant.
+        let mut peer = book();
+        let late = Grant {
+            length: Some(2_000),
+            ..grant(1, "db-1", 1_500)
+        };
+        peer.accept(&late, 1_000).unwrap();
+        assert_eq!(peer.length(), Some(500));
+        assert_eq!(
+            peer.confirm(&asked, 2_000),
+            Err(Unconfirmed::HeardRecently {
+                ago: 1_000,
+                length: 2_000
+            })
+        );
+        assert!(peer.confirm(&asked, 2_999).is_err());
+        assert_eq!(peer.confirm(&asked, 3_000), Ok(()));
+        // An operator that does not say L (older): what was left, as before.
+        let mut old = book();
+        old.accept(&grant(1, "db-1", 1_500), 1_000).unwrap();
+        assert_eq!(old.confirm(&asked, 1_500), Ok(()));
+    }
+
     #[test]
     fn a_peer_confirms_only_after_not_hearing_the_operator_for_a_lease_length() {
         let asked = Confirmation {
@@ -579,6 +628,7 @@ mod tests {
                 writer: writer.into(),
                 expires_at: e * 100,
                 incarnation: inc.into(),
+                length: None,
             })
     }
 

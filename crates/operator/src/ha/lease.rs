@@ -301,8 +301,10 @@ async fn renew_forever(
                 // outage the writer fences itself before its peers would confirm. A writer
                 // that is only named (an old primary being fenced) is only asked for its
                 // clock, once.
-                exchange(w, None).await;
-                if plan.names_to(w).is_some() {
+                // A writer that did not answer the question is not sent the lease: built on
+                // the reading it already holds, it would extend nothing, and a second
+                // timeout per round would hold up every peer's renewal.
+                if exchange(w, None).await && plan.names_to(w).is_some() {
                     exchange(w, plan.names_to(w)).await;
                 }
             }
@@ -364,7 +366,8 @@ fn last_failed(shared: &Mutex<Shared>, ordinal: u32) -> bool {
 
 /// One lease to `ordinal`'s manager naming `names` (`None`: a question for its clock only,
 /// `GET /status`), recorded in the ledger; when its clock reading was not known (or it
-/// answered as another incarnation), granted again at once with the new one.
+/// answered as another incarnation), granted again at once with the new one. True when it
+/// answered with a clock reading.
 async fn exchange(
     shared: &Mutex<Shared>,
     plan: &Plan,
@@ -373,9 +376,9 @@ async fn exchange(
     ordinal: u32,
     names: Option<u32>,
     timeout: Duration,
-) {
+) -> bool {
     let Some(manager) = plan.managers.get(&ordinal) else {
-        return;
+        return false;
     };
     let lock = || shared.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..2 {
@@ -427,7 +430,7 @@ async fn exchange(
         };
         let Some(clock) = clock else {
             lock().ledger.failed(ordinal, sent.id, now);
-            return;
+            return false;
         };
         lock()
             .ledger
@@ -438,9 +441,10 @@ async fn exchange(
             .is_some_and(|l| l.incarnation == clock.incarnation);
         // A lease that named nobody was only a question for the clock.
         if granted_to_it || names.is_none() {
-            return;
+            return true;
         }
     }
+    true
 }
 
 #[cfg(test)]
