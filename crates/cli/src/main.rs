@@ -52,6 +52,9 @@ enum Command {
     Backup(cmd::backup::BackupArgs),
     Restore(cmd::backup::RestoreArgs),
     Operator(cmd::operator::OperatorArgs),
+    /// The dead man's switch of a lease-mode instance manager, which starts it itself.
+    #[command(hide = true)]
+    Deadman(cmd::instance::DeadmanArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Backup(args) => cmd::backup::backup(args),
         Command::Restore(args) => cmd::backup::restore(args),
         Command::Operator(args) => cmd::operator::run(args),
+        Command::Deadman(args) => cmd::instance::deadman(args),
     };
     match result {
         Ok(code) => code,

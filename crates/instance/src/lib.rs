@@ -30,6 +30,7 @@
 pub mod api_token;
 pub mod backups;
 pub mod binlogs;
+pub mod deadman;
 pub mod error;
 pub mod http;
 pub mod https;

@@ -31,10 +31,12 @@
 //!   scale-up must not keep a cut-off primary serving);
 //! - without a write lease a managed primary does not start (the supervisor waits for one).
 //!
-//! What it does not cover: a frozen manager (this process stopped) cannot kill its server;
-//! the server keeps serving until the manager thaws (`replication.synchronous: true` closes
-//! that window: replicas stop acknowledging). The peers are the config's, fixed at the
-//! manager's start.
+//! - the dead man's switch ([`crate::deadman`]): a process of its own, started by the
+//!   watchdog from this program, told each deadline; it kills the server at the end of the
+//!   right to write when this manager is frozen or starved and its watchdog cannot.
+//!
+//! What it does not cover: the manager and its switch frozen together while the server runs.
+//! The peers are the config's, fixed at the manager's start.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -52,6 +54,7 @@ use stator_api::names::secret_keys;
 use stator_engine::credentials::read_secret;
 use stator_engine::manager_client;
 
+use crate::deadman::{self, Deadman, Guard};
 use crate::error::InstanceError;
 use crate::http::{Endpoints, check_token, json_body};
 use crate::lease::{Confirmation, Grant, Granted, LeaseBook, Millis, Unconfirmed};
@@ -345,8 +348,24 @@ impl SelfFencing {
     }
 
     fn watch(&self, status: &InstanceStatus, data_dir: &Path, may_be_primary: &dyn Fn() -> bool) {
+        let mut switch = Switch::new(data_dir);
         let mut g = self.lock();
         loop {
+            if g.stopping {
+                return;
+            }
+            // The dead man's switch learns the deadline first: a manager frozen from here on
+            // still has its server stopped when the right to write ends. (The status is read
+            // without the lease's lock held, as below.)
+            let until = g.book.writes_until();
+            drop(g);
+            switch.tell(until.and_then(|until| {
+                Some(Guard {
+                    pid: status.pid()?,
+                    until,
+                })
+            }));
+            g = self.lock();
             if g.stopping {
                 return;
             }
@@ -653,6 +672,67 @@ pub async fn confirm(State(e): State<Endpoints>, headers: HeaderMap, body: Bytes
             ),
         ),
         Err(why) => answer(&e, &lease, StatusCode::CONFLICT, "error", why.to_string()),
+    }
+}
+
+/// The watchdog's dead man's switch ([`crate::deadman`]): started from this program, started
+/// again (at most every [`SWITCH_RETRY`]) when it cannot be told.
+struct Switch {
+    data_dir: PathBuf,
+    program: Option<PathBuf>,
+    running: Option<Deadman>,
+    tried: Option<std::time::Instant>,
+}
+
+/// How soon a switch that failed to start or went away is started again.
+const SWITCH_RETRY: Duration = Duration::from_secs(5);
+
+impl Switch {
+    fn new(data_dir: &Path) -> Switch {
+        let program = match deadman::own_program() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!(
+                    "no dead man's switch: this program's path is unknown ({e}); a frozen \
+                     instance manager would leave its server serving past the lease"
+                );
+                None
+            }
+        };
+        Switch {
+            data_dir: data_dir.to_path_buf(),
+            program,
+            running: None,
+            tried: None,
+        }
+    }
+
+    fn tell(&mut self, guard: Option<Guard>) {
+        if self.running.is_none() {
+            let Some(program) = &self.program else { return };
+            if self.tried.is_some_and(|t| t.elapsed() < SWITCH_RETRY) {
+                return;
+            }
+            self.tried = Some(std::time::Instant::now());
+            match Deadman::spawn(program, &self.data_dir) {
+                Ok(d) => self.running = Some(d),
+                Err(e) => {
+                    tracing::error!(
+                        "cannot start the dead man's switch ({} {} --data-dir …): {e}; retrying",
+                        program.display(),
+                        deadman::SUBCOMMAND
+                    );
+                    return;
+                }
+            }
+        }
+        if let Some(running) = self.running.as_mut()
+            && let Err(e) = running.tell(guard)
+        {
+            tracing::error!("the dead man's switch is gone ({e}); starting another");
+            self.running = None;
+            self.tried = None;
+        }
     }
 }
 

@@ -134,6 +134,14 @@ impl InstanceStatus {
     }
 
     /// A copy of the facts.
+    /// The server's pid, if one runs (without copying the rest).
+    pub fn pid(&self) -> Option<u32> {
+        match self.inner.lock() {
+            Ok(g) => g.pid,
+            Err(poisoned) => poisoned.into_inner().pid,
+        }
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         match self.inner.lock() {
             Ok(g) => g.clone(),

@@ -237,6 +237,56 @@ fn a_postgres_primary_serves_only_under_its_lease_and_is_killed_and_held_when_it
     assert_eq!(rows, vec!["2".to_string()]);
 }
 
+/// The manager frozen (SIGSTOP: its watchdog thread stops with it) while its primary runs
+/// under a short lease: its dead man's switch, a process of its own, kills the server when the
+/// lease ends; thawed, the manager does not start it again without a new lease.
+#[test]
+fn a_frozen_managers_primary_is_killed_by_its_dead_mans_switch_when_the_lease_ends() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let c = Cluster::new("dm");
+    let t = token(&c);
+    let cfg = c.config(0, Bootstrap::InitPrimary);
+    let p = c.start_leased(&cfg);
+    let name = p.name();
+    waits_for(&p, "POST /bootstrap");
+    ordered(&p, "/bootstrap", &t, r#"{"kind": "init"}"#);
+    waits_for(&p, "POST /lease");
+    granted(&p, &t, 1, &name, 600_000);
+    p.wait_ready();
+    let server = p.postmaster_pid().expect("a postmaster");
+    let manager = Pid::from_raw(p.child.as_ref().expect("the manager").id() as i32);
+    let s = granted(&p, &t, 2, &name, 1_500);
+    let expires = s["lease"]["expiresAt"].as_u64().expect("a write lease");
+    // The watchdog tells the switch at once (woken by the grant); give it that moment.
+    std::thread::sleep(Duration::from_millis(200));
+    kill(manager, Signal::SIGSTOP).expect("SIGSTOP the manager");
+    let frozen = std::time::Instant::now();
+    while !gone(&p, server) && frozen.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = gone(&p, server);
+    let now = stator_instance::self_fencing::clock();
+    kill(manager, Signal::SIGCONT).expect("SIGCONT the manager");
+    assert!(
+        killed,
+        "the server of a frozen manager served 10 s past a 1.5 s lease\n{}",
+        p.logs()
+    );
+    assert!(
+        now >= expires,
+        "killed at clock {now}, before its lease ended at {expires}"
+    );
+    eprintln!(
+        "frozen manager: server killed {} ms after the lease ended (clock {now}, lease {expires})",
+        now - expires
+    );
+    assert!(p.logs().contains("dead man's switch"), "{}", p.logs());
+    // Thawed: not started again without a lease.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(postmasters_on(&cfg.data_dir).is_empty(), "{}", p.logs());
+}
+
 #[test]
 fn the_failsafe_keeps_a_primary_while_every_peer_confirms_and_ends_when_one_hears_the_operator() {
     let c = Cluster::new("lf");

@@ -46,6 +46,21 @@ pub struct InstanceArgs {
     pub server_log: PathBuf,
 }
 
+/// `stator deadman --data-dir DIR`: started by a lease-mode instance manager, never by hand
+/// (see `stator_instance::deadman`); reads its deadlines on stdin.
+#[derive(clap::Args, Debug)]
+pub struct DeadmanArgs {
+    /// The data directory of the server it guards (a pid that does not serve it is never
+    /// killed).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+}
+
+pub fn deadman(args: DeadmanArgs) -> Result<ExitCode, CliError> {
+    stator_instance::deadman::run(&args.data_dir, std::io::BufReader::new(std::io::stdin()));
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Paths inside a pod.
 pub const POD_DATA_DIR: &str = "/var/lib/stator/data";
 /// A directory the manager creates inside the `run` emptyDir mounted at `/run/stator`: a

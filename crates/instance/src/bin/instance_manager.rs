@@ -1,5 +1,6 @@
 //! The instance manager as a bare program, for the integration tests (they kill it with
-//! `kill -9` and start another): `instance_manager CONFIG.json [--managed [--lease]]`. The real entry
+//! `kill -9` and start another): `instance_manager CONFIG.json [--managed [--lease]]`, and its
+//! dead man's switch (`instance_manager deadman --data-dir DIR`). The real entry
 //! point is `stator instance --config FILE` (`--pod --managed` in the operator's pods).
 
 use std::process::ExitCode;
@@ -18,6 +19,17 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, sub, flag, dir] = args.as_slice()
+        && sub == stator_instance::deadman::SUBCOMMAND
+        && flag == "--data-dir"
+    {
+        stator_instance::deadman::run(
+            std::path::Path::new(dir),
+            std::io::BufReader::new(std::io::stdin()),
+        );
+        return ExitCode::SUCCESS;
+    }
     let Some(path) = std::env::args().nth(1) else {
         eprintln!("usage: instance_manager CONFIG.json [--managed [--lease]]");
         return ExitCode::from(2);
