@@ -100,12 +100,13 @@ pub struct LeaseOrder {
     pub writer: String,
     pub expires_at: u64,
     pub incarnation: String,
-    /// The operator's lease length L (ms): a peer confirms a writer's failsafe only once it
-    /// has not heard the operator for this long. `expiresAt` minus the arrival time is
-    /// shorter (the reading it is built on is a round old), and a peer confirming that soon
+    /// A peer's quiet time (ms): it confirms a writer's failsafe only once it has not heard
+    /// the operator for this long (the operator's L minus a renewal period, which its Down
+    /// rule accounts for). Without it, `expiresAt` minus the arrival time, which can be far
+    /// shorter (the reading a lease is built on is a round old): a peer confirming that soon
     /// could vouch for a writer the operator is already failing over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub length_ms: Option<u64>,
+    pub quiet_ms: Option<u64>,
 }
 
 /// `POST /confirm`: a writer asking a peer whether it still follows `writer` at `term` and

@@ -76,11 +76,24 @@ pub fn down_after_ms(lease_ms: u64) -> u64 {
     u64::try_from(slowest + margin).unwrap_or(u64::MAX)
 }
 
+/// A peer's quiet time Q: how long it must not hear the shell before it confirms a writer's
+/// failsafe (sent with every lease, [`stator_api::orders::LeaseOrder::quiet_ms`]): L minus a
+/// quarter of L (one renewal period). Shorter than L, so that when the shell is gone the
+/// peers confirm while the writer's lease (its last reading, taken after theirs, + L) still
+/// runs, with a renewal period to spare (with Q = L they never did in time: the writer
+/// fenced itself whenever the operator stopped); and never shorter than what the Down rule
+/// counts as a continuous run of answers ([`max_silence_ms`]), so a candidate never vouches
+/// for the writer it replaces.
+pub fn quiet_ms(lease_ms: u64) -> u64 {
+    lease_ms - lease_ms / 4
+}
+
 /// The longest silence (the shell's time between two moments an instance heard it) that still
-/// counts as reachable continuously: 0.99 L, so that the instance, on a clock up to 1 % fast,
-/// has never gone L without hearing the shell.
+/// counts as reachable continuously: 0.99 Q ([`quiet_ms`]), so that the instance, on a clock
+/// up to 1 % fast, has never gone its quiet time without hearing the shell, and so never
+/// confirmed a failsafe meanwhile.
 pub fn max_silence_ms(lease_ms: u64) -> u64 {
-    lease_ms.saturating_mul(SLOWEST_CLOCK_PERCENT) / 100
+    quiet_ms(lease_ms).saturating_mul(SLOWEST_CLOCK_PERCENT) / 100
 }
 
 /// A lease as the instance manager receives it.
@@ -95,10 +108,10 @@ pub struct Lease {
     pub expires_at_ms: u64,
     /// The incarnation that reported that reading; any other refuses the lease.
     pub incarnation: String,
-    /// L when it was sent: a peer confirms the writer's failsafe only after this long without
-    /// hearing the shell (see [`stator_api::orders::LeaseOrder::length_ms`]).
+    /// [`quiet_ms`] of the L it was sent with: a peer confirms the writer's failsafe only after
+    /// this long without hearing the shell.
     #[serde(default)]
-    pub length_ms: u64,
+    pub quiet_ms: u64,
 }
 
 impl Lease {
@@ -113,7 +126,7 @@ impl Lease {
             writer: name(self.writer?),
             expires_at: self.expires_at_ms,
             incarnation: self.incarnation.clone(),
-            length_ms: Some(self.length_ms),
+            quiet_ms: Some(self.quiet_ms),
         })
     }
 }
@@ -289,7 +302,7 @@ impl LeaseLedger {
             writer,
             expires_at_ms: r.clock_ms.saturating_add(lease_ms),
             incarnation: r.incarnation.clone(),
-            length_ms: lease_ms,
+            quiet_ms: quiet_ms(lease_ms),
         });
         if let Some(reading) = entry.reading.as_ref().filter(|_| writer == Some(ordinal)) {
             // The lease ends at the reading + L on the manager's clock, and the reading was
@@ -461,13 +474,13 @@ mod tests {
             writer: Some(2),
             expires_at_ms: 12_345,
             incarnation: "0123456789abcdef".into(),
-            length_ms: 2_000,
+            quiet_ms: 1_500,
         };
         let order = lease.order(|o| format!("pg-{o}")).expect("names a writer");
         assert_eq!(
             serde_json::to_value(&order).unwrap(),
             serde_json::json!({"term": 3, "writer": "pg-2", "expiresAt": 12_345,
-                               "incarnation": "0123456789abcdef", "lengthMs": 2_000})
+                               "incarnation": "0123456789abcdef", "quietMs": 1_500})
         );
         let nobody = Lease {
             writer: None,
@@ -831,7 +844,9 @@ mod tests {
         assert_eq!(down_after_ms(99), 100 + 250);
         assert_eq!(down_after_ms(u64::MAX), u64::MAX);
         assert!(down_after_ms(u64::MAX / 2) > u64::MAX / 2);
-        assert_eq!(max_silence_ms(2_000), 1_980);
+        // Q = 3/4 L, and a run of answers breaks past 0.99 Q.
+        assert_eq!(quiet_ms(2_000), 1_500);
+        assert_eq!(max_silence_ms(2_000), 1_485);
         assert_eq!(lease_length_ms(2_000), 2_000);
     }
 
@@ -858,7 +873,7 @@ mod tests {
                 writer: Some(0),
                 expires_at_ms: 9_000,
                 incarnation: "x".into(),
-                length_ms: L,
+                quiet_ms: 1_500,
             })
         );
         assert_eq!(

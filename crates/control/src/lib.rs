@@ -91,5 +91,6 @@ pub use decide::decide;
 pub use input::{ClusterSpec, Input, InstanceFacts, Presence, Request, SpecError};
 pub use lease::{
     DownVerdict, Lease, LeaseLedger, LeaseOrder, down_after_ms, lease_length_ms, max_silence_ms,
+    quiet_ms,
 };
 pub use memory::{Fence, FenceMethod, Memory, Transition, TransitionKind, TransitionPhase};

@@ -16,8 +16,8 @@
 //! - L, the lease length, is `expiresAt` minus this manager's clock when the grant arrived
 //!   (at most the operator's L: the request's travel time is lost, which shortens the
 //!   failsafe and never lengthens it);
-//! - a peer's quiet time, after which it confirms, is the operator's L (`lengthMs` of the
-//!   grant), never the shorter arrival-based L;
+//! - a peer's quiet time, after which it confirms, is the grant's `quietMs` (the operator's L
+//!   minus a renewal period), not the arrival-based L, which can be far shorter;
 //! - failsafe: while it may write, the writer asks every peer to confirm; a round that every
 //!   peer confirmed, started at clock `t0`, lets it write until `t0 + L`. A round started
 //!   after the right to write lapsed extends nothing (a fenced writer is not revived);
@@ -41,9 +41,9 @@ pub struct Grant {
     pub expires_at: Millis,
     /// The manager incarnation the operator means.
     pub incarnation: String,
-    /// The operator's L (`lengthMs`), when it says it: how long a peer must not hear the
-    /// operator before it confirms a writer's failsafe.
-    pub length: Option<Millis>,
+    /// `quietMs`, when the operator says it: how long a peer must not hear the operator
+    /// before it confirms a writer's failsafe.
+    pub quiet: Option<Millis>,
 }
 
 /// `POST /confirm`: a writer asking a peer whether it still follows it at this term.
@@ -150,7 +150,7 @@ impl fmt::Display for Unconfirmed {
             ),
             Unconfirmed::HeardRecently { ago, length } => write!(
                 f,
-                "heard the operator {ago} ms ago, within the lease length ({length} ms): the operator is not gone"
+                "heard the operator {ago} ms ago, within its quiet time ({length} ms): the operator is not gone"
             ),
         }
     }
@@ -173,11 +173,11 @@ pub struct LeaseBook {
     /// failsafe length: shorter than the operator's L, which only shortens the failsafe).
     length: Option<Millis>,
     /// How long this peer must not hear the operator before it confirms a writer's failsafe:
-    /// the operator's L from the last accepted grant, never less than `length`. Not the
-    /// arrival-based `length`: a grant is built on a clock reading a round old, so that is
-    /// shorter, and a peer confirming sooner than the operator's L may vouch for a writer the
-    /// operator is failing over (the operator counts a replica reachable while it answers
-    /// within 0.99 L; the stand-in's partition drill found it).
+    /// the `quietMs` of the last accepted grant (the operator counts a replica reachable while
+    /// it answers within 0.99 of it). Not the arrival-based `length`: a grant is built on a
+    /// clock reading a round old, so that can be far shorter, and a peer confirming that soon
+    /// vouched for a writer the operator was failing over (the stand-in's partition drill
+    /// found it). The arrival-based length only for a grant without `quietMs`.
     quiet: Option<Millis>,
     /// Until when every peer's confirmation lets this writer go on after its lease.
     failsafe_until: Option<Millis>,
@@ -296,7 +296,7 @@ impl LeaseBook {
         self.writer = Some(g.writer.clone());
         let arrived = g.expires_at - now;
         self.length = Some(arrived);
-        self.quiet = Some(g.length.map_or(arrived, |l| l.max(arrived)));
+        self.quiet = Some(g.quiet.unwrap_or(arrived));
         if g.writer == self.me {
             self.write_expires = Some(g.expires_at);
             Ok(Granted::WriteLease {
@@ -399,7 +399,7 @@ mod tests {
             writer: writer.into(),
             expires_at,
             incarnation: INC.into(),
-            length: None,
+            quiet: None,
         }
     }
 
@@ -531,19 +531,19 @@ mod tests {
         assert!(!c.failsafe_confirmed(&asked, 3_000));
     }
 
-    /// A grant built on a reading a round old arrives with less than L left; the peer still
-    /// waits the operator's L (`lengthMs`) before it confirms, never the arrival-based rest.
+    /// A grant built on a reading a round old arrives with far less than L left; the peer
+    /// still waits the operator's quiet time (`quietMs`) before it confirms.
     #[test]
     fn a_peer_waits_the_operators_lease_length_not_what_was_left_of_a_grant() {
         let asked = Confirmation {
             term: 1,
             writer: "db-1".into(),
         };
-        // L = 2 000 on the operator's side; the reading was 1 500 ms old at arrival, so
-        // 500 ms were left of the grant.
+        // L = 2 000 on the operator's side, Q = 1 500; the reading was 1 500 ms old at
+        // arrival, so 500 ms were left of the grant.
         let mut peer = book();
         let late = Grant {
-            length: Some(2_000),
+            quiet: Some(1_500),
             ..grant(1, "db-1", 1_500)
         };
         peer.accept(&late, 1_000).unwrap();
@@ -552,11 +552,11 @@ mod tests {
             peer.confirm(&asked, 2_000),
             Err(Unconfirmed::HeardRecently {
                 ago: 1_000,
-                length: 2_000
+                length: 1_500
             })
         );
-        assert!(peer.confirm(&asked, 2_999).is_err());
-        assert_eq!(peer.confirm(&asked, 3_000), Ok(()));
+        assert!(peer.confirm(&asked, 2_499).is_err());
+        assert_eq!(peer.confirm(&asked, 2_500), Ok(()));
         // An operator that does not say L (older): what was left, as before.
         let mut old = book();
         old.accept(&grant(1, "db-1", 1_500), 1_000).unwrap();
@@ -628,7 +628,7 @@ mod tests {
                 writer: writer.into(),
                 expires_at: e * 100,
                 incarnation: inc.into(),
-                length: None,
+                quiet: None,
             })
     }
 

@@ -7,8 +7,9 @@
 //!   digits) chosen at every start. `GET /status` and every answer of `POST /lease` and
 //!   `POST /confirm` carry `clock` (the reading when answering), `incarnation` and `lease`
 //!   (the term, writer, write lease, L, failsafe and fence), beside the usual report;
-//! - `POST /lease {"term", "writer", "expiresAt", "incarnation", "lengthMs"}` (bearer token;
-//!   `lengthMs`, the operator's L, is optional and sets a peer's quiet time): 200 with the
+//! - `POST /lease {"term", "writer", "expiresAt", "incarnation", "quietMs"}` (bearer token;
+//!   `quietMs`, optional, is how long a peer must not hear the operator before it confirms a
+//!   writer's failsafe): 200 with the
 //!   report and `result`, or 409 with the report and `error` naming the field (another
 //!   incarnation, a lower term, another writer at the same term, an expiry not later than
 //!   the clock or than the lease held). A higher term is written to the term file first
@@ -526,7 +527,7 @@ impl SelfFencing {
 // ---- Endpoints ------------------------------------------------------------------------------
 
 const LEASE_SHAPE: &str =
-    r#"{"term": N, "writer": "NAME-N", "expiresAt": MS, "incarnation": "…", "lengthMs": L}"#;
+    r#"{"term": N, "writer": "NAME-N", "expiresAt": MS, "incarnation": "…", "quietMs": MS}"#;
 const CONFIRM_SHAPE: &str = r#"{"term": N, "writer": "NAME-N"}"#;
 
 #[derive(Deserialize)]
@@ -536,7 +537,7 @@ struct LeaseBody {
     writer: Option<String>,
     expires_at: Option<u64>,
     incarnation: Option<String>,
-    length_ms: Option<u64>,
+    quiet_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -578,7 +579,7 @@ pub fn parse_lease(body: &[u8]) -> Result<Grant, String> {
         writer,
         expires_at,
         incarnation,
-        length: b.length_ms,
+        quiet: b.quiet_ms,
     })
 }
 
@@ -751,7 +752,7 @@ mod tests {
                 writer: "db-0".into(),
                 expires_at: 12000,
                 incarnation: "ab".into(),
-                length: None,
+                quiet: None,
             })
         );
         for (body, field) in [
@@ -794,12 +795,12 @@ mod tests {
             writer: "db-1".into(),
             expires_at: 77,
             incarnation: "cd".into(),
-            length_ms: Some(2_000),
+            quiet_ms: Some(1_500),
         };
         let grant = parse_lease(&serde_json::to_vec(&order).unwrap()).unwrap();
         assert_eq!(
-            (grant.term, grant.expires_at, grant.length),
-            (9, 77, Some(2_000))
+            (grant.term, grant.expires_at, grant.quiet),
+            (9, 77, Some(1_500))
         );
         let asked = stator_api::orders::ConfirmOrder {
             term: 9,
