@@ -419,6 +419,17 @@ async fn lease_facts(
     admin: &kube::Client,
     pod: &str,
 ) -> Result<serde_json::Value, String> {
+    manager_report(sql, admin, pod)
+        .await
+        .map(|report| report["lease"].clone())
+}
+
+/// `pod`'s instance manager's `/status`, in lease mode.
+async fn manager_report(
+    sql: &Sql,
+    admin: &kube::Client,
+    pod: &str,
+) -> Result<serde_json::Value, String> {
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "apps");
     let ip = pods
         .get(pod)
@@ -446,7 +457,7 @@ async fn lease_facts(
             ));
         }
     }
-    Ok(report["lease"].clone())
+    Ok(report)
 }
 
 /// The node-freeze drill (issue 11): once `name` is Ready with both replicas, the node of its
@@ -564,6 +575,72 @@ async fn partition_drill(
         dbs,
         name,
         "the old primary back as a replica after the partition",
+        |db| {
+            let (now, replicas) = ready_roles(db);
+            now.as_deref() == Some(promoted.as_str()) && replicas.contains(&primary)
+        },
+    )
+    .await;
+    promoted
+}
+
+/// The instance-manager freeze drill (issue 11): once `name` is Ready with both replicas, only
+/// the primary's instance manager is stopped (SIGSTOP of its process: its watchdog thread
+/// stops with it; its server, its dead man's switch and the rest of the pod run on). Nothing
+/// renews or enforces the lease inside the manager: its dead man's switch, a process of its
+/// own, kills the server when the lease ends, and the operator, which no longer hears the
+/// manager, promotes a replica once the Down rule lets it. Thawed once the new primary is
+/// Ready; the old primary comes back as a replica. Returns the new primary.
+async fn manager_freeze_drill(
+    sql: &Sql,
+    admin: &kube::Client,
+    dbs: &Api<Database>,
+    name: &str,
+    writing: &mut Writing,
+) -> String {
+    let primary = steady_primary(dbs, name).await;
+    let report = harness::wait_for("the primary's manager report", DEADLINE, || {
+        manager_report(sql, admin, &primary)
+    })
+    .await;
+    let pid = report["managerPid"]
+        .as_u64()
+        .expect("the manager's pid in its report")
+        .to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("run kill")
+            .success()
+    };
+    writing.drill(&format!("instance manager of {primary} frozen"));
+    assert!(signal("-STOP"), "kill -STOP {pid}");
+    let db = ready_with(
+        dbs,
+        name,
+        "a new primary while the old one's manager is frozen",
+        |db| {
+            let (now, replicas) = ready_roles(db);
+            now.is_some_and(|p| p != primary) && !replicas.is_empty()
+        },
+    )
+    .await;
+    let promoted = db
+        .status
+        .and_then(|s| s.current_primary)
+        .expect("a current primary");
+    println!("{name}: instance manager of {primary} frozen: {promoted} promoted");
+    writing.drill(&format!("instance manager of {primary} thawed"));
+    if !signal("-CONT") {
+        // Its liveness probe failed meanwhile (3 x 10 s while the promotion waited for a
+        // replica to be cloned, say), and the kubelet restarted its container, as it should.
+        println!("{name}: {primary}'s frozen manager was gone: the kubelet restarted it");
+    }
+    ready_with(
+        dbs,
+        name,
+        "the old primary back as a replica after its manager thawed",
         |db| {
             let (now, replicas) = ready_roles(db);
             now.as_deref() == Some(promoted.as_str()) && replicas.contains(&primary)
@@ -832,10 +909,13 @@ async fn operator_fails_over_postgres_with_write_leases_on_the_standin() {
     let promoted = partition_drill(&cluster, &dbs, "pgl", &mut writing).await;
     sql.write_and_read("partition", 6).await;
     println!("pgl: after the partition: {promoted} is the primary");
+    let promoted = manager_freeze_drill(&sql, &admin, &dbs, "pgl", &mut writing).await;
+    sql.write_and_read("manager frozen", 7).await;
+    println!("pgl: after the manager freeze: {promoted} is the primary");
     let operator =
         operator_restart_during_handover_drill(&cluster, &sql, &op, &dbs, operator, &mut writing)
             .await;
-    sql.write_and_read("six", 7).await;
+    sql.write_and_read("six", 8).await;
     finish_writing(writing, &target).await;
     drop(op);
     operator.abort();
@@ -870,6 +950,9 @@ async fn operator_fails_over_mariadb_with_write_leases_on_the_standin() {
     let promoted = partition_drill(&r.cluster, &r.dbs, "mdbl", &mut writing).await;
     r.sql.write_and_read("partition", 5).await;
     println!("mdbl: after the partition: {promoted} is the primary");
+    let promoted = manager_freeze_drill(&r.sql, &admin, &r.dbs, "mdbl", &mut writing).await;
+    r.sql.write_and_read("manager frozen", 6).await;
+    println!("mdbl: after the manager freeze: {promoted} is the primary");
     let operator = operator_restart_during_handover_drill(
         &r.cluster,
         &r.sql,
@@ -879,7 +962,7 @@ async fn operator_fails_over_mariadb_with_write_leases_on_the_standin() {
         &mut writing,
     )
     .await;
-    r.sql.write_and_read("five", 6).await;
+    r.sql.write_and_read("five", 7).await;
     finish_writing(writing, &r.target).await;
     operator.abort();
     r.cluster.stop().await;
@@ -887,9 +970,12 @@ async fn operator_fails_over_mariadb_with_write_leases_on_the_standin() {
 
 /// The lease drills with asynchronous replication, for both engines: the primary pod deleted
 /// (in the bring-up), the operator stopped for 3 × L ([`operator_down_drill`]: no failover,
-/// the primary goes on under the failsafe) and the primary's node frozen
-/// ([`node_freeze_drill`]: failed over by the lease rule alone). Asynchronous replication may
-/// lose what a frozen primary acknowledged and had not sent; never two writable instances.
+/// the primary goes on under the failsafe), the primary's node frozen ([`node_freeze_drill`]:
+/// failed over by the lease rule alone), the operator cut from the primary
+/// ([`partition_drill`]), only the primary's manager frozen ([`manager_freeze_drill`]) and the
+/// operator restarted during a switchover's lease hand-over
+/// ([`operator_restart_during_handover_drill`]). Asynchronous replication may lose what a
+/// frozen primary acknowledged and had not sent; never two writable instances.
 async fn asynchronous_lease_drills(engine: Engine, name: &str, version: &str) {
     let Some(r) = bring_up_with(engine, name, version, true, false).await else {
         return;
@@ -904,6 +990,17 @@ async fn asynchronous_lease_drills(engine: Engine, name: &str, version: &str) {
     println!("{name}: after the node freeze: {promoted} is the primary");
     let promoted = partition_drill(&r.cluster, &r.dbs, name, &mut writing).await;
     println!("{name}: after the partition: {promoted} is the primary");
+    let promoted = manager_freeze_drill(&r.sql, &admin, &r.dbs, name, &mut writing).await;
+    println!("{name}: after the manager freeze: {promoted} is the primary");
+    let operator = operator_restart_during_handover_drill(
+        &r.cluster,
+        &r.sql,
+        &r.op,
+        &r.dbs,
+        operator,
+        &mut writing,
+    )
+    .await;
     let report = finish_writing_asynchronous(writing, &r.target).await;
     println!(
         "{name} (asynchronous): {} acknowledged writes lost",

@@ -624,6 +624,10 @@ struct Sent {
     kind: &'static str,
     at: Instant,
     outcome: runtime::Outcome,
+    /// Its server was seen running in a round after the order: the order was carried out, and
+    /// a later need of the same order (the instance failed over again and waiting for its
+    /// role once more) is a new one.
+    ran: bool,
 }
 
 /// Whether `order` to instance `ordinal`, now in pod `pod`, waits: the same kind of order went
@@ -640,7 +644,7 @@ fn waits(last: Option<&Sent>, pod: &str, order: &runtime::StartOrder, now: Insta
         } else {
             ORDER_RESEND
         };
-        s.pod == pod && s.kind == order.kind() && since < wait
+        s.pod == pod && s.kind == order.kind() && since < wait && !s.ran
     })
 }
 
@@ -653,6 +657,19 @@ async fn start_instances(
     keep_down: &BTreeSet<u32>,
     started: &mut BTreeMap<u32, Sent>,
 ) {
+    for (ordinal, sent) in started.iter_mut() {
+        let running = sightings.iter().any(|s| {
+            s.ordinal == *ordinal
+                && s.report
+                    .as_ref()
+                    .is_some_and(|r| r.state == ServerState::Running)
+        });
+        // This round's sightings were taken after every order in `started` was given (in an
+        // earlier round).
+        if running {
+            sent.ran = true;
+        }
+    }
     let pods = &fo.runtime().observed().pods;
     let init = runtime::StartOrder::Bootstrap(BootstrapOrder::Init).kind();
     let init_sent = started
@@ -683,6 +700,7 @@ async fn start_instances(
                 kind,
                 at: now,
                 outcome,
+                ran: false,
             },
         );
     }
@@ -1036,6 +1054,7 @@ mod tests {
             kind: init.kind(),
             at: t0,
             outcome: runtime::Outcome::default(),
+            ran: false,
         };
         let soon = t0 + Duration::from_secs(20);
         // The same order to the same pod, within the minute: it may still be carried out.
@@ -1069,6 +1088,7 @@ mod tests {
             kind: rejoin.kind(),
             at: t0,
             outcome: runtime::Outcome::default(),
+            ran: false,
         };
         let later = t0 + ORDER_RETRY + Duration::from_secs(1);
         // Carried out, or still under way: it waits.
@@ -1082,6 +1102,29 @@ mod tests {
             t0 + Duration::from_secs(1)
         ));
         assert!(!waits(Some(&sent), "uid-a", &rejoin, later));
+    }
+
+    /// The manager-freeze drill that found it: a replica told its role (done), promoted, then
+    /// failed over again within the minute, waited for `/role` 46 s, since the same order had
+    /// gone to the same pod less than [`ORDER_RESEND`] ago. An order whose server was seen
+    /// running since was carried out: the next need of it is a new one, given at once.
+    #[test]
+    fn an_order_carried_out_does_not_hold_back_the_next_need_of_it() {
+        let t0 = Instant::now();
+        let rejoin = runtime::StartOrder::Rejoin(RoleOrder::Replica {
+            upstream: endpoint(1),
+        });
+        let mut sent = Sent {
+            pod: "uid-a".into(),
+            kind: rejoin.kind(),
+            at: t0,
+            outcome: runtime::Outcome::default(),
+            ran: false,
+        };
+        let soon = t0 + Duration::from_secs(10);
+        assert!(waits(Some(&sent), "uid-a", &rejoin, soon));
+        sent.ran = true;
+        assert!(!waits(Some(&sent), "uid-a", &rejoin, soon));
     }
 
     /// The stand-in benchmark that found it: the loop paused a whole second after ordering a
