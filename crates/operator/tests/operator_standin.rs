@@ -460,6 +460,44 @@ async fn manager_report(
     Ok(report)
 }
 
+/// The shape of the fault drills: `fault` (named `what` in the checker's report) injected on
+/// `primary`, then a wait for a new primary Ready with a replica, then `heal` (named `healed`)
+/// and a wait for the old primary back as the new one's replica. Returns the new primary.
+async fn promoted_over(
+    dbs: &Api<Database>,
+    name: &str,
+    writing: &mut Writing,
+    primary: &str,
+    (what, fault): (String, impl FnOnce()),
+    (healed, heal): (String, impl FnOnce()),
+) -> String {
+    writing.drill(&what);
+    fault();
+    let db = ready_with(dbs, name, &format!("a new primary: {what}"), |db| {
+        let (now, replicas) = ready_roles(db);
+        now.is_some_and(|p| p != primary) && !replicas.is_empty()
+    })
+    .await;
+    let promoted = db
+        .status
+        .and_then(|s| s.current_primary)
+        .expect("a current primary");
+    println!("{name}: {what}: {promoted} promoted");
+    writing.drill(&healed);
+    heal();
+    ready_with(
+        dbs,
+        name,
+        &format!("the old primary back as a replica: {healed}"),
+        |db| {
+            let (now, replicas) = ready_roles(db);
+            now.as_deref() == Some(promoted.as_str()) && replicas.iter().any(|r| r == primary)
+        },
+    )
+    .await;
+    promoted
+}
+
 /// The node-freeze drill (issue 11): once `name` is Ready with both replicas, the node of its
 /// primary's pod is stopped (every process of its pods SIGSTOPped, its heartbeat Lease no
 /// longer renewed, its pods no longer handled), so the operator can reach neither the
@@ -487,36 +525,18 @@ async fn node_freeze_drill(
         .spec
         .and_then(|s| s.node_name)
         .expect("the primary's pod is bound to a node");
-    writing.drill(&format!("node {node} of {primary} frozen"));
-    cluster.standin().stop_node(&node);
-    let db = ready_with(
+    let standin = cluster.standin();
+    promoted_over(
         dbs,
         name,
-        "a new primary while the old one's node is frozen",
-        |db| {
-            let (now, replicas) = ready_roles(db);
-            now.is_some_and(|p| p != primary) && !replicas.is_empty()
-        },
+        writing,
+        &primary,
+        (format!("node {node} of {primary} frozen"), || {
+            standin.stop_node(&node)
+        }),
+        (format!("node {node} thawed"), || standin.start_node(&node)),
     )
-    .await;
-    let promoted = db
-        .status
-        .and_then(|s| s.current_primary)
-        .expect("a current primary");
-    println!("{name}: {node} frozen: {promoted} promoted over {primary}");
-    writing.drill(&format!("node {node} thawed"));
-    cluster.standin().start_node(&node);
-    ready_with(
-        dbs,
-        name,
-        "the thawed old primary back as a replica",
-        |db| {
-            let (now, replicas) = ready_roles(db);
-            now.as_deref() == Some(promoted.as_str()) && replicas.contains(&primary)
-        },
-    )
-    .await;
-    promoted
+    .await
 }
 
 /// The partition drill (issue 11): once `name` is Ready with both replicas, the operator is
@@ -546,42 +566,24 @@ async fn partition_drill(
         .and_then(|ip| ip.parse().ok())
         .expect("the primary's pod has an address");
     let port = stator_api::names::INSTANCE_MANAGER_PORT;
-    writing.drill(&format!("operator cut from {primary}"));
-    cluster
-        .standin()
-        .cut_from_host(ip, port, true)
-        .expect("cut the operator from the primary's manager");
-    let db = ready_with(
+    let standin = cluster.standin();
+    promoted_over(
         dbs,
         name,
-        "a new primary while the old one is cut from the operator",
-        |db| {
-            let (now, replicas) = ready_roles(db);
-            now.is_some_and(|p| p != primary) && !replicas.is_empty()
-        },
+        writing,
+        &primary,
+        (format!("operator cut from {primary}"), || {
+            standin
+                .cut_from_host(ip, port, true)
+                .expect("cut the operator from the primary's manager")
+        }),
+        (format!("{primary} reconnected"), || {
+            standin
+                .cut_from_host(ip, port, false)
+                .expect("heal the partition")
+        }),
     )
-    .await;
-    let promoted = db
-        .status
-        .and_then(|s| s.current_primary)
-        .expect("a current primary");
-    println!("{name}: operator cut from {primary}: {promoted} promoted");
-    writing.drill(&format!("{primary} reconnected"));
-    cluster
-        .standin()
-        .cut_from_host(ip, port, false)
-        .expect("heal the partition");
-    ready_with(
-        dbs,
-        name,
-        "the old primary back as a replica after the partition",
-        |db| {
-            let (now, replicas) = ready_roles(db);
-            now.as_deref() == Some(promoted.as_str()) && replicas.contains(&primary)
-        },
-    )
-    .await;
-    promoted
+    .await
 }
 
 /// The instance-manager freeze drill (issue 11): once `name` is Ready with both replicas, only
@@ -614,40 +616,23 @@ async fn manager_freeze_drill(
             .expect("run kill")
             .success()
     };
-    writing.drill(&format!("instance manager of {primary} frozen"));
-    assert!(signal("-STOP"), "kill -STOP {pid}");
-    let db = ready_with(
+    promoted_over(
         dbs,
         name,
-        "a new primary while the old one's manager is frozen",
-        |db| {
-            let (now, replicas) = ready_roles(db);
-            now.is_some_and(|p| p != primary) && !replicas.is_empty()
-        },
+        writing,
+        &primary,
+        (format!("instance manager of {primary} frozen"), || {
+            assert!(signal("-STOP"), "kill -STOP {pid}")
+        }),
+        (format!("instance manager of {primary} thawed"), || {
+            if !signal("-CONT") {
+                // Its liveness probe failed meanwhile (3 x 10 s while the promotion waited
+                // for a replica to be cloned, say): the kubelet restarted its container.
+                println!("{name}: {primary}'s frozen manager was gone: the kubelet restarted it");
+            }
+        }),
     )
-    .await;
-    let promoted = db
-        .status
-        .and_then(|s| s.current_primary)
-        .expect("a current primary");
-    println!("{name}: instance manager of {primary} frozen: {promoted} promoted");
-    writing.drill(&format!("instance manager of {primary} thawed"));
-    if !signal("-CONT") {
-        // Its liveness probe failed meanwhile (3 x 10 s while the promotion waited for a
-        // replica to be cloned, say), and the kubelet restarted its container, as it should.
-        println!("{name}: {primary}'s frozen manager was gone: the kubelet restarted it");
-    }
-    ready_with(
-        dbs,
-        name,
-        "the old primary back as a replica after its manager thawed",
-        |db| {
-            let (now, replicas) = ready_roles(db);
-            now.as_deref() == Some(promoted.as_str()) && replicas.contains(&primary)
-        },
-    )
-    .await;
-    promoted
+    .await
 }
 
 /// The operator-down drill (issue 11): the operator stopped for 3 × L (L = the default
