@@ -266,6 +266,109 @@ fn a_replica_clones_streams_is_promoted_and_the_old_primary_rejoins() {
     }
 }
 
+/// A failover with two replicas: the one that is not promoted follows the new primary
+/// without a restart (its WAL receiver re-pointed by a reload; no `pg_rewind`), and streams
+/// its writes. A replica that took WAL past the new primary's fork point cannot follow it in
+/// place (PostgreSQL refuses that history) and is rejoined offline with `pg_rewind`.
+#[test]
+fn a_replica_follows_a_new_primary_without_a_restart_unless_its_history_diverged() {
+    let c = Cluster::new("rp");
+    let t = token(&c);
+    let su = c.secret(secret_keys::SUPERUSER_PASSWORD);
+    let p_cfg = c.config(0, Bootstrap::InitPrimary);
+    let mut primary = c.start(&p_cfg);
+    primary.wait_ready();
+    sql(
+        p_cfg.port,
+        "postgres",
+        &su,
+        "app",
+        "CREATE TABLE t (v int); INSERT INTO t VALUES (1)",
+    )
+    .unwrap();
+    let clone = |ordinal| {
+        let cfg = c.config(
+            ordinal,
+            Bootstrap::CloneFrom {
+                upstream: primary.endpoint(),
+            },
+        );
+        let m = c.start(&cfg);
+        m.wait_ready();
+        (cfg, m)
+    };
+    let (n_cfg, new) = clone(1);
+    let (o_cfg, other) = clone(2);
+    let count = |port| sql(port, "postgres", &su, "app", "SELECT count(*) FROM t").ok();
+    other.wait_status("row 1 on both replicas", |_| {
+        count(n_cfg.port) == Some(vec!["1".into()]) && count(o_cfg.port) == Some(vec!["1".into()])
+    });
+    let pid = other.postmaster_pid().expect("a postmaster");
+
+    // The primary gone, one replica promoted, the other told to follow it.
+    primary.terminate();
+    let (code, body) = new.post("/promote", Some(&t), "");
+    assert_eq!(code, 200, "{body}\n{}", new.logs());
+    new.wait_status("promoted", |s| s["role"] == "primary" && s["ready"] == true);
+    let follow = serde_json::to_string(&DemoteRequest {
+        upstream: new.endpoint(),
+    })
+    .unwrap();
+    let (code, body) = other.post("/demote", Some(&t), &follow);
+    assert_eq!(code, 200, "{body}\n{}", other.logs());
+    assert!(
+        body.contains("without a restart"),
+        "{body}\n{}",
+        other.logs()
+    );
+    assert_eq!(other.postmaster_pid(), Some(pid), "the same server");
+    assert!(!other.logs().contains("pg_rewind"), "{}", other.logs());
+    let s = other.wait_status("following rp-1", |s| s["upstream"] == "rp-1");
+    assert_eq!(s["role"], "replica", "{s}");
+    sql(
+        n_cfg.port,
+        "postgres",
+        &su,
+        "app",
+        "INSERT INTO t VALUES (2)",
+    )
+    .unwrap();
+    other.wait_status("row 2 streamed from the new primary", |_| {
+        count(o_cfg.port) == Some(vec!["2".into()])
+    });
+
+    // Diverged: the old primary back (still on timeline 1, without row 2), and `other`, a
+    // replica on the new primary's timeline 2 past their fork point, told to follow it. Its
+    // WAL receiver cannot stream that history, so it is not re-pointed in place: after the
+    // wait it is rejoined offline with pg_rewind, and holds the old primary's rows only.
+    let old = c.start(&p_cfg);
+    old.wait_status("the old primary serving", |s| {
+        s["role"] == "primary" && s["ready"] == true
+    });
+    let back = serde_json::to_string(&DemoteRequest {
+        upstream: old.endpoint(),
+    })
+    .unwrap();
+    let (code, body) = other.post("/demote", Some(&t), &back);
+    assert_eq!(code, 200, "{body}\n{}", other.logs());
+    assert!(!body.contains("without a restart"), "{body}");
+    assert!(
+        other
+            .logs()
+            .contains("does not stream from the new upstream"),
+        "{}",
+        other.logs()
+    );
+    other.wait_status("rejoined rp-0 offline", |s| {
+        s["upstream"] == "rp-0" && s["role"] == "replica" && s["ready"] == true
+    });
+    assert!(other.logs().contains("pg_rewind"), "{}", other.logs());
+    assert_ne!(other.postmaster_pid(), Some(pid), "restarted");
+    other.wait_status("the old primary's rows only", |_| {
+        count(o_cfg.port) == Some(vec!["1".into()])
+    });
+}
+
 #[test]
 fn a_killed_postmaster_is_restarted_and_counted() {
     let c = Cluster::new("crash");

@@ -42,6 +42,10 @@ use self::config::{
     render_postgresql_conf, upstream_conninfo,
 };
 
+/// How long a replica re-pointed in place may take to stream from its new upstream before it
+/// is rejoined offline ([`ServerEngine::repoint_running`]).
+const REPOINT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Name of the password file (in the run directory) replication and pg_rewind read.
 pub const PASSFILE: &str = "replication.pgpass";
 /// The setting a read-only fence turns on: every new transaction is read-only.
@@ -833,6 +837,86 @@ impl ServerEngine for Postgres {
         controldata::read_control_data(Some(&self.binaries.dir), &self.data_dir)
             .await
             .filter(|c| c.clean)
+    }
+
+    /// A running replica re-pointed in place: the marker and `primary_conninfo` name
+    /// `upstream`, and a reload applies it (PostgreSQL restarts the WAL receiver on a changed
+    /// `primary_conninfo` since 13). With `recovery_target_timeline = latest` the receiver
+    /// follows the upstream's new timeline from its fork point. Whether that is safe is
+    /// PostgreSQL's own check, the one `pg_rewind` would act on: a replica whose WAL went past
+    /// the fork point is refused by the upstream ("not in this server's history") and never
+    /// streams it. So this returns `Ok(true)` only once the receiver streams from `upstream`,
+    /// within [`REPOINT_WAIT`]; otherwise `Ok(false)`, and the caller stops the server and
+    /// rejoins with `pg_rewind` as before (towards the same upstream the files now name).
+    ///
+    /// Why: the stop, `pg_rewind` and start took 0.5-0.8 s after each failover (0.54 s of
+    /// `pg_rewind` alone, with nothing diverged), and with synchronous replication the new
+    /// primary's first commit waits for that replica.
+    async fn repoint_running(
+        &self,
+        upstream: &Endpoint,
+        creds: &Credentials,
+    ) -> Result<bool, EngineError> {
+        if read_marker(&self.data_dir)?
+            .and_then(|m| m.follows)
+            .is_none()
+        {
+            return Ok(false);
+        }
+        let replica = self
+            .with_session(creds, async |c: &Client| {
+                c.query_one("SELECT pg_is_in_recovery()", &[])
+                    .await
+                    .map(|r| r.get::<_, bool>(0))
+                    .map_err(|e| EngineError::sql("reading the role", &e))
+            })
+            .await?;
+        if !replica {
+            return Ok(false);
+        }
+        write_marker(
+            &self.data_dir,
+            &self.marker(Some(upstream.clone())),
+            &self.user,
+        )?;
+        self.write_config(creds)?;
+        let port = i32::from(upstream.port);
+        let streaming = self
+            .with_session(creds, async |c: &Client| {
+                c.batch_execute("SELECT pg_reload_conf()")
+                    .await
+                    .map_err(|e| EngineError::sql("reloading the configuration", &e))?;
+                let started = std::time::Instant::now();
+                while started.elapsed() < REPOINT_WAIT {
+                    let row = c
+                        .query_opt(
+                            "SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver",
+                            &[],
+                        )
+                        .await
+                        .map_err(|e| EngineError::sql("reading the WAL receiver", &e))?;
+                    if let Some(row) = row {
+                        let status: Option<String> = row.get(0);
+                        let host: Option<String> = row.get(1);
+                        let sender_port: Option<i32> = row.get(2);
+                        if status.as_deref() == Some("streaming")
+                            && host.as_deref() == Some(upstream.host.as_str())
+                            && sender_port == Some(port)
+                        {
+                            return Ok(true);
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Ok(false)
+            })
+            .await?;
+        if streaming {
+            tracing::info!(instance = %self.instance, upstream = %upstream.instance, "re-pointed replication without a restart");
+        } else {
+            tracing::info!(instance = %self.instance, upstream = %upstream.instance, "the WAL receiver does not stream from the new upstream: rejoining offline");
+        }
+        Ok(streaming)
     }
 
     async fn rejoin(&self, upstream: &Endpoint, creds: &Credentials) -> Result<(), EngineError> {
