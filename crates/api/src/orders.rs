@@ -110,7 +110,7 @@ pub struct LeaseOrder {
 }
 
 /// `POST /confirm`: a writer asking a peer whether it still follows `writer` at `term` and
-/// has not heard the operator for a lease length.
+/// has not heard the operator for its quiet time (`quietMs`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfirmOrder {

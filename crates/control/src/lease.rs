@@ -37,8 +37,9 @@
 //! last reading it got. An instance unreachable since counts as Down only once
 //! [`down_after_ms`] = L / 0.99 + max(L / 10, 250 ms) has passed since that answer, for the
 //! reading of every lease naming it the writer that was ever sent, and the promotion candidate
-//! has itself answered continuously for that long (so it has heard the shell within L all
-//! along, and will not vouch for the old writer in the manager's failsafe). Pod phase, node
+//! has itself answered continuously for that long (so it has heard the shell within its quiet
+//! time Q = ¾ L, [`quiet_ms`], all along, and will not vouch for the old writer in the
+//! manager's failsafe, which a peer confirms only after Q without the shell). Pod phase, node
 //! conditions or a deleted pod never shorten the wait: the rule looks at nothing but the
 //! ledger and the time.
 //!
@@ -752,7 +753,7 @@ mod tests {
                 DownVerdict::Down,
             ),
             (
-                "requests failing for longer than 0.99 L break the run: it counts from the next answer",
+                "requests failing for longer than 0.99 Q break the run: it counts from the next answer",
                 vec![
                     lease_at(5_000),
                     beat(CANDIDATE, 100, 9_000),
@@ -771,7 +772,7 @@ mod tests {
                 too_briefly(Some(11_510)),
             ),
             (
-                "a candidate silent for more than 0.99 L starts a new run",
+                "a candidate silent for more than 0.99 Q starts a new run",
                 vec![
                     lease_at(5_000),
                     beat(CANDIDATE, 100, 8_000),
@@ -781,7 +782,7 @@ mod tests {
                 too_briefly(Some(10_010)),
             ),
             (
-                "a candidate silent for 0.99 L exactly keeps its run",
+                "a candidate silent for 0.99 Q exactly keeps its run",
                 vec![
                     lease_at(5_000),
                     beat(CANDIDATE, 100, 7_600),
@@ -807,7 +808,7 @@ mod tests {
                     answer(CANDIDATE, 19, 11_600, 2_000_000),
                     beat(CANDIDATE, 11_700, 20_000),
                 ],
-                // It heard the shell some time after 9 500: no proof of within 0.99 L at
+                // It heard the shell some time after 9 500: no proof of within 0.99 Q at
                 // 11 600, so the run starts again at the next answer.
                 12_000,
                 too_briefly(Some(11_710)),

@@ -668,7 +668,7 @@ pub async fn confirm(State(e): State<Endpoints>, headers: HeaderMap, body: Bytes
             StatusCode::OK,
             "result",
             format!(
-                "confirmed: {} follows {} at term {} and has not heard the operator for a lease length",
+                "confirmed: {} follows {} at term {} and has not heard the operator for its quiet time",
                 lease.name, asked.writer, asked.term
             ),
         ),
