@@ -22,7 +22,7 @@
 //! server too) covers nothing.
 
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
@@ -173,11 +173,6 @@ impl Drop for Deadman {
         let _ = self.tell(None);
         let _ = self.child.try_wait();
     }
-}
-
-/// The program to start the switch from: this process's own executable.
-pub fn own_program() -> std::io::Result<PathBuf> {
-    std::env::current_exe()
 }
 
 #[cfg(test)]

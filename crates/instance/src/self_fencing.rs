@@ -690,7 +690,8 @@ const SWITCH_RETRY: Duration = Duration::from_secs(5);
 
 impl Switch {
     fn new(data_dir: &Path) -> Switch {
-        let program = match deadman::own_program() {
+        // This process's own executable: `stator`, or `instance_manager` in tests.
+        let program = match std::env::current_exe() {
             Ok(p) => Some(p),
             Err(e) => {
                 tracing::error!(
