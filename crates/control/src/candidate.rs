@@ -61,7 +61,9 @@ pub fn ineligibility(
     if facts.role != Some(Role::Replica) {
         return Some("is not a replica".into());
     }
-    let follows_primary = facts.upstream.is_some() && facts.upstream == memory.primary;
+    let follows_primary = memory
+        .primary
+        .is_some_and(|p| follows_line_of(input, ordinal, p));
     if facts.diverged || diverged_past_fork(memory, facts.held().as_ref(), follows_primary) {
         return Some("has diverged from the primary's history".into());
     }
@@ -71,10 +73,40 @@ pub fn ineligibility(
     None
 }
 
+/// Whether replica `ordinal` replicates `primary`'s line: it follows `primary`, or a running
+/// replica that does, through any number of hops. Past the first, every server on the way
+/// must be a running replica that reports no replication error and no divergence: in the MySQL
+/// family replication refuses a server whose history the upstream lacks (GTID strict mode), so
+/// such a chain vouches for each link. A replica left following another replica after a
+/// failover (its own repoint not yet done) is thus repointed, not rebuilt.
+pub(crate) fn follows_line_of(input: &Input, ordinal: u32, primary: u32) -> bool {
+    let mut at = ordinal;
+    for hop in 0..input.spec.instances {
+        let Some(facts) = input.facts(at) else {
+            return false;
+        };
+        if hop > 0 || facts.upstream != Some(primary) {
+            let sound = facts.state == ServerState::Running
+                && facts.role == Some(Role::Replica)
+                && !facts.diverged
+                && facts.replication_error.is_none();
+            if !sound {
+                return false;
+            }
+        }
+        match facts.upstream {
+            Some(upstream) if upstream == primary => return true,
+            Some(upstream) if upstream != ordinal => at = upstream,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Holds history the current primary's line does not, judged from the fork recorded at the
 /// last promotion: PostgreSQL WAL on the old timeline past the fork point; for the MySQL family,
-/// transactions beyond the fork while not following the current primary (a replica that follows
-/// it legitimately holds newer transactions).
+/// transactions beyond the fork while not following the current primary's line (a replica
+/// that follows it, directly or through other replicas, legitimately holds newer transactions).
 pub(crate) fn diverged_past_fork(
     memory: &Memory,
     held: Option<&ReplicationPosition>,

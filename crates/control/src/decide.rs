@@ -15,8 +15,8 @@ use stator_api::{Engine, Phase, Role};
 
 use crate::action::{Action, Bootstrap, Decision, Reason, Status};
 use crate::candidate::{
-    choose_promotion_candidate, diverged_past_fork, ineligibility, may_lack_acknowledged_writes,
-    no_replacement, ordinals, relay_log_backlog,
+    choose_promotion_candidate, diverged_past_fork, follows_line_of, ineligibility,
+    may_lack_acknowledged_writes, no_replacement, ordinals, relay_log_backlog,
 };
 use crate::input::{Input, Presence, Request};
 use crate::lease::DownVerdict;
@@ -1072,7 +1072,7 @@ impl Run<'_> {
                 Presence::Reported(facts)
                     if facts.role == Some(Role::Replica) && facts.state == ServerState::Running =>
                 {
-                    let follows = facts.upstream == Some(primary);
+                    let follows = follows_line_of(input, ordinal, primary);
                     // PostgreSQL: a replica that cannot follow because it is on another
                     // timeline than the primary is rewound onto the primary's.
                     let off_timeline = self.engine() == Engine::Postgres

@@ -1117,6 +1117,61 @@ fn rows() -> Vec<Row> {
             then: nothing,
         },
         Row {
+            name: "a MariaDB replica past the fork that follows a replica of the primary is repointed, not rebuilt",
+            input: input(
+                maria(3),
+                vec![
+                    (0, primary(mariadb("0-1-150"))),
+                    (1, replica(0, mariadb("0-1-150"))),
+                    (2, replica(1, mariadb("0-1-150"))),
+                ],
+                Memory {
+                    fork: Some(mariadb("0-2-100")),
+                    ..serving(0, 3)
+                },
+            ),
+            actions: vec![Action::Repoint {
+                ordinal: 2,
+                upstream: 0,
+            }],
+            reason: Reason::Degraded,
+            says: "demo-2 is being repointed to demo-0",
+            then: nothing,
+        },
+        Row {
+            name: "a MariaDB replica past the fork that follows a replica not on the primary's line is rebuilt",
+            input: input(
+                maria(3),
+                vec![
+                    (0, primary(mariadb("0-1-150"))),
+                    (
+                        1,
+                        with(replica(0, mariadb("0-2-120")), |f| {
+                            f.upstream = Some(2);
+                        }),
+                    ),
+                    (2, replica(1, mariadb("0-2-120"))),
+                ],
+                Memory {
+                    fork: Some(mariadb("0-2-100")),
+                    ..serving(0, 3)
+                },
+            ),
+            actions: vec![
+                Action::Rebuild {
+                    ordinal: 1,
+                    upstream: 0,
+                },
+                Action::Rebuild {
+                    ordinal: 2,
+                    upstream: 0,
+                },
+            ],
+            reason: Reason::Degraded,
+            says: "demo-2 diverged from the primary's history and is being repaired",
+            then: nothing,
+        },
+        Row {
             name: "a replica following the wrong upstream is repointed to the primary",
             input: input(
                 pg(3),

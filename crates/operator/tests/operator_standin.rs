@@ -908,8 +908,10 @@ async fn operator_fails_over_postgres_with_write_leases_on_the_standin() {
 }
 
 /// MariaDB with write leases: the bring-up, the primary pod's deletion, the operator stopped
-/// for 3 × L ([`operator_down_drill`]) and the primary's node frozen ([`node_freeze_drill`])
-/// under the checker's writer, the new primary holding the write lease.
+/// for 3 × L ([`operator_down_drill`]), the primary's node frozen ([`node_freeze_drill`]), the
+/// operator cut from the primary ([`partition_drill`]), only the primary's manager frozen
+/// ([`manager_freeze_drill`]) and the operator restarted during a hand-over, under the
+/// checker's writer, the new primary holding the write lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_fails_over_mariadb_with_write_leases_on_the_standin() {
     let Some(r) = bring_up_with(Engine::Mariadb, "mdbl", "10.11", true, true).await else {
@@ -932,16 +934,12 @@ async fn operator_fails_over_mariadb_with_write_leases_on_the_standin() {
     let promoted = node_freeze_drill(&r.cluster, &r.dbs, "mdbl", &mut writing).await;
     r.sql.write_and_read("four", 4).await;
     println!("mdbl: after the node freeze: {promoted} is the primary");
-    let mut rows = 4;
-    if mariadb_cut_drills("mdbl") {
-        let promoted = partition_drill(&r.cluster, &r.dbs, "mdbl", &mut writing).await;
-        r.sql.write_and_read("partition", 5).await;
-        println!("mdbl: after the partition: {promoted} is the primary");
-        let promoted = manager_freeze_drill(&r.sql, &admin, &r.dbs, "mdbl", &mut writing).await;
-        r.sql.write_and_read("manager frozen", 6).await;
-        println!("mdbl: after the manager freeze: {promoted} is the primary");
-        rows = 6;
-    }
+    let promoted = partition_drill(&r.cluster, &r.dbs, "mdbl", &mut writing).await;
+    r.sql.write_and_read("partition", 5).await;
+    println!("mdbl: after the partition: {promoted} is the primary");
+    let promoted = manager_freeze_drill(&r.sql, &admin, &r.dbs, "mdbl", &mut writing).await;
+    r.sql.write_and_read("manager frozen", 6).await;
+    println!("mdbl: after the manager freeze: {promoted} is the primary");
     let operator = operator_restart_during_handover_drill(
         &r.cluster,
         &r.sql,
@@ -951,27 +949,10 @@ async fn operator_fails_over_mariadb_with_write_leases_on_the_standin() {
         &mut writing,
     )
     .await;
-    r.sql.write_and_read("five", rows + 1).await;
+    r.sql.write_and_read("five", 7).await;
     finish_writing(writing, &r.target).await;
     operator.abort();
     r.cluster.stop().await;
-}
-
-/// Whether the MariaDB lease tests run the partition and frozen-manager drills: only with
-/// `STATOR_MARIADB_CUT_DRILLS=1`. Known failure (issue 11, open): after those drills a MariaDB
-/// replica can stay reported "diverged from the primary's history and is being repaired" for
-/// good, although it is ready with lag 0 (the database never Ready again: both MariaDB lease
-/// tests failed so in one full CI run of two, never a lost write or two writable instances).
-/// Until that is fixed they are kept out of `.ci/run` and run by hand.
-fn mariadb_cut_drills(name: &str) -> bool {
-    let on = std::env::var_os("STATOR_MARIADB_CUT_DRILLS").is_some_and(|v| v == "1");
-    if !on {
-        println!(
-            "{name}: partition and frozen-manager drills skipped (known failure, see \
-             mariadb_cut_drills; STATOR_MARIADB_CUT_DRILLS=1 runs them)"
-        );
-    }
-    on
 }
 
 /// The lease drills with asynchronous replication, for both engines: the primary pod deleted
@@ -994,12 +975,10 @@ async fn asynchronous_lease_drills(engine: Engine, name: &str, version: &str) {
     r.sql.write_and_read("three", 3).await;
     let promoted = node_freeze_drill(&r.cluster, &r.dbs, name, &mut writing).await;
     println!("{name}: after the node freeze: {promoted} is the primary");
-    if engine == Engine::Postgres || mariadb_cut_drills(name) {
-        let promoted = partition_drill(&r.cluster, &r.dbs, name, &mut writing).await;
-        println!("{name}: after the partition: {promoted} is the primary");
-        let promoted = manager_freeze_drill(&r.sql, &admin, &r.dbs, name, &mut writing).await;
-        println!("{name}: after the manager freeze: {promoted} is the primary");
-    }
+    let promoted = partition_drill(&r.cluster, &r.dbs, name, &mut writing).await;
+    println!("{name}: after the partition: {promoted} is the primary");
+    let promoted = manager_freeze_drill(&r.sql, &admin, &r.dbs, name, &mut writing).await;
+    println!("{name}: after the manager freeze: {promoted} is the primary");
     let operator = operator_restart_during_handover_drill(
         &r.cluster,
         &r.sql,

@@ -129,8 +129,10 @@ pub struct PodRuntime {
     wanted: BTreeMap<u32, Option<Role>>,
     /// Orders given since the last [`PodRuntime::publish_events`]: (reason, pod, note).
     events: Vec<(&'static str, String, String)>,
-    /// Instances a `/rebuild` was sent to.
-    rebuilt: BTreeSet<u32>,
+    /// Instances a `/rebuild` was sent to, with the primary each was told to clone: sent once
+    /// per pod and primary (a pod keeps its name through a rebuild, and may need another one
+    /// after a later failover).
+    rebuilt: BTreeMap<u32, u32>,
     /// The write leases, once `spec.failover.lease` is on (kept while this runtime lives: pods
     /// started in lease mode need them until they are rolled).
     leases: Option<super::lease::Leases>,
@@ -184,7 +186,7 @@ impl PodRuntime {
             observed: Observed::default(),
             wanted: BTreeMap::new(),
             events: Vec::new(),
-            rebuilt: BTreeSet::new(),
+            rebuilt: BTreeMap::new(),
             leases: None,
             lease_on: false,
             initialised: None,
@@ -198,7 +200,7 @@ impl PodRuntime {
 
     /// What was listed this tick; pods that came back lose a stale rebuild mark.
     pub fn observe(&mut self, observed: Observed) {
-        self.rebuilt.retain(|o| observed.pods.contains_key(o));
+        self.rebuilt.retain(|o, _| observed.pods.contains_key(o));
         self.observed = observed;
     }
 
@@ -654,10 +656,10 @@ impl Runtime for PodRuntime {
     }
 
     /// The managed manager rebuilds by itself on `POST /rebuild` (stop, move aside within the
-    /// volume, clone): sent once per pod.
+    /// volume, clone): sent once per pod and primary.
     fn stop_for_rebuild(&mut self, ordinal: u32, _manager: Option<u32>) {
         let Some(primary) = self.recorded else { return };
-        if !self.rebuilt.insert(ordinal) {
+        if self.rebuilt.insert(ordinal, primary) == Some(primary) {
             return;
         }
         let upstream = self.endpoint_of(primary);
