@@ -32,7 +32,7 @@ ensure_packages() {
 # own system services; Stator runs its own instances, so those are stopped (they would hold
 # the default ports and waste memory).
 ensure_database_servers() {
-  ensure_packages postgresql-15 postgresql-client-15 mariadb-server mariadb-backup pgbackrest zstd
+  ensure_packages postgresql-15 postgresql-client-15 mariadb-server mariadb-backup pgbackrest zstd lz4
   stop_service postgresql
   stop_service mariadb
 }

@@ -369,6 +369,35 @@ fn a_restore_to_a_time_or_an_lsn_holds_exactly_the_rows_committed_before_it() {
     assert!(scans > 0);
     assert!(found.is_empty(), "secrets on command lines: {found:?}");
 
+    // A flipped byte in an archived WAL segment the restore would replay (the newest):
+    // pgBackRest's restore does not check the WAL it fetches, and PostgreSQL would take the
+    // damage for the end of the WAL. Verify fails, and a restore refuses, naming the file.
+    let wal = walk(&repo.join("default/bk/archive/bk"))
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.len() > 25 && name.as_bytes()[24] == b'-' && name.ends_with(".zst")
+        })
+        .max_by_key(|p| p.file_name().unwrap().to_os_string())
+        .expect("an archived WAL segment");
+    let good = std::fs::read(&wal).unwrap();
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 0xff;
+    std::fs::write(&wal, &bad).unwrap();
+    let wal_name = wal.file_name().unwrap().to_string_lossy().into_owned();
+    let verify = c.stator(&["backup", "verify"]);
+    assert!(!verify.status.success(), "{}", text(&verify));
+    let spec = sibling(&c, "bw", &repo);
+    let out = stator(&c, &["restore", "--from", "bk"], &spec);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&wal_name) && text(&out).contains("the archived WAL is damaged"),
+        "names {wal_name}: {}",
+        text(&out)
+    );
+    refused_after_start(&c, &repo, "bw", &text(&out));
+    std::fs::write(&wal, &good).unwrap();
+
     // A flipped byte in a backup file: verify fails and a restore refuses, naming the file.
     let label_dir = std::fs::read_dir(repo.join("default/bk/backup/bk"))
         .unwrap()

@@ -749,6 +749,255 @@ pub fn parse_info(json: &str) -> Result<RepositoryInfo, String> {
     Ok(info)
 }
 
+/// One archived WAL file as pgBackRest stores it under `archive/STANZA`:
+/// `ID/DIR/SEGMENT[.partial]-SHA1[.EXT]`, SHA1 being that of the file before compression.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivedWal {
+    /// The path under `archive/STANZA`.
+    pub path: String,
+    /// The segment's name (timeline, log, segment: 24 hex digits).
+    pub segment: String,
+    /// The SHA-1 of the uncompressed file, in lowercase hex.
+    pub sha1: String,
+    /// The compression's extension (`zst`, `gz`, `lz4`, `bz2`), `None` when stored plain.
+    pub compression: Option<String>,
+}
+
+impl ArchivedWal {
+    /// `line` of `pgbackrest repo-ls --recurse archive/STANZA`, if it names a WAL file.
+    fn parse(line: &str) -> Option<ArchivedWal> {
+        let path = line.trim();
+        let mut parts = path.split('/');
+        let (_id, dir, file) = (parts.next()?, parts.next()?, parts.next()?);
+        let hex = |t: &str, n: usize| t.len() == n && t.bytes().all(|b| b.is_ascii_hexdigit());
+        if parts.next().is_some() || !hex(dir, 16) || !file.is_ascii() || file.len() < 24 + 1 + 40 {
+            return None;
+        }
+        let segment = &file[..24];
+        let rest = &file[24..];
+        let rest = rest.strip_prefix(".partial").unwrap_or(rest);
+        let rest = rest.strip_prefix('-')?;
+        let (sha1, compression) = match rest.split_once('.') {
+            Some((sha1, ext)) => (sha1, Some(ext.to_string())),
+            None => (rest, None),
+        };
+        (is_segment_name(segment) && hex(sha1, 40) && segment[..16] == *dir).then(|| ArchivedWal {
+            path: path.to_string(),
+            segment: segment.to_string(),
+            sha1: sha1.to_ascii_lowercase(),
+            compression,
+        })
+    }
+}
+
+/// The archived WAL files of `listing` (`pgbackrest repo-ls --recurse archive/STANZA`, one
+/// path per line) that a restore of a backup whose WAL starts at segment `start` may replay:
+/// every segment from `start` on, on its timeline or a later one, partial segments included.
+/// (Segments of a later timeline that forked before `start` are included too: a check of one
+/// file too many, never one too few.)
+pub fn wal_to_replay(listing: &str, start: &str) -> Vec<ArchivedWal> {
+    if !is_segment_name(start) {
+        return Vec::new();
+    }
+    let (timeline, position) = start.split_at(8);
+    listing
+        .lines()
+        .filter_map(ArchivedWal::parse)
+        .filter(|w| {
+            let (t, p) = w.segment.split_at(8);
+            t >= timeline && p >= position
+        })
+        .collect()
+}
+
+/// A WAL segment's name: 24 hex digits.
+fn is_segment_name(name: &str) -> bool {
+    name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// What the check of the archived WAL a restore replays found.
+#[derive(Debug)]
+pub enum WalCheck {
+    /// Every file read back whole with its checksum: how many.
+    Intact(usize),
+    /// A file is missing, cannot be decompressed or does not match its checksum: which, why.
+    Damaged(String),
+    /// The check could not run (a tool missing, the listing failed): why. The whole
+    /// repository is then verified instead.
+    NotChecked(String),
+}
+
+/// The program that decompresses an archived WAL file stored with `extension`, with its
+/// arguments (stdin to stdout); `None` for a plain file.
+fn decompressor(
+    extension: Option<&str>,
+) -> Result<Option<(&'static str, &'static [&'static str])>, String> {
+    Ok(match extension {
+        None => None,
+        Some("zst") => Some(("/usr/bin/zstd", &["-q", "-d", "-c"][..])),
+        Some("gz") => Some(("/usr/bin/gzip", &["-d", "-c"][..])),
+        Some("lz4") => Some(("/usr/bin/lz4", &["-q", "-d", "-c"][..])),
+        Some("bz2") => Some(("/usr/bin/bzip2", &["-d", "-c"][..])),
+        Some(other) => return Err(format!("archived WAL compressed as {other:?}")),
+    })
+}
+
+/// Reads archived WAL file `wal` of `settings`' stanza back through `pgbackrest repo-get`
+/// (which decrypts it) and its decompressor, and compares the SHA-1 of what comes out with
+/// the one in its name: `Ok(None)` when they match, `Ok(Some(why))` when the file is damaged.
+async fn check_archived_wal(
+    invocation: &(dyn Fn(Vec<OsString>) -> crate::process::Invocation + Sync),
+    settings: &BackrestSettings,
+    wal: &ArchivedWal,
+) -> Result<Option<String>, String> {
+    use sha1::{Digest, Sha1};
+    use tokio::io::AsyncReadExt;
+    let unzip = decompressor(wal.compression.as_deref())?;
+    if let Some((program, _)) = unzip
+        && !Path::new(program).exists()
+    {
+        return Err(format!("{program} is not installed"));
+    }
+    let object = format!("archive/{}/{}", settings.stanza, wal.path);
+    let mut args = common(settings);
+    args.push("repo-get".into());
+    args.push(object.clone().into());
+    let mut get = invocation(args)
+        .spawn_piped(false, true)
+        .map_err(|e| e.to_string())?;
+    let mut unzipped = match unzip {
+        Some((program, unzip_args)) => {
+            let raw: std::process::Stdio = get
+                .child
+                .stdout
+                .take()
+                .ok_or("pgbackrest repo-get has no output pipe")?
+                .try_into()
+                .map_err(|e: std::io::Error| e.to_string())?;
+            // As pgBackRest runs (user, log), another program.
+            let inv = crate::process::Invocation {
+                program: PathBuf::from(program),
+                args: unzip_args.iter().map(OsString::from).collect(),
+                ..invocation(common(settings))
+            };
+            Some(inv.spawn_reading(raw, true).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    let mut hasher = Sha1::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    let read = {
+        let out = match unzipped.as_mut() {
+            Some(tool) => tool.child.stdout.as_mut(),
+            None => get.child.stdout.as_mut(),
+        }
+        .ok_or("no output pipe")?;
+        loop {
+            match out.read(&mut buffer).await {
+                Ok(0) => break Ok(()),
+                Ok(n) => hasher.update(&buffer[..n]),
+                Err(e) => break Err(e),
+            }
+        }
+    };
+    let fetched = get.finish().await;
+    let unzipped = match unzipped {
+        Some(tool) => tool.finish().await,
+        None => Ok(()),
+    };
+    let damaged = |why: String| Ok(Some(format!("{object}: {why}")));
+    // The decompressor first: when it stops on damaged input, pgBackRest's writes fail too.
+    if let Err(e) = unzipped {
+        return damaged(format!("cannot be decompressed ({e})"));
+    }
+    if let Err(e) = fetched {
+        return damaged(format!("cannot be read from the repository ({e})"));
+    }
+    if let Err(e) = read {
+        return Err(format!("reading {object}: {e}"));
+    }
+    let actual = format!("{:x}", hasher.finalize());
+    if actual != wal.sha1 {
+        return damaged(format!(
+            "its content's SHA-1 is {actual}, its name says {}",
+            wal.sha1
+        ));
+    }
+    Ok(None)
+}
+
+/// Checks every archived WAL file a restore of backup `set` may replay ([`wal_to_replay`]),
+/// `parallel` at a time, with the repository's own tools (`info`, `repo-ls`, `repo-get`).
+/// pgBackRest's restore checks each file of the set against its manifest itself; the WAL it
+/// fetches during recovery it does not, and PostgreSQL takes a damaged WAL record for the end
+/// of the WAL: a restore to the latest point would end early without a word.
+pub async fn check_wal_of_set(
+    invocation: &(dyn Fn(Vec<OsString>) -> crate::process::Invocation + Sync),
+    settings: &BackrestSettings,
+    set: &str,
+    parallel: u32,
+) -> WalCheck {
+    let output = async |args: Vec<OsString>| -> Result<String, String> {
+        use tokio::io::AsyncReadExt;
+        let inv = invocation(args);
+        let mut tool = inv.spawn_piped(false, true).map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        if let Some(stdout) = tool.child.stdout.as_mut() {
+            stdout
+                .read_to_string(&mut out)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        tool.finish().await.map_err(|e| e.to_string())?;
+        Ok(out)
+    };
+    let info = match output(info_args(settings))
+        .await
+        .and_then(|t| parse_info(&t))
+    {
+        Ok(info) => info,
+        Err(e) => return WalCheck::NotChecked(format!("pgbackrest info: {e}")),
+    };
+    let Some(start) = info
+        .backups
+        .iter()
+        .find(|b| b.label == set)
+        .map(|b| b.wal_start.clone())
+        .filter(|start| is_segment_name(start))
+    else {
+        return WalCheck::NotChecked(format!(
+            "pgbackrest info names no first WAL segment of backup {set}"
+        ));
+    };
+    let mut args = common(settings);
+    args.push("repo-ls".into());
+    args.push("--recurse".into());
+    args.push(format!("archive/{}", settings.stanza).into());
+    let listing = match output(args).await {
+        Ok(text) => text,
+        Err(e) => return WalCheck::NotChecked(format!("pgbackrest repo-ls: {e}")),
+    };
+    let files = wal_to_replay(&listing, &start);
+    let mut damage = Vec::new();
+    for chunk in files.chunks(parallel.max(1) as usize) {
+        let checks = chunk
+            .iter()
+            .map(|wal| check_archived_wal(invocation, settings, wal));
+        for result in futures_util::future::join_all(checks).await {
+            match result {
+                Ok(None) => {}
+                Ok(Some(why)) => damage.push(why),
+                Err(e) => return WalCheck::NotChecked(e),
+            }
+        }
+    }
+    if damage.is_empty() {
+        WalCheck::Intact(files.len())
+    } else {
+        WalCheck::Damaged(damage.join("; "))
+    }
+}
+
 /// The LSN just past a WAL segment (16 MiB segments): `000000010000000200000003` → 2/4000000.
 pub fn segment_end(segment: &str) -> Option<Lsn> {
     if segment.len() < 24 {
@@ -1447,22 +1696,44 @@ impl super::Postgres {
         let result = async {
             self.user
                 .write_file(&config, &render_config(&settings)?, 0o600)?;
-            // The whole repository is verified while the set is restored and recovered
-            // (pgBackRest 2.45's verify cannot be limited to one set): the data dir is
-            // installed only once both succeeded, and a damaged repository is refused naming
-            // its files, also when it made the restore itself fail.
+            // pgBackRest's restore checks every file of the set against its manifest; the
+            // archived WAL the recovery replays is checked beside it (`check_wal_of_set`).
+            // The data dir is installed only once both succeeded. When the restore fails,
+            // the whole repository is verified to name what is damaged or missing (pgBackRest
+            // 2.45's verify cannot be limited to one set, and it reads every set: it runs only
+            // then, or when the WAL could not be checked).
             let restored = async {
                 invocation(restore_args(&settings, &source.set, &source.target))
                     .run()
                     .await?;
                 self.recover(&staging, creds).await
             };
-            let mut verify = verify_args(&settings);
-            verify.push("--log-level-console=info".into());
-            verify.push("--log-level-stderr=off".into());
-            let (restored, verified) =
-                tokio::join!(restored, verify_repository(invocation(verify), &settings));
-            verified?;
+            let wal = check_wal_of_set(&invocation, &settings, &source.set, settings.parallel);
+            let (restored, wal) = tokio::join!(restored, wal);
+            let verify = || {
+                let mut verify = verify_args(&settings);
+                verify.push("--log-level-console=info".into());
+                verify.push("--log-level-stderr=off".into());
+                verify_repository(invocation(verify), &settings)
+            };
+            match wal {
+                WalCheck::Intact(files) => {
+                    tracing::info!(files, "the archived WAL the restore replays is intact")
+                }
+                WalCheck::Damaged(damage) => {
+                    tracing::error!("refusing the restore: {damage}");
+                    return Err(EngineError::State(format!(
+                        "refusing to restore (nothing was created): the archived WAL is damaged: {damage}"
+                    )));
+                }
+                WalCheck::NotChecked(why) => {
+                    tracing::warn!("the archived WAL was not checked ({why}): verifying the whole repository");
+                    verify().await?;
+                }
+            }
+            if restored.is_err() {
+                verify().await?;
+            }
             restored?;
             let auto = staging.join("postgresql.auto.conf");
             let text = std::fs::read_to_string(&auto).unwrap_or_default();
@@ -1653,6 +1924,47 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn the_wal_a_restore_replays_is_every_archived_segment_from_the_backups_start_on() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let listing = [
+            "15-1".to_string(),
+            "15-1/0000000100000000".into(),
+            format!("15-1/0000000100000000/000000010000000000000003-{sha}.zst"),
+            format!("15-1/0000000100000000/000000010000000000000004-{sha}.zst"),
+            format!("15-1/0000000100000000/000000010000000000000005.partial-{sha}.zst"),
+            "15-1/00000002.history".into(),
+            format!("15-1/0000000200000000/000000020000000000000005-{sha}"),
+            format!("15-1/0000000200000001/000000020000000100000000-{sha}.lz4"),
+            "archive.info".into(),
+            // Not WAL files: one in the wrong directory, one with a short checksum.
+            format!("15-1/0000000100000001/000000010000000000000009-{sha}.zst"),
+            "15-1/0000000100000000/000000010000000000000009-abc.zst".into(),
+        ]
+        .join("\n");
+        let picked = wal_to_replay(&listing, "000000010000000000000004");
+        let names: Vec<&str> = picked.iter().map(|w| w.segment.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "000000010000000000000004",
+                "000000010000000000000005",
+                "000000020000000000000005",
+                "000000020000000100000000"
+            ]
+        );
+        assert_eq!(picked[0].sha1, sha);
+        assert_eq!(picked[0].compression.as_deref(), Some("zst"));
+        assert_eq!(picked[2].compression, None);
+        assert_eq!(
+            picked[1].path,
+            format!("15-1/0000000100000000/000000010000000000000005.partial-{sha}.zst")
+        );
+        // A later backup on timeline 2 needs nothing of timeline 1.
+        assert_eq!(wal_to_replay(&listing, "000000020000000000000005").len(), 2);
+        assert!(wal_to_replay(&listing, "").is_empty());
+    }
 
     fn settings() -> BackrestSettings {
         BackrestSettings {
