@@ -413,7 +413,7 @@ impl<E: ServerEngine> Supervisor<E> {
             let tick = if running {
                 Duration::from_secs(2)
             } else {
-                OBSERVE_UNTIL_READY
+                PROBE_UNTIL_RUNNING
             };
             tokio::select! {
                 how = server.exited() => return Served::Exited(how),
@@ -470,6 +470,9 @@ impl<E: ServerEngine> Supervisor<E> {
                         users_ready = self.ensure_users_on_primary().await;
                         if users_ready {
                             self.status.update(|s| s.users_in_place = true);
+                            // Ready now, not at the next periodic observation: whoever waits
+                            // for this instance (a bring-up, a restore) sees it at once.
+                            self.status.refresh().await;
                         }
                     }
                 }
@@ -544,6 +547,11 @@ pub fn rejoin_target(bootstrap: &Bootstrap, marker: &DataDirMarker) -> Option<En
         _ => None,
     }
 }
+
+/// How often a started server is probed until it accepts connections: a refused connection
+/// costs next to nothing, and PostgreSQL often accepts 30 ms after its start, so a coarser
+/// pace is waited out by every start (a restore's, a rejoin's, a restart's).
+pub const PROBE_UNTIL_RUNNING: Duration = Duration::from_millis(20);
 
 /// How often an instance that is not ready yet is observed: a replica becomes ready the moment
 /// it streams, and the runtime starts the next instance only then (OrderedReady), so this pace

@@ -570,8 +570,9 @@ pub fn resolve_restore(
             ))
         })
     });
-    // The repository is verified while the primary's instance manager restores (the data dir
-    // is installed only once `pgbackrest verify` passed). When no backup can be chosen, it is
+    // The primary's instance manager checks what it restores (pgBackRest's restore checks the
+    // set's files, the manager reads back the archived WAL it replays; the data dir is
+    // installed only once both passed). When no backup can be chosen, the whole repository is
     // verified here first: a damaged repository is refused naming the file (a missing
     // backup.info would otherwise read as "no backup", and a damaged backup must never be
     // replaced by another).

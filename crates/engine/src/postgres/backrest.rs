@@ -1697,19 +1697,25 @@ impl super::Postgres {
             self.user
                 .write_file(&config, &render_config(&settings)?, 0o600)?;
             // pgBackRest's restore checks every file of the set against its manifest; the
-            // archived WAL the recovery replays is checked beside it (`check_wal_of_set`).
-            // The data dir is installed only once both succeeded. When the restore fails,
-            // the whole repository is verified to name what is damaged or missing (pgBackRest
+            // archived WAL the recovery replays is read back beside the recovery (not beside
+            // the copy, which keeps every core busy) by `check_wal_of_set`. The data dir is
+            // installed only once both succeeded. When the restore or the recovery fails, the
+            // whole repository is verified to name what is damaged or missing (pgBackRest
             // 2.45's verify cannot be limited to one set, and it reads every set: it runs only
             // then, or when the WAL could not be checked).
-            let restored = async {
-                invocation(restore_args(&settings, &source.set, &source.target))
-                    .run()
-                    .await?;
-                self.recover(&staging, creds).await
+            let copied = invocation(restore_args(&settings, &source.set, &source.target))
+                .run()
+                .await;
+            let (restored, wal) = match copied {
+                Ok(()) => {
+                    let (recovered, wal) = tokio::join!(
+                        self.recover(&staging, creds),
+                        check_wal_of_set(&invocation, &settings, &source.set, settings.parallel)
+                    );
+                    (recovered, Some(wal))
+                }
+                Err(e) => (Err(e), None),
             };
-            let wal = check_wal_of_set(&invocation, &settings, &source.set, settings.parallel);
-            let (restored, wal) = tokio::join!(restored, wal);
             let verify = || {
                 let mut verify = verify_args(&settings);
                 verify.push("--log-level-console=info".into());
@@ -1717,19 +1723,20 @@ impl super::Postgres {
                 verify_repository(invocation(verify), &settings)
             };
             match wal {
-                WalCheck::Intact(files) => {
+                Some(WalCheck::Intact(files)) => {
                     tracing::info!(files, "the archived WAL the restore replays is intact")
                 }
-                WalCheck::Damaged(damage) => {
+                Some(WalCheck::Damaged(damage)) => {
                     tracing::error!("refusing the restore: {damage}");
                     return Err(EngineError::State(format!(
                         "refusing to restore (nothing was created): the archived WAL is damaged: {damage}"
                     )));
                 }
-                WalCheck::NotChecked(why) => {
+                Some(WalCheck::NotChecked(why)) => {
                     tracing::warn!("the archived WAL was not checked ({why}): verifying the whole repository");
                     verify().await?;
                 }
+                None => {}
             }
             if restored.is_err() {
                 verify().await?;
@@ -1790,7 +1797,7 @@ impl super::Postgres {
         let mut server = self.invocation("postgres", args).spawn_server(dir)?;
         let pidfile = dir.join("postmaster.pid");
         loop {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
             if !server.is_alive() {
                 let how = server.exited().await;
                 let log = std::fs::read_to_string(&self.log_file).unwrap_or_default();
