@@ -1221,6 +1221,25 @@ impl Run<'_> {
                         (Some(_), None, None) => None,
                     }
                 };
+                // A killed former primary whose server is down for good reports no GTID set
+                // (only a running server tells it; one killed while its manager was frozen
+                // never did). It is told to rejoin: its manager reads the set with the server
+                // private and refuses to follow when it holds transactions the primary lacks
+                // (then it reports them, and is rebuilt).
+                let killed = self
+                    .memory
+                    .fenced
+                    .get(&ordinal)
+                    .is_some_and(|f| f.method == FenceMethod::Kill);
+                let checked_by_its_manager = errant.is_none()
+                    && held.is_none()
+                    && killed
+                    && facts.state == ServerState::Stopped;
+                let errant = if checked_by_its_manager {
+                    Some(false)
+                } else {
+                    errant
+                };
                 match errant {
                     Some(true) => {
                         self.actions.push(Action::Rebuild {
@@ -1238,7 +1257,14 @@ impl Run<'_> {
                             upstream: primary,
                             rewind: false,
                         });
-                        Some(format!("{name} rejoins as a replica"))
+                        Some(if checked_by_its_manager {
+                            format!(
+                                "{name} rejoins as a replica once its manager found no transaction {} lacks",
+                                self.name(primary)
+                            )
+                        } else {
+                            format!("{name} rejoins as a replica")
+                        })
                     }
                     None => Some(format!(
                         "{name} waits to rejoin until it and the primary report their GTID sets"

@@ -1091,6 +1091,38 @@ fn rows() -> Vec<Row> {
             then: |d| assert!(d.memory.fenced.contains_key(&0)),
         },
         Row {
+            name: "a killed MariaDB old primary that never reported its GTID set rejoins, its manager checking it",
+            input: input(
+                maria(3),
+                vec![
+                    (
+                        0,
+                        with(stopped_primary(mariadb("0-1-105")), |f| {
+                            f.role = None;
+                            f.position = None;
+                        }),
+                    ),
+                    (1, replica(2, mariadb("0-2-110"))),
+                    (2, primary(mariadb("0-2-110"))),
+                ],
+                {
+                    let mut m = serving(2, 3);
+                    m.fork = Some(mariadb("0-1-100"));
+                    fenced(&mut m, 0, FenceMethod::Kill, true);
+                    m.fenced.get_mut(&0).unwrap().floor = m.fork.clone();
+                    m
+                },
+            ),
+            actions: vec![Action::Rejoin {
+                ordinal: 0,
+                upstream: 2,
+                rewind: false,
+            }],
+            reason: Reason::Degraded,
+            says: "demo-0 rejoins as a replica once its manager found no transaction demo-2 lacks",
+            then: nothing,
+        },
+        Row {
             name: "a MariaDB old primary without errant transactions rejoins",
             input: input(
                 maria(3),

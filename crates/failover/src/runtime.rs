@@ -217,6 +217,14 @@ pub trait Runtime: Send {
     /// where it was kept.
     fn move_data_aside(&mut self, ordinal: u32) -> Result<String, Self::Error>;
 
+    /// Whether an instance's own manager carries a rebuild out once ordered (stop, move
+    /// aside, clone, start), so the shell has nothing to wait for or finish, and nothing to
+    /// keep down: the operator's pods. The local runtime stops the instance and starts it
+    /// again itself.
+    fn rebuilds_in_place(&self) -> bool {
+        false
+    }
+
     /// The core asked for instance `ordinal` to exist.
     fn create(&mut self, db: &Database, ordinal: u32);
 

@@ -1163,6 +1163,15 @@ impl<R: Runtime> Failover<R> {
         let pending: Vec<u32> = self.rebuilding.iter().copied().collect();
         for ordinal in pending {
             let name = spec.instance_name(ordinal);
+            if self.rt.rebuilds_in_place() {
+                // Its manager rebuilds it (the order was given): a mark left here would keep
+                // it down for good, and a later start order (a fenced former primary waiting
+                // for its role) would never be given.
+                self.rebuilding.remove(&ordinal);
+                self.finals.remove(&ordinal);
+                self.state.timelines.remove(&ordinal);
+                continue;
+            }
             let manager = sightings
                 .iter()
                 .find(|s| s.ordinal == ordinal)

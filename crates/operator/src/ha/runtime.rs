@@ -674,6 +674,10 @@ impl Runtime for PodRuntime {
         }
     }
 
+    fn rebuilds_in_place(&self) -> bool {
+        true
+    }
+
     fn move_data_aside(&mut self, ordinal: u32) -> Result<String, Self::Error> {
         Ok(format!(
             "{} (moved aside within the volume by its manager)",
