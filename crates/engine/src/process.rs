@@ -108,6 +108,22 @@ impl Invocation {
         }
     }
 
+    /// Runs a tool to completion and returns its standard output; an error when it exits
+    /// non-zero.
+    pub async fn output(&self) -> Result<String, EngineError> {
+        use tokio::io::AsyncReadExt;
+        let mut tool = self.spawn_piped(false, true)?;
+        let mut out = String::new();
+        if let Some(stdout) = tool.child.stdout.as_mut() {
+            stdout
+                .read_to_string(&mut out)
+                .await
+                .map_err(|e| EngineError::io(&self.program, "read the output of", e))?;
+        }
+        tool.finish().await?;
+        Ok(out)
+    }
+
     /// Starts a tool whose standard input and/or output are pipes the caller feeds or drains
     /// (a backup stream); wait for it with [`PipedTool::finish`]. Its stderr goes to the log.
     pub fn spawn_piped(&self, stdin: bool, stdout: bool) -> Result<PipedTool, EngineError> {

@@ -834,7 +834,10 @@ fn decompressor(
 ) -> Result<Option<(&'static str, &'static [&'static str])>, String> {
     Ok(match extension {
         None => None,
-        Some("zst") => Some(("/usr/bin/zstd", &["-q", "-d", "-c"][..])),
+        Some("zst") => Some((
+            crate::mysql_family::repository::ZSTD,
+            &["-q", "-d", "-c"][..],
+        )),
         Some("gz") => Some(("/usr/bin/gzip", &["-d", "-c"][..])),
         Some("lz4") => Some(("/usr/bin/lz4", &["-q", "-d", "-c"][..])),
         Some("bz2") => Some(("/usr/bin/bzip2", &["-d", "-c"][..])),
@@ -937,20 +940,8 @@ pub async fn check_wal_of_set(
     set: &str,
     parallel: u32,
 ) -> WalCheck {
-    let output = async |args: Vec<OsString>| -> Result<String, String> {
-        use tokio::io::AsyncReadExt;
-        let inv = invocation(args);
-        let mut tool = inv.spawn_piped(false, true).map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        if let Some(stdout) = tool.child.stdout.as_mut() {
-            stdout
-                .read_to_string(&mut out)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        tool.finish().await.map_err(|e| e.to_string())?;
-        Ok(out)
-    };
+    let output =
+        async |args: Vec<OsString>| invocation(args).output().await.map_err(|e| e.to_string());
     let info = match output(info_args(settings))
         .await
         .and_then(|t| parse_info(&t))
@@ -1552,10 +1543,13 @@ impl super::Postgres {
     ) -> Result<String, EngineError> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let inv = self.backrest_invocation(args)?;
-        let mut tool = inv.spawn_piped(input.is_some(), true)?;
-        if let (Some(text), Some(stdin)) = (input, tool.child.stdin.as_mut()) {
+        let Some(input) = input else {
+            return inv.output().await;
+        };
+        let mut tool = inv.spawn_piped(true, true)?;
+        if let Some(stdin) = tool.child.stdin.as_mut() {
             stdin
-                .write_all(text.as_bytes())
+                .write_all(input.as_bytes())
                 .await
                 .map_err(|e| EngineError::io(&inv.program, "write to", e))?;
         }
