@@ -46,6 +46,21 @@ use self::config::{
 /// is rejoined offline ([`ServerEngine::repoint_running`]).
 const REPOINT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// Whether the WAL receiver streams, from whom, and whether that is proven. PostgreSQL 15
+/// reports `streaming` from the moment the receiver starts, and names the sender once
+/// connected, both before the sender accepted `START_REPLICATION`: a sender that refuses our
+/// history ("highest timeline 1 of the primary is behind recovery timeline 2") shows as
+/// streaming for a moment (CI caught that window). So it also takes a message from the sender
+/// (the receiver starts with equal send and receipt times; the sender's first message sets
+/// both), and a receive timeline no older than the newest timeline history this server
+/// holds: the receiver fetches the upstream's histories on connecting, and one that streams
+/// an old timeline up to a switch point it already replayed past never gets onto the new one.
+const RECEIVER_STREAMS: &str = "SELECT status, sender_host, sender_port, \
+     last_msg_send_time IS DISTINCT FROM last_msg_receipt_time, \
+     received_tli >= (SELECT coalesce(max(('x' || substr(name, 1, 8))::bit(32)::int), 1) \
+        FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{8}\\.history$') \
+     FROM pg_stat_wal_receiver";
+
 /// Name of the password file (in the run directory) replication and pg_rewind read.
 pub const PASSFILE: &str = "replication.pgpass";
 /// The setting a read-only fence turns on: every new transaction is read-only.
@@ -889,19 +904,20 @@ impl ServerEngine for Postgres {
                 let started = std::time::Instant::now();
                 while started.elapsed() < REPOINT_WAIT {
                     let row = c
-                        .query_opt(
-                            "SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver",
-                            &[],
-                        )
+                        .query_opt(RECEIVER_STREAMS, &[])
                         .await
                         .map_err(|e| EngineError::sql("reading the WAL receiver", &e))?;
                     if let Some(row) = row {
                         let status: Option<String> = row.get(0);
                         let host: Option<String> = row.get(1);
                         let sender_port: Option<i32> = row.get(2);
+                        let heard: Option<bool> = row.get(3);
+                        let on_latest: Option<bool> = row.get(4);
                         if status.as_deref() == Some("streaming")
                             && host.as_deref() == Some(upstream.host.as_str())
                             && sender_port == Some(port)
+                            && heard == Some(true)
+                            && on_latest == Some(true)
                         {
                             return Ok(true);
                         }
