@@ -129,10 +129,11 @@ pub struct PodRuntime {
     wanted: BTreeMap<u32, Option<Role>>,
     /// Orders given since the last [`PodRuntime::publish_events`]: (reason, pod, note).
     events: Vec<(&'static str, String, String)>,
-    /// Instances a `/rebuild` was sent to, with the primary each was told to clone: sent once
-    /// per pod and primary (a pod keeps its name through a rebuild, and may need another one
-    /// after a later failover).
-    rebuilt: BTreeMap<u32, u32>,
+    /// Instances a `/rebuild` was sent to: not sent again while it runs, unless the primary
+    /// changed. The manager answers once the clone is done, and the mark ends one observation
+    /// after that answer: a pod keeps its name through a rebuild and may need another one
+    /// after a later failover, even from the same primary as before.
+    rebuilt: BTreeMap<u32, RebuildMark>,
     /// The write leases, once `spec.failover.lease` is on (kept while this runtime lives: pods
     /// started in lease mode need them until they are rolled).
     leases: Option<super::lease::Leases>,
@@ -140,6 +141,14 @@ pub struct PodRuntime {
     lease_on: bool,
     /// The instance last ordered `/bootstrap init` while the core remembered no primary.
     initialised: Option<u32>,
+}
+
+/// A `/rebuild` sent: the primary it names and the request under way.
+struct RebuildMark {
+    primary: u32,
+    order: tokio::task::JoinHandle<()>,
+    /// The manager had answered at the previous observation.
+    answered_before: bool,
 }
 
 impl StartOrder {
@@ -198,9 +207,16 @@ impl PodRuntime {
         &self.observed
     }
 
-    /// What was listed this tick; pods that came back lose a stale rebuild mark.
+    /// What was listed this tick. A rebuild mark ends with its pod, or on the second
+    /// observation after the manager answered (the first may have been listed before it did).
     pub fn observe(&mut self, observed: Observed) {
-        self.rebuilt.retain(|o, _| observed.pods.contains_key(o));
+        self.rebuilt.retain(|o, mark| {
+            if !observed.pods.contains_key(o) || mark.answered_before {
+                return false;
+            }
+            mark.answered_before = mark.order.is_finished();
+            true
+        });
         self.observed = observed;
     }
 
@@ -656,21 +672,33 @@ impl Runtime for PodRuntime {
     }
 
     /// The managed manager rebuilds by itself on `POST /rebuild` (stop, move aside within the
-    /// volume, clone): sent once per pod and primary.
+    /// volume, clone): sent once per rebuild, again when the primary changed.
     fn stop_for_rebuild(&mut self, ordinal: u32, _manager: Option<u32>) {
         let Some(primary) = self.recorded else { return };
-        if self.rebuilt.insert(ordinal, primary) == Some(primary) {
+        if self
+            .rebuilt
+            .get(&ordinal)
+            .is_some_and(|m| m.primary == primary)
+        {
             return;
         }
         let upstream = self.endpoint_of(primary);
         if let Ok(body) = serde_json::to_string(&RebuildOrder { upstream }) {
-            drop(self.order(
+            let work = self.order(
                 ordinal,
                 "Rebuild",
                 "/rebuild",
                 body,
                 format!("rebuild from {}-{primary}", self.name),
-            ));
+            );
+            self.rebuilt.insert(
+                ordinal,
+                RebuildMark {
+                    primary,
+                    order: work.task,
+                    answered_before: false,
+                },
+            );
         }
     }
 
