@@ -313,13 +313,32 @@ impl ServerProcess {
 /// SIGKILL to `root` and every process under it (collected first, so none is lost to init),
 /// without waiting: the kill fence's signals, for a caller that cannot await (the lease's
 /// self-fencing thread). [`ServerProcess::kill_tree`] sends these and waits.
+///
+/// The server's process group (a server is started as its leader) is stopped first, in one
+/// signal, before anything else: collecting the tree reads all of `/proc`, milliseconds a
+/// server thawed past its lease (a frozen node resuming) would otherwise spend answering
+/// queries as a primary (the stand-in's node-freeze drill caught one such answer).
 pub fn kill_tree_now(root: u32) {
+    let Ok(leader) = i32::try_from(root).map(Pid::from_raw) else {
+        return;
+    };
+    let group = nix::unistd::getpgid(Some(leader)) == Ok(leader);
+    if group {
+        let _ = nix::sys::signal::killpg(leader, Signal::SIGSTOP);
+    } else {
+        let _ = kill(leader, Signal::SIGSTOP);
+    }
     let mut doomed = vec![root];
     doomed.extend(descendants(root));
     for pid in doomed {
         if let Ok(pid) = i32::try_from(pid) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
+    }
+    if group {
+        // Members that were not children of the tree (none a server starts) are not left
+        // stopped.
+        let _ = nix::sys::signal::killpg(leader, Signal::SIGKILL);
     }
 }
 
