@@ -172,6 +172,30 @@ fn input(spec: ClusterSpec, observed: Vec<(u32, Presence)>, memory: Memory) -> I
     }
 }
 
+/// A MariaDB old primary (0), fenced by `method` and stopped, that reports no GTID set, while 2
+/// is the primary past the fork.
+fn unreported_old_primary(method: FenceMethod) -> Input {
+    let mut memory = serving(2, 3);
+    memory.fork = Some(mariadb("0-1-100"));
+    fenced(&mut memory, 0, method, true);
+    memory.fenced.get_mut(&0).unwrap().floor = memory.fork.clone();
+    input(
+        spec(Engine::Mariadb, 3),
+        vec![
+            (
+                0,
+                with(stopped_primary(mariadb("0-1-105")), |f| {
+                    f.role = None;
+                    f.position = None;
+                }),
+            ),
+            (1, replica(2, mariadb("0-2-110"))),
+            (2, primary(mariadb("0-2-110"))),
+        ],
+        memory,
+    )
+}
+
 fn synchronous(mut input: Input) -> Input {
     input.spec.synchronous = true;
     input
@@ -1064,27 +1088,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "a MariaDB old primary that reports no GTID set (stopped while it is demoted) waits instead of being rebuilt",
-            input: input(
-                maria(3),
-                vec![
-                    (
-                        0,
-                        with(stopped_primary(mariadb("0-1-105")), |f| {
-                            f.role = None;
-                            f.position = None;
-                        }),
-                    ),
-                    (1, replica(2, mariadb("0-2-110"))),
-                    (2, primary(mariadb("0-2-110"))),
-                ],
-                {
-                    let mut m = serving(2, 3);
-                    m.fork = Some(mariadb("0-1-100"));
-                    fenced(&mut m, 0, FenceMethod::ReadOnly, true);
-                    m.fenced.get_mut(&0).unwrap().floor = m.fork.clone();
-                    m
-                },
-            ),
+            input: unreported_old_primary(FenceMethod::ReadOnly),
             actions: vec![],
             reason: Reason::Degraded,
             says: "demo-0 waits to rejoin until it and the primary report their GTID sets",
@@ -1092,27 +1096,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "a killed MariaDB old primary that never reported its GTID set rejoins, its manager checking it",
-            input: input(
-                maria(3),
-                vec![
-                    (
-                        0,
-                        with(stopped_primary(mariadb("0-1-105")), |f| {
-                            f.role = None;
-                            f.position = None;
-                        }),
-                    ),
-                    (1, replica(2, mariadb("0-2-110"))),
-                    (2, primary(mariadb("0-2-110"))),
-                ],
-                {
-                    let mut m = serving(2, 3);
-                    m.fork = Some(mariadb("0-1-100"));
-                    fenced(&mut m, 0, FenceMethod::Kill, true);
-                    m.fenced.get_mut(&0).unwrap().floor = m.fork.clone();
-                    m
-                },
-            ),
+            input: unreported_old_primary(FenceMethod::Kill),
             actions: vec![Action::Rejoin {
                 ordinal: 0,
                 upstream: 2,
