@@ -1147,7 +1147,14 @@ impl<R: Runtime> Failover<R> {
             tracing::debug!("{name}: {} still running; not rebuilding yet", running.what);
             return;
         }
-        if self.rebuilding.insert(ordinal) {
+        if self.rt.rebuilds_in_place() {
+            // Its manager carries the rebuild out once ordered (the runtime sends the order
+            // once and says so): nothing to keep down or to finish here. A mark would keep it
+            // down for good, and a later start order (a fenced former primary waiting for its
+            // role) would never be given.
+            self.finals.remove(&ordinal);
+            self.state.timelines.remove(&ordinal);
+        } else if self.rebuilding.insert(ordinal) {
             tracing::warn!(
                 "{name}: holds transactions {} lacks: stopping it to rebuild it",
                 spec.instance_name(upstream)
@@ -1163,15 +1170,6 @@ impl<R: Runtime> Failover<R> {
         let pending: Vec<u32> = self.rebuilding.iter().copied().collect();
         for ordinal in pending {
             let name = spec.instance_name(ordinal);
-            if self.rt.rebuilds_in_place() {
-                // Its manager rebuilds it (the order was given): a mark left here would keep
-                // it down for good, and a later start order (a fenced former primary waiting
-                // for its role) would never be given.
-                self.rebuilding.remove(&ordinal);
-                self.finals.remove(&ordinal);
-                self.state.timelines.remove(&ordinal);
-                continue;
-            }
             let manager = sightings
                 .iter()
                 .find(|s| s.ordinal == ordinal)
