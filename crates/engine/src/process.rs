@@ -108,11 +108,28 @@ impl Invocation {
         }
     }
 
-    /// Runs a tool to completion and returns its standard output; an error when it exits
-    /// non-zero.
-    pub async fn output(&self) -> Result<String, EngineError> {
-        use tokio::io::AsyncReadExt;
-        let mut tool = self.spawn_piped(false, true)?;
+    /// Runs a tool to completion, `input` (if any) on its standard input, and returns its
+    /// standard output; an error when it exits non-zero.
+    pub async fn output(&self, input: Option<&str>) -> Result<String, EngineError> {
+        let (out, ended) = self.output_and_end(input).await?;
+        ended.map(|()| out)
+    }
+
+    /// [`Self::output`], the output kept whether or not the tool exits zero (a tool that
+    /// reports what it found wrong on stdout, and fails): the output and how the tool ended.
+    pub async fn output_and_end(
+        &self,
+        input: Option<&str>,
+    ) -> Result<(String, Result<(), EngineError>), EngineError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tool = self.spawn_piped(input.is_some(), true)?;
+        if let (Some(text), Some(mut stdin)) = (input, tool.child.stdin.take()) {
+            // Small inputs (a few lines): written whole, then closed, before the output is read.
+            stdin
+                .write_all(text.as_bytes())
+                .await
+                .map_err(|e| EngineError::io(&self.program, "write to", e))?;
+        }
         let mut out = String::new();
         if let Some(stdout) = tool.child.stdout.as_mut() {
             stdout
@@ -120,8 +137,7 @@ impl Invocation {
                 .await
                 .map_err(|e| EngineError::io(&self.program, "read the output of", e))?;
         }
-        tool.finish().await?;
-        Ok(out)
+        Ok((out, tool.finish().await))
     }
 
     /// Starts a tool whose standard input and/or output are pipes the caller feeds or drains

@@ -629,16 +629,8 @@ async fn verify_repository(
     invocation: crate::process::Invocation,
     settings: &BackrestSettings,
 ) -> Result<(), EngineError> {
-    use tokio::io::AsyncReadExt;
-    let mut tool = invocation.spawn_piped(false, true)?;
-    let mut text = String::new();
-    if let Some(stdout) = tool.child.stdout.as_mut() {
-        stdout
-            .read_to_string(&mut text)
-            .await
-            .map_err(|e| EngineError::io(&invocation.program, "read the output of", e))?;
-    }
-    let success = tool.finish().await.is_ok();
+    let (text, ended) = invocation.output_and_end(None).await?;
+    let success = ended.is_ok();
     let describe = match &settings.s3 {
         Some(s3) => format!("s3://{}{}", s3.bucket, settings.repository.display()),
         None => settings.repository.display().to_string(),
@@ -940,8 +932,12 @@ pub async fn check_wal_of_set(
     set: &str,
     parallel: u32,
 ) -> WalCheck {
-    let output =
-        async |args: Vec<OsString>| invocation(args).output().await.map_err(|e| e.to_string());
+    let output = async |args: Vec<OsString>| {
+        invocation(args)
+            .output(None)
+            .await
+            .map_err(|e| e.to_string())
+    };
     let info = match output(info_args(settings))
         .await
         .and_then(|t| parse_info(&t))
@@ -1541,28 +1537,9 @@ impl super::Postgres {
         args: Vec<OsString>,
         input: Option<String>,
     ) -> Result<String, EngineError> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let inv = self.backrest_invocation(args)?;
-        let Some(input) = input else {
-            return inv.output().await;
-        };
-        let mut tool = inv.spawn_piped(true, true)?;
-        if let Some(stdin) = tool.child.stdin.as_mut() {
-            stdin
-                .write_all(input.as_bytes())
-                .await
-                .map_err(|e| EngineError::io(&inv.program, "write to", e))?;
-        }
-        drop(tool.child.stdin.take());
-        let mut out = String::new();
-        if let Some(stdout) = tool.child.stdout.as_mut() {
-            stdout
-                .read_to_string(&mut out)
-                .await
-                .map_err(|e| EngineError::io(&inv.program, "read the output of", e))?;
-        }
-        tool.finish().await?;
-        Ok(out)
+        self.backrest_invocation(args)?
+            .output(input.as_deref())
+            .await
     }
 
     /// `pgbackrest info --output=json`, read.
