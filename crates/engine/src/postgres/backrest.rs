@@ -1749,7 +1749,7 @@ impl super::Postgres {
             &format!("local all {} trust\n", super::config::SUPERUSER),
             0o600,
         )?;
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "-D".into(),
             dir.into(),
             "-c".into(),
@@ -1765,6 +1765,16 @@ impl super::Postgres {
             "-c".into(),
             format!("hba_file={}", hba.display()).into(),
         ];
+        // A restored data dir starts as after a crash, so the server first syncs every file
+        // in it (one open + fsync per file: 0.15 s for a 1 GiB pgbench database here, more
+        // with more files). pgBackRest has just synced every file it wrote; one syncfs(2) of
+        // the file system gives the same guarantee in one call, where the kernel reports its
+        // write errors (Linux 5.8 and later; every PostgreSQL Stator runs has the setting).
+        if syncfs_reports_errors(
+            &std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default(),
+        ) {
+            args.extend(["-c".into(), "recovery_init_sync_method=syncfs".into()]);
+        }
         let mut server = self.invocation("postgres", args).spawn_server(dir)?;
         let pidfile = dir.join("postmaster.pid");
         loop {
@@ -1837,8 +1847,33 @@ impl super::Postgres {
     }
 }
 
+/// Whether syncfs(2) reports write errors on the kernel with this release string
+/// (`/proc/sys/kernel/osrelease`, e.g. `6.1.0-13-amd64`): Linux 5.8 and later. Unknown: no.
+fn syncfs_reports_errors(release: &str) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (5, 8),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn syncfs_is_trusted_from_linux_5_8() {
+        use super::syncfs_reports_errors as ok;
+        assert!(ok("6.1.0-13-amd64\n"));
+        assert!(ok("5.8.0"));
+        assert!(ok("5.10.0-28-cloud-amd64"));
+        assert!(!ok("5.4.0-150-generic"));
+        assert!(!ok("4.19.0-26-amd64"));
+        assert!(!ok(""));
+        assert!(!ok("garbage"));
+    }
+
     #[test]
     fn the_last_error_of_a_log_is_its_message() {
         let log = concat!(
