@@ -60,6 +60,7 @@ pub fn router(endpoints: Endpoints) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/changes", get(changes))
         .route("/metrics", get(metrics))
         .route("/promote", post(promote))
         .route("/demote", post(demote))
@@ -105,6 +106,34 @@ async fn status(State(e): State<Endpoints>, uri: axum::http::Uri) -> Response {
             axum::Json(report).into_response()
         }
     }
+}
+
+/// Longest wait of a `GET /changes` long poll.
+pub const MAX_CHANGES_WAIT: Duration = Duration::from_secs(30);
+
+/// `GET /changes?since=N&wait=SECONDS`: `{"changes": M}`, the count of headline changes
+/// (state, role, readiness, server pid), once it differs from `N`, after `wait` seconds (at
+/// most [`MAX_CHANGES_WAIT`]) or when the manager stops, whichever comes first. Without
+/// `since`: the count now. The supervisor long-polls it to act on a change when it happens.
+async fn changes(State(e): State<Endpoints>, uri: axum::http::Uri) -> Response {
+    let mut since = None;
+    let mut wait = Duration::ZERO;
+    for pair in uri.query().unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            Some(("since", v)) => since = v.parse::<u64>().ok(),
+            Some(("wait", v)) => {
+                wait = v.parse::<u64>().map_or(Duration::ZERO, |s| {
+                    Duration::from_secs(s).min(MAX_CHANGES_WAIT)
+                })
+            }
+            _ => {}
+        }
+    }
+    let count = match since {
+        Some(since) => e.status.changed_since(since, wait).await,
+        None => e.status.changes(),
+    };
+    axum::Json(json!({ "changes": count })).into_response()
 }
 
 /// The report, with the backup facts when this instance takes backups (PostgreSQL) or

@@ -256,7 +256,7 @@ async fn run_engine<E: ServerEngine>(
         creds,
         bootstrap: config.bootstrap.clone(),
         peers: config.peers.clone(),
-        status,
+        status: status.clone(),
         commands: commands_rx,
         stop_timeout: STOP_TIMEOUT,
     };
@@ -289,6 +289,7 @@ async fn run_engine<E: ServerEngine>(
     if let Some(watch) = binlog_watch {
         watch.abort();
     }
+    status.close();
     let _ = http_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     match &result {

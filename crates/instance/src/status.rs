@@ -53,6 +53,11 @@ pub struct InstanceStatus {
     inner: Mutex<Snapshot>,
     /// How [`InstanceStatus::refresh`] queries the server (`GET /status?fresh=1`).
     query: OnceLock<Query>,
+    /// Counts the changes of the headline (state, role, readiness, server pid), for the
+    /// long polls of `GET /changes` ([`InstanceStatus::changed_since`]).
+    changes: tokio::sync::watch::Sender<u64>,
+    /// The manager is stopping: long polls answer at once.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for InstanceStatus {
@@ -85,7 +90,33 @@ impl InstanceStatus {
                 final_checkpoint: None,
             }),
             query: OnceLock::new(),
+            changes: tokio::sync::watch::Sender::new(0),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// How many times the headline (state, role, readiness, server pid) changed so far.
+    pub fn changes(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
+    /// Waits until the headline changed from what `since` ([`InstanceStatus::changes`])
+    /// counted, at most `wait`, or the manager stops; the count then. A supervisor's long poll:
+    /// it learns that an instance became ready when it does, not at its next tick.
+    pub async fn changed_since(&self, since: u64, wait: Duration) -> u64 {
+        let mut rx = self.changes.subscribe();
+        let closed = || self.closed.load(std::sync::atomic::Ordering::SeqCst);
+        if !closed() {
+            let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v != since || closed())).await;
+        }
+        *rx.borrow()
+    }
+
+    /// The manager stops: pending and later long polls answer at once, so they do not hold
+    /// up the HTTP server's graceful shutdown.
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.changes.send_modify(|v| *v += 1);
     }
 
     /// Sets how [`InstanceStatus::refresh`] queries the server (once; later calls are ignored).
@@ -165,11 +196,19 @@ impl InstanceStatus {
 
     /// Changes the facts under the lock.
     pub fn update(&self, change: impl FnOnce(&mut Snapshot)) {
-        let mut g = match self.inner.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
+        let moved = {
+            let mut g = match self.inner.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let now = Instant::now();
+            let before = headline(&g, now);
+            change(&mut g);
+            headline(&g, now) != before
         };
-        change(&mut g);
+        if moved {
+            self.changes.send_modify(|v| *v += 1);
+        }
     }
 
     /// Sets the lifecycle state and its message.
@@ -193,6 +232,17 @@ impl InstanceStatus {
             Instant::now(),
         )
     }
+}
+
+/// What a change of wakes the long polls of `GET /changes`: the lifecycle state, the role, the
+/// readiness verdict and the server's pid.
+fn headline(s: &Snapshot, now: Instant) -> (ServerState, Option<Role>, bool, Option<u32>) {
+    (
+        s.state,
+        s.observation.as_ref().and_then(|o| o.role),
+        unready_reason(s, now).is_none(),
+        s.pid,
+    )
 }
 
 /// Why the server is not ready, or `None` when it is: running, freshly observed, and for a
@@ -307,6 +357,59 @@ pub fn build_report(name: &str, manager_pid: u32, s: &Snapshot, now: Instant) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_long_poll_answers_when_the_headline_changes_and_only_then() {
+        let status = std::sync::Arc::new(InstanceStatus::new("db-0".into()));
+        let start = status.changes();
+        // A changed count answers at once.
+        assert_eq!(
+            status
+                .changed_since(start + 7, Duration::from_secs(60))
+                .await,
+            start
+        );
+        // Facts outside the headline do not wake anyone.
+        status.update(|s| s.restarts += 1);
+        status.update(|s| s.message = Some("still initializing".into()));
+        assert_eq!(status.changes(), start);
+        assert_eq!(
+            status.changed_since(start, Duration::from_millis(30)).await,
+            start
+        );
+        // A state change wakes a waiting poll.
+        let waiter = tokio::spawn({
+            let status = status.clone();
+            async move { status.changed_since(start, Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        status.set_state(ServerState::Starting, None);
+        let woke = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the poll answered")
+            .expect("the poll ran");
+        assert_eq!(woke, start + 1);
+        // So does the manager stopping, and later polls do not wait at all.
+        let now = status.changes();
+        let waiter = tokio::spawn({
+            let status = status.clone();
+            async move { status.changed_since(now, Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        status.close();
+        let closed = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the poll answered")
+            .expect("the poll ran");
+        assert_ne!(closed, now);
+        let after = status.changes();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            status.changed_since(after, Duration::from_secs(60)),
+        )
+        .await
+        .expect("a poll after close answers at once");
+    }
 
     fn running(o: Observation) -> Snapshot {
         Snapshot {

@@ -34,6 +34,7 @@
 
 pub mod backup;
 pub mod backup_mariadb;
+mod changes;
 pub mod chaos;
 pub mod endpoint;
 pub mod error;

@@ -308,7 +308,9 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         signal: "SIGINT",
         source,
     })?;
+    let mut watchers = crate::changes::Watchers::new();
     while keep_going {
+        watchers.watch(&supervisor.address(), &supervisor.managers());
         let pace = if supervisor.settled && !supervisor.urgent {
             TICK_STEADY
         } else {
@@ -318,10 +320,13 @@ async fn supervise(dir: &DatabaseDir, exe: &Path) -> Result<(), LocalError> {
         let pause = supervisor.sooner.map_or(pace, |s| s.min(pace));
         tokio::select! {
             _ = tokio::time::sleep(pause) => keep_going = supervisor.step().await,
+            // An instance's state, role or readiness changed: act on it now.
+            _ = watchers.changed() => keep_going = supervisor.step().await,
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
+    drop(watchers);
     tracing::info!("stopping {}", dir.key());
     for task in &tasks {
         task.abort();
@@ -358,6 +363,16 @@ impl Supervisor<'_> {
 
     fn address(&self) -> String {
         self.db().spec.local.listen_address.clone()
+    }
+
+    /// The port of every running instance manager, by ordinal.
+    fn managers(&self) -> BTreeMap<u32, u16> {
+        let ports = LocalPorts::of(self.db());
+        self.slots
+            .values()
+            .filter(|slot| slot.pid.is_some())
+            .map(|slot| (slot.ordinal, ports.manager(slot.ordinal)))
+            .collect()
     }
 
     /// Takes over instance managers that survived a previous supervisor.
