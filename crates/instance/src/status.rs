@@ -53,11 +53,10 @@ pub struct InstanceStatus {
     inner: Mutex<Snapshot>,
     /// How [`InstanceStatus::refresh`] queries the server (`GET /status?fresh=1`).
     query: OnceLock<Query>,
-    /// Counts the changes of the headline (state, role, readiness, server pid), for the
-    /// long polls of `GET /changes` ([`InstanceStatus::changed_since`]).
-    changes: tokio::sync::watch::Sender<u64>,
-    /// The manager is stopping: long polls answer at once.
-    closed: std::sync::atomic::AtomicBool,
+    /// The count of headline changes (state, role, readiness, server pid), and whether the
+    /// manager is stopping, for the long polls of `GET /changes`
+    /// ([`InstanceStatus::changed_since`]).
+    changes: tokio::sync::watch::Sender<(u64, bool)>,
 }
 
 impl std::fmt::Debug for InstanceStatus {
@@ -90,14 +89,13 @@ impl InstanceStatus {
                 final_checkpoint: None,
             }),
             query: OnceLock::new(),
-            changes: tokio::sync::watch::Sender::new(0),
-            closed: std::sync::atomic::AtomicBool::new(false),
+            changes: tokio::sync::watch::Sender::new((0, false)),
         }
     }
 
     /// How many times the headline (state, role, readiness, server pid) changed so far.
     pub fn changes(&self) -> u64 {
-        *self.changes.borrow()
+        self.changes.borrow().0
     }
 
     /// Waits until the headline changed from what `since` ([`InstanceStatus::changes`])
@@ -105,18 +103,18 @@ impl InstanceStatus {
     /// it learns that an instance became ready when it does, not at its next tick.
     pub async fn changed_since(&self, since: u64, wait: Duration) -> u64 {
         let mut rx = self.changes.subscribe();
-        let closed = || self.closed.load(std::sync::atomic::Ordering::SeqCst);
-        if !closed() {
-            let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v != since || closed())).await;
-        }
-        *rx.borrow()
+        let answer = |&(count, closed): &(u64, bool)| count != since || closed;
+        let _ = tokio::time::timeout(wait, rx.wait_for(answer)).await;
+        rx.borrow().0
     }
 
     /// The manager stops: pending and later long polls answer at once, so they do not hold
     /// up the HTTP server's graceful shutdown.
     pub fn close(&self) {
-        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.changes.send_modify(|v| *v += 1);
+        self.changes.send_modify(|(count, closed)| {
+            *count += 1;
+            *closed = true;
+        });
     }
 
     /// Sets how [`InstanceStatus::refresh`] queries the server (once; later calls are ignored).
@@ -194,7 +192,7 @@ impl InstanceStatus {
         });
     }
 
-    /// Changes the facts under the lock.
+    /// Changes the facts under the lock; a changed headline wakes the long polls.
     pub fn update(&self, change: impl FnOnce(&mut Snapshot)) {
         let moved = {
             let mut g = match self.inner.lock() {
@@ -207,7 +205,7 @@ impl InstanceStatus {
             headline(&g, now) != before
         };
         if moved {
-            self.changes.send_modify(|v| *v += 1);
+            self.changes.send_modify(|(count, _)| *count += 1);
         }
     }
 

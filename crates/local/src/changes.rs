@@ -70,8 +70,9 @@ impl Drop for Watchers {
     }
 }
 
-/// Long-polls one manager for ever; wakes the loop when its count of changes moves. A manager
-/// that restarted counts from zero again: a different count, so a wake, as it should be.
+/// Long-polls one manager for ever; wakes the loop when its count of changes moves. The count
+/// is kept across failed polls: a manager that restarted counts from zero again, so its first
+/// answer differs and wakes the loop, as a restart should.
 async fn poll(address: String, port: u16, wake: Arc<Notify>) {
     let mut since: Option<u64> = None;
     loop {
@@ -88,9 +89,60 @@ async fn poll(address: String, port: u16, wake: Arc<Notify>) {
             }
             Err(e) => {
                 tracing::debug!("long poll of port {port}: {e}");
-                since = None;
                 tokio::time::sleep(RETRY).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::{RawQuery, State};
+    use tokio::sync::watch;
+
+    /// A stand-in manager's `GET /changes`, answering as the real one does from `count`.
+    async fn changes(
+        State(count): State<watch::Sender<u64>>,
+        RawQuery(query): RawQuery,
+    ) -> axum::Json<serde_json::Value> {
+        let since = query
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|p| p.strip_prefix("since=")?.parse::<u64>().ok());
+        let mut rx = count.subscribe();
+        if let Some(since) = since {
+            let _ = tokio::time::timeout(WAIT, rx.wait_for(|c| *c != since)).await;
+        }
+        let now = *rx.borrow();
+        axum::Json(serde_json::json!({ "changes": now }))
+    }
+
+    #[tokio::test]
+    async fn a_change_at_a_watched_manager_wakes_the_loop_and_nothing_else_does() {
+        let count = watch::Sender::new(0u64);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new()
+            .route("/changes", axum::routing::get(changes))
+            .with_state(count.clone());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let mut watchers = Watchers::new();
+        watchers.watch("127.0.0.1", &BTreeMap::from([(0, port)]));
+        let quiet = tokio::time::timeout(Duration::from_millis(500), watchers.changed()).await;
+        assert!(quiet.is_err(), "woke without a change");
+
+        count.send_modify(|c| *c += 1);
+        tokio::time::timeout(Duration::from_secs(5), watchers.changed())
+            .await
+            .expect("a change wakes the loop");
+
+        // A manager no longer watched wakes nothing.
+        watchers.watch("127.0.0.1", &BTreeMap::new());
+        count.send_modify(|c| *c += 1);
+        let quiet = tokio::time::timeout(Duration::from_millis(500), watchers.changed()).await;
+        assert!(quiet.is_err(), "an unwatched manager woke the loop");
+        server.abort();
     }
 }

@@ -561,17 +561,13 @@ impl Supervisor<'_> {
             ("/status", PROBE_TIMEOUT)
         };
         let mut probes = tokio::task::JoinSet::new();
-        for slot in self.slots.values() {
-            if slot.pid.is_some() {
-                let address = self.address();
-                let port = ports.manager(slot.ordinal);
-                let ordinal = slot.ordinal;
-                probes.spawn(async move {
-                    let answer: Result<InstanceReport, _> =
-                        client::get_json(&address, port, path, timeout).await;
-                    (ordinal, answer)
-                });
-            }
+        for (ordinal, port) in self.managers() {
+            let address = self.address();
+            probes.spawn(async move {
+                let answer: Result<InstanceReport, _> =
+                    client::get_json(&address, port, path, timeout).await;
+                (ordinal, answer)
+            });
         }
         while let Some(Ok((ordinal, answer))) = probes.join_next().await {
             if let Some(slot) = self.slots.get_mut(&ordinal) {
